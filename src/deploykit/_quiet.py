@@ -1,0 +1,75 @@
+"""Keep TensorFlow's native log chatter out of the user's terminal.
+
+TensorFlow, the TFLite converter and LiteRT print from C++ straight to file
+descriptor 2 (CUDA probing, MLIR passes, XNNPACK notices). Python-level
+redirection cannot catch that, so we point fd 2 at a temporary file while a
+noisy native call runs and give the captured text back, so a failing step can
+still quote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+_ENV_DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "CUDA_VISIBLE_DEVICES": "-1",  # no GPU in CI; skip CUDA probing
+    "GRPC_VERBOSITY": "ERROR",
+    "ABSL_MIN_LOG_LEVEL": "2",
+}
+
+
+def quiet_tensorflow_env() -> None:
+    """Set environment defaults that keep TensorFlow quiet; the user's own settings win."""
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class Captured:
+    """Text a native library wrote to stderr while captured."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def tail(self, lines: int = 5) -> str:
+        """The last meaningful lines, for error messages."""
+        keep = [ln for ln in self.text.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
+        return "\n".join(keep[-lines:])
+
+
+@contextlib.contextmanager
+def native_stderr_captured(enabled: bool = True) -> Iterator[Captured]:
+    """Redirect fd 2 to a temp file for the duration; yields the captured text afterwards."""
+    captured = Captured()
+    if not enabled or os.environ.get("DEPLOYKIT_VERBOSE"):
+        yield captured
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.text = tmp.read().decode("utf-8", "replace")
+
+
+def import_tensorflow():
+    """Import TensorFlow quietly and return the module."""
+    quiet_tensorflow_env()
+    with native_stderr_captured():
+        import tensorflow as tf  # noqa: PLC0415
+
+        tf.get_logger().setLevel("ERROR")
+        import absl.logging  # noqa: PLC0415
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    return tf

@@ -1,0 +1,200 @@
+"""The `deploy` command line. Each command builds a config and calls the library.
+
+Errors: every DeployError becomes one line on stderr and exit code 2 (no
+traceback). A run in which some target failed exits 1. TensorFlow is imported
+only by the commands that need it, so `deploy --help` and `deploy targets`
+start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from deploykit.errors import DeployError
+
+app = typer.Typer(
+    name="deploy",
+    help="Take a trained Keras/TensorFlow model to verified, benchmarked device artifacts.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_TARGET_FAILED = 1
+EXIT_USER_ERROR = 2
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    if stderr:
+        # A private copy of fd 2: native libraries' chatter is captured by pointing fd 2
+        # elsewhere while they run, and progress must stay visible meanwhile.
+        stream = os.fdopen(os.dup(2), "w", buffering=1)
+        return Console(file=stream, stderr=True)
+    return Console()
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Keras 3 .keras, tf_keras .keras/.h5 file, or SavedModel directory."),
+    target: List[str] = typer.Option(..., "--target", "-t", help="Target name (see `deploy targets`) or a .toml target file; repeatable."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help=".npz with x (and y) for calibration and evaluation."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Separate .npz for evaluation (defaults to --data)."),
+    out: Path = typer.Option(Path("build"), "--out", "-o", help="Output directory (must be empty or new unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the previous run in a non-empty output directory."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow Lambda/TFSMLayer layers (turns Keras safe_mode off). Only for files you trust."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads for benchmarks (default: the target's, 2)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed runs before timing."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed runs."),
+    verify_samples: int = typer.Option(1000, "--verify-samples", help="Verify at most this many samples."),
+    no_bench: bool = typer.Option(False, "--no-bench", help="Verify only; skip benchmarks."),
+) -> None:
+    """Convert MODEL for each --target, verify every artifact, benchmark it, write manifest and reports."""
+    from deploykit.pipeline import Pipeline
+
+    err = _console(stderr=True)
+    with err.status("starting") as status:
+        pipeline = Pipeline(
+            target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
+            threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
+            bench=not no_bench, progress=lambda msg: status.update(msg),
+        )
+        result = pipeline.run(model)
+    _print_summary(result)
+    if not result.ok:
+        raise typer.Exit(EXIT_TARGET_FAILED)
+
+
+def _print_summary(result) -> None:
+    from rich.table import Table
+
+    from deploykit.artifacts import Manifest
+    from deploykit.report.rows import table
+
+    manifest = Manifest.from_dict(result.manifest)
+    t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
+    cols = [("target", "Target"), ("status", "Status"), ("size", "Size"), ("gzip", "gzip"), ("p50", "p50 ms"),
+            ("accuracy", "Accuracy"), ("agreement", "Top-1 agree"), ("max_err", "Max abs err")]
+    for _, title in cols:
+        t.add_column(title)
+    for r in table(manifest):
+        t.add_row(*(r[k] for k, _ in cols))
+    console = _console()
+    console.print(t)
+    for a in manifest.artifacts:
+        if a.status != "ok":
+            console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
+    console.print(f"manifest: {result.manifest_path}\nreport:   {result.report_path}\nhtml:     {result.html_report_path}", highlight=False)
+
+
+@app.command()
+def targets(
+    show: Optional[str] = typer.Option(None, "--show", help="Print every field of one target (name or .toml path)."),
+) -> None:
+    """List the built-in target profiles and their settings."""
+    from deploykit.targets import FIELD_DOCS, get_target, list_targets
+
+    console = _console()
+    if show:
+        t = get_target(show)
+        data = t.to_dict()
+        for key, value in data.items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    console.print(f"{key}.{sub} = {v!r}    # {FIELD_DOCS.get(key + '.' + sub, '')}", highlight=False)
+            else:
+                console.print(f"{key} = {value!r}    # {FIELD_DOCS.get(key, '')}", highlight=False)
+        return
+    for t in list_targets():
+        tol = t.tolerance
+        parts = [f"atol {tol.atol:g}"] + ([f"rtol {tol.rtol:g}"] if tol.rtol else []) + \
+            ([f"+{tol.range_atol:.0%} of output range"] if tol.range_atol else []) + \
+            [f"accuracy drop <= {tol.max_accuracy_drop:g} pt", f"agreement >= {tol.min_agreement:.0%}"]
+        console.print(
+            f"{t.name:<16} weights {t.weights:<8} activations {t.activations:<8} io {t.io:<8} runtime {t.runtime}\n"
+            f"{'':16} tolerance: {', '.join(parts)}\n{'':16} {t.description}",
+            highlight=False, soft_wrap=True,
+        )
+    console.print("Show every field of one: deploy targets --show NAME. A .toml file with the same fields is a target too.", highlight=False)
+
+
+@app.command()
+def bench(
+    artifact: Path = typer.Argument(..., help="An artifact file, e.g. model.tflite."),
+    threads: int = typer.Option(2, "--threads"),
+    warmup: int = typer.Option(10, "--warmup"),
+    iterations: int = typer.Option(100, "--iterations"),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result (raw samples included) as JSON."),
+) -> None:
+    """Benchmark an existing artifact on its real runtime."""
+    from deploykit.runtime_bench import bench_file
+
+    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from deploykit.report.rows import human_bytes
+
+    console = _console()
+    console.print(
+        f"{artifact.name} on {result['runtime']} ({result['threads']} threads, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
+        f"  p50 {result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f}  p99 {result['p99_ms']:.3f}  "
+        f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
+        f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "
+        f"peak RSS {human_bytes(result['peak_rss_bytes'])}",
+        highlight=False,
+    )
+
+
+@app.command()
+def inspect(
+    model: Path = typer.Argument(..., help="Keras 3 .keras, tf_keras .keras/.h5 file, or SavedModel directory."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow layers that carry code."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Print a model's inputs, outputs, layers, embedded preprocessing layers and parameter count."""
+    from deploykit.models import inspect_model
+
+    info = inspect_model(model, trust_model=trust_model)
+    if as_json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return
+    console = _console()
+    console.print(f"{info.name or model} ({info.kind}), {info.params if info.params is not None else '?'} parameters", highlight=False)
+    for label, specs in (("input", info.inputs), ("output", info.outputs)):
+        for s in specs:
+            console.print(f"  {label:6} {s.name}: shape {tuple(s.shape)} {s.dtype}", highlight=False)
+    if info.preprocessing_layers:
+        console.print("  preprocessing: " + ", ".join(f"{p['class']} ({p['name']})" for p in info.preprocessing_layers), highlight=False)
+    else:
+        console.print("  preprocessing: none embedded", highlight=False)
+    if info.layers:
+        console.print(f"  layers ({len(info.layers)}):", highlight=False)
+        for layer in info.layers:
+            console.print(f"    {layer['name']}: {layer['class']}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point: maps DeployError to one line and exit code 2."""
+    try:
+        app()
+    except DeployError as exc:
+        message = " ".join(str(exc).split())
+        print(f"deploy: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("deploy: interrupted; no partial artifact was left under a final name", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

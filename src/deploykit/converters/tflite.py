@@ -1,0 +1,122 @@
+"""TFLite converter: SavedModel -> .tflite through TFLiteConverter.
+
+Keras 3 models go through ``model.export`` -> SavedModel ->
+``TFLiteConverter.from_saved_model``: the converter's Keras path
+(``from_keras_model``) stumbles on Keras 3, while the SavedModel path converted
+every Keras 3 application tried here. The export happens once per run and all
+TFLite targets share it.
+
+Precision -> converter settings (the target's weights/activations/io fields):
+
+==============  ============================================================
+weights=float16  Optimize.DEFAULT + supported_types=[float16]
+weights=int8     Optimize.DEFAULT (dynamic range without calibration)
+activations=int8 + representative dataset, TFLITE_BUILTINS_INT8 only
+activations=int16 + representative dataset, 16x8 op set
+io=int8          inference_input/output_type = int8
+==============  ============================================================
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from deploykit._quiet import import_tensorflow, native_stderr_captured
+from deploykit.errors import ConversionError
+
+SUFFIX = ".tflite"
+
+
+def _representative(calibration: Any, names: list[str], signature_inputs: list[str]):
+    use_names = set(names) == set(signature_inputs)
+
+    def gen():
+        for i in range(len(calibration)):
+            sample = [x[i : i + 1] for x in calibration.x]
+            yield dict(zip(names, sample)) if use_names else sample
+
+    return gen
+
+
+def converter_settings(target: Any) -> dict[str, Any]:
+    """Human-readable settings this target maps to (recorded in the manifest)."""
+    settings: dict[str, Any] = {"converter": "TFLiteConverter.from_saved_model", "optimizations": []}
+    if target.weights != "float32" or target.activations != "float32":
+        settings["optimizations"] = ["DEFAULT"]
+    if target.weights == "float16":
+        settings["supported_types"] = ["float16"]
+    if target.activations == "int8":
+        settings["supported_ops"] = ["TFLITE_BUILTINS_INT8"]
+    elif target.activations == "int16":
+        settings["supported_ops"] = ["EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8"]
+    if target.needs_calibration:
+        settings["calibration_samples"] = target.calibration_samples
+    if target.io == "int8":
+        settings["inference_input_type"] = settings["inference_output_type"] = "int8"
+    return settings
+
+
+def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
+    """Convert ``model`` (a LoadedModel) for ``target`` into ``out_path``.
+
+    Args:
+        model: The :class:`deploykit.models.LoadedModel`.
+        target: The :class:`deploykit.targets.Target`.
+        calibration: Dataset for integer activations (None when not needed).
+        out_path: Where to write the .tflite bytes.
+
+    Returns:
+        The converter settings used.
+
+    Raises:
+        ConversionError: the converter failed (unsupported ops are named).
+    """
+    tf = import_tensorflow()
+    settings = converter_settings(target)
+    sm_dir = model.saved_model_dir()
+    with native_stderr_captured() as cap:
+        try:
+            conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_dir))
+            if settings["optimizations"]:
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            if target.weights == "float16":
+                conv.target_spec.supported_types = [tf.float16]
+            if target.needs_calibration:
+                if calibration is None or len(calibration) == 0:
+                    raise ConversionError(f"{target.name} needs calibration data; pass --data")
+                sig_inputs = [s.name for s in model.signature()["inputs"]]
+                names = [s.name for s in model.inputs]
+                conv.representative_dataset = _representative(
+                    calibration.take(target.calibration_samples), names, sig_inputs
+                )
+                ops = (
+                    tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+                    if target.activations == "int8"
+                    else tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                )
+                conv.target_spec.supported_ops = [ops]
+            if target.io == "int8":
+                conv.inference_input_type = tf.int8
+                conv.inference_output_type = tf.int8
+            flatbuffer = conv.convert()
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ConversionError(_explain(target, exc, cap.text)) from None
+        finally:
+            conv = None  # drop the converter's graph before the next target
+    Path(out_path).write_bytes(flatbuffer)
+    return settings
+
+
+def _explain(target: Any, exc: Exception, native: str) -> str:
+    text = " ".join(str(exc).split())
+    ops = sorted(set(re.findall(r"'?tf\.(\w+)'?", text + " " + native)))
+    if ops:
+        return (
+            f"{target.name}: TFLite cannot convert op(s) {', '.join(ops)} with builtin kernels "
+            f"({target.activations} activations); replace those ops or choose another target"
+        )
+    return f"{target.name}: TFLite conversion failed: {text[:400]}"

@@ -1,0 +1,163 @@
+"""Datasets for calibration and evaluation, checked against the model's inputs.
+
+Accepted forms (CLI and API alike):
+
+* a path to an ``.npz`` file with ``x`` (and ``y`` for labels); a model with
+  several inputs uses one key per input name (or ``x0``, ``x1`` ...);
+* an array, a tuple ``(x, y)``, a dict ``{"x": ..., "y": ...}``, or a list of
+  arrays for a multi-input model;
+* a callable returning any of the above.
+
+Everything is validated up front — non-empty, numeric, finite, shapes that
+fit the model's inputs, labels that match the samples — so a bad file fails
+before anything is converted or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploykit.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Samples for a model: one array per model input, optional integer labels."""
+
+    x: list[np.ndarray]
+    y: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.x[0])
+
+    def take(self, n: int) -> "Dataset":
+        """The first ``n`` samples (all when fewer)."""
+        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source)
+
+    def batches(self, size: int):
+        """Yield lists of per-input arrays of at most ``size`` samples."""
+        for start in range(0, len(self), size):
+            yield [a[start : start + size] for a in self.x]
+
+
+def _shape_str(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist; check the path")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{path}: holds Python objects (pickled); save plain numeric arrays with np.savez") from None
+        raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
+    y = arrays.pop("y", None)
+    if len(input_names) == 1 and "x" in arrays:
+        return [arrays["x"]], y
+    if all(n in arrays for n in input_names):
+        return [arrays[n] for n in input_names], y
+    numbered = [f"x{i}" for i in range(len(input_names))]
+    if all(n in arrays for n in numbered):
+        return [arrays[n] for n in numbered], y
+    want = "'x'" if len(input_names) == 1 else f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}"
+    raise DataError(f"{path}: has keys {sorted(arrays) or 'none'} but needs {want} (and optionally 'y' for labels)")
+
+
+def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
+    if isinstance(obj, dict):
+        y = obj.get("y")
+        if "x" in obj:
+            x = obj["x"]
+            return (list(x) if isinstance(x, (list, tuple)) else [x]), y
+        if all(n in obj for n in input_names):
+            return [obj[n] for n in input_names], y
+        raise DataError(f"data dict has keys {sorted(obj)}; needs 'x' (and optionally 'y')")
+    if isinstance(obj, tuple) and len(obj) == 2:
+        x, y = obj
+        return (list(x) if isinstance(x, (list, tuple)) else [x]), y
+    if isinstance(obj, list) and len(input_names) > 1:
+        return obj, None
+    return [obj], None
+
+
+def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Dataset:
+    """Load and validate a dataset for a model with the given input specs.
+
+    Args:
+        spec: Path to an ``.npz``, arrays, ``(x, y)``, dict, or a callable returning one.
+        inputs: The model's input specs (``name``, ``shape``, ``dtype``).
+        role: Word used in error messages (``data``, ``eval data``).
+
+    Returns:
+        A validated :class:`Dataset`, inputs cast to the model's dtypes.
+
+    Raises:
+        DataError: empty, non-numeric, non-finite data; shapes or dtypes that do
+            not fit the inputs; labels that do not match the samples.
+    """
+    names = [s.name for s in inputs]
+    if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
+        spec = spec()
+    if isinstance(spec, (str, Path)):
+        source = str(spec)
+        xs, y = _from_npz(Path(spec), names)
+    else:
+        source = f"<in-memory {role}>"
+        xs, y = _split(spec, names)
+    where = f"{role} {source}"
+    if len(xs) != len(inputs):
+        raise DataError(f"{where}: has {len(xs)} input array(s) but the model takes {len(inputs)} ({', '.join(names)})")
+    out: list[np.ndarray] = []
+    for arr, spec_i in zip(xs, inputs):
+        out.append(_check_input(np.asarray(arr), spec_i, where))
+    n = len(out[0])
+    if any(len(a) != n for a in out):
+        raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
+    labels = None if y is None else _check_labels(np.asarray(y), n, where)
+    return Dataset(out, labels, source)
+
+
+def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
+    label = f"{where}: input {spec.name!r}"
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{label} has dtype {arr.dtype}, not numeric; pass numbers ({spec.dtype})")
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise DataError(f"{label} is empty; pass at least one sample")
+    shape = tuple(spec.shape)
+    if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], arr.shape[1:])):
+        raise DataError(
+            f"{label} has sample shape {_shape_str(arr.shape)} but the model expects {_shape_str(shape)} "
+            "(first dimension = samples); reshape the data to fit"
+        )
+    want = np.dtype(spec.dtype) if spec.dtype not in ("", "None") else np.dtype("float32")
+    if want.kind == "f":
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise DataError(f"{label} contains {bad} NaN/inf value(s); calibration and evaluation need finite numbers — clean or drop those samples")
+        return arr.astype(want, copy=False)
+    if arr.dtype.kind == "f":
+        raise DataError(f"{label} is float ({arr.dtype}) but the model input is {want}; pass integer data")
+    return arr.astype(want, copy=False)
+
+
+def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+        y = y.argmax(axis=1)
+    y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
+    if len(y) != n:
+        raise DataError(f"{where}: has {n} samples but {len(y)} labels in 'y'; they must match")
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.isfinite(y).all()):
+        raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise DataError(f"{where}: labels 'y' are not whole numbers; pass class indices")
+    return y.astype(np.int64)

@@ -1,0 +1,403 @@
+"""Load any supported model input safely and describe it.
+
+Inputs: a Keras 3 ``.keras`` file (TF >= 2.16's default), a tf_keras
+``.keras``/``.h5`` file, a SavedModel directory, or an in-memory Keras model.
+
+Safety: Keras ``safe_mode`` stays on. Before anything is deserialized we read
+the model's config (JSON inside the zip or the HDF5 attributes) and refuse
+layers that carry code — ``Lambda`` (marshalled Python bytecode) and
+``TFSMLayer`` (loads another SavedModel) — unless the caller trusts the model.
+
+Every model is seen through one interface, :class:`LoadedModel`: input and
+output specs named as in the SavedModel serving signature (the names every
+converted artifact keeps), ``predict`` for reference outputs, and
+``saved_model_dir`` which exports once per run and is shared by all targets.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from deploykit._quiet import import_tensorflow, native_stderr_captured
+from deploykit.errors import ModelLoadError, UntrustedModelError
+
+CODE_CARRYING_LAYERS = {
+    "Lambda": "runs marshalled Python bytecode",
+    "TFSMLayer": "loads and runs another SavedModel",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None for dynamic dims) and dtype of one model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class ModelInfo:
+    """What `deploy inspect` prints and the manifest records about the source model."""
+
+    kind: str  # keras3 | tf_keras | saved_model
+    source: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layers: list[dict[str, str]] = field(default_factory=list)
+    preprocessing_layers: list[dict[str, str]] = field(default_factory=list)
+    params: int | None = None
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["inputs"] = [s.to_dict() for s in self.inputs]
+        data["outputs"] = [s.to_dict() for s in self.outputs]
+        return data
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts output_2 before output_10 (signature names are numbered)."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _walk_configs(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if "class_name" in node:
+            yield node
+        for value in node.values():
+            yield from _walk_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_configs(value)
+
+
+def _check_config_safe(config: Any, path: Path) -> None:
+    for node in _walk_configs(config):
+        cls = node.get("class_name")
+        if cls in CODE_CARRYING_LAYERS:
+            layer = node.get("config", {}).get("name", "?") if isinstance(node.get("config"), dict) else "?"
+            raise UntrustedModelError(
+                f"{path}: layer {layer!r} is a {cls}, which {CODE_CARRYING_LAYERS[cls]}; refused because "
+                "Keras safe_mode is on. If you trust this file, pass --trust-model (trust_model=True), "
+                "or replace the layer with built-in layers"
+            )
+
+
+def _read_keras_zip(path: Path) -> tuple[dict, dict]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "config.json" not in names:
+                raise ModelLoadError(f"{path}: not a Keras model archive (no config.json inside); re-save it with model.save('model.keras')")
+            config = json.loads(zf.read("config.json"))
+            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            bad = zf.testzip()
+            if bad is not None:
+                raise ModelLoadError(f"{path}: corrupt entry {bad!r} in the model archive; re-save or re-download the model")
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ModelLoadError(f"{path}: not a readable .keras file ({exc}); the file is truncated or corrupt, re-save it") from None
+    except json.JSONDecodeError:
+        raise ModelLoadError(f"{path}: the model config inside the archive is not valid JSON; the file is corrupt, re-save it") from None
+    return config, meta
+
+
+def _read_h5(path: Path) -> tuple[dict, str]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            raw = fh.attrs.get("model_config")
+            version = fh.attrs.get("keras_version", "")
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: not a readable HDF5 model ({exc}); the file is truncated or corrupt") from None
+    if raw is None:
+        raise ModelLoadError(f"{path}: HDF5 file holds no model_config (weights only?); save the whole model with model.save()")
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    if isinstance(version, bytes):
+        version = version.decode()
+    return json.loads(raw), str(version)
+
+
+def _spec_name(tensor: Any, index: int, prefix: str) -> str:
+    name = getattr(tensor, "name", None) or f"{prefix}_{index}"
+    return name.split(":")[0]
+
+
+class LoadedModel:
+    """A model ready for reference inference and export, whatever its source."""
+
+    def __init__(self, kind: str, source: str, keras_model: Any = None, saved_model_path: Path | None = None):
+        self.kind = kind
+        self.source = source
+        self.keras_model = keras_model
+        self._saved_model_path = saved_model_path
+        self._owned_tmp: tempfile.TemporaryDirectory | None = None
+        self._signature: dict | None = None
+        self._sm_fn = None
+
+    # -- SavedModel (shared by every converter) -----------------------------------------
+    def saved_model_dir(self) -> Path:
+        """A SavedModel with a ``serving_default`` signature, exported once and reused."""
+        if self._saved_model_path is None:
+            self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
+            path = Path(self._owned_tmp.name) / "saved_model"
+            with native_stderr_captured() as cap:
+                try:
+                    if self.kind == "keras3":
+                        self.keras_model.export(str(path), format="tf_saved_model", verbose=False)
+                    else:
+                        import contextlib, io  # noqa: E401
+
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            self.keras_model.export(str(path))
+                except Exception as exc:  # export failures are conversion failures of every target
+                    from deploykit.errors import ConversionError
+
+                    raise ConversionError(f"exporting the model to a SavedModel failed: {exc}. {cap.tail(2)}") from exc
+            self._saved_model_path = path
+        return self._saved_model_path
+
+    def signature(self) -> dict:
+        """Serving signature: {'inputs': [TensorSpec], 'outputs': [TensorSpec]} (sorted output names)."""
+        if self._signature is None:
+            import_tensorflow()
+            from tensorflow.python.tools import saved_model_utils
+
+            meta = saved_model_utils.get_meta_graph_def(str(self.saved_model_dir()), "serve")
+            if "serving_default" not in meta.signature_def:
+                raise ModelLoadError(
+                    f"{self.source}: SavedModel has no 'serving_default' signature "
+                    f"(has: {', '.join(meta.signature_def) or 'none'}); export it with a serving signature"
+                )
+            sig = meta.signature_def["serving_default"]
+            import tensorflow as tf
+
+            def specs(items) -> list[TensorSpec]:
+                out = []
+                for key in sorted(items, key=natural_key):
+                    info = items[key]
+                    shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+                    out.append(TensorSpec(key, shape, tf.dtypes.as_dtype(info.dtype).name))
+                return out
+
+            self._signature = {"inputs": specs(sig.inputs), "outputs": specs(sig.outputs)}
+        return self._signature
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input specs in the order ``predict`` takes them."""
+        if self.keras_model is not None:
+            return [
+                TensorSpec(_spec_name(t, i, "input"), tuple(t.shape), _dtype_name(t.dtype))
+                for i, t in enumerate(self.keras_model.inputs)
+            ]
+        return self.signature()["inputs"]
+
+    def info(self) -> ModelInfo:
+        """Inputs, outputs, layers, embedded preprocessing layers and parameter count."""
+        if self.keras_model is None:
+            sig = self.signature()
+            return ModelInfo(self.kind, self.source, sig["inputs"], sig["outputs"], name=Path(self.source).name)
+        m = self.keras_model
+        outputs = [
+            TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(m.outputs)
+        ]
+        layers, pre = [], []
+        for layer in _flat_layers(m):
+            entry = {"name": layer.name, "class": type(layer).__name__}
+            layers.append(entry)
+            if ".preprocessing." in type(layer).__module__:
+                pre.append(entry)
+        return ModelInfo(self.kind, self.source, self.inputs, outputs, layers, pre, int(m.count_params()), m.name)
+
+    # -- reference inference ----------------------------------------------------------------
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+        """Reference outputs, as a list in ``output_names`` order."""
+        n = len(inputs[0])
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, n, batch_size):
+            batch = [x[start : start + batch_size] for x in inputs]
+            chunks.append(self._predict_batch(batch))
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+    def _predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        if self.keras_model is not None:
+            arg = batch[0] if len(batch) == 1 else batch
+            out = self.keras_model(arg, training=False)
+            if isinstance(out, dict):
+                return [np.asarray(out[k]) for k in sorted(out, key=natural_key)]
+            if isinstance(out, (list, tuple)):
+                return [np.asarray(o) for o in out]
+            return [np.asarray(out)]
+        if self._sm_fn is None:
+            tf = import_tensorflow()
+            self._sm_obj = tf.saved_model.load(str(self._saved_model_path))
+            self._sm_fn = self._sm_obj.signatures["serving_default"]
+        names = [s.name for s in self.signature()["inputs"]]
+        out = self._sm_fn(**{name: x for name, x in zip(names, batch)})
+        return [np.asarray(out[k]) for k in sorted(out, key=natural_key)]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names as the converted artifacts carry them (serving signature names)."""
+        return [s.name for s in self.signature()["outputs"]]
+
+    def release(self) -> None:
+        """Drop the temporary SavedModel export."""
+        if self._owned_tmp is not None:
+            self._owned_tmp.cleanup()
+            self._owned_tmp = None
+            self._saved_model_path = None
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = getattr(dtype, "name", dtype)
+    return str(name)
+
+
+def _flat_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers") and getattr(layer, "layers", None) and not ".preprocessing." in type(layer).__module__:
+            out.extend(_flat_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _is_keras_model(obj: Any) -> str | None:
+    mod = type(obj).__module__
+    try:
+        import keras
+
+        if isinstance(obj, keras.Model):
+            return "keras3"
+    except ImportError:  # pragma: no cover
+        pass
+    if mod.startswith("tf_keras") or "tf_keras" in str(type(obj).__mro__):
+        return "tf_keras"
+    return None
+
+
+def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
+    """Load a model from a path or wrap an in-memory Keras model.
+
+    Args:
+        source: Path to a ``.keras``/``.h5`` file or SavedModel directory, or a
+            Keras 3 / tf_keras model object.
+        trust_model: Allow layers that carry code (Lambda, TFSMLayer) and turn
+            off Keras safe_mode. Only for files you trust.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        ModelLoadError: missing, truncated or corrupt file, unsupported kind, or
+            unknown custom objects.
+        UntrustedModelError: the model carries code and ``trust_model`` is False.
+
+    Example:
+        >>> model = load_model("model.keras")
+        >>> model.info().params
+    """
+    if not isinstance(source, (str, Path)):
+        kind = _is_keras_model(source)
+        if kind is None:
+            raise ModelLoadError(
+                f"cannot use a {type(source).__name__} as a model; pass a Keras model, a .keras/.h5 file or a SavedModel directory"
+            )
+        import_tensorflow()
+        return LoadedModel(kind, f"<in-memory {type(source).__name__} {getattr(source, 'name', '')}>", keras_model=source)
+
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"model {path} does not exist; check the path")
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+            raise ModelLoadError(f"{path} is a directory without saved_model.pb; pass a SavedModel directory or a .keras/.h5 file")
+        return _load_saved_model(path)
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        config, meta = _read_keras_zip(path)
+        if not trust_model:
+            _check_config_safe(config, path)
+        version = str(meta.get("keras_version", "3"))
+        kind = "keras3" if version.startswith("3") else "tf_keras"
+    elif suffix in (".h5", ".hdf5"):
+        config, version = _read_h5(path)
+        if not trust_model:
+            _check_config_safe(config, path)
+        kind = "keras3" if version.startswith("3") else "tf_keras"
+    else:
+        raise ModelLoadError(
+            f"{path}: unsupported model file type {suffix or '(none)'!r}; pass a .keras or .h5 file or a SavedModel directory"
+        )
+    import_tensorflow()
+    with native_stderr_captured() as cap:
+        try:
+            if kind == "keras3":
+                import keras
+
+                model = keras.models.load_model(path, compile=False, safe_mode=not trust_model)
+            else:
+                import tf_keras
+
+                kwargs = {"safe_mode": not trust_model} if suffix == ".keras" else {}
+                model = tf_keras.models.load_model(path, compile=False, **kwargs)
+        except Exception as exc:
+            raise _explain_load_failure(path, exc, cap.tail(1)) from None
+    return LoadedModel(kind, str(path), keras_model=model)
+
+
+def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadError:
+    text = " ".join(str(exc).split())
+    if "Could not locate class" in text or "Unknown layer" in text or "Unknown object" in text or "custom_objects" in text:
+        import re
+
+        match = re.search(r"(?:locate class|Unknown layer|Unknown object)[^'\"]*['\"]([^'\"]+)['\"]", text)
+        what = f" {match.group(1)!r}" if match else ""
+        return ModelLoadError(
+            f"{path}: unknown custom object{what}; deploykit cannot load custom code from a file. "
+            "Use the Python API with the class imported and registered (keras.saving.register_keras_serializable)"
+        )
+    if "safe_mode" in text:
+        return UntrustedModelError(f"{path}: the model carries code refused by Keras safe_mode; pass --trust-model if you trust it")
+    return ModelLoadError(f"{path}: could not load the model: {text[:300]}")
+
+
+def _load_saved_model(path: Path) -> LoadedModel:
+    import_tensorflow()
+    model = LoadedModel("saved_model", str(path), saved_model_path=path)
+    try:
+        model.signature()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable SavedModel ({' '.join(str(exc).split())[:200]}); it is truncated or corrupt") from None
+    return model
+
+
+def inspect_model(source: Any, *, trust_model: bool = False) -> ModelInfo:
+    """Describe a model: inputs, outputs, layers, embedded preprocessing layers, parameters.
+
+    Example:
+        >>> info = deploykit.inspect("model.keras")
+        >>> [l["class"] for l in info.preprocessing_layers]
+        ['Resizing', 'Rescaling']
+    """
+    return load_model(source, trust_model=trust_model).info()

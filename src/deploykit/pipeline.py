@@ -1,0 +1,323 @@
+"""The run: load -> convert -> verify -> bench per target -> manifest + reports.
+
+User mistakes (bad model, data, target names, an output directory in the way)
+are found before anything is written and raised at once. A target that fails
+(converter error, missed tolerance) is recorded as failed and the other
+targets still finish; the result's ``ok`` is then False.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from deploykit.artifacts import MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
+from deploykit.errors import DataError, DeployError, OutputExistsError, UserError
+from deploykit.targets import Target, get_target
+
+REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
+DEFAULT_VERIFY_SAMPLES = 1000
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class ConvertResult:
+    """What a run produced; ``manifest`` is the content of ``manifest.json``."""
+
+    out: Path
+    manifest: dict[str, Any]
+    manifest_path: Path
+    report_path: Path
+    html_report_path: Path
+
+    @property
+    def ok(self) -> bool:
+        """True when every target produced an artifact that passed verification."""
+        return all(a["status"] == "ok" for a in self.manifest["artifacts"])
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return self.manifest["artifacts"]
+
+    def artifact(self, target: str) -> dict[str, Any]:
+        """The manifest entry of one target."""
+        for a in self.artifacts:
+            if a["target"] == target:
+                return a
+        raise KeyError(target)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.manifest[key]
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force to overwrite")
+
+
+def _clear_previous_run(out: Path) -> None:
+    """With --force: remove what a previous deploykit run wrote here, and nothing else."""
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        try:
+            old = Manifest.read(manifest)
+            for a in old.artifacts:
+                target_dir = (out / a.path).parent
+                if a.path and target_dir.resolve().parent == out.resolve() and target_dir.is_dir():
+                    shutil.rmtree(target_dir)
+        except Exception:  # unreadable old manifest: overwrite file by file only
+            pass
+    for name in (MANIFEST_NAME, *REPORT_FILES):
+        (out / name).unlink(missing_ok=True)
+
+
+def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Target]:
+    if isinstance(targets, (str, Target)):
+        targets = [targets]
+    resolved: list[Target] = []
+    for t in targets:
+        target = get_target(t)
+        if target.name not in {r.name for r in resolved}:
+            resolved.append(target)
+    if not resolved:
+        from deploykit.targets import list_targets
+
+        raise UserError(f"no target given; choose one or more of: {', '.join(t.name for t in list_targets())}")
+    return resolved
+
+
+class Pipeline:
+    """Convert, verify and benchmark one model for several targets.
+
+    Args:
+        targets: Target names, TOML paths or :class:`Target` objects.
+        data: Calibration (and default evaluation) data: ``.npz`` path, arrays, ``(x, y)``...
+        out: Output directory for artifacts, ``manifest.json`` and reports.
+        eval_data: Separate evaluation data (defaults to ``data``).
+        force: Overwrite a non-empty output directory's previous run.
+        trust_model: Allow model files that carry code (turns Keras safe_mode off).
+        threads, warmup, iterations: Override every target's bench settings.
+        verify_samples: At most this many evaluation samples are verified.
+        bench: Benchmark artifacts (True) or only verify them.
+        progress: Called with a short message as each step starts.
+
+    Example:
+        >>> Pipeline(["tflite-fp32", "tflite-int8"], data="calib.npz", out="build").run("model.keras")
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str | Target] | str | Target,
+        *,
+        data: Any = None,
+        out: str | Path = "build",
+        eval_data: Any = None,
+        force: bool = False,
+        trust_model: bool = False,
+        threads: int | None = None,
+        warmup: int | None = None,
+        iterations: int | None = None,
+        verify_samples: int = DEFAULT_VERIFY_SAMPLES,
+        bench: bool = True,
+        progress: ProgressFn | None = None,
+    ):
+        self.targets = _resolve_targets(targets)
+        overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
+        if overrides:
+            self.targets = [t.with_bench(**overrides) for t in self.targets]
+        if verify_samples < 1:
+            raise UserError(f"verify_samples must be >= 1, got {verify_samples}")
+        self.data, self.eval_data = data, eval_data
+        self.out = Path(out)
+        self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
+        self.verify_samples = verify_samples
+        self.progress = progress or (lambda msg: None)
+
+    # -------------------------------------------------------------------------------------
+    def run(self, model: Any) -> ConvertResult:
+        """Run every target on ``model`` (path or in-memory Keras model)."""
+        from deploykit.converters import get_converter
+        from deploykit.data import load_data
+        from deploykit.models import load_model
+        from deploykit.runtime_bench.memory import PeakRSS, release_memory
+
+        for t in self.targets:
+            get_converter(t.format)
+        _check_out_dir(self.out, self.force)
+        steps: dict[str, Any] = {}
+
+        self.progress("loading model")
+        with PeakRSS() as mem:
+            loaded = load_model(model, trust_model=self.trust_model)
+        steps["load"] = mem.to_dict()
+        specs = loaded.inputs
+        calib = load_data(self.data, specs, role="data") if self.data is not None else None
+        evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
+        if calib is None and any(t.needs_calibration for t in self.targets):
+            need = [t.name for t in self.targets if t.needs_calibration]
+            raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
+        if evald is None:
+            evald = _random_inputs(specs)
+        evald = evald.take(self.verify_samples)
+
+        self.progress("computing reference outputs")
+        with PeakRSS() as mem:
+            output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
+            reference = loaded.predict(evald.x)
+        steps["reference"] = mem.to_dict()
+        inputs = {s.name: x for s, x in zip(specs, evald.x)}
+        info = loaded.info()
+
+        if self.force and self.out.exists():
+            _clear_previous_run(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(
+            model={**info.to_dict(), **_file_identity(model)},
+            data={
+                "source": None if calib is None else calib.source,
+                "samples": None if calib is None else len(calib),
+                "eval_source": evald.source,
+                "eval_samples": len(evald),
+                "labels": evald.y is not None,
+            },
+            steps=steps,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        try:
+            for target in self.targets:
+                artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names)
+                manifest.artifacts.append(artifact)
+                release_memory()
+        finally:
+            loaded.release()
+        from deploykit.report import write_reports
+
+        manifest_path = manifest.write(self.out)
+        md, html = write_reports(manifest, self.out)
+        return ConvertResult(self.out, manifest.to_dict(), manifest_path, md, html)
+
+    # -------------------------------------------------------------------------------------
+    def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names) -> Artifact:
+        from deploykit.converters import get_converter
+        from deploykit.runtime_bench import benchmark, get_runner
+        from deploykit.runtime_bench.memory import PeakRSS
+        from deploykit.verify import verify
+
+        converter = get_converter(target.format)
+        rel = Path(target.name) / f"model{converter.SUFFIX}"
+        final = self.out / rel
+        artifact = Artifact(target=target.name, format=target.format, path=str(rel), parent=loaded.source,
+                            settings={"target": target.to_dict()})
+        try:
+            with atomic_path(final) as tmp:
+                self.progress(f"{target.name}: converting")
+                with PeakRSS() as mem:
+                    artifact.settings["converter"] = converter.convert(loaded, target, calib, tmp)
+                artifact.steps["convert"] = mem.to_dict()
+
+                self.progress(f"{target.name}: verifying")
+                runner = get_runner(target.runtime, tmp, target.bench.threads)
+                with PeakRSS() as mem:
+                    runner.load()
+                    artifact.verification = verify(
+                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y
+                    )
+                artifact.steps["verify"] = mem.to_dict()
+                runner.close()
+
+                if self.bench_enabled:
+                    self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
+                    artifact.benchmark = _bench(target, tmp, {k: v[:1] for k, v in inputs.items()})
+                    artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
+                artifact.size_bytes = tmp.stat().st_size
+                artifact.gzip_bytes = gzip_size(tmp)
+                artifact.sha256 = sha256_file(tmp)
+            if artifact.verification.get("passed"):
+                artifact.status = "ok"
+            else:
+                artifact.status = "failed"
+                artifact.error = "verification failed: " + "; ".join(artifact.verification.get("failures", []))
+        except UserError:
+            raise
+        except DeployError as exc:
+            artifact.status, artifact.error = "failed", str(exc)
+        except Exception as exc:  # a converter/runtime crash fails this target, not the run
+            artifact.status, artifact.error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+        if artifact.status == "failed" and not final.exists():
+            artifact.path = ""
+        return artifact
+
+
+def _bench(target: Target, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    from deploykit.runtime_bench import benchmark, get_runner
+    from deploykit.runtime_bench.memory import PeakRSS
+
+    runner = get_runner(target.runtime, path, target.bench.threads)
+    with PeakRSS() as mem:
+        init_s = runner.load()
+        stats = benchmark(runner, inputs, warmup=target.bench.warmup, iterations=target.bench.iterations)
+    runner.close()
+    stats.init_ms = init_s * 1000
+    result = stats.to_dict()
+    result.update(runner.describe())
+    result.update(mem.to_dict())
+    return result
+
+
+def _random_inputs(specs) -> Any:
+    from deploykit.data import Dataset
+
+    rng = np.random.default_rng(0)
+    xs = []
+    for s in specs:
+        shape = [8] + [1 if d is None else d for d in s.shape[1:]]
+        xs.append(rng.uniform(0, 1, shape).astype(s.dtype if s.dtype.startswith("float") else "float32"))
+    return Dataset(xs, None, "<random uniform 0..1, no data given>")
+
+
+def _file_identity(model: Any) -> dict[str, Any]:
+    if isinstance(model, (str, Path)) and Path(model).is_file():
+        return {"path": str(model), "sha256": sha256_file(Path(model)), "size_bytes": Path(model).stat().st_size}
+    if isinstance(model, (str, Path)):
+        return {"path": str(model)}
+    return {"path": None}
+
+
+def convert(
+    model: Any,
+    targets: Sequence[str | Target] | str | Target,
+    data: Any = None,
+    out: str | Path = "build",
+    **options: Any,
+) -> ConvertResult:
+    """Convert a model for each target, verify and benchmark every artifact, write reports.
+
+    Args:
+        model: Path to a ``.keras``/``.h5`` file or SavedModel directory, or an
+            in-memory Keras 3 / tf_keras model.
+        targets: Target names (``deploy targets`` lists them), TOML paths or Target objects.
+        data: Calibration and evaluation data (``.npz`` path with ``x``/``y``, arrays, ``(x, y)``).
+        out: Output directory.
+        **options: ``eval_data``, ``force``, ``trust_model``, ``threads``, ``warmup``,
+            ``iterations``, ``verify_samples``, ``bench``, ``progress`` (see :class:`Pipeline`).
+
+    Returns:
+        A :class:`ConvertResult`; ``result.manifest`` is the content of ``manifest.json``.
+
+    Raises:
+        UserError: bad model, data, target or output directory; nothing is written.
+
+    Example:
+        >>> result = deploykit.convert("digits.keras", ["tflite-fp32", "tflite-int8"],
+        ...                            data="digits.npz", out="build/digits")
+        >>> result.artifact("tflite-int8")["verification"]["accuracy"]
+    """
+    return Pipeline(targets, data=data, out=out, **options).run(model)

@@ -1,0 +1,58 @@
+"""Self-contained HTML report (plot inlined as SVG) from a manifest."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from deploykit.artifacts import Manifest
+from deploykit.report.rows import COLUMNS, highlights, table
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}tr.failed{background:#fff0f0}
+code{background:#f5f5f5;padding:0 .2rem}.fail{color:#b00}
+"""
+
+
+def _md_inline(text: str) -> str:
+    text = html.escape(text)
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
+def render_html(manifest: Manifest, plot_svg: str | None) -> str:
+    m = manifest.model
+    title = f"deploykit report: {m.get('name') or m.get('source')}"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Model <code>{html.escape(str(m.get('source')))}</code> ({html.escape(str(m.get('kind')))}, "
+        f"{m.get('params') or '?'} parameters).</p>",
+    ]
+    if m.get("preprocessing_layers"):
+        pre = ", ".join(f"{p['class']} ({p['name']})" for p in m["preprocessing_layers"])
+        parts.append(f"<p>Embedded preprocessing: {html.escape(pre)}.</p>")
+    parts.append("<h2>At a glance</h2><ul>" + "".join(f"<li>{_md_inline(h)}</li>" for h in highlights(manifest)) + "</ul>")
+    parts.append("<h2>Targets</h2><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
+    for a, r in zip(manifest.artifacts, table(manifest)):
+        cls = "" if a.status == "ok" else " class='failed'"
+        parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>")
+    parts.append("</table>")
+    if plot_svg:
+        svg = plot_svg[plot_svg.find("<svg"):]
+        parts.append(f"<h2>Size vs latency</h2><div>{svg}</div>")
+    failed = [a for a in manifest.artifacts if a.status != "ok"]
+    if failed:
+        parts.append("<h2>Failures</h2><ul>" + "".join(
+            f"<li class='fail'><b>{html.escape(a.target)}</b>: {html.escape(a.error)}</li>" for a in failed) + "</ul>")
+    mach = manifest.machine
+    parts.append(
+        "<h2>How this was measured</h2><p>"
+        + html.escape(f"{mach.get('cpu')}, {mach.get('cores')} cores; tools: "
+                      + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
+        + ". Latency is invoke-only after warm-up; raw samples are in manifest.json.</p>"
+    )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

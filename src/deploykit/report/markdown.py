@@ -1,0 +1,60 @@
+"""Markdown report from a manifest."""
+
+from __future__ import annotations
+
+from deploykit.artifacts import Manifest
+from deploykit.report.rows import COLUMNS, highlights, human_bytes, table
+
+
+def _inputs(model: dict) -> str:
+    return ", ".join(f"`{i['name']}` {tuple(i['shape'])}" for i in model.get("inputs", []))
+
+
+def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
+    m = manifest.model
+    lines = [
+        f"# deploykit report: {m.get('name') or m.get('source')}",
+        "",
+        f"Model `{m.get('source')}` ({m.get('kind')}, {m.get('params') or '?'} parameters); "
+        f"inputs {_inputs(m)}.",
+    ]
+    if m.get("preprocessing_layers"):
+        lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
+    d = manifest.data
+    lines += [
+        f"Verified on {d.get('eval_samples')} samples of `{d.get('eval_source')}`"
+        + (" with labels." if d.get("labels") else " (no labels: accuracy not measured)."),
+        "",
+        "## At a glance",
+        "",
+    ]
+    lines += [f"- {h}" for h in highlights(manifest)]
+    lines += ["", "## Targets", ""]
+    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
+    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    for r in table(manifest):
+        lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
+    if plot_file:
+        lines += ["", f"![size vs latency]({plot_file})"]
+    failed = [a for a in manifest.artifacts if a.status != "ok"]
+    if failed:
+        lines += ["", "## Failures", ""]
+        lines += [f"- **{a.target}**: {a.error}" for a in failed]
+    lines += ["", "## Artifacts", ""]
+    for a in manifest.artifacts:
+        if a.path:
+            lines.append(f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {a.settings.get('target', {}).get('description', '')}")
+    mach, tools = manifest.machine, manifest.tools
+    threads = sorted({a.benchmark.get("threads") for a in manifest.artifacts if a.benchmark})
+    lines += [
+        "",
+        "## How this was measured",
+        "",
+        f"- Machine: {mach.get('cpu')}, {mach.get('cores')} cores, {human_bytes(mach.get('memory_bytes'))}, {mach.get('os')}",
+        f"- Tools: {', '.join(f'{k} {v}' for k, v in tools.items())}",
+        f"- Latency: invoke only, after warm-up; threads {', '.join(map(str, threads)) or '–'}; raw samples in manifest.json.",
+        "- Size: raw bytes and gzip -9. Peak RSS: highest resident memory sampled during the target's steps.",
+        f"- Created {manifest.created}; manifest schema {manifest.schema_version}.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Runners (one per runtime) and the benchmark loop they share.
+
+A runner loads an artifact and runs it: ``load() -> seconds``,
+``set_inputs``/``invoke``/``get_outputs`` and ``run``. Verification and
+benchmarking use the same runner. Runners are registered by runtime name and
+imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from deploykit.errors import UserError
+from deploykit.runtime_bench.stats import Stats
+
+RUNNERS: dict[str, str] = {
+    "litert": "deploykit.runtime_bench.litert:LiteRTRunner",
+}
+
+SUFFIX_RUNTIME = {".tflite": "litert"}
+
+
+def get_runner(runtime: str, path: str | Path, threads: int) -> Any:
+    """Instantiate the runner registered for ``runtime``."""
+    if runtime not in RUNNERS:
+        raise UserError(f"unknown runtime {runtime!r}; known: {', '.join(RUNNERS)}")
+    module, cls = RUNNERS[runtime].split(":")
+    return getattr(importlib.import_module(module), cls)(path, threads=threads)
+
+
+def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, iterations: int) -> Stats:
+    """Time ``iterations`` invocations after ``warmup`` untimed ones; inputs set once.
+
+    Only ``invoke`` is inside the timed region, as in LiteRT's benchmark_model.
+    """
+    runner.set_inputs(inputs)
+    for _ in range(warmup):
+        runner.invoke()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(iterations):
+        t0 = clock()
+        runner.invoke()
+        samples.append((clock() - t0) / 1e6)
+    return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
+
+
+def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs fitting the runner's input tensors, for `deploy bench` without data."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, d in runner.input_details().items():
+        sig = list(d.get("shape_signature", d["shape"]))
+        shape = [batch if i == 0 and s == -1 else (1 if s == -1 else int(s)) for i, s in enumerate(sig)]
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind == "f":
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            info = np.iinfo(dtype)
+            scale, zero = d["quantization"]
+            if scale:  # quantized input: give float values the runner will quantize
+                lo, hi = (info.min - zero) * scale, (info.max - zero) * scale
+                out[name] = rng.uniform(lo, hi, shape).astype(np.float32)
+            else:
+                out[name] = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    return out
+
+
+def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
+               data: Any = None) -> dict[str, Any]:
+    """Benchmark an existing artifact on its runtime.
+
+    Args:
+        path: The artifact (``.tflite``).
+        threads: Runtime threads.
+        warmup: Untimed runs first.
+        iterations: Timed runs.
+        data: Optional ``.npz``/arrays; the first sample is used. Random inputs otherwise.
+
+    Returns:
+        Latency summary with raw samples, init time, sizes and peak memory.
+
+    Example:
+        >>> deploykit.bench("build/tflite-int8/model.tflite", threads=2)["p50_ms"]
+    """
+    from deploykit.artifacts import gzip_size, sha256_file
+    from deploykit.runtime_bench.memory import PeakRSS
+    from deploykit.targets import BenchSettings
+
+    BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is not a file; pass a model artifact such as model.tflite")
+    runtime = SUFFIX_RUNTIME.get(path.suffix.lower())
+    if runtime is None:
+        raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
+    runner = get_runner(runtime, path, threads)
+    with PeakRSS() as mem:
+        init_s = runner.load()
+        if data is not None:
+            from deploykit.data import load_data
+            from deploykit.models import TensorSpec
+
+            specs = []
+            for name, d in runner.input_details().items():
+                sig = list(d.get("shape_signature", d["shape"]))
+                specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), "float32"))
+            ds = load_data(data, specs).take(1)
+            inputs = dict(zip(runner.input_names, ds.x))
+        else:
+            inputs = synthetic_inputs(runner)
+        stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
+    stats.init_ms = init_s * 1000
+    result = stats.to_dict()
+    result.update(runner.describe())
+    result.update(
+        {
+            "path": str(path),
+            "sha256": sha256_file(path),
+            "size_bytes": path.stat().st_size,
+            "gzip_bytes": gzip_size(path),
+            "peak_rss_bytes": mem.peak_bytes,
+            "rss_increase_bytes": mem.peak_bytes - mem.start_bytes,
+            "inputs": "data" if data is not None else "random",
+        }
+    )
+    return result

@@ -1,0 +1,141 @@
+"""LiteRT (ai-edge-litert) runner for .tflite artifacts.
+
+The same runner serves verification and benchmarking, so what is verified is
+exactly what is timed. XNNPACK is LiteRT's default CPU delegate and is used
+as-is. Integer inputs/outputs are quantized/dequantized with the tensor's own
+scale and zero point, so callers always pass and get float data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from deploykit._quiet import native_stderr_captured, quiet_tensorflow_env
+from deploykit.errors import RuntimeLoadError
+
+
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "iu" or np.asarray(x).dtype == dtype:
+        return np.asarray(x, dtype=dtype)
+    scale, zero = detail["quantization"]
+    if not scale:
+        return np.asarray(x).astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x, np.float32) / scale + zero), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if y.dtype.kind not in "iu":
+        return y
+    scale, zero = detail["quantization"]
+    if not scale:
+        return y
+    return (y.astype(np.float32) - zero) * np.float32(scale)
+
+
+class LiteRTRunner:
+    """Load a .tflite file in LiteRT and run it.
+
+    Example:
+        >>> r = LiteRTRunner("model.tflite", threads=2); r.load()
+        >>> outputs = r.run({"pixels": x})
+    """
+
+    runtime = "litert"
+
+    def __init__(self, path: str | Path, threads: int = 2):
+        self.path = Path(path)
+        self.threads = threads
+        self._interp: Any = None
+
+    def load(self) -> float:
+        """Create the interpreter and allocate tensors; returns seconds taken."""
+        quiet_tensorflow_env()
+        t0 = time.perf_counter()
+        with native_stderr_captured() as cap:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+
+                self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
+                self._interp.allocate_tensors()
+            except Exception as exc:
+                raise RuntimeLoadError(f"LiteRT could not load {self.path.name}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}") from None
+        elapsed = time.perf_counter() - t0
+        by_index_in = {d["index"]: d for d in self._interp.get_input_details()}
+        by_index_out = {d["index"]: d for d in self._interp.get_output_details()}
+        sigs = self._interp.get_signature_list()
+        if sigs:
+            key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
+            sr = self._interp.get_signature_runner(key)
+            self._inputs = {n: by_index_in[d["index"]] for n, d in sr.get_input_details().items()}
+            self._outputs = {n: by_index_out[d["index"]] for n, d in sr.get_output_details().items()}
+        else:
+            self._inputs = {d["name"]: d for d in by_index_in.values()}
+            self._outputs = {d["name"]: d for d in by_index_out.values()}
+        return elapsed
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def input_details(self) -> dict[str, dict[str, Any]]:
+        """Name -> LiteRT tensor details (shape, shape_signature, dtype, quantization)."""
+        return dict(self._inputs)
+
+    def output_details(self) -> dict[str, dict[str, Any]]:
+        return dict(self._outputs)
+
+    def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Set float (or native) inputs by name; positional when the names differ but counts match."""
+        names = self.input_names
+        if set(inputs) != set(names):
+            if len(inputs) != len(names):
+                raise RuntimeLoadError(f"{self.path.name} takes inputs {names}, got {list(inputs)}")
+            inputs = dict(zip(names, inputs.values()))
+        resized = False
+        for name, x in inputs.items():
+            detail = self._inputs[name]
+            if tuple(detail["shape"]) != tuple(np.shape(x)):
+                self._interp.resize_tensor_input(detail["index"], list(np.shape(x)), strict=False)
+                resized = True
+        if resized:
+            self._interp.allocate_tensors()
+            self._refresh_details()
+        for name, x in inputs.items():
+            detail = self._inputs[name]
+            self._interp.set_tensor(detail["index"], _quantize(x, detail))
+
+    def _refresh_details(self) -> None:
+        fresh_in = {d["index"]: d for d in self._interp.get_input_details()}
+        fresh_out = {d["index"]: d for d in self._interp.get_output_details()}
+        self._inputs = {n: fresh_in[d["index"]] for n, d in self._inputs.items()}
+        self._outputs = {n: fresh_out[d["index"]] for n, d in self._outputs.items()}
+
+    def invoke(self) -> None:
+        self._interp.invoke()
+
+    def get_outputs(self) -> dict[str, np.ndarray]:
+        """Outputs by name, dequantized to float when the artifact has integer outputs."""
+        return {n: _dequantize(self._interp.get_tensor(d["index"]), d) for n, d in self._outputs.items()}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Set inputs, invoke, return outputs."""
+        self.set_inputs(inputs)
+        self.invoke()
+        return self.get_outputs()
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime settings recorded with benchmark results."""
+        return {"runtime": self.runtime, "threads": self.threads, "delegate": "XNNPACK (LiteRT default)"}
+
+    def close(self) -> None:
+        self._interp = None

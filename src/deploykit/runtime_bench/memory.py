@@ -1,0 +1,83 @@
+"""Peak resident memory of a step, sampled from a background thread.
+
+``ru_maxrss`` only ever grows over a process's life, so it cannot tell the
+peak of one step from the peak of an earlier one. A sampler thread reading
+RSS every few milliseconds can; its peak is a lower bound of the true peak
+(short spikes between samples are missed), which is why the process-wide
+``ru_maxrss`` is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import resource
+import threading
+import time
+
+import psutil
+
+
+def process_peak_rss_bytes() -> int:
+    """Process-lifetime peak RSS (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS.
+
+    Without ``malloc_trim`` glibc keeps freed arenas mapped, and the RSS of
+    one target's conversion would sit under the next one's.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class PeakRSS:
+    """Context manager measuring this process's peak RSS while the block runs.
+
+    Example:
+        >>> with PeakRSS() as mem:
+        ...     convert()
+        >>> mem.peak_bytes, mem.start_bytes
+    """
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self._proc = psutil.Process()
+        self.start_bytes = 0
+        self.peak_bytes = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = self._proc.memory_info().rss
+            if rss > self.peak_bytes:
+                self.peak_bytes = rss
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start_bytes = self.peak_bytes = self._proc.memory_info().rss
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+        self.seconds = time.perf_counter() - self._t0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "seconds": round(self.seconds, 4),
+            "peak_rss_bytes": self.peak_bytes,
+            "start_rss_bytes": self.start_bytes,
+        }

@@ -1,0 +1,259 @@
+"""Target profiles: what to build, how to check it and how to time it.
+
+A :class:`Target` is a frozen value object. The built-in profiles live as data
+in ``builtin.toml`` next to this module; a user target is a TOML file with the
+same fields (``deploy convert --target my_board.toml``). Every field is
+validated when the object is made, so an impossible profile never reaches a
+converter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from deploykit.errors import TargetError
+
+FORMATS = ("tflite",)
+RUNTIMES = {"tflite": "litert"}
+DTYPES_WEIGHTS = ("float32", "float16", "int8")
+DTYPES_ACTIVATIONS = ("float32", "int8", "int16")
+DTYPES_IO = ("float32", "int8")
+
+FIELD_DOCS: dict[str, str] = {
+    "name": "Profile name, `<format>-<precision>`.",
+    "format": f"Artifact format, one of {FORMATS}.",
+    "precision": "Short precision label shown in reports.",
+    "description": "One sentence for humans.",
+    "runtime": "Runtime used to verify and benchmark (derived from the format when omitted).",
+    "weights": f"Stored weight type, one of {DTYPES_WEIGHTS}.",
+    "activations": f"Activation type at inference, one of {DTYPES_ACTIVATIONS}; integer activations need calibration data.",
+    "io": f"Model input/output type, one of {DTYPES_IO}; int8 I/O needs int8 activations.",
+    "calibration_samples": "How many samples of the run's data calibrate integer activations.",
+    "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
+    "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
+    "tolerance.range_atol": "Extra absolute tolerance as a fraction of the reference output's range.",
+    "tolerance.max_accuracy_drop": "Largest allowed top-1 accuracy drop, in percentage points (labelled data).",
+    "tolerance.min_agreement": "Smallest allowed top-1 agreement with the reference, 0..1 (classification outputs).",
+    "bench.threads": "Runtime threads for benchmarking.",
+    "bench.warmup": "Untimed runs before timing.",
+    "bench.iterations": "Timed runs.",
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close an artifact must stay to the reference model.
+
+    An element passes when ``|artifact - reference| <= atol + rtol * |reference|
+    + range_atol * (reference.max() - reference.min())``. With labels, accuracy
+    may drop by at most ``max_accuracy_drop`` points; for classification outputs
+    top-1 agreement with the reference must reach ``min_agreement``.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 0.0
+    range_atol: float = 0.0
+    max_accuracy_drop: float = 1.0
+    min_agreement: float = 0.97
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol", "range_atol"):
+            value = getattr(self, name)
+            if not (value >= 0):
+                raise TargetError(f"tolerance.{name} must be >= 0, got {value!r}")
+        if self.atol + self.rtol + self.range_atol <= 0:
+            raise TargetError(
+                "tolerance must be > 0: set at least one of tolerance.atol, tolerance.rtol, "
+                "tolerance.range_atol to a positive number"
+            )
+        if not (0 <= self.max_accuracy_drop <= 100):
+            raise TargetError(
+                f"tolerance.max_accuracy_drop is in percentage points (0..100), got {self.max_accuracy_drop!r}"
+            )
+        if not (0 <= self.min_agreement <= 1):
+            raise TargetError(f"tolerance.min_agreement is a fraction (0..1), got {self.min_agreement!r}")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How an artifact is timed on its runtime."""
+
+    threads: int = 2
+    warmup: int = 10
+    iterations: int = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise TargetError(f"bench.threads must be an integer >= 1, got {self.threads!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise TargetError(f"bench.warmup must be an integer >= 0, got {self.warmup!r}")
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise TargetError(f"bench.iterations must be an integer >= 1, got {self.iterations!r}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target: format, numeric types, tolerance and bench settings.
+
+    Args:
+        name: Profile name, ``<format>-<precision>``.
+        format: Artifact format (``tflite``).
+        precision: Short label (``fp32``, ``int8`` ...).
+        weights: Stored weight type.
+        activations: Activation type at inference.
+        io: Input/output tensor type.
+        description: One sentence for humans.
+        runtime: Runtime that verifies and benchmarks the artifact.
+        calibration_samples: Samples used to calibrate integer activations.
+        tolerance: Verification tolerance.
+        bench: Benchmark settings.
+
+    Raises:
+        TargetError: when a field is unknown or the combination is impossible
+            (for example int8 activations with float weights).
+    """
+
+    name: str
+    format: str
+    precision: str
+    weights: str = "float32"
+    activations: str = "float32"
+    io: str = "float32"
+    description: str = ""
+    runtime: str = ""
+    calibration_samples: int = 200
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    bench: BenchSettings = field(default_factory=BenchSettings)
+
+    def __post_init__(self) -> None:
+        where = f"target {self.name!r}"
+        if self.format not in FORMATS:
+            raise TargetError(f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if not self.runtime:
+            object.__setattr__(self, "runtime", RUNTIMES[self.format])
+        elif self.runtime != RUNTIMES[self.format]:
+            raise TargetError(
+                f"{where}: runtime {self.runtime!r} cannot run format {self.format!r}; use {RUNTIMES[self.format]!r}"
+            )
+        for fname, allowed in (("weights", DTYPES_WEIGHTS), ("activations", DTYPES_ACTIVATIONS), ("io", DTYPES_IO)):
+            if getattr(self, fname) not in allowed:
+                raise TargetError(f"{where}: {fname} {getattr(self, fname)!r} is not one of {', '.join(allowed)}")
+        if self.activations in ("int8", "int16") and self.weights != "int8":
+            raise TargetError(
+                f"{where}: {self.activations} activations need int8 weights, got weights={self.weights!r}; "
+                "set weights = \"int8\" or use float activations"
+            )
+        if self.io == "int8" and self.activations != "int8":
+            raise TargetError(
+                f"{where}: int8 inputs/outputs need int8 activations, got activations={self.activations!r}"
+            )
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when integer activations must be calibrated on representative data."""
+        return self.activations in ("int8", "int16")
+
+    @property
+    def is_quantized(self) -> bool:
+        """True when weights or activations are stored as integers."""
+        return self.weights == "int8" or self.activations != "float32"
+
+    def with_bench(self, **changes: Any) -> "Target":
+        """Copy of this target with some bench settings changed (e.g. ``threads=4``)."""
+        return dataclasses.replace(self, bench=dataclasses.replace(self.bench, **changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, as stored in the manifest."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any], *, source: str = "") -> "Target":
+        """Build a target from a TOML/JSON table, refusing unknown fields by name."""
+        where = f"target {name!r}" + (f" in {source}" if source else "")
+        data = dict(data)
+        data.setdefault("name", name)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TargetError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+        for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
+            if key in data:
+                table = data[key]
+                if not isinstance(table, Mapping):
+                    raise TargetError(f"{where}: {key} must be a table")
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = sorted(set(table) - sub_known)
+                if bad:
+                    raise TargetError(
+                        f"{where}: unknown field(s) {', '.join(key + '.' + b for b in bad)}; "
+                        f"known: {', '.join(key + '.' + k for k in sorted(sub_known))}"
+                    )
+                try:
+                    data[key] = sub(**table)
+                except TargetError as exc:
+                    raise TargetError(f"{where}: {exc}") from None
+                except TypeError as exc:
+                    raise TargetError(f"{where}: {exc}") from None
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise TargetError(f"{where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _builtins() -> dict[str, Target]:
+    path = Path(__file__).with_name("builtin.toml")
+    with path.open("rb") as fh:
+        table = tomllib.load(fh)
+    return {name: Target.from_dict(name, entry, source=path.name) for name, entry in table.items()}
+
+
+def list_targets() -> list[Target]:
+    """All built-in target profiles, in definition order."""
+    return list(_builtins().values())
+
+
+def load_target_file(path: str | Path) -> Target:
+    """Load a user target from a TOML file holding one profile's fields.
+
+    The file is either a flat table of fields (the profile name defaults to
+    the file stem) or a single named table, like the entries of builtin.toml.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            table = tomllib.load(fh)
+    except FileNotFoundError:
+        raise TargetError(f"target file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"target file {path} is not valid TOML: {exc}") from None
+    if len(table) == 1 and isinstance(next(iter(table.values())), dict) and "format" not in table:
+        name, entry = next(iter(table.items()))
+    else:
+        name, entry = table.get("name", path.stem), table
+    return Target.from_dict(name, entry, source=str(path))
+
+
+def get_target(name: str | Target) -> Target:
+    """Resolve a target by built-in name, TOML file path, or pass a Target through.
+
+    Raises:
+        TargetError: for an unknown name; the message lists the known ones.
+    """
+    if isinstance(name, Target):
+        return name
+    builtins = _builtins()
+    if name in builtins:
+        return builtins[name]
+    if name.endswith(".toml"):
+        return load_target_file(name)
+    raise TargetError(
+        f"unknown target {name!r}; known targets: {', '.join(builtins)} (or a path to a .toml target file)"
+    )

@@ -1,0 +1,136 @@
+"""Numerical parity and metric gate, shared by every format.
+
+An artifact is run through its runner on the same raw inputs as the reference
+model and compared output by output. Every failing check is collected first
+and reported together, so one run tells the whole story.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_BATCH_CHECK = 8
+
+
+def _is_classification(ref: np.ndarray) -> bool:
+    return ref.ndim == 2 and ref.shape[1] > 1
+
+
+def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any) -> dict[str, Any]:
+    """Elementwise comparison of one output against the reference.
+
+    Returns max/mean abs error, the allowed error, and how many elements missed it.
+    """
+    ref = np.asarray(ref, np.float64)
+    got = np.asarray(got, np.float64).reshape(ref.shape)
+    err = np.abs(got - ref)
+    value_range = float(ref.max() - ref.min()) if ref.size else 0.0
+    allowed = tol.atol + tol.rtol * np.abs(ref) + tol.range_atol * value_range
+    violations = int(np.count_nonzero(~(err <= allowed)))  # NaN counts as a violation
+    return {
+        "max_abs_error": float(np.nanmax(err)) if err.size else 0.0,
+        "mean_abs_error": float(np.nanmean(err)) if err.size else 0.0,
+        "reference_range": value_range,
+        "allowed_abs_error_at_max": float(tol.atol + tol.range_atol * value_range),
+        "violations": violations,
+        "elements": int(err.size),
+        "finite": bool(np.isfinite(got).all()),
+    }
+
+
+def run_batched(runner: Any, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """Run the artifact over all samples in batches of ``batch``; outputs concatenated by name."""
+    n = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        out = runner.run({k: v[start : start + batch] for k, v in inputs.items()})
+        for name, value in out.items():
+            parts.setdefault(name, []).append(np.array(value, copy=True))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def verify(
+    runner: Any,
+    inputs: dict[str, np.ndarray],
+    reference: Sequence[np.ndarray],
+    output_names: Sequence[str],
+    tolerance: Any,
+    labels: np.ndarray | None = None,
+    batch_check: int = DEFAULT_BATCH_CHECK,
+) -> dict[str, Any]:
+    """Check an artifact against reference outputs on the same raw inputs.
+
+    Runs every sample at batch size 1, then the first ``batch_check`` samples as
+    one batch (where the artifact accepts another batch size), and applies the
+    target's tolerance and metric gate.
+
+    Args:
+        runner: A loaded runner.
+        inputs: Input name -> samples (raw, as the reference model took them).
+        reference: Reference outputs, in ``output_names`` order.
+        output_names: Output names as the artifact carries them.
+        tolerance: The target's :class:`~deploykit.targets.Tolerance`.
+        labels: Optional integer labels for accuracy.
+        batch_check: Batch size of the second pass (0 to skip).
+
+    Returns:
+        Per-output errors, accuracy/agreement, ``passed`` and the list of ``failures``.
+    """
+    result: dict[str, Any] = {"samples": len(reference[0]), "outputs": {}, "failures": []}
+    got = run_batched(runner, inputs, 1)
+    names = list(output_names)
+    if set(got) != set(names):  # artifact renamed outputs: fall back to position
+        got = dict(zip(names, got.values()))
+    batch_sizes = [1]
+    if batch_check > 1 and len(reference[0]) > 1:
+        m = min(batch_check, len(reference[0]))
+        try:
+            batched = run_batched(runner, {k: v[:m] for k, v in inputs.items()}, m)
+            batched = batched if set(batched) == set(names) else dict(zip(names, batched.values()))
+            batch_sizes.append(m)
+            for name, ref in zip(names, reference):
+                cmp = compare_outputs(ref[:m], batched[name], tolerance)
+                if cmp["violations"] or not cmp["finite"]:
+                    result["failures"].append(
+                        f"output {name!r} at batch size {m}: max abs error {cmp['max_abs_error']:.3g} "
+                        f"exceeds the tolerance in {cmp['violations']} element(s)"
+                    )
+        except Exception as exc:  # fixed-batch artifacts are legitimate
+            result["batch_note"] = f"batch size {m} not accepted: {' '.join(str(exc).split())[:160]}"
+    result["batch_sizes"] = batch_sizes
+    for name, ref in zip(names, reference):
+        cmp = compare_outputs(ref, got[name], tolerance)
+        result["outputs"][name] = cmp
+        if not cmp["finite"]:
+            result["failures"].append(f"output {name!r} has NaN/inf values")
+        if cmp["violations"]:
+            result["failures"].append(
+                f"output {name!r}: max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
+                f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
+            )
+        if _is_classification(ref):
+            agreement = float(np.mean(np.argmax(got[name], 1) == np.argmax(ref, 1)))
+            cmp["top1_agreement"] = agreement
+            if agreement < tolerance.min_agreement:
+                result["failures"].append(
+                    f"output {name!r}: top-1 agreement {agreement:.2%} is below {tolerance.min_agreement:.2%}"
+                )
+    first = names[0]
+    result["max_abs_error"] = max(o["max_abs_error"] for o in result["outputs"].values())
+    result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in result["outputs"].values()]))
+    if "top1_agreement" in result["outputs"][first]:
+        result["top1_agreement"] = result["outputs"][first]["top1_agreement"]
+    if labels is not None and _is_classification(reference[0]):
+        ref_acc = float(np.mean(np.argmax(reference[0], 1) == labels))
+        art_acc = float(np.mean(np.argmax(got[first], 1) == labels))
+        drop = (ref_acc - art_acc) * 100
+        result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
+        if drop > tolerance.max_accuracy_drop + 1e-9:
+            result["failures"].append(
+                f"accuracy {art_acc:.2%} is {drop:.2f} points below the reference {ref_acc:.2%} "
+                f"(allowed: {tolerance.max_accuracy_drop} points)"
+            )
+    result["passed"] = not result["failures"]
+    return result
