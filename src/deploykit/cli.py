@@ -38,8 +38,9 @@ def _console(stderr: bool = False):
         # A private copy of fd 2: native libraries' chatter is captured by pointing fd 2
         # elsewhere while they run, and progress must stay visible meanwhile.
         stream = os.fdopen(os.dup(2), "w", buffering=1)
-        return Console(file=stream, stderr=True)
-    return Console()
+        return Console(file=stream, stderr=True, width=None if stream.isatty() else 160)
+    # Not a terminal (CI logs, pipes): use a wide fixed width rather than 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 @app.command()

@@ -59,7 +59,8 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
         "p99": _fmt(b.get("p99_ms"), ".3f"),
         "init": _fmt(b.get("init_ms"), ".1f"),
         "accuracy": _fmt(v.get("accuracy"), ".2%"),
-        "drop": _fmt(v.get("accuracy_drop_points"), "+.2f") if v.get("accuracy_drop_points") is None else f"{-v['accuracy_drop_points']:+.2f}",
+        # shown as a change (negative = accuracy lost); 0.00 without a sign when equal
+        "drop": "–" if v.get("accuracy_drop_points") is None else f"{-v['accuracy_drop_points'] + 0.0:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00"),
         "agreement": _fmt(v.get("top1_agreement"), ".2%"),
         "max_err": _fmt(v.get("max_abs_error"), ".2e"),
         "peak": human_bytes(peak) if peak else "–",
