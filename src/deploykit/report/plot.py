@@ -34,8 +34,9 @@ def render_plot(manifest: Manifest) -> str | None:
     ax.set_ylabel("latency p50 (ms), bar to p90")
     ax.set_title(f"{manifest.model.get('name') or 'model'}: size vs latency (lower left is better)")
     ax.grid(True, alpha=0.3)
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
+    # Headroom so the labels of the largest/slowest points stay inside the axes.
+    ax.set_xlim(0, max(a.size_bytes for a in points) / 1024 * 1.3)
+    ax.set_ylim(0, max(a.benchmark.get("p90_ms", a.benchmark["p50_ms"]) for a in points) * 1.3)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
