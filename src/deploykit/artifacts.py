@@ -94,6 +94,9 @@ class Artifact:
     verification: dict[str, Any] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)  # per step: seconds, peak_rss_bytes
+    extra_files: list[str] = field(default_factory=list)  # e.g. ONNX external data, relative to out dir
+    candidate_of: str = ""  # set when built as a candidate of an -auto target
+    selection: dict[str, Any] = field(default_factory=dict)  # for -auto targets: candidates and why the winner won
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +109,8 @@ class Artifact:
 def tool_versions() -> dict[str, str]:
     """Versions of the libraries that shape the artifacts and timings."""
     out = {}
-    for dist in ("deploykit", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "numpy"):
+    for dist in ("deploykit", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "tf2onnx", "onnx",
+                 "onnxruntime", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -149,8 +153,8 @@ class Manifest:
 
     @property
     def ok(self) -> bool:
-        """True when every artifact passed."""
-        return all(a.status == "ok" for a in self.artifacts)
+        """True when every requested target passed (a losing -auto candidate may fail)."""
+        return all(a.status == "ok" for a in self.artifacts if not a.candidate_of)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -38,8 +38,11 @@ class ConvertResult:
 
     @property
     def ok(self) -> bool:
-        """True when every target produced an artifact that passed verification."""
-        return all(a["status"] == "ok" for a in self.manifest["artifacts"])
+        """True when every requested target produced an artifact that passed verification.
+
+        Candidates that an ``-auto`` target built and rejected do not count.
+        """
+        return all(a["status"] == "ok" for a in self.manifest["artifacts"] if not a.get("candidate_of"))
 
     @property
     def artifacts(self) -> list[dict[str, Any]]:
@@ -131,6 +134,10 @@ class Pipeline:
     ):
         self.targets = _resolve_targets(targets)
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
+        self.bench_overrides = overrides
+        for t in list(self.targets):
+            for name in t.candidates:
+                get_target(name)  # an unknown candidate is a user error, found before any work
         if overrides:
             self.targets = [t.with_bench(**overrides) for t in self.targets]
         if verify_samples < 1:
@@ -151,6 +158,8 @@ class Pipeline:
 
         for t in self.targets:
             get_converter(t.format)
+            for name in t.candidates:
+                get_converter(get_target(name).format)
         _check_out_dir(self.out, self.force)
         steps: dict[str, Any] = {}
 
@@ -191,10 +200,19 @@ class Pipeline:
             steps=steps,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
+        done: dict[str, Artifact] = {}
+        ctx = (loaded, calib, evald, inputs, reference, output_names)
         try:
             for target in self.targets:
-                artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names)
-                manifest.artifacts.append(artifact)
+                if target.is_auto:
+                    for artifact in self._run_auto(target, ctx, done):
+                        manifest.artifacts.append(artifact)
+                elif target.name in done:  # already built as a candidate: now it is requested too
+                    done[target.name].candidate_of = ""
+                else:
+                    artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names)
+                    done[target.name] = artifact
+                    manifest.artifacts.append(artifact)
                 release_memory()
         finally:
             loaded.release()
@@ -222,6 +240,9 @@ class Pipeline:
                 with PeakRSS() as mem:
                     artifact.settings["converter"] = converter.convert(loaded, target, calib, tmp)
                 artifact.steps["convert"] = mem.to_dict()
+                artifact.extra_files = [
+                    str(Path(target.name) / f) for f in artifact.settings["converter"].get("external_data_files", [])
+                ]
 
                 self.progress(f"{target.name}: verifying")
                 runner = get_runner(target.runtime, tmp, target.bench.threads)
@@ -253,7 +274,32 @@ class Pipeline:
             artifact.status, artifact.error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
         if artifact.status == "failed" and not final.exists():
             artifact.path = ""
+            for extra in artifact.extra_files:  # e.g. external data of a model that never made it
+                (self.out / extra).unlink(missing_ok=True)
+            artifact.extra_files = []
         return artifact
+
+    # -------------------------------------------------------------------------------------
+    def _run_auto(self, target: Target, ctx: tuple, done: dict[str, Artifact]) -> list[Artifact]:
+        """Build every candidate, then ship the fastest one that passed verification."""
+        from deploykit.selection import select
+
+        new: list[Artifact] = []
+        candidates: list[tuple[Target, Artifact]] = []
+        for name in target.candidates:
+            cand = get_target(name)
+            if self.bench_overrides:
+                cand = cand.with_bench(**self.bench_overrides)
+            if name not in done:
+                art = self._run_target(ctx[0], cand, *ctx[1:])
+                art.candidate_of = target.name
+                done[name] = art
+                new.append(art)
+            candidates.append((cand, done[name]))
+        self.progress(f"{target.name}: comparing {len(candidates)} candidates side by side")
+        auto = select(target, candidates, self.out, ctx[3], bench=self.bench_enabled)
+        done[target.name] = auto
+        return new + [auto]
 
 
 def _bench(target: Target, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -264,11 +310,13 @@ def _bench(target: Target, path: Path, inputs: dict[str, np.ndarray]) -> dict[st
     with PeakRSS() as mem:
         init_s = runner.load()
         stats = benchmark(runner, inputs, warmup=target.bench.warmup, iterations=target.bench.iterations)
-    runner.close()
     stats.init_ms = init_s * 1000
     result = stats.to_dict()
     result.update(runner.describe())
     result.update(mem.to_dict())
+    if hasattr(runner, "op_profile"):  # runtimes with a profiler name their most expensive ops
+        result["op_profile"] = runner.op_profile(inputs)
+    runner.close()
     return result
 
 

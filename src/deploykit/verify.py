@@ -29,12 +29,14 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any) -> dict[str, Any
     value_range = float(ref.max() - ref.min()) if ref.size else 0.0
     allowed = tol.atol + tol.rtol * np.abs(ref) + tol.range_atol * value_range
     violations = int(np.count_nonzero(~(err <= allowed)))  # NaN counts as a violation
+    allowed_violations = int(np.floor(getattr(tol, "max_violation_fraction", 0.0) * err.size))
     return {
         "max_abs_error": float(np.nanmax(err)) if err.size else 0.0,
         "mean_abs_error": float(np.nanmean(err)) if err.size else 0.0,
         "reference_range": value_range,
         "allowed_abs_error_at_max": float(tol.atol + tol.range_atol * value_range),
         "violations": violations,
+        "allowed_violations": allowed_violations,
         "elements": int(err.size),
         "finite": bool(np.isfinite(got).all()),
     }
@@ -92,7 +94,7 @@ def verify(
             batch_sizes.append(m)
             for name, ref in zip(names, reference):
                 cmp = compare_outputs(ref[:m], batched[name], tolerance)
-                if cmp["violations"] or not cmp["finite"]:
+                if cmp["violations"] > cmp["allowed_violations"] or not cmp["finite"]:
                     result["failures"].append(
                         f"output {name!r} at batch size {m}: max abs error {cmp['max_abs_error']:.3g} "
                         f"exceeds the tolerance in {cmp['violations']} element(s)"
@@ -105,10 +107,11 @@ def verify(
         result["outputs"][name] = cmp
         if not cmp["finite"]:
             result["failures"].append(f"output {name!r} has NaN/inf values")
-        if cmp["violations"]:
+        if cmp["violations"] > cmp["allowed_violations"]:
             result["failures"].append(
                 f"output {name!r}: max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
                 f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
+                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else "")
             )
         if _is_classification(ref):
             agreement = float(np.mean(np.argmax(got[name], 1) == np.argmax(ref, 1)))

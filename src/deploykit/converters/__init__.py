@@ -9,13 +9,27 @@ adding a module and one registry line here; nothing else branches on format.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 from deploykit.errors import TargetError
 
 CONVERTERS: dict[str, str] = {
     "tflite": "deploykit.converters.tflite",
+    "onnx": "deploykit.converters.onnx",
 }
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One format-specific converter setting a target may carry in ``options``."""
+
+    default: Any
+    description: str
+    choices: tuple[Any, ...] = ()
+    type: type | None = None
+    minimum: float | None = None
 
 
 def get_converter(fmt: str) -> ModuleType:
@@ -23,3 +37,8 @@ def get_converter(fmt: str) -> ModuleType:
     if fmt not in CONVERTERS:
         raise TargetError(f"no converter for format {fmt!r}; known formats: {', '.join(CONVERTERS)}")
     return importlib.import_module(CONVERTERS[fmt])
+
+
+def option_specs(fmt: str) -> dict[str, OptionSpec]:
+    """The ``OPTIONS`` schema a converter declares (empty when it takes none)."""
+    return dict(getattr(get_converter(fmt), "OPTIONS", {}))

@@ -27,6 +27,7 @@ from deploykit._quiet import import_tensorflow, native_stderr_captured
 from deploykit.errors import ConversionError
 
 SUFFIX = ".tflite"
+OPTIONS: dict = {}  # TFLite settings follow from the target's weights/activations/io fields
 
 
 def _representative(calibration: Any, names: list[str], signature_inputs: list[str]):

@@ -20,9 +20,10 @@ from deploykit.runtime_bench.stats import Stats
 
 RUNNERS: dict[str, str] = {
     "litert": "deploykit.runtime_bench.litert:LiteRTRunner",
+    "onnxruntime": "deploykit.runtime_bench.onnxruntime:ORTRunner",
 }
 
-SUFFIX_RUNTIME = {".tflite": "litert"}
+SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime"}
 
 
 def get_runner(runtime: str, path: str | Path, threads: int) -> Any:
@@ -118,6 +119,8 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     stats.init_ms = init_s * 1000
     result = stats.to_dict()
     result.update(runner.describe())
+    if hasattr(runner, "op_profile"):
+        result["op_profile"] = runner.op_profile(inputs)
     result.update(
         {
             "path": str(path),

@@ -18,10 +18,10 @@ from typing import Any, Mapping
 
 from deploykit.errors import TargetError
 
-FORMATS = ("tflite",)
-RUNTIMES = {"tflite": "litert"}
+FORMATS = ("tflite", "onnx")
+RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime"}
 DTYPES_WEIGHTS = ("float32", "float16", "int8")
-DTYPES_ACTIVATIONS = ("float32", "int8", "int16")
+DTYPES_ACTIVATIONS = ("float32", "int8", "uint8", "int16")
 DTYPES_IO = ("float32", "int8")
 
 FIELD_DOCS: dict[str, str] = {
@@ -34,11 +34,14 @@ FIELD_DOCS: dict[str, str] = {
     "activations": f"Activation type at inference, one of {DTYPES_ACTIVATIONS}; integer activations need calibration data.",
     "io": f"Model input/output type, one of {DTYPES_IO}; int8 I/O needs int8 activations.",
     "calibration_samples": "How many samples of the run's data calibrate integer activations.",
+    "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
+    "candidates": "For `-auto` targets: the targets to build, verify and benchmark; the fastest that passes ships.",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
     "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
     "tolerance.range_atol": "Extra absolute tolerance as a fraction of the reference output's range.",
     "tolerance.max_accuracy_drop": "Largest allowed top-1 accuracy drop, in percentage points (labelled data).",
     "tolerance.min_agreement": "Smallest allowed top-1 agreement with the reference, 0..1 (classification outputs).",
+    "tolerance.max_violation_fraction": "Fraction of output elements allowed to exceed the elementwise bound (quantized targets: 0.001).",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
@@ -52,7 +55,10 @@ class Tolerance:
     An element passes when ``|artifact - reference| <= atol + rtol * |reference|
     + range_atol * (reference.max() - reference.min())``. With labels, accuracy
     may drop by at most ``max_accuracy_drop`` points; for classification outputs
-    top-1 agreement with the reference must reach ``min_agreement``.
+    top-1 agreement with the reference must reach ``min_agreement``. Quantized
+    targets may let a tiny ``max_violation_fraction`` of elements exceed the
+    elementwise bound: a sample near a decision boundary legitimately moves a
+    lot under int8, and the metric gate is what judges classification quality.
     """
 
     atol: float = 1e-4
@@ -60,8 +66,13 @@ class Tolerance:
     range_atol: float = 0.0
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.97
+    max_violation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (0 <= self.max_violation_fraction < 0.5):
+            raise TargetError(
+                f"tolerance.max_violation_fraction is a fraction of elements (0 <= f < 0.5), got {self.max_violation_fraction!r}"
+            )
         for name in ("atol", "rtol", "range_atol"):
             value = getattr(self, name)
             if not (value >= 0):
@@ -129,6 +140,8 @@ class Target:
     calibration_samples: int = 200
     tolerance: Tolerance = field(default_factory=Tolerance)
     bench: BenchSettings = field(default_factory=BenchSettings)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    candidates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
@@ -143,7 +156,7 @@ class Target:
         for fname, allowed in (("weights", DTYPES_WEIGHTS), ("activations", DTYPES_ACTIVATIONS), ("io", DTYPES_IO)):
             if getattr(self, fname) not in allowed:
                 raise TargetError(f"{where}: {fname} {getattr(self, fname)!r} is not one of {', '.join(allowed)}")
-        if self.activations in ("int8", "int16") and self.weights != "int8":
+        if self.activations in ("int8", "uint8", "int16") and self.weights != "int8":
             raise TargetError(
                 f"{where}: {self.activations} activations need int8 weights, got weights={self.weights!r}; "
                 "set weights = \"int8\" or use float activations"
@@ -154,11 +167,26 @@ class Target:
             )
         if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
+        if not isinstance(self.options, Mapping):
+            raise TargetError(f"{where}: options must be a table of converter settings")
+        object.__setattr__(self, "options", _check_options(self.format, dict(self.options), where))
+        if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
+            raise TargetError(f"{where}: candidates must be a list of target names")
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        if self.name in self.candidates:
+            raise TargetError(f"{where}: an auto target cannot be its own candidate")
 
     @property
     def needs_calibration(self) -> bool:
         """True when integer activations must be calibrated on representative data."""
-        return self.activations in ("int8", "int16")
+        if self.candidates:
+            return any(get_target(c).needs_calibration for c in self.candidates)
+        return self.activations in ("int8", "uint8", "int16")
+
+    @property
+    def is_auto(self) -> bool:
+        """True for a family target that picks among candidates by measurement."""
+        return bool(self.candidates)
 
     @property
     def is_quantized(self) -> bool:
@@ -171,7 +199,10 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, as stored in the manifest."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["options"] = dict(self.options)
+        data["candidates"] = list(self.candidates)
+        return data
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any], *, source: str = "") -> "Target":
@@ -205,6 +236,30 @@ class Target:
             return cls(**data)
         except TypeError as exc:
             raise TargetError(f"{where}: {exc}") from None
+
+
+def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate format-specific options against the converter's OPTIONS schema; fill defaults."""
+    from deploykit.converters import option_specs
+
+    specs = option_specs(fmt)
+    unknown = sorted(set(options) - set(specs))
+    if unknown:
+        known = ", ".join(sorted(specs)) or "none"
+        raise TargetError(f"{where}: unknown option(s) {', '.join('options.' + u for u in unknown)}; {fmt} options: {known}")
+    out = {}
+    for name, spec in specs.items():
+        value = options.get(name, spec.default)
+        if spec.choices and value not in spec.choices:
+            raise TargetError(f"{where}: options.{name} = {value!r} is not one of {', '.join(map(repr, spec.choices))}")
+        if spec.type is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise TargetError(f"{where}: options.{name} must be an integer, got {value!r}")
+        if spec.type is bool and not isinstance(value, bool):
+            raise TargetError(f"{where}: options.{name} must be true or false, got {value!r}")
+        if spec.minimum is not None and value < spec.minimum:
+            raise TargetError(f"{where}: options.{name} must be >= {spec.minimum}, got {value!r}")
+        out[name] = value
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,153 @@
+"""Rewrites of a frozen GraphDef before it is handed to another format's converter.
+
+1. Inline function calls left in a frozen GraphDef.
+
+Freezing (``convert_variables_to_constants_v2`` with aggressive inlining)
+leaves calls to functions marked ``_XlaMustCompile`` in place: Keras 3 wraps
+some depthwise convolutions in ``tf.function(jit_compile=True)`` (ConvNeXt
+here). tf2onnx then emits a ``StatefulPartitionedCall`` node that ONNX
+Runtime refuses, and a TF.js or other graph consumer cannot run either. This
+module splices each called function's body into the graph, renaming its
+nodes under the call's name, until no call remains.
+
+2. Express ops other formats lack through ops they have (``Erfc(x) = 1 - Erf(x)``:
+Keras 3's exact GELU emits Erfc, which tf2onnx 1.17 passes through unconverted
+and ONNX Runtime then refuses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall"}
+
+
+def _output_offsets(node_def: Any) -> dict[str, int]:
+    """Flat output index of each output arg of a node (op defs give arg lists)."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node_def.op)
+    if op_def is None:
+        return {}
+    offsets, pos = {}, 0
+    for arg in op_def.output_arg:
+        offsets[arg.name] = pos
+        if arg.number_attr:
+            pos += node_def.attr[arg.number_attr].i
+        elif arg.type_list_attr:
+            pos += len(node_def.attr[arg.type_list_attr].list.type)
+        else:
+            pos += 1
+    return offsets
+
+
+def _graph_ref(ref: str, prefix: str, args: dict[str, str], body: dict[str, Any]) -> str:
+    """Translate a function-body tensor reference into a graph tensor reference."""
+    control = ref.startswith("^")
+    name = ref[1:] if control else ref
+    parts = name.split(":")
+    if parts[0] in args and len(parts) == 1:
+        target = args[parts[0]]
+        if control:
+            return "^" + target.lstrip("^").split(":")[0]
+        return target
+    node = body[parts[0]]
+    if control or len(parts) == 1:
+        return ("^" if control else "") + f"{prefix}/{parts[0]}"
+    if len(parts) == 3:
+        offset = _output_offsets(node).get(parts[1], 0) + int(parts[2])
+    else:
+        offset = int(parts[1])
+    return f"{prefix}/{parts[0]}" + (f":{offset}" if offset else "")
+
+
+def inline_function_calls(graph_def: Any, max_rounds: int = 20) -> Any:
+    """Return a copy of ``graph_def`` with every function call inlined."""
+    from tensorflow.core.framework import graph_pb2
+
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(graph_def)
+    functions = {f.signature.name: f for f in gd.library.function}
+    for _ in range(max_rounds):
+        calls = [n for n in gd.node if n.op in CALL_OPS and n.attr["f"].func.name in functions]
+        if not calls:
+            break
+        call_names = {c.name for c in calls}
+        replacements: dict[str, str] = {}  # "call" / "call:i" -> graph tensor
+        new_nodes = []
+        for node in gd.node:
+            if node.name not in call_names:
+                new_nodes.append(node)
+                continue
+            fn = functions[node.attr["f"].func.name]
+            data_inputs = [i for i in node.input if not i.startswith("^")]
+            controls = [i for i in node.input if i.startswith("^")]
+            args = {a.name: data_inputs[k] for k, a in enumerate(fn.signature.input_arg)}
+            body = {n.name: n for n in fn.node_def}
+            for inner in fn.node_def:
+                copy = type(inner)()
+                copy.CopyFrom(inner)
+                copy.name = f"{node.name}/{inner.name}"
+                copy.ClearField("input")
+                copy.input.extend(_graph_ref(i, node.name, args, body) for i in inner.input)
+                if not inner.input:  # constants etc.: keep the call's control dependencies
+                    copy.input.extend(controls)
+                copy.device = node.device
+                new_nodes.append(copy)
+            for k, out in enumerate(fn.signature.output_arg):
+                resolved = _graph_ref(fn.ret[out.name], node.name, args, body)
+                replacements[node.name if k == 0 else f"{node.name}:{k}"] = resolved
+                if k == 0:
+                    replacements[f"{node.name}:0"] = resolved
+            replacements["^" + node.name] = "^" + replacements[node.name].split(":")[0].lstrip("^")
+        del gd.node[:]
+        for node in new_nodes:
+            rewired = [replacements.get(i, i) for i in node.input]
+            del node.input[:]
+            node.input.extend(rewired)
+            gd.node.append(node)
+        # Outputs referencing a replaced call through Identity chains are rewired above.
+    used = {n.attr["f"].func.name for n in gd.node if n.op in CALL_OPS}
+    keep = [f for f in gd.library.function if f.signature.name in used]
+    del gd.library.function[:]
+    gd.library.function.extend(keep)
+    return gd
+
+
+def has_function_calls(graph_def: Any) -> bool:
+    """True when the graph still calls library functions."""
+    return any(n.op in CALL_OPS for n in graph_def.node)
+
+
+def expand_unsupported_math(graph_def: Any) -> Any:
+    """Return a copy with Erfc rewritten as ``1 - Erf``; node names (and so consumers) are kept."""
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    import numpy as np
+    import tensorflow as tf
+
+    if not any(n.op == "Erfc" for n in graph_def.node):
+        return graph_def
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(graph_def)
+    new_nodes = []
+    for node in gd.node:
+        if node.op != "Erfc":
+            new_nodes.append(node)
+            continue
+        dtype = tf.dtypes.as_dtype(node.attr["T"].type)
+        erf = node_def_pb2.NodeDef(name=f"{node.name}/erf", op="Erf", input=[node.input[0]], device=node.device)
+        erf.attr["T"].CopyFrom(node.attr["T"])
+        one = node_def_pb2.NodeDef(name=f"{node.name}/one", op="Const", device=node.device)
+        one.attr["dtype"].type = dtype.as_datatype_enum
+        one.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(1, dtype=dtype.as_numpy_dtype)))
+        sub = node_def_pb2.NodeDef(name=node.name, op="Sub", input=[one.name, erf.name] + [i for i in node.input[1:] if i.startswith("^")], device=node.device)
+        sub.attr["T"].CopyFrom(node.attr["T"])
+        new_nodes += [one, erf, sub]
+    del gd.node[:]
+    gd.node.extend(new_nodes)
+    return gd
+
+
+def prepare_for_export(graph_def: Any) -> Any:
+    """Inline function calls, then expand ops other formats lack."""
+    return expand_unsupported_math(inline_function_calls(graph_def))

@@ -1,0 +1,191 @@
+"""ONNX Runtime runner (CPUExecutionProvider) for .onnx artifacts.
+
+Also reads ORT's profiler to name the most expensive ops, and refuses models
+whose external-data paths point outside the model's directory (a crafted
+.onnx could otherwise make us read any file on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from deploykit.errors import RuntimeLoadError, UserError
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def check_external_data(path: Path) -> list[str]:
+    """External-data files a model references; refuse any that leave its directory.
+
+    Raises:
+        UserError: a location is absolute or escapes the model's directory.
+    """
+    import onnx
+    from onnx import external_data_helper
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from None
+    base = path.resolve().parent
+    locations = set()
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        resolved = (base / location).resolve()
+        if os.path.isabs(location) or not resolved.is_relative_to(base):
+            raise UserError(
+                f"{path.name}: external data location {location!r} of tensor {tensor.name!r} leaves the model's "
+                "directory; refused. Keep external data files beside the model with relative names"
+            )
+        locations.add(location)
+    return sorted(locations)
+
+
+class ORTRunner:
+    """Load an .onnx file in ONNX Runtime and run it.
+
+    Example:
+        >>> r = ORTRunner("model.onnx", threads=2); r.load()
+        >>> outputs = r.run({"pixels": x})
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int = 2, optimization_level: str = "all"):
+        self.path = Path(path)
+        self.threads = threads
+        self.optimization_level = optimization_level
+        self._session: Any = None
+        self._feed: dict[str, np.ndarray] = {}
+        self._outputs: list[np.ndarray] = []
+
+    def _options(self, profile_dir: str | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[self.optimization_level]
+        opts.log_severity_level = 3
+        if profile_dir:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(profile_dir) / "ort")
+        return opts
+
+    def _session_for(self, opts):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def load(self) -> float:
+        """Create the session (graph optimization included); returns seconds taken."""
+        check_external_data(self.path)
+        t0 = time.perf_counter()
+        try:
+            self._session = self._session_for(self._options())
+        except Exception as exc:
+            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path.name}: {' '.join(str(exc).split())[:300]}") from None
+        elapsed = time.perf_counter() - t0
+        self._in = {i.name: i for i in self._session.get_inputs()}
+        self._out_names = [o.name for o in self._session.get_outputs()]
+        return elapsed
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._in)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._out_names)
+
+    def input_details(self) -> dict[str, dict[str, Any]]:
+        """Name -> shape (-1 for symbolic dims), dtype, no quantization (ORT takes floats)."""
+        out = {}
+        for name, i in self._in.items():
+            shape = [d if isinstance(d, int) else -1 for d in i.shape]
+            out[name] = {"shape": shape, "shape_signature": shape, "dtype": _ORT_DTYPES.get(i.type, np.float32),
+                         "quantization": (0.0, 0)}
+        return out
+
+    def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        names = self.input_names
+        if set(inputs) != set(names):
+            if len(inputs) != len(names):
+                raise RuntimeLoadError(f"{self.path.name} takes inputs {names}, got {list(inputs)}")
+            inputs = dict(zip(names, inputs.values()))
+        self._feed = {n: np.ascontiguousarray(x, dtype=_ORT_DTYPES.get(self._in[n].type, np.float32)) for n, x in inputs.items()}
+
+    def invoke(self) -> None:
+        self._outputs = self._session.run(self._out_names, self._feed)
+
+    def get_outputs(self) -> dict[str, np.ndarray]:
+        return {n: np.asarray(o, dtype=np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
+                for n, o in zip(self._out_names, self._outputs)}
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.set_inputs(inputs)
+        self.invoke()
+        return self.get_outputs()
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"runtime": self.runtime, "runtime_version": ort.__version__, "threads": self.threads,
+                "graph_optimization_level": self.optimization_level, "execution_provider": "CPUExecutionProvider"}
+
+    def op_profile(self, inputs: Mapping[str, np.ndarray], runs: int = 20, top: int = 10) -> dict[str, Any]:
+        """Run with ORT's profiler on; the ``top`` op types and nodes by total kernel time."""
+        with tempfile.TemporaryDirectory(prefix="deploykit-ortprof-") as tmp:
+            session = self._session_for(self._options(profile_dir=tmp))
+            feed = dict(self._feed) if self._feed else None
+            if feed is None:
+                self.set_inputs(inputs)
+                feed = self._feed
+            for _ in range(runs):
+                session.run(self._out_names, feed)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        by_type: dict[str, float] = defaultdict(float)
+        calls: dict[str, int] = defaultdict(int)
+        by_node: dict[tuple[str, str], float] = defaultdict(float)
+        for event in trace:
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            op = event.get("args", {}).get("op_name", "?")
+            us = float(event.get("dur", 0))
+            by_type[op] += us
+            calls[op] += 1
+            by_node[(event["name"][: -len("_kernel_time")], op)] += us
+        total = sum(by_type.values()) or 1.0
+        ops = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
+        nodes = sorted(by_node.items(), key=lambda kv: -kv[1])[:top]
+        return {
+            "runs": runs,
+            "top_op_types": [{"op_type": op, "total_ms_per_run": us / runs / 1000, "share": us / total,
+                              "calls_per_run": calls[op] / runs} for op, us in ops],
+            "top_nodes": [{"node": n, "op_type": op, "ms_per_run": us / runs / 1000, "share": us / total}
+                          for (n, op), us in nodes],
+        }
+
+    def close(self) -> None:
+        self._session = None

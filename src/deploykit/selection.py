@@ -1,0 +1,121 @@
+"""Choose among the candidates of an ``-auto`` target by measurement.
+
+Which quantization mode is fastest depends on the runtime and the CPU (on
+this kind of machine ONNX Runtime's dynamic int8 MobileNetV2 is ~17x slower
+than float, its QOperator int8 ~1.6x faster), so we do not guess: every
+candidate is built and verified, the ones that pass are timed again side by
+side in interleaved rounds (so a noisy neighbour slows them all alike), and
+the fastest p50 ships; ties go to the smaller file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploykit.artifacts import Artifact, atomic_path
+
+ROUNDS = 5
+# p50s within this ratio of the fastest count as a tie; the smaller file then wins.
+TIE_RATIO = 1.03
+
+
+def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Time every artifact in alternating rounds; returns each one's Stats summary."""
+    from deploykit.runtime_bench import benchmark, get_runner
+    from deploykit.runtime_bench.stats import Stats
+
+    runners = []
+    for t, p in zip(targets, paths):
+        r = get_runner(t.runtime, p, t.bench.threads)
+        r.load()
+        runners.append(r)
+    samples: list[list[float]] = [[] for _ in runners]
+    per_round = max(5, max(t.bench.iterations for t in targets) // ROUNDS)
+    for round_ in range(ROUNDS):
+        for i, (t, r) in enumerate(zip(targets, runners)):
+            stats = benchmark(r, inputs, warmup=t.bench.warmup if round_ == 0 else 2, iterations=per_round)
+            samples[i].extend(stats.samples_ms)
+    for r in runners:
+        r.close()
+    return [Stats(s, threads=t.bench.threads).summary() for s, t in zip(samples, targets)]
+
+
+def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, inputs: dict[str, np.ndarray],
+           *, bench: bool = True) -> Artifact:
+    """Build the ``-auto`` artifact: a copy of the winning candidate plus the selection record."""
+    sample = {k: v[:1] for k, v in inputs.items()}
+    passing = [(t, a) for t, a in candidates if a.status == "ok" and a.path]
+    rows = []
+    for t, a in candidates:
+        rows.append({
+            "target": t.name, "status": a.status, "size_bytes": a.size_bytes, "gzip_bytes": a.gzip_bytes,
+            "p50_ms": a.benchmark.get("p50_ms"), "accuracy": a.verification.get("accuracy"),
+            "top1_agreement": a.verification.get("top1_agreement"), "max_abs_error": a.verification.get("max_abs_error"),
+            "error": a.error,
+        })
+    auto = Artifact(target=target.name, format=target.format, path="", parent="", step="select",
+                    settings={"target": target.to_dict()})
+    if not passing:
+        auto.status = "failed"
+        auto.error = "no candidate passed verification: " + "; ".join(f"{r['target']}: {r['error']}" for r in rows)
+        auto.selection = {"candidates": rows, "winner": None, "reason": auto.error}
+        return auto
+    if bench and len(passing) > 1:
+        summaries = interleaved_p50([t for t, _ in passing], [out / a.path for _, a in passing], sample)
+        for (t, _), summary in zip(passing, summaries):
+            next(r for r in rows if r["target"] == t.name)["interleaved_p50_ms"] = summary["p50_ms"]
+        key = {t.name: s["p50_ms"] for (t, _), s in zip(passing, summaries)}
+        best = min(key.values())
+        tied = [ta for ta in passing if key[ta[0].name] <= best * TIE_RATIO]
+        winner_t, winner = min(tied, key=lambda ta: (ta[1].size_bytes, key[ta[0].name]))
+        basis = ("fastest interleaved p50" if len(tied) == 1 else
+                 f"smallest of {len(tied)} candidates within {TIE_RATIO - 1:.0%} of the fastest interleaved p50")
+    elif bench:
+        winner_t, winner = passing[0]
+        key = {winner_t.name: winner.benchmark.get("p50_ms")}
+        basis = "only candidate that passed"
+    else:
+        winner_t, winner = min(passing, key=lambda ta: ta[1].size_bytes)
+        key = {}
+        basis = "smallest (benchmarks were off, so speed was not measured)"
+    auto.selection = {"candidates": rows, "winner": winner_t.name, "basis": basis,
+                      "reason": _reason(winner_t.name, basis, rows, key), "rounds": ROUNDS if key else 0}
+    _copy_winner(winner, out, target.name, auto)
+    auto.parent = winner.path
+    auto.status = "ok"
+    auto.verification = winner.verification
+    auto.benchmark = winner.benchmark
+    auto.sha256, auto.size_bytes, auto.gzip_bytes = winner.sha256, winner.size_bytes, winner.gzip_bytes
+    return auto
+
+
+def _copy_winner(winner: Artifact, out: Path, name: str, auto: Artifact) -> None:
+    src = out / winner.path
+    dst = out / name / src.name
+    for extra in winner.extra_files:  # external data first, so the model never points at a missing file
+        extra_dst = out / name / Path(extra).name
+        with atomic_path(extra_dst) as tmp:
+            shutil.copyfile(out / extra, tmp)
+        auto.extra_files.append(str(Path(name) / Path(extra).name))
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    auto.path = str(Path(name) / src.name)
+
+
+def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, float]) -> str:
+    parts = [f"{winner} ships: {basis}"]
+    base = key.get(winner)
+    for r in rows:
+        if r["target"] == winner:
+            continue
+        if r["status"] != "ok":
+            parts.append(f"{r['target']} failed ({r['error'][:120]})")
+        elif base and r["target"] in key:
+            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
+        else:
+            parts.append(f"{r['target']} passed, {r['size_bytes']} bytes")
+    return "; ".join(parts)

@@ -1,0 +1,439 @@
+"""Target profiles: built-ins as data, self-validating value objects, TOML user targets,
+and the registry coverage rule (every format has a converter, every runtime a runner,
+and every built-in target is converted by the integration suite)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.errors import DeployError, TargetError
+from deploykit.targets import (
+    DTYPES_ACTIVATIONS,
+    DTYPES_IO,
+    DTYPES_WEIGHTS,
+    FIELD_DOCS,
+    FORMATS,
+    RUNTIMES,
+    BenchSettings,
+    Target,
+    Tolerance,
+    get_target,
+    list_targets,
+    load_target_file,
+)
+
+BUILTIN_TOML = Path(deploykit.targets.__file__).with_name("builtin.toml")
+BUILTIN_NAMES = [t.name for t in list_targets()]
+
+
+def _toml_entries() -> dict:
+    with BUILTIN_TOML.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+# ----------------------------------------------------------------------------- built-ins
+def test_builtins_are_exactly_the_toml_entries_in_order():
+    assert BUILTIN_NAMES == list(_toml_entries())
+    assert len(BUILTIN_NAMES) == len(set(BUILTIN_NAMES)) >= 1
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_every_builtin_loads_and_is_consistent(name):
+    t = get_target(name)
+    entry = _toml_entries()[name]
+    assert isinstance(t, Target)
+    assert t.name == name
+    assert t.format in FORMATS
+    assert t.runtime == RUNTIMES[t.format]
+    assert t.weights in DTYPES_WEIGHTS and t.activations in DTYPES_ACTIVATIONS and t.io in DTYPES_IO
+    assert t.description, "every built-in needs a one-sentence description"
+    # naming convention `<format>-<precision>`
+    assert name == f"{t.format}-{t.precision}"
+    # what the TOML says is what the object holds
+    for key, value in entry.items():
+        held = getattr(t, key)
+        if key == "options":  # converter defaults are filled in around what the entry sets
+            assert {k: held[k] for k in value} == value, f"{name}.options"
+        elif key == "candidates":
+            assert list(held) == value, f"{name}.candidates"
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                assert getattr(held, sub) == v, f"{name}.{key}.{sub}"
+        else:
+            assert held == value, f"{name}.{key}"
+    candidates = getattr(t, "candidates", ())
+    if candidates:  # an -auto family: every candidate is itself a built-in of the same format
+        for c in candidates:
+            assert get_target(c).format == t.format and not get_target(c).candidates
+        assert t.needs_calibration == any(get_target(c).needs_calibration for c in candidates)
+    else:
+        assert t.needs_calibration == (t.activations != "float32")
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_target_round_trips_through_plain_data(name):
+    t = get_target(name)
+    assert Target.from_dict(t.name, t.to_dict()) == t
+
+
+def test_get_target_passes_a_target_through():
+    t = get_target("tflite-fp32")
+    assert get_target(t) is t
+
+
+def test_target_is_frozen():
+    t = get_target("tflite-fp32")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.weights = "int8"  # type: ignore[misc]
+
+
+def test_every_setting_has_a_description():
+    """House rule 2: every setting is documented (FIELD_DOCS feeds `deploy targets --show`)."""
+    expected = set()
+    for f in dataclasses.fields(Target):
+        if f.name == "tolerance":
+            expected |= {f"tolerance.{s.name}" for s in dataclasses.fields(Tolerance)}
+        elif f.name == "bench":
+            expected |= {f"bench.{s.name}" for s in dataclasses.fields(BenchSettings)}
+        else:
+            expected.add(f.name)
+    assert expected == set(FIELD_DOCS)
+    assert all(doc.strip() for doc in FIELD_DOCS.values())
+
+
+# ----------------------------------------------------------------------------- validation
+def _make(**changes) -> Target:
+    fields = dict(name="my-target", format="tflite", precision="x")
+    fields.update(changes)
+    return Target(**fields)
+
+
+def test_int8_activations_with_float_weights_refused():
+    with pytest.raises(TargetError) as exc:
+        _make(weights="float32", activations="int8")
+    msg = str(exc.value)
+    assert "my-target" in msg and "int8 activations need int8 weights" in msg and "weights" in msg
+    with pytest.raises(TargetError, match="int16 activations need int8 weights"):
+        _make(weights="float16", activations="int16")
+
+
+def test_int8_io_with_float_activations_refused():
+    with pytest.raises(TargetError, match="int8 inputs/outputs need int8 activations"):
+        _make(weights="int8", activations="float32", io="int8")
+    with pytest.raises(TargetError, match="activations='int16'"):
+        _make(weights="int8", activations="int16", io="int8")
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(atol=0.0, rtol=0.0, range_atol=0.0), "tolerance must be > 0"),
+        (dict(atol=-1e-3), "tolerance.atol must be >= 0"),
+        (dict(rtol=-0.1), "tolerance.rtol must be >= 0"),
+        (dict(range_atol=float("nan")), "tolerance.range_atol must be >= 0"),
+        (dict(max_accuracy_drop=101.0), "percentage points"),
+        (dict(min_agreement=1.5), "fraction"),
+    ],
+)
+def test_tolerance_refuses_impossible_values(kwargs, fragment):
+    with pytest.raises(TargetError, match=fragment):
+        Tolerance(**kwargs)
+
+
+def test_tolerance_accepts_any_single_positive_term():
+    for kwargs in (dict(atol=1e-9, rtol=0, range_atol=0), dict(atol=0, rtol=1e-3), dict(atol=0, range_atol=0.05)):
+        Tolerance(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(iterations=0), "bench.iterations must be an integer >= 1, got 0"),
+        (dict(iterations=2.5), "bench.iterations"),
+        (dict(warmup=-1), "bench.warmup must be an integer >= 0"),
+        (dict(threads=0), "bench.threads must be an integer >= 1"),
+    ],
+)
+def test_bench_settings_refuse_impossible_values(kwargs, fragment):
+    with pytest.raises(TargetError, match=fragment):
+        BenchSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (dict(format="onnx-nope"), "format 'onnx-nope' is not one of"),
+        (dict(runtime="onnxruntime"), "cannot run format 'tflite'; use 'litert'"),
+        (dict(weights="int4"), "weights 'int4' is not one of"),
+        (dict(activations="bf16"), "activations 'bf16' is not one of"),
+        (dict(io="uint8"), "io 'uint8' is not one of"),
+        (dict(calibration_samples=0), "calibration_samples must be an integer >= 1"),
+    ],
+)
+def test_target_refuses_bad_fields(changes, fragment):
+    with pytest.raises(TargetError, match=fragment):
+        _make(**changes)
+
+
+def test_errors_are_user_errors():
+    """User mistakes are ValueErrors too, so plain Python callers can catch them."""
+    with pytest.raises(ValueError):
+        _make(weights="float32", activations="int8")
+    assert issubclass(TargetError, DeployError)
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(TargetError) as exc:
+        Target.from_dict("t", {"format": "tflite", "precision": "x", "tolerence": {"atol": 1}})
+    msg = str(exc.value)
+    assert "unknown field(s) tolerence" in msg
+    assert "tolerance" in msg  # the known fields are listed, so the typo is obvious
+
+
+def test_unknown_nested_field_is_named():
+    with pytest.raises(TargetError, match=r"unknown field\(s\) bench\.iteration;"):
+        Target.from_dict("t", {"format": "tflite", "precision": "x", "bench": {"iteration": 5}})
+    with pytest.raises(TargetError, match="tolerance must be a table"):
+        Target.from_dict("t", {"format": "tflite", "precision": "x", "tolerance": 0.1})
+
+
+def test_nested_validation_error_names_the_target():
+    with pytest.raises(TargetError, match=r"target 't'.*bench.iterations must be"):
+        Target.from_dict("t", {"format": "tflite", "precision": "x", "bench": {"iterations": 0}})
+
+
+def test_missing_required_field_is_a_target_error():
+    with pytest.raises(TargetError, match="target 't'"):
+        Target.from_dict("t", {"format": "tflite"})  # no precision
+
+
+def test_unknown_target_name_lists_the_known_ones():
+    with pytest.raises(TargetError) as exc:
+        get_target("tflite-int4")
+    msg = str(exc.value)
+    assert "unknown target 'tflite-int4'" in msg
+    for name in BUILTIN_NAMES:
+        assert name in msg
+    assert ".toml" in msg
+
+
+# ----------------------------------------------------------------------------- TOML files
+FLAT_TOML = """
+format = "tflite"
+precision = "int8"
+description = "My board."
+weights = "int8"
+activations = "int8"
+io = "int8"
+calibration_samples = 50
+
+[tolerance]
+atol = 0.0
+range_atol = 0.1
+max_accuracy_drop = 2.0
+
+[bench]
+threads = 1
+iterations = 7
+"""
+
+
+def test_flat_toml_target(tmp_path):
+    path = tmp_path / "my_board.toml"
+    path.write_text(FLAT_TOML)
+    t = load_target_file(path)
+    assert t.name == "my_board"  # name defaults to the file stem
+    assert (t.weights, t.activations, t.io, t.calibration_samples) == ("int8", "int8", "int8", 50)
+    assert t.tolerance == Tolerance(atol=0.0, range_atol=0.1, max_accuracy_drop=2.0)
+    assert t.bench == BenchSettings(threads=1, iterations=7)
+    assert t.runtime == "litert"
+    # get_target accepts the path too (what `deploy convert -t my_board.toml` does)
+    assert get_target(str(path)) == t
+
+
+def test_flat_toml_with_explicit_name(tmp_path):
+    path = tmp_path / "whatever.toml"
+    path.write_text('name = "edge-int8"\n' + FLAT_TOML)
+    assert load_target_file(path).name == "edge-int8"
+
+
+def test_named_table_toml_target(tmp_path):
+    path = tmp_path / "boards.toml"
+    body = "\n".join(
+        line if not line.startswith("[") else line.replace("[", "[cortex-m.", 1) for line in FLAT_TOML.splitlines()
+    )
+    path.write_text("[cortex-m]\n" + body)
+    t = load_target_file(path)
+    assert t.name == "cortex-m"
+    assert t.bench.iterations == 7 and t.tolerance.range_atol == 0.1
+
+
+def test_builtin_entry_copied_into_a_file_loads_identically(tmp_path):
+    """A user target is 'a TOML file with the same fields' as builtin.toml."""
+    text = BUILTIN_TOML.read_text()
+    start = text.index("[tflite-int8]")
+    end = text.index("\n[", start + 1)
+    path = tmp_path / "copy.toml"
+    path.write_text(text[start:end])
+    assert load_target_file(path) == get_target("tflite-int8")
+
+
+def test_toml_errors(tmp_path):
+    with pytest.raises(TargetError, match="does not exist"):
+        load_target_file(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("format = \n")
+    with pytest.raises(TargetError, match="not valid TOML"):
+        load_target_file(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text(FLAT_TOML.replace("calibration_samples", "calib_samples"))
+    with pytest.raises(TargetError) as exc:
+        load_target_file(typo)
+    assert "calib_samples" in str(exc.value) and str(typo) in str(exc.value)
+    impossible = tmp_path / "impossible.toml"
+    impossible.write_text(FLAT_TOML.replace('weights = "int8"', 'weights = "float32"'))
+    with pytest.raises(TargetError, match="need int8 weights"):
+        load_target_file(impossible)
+
+
+# ----------------------------------------------------------------------------- with_bench
+def test_with_bench_copies_and_validates():
+    t = get_target("tflite-int8")
+    fast = t.with_bench(iterations=5, warmup=1, threads=1)
+    assert fast.bench == BenchSettings(threads=1, warmup=1, iterations=5)
+    assert dataclasses.replace(fast, bench=t.bench) == t  # nothing else changed
+    assert t.bench == get_target("tflite-int8").bench  # original untouched
+    with pytest.raises(TargetError, match="bench.iterations"):
+        t.with_bench(iterations=0)
+    with pytest.raises(TypeError):
+        t.with_bench(iteration=3)
+
+
+def test_pipeline_applies_bench_overrides_to_every_target():
+    from deploykit.pipeline import Pipeline
+
+    p = Pipeline(BUILTIN_NAMES, iterations=3, warmup=0, threads=1)
+    assert [t.name for t in p.targets] == BUILTIN_NAMES
+    assert all(t.bench == BenchSettings(threads=1, warmup=0, iterations=3) for t in p.targets)
+
+
+def test_pipeline_drops_repeated_identical_targets():
+    from deploykit.pipeline import Pipeline
+
+    p = Pipeline(["tflite-fp32", "tflite-int8", "tflite-fp32"])
+    assert [t.name for t in p.targets] == ["tflite-fp32", "tflite-int8"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: pipeline._resolve_targets dedupes by name only, so a *different* Target that reuses a "
+    "name (here a stricter tflite-fp32) is silently dropped and never converted; it should raise TargetError",
+)
+def test_two_different_targets_with_one_name_are_refused():
+    from deploykit.pipeline import Pipeline
+
+    fp32 = get_target("tflite-fp32")
+    strict = dataclasses.replace(fp32, tolerance=Tolerance(atol=1e-9, min_agreement=1.0))
+    with pytest.raises(TargetError):
+        Pipeline([fp32, strict])
+
+
+def test_pipeline_refuses_no_targets_and_unknown_targets_before_any_work(tmp_path):
+    from deploykit.errors import UserError
+    from deploykit.pipeline import Pipeline
+
+    with pytest.raises(UserError, match="no target given"):
+        Pipeline([], out=tmp_path / "o")
+    with pytest.raises(TargetError, match="unknown target"):
+        Pipeline(["tflite-fp32", "nope"], out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- registries
+def test_every_registered_converter_imports_and_has_the_interface():
+    from deploykit.converters import CONVERTERS, get_converter
+
+    assert CONVERTERS, "no converter registered"
+    for fmt, module_name in CONVERTERS.items():
+        module = importlib.import_module(module_name)
+        assert get_converter(fmt) is module
+        assert isinstance(module.SUFFIX, str) and module.SUFFIX.startswith(".")
+        params = list(inspect.signature(module.convert).parameters)
+        assert params[:4] == ["model", "target", "calibration", "out_path"], fmt
+    with pytest.raises(TargetError, match="no converter for format"):
+        get_converter("nope")
+
+
+def test_every_registered_runner_imports_and_has_the_interface():
+    from deploykit.runtime_bench import RUNNERS
+
+    assert RUNNERS, "no runner registered"
+    for runtime, spec in RUNNERS.items():
+        module_name, cls_name = spec.split(":")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        for method in ("load", "set_inputs", "invoke", "get_outputs", "run", "describe", "close", "input_details"):
+            assert callable(getattr(cls, method, None)), f"{spec} lacks {method}"
+        assert cls.runtime == runtime
+
+
+def test_registry_runner_runs_a_real_artifact(tflite_files, reference_outputs, digits):
+    from deploykit.runtime_bench import get_runner
+
+    runner = get_runner("litert", tflite_files["tflite-fp32"], threads=1)
+    assert runner.load() >= 0
+    out = runner.run({"pixels": digits.x_eval[:3]})
+    (got,) = out.values()
+    np.testing.assert_allclose(got, reference_outputs[:3], atol=1e-5)
+    assert runner.describe()["runtime"] == "litert"
+    runner.close()
+    from deploykit.errors import UserError
+
+    with pytest.raises(UserError, match="unknown runtime 'nope'"):
+        get_runner("nope", tflite_files["tflite-fp32"], threads=1)
+
+
+def test_every_format_has_a_converter_and_runtime_and_bench_suffix():
+    from deploykit.converters import CONVERTERS, get_converter
+    from deploykit.runtime_bench import RUNNERS, SUFFIX_RUNTIME
+
+    assert set(FORMATS) == set(CONVERTERS)
+    assert set(RUNTIMES) == set(FORMATS)
+    assert set(RUNTIMES.values()) <= set(RUNNERS)
+    for fmt in FORMATS:  # `deploy bench` can time every artifact a converter writes
+        assert SUFFIX_RUNTIME[get_converter(fmt).SUFFIX] == RUNTIMES[fmt]
+
+
+def test_every_registered_converter_and_runner_is_used_by_a_builtin_target():
+    """A new converter or runner must come with a built-in target, so that the
+    integration suite (parametrized over list_targets()) exercises it."""
+    from deploykit.converters import CONVERTERS
+    from deploykit.runtime_bench import RUNNERS
+
+    targets = list_targets()
+    assert set(CONVERTERS) == {t.format for t in targets}
+    assert set(RUNNERS) == {t.runtime for t in targets}
+
+
+def test_integration_suite_converts_every_builtin_target():
+    """House rule 1: adding a built-in target without converting it in a test fails here.
+
+    test_convert.py parametrizes its per-target test over ``list_targets()``, so a
+    new built-in is converted, verified and benchmarked without editing the tests.
+    """
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "integration" / "test_convert.py"
+    spec = importlib.util.spec_from_file_location("_dk_test_convert_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(t.name for t in module.ALL_TARGETS) == sorted(BUILTIN_NAMES)
+    marks = [m for m in module.test_builtin_target_end_to_end.pytestmark if m.name == "parametrize"]
+    assert marks and [t.name for t in marks[0].args[1]] == BUILTIN_NAMES

@@ -1,0 +1,151 @@
+"""Parity checks: tolerance arithmetic on real arrays, and verify() on real LiteRT runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.targets import Tolerance, get_target
+from deploykit.verify import compare_outputs, verify
+
+
+# ----------------------------------------------------------------------------- compare_outputs
+def test_atol_boundary():
+    ref = np.zeros((4, 3))
+    tol = Tolerance(atol=1e-3)
+    at = ref.copy()
+    at[0, 0] = 1e-3
+    assert compare_outputs(ref, at, tol)["violations"] == 0  # <= is inside
+    over = ref.copy()
+    over[0, 0], over[2, 1] = 1.5e-3, -2e-3
+    cmp = compare_outputs(ref, over, tol)
+    assert cmp["violations"] == 2 and cmp["elements"] == 12
+    assert cmp["max_abs_error"] == pytest.approx(2e-3)
+    assert cmp["mean_abs_error"] == pytest.approx(3.5e-3 / 12)
+    assert cmp["finite"]
+
+
+def test_rtol_scales_with_the_reference():
+    ref = np.array([[1.0, 100.0]])
+    tol = Tolerance(atol=0.0, rtol=1e-2)
+    assert compare_outputs(ref, ref * 1.009, tol)["violations"] == 0
+    assert compare_outputs(ref, ref * 1.011, tol)["violations"] == 2
+    # same absolute error: fine next to 100, too much next to 1
+    assert compare_outputs(ref, ref + 0.5, tol)["violations"] == 1
+
+
+def test_range_atol_is_a_fraction_of_the_output_range():
+    ref = np.array([[0.0, 0.25, 1.0]])  # range 1.0
+    tol = Tolerance(atol=0.0, range_atol=0.05)
+    cmp = compare_outputs(ref, ref + 0.049, tol)
+    assert cmp["violations"] == 0
+    assert cmp["reference_range"] == 1.0 and cmp["allowed_abs_error_at_max"] == pytest.approx(0.05)
+    assert compare_outputs(ref, ref + 0.051, tol)["violations"] == 3
+    assert compare_outputs(ref * 10, ref * 10 + 0.4, tol)["violations"] == 0  # scales with the range
+
+
+def test_non_finite_outputs_are_violations():
+    ref = np.ones((2, 2))
+    got = ref.copy()
+    got[0, 0] = np.nan
+    got[1, 1] = np.inf
+    cmp = compare_outputs(ref, got, Tolerance(atol=1.0))
+    assert cmp["violations"] == 2 and not cmp["finite"]
+
+
+def test_shapes_are_aligned_and_dtypes_widened():
+    ref = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = ref.reshape(2, 3, 1).astype(np.float16)
+    assert compare_outputs(ref, got, Tolerance(atol=1e-6))["violations"] == 0
+    with pytest.raises(ValueError):
+        compare_outputs(ref, np.zeros(5), Tolerance())
+
+
+# ----------------------------------------------------------------------------- verify on LiteRT
+@pytest.fixture
+def fp32_runner(tflite_files):
+    from deploykit.runtime_bench.litert import LiteRTRunner
+
+    runner = LiteRTRunner(tflite_files["tflite-fp32"], threads=1)
+    runner.load()
+    yield runner
+    runner.close()
+
+
+def _inputs(digits):
+    return {"pixels": digits.x_eval}
+
+
+def test_verify_passes_on_the_real_fp32_artifact(fp32_runner, digits, reference_outputs):
+    tol = get_target("tflite-fp32").tolerance
+    result = verify(fp32_runner, _inputs(digits), [reference_outputs], ["output_0"], tol, labels=digits.y_eval)
+    assert result["passed"], result["failures"]
+    assert result["failures"] == []
+    assert result["samples"] == len(digits.x_eval)
+    assert result["batch_sizes"] == [1, 8]  # a second batch size was checked as well
+    out = result["outputs"]["output_0"]
+    assert out["violations"] == 0 and out["max_abs_error"] < tol.atol
+    assert result["top1_agreement"] == 1.0
+    ref_acc = float(np.mean(reference_outputs.argmax(1) == digits.y_eval))
+    assert result["reference_accuracy"] == pytest.approx(ref_acc)
+    assert ref_acc > 0.85, "the tiny CNN should have learned the digits"
+    assert abs(result["accuracy_drop_points"]) <= tol.max_accuracy_drop
+
+
+def test_verify_int8_io_artifact_against_float_reference(tflite_files, digits, reference_outputs):
+    """Integer inputs/outputs are (de)quantized by the runner; the int8 tolerance holds."""
+    from deploykit.runtime_bench.litert import LiteRTRunner
+
+    runner = LiteRTRunner(tflite_files["tflite-int8-io"], threads=1)
+    runner.load()
+    (detail,) = runner.input_details().values()
+    assert np.dtype(detail["dtype"]) == np.int8
+    tol = get_target("tflite-int8-io").tolerance
+    result = verify(runner, _inputs(digits), [reference_outputs], ["output_0"], tol, labels=digits.y_eval)
+    assert result["passed"], result["failures"]
+    assert 0 < result["max_abs_error"] <= tol.range_atol * np.ptp(reference_outputs)
+    # and the fp32 tolerance would have caught the quantization error
+    strict = verify(runner, _inputs(digits), [reference_outputs], ["output_0"], get_target("tflite-fp32").tolerance)
+    assert not strict["passed"]
+
+
+def test_verify_collects_every_failure(fp32_runner, digits, reference_outputs):
+    """A 'perfect' reference (one-hot true labels) disagrees with the real model on every
+    check at once: elementwise at both batch sizes, top-1 agreement and accuracy. All are
+    reported together, not just the first."""
+    model_acc = float(np.mean(reference_outputs.argmax(1) == digits.y_eval))
+    assert model_acc < 0.99  # precondition: the tiny model is not perfect
+    perfect = np.eye(10, dtype=np.float32)[digits.y_eval]
+    tol = get_target("tflite-fp32").tolerance
+    result = verify(fp32_runner, _inputs(digits), [perfect], ["output_0"], tol, labels=digits.y_eval)
+    assert not result["passed"]
+    failures = result["failures"]
+    assert any("at batch size 8" in f for f in failures)
+    assert any("exceeds the allowed" in f for f in failures)
+    assert any("top-1 agreement" in f for f in failures)
+    assert any("accuracy" in f and "points below the reference" in f for f in failures)
+    assert len(failures) == 4
+    assert result["top1_agreement"] == pytest.approx(model_acc)
+    assert result["accuracy_drop_points"] == pytest.approx((1.0 - model_acc) * 100)
+
+
+def test_verify_catches_a_single_perturbed_element(fp32_runner, digits, reference_outputs):
+    tol = get_target("tflite-fp32").tolerance
+    ref = reference_outputs.copy()
+    ref[20, 3] += 10 * tol.atol + tol.rtol * abs(ref[20, 3]) * 10  # outside the batch-8 check
+    result = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], tol)
+    assert not result["passed"]
+    assert result["outputs"]["output_0"]["violations"] == 1
+    assert result["failures"] == [f for f in result["failures"] if "in 1 of 2000 element(s)" in f]
+    # a perturbation inside the tolerance passes
+    ok = reference_outputs.copy()
+    ok[20, 3] += tol.atol / 2
+    assert verify(fp32_runner, _inputs(digits), [ok], ["output_0"], tol)["passed"]
+
+
+def test_verify_without_labels_or_second_batch(fp32_runner, digits, reference_outputs):
+    tol = get_target("tflite-fp32").tolerance
+    result = verify(fp32_runner, {"pixels": digits.x_eval[:5]}, [reference_outputs[:5]], ["output_0"], tol,
+                    batch_check=0)
+    assert result["passed"] and result["batch_sizes"] == [1]
+    assert "accuracy" not in result and "reference_accuracy" not in result
