@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, table
+from deploykit.report.rows import COLUMNS, highlights, op_profile_lines, selection_lines, table
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -19,6 +19,35 @@ code{background:#f5f5f5;padding:0 .2rem}.fail{color:#b00}
 def _md_inline(text: str) -> str:
     text = html.escape(text)
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
+def _md_block(lines: list[str]) -> str:
+    """Tiny Markdown subset (headings, bullet lists, pipe tables, paragraphs) to HTML."""
+    out, table_open = [], False
+    for line in lines:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            if not table_open:
+                out.append("<table>")
+                table_open = True
+                out.append("<tr>" + "".join(f"<th>{_md_inline(c)}</th>" for c in cells) + "</tr>")
+            else:
+                out.append("<tr>" + "".join(f"<td>{_md_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if table_open:
+            out.append("</table>")
+            table_open = False
+        if line.startswith("### "):
+            out.append(f"<h3>{_md_inline(line[4:])}</h3>")
+        elif line.startswith("- "):
+            out.append(f"<p>• {_md_inline(line[2:])}</p>")
+        elif line.strip():
+            out.append(f"<p>{_md_inline(line)}</p>")
+    if table_open:
+        out.append("</table>")
+    return "\n".join(out)
 
 
 def render_html(manifest: Manifest, plot_svg: str | None) -> str:
@@ -43,6 +72,12 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if plot_svg:
         svg = plot_svg[plot_svg.find("<svg"):]
         parts.append(f"<h2>Size vs latency</h2><div>{svg}</div>")
+    sel = selection_lines(manifest)
+    if sel:
+        parts.append("<h2>Auto selection (measured, not guessed)</h2>" + _md_block(sel))
+    prof = op_profile_lines(manifest)
+    if prof:
+        parts.append("<h2>Most expensive ops</h2>" + _md_block(prof))
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         parts.append("<h2>Failures</h2><ul>" + "".join(

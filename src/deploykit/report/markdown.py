@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, human_bytes, table
+from deploykit.report.rows import COLUMNS, highlights, human_bytes, op_profile_lines, selection_lines, table
 
 
 def _inputs(model: dict) -> str:
@@ -36,6 +36,12 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
         lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
     if plot_file:
         lines += ["", f"![size vs latency]({plot_file})"]
+    sel = selection_lines(manifest)
+    if sel:
+        lines += ["", "## Auto selection (measured, not guessed)", ""] + sel
+    prof = op_profile_lines(manifest)
+    if prof:
+        lines += ["", "## Most expensive ops (runtime profiler; top 10 in manifest.json)", ""] + prof
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines += ["", "## Failures", ""]

@@ -49,7 +49,8 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
     v, b = a.verification, a.benchmark
     peak = max((s.get("peak_rss_bytes", 0) for s in a.steps.values()), default=None)
     return {
-        "target": a.target,
+        "target": a.target + (f" (candidate of {a.candidate_of})" if a.candidate_of else "")
+        + (f" → {a.selection.get('winner')}" if a.selection.get("winner") else ""),
         "status": "✅ ok" if a.status == "ok" else "❌ failed",
         "size": human_bytes(a.size_bytes) if a.size_bytes else "–",
         "gzip": human_bytes(a.gzip_bytes) if a.gzip_bytes else "–",
@@ -93,4 +94,37 @@ def highlights(manifest: Manifest) -> list[str]:
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines.append(f"Failed: {', '.join('**' + a.target + '**' for a in failed)} (details below)")
+    return lines
+
+
+def selection_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines explaining each -auto decision: every candidate and why the winner won."""
+    lines: list[str] = []
+    for a in manifest.artifacts:
+        sel = a.selection
+        if not sel:
+            continue
+        lines += [f"### {a.target}", "", sel.get("reason", ""), "",
+                  "| Candidate | Status | Size | interleaved p50 ms | Accuracy | Top-1 agree |", "|---|---|---|---|---|---|"]
+        for r in sel.get("candidates", []):
+            mark = " (winner)" if r["target"] == sel.get("winner") else ""
+            p50 = r.get("interleaved_p50_ms", r.get("p50_ms"))
+            lines.append(
+                f"| {r['target']}{mark} | {r['status']} | {human_bytes(r['size_bytes']) if r['size_bytes'] else '–'} | "
+                f"{_fmt(p50, '.3f')} | {_fmt(r.get('accuracy'), '.2%')} | {_fmt(r.get('top1_agreement'), '.2%')} |"
+            )
+        lines.append("")
+    return lines
+
+
+def op_profile_lines(manifest: Manifest, top: int = 5) -> list[str]:
+    """Markdown lines: the most expensive op types per profiled artifact."""
+    lines: list[str] = []
+    for a in manifest.artifacts:
+        prof = a.benchmark.get("op_profile") if a.benchmark else None
+        if not prof or a.selection:
+            continue
+        ops = ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in prof["top_op_types"][:top])
+        lines.append(f"- **{a.target}** ({a.benchmark.get('runtime')}, {a.benchmark.get('threads')} threads, "
+                     f"optimization {a.benchmark.get('graph_optimization_level')}): {ops}")
     return lines

@@ -165,25 +165,28 @@ class ORTRunner:
             for _ in range(runs):
                 session.run(self._out_names, feed)
             trace = json.loads(Path(session.end_profiling()).read_text())
-        by_type: dict[str, float] = defaultdict(float)
-        calls: dict[str, int] = defaultdict(int)
-        by_node: dict[tuple[str, str], float] = defaultdict(float)
+        # Per node, the median over runs: the first run (allocation, prepacking) would otherwise dominate.
+        durations: dict[tuple[str, str], list[float]] = defaultdict(list)
         for event in trace:
             if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
                 continue
-            op = event.get("args", {}).get("op_name", "?")
-            us = float(event.get("dur", 0))
+            key = (event["name"][: -len("_kernel_time")], event.get("args", {}).get("op_name", "?"))
+            durations[key].append(float(event.get("dur", 0)))
+        by_node = {key: float(np.median(v)) for key, v in durations.items()}
+        by_type: dict[str, float] = defaultdict(float)
+        nodes_of: dict[str, int] = defaultdict(int)
+        for (_, op), us in by_node.items():
             by_type[op] += us
-            calls[op] += 1
-            by_node[(event["name"][: -len("_kernel_time")], op)] += us
+            nodes_of[op] += 1
         total = sum(by_type.values()) or 1.0
         ops = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
         nodes = sorted(by_node.items(), key=lambda kv: -kv[1])[:top]
         return {
             "runs": runs,
-            "top_op_types": [{"op_type": op, "total_ms_per_run": us / runs / 1000, "share": us / total,
-                              "calls_per_run": calls[op] / runs} for op, us in ops],
-            "top_nodes": [{"node": n, "op_type": op, "ms_per_run": us / runs / 1000, "share": us / total}
+            "statistic": "median per node over runs",
+            "top_op_types": [{"op_type": op, "ms_per_run": us / 1000, "share": us / total, "nodes": nodes_of[op]}
+                             for op, us in ops],
+            "top_nodes": [{"node": n, "op_type": op, "ms_per_run": us / 1000, "share": us / total}
                           for (n, op), us in nodes],
         }
 

@@ -1,0 +1,221 @@
+"""Model loading: every supported input kind, safe-mode refusals, and unreadable files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from deploykit.errors import DeployError, ModelLoadError, UntrustedModelError
+from deploykit.models import ModelInfo, inspect_model, load_model
+
+KINDS = {
+    # fixture name -> (expected kind, fixture holding the model the file came from)
+    "keras3_path": ("keras3", "keras3_model"),
+    "tf_keras_keras_path": ("tf_keras", "tf_keras_model"),
+    "tf_keras_h5_path": ("tf_keras", "tf_keras_model"),
+    "saved_model_dir": ("saved_model", "keras3_model"),
+    "keras3_model": ("keras3", "keras3_model"),
+    "tf_keras_model": ("tf_keras", "tf_keras_model"),
+}
+
+
+@pytest.fixture(params=list(KINDS))
+def any_model(request):
+    kind, origin = KINDS[request.param]
+    return request.param, request.getfixturevalue(request.param), kind, request.getfixturevalue(origin)
+
+
+def test_load_each_kind(any_model, digits):
+    fixture, source, kind, origin = any_model
+    loaded = load_model(source)
+    try:
+        assert loaded.kind == kind
+        (spec,) = loaded.inputs
+        assert spec.name == "pixels" and spec.shape == (None, 8, 8, 1) and spec.dtype == "float32"
+        sig = loaded.signature()
+        assert [s.name for s in sig["inputs"]] == ["pixels"]
+        assert len(sig["outputs"]) == 1 and sig["outputs"][0].shape == (None, 10)
+        assert loaded.output_names == [sig["outputs"][0].name]
+        # reference outputs equal the in-memory model's, whatever the input kind (batching included)
+        x = digits.x_eval[:70]
+        (got,) = loaded.predict([x], batch_size=32)
+        want = np.asarray(origin(x, training=False))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        # the SavedModel export is made once and shared by every target
+        assert loaded.saved_model_dir() == loaded.saved_model_dir()
+    finally:
+        loaded.release()
+
+
+def test_release_removes_the_temporary_export(keras3_path):
+    loaded = load_model(keras3_path)
+    sm = loaded.saved_model_dir()
+    assert (sm / "saved_model.pb").exists()
+    loaded.release()
+    assert not sm.exists()
+
+
+def test_info_lists_preprocessing_layers_and_params(any_model):
+    fixture, source, kind, origin = any_model
+    info = load_model(source).info()
+    assert isinstance(info, ModelInfo)
+    assert info.kind == kind
+    assert [s.name for s in info.inputs] == ["pixels"]
+    if kind == "saved_model":  # a SavedModel has no Keras layers to describe
+        assert info.layers == [] and info.params is None
+        return
+    assert info.params == origin.count_params()
+    assert [layer["class"] for layer in info.layers] == [type(layer).__name__ for layer in origin.layers]
+    assert info.preprocessing_layers == [{"name": "rescale", "class": "Rescaling"}]
+    assert info.name == origin.name
+    json.dumps(info.to_dict())  # what the manifest records
+
+
+def test_info_sees_preprocessing_inside_nested_models():
+    import keras
+
+    pre = keras.Sequential([keras.layers.Resizing(4, 4, name="resize"), keras.layers.Rescaling(0.5, name="scale")],
+                           name="preprocess")
+    inp = keras.Input((8, 8, 1), name="img")
+    out = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(pre(inp)))
+    info = inspect_model(keras.Model(inp, out, name="nested"))
+    assert [p["class"] for p in info.preprocessing_layers] == ["Resizing", "Rescaling"]
+    assert info.params == 4 * 4 * 2 + 2
+
+
+def test_inspect_equals_load_info(keras3_path):
+    assert inspect_model(keras3_path).to_dict() == load_model(keras3_path).info().to_dict()
+
+
+# ----------------------------------------------------------------------------- safe mode
+@pytest.mark.parametrize("fixture", ["lambda_keras3_path", "lambda_tf_keras_h5_path"])
+def test_lambda_refused_then_accepted_with_trust(request, fixture, digits):
+    path = request.getfixturevalue(fixture)
+    with pytest.raises(UntrustedModelError) as exc:
+        load_model(path)
+    msg = str(exc.value)
+    assert "Lambda" in msg and "scale_lambda" in msg and "--trust-model" in msg
+    assert isinstance(exc.value, ModelLoadError) and isinstance(exc.value, ValueError)
+
+    loaded = load_model(path, trust_model=True)
+    (out,) = loaded.predict([digits.x_eval[:4]])
+    assert out.shape == (4, 10) and np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # the softmax after the Lambda ran
+
+
+def test_unregistered_custom_layer_is_named(tmp_path):
+    """A layer class the loading process does not know: ModelLoadError naming the class."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="dktest_inproc")
+    class Tripler(keras.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    model = keras.Sequential([keras.Input((3,)), Tripler(name="tripler"), keras.layers.Dense(2)])
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    assert load_model(path).kind == "keras3"  # registered: loads
+    registry = keras.saving.get_custom_objects()  # the live global registry
+    saved = registry.pop("dktest_inproc>Tripler")
+    try:
+        with pytest.raises(ModelLoadError) as exc:
+            load_model(path)
+    finally:
+        registry["dktest_inproc>Tripler"] = saved
+    msg = str(exc.value)
+    assert "Tripler" in msg and "unknown custom object" in msg and "register_keras_serializable" in msg
+    assert not isinstance(exc.value, UntrustedModelError)
+
+
+def test_unregistered_tf_keras_custom_layer_in_h5_is_named(tmp_path):
+    import warnings
+
+    import tf_keras
+
+    @tf_keras.saving.register_keras_serializable(package="dktest_inproc")
+    class TkTripler(tf_keras.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    model = tf_keras.Sequential([tf_keras.layers.InputLayer((3,)), TkTripler(), tf_keras.layers.Dense(2)])
+    path = tmp_path / "custom_tk.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(path)
+    registry = tf_keras.saving.get_custom_objects()
+    saved = registry.pop("dktest_inproc>TkTripler")
+    try:
+        with pytest.raises(ModelLoadError, match="TkTripler"):
+            load_model(path)
+    finally:
+        registry["dktest_inproc>TkTripler"] = saved
+
+
+# ----------------------------------------------------------------------------- unreadable input
+def test_missing(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nope.keras")
+
+
+@pytest.mark.parametrize(
+    "key, fragment",
+    [
+        ("truncated_keras", "truncated or corrupt"),
+        ("truncated_h5", "truncated or corrupt"),
+        ("corrupt_keras", "truncated or corrupt"),
+        ("empty_keras", "truncated or corrupt"),
+        ("keras_as_h5", "not a readable HDF5 model"),
+        ("wrong_suffix", "unsupported model file type '.onnx'"),
+    ],
+)
+def test_unreadable_files(broken_models, key, fragment):
+    path = broken_models[key]
+    with pytest.raises(ModelLoadError) as exc:
+        load_model(path)
+    assert fragment in str(exc.value)
+    assert str(path) in str(exc.value)  # the message names the file
+    assert not isinstance(exc.value, UntrustedModelError)
+
+
+def test_zip_without_model_config(tmp_path):
+    path = tmp_path / "notamodel.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    with pytest.raises(ModelLoadError, match="no config.json inside"):
+        load_model(path)
+
+
+def test_h5_without_model_config(tmp_path, tf_keras_model):
+    path = tmp_path / "weights_only.h5"
+    tf_keras_model.save_weights(path)
+    with pytest.raises(ModelLoadError, match="holds no model_config"):
+        load_model(path)
+
+
+def test_directory_without_saved_model(tmp_path):
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(ModelLoadError, match="without saved_model.pb"):
+        load_model(tmp_path / "dir")
+
+
+def test_corrupt_saved_model(tmp_path):
+    d = tmp_path / "sm"
+    d.mkdir()
+    (d / "saved_model.pb").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match="not a readable SavedModel"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("obj", [object(), np.zeros(3), "not/a/path/model.bin"])
+def test_not_a_model(obj):
+    with pytest.raises(ModelLoadError):
+        load_model(obj)
+
+
+def test_errors_belong_to_the_family():
+    assert issubclass(UntrustedModelError, ModelLoadError)
+    assert issubclass(ModelLoadError, DeployError) and issubclass(ModelLoadError, ValueError)
