@@ -258,9 +258,12 @@ class Pipeline:
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
                     artifact.benchmark = _bench(target, tmp, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
-                artifact.size_bytes = tmp.stat().st_size
-                artifact.gzip_bytes = gzip_size(tmp)
+                files = [tmp] + [self.out / f for f in artifact.extra_files]
+                artifact.size_bytes = sum(f.stat().st_size for f in files)
+                artifact.gzip_bytes = sum(gzip_size(f) for f in files)
                 artifact.sha256 = sha256_file(tmp)
+                if artifact.extra_files:
+                    artifact.settings["extra_file_sha256"] = {f: sha256_file(self.out / f) for f in artifact.extra_files}
             if artifact.verification.get("passed"):
                 artifact.status = "ok"
             else:

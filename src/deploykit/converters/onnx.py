@@ -81,9 +81,13 @@ def converter_settings(target: Any) -> dict[str, Any]:
 
 def to_onnx(model: Any, opset: int) -> Any:
     """Convert the run's SavedModel to an fp32 ONNX ModelProto (cached per opset on the model)."""
+    import onnx
+
     cache = model.__dict__.setdefault("_onnx_fp32_cache", {})
-    if opset in cache:
-        return cache[opset]
+    if opset in cache:  # a copy: saving with external data rewrites a proto in place
+        copy = onnx.ModelProto()
+        copy.CopyFrom(cache[opset])
+        return copy
     from deploykit._quiet import import_tensorflow, native_stderr_captured
 
     import_tensorflow()
@@ -106,7 +110,9 @@ def to_onnx(model: Any, opset: int) -> Any:
     _check_domains(proto, opset)
     _name_batch_dims(proto)
     cache[opset] = proto
-    return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def _check_domains(proto: Any, opset: int) -> None:
@@ -185,6 +191,7 @@ def _save(proto: Any, path: Path, external: bool) -> list[str]:
     data_path.unlink(missing_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
+    data_path.chmod(path.stat().st_mode & 0o777)
     return [location]
 
 
