@@ -114,7 +114,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
 
 def _explain(target: Any, exc: Exception, native: str) -> str:
     text = " ".join(str(exc).split())
-    ops = sorted(set(re.findall(r"'?tf\.(\w+)'?", text + " " + native)))
+    ops = sorted(set(re.findall(r"\btf\.([A-Z]\w*)", text + " " + native)))  # TF op names are CamelCase
     if ops:
         return (
             f"{target.name}: TFLite cannot convert op(s) {', '.join(ops)} with builtin kernels "

@@ -1,0 +1,223 @@
+"""ONNX target end to end: tf2onnx conversion, ORT quantization, verification, -auto selection.
+
+Real converters and the real ONNX Runtime; tiny seeded models from conftest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.errors import UserError
+
+FAST = dict(iterations=5, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory, keras3_path, data_npz):
+    out = tmp_path_factory.mktemp("onnx") / "run"
+    return deploykit.convert(
+        keras3_path,
+        ["onnx-fp32", "onnx-fp16", "onnx-int8-dynamic", "onnx-int8-qdq", "onnx-int8-qop"],
+        data=data_npz, out=out, **FAST,
+    )
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+@pytest.mark.slow
+def test_every_onnx_precision_converts_checks_and_verifies(onnx_run):
+    import onnx
+
+    by_target = {a["target"]: a for a in onnx_run.artifacts}
+    assert set(by_target) == {"onnx-fp32", "onnx-fp16", "onnx-int8-dynamic", "onnx-int8-qdq", "onnx-int8-qop"}
+    for name, a in by_target.items():
+        assert a["status"] == "ok", (name, a["error"])
+        path = onnx_run.out / a["path"]
+        onnx.checker.check_model(str(path), full_check=True)
+        v = a["verification"]
+        assert v["passed"] and abs(v["accuracy_drop_points"]) <= 1.0
+        assert a["benchmark"]["runtime"] == "onnxruntime" and a["benchmark"]["threads"] == 2
+        assert a["benchmark"]["graph_optimization_level"] == "all"
+        top = a["benchmark"]["op_profile"]["top_op_types"]
+        assert 0 < len(top) <= 10 and all(t["share"] > 0 for t in top)
+    assert by_target["onnx-fp32"]["verification"]["max_abs_error"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_onnx_io_names_and_dynamic_batch(onnx_run):
+    proto = _load(onnx_run.out / onnx_run.artifact("onnx-fp32")["path"])
+    assert [i.name for i in proto.graph.input] == ["pixels"]
+    assert [o.name for o in proto.graph.output] == ["output_0"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert onnx_run.artifact("onnx-fp32")["verification"]["batch_sizes"] == [1, 8]
+
+
+@pytest.mark.slow
+def test_quantized_onnx_is_smaller_and_fp16_keeps_float_io(onnx_run):
+    from onnx import numpy_helper
+
+    def weight_bytes(target):  # the tiny model's graph overhead would hide ratios in file sizes
+        proto = _load(onnx_run.out / onnx_run.artifact(target)["path"])
+        return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+
+    fp32 = weight_bytes("onnx-fp32")
+    assert weight_bytes("onnx-fp16") < 0.55 * fp32
+    assert weight_bytes("onnx-int8-qop") < 0.4 * fp32
+    proto = _load(onnx_run.out / onnx_run.artifact("onnx-fp16")["path"])
+    assert proto.graph.input[0].type.tensor_type.elem_type == 1  # FLOAT
+    ops = {n.op_type for n in _load(onnx_run.out / onnx_run.artifact("onnx-int8-qop")["path"]).graph.node}
+    assert "QLinearConv" in ops
+    ops = {n.op_type for n in _load(onnx_run.out / onnx_run.artifact("onnx-int8-qdq")["path"]).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["onnx-auto", "tflite-auto"])
+def test_auto_ships_a_verified_candidate_and_explains_why(tmp_path, keras3_path, data_npz, family):
+    result = deploykit.convert(keras3_path, [family], data=data_npz, out=tmp_path / "out", **FAST)
+    auto = result.artifact(family)
+    target = deploykit.get_target(family)
+    assert auto["status"] == "ok", auto["error"]
+    sel = auto["selection"]
+    assert sel["winner"] in target.candidates
+    assert {c["target"] for c in sel["candidates"]} == set(target.candidates)
+    winner = result.artifact(sel["winner"])
+    assert winner["candidate_of"] == family and winner["status"] == "ok"
+    assert auto["sha256"] == winner["sha256"]
+    assert (result.out / auto["path"]).read_bytes() == (result.out / winner["path"]).read_bytes()
+    passing = [c for c in sel["candidates"] if c["status"] == "ok"]
+    fastest = min(c["interleaved_p50_ms"] for c in passing)
+    chosen = next(c for c in passing if c["target"] == sel["winner"])
+    assert chosen["interleaved_p50_ms"] <= fastest * 1.03 + 1e-9
+    assert sel["winner"] in sel["reason"]
+    report = (result.out / "report.md").read_text()
+    assert "Auto selection" in report and sel["reason"] in report
+    assert result.ok
+
+
+@pytest.mark.slow
+def test_failed_candidate_does_not_fail_the_auto_target(tmp_path, keras3_path, data_npz):
+    # A candidate with an impossible tolerance fails verification; auto still ships another one.
+    strict = tmp_path / "strict.toml"
+    strict.write_text('format = "onnx"\nprecision = "int8-qop"\nweights = "int8"\nactivations = "uint8"\n'
+                      'options = { quant_format = "qoperator" }\ntolerance = { atol = 1e-9 }\n')
+    auto = tmp_path / "auto.toml"
+    auto.write_text(f'format = "onnx"\nprecision = "auto"\ncandidates = ["onnx-fp32", "{strict}"]\n')
+    result = deploykit.convert(keras3_path, [str(auto)], data=data_npz, out=tmp_path / "out", **FAST)
+    art = {a["target"]: a for a in result.artifacts}
+    assert art["strict"]["status"] == "failed" and art["strict"]["candidate_of"] == "auto"
+    assert art["auto"]["status"] == "ok" and art["auto"]["selection"]["winner"] == "onnx-fp32"
+    assert result.ok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tf_keras_h5_path", "saved_model_dir"])
+def test_other_input_kinds_convert_to_onnx(request, tmp_path, data_npz, kind):
+    model = request.getfixturevalue(kind)
+    result = deploykit.convert(model, ["onnx-fp32", "onnx-int8-qdq"], data=data_npz, out=tmp_path / "out", **FAST)
+    for a in result.artifacts:
+        assert a["status"] == "ok", (a["target"], a["error"])
+
+
+def test_external_data_is_relative_and_escapes_are_refused(tmp_path, keras3_path, data_npz):
+    import onnx
+
+    target = tmp_path / "ext.toml"
+    target.write_text('format = "onnx"\nprecision = "fp32"\noptions = { external_data = "always" }\n')
+    result = deploykit.convert(keras3_path, [str(target)], data=data_npz, out=tmp_path / "out", **FAST)
+    a = result.artifact("ext")
+    assert a["status"] == "ok", a["error"]
+    assert a["extra_files"] == ["ext/model.onnx.data"]
+    data_file = result.out / a["extra_files"][0]
+    assert a["size_bytes"] == (result.out / a["path"]).stat().st_size + data_file.stat().st_size
+    proto = onnx.load(str(result.out / a["path"]), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+
+    # A crafted model pointing outside its directory is refused before ONNX Runtime reads anything.
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../model.onnx.data"
+    evil = tmp_path / "evil" / "sub"
+    evil.mkdir(parents=True)
+    (evil.parent / "model.onnx.data").write_bytes(data_file.read_bytes())
+    onnx.save(proto, str(evil / "model.onnx"))
+    with pytest.raises(UserError, match="leaves the model's directory"):
+        deploykit.bench(evil / "model.onnx", iterations=1, warmup=0)
+
+
+def test_unconvertible_op_is_named_and_other_targets_finish(tmp_path):
+    import tensorflow as tf
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"output_0": tf.math.igamma(tf.abs(x) + 1.0, tf.abs(x) + 0.5) + x}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"serving_default": m.serve})
+    x = np.random.default_rng(0).random((16, 4)).astype("float32")
+    result = deploykit.convert(tmp_path / "sm", ["onnx-fp32", "tflite-fp32"], data=x, out=tmp_path / "out", **FAST)
+    onnx_art = result.artifact("onnx-fp32")
+    assert onnx_art["status"] == "failed"
+    assert "Igamma" in onnx_art["error"] and "opset 17" in onnx_art["error"]
+    assert result.artifact("tflite-fp32")["status"] in ("ok", "failed")  # it ran to its own verdict
+    assert not (tmp_path / "out" / "onnx-fp32" / "model.onnx").exists()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]["status"] == "failed"
+
+
+def test_grouped_conv_and_exact_gelu_convert_without_nested_calls(tmp_path):
+    """Keras 3 compiles grouped convolutions as XLA functions (ConvNeXt's depthwise blocks) and
+    exact GELU emits Erfc: both must be inlined/expanded so ONNX Runtime accepts the file."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 4), name="img"),
+        keras.layers.Conv2D(8, 3, groups=4, padding="same"),
+        keras.layers.Activation("gelu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 4)).astype("float32")
+    result = deploykit.convert(model, ["onnx-fp32"], data=x, out=tmp_path / "out", **FAST)
+    a = result.artifact("onnx-fp32")
+    assert a["status"] == "ok", a["error"]
+    ops = {n.op_type for n in _load(result.out / a["path"]).graph.node}
+    assert "StatefulPartitionedCall" not in ops and "Erfc" not in ops
+
+
+def test_graph_rewrite_inlines_calls_exactly(tmp_path):
+    import keras
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
+    from deploykit.converters.graph_rewrite import has_function_calls, prepare_for_export
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, groups=2), keras.layers.Activation("gelu")])
+    model.export(str(tmp_path / "sm"), verbose=False)
+    gd, inputs, outputs, _ = tf_loader.from_saved_model(str(tmp_path / "sm"), None, None, "serve", ["serving_default"],
+                                                        return_tensors_to_rename=True)
+    assert has_function_calls(gd)
+    flat = prepare_for_export(gd)
+    assert not has_function_calls(flat) and not any(n.op == "Erfc" for n in flat.node)
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 4)).astype("float32")
+
+    def run(graph_def):
+        with tf.Graph().as_default() as g:
+            tf.compat.v1.import_graph_def(graph_def, name="")
+            with tf.compat.v1.Session(graph=g) as sess:
+                return sess.run(outputs[0], {inputs[0]: x})
+
+    np.testing.assert_allclose(run(flat), run(gd), atol=1e-6)
