@@ -35,6 +35,12 @@ LEARNING_RATE = 1e-2
 TESTS_DIR = Path(__file__).resolve().parent
 
 
+def pytest_configure(config):
+    # TFLiteConverter's own calibration step (full-integer targets) instantiates the
+    # deprecated tf.lite.Interpreter internally; deploykit runs artifacts on ai-edge-litert.
+    config.addinivalue_line("filterwarnings", "ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+
+
 @dataclass(frozen=True)
 class Digits:
     """load_digits split once: raw pixel values 0..16, shape (n, 8, 8, 1)."""

@@ -72,13 +72,8 @@ def test_write_text_atomic(tmp_path):
     assert path.read_text() == "second" and _leftovers(path.parent) == ["b.txt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: artifacts.atomic_path creates its temp file with tempfile.mkstemp (mode 0600) and renames "
-    "it, so every artifact, manifest.json and report is written 0600 whatever the umask (expected 0644 "
-    "under umask 022: reports unreadable for a web server / other CI users)",
-)
 def test_atomic_writes_respect_the_umask(tmp_path):
+    """mkstemp makes 0600 files; artifacts and reports must be ordinary files (0644 under umask 022)."""
     old = os.umask(0o022)
     try:
         write_text_atomic(tmp_path / "report.md", "x")
@@ -88,6 +83,12 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         os.umask(old)
     assert oct((tmp_path / "report.md").stat().st_mode & 0o777) == oct(0o644)
     assert oct((tmp_path / "model.tflite").stat().st_mode & 0o777) == oct(0o644)
+    old = os.umask(0o077)
+    try:
+        write_text_atomic(tmp_path / "private.md", "x")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "private.md").stat().st_mode & 0o777) == oct(0o600)
 
 
 # ----------------------------------------------------------------------------- hashing / size
