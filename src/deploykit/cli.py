@@ -105,12 +105,16 @@ def targets(
 
     console = _console()
     if show:
+        from deploykit.converters import option_specs
+
         t = get_target(show)
         data = t.to_dict()
+        option_docs = {f"options.{k}": spec.description for k, spec in option_specs(t.format).items()}
         for key, value in data.items():
             if isinstance(value, dict):
                 for sub, v in value.items():
-                    console.print(f"{key}.{sub} = {v!r}    # {FIELD_DOCS.get(key + '.' + sub, '')}", highlight=False)
+                    doc = FIELD_DOCS.get(f"{key}.{sub}") or option_docs.get(f"{key}.{sub}", "")
+                    console.print(f"{key}.{sub} = {v!r}    # {doc}", highlight=False)
             else:
                 console.print(f"{key} = {value!r}    # {FIELD_DOCS.get(key, '')}", highlight=False)
         return
@@ -176,6 +180,8 @@ def inspect(
             console.print(f"  {label:6} {s.name}: shape {tuple(s.shape)} {s.dtype}", highlight=False)
     if info.preprocessing_layers:
         console.print("  preprocessing: " + ", ".join(f"{p['class']} ({p['name']})" for p in info.preprocessing_layers), highlight=False)
+    elif info.kind == "saved_model":
+        console.print("  preprocessing: unknown (a SavedModel keeps no layer list; inspect the Keras file instead)", highlight=False)
     else:
         console.print("  preprocessing: none embedded", highlight=False)
     if info.layers:

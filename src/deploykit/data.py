@@ -52,6 +52,12 @@ def _shape_str(shape: Sequence[Any]) -> str:
 def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check the path")
+    if path.is_dir():
+        raise DataError(f"data {path} is a directory; pass an .npz file saved with np.savez(path, x=..., y=...)")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":  # .npz is a zip archive
+        raise DataError(f"{path}: not an .npz file (not a zip archive); save data with np.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -119,7 +125,11 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Datase
         raise DataError(f"{where}: has {len(xs)} input array(s) but the model takes {len(inputs)} ({', '.join(names)})")
     out: list[np.ndarray] = []
     for arr, spec_i in zip(xs, inputs):
-        out.append(_check_input(np.asarray(arr), spec_i, where))
+        try:
+            arr = np.asarray(arr)
+        except ValueError as exc:  # ragged nested lists
+            raise DataError(f"{where}: input {spec_i.name!r} is not a rectangular array ({exc})") from None
+        out.append(_check_input(arr, spec_i, where))
     n = len(out[0])
     if any(len(a) != n for a in out):
         raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
@@ -141,16 +151,23 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
         )
     want = np.dtype(spec.dtype) if spec.dtype not in ("", "None") else np.dtype("float32")
     if want.kind == "f":
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise DataError(f"{label} contains {bad} NaN/inf value(s); calibration and evaluation need finite numbers — clean or drop those samples")
-        return arr.astype(want, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = arr.astype(want, copy=False)  # check after the cast: 1e300 in float64 is inf in float32
+        if not np.isfinite(cast).all():
+            bad = int((~np.isfinite(cast)).sum())
+            raise DataError(
+                f"{label} contains {bad} NaN/inf value(s) (after casting to {want}); calibration and "
+                "evaluation need finite numbers — clean or drop those samples"
+            )
+        return cast
     if arr.dtype.kind == "f":
         raise DataError(f"{label} is float ({arr.dtype}) but the model input is {want}; pass integer data")
     return arr.astype(want, copy=False)
 
 
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.ndim == 0:
+        raise DataError(f"{where}: labels 'y' is a single value; pass one label per sample ({n})")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot
         y = y.argmax(axis=1)
     y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
@@ -160,4 +177,18 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         raise DataError(f"{where}: labels 'y' are not whole numbers; pass class indices")
+    if y.dtype.kind != "b" and len(y) and y.min() < 0:
+        raise DataError(f"{where}: labels 'y' contain negative class index {int(y.min())}; pass indices 0..classes-1")
     return y.astype(np.int64)
+
+
+def check_label_range(data: Dataset, classes: int | None) -> None:
+    """Refuse labels that the model's classification output cannot produce (they would skew accuracy)."""
+    if data.y is None or not classes or len(data.y) == 0:
+        return
+    top = int(data.y.max())
+    if top >= classes:
+        raise DataError(
+            f"{data.source}: label {top} is out of range for a model with {classes} output classes; "
+            "labels must be class indices 0..classes-1"
+        )

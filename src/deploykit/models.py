@@ -366,10 +366,11 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
 
 def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadError:
     text = " ".join(str(exc).split())
-    if "Could not locate class" in text or "Unknown layer" in text or "Unknown object" in text or "custom_objects" in text:
+    markers = ("Could not locate class", "Unknown layer", "Unknown object", "custom_objects", "Cannot deserialize object")
+    if any(m in text for m in markers):
         import re
 
-        match = re.search(r"(?:locate class|Unknown layer|Unknown object)[^'\"]*['\"]([^'\"]+)['\"]", text)
+        match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
         what = f" {match.group(1)!r}" if match else ""
         return ModelLoadError(
             f"{path}: unknown custom object{what}; deploykit cannot load custom code from a file. "

@@ -88,8 +88,13 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
     resolved: list[Target] = []
     for t in targets:
         target = get_target(t)
-        if target.name not in {r.name for r in resolved}:
+        same = next((r for r in resolved if r.name == target.name), None)
+        if same is None:
             resolved.append(target)
+        elif same != target:
+            raise UserError(
+                f"two different targets are both named {target.name!r}; give each target a unique name"
+            )
     if not resolved:
         from deploykit.targets import list_targets
 
@@ -176,6 +181,11 @@ class Pipeline:
         if evald is None:
             evald = _random_inputs(specs)
         evald = evald.take(self.verify_samples)
+        out_shape = loaded.info().outputs[0].shape if loaded.info().outputs else ()
+        if len(out_shape) == 2 and out_shape[1] and out_shape[1] > 1:
+            from deploykit.data import check_label_range
+
+            check_label_range(evald, out_shape[1])
 
         self.progress("computing reference outputs")
         with PeakRSS() as mem:
@@ -280,6 +290,8 @@ class Pipeline:
             for extra in artifact.extra_files:  # e.g. external data of a model that never made it
                 (self.out / extra).unlink(missing_ok=True)
             artifact.extra_files = []
+            if final.parent.is_dir() and not any(final.parent.iterdir()):
+                final.parent.rmdir()
         return artifact
 
     # -------------------------------------------------------------------------------------

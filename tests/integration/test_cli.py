@@ -195,12 +195,6 @@ def test_inspect_saved_model(saved_model_dir):
     assert "input  pixels: shape (None, 8, 8, 1) float32" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.inspect prints 'preprocessing: none embedded' for a SavedModel, whose layers it cannot see "
-    "(ModelInfo.layers == []); this SavedModel does embed a Rescaling layer. It should say the preprocessing "
-    "is unknown for SavedModels instead of claiming there is none",
-)
 def test_inspect_saved_model_does_not_claim_no_preprocessing(saved_model_dir):
     result = invoke(["inspect", saved_model_dir])
     assert result.exit_code == 0, result.output
@@ -343,11 +337,6 @@ def test_user_errors(subprocess_runs, case, fragments):
     assert_user_error(proc, *fragments, out=out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data._check_labels calls len() on a 0-d 'y'; `deploy convert --data` with an .npz whose y is a "
-    "scalar crashes with a TypeError traceback (exit 1) instead of 'deploy: error: ...' (exit 2)",
-)
 def test_scalar_labels_are_a_user_error(subprocess_runs):
     out, proc = _result(subprocess_runs, "scalar_y")
     assert_user_error(proc, "scalar_y.npz", out=out)

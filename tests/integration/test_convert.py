@@ -271,12 +271,6 @@ def test_user_errors_raise_before_anything_is_written(tmp_path, keras3_path, dat
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a target's name becomes a path under --out unchecked (pipeline._run_target: out / target.name); "
-    "a name like '../escaped' (e.g. from a user TOML file) writes the artifact outside the output directory. "
-    "Target names should be refused unless they are a single plain path component",
-)
 def test_target_name_cannot_write_outside_the_output_dir(tmp_path, keras3_model, digits):
     base = tmp_path / "base"
     out = base / "out"

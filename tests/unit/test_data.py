@@ -246,12 +246,6 @@ def test_truncated_npz(tmp_path, xy):
         load_data(tmp_path / "half.npz", SPEC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data._from_npz maps every ValueError mentioning 'pickle' to 'holds Python objects "
-    "(pickled)'; np.load raises that for any file that is neither zip nor .npy (a CSV renamed to .npz, "
-    "random bytes), so a corrupt file is misreported as pickled objects",
-)
 def test_not_an_npz_is_not_called_pickled(tmp_path):
     path = tmp_path / "table.npz"
     path.write_text("x,y\n1,2\n3,4\n")
@@ -278,12 +272,6 @@ def test_data_errors_are_user_errors():
 
 
 # ----------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data._check_labels calls len(y) on a 0-d label array; an .npz with a scalar 'y' "
-    "raises TypeError ('len() of unsized object') and `deploy convert` prints a traceback (exit 1) "
-    "instead of a DataError (exit 2)",
-)
 def test_scalar_labels_are_a_data_error(tmp_path, xy):
     x, _ = xy
     np.savez(tmp_path / "d.npz", x=x, y=np.int64(3))
@@ -291,11 +279,6 @@ def test_scalar_labels_are_a_data_error(tmp_path, xy):
         load_data(tmp_path / "d.npz", SPEC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: data._check_input checks isfinite *before* casting to the model dtype; float64 values "
-    "beyond float32 range (e.g. 1e300) pass validation and become inf after astype(float32)",
-)
 def test_values_that_overflow_the_model_dtype_are_refused():
     import warnings
 

@@ -148,12 +148,6 @@ def test_tolerance_refuses_impossible_values(kwargs, fragment):
         Tolerance(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BenchSettings/Target check integers with isinstance(value, int), which accepts booleans: "
-    "TOML `iterations = true` or `calibration_samples = true` silently becomes 1 (converter OPTIONS already "
-    "refuse bools for integer settings)",
-)
 @pytest.mark.parametrize("make", [
     lambda: BenchSettings(iterations=True),
     lambda: BenchSettings(threads=True),
@@ -348,11 +342,6 @@ def test_pipeline_drops_repeated_identical_targets():
     assert [t.name for t in p.targets] == ["tflite-fp32", "tflite-int8"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline._resolve_targets dedupes by name only, so a *different* Target that reuses a "
-    "name (here a stricter tflite-fp32) is silently dropped and never converted; it should raise TargetError",
-)
 def test_two_different_targets_with_one_name_are_refused():
     from deploykit.pipeline import Pipeline
 

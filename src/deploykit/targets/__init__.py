@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,13 @@ FIELD_DOCS: dict[str, str] = {
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
 }
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML `true` is not 1
 
 
 @dataclass(frozen=True)
@@ -99,11 +107,11 @@ class BenchSettings:
     iterations: int = 100
 
     def __post_init__(self) -> None:
-        if not isinstance(self.threads, int) or self.threads < 1:
+        if not _is_int(self.threads) or self.threads < 1:
             raise TargetError(f"bench.threads must be an integer >= 1, got {self.threads!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
+        if not _is_int(self.warmup) or self.warmup < 0:
             raise TargetError(f"bench.warmup must be an integer >= 0, got {self.warmup!r}")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
+        if not _is_int(self.iterations) or self.iterations < 1:
             raise TargetError(f"bench.iterations must be an integer >= 1, got {self.iterations!r}")
 
 
@@ -145,6 +153,12 @@ class Target:
 
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
+        # The name becomes a directory under --out: one plain path component, nothing else.
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise TargetError(
+                f"{where}: a target name may only use letters, digits, '.', '_' and '-' and must start "
+                "with a letter or digit (it names the artifact's directory)"
+            )
         if self.format not in FORMATS:
             raise TargetError(f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}")
         if not self.runtime:
@@ -165,7 +179,7 @@ class Target:
             raise TargetError(
                 f"{where}: int8 inputs/outputs need int8 activations, got activations={self.activations!r}"
             )
-        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+        if not _is_int(self.calibration_samples) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
             raise TargetError(f"{where}: options must be a table of converter settings")
