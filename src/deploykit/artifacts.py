@@ -98,6 +98,7 @@ class Artifact:
     benchmark: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, Any] = field(default_factory=dict)  # per step: seconds, peak_rss_bytes
     extra_files: list[str] = field(default_factory=list)  # e.g. ONNX external data, relative to out dir
+    footprint: dict[str, Any] = field(default_factory=dict)  # e.g. TFLite Micro flash/arena bytes
     candidate_of: str = ""  # set when built as a candidate of an -auto target
     selection: dict[str, Any] = field(default_factory=dict)  # for -auto targets: candidates and why the winner won
 
@@ -113,7 +114,7 @@ def tool_versions() -> dict[str, str]:
     """Versions of the libraries that shape the artifacts and timings."""
     out = {}
     for dist in ("deploykit", "tensorflow", "keras", "tf-keras", "ai-edge-litert", "tf2onnx", "onnx",
-                 "onnxruntime", "numpy"):
+                 "onnxruntime", "tflite-micro", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -194,6 +194,10 @@ class Pipeline:
         steps["reference"] = mem.to_dict()
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
+        for t in self._all_targets():  # format-specific user errors, found before anything is written
+            preflight = getattr(get_converter(t.format), "preflight", None)
+            if preflight is not None:
+                preflight(loaded, t)
 
         if self.force and self.out.exists():
             _clear_previous_run(self.out)
@@ -232,6 +236,13 @@ class Pipeline:
         md, html = write_reports(manifest, self.out)
         return ConvertResult(self.out, manifest.to_dict(), manifest_path, md, html)
 
+    def _all_targets(self) -> list[Target]:
+        """Requested targets plus the candidates of -auto targets."""
+        out = list(self.targets)
+        for t in self.targets:
+            out += [get_target(c) for c in t.candidates]
+        return out
+
     # -------------------------------------------------------------------------------------
     def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names) -> Artifact:
         from deploykit.converters import get_converter
@@ -250,9 +261,10 @@ class Pipeline:
                 with PeakRSS() as mem:
                     artifact.settings["converter"] = converter.convert(loaded, target, calib, tmp)
                 artifact.steps["convert"] = mem.to_dict()
-                artifact.extra_files = [
-                    str(Path(target.name) / f) for f in artifact.settings["converter"].get("external_data_files", [])
-                ]
+                conv_settings = artifact.settings["converter"]
+                external = conv_settings.get("external_data_files", [])  # weights: part of the size
+                companions = conv_settings.pop("companion_files", [])  # e.g. C sources: not part of it
+                artifact.extra_files = [str(Path(target.name) / f) for f in external + companions]
 
                 self.progress(f"{target.name}: verifying")
                 runner = get_runner(target.runtime, tmp, target.bench.threads)
@@ -262,13 +274,20 @@ class Pipeline:
                         runner, inputs, reference, output_names, target.tolerance, labels=evald.y
                     )
                 artifact.steps["verify"] = mem.to_dict()
+                if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
+                    footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}
+                    footprint["heaviest_layers"] = conv_settings.get("heaviest_layers", [])
+                    artifact.footprint = footprint
+                    budget = converter.audit(target, footprint, runner)
+                    artifact.verification["failures"] += budget
+                    artifact.verification["passed"] = artifact.verification["passed"] and not budget
                 runner.close()
 
                 if self.bench_enabled:
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
                     artifact.benchmark = _bench(target, tmp, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
-                files = [tmp] + [self.out / f for f in artifact.extra_files]
+                files = [tmp] + [self.out / target.name / f for f in external]
                 artifact.size_bytes = sum(f.stat().st_size for f in files)
                 artifact.gzip_bytes = sum(gzip_size(f) for f in files)
                 artifact.sha256 = sha256_file(tmp)

@@ -18,6 +18,7 @@ from deploykit.errors import TargetError
 CONVERTERS: dict[str, str] = {
     "tflite": "deploykit.converters.tflite",
     "onnx": "deploykit.converters.onnx",
+    "tflm": "deploykit.converters.tflm",
 }
 
 

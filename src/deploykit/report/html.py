@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, op_profile_lines, selection_lines, table
+from deploykit.report.rows import COLUMNS, highlights, footprint_lines, op_profile_lines, selection_lines, table
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -75,6 +75,9 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     sel = selection_lines(manifest)
     if sel:
         parts.append("<h2>Auto selection (measured, not guessed)</h2>" + _md_block(sel))
+    micro = footprint_lines(manifest)
+    if micro:
+        parts.append("<h2>Microcontroller footprint</h2>" + _md_block(micro))
     prof = op_profile_lines(manifest)
     if prof:
         parts.append("<h2>Most expensive ops</h2>" + _md_block(prof))

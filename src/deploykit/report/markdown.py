@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, human_bytes, op_profile_lines, selection_lines, table
+from deploykit.report.rows import COLUMNS, highlights, human_bytes, footprint_lines, op_profile_lines, selection_lines, table
 
 
 def _inputs(model: dict) -> str:
@@ -39,6 +39,9 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     sel = selection_lines(manifest)
     if sel:
         lines += ["", "## Auto selection (measured, not guessed)", ""] + sel
+    micro = footprint_lines(manifest)
+    if micro:
+        lines += ["", "## Microcontroller footprint", ""] + micro
     prof = op_profile_lines(manifest)
     if prof:
         lines += ["", "## Most expensive ops (runtime profiler; top 10 in manifest.json)", ""] + prof

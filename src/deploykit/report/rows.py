@@ -128,3 +128,22 @@ def op_profile_lines(manifest: Manifest, top: int = 5) -> list[str]:
         lines.append(f"- **{a.target}** ({a.benchmark.get('runtime')}, {a.benchmark.get('threads')} threads, "
                      f"optimization {a.benchmark.get('graph_optimization_level')}): {ops}")
     return lines
+
+
+def footprint_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: microcontroller flash/arena figures, budgets and the heaviest layers."""
+    lines: list[str] = []
+    for a in manifest.artifacts:
+        fp = a.footprint
+        if not fp:
+            continue
+        opts = a.settings.get("target", {}).get("options", {})
+        flash_budget = f" of {opts['flash_budget_kb']} KiB budget" if opts.get("flash_budget_kb") else ""
+        ram_budget = f" of {opts['ram_budget_kb']} KiB budget" if opts.get("ram_budget_kb") else ""
+        heavy = ", ".join(f"{h['op']} {human_bytes(h['weight_bytes'])}" for h in fp.get("heaviest_layers", [])[:3])
+        lines.append(
+            f"- **{a.target}**: flash {human_bytes(fp.get('model_bytes'))}{flash_budget}; tensor arena "
+            f"{human_bytes(fp.get('arena_bytes'))}{ram_budget} (TFLite Micro's own allocation record, re-run in exactly "
+            f"that arena); heaviest layers: {heavy or '–'}"
+        )
+    return lines

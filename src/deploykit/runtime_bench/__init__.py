@@ -21,6 +21,7 @@ from deploykit.runtime_bench.stats import Stats
 RUNNERS: dict[str, str] = {
     "litert": "deploykit.runtime_bench.litert:LiteRTRunner",
     "onnxruntime": "deploykit.runtime_bench.onnxruntime:ORTRunner",
+    "tflm": "deploykit.runtime_bench.tflm:TFLMRunner",
 }
 
 SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime"}

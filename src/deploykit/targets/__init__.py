@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 from deploykit.errors import TargetError
 
-FORMATS = ("tflite", "onnx")
-RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime"}
+FORMATS = ("tflite", "onnx", "tflm")
+RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "tflm": "tflm"}
 DTYPES_WEIGHTS = ("float32", "float16", "int8")
 DTYPES_ACTIVATIONS = ("float32", "int8", "uint8", "int16")
 DTYPES_IO = ("float32", "int8")
@@ -179,6 +179,10 @@ class Target:
             raise TargetError(
                 f"{where}: int8 inputs/outputs need int8 activations, got activations={self.activations!r}"
             )
+        if self.format == "tflm" and (self.weights, self.activations, self.io) != ("int8", "int8", "int8"):
+            raise TargetError(
+                f"{where}: TFLite Micro targets are full int8: set weights, activations and io to \"int8\""
+            )
         if not _is_int(self.calibration_samples) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
@@ -264,12 +268,17 @@ def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, A
     out = {}
     for name, spec in specs.items():
         value = options.get(name, spec.default)
+        if value is None and spec.default is None:  # optional setting left unset
+            out[name] = None
+            continue
         if spec.choices and value not in spec.choices:
             raise TargetError(f"{where}: options.{name} = {value!r} is not one of {', '.join(map(repr, spec.choices))}")
         if spec.type is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise TargetError(f"{where}: options.{name} must be an integer, got {value!r}")
         if spec.type is bool and not isinstance(value, bool):
             raise TargetError(f"{where}: options.{name} must be true or false, got {value!r}")
+        if spec.type is str and not isinstance(value, str):
+            raise TargetError(f"{where}: options.{name} must be a string, got {value!r}")
         if spec.minimum is not None and value < spec.minimum:
             raise TargetError(f"{where}: options.{name} must be >= {spec.minimum}, got {value!r}")
         out[name] = value

@@ -1,0 +1,227 @@
+"""TFLite Micro converter: full-int8 .tflite with int8 I/O, its ops checked against the
+TFLite Micro kernels, plus C sources for firmware.
+
+The artifact is a deliverable for a microcontroller, not only a file:
+
+* ``model.tflite`` — int8 weights and activations, int8 inputs and outputs;
+* ``model_data.h`` / ``model_data.cc`` — the bytes as a 16-byte aligned ``const``
+  array and its length (what ``xxd -i`` gives, with alignment, const and a name
+  derived from the model);
+* ``model_io.h`` — input/output shapes, dtypes, scales and zero points, so
+  firmware quantizes inputs exactly as the model expects.
+
+The kernel list comes from the tflite-micro package's own runtime library (the
+``Register_<OP>`` kernels compiled into it), so "supported" means "runs on the
+TFLite Micro kernels we verify with".
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+from deploykit.converters import OptionSpec
+from deploykit.errors import ConversionError, UserError
+
+SUFFIX = ".tflite"
+ALIGNMENT = 16
+
+OPTIONS: dict[str, OptionSpec] = {
+    "flash_budget_kb": OptionSpec(None, "Flash budget for the model bytes, in KiB (none: no limit).", type=int, minimum=1),
+    "ram_budget_kb": OptionSpec(None, "RAM budget for the tensor arena, in KiB (none: no limit).", type=int, minimum=1),
+    "c_name": OptionSpec("", "C identifier stem for the arrays (default: derived from the model name).", type=str),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def micro_kernels() -> frozenset[str]:
+    """Builtin op names that the installed TFLite Micro runtime has kernels for."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    lib = next(Path(runtime.__file__).parent.glob("_runtime*.so"))
+    names = re.findall(rb"Register_([A-Z0-9_]+)Ev", lib.read_bytes())
+    return frozenset(n.decode() for n in names)
+
+
+def model_ops(flatbuffer: bytes) -> list[str]:
+    """Builtin op names used by a .tflite flatbuffer (custom ops as ``CUSTOM:<name>``)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    schema = runtime.schema_fb
+    code_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for code in model.operatorCodes:
+        builtin = runtime.get_builtin_code_from_operator_code(code)
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+            ops.append(f"CUSTOM:{custom}")
+        else:
+            ops.append(code_names.get(builtin, str(builtin)))
+    return ops
+
+
+def heaviest_layers(flatbuffer: bytes, top: int = 5) -> list[dict[str, Any]]:
+    """Operators ranked by the constant (weight) bytes they read: what to shrink first."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    code_names = {v: k for k, v in vars(runtime.schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    rows = []
+    for op in graph.operators:
+        weight = 0
+        for t in op.inputs if op.inputs is not None else []:
+            if t < 0:
+                continue
+            buf = model.buffers[graph.tensors[t].buffer]
+            weight += len(buf.data) if buf.data is not None else 0
+        out = graph.tensors[op.outputs[0]].name if op.outputs is not None and len(op.outputs) else b""
+        name = out.decode() if isinstance(out, bytes) else str(out)
+        code = runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        rows.append({"op": code_names.get(code, str(code)), "output": name, "weight_bytes": weight})
+    return sorted(rows, key=lambda r: -r["weight_bytes"])[:top]
+
+
+def c_identifier(text: str) -> str:
+    ident = re.sub(r"\W", "_", text).strip("_").lower() or "model"
+    return ident if not ident[0].isdigit() else f"m_{ident}"
+
+
+def preflight(model: Any, target: Any) -> None:
+    """Checks that need no conversion, run before anything is written: fixed input shapes."""
+    _check_static_shapes(model)
+
+
+def _check_static_shapes(model: Any) -> None:
+    for spec in model.inputs:
+        dynamic = [i for i, d in enumerate(spec.shape) if d is None and i > 0]
+        if dynamic:
+            raise UserError(
+                f"input {spec.name!r} has dynamic dimension(s) {dynamic} in shape {tuple(spec.shape)}; TFLite Micro "
+                "needs fixed shapes — rebuild the model with a fixed input shape (e.g. keras.Input(shape=(96, 96, 1)))"
+            )
+
+
+def converter_settings(target: Any) -> dict[str, Any]:
+    from deploykit.converters import tflite
+
+    return {**tflite.converter_settings(target), "micro": dict(target.options)}
+
+
+def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
+    """Full-int8 conversion, TFLite Micro op check, then the .tflite and its C sources.
+
+    Raises:
+        UserError: an input has dynamic (non-batch) dimensions.
+        ConversionError: the model needs ops TFLite Micro has no kernel for.
+    """
+    from deploykit.converters import tflite
+
+    _check_static_shapes(model)
+    out_path = Path(out_path)
+    settings = tflite.convert(model, target, calibration, out_path)  # int8 + int8 I/O per the target
+    flatbuffer = out_path.read_bytes()
+    ops = model_ops(flatbuffer)
+    missing = sorted({op for op in ops if op not in micro_kernels()})
+    if missing:
+        out_path.unlink(missing_ok=True)
+        raise ConversionError(
+            f"{target.name}: TFLite Micro has no kernel for op(s) {', '.join(missing)}; replace the layers that "
+            "produce them (the report of a tflite-int8 run lists the ops) or use a TFLite target"
+        )
+    name = c_identifier(target.options.get("c_name") or model.info().name or "model")
+    extra = write_c_sources(flatbuffer, out_path.parent, name, io=_io_details(out_path))
+    settings.update({
+        **converter_settings(target),
+        "ops": sorted(set(ops)),
+        "c_array": f"g_{name}_model_data",
+        "companion_files": extra,  # written beside the model; listed as the artifact's extra files
+        "heaviest_layers": heaviest_layers(flatbuffer),
+    })
+    return settings
+
+
+def _io_details(path: Path) -> dict[str, list[dict[str, Any]]]:
+    from deploykit.runtime_bench.tflm import io_layout
+
+    return io_layout(path)
+
+
+def write_c_sources(flatbuffer: bytes, directory: Path, name: str, io: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Write model_data.h/.cc and model_io.h; returns their file names."""
+    from deploykit.artifacts import write_text_atomic
+
+    array, length = f"g_{name}_model_data", f"g_{name}_model_data_len"
+    guard = f"DEPLOYKIT_{name.upper()}_MODEL_DATA_H_"
+    header = (
+        f"// Generated by deploykit: the {name} model as a C array (TFLite Micro flatbuffer).\n"
+        f"#ifndef {guard}\n#define {guard}\n\n"
+        f"extern const unsigned char {array}[];\nextern const unsigned int {length};\n\n#endif  // {guard}\n"
+    )
+    rows = []
+    for start in range(0, len(flatbuffer), 12):
+        rows.append("  " + ", ".join(f"0x{b:02x}" for b in flatbuffer[start : start + 12]) + ",")
+    source = (
+        f"// Generated by deploykit from model.tflite ({len(flatbuffer)} bytes). Do not edit.\n"
+        '#include "model_data.h"\n\n'
+        f"// TFLite Micro reads the flatbuffer in place: keep it {ALIGNMENT}-byte aligned and in flash (const).\n"
+        f"alignas({ALIGNMENT}) const unsigned char {array}[] = {{\n" + "\n".join(rows) + "\n};\n"
+        f"const unsigned int {length} = {len(flatbuffer)};\n"
+    )
+    write_text_atomic(directory / "model_data.h", header)
+    write_text_atomic(directory / "model_data.cc", source)
+    write_text_atomic(directory / "model_io.h", _io_header(name, io))
+    return ["model_data.h", "model_data.cc", "model_io.h"]
+
+
+def _io_header(name: str, io: dict[str, list[dict[str, Any]]]) -> str:
+    guard = f"DEPLOYKIT_{name.upper()}_MODEL_IO_H_"
+    lines = [
+        f"// Generated by deploykit: tensor layout of the {name} model for firmware.",
+        "// Quantize a float input x as: q = round(x / SCALE) + ZERO_POINT, clamped to the dtype's range.",
+        "// Dequantize an output q as:   x = (q - ZERO_POINT) * SCALE.",
+        f"#ifndef {guard}", f"#define {guard}", "",
+        f"#define {name.upper()}_NUM_INPUTS {len(io['inputs'])}",
+        f"#define {name.upper()}_NUM_OUTPUTS {len(io['outputs'])}", "",
+    ]
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(io[kind]):
+            stem = f"{name.upper()}_{kind[:-1].upper()}{i}"
+            lines += [
+                f"// {kind[:-1]} {i}: '{t['name']}' shape {tuple(t['shape'])} {t['dtype']}",
+                f"#define {stem}_DIMS {len(t['shape'])}",
+                # A macro, not a static array: a header array unused in some C file trips -Wall -Werror.
+                f"#define {stem}_SHAPE {{{', '.join(map(str, t['shape']))}}}",
+                f"#define {stem}_ELEMENTS {int(_prod(t['shape']))}",
+                f"#define {stem}_TYPE_{t['dtype'].upper()} 1",
+                f"#define {stem}_SCALE {t['scale']!r}f",
+                f"#define {stem}_ZERO_POINT {t['zero_point']}",
+                "",
+            ]
+    lines.append(f"#endif  // {guard}")
+    return "\n".join(lines) + "\n"
+
+
+def _prod(values: list[int]) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def audit(target: Any, artifact: Any, runner: Any) -> list[str]:
+    """Budget checks after the artifact ran: flash = model bytes, RAM = the interpreter's arena."""
+    failures = []
+    opts = target.options
+    flash = artifact.get("model_bytes", 0)
+    arena = artifact.get("arena_bytes")
+    if opts.get("flash_budget_kb") and flash > opts["flash_budget_kb"] * 1024:
+        over = flash - opts["flash_budget_kb"] * 1024
+        failures.append(f"model is {flash} bytes, over the {opts['flash_budget_kb']} KiB flash budget by {over} bytes")
+    if opts.get("ram_budget_kb") and arena is not None and arena > opts["ram_budget_kb"] * 1024:
+        over = arena - opts["ram_budget_kb"] * 1024
+        failures.append(f"tensor arena needs {arena} bytes, over the {opts['ram_budget_kb']} KiB RAM budget by {over} bytes")
+    return failures

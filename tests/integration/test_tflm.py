@@ -1,0 +1,163 @@
+"""TFLite Micro target: int8 artifact, C sources that compile, arena from the real TFLM kernels, budgets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.errors import TargetError, UserError
+
+FAST = dict(iterations=5, warmup=1)
+GCC = shutil.which("gcc")
+
+
+@pytest.fixture(scope="module")
+def tflm_run(tmp_path_factory, keras3_path, data_npz):
+    out = tmp_path_factory.mktemp("tflm") / "run"
+    return deploykit.convert(keras3_path, ["tflm-int8", "tflite-int8"], data=data_npz, out=out, **FAST)
+
+
+def test_tflm_artifact_verifies_on_micro_kernels(tflm_run):
+    a = tflm_run.artifact("tflm-int8")
+    assert a["status"] == "ok", a["error"]
+    assert abs(a["verification"]["accuracy_drop_points"]) <= 1.0
+    assert a["benchmark"]["runtime"] == "tflm" and a["benchmark"]["threads"] == 1
+    assert a["footprint"]["model_bytes"] == a["size_bytes"] == (tflm_run.out / a["path"]).stat().st_size
+    assert a["footprint"]["heaviest_layers"][0]["weight_bytes"] > 0
+    assert "Microcontroller footprint" in (tflm_run.out / "report.md").read_text()
+
+
+def test_tflm_model_has_int8_io_and_only_micro_ops(tflm_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from deploykit.converters.tflm import micro_kernels, model_ops
+
+    path = tflm_run.out / tflm_run.artifact("tflm-int8")["path"]
+    interp = Interpreter(model_path=str(path))
+    assert all(d["dtype"] == np.int8 for d in interp.get_input_details() + interp.get_output_details())
+    ops = model_ops(path.read_bytes())
+    assert ops and set(ops) <= micro_kernels()
+    assert {"CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= micro_kernels()
+
+
+def test_reported_arena_is_the_interpreters_own_and_sufficient(tflm_run):
+    from tflite_micro.python.tflite_micro import runtime
+
+    a = tflm_run.artifact("tflm-int8")
+    path = tflm_run.out / a["path"]
+    arena = a["footprint"]["arena_bytes"]
+    assert 0 < arena < 1 << 20
+
+    def runs_in(size: int) -> bool:
+        try:
+            interp = runtime.Interpreter.from_file(str(path), arena_size=size)
+            interp.set_input(np.zeros((1, 8, 8, 1), np.int8), 0)
+            interp.invoke()
+            return True
+        except Exception:
+            return False
+
+    assert runs_in(-(-arena // 16) * 16)
+    assert not runs_in(arena // 4)
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_c_sources_compile_and_hold_the_exact_bytes(tflm_run, tmp_path):
+    a = tflm_run.artifact("tflm-int8")
+    folder = (tflm_run.out / a["path"]).parent
+    assert sorted(Path(f).name for f in a["extra_files"]) == ["model_data.cc", "model_data.h", "model_io.h"]
+    subprocess.run([GCC, "-c", "-Wall", "-Werror", "-std=c++17", str(folder / "model_data.cc"), "-o", str(tmp_path / "m.o")],
+                   check=True)
+    main_c = tmp_path / "main.c"
+    main_c.write_text('#include "model_io.h"\n#include "model_data.h"\n'
+                      "int main(void) { return TINY_CNN_INPUT0_ELEMENTS > 0 ? 0 : 1; }\n")
+    subprocess.run([GCC, "-c", "-Wall", "-Werror", "-std=c11", f"-I{folder}", str(main_c), "-o", str(tmp_path / "main.o")],
+                   check=True)
+    source = (folder / "model_data.cc").read_text()
+    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", source.split("{", 1)[1]))
+    assert data == (tflm_run.out / a["path"]).read_bytes()
+    assert re.search(r"alignas\(16\) const unsigned char g_tiny_cnn_model_data\[\]", source)
+    assert f"g_tiny_cnn_model_data_len = {len(data)};" in source
+
+
+def test_io_header_matches_the_model_quantization(tflm_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    a = tflm_run.artifact("tflm-int8")
+    path = tflm_run.out / a["path"]
+    header = (path.parent / "model_io.h").read_text()
+    detail = Interpreter(model_path=str(path)).get_input_details()[0]
+    scale, zero = detail["quantization"]
+    got_scale = float(re.search(r"INPUT0_SCALE ([0-9.e-]+)f", header).group(1))
+    assert got_scale == pytest.approx(scale, rel=1e-6)
+    assert f"INPUT0_ZERO_POINT {zero}" in header
+    assert "INPUT0_SHAPE {1, 8, 8, 1}" in header
+
+
+def test_over_budget_is_failed_with_by_how_much(tmp_path, keras3_path, data_npz):
+    board = tmp_path / "tiny_board.toml"
+    board.write_text('format = "tflm"\nprecision = "int8"\nweights = "int8"\nactivations = "int8"\nio = "int8"\n'
+                     "options = { flash_budget_kb = 1, ram_budget_kb = 1 }\n")
+    result = deploykit.convert(keras3_path, [str(board)], data=data_npz, out=tmp_path / "out", **FAST)
+    a = result.artifact("tiny_board")
+    assert a["status"] == "failed" and not result.ok
+    assert re.search(r"over the 1 KiB flash budget by \d+ bytes", a["error"])
+    assert re.search(r"over the 1 KiB RAM budget by \d+ bytes", a["error"])
+
+
+@pytest.mark.parametrize("bad, field", [
+    ('options = { ram_budget_kb = 0 }', "options.ram_budget_kb"),
+    ('options = { flash_budget_kb = -5 }', "options.flash_budget_kb"),
+    ('options = { flash_budget = 5 }', "options.flash_budget"),
+    ('activations = "float32"', "int8"),
+    ('colour = "red"', "colour"),
+])
+def test_impossible_micro_targets_are_refused_naming_the_field(tmp_path, bad, field):
+    from deploykit.targets import load_target_file
+
+    base = {"format": '"tflm"', "precision": '"int8"', "weights": '"int8"', "activations": '"int8"', "io": '"int8"'}
+    key = bad.split("=")[0].strip()
+    lines = [f"{k} = {v}" for k, v in base.items() if k != key] + [bad]
+    path = tmp_path / "board.toml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TargetError, match=re.escape(field)):
+        load_target_file(path)
+
+
+def test_unsupported_micro_op_is_named_and_other_targets_finish(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.Activation("gelu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    result = deploykit.convert(model, ["tflm-int8", "tflite-int8"], data=x, out=tmp_path / "out", **FAST)
+    assert result.artifact("tflm-int8")["status"] == "failed"
+    assert "GELU" in result.artifact("tflm-int8")["error"]
+    assert result.artifact("tflite-int8")["status"] == "ok"
+    assert not (tmp_path / "out" / "tflm-int8").exists()
+
+
+def test_dynamic_shapes_are_refused_before_anything_is_written(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((None, None, 1), name="img"), keras.layers.Conv2D(2, 3),
+                              keras.layers.GlobalAveragePooling2D()])
+    path = tmp_path / "dyn.keras"
+    model.save(path)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8, 1), np.float32))
+    proc = subprocess.run([sys.executable, "-m", "deploykit.cli", "convert", str(path), "-t", "tflm-int8",
+                           "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "'img'" in proc.stderr and "dynamic" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError):
+        deploykit.convert(model, ["tflm-int8"], data=np.zeros((4, 8, 8, 1), np.float32), out=tmp_path / "o2")
