@@ -1,0 +1,127 @@
+"""Figures (ONNX issue): MobileNetV2 (Keras 3, weights=None, 224x224x3), 2 threads.
+
+(a) speed: the `onnx-auto` winner's p50 <= 0.7x `onnx-fp32`'s p50, both from the
+           same `deploy convert` run: the selection step times every passing
+           candidate side by side in interleaved rounds (manifest: selection.candidates
+           [].interleaved_p50_ms), so the ratio is measured under the same load.
+(b) size:  the winner's file <= 0.28x the onnx-fp32 file.
+(c) conversion time: converting to ONNX through `deploy convert SAVEDMODEL -t onnx-fp32
+           --no-bench --verify-samples 8` (a subprocess) takes <= 1.25x a direct
+           `python -m tf2onnx.convert --saved-model SAVEDMODEL --opset 17` on the same
+           SavedModel (also a subprocess); each runs --rounds times, alternating,
+           medians compared.
+
+Data as in mobilenetv2_tflite.py (seeded image-like arrays, x / 127.5 - 1).
+
+Usage: .venv/bin/python benchmarks/mobilenetv2_onnx.py [--rounds 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, run_child, table  # noqa: E402
+
+
+def _prepare(work: Path, samples: int) -> tuple[Path, Path]:
+    model, calib = work / "MobileNetV2.keras", work / "calib.npz"
+    if not (model.exists() and calib.exists()):
+        r = run_child([PYTHON, str(HERE / "_prepare.py"), "--arch", "MobileNetV2", "--samples", str(samples),
+                       "--preprocess", "mobilenet", "--out", str(work)])
+        check_ok(r, "preparing MobileNetV2")
+    return model, calib
+
+
+def _export(model: Path, work: Path) -> Path:
+    sm = work / "saved_model"
+    if not sm.exists():
+        code = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2'); import keras, sys; "
+                "keras.models.load_model(sys.argv[1], compile=False).export(sys.argv[2], verbose=False)")
+        check_ok(run_child([PYTHON, "-c", code, str(model), str(sm)]), "exporting the SavedModel")
+    return sm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.mkdtemp(prefix="deploykit-bench-onnx-")
+        work = Path(tmp)
+    else:
+        work = args.workdir
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, work)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
+    print(f"MobileNetV2 ONNX benchmark; {machine_line()}; workdir {work}")
+    model, calib = _prepare(work, args.samples)
+    verdicts = Verdicts()
+
+    out = work / "auto"
+    shutil.rmtree(out, ignore_errors=True)
+    r = run_child([DEPLOY, "convert", str(model), "-t", "onnx-auto", "--data", str(calib), "--out", str(out),
+                   "--threads", str(args.threads)])
+    check_ok(r, "deploy convert -t onnx-auto", allowed=(0, 1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    auto = next(a for a in manifest["artifacts"] if a["target"] == "onnx-auto")
+    sel = auto["selection"]
+    rows = [[c["target"] + (" (winner)" if c["target"] == sel.get("winner") else ""), c["status"],
+             f"{c['size_bytes']:,}" if c["size_bytes"] else "-",
+             f"{c['interleaved_p50_ms']:.2f}" if c.get("interleaved_p50_ms") else "-",
+             f"{c['p50_ms']:.2f}" if c.get("p50_ms") else "-",
+             f"{c['top1_agreement']:.3f}" if c.get("top1_agreement") is not None else "-",
+             (c.get("error") or "")[:60]] for c in sel["candidates"]]
+    print(f"\nonnx-auto candidates ({r.wall_s:.0f} s for the whole run):")
+    print(table(["candidate", "status", "bytes", "interleaved p50 ms", "own p50 ms", "top1 agree", "error"], rows))
+    print("reason:", sel.get("reason"))
+    by = {c["target"]: c for c in sel["candidates"]}
+    fp32, win = by["onnx-fp32"], by.get(sel.get("winner") or "", None)
+    if win is None or not fp32.get("interleaved_p50_ms"):
+        verdicts.check("onnx-auto winner p50 <= 0.7x onnx-fp32", False, "no winner or fp32 not timed")
+    else:
+        ratio = win["interleaved_p50_ms"] / fp32["interleaved_p50_ms"]
+        verdicts.check("onnx-auto winner p50 <= 0.7x onnx-fp32 (same run, interleaved)", ratio <= 0.7,
+                     f"{win['interleaved_p50_ms']:.2f} / {fp32['interleaved_p50_ms']:.2f} ms = {ratio:.2f}x")
+        size = win["size_bytes"] / fp32["size_bytes"]
+        verdicts.check("onnx-auto winner size <= 0.28x onnx-fp32", size <= 0.28,
+                     f"{win['size_bytes']:,} / {fp32['size_bytes']:,} B = {size:.3f}x")
+
+    sm = _export(model, work)
+    deploy_t, direct_t = [], []
+    for i in range(args.rounds):
+        d_out, t_out = work / f"conv_{i}", work / f"direct_{i}.onnx"
+        shutil.rmtree(d_out, ignore_errors=True)
+        deploy_cmd = [DEPLOY, "convert", str(sm), "-t", "onnx-fp32", "--no-bench", "--verify-samples", "8",
+                      "--data", str(calib), "--out", str(d_out)]
+        direct_cmd = [PYTHON, "-m", "tf2onnx.convert", "--saved-model", str(sm), "--opset", "17", "--output", str(t_out)]
+        order = [("deploy", deploy_cmd), ("direct", direct_cmd)]
+        for kind, cmd in (order if i % 2 == 0 else order[::-1]):
+            res = run_child(cmd)
+            check_ok(res, kind)
+            (deploy_t if kind == "deploy" else direct_t).append(res.wall_s)
+            print(f"round {i + 1}: {kind} {res.wall_s:.1f} s", flush=True)
+    ratio = median(deploy_t) / median(direct_t)
+    verdicts.check("ONNX conversion via deploy <= 1.25x direct tf2onnx (wall, subprocesses)", ratio <= 1.25,
+                 f"median {median(deploy_t):.1f} s / {median(direct_t):.1f} s = {ratio:.2f}x")
+    verdicts.exit()
+
+
+if __name__ == "__main__":
+    main()
