@@ -148,6 +148,7 @@ class LoadedModel:
         self._owned_tmp: tempfile.TemporaryDirectory | None = None
         self._signature: dict | None = None
         self._sm_fn = None
+        self._keras_fn = None
 
     # -- SavedModel (shared by every converter) -----------------------------------------
     def saved_model_dir(self) -> Path:
@@ -237,8 +238,14 @@ class LoadedModel:
 
     def _predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         if self.keras_model is not None:
+            if self._keras_fn is None:
+                # Graph mode: an eager Keras call dispatches op by op and was 3.5x slower on
+                # MobileNetV2 here (17 s vs 5 s for 100 images, tracing included).
+                tf = import_tensorflow()
+                model = self.keras_model
+                self._keras_fn = tf.function(lambda a: model(a, training=False), reduce_retracing=True)
             arg = batch[0] if len(batch) == 1 else batch
-            out = self.keras_model(arg, training=False)
+            out = self._keras_fn(arg)
             if isinstance(out, dict):
                 return [np.asarray(out[k]) for k in sorted(out, key=natural_key)]
             if isinstance(out, (list, tuple)):
