@@ -15,6 +15,21 @@ preprocessed the way each family expects:
 * ``--preprocess caffe``: RGB->BGR and ImageNet mean subtraction
   (keras.applications.vgg16.preprocess_input), roughly [-124, 152].
 
+Weights: ``weights=None`` (nothing is downloaded). Keras' default initialisation
+with identity BatchNorm statistics makes MobileNetV2's activations shrink about
+10x per block: the output is a constant 1/1000 softmax, which would make
+verification and int8 calibration degenerate. So, for models with
+BatchNormalization layers, the moving mean/variance are set once from a batch
+of the generated data (momentum 0, one forward pass in training mode, then the
+original momentum restored) -- a data-dependent init that leaves the
+architecture, the weights and therefore size and speed untouched. VGG16 has
+no BatchNormalization. Then the final softmax Dense layer's kernel is scaled
+so its logits have standard deviation --logit-std (default 4) on that batch:
+with random weights the softmax is otherwise nearly flat (max probability
+~0.004 of 1000 classes), below one int8 output step (1/256), so an int8 model's
+top-1 would be arbitrary and its verification meaningless. Scaling one
+kernel changes no shape, so size and speed are untouched.
+
 Usage: python benchmarks/_prepare.py --arch MobileNetV2 --samples 100 --out DIR
 Writes DIR/<arch>.keras and DIR/calib.npz (key ``x``, float32, NHWC).
 """
@@ -72,6 +87,10 @@ def main() -> None:
     parser.add_argument("--preprocess", choices=["mobilenet", "caffe"], default="mobilenet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bn-batch", type=int, default=32, help="samples that set BatchNorm statistics")
+    parser.add_argument("--no-bn-init", action="store_true", help="keep identity BatchNorm statistics")
+    parser.add_argument("--classes", type=int, default=1000, help="output classes (default: ImageNet's 1000)")
+    parser.add_argument("--logit-std", type=float, default=4.0, help="scale the softmax layer to this logit std (0: leave)")
     args = parser.parse_args()
 
     import keras
@@ -79,10 +98,31 @@ def main() -> None:
 
     keras.utils.set_random_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    model = getattr(keras.applications, args.arch)(weights=None, input_shape=(args.size, args.size, 3))
+    model = getattr(keras.applications, args.arch)(weights=None, input_shape=(args.size, args.size, 3),
+                                                   classes=args.classes)
+    x = preprocess(images(args.samples, args.size, args.seed), args.preprocess)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if bns and not args.no_bn_init:
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.momentum = 0.0
+        model(x[: args.bn_batch], training=True)
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        print(f"set the moving statistics of {len(bns)} BatchNormalization layers from {min(args.bn_batch, len(x))} samples")
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense) and args.logit_std > 0:
+        feats = np.asarray(keras.Model(model.input, last.input)(x[: args.bn_batch], training=False))
+        kernel, bias = last.get_weights()
+        std = float((feats @ kernel + bias).std())
+        if std > 0:
+            last.set_weights([kernel * (args.logit_std / std), bias])
+            print(f"scaled {last.name} kernel by {args.logit_std / std:.3g} (logit std {std:.3g} -> {args.logit_std:g})")
+    probe = np.asarray(model(x[:4], training=False))
+    print(f"output on 4 samples: std {probe.std():.3g}, max {probe.max():.3g}, "
+          f"top-1 classes {probe.argmax(-1).tolist()}")
     model_path = args.out / f"{args.arch}.keras"
     model.save(model_path)
-    x = preprocess(images(args.samples, args.size, args.seed), args.preprocess)
     np.savez(args.out / "calib.npz", x=x)
     print(f"{args.arch}: {model.count_params():,} params -> {model_path}; calib {x.shape} "
           f"range [{x.min():.2f}, {x.max():.2f}] -> {args.out / 'calib.npz'}")
