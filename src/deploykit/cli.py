@@ -139,11 +139,12 @@ def bench(
     iterations: int = typer.Option(100, "--iterations"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result (raw samples included) as JSON."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="litert | onnxruntime | tflm (default: from the file suffix)."),
 ) -> None:
     """Benchmark an existing artifact on its real runtime."""
     from deploykit.runtime_bench import bench_file
 
-    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data)
+    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime)
     if as_json:
         print(json.dumps(result, indent=2))
         return

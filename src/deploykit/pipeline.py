@@ -269,11 +269,12 @@ class Pipeline:
                 self.progress(f"{target.name}: verifying")
                 runner = get_runner(target.runtime, tmp, target.bench.threads)
                 with PeakRSS() as mem:
-                    runner.load()
+                    init_s = runner.load()
                     artifact.verification = verify(
                         runner, inputs, reference, output_names, target.tolerance, labels=evald.y
                     )
                 artifact.steps["verify"] = mem.to_dict()
+                verify_init_s = init_s
                 if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
                     footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}
                     footprint["heaviest_layers"] = conv_settings.get("heaviest_layers", [])
@@ -281,12 +282,12 @@ class Pipeline:
                     budget = converter.audit(target, footprint, runner)
                     artifact.verification["failures"] += budget
                     artifact.verification["passed"] = artifact.verification["passed"] and not budget
-                runner.close()
-
                 if self.bench_enabled:
+                    # The verified runner is the timed runner: same object, no second load.
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
-                    artifact.benchmark = _bench(target, tmp, {k: v[:1] for k, v in inputs.items()})
+                    artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
+                runner.close()
                 files = [tmp] + [self.out / target.name / f for f in external]
                 artifact.size_bytes = sum(f.stat().st_size for f in files)
                 artifact.gzip_bytes = sum(gzip_size(f) for f in files)
@@ -336,13 +337,12 @@ class Pipeline:
         return new + [auto]
 
 
-def _bench(target: Target, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    from deploykit.runtime_bench import benchmark, get_runner
+def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Time an already loaded (and verified) runner; ``init_s`` is how long its load took."""
+    from deploykit.runtime_bench import benchmark
     from deploykit.runtime_bench.memory import PeakRSS
 
-    runner = get_runner(target.runtime, path, target.bench.threads)
     with PeakRSS() as mem:
-        init_s = runner.load()
         stats = benchmark(runner, inputs, warmup=target.bench.warmup, iterations=target.bench.iterations)
     stats.init_ms = init_s * 1000
     result = stats.to_dict()
@@ -350,7 +350,6 @@ def _bench(target: Target, path: Path, inputs: dict[str, np.ndarray]) -> dict[st
     result.update(mem.to_dict())
     if hasattr(runner, "op_profile"):  # runtimes with a profiler name their most expensive ops
         result["op_profile"] = runner.op_profile(inputs)
-    runner.close()
     return result
 
 

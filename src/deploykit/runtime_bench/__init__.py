@@ -74,7 +74,7 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
 
 
 def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
-               data: Any = None) -> dict[str, Any]:
+               data: Any = None, runtime: str | None = None) -> dict[str, Any]:
     """Benchmark an existing artifact on its runtime.
 
     Args:
@@ -83,6 +83,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
         warmup: Untimed runs first.
         iterations: Timed runs.
         data: Optional ``.npz``/arrays; the first sample is used. Random inputs otherwise.
+        runtime: Runtime to use (default: by file suffix; ``tflm`` runs a .tflite on TFLite Micro).
 
     Returns:
         Latency summary with raw samples, init time, sizes and peak memory.
@@ -98,7 +99,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is not a file; pass a model artifact such as model.tflite")
-    runtime = SUFFIX_RUNTIME.get(path.suffix.lower())
+    runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
     if runtime is None:
         raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
     runner = get_runner(runtime, path, threads)

@@ -1,10 +1,14 @@
-"""Peak resident memory of a step, sampled from a background thread.
+"""Peak resident memory of a step.
 
-``ru_maxrss`` only ever grows over a process's life, so it cannot tell the
-peak of one step from the peak of an earlier one. A sampler thread reading
-RSS every few milliseconds can; its peak is a lower bound of the true peak
-(short spikes between samples are missed), which is why the process-wide
-``ru_maxrss`` is recorded beside it.
+Two sources, the better one wins:
+
+* the kernel's high-water mark (``VmHWM``): exact, but only ever grows over
+  the process's life. When it rises during a step, the new value *is* that
+  step's peak. (We never reset it: that would also reset ``ru_maxrss``,
+  which users' own tools such as ``/usr/bin/time`` read.)
+* a sampler thread reading RSS every few milliseconds, for steps that peak
+  below an earlier step. It is a lower bound: the TFLite converter holds the
+  GIL for seconds, so samples can be 1.7 s apart (measured on VGG16).
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ import threading
 import time
 
 import psutil
+
+
+def high_water_mark_bytes() -> int | None:
+    """The kernel's peak-RSS counter for this process (Linux ``VmHWM``), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def process_peak_rss_bytes() -> int:
@@ -63,6 +79,8 @@ class PeakRSS:
 
     def __enter__(self) -> "PeakRSS":
         self.start_bytes = self.peak_bytes = self._proc.memory_info().rss
+        self._hwm_start = high_water_mark_bytes()
+        self.exact = False
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -73,6 +91,9 @@ class PeakRSS:
         if self._thread is not None:
             self._thread.join()
         self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+        hwm = high_water_mark_bytes()
+        if hwm is not None and self._hwm_start is not None and hwm > self._hwm_start:
+            self.peak_bytes, self.exact = hwm, True  # the process peak rose inside this step
         self.seconds = time.perf_counter() - self._t0
 
     def to_dict(self) -> dict[str, float | int]:
@@ -80,4 +101,5 @@ class PeakRSS:
             "seconds": round(self.seconds, 4),
             "peak_rss_bytes": self.peak_bytes,
             "start_rss_bytes": self.start_bytes,
+            "peak_source": "kernel high-water mark (exact)" if self.exact else "sampled every 5 ms (lower bound)",
         }
