@@ -187,19 +187,17 @@ class Pipeline:
 
             check_label_range(evald, out_shape[1])
 
-        self.progress("exporting the model")
+        self.progress("computing reference outputs")
         with PeakRSS() as mem:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
-        steps["export"] = mem.to_dict()
+            reference = loaded.predict(evald.x)
+        steps["reference"] = mem.to_dict()
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
         for t in self._all_targets():  # format-specific user errors, found before anything is written
             preflight = getattr(get_converter(t.format), "preflight", None)
             if preflight is not None:
                 preflight(loaded, t)
-        # Reference outputs are computed on a second thread while the first target converts:
-        # TF runs the model with the GIL released and the converter is mostly single-threaded.
-        reference = _Reference(loaded, evald.x, steps)
 
         if self.force and self.out.exists():
             _clear_previous_run(self.out)
@@ -231,7 +229,6 @@ class Pipeline:
                     manifest.artifacts.append(artifact)
                 release_memory()
         finally:
-            reference.wait()
             loaded.release()
         from deploykit.report import write_reports
 
@@ -274,7 +271,7 @@ class Pipeline:
                 with PeakRSS() as mem:
                     init_s = runner.load()
                     artifact.verification = verify(
-                        runner, inputs, reference.get(), output_names, target.tolerance, labels=evald.y
+                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y
                     )
                 artifact.steps["verify"] = mem.to_dict()
                 verify_init_s = init_s
@@ -338,42 +335,6 @@ class Pipeline:
         auto = select(target, candidates, self.out, ctx[3], bench=self.bench_enabled)
         done[target.name] = auto
         return new + [auto]
-
-
-class _Reference:
-    """Reference outputs computed in the background; ``get()`` waits for them."""
-
-    def __init__(self, loaded: Any, x: list[np.ndarray], steps: dict[str, Any]):
-        import threading
-
-        self._result: list[np.ndarray] | None = None
-        self._error: BaseException | None = None
-        self._steps = steps
-        self._thread = threading.Thread(target=self._run, args=(loaded, x), name="deploykit-reference", daemon=True)
-        self._thread.start()
-
-    def _run(self, loaded: Any, x: list[np.ndarray]) -> None:
-        from deploykit.runtime_bench.memory import PeakRSS
-
-        with PeakRSS() as mem:
-            try:
-                self._result = loaded.predict(x)
-            except BaseException as exc:  # re-raised in the caller's thread by get()
-                self._error = exc
-        # Process-wide figures: this step overlaps the first target's conversion.
-        self._steps["reference"] = {**mem.to_dict(), "overlaps": "first target's conversion"}
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def get(self) -> list[np.ndarray]:
-        self._thread.join()
-        if self._error is not None:
-            raise DataError(
-                f"the model failed to run on the evaluation data: {' '.join(str(self._error).split())[:300]}"
-            ) from None
-        assert self._result is not None
-        return self._result
 
 
 def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
