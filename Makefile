@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.deploykit-installed
 
 EXAMPLE  := build/example
 DEMO_OUT := build/demo
-DEMO_TARGETS := -t tflite-fp32 -t tflite-fp16 -t tflite-dynamic -t tflite-int8 -t tflite-int8-io -t tflite-int16x8
+DEMO_TARGETS := -t tflite-fp32 -t tflite-fp16 -t tflite-dynamic -t tflite-int8 -t tflite-int8-io -t tflite-int16x8 \
+	-t onnx-auto -t tflm-int8
 
 .PHONY: install demo test test-fast bench clean
 
