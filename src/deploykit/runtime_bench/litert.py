@@ -16,6 +16,7 @@ import numpy as np
 
 from deploykit._quiet import native_stderr_captured, quiet_tensorflow_env
 from deploykit.errors import RuntimeLoadError
+from deploykit.runtime_bench.inputs import match_inputs
 
 
 def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -96,11 +97,7 @@ class LiteRTRunner:
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Set float (or native) inputs by name; positional when the names differ but counts match."""
-        names = self.input_names
-        if set(inputs) != set(names):
-            if len(inputs) != len(names):
-                raise RuntimeLoadError(f"{self.path.name} takes inputs {names}, got {list(inputs)}")
-            inputs = dict(zip(names, inputs.values()))
+        inputs = match_inputs(self.input_names, inputs, self.path.name)
         resized = False
         for name, x in inputs.items():
             detail = self._inputs[name]

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from deploykit.errors import RuntimeLoadError, UserError
+from deploykit.runtime_bench.inputs import match_inputs
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -129,11 +130,7 @@ class ORTRunner:
         return out
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
-        names = self.input_names
-        if set(inputs) != set(names):
-            if len(inputs) != len(names):
-                raise RuntimeLoadError(f"{self.path.name} takes inputs {names}, got {list(inputs)}")
-            inputs = dict(zip(names, inputs.values()))
+        inputs = match_inputs(self.input_names, inputs, self.path.name)
         self._feed = {n: np.ascontiguousarray(x, dtype=_ORT_DTYPES.get(self._in[n].type, np.float32)) for n, x in inputs.items()}
 
     def invoke(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from deploykit.errors import RuntimeLoadError
+from deploykit.runtime_bench.inputs import match_inputs
 
 ARENA_ALIGN = 16
 
@@ -161,11 +162,7 @@ class TFLMRunner:
                             "quantization": (t["scale"], t["zero_point"])} for t in self._layout["inputs"]}
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
-        names = self.input_names
-        if set(inputs) != set(names):
-            if len(inputs) != len(names):
-                raise RuntimeLoadError(f"{self.path.name} takes inputs {names}, got {list(inputs)}")
-            inputs = dict(zip(names, inputs.values()))
+        inputs = match_inputs(self.input_names, inputs, self.path.name)
         for i, t in enumerate(self._layout["inputs"]):
             x = np.asarray(inputs[t["name"]])
             if tuple(x.shape) != tuple(t["shape"]):
