@@ -28,7 +28,7 @@ from _common import PYTHON, Verdicts, machine_line, run_child, table  # noqa: E4
 DEFAULT = [
     "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0",
     "ResNet50", "ResNet50V2", "DenseNet121", "InceptionV3", "InceptionResNetV2", "Xception", "NASNetMobile",
-    "ConvNeXtTiny", "RegNetX002", "VGG16",
+    "ConvNeXtTiny", "VGG16",
 ]
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetMobile": 224}
 TARGETS = ["tflite-fp32", "onnx-fp32"]
