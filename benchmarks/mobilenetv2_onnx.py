@@ -20,8 +20,10 @@ gives this random one margins of that kind while keeping MobileNetV2's whole bod
 
 (c) is measured at the step level: the `convert` step of onnx-fp32 in deploy's manifest
 (SavedModel -> inlined frozen graph -> tf2onnx -> onnx.checker full_check -> file) vs the
-same tf2onnx conversion called directly in a child process (tf_loader.from_saved_model +
-convert.from_graph_def + save), each timed inside its process after the imports. The
+same tf2onnx conversion called directly in a child process (import tf2onnx +
+tf_loader.from_saved_model + convert.from_graph_def + save), each timed inside its process
+after TensorFlow is imported (deploy imports tf2onnx lazily inside the step, so the direct
+timing includes that import too). The
 whole-process wall times (which add deploy's verification and report) are printed too.
 
 Usage: .venv/bin/python benchmarks/mobilenetv2_onnx.py [--rounds 3] [--workdir DIR]
@@ -45,8 +47,8 @@ DIRECT = r'''
 import os, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf, onnx
+t0 = time.perf_counter()  # tf2onnx's own import is inside, as it is in deploy's convert step
 from tf2onnx import tf_loader, convert
-t0 = time.perf_counter()
 gd, inputs, outputs, renames = tf_loader.from_saved_model(sys.argv[1], None, None, "serve", ["serving_default"],
                                                           return_tensors_to_rename=True)
 proto, _ = convert.from_graph_def(gd, input_names=inputs, output_names=outputs, opset=17, tensors_to_rename=renames)
