@@ -11,6 +11,9 @@ doing the work, not a shell.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import os
 import shlex
 import statistics
@@ -142,3 +145,17 @@ def deploykit_source() -> str:
 
     spec = importlib.util.find_spec("deploykit")
     return str(Path(spec.origin).parent) if spec and spec.origin else "?"
+
+
+@contextlib.contextmanager
+def workdir(path: Path | None, prefix: str):
+    """The benchmark's work directory: ``path`` (kept, reused next run) or a temp dir removed afterwards."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,15 +18,13 @@ Usage: .venv/bin/python benchmarks/digits_accuracy.py [--workdir DIR] [--epochs 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import PYTHON, ROOT, Verdicts, check_ok, machine_line, run_child, table  # noqa: E402
+from _common import workdir, PYTHON, ROOT, Verdicts, check_ok, machine_line, run_child, table  # noqa: E402
 
 
 def main() -> None:
@@ -37,18 +35,8 @@ def main() -> None:
     parser.add_argument("--no-bench", action="store_true", help="verify only (skip latency)")
     args = parser.parse_args()
 
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="deploykit-bench-digits-")
-        work = Path(tmp)
-    else:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir(args.workdir, "deploykit-bench-digits-") as work:
         _run(args, work)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args, work: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import DEPLOY, PYTHON, ROOT, Verdicts, check_ok, machine_line, run_child, table  # noqa: E402
+from _common import workdir, DEPLOY, PYTHON, ROOT, Verdicts, check_ok, machine_line, run_child, table  # noqa: E402
 
 ONNX_INT8 = ["onnx-int8-dynamic", "onnx-int8-qdq", "onnx-int8-qop"]
 
@@ -52,18 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="deploykit-bench-digits2-")
-        work = Path(tmp)
-    else:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir(args.workdir, "deploykit-bench-digits2-") as work:
         run(work)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(work: Path) -> None:

@@ -35,12 +35,11 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, run_child, table  # noqa: E402
+from _common import workdir, DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, run_child, table  # noqa: E402
 
 
 DIRECT = r'''
@@ -83,18 +82,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="deploykit-bench-onnx-")
-        work = Path(tmp)
-    else:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir(args.workdir, "deploykit-bench-onnx-") as work:
         run(args, work)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(args, work: Path) -> None:

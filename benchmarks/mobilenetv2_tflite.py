@@ -33,13 +33,12 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import (  # noqa: E402
-    DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, mib, run_child, table,
+    workdir, DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, mib, run_child, table,
 )
 
 FP32, INT8 = "tflite-fp32", "tflite-int8"
@@ -95,18 +94,8 @@ def main() -> None:
                         help="extra argument passed to `deploy convert` (repeatable), e.g. --deploy-arg=--iterations=50")
     args = parser.parse_args()
 
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="deploykit-bench-mnv2-")
-        work = Path(tmp)
-    else:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir(args.workdir, "deploykit-bench-mnv2-") as work:
         _run(args, work)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args, work: Path) -> None:

@@ -43,12 +43,11 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import DEPLOY, PYTHON, Verdicts, check_ok, gib, machine_line, median, run_child, table  # noqa: E402
+from _common import workdir, DEPLOY, PYTHON, Verdicts, check_ok, gib, machine_line, median, run_child, table  # noqa: E402
 
 FP32, INT8 = "tflite-fp32", "tflite-int8"
 
@@ -80,18 +79,8 @@ def main() -> None:
     parser.add_argument("--no-attribute", action="store_true", help="skip the exact per-step peak run (_step_peaks.py)")
     args = parser.parse_args()
 
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.mkdtemp(prefix="deploykit-bench-vgg16-")
-        work = Path(tmp)
-    else:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with workdir(args.workdir, "deploykit-bench-vgg16-") as work:
         _run(args, work)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args, work: Path) -> None:
