@@ -19,6 +19,7 @@ CONVERTERS: dict[str, str] = {
     "tflite": "deploykit.converters.tflite",
     "onnx": "deploykit.converters.onnx",
     "tflm": "deploykit.converters.tflm",
+    "tfjs": "deploykit.converters.tfjs",
 }
 
 

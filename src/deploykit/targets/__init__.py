@@ -19,9 +19,16 @@ from typing import Any, Mapping
 
 from deploykit.errors import TargetError
 
-FORMATS = ("tflite", "onnx", "tflm")
-RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "tflm": "tflm"}
-DTYPES_WEIGHTS = ("float32", "float16", "int8")
+FORMATS = ("tflite", "onnx", "tflm", "tfjs")
+RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime", "tflm": "tflm", "tfjs": "tfjs"}
+DTYPES_WEIGHTS = ("float32", "float16", "int8", "uint8", "uint16")
+# Weight storage each format can hold (TF.js stores affine uint8/uint16 and computes in float32).
+FORMAT_WEIGHTS = {
+    "tflite": ("float32", "float16", "int8"),
+    "onnx": ("float32", "float16", "int8"),
+    "tflm": ("int8",),
+    "tfjs": ("float32", "float16", "uint8", "uint16"),
+}
 DTYPES_ACTIVATIONS = ("float32", "int8", "uint8", "int16")
 DTYPES_IO = ("float32", "int8")
 
@@ -170,6 +177,12 @@ class Target:
         for fname, allowed in (("weights", DTYPES_WEIGHTS), ("activations", DTYPES_ACTIVATIONS), ("io", DTYPES_IO)):
             if getattr(self, fname) not in allowed:
                 raise TargetError(f"{where}: {fname} {getattr(self, fname)!r} is not one of {', '.join(allowed)}")
+        if self.weights not in FORMAT_WEIGHTS[self.format]:
+            raise TargetError(
+                f"{where}: {self.format} cannot store {self.weights} weights; choose one of {', '.join(FORMAT_WEIGHTS[self.format])}"
+            )
+        if self.format == "tfjs" and (self.activations, self.io) != ("float32", "float32"):
+            raise TargetError(f"{where}: TF.js computes in float32: set activations and io to \"float32\" (quantize weights only)")
         if self.activations in ("int8", "uint8", "int16") and self.weights != "int8":
             raise TargetError(
                 f"{where}: {self.activations} activations need int8 weights, got weights={self.weights!r}; "

@@ -1,0 +1,277 @@
+"""Freeze a SavedModel's serving function and optimize the GraphDef for a graph runtime.
+
+Used by the TF.js writer (and open to any format that consumes a TensorFlow
+GraphDef). Three steps, each with TensorFlow's own tools where they exist:
+
+1. ``freeze_serving``: ``convert_variables_to_constants_v2`` on the
+   ``serving_default`` function, then the shared rewrites of
+   :mod:`graph_rewrite` (nested function calls inlined, Erfc expanded).
+2. ``run_grappler``: constant folding, arithmetic simplification, dependency
+   and pruning passes (the passes the official TF.js converter runs). Grappler
+   already folds a BatchNorm scale that follows a ``Conv2D`` into its filter.
+3. ``fuse_for_runtime``: our own fusion of ``Conv2D`` / ``DepthwiseConv2dNative``
+   / ``MatMul`` with a following per-channel scale, a per-channel bias and an
+   activation into ``_FusedConv2D`` / ``FusedDepthwiseConv2dNative`` /
+   ``_FusedMatMul``. We do not use Grappler's ``remap`` pass for this: the
+   official converter does, and on Keras 3 models it produces fused ops whose
+   "bias" is a rank-4 or rank-0 tensor, which the TF.js runtime refuses
+   ("FusedConv2D only supports rank-1 bias"). Here a fusion happens only when
+   every absorbed operand is a constant that reshapes to exactly one value per
+   output channel, so the runtime always gets a rank-1 bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploykit._quiet import import_tensorflow, native_stderr_captured
+from deploykit.converters.graph_rewrite import prepare_for_export
+
+GRAPPLER_PASSES = ("pruning", "constfold", "dependency", "pruning", "constfold", "dependency")
+
+# Activations the TF.js fused kernels apply (tfjs-core fused_util / the wasm FusableActivation enum).
+FUSABLE_ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "LeakyRelu": "LeakyRelu", "Sigmoid": "Sigmoid"}
+FUSED_OP = {"Conv2D": "_FusedConv2D", "DepthwiseConv2dNative": "FusedDepthwiseConv2dNative", "MatMul": "_FusedMatMul"}
+ADD_OPS = ("BiasAdd", "Add", "AddV2")
+
+
+@dataclass
+class FrozenGraph:
+    """A frozen serving function: its GraphDef and the signature's tensor names."""
+
+    graph_def: Any
+    inputs: dict[str, tuple[str, Any]]  # signature key -> (tensor name, TensorSpec)
+    outputs: dict[str, tuple[str, Any]]
+    fusions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def output_nodes(self) -> list[str]:
+        return [t.split(":")[0] for t, _ in self.outputs.values()]
+
+
+def freeze_serving(saved_model_dir: Any) -> FrozenGraph:
+    """Freeze the SavedModel's ``serving_default`` function into a constant GraphDef."""
+    tf = import_tensorflow()
+    from tensorflow.python.framework import convert_to_constants
+
+    with native_stderr_captured():
+        module = tf.saved_model.load(str(saved_model_dir))
+        fn = module.signatures["serving_default"]
+        frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+    specs = fn.structured_input_signature[1]
+    placeholders = [t for t in frozen.inputs if t.dtype != tf.resource]
+    keys = sorted(specs)  # flattened order of a dict structure
+    inputs = {k: (t.name, specs[k]) for k, t in zip(keys, placeholders)}
+    outs = frozen.structured_outputs
+    if not isinstance(outs, dict):
+        outs = {f"output_{i}": t for i, t in enumerate(tf.nest.flatten(outs))}
+    outputs = {k: (t.name, tf.TensorSpec(t.shape, t.dtype, k)) for k, t in outs.items()}
+    graph_def = prepare_for_export(frozen.graph.as_graph_def())
+    return FrozenGraph(graph_def, inputs, outputs)
+
+
+def run_grappler(frozen: FrozenGraph, passes: tuple[str, ...] = GRAPPLER_PASSES) -> FrozenGraph:
+    """Constant-fold and simplify the graph with Grappler; signature tensors are kept."""
+    import_tensorflow()
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    meta = meta_graph_pb2.MetaGraphDef()
+    meta.graph_def.CopyFrom(frozen.graph_def)
+    # Grappler keeps what the "train_op" collection names: the outputs.
+    meta.collection_def["train_op"].node_list.value.extend(frozen.output_nodes)
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.optimizers[:] = list(passes)
+    with native_stderr_captured():
+        optimized = tf_optimizer.OptimizeGraph(config, meta)
+    return FrozenGraph(optimized, frozen.inputs, frozen.outputs, dict(frozen.fusions))
+
+
+# ---------------------------------------------------------------------------------------------
+def _node_of(ref: str) -> str:
+    return ref.lstrip("^").split(":")[0]
+
+
+def _is_output0(ref: str) -> bool:
+    return not ref.startswith("^") and (":" not in ref or ref.endswith(":0"))
+
+
+def _const(nodes: dict[str, Any], ref: str) -> np.ndarray | None:
+    node = nodes.get(_node_of(ref))
+    if node is None or node.op != "Const" or not _is_output0(ref):
+        return None
+    tf = import_tensorflow()
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def _per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """``value`` as one float per output channel, or None when it is not such a vector.
+
+    Accepts shapes ``()``, ``(1,)``, ``(C,)`` and ``(1, ..., 1, C)``: anything that
+    broadcasts along the last axis only. A rank-4 (1,1,1,C) add is exactly what
+    the official converter fuses *without* this reshape, and the runtime refuses.
+    """
+    if value is None or value.dtype != np.float32:
+        return None
+    if value.size == 1:
+        return np.full(channels, value.reshape(()), dtype=np.float32)
+    if value.size == channels and value.shape[-1] == channels and all(d == 1 for d in value.shape[:-1]):
+        return value.reshape(channels).astype(np.float32)
+    return None
+
+
+def _out_channels(op: Any, w: np.ndarray) -> int:
+    if op.op == "Conv2D":
+        return int(w.shape[3])
+    if op.op == "DepthwiseConv2dNative":
+        return int(w.shape[2] * w.shape[3])
+    return int(w.shape[0] if op.attr["transpose_b"].b else w.shape[1])
+
+
+def _scale_weights(op: Any, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    if op.op == "DepthwiseConv2dNative":
+        return (w * scale.reshape(w.shape[2], w.shape[3])).astype(np.float32)
+    if op.op == "MatMul" and op.attr["transpose_b"].b:
+        return (w * scale[:, None]).astype(np.float32)
+    return (w * scale).astype(np.float32)
+
+
+def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = None) -> FrozenGraph:
+    """Fuse conv/matmul + per-channel scale + rank-1 bias + activation into fused ops.
+
+    A fused node takes the name of the last node it absorbs, so every consumer
+    keeps its input reference. Nodes that are signature outputs or feed more
+    than one consumer end a chain. Counts of fusions are recorded in ``fusions``.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    activations = FUSABLE_ACTIVATIONS if activations is None else activations
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    nodes = {n.name: n for n in gd.node}
+    consumers: dict[str, list[str]] = {}
+    for n in gd.node:
+        for ref in n.input:
+            consumers.setdefault(_node_of(ref), []).append(n.name)
+    protected = set(frozen.output_nodes)
+
+    def sole_consumer(name: str) -> Any:
+        users = consumers.get(name, [])
+        if len(users) != 1 or name in protected:
+            return None
+        user = nodes[users[0]]
+        data_refs = [r for r in user.input if not r.startswith("^")]
+        if sum(_node_of(r) == name for r in data_refs) != 1 or any(r.startswith("^") and _node_of(r) == name for r in user.input):
+            return None
+        if any(_node_of(r) == name and not _is_output0(r) for r in data_refs):
+            return None
+        return user
+
+    def other_input(node: Any, name: str) -> str | None:
+        data_refs = [r for r in node.input if not r.startswith("^")]
+        if len(data_refs) != 2:
+            return None
+        if node.op == "BiasAdd":  # BiasAdd(value, bias): the bias is always the second operand
+            return data_refs[1] if _node_of(data_refs[0]) == name else None
+        return data_refs[1] if _node_of(data_refs[0]) == name else data_refs[0]
+
+    removed: set[str] = set()
+    new_nodes: list[Any] = []
+    counts: dict[str, int] = {}
+    for op in list(gd.node):
+        if op.op not in FUSED_OP or op.name in removed:
+            continue
+        if op.attr["T"].type != tf.float32.as_datatype_enum:
+            continue
+        if op.op != "MatMul" and op.attr["data_format"].s not in (b"NHWC", b""):
+            continue
+        if op.op == "MatMul" and op.attr["transpose_a"].b:
+            continue
+        w = _const(nodes, op.input[1])
+        if w is None or w.dtype != np.float32:
+            continue
+        channels = _out_channels(op, w)
+        chain, cur = [op], op
+        scale = bias = None
+        act = None
+        nxt = sole_consumer(cur.name)
+        if nxt is not None and nxt.op == "Mul":
+            s = _per_channel(_const(nodes, other_input(nxt, cur.name) or ""), channels)
+            if s is not None:
+                scale, cur = s, nxt
+                chain.append(nxt)
+                nxt = sole_consumer(cur.name)
+        if nxt is not None and nxt.op in ADD_OPS:
+            if nxt.op != "BiasAdd" or nxt.attr["data_format"].s in (b"NHWC", b""):
+                b = _per_channel(_const(nodes, other_input(nxt, cur.name) or ""), channels)
+                if b is not None:
+                    bias, cur = b, nxt
+                    chain.append(nxt)
+                    nxt = sole_consumer(cur.name)
+        if nxt is not None and nxt.op in activations:
+            act, cur = nxt, nxt
+            chain.append(nxt)
+        if len(chain) == 1:
+            continue
+        if scale is not None:
+            w = _scale_weights(op, w, scale)
+        base = cur.name
+        filt = node_def_pb2.NodeDef(name=f"{base}/fused_weights", op="Const")
+        filt.attr["dtype"].type = tf.float32.as_datatype_enum
+        filt.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(w))
+        new_nodes.append(filt)
+        fused = node_def_pb2.NodeDef(name=base, device=op.device)
+        for key in op.attr:
+            if not key.startswith("_"):
+                fused.attr[key].CopyFrom(op.attr[key])
+        if bias is None and act is None:  # only a scale folded: the plain op with new weights
+            fused.op = op.op
+            fused.input.extend([op.input[0], filt.name])
+        else:
+            if bias is None:  # the fused kernels need a bias operand to apply the activation
+                bias = np.zeros(channels, np.float32)
+            bnode = node_def_pb2.NodeDef(name=f"{base}/fused_bias", op="Const")
+            bnode.attr["dtype"].type = tf.float32.as_datatype_enum
+            bnode.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(bias.astype(np.float32)))
+            new_nodes.append(bnode)
+            fused.op = FUSED_OP[op.op]
+            fused.input.extend([op.input[0], filt.name, bnode.name])
+            ops = [b"BiasAdd"] + ([activations[act.op].encode()] if act is not None else [])
+            fused.attr["fused_ops"].list.s.extend(ops)
+            fused.attr["num_args"].i = 1
+            fused.attr["TArgs"].list.type.append(tf.float32.as_datatype_enum)
+            fused.attr["epsilon"].f = 0.0
+            if act is not None and act.op == "LeakyRelu":
+                fused.attr["leakyrelu_alpha"].f = act.attr["alpha"].f
+        # control dependencies of absorbed nodes move to the fused node
+        fused.input.extend(sorted({r for n in chain for r in n.input if r.startswith("^")}))
+        removed.update(n.name for n in chain)
+        new_nodes.append(fused)
+        counts[fused.op] = counts.get(fused.op, 0) + 1
+    kept = [n for n in gd.node if n.name not in removed]
+    del gd.node[:]
+    gd.node.extend(kept + new_nodes)
+    gd = _drop_dead_constants(gd)
+    fusions = dict(frozen.fusions)
+    for k, v in counts.items():
+        fusions[k] = fusions.get(k, 0) + v
+    return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
+
+
+def _drop_dead_constants(gd: Any) -> Any:
+    """Remove Const nodes nothing reads any more (weights replaced by fused copies)."""
+    used = {_node_of(r) for n in gd.node for r in n.input}
+    keep = [n for n in gd.node if n.op != "Const" or n.name in used]
+    del gd.node[:]
+    gd.node.extend(keep)
+    return gd
+
+
+def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
+    """Freeze, run Grappler, and (optionally) fuse for the runtime."""
+    frozen = run_grappler(freeze_serving(saved_model_dir))
+    return fuse_for_runtime(frozen) if fuse else frozen

@@ -1,0 +1,151 @@
+"""TF.js converter: SavedModel -> frozen, optimized GraphDef -> TF.js graph model.
+
+Why we write the format ourselves: the ``tensorflowjs`` pip package (4.22.0,
+its last release) cannot be installed beside TensorFlow 2.21 (it pulls
+tensorflow-decision-forests, which pins TF 2.19, plus jax and flax), while
+the TF.js runtime on npm is healthy. The graph-model format is small: a
+``model.json`` holding the GraphDef as JSON (``modelTopology``), the serving
+``signature`` and a ``weightsManifest``, plus binary weight shards. We build
+the graph with TensorFlow's own tools (``convert_variables_to_constants_v2``,
+Grappler) and our own fusion pass (:mod:`graph_optimize`), and we check every
+op against what the pinned TF.js runtime can execute before writing anything.
+
+Target weights field -> storage: float32, float16 (half the bytes), uint8 /
+uint16 (affine per tensor, ~1/4 and ~1/2 of the bytes); the runtime always
+computes in float32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from deploykit.converters import OptionSpec
+from deploykit.errors import ConversionError
+
+SUFFIX = ".json"
+OPS_FILE = Path(__file__).resolve().parents[1] / "runtime_bench" / "tfjs" / "supported_ops.txt"
+# Ops that stop a model from running in TF.js and what a user can do about them.
+_HINTS = {
+    "String": "string ops (e.g. TextVectorization/StringLookup) do not run in TF.js: do that preprocessing in JavaScript and feed numbers",
+}
+
+OPTIONS: dict[str, OptionSpec] = {
+    "shard_size_bytes": OptionSpec(4 * 1024 * 1024, "Largest weight shard file, in bytes (the TF.js converter's default is 4 MB).",
+                                   type=int, minimum=1024),
+    "fuse": OptionSpec(True, "Fuse conv/matmul + per-channel bias + activation into TF.js fused ops.", type=bool),
+    "backend": OptionSpec("wasm", "TF.js backend that verifies and benchmarks the artifact in Node.", choices=("wasm", "cpu")),
+}
+
+
+def supported_ops() -> set[str]:
+    """Op names the pinned TF.js runtime executes (from its op mappers; see runtime_bench/tfjs)."""
+    try:
+        lines = OPS_FILE.read_text().splitlines()
+    except OSError:
+        raise ConversionError(f"the TF.js op list {OPS_FILE} is missing; reinstall deploykit") from None
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+def check_ops(graph_def: Any, target_name: str) -> None:
+    """Raise ConversionError naming every op the runtime cannot execute."""
+    known = supported_ops()
+    missing: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        if node.op not in known:
+            missing.setdefault(node.op, []).append(node.name)
+    if not missing:
+        return
+    parts = []
+    for op, names in sorted(missing.items()):
+        where = names[0].replace("StatefulPartitionedCall/", "")
+        parts.append(f"{op} (e.g. {where})")
+    hints = {h for op in missing for key, h in _HINTS.items() if key in op}
+    hint = "; ".join(sorted(hints)) or "replace those layers, move them out of the model, or choose another target"
+    raise ConversionError(f"{target_name}: TF.js 4.22 cannot run op(s) {', '.join(parts)}; {hint}")
+
+
+def _tensor_info(name: str, spec: Any) -> dict[str, Any]:
+    dims = [{"size": str(-1 if d is None else int(d))} for d in spec.shape]
+    return {"name": name, "dtype": f"DT_{spec.dtype.name.upper()}".replace("DT_FLOAT32", "DT_FLOAT"),
+            "tensorShape": {"dim": dims}}
+
+
+def converter_settings(target: Any) -> dict[str, Any]:
+    """The settings this target maps to (recorded in the manifest)."""
+    return {"converter": "deploykit graph-model writer (frozen SavedModel + Grappler)", "weights": target.weights,
+            **target.options}
+
+
+def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
+    """Write ``model`` as a TF.js graph model: ``out_path`` (model.json) plus shards beside it.
+
+    Returns:
+        The settings used; ``external_data_files`` lists the shard files.
+
+    Raises:
+        ConversionError: an op the TF.js runtime cannot execute, or a constant it cannot hold.
+    """
+    from google.protobuf.json_format import MessageToDict
+
+    from deploykit import __version__
+    from deploykit._quiet import import_tensorflow
+    from deploykit.converters import graph_optimize
+    from deploykit.converters.tfjs_weights import encode, write_shards
+
+    tf = import_tensorflow()
+    opts = target.options
+    settings = converter_settings(target)
+    try:
+        graph = graph_optimize.optimize(model.saved_model_dir(), fuse=opts["fuse"])
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"{target.name}: freezing the serving function failed: {' '.join(str(exc).split())[:300]}") from None
+    gd = graph.graph_def
+    check_ops(gd, target.name)
+
+    encoded = []
+    for node in gd.node:
+        for key in [k for k in node.attr if k.startswith("_")]:
+            del node.attr[key]  # e.g. _output_shapes: not read by the runtime
+        if node.op != "Const":
+            continue
+        value = tf.make_ndarray(node.attr["value"].tensor)
+        weight = encode(node.name, value, target.weights)
+        encoded.append(weight)
+        dtype = {"float32": tf.float32, "int32": tf.int32, "bool": tf.bool}[weight.entry["dtype"]]
+        shape = type(node.attr["value"].tensor.tensor_shape)()
+        shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
+        node.attr["value"].tensor.Clear()  # the value lives in the shards; dtype and shape stay
+        node.attr["value"].tensor.dtype = dtype.as_datatype_enum
+        node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
+        node.attr["dtype"].type = dtype.as_datatype_enum
+        del node.input[:]  # control inputs of constants mean nothing once values are weights
+
+    out_path = Path(out_path)
+    manifest, shard_names = write_shards(encoded, out_path.parent, opts["shard_size_bytes"])
+    model_json = {
+        "format": "graph-model",
+        "generatedBy": tf.__version__,
+        "convertedBy": f"deploykit {__version__}",
+        "modelTopology": MessageToDict(gd),
+        "weightsManifest": manifest,
+        "signature": {
+            "inputs": {k: _tensor_info(t, s) for k, (t, s) in graph.inputs.items()},
+            "outputs": {k: _tensor_info(t, s) for k, (t, s) in graph.outputs.items()},
+        },
+    }
+    out_path.write_text(json.dumps(model_json, separators=(",", ":")))
+    settings.update(
+        {
+            "external_data_files": shard_names,
+            "input_names": list(graph.inputs),
+            "output_names": list(graph.outputs),
+            "fused_ops": graph.fusions,
+            "weight_bytes": sum(len(e.data) for e in encoded),
+            "ops": len(gd.node),
+        }
+    )
+    return settings

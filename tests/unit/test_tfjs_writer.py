@@ -1,0 +1,104 @@
+"""The TF.js writer's pieces that need no JavaScript runtime: weight encoding,
+zero-preserving affine quantization, the rank-1 bias fusion rules and the op check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deploykit.converters import tfjs, tfjs_weights
+from deploykit.converters.graph_optimize import _per_channel
+from deploykit.errors import ConversionError
+
+
+@pytest.mark.parametrize("dtype,levels", [("uint8", 255), ("uint16", 65535)])
+def test_affine_quantization_error_is_half_a_step(dtype, levels):
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (3, 3, 8, 16)).astype(np.float32)
+    q, lo, scale = tfjs_weights.quantize_affine(w, dtype)
+    assert q.dtype == np.dtype(dtype) and q.shape == w.shape
+    restored = q.astype(np.float64) * scale + lo  # what the TF.js loader computes
+    assert np.abs(restored - w).max() <= scale / 2 + 1e-7
+    assert scale == pytest.approx((w.max() - w.min()) / levels, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_affine_quantization_keeps_pruned_zeros_exactly_zero(dtype):
+    rng = np.random.default_rng(1)
+    w = rng.normal(0.2, 0.5, (64, 32)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0.0
+    q, lo, scale = tfjs_weights.quantize_affine(w, dtype)
+    restored = q.astype(np.float64) * scale + lo
+    assert np.all(restored[w == 0] == 0.0)
+    assert (restored == 0).sum() >= (w == 0).sum()
+
+
+def test_constant_and_all_positive_tensors_round_trip():
+    q, lo, scale = tfjs_weights.quantize_affine(np.full((4,), 0.75, np.float32), "uint8")
+    assert np.all(q * scale + lo == 0.75)
+    w = np.linspace(0.5, 1.0, 50, dtype=np.float32)  # range without 0: plain min/max
+    q, lo, scale = tfjs_weights.quantize_affine(w, "uint8")
+    assert lo == pytest.approx(0.5) and np.abs(q * scale + lo - w).max() <= scale / 2 + 1e-7
+
+
+def test_encode_sizes_and_manifest_fields():
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert len(tfjs_weights.encode("w", w, "float32").data) == 48
+    fp16 = tfjs_weights.encode("w", w, "float16")
+    assert len(fp16.data) == 24 and fp16.entry["quantization"]["dtype"] == "float16"
+    u8 = tfjs_weights.encode("w", w, "uint8")
+    assert len(u8.data) == 12 and set(u8.entry["quantization"]) >= {"dtype", "min", "scale"}
+    assert tfjs_weights.encode("w", w, "uint16").entry["dtype"] == "float32"  # logical dtype stays
+    # integer constants (shapes, indices) are never quantized; int64 becomes int32
+    ints = tfjs_weights.encode("shape", np.array([1, -1], np.int64), "uint8")
+    assert ints.entry == {"name": "shape", "shape": [2], "dtype": "int32"} and len(ints.data) == 8
+
+
+def test_encode_refuses_what_tfjs_cannot_hold():
+    with pytest.raises(ConversionError, match="int32"):
+        tfjs_weights.encode("big", np.array([2**40], np.int64), "float32")
+    with pytest.raises(ConversionError, match="dtype"):
+        tfjs_weights.encode("c", np.array([1 + 2j]), "float32")
+
+
+def test_shards_split_at_the_size_and_concatenate_back(tmp_path):
+    rng = np.random.default_rng(2)
+    encoded = [tfjs_weights.encode(f"w{i}", rng.normal(size=(100,)).astype(np.float32), "float32") for i in range(5)]
+    manifest, names = tfjs_weights.write_shards(encoded, tmp_path, shard_bytes=1024)
+    assert names == [f"group1-shard{i}of2.bin" for i in (1, 2)]
+    assert manifest[0]["paths"] == names and [w["name"] for w in manifest[0]["weights"]] == [f"w{i}" for i in range(5)]
+    blob = b"".join((tmp_path / n).read_bytes() for n in names)
+    assert blob == b"".join(e.data for e in encoded)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize(
+    "shape,ok",
+    [((), True), ((1,), True), ((8,), True), ((1, 1, 1, 8), True), ((1, 8), True),
+     ((8, 1), False), ((2, 8), False), ((1, 1, 2, 4), False), ((4,), False)],
+)
+def test_only_per_channel_vectors_become_a_rank1_bias(shape, ok):
+    value = np.ones(shape, np.float32)
+    result = _per_channel(value, 8)
+    assert (result is not None) == ok
+    if ok:
+        assert result.shape == (8,)
+
+
+def test_op_check_names_ops_and_suggests(monkeypatch, tmp_path):
+    from tensorflow.core.framework import graph_pb2
+
+    gd = graph_pb2.GraphDef()
+    gd.node.add(name="x", op="Placeholder")
+    gd.node.add(name="StatefulPartitionedCall/text_vectorization/StringSplitV2", op="StringSplitV2")
+    gd.node.add(name="y", op="Relu")
+    with pytest.raises(ConversionError) as info:
+        tfjs.check_ops(gd, "tfjs-fp32")
+    msg = str(info.value)
+    assert "StringSplitV2" in msg and "text_vectorization" in msg and "Relu" not in msg
+    assert "JavaScript" in msg and "\n" not in msg
+
+
+def test_supported_op_list_covers_the_fused_ops_we_emit():
+    ops = tfjs.supported_ops()
+    assert {"_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedMatMul", "Const", "Placeholder"} <= ops
