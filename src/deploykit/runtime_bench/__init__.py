@@ -22,9 +22,10 @@ RUNNERS: dict[str, str] = {
     "litert": "deploykit.runtime_bench.litert:LiteRTRunner",
     "onnxruntime": "deploykit.runtime_bench.onnxruntime:ORTRunner",
     "tflm": "deploykit.runtime_bench.tflm:TFLMRunner",
+    "tfjs": "deploykit.runtime_bench.tfjs:TFJSRunner",
 }
 
-SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime"}
+SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime", ".json": "tfjs"}
 
 
 def get_runner(runtime: str, path: str | Path, threads: int) -> Any:
@@ -39,8 +40,13 @@ def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, ite
     """Time ``iterations`` invocations after ``warmup`` untimed ones; inputs set once.
 
     Only ``invoke`` is inside the timed region, as in LiteRT's benchmark_model.
+    Runners whose runtime lives in another process (TF.js in Node) time themselves
+    with ``timed_samples``, so the pipe is not in the samples.
     """
     runner.set_inputs(inputs)
+    if hasattr(runner, "timed_samples"):
+        samples = runner.timed_samples(warmup, iterations)
+        return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
     for _ in range(warmup):
         runner.invoke()
     samples = []
@@ -78,7 +84,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     """Benchmark an existing artifact on its runtime.
 
     Args:
-        path: The artifact (``.tflite``).
+        path: The artifact (``.tflite``, ``.onnx``, or a TF.js ``model.json``).
         threads: Runtime threads.
         warmup: Untimed runs first.
         iterations: Timed runs.
