@@ -1,0 +1,753 @@
+"""Pruning-aware fine-tuning for Keras 3 and tf_keras models.
+
+Magnitude pruning: during a short fine-tuning run, the lowest-magnitude weights
+of every prunable kernel are zeroed following a schedule, then kept at zero,
+so the model learns to live without them. Zeros compress (gzip, and TFLite's
+sparse formats), and survive int8 quantization (a zero weight quantizes to the
+zero point, which is 0 for symmetric weights).
+
+Two paths, one semantics:
+
+* **tf_keras models** go through tensorflow-model-optimization: every prunable
+  layer is wrapped with ``prune_low_magnitude`` through
+  ``tf_keras.models.clone_model(clone_function=...)`` (wrapping the whole model
+  fails on preprocessing layers such as Rescaling), trained with
+  ``UpdatePruningStep``, and the wrappers removed with ``strip_pruning``.
+  Layers are re-created from their configs and their weights copied, so the
+  caller's model is never touched.
+* **Keras 3 models** cannot go through tfmot (it only wraps tf_keras layers).
+  Rebuilding a Keras 3 model in tf_keras would lose whatever tf_keras cannot
+  represent (Keras 3-only layers, custom layers, some preprocessing), so we
+  prune the Keras 3 model itself, natively: a clone of it (same layers, names,
+  preprocessing and outputs; the caller's object is left alone) gets one binary
+  mask per prunable kernel. A callback updates the masks at the schedule's
+  steps with tfmot's rules (:mod:`deploykit.optimize.schedule`,
+  :mod:`deploykit.optimize.structure`), and the mask is set as the kernel
+  variable's ``constraint``, which Keras 3 optimizers apply right after every
+  update inside the compiled train step: pruned weights are exactly 0 after
+  every step, at no per-batch Python cost. (tfmot masks in the forward pass
+  instead, so a pruned weight may regrow between mask updates; here it cannot.)
+
+Fine-tuning uses the model's compiled loss and metrics (a saved, compiled
+model) or the ``loss``/``metrics`` arguments, and a *fresh* optimizer: the
+compiled class and learning rate, or Adam at 1e-3, or ``learning_rate``. The
+old optimizer's moments belong to the dense weights; pruning fine-tuning
+usually wants a learning rate at or below the original one, so pass
+``learning_rate`` when the model was trained with a large one.
+
+Early stopping watches validation accuracy only in epochs that ended at the
+final sparsity (before that, accuracy falls as the sparsity rises and the
+weights are not at the target); the best such epoch is restored, masks
+included, so the achieved sparsity is always the requested one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from deploykit.errors import DataError, UserError
+from deploykit.optimize import schedule as _schedule
+from deploykit.optimize import structure as _structure
+
+KERAS3_PATH = "keras3-native-masks"
+TFMOT_PATH = "tfmot"
+DEFAULT_EPOCHS = 4
+DEFAULT_LEARNING_RATE = 1e-3
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (same kind as the input, no wrappers) and a JSON-able report."""
+
+    model: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Kernel:
+    layer: str
+    layer_class: str
+    weight: str
+    variable: Any
+    shape: tuple[int, ...]
+    mask: np.ndarray | None = None
+    mask_var: Any = None
+    saved_constraint: Any = None
+
+
+# ----------------------------------------------------------------------------- helpers
+def _framework(model: Any) -> str:
+    from deploykit.models import _is_keras_model
+
+    kind = _is_keras_model(model)
+    if kind is None:
+        raise UserError(
+            f"prune() takes an in-memory Keras 3 or tf_keras model, got a {type(model).__name__}; "
+            "load it first (deploykit.models.load_model(path).keras_model)"
+        )
+    return kind
+
+
+def _walk(model: Any) -> list[Any]:
+    """Layers in order, nested models flattened (their layers are the model's layers too)."""
+    out = []
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers") and getattr(layer, "layers", None) and ".preprocessing." not in type(layer).__module__:
+            out.extend(_walk(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def _is_builtin(layer: Any, kind: str) -> bool:
+    mod = type(layer).__module__
+    return mod.startswith("keras.") if kind == "keras3" else mod.startswith("tf_keras.")
+
+
+def _is_preprocessing(layer: Any) -> bool:
+    return ".preprocessing." in type(layer).__module__
+
+
+def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) -> tuple[list[_Kernel], list[dict[str, str]]]:
+    """Prunable kernels and the layers that stay dense, with reasons."""
+    kernels: list[_Kernel] = []
+    skipped: list[dict[str, str]] = []
+    for layer in _walk(model):
+        cls = type(layer).__name__
+        if cls == "InputLayer":
+            continue
+
+        def skip(reason: str) -> None:
+            skipped.append({"layer": layer.name, "class": cls, "reason": reason})
+
+        if _is_preprocessing(layer):
+            skip("preprocessing layer: kept exact, not pruned")
+            continue
+        if hasattr(layer, "get_prunable_weights"):
+            pairs = [(getattr(v, "path", None) or v.name, v) for v in layer.get_prunable_weights()]
+        elif _is_builtin(layer, kind) and cls in _structure.PRUNABLE_WEIGHTS:
+            pairs = [(w, getattr(layer, w, None)) for w in _structure.PRUNABLE_WEIGHTS[cls]]
+        elif _is_builtin(layer, kind) and cls in _structure.DENSE_ON_PURPOSE:
+            skip(_structure.DENSE_ON_PURPOSE[cls])
+            continue
+        elif not _is_builtin(layer, kind):
+            skip("custom layer: not a built-in Keras layer and has no get_prunable_weights()")
+            continue
+        else:
+            skip("no prunable kernel" if layer.weights else "no weights")
+            continue
+        if not pairs or any(v is None or not hasattr(v, "assign") for _, v in pairs):
+            skip("kernel is not a plain variable (quantized or LoRA layer?)")
+            continue
+        problems = [_structure.structure_problem(tuple(int(d) for d in v.shape), structure, block_size) for _, v in pairs]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            skip(problem)
+            continue
+        for name, var in pairs:
+            kernels.append(_Kernel(layer.name, cls, str(name).split("/")[-1].split(":")[0], var, tuple(int(d) for d in var.shape)))
+    return kernels, skipped
+
+
+def _to_dataset(data: Any, model: Any, role: str):
+    from deploykit.data import Dataset, load_data
+    from deploykit.models import load_model
+
+    if isinstance(data, Dataset):
+        return data
+    return load_data(data, load_model(model).inputs, role=role)
+
+
+def _loss_name(loss: Any) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, dict):
+        return str(loss.get("class_name", loss.get("config", {}).get("name", "")))
+    return str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+
+
+def _needs_one_hot(loss: Any) -> bool:
+    name = _loss_name(loss).lower().replace("_", "")
+    return "categorical" in name and "sparse" not in name
+
+
+def read_compile_config(path: str | Path) -> dict[str, Any] | None:
+    """The compile settings saved in a ``.keras``/``.h5`` file (None when saved without ``compile()``).
+
+    deploykit loads models with ``compile=False`` (no custom objects needed for
+    inference); this reads what ``compile()`` had set without deserializing it.
+    Returns ``{"optimizer": serialized, "loss": ..., "metrics": [...]}``.
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as zf:
+                config = json.loads(zf.read("config.json"))
+            cfg = config.get("compile_config")
+            return cfg or None
+        if path.suffix.lower() in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as fh:
+                raw = fh.attrs.get("training_config")
+            if raw is None:
+                return None
+            tc = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+            opt = tc.get("optimizer_config")
+            if isinstance(opt, dict) and isinstance(opt.get("class_name"), str):
+                opt = {**opt, "class_name": opt["class_name"].split(">")[-1]}
+            return {"optimizer": opt, "loss": tc.get("loss"), "metrics": tc.get("metrics")}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _model_compile_config(model: Any, kind: str) -> dict[str, Any] | None:
+    compiled = getattr(model, "compiled", None) if kind == "keras3" else getattr(model, "_is_compiled", False)
+    if not compiled or getattr(model, "optimizer", None) is None:
+        return None
+    try:
+        return model.get_compile_config()
+    except Exception:  # noqa: BLE001 - an odd compile state: treat as not compiled
+        return None
+
+
+def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: Any, optimizer: Any,
+                    learning_rate: float | None) -> tuple[Any, Any, list, str]:
+    """(loss, optimizer, metrics, where the settings came from)."""
+    km = _keras_module(kind)
+    source = "arguments"
+    cfg_loss = (compile_config or {}).get("loss")
+    if loss is None and cfg_loss is not None:
+        if isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss):
+            raise UserError("the model was compiled with one loss per output; pruning fine-tunes single-output "
+                            "models, pass loss=... (--loss) for its output")
+        loss = cfg_loss
+        source = "model compile config"
+    if loss is None:
+        raise UserError("model was saved without compile(); pass loss=... (--loss), e.g. sparse_categorical_crossentropy")
+    if isinstance(loss, dict):
+        loss = km.losses.deserialize(loss)
+    if metrics is None:
+        cfg_metrics = (compile_config or {}).get("metrics") or []
+        metrics = [m for m in cfg_metrics if isinstance(m, str)] if isinstance(cfg_metrics, list) else []
+    metrics = list(metrics or [])
+    if optimizer is None and compile_config and isinstance(compile_config.get("optimizer"), dict):
+        opt_cfg = {**compile_config["optimizer"], "config": dict(compile_config["optimizer"].get("config", {}))}
+        if learning_rate is not None:
+            opt_cfg["config"]["learning_rate"] = float(learning_rate)
+        try:
+            optimizer = km.optimizers.deserialize(opt_cfg)
+        except Exception:  # noqa: BLE001 - unknown optimizer class: fall back to Adam
+            optimizer = None
+    elif isinstance(optimizer, str):
+        optimizer = km.optimizers.get(optimizer)
+        if learning_rate is not None:
+            optimizer.learning_rate = float(learning_rate)
+    elif optimizer is not None:  # an optimizer object: use a fresh copy of it
+        optimizer = optimizer.__class__.from_config(optimizer.get_config())
+        if learning_rate is not None:
+            optimizer.learning_rate = float(learning_rate)
+    if optimizer is None:
+        optimizer = km.optimizers.Adam(learning_rate=float(learning_rate) if learning_rate is not None else DEFAULT_LEARNING_RATE)
+    return loss, optimizer, metrics, source
+
+
+def _keras_module(kind: str) -> Any:
+    if kind == "keras3":
+        import keras
+
+        return keras
+    import tf_keras
+
+    return tf_keras
+
+
+def _lr_value(optimizer: Any) -> Any:
+    lr = getattr(optimizer, "learning_rate", None)
+    try:
+        return float(np.asarray(lr))
+    except (TypeError, ValueError):
+        return str(type(lr).__name__)
+
+
+def _predict(model: Any, xs: list[np.ndarray]) -> np.ndarray:
+    out = model.predict(xs[0] if len(xs) == 1 else xs, batch_size=256, verbose=0)
+    if isinstance(out, dict):
+        out = out[sorted(out)[0]]
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return np.asarray(out)
+
+
+def _accuracy(model: Any, xs: list[np.ndarray], y: np.ndarray) -> float:
+    pred = _predict(model, xs)
+    if pred.ndim >= 2 and pred.shape[-1] > 1:
+        labels = pred.reshape(len(pred), -1).argmax(axis=1)
+    else:
+        labels = (pred.reshape(len(pred)) > 0.5).astype(np.int64)
+    return float(np.mean(labels == y))
+
+
+def _weights_summary(model: Any) -> dict[str, int]:
+    arrays = [np.asarray(w, dtype=np.float32).reshape(-1) for w in model.get_weights()]
+    blob = b"".join(a.tobytes() for a in arrays)
+    return {
+        "parameters": int(sum(a.size for a in arrays)),
+        "zeros": int(sum(int(np.count_nonzero(a == 0)) for a in arrays)),
+        "raw_bytes": len(blob),
+        "gzip_bytes": len(gzip.compress(blob, compresslevel=6, mtime=0)),
+    }
+
+
+def _split(train, validation_data, validation_split: float, seed: int):
+    from deploykit.data import Dataset
+
+    if validation_data is not None:
+        return train, validation_data
+    n = len(train)
+    if not 0.0 < validation_split < 1.0:
+        raise UserError(f"validation_split must be in (0, 1), got {validation_split}; or pass validation_data")
+    n_val = max(1, int(round(n * validation_split)))
+    if n - n_val < 1:
+        raise DataError(f"train data has {n} sample(s): too few to hold out validation data; pass validation_data or more samples")
+    order = np.random.default_rng(seed).permutation(n)
+    val_i, tr_i = order[:n_val], order[n_val:]
+    return (Dataset([a[tr_i] for a in train.x], train.y[tr_i], train.source),
+            Dataset([a[val_i] for a in train.x], train.y[val_i], f"{train.source} (held out {validation_split:.0%})"))
+
+
+def _make_tracker(base: type, state: "_TrainState") -> Any:
+    """A Keras callback (of the model's own Keras) that counts steps, logs epochs, stops early."""
+
+    class _Tracker(base):  # type: ignore[misc, valid-type]
+        def on_train_batch_end(self, batch, logs=None):
+            state.step += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            state.end_epoch(epoch, logs or {})
+            if state.stop:
+                self.model.stop_training = True
+
+    return _Tracker()
+
+
+class _TrainState:
+    """Per-epoch bookkeeping shared by both paths."""
+
+    def __init__(self, model, sched, structure, epochs, val, patience, progress, snapshot, restore, current):
+        self.model, self.sched, self.structure, self.epochs = model, sched, structure, epochs
+        self.val, self.patience, self.progress = val, patience, progress
+        self.snapshot, self.restore, self.current = snapshot, restore, current
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, Any] | None = None  # (accuracy, epoch, snapshot)
+        self.wait = 0
+        self.stop = False
+
+    def at_target(self) -> bool:
+        if self.structure == "2:4":
+            return self.step >= 1
+        return self.step >= self.sched.target_reached_step
+
+    def end_epoch(self, epoch: int, logs: dict) -> None:
+        acc = _accuracy(self.model, self.val.x, self.val.y)
+        at_target = self.at_target()
+        entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))),
+                 "val_accuracy": acc, "sparsity": self.current(), "at_target": at_target}
+        entry.update({k: float(v) for k, v in logs.items() if k != "loss" and np.ndim(v) == 0})
+        self.history.append(entry)
+        self.progress(f"prune epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, val acc {acc:.4f}, "
+                      f"sparsity {entry['sparsity']:.1%}{'' if at_target else ' (ramping up)'}")
+        if not at_target:
+            return
+        if self.best is None or acc > self.best[0]:
+            self.best = (acc, epoch + 1, self.snapshot())
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.patience is not None and self.wait >= self.patience:
+                self.stop = True
+
+
+# ----------------------------------------------------------------------------- Keras 3 path
+class _Keras3Masks:
+    """Masks of a Keras 3 model's kernels, applied by the optimizer through variable constraints."""
+
+    def __init__(self, kernels: list[_Kernel], structure: str, block_size: tuple[int, int]):
+        import keras
+
+        self.kernels, self.structure, self.block_size = kernels, structure, block_size
+        self.sparsity = 0.0
+        for k in kernels:
+            k.mask = np.ones(k.shape, dtype=np.float32)
+            k.mask_var = keras.Variable(np.ones(k.shape, dtype=k.variable.dtype), trainable=False,
+                                        dtype=k.variable.dtype, name=f"{k.layer}_{k.weight}_prune_mask")
+            k.saved_constraint = k.variable.constraint
+            k.variable.constraint = _MaskConstraint(k.mask_var, k.saved_constraint)
+
+    def update(self, sparsity: float) -> None:
+        for k in self.kernels:
+            w = np.asarray(k.variable.numpy())
+            k.mask = _structure.make_mask(w, sparsity, self.structure, self.block_size).astype(np.float32)
+            k.mask_var.assign(k.mask.astype(w.dtype))
+            k.variable.assign(w * k.mask.astype(w.dtype))
+        self.sparsity = 0.5 if self.structure == "2:4" else float(sparsity)
+
+    def release(self) -> None:
+        for k in self.kernels:
+            k.variable.constraint = k.saved_constraint
+            w = np.asarray(k.variable.numpy())
+            k.variable.assign(w * k.mask.astype(w.dtype))
+
+
+class _MaskConstraint:
+    """``w -> inner(w) * mask``: runs inside the optimizer's update, so pruned weights stay exactly 0."""
+
+    def __init__(self, mask_var: Any, inner: Any):
+        self.mask_var, self.inner = mask_var, inner
+
+    def __call__(self, w: Any) -> Any:
+        from keras import ops
+
+        if self.inner is not None:
+            w = self.inner(w)
+        return ops.multiply(w, self.mask_var)
+
+
+def _clone_keras3(model: Any) -> tuple[Any, bool]:
+    import keras
+
+    try:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone, False
+    except Exception:  # noqa: BLE001 - e.g. a subclassed model without get_config: prune it in place
+        return model, True
+
+
+def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
+                patience, progress, seed):
+    import keras
+
+    masks = _Keras3Masks(kernels, structure, block_size)
+    final = sched.final_sparsity
+
+    class _MaskUpdates(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.step += 1
+            if structure == "2:4":
+                if self.step == 1:
+                    masks.update(0.5)
+                return
+            should, sparsity = sched(self.step)
+            if should:
+                masks.update(sparsity)
+
+    def snapshot():
+        return [np.array(v.numpy()) for v in model.weights], [k.mask.copy() for k in kernels]
+
+    def restore(snap):
+        for v, value in zip(model.weights, snap[0]):
+            v.assign(value)
+        for k, m in zip(kernels, snap[1]):
+            k.mask = m
+            k.mask_var.assign(m.astype(k.variable.dtype))
+
+    train, val = data
+    state = _TrainState(model, sched, structure, epochs, val, patience, progress, snapshot, restore, lambda: masks.sparsity)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    y = _labels_for(loss, train.y, model)
+    try:
+        model.fit(train.x[0] if len(train.x) == 1 else train.x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+                  verbose=0, callbacks=[_MaskUpdates(), _make_tracker(keras.callbacks.Callback, state)])
+        forced = False
+        if state.best is not None:
+            restore(state.best[2])
+        else:  # the schedule never reached the target (cannot happen with make_schedule): apply it now
+            masks.update(0.5 if structure == "2:4" else final)
+            forced = True
+    finally:
+        masks.release()
+    return state, forced
+
+
+def _labels_for(loss: Any, y: np.ndarray, model: Any) -> np.ndarray:
+    if not _needs_one_hot(loss):
+        return y
+    classes = int(model.outputs[0].shape[-1])
+    return np.eye(classes, dtype=np.float32)[y]
+
+
+# ----------------------------------------------------------------------------- tf_keras path
+def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
+                  patience, progress, seed):
+    """Wrap, train and strip with tfmot; return (stripped model, state, forced)."""
+    import tf_keras
+
+    from deploykit.optimize._tfmot import import_tfmot
+
+    tfmot = import_tfmot()
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+    prune_layers = {k.layer for k in kernels}
+    params: dict[str, Any] = {"pruning_schedule": sched.to_tfmot(tfmot)}
+    if structure == "2:4":
+        params["sparsity_m_by_n"] = _structure.M_BY_N
+    elif structure == "block":
+        params["block_size"] = tuple(block_size)
+        params["block_pooling_type"] = "AVG"
+
+    def clone_fn(layer):
+        if isinstance(layer, tf_keras.Model):
+            return tf_keras.models.clone_model(layer, clone_function=clone_fn)
+        fresh = layer.__class__.from_config(layer.get_config())
+        if layer.name in prune_layers:
+            return tfmot.sparsity.keras.prune_low_magnitude(fresh, **params)
+        return fresh
+
+    wrapped = tf_keras.models.clone_model(model, clone_function=clone_fn)
+    by_name = {}
+    for layer in _walk(wrapped):
+        inner = getattr(layer, "layer", layer) if isinstance(layer, PruneLowMagnitude) else layer
+        by_name[inner.name] = inner
+    for layer in _walk(model):
+        if layer.weights and layer.name in by_name:
+            by_name[layer.name].set_weights(layer.get_weights())
+    wrappers = [l for l in _walk(wrapped) if isinstance(l, PruneLowMagnitude)]
+
+    def current() -> float:
+        if structure == "2:4":
+            return 0.5 if state.step >= 1 else 0.0
+        last = 0.0
+        # the sparsity of the last mask update so far (replaying the schedule is cheap: ints)
+        s = state.sched
+        first = max(1, s.begin_step)
+        for step in range(first, state.step + 1):
+            should, value = s(step)
+            if should:
+                last = value
+        return last
+
+    def snapshot():
+        return wrapped.get_weights()
+
+    def restore(snap):
+        wrapped.set_weights(snap)
+
+    train, val = data
+    state = _TrainState(wrapped, sched, structure, epochs, val, patience, progress, snapshot, restore, current)
+    wrapped.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    y = _labels_for(loss, train.y, model)
+    wrapped.fit(train.x[0] if len(train.x) == 1 else train.x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+                verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), _make_tracker(tf_keras.callbacks.Callback, state)])
+    forced = False
+    if state.best is not None:
+        restore(state.best[2])
+    for w in wrappers:
+        w.pruning_obj.weight_mask_op()  # weights = weights * mask, eagerly
+    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    if state.best is None:  # never reached the target: apply the final masks ourselves
+        final_kernels, _ = _plan(stripped, "tf_keras", structure, block_size)
+        for k in final_kernels:
+            if k.layer in prune_layers:
+                w = np.asarray(k.variable.numpy())
+                k.variable.assign(w * _structure.make_mask(w, sched.final_sparsity, structure, block_size))
+        forced = True
+    return stripped, state, forced
+
+
+# ----------------------------------------------------------------------------- report
+def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str) -> list[dict[str, Any]]:
+    layers = {l.name: l for l in _walk(model)}
+    out: dict[str, dict[str, Any]] = {}
+    for k in kernels:
+        layer = layers[k.layer]
+        var = getattr(layer, k.weight, None)
+        if var is None:  # get_prunable_weights() kernels: find by name
+            var = next(v for v in layer.weights if (getattr(v, "path", None) or v.name).split("/")[-1].split(":")[0] == k.weight)
+        w = np.asarray(var.numpy())
+        zeros = int(np.count_nonzero(w == 0))
+        entry = out.setdefault(k.layer, {"name": k.layer, "class": k.layer_class, "structure": structure,
+                                          "target_sparsity": target, "kernels": []})
+        entry["kernels"].append({"weight": k.weight, "shape": list(w.shape), "size": int(w.size), "zeros": zeros,
+                                 "achieved_sparsity": zeros / w.size if w.size else 0.0})
+    for entry in out.values():
+        size = sum(k["size"] for k in entry["kernels"])
+        entry["achieved_sparsity"] = sum(k["zeros"] for k in entry["kernels"]) / size if size else 0.0
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------- API
+def prune(
+    model: Any,
+    train_data: Any,
+    *,
+    sparsity: float | None = None,
+    schedule: str = "polynomial",
+    structure: str = "unstructured",
+    block_size: Sequence[int] = (1, 4),
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 32,
+    validation_data: Any = None,
+    validation_split: float = 0.1,
+    patience: int | None = 2,
+    loss: Any = None,
+    metrics: Sequence[Any] | None = None,
+    optimizer: Any = None,
+    learning_rate: float | None = None,
+    compile_config: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+) -> PruneResult:
+    """Prune a Keras 3 or tf_keras classifier by magnitude while fine-tuning it.
+
+    Args:
+        model: In-memory Keras 3 or tf_keras model (not modified; a pruned copy is returned).
+        train_data: :class:`deploykit.data.Dataset` with labels, or anything
+            :func:`deploykit.data.load_data` accepts (``.npz`` path, ``(x, y)``...).
+        sparsity: Fraction of each prunable kernel's weights to zero, in (0, 1).
+            Required for ``unstructured`` and ``block``; ``2:4`` is always 0.5.
+        schedule: ``polynomial`` (tfmot PolynomialDecay from 0, power 3) or ``constant``.
+        structure: ``unstructured``, ``2:4`` (2 zeros in every 4 input-channel weights)
+            or ``block`` (blocks of ``block_size`` in rank-2 kernels).
+        block_size: Block (rows, cols) of the kernel for ``block``.
+        epochs: Fine-tuning epochs; the sparsity ramps up over the first two thirds.
+        batch_size: Training batch size.
+        validation_data: Labelled data for accuracy and early stopping; default:
+            ``validation_split`` of ``train_data`` held out.
+        validation_split: Fraction held out when ``validation_data`` is None.
+        patience: Epochs at the final sparsity without a better validation accuracy
+            before stopping; None never stops early.
+        loss, metrics: Used when the model carries no compile settings.
+        optimizer: Optimizer (name or object; a fresh copy is used). Default: the
+            compiled optimizer's class and learning rate, else Adam.
+        learning_rate: Overrides the optimizer's learning rate (default 1e-3 for Adam).
+        compile_config: Compile settings of the saved model (:func:`read_compile_config`);
+            default: the in-memory model's own, when it is compiled.
+        progress: Called with one line per epoch.
+        seed: Seeds the split, the shuffling and Keras.
+
+    Returns:
+        :class:`PruneResult` with ``.model`` (same Keras as the input, no wrappers, same
+        layer names, preprocessing and outputs) and ``.report`` (JSON-able dict).
+
+    Raises:
+        UserError: sparsity outside (0, 1), unknown schedule or structure, no layer
+            can be pruned, no loss known. Raised before any training.
+        DataError: train or validation data without labels, or too few samples.
+
+    Example:
+        >>> from deploykit.optimize.prune import prune
+        >>> result = prune(model, (x_train, y_train), sparsity=0.8, epochs=4)
+        >>> result.report["totals"]["gzip_bytes_after"]
+    """
+    progress = progress or (lambda msg: None)
+    kind = _framework(model)
+    bs = _structure.check_structure(structure, block_size)
+    if schedule not in _schedule.SCHEDULES:
+        raise UserError(f"unknown pruning schedule {schedule!r}; choose one of: {', '.join(_schedule.SCHEDULES)}")
+    if structure == "2:4":
+        if sparsity is not None and not math.isclose(float(sparsity), 0.5):
+            raise UserError(f"2:4 structure prunes exactly 50% of each kernel; sparsity {sparsity} conflicts, leave it unset or 0.5")
+        sparsity = 0.5
+    if sparsity is None:
+        raise UserError("pass sparsity=... (--prune), the fraction of weights to zero, e.g. 0.8")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
+        raise UserError(f"sparsity must be a fraction in (0, 1), got {sparsity!r}; e.g. 0.8 zeroes 80% of the weights")
+    sparsity = float(sparsity)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 0):
+        raise UserError(f"patience must be a non-negative integer or None, got {patience!r}")
+    if learning_rate is not None and not float(learning_rate) > 0:
+        raise UserError(f"learning_rate must be > 0, got {learning_rate!r}")
+    if len(getattr(model, "outputs", None) or [None]) != 1:
+        raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
+
+    train = _to_dataset(train_data, model, "train data")
+    if train.y is None:
+        raise DataError(f"train data {train.source} has no labels 'y'; pruning fine-tunes the model and needs them")
+    val = _to_dataset(validation_data, model, "validation data") if validation_data is not None else None
+    if val is not None and val.y is None:
+        raise DataError(f"validation data {val.source} has no labels 'y'; accuracy needs them")
+    classes = int((model.outputs[0].shape or [0])[-1] or 0)
+    from deploykit.data import check_label_range
+
+    check_label_range(train, classes if classes > 1 else None)
+    train, val = _split(train, val, validation_split, seed)
+
+    kernels, skipped = _plan(model, kind, structure, bs)
+    if not kernels:
+        why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
+        raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
+    cfg = compile_config if compile_config is not None else _model_compile_config(model, kind)
+    loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
+
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    sched = _schedule.make_schedule(schedule, sparsity, steps_per_epoch, epochs)
+    km = _keras_module(kind)
+    km.utils.set_random_seed(seed)
+
+    acc_before = _accuracy(model, val.x, val.y)
+    before = _weights_summary(model)
+    args = (sched, structure, bs, (train, val), loss_fn, opt, metric_list, epochs, batch_size, patience, progress, seed)
+    in_place = False
+    if kind == "keras3":
+        work, in_place = _clone_keras3(model)
+        work_kernels, _ = _plan(work, kind, structure, bs)
+        state, forced = _fit_keras3(work, work_kernels, *args)
+        pruned = work
+        path_taken = KERAS3_PATH
+    else:
+        pruned, state, forced = _fit_tf_keras(model, kernels, *args)
+        path_taken = TFMOT_PATH
+    after = _weights_summary(pruned)
+    acc_after = _accuracy(pruned, val.x, val.y)
+    layers = _layer_report(pruned, kind, kernels, sparsity, structure)
+
+    report = {
+        "path": path_taken,
+        "framework": kind,
+        "in_place": in_place,
+        "settings": {
+            "sparsity": sparsity, "schedule": sched.to_dict(), "structure": structure,
+            "block_size": list(bs) if structure == "block" else None, "epochs": epochs, "batch_size": batch_size,
+            "patience": patience, "learning_rate": _lr_value(opt), "optimizer": type(opt).__name__,
+            "loss": _loss_name(loss_fn), "metrics": [str(m) for m in metric_list],
+            "training_settings_from": settings_source, "seed": seed, "steps_per_epoch": steps_per_epoch,
+            "train_samples": len(train), "validation_samples": len(val), "validation_source": val.source,
+        },
+        "layers": layers,
+        "skipped": skipped,
+        "totals": {
+            "parameters": after["parameters"],
+            "pruned_parameters": int(sum(k["size"] for l in layers for k in l["kernels"])),
+            "zeros_before": before["zeros"], "zeros_after": after["zeros"],
+            "raw_bytes_before": before["raw_bytes"], "raw_bytes_after": after["raw_bytes"],
+            "gzip_bytes_before": before["gzip_bytes"], "gzip_bytes_after": after["gzip_bytes"],
+        },
+        "accuracy_before": acc_before,
+        "accuracy_after": acc_after,
+        "epochs_run": len(state.history),
+        "best_epoch": state.best[1] if state.best else None,
+        "final_masks_forced": forced,
+        "history": state.history,
+    }
+    return PruneResult(pruned, report)

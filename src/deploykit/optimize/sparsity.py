@@ -1,0 +1,307 @@
+"""Proof that pruning survived conversion: count the zeros a converted artifact really stores.
+
+:func:`count_zeros` reads the constant tensors of an artifact file as the
+runtime would load them, without running it:
+
+* ``.tflite``: the flatbuffer's buffers (``flatbuffer_utils``; buffers past the
+  2 GB offset are read too). A quantized weight is zero when it equals its
+  zero point (0 for TFLite's symmetric int8 weights; per-channel zero points
+  are broadcast along ``quantized_dimension``). A tensor stored in TFLite's
+  sparse format holds only its non-zero blocks: the zeros are the dense size
+  minus the stored non-zero values.
+* ``.onnx``: graph initializers and ``Constant`` nodes (subgraphs included,
+  external data loaded). An integer initializer that a ``DequantizeLinear``,
+  ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger`` or ``MatMulInteger``
+  node dequantizes is zero when it equals that node's zero point.
+* TF.js graph model (``model.json`` or its directory): the weights manifest
+  and shards; quantized weights are dequantized as the runtime does
+  (``q * scale + min`` for uint8/uint16, float16 widened) and exact zeros
+  counted in float64.
+
+:func:`check_sparsity_survived` matches each pruned kernel of a pruning report
+to an artifact tensor with the same number of elements. Names differ across
+converters (and kernels are transposed), so matching is by size and zero
+count: a kernel survived when some not-yet-claimed tensor of its size holds at
+least ``sparsity - tolerance`` zeros.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploykit.errors import UserError
+
+
+def _entry(name: str, shape: tuple[int, ...], size: int, zeros: int, dtype: str) -> dict[str, Any]:
+    return {
+        "name": name, "shape": [int(d) for d in shape], "size": int(size), "zeros": int(zeros),
+        "sparsity": float(zeros / size) if size else 0.0, "dtype": dtype,
+    }
+
+
+def _totals(tensors: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
+    return {
+        "format": fmt, "tensors": tensors,
+        "total_zeros": int(sum(t["zeros"] for t in tensors)),
+        "total_size": int(sum(t["size"] for t in tensors)),
+    }
+
+
+def _zeros_vs(values: np.ndarray, zero_point: Any, axis: int | None) -> int:
+    """Count elements equal to the zero point (scalar, or one per slice along ``axis``)."""
+    zp = np.asarray(zero_point if zero_point is not None else 0).astype(np.int64)
+    vals = values.astype(np.int64)
+    if zp.size <= 1:
+        return int(np.count_nonzero(vals == (zp.reshape(-1)[0] if zp.size else 0)))
+    if axis is None or vals.ndim == 0 or vals.shape[axis] != zp.size:
+        return int(np.count_nonzero(vals == 0))  # unknown layout: symmetric weights have zero point 0
+    shape = [1] * vals.ndim
+    shape[axis] = zp.size
+    return int(np.count_nonzero(vals == zp.reshape(shape)))
+
+
+# ------------------------------------------------------------------------------ TFLite
+_TFLITE_DTYPES = {
+    "FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8, "UINT8": np.uint8,
+    "INT16": np.int16, "UINT16": np.uint16, "INT32": np.int32, "UINT32": np.uint32, "INT64": np.int64,
+    "UINT64": np.uint64, "BOOL": np.bool_,
+}
+
+
+def _count_tflite(path: Path) -> dict[str, Any]:
+    from deploykit._quiet import import_tensorflow
+
+    import_tensorflow()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    seen: set[int] = set()
+    tensors = []
+    for sg_index, subgraph in enumerate(model.subgraphs):
+        for tensor in subgraph.tensors:
+            buf_index = tensor.buffer
+            if not buf_index or buf_index in seen or buf_index >= len(model.buffers):
+                continue
+            data = model.buffers[buf_index].data
+            if data is None or len(data) == 0:
+                continue
+            type_name = type_names.get(tensor.type, str(tensor.type))
+            dtype = _TFLITE_DTYPES.get(type_name)
+            if dtype is None:  # int4, strings, resources: not weights we can count
+                continue
+            seen.add(buf_index)
+            values = np.frombuffer(bytes(data), dtype=dtype)
+            shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+            size = int(np.prod(shape)) if shape else values.size
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            if sg_index:
+                name = f"subgraph{sg_index}/{name}"
+            q = tensor.quantization
+            zero_point = None if q is None or q.zeroPoint is None or not len(q.zeroPoint) else np.asarray(q.zeroPoint)
+            if tensor.sparsity is not None:
+                # Sparse format: only the non-zero blocks are stored (they may hold a few zeros themselves).
+                stored_nonzero = _nonzero_quantized(values, zero_point) if dtype in (np.int8, np.uint8, np.int16) else int(np.count_nonzero(values))
+                zeros = size - stored_nonzero
+                tensors.append({**_entry(name, shape, size, zeros, type_name.lower()), "sparse_format": True})
+                continue
+            if values.size != size:
+                continue  # not a plain dense constant
+            values = values.reshape(shape) if shape else values
+            if dtype in (np.int8, np.uint8, np.int16) and zero_point is not None:
+                axis = int(q.quantizedDimension) if q.quantizedDimension is not None else 0
+                zeros = _zeros_vs(values, zero_point, axis)
+            else:
+                zeros = int(np.count_nonzero(values == 0))
+            tensors.append(_entry(name, shape, size, zeros, type_name.lower()))
+    return _totals(tensors, "tflite")
+
+
+def _nonzero_quantized(values: np.ndarray, zero_point: Any) -> int:
+    zp = np.asarray(zero_point if zero_point is not None else 0).reshape(-1)
+    if zp.size <= 1:
+        return int(np.count_nonzero(values.astype(np.int64) != (int(zp[0]) if zp.size else 0)))
+    return int(np.count_nonzero(values))  # per-channel sparse layout: symmetric weights, zero point 0
+
+
+# ------------------------------------------------------------------------------ ONNX
+# op type -> [(index of the quantized value input, index of its zero point input, axis or None)]
+_ONNX_QUANT_INPUTS = {
+    "DequantizeLinear": [(0, 2, "axis")],
+    "QLinearConv": [(3, 5, 0)],
+    "QLinearMatMul": [(0, 2, None), (3, 5, -1)],
+    "ConvInteger": [(1, 3, 0)],
+    "MatMulInteger": [(0, 2, None), (1, 3, -1)],
+}
+
+
+def _onnx_graphs(graph: Any):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _onnx_graphs(attr.g)
+            for g in attr.graphs:
+                yield from _onnx_graphs(g)
+
+
+def _count_onnx(path: Path) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))  # loads external data from beside the file
+    tensors = []
+    for graph in _onnx_graphs(model.graph):
+        consts: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        consts[node.output[0]] = numpy_helper.to_array(attr.t)
+        # integer weights and the zero point their consumer uses
+        zero_points: dict[str, tuple[Any, int | None]] = {}
+        for node in graph.node:
+            for value_i, zp_i, axis_spec in _ONNX_QUANT_INPUTS.get(node.op_type, []):
+                if value_i >= len(node.input) or node.input[value_i] not in consts:
+                    continue
+                zp = consts.get(node.input[zp_i]) if zp_i < len(node.input) and node.input[zp_i] else None
+                if axis_spec == "axis":
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                else:
+                    axis = axis_spec
+                zero_points[node.input[value_i]] = (zp, axis)
+        for name, arr in consts.items():
+            if arr.dtype.kind not in "biuf" or arr.size == 0:
+                continue
+            if name in zero_points and arr.dtype.kind in "iu":
+                zp, axis = zero_points[name]
+                if axis is not None and arr.ndim:
+                    axis = axis % arr.ndim
+                zeros = _zeros_vs(arr, zp, axis)
+            else:
+                zeros = int(np.count_nonzero(arr == 0))
+            tensors.append(_entry(name, arr.shape, arr.size, zeros, str(arr.dtype)))
+    return _totals(tensors, "onnx")
+
+
+# ------------------------------------------------------------------------------ TF.js
+_TFJS_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_, "uint8": np.uint8, "float16": np.float16,
+                "uint16": np.uint16, "int8": np.int8, "int16": np.int16, "complex64": np.complex64}
+
+
+def _count_tfjs(model_json: Path) -> dict[str, Any]:
+    try:
+        spec = json.loads(model_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{model_json}: not a readable TF.js model.json ({exc})") from None
+    tensors = []
+    for group in spec.get("weightsManifest", []):
+        blob = b"".join((model_json.parent / p).read_bytes() for p in group.get("paths", []))
+        offset = 0
+        for w in group.get("weights", []):
+            shape = tuple(int(d) for d in w.get("shape", []))
+            size = int(np.prod(shape)) if shape else 1
+            dtype = w.get("dtype", "float32")
+            quant = w.get("quantization")
+            if dtype == "string":
+                raise UserError(f"{model_json}: string weight {w.get('name')!r}; cannot count its bytes")
+            stored = _TFJS_DTYPES[quant["dtype"]] if quant else _TFJS_DTYPES[dtype]
+            nbytes = size * np.dtype(stored).itemsize
+            raw = np.frombuffer(blob[offset : offset + nbytes], dtype=stored)
+            offset += nbytes
+            if quant and quant["dtype"] in ("uint8", "uint16"):
+                values = raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
+            else:
+                values = raw.astype(np.float64) if raw.dtype.kind == "f" else raw
+            zeros = int(np.count_nonzero(values == 0))
+            label = f"{dtype}" + (f" ({quant['dtype']})" if quant else "")
+            tensors.append(_entry(w.get("name", "?"), shape, size, zeros, label))
+    return _totals(tensors, "tfjs")
+
+
+def count_zeros(path: str | Path) -> dict[str, Any]:
+    """Zeros per constant tensor of a converted artifact.
+
+    Args:
+        path: A ``.tflite`` or ``.onnx`` file, a TF.js ``model.json``, or the directory holding it.
+
+    Returns:
+        ``{"format", "tensors": [{name, shape, size, zeros, sparsity, dtype}], "total_zeros", "total_size"}``.
+
+    Raises:
+        UserError: missing file or a format this function does not read.
+
+    Example:
+        >>> counts = count_zeros("build/tflite-int8/model.tflite")
+        >>> counts["total_zeros"] / counts["total_size"]
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "model.json").is_file():
+        path = path / "model.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a .tflite, .onnx or TF.js model.json file")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return _count_tflite(path)
+    if suffix == ".onnx":
+        return _count_onnx(path)
+    if suffix == ".json":
+        return _count_tfjs(path)
+    raise UserError(f"{path}: cannot count zeros in a {suffix or 'suffix-less'} file; pass a .tflite, .onnx or TF.js model.json")
+
+
+def pruned_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pruned kernels of a pruning report: ``[{layer, weight, size, zeros, sparsity}]``."""
+    out = []
+    for layer in report.get("layers", []):
+        for k in layer.get("kernels", []):
+            out.append({"layer": layer["name"], "weight": k["weight"], "size": int(k["size"]),
+                        "zeros": int(k["zeros"]), "sparsity": float(k["achieved_sparsity"])})
+    return out
+
+
+def check_sparsity_survived(
+    pruned_report: dict[str, Any], artifact_counts: dict[str, Any], *, tolerance: float = 0.01
+) -> list[str]:
+    """Which pruned kernels an artifact densified; empty when every kernel's zeros survived.
+
+    Each kernel (size ``n``, achieved sparsity ``s``) claims one artifact tensor of ``n``
+    elements with at least ``s - tolerance`` zeros. Kernels are matched sparsest first
+    and each claims the sparsest free tensor, so two kernels of equal size cannot share
+    one tensor.
+
+    Args:
+        pruned_report: ``PruneResult.report`` (or the dict it was saved as).
+        artifact_counts: :func:`count_zeros` of the artifact.
+        tolerance: Allowed loss of sparsity (fraction of the kernel's elements).
+
+    Returns:
+        One message per densified kernel.
+    """
+    free: dict[int, list[dict[str, Any]]] = {}
+    for t in artifact_counts.get("tensors", []):
+        free.setdefault(int(t["size"]), []).append(t)
+    for group in free.values():
+        group.sort(key=lambda t: -t["zeros"])
+    failures = []
+    fmt = artifact_counts.get("format", "artifact")
+    for k in sorted(pruned_kernels(pruned_report), key=lambda k: -k["sparsity"]):
+        candidates = free.get(k["size"], [])
+        need = k["sparsity"] - tolerance
+        match = next((t for t in candidates if t["zeros"] / k["size"] >= need - 1e-12), None)
+        if match is not None:
+            candidates.remove(match)
+            continue
+        best = max((t["zeros"] / k["size"] for t in candidates), default=None)
+        found = (f"the sparsest free tensor of that size has {best:.1%} zeros" if best is not None
+                 else "no tensor of that size is left")
+        failures.append(
+            f"{k['layer']}/{k['weight']} ({k['size']} weights, {k['sparsity']:.1%} zeros) was densified in the "
+            f"{fmt} artifact: {found}"
+        )
+    return failures
