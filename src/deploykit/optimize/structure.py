@@ -23,8 +23,8 @@ architecture in tf_keras are pruned alike:
   so such kernels stay dense and are reported.
 * **block** (tfmot ``block_size``): only rank-2 kernels (tfmot refuses others);
   block scores are the mean magnitude of the block's weights (tfmot's AVG
-  pooling with SAME padding); the ``max(round(blocks * (1 - s)), 1)``
-  highest-scoring blocks are kept, the others zeroed.
+  pooling with SAME padding, see :func:`block_mask` for its edge quirk); the
+  ``max(round(blocks * (1 - s)), 1)`` highest-scoring blocks are kept.
 """
 
 from __future__ import annotations
@@ -129,15 +129,27 @@ def m_by_n_mask(weights: np.ndarray, m_by_n: tuple[int, int] = M_BY_N) -> np.nda
     return _from_rows(mask.reshape(rows.shape), tuple(weights.shape)).astype(weights.dtype)
 
 
+def _same_windows(n: int, k: int) -> list[tuple[int, int]]:
+    """Windows of TF's SAME pooling with stride == window: padding is split, the extra at the end."""
+    out = -(-n // k)
+    pad_before = max((out - 1) * k + k - n, 0) // 2
+    return [(max(0, j * k - pad_before), min(n, j * k - pad_before + k)) for j in range(out)]
+
+
 def block_mask(weights: np.ndarray, sparsity: float, block_size: tuple[int, int]) -> np.ndarray:
-    """Block mask of a rank-2 kernel: blocks ranked by mean magnitude (partial edge blocks: mean of what is there)."""
+    """tfmot's block mask of a rank-2 kernel.
+
+    tfmot scores blocks with AVG pooling of the magnitudes, SAME padding, stride =
+    block; when a dimension is not a multiple of the block, TF puts half of the
+    padding *before* the data, so the scoring windows are shifted against the
+    blocks the mask is then expanded to (from index 0). We reproduce that exactly,
+    quirk included, so both paths prune the same weights.
+    """
     w = np.abs(np.asarray(weights, dtype=np.float64))
     bh, bw = block_size
     rows, cols = w.shape
-    nr, nc = -(-rows // bh), -(-cols // bw)
-    padded = np.full((nr * bh, nc * bw), np.nan)
-    padded[:rows, :cols] = w
-    scores = np.nanmean(padded.reshape(nr, bh, nc, bw), axis=(1, 3))
+    row_win, col_win = _same_windows(rows, bh), _same_windows(cols, bw)
+    scores = np.array([[w[r0:r1, c0:c1].mean() for c0, c1 in col_win] for r0, r1 in row_win])
     block_keep = unstructured_mask(scores.astype(np.float32), sparsity)
     full = np.kron(block_keep, np.ones((bh, bw), dtype=np.float32))[:rows, :cols]
     return full.astype(weights.dtype)

@@ -1,0 +1,291 @@
+"""Pruning end to end: real fine-tuning of tiny seeded models, real converters, zeros counted in the artifacts.
+
+Models: a small CNN with Rescaling inside, as Keras 3 and tf_keras, Sequential
+and functional. The first conv has 1 input channel (2:4 cannot apply, it must
+be reported, not crash); the second has 8 (2:4 applies).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deploykit.errors import DataError, UserError
+from deploykit.optimize.prune import prune
+from deploykit.optimize.structure import keep_count
+
+EPOCHS = 2
+SEED = 0
+CONV_NAMES = ["rescale", "conv1", "conv2", "flatten", "fc", "probs"]
+
+
+def _keras3(functional: bool = False, compiled: bool = True):
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    L = keras.layers
+    layers = [L.Rescaling(1 / 16, name="rescale"), L.Conv2D(8, 3, activation="relu", name="conv1"),
+              L.Conv2D(8, 3, activation="relu", name="conv2"), L.Flatten(name="flatten"),
+              L.Dense(16, activation="relu", name="fc"), L.Dense(10, activation="softmax", name="probs")]
+    if functional:
+        inp = keras.Input((8, 8, 1), name="pixels")
+        x = inp
+        for layer in layers:
+            x = layer(x)
+        model = keras.Model(inp, x, name="k3_functional")
+    else:
+        model = keras.Sequential([keras.Input((8, 8, 1), name="pixels"), *layers], name="k3_sequential")
+    if compiled:
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _tf_keras(functional: bool = False):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(SEED)
+    L = tf_keras.layers
+    layers = [L.Rescaling(1 / 16, name="rescale"), L.Conv2D(8, 3, activation="relu", name="conv1"),
+              L.Conv2D(8, 3, activation="relu", name="conv2"), L.Flatten(name="flatten"),
+              L.Dense(16, activation="relu", name="fc"), L.Dense(10, activation="softmax", name="probs")]
+    if functional:
+        inp = tf_keras.Input((8, 8, 1), name="pixels")
+        x = inp
+        for layer in layers:
+            x = layer(x)
+        model = tf_keras.Model(inp, x, name="tk_functional")
+    else:
+        model = tf_keras.Sequential([L.InputLayer(input_shape=(8, 8, 1), name="pixels"), *layers], name="tk_sequential")
+    model.compile(tf_keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """Dense, trained models (3 epochs): Keras 3 Sequential and tf_keras functional."""
+    k3 = _keras3()
+    k3.fit(digits.x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
+    tk = _tf_keras(functional=True)
+    tk.fit(digits.x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
+    return {"keras3": k3, "tf_keras": tk}
+
+
+def _train(digits):
+    return (digits.x_train, digits.y_train)
+
+
+def _val(digits):
+    return (digits.x_eval, digits.y_eval)
+
+
+def _kernel_sparsities(model) -> dict[str, float]:
+    out = {}
+    for layer in model.layers:
+        for attr in ("kernel",):
+            var = getattr(layer, attr, None)
+            if var is not None and hasattr(var, "numpy"):
+                w = np.asarray(var.numpy())
+                out[layer.name] = float(np.mean(w == 0))
+    return out
+
+
+def _assert_exact_counts(report, sparsity):
+    for layer in report["layers"]:
+        for k in layer["kernels"]:
+            assert k["zeros"] == k["size"] - keep_count(k["size"], sparsity), (layer["name"], k)
+
+
+@pytest.fixture(scope="module")
+def k3_unstructured(trained, digits):
+    lines: list[str] = []
+    before = [w.copy() for w in trained["keras3"].get_weights()]
+    result = prune(trained["keras3"], _train(digits), sparsity=0.8, epochs=EPOCHS, batch_size=64,
+                   validation_data=_val(digits), progress=lines.append, seed=SEED)
+    return result, lines, before
+
+
+def test_keras3_unstructured_reaches_the_exact_target(k3_unstructured, trained):
+    import keras
+
+    result, lines, before = k3_unstructured
+    report, model = result.report, result.model
+    assert isinstance(model, keras.Model) and model is not trained["keras3"]
+    assert report["path"] == "keras3-native-masks" and report["framework"] == "keras3"
+    assert [l.name for l in model.layers] == CONV_NAMES
+    assert type(model.get_layer("rescale")).__name__ == "Rescaling"
+    assert [l["name"] for l in report["layers"]] == ["conv1", "conv2", "fc", "probs"]
+    _assert_exact_counts(report, 0.8)
+    assert {s["layer"]: s["reason"] for s in report["skipped"]}["rescale"].startswith("preprocessing layer")
+    # the caller's model is untouched
+    for a, b in zip(before, trained["keras3"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # progress: one line per epoch; history; early-stopping bookkeeping
+    assert len(lines) == report["epochs_run"] == len(report["history"]) == EPOCHS
+    assert lines[-1].startswith(f"prune epoch {EPOCHS}/{EPOCHS}: loss ") and "sparsity 80.0%" in lines[-1]
+    assert report["history"][-1]["at_target"] and report["best_epoch"] == EPOCHS
+    assert report["final_masks_forced"] is False
+    t = report["totals"]
+    assert t["zeros_before"] == 0 and t["zeros_after"] >= t["pruned_parameters"] * 0.79
+    assert t["gzip_bytes_after"] < 0.5 * t["gzip_bytes_before"] and t["raw_bytes_after"] == t["raw_bytes_before"]
+    assert report["accuracy_before"] > 0.85 and report["accuracy_after"] > 0.5
+    assert report["settings"]["training_settings_from"] == "model compile config"
+    assert report["settings"]["optimizer"] == "Adam" and report["settings"]["learning_rate"] == pytest.approx(1e-2)
+    json.dumps(report)  # JSON-able as is
+    # the weights the model computes with are the ones reported
+    assert _kernel_sparsities(model)["fc"] == pytest.approx(report["layers"][2]["achieved_sparsity"])
+
+
+def test_keras3_functional_2_4_pattern_and_skipped_first_conv(digits):
+    model = _keras3(functional=True, compiled=False)
+    with pytest.raises(UserError, match=r"saved without compile\(\); pass loss="):
+        prune(model, _train(digits), structure="2:4", epochs=1)
+    result = prune(model, _train(digits), structure="2:4", epochs=1, batch_size=64,
+                   loss="sparse_categorical_crossentropy", learning_rate=1e-2, seed=SEED)
+    report = result.report
+    assert [l.name for l in result.model.layers][1:] == CONV_NAMES
+    skipped = {s["layer"]: s["reason"] for s in report["skipped"]}
+    assert skipped["conv1"] == "2:4 needs the input-channel count divisible by 4, this kernel has 1"
+    assert [l["name"] for l in report["layers"]] == ["conv2", "fc", "probs"]
+    for layer in report["layers"]:
+        assert abs(layer["achieved_sparsity"] - 0.5) <= 0.01
+    conv2 = np.asarray(result.model.get_layer("conv2").kernel.numpy())  # [h, w, in, out]
+    groups = np.transpose(conv2, (3, 0, 1, 2)).reshape(-1, 4)  # 4 consecutive input channels
+    assert ((groups == 0).sum(axis=1) >= 2).all()
+    fc = np.asarray(result.model.get_layer("fc").kernel.numpy())  # [in, out]
+    assert ((fc.T.reshape(-1, 4) == 0).sum(axis=1) >= 2).all()
+    assert report["settings"]["training_settings_from"] == "arguments"
+
+
+@pytest.fixture(scope="module")
+def tk_unstructured(trained, digits):
+    return prune(trained["tf_keras"], _train(digits), sparsity=0.8, epochs=EPOCHS, batch_size=64,
+                 validation_data=_val(digits), seed=SEED)
+
+
+def test_tf_keras_goes_through_tfmot_and_comes_back_stripped(tk_unstructured, trained):
+    import tf_keras
+
+    result = tk_unstructured
+    model, report = result.model, result.report
+    assert isinstance(model, tf_keras.Model) and report["path"] == "tfmot"
+    names = [l.name for l in model.layers]
+    assert names == ["pixels", *CONV_NAMES]  # functional: the input layer is a layer
+    assert not any("prune" in type(l).__name__.lower() or l.name.startswith("prune_low_magnitude") for l in model.layers)
+    assert type(model.get_layer("rescale")).__name__ == "Rescaling"
+    _assert_exact_counts(report, 0.8)
+    assert report["accuracy_after"] > 0.5
+    # the caller's model was not pruned
+    assert _kernel_sparsities(trained["tf_keras"])["fc"] < 0.05
+    json.dumps(report)
+
+
+def test_keras3_and_tf_keras_prune_the_same_counts(k3_unstructured, tk_unstructured):
+    k3 = {l["name"]: [(k["size"], k["zeros"]) for k in l["kernels"]] for l in k3_unstructured[0].report["layers"]}
+    tk = {l["name"]: [(k["size"], k["zeros"]) for k in l["kernels"]] for l in tk_unstructured.report["layers"]}
+    assert k3 == tk
+
+
+def test_tf_keras_sequential_2_4(digits):
+    import tf_keras
+
+    model = _tf_keras(functional=False)
+    result = prune(model, _train(digits), structure="2:4", epochs=1, batch_size=64, seed=SEED)
+    assert isinstance(result.model, tf_keras.Sequential)
+    assert [l.name for l in result.model.layers] == CONV_NAMES
+    assert {s["layer"] for s in result.report["skipped"]} >= {"rescale", "conv1"}
+    for layer in result.report["layers"]:
+        assert abs(layer["achieved_sparsity"] - 0.5) <= 0.01, layer
+
+
+def test_errors_come_before_any_training(trained, digits):
+    k3 = trained["keras3"]
+    with pytest.raises(UserError, match=r"sparsity must be a fraction in \(0, 1\)"):
+        prune(k3, _train(digits), sparsity=1.0)
+    with pytest.raises(UserError, match=r"sparsity must be a fraction in \(0, 1\)"):
+        prune(k3, _train(digits), sparsity=0)
+    with pytest.raises(UserError, match="pass sparsity="):
+        prune(k3, _train(digits))
+    with pytest.raises(UserError, match="2:4 structure prunes exactly 50%"):
+        prune(k3, _train(digits), sparsity=0.8, structure="2:4")
+    with pytest.raises(UserError, match="choose one of: polynomial, constant"):
+        prune(k3, _train(digits), sparsity=0.5, schedule="cubic")
+    with pytest.raises(UserError, match="choose one of: unstructured, 2:4, block"):
+        prune(k3, _train(digits), sparsity=0.5, structure="channel")
+    with pytest.raises(DataError, match="has no labels 'y'"):
+        prune(k3, digits.x_train, sparsity=0.5)
+    with pytest.raises(UserError, match="Keras 3 or tf_keras model"):
+        prune("model.keras", _train(digits), sparsity=0.5)
+
+    import keras
+
+    only_pre = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 16, name="rescale"),
+                                 keras.layers.Flatten(name="flat")])
+    with pytest.raises(UserError, match=r"no layer of this model can be pruned \(unstructured\): rescale: preprocessing"):
+        prune(only_pre, _train(digits), sparsity=0.5, loss="mse")
+    one_channel = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(10, 3, name="c"),
+                                    keras.layers.GlobalAveragePooling2D(name="gap")])
+    with pytest.raises(UserError, match="c: 2:4 needs the input-channel count divisible by 4"):
+        prune(one_channel, _train(digits), structure="2:4", loss="mse")
+
+
+def test_constant_schedule_and_early_stopping_among_target_epochs(digits):
+    model = _keras3()
+    model.fit(digits.x_train, digits.y_train, epochs=1, batch_size=64, verbose=0)
+    result = prune(model, _train(digits), sparsity=0.6, schedule="constant", epochs=3, batch_size=128,
+                   patience=0, seed=SEED)
+    r = result.report
+    assert r["settings"]["schedule"]["kind"] == "constant"
+    assert all(h["at_target"] for h in r["history"])  # the first update comes at the end of epoch 1
+    # patience 0: stops at the first at-target epoch that does not beat the best
+    assert 2 <= r["epochs_run"] <= 3 and r["best_epoch"] is not None
+    _assert_exact_counts(r, 0.6)
+
+
+# ----------------------------------------------------------------------------- artifacts
+def test_sparsity_survives_tflite_and_onnx_including_int8(k3_unstructured, digits, tmp_path):
+    """Pruning then int8 keeps zeros zero: every pruned kernel is found, as sparse, in every artifact."""
+    from deploykit.converters import onnx as onnx_conv
+    from deploykit.converters import tflite
+    from deploykit.data import load_data
+    from deploykit.models import load_model
+    from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+    from deploykit.targets import get_target
+
+    result = k3_unstructured[0]
+    loaded = load_model(result.model)
+    calib = load_data((digits.x_eval, digits.y_eval), loaded.inputs)
+    failures = {}
+    try:
+        for name, conv, suffix in [("tflite-fp32", tflite, ".tflite"), ("tflite-int8", tflite, ".tflite"),
+                                   ("onnx-fp32", onnx_conv, ".onnx"), ("onnx-int8-qdq", onnx_conv, ".onnx"),
+                                   ("onnx-int8-qop", onnx_conv, ".onnx")]:
+            path = tmp_path / f"{name}{suffix}"
+            conv.convert(loaded, get_target(name), calib, path)
+            counts = count_zeros(path)
+            assert counts["total_zeros"] >= result.report["totals"]["zeros_after"] * 0.99, name
+            failures[name] = check_sparsity_survived(result.report, counts)
+            if "int8" in name:  # the kernels really are stored as 8-bit integers
+                sizes = {k["size"] for l in result.report["layers"] for k in l["kernels"]}
+                assert any(t["size"] in sizes and t["dtype"] in ("int8", "uint8") for t in counts["tensors"]), name
+    finally:
+        loaded.release()
+    assert failures == {name: [] for name in failures}
+
+
+def test_survival_check_flags_a_dense_artifact(k3_unstructured, trained, digits, tmp_path):
+    from deploykit.converters import tflite
+    from deploykit.data import load_data
+    from deploykit.models import load_model
+    from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+    from deploykit.targets import get_target
+
+    loaded = load_model(trained["keras3"])  # the dense model: as if conversion had densified the kernels
+    try:
+        path = tmp_path / "dense.tflite"
+        tflite.convert(loaded, get_target("tflite-fp32"), load_data((digits.x_eval, digits.y_eval), loaded.inputs), path)
+    finally:
+        loaded.release()
+    failures = check_sparsity_survived(k3_unstructured[0].report, count_zeros(path))
+    assert len(failures) == 4 and all("was densified in the tflite artifact" in f for f in failures)

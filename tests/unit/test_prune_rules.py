@@ -1,0 +1,183 @@
+"""Pruning rules in NumPy against tensorflow-model-optimization itself, on the same weights.
+
+The Keras 3 path re-implements tfmot's schedules and masks; these tests feed
+identical inputs to both and compare, so "same sparsity semantics" is checked,
+not assumed. Plus the pure-Python proof helpers (TF.js counting, survival check).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deploykit.errors import UserError
+from deploykit.optimize import schedule as sch
+from deploykit.optimize import structure as st
+from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+
+
+@pytest.fixture(scope="module")
+def tfmot():
+    from deploykit.optimize._tfmot import import_tfmot
+
+    return import_tfmot()
+
+
+def _tfmot_mask(tfmot, weights, sparsity, *, block_size=(1, 1), m_by_n=None):
+    """tfmot's own mask for `weights` (pruning_impl.Pruning, the code the wrapper runs)."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_impl
+
+    w = tf.Variable(weights)
+    mask = tf.Variable(tf.ones_like(w))
+    thr = tf.Variable(0.0)
+    pruning = pruning_impl.Pruning(
+        training_step_fn=lambda: tf.constant(1, tf.int64),
+        pruning_vars=[(w, mask, thr)],
+        pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(sparsity, 0, frequency=1),
+        block_size=block_size, block_pooling_type="AVG", sparsity_m_by_n=m_by_n,
+    )
+    return np.asarray(pruning._maybe_update_block_mask(w)[1])
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (3, 3, 8, 16), (5, 7)])
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.93])
+def test_unstructured_mask_matches_tfmot(tfmot, shape, sparsity):
+    w = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    ours = st.unstructured_mask(w, sparsity)
+    theirs = _tfmot_mask(tfmot, w, sparsity)
+    np.testing.assert_array_equal(ours, theirs)
+    assert int(ours.sum()) == st.keep_count(w.size, sparsity)
+
+
+@pytest.mark.parametrize("shape", [(16, 10), (3, 3, 8, 4), (1, 1, 12, 6)])
+def test_2_4_mask_matches_tfmot(tfmot, shape):
+    w = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    ours = st.m_by_n_mask(w)
+    np.testing.assert_array_equal(ours, _tfmot_mask(tfmot, w, 0.5, m_by_n=(2, 4)))
+    rows = st._to_rows(ours).reshape(-1, 4)  # groups of 4 input-channel weights
+    assert (rows.sum(axis=1) == 2).all()
+
+
+@pytest.mark.parametrize("shape,block", [((64, 12), (1, 4)), ((30, 10), (1, 4)), ((16, 16), (2, 2))])
+def test_block_mask_matches_tfmot(tfmot, shape, block):
+    w = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    ours = st.block_mask(w, 0.75, block)
+    np.testing.assert_array_equal(ours, _tfmot_mask(tfmot, w, 0.75, block_size=block))
+
+
+def test_schedules_match_tfmot(tfmot):
+    import tensorflow as tf
+
+    ours = [sch.PolynomialDecay(0.0, 0.8, 0, 60, frequency=6), sch.ConstantSparsity(0.7, 0, frequency=5),
+            sch.PolynomialDecay(0.1, 0.9, 10, 50, frequency=10)]
+    for s in ours:
+        theirs = s.to_tfmot(tfmot)
+        for step in range(0, 80):
+            should, value = theirs(tf.constant(step, tf.int64))
+            assert s(step)[0] == bool(should), (s, step)
+            assert s(step)[1] == pytest.approx(float(value), abs=1e-6), (s, step)
+
+
+@pytest.mark.parametrize("epochs,steps", [(1, 7), (2, 50), (3, 30), (6, 200), (4, 1)])
+def test_make_schedule_reaches_target_on_an_update_step(epochs, steps):
+    s = sch.make_schedule("polynomial", 0.8, steps, epochs)
+    total = epochs * steps
+    assert s.end_step <= total
+    assert s(s.end_step) == (True, pytest.approx(0.8))
+    if epochs >= 2:  # at least the last epoch fine-tunes at the target
+        assert s.end_step <= (epochs - 1) * steps
+    c = sch.make_schedule("constant", 0.6, steps, epochs)
+    assert c(c.target_reached_step) == (True, pytest.approx(0.6)) and c.target_reached_step <= steps
+
+
+def test_keep_count_rounds_like_tfmot():
+    assert st.keep_count(72, 0.8) == 14  # 14.4 -> 14
+    assert st.keep_count(10, 0.75) == 2  # 2.5 -> 2 (half to even, as tf.math.round)
+    assert st.keep_count(3, 0.99) == 1  # never all pruned
+
+
+def test_structure_problems():
+    assert st.structure_problem((3, 3, 1, 8), "2:4", (1, 4)) == "2:4 needs the input-channel count divisible by 4, this kernel has 1"
+    assert st.structure_problem((3, 3, 8, 8), "2:4", (1, 4)) is None
+    assert "rank-2" in st.structure_problem((3, 8, 8), "2:4", (1, 4))
+    assert "rank-2 (Dense)" in st.structure_problem((3, 3, 8, 8), "block", (1, 4))
+    assert st.structure_problem((3, 3, 1, 8), "unstructured", (1, 4)) is None
+    with pytest.raises(UserError, match="unstructured, 2:4, block"):
+        st.check_structure("4:8", (1, 4))
+    with pytest.raises(UserError, match="block_size"):
+        st.check_structure("block", (0, 4))
+    with pytest.raises(UserError, match="polynomial, constant"):
+        sch.make_schedule("cosine", 0.5, 10, 2)
+
+
+def test_tfmot_import_leaves_keras_choice_alone():
+    """tfmot sets TF_USE_LEGACY_KERAS=1 on import; ours must leave the process on Keras 3."""
+    code = (
+        "import os\n"
+        "from deploykit.optimize._tfmot import import_tfmot\n"
+        "import_tfmot()\n"
+        "import tensorflow as tf\n"
+        "from tensorflow_model_optimization.python.core.keras import compat\n"
+        "print(os.environ.get('TF_USE_LEGACY_KERAS'), tf.keras.version(), compat.keras.__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env_value, tf_keras_version, tfmot_keras = out.stdout.split()[-3:]
+    assert env_value == "None" and tf_keras_version.startswith("3.") and tfmot_keras == "tf_keras"
+
+
+# ------------------------------------------------------------------------ proof helpers
+def _report(*kernels):
+    return {"layers": [{"name": n, "kernels": [{"weight": "kernel", "size": size, "zeros": int(size * s),
+                                                  "achieved_sparsity": s}]} for n, size, s in kernels]}
+
+
+def _counts(*tensors, fmt="tflite"):
+    return {"format": fmt, "tensors": [{"name": f"t{i}", "size": size, "zeros": int(size * s)}
+                                       for i, (size, s) in enumerate(tensors)]}
+
+
+def test_survival_check_matches_by_size_and_zeros():
+    report = _report(("conv", 576, 0.8), ("fc", 640, 0.8), ("probs", 640, 0.5))
+    assert check_sparsity_survived(report, _counts((640, 0.5), (576, 0.81), (640, 0.8), (10, 0.0))) == []
+    failures = check_sparsity_survived(report, _counts((576, 0.81), (640, 0.8), (640, 0.2)), tolerance=0.01)
+    assert len(failures) == 1 and failures[0].startswith("probs/kernel (640 weights, 50.0% zeros) was densified")
+    # two kernels of one size cannot both claim the same sparse tensor
+    failures = check_sparsity_survived(_report(("a", 100, 0.8), ("b", 100, 0.8)), _counts((100, 0.8), (100, 0.0)))
+    assert len(failures) == 1 and "20.0%" not in failures[0] and "0.0% zeros" in failures[0]
+    assert "no tensor of that size" in check_sparsity_survived(_report(("a", 7, 0.5)), _counts((8, 0.5)))[0]
+
+
+def test_count_zeros_tfjs_dequantizes_like_the_runtime(tmp_path):
+    kernel = np.array([0.0, 0.5, -0.25, 0.0, 1.0, 0.0], dtype=np.float32)
+    scale, vmin = 0.25 / 4, -0.25
+    q = np.round((kernel - vmin) / scale).astype(np.uint8)  # zero-preserving: -min is a multiple of scale
+    bias = np.array([0.0, 2.0], dtype=np.float32)
+    (tmp_path / "group1-shard1of1.bin").write_bytes(q.tobytes() + bias.tobytes())
+    manifest = {"weightsManifest": [{"paths": ["group1-shard1of1.bin"], "weights": [
+        {"name": "dense/kernel", "shape": [3, 2], "dtype": "float32",
+         "quantization": {"dtype": "uint8", "min": vmin, "scale": scale}},
+        {"name": "dense/bias", "shape": [2], "dtype": "float32"}]}]}
+    (tmp_path / "model.json").write_text(json.dumps(manifest))
+    counts = count_zeros(tmp_path)
+    assert counts["format"] == "tfjs"
+    by_name = {t["name"]: t for t in counts["tensors"]}
+    assert by_name["dense/kernel"]["zeros"] == 3 and by_name["dense/kernel"]["shape"] == [3, 2]
+    assert by_name["dense/bias"]["zeros"] == 1
+    assert counts["total_zeros"] == 4 and counts["total_size"] == 8
+
+
+def test_count_zeros_refuses_unknown_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        count_zeros(tmp_path / "missing.tflite")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"\.tflite, \.onnx or TF.js"):
+        count_zeros(tmp_path / "model.pt")
