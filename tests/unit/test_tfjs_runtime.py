@@ -171,3 +171,45 @@ def test_committed_op_lists_match_the_installed_runtime(args, committed):
     else:
         assert {"Enter", "Exit", "Merge", "Switch", "LoopCond", "NextIteration", "Where", "NonMaxSuppressionV5"} <= set(lines)
         assert set(lines[1:]) <= set((PACKAGE_DIR / "supported_ops.txt").read_text().splitlines())
+
+
+def test_browser_server_serves_only_its_files(tmp_path):
+    import http.client
+    import threading
+
+    from deploykit.runtime_bench.tfjs.browser import _Server
+
+    served = tmp_path / "model.json"
+    served.write_text("{}")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("no")
+    server = _Server({"/model/model.json": served, "/model/a b.bin": served}, b'{"warmup": 1}')
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def get(path, method="GET", body=None):
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp
+        status, body, resp = get("/model/model.json")
+        assert status == 200 and body == b"{}"
+        assert resp.getheader("Cross-Origin-Embedder-Policy") == "require-corp"  # lets wasm use threads
+        assert get("/model/a%20b.bin")[0] == 200
+        assert get("/config.json")[1] == b'{"warmup": 1}'
+        for path in ("/secret.txt", "/model/../secret.txt", "/model/%2e%2e/secret.txt", "/", "/etc/passwd",
+                     str(secret)):
+            assert get(path)[0] == 404, path
+        assert get("/elsewhere", "POST", b"{}")[0] == 400
+        assert get("/result", "POST", b'{"results": []}')[0] == 204
+        assert server.got_result.is_set() and server.result == {"results": []}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_browser_needs_chromium(monkeypatch, tmp_path):
+    from deploykit.runtime_bench.tfjs import browser
+
+    monkeypatch.setenv("DEPLOYKIT_CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(RuntimeLoadError, match="apt-get install chromium"):
+        browser.chromium_executable()

@@ -25,12 +25,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from deploykit.errors import RuntimeLoadError
+from deploykit.runtime_bench.inputs import match_inputs
 from deploykit.runtime_bench.stats import Stats
 from deploykit.runtime_bench.tfjs.runner import (
     NODE_MODULES,
@@ -102,7 +104,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0]
+        path = urllib.parse.unquote(self.path.split("?", 1)[0])
         if path == "/config.json":
             body, ctype = self.server.config, "application/json"
         elif path in self.server.files:
@@ -183,6 +185,10 @@ def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: 
         if not shard.is_file():
             raise RuntimeLoadError(f"{model_json.name}: weight shard {shard.name} is missing (expected at {shard})")
         files["/model/" + shard.relative_to(base).as_posix()] = shard
+    if inputs:
+        sig_inputs = (spec.get("signature") or {}).get("inputs") or {}
+        if sig_inputs:  # by the signature's names, or by position (as every runner matches)
+            inputs = match_inputs(list(sig_inputs), inputs, model_json.name)
     config = {
         "model_url": "/model/model.json", "warmup": int(warmup), "iterations": int(iterations),
         "backends": list(backends), "threads": int(threads), "return_outputs": bool(return_outputs),

@@ -18,6 +18,7 @@ import collections
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -40,6 +41,7 @@ REQUIRED_PACKAGES = ("@tensorflow/tfjs-core", "@tensorflow/tfjs-converter", "@te
 NPM_CI = f"npm ci --prefix {PACKAGE_DIR} --no-audit --no-fund"
 BACKENDS = ("wasm", "cpu")
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # URLs, drive letters: same rule as runner.mjs
 _DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 # Replies to requests other than bench/load should come fast; a hung Node is an error.
 _TIMEOUT_S = 120.0
@@ -90,7 +92,7 @@ def check_shard_paths(model_json: Mapping[str, Any], model_dir: str | Path) -> l
         if not isinstance(paths, list):
             raise RuntimeLoadError("model.json: each weightsManifest entry needs a list of paths")
         for p in paths:
-            if not isinstance(p, str) or not p or os.path.isabs(p) or "://" in p or p.startswith("\\"):
+            if not isinstance(p, str) or not p or os.path.isabs(p) or _SCHEME.match(p) or p.startswith("\\"):
                 raise RuntimeLoadError(f"model.json: weight shard path {p!r} is not a relative file name; refused")
             resolved = (base / p).resolve()
             if not resolved.is_relative_to(base):
@@ -154,6 +156,7 @@ class NodeProcess:
         self._finalizer = weakref.finalize(self, _kill, self.proc)
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._next_id = 0
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
         self.ready = self._reply(startup_timeout_s, "start")
@@ -173,14 +176,16 @@ class NodeProcess:
     def stderr_tail(self, n: int = 3) -> str:
         return " | ".join(list(self._stderr)[-n:])
 
-    def _reply(self, timeout_s: float, what: str) -> dict[str, Any]:
+    def _reply(self, timeout_s: float, what: str, request_id: int | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
+                tail = self.stderr_tail()
                 self.close()
-                raise RuntimeLoadError(f"TF.js runner gave no answer to {what} within {timeout_s:.0f} s; stopped it") from None
+                raise RuntimeLoadError(f"TF.js runner gave no answer to {what} within {timeout_s:.0f} s; stopped it"
+                                       + (f" ({tail})" if tail else "")) from None
             if line is None:
                 code = self.proc.wait()
                 tail = self.stderr_tail()
@@ -190,6 +195,10 @@ class NodeProcess:
             except ValueError:
                 self._stderr.append(line.decode("utf-8", "replace").rstrip())  # stray output: not ours
                 continue
+            if request_id is not None and reply.get("id") != request_id:
+                # Not the answer to this request: an uncaught error reported by Node between requests.
+                self._stderr.append(f"node: {reply.get('error', reply)}")
+                continue
             if "error" in reply:
                 raise RuntimeLoadError(f"TF.js {what}: {reply['error']}")
             return reply
@@ -198,12 +207,13 @@ class NodeProcess:
         """Send one request, wait for its reply; RuntimeLoadError on error, timeout or exit."""
         if self.proc.poll() is not None:
             raise RuntimeLoadError(f"TF.js runner (Node) is not running (exit code {self.proc.returncode})")
+        self._next_id += 1
         try:
-            self.proc.stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
+            self.proc.stdin.write((json.dumps({"cmd": cmd, "id": self._next_id, **fields}) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the reply reader reports the exit with Node's stderr
-        return self._reply(timeout_s, cmd)
+        return self._reply(timeout_s, cmd, self._next_id)
 
     def close(self) -> None:
         self._finalizer()
