@@ -130,10 +130,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             data = json.loads(self.rfile.read(length))
         except ValueError:
             data = {"fatal": "the page posted invalid JSON"}
-        self._headers(204, "text/plain", 0)
-        if not self.server.got_result.is_set():
+        if not self.server.got_result.is_set():  # recorded before answering: the page may be killed next
             self.server.result = data
             self.server.got_result.set()
+        self._headers(204, "text/plain", 0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
