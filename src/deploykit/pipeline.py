@@ -267,7 +267,7 @@ class Pipeline:
                 artifact.extra_files = [str(Path(target.name) / f) for f in external + companions]
 
                 self.progress(f"{target.name}: verifying")
-                runner = get_runner(target.runtime, tmp, target.bench.threads)
+                runner = get_runner(target.runtime, tmp, target.bench.threads, target.options)
                 with PeakRSS() as mem:
                     init_s = runner.load()
                     artifact.verification = verify(

@@ -30,7 +30,7 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
 
     runners = []
     for t, p in zip(targets, paths):
-        r = get_runner(t.runtime, p, t.bench.threads)
+        r = get_runner(t.runtime, p, t.bench.threads, t.options)
         r.load()
         runners.append(r)
     samples: list[list[float]] = [[] for _ in runners]

@@ -9,6 +9,7 @@ imported only when used.
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,12 +29,19 @@ RUNNERS: dict[str, str] = {
 SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime", ".json": "tfjs"}
 
 
-def get_runner(runtime: str, path: str | Path, threads: int) -> Any:
-    """Instantiate the runner registered for ``runtime``."""
+def get_runner(runtime: str, path: str | Path, threads: int, options: Mapping[str, Any] | None = None) -> Any:
+    """Instantiate the runner registered for ``runtime``.
+
+    ``options`` are a target's options; those the runner's constructor names
+    (e.g. TF.js ``backend``) are passed on, the converter's own are ignored.
+    """
     if runtime not in RUNNERS:
         raise UserError(f"unknown runtime {runtime!r}; known: {', '.join(RUNNERS)}")
-    module, cls = RUNNERS[runtime].split(":")
-    return getattr(importlib.import_module(module), cls)(path, threads=threads)
+    module, cls_name = RUNNERS[runtime].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = inspect.signature(cls).parameters
+    extra = {k: v for k, v in (options or {}).items() if k in params and k not in ("path", "threads")}
+    return cls(path, threads=threads, **extra)
 
 
 def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, iterations: int) -> Stats:

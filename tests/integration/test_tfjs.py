@@ -1,0 +1,185 @@
+"""TF.js graph models written by deploykit, run in the real TF.js 4.22 runtime (Node).
+
+A small conv net with the patterns that break the official converter on Keras 3
+models (BatchNorm after bias-free convs, depthwise convs, residual adds, a
+constant add that is *not* a per-channel bias) converts for every TF.js
+precision, keeps parity on the wasm and cpu backends, ships only rank-1 biases
+in its fused ops, and a model with an op TF.js lacks fails alone, with the op
+named, while the run's other targets finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import deploykit
+from deploykit.targets import get_target
+
+TFJS = ["tfjs-fp32", "tfjs-fp16", "tfjs-uint8", "tfjs-uint16"]
+
+
+def _bn_net(keras, with_spatial_add: bool = False):
+    """Conv/BN/depthwise/residual net with non-trivial BatchNorm statistics (seeded)."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Rescaling(1 / 16.0)(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU(6.0)(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.Conv2D(8, 1, use_bias=False)(y)
+    y = keras.layers.BatchNormalization()(y)
+    x = keras.layers.Add()([x, y])
+    if with_spatial_add:  # a constant that varies over H and W: must not become a "bias"
+        field = np.linspace(-1, 1, 64, dtype="float32").reshape(1, 8, 8, 1)
+        x = keras.layers.Lambda(lambda t: t + field)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inp, out, name="bn_net")
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2, c)])
+        elif isinstance(layer, keras.layers.Dense):  # a zero bias would be folded away as "+ 0"
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.3, bias.shape).astype("float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def tfjs_run(tmp_path_factory, data_npz):
+    import keras
+
+    out = tmp_path_factory.mktemp("tfjs") / "run"
+    model = _bn_net(keras)
+    result = deploykit.convert(model, TFJS, data=data_npz, out=out, iterations=3, warmup=1)
+    return result, model
+
+
+def _weights_by_name(model_json: dict) -> dict:
+    return {w["name"]: w for g in model_json["weightsManifest"] for w in g["weights"]}
+
+
+@pytest.mark.parametrize("name", TFJS)
+def test_every_tfjs_precision_converts_and_verifies_in_node(tfjs_run, name):
+    result, _ = tfjs_run
+    a = result.artifact(name)
+    assert a["status"] == "ok", a["error"]
+    v = a["verification"]
+    assert v["passed"] and v["samples"] > 0
+    assert a["benchmark"]["runtime"] == "tfjs" and a["benchmark"]["backend"] == "wasm"
+    assert a["benchmark"]["runtime_version"] == "4.22.0"
+    if name == "tfjs-fp32":
+        assert v["max_abs_error"] <= 1e-4
+
+
+def test_model_json_is_a_graph_model_with_signature_and_shards(tfjs_run):
+    result, _ = tfjs_run
+    a = result.artifact("tfjs-fp32")
+    path = result.out / a["path"]
+    mj = json.loads(path.read_text())
+    assert mj["format"] == "graph-model" and "versions" in mj["modelTopology"]
+    assert list(mj["signature"]["inputs"]) == ["pixels"] and list(mj["signature"]["outputs"]) == ["output_0"]
+    assert mj["signature"]["inputs"]["pixels"]["tensorShape"]["dim"][0]["size"] == "-1"  # dynamic batch kept
+    shards = mj["weightsManifest"][0]["paths"]
+    assert shards and all("/" not in s for s in shards)
+    assert sorted(a["extra_files"]) == sorted(f"tfjs-fp32/{s}" for s in shards)
+    total = sum((path.parent / s).stat().st_size for s in shards)
+    assert total == a["settings"]["converter"]["weight_bytes"]
+    # Const values live in the shards, not in the JSON
+    for node in mj["modelTopology"]["node"]:
+        if node["op"] == "Const":
+            assert set(node["attr"]["value"]["tensor"]) <= {"dtype", "tensorShape"}
+
+
+def test_fused_ops_carry_rank1_biases_and_batchnorm_is_folded(tfjs_run):
+    result, model = tfjs_run
+    mj = json.loads((result.out / result.artifact("tfjs-fp32")["path"]).read_text())
+    nodes = mj["modelTopology"]["node"]
+    weights = _weights_by_name(mj)
+    fused = [n for n in nodes if n["op"] in ("_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedMatMul")]
+    assert {n["op"] for n in fused} == {"_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedMatMul"}
+    for n in fused:
+        bias = weights[n["input"][2]]
+        assert len(bias["shape"]) == 1, (n["name"], bias["shape"])
+        assert n["attr"]["num_args"]["i"] == "1"
+    ops = [n["op"] for n in nodes]
+    assert "Conv2D" not in ops and "DepthwiseConv2dNative" not in ops and "Rsqrt" not in ops
+    # weight bytes: about 4 x parameters (BatchNorm's moving statistics fold away)
+    wb = result.artifact("tfjs-fp32")["settings"]["converter"]["weight_bytes"]
+    assert 0.8 * 4 * model.count_params() < wb < 1.1 * 4 * model.count_params()
+
+
+def test_quantized_weights_shrink_in_order(tfjs_run):
+    result, _ = tfjs_run
+    wb = {n: result.artifact(n)["settings"]["converter"]["weight_bytes"] for n in TFJS}
+    assert wb["tfjs-uint8"] < wb["tfjs-fp16"] < wb["tfjs-fp32"]
+    assert wb["tfjs-uint16"] == wb["tfjs-fp16"]
+    assert wb["tfjs-uint8"] <= 0.3 * wb["tfjs-fp32"]
+    mj = json.loads((result.out / result.artifact("tfjs-uint8")["path"]).read_text())
+    quantized = [w for w in _weights_by_name(mj).values() if "quantization" in w]
+    assert quantized and all(w["dtype"] == "float32" and w["quantization"]["dtype"] == "uint8" for w in quantized)
+
+
+def test_cpu_backend_target_from_toml_fields(tmp_path, data_npz):
+    import keras
+
+    cpu = dataclasses.replace(get_target("tfjs-fp32"), name="tfjs-fp32-cpu", options={"backend": "cpu"})
+    result = deploykit.convert(_bn_net(keras), [cpu], data=data_npz, out=tmp_path / "cpu", iterations=2, warmup=0)
+    a = result.artifact("tfjs-fp32-cpu")
+    assert a["status"] == "ok", a["error"]
+    assert a["benchmark"]["backend"] == "cpu"
+
+
+def test_non_channel_constant_add_is_not_fused_as_a_bias(tmp_path, data_npz):
+    import keras
+
+    result = deploykit.convert(_bn_net(keras, with_spatial_add=True), ["tfjs-fp32"], data=data_npz,
+                               out=tmp_path / "spatial", iterations=2, warmup=0)
+    a = result.artifact("tfjs-fp32")
+    assert a["status"] == "ok", a["error"]
+    mj = json.loads((result.out / a["path"]).read_text())
+    weights = _weights_by_name(mj)
+    # Grappler folds the BatchNorm offset and the field into one (1, 8, 8, 8) constant after a conv:
+    # the very add the official converter fuses as a "bias" and TF.js then refuses.
+    adds = [n for n in mj["modelTopology"]["node"] if n["op"] in ("AddV2", "Add")
+            and any(len(weights.get(i, {}).get("shape", [])) == 4 for i in n["input"])]
+    assert adds, "a constant that varies over H and W stays an ordinary add"
+    for n in mj["modelTopology"]["node"]:
+        if n["op"].startswith(("_Fused", "Fused")):
+            assert len(weights[n["input"][2]]["shape"]) == 1
+
+
+def test_op_tfjs_lacks_fails_only_that_target_and_names_the_op(tmp_path, data_npz):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Reshape((8, 8))(inp)
+    x = keras.layers.Lambda(lambda t: tf.linalg.set_diag(t, t[:, 0, :]))(x)  # MatrixSetDiagV3
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inp, out)
+    result = deploykit.convert(model, ["tfjs-fp32", "tflite-fp32"], data=data_npz, out=tmp_path / "op",
+                               iterations=2, warmup=0)
+    a = result.artifact("tfjs-fp32")
+    assert a["status"] == "failed" and "MatrixSetDiag" in a["error"] and "TF.js" in a["error"]
+    assert a["path"] == "" and not (tmp_path / "op" / "tfjs-fp32").exists()  # nothing half-written
+    assert result.artifact("tflite-fp32")["status"] == "ok"
+    assert not result.ok
+
+
+def test_deploy_bench_times_a_model_json(tfjs_run):
+    from deploykit import bench
+
+    result, _ = tfjs_run
+    r = bench(result.out / result.artifact("tfjs-uint8")["path"], threads=1, warmup=1, iterations=3)
+    assert r["runtime"] == "tfjs" and r["n"] == 3 and r["p50_ms"] > 0
+    assert r["size_bytes"] > r["gzip_bytes"] > 0
