@@ -306,6 +306,21 @@ def test_node_is_stopped_when_python_exits_without_close(models):
     assert not _alive(pid), f"node {pid} outlived its Python parent"
 
 
+def test_node_exits_when_nobody_reads_its_answers():
+    """A parent killed with SIGKILL leaves a broken stdout pipe: Node must exit, not spin on EPIPE."""
+    from deploykit.runtime_bench.tfjs.runner import SCRIPT, node_executable
+
+    proc = subprocess.Popen([node_executable(), str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    proc.stdout.close()
+    try:
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text()

@@ -400,10 +400,17 @@ async function handle(line) {
 }
 
 function main() {
+  // Nobody left to answer (the parent died or closed the pipe): exit. Without this an
+  // EPIPE would reach the uncaught handler below, whose reply fails again, forever.
+  process.stdout.on('error', () => process.exit(0));
   // An exception escaping a handler (e.g. from an Emscripten callback) must still
   // leave a JSON error on the channel, not kill the protocol.
-  process.on('uncaughtException', (e) => reply({ error: `uncaught: ${oneLine(e)}` }));
-  process.on('unhandledRejection', (e) => reply({ error: `unhandled rejection: ${oneLine(e)}` }));
+  const uncaught = (prefix) => (e) => {
+    if ((e && e.code === 'EPIPE') || process.stdout.destroyed || !process.stdout.writable) process.exit(0);
+    reply({ error: `${prefix}: ${oneLine(e)}` });
+  };
+  process.on('uncaughtException', uncaught('uncaught'));
+  process.on('unhandledRejection', uncaught('unhandled rejection'));
   const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
   let chain = Promise.resolve();
   rl.on('line', (line) => {
