@@ -139,26 +139,36 @@ def bench(
     iterations: int = typer.Option(100, "--iterations"),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result (raw samples included) as JSON."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="litert | onnxruntime | tflm (default: from the file suffix)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="litert | onnxruntime | tflm | tfjs (default: from the file suffix)."),
+    browser: bool = typer.Option(False, "--browser", help="TF.js: run in headless Chromium (wasm; webgl tried too) instead of Node."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="TF.js backend: wasm (default) or cpu; in the browser also webgl."),
 ) -> None:
-    """Benchmark an existing artifact on its real runtime."""
+    """Benchmark an existing artifact on its real runtime (a TF.js model.json in Node, or --browser)."""
     from deploykit.runtime_bench import bench_file
 
-    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime)
+    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime,
+                        browser=browser, backend=backend)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     from deploykit.report.rows import human_bytes
 
     console = _console()
+    where = result["runtime"] + (f" {result['backend']}" if result.get("backend") else "")
+    if result.get("environment") == "chromium-headless":
+        where += f" in Chromium {result.get('browser_version') or ''}".rstrip()
     console.print(
-        f"{artifact.name} on {result['runtime']} ({result['threads']} threads, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
+        f"{artifact.name} on {where} ({result['threads']} threads, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
         f"  p50 {result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f}  p99 {result['p99_ms']:.3f}  "
         f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
         f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "
         f"peak RSS {human_bytes(result['peak_rss_bytes'])}",
         highlight=False,
     )
+    for other, r in result.get("also", {}).items():  # browser: the other backends tried in the same page
+        detail = r["error"] if "error" in r else f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  init {r['init_ms']:.1f} ms"
+        renderer = f" ({r['webgl_renderer']})" if r.get("webgl_renderer") else ""
+        console.print(f"  also {other}{renderer}: {detail}", highlight=False)
 
 
 @app.command()

@@ -183,3 +183,47 @@ def test_deploy_bench_times_a_model_json(tfjs_run):
     r = bench(result.out / result.artifact("tfjs-uint8")["path"], threads=1, warmup=1, iterations=3)
     assert r["runtime"] == "tfjs" and r["n"] == 3 and r["p50_ms"] > 0
     assert r["size_bytes"] > r["gzip_bytes"] > 0
+
+
+def _deploy(*args: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("deploy")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "deploykit.cli"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600)
+
+
+def test_cli_bench_on_node_counts_the_shards(tfjs_run):
+    result, _ = tfjs_run
+    a = result.artifact("tfjs-fp32")
+    r = _deploy("bench", str(result.out / a["path"]), "--iterations", "3", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["runtime"] == "tfjs" and out["backend"] == "wasm" and out["threads"] == 1
+    assert out["size_bytes"] == a["size_bytes"]  # model.json plus its shards, as in the manifest
+
+
+def test_cli_browser_flag_on_a_non_tfjs_file_is_a_one_line_error(tflite_files):
+    path = next(iter(tflite_files.values()))
+    r = _deploy("bench", str(path), "--browser")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("deploy: error:") and len(r.stderr.strip().splitlines()) == 1
+    assert "TF.js" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_bench_in_headless_chromium(tfjs_run):
+    from deploykit.runtime_bench.tfjs.browser import CHROMIUM
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (make install installs Debian's chromium when run as root)")
+    result, _ = tfjs_run
+    a = result.artifact("tfjs-uint8")
+    r = _deploy("bench", str(result.out / a["path"]), "--browser", "--iterations", "5", "--warmup", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["environment"] == "chromium-headless" and out["backend"] == "wasm"
+    assert out["n"] == 5 and out["p50_ms"] > 0 and out["browser_version"]

@@ -87,8 +87,41 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
     return out
 
 
+def _weight_files(path: Path, runtime: str) -> list[Path]:
+    """Files beside the artifact that hold its weights (ONNX external data, TF.js shards)."""
+    import json
+
+    if runtime == "onnxruntime":
+        from deploykit.runtime_bench.onnxruntime import check_external_data
+
+        return [path.parent / loc for loc in check_external_data(path)]
+    if runtime == "tfjs":
+        from deploykit.runtime_bench.tfjs.runner import check_shard_paths
+
+        try:
+            return check_shard_paths(json.loads(path.read_text()), path.parent)
+        except ValueError:
+            return []  # the runner's load names what is wrong with the file
+    return []
+
+
+def _bench_inputs(runner: Any, data: Any) -> dict[str, np.ndarray]:
+    if data is None:
+        return synthetic_inputs(runner)
+    from deploykit.data import load_data
+    from deploykit.models import TensorSpec
+
+    specs = []
+    for name, d in runner.input_details().items():
+        sig = list(d.get("shape_signature", d["shape"]))
+        specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), "float32"))
+    ds = load_data(data, specs).take(1)
+    return dict(zip(runner.input_names, ds.x))
+
+
 def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
-               data: Any = None, runtime: str | None = None) -> dict[str, Any]:
+               data: Any = None, runtime: str | None = None, browser: bool = False,
+               backend: str | None = None) -> dict[str, Any]:
     """Benchmark an existing artifact on its runtime.
 
     Args:
@@ -98,6 +131,8 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
         iterations: Timed runs.
         data: Optional ``.npz``/arrays; the first sample is used. Random inputs otherwise.
         runtime: Runtime to use (default: by file suffix; ``tflm`` runs a .tflite on TFLite Micro).
+        browser: TF.js only: run in headless Chromium instead of Node.
+        backend: TF.js only: ``wasm`` (default), ``cpu``, or in the browser also ``webgl``.
 
     Returns:
         Latency summary with raw samples, init time, sizes and peak memory.
@@ -116,33 +151,44 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
     if runtime is None:
         raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
-    runner = get_runner(runtime, path, threads)
-    with PeakRSS() as mem:
-        init_s = runner.load()
-        if data is not None:
-            from deploykit.data import load_data
-            from deploykit.models import TensorSpec
+    if (browser or backend) and runtime != "tfjs":
+        raise UserError(f"--browser and --backend apply to TF.js models (model.json), not to {path.name}")
+    options = {"backend": backend} if backend else {}
+    if browser:
+        from deploykit.runtime_bench.tfjs.browser import bench_in_browser
+        from deploykit.runtime_bench.tfjs.runner import TFJSRunner
 
-            specs = []
-            for name, d in runner.input_details().items():
-                sig = list(d.get("shape_signature", d["shape"]))
-                specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), "float32"))
-            ds = load_data(data, specs).take(1)
-            inputs = dict(zip(runner.input_names, ds.x))
-        else:
-            inputs = synthetic_inputs(runner)
-        stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
-    stats.init_ms = init_s * 1000
-    result = stats.to_dict()
-    result.update(runner.describe())
-    if hasattr(runner, "op_profile"):
-        result["op_profile"] = runner.op_profile(inputs)
+        inputs = None
+        if data is not None:  # the Node runner knows the input specs; only they are needed here
+            probe = TFJSRunner(path, threads=1)
+            probe.load()
+            try:
+                inputs = _bench_inputs(probe, data)
+            finally:
+                probe.close()
+        with PeakRSS() as mem:
+            result = bench_in_browser(path, warmup=warmup, iterations=iterations, backend=backend or "wasm",
+                                      inputs=inputs, threads=threads)
+    else:
+        runner = get_runner(runtime, path, threads, options)
+        with PeakRSS() as mem:
+            init_s = runner.load()
+            inputs = _bench_inputs(runner, data)
+            stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
+        stats.init_ms = init_s * 1000
+        result = stats.to_dict()
+        result.update(runner.describe())
+        if hasattr(runner, "op_profile"):
+            result["op_profile"] = runner.op_profile(inputs)
+        if hasattr(runner, "close"):
+            runner.close()
+    files = [path] + _weight_files(path, runtime)
     result.update(
         {
             "path": str(path),
             "sha256": sha256_file(path),
-            "size_bytes": path.stat().st_size,
-            "gzip_bytes": gzip_size(path),
+            "size_bytes": sum(f.stat().st_size for f in files),
+            "gzip_bytes": sum(gzip_size(f) for f in files),
             "peak_rss_bytes": mem.peak_bytes,
             "rss_increase_bytes": mem.peak_bytes - mem.start_bytes,
             "inputs": "data" if data is not None else "random",
