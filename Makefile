@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.deploykit-installed
 EXAMPLE  := build/example
 DEMO_OUT := build/demo
 DEMO_TARGETS := -t tflite-fp32 -t tflite-fp16 -t tflite-dynamic -t tflite-int8 -t tflite-int8-io -t tflite-int16x8 \
-	-t onnx-auto -t tflm-int8
+	-t onnx-auto -t tflm-int8 -t tfjs-fp32 -t tfjs-uint8
 
 # The TF.js runtime (Node): pinned by its package-lock.json, installed beside the runner script.
 TFJS_DIR   := src/deploykit/runtime_bench/tfjs
