@@ -1,22 +1,9 @@
-"""Keras-level optimization before conversion: pruning-aware fine-tuning (:mod:`.prune`).
+"""Keras-level optimization before conversion.
 
-``prune`` and the sparsity proof helpers import TensorFlow only when called.
+* :mod:`deploykit.optimize.prune` — pruning-aware fine-tuning (``prune()``, ``PruneResult``);
+* :mod:`deploykit.optimize.sparsity` — zeros counted in converted artifacts, survival check;
+* :mod:`deploykit.optimize.schedule`, :mod:`deploykit.optimize.structure` — tfmot's rules in NumPy.
+
+Nothing is re-exported here: ``prune`` is both a submodule and its main function,
+and importing this package must stay free of TensorFlow.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["prune", "PruneResult", "count_zeros", "check_sparsity_survived"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: `import deploykit.optimize` stays cheap
-    if name in ("prune", "PruneResult"):
-        from deploykit.optimize import prune as _prune
-
-        return getattr(_prune, name)
-    if name in ("count_zeros", "check_sparsity_survived"):
-        from deploykit.optimize import sparsity as _sparsity
-
-        return getattr(_sparsity, name)
-    raise AttributeError(name)

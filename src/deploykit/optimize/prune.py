@@ -57,7 +57,8 @@ from deploykit.optimize import structure as _structure
 
 KERAS3_PATH = "keras3-native-masks"
 TFMOT_PATH = "tfmot"
-DEFAULT_EPOCHS = 4
+# Digits example, 80 %: 12 epochs -> 0.7 point below dense, 20 (early-stopped at 17) -> no drop.
+DEFAULT_EPOCHS = 12
 DEFAULT_LEARNING_RATE = 1e-3
 
 ProgressFn = Callable[[str], None]

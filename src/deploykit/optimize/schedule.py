@@ -31,7 +31,10 @@ from deploykit.errors import UserError
 
 SCHEDULES = ("polynomial", "constant")
 DEFAULT_FREQUENCY = 100  # tfmot's default
-MASK_UPDATES = 10  # on small data: at least this many mask updates while pruning ramps up
+# On small data: at least this many mask updates while the sparsity ramps up. Measured on the digits
+# example (80 %, 8 epochs): 10 updates -> 96.1 % test accuracy, 40 -> 96.9 %, dense 98.0 %: big
+# jumps in sparsity knock the model over, small ones let it follow.
+MASK_UPDATES = 40
 
 
 @dataclass(frozen=True)
