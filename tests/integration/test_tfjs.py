@@ -39,6 +39,10 @@ def _bn_net(keras, with_spatial_add: bool = False):
     if with_spatial_add:  # a constant that varies over H and W: must not become a "bias"
         field = np.linspace(-1, 1, 64, dtype="float32").reshape(1, 8, 8, 1)
         x = keras.layers.Lambda(lambda t: t + field)(x)
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))(x)  # as MobileNet/ResNet before a strided conv
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="valid", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(10, activation="softmax")(x)
     model = keras.Model(inp, out, name="bn_net")
@@ -112,6 +116,10 @@ def test_fused_ops_carry_rank1_biases_and_batchnorm_is_folded(tfjs_run):
         assert n["attr"]["num_args"]["i"] == "1"
     ops = [n["op"] for n in nodes]
     assert "Conv2D" not in ops and "DepthwiseConv2dNative" not in ops and "Rsqrt" not in ops
+    # the zero padding moved into the strided conv's explicit padding (no activation copy)
+    assert "Pad" not in ops
+    explicit = [n for n in fused if n["attr"].get("padding", {}).get("s") == "RVhQTElDSVQ="]  # base64 "EXPLICIT"
+    assert len(explicit) == 1 and explicit[0]["attr"]["explicit_paddings"]["list"]["i"] == ["0", "0", "0", "1", "0", "1", "0", "0"]
     # weight bytes: about 4 x parameters (BatchNorm's moving statistics fold away)
     wb = result.artifact("tfjs-fp32")["settings"]["converter"]["weight_bytes"]
     assert 0.8 * 4 * model.count_params() < wb < 1.1 * 4 * model.count_params()

@@ -262,6 +262,58 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
     return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
 
 
+def fold_pads(frozen: FrozenGraph) -> FrozenGraph:
+    """Fold a zero ``Pad`` that feeds a VALID conv into the conv's explicit padding.
+
+    Keras' ZeroPadding2D before a strided conv (MobileNet, ResNet, EfficientNet)
+    otherwise costs a full copy of the activation per block; TF.js convolutions
+    (fused ones included) take ``padding: EXPLICIT`` with ``explicit_paddings``.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    nodes = {n.name: n for n in gd.node}
+    users: dict[str, int] = {}
+    for n in gd.node:
+        for ref in n.input:
+            users[_node_of(ref)] = users.get(_node_of(ref), 0) + 1
+    protected = set(frozen.output_nodes)
+    removed: set[str] = set()
+    for conv in gd.node:
+        if conv.op not in ("Conv2D", "DepthwiseConv2dNative") or conv.attr["padding"].s != b"VALID":
+            continue
+        if conv.attr["data_format"].s not in (b"NHWC", b""):
+            continue
+        pad = nodes.get(_node_of(conv.input[0]))
+        if pad is None or pad.op not in ("Pad", "PadV2") or pad.name in protected or users.get(pad.name) != 1:
+            continue
+        if not _is_output0(conv.input[0]):
+            continue
+        data_refs = [r for r in pad.input if not r.startswith("^")]
+        paddings = _const(nodes, data_refs[1])
+        if paddings is None or paddings.shape != (4, 2) or np.any(paddings[0] != 0) or np.any(paddings[3] != 0):
+            continue
+        if pad.op == "PadV2":
+            value = _const(nodes, data_refs[2])
+            if value is None or value.size != 1 or float(value.reshape(())) != 0.0:
+                continue
+        conv.input[0] = data_refs[0]
+        conv.input.extend(r for r in pad.input if r.startswith("^"))
+        conv.attr["padding"].s = b"EXPLICIT"
+        conv.attr["explicit_paddings"].list.Clear()
+        conv.attr["explicit_paddings"].list.i.extend(int(v) for v in paddings.reshape(-1))
+        removed.add(pad.name)
+    if not removed:
+        return frozen
+    kept = [n for n in gd.node if n.name not in removed]
+    del gd.node[:]
+    gd.node.extend(kept)
+    fusions = dict(frozen.fusions)
+    fusions["Pad folded into conv"] = len(removed)
+    return FrozenGraph(_drop_dead_constants(gd), frozen.inputs, frozen.outputs, fusions)
+
+
 def _drop_dead_constants(gd: Any) -> Any:
     """Remove Const nodes nothing reads any more (weights replaced by fused copies)."""
     used = {_node_of(r) for n in gd.node for r in n.input}
@@ -274,4 +326,4 @@ def _drop_dead_constants(gd: Any) -> Any:
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, and (optionally) fuse for the runtime."""
     frozen = run_grappler(freeze_serving(saved_model_dir))
-    return fuse_for_runtime(frozen) if fuse else frozen
+    return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen
