@@ -116,6 +116,12 @@ class Pipeline:
         verify_samples: At most this many evaluation samples are verified.
         bench: Benchmark artifacts (True) or only verify them.
         progress: Called with a short message as each step starts.
+        prune: Prune before converting: a sparsity (``0.8``) or a dict of
+            :func:`deploykit.optimize.prune.prune` settings (``sparsity``, ``schedule``,
+            ``structure``, ``block_size``, ``epochs``, ``batch_size``, ``patience``,
+            ``learning_rate``, ``loss``, ``validation_split``, ``seed``). Every artifact
+            is then checked to still hold the pruned kernels' zeros.
+        train_data: Labelled training data for the pruning fine-tune (``.npz`` with x, y).
 
     Example:
         >>> Pipeline(["tflite-fp32", "tflite-int8"], data="calib.npz", out="build").run("model.keras")
@@ -136,8 +142,13 @@ class Pipeline:
         verify_samples: int = DEFAULT_VERIFY_SAMPLES,
         bench: bool = True,
         progress: ProgressFn | None = None,
+        prune: Any = None,
+        train_data: Any = None,
     ):
         self.targets = _resolve_targets(targets)
+        self.prune_options = _check_prune(prune, train_data)
+        self.train_data = train_data
+        self.prune_report: dict[str, Any] | None = None
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
         self.bench_overrides = overrides
         for t in list(self.targets):
@@ -186,6 +197,9 @@ class Pipeline:
             from deploykit.data import check_label_range
 
             check_label_range(evald, out_shape[1])
+        if self.prune_options is not None:  # the pruned model is what gets converted and verified
+            loaded = self._prune(model, loaded, steps)
+            specs = loaded.inputs
 
         self.progress("computing reference outputs")
         with PeakRSS() as mem:
@@ -236,6 +250,44 @@ class Pipeline:
         md, html = write_reports(manifest, self.out)
         return ConvertResult(self.out, manifest.to_dict(), manifest_path, md, html)
 
+    def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
+        """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""
+        from deploykit.data import load_data
+        from deploykit.models import load_model
+        from deploykit.optimize.prune import prune, read_compile_config
+        from deploykit.runtime_bench.memory import PeakRSS
+
+        if loaded.keras_model is None:
+            raise UserError(f"{loaded.source}: pruning fine-tunes a Keras model; pass the .keras/.h5 file, not a SavedModel")
+        train = load_data(self.train_data, loaded.inputs, role="train data")
+        if train.y is None:
+            raise DataError(f"train data {train.source} has no labels 'y'; pruning fine-tunes the model and needs them")
+        config = read_compile_config(model) if isinstance(model, (str, Path)) else None
+        self.progress("pruning: fine-tuning")
+        with PeakRSS() as mem:
+            result = prune(loaded.keras_model, train, compile_config=config,
+                           progress=lambda msg: self.progress(f"pruning: {msg}"), **self.prune_options)
+        steps["prune"] = {**mem.to_dict(), "report": result.report}
+        self.prune_report = result.report
+        pruned = load_model(result.model)
+        pruned.source = f"{loaded.source} (pruned)"
+        loaded.release()
+        return pruned
+
+    def _check_sparsity(self, artifact: Artifact, target: Target, path: Path) -> None:
+        """Record the artifact's zeros; a pruned kernel the converter densified fails the target."""
+        from deploykit.optimize.sparsity import FORMATS, check_sparsity_survived, count_zeros
+
+        if target.format not in FORMATS:
+            return
+        counts = count_zeros(path, format=target.format)
+        lost = check_sparsity_survived(self.prune_report, counts)
+        artifact.settings["sparsity"] = {"total_zeros": counts["total_zeros"], "total_size": counts["total_size"],
+                                         "densified": lost}
+        if lost:
+            artifact.verification["failures"] += [f"pruning lost: {m}" for m in lost]
+            artifact.verification["passed"] = False
+
     def _all_targets(self) -> list[Target]:
         """Requested targets plus the candidates of -auto targets."""
         out = list(self.targets)
@@ -282,6 +334,8 @@ class Pipeline:
                     budget = converter.audit(target, footprint, runner)
                     artifact.verification["failures"] += budget
                     artifact.verification["passed"] = artifact.verification["passed"] and not budget
+                if self.prune_report is not None:
+                    self._check_sparsity(artifact, target, tmp)
                 if self.bench_enabled:
                     # The verified runner is the timed runner: same object, no second load.
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
@@ -353,6 +407,34 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
     return result
 
 
+PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",
+                  "learning_rate", "loss", "validation_split", "seed")
+
+
+def _check_prune(prune: Any, train_data: Any) -> dict[str, Any] | None:
+    """Pruning settings checked before any work (None: no pruning)."""
+    import numbers
+
+    if prune is None:
+        if train_data is not None:
+            raise UserError("train data is only used to fine-tune while pruning; pass --prune 0.8 (prune=0.8) or drop --train-data")
+        return None
+    if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
+        prune = {"sparsity": prune}
+    if not isinstance(prune, dict):
+        raise UserError(f"prune must be a sparsity like 0.8 or a dict of settings, got {type(prune).__name__}")
+    unknown = sorted(set(prune) - set(PRUNE_SETTINGS))
+    if unknown:
+        raise UserError(f"unknown pruning setting(s) {', '.join(unknown)}; choose from: {', '.join(PRUNE_SETTINGS)}")
+    from deploykit.optimize.prune import check_settings
+
+    checked = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience", "learning_rate")
+    check_settings(**{k: prune[k] for k in checked if k in prune})
+    if train_data is None:
+        raise UserError("pruning fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
+    return dict(prune)
+
+
 def _random_inputs(specs) -> Any:
     from deploykit.data import Dataset
 
@@ -388,7 +470,8 @@ def convert(
         data: Calibration and evaluation data (``.npz`` path with ``x``/``y``, arrays, ``(x, y)``).
         out: Output directory.
         **options: ``eval_data``, ``force``, ``trust_model``, ``threads``, ``warmup``,
-            ``iterations``, ``verify_samples``, ``bench``, ``progress`` (see :class:`Pipeline`).
+            ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``,
+            ``train_data`` (see :class:`Pipeline`).
 
     Returns:
         A :class:`ConvertResult`; ``result.manifest`` is the content of ``manifest.json``.

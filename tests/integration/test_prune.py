@@ -123,7 +123,7 @@ def test_keras3_unstructured_reaches_the_exact_target(k3_unstructured, trained):
         np.testing.assert_array_equal(a, b)
     # progress: one line per epoch; history; early-stopping bookkeeping
     assert len(lines) == report["epochs_run"] == len(report["history"]) == EPOCHS
-    assert lines[-1].startswith(f"prune epoch {EPOCHS}/{EPOCHS}: loss ") and "sparsity 80.0%" in lines[-1]
+    assert lines[-1].startswith(f"prune epoch {EPOCHS}/{EPOCHS}: loss ") and "sparsity 80.00%" in lines[-1]
     assert report["history"][-1]["at_target"] and report["best_epoch"] == EPOCHS
     assert report["final_masks_forced"] is False
     t = report["totals"]
@@ -289,3 +289,66 @@ def test_survival_check_flags_a_dense_artifact(k3_unstructured, trained, digits,
         loaded.release()
     failures = check_sparsity_survived(k3_unstructured[0].report, count_zeros(path))
     assert len(failures) == 4 and all("was densified in the tflite artifact" in f for f in failures)
+
+
+# ----------------------------------------------------------------------------- pipeline and CLI
+def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digits, tmp_path):
+    import deploykit
+
+    progress: list[str] = []
+    result = deploykit.convert(
+        keras3_path, ["tflite-int8", "onnx-int8-qdq"], data=data_npz, out=tmp_path / "out", bench=False,
+        prune={"sparsity": 0.8, "epochs": 2, "batch_size": 64}, train_data=(digits.x_train, digits.y_train),
+        progress=progress.append,
+    )
+    assert result.ok, [a["error"] for a in result.artifacts]
+    report = result["steps"]["prune"]["report"]
+    assert report["path"] == "keras3-native-masks" and report["settings"]["training_settings_from"] == "model compile config"
+    assert result["model"]["source"].endswith("(pruned)") and result["model"]["path"] == str(keras3_path)
+    for a in result.artifacts:
+        s = a["settings"]["sparsity"]
+        assert s["densified"] == [] and s["total_zeros"] >= report["totals"]["zeros_after"] * 0.99, a["target"]
+    assert any(p.startswith("pruning: prune epoch 2/2") for p in progress)
+
+
+def test_pruning_settings_are_refused_before_any_work(keras3_path, data_npz, digits, tmp_path):
+    import deploykit
+
+    out = tmp_path / "never"
+    train = (digits.x_train, digits.y_train)
+    with pytest.raises(UserError, match="needs labelled training data; pass --train-data"):
+        deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, prune=0.8)
+    with pytest.raises(UserError, match="only used to fine-tune while pruning"):
+        deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, train_data=train)
+    with pytest.raises(UserError, match=r"sparsity must be a fraction in \(0, 1\)"):
+        deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, prune=1.5, train_data=train)
+    with pytest.raises(UserError, match="unknown pruning setting"):
+        deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, prune={"sparsity": 0.5, "epoch": 3},
+                          train_data=train)
+    with pytest.raises(DataError, match="has no labels 'y'"):
+        deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, prune=0.5, train_data=digits.x_train)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_prune_flags(keras3_path, data_npz, digits, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    deploy = Path(sys.executable).with_name("deploy")
+    cmd = [str(deploy)] if deploy.exists() else [sys.executable, "-m", "deploykit.cli"]
+    train = tmp_path / "train.npz"
+    np.savez(train, x=digits.x_train, y=digits.y_train)
+    out = tmp_path / "cli"
+    proc = subprocess.run([*cmd, "convert", str(keras3_path), "-t", "tflite-fp32", "--data", str(data_npz), "--no-bench",
+                           "--train-data", str(train), "--prune-structure", "2:4", "--epochs", "1", "-o", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = manifest["steps"]["prune"]["report"]
+    assert report["settings"]["structure"] == "2:4" and report["settings"]["epochs"] == 1
+    assert manifest["artifacts"][0]["settings"]["sparsity"]["densified"] == []
+    bad = subprocess.run([*cmd, "convert", str(keras3_path), "-t", "tflite-fp32", "--epochs", "3", "-o", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--epochs only apply to the pruning fine-tune" in bad.stderr

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -370,7 +371,7 @@ class _TrainState:
         entry.update({k: float(v) for k, v in logs.items() if k != "loss" and np.ndim(v) == 0})
         self.history.append(entry)
         self.progress(f"prune epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, val acc {acc:.4f}, "
-                      f"sparsity {entry['sparsity']:.1%}{'' if at_target else ' (ramping up)'}")
+                      f"sparsity {entry['sparsity']:.2%}{'' if at_target else ' (ramping up)'}")
         if not at_target:
             return
         if self.best is None or acc > self.best[0]:
@@ -595,6 +596,47 @@ def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, 
 
 
 # ----------------------------------------------------------------------------- API
+def check_settings(
+    *,
+    sparsity: float | None = None,
+    schedule: str = "polynomial",
+    structure: str = "unstructured",
+    block_size: Sequence[int] = (1, 4),
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 32,
+    patience: int | None = 2,
+    learning_rate: float | None = None,
+) -> tuple[float, tuple[int, int]]:
+    """Validate pruning settings without a model (the CLI and Pipeline call it before any work).
+
+    Returns:
+        ``(sparsity, block_size)``: the sparsity to reach (0.5 for 2:4) and the parsed block size.
+
+    Raises:
+        UserError: the first bad setting, naming the valid choices.
+    """
+    bs = _structure.check_structure(structure, block_size)
+    if schedule not in _schedule.SCHEDULES:
+        raise UserError(f"unknown pruning schedule {schedule!r}; choose one of: {', '.join(_schedule.SCHEDULES)}")
+    real = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
+    if structure == "2:4":
+        if sparsity is not None and not (real and math.isclose(float(sparsity), 0.5)):
+            raise UserError(f"2:4 structure prunes exactly 50% of each kernel; sparsity {sparsity} conflicts, leave it unset or 0.5")
+        sparsity, real = 0.5, True
+    if sparsity is None:
+        raise UserError("pass sparsity=... (--prune), the fraction of weights to zero, e.g. 0.8")
+    if not real or not 0.0 < float(sparsity) < 1.0:
+        raise UserError(f"sparsity must be a fraction in (0, 1), got {sparsity!r}; e.g. 0.8 zeroes 80% of the weights")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0):
+        raise UserError(f"patience must be a non-negative integer or None, got {patience!r}")
+    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and float(learning_rate) > 0):
+        raise UserError(f"learning_rate must be a number > 0, got {learning_rate!r}")
+    return float(sparsity), bs
+
+
 def prune(
     model: Any,
     train_data: Any,
@@ -660,25 +702,8 @@ def prune(
     """
     progress = progress or (lambda msg: None)
     kind = _framework(model)
-    bs = _structure.check_structure(structure, block_size)
-    if schedule not in _schedule.SCHEDULES:
-        raise UserError(f"unknown pruning schedule {schedule!r}; choose one of: {', '.join(_schedule.SCHEDULES)}")
-    if structure == "2:4":
-        if sparsity is not None and not math.isclose(float(sparsity), 0.5):
-            raise UserError(f"2:4 structure prunes exactly 50% of each kernel; sparsity {sparsity} conflicts, leave it unset or 0.5")
-        sparsity = 0.5
-    if sparsity is None:
-        raise UserError("pass sparsity=... (--prune), the fraction of weights to zero, e.g. 0.8")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
-        raise UserError(f"sparsity must be a fraction in (0, 1), got {sparsity!r}; e.g. 0.8 zeroes 80% of the weights")
-    sparsity = float(sparsity)
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 0):
-        raise UserError(f"patience must be a non-negative integer or None, got {patience!r}")
-    if learning_rate is not None and not float(learning_rate) > 0:
-        raise UserError(f"learning_rate must be > 0, got {learning_rate!r}")
+    sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
+                                  epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate)
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 

@@ -224,11 +224,16 @@ def _count_tfjs(model_json: Path) -> dict[str, Any]:
     return _totals(tensors, "tfjs")
 
 
-def count_zeros(path: str | Path) -> dict[str, Any]:
+FORMATS = {"tflite": "tflite", "tflm": "tflite", "onnx": "onnx", "tfjs": "tfjs"}
+
+
+def count_zeros(path: str | Path, format: str | None = None) -> dict[str, Any]:  # noqa: A002 - the Target field's name
     """Zeros per constant tensor of a converted artifact.
 
     Args:
         path: A ``.tflite`` or ``.onnx`` file, a TF.js ``model.json``, or the directory holding it.
+        format: ``tflite``, ``tflm``, ``onnx`` or ``tfjs`` when the file name does not tell
+            (e.g. a temporary file before its final rename); default: from the suffix.
 
     Returns:
         ``{"format", "tensors": [{name, shape, size, zeros, sparsity, dtype}], "total_zeros", "total_size"}``.
@@ -246,6 +251,10 @@ def count_zeros(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a .tflite, .onnx or TF.js model.json file")
     suffix = path.suffix.lower()
+    if format is not None:
+        if format not in FORMATS:
+            raise UserError(f"cannot count zeros of format {format!r}; choose one of: {', '.join(FORMATS)}")
+        suffix = {"tflite": ".tflite", "onnx": ".onnx", "tfjs": ".json"}[FORMATS[format]]
     if suffix == ".tflite":
         return _count_tflite(path)
     if suffix == ".onnx":
