@@ -3,7 +3,7 @@
 For each architecture: build it (weights=None, nothing downloaded), save it as .keras, and
 run one `deploykit.convert` with tflite-fp32 and onnx-fp32 on
 a few seeded inputs; a format passes when its artifact converts, loads in its real runtime
-(LiteRT / ONNX Runtime) and matches the Keras model within the target's tolerance.
+(LiteRT / ONNX Runtime / TF.js in Node) and matches the Keras model within the target's tolerance.
 
 The ONNX issue's figure: every architecture the TFLite path converts also converts to ONNX,
 passes onnx.checker (full_check), loads in ONNX Runtime and matches the reference.
@@ -31,7 +31,7 @@ DEFAULT = [
     "ConvNeXtTiny", "VGG16",
 ]
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetMobile": 224}
-TARGETS = ["tflite-fp32", "onnx-fp32"]
+TARGETS = ["tflite-fp32", "onnx-fp32", "tfjs-fp32"]
 
 CHILD = r'''
 import os, sys, json

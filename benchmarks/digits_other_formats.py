@@ -1,4 +1,4 @@
-"""Figures on the digits example for the ONNX and TFLite Micro targets.
+"""Figures on the digits example for the ONNX, TFLite Micro and TF.js targets.
 
 * ONNX issue: every int8 ONNX profile (onnx-int8-dynamic, -qdq, -qop) is within 1 accuracy
   point of the Keras model, or marked failed.
@@ -8,6 +8,8 @@
   the interpreter's RecordingMicroAllocator total, the model runs in exactly that arena, and
   it does not run in 90% of it. The generated C array compiles with `gcc -c -Wall -Werror` and
   holds exactly the .tflite bytes.
+* TF.js issue: `tfjs-fp32` max abs error <= 1e-4 against Keras and `tfjs-uint8` accuracy within
+  1 point, both measured in the TF.js 4.22 runtime (Node, wasm backend) by deploy's verification.
 
 Usage: .venv/bin/python benchmarks/digits_other_formats.py [--workdir DIR]
 """
@@ -27,6 +29,7 @@ sys.path.insert(0, str(HERE))
 from _common import workdir, DEPLOY, PYTHON, ROOT, Verdicts, check_ok, machine_line, run_child, table  # noqa: E402
 
 ONNX_INT8 = ["onnx-int8-dynamic", "onnx-int8-qdq", "onnx-int8-qop"]
+TFJS = ["tfjs-fp32", "tfjs-uint8"]
 
 ARENA_CHECK = r'''
 import sys, os, re, tempfile, numpy as np
@@ -63,7 +66,7 @@ def run(work: Path) -> None:
                  "building the digits example")
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
-    r = run_child([DEPLOY, "convert", str(example / "digits.keras"), *sum((["-t", t] for t in ONNX_INT8 + ["tflm-int8"]), []),
+    r = run_child([DEPLOY, "convert", str(example / "digits.keras"), *sum((["-t", t] for t in ONNX_INT8 + ["tflm-int8"] + TFJS), []),
                    "--data", str(example / "digits.npz"), "--out", str(out)])
     check_ok(r, "deploy convert", allowed=(0, 1))
     m = json.loads((out / "manifest.json").read_text())
@@ -81,6 +84,13 @@ def run(work: Path) -> None:
         drop = a["verification"].get("accuracy_drop_points")
         ok = (drop is not None and drop <= 1.0) or a["status"] == "failed"
         v.check(f"{name} within 1 point or marked failed", ok, f"status {a['status']}, drop {drop:+.2f} pts")
+
+    fp32 = arts["tfjs-fp32"]["verification"]
+    v.check("tfjs-fp32 max abs error <= 1e-4 (TF.js runtime, wasm)", arts["tfjs-fp32"]["status"] == "ok"
+            and fp32["max_abs_error"] <= 1e-4, f"{fp32.get('max_abs_error', float('nan')):.2e}")
+    u8 = arts["tfjs-uint8"]["verification"]
+    v.check("tfjs-uint8 accuracy within 1 point", arts["tfjs-uint8"]["status"] == "ok"
+            and u8["accuracy_drop_points"] <= 1.0, f"drop {u8.get('accuracy_drop_points', float('nan')):+.2f} pts")
 
     t = arts["tflm-int8"]
     drop = t["verification"]["accuracy_drop_points"]
