@@ -21,7 +21,16 @@ One run, side by side:
    beside the dense fp32 model; p50 ratios reported (no threshold: it is a
    measurement of whether the runtime exploits the zeros on this CPU).
 
-Usage: .venv/bin/python benchmarks/digits_pruning.py [--workdir DIR] [--epochs 30] [--prune-epochs 20]
+Measured here (2 cores, 20 prune epochs, early-stopped at 17): 80 % -> accuracy 97.96 % = dense,
+gzip ratio 0.120 (FAIL of the 0.10 figure); 85 % -> -0.56 point, 0.100 (just above); 90 % ->
+-1.85 points, 0.078. On this model the two figures do not hold at one sparsity: 20 % of int8
+values plus their positions gzip to about 0.12 of the fp32 file. 2:4: 50.00 % on every kernel
+that can take it (the 1-channel first conv cannot), no accuracy loss. Keras 3 and tf_keras:
+identical per-kernel zero counts, 97.96 % vs 97.22 %. LiteRT's EXPERIMENTAL_SPARSITY: same
+outputs, p50 within +-4 % of the dense-format file (XNNPACK densifies it at load: no speed-up),
+and its int8 variant does not even load (XNNPACK fails to delegate the sparse FULLY_CONNECTED).
+
+Usage: .venv/bin/python benchmarks/digits_pruning.py [--workdir DIR] [--epochs 30] [--prune-epochs 20] [--sparsity 0.8]
 """
 
 from __future__ import annotations
