@@ -274,6 +274,27 @@ def test_sparsity_survives_tflite_and_onnx_including_int8(k3_unstructured, digit
     assert failures == {name: [] for name in failures}
 
 
+def test_count_zeros_reads_tflite_sparse_format(k3_unstructured, tmp_path):
+    """EXPERIMENTAL_SPARSITY stores only non-zero blocks: the zeros are the dense size minus what is stored."""
+    import tensorflow as tf
+
+    from deploykit.models import load_model
+    from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+
+    result = k3_unstructured[0]
+    loaded = load_model(result.model)
+    try:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(loaded.saved_model_dir()))
+        conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        path = tmp_path / "sparse.tflite"
+        path.write_bytes(conv.convert())
+    finally:
+        loaded.release()
+    counts = count_zeros(path)
+    assert any(t.get("sparse_format") for t in counts["tensors"])
+    assert check_sparsity_survived(result.report, counts) == []
+
+
 def test_survival_check_flags_a_dense_artifact(k3_unstructured, trained, digits, tmp_path):
     from deploykit.converters import tflite
     from deploykit.data import load_data
