@@ -13,6 +13,11 @@ tensorflow==2.19.*, tensorflowjs==4.22.0, ydf==0.11.0 -- about 2 GB, several min
 never a dependency of deploykit. Both outputs are also compared with each other on the same
 input (they should agree to ~1e-5).
 
+(c) --official-check (default ResNet50,EfficientNetB0; 96x96 features): the architectures whose
+    official-converter output TF.js refuses ("FusedConv2D only supports rank-1 bias") are converted
+    by both and run once in Node: ours must run and match Keras (deploy's verification); the
+    official result is printed as found (informative, not a figure).
+
 Model and data as in mobilenetv2_tflite.py (_prepare.py: BatchNorm statistics from the data),
 with the standard 1000-class head: the size figure is about the stock architecture. Our weight
 bytes sit a little under 4 x params because BatchNorm folds into the convolutions (its moving
@@ -56,6 +61,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30, help="timed runs per model per round")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--official-venv", type=Path, default=ROOT / "build" / "bench-venvs" / "tfjs-official")
+    parser.add_argument("--official-check", default="ResNet50,EfficientNetB0",
+                        help="architectures to convert with both converters and run once ('' to skip)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     with workdir(args.workdir, "deploykit-bench-tfjs-") as work:
@@ -135,7 +142,64 @@ def run(args, work: Path) -> None:
     ratio = p50["deploykit"] / p50["official"]
     v.check("tfjs-fp32 wasm p50 no slower than the official converter's output", ratio <= 1.0,
             f"{p50['deploykit']:.2f} / {p50['official']:.2f} ms = {ratio:.3f}x")
+    if args.official_check:
+        _official_check(args, work, v)
     v.exit()
+
+
+BUILD_APP = r'''
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np, keras
+arch, out = sys.argv[1], sys.argv[2]
+keras.utils.set_random_seed(0)
+m = getattr(keras.applications, arch)(weights=None, input_shape=(96, 96, 3), include_top=False, pooling="avg")
+x = np.random.default_rng(0).uniform(-1, 1, (16, 96, 96, 3)).astype("float32")
+bns = [l for l in m.layers if isinstance(l, keras.layers.BatchNormalization)]
+for bn in bns: bn.momentum = 0.0
+if bns: m(x, training=True)
+m.save(out + "/model.keras"); np.savez(out + "/x.npz", x=x); m.export(out + "/saved_model", verbose=False)
+'''
+
+
+def _official_check(args, work: Path, v: Verdicts) -> None:
+    from deploykit.errors import DeployError
+    from deploykit.runtime_bench.tfjs.runner import TFJSRunner
+
+    rows = []
+    for arch in args.official_check.split(","):
+        d = work / f"check_{arch}"
+        if not (d / "model.keras").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            check_ok(run_child([PYTHON, "-c", BUILD_APP, arch, str(d)]), f"building {arch}")
+        out = d / "deploy"
+        shutil.rmtree(out, ignore_errors=True)
+        r = run_child([DEPLOY, "convert", str(d / "model.keras"), "-t", "tfjs-fp32", "--data", str(d / "x.npz"),
+                       "--out", str(out), "--no-bench"])
+        check_ok(r, f"deploy convert {arch}", allowed=(0, 1))
+        ours = json.loads((out / "manifest.json").read_text())["artifacts"][0]
+        official = d / "official"
+        if not (official / "model.json").exists():
+            rr = run_child([str(_official_venv(args.official_venv)), "--input_format=tf_saved_model",
+                            "--output_format=tfjs_graph_model", str(d / "saved_model"), str(official)])
+            official_status = "converter failed: " + (rr.stderr.strip().splitlines() or ["?"])[-1][:80] if rr.returncode else ""
+        else:
+            official_status = ""
+        if not official_status:
+            runner = TFJSRunner(official / "model.json", threads=1)
+            try:
+                runner.load()
+                runner.run({runner.input_names[0]: np.load(d / "x.npz")["x"][:1]})
+                official_status = "runs"
+            except DeployError as exc:
+                official_status = "fails in TF.js: " + str(exc)[:90]
+            finally:
+                runner.close()
+        err = ours["verification"].get("max_abs_error")
+        rows.append([arch, ours["status"], f"{err:.1e}" if err is not None else "-", official_status])
+        v.check(f"{arch}: our tfjs-fp32 runs in TF.js and matches Keras", ours["status"] == "ok",
+                ours.get("error") or f"max abs error {err:.2e}")
+    print(table(["architecture", "ours", "max abs err", "official converter's output"], rows))
 
 
 if __name__ == "__main__":
