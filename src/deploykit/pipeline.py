@@ -198,6 +198,7 @@ class Pipeline:
 
             check_label_range(evald, out_shape[1])
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
+            dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
             loaded = self._prune(model, loaded, steps)
             specs = loaded.inputs
 
@@ -206,6 +207,9 @@ class Pipeline:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
             reference = loaded.predict(evald.x)
         steps["reference"] = mem.to_dict()
+        if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
+            self.prune_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": dense_accuracy,
+                                         "accuracy_after": _accuracy(reference, evald.y)}
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
         for t in self._all_targets():  # format-specific user errors, found before anything is written
@@ -433,6 +437,13 @@ def _check_prune(prune: Any, train_data: Any) -> dict[str, Any] | None:
     if train_data is None:
         raise UserError("pruning fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
     return dict(prune)
+
+
+def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Top-1 accuracy of the first output (a classifier's probabilities or logits), None without labels."""
+    if labels is None or not outputs or np.asarray(outputs[0]).ndim != 2:
+        return None
+    return float(np.mean(np.argmax(outputs[0], axis=-1) == np.asarray(labels).reshape(-1)))
 
 
 def _random_inputs(specs) -> Any:

@@ -318,7 +318,7 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
 
     progress: list[str] = []
     result = deploykit.convert(
-        keras3_path, ["tflite-int8", "onnx-int8-qdq"], data=data_npz, out=tmp_path / "out", bench=False,
+        keras3_path, ["tflite-int8", "onnx-int8-qdq", "tfjs-uint8"], data=data_npz, out=tmp_path / "out", bench=False,
         prune={"sparsity": 0.8, "epochs": 2, "batch_size": 64}, train_data=(digits.x_train, digits.y_train),
         progress=progress.append,
     )
@@ -330,6 +330,17 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
         s = a["settings"]["sparsity"]
         assert s["densified"] == [] and s["total_zeros"] >= report["totals"]["zeros_after"] * 0.99, a["target"]
     assert any(p.startswith("pruning: prune epoch 2/2") for p in progress)
+    # accuracy before and after pruning on the artifacts' own evaluation data; after conversion per artifact
+    ev = report["eval"]
+    assert ev["samples"] == len(digits.x_eval) and 0 < ev["accuracy_before"] <= 1 and 0 < ev["accuracy_after"] <= 1
+    for a in result.artifacts:
+        assert a["verification"]["reference_accuracy"] == pytest.approx(ev["accuracy_after"])
+    md = (result.out / "report.md").read_text()
+    html = (result.out / "report.html").read_text()
+    for text in ("## Pruning", "| Layer | Class | Weight | Target | Achieved |", "all pruned kernels kept their zeros",
+                 "Kept dense", "Rescaling"):
+        assert text in md, text
+    assert "<h2>Pruning</h2>" in html and "kept their zeros" in html
 
 
 def test_pruning_settings_are_refused_before_any_work(keras3_path, data_npz, digits, tmp_path):

@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, footprint_lines, op_profile_lines, selection_lines, table
+from deploykit.report.rows import COLUMNS, footprint_lines, highlights, op_profile_lines, prune_lines, selection_lines, table
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -18,6 +18,7 @@ code{background:#f5f5f5;padding:0 .2rem}.fail{color:#b00}
 
 def _md_inline(text: str) -> str:
     text = html.escape(text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
 
 
@@ -72,6 +73,9 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if plot_svg:
         svg = plot_svg[plot_svg.find("<svg"):]
         parts.append(f"<h2>Size vs latency</h2><div>{svg}</div>")
+    pruned = prune_lines(manifest)
+    if pruned:
+        parts.append("<h2>Pruning</h2>" + _md_block(pruned))
     sel = selection_lines(manifest)
     if sel:
         parts.append("<h2>Auto selection (measured, not guessed)</h2>" + _md_block(sel))

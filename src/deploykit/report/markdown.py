@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, highlights, human_bytes, footprint_lines, op_profile_lines, selection_lines, table
+from deploykit.report.rows import (COLUMNS, footprint_lines, highlights, human_bytes, op_profile_lines, prune_lines,
+                                   selection_lines, table)
 
 
 def _inputs(model: dict) -> str:
@@ -36,6 +37,9 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
         lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
     if plot_file:
         lines += ["", f"![size vs latency]({plot_file})"]
+    pruned = prune_lines(manifest)
+    if pruned:
+        lines += ["", "## Pruning", ""] + pruned
     sel = selection_lines(manifest)
     if sel:
         lines += ["", "## Auto selection (measured, not guessed)", ""] + sel

@@ -147,3 +147,51 @@ def footprint_lines(manifest: Manifest) -> list[str]:
             f"that arena); heaviest layers: {heavy or '–'}"
         )
     return lines
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def prune_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: pruning settings, accuracy before/after, sizes, per-layer sparsity, and
+    the zeros each artifact still holds (the proof that sparsity survived conversion)."""
+    step = manifest.steps.get("prune")
+    if not step or "report" not in step:
+        return []
+    rep = step["report"]
+    st = rep.get("settings", {})
+    tot = rep.get("totals", {})
+    ev = rep.get("eval", {})
+    lines = [
+        f"Pruned to **{st.get('sparsity', 0):.0%}** sparsity ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
+        f"schedule) by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
+        f"({rep.get('path')}); loss and optimizer from {st.get('training_settings_from')}.",
+        "",
+        f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): dense {_pct(ev.get('accuracy_before'))} → "
+        f"pruned {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
+        f"{_pct(rep.get('accuracy_after'))}. Each artifact's accuracy after conversion is in the Targets table.",
+        f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
+        f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "
+        f"gzip {human_bytes(tot.get('gzip_bytes_before'))} → {human_bytes(tot.get('gzip_bytes_after'))}.",
+    ]
+    skipped = rep.get("skipped", [])
+    kept_dense = [s for s in skipped if s.get("reason") != "no weights"]
+    if kept_dense:
+        lines.append("- Kept dense: " + ", ".join(f"`{s['layer']}` ({s['class']}: {s['reason']})" for s in kept_dense) + ".")
+    lines += ["", "| Layer | Class | Weight | Target | Achieved |", "|---|---|---|---|---|"]
+    for layer in rep.get("layers", []):
+        for k in layer.get("kernels", []):
+            lines.append(f"| {layer['name']} | {layer['class']} | {k['weight']} {tuple(k['shape'])} | "
+                         f"{layer['target_sparsity']:.0%} | {k['achieved_sparsity']:.2%} |")
+    survived = [a for a in manifest.artifacts if "sparsity" in a.settings]
+    if survived:
+        lines += ["", "Zeros in each artifact's weight tensors (a converter or quantizer that densified a pruned "
+                  "kernel fails its target):", ""]
+        for a in survived:
+            s = a.settings["sparsity"]
+            frac = s["total_zeros"] / s["total_size"] if s.get("total_size") else 0.0
+            verdict = "all pruned kernels kept their zeros" if not s.get("densified") else "DENSIFIED: " + "; ".join(s["densified"])
+            lines.append(f"- **{a.target}**: {s['total_zeros']:,} of {s['total_size']:,} weight values are zero "
+                         f"({frac:.1%}); {verdict}")
+    return lines
