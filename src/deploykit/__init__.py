@@ -7,6 +7,8 @@ Public API::
                                data="calib.npz", out="build/")
     print(result.ok, result.report_path)
 
+    pruned = deploykit.prune(keras_model, (x_train, y_train), sparsity=0.8).model
+
 Heavy libraries (TensorFlow, LiteRT) are imported only inside the functions
 that need them, so importing deploykit is cheap.
 """
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "convert",
+    "prune",
     "bench",
     "inspect",
     "Pipeline",
@@ -42,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from deploykit import pipeline
 
         return getattr(pipeline, name)
+    if name == "prune":
+        from deploykit.optimize.prune import prune
+
+        return prune
     if name == "bench":
         from deploykit.runtime_bench import bench_file
 
