@@ -235,3 +235,22 @@ def test_cli_bench_in_headless_chromium(tfjs_run):
     out = json.loads(r.stdout)
     assert out["environment"] == "chromium-headless" and out["backend"] == "wasm"
     assert out["n"] == 5 and out["p50_ms"] > 0 and out["browser_version"]
+
+
+def test_grouped_convolutions_run_in_tfjs(tmp_path, data_npz):
+    """Keras 3 builds ConvNeXt's depthwise layers as Conv2D(groups=C); TF.js's conv2d has no groups."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=8, activation="relu")(x)  # depthwise in disguise
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=2)(x)  # 2 groups of 4 channels
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    result = deploykit.convert(keras.Model(inp, out), ["tfjs-fp32"], data=data_npz, out=tmp_path / "grouped",
+                               iterations=2, warmup=0)
+    a = result.artifact("tfjs-fp32")
+    assert a["status"] == "ok", a["error"]
+    assert a["settings"]["converter"]["fused_ops"]["grouped Conv2D rewritten"] == 2
+    ops = [n["op"] for n in json.loads((result.out / a["path"]).read_text())["modelTopology"]["node"]]
+    assert "FusedDepthwiseConv2dNative" in ops and "Split" in ops and "ConcatV2" in ops

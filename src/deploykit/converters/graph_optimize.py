@@ -262,6 +262,101 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
     return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
 
 
+def _channels_of(graph_def: Any, refs: list[str]) -> dict[str, int | None]:
+    """Static last-dimension size of each tensor reference (None when unknown)."""
+    tf = import_tensorflow()
+    graph = tf.Graph()
+    with graph.as_default(), native_stderr_captured():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    out: dict[str, int | None] = {}
+    for ref in refs:
+        name = ref if ":" in ref else ref + ":0"
+        shape = graph.get_tensor_by_name(name).shape
+        out[ref] = int(shape[-1]) if shape.rank and shape[-1] is not None else None
+    return out
+
+
+def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
+    """Rewrite grouped ``Conv2D`` (input channels = groups x filter in-channels) for TF.js.
+
+    TensorFlow runs a Conv2D whose filter has fewer input channels than its input
+    as a grouped convolution; Keras 3 emits it for depthwise layers built as
+    ``Conv2D(groups=C)`` (ConvNeXt). TF.js's conv2d refuses it ("depth of input
+    must match"). One group per input channel becomes ``DepthwiseConv2dNative``
+    (same weights, reshaped); other group counts become Split -> Conv2D per
+    group -> ConcatV2.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    convs = [n for n in frozen.graph_def.node if n.op == "Conv2D" and n.attr["data_format"].s in (b"NHWC", b"")]
+    if not convs:
+        return frozen
+    nodes = {n.name: n for n in frozen.graph_def.node}
+    channels = _channels_of(frozen.graph_def, [c.input[0] for c in convs])
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    new_nodes: list[Any] = []
+    count = 0
+
+    def const_node(name: str, value: np.ndarray) -> Any:
+        node = node_def_pb2.NodeDef(name=name, op="Const")
+        node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        new_nodes.append(node)
+        return node
+
+    for conv in convs:
+        w = _const(nodes, conv.input[1])
+        c_in = channels.get(conv.input[0])
+        if w is None or c_in is None or w.ndim != 4 or c_in == w.shape[2] or c_in % w.shape[2]:
+            continue
+        groups = c_in // w.shape[2]
+        node = by_name[conv.name]
+        strides = list(node.attr["strides"].list.i)
+        if w.shape[2] == 1 and strides[1] == strides[2]:
+            filt = const_node(f"{conv.name}/depthwise_weights", w.reshape(w.shape[0], w.shape[1], c_in, w.shape[3] // c_in))
+            node.op = "DepthwiseConv2dNative"
+            node.input[1] = filt.name
+            for key in ("use_cudnn_on_gpu",):
+                if key in node.attr:
+                    del node.attr[key]
+        else:
+            per = w.shape[3] // groups
+            axis = const_node(f"{conv.name}/group_axis", np.array(3, np.int32))
+            split = node_def_pb2.NodeDef(name=f"{conv.name}/groups", op="Split", input=[axis.name, conv.input[0]])
+            split.attr["T"].CopyFrom(node.attr["T"])
+            split.attr["num_split"].i = groups
+            new_nodes.append(split)
+            parts = []
+            for g in range(groups):
+                filt = const_node(f"{conv.name}/group_{g}_weights", np.ascontiguousarray(w[..., g * per : (g + 1) * per]))
+                part = node_def_pb2.NodeDef(name=f"{conv.name}/group_{g}", op="Conv2D",
+                                            input=[f"{split.name}:{g}" if g else split.name, filt.name])
+                for key in node.attr:
+                    part.attr[key].CopyFrom(node.attr[key])
+                new_nodes.append(part)
+                parts.append(part.name)
+            concat_axis = const_node(f"{conv.name}/concat_axis", np.array(3, np.int32))
+            controls = [r for r in node.input if r.startswith("^")]
+            node.op = "ConcatV2"
+            t = node.attr["T"].type
+            node.ClearField("attr")
+            node.attr["T"].type = t
+            node.attr["N"].i = groups
+            node.attr["Tidx"].type = tf.int32.as_datatype_enum
+            del node.input[:]
+            node.input.extend(parts + [concat_axis.name] + controls)
+        count += 1
+    if not count:
+        return frozen
+    gd.node.extend(new_nodes)
+    fusions = dict(frozen.fusions)
+    fusions["grouped Conv2D rewritten"] = count
+    return FrozenGraph(_drop_dead_constants(gd), frozen.inputs, frozen.outputs, fusions)
+
+
 def fold_pads(frozen: FrozenGraph) -> FrozenGraph:
     """Fold a zero ``Pad`` that feeds a VALID conv into the conv's explicit padding.
 
@@ -324,6 +419,6 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
-    """Freeze, run Grappler, and (optionally) fuse for the runtime."""
-    frozen = run_grappler(freeze_serving(saved_model_dir))
+    """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
+    frozen = ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir)))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen
