@@ -61,8 +61,9 @@ def convert(
     prune_schedule: str = typer.Option("polynomial", "--prune-schedule", help="polynomial (sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
     prune_structure: Optional[str] = typer.Option(None, "--prune-structure", help="unstructured (default), 2:4 (2 zeros in every 4 input-channel weights; implies 50%) or block."),
     prune_block: str = typer.Option("1x4", "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block."),
-    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning fine-tune."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Pruning fine-tune epochs (default 12; stops early at the target sparsity)."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning / QAT fine-tune."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; stops early at the target sparsity) and of --qat (default 4)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Fine-tune learning rate (default: the compiled optimizer's, else Adam 1e-3)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Loss for a model saved without compile(), e.g. sparse_categorical_crossentropy."),
 ) -> None:
@@ -73,8 +74,9 @@ def convert(
 
     prune_settings = None
     tuning = [flag for flag, v in (("--epochs", epochs), ("--learning-rate", learning_rate), ("--loss", loss)) if v is not None]
-    if prune is None and prune_structure is None and tuning:
-        raise UserError(f"{', '.join(tuning)} only apply to the pruning fine-tune; add --prune 0.8 (or --prune-structure 2:4)")
+    if prune is None and prune_structure is None and not qat and tuning:
+        raise UserError(f"{', '.join(tuning)} only apply to the pruning fine-tune and QAT; add --prune 0.8 "
+                        "(or --prune-structure 2:4) or --qat")
     if prune is not None or prune_structure is not None:
         try:
             block = tuple(int(v) for v in prune_block.lower().split("x"))
@@ -83,6 +85,9 @@ def convert(
         prune_settings = {"sparsity": prune, "schedule": prune_schedule, "structure": prune_structure or "unstructured",
                           "block_size": block}
         prune_settings.update({k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss)) if v is not None})
+    qat_settings = None
+    if qat:
+        qat_settings = {k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss)) if v is not None}
 
     err = _console(stderr=True)
     with err.status("starting") as status:
@@ -90,7 +95,7 @@ def convert(
             target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
             threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
             bench=not no_bench, progress=lambda msg: status.update(msg),
-            prune=prune_settings, train_data=train_data,
+            prune=prune_settings, train_data=train_data, qat=qat_settings,
         )
         result = pipeline.run(model)
     _print_summary(result)

@@ -121,7 +121,11 @@ class Pipeline:
             ``structure``, ``block_size``, ``epochs``, ``batch_size``, ``patience``,
             ``learning_rate``, ``loss``, ``validation_split``, ``seed``). Every artifact
             is then checked to still hold the pruned kernels' zeros.
-        train_data: Labelled training data for the pruning fine-tune (``.npz`` with x, y).
+        qat: Quantization-aware training before converting (tf_keras models only): ``True``
+            or a dict of :func:`deploykit.optimize.qat.quantize_aware` settings (``epochs``,
+            ``batch_size``, ``patience``, ``learning_rate``, ``loss``, ``validation_split``,
+            ``seed``). With ``prune`` too, the pruned model gets sparsity-preserving QAT.
+        train_data: Labelled training data for the pruning / QAT fine-tune (``.npz`` with x, y).
 
     Example:
         >>> Pipeline(["tflite-fp32", "tflite-int8"], data="calib.npz", out="build").run("model.keras")
@@ -144,11 +148,14 @@ class Pipeline:
         progress: ProgressFn | None = None,
         prune: Any = None,
         train_data: Any = None,
+        qat: Any = None,
     ):
         self.targets = _resolve_targets(targets)
-        self.prune_options = _check_prune(prune, train_data)
+        self.prune_options = _check_prune(prune, train_data, qat=qat not in (None, False))
+        self.qat_options = _check_qat(qat, train_data)
         self.train_data = train_data
         self.prune_report: dict[str, Any] | None = None
+        self.qat_report: dict[str, Any] | None = None
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
         self.bench_overrides = overrides
         for t in list(self.targets):
@@ -183,6 +190,8 @@ class Pipeline:
         with PeakRSS() as mem:
             loaded = load_model(model, trust_model=self.trust_model)
         steps["load"] = mem.to_dict()
+        if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
+            _check_qat_model(loaded)
         specs = loaded.inputs
         calib = load_data(self.data, specs, role="data") if self.data is not None else None
         evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
@@ -201,15 +210,24 @@ class Pipeline:
             dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
             loaded = self._prune(model, loaded, steps)
             specs = loaded.inputs
+        if self.qat_options is not None:  # the QAT model (fake-quant ops) is what gets converted and verified
+            pre_qat_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
+            loaded = self._qat(model, loaded, steps)
+            specs = loaded.inputs
 
         self.progress("computing reference outputs")
         with PeakRSS() as mem:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
             reference = loaded.predict(evald.x)
         steps["reference"] = mem.to_dict()
+        final_accuracy = _accuracy(reference, evald.y)
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
+            pruned_accuracy = pre_qat_accuracy if self.qat_report is not None else final_accuracy
             self.prune_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": dense_accuracy,
-                                         "accuracy_after": _accuracy(reference, evald.y)}
+                                         "accuracy_after": pruned_accuracy}
+        if self.qat_report is not None:  # the model before QAT and the QAT model (fake-quant, in Keras)
+            self.qat_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": pre_qat_accuracy,
+                                       "accuracy_after": final_accuracy}
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
         for t in self._all_targets():  # format-specific user errors, found before anything is written
@@ -277,6 +295,31 @@ class Pipeline:
         pruned.source = f"{loaded.source} (pruned)"
         loaded.release()
         return pruned
+
+    def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
+        """Quantization-aware fine-tuning (sparsity-preserving after pruning); return the QAT model, loaded."""
+        from deploykit.data import load_data
+        from deploykit.models import load_model
+        from deploykit.optimize.qat import compile_config_of, quantize_aware
+        from deploykit.runtime_bench.memory import PeakRSS
+
+        train = load_data(self.train_data, loaded.inputs, role="train data")
+        if train.y is None:
+            raise DataError(f"train data {train.source} has no labels 'y'; QAT fine-tunes the model and needs them")
+        # The model's own compile settings (loss, optimizer); a pruned model no longer carries them.
+        config = compile_config_of(model)
+        pqat = self.prune_options is not None
+        label = "PQAT" if pqat else "QAT"
+        self.progress(f"{label}: fine-tuning")
+        with PeakRSS() as mem:
+            result = quantize_aware(loaded.keras_model, train, compile_config=config, preserve_sparsity=pqat,
+                                    progress=lambda msg: self.progress(f"{label}: {msg}"), **self.qat_options)
+        steps["qat"] = {**mem.to_dict(), "report": result.report}
+        self.qat_report = result.report
+        qat_model = load_model(result.model)
+        qat_model.source = f"{loaded.source} ({label})"
+        loaded.release()
+        return qat_model
 
     def _check_sparsity(self, artifact: Artifact, target: Target, path: Path) -> None:
         """Record the artifact's zeros; a pruned kernel the converter densified fails the target."""
@@ -415,13 +458,14 @@ PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "
                   "learning_rate", "loss", "validation_split", "seed")
 
 
-def _check_prune(prune: Any, train_data: Any) -> dict[str, Any] | None:
+def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, Any] | None:
     """Pruning settings checked before any work (None: no pruning)."""
     import numbers
 
     if prune is None:
-        if train_data is not None:
-            raise UserError("train data is only used to fine-tune while pruning; pass --prune 0.8 (prune=0.8) or drop --train-data")
+        if train_data is not None and not qat:
+            raise UserError("train data is only used to fine-tune while pruning or for QAT; pass --prune 0.8 (prune=0.8) "
+                            "or --qat (qat=True), or drop --train-data")
         return None
     if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
         prune = {"sparsity": prune}
@@ -444,6 +488,38 @@ def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | N
     if labels is None or not outputs or np.asarray(outputs[0]).ndim != 2:
         return None
     return float(np.mean(np.argmax(outputs[0], axis=-1) == np.asarray(labels).reshape(-1)))
+
+
+QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
+
+
+def _check_qat(qat: Any, train_data: Any) -> dict[str, Any] | None:
+    """QAT settings checked before any work (None: no QAT)."""
+    if qat is None or qat is False:
+        return None
+    if qat is True:
+        qat = {}
+    if not isinstance(qat, dict):
+        raise UserError(f"qat must be True or a dict of settings, got {type(qat).__name__}")
+    unknown = sorted(set(qat) - set(QAT_SETTINGS))
+    if unknown:
+        raise UserError(f"unknown QAT setting(s) {', '.join(unknown)}; choose from: {', '.join(QAT_SETTINGS)}")
+    from deploykit.optimize.qat import check_settings
+
+    checked = ("epochs", "batch_size", "patience", "learning_rate", "validation_split")
+    check_settings(**{k: qat[k] for k in checked if k in qat})
+    if train_data is None:
+        raise DataError("QAT fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
+    return dict(qat)
+
+
+def _check_qat_model(loaded: Any) -> None:
+    """QAT takes a tf_keras Sequential/functional model: refuse anything else before any work."""
+    from deploykit.optimize.qat import check_model
+
+    if loaded.keras_model is None:
+        raise UserError(f"{loaded.source}: QAT fine-tunes a tf_keras model; pass the .keras/.h5 file, not a SavedModel")
+    check_model(loaded.keras_model)
 
 
 def _random_inputs(specs) -> Any:
@@ -481,7 +557,7 @@ def convert(
         data: Calibration and evaluation data (``.npz`` path with ``x``/``y``, arrays, ``(x, y)``).
         out: Output directory.
         **options: ``eval_data``, ``force``, ``trust_model``, ``threads``, ``warmup``,
-            ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``,
+            ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``, ``qat``,
             ``train_data`` (see :class:`Pipeline`).
 
     Returns:

@@ -1,0 +1,218 @@
+"""QAT end to end: real tfmot fine-tuning of tiny seeded tf_keras models, real converters and runtimes.
+
+The session's tf_keras CNN (Rescaling inside, trained 3 epochs on digits) is
+fine-tuned with fake quantization for 2 epochs, converted to tflite-int8 and
+verified; preprocessing and custom layers stay float and are reported; Keras 3
+models are refused in one line; after pruning, sparsity-preserving QAT keeps the
+zeros in the int8 file (and plain QAT would not).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.errors import DataError, UserError
+from deploykit.optimize.qat import quantize_aware
+
+SEED = 0
+QAT = {"epochs": 2, "batch_size": 64}
+
+
+def _train(digits):
+    return (digits.x_train, digits.y_train)
+
+
+# ----------------------------------------------------------------------------- API
+def test_quantize_aware_wraps_supported_layers_and_leaves_the_input_model_alone(tf_keras_model, digits):
+    import tf_keras
+
+    before = [w.copy() for w in tf_keras_model.get_weights()]
+    lines: list[str] = []
+    result = quantize_aware(tf_keras_model, _train(digits), validation_data=(digits.x_eval, digits.y_eval),
+                            progress=lines.append, seed=SEED, **QAT)
+    model, report = result.model, result.report
+    assert isinstance(model, tf_keras.Model) and model is not tf_keras_model
+    assert report["path"] == "tfmot-qat" and report["scheme"] == "Default8BitQuantizeScheme"
+    assert [q["layer"] for q in report["quantized"]] == ["conv", "flatten", "probs"]
+    assert report["skipped"] == [{"layer": "rescale", "class": "Rescaling", "reason": (
+        "preprocessing layer: tfmot's 8-bit scheme has no quantize config for Rescaling; "
+        "kept float (the int8 converter calibrates it)")}]
+    kinds = {l.name: type(l).__name__ for l in model.layers}
+    assert kinds["rescale"] == "Rescaling" and kinds["quant_conv"] == kinds["quant_probs"] == "QuantizeWrapperV2"
+    assert report["settings"]["training_settings_from"] == "model compile config"
+    assert len(lines) == report["epochs_run"] == len(report["history"]) == 2
+    assert lines[0].startswith("qat epoch 1/2: loss ")
+    assert report["accuracy_after"] >= report["accuracy_before"] - 0.01
+    json.dumps(report)
+    for a, b in zip(before, tf_keras_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not any("Quantize" in type(l).__name__ for l in tf_keras_model.layers)
+
+
+def test_convert_with_qat_verifies_tflite_int8_within_a_point(tf_keras_keras_path, data_npz, digits, tmp_path):
+    import deploykit
+    from deploykit.optimize.sparsity import count_zeros
+
+    progress: list[str] = []
+    result = deploykit.convert(tf_keras_keras_path, ["tflite-int8"], data=data_npz, out=tmp_path / "out", bench=False,
+                               qat=QAT, train_data=_train(digits), progress=progress.append)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    report = result["steps"]["qat"]["report"]
+    assert report["path"] == "tfmot-qat" and [s["layer"] for s in report["skipped"]] == ["rescale"]
+    assert result["model"]["source"].endswith("(QAT)")
+    v = result.artifact("tflite-int8")["verification"]
+    assert v["passed"] and v["accuracy_drop_points"] <= 1.0
+    # against the dense model on the same evaluation data, too
+    assert report["eval"]["samples"] == len(digits.y_eval)
+    assert v["accuracy"] >= report["eval"]["accuracy_before"] - 0.01
+    assert any(p.startswith("QAT: qat epoch 2/2") for p in progress)
+    # the artifact really computes in int8: the conv and dense kernels are stored as int8
+    counts = count_zeros(tmp_path / "out" / result.artifact("tflite-int8")["path"])
+    assert {(t["size"], t["dtype"]) for t in counts["tensors"]} >= {(36, "int8"), (1440, "int8")}
+
+
+@pytest.fixture(scope="module")
+def preprocessing_model(digits):
+    """tf_keras functional CNN with Rescaling, Normalization, Resizing, a custom layer, conv+BN and Dense+BN."""
+    import tf_keras
+
+    L = tf_keras.layers
+
+    class Doubler(L.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    tf_keras.utils.set_random_seed(SEED)
+    inp = tf_keras.Input((8, 8, 1), name="pixels")
+    h = L.Rescaling(1 / 16, name="rescale")(inp)
+    h = L.Normalization(mean=0.3, variance=0.1, name="norm")(h)
+    h = L.Resizing(10, 10, name="resize")(h)
+    h = Doubler(name="custom")(h)
+    h = L.Conv2D(8, 3, name="conv")(h)
+    h = L.BatchNormalization(name="bn_conv")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.MaxPooling2D(name="pool")(h)
+    h = L.Flatten(name="flat")(h)
+    h = L.Dense(16, name="fc")(h)
+    h = L.BatchNormalization(name="bn_dense")(h)
+    h = L.Activation("relu", name="act")(h)
+    h = L.Dense(10, activation="softmax", name="probs")(h)
+    model = tf_keras.Model(inp, h, name="preprocessing_cnn")
+    model.compile(tf_keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=3, batch_size=64, verbose=0)
+    return model
+
+
+def test_layers_tfmot_cannot_wrap_stay_float_and_the_model_still_converts(preprocessing_model, digits, tmp_path):
+    import deploykit
+
+    result = deploykit.convert(preprocessing_model, ["tflite-int8"], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", bench=False, qat={"epochs": 1, "batch_size": 64, "learning_rate": 1e-3},
+                               train_data=_train(digits))
+    assert result.ok, [a["error"] for a in result.artifacts]
+    report = result["steps"]["qat"]["report"]
+    assert [q["layer"] for q in report["quantized"]] == ["conv", "bn_conv", "relu", "pool", "flat", "fc", "act", "probs"]
+    skipped = {s["layer"]: (s["class"], s["reason"]) for s in report["skipped"]}
+    assert list(skipped) == ["rescale", "norm", "resize", "custom", "bn_dense"]
+    assert skipped["norm"][0] == "Normalization" and skipped["norm"][1].startswith("preprocessing layer")
+    assert skipped["resize"][0] == "Resizing" and skipped["custom"][0] == "Doubler"
+    assert skipped["bn_dense"][1].startswith("BatchNormalization after Dense")
+    assert result.artifact("tflite-int8")["verification"]["accuracy_drop_points"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_keras3_models_are_refused_before_any_work(keras3_model, keras3_path, saved_model_dir, data_npz, digits, tmp_path):
+    import deploykit
+
+    with pytest.raises(UserError, match="QAT needs a tf_keras model") as info:
+        quantize_aware(keras3_model, _train(digits))
+    assert "\n" not in str(info.value) and "tflite-int8" in str(info.value)
+    out = tmp_path / "never"
+    with pytest.raises(UserError, match="QAT needs a tf_keras model"):
+        deploykit.convert(keras3_path, ["tflite-int8"], data=data_npz, out=out, qat=True, prune=0.5,
+                          train_data=_train(digits))
+    with pytest.raises(UserError, match="not a SavedModel"):
+        deploykit.convert(saved_model_dir, ["tflite-int8"], data=data_npz, out=out, qat=True, train_data=_train(digits))
+    with pytest.raises(DataError, match="needs labelled training data"):
+        deploykit.convert(keras3_path, ["tflite-int8"], data=data_npz, out=out, qat=True)
+    assert not out.exists()
+
+
+def test_quantize_aware_errors(tf_keras_model, digits):
+    import tf_keras
+
+    with pytest.raises(DataError, match="has no labels 'y'"):
+        quantize_aware(tf_keras_model, digits.x_train)
+    with pytest.raises(UserError, match="takes an in-memory tf_keras model"):
+        quantize_aware("model.keras", _train(digits))
+    only_pre = tf_keras.Sequential([tf_keras.layers.InputLayer(input_shape=(8, 8, 1)),
+                                    tf_keras.layers.Rescaling(1 / 16, name="rescale")])
+    with pytest.raises(UserError, match="no layer of this model can be quantized by tfmot: rescale: preprocessing"):
+        quantize_aware(only_pre, _train(digits), loss="mse")
+
+
+@pytest.mark.slow
+def test_cli_qat_errors_exit_2_with_one_line(keras3_path, data_npz, digits, tmp_path):
+    deploy = Path(sys.executable).with_name("deploy")
+    cmd = [str(deploy)] if deploy.exists() else [sys.executable, "-m", "deploykit.cli"]
+    train = tmp_path / "train.npz"
+    np.savez(train, x=digits.x_train, y=digits.y_train)
+    base = [*cmd, "convert", str(keras3_path), "-t", "tflite-int8", "--data", str(data_npz), "-o", str(tmp_path / "out")]
+    for extra, fragment in (([], "QAT fine-tunes the model and needs labelled training data"),
+                            (["--train-data", str(train)], "QAT needs a tf_keras model")):
+        proc = subprocess.run([*base, "--qat", *extra], capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert lines[0].startswith("deploy: error: ") and fragment in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- PQAT
+@pytest.mark.slow
+def test_prune_then_qat_keeps_the_zeros_in_the_int8_artifact(tf_keras_keras_path, data_npz, digits, tmp_path):
+    import deploykit
+
+    result = deploykit.convert(tf_keras_keras_path, ["tflite-int8"], data=data_npz, out=tmp_path / "out", bench=False,
+                               prune={"sparsity": 0.8, "epochs": 2, "batch_size": 64}, qat=QAT,
+                               train_data=_train(digits))
+    assert result.ok, [a["error"] for a in result.artifacts]
+    prune_report, qat_report = result["steps"]["prune"]["report"], result["steps"]["qat"]["report"]
+    assert prune_report["path"] == "tfmot" and qat_report["path"] == "tfmot-pqat"
+    assert qat_report["preserve_sparsity"] and qat_report["scheme"] == "Default8BitPrunePreserveQuantizeScheme"
+    assert result["model"]["source"].endswith("(pruned) (PQAT)")
+    for k in qat_report["kernel_zeros"]:  # the float kernels under the wrappers kept every zero
+        assert k["zeros_after"] >= k["zeros_before"] > 0.79 * k["size"], k
+    artifact = result.artifact("tflite-int8")
+    assert artifact["settings"]["sparsity"]["densified"] == []
+    assert artifact["settings"]["sparsity"]["total_zeros"] >= prune_report["totals"]["zeros_after"] * 0.99
+    assert artifact["verification"]["accuracy_drop_points"] <= 1.0
+    # the pruned model's accuracy is recorded before QAT, the QAT model's after
+    assert prune_report["eval"]["accuracy_after"] == qat_report["eval"]["accuracy_before"]
+
+
+@pytest.mark.slow
+def test_plain_qat_after_pruning_densifies_and_the_check_says_so(tf_keras_model, digits, tmp_path):
+    """Why PQAT: the default scheme lets the pruned weights move again, the survival check catches it."""
+    from deploykit.converters import tflite
+    from deploykit.data import load_data
+    from deploykit.models import load_model
+    from deploykit.optimize.prune import prune
+    from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+    from deploykit.targets import get_target
+
+    pruned = prune(tf_keras_model, _train(digits), sparsity=0.8, epochs=2, batch_size=64, seed=SEED)
+    plain = quantize_aware(pruned.model, _train(digits), compile_config=tf_keras_model.get_compile_config(), **QAT)
+    loaded = load_model(plain.model)
+    try:
+        path = tmp_path / "plain_qat.tflite"
+        tflite.convert(loaded, get_target("tflite-int8"), load_data((digits.x_eval, digits.y_eval), loaded.inputs), path)
+    finally:
+        loaded.release()
+    lost = check_sparsity_survived(pruned.report, count_zeros(path))
+    assert len(lost) == 2 and all("was densified in the tflite artifact" in m for m in lost)
