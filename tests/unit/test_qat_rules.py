@@ -103,3 +103,29 @@ def test_plan_wraps_what_tfmot_supports_and_says_why_the_rest_stays_float(tmp_pa
                                L.BatchNormalization(name="bn"), L.Flatten(name="f"), L.Dense(10, name="d")])
     quantize, skipped = qat._plan(seq, registry)
     assert [q["layer"] for q in quantize] == ["c", "bn", "f", "d"] and skipped == []
+
+
+def test_wrap_copies_every_weight_including_wrapped_and_unwrapped_layers():
+    """Layers are re-created from their configs: the weights must be the caller's (TimeDistributed has a .layer too)."""
+    import numpy as np
+    import tf_keras
+
+    from deploykit.optimize._tfmot import import_tfmot
+
+    tfmot = import_tfmot()
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([L.InputLayer(input_shape=(8, 8)), L.Rescaling(1 / 16, name="rescale"),
+                                 L.TimeDistributed(L.Dense(4), name="td"), L.Flatten(name="flat"),
+                                 L.Dense(10, name="probs")])
+    scheme = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    quantize, skipped = qat._plan(model, scheme.get_quantize_registry())
+    assert [q["layer"] for q in quantize] == ["flat", "probs"]
+    assert [s["layer"] for s in skipped] == ["rescale", "td"]
+    wrapped = qat._wrap(model, tfmot, quantize, skipped, scheme)
+    np.testing.assert_array_equal(wrapped.get_layer("td").get_weights()[0], model.get_layer("td").get_weights()[0])
+    probs = wrapped.get_layer("quant_probs")
+    kernel = next(v for v in probs.weights if v.name.startswith("probs/kernel"))
+    np.testing.assert_array_equal(kernel.numpy(), model.get_layer("probs").kernel.numpy())
+    x = np.random.default_rng(0).uniform(0, 16, (4, 8, 8)).astype("float32")
+    np.testing.assert_allclose(wrapped(x), model(x), atol=0.5)  # fake quant only, same weights

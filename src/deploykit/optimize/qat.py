@@ -231,6 +231,7 @@ def _refused_layer(exc: Exception, names: set[str]) -> str | None:
 def _wrap(model: Any, tfmot: Any, quantize: list[dict[str, str]], skipped: list[dict[str, str]], scheme: Any) -> Any:
     """Annotate per layer through clone_model, copy the weights, quantize_apply; drop layers tfmot refuses."""
     import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
 
     custom = {type(l).__name__: type(l) for l in model.layers if not _ft._is_builtin(l, "tf_keras")}
     by_name = {l.name: l for l in model.layers}
@@ -249,7 +250,7 @@ def _wrap(model: Any, tfmot: Any, quantize: list[dict[str, str]], skipped: list[
             with tfmot.quantization.keras.quantize_scope(custom):
                 annotated = tf_keras.models.clone_model(model, clone_function=clone_fn)
                 for layer in annotated.layers:
-                    inner = getattr(layer, "layer", layer)
+                    inner = layer.layer if isinstance(layer, QuantizeAnnotate) else layer
                     source = by_name.get(inner.name)
                     if source is not None and source.weights:
                         inner.set_weights(source.get_weights())
@@ -322,8 +323,10 @@ class _QATState:
 def _kernel_zeros(model: Any) -> dict[str, dict[str, int]]:
     """Zeros of every Dense/Conv kernel, by the original layer name (wrappers looked through)."""
     out = {}
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
+
     for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
+        inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
         # a quantize wrapper replaces inner.kernel by its fake-quantized tensor and owns the variable
         for var in layer.weights:
             scope, _, short = var.name.split(":")[0].rpartition("/")
