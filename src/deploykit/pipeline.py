@@ -153,6 +153,16 @@ class Pipeline:
         self.targets = _resolve_targets(targets)
         self.prune_options = _check_prune(prune, train_data, qat=qat not in (None, False))
         self.qat_options = _check_qat(qat, train_data)
+        if self.qat_options is not None:
+            # A QAT model carries fake-quant ops: its float conversions bake them in (tflite-fp32
+            # becomes QUANTIZE/DEQUANTIZE pairs, ONNX/TF.js fp32 drift ~0.1 from the QAT model).
+            not_int8 = [t.name for t in self.targets if t.is_auto or t.weights != "int8" or t.activations == "int16"]
+            if not_int8:
+                raise UserError(
+                    f"--qat trains the model for int8 inference; target(s) {', '.join(not_int8)} are not int8 "
+                    "(a float conversion of a QAT model keeps its fake quantization): choose int8 targets such as "
+                    "tflite-int8, tflm-int8, onnx-int8-qop, or drop --qat"
+                )
         self.train_data = train_data
         self.prune_report: dict[str, Any] | None = None
         self.qat_report: dict[str, Any] | None = None

@@ -75,6 +75,8 @@ def test_convert_with_qat_verifies_tflite_int8_within_a_point(tf_keras_keras_pat
     # the artifact really computes in int8: the conv and dense kernels are stored as int8
     counts = count_zeros(tmp_path / "out" / result.artifact("tflite-int8")["path"])
     assert {(t["size"], t["dtype"]) for t in counts["tensors"]} >= {(36, "int8"), (1440, "int8")}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Quantization-aware training" in md and "Left in float: `rescale`" in md
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,8 @@ def test_pipeline_checks_qat_settings_before_any_work():
         Pipeline(["tflite-int8"], qat={"epochs": 0}, train_data=train)
     with pytest.raises(UserError, match="only used to fine-tune while pruning or for QAT"):
         Pipeline(["tflite-int8"], train_data=train)
+    with pytest.raises(UserError, match=r"target\(s\) tflite-fp32, tfjs-fp32, tflite-auto are not int8"):
+        Pipeline(["tflite-int8", "tflite-fp32", "tfjs-fp32", "tflite-auto"], qat=True, train_data=train)
     p = Pipeline(["tflite-int8"], qat=True, train_data=train)  # train data without --prune: fine with QAT
     assert p.qat_options == {} and p.prune_options is None
     assert Pipeline(["tflite-int8"], qat=False).qat_options is None

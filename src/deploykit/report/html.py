@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, footprint_lines, highlights, op_profile_lines, prune_lines, selection_lines, table
+from deploykit.report.rows import COLUMNS, footprint_lines, highlights, op_profile_lines, prune_lines, qat_lines, selection_lines, table
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -76,6 +76,9 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     pruned = prune_lines(manifest)
     if pruned:
         parts.append("<h2>Pruning</h2>" + _md_block(pruned))
+    qat = qat_lines(manifest)
+    if qat:
+        parts.append("<h2>Quantization-aware training</h2>" + _md_block(qat))
     sel = selection_lines(manifest)
     if sel:
         parts.append("<h2>Auto selection (measured, not guessed)</h2>" + _md_block(sel))

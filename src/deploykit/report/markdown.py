@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import (COLUMNS, footprint_lines, highlights, human_bytes, op_profile_lines, prune_lines,
+from deploykit.report.rows import (COLUMNS, footprint_lines, highlights, human_bytes, op_profile_lines, prune_lines, qat_lines,
                                    selection_lines, table)
 
 
@@ -40,6 +40,9 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     pruned = prune_lines(manifest)
     if pruned:
         lines += ["", "## Pruning", ""] + pruned
+    qat = qat_lines(manifest)
+    if qat:
+        lines += ["", "## Quantization-aware training", ""] + qat
     sel = selection_lines(manifest)
     if sel:
         lines += ["", "## Auto selection (measured, not guessed)", ""] + sel

@@ -195,3 +195,34 @@ def prune_lines(manifest: Manifest) -> list[str]:
             lines.append(f"- **{a.target}**: {s['total_zeros']:,} of {s['total_size']:,} weight values are zero "
                          f"({frac:.1%}); {verdict}")
     return lines
+
+
+def qat_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: quantization-aware training (QAT, or PQAT after pruning) and its accuracy."""
+    step = manifest.steps.get("qat")
+    if not step or "report" not in step:
+        return []
+    rep = step["report"]
+    st = rep.get("settings", {})
+    ev = rep.get("eval", {})
+    kind = "Sparsity-preserving QAT (PQAT)" if rep.get("preserve_sparsity") else "Quantization-aware training"
+    quantized = rep.get("quantized", [])
+    names = [q if isinstance(q, str) else q.get("layer", str(q)) for q in quantized]
+    lines = [
+        f"{kind} with tfmot ({rep.get('scheme')}): {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples; "
+        f"loss and optimizer from {st.get('training_settings_from')}.",
+        "",
+        f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): before {_pct(ev.get('accuracy_before'))} → "
+        f"QAT model {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
+        f"{_pct(rep.get('accuracy_after'))}.",
+        f"- Quantized layers ({len(names)}): " + (", ".join(f"`{n}`" for n in names) or "–") + ".",
+    ]
+    skipped = rep.get("skipped", [])
+    if skipped:
+        lines.append("- Left in float: " + ", ".join(f"`{s.get('layer')}` ({s.get('class', '')}: {s.get('reason')})" for s in skipped) + ".")
+    zeros = rep.get("kernel_zeros")
+    if zeros:
+        kept = sum(z["zeros_after"] for z in zeros)
+        before = sum(z["zeros_before"] for z in zeros)
+        lines.append(f"- Pruned zeros kept through QAT: {kept:,} of {before:,}.")
+    return lines
