@@ -64,9 +64,10 @@ def verify(
 ) -> dict[str, Any]:
     """Check an artifact against reference outputs on the same raw inputs.
 
-    Runs every sample at batch size 1, then the first ``batch_check`` samples as
-    one batch (where the artifact accepts another batch size), and applies the
-    target's tolerance and metric gate.
+    Runs every sample in batches of ``batch_check`` and the first ``batch_check``
+    samples again at batch size 1 (an artifact that only takes batch 1, e.g. for a
+    microcontroller, runs every sample at batch size 1), and applies the target's
+    tolerance and metric gate.
 
     Args:
         runner: A loaded runner.
@@ -81,26 +82,34 @@ def verify(
         Per-output errors, accuracy/agreement, ``passed`` and the list of ``failures``.
     """
     result: dict[str, Any] = {"samples": len(reference[0]), "outputs": {}, "failures": []}
-    got = run_batched(runner, inputs, 1)
     names = list(output_names)
-    if set(got) != set(names):  # artifact renamed outputs: fall back to position
-        got = dict(zip(names, got.values()))
-    batch_sizes = [1]
-    if batch_check > 1 and len(reference[0]) > 1:
-        m = min(batch_check, len(reference[0]))
+
+    def named(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return out if set(out) == set(names) else dict(zip(names, out.values()))  # renamed outputs: by position
+
+    n = len(reference[0])
+    m = min(batch_check, n)
+    got = None
+    if batch_check > 1 and n > 1:
+        # Every sample in batches of m (fewer invocations), then the first m again one by one:
+        # two batch sizes checked, each sample verified once in full.
         try:
-            batched = run_batched(runner, {k: v[:m] for k, v in inputs.items()}, m)
-            batched = batched if set(batched) == set(names) else dict(zip(names, batched.values()))
-            batch_sizes.append(m)
-            for name, ref in zip(names, reference):
-                cmp = compare_outputs(ref[:m], batched[name], tolerance)
-                if cmp["violations"] > cmp["allowed_violations"] or not cmp["finite"]:
-                    result["failures"].append(
-                        f"output {name!r} at batch size {m}: max abs error {cmp['max_abs_error']:.3g} "
-                        f"exceeds the tolerance in {cmp['violations']} element(s)"
-                    )
-        except Exception as exc:  # fixed-batch artifacts are legitimate
+            got = named(run_batched(runner, inputs, m))
+        except Exception as exc:  # fixed-batch artifacts (microcontrollers) are legitimate
             result["batch_note"] = f"batch size {m} not accepted: {' '.join(str(exc).split())[:160]}"
+    if got is None:
+        got = named(run_batched(runner, inputs, 1))
+        batch_sizes = [1]
+    else:
+        batch_sizes = [1, m]
+        single = named(run_batched(runner, {k: v[:m] for k, v in inputs.items()}, 1))
+        for name, ref in zip(names, reference):
+            cmp = compare_outputs(ref[:m], single[name], tolerance)
+            if cmp["violations"] > cmp["allowed_violations"] or not cmp["finite"]:
+                result["failures"].append(
+                    f"output {name!r} at batch size 1: max abs error {cmp['max_abs_error']:.3g} "
+                    f"exceeds the tolerance in {cmp['violations']} element(s)"
+                )
     result["batch_sizes"] = batch_sizes
     for name, ref in zip(names, reference):
         cmp = compare_outputs(ref, got[name], tolerance)

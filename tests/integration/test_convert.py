@@ -39,7 +39,7 @@ def _assert_artifact_file(out, a: dict) -> None:
     assert a["path"] and path.is_file()
     assert sha256_file(path) == a["sha256"]
     # the size is what a user ships: the model file plus its weight files (ONNX external data, TF.js shards)
-    weights = [path.parent / f for f in a["settings"]["converter"].get("external_data_files", [])]
+    weights = [path.parent / f for f in a["settings"].get("converter", {}).get("external_data_files", [])]
     assert path.stat().st_size + sum(f.stat().st_size for f in weights) == a["size_bytes"] > 0
     assert 0 < a["gzip_bytes"]
     for extra in a.get("extra_files", []):

@@ -120,7 +120,7 @@ def test_verify_collects_every_failure(fp32_runner, digits, reference_outputs):
     result = verify(fp32_runner, _inputs(digits), [perfect], ["output_0"], tol, labels=digits.y_eval)
     assert not result["passed"]
     failures = result["failures"]
-    assert any("at batch size 8" in f for f in failures)
+    assert any("at batch size 1" in f for f in failures)
     assert any("exceeds the allowed" in f for f in failures)
     assert any("top-1 agreement" in f for f in failures)
     assert any("accuracy" in f and "points below the reference" in f for f in failures)
