@@ -190,8 +190,8 @@ def test_existing_output_needs_force_and_force_replaces_only_the_previous_run(in
 @pytest.mark.parametrize("source", ["tf_keras_keras_path", "tf_keras_h5_path", "saved_model_dir", "tf_keras_model"])
 def test_each_input_kind_converts_and_verifies(request, tmp_path, source, data_npz):
     model = request.getfixturevalue(source)
-    result = deploykit.convert(model, ["tflite-fp32", "tflite-int8"], data=data_npz, out=tmp_path / "out",
-                               iterations=ITERATIONS, warmup=WARMUP)
+    result = deploykit.convert(model, ["tflite-fp32", "tflite-int8", "onnx-fp32", "tfjs-fp32"], data=data_npz,
+                               out=tmp_path / "out", iterations=ITERATIONS, warmup=WARMUP)
     assert result.ok, [a["error"] for a in result.artifacts]
     expected_kind = "saved_model" if source == "saved_model_dir" else "tf_keras"
     assert result["model"]["kind"] == expected_kind
