@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, footprint_lines, highlights, op_profile_lines, prune_lines, qat_lines, selection_lines, table
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, table
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -73,21 +73,10 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if plot_svg:
         svg = plot_svg[plot_svg.find("<svg"):]
         parts.append(f"<h2>Size vs latency</h2><div>{svg}</div>")
-    pruned = prune_lines(manifest)
-    if pruned:
-        parts.append("<h2>Pruning</h2>" + _md_block(pruned))
-    qat = qat_lines(manifest)
-    if qat:
-        parts.append("<h2>Quantization-aware training</h2>" + _md_block(qat))
-    sel = selection_lines(manifest)
-    if sel:
-        parts.append("<h2>Auto selection (measured, not guessed)</h2>" + _md_block(sel))
-    micro = footprint_lines(manifest)
-    if micro:
-        parts.append("<h2>Microcontroller footprint</h2>" + _md_block(micro))
-    prof = op_profile_lines(manifest)
-    if prof:
-        parts.append("<h2>Most expensive ops</h2>" + _md_block(prof))
+    for title, lines_of in SECTIONS:
+        section = lines_of(manifest)
+        if section:
+            parts.append(f"<h2>{html.escape(title)}</h2>" + _md_block(section))
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         parts.append("<h2>Failures</h2><ul>" + "".join(

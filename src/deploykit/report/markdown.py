@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import (COLUMNS, footprint_lines, highlights, human_bytes, op_profile_lines, prune_lines, qat_lines,
-                                   selection_lines, table)
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table
 
 
 def _inputs(model: dict) -> str:
@@ -37,21 +36,10 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
         lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
     if plot_file:
         lines += ["", f"![size vs latency]({plot_file})"]
-    pruned = prune_lines(manifest)
-    if pruned:
-        lines += ["", "## Pruning", ""] + pruned
-    qat = qat_lines(manifest)
-    if qat:
-        lines += ["", "## Quantization-aware training", ""] + qat
-    sel = selection_lines(manifest)
-    if sel:
-        lines += ["", "## Auto selection (measured, not guessed)", ""] + sel
-    micro = footprint_lines(manifest)
-    if micro:
-        lines += ["", "## Microcontroller footprint", ""] + micro
-    prof = op_profile_lines(manifest)
-    if prof:
-        lines += ["", "## Most expensive ops (runtime profiler; top 10 in manifest.json)", ""] + prof
+    for title, lines_of in SECTIONS:
+        section = lines_of(manifest)
+        if section:
+            lines += ["", f"## {title}", ""] + section
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines += ["", "## Failures", ""]

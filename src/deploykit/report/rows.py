@@ -226,3 +226,14 @@ def qat_lines(manifest: Manifest) -> list[str]:
         before = sum(z["zeros_before"] for z in zeros)
         lines.append(f"- Pruned zeros kept through QAT: {kept:,} of {before:,}.")
     return lines
+
+
+# The report's optional sections, in order: (title, lines function). Markdown and HTML render the
+# same list, so a new section is added once.
+SECTIONS = [
+    ("Pruning", prune_lines),
+    ("Quantization-aware training", qat_lines),
+    ("Auto selection (measured, not guessed)", selection_lines),
+    ("Microcontroller footprint", footprint_lines),
+    ("Most expensive ops (runtime profiler; top 10 in manifest.json)", op_profile_lines),
+]
