@@ -283,3 +283,19 @@ def test_target_name_cannot_write_outside_the_output_dir(tmp_path, keras3_model,
         pass
     outside = [p for p in base.rglob("*") if p != out and out not in p.parents]
     assert outside == []
+
+
+def test_inputs_of_any_height_and_width_verify_in_every_runtime(tmp_path):
+    """keras.Input((None, None, 3)): stored as 1x1, where a 3x3 VALID conv cannot be prepared;
+    the runtimes must build for the real input size (LiteRT's XNNPACK, TF.js's warm-up run)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3), name="img")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    data = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
+    result = deploykit.convert(keras.Model(inp, out), ["tflite-fp32", "tflite-int8", "onnx-fp32", "tfjs-fp32"],
+                               data=data, out=tmp_path / "dyn", iterations=2, warmup=1)
+    assert result.ok, [(a["target"], a["error"]) for a in result.artifacts]
+    assert result.artifact("tfjs-fp32")["benchmark"]["n"] == 2

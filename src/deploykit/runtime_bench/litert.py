@@ -53,19 +53,34 @@ class LiteRTRunner:
         self.path = Path(path)
         self.threads = threads
         self._interp: Any = None
+        self._deferred = False  # built on the first inputs (inputs of any height/width)
 
     def load(self) -> float:
-        """Create the interpreter and allocate tensors; returns seconds taken."""
+        """Create the interpreter and allocate tensors; returns seconds taken.
+
+        A model whose inputs take any height/width stores them as 1x1, on which XNNPACK
+        cannot prepare e.g. a 3x3 VALID conv. Such a model loads without delegates first
+        (for its names and shapes) and is built with XNNPACK on the first real inputs.
+        """
         quiet_tensorflow_env()
         t0 = time.perf_counter()
+        self._deferred = False
         with native_stderr_captured() as cap:
-            try:
-                from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+            try:
                 self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
                 self._interp.allocate_tensors()
             except Exception as exc:
-                raise RuntimeLoadError(f"LiteRT could not load {self.path.name}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}") from None
+                message = f"LiteRT could not load {self.path.name}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}"
+                try:
+                    probe = Interpreter(model_path=str(self.path), num_threads=self.threads,
+                                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                except Exception:
+                    raise RuntimeLoadError(message) from None
+                if not any(-1 in list(d["shape_signature"])[1:] for d in probe.get_input_details()):
+                    raise RuntimeLoadError(message) from None
+                self._interp, self._deferred = probe, True
         elapsed = time.perf_counter() - t0
         by_index_in = {d["index"]: d for d in self._interp.get_input_details()}
         by_index_out = {d["index"]: d for d in self._interp.get_output_details()}
@@ -95,9 +110,30 @@ class LiteRTRunner:
     def output_details(self) -> dict[str, dict[str, Any]]:
         return dict(self._outputs)
 
+    def _build_for(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Build the XNNPACK interpreter with the inputs' shapes written into the model."""
+        from ai_edge_litert.interpreter import Interpreter
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(self.path.read_bytes()))
+        for name, x in inputs.items():
+            model.subgraphs[0].tensors[self._inputs[name]["index"]].shape = np.asarray(np.shape(x), np.int32)
+        with native_stderr_captured() as cap:
+            try:
+                interp = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                                     num_threads=self.threads)
+                interp.allocate_tensors()
+            except Exception as exc:
+                raise RuntimeLoadError(f"LiteRT could not run {self.path.name} on inputs of shape "
+                                       f"{[tuple(np.shape(x)) for x in inputs.values()]}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}") from None
+        self._interp, self._deferred = interp, False
+        self._refresh_details()
+
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Set float (or native) inputs by name; positional when the names differ but counts match."""
         inputs = match_inputs(self.input_names, inputs, self.path.name)
+        if self._deferred:
+            self._build_for(inputs)
         resized = False
         for name, x in inputs.items():
             detail = self._inputs[name]

@@ -41,7 +41,7 @@ const DTYPE_BYTES = { float32: 4, int32: 4, bool: 1, complex64: 8 };
 const QUANT_BYTES = { uint8: 1, uint16: 2, float16: 2 };
 const ARRAYS = { float32: Float32Array, int32: Int32Array, bool: Uint8Array };
 
-const state = { model: null, inputs: null, outputs: null, feed: null, async: false, info: null };
+const state = { model: null, inputs: null, outputs: null, feed: null, async: false, info: null, warmPending: false };
 
 function oneLine(err) {
   const msg = err instanceof Error ? err.message : (err && err.message) || String(err);
@@ -256,15 +256,20 @@ async function cmdLoad(req) {
   const io = describeIO(model);
   state.inputs = io.inputs;
   state.outputs = io.outputs;
-  // Warm once: kernels compile / XNNPACK packs weights on the first call.
-  const feed = {};
-  for (const inp of io.inputs) feed[inp.node] = zerosFor(inp);
-  try {
-    const outs = await firstRun(feed);
-    for (const t of outs) t.dataSync();
-    tf.dispose(outs);
-  } finally {
-    tf.dispose(Object.values(feed));
+  // Warm once: kernels compile / XNNPACK packs weights on the first call. Not when a
+  // non-batch dimension is unknown (e.g. images of any size): no zeros shape is known to be
+  // valid (1x1 through a 3x3 VALID conv is negative), so the first real run warms instead.
+  state.warmPending = io.inputs.some((inp) => (inp.shape || []).slice(1).some((d) => d == null || d < 0));
+  if (!state.warmPending) {
+    const feed = {};
+    for (const inp of io.inputs) feed[inp.node] = zerosFor(inp);
+    try {
+      const outs = await firstRun(feed);
+      for (const t of outs) t.dataSync();
+      tf.dispose(outs);
+    } finally {
+      tf.dispose(Object.values(feed));
+    }
   }
   const t3 = performance.now();
   state.info = info;
@@ -332,7 +337,8 @@ async function cmdRun(req) {
   requireModel();
   if (req.inputs) cmdSet(req);
   if (!state.feed) throw new Error('no inputs set; send inputs with run or set first');
-  const outs = await execute(state.feed);
+  const outs = state.warmPending ? await firstRun(state.feed) : await execute(state.feed);
+  state.warmPending = false;
   try {
     const outputs = {};
     state.outputs.forEach((o, i) => { outputs[o.name] = encodeOutput(outs[i]); });
@@ -348,6 +354,12 @@ async function cmdBench(req) {
   const warmup = Math.max(0, Number(req.warmup ?? 10));
   const iterations = Number(req.iterations ?? 100);
   if (!(iterations >= 1)) throw new Error(`iterations must be >= 1, got ${req.iterations}`);
+  if (state.warmPending) { // decide execute vs executeAsync on the real inputs, untimed
+    const outs = await firstRun(state.feed);
+    for (const t of outs) t.dataSync();
+    tf.dispose(outs);
+    state.warmPending = false;
+  }
   const before = tf.memory().numTensors;
   const samples = new Array(iterations);
   const feed = state.feed;
