@@ -254,3 +254,23 @@ def test_grouped_convolutions_run_in_tfjs(tmp_path, data_npz):
     assert a["settings"]["converter"]["fused_ops"]["grouped Conv2D rewritten"] == 2
     ops = [n["op"] for n in json.loads((result.out / a["path"]).read_text())["modelTopology"]["node"]]
     assert "FusedDepthwiseConv2dNative" in ops and "Split" in ops and "ConcatV2" in ops
+
+
+def test_recurrent_layers_loop_refused_clearly_and_unrolled_ones_convert(tmp_path):
+    """Keras 3 LSTM is a graph loop: TF.js gets a clear refusal (ONNX converts the loop);
+    LSTM(unroll=True) is plain ops and converts for TF.js too."""
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(16, 5, 3)).astype("float32")
+    for unroll in (False, True):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((5, 3), name="seq")
+        model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(keras.layers.LSTM(8, unroll=unroll)(inp)))
+        result = deploykit.convert(model, ["tfjs-fp32", "onnx-fp32"], data=x, out=tmp_path / f"lstm{unroll}",
+                                   iterations=2, warmup=0)
+        onnx_art, tfjs_art = result.artifact("onnx-fp32"), result.artifact("tfjs-fp32")
+        assert onnx_art["status"] == "ok", onnx_art["error"]
+        if unroll:
+            assert tfjs_art["status"] == "ok", tfjs_art["error"]
+        else:
+            assert tfjs_art["status"] == "failed" and "graph loops" in tfjs_art["error"] and "unroll" in tfjs_art["error"]

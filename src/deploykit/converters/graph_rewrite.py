@@ -107,11 +107,37 @@ def inline_function_calls(graph_def: Any, max_rounds: int = 20) -> Any:
             node.input.extend(rewired)
             gd.node.append(node)
         # Outputs referencing a replaced call through Identity chains are rewired above.
-    used = {n.attr["f"].func.name for n in gd.node if n.op in CALL_OPS}
+    used = _referenced_functions(gd)
     keep = [f for f in gd.library.function if f.signature.name in used]
     del gd.library.function[:]
     gd.library.function.extend(keep)
     return gd
+
+
+def _functions_named_by(nodes: Any) -> set[str]:
+    """Library functions a node list refers to through any attribute (calls, While/If bodies...)."""
+    names: set[str] = set()
+    for node in nodes:
+        for value in node.attr.values():
+            if value.HasField("func"):
+                names.add(value.func.name)
+            elif value.HasField("list"):
+                names.update(f.name for f in value.list.func)
+    return names
+
+
+def _referenced_functions(graph_def: Any) -> set[str]:
+    """Every library function reachable from the graph's nodes (loop and branch bodies included)."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    todo = _functions_named_by(graph_def.node)
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        todo |= _functions_named_by(library[name].node_def)
+    return seen
 
 
 def has_function_calls(graph_def: Any) -> bool:

@@ -66,6 +66,26 @@ def check_ops(graph_def: Any, target_name: str) -> None:
     raise ConversionError(f"{target_name}: TF.js 4.22 cannot run op(s) {', '.join(parts)}; {hint}")
 
 
+LOOP_OPS = {"Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond"}
+
+
+def _refuse_loops(graph_def: Any, target_name: str) -> None:
+    """Graph loops (Keras 3 LSTM/GRU/RNN layers) are not written yet: say so before writing.
+
+    Freezing lowers a while loop to Enter/Exit/Merge/Switch frames whose unused inputs
+    become Placeholders the TF.js executor then waits for; the run would only fail later
+    with "Cannot compute the outputs".
+    """
+    loops = sorted({n.name.split("/while")[0].replace("StatefulPartitionedCall/", "")
+                    for n in graph_def.node if n.op in LOOP_OPS})
+    if loops:
+        raise ConversionError(
+            f"{target_name}: the model has graph loops ({', '.join(loops[:3])}; recurrent layers such as LSTM/GRU) "
+            "that deploykit's TF.js writer does not support yet; unroll them (e.g. LSTM(unroll=True) with a fixed "
+            "sequence length) or choose another target"
+        )
+
+
 def _tensor_info(name: str, spec: Any) -> dict[str, Any]:
     dims = [{"size": str(-1 if d is None else int(d))} for d in spec.shape]
     return {"name": name, "dtype": f"DT_{spec.dtype.name.upper()}".replace("DT_FLOAT32", "DT_FLOAT"),
@@ -104,6 +124,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     except Exception as exc:
         raise ConversionError(f"{target.name}: freezing the serving function failed: {' '.join(str(exc).split())[:300]}") from None
     gd = graph.graph_def
+    _refuse_loops(gd, target.name)
     check_ops(gd, target.name)
 
     encoded = []
@@ -122,7 +143,6 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         node.attr["value"].tensor.dtype = dtype.as_datatype_enum
         node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
         node.attr["dtype"].type = dtype.as_datatype_enum
-        del node.input[:]  # control inputs of constants mean nothing once values are weights
 
     out_path = Path(out_path)
     manifest, shard_names = write_shards(encoded, out_path.parent, opts["shard_size_bytes"])
