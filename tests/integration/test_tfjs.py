@@ -274,3 +274,43 @@ def test_recurrent_layers_loop_refused_clearly_and_unrolled_ones_convert(tmp_pat
             assert tfjs_art["status"] == "ok", tfjs_art["error"]
         else:
             assert tfjs_art["status"] == "failed" and "graph loops" in tfjs_art["error"] and "unroll" in tfjs_art["error"]
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("btnh,bsnh->bnts", [(6, 2, 4), (6, 2, 4)]),   # attention scores (Keras MultiHeadAttention)
+    ("bnts,bsnh->btnh", [(2, 6, 6), (6, 2, 4)]),   # attention-weighted values
+    ("bij,bjk->bik", [(3, 4), (4, 5)]),            # plain batched matmul
+    ("bi,bi->b", [(6,), (6,)]),                    # everything contracted
+    ("bij,bkj->bkij", [(3, 4), (2, 4)]),          # free labels on both sides, output reordered
+])
+def test_einsum_runs_on_the_wasm_backend(tmp_path, equation, shapes):
+    """TF.js's wasm backend has no Einsum kernel: the writer lowers it to BatchMatMul."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a = keras.Input(shapes[0], name="a")
+    b = keras.Input(shapes[1], name="b")
+    out = keras.layers.Lambda(lambda t: keras.ops.einsum(equation, t[0], t[1]))([a, b])
+    rng = np.random.default_rng(0)
+    data = {"a": rng.normal(size=(8, *shapes[0])).astype("float32"), "b": rng.normal(size=(8, *shapes[1])).astype("float32")}
+    result = deploykit.convert(keras.Model([a, b], out), ["tfjs-fp32"], data=data, out=tmp_path / "e", iterations=1, warmup=0)
+    art = result.artifact("tfjs-fp32")
+    assert art["status"] == "ok", art["error"]
+    ops = {n["op"] for n in json.loads((result.out / art["path"]).read_text())["modelTopology"]["node"]}
+    assert "Einsum" not in ops  # lowered by the writer (or never emitted by Keras for this equation)
+    assert art["benchmark"]["backend"] == "wasm"
+
+
+def test_multi_head_attention_runs_on_the_wasm_backend(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 8), name="tokens")
+    h = keras.layers.LayerNormalization()(keras.layers.MultiHeadAttention(2, 4)(inp, inp) + inp)
+    h = keras.layers.Dense(16, activation="gelu")(h)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h))
+    data = np.random.default_rng(0).normal(size=(16, 6, 8)).astype("float32")
+    result = deploykit.convert(keras.Model(inp, out), ["tfjs-fp32"], data=data, out=tmp_path / "mha", iterations=1, warmup=0)
+    art = result.artifact("tfjs-fp32")
+    assert art["status"] == "ok", art["error"]
+    assert art["settings"]["converter"]["fused_ops"]["Einsum lowered to BatchMatMul"] == 2

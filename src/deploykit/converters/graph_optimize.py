@@ -262,18 +262,128 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
     return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
 
 
-def _channels_of(graph_def: Any, refs: list[str]) -> dict[str, int | None]:
-    """Static last-dimension size of each tensor reference (None when unknown)."""
+def _static_shapes(graph_def: Any, refs: list[str]) -> dict[str, list[int | None] | None]:
+    """Static shape of each tensor reference (None where the rank is unknown), by importing the graph."""
     tf = import_tensorflow()
     graph = tf.Graph()
     with graph.as_default(), native_stderr_captured():
         tf.graph_util.import_graph_def(graph_def, name="")
-    out: dict[str, int | None] = {}
+    out: dict[str, list[int | None] | None] = {}
     for ref in refs:
-        name = ref if ":" in ref else ref + ":0"
-        shape = graph.get_tensor_by_name(name).shape
-        out[ref] = int(shape[-1]) if shape.rank and shape[-1] is not None else None
+        shape = graph.get_tensor_by_name(ref if ":" in ref else ref + ":0").shape
+        out[ref] = None if shape.rank is None else [None if d is None else int(d) for d in shape]
     return out
+
+
+def _channels_of(graph_def: Any, refs: list[str]) -> dict[str, int | None]:
+    """Static last-dimension size of each tensor reference (None when unknown)."""
+    return {r: (s[-1] if s else None) for r, s in _static_shapes(graph_def, refs).items()}
+
+
+def lower_einsum(frozen: FrozenGraph) -> FrozenGraph:
+    """Rewrite two-operand ``Einsum`` as Transpose/Reshape/BatchMatMulV2/Reshape/Transpose.
+
+    Keras 3's attention layers emit Einsum (``BTNH,BSNH->BNTS``); TF.js's wasm backend has
+    no Einsum kernel ("Kernel 'Einsum' not registered for backend 'wasm'"). Equations
+    with ellipses, repeated labels, labels summed away from one operand, or more than one
+    unknown batch dimension are left as they are.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    einsums = [n for n in frozen.graph_def.node if n.op == "Einsum" and len([r for r in n.input if not r.startswith("^")]) == 2]
+    if not einsums:
+        return frozen
+    shapes = _static_shapes(frozen.graph_def, [r for n in einsums for r in n.input[:2]])
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    new_nodes: list[Any] = []
+    count = 0
+
+    def add(name: str, op: str, inputs: list[str], T: Any, **attrs: Any) -> str:
+        node = node_def_pb2.NodeDef(name=name, op=op, input=inputs)
+        node.attr["T"].CopyFrom(T)
+        for key, value in attrs.items():
+            node.attr[key].type = value
+        new_nodes.append(node)
+        return name
+
+    def const(name: str, values: list[int]) -> str:
+        node = node_def_pb2.NodeDef(name=name, op="Const")
+        node.attr["dtype"].type = tf.int32.as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(values, np.int32)))
+        new_nodes.append(node)
+        return name
+
+    for src in einsums:
+        eq = src.attr["equation"].s.decode().replace(" ", "")
+        if "..." in eq or "->" not in eq:
+            continue
+        lhs, out = eq.split("->")
+        parts = lhs.split(",")
+        x_ref, y_ref = src.input[0], src.input[1]
+        xs, ys = shapes.get(x_ref), shapes.get(y_ref)
+        if len(parts) != 2 or xs is None or ys is None:
+            continue
+        xl, yl = parts
+        if len(xl) != len(xs) or len(yl) != len(ys) or any(len(set(t)) != len(t) for t in (xl, yl, out)):
+            continue
+        size = {**{c: d for c, d in zip(yl, ys)}, **{c: d for c, d in zip(xl, xs)}}
+        batch = [c for c in out if c in xl and c in yl]
+        contr = [c for c in xl if c in yl and c not in out]
+        xfree = [c for c in out if c in xl and c not in yl]
+        yfree = [c for c in out if c in yl and c not in xl]
+        if set(xl) != set(batch + contr + xfree) or set(yl) != set(batch + contr + yfree) or set(out) != set(batch + xfree + yfree):
+            continue  # a label summed away from one operand only
+        if any(size[c] is None for c in contr + xfree + yfree) or sum(size[c] is None for c in batch) > 1:
+            continue
+        if any(xs[xl.index(c)] != ys[yl.index(c)] for c in batch + contr if xs[xl.index(c)] and ys[yl.index(c)]):
+            continue  # broadcasting batch labels: leave it to Einsum
+        base, T = src.name, src.attr["T"]
+        bdims = [-1 if size[c] is None else size[c] for c in batch]
+        prod = lambda labels: int(np.prod([size[c] for c in labels])) if labels else 1  # noqa: E731
+
+        def arrange(ref: str, labels: str, order: list[str], tag: str, rows: list[str], cols: list[str]) -> str:
+            perm = [labels.index(c) for c in order]
+            if perm != list(range(len(labels))):
+                ref = add(f"{base}/{tag}_transpose", "Transpose", [ref, const(f"{base}/{tag}_perm", perm)], T,
+                          Tperm=tf.int32.as_datatype_enum)
+            if len(rows) != 1 or len(cols) != 1:
+                ref = add(f"{base}/{tag}_reshape", "Reshape", [ref, const(f"{base}/{tag}_shape", bdims + [prod(rows), prod(cols)])],
+                          T, Tshape=tf.int32.as_datatype_enum)
+            return ref
+
+        a = arrange(x_ref, xl, batch + xfree + contr, "x", xfree, contr)
+        b = arrange(y_ref, yl, batch + contr + yfree, "y", contr, yfree)
+        mm = node_def_pb2.NodeDef(name=f"{base}/matmul", op="BatchMatMulV2", input=[a, b])
+        mm.attr["T"].CopyFrom(T)
+        mm.attr["adj_x"].b = mm.attr["adj_y"].b = False
+        new_nodes.append(mm)
+        result, produced = mm.name, batch + xfree + yfree
+        if len(xfree) != 1 or len(yfree) != 1:
+            result = add(f"{base}/unmerge", "Reshape", [result, const(f"{base}/unmerge_shape", bdims + [size[c] for c in xfree + yfree])],
+                         T, Tshape=tf.int32.as_datatype_enum)
+        perm = [produced.index(c) for c in out]
+        node = by_name[src.name]
+        controls = [r for r in node.input if r.startswith("^")]
+        node.ClearField("attr")
+        node.attr["T"].CopyFrom(T)
+        del node.input[:]
+        if perm == list(range(len(out))):
+            node.op = "Identity"
+            node.input.extend([result] + controls)
+        else:
+            node.op = "Transpose"
+            node.attr["Tperm"].type = tf.int32.as_datatype_enum
+            node.input.extend([result, const(f"{base}/out_perm", perm)] + controls)
+        count += 1
+    if not count:
+        return frozen
+    gd.node.extend(new_nodes)
+    fusions = dict(frozen.fusions)
+    fusions["Einsum lowered to BatchMatMul"] = count
+    return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
 
 
 def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
@@ -420,5 +530,5 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
-    frozen = ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir)))
+    frozen = lower_einsum(ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir))))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen
