@@ -102,3 +102,14 @@ def test_op_check_names_ops_and_suggests(monkeypatch, tmp_path):
 def test_supported_op_list_covers_the_fused_ops_we_emit():
     ops = tfjs.supported_ops()
     assert {"_FusedConv2D", "FusedDepthwiseConv2dNative", "_FusedMatMul", "Const", "Placeholder"} <= ops
+
+
+def test_op_check_knows_what_the_wasm_backend_lacks():
+    from tensorflow.core.framework import graph_pb2
+
+    gd = graph_pb2.GraphDef()
+    gd.node.add(name="x", op="Placeholder")
+    gd.node.add(name="spectrum", op="RFFT")
+    with pytest.raises(ConversionError, match=r"wasm backend has no kernel for RFFT.*backend = \"cpu\""):
+        tfjs.check_ops(gd, "tfjs-fp32", "wasm")
+    tfjs.check_ops(gd, "tfjs-fp32", "cpu")  # the cpu backend runs it

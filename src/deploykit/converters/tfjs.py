@@ -48,8 +48,22 @@ def supported_ops() -> set[str]:
     return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
 
 
-def check_ops(graph_def: Any, target_name: str) -> None:
+# Kernels TF.js 4.22's cpu backend has and its wasm backend lacks (tf.getKernelsForBackend),
+# as the TF ops that reach them. Einsum is lowered to BatchMatMul before this check.
+WASM_MISSING = {"Einsum", "FFT", "IFFT", "RFFT", "IRFFT", "Complex", "ComplexAbs", "Real", "Imag",
+                "UnsortedSegmentSum", "Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter",
+                "DepthwiseConv2dNativeBackpropInput"}
+
+
+def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
     """Raise ConversionError naming every op the runtime cannot execute."""
+    if backend == "wasm":
+        lacking = sorted({n.op for n in graph_def.node if n.op in WASM_MISSING})
+        if lacking:
+            raise ConversionError(
+                f"{target_name}: TF.js's wasm backend has no kernel for {', '.join(lacking)}; use a target with "
+                "options.backend = \"cpu\" (slower) or replace those ops"
+            )
     known = supported_ops()
     missing: dict[str, list[str]] = {}
     for node in graph_def.node:
@@ -125,7 +139,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         raise ConversionError(f"{target.name}: freezing the serving function failed: {' '.join(str(exc).split())[:300]}") from None
     gd = graph.graph_def
     _refuse_loops(gd, target.name)
-    check_ops(gd, target.name)
+    check_ops(gd, target.name, opts["backend"])
 
     encoded = []
     for node in gd.node:
