@@ -17,7 +17,7 @@ import pytest
 
 import deploykit
 from deploykit.artifacts import MANIFEST_NAME, Manifest, sha256_file
-from deploykit.errors import DataError, DeployError, OutputExistsError
+from deploykit.errors import DataError, DeployError, OutputExistsError, UserError
 from deploykit.targets import Tolerance, get_target, list_targets
 
 pytestmark = pytest.mark.slow
@@ -299,3 +299,8 @@ def test_inputs_of_any_height_and_width_verify_in_every_runtime(tmp_path):
                                data=data, out=tmp_path / "dyn", iterations=2, warmup=1)
     assert result.ok, [(a["target"], a["error"]) for a in result.artifacts]
     assert result.artifact("tfjs-fp32")["benchmark"]["n"] == 2
+    # `deploy bench` of such a file needs a real sample: random inputs have no size to take
+    tfl = result.out / result.artifact("tflite-fp32")["path"]
+    with pytest.raises(UserError, match="pass --data"):
+        deploykit.bench(tfl, iterations=1)
+    assert deploykit.bench(tfl, iterations=2, warmup=0, data=data[:1])["n"] == 2

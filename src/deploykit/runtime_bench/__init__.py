@@ -107,6 +107,11 @@ def _weight_files(path: Path, runtime: str) -> list[Path]:
 
 def _bench_inputs(runner: Any, data: Any) -> dict[str, np.ndarray]:
     if data is None:
+        for name, d in runner.input_details().items():
+            sig = list(d.get("shape_signature", d["shape"]))
+            if any(int(s) == -1 for s in sig[1:]):
+                raise UserError(f"input {name!r} has dimensions of any size {tuple(None if int(s) == -1 else int(s) for s in sig)}; "
+                                "random inputs need a size: pass --data with a real sample")
         return synthetic_inputs(runner)
     from deploykit.data import load_data
     from deploykit.models import TensorSpec

@@ -113,6 +113,10 @@ class LiteRTRunner:
     def _build_for(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Build the XNNPACK interpreter with the inputs' shapes written into the model."""
         from ai_edge_litert.interpreter import Interpreter
+
+        from deploykit._quiet import import_tensorflow
+
+        import_tensorflow()  # quietly: flatbuffer_utils lives in TensorFlow
         from tensorflow.lite.tools import flatbuffer_utils
 
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(self.path.read_bytes()))
