@@ -60,7 +60,9 @@ def freeze_serving(saved_model_dir: Any) -> FrozenGraph:
     with native_stderr_captured():
         module = tf.saved_model.load(str(saved_model_dir))
         fn = module.signatures["serving_default"]
-        frozen = convert_to_constants.convert_variables_to_constants_v2(fn)
+        # Loops stay functional (While + body/cond functions), which TF.js executes; lowering them
+        # to Enter/Exit/Merge/Switch frames leaves Placeholders its executor waits for.
+        frozen = convert_to_constants.convert_variables_to_constants_v2(fn, lower_control_flow=False)
     specs = fn.structured_input_signature[1]
     placeholders = [t for t in frozen.inputs if t.dtype != tf.resource]
     keys = sorted(specs)  # flattened order of a dict structure

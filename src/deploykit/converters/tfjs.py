@@ -58,6 +58,15 @@ WASM_MISSING = {"Einsum", "FFT", "IFFT", "RFFT", "IRFFT", "Complex", "ComplexAbs
 def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
     """Raise ConversionError naming every op the runtime cannot execute."""
     if backend == "wasm":
+        ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+        if ops & {"While", "StatelessWhile"} and any(op.startswith("TensorList") for op in ops):
+            # Measured with TF.js 4.22: a Keras 3 LSTM runs on the cpu backend and matches, while
+            # the wasm backend's reshape kernel reads a disposed tensor inside the loop.
+            raise ConversionError(
+                f"{target_name}: the model loops over a sequence (LSTM/GRU/RNN layers), which TF.js's wasm backend "
+                "fails to run; use a target with options.backend = \"cpu\", or unroll the layers "
+                "(e.g. LSTM(unroll=True) with a fixed sequence length)"
+            )
         lacking = sorted({n.op for n in graph_def.node if n.op in WASM_MISSING})
         if lacking:
             raise ConversionError(
@@ -98,6 +107,51 @@ def _refuse_loops(graph_def: Any, target_name: str) -> None:
             "that deploykit's TF.js writer does not support yet; unroll them (e.g. LSTM(unroll=True) with a fixed "
             "sequence length) or choose another target"
         )
+
+
+def _rename_ref(ref: str, rename: dict[str, str]) -> str:
+    control = ref.startswith("^")
+    head, sep, tail = ref.lstrip("^").partition(":")
+    return ("^" if control else "") + rename.get(head, head) + sep + tail
+
+
+def _function_weights(graph_def: Any, weights: str) -> list[Any]:
+    """Constants inside library functions (loop bodies) as weights, like the graph's own.
+
+    The TF.js executor looks every Const up by node name in one weight map shared by the
+    graph and its functions, so each function's constants get names unique to it
+    (``<function>/<node>``), references inside the function renamed to match.
+    """
+    from deploykit._quiet import import_tensorflow
+    from deploykit.converters.tfjs_weights import encode
+
+    tf = import_tensorflow()
+    out = []
+    for func in graph_def.library.function:
+        consts = [n for n in func.node_def if n.op == "Const"]
+        if not consts:
+            continue
+        rename = {n.name: f"{func.signature.name}/{n.name}" for n in consts}
+        for node in func.node_def:
+            refs = [_rename_ref(r, rename) for r in node.input]
+            del node.input[:]
+            node.input.extend(refs)
+        for key in list(func.ret):
+            func.ret[key] = _rename_ref(func.ret[key], rename)
+        for key in list(func.control_ret):
+            func.control_ret[key] = rename.get(func.control_ret[key], func.control_ret[key])
+        for node in consts:
+            node.name = rename[node.name]
+            weight = encode(node.name, tf.make_ndarray(node.attr["value"].tensor), weights)
+            out.append(weight)
+            dtype = {"float32": tf.float32, "int32": tf.int32, "bool": tf.bool}[weight.entry["dtype"]]
+            shape = type(node.attr["value"].tensor.tensor_shape)()
+            shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
+            node.attr["value"].tensor.Clear()
+            node.attr["value"].tensor.dtype = dtype.as_datatype_enum
+            node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
+            node.attr["dtype"].type = dtype.as_datatype_enum
+    return out
 
 
 def _tensor_info(name: str, spec: Any) -> dict[str, Any]:
@@ -158,6 +212,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
         node.attr["dtype"].type = dtype.as_datatype_enum
 
+    encoded += _function_weights(gd, target.weights)
     out_path = Path(out_path)
     manifest, shard_names = write_shards(encoded, out_path.parent, opts["shard_size_bytes"])
     model_json = {
