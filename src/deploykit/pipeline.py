@@ -286,52 +286,50 @@ class Pipeline:
 
     def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""
-        from deploykit.data import load_data
-        from deploykit.models import load_model
-        from deploykit.optimize.prune import prune, read_compile_config
-        from deploykit.runtime_bench.memory import PeakRSS
+        from deploykit.optimize.prune import prune
 
         if loaded.keras_model is None:
             raise UserError(f"{loaded.source}: pruning fine-tunes a Keras model; pass the .keras/.h5 file, not a SavedModel")
-        train = load_data(self.train_data, loaded.inputs, role="train data")
-        if train.y is None:
-            raise DataError(f"train data {train.source} has no labels 'y'; pruning fine-tunes the model and needs them")
-        config = read_compile_config(model) if isinstance(model, (str, Path)) else None
-        self.progress("pruning: fine-tuning")
-        with PeakRSS() as mem:
-            result = prune(loaded.keras_model, train, compile_config=config,
-                           progress=lambda msg: self.progress(f"pruning: {msg}"), **self.prune_options)
-        steps["prune"] = {**mem.to_dict(), "report": result.report}
-        self.prune_report = result.report
-        pruned = load_model(result.model)
-        pruned.source = f"{loaded.source} (pruned)"
-        loaded.release()
+        report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
+                                 lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
+                                                                       progress=progress, **self.prune_options))
+        self.prune_report = report
         return pruned
 
     def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Quantization-aware fine-tuning (sparsity-preserving after pruning); return the QAT model, loaded."""
+        from deploykit.optimize.qat import quantize_aware
+
+        pqat = self.prune_options is not None
+        label = "PQAT" if pqat else "QAT"
+        report, qat_model = self._fine_tune(model, loaded, steps, "qat", label, label,
+                                 lambda train, config, progress: quantize_aware(
+                                     loaded.keras_model, train, compile_config=config, preserve_sparsity=pqat,
+                                     progress=progress, **self.qat_options))
+        self.qat_report = report
+        return qat_model
+
+    def _fine_tune(self, model: Any, loaded: Any, steps: dict[str, Any], step: str, label: str, suffix: str,
+                   train_fn: Callable[[Any, Any, ProgressFn], Any]) -> tuple[dict[str, Any], Any]:
+        """The shared part of pruning and QAT: labelled train data, the model's own compile settings
+        (read from the file or the in-memory model; a pruned model no longer carries them), progress,
+        memory, the report under ``steps[step]``; returns (report, the fine-tuned model loaded), the original released."""
         from deploykit.data import load_data
         from deploykit.models import load_model
-        from deploykit.optimize.qat import compile_config_of, quantize_aware
+        from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
         train = load_data(self.train_data, loaded.inputs, role="train data")
         if train.y is None:
-            raise DataError(f"train data {train.source} has no labels 'y'; QAT fine-tunes the model and needs them")
-        # The model's own compile settings (loss, optimizer); a pruned model no longer carries them.
-        config = compile_config_of(model)
-        pqat = self.prune_options is not None
-        label = "PQAT" if pqat else "QAT"
+            raise DataError(f"train data {train.source} has no labels 'y'; {label} fine-tunes the model and needs them")
         self.progress(f"{label}: fine-tuning")
         with PeakRSS() as mem:
-            result = quantize_aware(loaded.keras_model, train, compile_config=config, preserve_sparsity=pqat,
-                                    progress=lambda msg: self.progress(f"{label}: {msg}"), **self.qat_options)
-        steps["qat"] = {**mem.to_dict(), "report": result.report}
-        self.qat_report = result.report
-        qat_model = load_model(result.model)
-        qat_model.source = f"{loaded.source} ({label})"
+            result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))
+        steps[step] = {**mem.to_dict(), "report": result.report}
+        tuned = load_model(result.model)
+        tuned.source = f"{loaded.source} ({suffix})"
         loaded.release()
-        return qat_model
+        return result.report, tuned
 
     def _check_sparsity(self, artifact: Artifact, target: Target, path: Path) -> None:
         """Record the artifact's zeros; a pruned kernel the converter densified fails the target."""
