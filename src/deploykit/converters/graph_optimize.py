@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from deploykit._quiet import import_tensorflow, native_stderr_captured
-from deploykit.converters.graph_rewrite import prepare_for_export
+from deploykit.converters.graph_rewrite import const_node, prepare_for_export
 
 GRAPPLER_PASSES = ("pruning", "constfold", "dependency", "pruning", "constfold", "dependency")
 
@@ -222,9 +222,7 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
         if scale is not None:
             w = _scale_weights(op, w, scale)
         base = cur.name
-        filt = node_def_pb2.NodeDef(name=f"{base}/fused_weights", op="Const")
-        filt.attr["dtype"].type = tf.float32.as_datatype_enum
-        filt.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(w))
+        filt = const_node(f"{base}/fused_weights", w.astype(np.float32))
         new_nodes.append(filt)
         fused = node_def_pb2.NodeDef(name=base, device=op.device)
         for key in op.attr:
@@ -236,9 +234,7 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
         else:
             if bias is None:  # the fused kernels need a bias operand to apply the activation
                 bias = np.zeros(channels, np.float32)
-            bnode = node_def_pb2.NodeDef(name=f"{base}/fused_bias", op="Const")
-            bnode.attr["dtype"].type = tf.float32.as_datatype_enum
-            bnode.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(bias.astype(np.float32)))
+            bnode = const_node(f"{base}/fused_bias", bias.astype(np.float32))
             new_nodes.append(bnode)
             fused.op = FUSED_OP[op.op]
             fused.input.extend([op.input[0], filt.name, bnode.name])
@@ -312,10 +308,7 @@ def lower_einsum(frozen: FrozenGraph) -> FrozenGraph:
         return name
 
     def const(name: str, values: list[int]) -> str:
-        node = node_def_pb2.NodeDef(name=name, op="Const")
-        node.attr["dtype"].type = tf.int32.as_datatype_enum
-        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(values, np.int32)))
-        new_nodes.append(node)
+        new_nodes.append(const_node(name, np.asarray(values, np.int32)))
         return name
 
     for src in einsums:
@@ -412,10 +405,8 @@ def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
     new_nodes: list[Any] = []
     count = 0
 
-    def const_node(name: str, value: np.ndarray) -> Any:
-        node = node_def_pb2.NodeDef(name=name, op="Const")
-        node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    def add_const(name: str, value: np.ndarray) -> Any:
+        node = const_node(name, value)
         new_nodes.append(node)
         return node
 
@@ -428,7 +419,7 @@ def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
         node = by_name[conv.name]
         strides = list(node.attr["strides"].list.i)
         if w.shape[2] == 1 and strides[1] == strides[2]:
-            filt = const_node(f"{conv.name}/depthwise_weights", w.reshape(w.shape[0], w.shape[1], c_in, w.shape[3] // c_in))
+            filt = add_const(f"{conv.name}/depthwise_weights", w.reshape(w.shape[0], w.shape[1], c_in, w.shape[3] // c_in))
             node.op = "DepthwiseConv2dNative"
             node.input[1] = filt.name
             for key in ("use_cudnn_on_gpu",):
@@ -436,21 +427,21 @@ def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
                     del node.attr[key]
         else:
             per = w.shape[3] // groups
-            axis = const_node(f"{conv.name}/group_axis", np.array(3, np.int32))
+            axis = add_const(f"{conv.name}/group_axis", np.array(3, np.int32))
             split = node_def_pb2.NodeDef(name=f"{conv.name}/groups", op="Split", input=[axis.name, conv.input[0]])
             split.attr["T"].CopyFrom(node.attr["T"])
             split.attr["num_split"].i = groups
             new_nodes.append(split)
             parts = []
             for g in range(groups):
-                filt = const_node(f"{conv.name}/group_{g}_weights", np.ascontiguousarray(w[..., g * per : (g + 1) * per]))
+                filt = add_const(f"{conv.name}/group_{g}_weights", np.ascontiguousarray(w[..., g * per : (g + 1) * per]))
                 part = node_def_pb2.NodeDef(name=f"{conv.name}/group_{g}", op="Conv2D",
                                             input=[f"{split.name}:{g}" if g else split.name, filt.name])
                 for key in node.attr:
                     part.attr[key].CopyFrom(node.attr[key])
                 new_nodes.append(part)
                 parts.append(part.name)
-            concat_axis = const_node(f"{conv.name}/concat_axis", np.array(3, np.int32))
+            concat_axis = add_const(f"{conv.name}/concat_axis", np.array(3, np.int32))
             controls = [r for r in node.input if r.startswith("^")]
             node.op = "ConcatV2"
             t = node.attr["T"].type

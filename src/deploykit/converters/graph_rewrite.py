@@ -140,6 +140,19 @@ def _referenced_functions(graph_def: Any) -> set[str]:
     return seen
 
 
+def const_node(name: str, value: Any, device: str = "") -> Any:
+    """A ``Const`` NodeDef holding ``value`` (a NumPy array or scalar), dtype taken from it."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.framework import node_def_pb2
+
+    value = np.asarray(value)
+    node = node_def_pb2.NodeDef(name=name, op="Const", device=device)
+    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    return node
+
+
 def has_function_calls(graph_def: Any) -> bool:
     """True when the graph still calls library functions."""
     return any(n.op in CALL_OPS for n in graph_def.node)
@@ -163,9 +176,7 @@ def expand_unsupported_math(graph_def: Any) -> Any:
         dtype = tf.dtypes.as_dtype(node.attr["T"].type)
         erf = node_def_pb2.NodeDef(name=f"{node.name}/erf", op="Erf", input=[node.input[0]], device=node.device)
         erf.attr["T"].CopyFrom(node.attr["T"])
-        one = node_def_pb2.NodeDef(name=f"{node.name}/one", op="Const", device=node.device)
-        one.attr["dtype"].type = dtype.as_datatype_enum
-        one.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(1, dtype=dtype.as_numpy_dtype)))
+        one = const_node(f"{node.name}/one", np.array(1, dtype=dtype.as_numpy_dtype), device=node.device)
         sub = node_def_pb2.NodeDef(name=node.name, op="Sub", input=[one.name, erf.name] + [i for i in node.input[1:] if i.startswith("^")], device=node.device)
         sub.attr["T"].CopyFrom(node.attr["T"])
         new_nodes += [one, erf, sub]
