@@ -302,8 +302,10 @@ class LoadedModel:
         return [s.name for s in self.signature()["outputs"]]
 
     def release(self) -> None:
-        """Drop the temporary SavedModel export."""
+        """Drop the temporary SavedModel export and what converters cached from it."""
         self._serve_fn = None
+        for cache in ("_onnx_fp32_cache", "_tfjs_graph_cache"):
+            self.__dict__.pop(cache, None)
         if self._owned_tmp is not None:
             self._owned_tmp.cleanup()
             self._owned_tmp = None
