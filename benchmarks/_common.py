@@ -87,6 +87,16 @@ def check_ok(run: ChildRun, what: str, allowed: tuple[int, ...] = (0,)) -> None:
         sys.exit(3)
 
 
+def export_saved_model(model: Path, work: Path) -> Path:
+    """``work/saved_model``: the .keras model exported once (in a child, so the caller never imports TF)."""
+    sm = Path(work) / "saved_model"
+    if not sm.exists():
+        code = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2'); import keras, sys; "
+                "keras.models.load_model(sys.argv[1], compile=False).export(sys.argv[2], verbose=False)")
+        check_ok(run_child([PYTHON, "-c", code, str(model), str(sm)]), "exporting the SavedModel")
+    return sm
+
+
 def median(xs) -> float:
     return float(statistics.median(xs))
 

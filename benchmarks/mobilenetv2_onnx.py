@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import workdir, DEPLOY, PYTHON, Verdicts, check_ok, machine_line, median, run_child, table  # noqa: E402
+from _common import workdir, DEPLOY, PYTHON, Verdicts, check_ok, export_saved_model, machine_line, median, run_child, table  # noqa: E402
 
 
 DIRECT = r'''
@@ -63,15 +63,6 @@ def _prepare(work: Path, samples: int, classes: int) -> tuple[Path, Path]:
                        "--preprocess", "mobilenet", "--classes", str(classes), "--out", str(work)])
         check_ok(r, "preparing MobileNetV2")
     return model, calib
-
-
-def _export(model: Path, work: Path) -> Path:
-    sm = work / "saved_model"
-    if not sm.exists():
-        code = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2'); import keras, sys; "
-                "keras.models.load_model(sys.argv[1], compile=False).export(sys.argv[2], verbose=False)")
-        check_ok(run_child([PYTHON, "-c", code, str(model), str(sm)]), "exporting the SavedModel")
-    return sm
 
 
 def main() -> None:
@@ -120,7 +111,7 @@ def run(args, work: Path) -> None:
         verdicts.check("onnx-auto winner size <= 0.28x onnx-fp32", size <= 0.28,
                      f"{win['size_bytes']:,} / {fp32['size_bytes']:,} B = {size:.3f}x")
 
-    sm = _export(model, work)
+    sm = export_saved_model(model, work)
     step_t, direct_t, deploy_wall, direct_wall = [], [], [], []
     for i in range(args.rounds):
         d_out, t_out = work / f"conv_{i}", work / f"direct_{i}.onnx"

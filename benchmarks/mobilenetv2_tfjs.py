@@ -41,7 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, DEPLOY, PYTHON, Verdicts, check_ok, machine_line, run_child, table, workdir  # noqa: E402
+from _common import ROOT, DEPLOY, PYTHON, Verdicts, check_ok, export_saved_model, machine_line, run_child, table, workdir  # noqa: E402
 
 OFFICIAL_PACKAGES = ["tensorflow==2.19.*", "tensorflowjs==4.22.0", "ydf==0.11.0"]
 
@@ -102,11 +102,7 @@ def run(args, work: Path) -> None:
             arts["tfjs-fp32"].get("error") or f"max abs error {arts['tfjs-fp32']['verification']['max_abs_error']:.2e}")
 
     # --- the official converter on the same SavedModel, then both timed side by side in Node
-    sm = work / "saved_model"
-    if not sm.exists():
-        code = ("import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','2'); import keras, sys; "
-                "keras.models.load_model(sys.argv[1], compile=False).export(sys.argv[2], verbose=False)")
-        check_ok(run_child([PYTHON, "-c", code, str(model), str(sm)]), "exporting the SavedModel")
+    sm = export_saved_model(model, work)
     official = work / "official"
     if not (official / "model.json").exists():
         exe = _official_venv(args.official_venv)
