@@ -18,6 +18,34 @@ def _is_classification(ref: np.ndarray) -> bool:
     return ref.ndim == 2 and ref.shape[1] > 1
 
 
+def is_probabilities(ref: np.ndarray) -> bool:
+    """Class probabilities: rank 2, more than one class, every row non-negative and summing to 1."""
+    ref = np.asarray(ref)
+    if not (_is_classification(ref) and ref.size and np.isfinite(ref).all()):
+        return False
+    return bool(ref.min() >= 0 and np.allclose(ref.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _elementwise_failure(cmp: dict[str, Any], metric: bool) -> str | None:
+    """Why an output fails the elementwise part of the tolerance, or None.
+
+    ``metric``: a class-probability output judged by the metric gate; the
+    elementwise bound then applies to the mean error, not to every element.
+    """
+    if not cmp["finite"]:
+        return "has NaN/inf values"
+    if metric:
+        if cmp["mean_abs_error"] > cmp["allowed_abs_error_at_max"]:
+            return (f"mean abs error {cmp['mean_abs_error']:.3g} exceeds the allowed "
+                    f"{cmp['allowed_abs_error_at_max']:.3g} (class probabilities)")
+        return None
+    if cmp["violations"] > cmp["allowed_violations"]:
+        return (f"max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
+                f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
+                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
+    return None
+
+
 def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any) -> dict[str, Any]:
     """Elementwise comparison of one output against the reference.
 
@@ -67,7 +95,10 @@ def verify(
     Runs every sample in batches of ``batch_check`` and the first ``batch_check``
     samples again at batch size 1 (an artifact that only takes batch 1, e.g. for a
     microcontroller, runs every sample at batch size 1), and applies the target's
-    tolerance and metric gate.
+    tolerance and metric gate. With ``tolerance.probabilities == "metric"``,
+    class-probability outputs are judged by agreement, accuracy and mean error
+    (see :class:`~deploykit.targets.Tolerance`); ``notes`` then says how many
+    samples moved past the elementwise bound.
 
     Args:
         runner: A loaded runner.
@@ -87,6 +118,9 @@ def verify(
     def named(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return out if set(out) == set(names) else dict(zip(names, out.values()))  # renamed outputs: by position
 
+    def metric_gated(ref: np.ndarray) -> bool:
+        return tolerance.probabilities == "metric" and is_probabilities(ref)
+
     n = len(reference[0])
     m = min(batch_check, n)
     got = None
@@ -104,24 +138,25 @@ def verify(
         batch_sizes = [1, m]
         single = named(run_batched(runner, {k: v[:m] for k, v in inputs.items()}, 1))
         for name, ref in zip(names, reference):
-            cmp = compare_outputs(ref[:m], single[name], tolerance)
-            if cmp["violations"] > cmp["allowed_violations"] or not cmp["finite"]:
-                result["failures"].append(
-                    f"output {name!r} at batch size 1: max abs error {cmp['max_abs_error']:.3g} "
-                    f"exceeds the tolerance in {cmp['violations']} element(s)"
-                )
+            failure = _elementwise_failure(compare_outputs(ref[:m], single[name], tolerance), metric_gated(ref))
+            if failure:
+                result["failures"].append(f"output {name!r} at batch size 1: {failure}")
     result["batch_sizes"] = batch_sizes
     for name, ref in zip(names, reference):
         cmp = compare_outputs(ref, got[name], tolerance)
         result["outputs"][name] = cmp
-        if not cmp["finite"]:
-            result["failures"].append(f"output {name!r} has NaN/inf values")
-        if cmp["violations"] > cmp["allowed_violations"]:
-            result["failures"].append(
-                f"output {name!r}: max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
-                f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
-                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else "")
+        if metric_gated(ref):
+            cmp["judged_by"] = "metric"
+            err = np.abs(np.asarray(got[name], np.float64).reshape(ref.shape) - ref)
+            cmp["samples_over_bound"] = moved = int(np.count_nonzero((err > cmp["allowed_abs_error_at_max"]).any(axis=1)))
+            result.setdefault("notes", []).append(
+                f"output {name!r} holds class probabilities: judged by top-1 agreement, accuracy and mean abs error "
+                f"({cmp['mean_abs_error']:.2g}); {moved} of {len(ref)} samples moved by more than "
+                f"{cmp['allowed_abs_error_at_max']:.3g} (max {cmp['max_abs_error']:.3g})"
             )
+        failure = _elementwise_failure(cmp, metric_gated(ref))
+        if failure:
+            result["failures"].append(f"output {name!r}: {failure}")
         if _is_classification(ref):
             agreement = float(np.mean(np.argmax(got[name], 1) == np.argmax(ref, 1)))
             cmp["top1_agreement"] = agreement

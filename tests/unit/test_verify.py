@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,76 @@ def test_verify_without_labels_or_second_batch(fp32_runner, digits, reference_ou
                     batch_check=0)
     assert result["passed"] and result["batch_sizes"] == [1]
     assert "accuracy" not in result and "reference_accuracy" not in result
+
+
+# ----------------------------------------------------------------------------- class probabilities
+def test_is_probabilities_tells_softmax_rows_from_other_outputs(reference_outputs):
+    from deploykit.verify import is_probabilities
+
+    assert is_probabilities(reference_outputs)  # the digits model ends in softmax
+    logits = np.log(reference_outputs + 1e-9)
+    assert not is_probabilities(logits)
+    assert not is_probabilities(reference_outputs * 2)  # rows sum to 2: features, not probabilities
+    assert not is_probabilities(reference_outputs[:, :1] / reference_outputs[:, :1])  # one column
+    assert not is_probabilities(reference_outputs.reshape(-1, 2, 5))
+
+
+def _moved(reference_outputs: np.ndarray, every: int, mass: float) -> np.ndarray:
+    """The reference with ``mass`` of probability shifted from the top class to the runner-up in every
+    ``every``-th sample where that keeps the top class on top: still probabilities, same argmax."""
+    ref = reference_outputs.astype(np.float64).copy()
+    order = np.argsort(ref, axis=1)
+    top, second = order[:, -1], order[:, -2]
+    rows = [i for i in range(0, len(ref), every) if ref[i, top[i]] - mass > ref[i, second[i]] + mass]
+    for i in rows:
+        ref[i, top[i]] -= mass
+        ref[i, second[i]] += mass
+    return ref.astype(np.float32), len(rows)
+
+
+def test_quantized_probability_outputs_are_judged_by_the_metric_gate(fp32_runner, digits, reference_outputs):
+    """int8 moves the probabilities of samples the model is unsure about by more than 5 % of the range
+    while keeping their class; the quantized profiles judge class probabilities by agreement, accuracy
+    and mean error, and say how many samples moved. The elementwise gate would reject such an artifact."""
+    tol = get_target("tflite-int8").tolerance
+    assert tol.probabilities == "metric"
+    ref, moved = _moved(reference_outputs, every=10, mass=0.2)  # 10 % of samples move by 0.2
+    assert moved > 0.05 * len(ref)
+    result = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], tol, labels=digits.y_eval)
+    assert result["passed"], result["failures"]
+    out = result["outputs"]["output_0"]
+    assert out["judged_by"] == "metric" and out["samples_over_bound"] >= moved
+    assert out["violations"] > out["allowed_violations"]  # the elementwise count is still reported
+    assert any(f"{out['samples_over_bound']} of {len(ref)} samples moved" in n for n in result["notes"])
+
+    elementwise = dataclasses.replace(tol, probabilities="elementwise")
+    strict = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], elementwise, labels=digits.y_eval)
+    assert not strict["passed"] and any("exceeds the allowed" in f for f in strict["failures"])
+    assert "notes" not in strict
+
+
+def test_metric_gate_still_catches_flattened_probabilities(fp32_runner, digits, reference_outputs):
+    """Every sample keeps its class, but the probabilities are squashed halfway to uniform (a broken
+    output quantization): the mean error exceeds the bound, at batch 8 and at batch 1."""
+    tol = get_target("tflite-int8").tolerance
+    flat = (0.5 * reference_outputs + 0.05).astype(np.float32)  # 10 classes: rows still sum to 1
+    result = verify(fp32_runner, _inputs(digits), [flat], ["output_0"], tol, labels=digits.y_eval)
+    assert not result["passed"]
+    assert result["top1_agreement"] == 1.0
+    assert sum("mean abs error" in f and "class probabilities" in f for f in result["failures"]) == 2
+
+
+def test_metric_gate_leaves_other_outputs_elementwise(fp32_runner, digits, reference_outputs):
+    """The same shifts on an output that is not probabilities (the real outputs doubled: rows sum to 2,
+    like features or scores) fail elementwise under the same quantized tolerance."""
+
+    class Doubled:  # the real LiteRT outputs, times two
+        def run(self, feeds):
+            return {k: 2 * v for k, v in fp32_runner.run(feeds).items()}
+
+    tol = get_target("tflite-int8").tolerance
+    ref, _ = _moved(reference_outputs, every=10, mass=0.2)
+    result = verify(Doubled(), _inputs(digits), [2 * ref], ["output_0"], tol)
+    assert not result["passed"]
+    assert "judged_by" not in result["outputs"]["output_0"]
+    assert any("exceeds the allowed" in f and "element(s)" in f for f in result["failures"])

@@ -130,6 +130,12 @@ def op_profile_lines(manifest: Manifest, top: int = 5) -> list[str]:
     return lines
 
 
+def verification_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: how each artifact's outputs were judged where that is not plain elementwise."""
+    return [f"- **{a.target}**: {note}" for a in manifest.artifacts if not a.selection  # -auto repeats its winner
+            for note in a.verification.get("notes", [])]
+
+
 def footprint_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: microcontroller flash/arena figures, budgets and the heaviest layers."""
     lines: list[str] = []
@@ -234,6 +240,7 @@ SECTIONS = [
     ("Pruning", prune_lines),
     ("Quantization-aware training", qat_lines),
     ("Auto selection (measured, not guessed)", selection_lines),
+    ("Verification notes", verification_lines),
     ("Microcontroller footprint", footprint_lines),
     ("Most expensive ops (runtime profiler; top 10 in manifest.json)", op_profile_lines),
 ]
