@@ -1,0 +1,35 @@
+"""The -auto tie rule: which candidates count as fast as the fastest (pure arithmetic on timings)."""
+
+from __future__ import annotations
+
+from deploykit.selection import NOISE_RATIO, TIE_RATIO, tied_with_fastest
+
+
+def _s(p50: float, rounds: list[float]) -> dict:
+    return {"p50_ms": p50, "round_p50_ms": rounds}
+
+
+def test_a_clearly_slower_candidate_never_ties():
+    fastest, tied = tied_with_fastest({"fp32": _s(8.5, [8, 9, 8.4, 8.6, 8.5]), "qop": _s(4.8, [4.6, 5, 4.9, 4.7, 4.8])})
+    assert (fastest, tied) == ("qop", ["qop"])
+
+
+def test_within_the_tie_ratio_is_a_tie_whatever_the_rounds():
+    a = 5.0
+    summaries = {"a": _s(a, [4.9, 5.0, 5.0, 5.1, 5.0]), "b": _s(a * TIE_RATIO * 0.999, [5.2, 5.2, 5.2, 5.2, 5.2])}
+    assert sorted(tied_with_fastest(summaries)[1]) == ["a", "b"]
+
+
+def test_swapping_places_between_rounds_is_a_tie_up_to_the_noise_ratio():
+    # 7 % slower pooled, but faster in one paired round: noise, not a real gap
+    summaries = {"qdq": _s(4.76, [5.0, 5.6, 4.6, 4.7, 5.5]), "qop": _s(5.10, [5.2, 5.7, 4.5, 5.0, 5.6])}
+    assert sorted(tied_with_fastest(summaries)[1]) == ["qdq", "qop"]
+    # the same gap, slower in every round: a real difference
+    summaries["qop"] = _s(5.10, [5.2, 5.7, 4.9, 5.0, 5.6])
+    assert tied_with_fastest(summaries)[1] == ["qdq"]
+
+
+def test_beyond_the_noise_ratio_one_lucky_round_does_not_tie():
+    best = 4.0
+    summaries = {"a": _s(best, [4.0, 4.0, 9.0, 4.0, 4.0]), "b": _s(best * NOISE_RATIO * 1.01, [4.7, 4.7, 4.7, 4.7, 4.7])}
+    assert tied_with_fastest(summaries)[1] == ["a"]
