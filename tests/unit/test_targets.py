@@ -141,6 +141,7 @@ def test_int8_io_with_float_activations_refused():
         (dict(range_atol=float("nan")), "tolerance.range_atol must be >= 0"),
         (dict(max_accuracy_drop=101.0), "percentage points"),
         (dict(min_agreement=1.5), "fraction"),
+        (dict(probabilities="loose"), "tolerance.probabilities must be one of elementwise, metric"),
     ],
 )
 def test_tolerance_refuses_impossible_values(kwargs, fragment):
