@@ -50,8 +50,7 @@ FIELD_DOCS: dict[str, str] = {
     "tolerance.max_accuracy_drop": "Largest allowed top-1 accuracy drop, in percentage points (labelled data).",
     "tolerance.min_agreement": "Smallest allowed top-1 agreement with the reference, 0..1 (classification outputs).",
     "tolerance.max_violation_fraction": "Fraction of output elements allowed to exceed the elementwise bound (quantized targets: 0.001).",
-    "tolerance.probabilities": "How class-probability outputs (softmax rows) are judged: 'elementwise' (every element within the "
-    "bound) or 'metric' (top-1 agreement, accuracy and the mean abs error within the bound; quantized targets).",
+    "tolerance.probabilities": "Softmax-probability outputs: 'elementwise', or 'metric' (agreement, accuracy, mean error).",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
