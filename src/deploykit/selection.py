@@ -11,6 +11,7 @@ the fastest p50 ships; ties go to the smaller file.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,11 @@ import numpy as np
 from deploykit.artifacts import Artifact, atomic_path
 
 ROUNDS = 5
+# Before each timed block: a pause, so the previous runtime's thread pool stops spinning (ONNX
+# Runtime's idle workers spin; timed right after another session, a 2-thread MobileNetV2 ran
+# 2x slower than alone), and untimed runs to get back to steady state.
+SWITCH_PAUSE_S = 0.05
+SWITCH_WARMUP = 5
 # p50s within this ratio of the fastest count as a tie; the smaller file then wins.
 TIE_RATIO = 1.03
 # Up to this ratio, a candidate that beat the fastest in at least ROUND_WINS paired rounds
@@ -67,7 +73,9 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
     per_round = max(5, max(t.bench.iterations for t in targets) // ROUNDS)
     for round_ in range(ROUNDS):
         for i, (t, r) in enumerate(zip(targets, runners)):
-            stats = benchmark(r, inputs, warmup=t.bench.warmup if round_ == 0 else 2, iterations=per_round)
+            time.sleep(SWITCH_PAUSE_S)
+            warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
+            stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)
             samples[i].extend(stats.samples_ms)
             round_p50[i].append(float(np.median(stats.samples_ms)))
     for r in runners:
