@@ -199,15 +199,26 @@ def test_quantized_probability_outputs_are_judged_by_the_metric_gate(fp32_runner
     assert "notes" not in strict
 
 
+def test_mean_probability_shift_does_not_shrink_with_the_class_count():
+    from deploykit.verify import mean_probability_shift
+
+    for classes in (10, 1000):
+        confident = np.full((4, classes), 0.1 / (classes - 1))
+        confident[:, 0] = 0.9
+        uniform = np.full_like(confident, 1 / classes)  # 0.8 (10 classes) to 0.9 (1000) of the mass moved
+        assert mean_probability_shift(confident, uniform) > 0.79
+        assert mean_probability_shift(confident, confident) == 0.0
+
+
 def test_metric_gate_still_catches_flattened_probabilities(fp32_runner, digits, reference_outputs):
     """Every sample keeps its class, but the probabilities are squashed halfway to uniform (a broken
-    output quantization): the mean error exceeds the bound, at batch 8 and at batch 1."""
+    output quantization): the mean probability shift exceeds the bound, at batch 8 and at batch 1."""
     tol = get_target("tflite-int8").tolerance
     flat = (0.5 * reference_outputs + 0.05).astype(np.float32)  # 10 classes: rows still sum to 1
     result = verify(fp32_runner, _inputs(digits), [flat], ["output_0"], tol, labels=digits.y_eval)
     assert not result["passed"]
     assert result["top1_agreement"] == 1.0
-    assert sum("mean abs error" in f and "class probabilities" in f for f in result["failures"]) == 2
+    assert sum("mean probability shift" in f and "class probabilities" in f for f in result["failures"]) == 2
 
 
 def test_metric_gate_leaves_other_outputs_elementwise(fp32_runner, digits, reference_outputs):

@@ -50,7 +50,7 @@ FIELD_DOCS: dict[str, str] = {
     "tolerance.max_accuracy_drop": "Largest allowed top-1 accuracy drop, in percentage points (labelled data).",
     "tolerance.min_agreement": "Smallest allowed top-1 agreement with the reference, 0..1 (classification outputs).",
     "tolerance.max_violation_fraction": "Fraction of output elements allowed to exceed the elementwise bound (quantized targets: 0.001).",
-    "tolerance.probabilities": "Softmax-probability outputs: 'elementwise', or 'metric' (agreement, accuracy, mean error).",
+    "tolerance.probabilities": "Softmax-probability outputs: 'elementwise', or 'metric' (agreement, accuracy, mean shift).",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
@@ -82,7 +82,8 @@ class Tolerance:
     ``probabilities = "metric"`` (the quantized profiles) applies that to
     class-probability outputs (rows of non-negative numbers summing to 1): their
     elementwise errors are reported, and it is top-1 agreement, accuracy and the
-    *mean* abs error (within the elementwise bound) that decide. Softmax
+    mean probability shift (half the L1 distance between a sample's rows, which
+    must stay within the elementwise bound) that decide. Softmax
     stretches a small logit error into a large probability change wherever the
     reference is unsure (dp = p(1-p) dz), so an int8 MobileNetV2 that agrees with
     its float model on 99.7 % of images and loses 0.3 accuracy points still
