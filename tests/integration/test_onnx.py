@@ -112,6 +112,40 @@ def test_auto_ships_a_verified_candidate_and_explains_why(tmp_path, keras3_path,
     assert result.ok
 
 
+def _conv_bias_types(path: Path) -> set[int]:
+    proto = _load(path)
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    types = set()
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 2:
+            bias = node.input[2]
+            if bias in producers and producers[bias].op_type == "DequantizeLinear":
+                bias = producers[bias].input[0]  # int32 bias behind its DequantizeLinear
+            types.add(inits[bias])
+    return types
+
+
+@pytest.mark.slow
+def test_qdq_keeps_float_biases_unless_asked(tmp_path, onnx_run, keras3_path, data_npz):
+    """onnx-int8-qdq stores conv biases as float32 (quantize_bias = false: a smaller file, the same ORT
+    kernels); a target with quantize_bias = true gets ORT's int32 biases and a bigger file."""
+    from onnx import TensorProto
+
+    qdq = onnx_run.artifact("onnx-int8-qdq")
+    assert _conv_bias_types(onnx_run.out / qdq["path"]) == {TensorProto.FLOAT}
+    int_bias = tmp_path / "qdq-int-bias.toml"
+    int_bias.write_text('format = "onnx"\nprecision = "int8-qdq"\nweights = "int8"\nactivations = "uint8"\n'
+                        'options = { quant_format = "qdq", quantize_bias = true }\n'
+                        'tolerance = { atol = 0.0, range_atol = 0.05, max_violation_fraction = 0.001, probabilities = "metric" }\n')
+    result = deploykit.convert(keras3_path, [str(int_bias)], data=data_npz, out=tmp_path / "out", bench=False)
+    art = result.artifact("qdq-int-bias")
+    assert art["status"] == "ok", art["error"]
+    assert _conv_bias_types(result.out / art["path"]) == {TensorProto.INT32}
+    assert art["size_bytes"] > qdq["size_bytes"]
+    assert qdq["verification"]["passed"] and art["verification"]["passed"]
+
+
 @pytest.mark.slow
 def test_failed_candidate_does_not_fail_the_auto_target(tmp_path, keras3_path, data_npz):
     # A candidate with an impossible tolerance fails verification; auto still ships another one.
