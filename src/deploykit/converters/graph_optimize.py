@@ -51,6 +51,13 @@ class FrozenGraph:
     def output_nodes(self) -> list[str]:
         return [t.split(":")[0] for t, _ in self.outputs.values()]
 
+    def rewritten(self, graph_def: Any, counts: dict[str, int]) -> "FrozenGraph":
+        """The same signature over a rewritten graph (constants left unused dropped), with the rewrite counts added."""
+        fusions = dict(self.fusions)
+        for k, v in counts.items():
+            fusions[k] = fusions.get(k, 0) + v
+        return FrozenGraph(_drop_dead_constants(graph_def), self.inputs, self.outputs, fusions)
+
 
 def freeze_serving(saved_model_dir: Any) -> FrozenGraph:
     """Freeze the SavedModel's ``serving_default`` function into a constant GraphDef."""
@@ -253,11 +260,7 @@ def fuse_for_runtime(frozen: FrozenGraph, activations: dict[str, str] | None = N
     kept = [n for n in gd.node if n.name not in removed]
     del gd.node[:]
     gd.node.extend(kept + new_nodes)
-    gd = _drop_dead_constants(gd)
-    fusions = dict(frozen.fusions)
-    for k, v in counts.items():
-        fusions[k] = fusions.get(k, 0) + v
-    return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
+    return frozen.rewritten(gd, counts)
 
 
 def _static_shapes(graph_def: Any, refs: list[str]) -> dict[str, list[int | None] | None]:
@@ -376,9 +379,7 @@ def lower_einsum(frozen: FrozenGraph) -> FrozenGraph:
     if not count:
         return frozen
     gd.node.extend(new_nodes)
-    fusions = dict(frozen.fusions)
-    fusions["Einsum lowered to BatchMatMul"] = count
-    return FrozenGraph(gd, frozen.inputs, frozen.outputs, fusions)
+    return frozen.rewritten(gd, {"Einsum lowered to BatchMatMul": count})
 
 
 def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
@@ -455,9 +456,7 @@ def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
     if not count:
         return frozen
     gd.node.extend(new_nodes)
-    fusions = dict(frozen.fusions)
-    fusions["grouped Conv2D rewritten"] = count
-    return FrozenGraph(_drop_dead_constants(gd), frozen.inputs, frozen.outputs, fusions)
+    return frozen.rewritten(gd, {"grouped Conv2D rewritten": count})
 
 
 def fold_pads(frozen: FrozenGraph) -> FrozenGraph:
@@ -507,9 +506,7 @@ def fold_pads(frozen: FrozenGraph) -> FrozenGraph:
     kept = [n for n in gd.node if n.name not in removed]
     del gd.node[:]
     gd.node.extend(kept)
-    fusions = dict(frozen.fusions)
-    fusions["Pad folded into conv"] = len(removed)
-    return FrozenGraph(_drop_dead_constants(gd), frozen.inputs, frozen.outputs, fusions)
+    return frozen.rewritten(gd, {"Pad folded into conv": len(removed)})
 
 
 def _drop_dead_constants(gd: Any) -> Any:
