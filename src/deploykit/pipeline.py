@@ -190,6 +190,7 @@ class Pipeline:
         from deploykit.data import load_data
         from deploykit.models import load_model
         from deploykit.runtime_bench.memory import PeakRSS, release_memory
+        from deploykit.verify import reference_noise
 
         for t in self.targets:
             get_converter(t.format)
@@ -231,7 +232,9 @@ class Pipeline:
         with PeakRSS() as mem:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
             reference = loaded.predict(evald.x)
-        steps["reference"] = mem.to_dict()
+            # What float32 itself leaves undefined in each output: widens every parity bound.
+            noise = reference_noise(loaded.predict, evald.x, reference)
+        steps["reference"] = mem.to_dict() | {"float32_noise": dict(zip(output_names, noise))}
         final_accuracy = _accuracy(reference, evald.y)
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
             pruned_accuracy = pre_qat_accuracy if self.qat_report is not None else final_accuracy
@@ -263,7 +266,7 @@ class Pipeline:
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         done: dict[str, Artifact] = {}
-        ctx = (loaded, calib, evald, inputs, reference, output_names)
+        ctx = (loaded, calib, evald, inputs, reference, output_names, noise)
         try:
             for target in self.targets:
                 if target.is_auto:
@@ -272,7 +275,7 @@ class Pipeline:
                 elif target.name in done:  # already built as a candidate: now it is requested too
                     done[target.name].candidate_of = ""
                 else:
-                    artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names)
+                    artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names, noise)
                     done[target.name] = artifact
                     manifest.artifacts.append(artifact)
                 release_memory()
@@ -353,7 +356,7 @@ class Pipeline:
         return out
 
     # -------------------------------------------------------------------------------------
-    def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names) -> Artifact:
+    def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names, noise) -> Artifact:
         from deploykit.converters import get_converter
         from deploykit.runtime_bench import benchmark, get_runner
         from deploykit.runtime_bench.memory import PeakRSS
@@ -384,7 +387,7 @@ class Pipeline:
                 with PeakRSS() as mem:
                     init_s = runner.load()
                     artifact.verification = verify(
-                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y
+                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise
                     )
                 artifact.steps["verify"] = mem.to_dict()
                 verify_init_s = init_s

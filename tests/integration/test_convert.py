@@ -233,6 +233,35 @@ def test_a_failing_target_does_not_stop_the_others(tmp_path, keras3_path, data_n
     assert html.count("<tr class='failed'>") == 1
 
 
+def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
+    """Deep tanh stack with gain 4: the last bit of an input moves its outputs by ~1e-2.
+
+    A correct fp32 conversion rounds differently from TensorFlow and lands that far
+    off too. Without the noise allowance it fails; with it, it passes and says why.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    init = keras.initializers.RandomNormal(stddev=4 / np.sqrt(64))
+    model = keras.Sequential([keras.Input((16,), name="x")]
+                             + [keras.layers.Dense(64, activation="tanh", kernel_initializer=init) for _ in range(25)]
+                             + [keras.layers.Dense(8, name="y")])
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    base = get_target("tflite-fp32")
+    strict = dataclasses.replace(base, name="tflite-fp32-no-noise",
+                                 tolerance=dataclasses.replace(base.tolerance, noise_multiple=0.0))
+    result = deploykit.convert(model, ["tflite-fp32", strict], data=x, out=tmp_path / "out",
+                               iterations=ITERATIONS, warmup=WARMUP)
+    noise = result["steps"]["reference"]["float32_noise"]
+    assert len(noise) == 1 and list(noise.values())[0] > 1e-3  # vs ~1e-7 for a well-conditioned model
+    ok, strict_art = result.artifact("tflite-fp32"), result.artifact("tflite-fp32-no-noise")
+    assert strict_art["status"] == "failed" and "exceeds the allowed" in strict_art["error"]
+    assert ok["status"] == "ok", ok["error"]
+    assert ok["verification"]["max_abs_error"] == strict_art["verification"]["max_abs_error"]  # same file, same errors
+    assert any("own float32 noise" in n for n in ok["verification"]["notes"])
+    assert "own float32 noise" in (tmp_path / "out" / "report.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def erf_run(tmp_path_factory):
     """A model whose op (Erf) has no TFLite builtin kernel: the converter itself fails."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit.targets import Tolerance, get_target
-from deploykit.verify import compare_outputs, verify
+from deploykit.verify import compare_outputs, one_ulp_apart, reference_noise, verify
 
 
 # ----------------------------------------------------------------------------- compare_outputs
@@ -61,6 +61,46 @@ def test_shapes_are_aligned_and_dtypes_widened():
     assert compare_outputs(ref, got, Tolerance(atol=1e-6))["violations"] == 0
     with pytest.raises(ValueError):
         compare_outputs(ref, np.zeros(5), Tolerance())
+
+
+# ----------------------------------------------------------------------------- the reference's own float32 noise
+def test_one_ulp_apart_moves_floats_by_exactly_one_ulp_and_leaves_integers():
+    x = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32)
+    moved = one_ulp_apart(x, seed=0)
+    assert moved.dtype == np.float32
+    steps = np.abs(moved.astype(np.float64) - x) / np.spacing(np.abs(x)).astype(np.float64)
+    assert np.all((steps > 0.49) & (steps < 1.01))  # one ulp (half of one at a power of two, going down)
+    assert np.any(moved > x) and np.any(moved < x)  # both directions
+    ids = np.arange(10, dtype=np.int32)
+    assert np.array_equal(one_ulp_apart(ids, seed=0), ids)
+
+
+def test_reference_noise_is_tiny_for_a_stable_function_and_large_for_an_unstable_one():
+    x = np.random.default_rng(1).uniform(-1, 1, (40, 8)).astype(np.float32)
+
+    def stable(xs):
+        return [2.0 * xs[0], xs[0].sum(1, keepdims=True)]
+
+    def unstable(xs):  # amplifies the last bit of its input a million-fold
+        return [np.cos(1e6 * xs[0].astype(np.float64)).astype(np.float32)]
+
+    noise = reference_noise(stable, [x], stable([x]))
+    assert len(noise) == 2 and 0 < noise[0] < 1e-6 and noise[1] < 1e-5
+    assert reference_noise(unstable, [x], unstable([x]))[0] > 0.01
+    assert reference_noise(stable, [np.arange(20).reshape(4, 5)], [np.zeros((4, 5))] * 2) == [0.0, 0.0]  # nothing to perturb
+
+
+def test_noise_multiple_widens_the_bound_and_says_what_it_rescued():
+    ref = np.zeros((4, 3))
+    got = ref + 3e-3
+    tol = Tolerance(atol=1e-4)  # noise_multiple 4 by default
+    alone = compare_outputs(ref, got, tol)
+    assert alone["violations"] == 12 and alone["reference_noise"] == 0.0
+    cmp = compare_outputs(ref, got, tol, noise=1e-3)
+    assert cmp["violations"] == 0 and cmp["violations_without_noise"] == 12
+    assert cmp["allowed_abs_error_at_max"] == pytest.approx(1e-4 + 4e-3)
+    assert compare_outputs(ref, ref + 5e-3, tol, noise=1e-3)["violations"] == 12
+    assert compare_outputs(ref, got, Tolerance(atol=1e-4, noise_multiple=0.0), noise=1e-3)["violations"] == 12
 
 
 # ----------------------------------------------------------------------------- verify on LiteRT

@@ -51,6 +51,7 @@ FIELD_DOCS: dict[str, str] = {
     "tolerance.min_agreement": "Smallest allowed top-1 agreement with the reference, 0..1 (classification outputs).",
     "tolerance.max_violation_fraction": "Fraction of output elements allowed to exceed the elementwise bound (quantized targets: 0.001).",
     "tolerance.probabilities": "Softmax-probability outputs: 'elementwise', or 'metric' (agreement, accuracy, mean shift).",
+    "tolerance.noise_multiple": "Bound widened by this many times the reference's own change under one-ulp input changes.",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
@@ -72,7 +73,12 @@ class Tolerance:
     """How close an artifact must stay to the reference model.
 
     An element passes when ``|artifact - reference| <= atol + rtol * |reference|
-    + range_atol * (reference.max() - reference.min())``. With labels, accuracy
+    + range_atol * (reference.max() - reference.min()) + noise_multiple * noise``,
+    where ``noise`` is how far the reference itself moves when its float inputs
+    move by one unit in the last place (:func:`deploykit.verify.reference_noise`):
+    a float32 model defines its outputs no better than that, and a badly
+    conditioned one (InceptionV3 with random weights: 4e-3) would otherwise fail
+    every correct conversion. With labels, accuracy
     may drop by at most ``max_accuracy_drop`` points; for classification outputs
     top-1 agreement with the reference must reach ``min_agreement``. Quantized
     targets may let a tiny ``max_violation_fraction`` of elements exceed the
@@ -100,6 +106,7 @@ class Tolerance:
     min_agreement: float = 0.97
     max_violation_fraction: float = 0.0
     probabilities: str = "elementwise"
+    noise_multiple: float = 4.0
 
     def __post_init__(self) -> None:
         if self.probabilities not in PROBABILITY_GATES:
@@ -110,7 +117,7 @@ class Tolerance:
             raise TargetError(
                 f"tolerance.max_violation_fraction is a fraction of elements (0 <= f < 0.5), got {self.max_violation_fraction!r}"
             )
-        for name in ("atol", "rtol", "range_atol"):
+        for name in ("atol", "rtol", "range_atol", "noise_multiple"):
             value = getattr(self, name)
             if not (value >= 0):
                 raise TargetError(f"tolerance.{name} must be >= 0, got {value!r}")
