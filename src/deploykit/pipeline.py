@@ -9,6 +9,7 @@ targets still finish; the result's ``ok`` is then False.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import datetime as _dt
 import shutil
 from dataclasses import dataclass, field
@@ -182,6 +183,7 @@ class Pipeline:
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
         self.verify_samples = verify_samples
         self.progress = progress or (lambda msg: None)
+        self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
     # -------------------------------------------------------------------------------------
     def run(self, model: Any) -> ConvertResult:
@@ -245,13 +247,27 @@ class Pipeline:
                                        "accuracy_after": final_accuracy}
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
-        for t in self._all_targets():  # format-specific user errors, found before anything is written
+        # Format-specific refusals (TFLite Micro needs fixed shapes), found before anything is
+        # written. A refused target fails on its own, like one whose ops do not convert, and the
+        # others still run; a run in which every target is refused is bad input: exit 2, nothing written.
+        self._refused = {}
+        for t in self._all_targets():
             preflight = getattr(get_converter(t.format), "preflight", None)
             if preflight is not None:
-                preflight(loaded, t)
+                try:
+                    preflight(loaded, t)
+                except UserError as exc:
+                    self._refused[t.name] = str(exc)
+                    first_refusal = exc
+        if self._refused and all(t.name in self._refused or (t.is_auto and all(c in self._refused for c in t.candidates))
+                                 for t in self.targets):
+            raise first_refusal
 
         if self.force and self.out.exists():
             _clear_previous_run(self.out)
+            for t in self._all_targets():  # temp files of a run that was killed before it could clean up
+                for stale in (self.out / t.name).glob(".*.partial") if (self.out / t.name).is_dir() else []:
+                    stale.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(
             model={**info.to_dict(), **_file_identity(model)},
@@ -367,6 +383,9 @@ class Pipeline:
         final = self.out / rel
         artifact = Artifact(target=target.name, format=target.format, path=str(rel), parent=loaded.source,
                             settings={"target": target.to_dict()})
+        if target.name in self._refused:  # see run(): this target cannot take this model
+            artifact.status, artifact.error, artifact.path = "failed", self._refused[target.name], ""
+            return artifact
         try:
             with atomic_path(final) as tmp:
                 self.progress(f"{target.name}: converting")
@@ -422,6 +441,8 @@ class Pipeline:
             artifact.status, artifact.error = "failed", str(exc)
         except Exception as exc:  # a converter/runtime crash fails this target, not the run
             artifact.status, artifact.error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+        # Runtimes name the file they were given: the temporary one. Users know the final name.
+        artifact.error = re.sub(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.partial", str(rel), artifact.error)
         if artifact.status == "failed" and not final.exists():
             artifact.path = ""
             for extra in artifact.extra_files:  # e.g. external data of a model that never made it

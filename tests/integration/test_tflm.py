@@ -161,3 +161,27 @@ def test_dynamic_shapes_are_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError):
         deploykit.convert(model, ["tflm-int8"], data=np.zeros((4, 8, 8, 1), np.float32), out=tmp_path / "o2")
+    # Beside a target that can take the model, only the micro target fails: the other still ships.
+    both = deploykit.convert(model, ["tflite-fp32", "tflm-int8"], data=np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32"),
+                             out=tmp_path / "o3", **FAST)
+    assert not both.ok and both.artifact("tflite-fp32")["status"] == "ok"
+    micro = both.artifact("tflm-int8")
+    assert micro["status"] == "failed" and "dynamic" in micro["error"] and micro["path"] == ""
+    assert not (tmp_path / "o3" / "tflm-int8").exists()
+
+
+def test_a_model_that_crashes_tflite_micro_in_small_arenas_gets_its_arena(tmp_path):
+    """A Dense-only model: some too-small arenas segfault the tflite-micro package (not a clean failure).
+
+    The arena search runs in a child process that is restarted past a crash; the run
+    must finish, with the arena found and the artifact verified.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).random((64, 6), dtype=np.float32)
+    result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "out", **FAST)
+    a = result.artifact("tflm-int8")
+    assert a["status"] == "ok", a["error"]
+    assert a["footprint"]["arena_recorded_bytes"] <= a["footprint"]["arena_bytes"] < 4096

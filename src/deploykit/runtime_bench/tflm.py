@@ -77,6 +77,116 @@ def _capture_native_output(fn) -> str:
         return tmp.read().decode("utf-8", "replace")
 
 
+MAX_CHILD_RESTARTS = 32
+
+
+def measure_arena(path: str | Path) -> dict[str, Any]:
+    """The interpreter's recorded arena and the smallest arena it really allocates and runs in.
+
+    The search runs in a child process (``python -m deploykit.runtime_bench.tflm``):
+    in some too-small arenas the tflite-micro package does not fail cleanly but
+    crashes the process (measured: a Dense-only model segfaults in
+    ``Interpreter.__init__`` after "All temp buffers must be freed before calling
+    ResetTempAllocations()"). The child logs every size it tries to a file; when
+    it dies, the size it was trying counts as too small and a new child resumes
+    the search from the bounds known so far.
+    """
+    import json
+    import subprocess
+
+    path = Path(path)
+    env = dict(os.environ)  # the child imports this very package, wherever it was imported from
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])] + [p for p in [env.get("PYTHONPATH")] if p])
+    with tempfile.TemporaryDirectory(prefix="deploykit-tflm-") as tmp:
+        log = Path(tmp) / "search.log"
+        bounds: list[str] = []
+        for _ in range(MAX_CHILD_RESTARTS):
+            proc = subprocess.run([sys.executable, "-m", "deploykit.runtime_bench.tflm", str(path), str(log), *bounds],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
+            state: dict[str, Any] = {}
+            for line in log.read_text().splitlines() if log.exists() else []:
+                key, _, value = line.partition(" ")
+                state[key] = json.loads(value)
+            if "arena" in state:
+                return {"recorded": state["recorded"], "allocations": state["allocations"], "arena": state["arena"]}
+            if "recorded" not in state:  # the model does not even run in a generous arena
+                why = _micro_error(proc.stdout) or (f"the interpreter crashed (exit {proc.returncode})" if proc.returncode else "")
+                raise RuntimeLoadError(f"TFLite Micro could not run {path.name}: {why or 'no reason given'}")
+            lo, hi = state["lo"], state["hi"]
+            if state.get("trying") is not None:  # it died trying this size: too small
+                lo = max(lo, state["trying"])
+            bounds = [str(lo), str(hi)]
+        raise RuntimeLoadError(f"TFLite Micro kept crashing while sizing the arena of {path.name}")
+
+
+def _micro_error(output: str) -> str:
+    """The lines of TFLite Micro's own output that say why a model failed (kernel checks, unsupported types)."""
+    keep = [" ".join(l.split()) for l in output.splitlines()
+            if l.strip() and not l.startswith(("[RecordingMicroAllocator]", "Traceback", "  ")) and "Error" not in l[:12]]
+    return "; ".join(dict.fromkeys(keep))[:300]
+
+
+def _search(path: str, log_path: str, bounds: list[str]) -> None:
+    """Child side of :func:`measure_arena`: log each step as ``key json`` lines, flushed as they happen."""
+    import json
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    log = open(log_path, "a", buffering=1)
+
+    def note(key: str, value: Any) -> None:
+        log.write(f"{key} {json.dumps(value)}\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+    layout = io_layout(path)
+
+    def runs_in(arena: int, record: bool = False) -> str | None:
+        interp = runtime.Interpreter.from_file(path, arena_size=arena)
+        for i, t in enumerate(layout["inputs"]):
+            interp.set_input(np.zeros(t["shape"], dtype=t["dtype"]), i)
+        interp.invoke()
+        return _capture_native_output(interp.print_allocations) if record else None
+
+    if bounds:
+        lo, hi = (int(b) for b in bounds)
+        first = None
+    else:
+        probe = max(Path(path).stat().st_size * 10, 256 * 1024)
+        try:
+            text = runs_in(probe, record=True)
+        except Exception as exc:  # the reason is in TFLite Micro's own stderr lines, and the exception
+            print(" ".join(str(exc).split())[:200], file=sys.stderr)
+            return
+        match = re.search(r"Arena allocation total (\d+) bytes", text or "")
+        if not match:
+            print("TFLite Micro did not report its arena", file=sys.stderr)
+            return
+        note("allocations", text.strip().splitlines())
+        note("recorded", int(match.group(1)))
+        # The allocation record misses scratch ("temp") memory some kernels ask for while
+        # preparing, so the recorded total can be a few bytes short. The figure is the smallest
+        # arena (16-byte steps) in which the interpreter really allocates and runs.
+        first = -(-int(match.group(1)) // ARENA_ALIGN) * ARENA_ALIGN
+        lo, hi = first - ARENA_ALIGN, probe  # below the record nothing fits
+        note("lo", lo)
+        note("hi", hi)
+    while hi - lo > ARENA_ALIGN:
+        # The recorded total first (usually enough), then bisection.
+        mid = first if first is not None else (lo + hi) // 2 // ARENA_ALIGN * ARENA_ALIGN
+        first = None
+        note("trying", mid)
+        try:
+            _capture_native_output(lambda: runs_in(mid))  # a too-small arena prints allocation errors
+            hi = mid
+            note("hi", hi)
+        except Exception:
+            lo = mid
+            note("lo", lo)
+        note("trying", None)
+    note("arena", hi)
+
+
 class TFLMRunner:
     """Run an int8 .tflite on the TFLite Micro kernels.
 
@@ -98,52 +208,19 @@ class TFLMRunner:
         return runtime.Interpreter.from_file(str(self.path), arena_size=arena)
 
     def load(self) -> float:
-        """Load, measure the arena, then re-load with exactly that arena; returns first-load seconds."""
+        """Measure the arena in a child process, then load with exactly that arena; returns load seconds."""
         self._layout = io_layout(self.path)
-        size = self.path.stat().st_size
+        found = measure_arena(self.path)
+        self.arena_recorded_bytes = found["recorded"]
+        self.allocations = found["allocations"]
+        self.arena_bytes = found["arena"]
         t0 = time.perf_counter()
-        try:
-            probe = self._make(max(size * 10, 256 * 1024))
-            elapsed = time.perf_counter() - t0
-            self._zero_inputs(probe)
-            probe.invoke()
-            text = _capture_native_output(probe.print_allocations)
-        except Exception as exc:
-            raise RuntimeLoadError(f"TFLite Micro could not run {self.path.name}: {' '.join(str(exc).split())[:300]}") from None
-        match = re.search(r"Arena allocation total (\d+) bytes", text)
-        if not match:
-            raise RuntimeLoadError(f"TFLite Micro did not report its arena for {self.path.name}")
-        self.arena_recorded_bytes = int(match.group(1))
-        self.allocations = text.strip().splitlines()
-        # The allocation record misses scratch ("temp") memory some kernels ask for while
-        # preparing, so the recorded total can be a few bytes short. Find the smallest arena
-        # (16-byte steps) in which the interpreter really allocates and runs: that is the figure.
-        probe_size = max(size * 10, 256 * 1024)
-        lo = -(-self.arena_recorded_bytes // ARENA_ALIGN) * ARENA_ALIGN
-        if self._runs_in(lo):
-            hi = lo
-        else:
-            hi = probe_size
-            while hi - lo > ARENA_ALIGN:
-                mid = (lo + hi) // 2 // ARENA_ALIGN * ARENA_ALIGN
-                if self._runs_in(mid):
-                    hi = mid
-                else:
-                    lo = mid
-        self.arena_bytes = hi
-        self._interp = self._make(hi)
+        # This size allocated and ran in the child: deterministic, so it does here too.
+        self._interp = self._make(self.arena_bytes)
+        elapsed = time.perf_counter() - t0
         self._zero_inputs(self._interp)
         self._interp.invoke()
         return elapsed
-
-    def _runs_in(self, arena: int) -> bool:
-        try:
-            interp = self._make(arena)
-            self._zero_inputs(interp)
-            _capture_native_output(interp.invoke)  # a too-small arena prints allocation errors
-            return True
-        except Exception:
-            return False
 
     def _zero_inputs(self, interp) -> None:
         for i, t in enumerate(self._layout["inputs"]):
@@ -197,3 +274,7 @@ class TFLMRunner:
 
     def close(self) -> None:
         self._interp = None
+
+
+if __name__ == "__main__":  # the arena search's child process (see measure_arena)
+    _search(sys.argv[1], sys.argv[2], sys.argv[3:])
