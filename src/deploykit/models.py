@@ -17,6 +17,7 @@ converted artifact keeps), ``predict`` for reference outputs, and
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from deploykit._quiet import import_tensorflow, native_stderr_captured
-from deploykit.errors import ModelLoadError, UntrustedModelError
+from deploykit.errors import DataError, ModelLoadError, UntrustedModelError
 
 CODE_CARRYING_LAYERS = {
     "Lambda": "runs marshalled Python bytecode",
@@ -64,6 +65,16 @@ class ModelInfo:
         data["inputs"] = [s.to_dict() for s in self.inputs]
         data["outputs"] = [s.to_dict() for s in self.outputs]
         return data
+
+
+def op_error_summary(exc: Exception) -> str:
+    """One line of a TensorFlow op error: what went wrong and at which node, without the Python frames."""
+    text = getattr(exc, "message", None) or str(exc)
+    node = re.search(r"\{\{node ([^}]+)\}\}", text)
+    lines = [l.strip() for l in text.splitlines()
+             if l.strip() and not l.startswith((" ", "\t", "[[")) and not l.startswith(("Graph execution error", "Detected at node"))]
+    what = lines[-1] if lines else text.strip().splitlines()[0]
+    return f"{what} (node {node.group(1)})" if node else what
 
 
 def natural_key(name: str) -> tuple:
@@ -256,9 +267,17 @@ class LoadedModel:
         """
         n = len(inputs[0])
         chunks: list[list[np.ndarray]] = []
+        op_error = import_tensorflow().errors.OpError
         for start in range(0, n, batch_size):
             batch = [x[start : start + batch_size] for x in inputs]
-            chunks.append(self._predict_batch(batch))
+            try:
+                chunks.append(self._predict_batch(batch))
+            except op_error as exc:  # the data's values, not its shapes (those were checked on loading it)
+                end = min(start + batch_size, n) - 1
+                raise DataError(
+                    f"the model cannot run on samples {start}..{end} of the data: {op_error_summary(exc)}; "
+                    "check the data's values (e.g. token ids outside an Embedding's vocabulary)"
+                ) from None
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
     def _predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:

@@ -90,6 +90,14 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
         )
         + "\n"
     )
+    import keras
+
+    tokens = keras.Sequential([keras.Input((12,), dtype="int32", name="ids"), keras.layers.Embedding(50, 8),
+                               keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3, activation="softmax")])
+    tokens.save(base / "tokens.keras")
+    ids = np.random.default_rng(0).integers(0, 50, (16, 12)).astype(np.int32)
+    ids[9, 3] = 81  # outside the vocabulary: the model itself cannot run on it
+    np.savez(base / "oov.npz", ids=ids)
     return {
         "base": base, "model": keras3_path, "data": data_npz, "broken": broken_models,
         "lambda": lambda_keras3_path, "custom": custom_layer_keras_path, "nonempty": nonempty, "tight": tight,
@@ -112,6 +120,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         "zero_iterations": ["convert", m, "-t", "tflite-fp32", "--iterations", "0"],
         "zero_verify_samples": ["convert", m, "-t", "tflite-fp32", "--verify-samples", "0"],
         "bench_missing": ["bench", b / "nope.tflite"],
+        "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
     }
 
 
@@ -330,6 +339,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("zero_iterations", ["bench.iterations must be an integer >= 1"]),
         ("zero_verify_samples", ["verify_samples must be >= 1"]),
         ("bench_missing", ["nope.tflite is not a file"]),
+        ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):
