@@ -250,6 +250,26 @@ def test_mean_probability_shift_does_not_shrink_with_the_class_count():
         assert mean_probability_shift(confident, confident) == 0.0
 
 
+def test_probability_shift_is_bounded_in_probability_mass_not_the_batch_range():
+    """An unsure 3-class model's outputs span 0.02: 5 % of that range would be no bound on moved mass."""
+    from deploykit.verify import _elementwise_failure, mean_probability_shift
+
+    rng = np.random.default_rng(0)
+    ref = 1 / 3 + rng.uniform(-0.01, 0.01, (64, 3))
+    ref /= ref.sum(1, keepdims=True)
+    got = ref.copy()
+    got[:, 0] += 0.004
+    got[:, 1] -= 0.004  # 0.4 % of the mass moved
+    tol = get_target("tflite-int8").tolerance
+    cmp = compare_outputs(ref, got, tol)
+    assert cmp["reference_range"] < 0.03 and cmp["allowed_probability_shift"] == pytest.approx(0.05)
+    assert _elementwise_failure(cmp, mean_probability_shift(ref, got)) is None
+    far = ref.copy()
+    far[:, 0] += 0.06
+    far[:, 1] -= 0.06  # 6 % moved
+    assert "mean probability shift" in _elementwise_failure(compare_outputs(ref, far, tol), mean_probability_shift(ref, far))
+
+
 def test_metric_gate_still_catches_flattened_probabilities(fp32_runner, digits, reference_outputs):
     """Every sample keeps its class, but the probabilities are squashed halfway to uniform (a broken
     output quantization): the mean probability shift exceeds the bound, at batch 8 and at batch 1."""
