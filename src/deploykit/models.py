@@ -168,6 +168,32 @@ def _export_keras3(model: Any, path: Path) -> Any:
     return fn
 
 
+def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
+    """Export ``model`` like :func:`_export_keras3` / tf_keras ``export``, with ``batch`` fixed in the signature."""
+    tf = import_tensorflow()
+
+    def fixed(spec: Any) -> Any:
+        return tf.TensorSpec((batch,) + tuple(spec.shape[1:]), spec.dtype, name=getattr(spec, "name", None))
+
+    if kind == "keras3":
+        from keras.export import ExportArchive
+        from keras.src.export.export_utils import get_input_signature
+
+        archive = ExportArchive()
+        archive.track_and_add_endpoint("serve", model, tf.nest.map_structure(fixed, get_input_signature(model)))
+        archive.write_out(str(path), verbose=False)
+        return
+    from tf_keras.src.export.export_lib import ExportArchive
+
+    signature = tf.nest.map_structure(fixed, model.inputs)
+    if isinstance(signature, list) and len(signature) > 1:
+        signature = [signature]
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model.__call__, signature)
+    archive.write_out(str(path))
+
+
 class LoadedModel:
     """A model ready for reference inference and export, whatever its source."""
 
@@ -203,6 +229,33 @@ class LoadedModel:
                     raise ConversionError(f"exporting the model to a SavedModel failed: {exc}. {cap.tail(2)}") from exc
             self._saved_model_path = path
         return self._saved_model_path
+
+    def fixed_batch_saved_model_dir(self, batch: int = 1) -> Path:
+        """The model exported again with ``batch`` fixed in its signature (exported once, reused).
+
+        Shapes are then static throughout the graph: TFLite lowers the TensorList
+        ops of recurrent loops (Keras 3 LSTM/GRU) to builtin WHILE loops only then.
+        Needs the Keras model: a SavedModel's traced graph cannot be re-traced.
+        """
+        from deploykit.errors import ConversionError
+
+        if self.keras_model is None:
+            raise ConversionError(f"{self.source}: only a Keras model can be re-exported with a fixed batch size")
+        self.saved_model_dir()  # the temp dir this export lives beside
+        if self._owned_tmp is None:
+            self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
+        path = Path(self._owned_tmp.name) / f"saved_model_batch{batch}"
+        if not path.exists():
+            with native_stderr_captured() as cap:
+                try:
+                    import contextlib, io  # noqa: E401
+
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        _export_fixed_batch(self.keras_model, self.kind, path, batch)
+                except Exception as exc:
+                    raise ConversionError(f"exporting the model with batch size {batch} failed: "
+                                          f"{' '.join(str(exc).split())[:300]}. {cap.tail(2)}") from None
+        return path
 
     def signature(self) -> dict:
         """Serving signature: {'inputs': [TensorSpec], 'outputs': [TensorSpec]} (sorted output names)."""

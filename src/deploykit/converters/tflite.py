@@ -74,9 +74,32 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     Raises:
         ConversionError: the converter failed (unsupported ops are named).
     """
-    tf = import_tensorflow()
     settings = converter_settings(target)
-    sm_dir = model.saved_model_dir()
+    try:
+        flatbuffer = _convert(model.saved_model_dir(), model, target, settings, calibration)
+    except ConversionError as exc:
+        # Recurrent loops (Keras 3 LSTM/GRU) carry TensorList ops that TFLite lowers to a builtin
+        # WHILE only with static shapes; with a dynamic batch it asks for Flex (SELECT_TF_OPS),
+        # which LiteRT's pip runtime does not ship. Re-exported with batch 1 they convert.
+        if "TensorList" not in str(exc) or model.keras_model is None:
+            raise
+        if target.needs_calibration:
+            # Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the
+            # WHILE loop, taking the whole process down. Refuse instead of crashing the run.
+            raise ConversionError(
+                f"{target.name}: the model's recurrent loop converts to TFLite only with a fixed batch, and TFLite's "
+                "int8 calibration crashes on that loop (TensorFlow 2.21); choose tflite-fp32, tflite-fp16 or "
+                "tflite-dynamic (int8 weights, no calibration), or an ONNX target"
+            ) from None
+        flatbuffer = _convert(model.fixed_batch_saved_model_dir(1), model, target, settings, calibration)
+        settings["fixed_batch"] = 1
+        settings["fixed_batch_reason"] = "recurrent loops (TensorList ops) convert to builtin WHILE only with a static batch"
+    Path(out_path).write_bytes(flatbuffer)
+    return settings
+
+
+def _convert(sm_dir: Path, model: Any, target: Any, settings: dict[str, Any], calibration: Any) -> bytes:
+    tf = import_tensorflow()
     with native_stderr_captured() as cap:
         try:
             conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_dir))
@@ -101,15 +124,13 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             if target.io == "int8":
                 conv.inference_input_type = tf.int8
                 conv.inference_output_type = tf.int8
-            flatbuffer = conv.convert()
+            return conv.convert()
         except ConversionError:
             raise
         except Exception as exc:
             raise ConversionError(_explain(target, exc, cap.text)) from None
         finally:
             conv = None  # drop the converter's graph before the next target
-    Path(out_path).write_bytes(flatbuffer)
-    return settings
 
 
 def _explain(target: Any, exc: Exception, native: str) -> str:

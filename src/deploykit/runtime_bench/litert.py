@@ -138,14 +138,20 @@ class LiteRTRunner:
         inputs = match_inputs(self.input_names, inputs, self.path.name)
         if self._deferred:
             self._build_for(inputs)
-        resized = False
-        for name, x in inputs.items():
-            detail = self._inputs[name]
-            if tuple(detail["shape"]) != tuple(np.shape(x)):
-                self._interp.resize_tensor_input(detail["index"], list(np.shape(x)), strict=False)
-                resized = True
+        before = {name: list(self._inputs[name]["shape"]) for name in inputs}
+        resized = [name for name, x in inputs.items() if before[name] != list(np.shape(x))]
+        for name in resized:
+            self._interp.resize_tensor_input(self._inputs[name]["index"], list(np.shape(inputs[name])), strict=False)
         if resized:
-            self._interp.allocate_tensors()
+            try:
+                self._interp.allocate_tensors()
+            except Exception:
+                # A model with a static batch (e.g. recurrent loops) refuses other sizes: put the
+                # shapes back so the caller can go on at the size the model takes.
+                for name in resized:
+                    self._interp.resize_tensor_input(self._inputs[name]["index"], before[name], strict=False)
+                self._interp.allocate_tensors()
+                raise
             self._refresh_details()
         for name, x in inputs.items():
             detail = self._inputs[name]
