@@ -176,7 +176,8 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.isfinite(y).all()):
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise DataError(f"{where}: labels 'y' are not whole numbers; pass class indices")
+        raise DataError(f"{where}: labels 'y' are not whole numbers; labels score classification "
+                        "accuracy, so pass class indices (for a regression model, leave 'y' out)")
     if y.dtype.kind != "b" and len(y) and y.min() < 0:
         raise DataError(f"{where}: labels 'y' contain negative class index {int(y.min())}; pass indices 0..classes-1")
     return y.astype(np.int64)

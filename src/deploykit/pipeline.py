@@ -216,8 +216,10 @@ class Pipeline:
         if evald is None:
             evald = _random_inputs(specs)
         evald = evald.take(self.verify_samples)
-        out_shape = loaded.info().outputs[0].shape if loaded.info().outputs else ()
-        if len(out_shape) == 2 and out_shape[1] and out_shape[1] > 1:
+        # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
+        shapes = [o.shape for o in loaded.info().outputs]
+        out_shape = next((sh for sh in shapes if len(sh) == 2 and sh[1] and sh[1] > 1), ())
+        if out_shape:
             from deploykit.data import check_label_range
 
             check_label_range(evald, out_shape[1])
@@ -521,10 +523,13 @@ def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, An
 
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
-    """Top-1 accuracy of the first output (a classifier's probabilities or logits), None without labels."""
-    if labels is None or not outputs or np.asarray(outputs[0]).ndim != 2:
+    """Top-1 accuracy of the output the labels score (:func:`deploykit.verify.scored_output`), or None."""
+    from deploykit.verify import predicted_classes, scored_output
+
+    i = scored_output(outputs, labels)
+    if i is None:
         return None
-    return float(np.mean(np.argmax(outputs[0], axis=-1) == np.asarray(labels).reshape(-1)))
+    return float(np.mean(predicted_classes(outputs[i]) == np.asarray(labels).reshape(-1)))
 
 
 QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")

@@ -20,6 +20,35 @@ def _is_classification(ref: np.ndarray) -> bool:
     return ref.ndim == 2 and ref.shape[1] > 1
 
 
+def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:
+    """Index of the output that labels score, or None.
+
+    The first multi-class output (rank 2, more than one column: top-1 of its
+    probabilities or logits); failing that, the first one-column output with
+    values in 0..1 when every label is 0 or 1 (a sigmoid binary classifier,
+    thresholded at 0.5). Regression outputs are not scored.
+    """
+    if labels is None:
+        return None
+    for i, out in enumerate(outputs):
+        if _is_classification(np.asarray(out)):
+            return i
+    binary_labels = len(labels) > 0 and bool(np.isin(np.asarray(labels), (0, 1)).all())
+    for i, out in enumerate(outputs):
+        out = np.asarray(out)
+        if binary_labels and out.ndim in (1, 2) and out.size == len(out) and out.size and 0 <= out.min() and out.max() <= 1:
+            return i
+    return None
+
+
+def predicted_classes(out: np.ndarray) -> np.ndarray:
+    """Top-1 class per sample: argmax of a multi-class output, ``> 0.5`` of a one-column binary one."""
+    out = np.asarray(out)
+    if _is_classification(out):
+        return np.argmax(out, 1)
+    return (out.reshape(len(out)) > 0.5).astype(np.int64)
+
+
 def is_probabilities(ref: np.ndarray) -> bool:
     """Class probabilities: rank 2, more than one class, every row non-negative and summing to 1."""
     ref = np.asarray(ref)
@@ -182,6 +211,7 @@ def verify(
     """
     result: dict[str, Any] = {"samples": len(reference[0]), "outputs": {}, "failures": []}
     names = list(output_names)
+    scored = scored_output(reference, labels)
     noise_of = dict(zip(names, noise if noise is not None else [0.0] * len(names)))
 
     def named(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -238,21 +268,22 @@ def verify(
                 f"of its range), so the bound includes {getattr(tolerance, 'noise_multiple', 0.0):g}x that; max abs error "
                 f"{cmp['max_abs_error']:.3g}. A badly conditioned model (e.g. random weights) amplifies any rounding"
             )
-        if _is_classification(ref):
-            agreement = float(np.mean(np.argmax(got[name], 1) == np.argmax(ref, 1)))
+        if _is_classification(ref) or names.index(name) == scored:
+            agreement = float(np.mean(predicted_classes(got[name]) == predicted_classes(ref)))
             cmp["top1_agreement"] = agreement
             if agreement < tolerance.min_agreement:
                 result["failures"].append(
                     f"output {name!r}: top-1 agreement {agreement:.2%} is below {tolerance.min_agreement:.2%}"
                 )
-    first = names[0]
     result["max_abs_error"] = max(o["max_abs_error"] for o in result["outputs"].values())
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in result["outputs"].values()]))
-    if "top1_agreement" in result["outputs"][first]:
-        result["top1_agreement"] = result["outputs"][first]["top1_agreement"]
-    if labels is not None and _is_classification(reference[0]):
-        ref_acc = float(np.mean(np.argmax(reference[0], 1) == labels))
-        art_acc = float(np.mean(np.argmax(got[first], 1) == labels))
+    headline = names[scored] if scored is not None else names[0]
+    if "top1_agreement" in result["outputs"][headline]:
+        result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
+    if scored is not None:
+        result["scored_output"] = headline
+        ref_acc = float(np.mean(predicted_classes(reference[scored]) == labels))
+        art_acc = float(np.mean(predicted_classes(got[headline]) == labels))
         drop = (ref_acc - art_acc) * 100
         result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
         if drop > tolerance.max_accuracy_drop + 1e-9:
@@ -260,5 +291,9 @@ def verify(
                 f"accuracy {art_acc:.2%} is {drop:.2f} points below the reference {ref_acc:.2%} "
                 f"(allowed: {tolerance.max_accuracy_drop} points)"
             )
+    if labels is not None and scored is None:
+        result.setdefault("notes", []).append(
+            "labels were not used: no output is a classifier (several columns, or one column in 0..1 with 0/1 labels)"
+        )
     result["passed"] = not result["failures"]
     return result

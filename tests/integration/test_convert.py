@@ -287,6 +287,29 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert int8["status"] == "failed" and "recurrent loop" in int8["error"] and "tflite-dynamic" in int8["error"]
 
 
+def test_a_binary_sigmoid_classifier_is_scored_and_other_labels_are_said_unused(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 6)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.Adam(0.03), "binary_crossentropy")
+    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    result = deploykit.convert(model, ["tflite-fp32"], data={"x": x, "y": y}, out=tmp_path / "bin",
+                               iterations=ITERATIONS, warmup=WARMUP)
+    v = result.artifact("tflite-fp32")["verification"]
+    expected = float(np.mean((np.asarray(model.predict(x, verbose=0))[:, 0] > 0.5) == y))
+    assert v["reference_accuracy"] == pytest.approx(expected) and expected > 0.8
+    assert v["accuracy"] == pytest.approx(expected, abs=0.01) and v["top1_agreement"] >= 0.99
+    other = deploykit.convert(model, ["tflite-fp32"], data={"x": x, "y": y * 7}, out=tmp_path / "seven",
+                              iterations=ITERATIONS, warmup=WARMUP)
+    v = other.artifact("tflite-fp32")["verification"]
+    assert "accuracy" not in v and any("labels were not used" in n for n in v["notes"])
+
+
 @pytest.fixture(scope="module")
 def erf_run(tmp_path_factory):
     """A model whose op (Erf) has no TFLite builtin kernel: the converter itself fails."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deploykit.targets import Tolerance, get_target
-from deploykit.verify import compare_outputs, one_ulp_apart, reference_noise, verify
+from deploykit.verify import compare_outputs, one_ulp_apart, predicted_classes, reference_noise, scored_output, verify
 
 
 # ----------------------------------------------------------------------------- compare_outputs
@@ -101,6 +101,21 @@ def test_noise_multiple_widens_the_bound_and_says_what_it_rescued():
     assert cmp["allowed_abs_error_at_max"] == pytest.approx(1e-4 + 4e-3)
     assert compare_outputs(ref, ref + 5e-3, tol, noise=1e-3)["violations"] == 12
     assert compare_outputs(ref, got, Tolerance(atol=1e-4, noise_multiple=0.0), noise=1e-3)["violations"] == 12
+
+
+# ----------------------------------------------------------------------------- which output labels score
+def test_labels_score_the_first_classifier_or_a_binary_sigmoid():
+    rng = np.random.default_rng(0)
+    regression, probs = rng.normal(size=(6, 1)), rng.dirichlet(np.ones(4), 6)
+    sigmoid = rng.uniform(0, 1, (6, 1))
+    y = np.array([0, 1, 1, 0, 1, 0])
+    assert scored_output([regression, probs], y) == 1  # the classifier, wherever it is
+    assert scored_output([sigmoid], y) == 0  # one column in 0..1, 0/1 labels: binary
+    assert scored_output([sigmoid], y * 7) is None  # labels a sigmoid cannot mean
+    assert scored_output([regression], y) is None  # values outside 0..1: not a probability
+    assert scored_output([probs], None) is None
+    assert list(predicted_classes(np.array([[0.2], [0.7], [0.5]]))) == [0, 1, 0]
+    assert list(predicted_classes(probs)) == list(probs.argmax(1))
 
 
 # ----------------------------------------------------------------------------- verify on LiteRT
