@@ -236,9 +236,16 @@ class Pipeline:
         with PeakRSS() as mem:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
             reference = loaded.predict(evald.x)
-            # What float32 itself leaves undefined in each output: widens every parity bound.
-            noise = reference_noise(loaded.predict, evald.x, reference)
-        steps["reference"] = mem.to_dict() | {"float32_noise": dict(zip(output_names, noise))}
+        steps["reference"] = mem.to_dict()
+
+        def noise() -> list[float]:
+            # What float32 itself leaves undefined in each output (widens the parity bounds). Measured
+            # the first time an artifact misses the plain bound, once per run: a well-conditioned
+            # model never pays for it (0.5 s on MobileNetV2).
+            if "float32_noise" not in steps["reference"]:
+                steps["reference"]["float32_noise"] = dict(zip(output_names, reference_noise(loaded.predict, evald.x, reference)))
+            return list(steps["reference"]["float32_noise"].values())
+
         final_accuracy = _accuracy(reference, evald.y)
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
             pruned_accuracy = pre_qat_accuracy if self.qat_report is not None else final_accuracy
