@@ -146,7 +146,7 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
     shape = tuple(spec.shape)
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], arr.shape[1:])):
         raise DataError(
-            f"{label} has sample shape {_shape_str(arr.shape)} but the model expects {_shape_str(shape)} "
+            f"{label} has shape {_shape_str(arr.shape)} but the model expects {_shape_str(shape)} "
             "(first dimension = samples); reshape the data to fit"
         )
     want = np.dtype(spec.dtype) if spec.dtype not in ("", "None") else np.dtype("float32")

@@ -346,7 +346,7 @@ def test_user_errors_raise_before_anything_is_written(tmp_path, keras3_path, dat
     out = tmp_path / "out"
     with pytest.raises(DataError, match="need calibration data"):
         deploykit.convert(keras3_path, ["tflite-int8"], out=out)
-    with pytest.raises(DataError, match="sample shape"):
+    with pytest.raises(DataError, match="has shape"):
         deploykit.convert(keras3_path, ["tflite-fp32"], data=np.zeros((3, 8, 8, 3)), out=out)
     assert not out.exists()
 

@@ -182,9 +182,9 @@ def test_wrong_sample_shape_names_both_shapes():
 
 
 def test_wrong_rank():
-    with pytest.raises(DataError, match=r"sample shape \(4, 64\) but the model expects \(None, 8, 8, 1\)"):
+    with pytest.raises(DataError, match=r"has shape \(4, 64\) but the model expects \(None, 8, 8, 1\)"):
         load_data(np.zeros((4, 64), np.float32), SPEC)
-    with pytest.raises(DataError, match="sample shape"):
+    with pytest.raises(DataError, match="has shape"):
         load_data(np.zeros((8, 8, 1), np.float32), SPEC)  # one sample without the batch dim
 
 
