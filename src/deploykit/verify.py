@@ -251,7 +251,12 @@ def verify(
         batch_sizes = [1, m]
         single = named(run_batched(runner, {k: v[:m] for k, v in inputs.items()}, 1))
         for name, ref in zip(names, reference):
-            failure = _elementwise_failure(compare(ref[:m], single[name], name), shift(ref[:m], single[name]))
+            # Judged within the full set (batch-1 rows in place of the batched ones): the same output
+            # range and violation allowance as the main check. Alone, 8 samples had their own, smaller
+            # range and no allowance, and failed int8 regression outputs that pass on all samples.
+            mixed = np.array(got[name], copy=True)
+            mixed[:m] = np.asarray(single[name]).reshape(mixed[:m].shape)
+            failure = _elementwise_failure(compare(ref, mixed, name), shift(ref, mixed))
             if failure:
                 result["failures"].append(f"output {name!r} at batch size 1: {failure}")
     result["batch_sizes"] = batch_sizes

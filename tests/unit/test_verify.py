@@ -310,3 +310,40 @@ def test_metric_gate_leaves_other_outputs_elementwise(fp32_runner, digits, refer
     assert not result["passed"]
     assert "judged_by" not in result["outputs"]["output_0"]
     assert any("exceeds the allowed" in f and "element(s)" in f for f in result["failures"])
+
+
+def test_batch_one_pass_is_judged_with_the_whole_sets_range(tmp_path):
+    """The first 8 samples of a regression output can span a tiny range: the batch-1 pass must use the
+    bound of the whole set, or it fails errors the full check allows (int8 regression heads did)."""
+    import keras
+
+    from deploykit.converters import tflite
+    from deploykit.models import load_model
+    from deploykit.runtime_bench.litert import LiteRTRunner
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,), name="f"), keras.layers.Dense(1)])
+    path = tmp_path / "reg.tflite"
+    loaded = load_model(model)
+    try:
+        tflite.convert(loaded, get_target("tflite-fp32"), None, path)
+    finally:
+        loaded.release()
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    x[:8] = x[0]  # the first 8 samples are alike: their outputs span nothing
+    runner = LiteRTRunner(path, threads=1)
+    runner.load()
+    try:
+        out = runner.run({"f": x})
+        name = next(iter(out))
+        full_range = float(np.ptp(out[name]))
+        tol = Tolerance(atol=0.0, range_atol=0.05)
+        reference = np.asarray(out[name], np.float64).copy()
+        reference[:8] += 0.5 * 0.05 * full_range  # half the whole set's bound, far over the 8 samples' own
+        v = verify(runner, {"f": x}, [reference], [name], tol, batch_check=8)
+        assert v["batch_sizes"] == [1, 8] and v["passed"], v["failures"]
+        reference[:8] += 0.05 * full_range  # now over the bound: both passes must say so
+        v = verify(runner, {"f": x}, [reference], [name], tol, batch_check=8)
+        assert any("at batch size 1" in f for f in v["failures"]) and any(f.startswith(f"output {name!r}: ") for f in v["failures"])
+    finally:
+        runner.close()
