@@ -263,11 +263,26 @@ def test_flat_toml_target(tmp_path):
     t = load_target_file(path)
     assert t.name == "my_board"  # name defaults to the file stem
     assert (t.weights, t.activations, t.io, t.calibration_samples) == ("int8", "int8", "int8", 50)
-    assert t.tolerance == Tolerance(atol=0.0, range_atol=0.1, max_accuracy_drop=2.0)
+    # fields it sets win; the others come from the built-in profile of its format and precision
+    assert t.tolerance == dataclasses.replace(get_target("tflite-int8").tolerance, atol=0.0, range_atol=0.1,
+                                              max_accuracy_drop=2.0)
     assert t.bench == BenchSettings(threads=1, iterations=7)
     assert t.runtime == "litert"
     # get_target accepts the path too (what `deploy convert -t my_board.toml` does)
     assert get_target(str(path)) == t
+
+
+def test_toml_tolerance_defaults_follow_the_builtin_of_the_same_format_and_precision(tmp_path):
+    head = 'format = "{f}"\nprecision = "{p}"\ndescription = "x"\nweights = "int8"\nactivations = "int8"\n'
+    path = tmp_path / "plain_int8.toml"
+    path.write_text(head.format(f="tflite", p="int8"))
+    assert load_target_file(path).tolerance == get_target("tflite-int8").tolerance  # metric gate, 5 % of range
+    path = tmp_path / "onnx_qop.toml"
+    path.write_text(head.format(f="onnx", p="int8-qop") + "[tolerance]\nmin_agreement = 0.9\n")
+    assert load_target_file(path).tolerance == dataclasses.replace(get_target("onnx-int8-qop").tolerance, min_agreement=0.9)
+    path = tmp_path / "odd.toml"  # no built-in twin: the plain defaults
+    path.write_text(head.format(f="tflite", p="int8-custom"))
+    assert load_target_file(path).tolerance == Tolerance()
 
 
 def test_flat_toml_with_explicit_name(tmp_path):

@@ -345,6 +345,8 @@ def load_target_file(path: str | Path) -> Target:
 
     The file is either a flat table of fields (the profile name defaults to
     the file stem) or a single named table, like the entries of builtin.toml.
+    Tolerance fields it leaves out come from the built-in profile with the same
+    format and precision, when there is one.
     """
     path = Path(path)
     try:
@@ -358,6 +360,13 @@ def load_target_file(path: str | Path) -> Target:
         name, entry = next(iter(table.items()))
     else:
         name, entry = table.get("name", path.stem), table
+    entry = dict(entry)
+    # A user profile that does not set a tolerance field takes it from the built-in profile of
+    # the same format and precision (an int8 board file is judged like tflite-int8, not by the
+    # float32 defaults that fail every quantized classifier element by element).
+    like = next((t for t in list_targets() if t.format == entry.get("format") and t.precision == entry.get("precision")), None)
+    if like is not None and isinstance(entry.get("tolerance", {}), Mapping):
+        entry["tolerance"] = {**dataclasses.asdict(like.tolerance), **entry.get("tolerance", {})}
     return Target.from_dict(name, entry, source=str(path))
 
 
