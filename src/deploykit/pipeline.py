@@ -66,7 +66,7 @@ def _check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force to overwrite")
+        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force (force=True in Python) to overwrite")
 
 
 def _clear_previous_run(out: Path) -> None:

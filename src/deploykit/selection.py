@@ -11,6 +11,7 @@ the fastest p50 ships; ties go to the smaller file.
 from __future__ import annotations
 
 import shutil
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,7 +158,7 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
         if r["target"] == winner:
             continue
         if r["status"] != "ok":
-            parts.append(f"{r['target']} failed ({r['error'][:120]})")
+            parts.append(f"{r['target']} failed ({textwrap.shorten(r['error'], 160, placeholder=' …')})")
         elif base and r["target"] in key:
             parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
         else:
