@@ -35,6 +35,17 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.x[0])
 
+    def spread(self, n: int) -> "Dataset":
+        """``n`` samples evenly spaced over the whole set, first and last included (all when fewer).
+
+        Calibration and verification subsets: data saved class by class (or sorted by
+        any value) would otherwise give int8 calibration only the first classes' ranges.
+        """
+        if n >= len(self):
+            return self
+        idx = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
+        return Dataset([a[idx] for a in self.x], None if self.y is None else self.y[idx], self.source)
+
     def take(self, n: int) -> "Dataset":
         """The first ``n`` samples (all when fewer)."""
         return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source)

@@ -215,7 +215,7 @@ class Pipeline:
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
         if evald is None:
             evald = _random_inputs(specs)
-        evald = evald.take(self.verify_samples)
+        evald = evald.spread(self.verify_samples)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
         shapes = [o.shape for o in loaded.info().outputs]
         out_shape = next((sh for sh in shapes if len(sh) == 2 and sh[1] and sh[1] > 1), ())

@@ -290,3 +290,12 @@ def test_values_that_overflow_the_model_dtype_are_refused():
     except DataError:
         return
     assert np.isfinite(ds.x[0]).all(), "validated data must be finite in the model's dtype"
+
+
+def test_spread_picks_evenly_spaced_samples_first_and_last_included():
+    from deploykit.data import Dataset
+
+    ds = Dataset([np.arange(10)[:, None].astype("float32")], np.arange(10), "t")
+    sub = ds.spread(4)
+    assert list(sub.y) == [0, 3, 6, 9] and list(sub.x[0][:, 0]) == [0, 3, 6, 9]
+    assert ds.spread(10) is ds and ds.spread(50) is ds

@@ -282,7 +282,7 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     q.quantize_static(
-        str(pre), str(dst), _Reader(calibration.take(target.calibration_samples), names),
+        str(pre), str(dst), _Reader(calibration.spread(target.calibration_samples), names),
         quant_format=q.QuantFormat.QDQ if opts["quant_format"] == "qdq" else q.QuantFormat.QOperator,
         per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
         activation_type=q.QuantType.QUInt8 if target.activations == "uint8" else q.QuantType.QInt8,

@@ -113,7 +113,7 @@ def _convert(sm_dir: Path, model: Any, target: Any, settings: dict[str, Any], ca
                 sig_inputs = [s.name for s in model.signature()["inputs"]]
                 names = [s.name for s in model.inputs]
                 conv.representative_dataset = _representative(
-                    calibration.take(target.calibration_samples), names, sig_inputs
+                    calibration.spread(target.calibration_samples), names, sig_inputs
                 )
                 ops = (
                     tf.lite.OpsSet.TFLITE_BUILTINS_INT8
