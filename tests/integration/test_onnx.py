@@ -151,7 +151,9 @@ def test_failed_candidate_does_not_fail_the_auto_target(tmp_path, keras3_path, d
     # A candidate with an impossible tolerance fails verification; auto still ships another one.
     strict = tmp_path / "strict.toml"
     strict.write_text('format = "onnx"\nprecision = "int8-qop"\nweights = "int8"\nactivations = "uint8"\n'
-                      'options = { quant_format = "qoperator" }\ntolerance = { atol = 1e-9 }\n')
+                      'options = { quant_format = "qoperator" }\n'
+                      # every field it leaves out would come from onnx-int8-qop: make each one impossible
+                      'tolerance = { atol = 1e-9, range_atol = 0.0, max_violation_fraction = 0.0, probabilities = "elementwise" }\n')
     auto = tmp_path / "auto.toml"
     auto.write_text(f'format = "onnx"\nprecision = "auto"\ncandidates = ["onnx-fp32", "{strict}"]\n')
     result = deploykit.convert(keras3_path, [str(auto)], data=data_npz, out=tmp_path / "out", **FAST)
