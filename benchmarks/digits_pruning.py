@@ -79,53 +79,30 @@ def main() -> None:
         _run(args, work)
 
 
-def _tf_keras_digits(x_train, y_train, epochs: int, seed: int = 0):
-    """examples/digits/build_model.py's architecture and training, in tf_keras."""
-    import tf_keras
+def _digits_cnn(lib, x_train, y_train, epochs: int, width: int = 1, seed: int = 0):
+    """examples/digits/build_model.py's architecture and training, in ``lib`` (keras or tf_keras).
 
-    tf_keras.utils.set_random_seed(seed)
-    L = tf_keras.layers
-    model = tf_keras.Sequential([
-        L.InputLayer(input_shape=(8, 8, 1), name="pixels"),
+    ``width`` multiplies every layer's channels: at 4 (Conv 64/128, Dense 256; ~0.6 M
+    parameters) the weights dominate the file as in most models people ship, where
+    on the 38 k-parameter example graph, names and per-channel scales are a fifth
+    of the pruned int8 file's gzip bytes. Layer names are fixed so that the Keras 3
+    and tf_keras models' kernels can be compared by name.
+    """
+    lib.utils.set_random_seed(seed)
+    L = lib.layers
+    model = lib.Sequential([
+        lib.Input(shape=(8, 8, 1), name="pixels"),
         L.Resizing(16, 16, name="resize"),
         L.Rescaling(1.0 / 16.0, name="rescale"),
-        L.Conv2D(16, 3, padding="same", activation="relu", name="conv2d"),
+        L.Conv2D(16 * width, 3, padding="same", activation="relu", name="conv2d"),
         L.MaxPooling2D(name="max_pooling2d"),
-        L.Conv2D(32, 3, padding="same", activation="relu", name="conv2d_1"),
+        L.Conv2D(32 * width, 3, padding="same", activation="relu", name="conv2d_1"),
         L.MaxPooling2D(name="max_pooling2d_1"),
         L.Flatten(name="flatten"),
-        L.Dense(64, activation="relu", name="dense"),
+        L.Dense(64 * width, activation="relu", name="dense"),
         L.Dense(10, activation="softmax", name="probs"),
-    ], name="digits_cnn_tf_keras")
-    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0, validation_split=0.1)
-    return model
-
-
-def _wide_digits(x_train, y_train, epochs: int, seed: int = 0):
-    """The example's layers at 4x the width (Conv 64/128, Dense 256; ~0.6 M parameters), Keras 3.
-
-    On the 38 k-parameter example the file's graph, names and per-channel scales
-    are a fifth of the pruned int8 file's gzip bytes; here the weights dominate,
-    as in most models people ship.
-    """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    L = keras.layers
-    model = keras.Sequential([
-        keras.Input(shape=(8, 8, 1), name="pixels"),
-        L.Resizing(16, 16, name="resize"),
-        L.Rescaling(1.0 / 16.0, name="rescale"),
-        L.Conv2D(64, 3, padding="same", activation="relu"),
-        L.MaxPooling2D(),
-        L.Conv2D(128, 3, padding="same", activation="relu"),
-        L.MaxPooling2D(),
-        L.Flatten(),
-        L.Dense(256, activation="relu"),
-        L.Dense(10, activation="softmax", name="probs"),
-    ], name="digits_cnn_wide")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    ], name=f"digits_cnn_{lib.__name__}_x{width}")
+    model.compile(optimizer=lib.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0, validation_split=0.1)
     return model
 
@@ -221,13 +198,16 @@ def _run(args, work: Path) -> None:
     k3_24_s = time.perf_counter() - t0
 
     print("training the tf_keras twin (same architecture, split, seed, epochs)...")
-    tk_dense = _tf_keras_digits(train.x[0], train.y, args.epochs)
+    import keras
+    import tf_keras
+
+    tk_dense = _digits_cnn(tf_keras, train.x[0], train.y, args.epochs)
     t0 = time.perf_counter()
     tk = prune(tk_dense, train, sparsity=args.sparsity, epochs=args.prune_epochs, progress=log("tf_keras 80%"))
     tk_s = time.perf_counter() - t0
 
     print("training the 4x wider Keras 3 variant (same split, seed, epochs) and pruning it...")
-    wide_dense = _wide_digits(train.x[0], train.y, args.epochs)
+    wide_dense = _digits_cnn(keras, train.x[0], train.y, args.epochs, width=4)
     wide = prune(wide_dense, train, sparsity=args.sparsity, epochs=args.prune_epochs, compile_config=cfg,
                  progress=log("wide 80%"))
 
