@@ -76,6 +76,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     """
     settings = converter_settings(target)
     try:
+        if getattr(model, "_tflite_needs_fixed_batch", False):  # an earlier target of this run found out
+            raise ConversionError("TensorList ops need a static batch")
         flatbuffer = _convert(model.saved_model_dir(), model, target, settings, calibration)
     except ConversionError as exc:
         # Recurrent loops (Keras 3 LSTM/GRU) carry TensorList ops that TFLite lowers to a builtin
@@ -83,6 +85,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         # which LiteRT's pip runtime does not ship. Re-exported with batch 1 they convert.
         if "TensorList" not in str(exc) or model.keras_model is None:
             raise
+        model._tflite_needs_fixed_batch = True  # the run's other TFLite targets skip the failing attempt
         if target.needs_calibration:
             # Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the
             # WHILE loop, taking the whole process down. Refuse instead of crashing the run.
