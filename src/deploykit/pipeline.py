@@ -260,6 +260,7 @@ class Pipeline:
         # written. A refused target fails on its own, like one whose ops do not convert, and the
         # others still run; a run in which every target is refused is bad input: exit 2, nothing written.
         self._refused = {}
+        first_refusal: UserError | None = None
         for t in self._all_targets():
             preflight = getattr(get_converter(t.format), "preflight", None)
             if preflight is not None:
@@ -267,8 +268,8 @@ class Pipeline:
                     preflight(loaded, t)
                 except UserError as exc:
                     self._refused[t.name] = str(exc)
-                    first_refusal = exc
-        if self._refused and all(t.name in self._refused or (t.is_auto and all(c in self._refused for c in t.candidates))
+                    first_refusal = first_refusal or exc
+        if first_refusal is not None and all(t.name in self._refused or (t.is_auto and all(c in self._refused for c in t.candidates))
                                  for t in self.targets):
             raise first_refusal
 
