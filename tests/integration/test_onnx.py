@@ -265,3 +265,24 @@ def test_graph_rewrite_inlines_calls_exactly(tmp_path):
                 return sess.run(outputs[0], {inputs[0]: x})
 
     np.testing.assert_allclose(run(flat), run(gd), atol=1e-6)
+
+
+def test_static_int8_writes_nothing_outside_the_output_dir(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference gives up on attention graphs and saves its partial model to the cwd."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 16), name="seq")
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)(inp, inp)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([inp, h]))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(0).normal(size=(64, 8, 16)).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = deploykit.convert(model, ["onnx-int8-qdq"], data=tmp_path / "d.npz", out=tmp_path / "out",
+                               bench=False, verify_samples=16)
+    assert result.artifact("onnx-int8-qdq")["settings"]["converter"]["quantization"].startswith("static")
+    assert sorted(p.name for p in cwd.iterdir()) == []

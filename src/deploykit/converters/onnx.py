@@ -21,6 +21,7 @@ Inputs and outputs keep the serving signature's names (``pixels``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -272,7 +273,10 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
         raise ConversionError(f"{target.name} needs calibration data; pass --data")
     pre = src.with_name("pre.onnx")
     try:
-        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False, save_as_external_data=external)
+        # From inside the temp dir: when symbolic shape inference is incomplete (attention graphs),
+        # ORT saves `sym_shape_infer_temp.onnx` + external data into the current directory.
+        with contextlib.chdir(src.parent):
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False, save_as_external_data=external)
     except Exception:  # pre-processing is an optimization; quantize the plain graph when it fails
         pre = src
     names = [s.name for s in model.inputs]
