@@ -181,3 +181,18 @@ def test_count_zeros_refuses_unknown_files(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(UserError, match=r"\.tflite, \.onnx or TF.js"):
         count_zeros(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tf_keras"])
+def test_unknown_training_names_are_user_errors_before_training(kind):
+    from deploykit.optimize.prune import _training_setup
+
+    loss, _, metrics, _ = _training_setup(kind, None, "sparse_categorical_crossentropy", ["accuracy", "mae"], "sgd", None)
+    assert loss == "sparse_categorical_crossentropy" and metrics == ["accuracy", "mae"]
+    bad = [("nonsense_loss", None, None, "unknown loss 'nonsense_loss'"),
+           ("mse", ["bogus_metric"], None, "unknown metric 'bogus_metric'"),
+           ("mse", None, "bogus_opt", "unknown optimizer 'bogus_opt'"),
+           ({"class_name": "MyLoss", "config": {}}, None, None, "unknown loss 'MyLoss'")]
+    for loss, metrics, optimizer, message in bad:
+        with pytest.raises(UserError, match=message):
+            _training_setup(kind, None, loss, metrics, optimizer, None)

@@ -240,11 +240,16 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
     if loss is None:
         raise UserError("model was saved without compile(); pass loss=... (--loss), e.g. sparse_categorical_crossentropy")
     if isinstance(loss, dict):
-        loss = km.losses.deserialize(loss)
+        loss = _resolved("loss", km.losses.deserialize, loss)
+    elif isinstance(loss, str):
+        _resolved("loss", km.losses.get, loss)  # checked here: compile() would fail only inside fit()
     if metrics is None:
         cfg_metrics = (compile_config or {}).get("metrics") or []
         metrics = [m for m in cfg_metrics if isinstance(m, str)] if isinstance(cfg_metrics, list) else []
     metrics = list(metrics or [])
+    for m in metrics:
+        if isinstance(m, str) and m not in ("accuracy", "acc", "crossentropy", "ce"):  # names compile() maps itself
+            _resolved("metric", km.metrics.get, m)
     if optimizer is None and compile_config and isinstance(compile_config.get("optimizer"), dict):
         opt_cfg = {**compile_config["optimizer"], "config": dict(compile_config["optimizer"].get("config", {}))}
         if learning_rate is not None:
@@ -254,7 +259,7 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
         except Exception:  # noqa: BLE001 - unknown optimizer class: fall back to Adam
             optimizer = None
     elif isinstance(optimizer, str):
-        optimizer = km.optimizers.get(optimizer)
+        optimizer = _resolved("optimizer", km.optimizers.get, optimizer)
         if learning_rate is not None:
             optimizer.learning_rate = float(learning_rate)
     elif optimizer is not None:  # an optimizer object: use a fresh copy of it
@@ -264,6 +269,21 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
     if optimizer is None:
         optimizer = km.optimizers.Adam(learning_rate=float(learning_rate) if learning_rate is not None else DEFAULT_LEARNING_RATE)
     return loss, optimizer, metrics, source
+
+
+_EXAMPLES = {"loss": "sparse_categorical_crossentropy", "metric": "accuracy", "optimizer": "adam"}
+
+
+def _resolved(what: str, get: Any, value: Any) -> Any:
+    """``get(value)`` from Keras, or a UserError naming the unknown ``what``."""
+    try:
+        got = get(value)
+    except Exception:  # noqa: BLE001 - Keras raises ValueError/TypeError/KeyError by version
+        got = None
+    if got is None or isinstance(got, str):  # some getters hand an unknown name back instead of raising
+        shown = value.get("class_name", value) if isinstance(value, dict) else value
+        raise UserError(f"unknown {what} {shown!r}; pass a Keras {what} name, e.g. {_EXAMPLES[what]}")
+    return got
 
 
 def _keras_module(kind: str) -> Any:
