@@ -208,13 +208,14 @@ class Pipeline:
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             _check_qat_model(loaded)
         specs = loaded.inputs
+        _check_numeric_inputs(specs)
         calib = load_data(self.data, specs, role="data") if self.data is not None else None
         evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
         if calib is None and any(t.needs_calibration for t in self.targets):
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
         if evald is None:
-            evald = _random_inputs(specs)
+            evald = _random_inputs(specs, loaded.keras_model)
         evald = evald.spread(self.verify_samples)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
         shapes = [o.shape for o in loaded.info().outputs]
@@ -572,15 +573,54 @@ def _check_qat_model(loaded: Any) -> None:
     check_model(loaded.keras_model)
 
 
-def _random_inputs(specs) -> Any:
+def _check_numeric_inputs(specs) -> None:
+    """String inputs (TextVectorization, StringLookup inside the model) have no path through the converters."""
+    for s in specs:
+        if s.dtype in ("string", "str", "object"):
+            raise UserError(
+                f"input {s.name!r} takes strings; deploykit converts numeric models only (string ops need TF Select "
+                "or ONNX Runtime extensions, which its targets do not ship): apply the text layers (TextVectorization, "
+                "StringLookup) to your data before the model and give the model their integer ids"
+            )
+
+
+def _random_inputs(specs, keras_model: Any = None) -> Any:
+    """8 samples to verify on when no data is given: floats uniform in 0..1, integers over a range the model takes.
+
+    Integer inputs (uint8 images, token ids) get integers: uniform floats cast to them would all
+    be 0, and a verification on 8 identical samples proves little.
+    """
     from deploykit.data import Dataset
 
     rng = np.random.default_rng(0)
-    xs = []
+    xs, ranges = [], []
+    vocab = _smallest_vocabulary(keras_model)
     for s in specs:
         shape = [8] + [1 if d is None else d for d in s.shape[1:]]
-        xs.append(rng.uniform(0, 1, shape).astype(s.dtype if s.dtype.startswith("float") else "float32"))
-    return Dataset(xs, None, "<random uniform 0..1, no data given>")
+        dtype = np.dtype(s.dtype) if s.dtype != "bfloat16" else np.dtype("float32")
+        if dtype.kind == "b":
+            xs.append(rng.integers(0, 2, shape).astype(bool))
+            ranges.append(f"{s.name} 0/1")
+        elif dtype.kind in "iu":
+            # Token ids must stay inside the smallest Embedding/CategoryEncoding table; otherwise a byte's range.
+            high = min(vocab or 256, 256, int(np.iinfo(dtype).max) + 1)
+            xs.append(rng.integers(0, high, shape).astype(dtype))
+            ranges.append(f"{s.name} integers 0..{high - 1}")
+        else:
+            xs.append(rng.uniform(0, 1, shape).astype(dtype if dtype.kind == "f" else np.float32))
+            ranges.append(f"{s.name} uniform 0..1")
+    return Dataset(xs, None, f"<random inputs ({', '.join(ranges)}), no data given>")
+
+
+def _smallest_vocabulary(keras_model: Any) -> int | None:
+    """The smallest index range an integer input may feed (Embedding input_dim, CategoryEncoding num_tokens)."""
+    if keras_model is None:
+        return None
+    from deploykit.models import _flat_layers
+
+    sizes = [getattr(layer, attr, None) for layer in _flat_layers(keras_model) for attr in ("input_dim", "num_tokens")]
+    sizes = [int(v) for v in sizes if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(sizes) if sizes else None
 
 
 def _file_identity(model: Any) -> dict[str, Any]:

@@ -98,6 +98,10 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     ids = np.random.default_rng(0).integers(0, 50, (16, 12)).astype(np.int32)
     ids[9, 3] = 81  # outside the vocabulary: the model itself cannot run on it
     np.savez(base / "oov.npz", ids=ids)
+    text = keras.Input((1,), dtype="string", name="text")
+    words = keras.layers.StringLookup(vocabulary=["yes", "no"])(text)
+    keras.Model(text, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(
+        keras.layers.Embedding(4, 2)(words)))).save(base / "strings.keras")
     return {
         "base": base, "model": keras3_path, "data": data_npz, "broken": broken_models,
         "lambda": lambda_keras3_path, "custom": custom_layer_keras_path, "nonempty": nonempty, "tight": tight,
@@ -121,6 +125,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         "zero_verify_samples": ["convert", m, "-t", "tflite-fp32", "--verify-samples", "0"],
         "bench_missing": ["bench", b / "nope.tflite"],
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
+        "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
     }
 
 
@@ -340,6 +345,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("zero_verify_samples", ["verify_samples must be >= 1"]),
         ("bench_missing", ["nope.tflite is not a file"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
+        ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):

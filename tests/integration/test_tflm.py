@@ -185,3 +185,21 @@ def test_a_model_that_crashes_tflite_micro_in_small_arenas_gets_its_arena(tmp_pa
     a = result.artifact("tflm-int8")
     assert a["status"] == "ok", a["error"]
     assert a["footprint"]["arena_recorded_bytes"] <= a["footprint"]["arena_bytes"] < 4096
+
+
+def test_uint8_image_input_is_refused_up_front_and_other_targets_finish(tmp_path):
+    """A uint8 input stays uint8 through conversion and meets a CAST TFLite Micro cannot run."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1), dtype="uint8", name="image"), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
+    with pytest.raises(UserError, match="'image' is uint8.*float32 input"):
+        deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "alone")
+    assert not (tmp_path / "alone").exists()
+    both = deploykit.convert(model, ["tflite-int8", "tflm-int8"], data=x, out=tmp_path / "out", **FAST)
+    assert both.artifact("tflite-int8")["status"] == "ok"
+    assert both.artifact("tflm-int8")["status"] == "failed" and "uint8" in both.artifact("tflm-int8")["error"]
+    assert not (tmp_path / "out" / "tflm-int8").exists()

@@ -299,3 +299,23 @@ def test_spread_picks_evenly_spaced_samples_first_and_last_included():
     sub = ds.spread(4)
     assert list(sub.y) == [0, 3, 6, 9] and list(sub.x[0][:, 0]) == [0, 3, 6, 9]
     assert ds.spread(10) is ds and ds.spread(50) is ds
+
+
+def test_without_data_integer_inputs_are_verified_on_varied_integers():
+    """Uniform 0..1 cast to uint8 / token ids was 8 identical all-zero samples: a verification that proves little."""
+    import keras
+
+    from deploykit.pipeline import _random_inputs
+
+    specs = [TensorSpec("image", (None, 4, 4, 3), "uint8"), TensorSpec("ids", (None, 6), "int32"),
+             TensorSpec("mask", (None, 6), "bool"), TensorSpec("x", (None, 2), "float32")]
+    plain = _random_inputs(specs)
+    image, ids, mask, x = plain.x
+    assert image.dtype == np.uint8 and image.max() > 200 and len(np.unique(image)) > 100
+    assert ids.dtype == np.int32 and 0 <= ids.min() and ids.max() <= 255 and len(np.unique(ids)) > 10
+    assert mask.dtype == bool and mask.any() and not mask.all()
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() < 1
+    assert "image integers 0..255" in plain.source and "ids integers 0..255" in plain.source
+    tokens = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(7, 2)])
+    bounded = _random_inputs(specs[1:2], tokens)  # inside the Embedding's table
+    assert bounded.x[0].max() == 6 and "ids integers 0..6" in bounded.source

@@ -91,8 +91,25 @@ def c_identifier(text: str) -> str:
 
 
 def preflight(model: Any, target: Any) -> None:
-    """Checks that need no conversion, run before anything is written: fixed input shapes."""
+    """Checks that need no conversion, run before anything is written: input types, fixed input shapes."""
+    _check_input_types(model)
     _check_static_shapes(model)
+
+
+# Float inputs become int8 (the target's I/O); int8/int16/int32 pass as they are. Others stay as
+# they are too and meet a CAST TFLite Micro has no kernel for (uint8 images: "Input type UINT8 not
+# supported"), or no kernel at all (int64, bool, float64).
+_MICRO_INPUT_TYPES = ("float32", "int8", "int16", "int32")
+
+
+def _check_input_types(model: Any) -> None:
+    for spec in model.inputs:
+        if spec.dtype not in _MICRO_INPUT_TYPES:
+            raise UserError(
+                f"input {spec.name!r} is {spec.dtype}, which TFLite Micro's kernels cannot take (it stays "
+                f"{spec.dtype} through conversion); give the model a float32 input (keep the Rescaling inside) "
+                "or an int32 one for token ids"
+            )
 
 
 def _check_static_shapes(model: Any) -> None:
@@ -120,6 +137,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     """
     from deploykit.converters import tflite
 
+    _check_input_types(model)
     _check_static_shapes(model)
     out_path = Path(out_path)
     settings = tflite.convert(model, target, calibration, out_path)  # int8 + int8 I/O per the target
