@@ -172,8 +172,7 @@ class Pipeline:
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
         self.bench_overrides = overrides
         for t in list(self.targets):
-            for name in t.candidates:
-                get_target(name)  # an unknown candidate is a user error, found before any work
+            t.check_candidates()  # an unknown or -auto candidate is a user error, found before any work
         if overrides:
             self.targets = [t.with_bench(**overrides) for t in self.targets]
         if verify_samples < 1:
@@ -196,8 +195,6 @@ class Pipeline:
 
         for t in self.targets:
             get_converter(t.format)
-            for name in t.candidates:
-                get_converter(get_target(name).format)
         _check_out_dir(self.out, self.force)
         steps: dict[str, Any] = {}
 

@@ -136,9 +136,10 @@ def test_int8_io_with_float_activations_refused():
     "kwargs, fragment",
     [
         (dict(atol=0.0, rtol=0.0, range_atol=0.0), "tolerance must be > 0"),
-        (dict(atol=-1e-3), "tolerance.atol must be >= 0"),
-        (dict(rtol=-0.1), "tolerance.rtol must be >= 0"),
-        (dict(range_atol=float("nan")), "tolerance.range_atol must be >= 0"),
+        (dict(atol=-1e-3), "tolerance.atol must be a finite number >= 0"),
+        (dict(atol=float("inf")), "tolerance.atol must be a finite number >= 0"),
+        (dict(rtol=-0.1), "tolerance.rtol must be a finite number >= 0"),
+        (dict(range_atol=float("nan")), "tolerance.range_atol must be a finite number >= 0"),
         (dict(max_accuracy_drop=101.0), "percentage points"),
         (dict(min_agreement=1.5), "fraction"),
         (dict(probabilities="loose"), "tolerance.probabilities must be one of elementwise, metric"),
@@ -461,3 +462,24 @@ def test_integration_suite_converts_every_builtin_target():
     assert sorted(t.name for t in module.ALL_TARGETS) == sorted(BUILTIN_NAMES)
     marks = [m for m in module.test_builtin_target_end_to_end.pytestmark if m.name == "parametrize"]
     assert marks and [t.name for t in marks[0].args[1]] == BUILTIN_NAMES
+
+
+def test_auto_candidates_and_reserved_names_are_refused_before_any_work(tmp_path):
+    from deploykit.pipeline import Pipeline
+
+    selfref = tmp_path / "loop.toml"
+    selfref.write_text(f'format = "tflite"\nprecision = "auto"\ncandidates = ["{selfref}"]\n')
+    with pytest.raises(TargetError, match="is itself an auto target"):
+        Pipeline([str(selfref)], out=tmp_path / "o1")
+    nested = tmp_path / "nested.toml"
+    nested.write_text('format = "tflite"\nprecision = "auto"\ncandidates = ["tflite-fp32", "tflite-auto"]\n')
+    with pytest.raises(TargetError, match="'tflite-auto' is itself an auto target"):
+        Pipeline([str(nested)], out=tmp_path / "o2")
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text('format = "tflite"\nprecision = "auto"\ncandidates = ["tflite-fp32", "onnx-fp32"]\n')
+    with pytest.raises(TargetError, match="'onnx-fp32' is onnx, not tflite"):
+        Pipeline([str(mixed)], out=tmp_path / "o3")
+    for name in ("manifest.json", "report.md", "Report.html", "size_vs_latency.svg"):
+        with pytest.raises(TargetError, match="taken by a file every run writes"):
+            Target(name=name, format="tflite", precision="fp32")
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ FIELD_DOCS: dict[str, str] = {
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Files a run writes into --out beside the target directories (manifest, reports, plot).
+_RESERVED_NAMES = ("manifest.json", "report.md", "report.html", "size_vs_latency.svg")
 
 
 def _is_int(value: Any) -> bool:
@@ -119,8 +122,8 @@ class Tolerance:
             )
         for name in ("atol", "rtol", "range_atol", "noise_multiple"):
             value = getattr(self, name)
-            if not (value >= 0):
-                raise TargetError(f"tolerance.{name} must be >= 0, got {value!r}")
+            if not (0 <= value < math.inf):  # inf would pass every artifact: no verification at all
+                raise TargetError(f"tolerance.{name} must be a finite number >= 0, got {value!r}")
         if self.atol + self.rtol + self.range_atol <= 0:
             raise TargetError(
                 "tolerance must be > 0: set at least one of tolerance.atol, tolerance.rtol, "
@@ -195,6 +198,8 @@ class Target:
                 f"{where}: a target name may only use letters, digits, '.', '_' and '-' and must start "
                 "with a letter or digit (it names the artifact's directory)"
             )
+        if self.name.lower() in _RESERVED_NAMES:
+            raise TargetError(f"{where}: the name is taken by a file every run writes beside the artifacts; rename the target")
         if self.format not in FORMATS:
             raise TargetError(f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}")
         if not self.runtime:
@@ -239,9 +244,22 @@ class Target:
     @property
     def needs_calibration(self) -> bool:
         """True when integer activations must be calibrated on representative data."""
-        if self.candidates:
-            return any(get_target(c).needs_calibration for c in self.candidates)
+        if self.candidates:  # one level: candidates are plain targets (checked by check_candidates)
+            return any(get_target(c).activations in ("int8", "uint8", "int16") for c in self.candidates)
         return self.activations in ("int8", "uint8", "int16")
+
+    def check_candidates(self) -> None:
+        """Resolve every candidate of an ``-auto`` target: known, of this format, and not ``-auto`` itself.
+
+        Raises:
+            TargetError: the first candidate that cannot be built for this target.
+        """
+        for name in self.candidates:
+            cand = get_target(name)
+            if cand.candidates:
+                raise TargetError(f"target {self.name!r}: candidate {name!r} is itself an auto target; list plain targets")
+            if cand.format != self.format:
+                raise TargetError(f"target {self.name!r}: candidate {name!r} is {cand.format}, not {self.format}")
 
     @property
     def is_auto(self) -> bool:
