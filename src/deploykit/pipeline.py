@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import datetime as _dt
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,14 @@ class ConvertResult:
 def _check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
+    # Found now, not when the first artifact is written after minutes of work.
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create output directory {out}: {existing} is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {existing} (read-only or no permission); choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force (force=True in Python) to overwrite")
 
@@ -86,8 +95,10 @@ def _clear_previous_run(out: Path) -> None:
 
 
 def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Target]:
-    if isinstance(targets, (str, Target)):
+    if isinstance(targets, (str, Path, Target)):
         targets = [targets]
+    if targets is None:
+        targets = []
     resolved: list[Target] = []
     for t in targets:
         target = get_target(t)

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import deploykit
+from deploykit.errors import UserError
 from deploykit.artifacts import MANIFEST_NAME, Manifest, sha256_file
 from deploykit.cli import app
 from deploykit.targets import FIELD_DOCS, get_target, list_targets
@@ -76,6 +78,7 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     nan[4, 2, 2, 0] = np.nan
     np.savez(base / "nan.npz", x=nan)
     np.savez(base / "scalar_y.npz", x=x, y=np.int64(3))
+    (base / "not_a_model.tflite").write_bytes(b"\x00" * 64)
     nonempty = base / "nonempty"
     nonempty.mkdir()
     (nonempty / "keep.txt").write_text("precious")
@@ -124,6 +127,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         "zero_iterations": ["convert", m, "-t", "tflite-fp32", "--iterations", "0"],
         "zero_verify_samples": ["convert", m, "-t", "tflite-fp32", "--verify-samples", "0"],
         "bench_missing": ["bench", b / "nope.tflite"],
+        "bench_tflm_not_tflite": ["bench", b / "not_a_model.tflite", "--runtime", "tflm"],
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
     }
@@ -344,6 +348,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("zero_iterations", ["bench.iterations must be an integer >= 1"]),
         ("zero_verify_samples", ["verify_samples must be >= 1"]),
         ("bench_missing", ["nope.tflite is not a file"]),
+        ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
     ],
@@ -356,3 +361,15 @@ def test_user_errors(subprocess_runs, case, fragments):
 def test_scalar_labels_are_a_user_error(subprocess_runs):
     out, proc = _result(subprocess_runs, "scalar_y")
     assert_user_error(proc, "scalar_y.npz", out=out)
+
+
+def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    with pytest.raises(UserError, match="a_file is a file"):
+        deploykit.convert(keras3_path, "tflite-fp32", out=blocker / "sub")
+    with pytest.raises(UserError, match="no target given"):
+        deploykit.convert(keras3_path, None, out=tmp_path / "o1")
+    with pytest.raises(UserError, match="a target is a name, a .toml path or a Target, got int 5"):
+        deploykit.convert(keras3_path, [5], out=tmp_path / "o2")
+    assert blocker.read_text() == "keep" and not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -37,8 +37,12 @@ def io_layout(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 
     from deploykit._quiet import native_stderr_captured
 
-    with native_stderr_captured():
-        interp = Interpreter(model_path=str(path))
+    with native_stderr_captured() as cap:
+        try:
+            interp = Interpreter(model_path=str(path))
+        except Exception as exc:  # not a TFLite flatbuffer (truncated, another format)
+            why = " ".join(f"{exc} {cap.tail(1)}".split())[:200]
+            raise RuntimeLoadError(f"TFLite Micro cannot read {Path(path).name}: it is not a valid .tflite model ({why})") from None
     names_in: dict[int, str] = {}
     names_out: dict[int, str] = {}
     sigs = interp.get_signature_list()

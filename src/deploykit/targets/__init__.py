@@ -396,6 +396,10 @@ def get_target(name: str | Target) -> Target:
     """
     if isinstance(name, Target):
         return name
+    if isinstance(name, Path):
+        name = str(name)
+    if not isinstance(name, str):
+        raise TargetError(f"a target is a name, a .toml path or a Target, got {type(name).__name__} {name!r}")
     builtins = _builtins()
     if name in builtins:
         return builtins[name]
