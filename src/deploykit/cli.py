@@ -97,7 +97,12 @@ def convert(
             bench=not no_bench, progress=lambda msg: status.update(msg),
             prune=prune_settings, train_data=train_data, qat=qat_settings,
         )
-        result = pipeline.run(model)
+        try:
+            result = pipeline.run(model)
+        except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+            status.stop()
+            print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
+            raise typer.Exit(130) from None
     _print_summary(result)
     if not result.ok:
         raise typer.Exit(EXIT_TARGET_FAILED)
@@ -239,7 +244,7 @@ def main() -> None:
         print(f"deploy: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        print("deploy: interrupted; no partial artifact was left under a final name", file=sys.stderr)
+        print("deploy: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -284,10 +284,30 @@ class Pipeline:
 
         if self.force and self.out.exists():
             _clear_previous_run(self.out)
-            for t in self._all_targets():  # temp files of a run that was killed before it could clean up
-                for stale in (self.out / t.name).glob(".*.partial") if (self.out / t.name).is_dir() else []:
-                    stale.unlink()
+            # This run rewrites its targets' directories: whatever a killed run (no manifest) left there goes.
+            for t in self._all_targets():
+                if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
+                    shutil.rmtree(self.out / t.name)
+        created_out = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run_targets(model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C mid-run: a TF.js directory may hold shards without its model.json. Remove what this
+            # run wrote (its targets' directories, then --out itself if it made it), keep anything else.
+            for t in self._all_targets():
+                if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
+                    shutil.rmtree(self.out / t.name, ignore_errors=True)
+            for name in (MANIFEST_NAME, *REPORT_FILES):
+                (self.out / name).unlink(missing_ok=True)
+            if created_out and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()
+            raise
+
+    def _run_targets(self, model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise) -> ConvertResult:
+        """Build every target into ``self.out``, then write the manifest and reports."""
+        from deploykit.runtime_bench.memory import release_memory
+
         manifest = Manifest(
             model={**info.to_dict(), **_file_identity(model)},
             data={

@@ -373,3 +373,23 @@ def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_p
     with pytest.raises(UserError, match="a target is a name, a .toml path or a Target, got int 5"):
         deploykit.convert(keras3_path, [5], out=tmp_path / "o2")
     assert blocker.read_text() == "keep" and not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_ctrl_c_mid_run_removes_what_the_run_wrote(tmp_path, keras3_path, data_npz):
+    """A TF.js directory holds its shards before its model.json is verified: an interrupt must not leave it."""
+    from deploykit.pipeline import Pipeline
+
+    def progress(message):
+        if message == "tfjs-fp32: verifying":  # shards and model.json are on disk, not yet verified
+            raise KeyboardInterrupt
+
+    keep = tmp_path / "existing"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    for out in (tmp_path / "fresh", keep):
+        pipeline = Pipeline(["tfjs-fp32", "tflite-fp32"], data=data_npz, out=out, bench=False, force=True,
+                            progress=progress)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run(keras3_path)
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
