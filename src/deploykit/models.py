@@ -148,6 +148,20 @@ def _spec_name(tensor: Any, index: int, prefix: str) -> str:
     return name.split(":")[0]
 
 
+def model_call_arg(model: Any, xs: Sequence[Any]) -> Any:
+    """``xs`` (arrays in ``model.inputs`` order) in the structure the Keras model is called with.
+
+    One array for a single input, a list for several, and a dict for a model built with a dict of
+    inputs: Keras 3 refuses a list there ("The structure of inputs doesn't match"). The dict's keys
+    may differ from the Input names, so each key is matched to its tensor, not its name.
+    """
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        order = [id(t) for t in model.inputs]
+        return {key: xs[order.index(id(tensor))] for key, tensor in struct.items()}
+    return xs[0] if len(xs) == 1 else list(xs)
+
+
 def _export_keras3(model: Any, path: Path) -> Any:
     """``model.export(path)`` done by hand, keeping the traced serving endpoint.
 
@@ -347,7 +361,7 @@ class LoadedModel:
                     model = self.keras_model
                     self._keras_fn = tf.function(lambda a: model(a, training=False), reduce_retracing=True)
                 fn = self._keras_fn
-            arg = batch[0] if len(batch) == 1 else batch
+            arg = model_call_arg(self.keras_model, batch)
             try:
                 out = fn(arg)
             except (TypeError, ValueError):

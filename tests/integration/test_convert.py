@@ -401,3 +401,29 @@ def test_inputs_of_any_height_and_width_verify_in_every_runtime(tmp_path):
     with pytest.raises(UserError, match="pass --data"):
         deploykit.bench(tfl, iterations=1)
     assert deploykit.bench(tfl, iterations=2, warmup=0, data=data[:1])["n"] == 2
+
+
+def test_a_keras3_model_built_with_a_dict_of_inputs_converts_with_each_input_in_its_place(tmp_path):
+    """Keras 3 refuses a list for a dict-input model; two same-shaped inputs would swap silently if mis-mapped."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    zeta, alpha = keras.Input((4,), name="zeta"), keras.Input((4,), name="alpha")
+    h = keras.layers.Concatenate()([zeta, keras.layers.Rescaling(3.0)(alpha)])
+    model = keras.Model({"zeta": zeta, "alpha": alpha}, keras.layers.Dense(3, activation="softmax")(h))
+    rng = np.random.default_rng(0)
+    z, a = rng.normal(size=(64, 4)).astype("float32"), rng.normal(size=(64, 4)).astype("float32") * 5
+    expected = model.predict({"zeta": z, "alpha": a}, verbose=0)
+    path = tmp_path / "dict.keras"
+    model.save(path)
+    np.savez(tmp_path / "d.npz", zeta=z, alpha=a)
+    result = deploykit.convert(path, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=tmp_path / "d.npz",
+                               out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+    from deploykit.models import load_model
+
+    loaded = load_model(path)
+    names = [s.name for s in loaded.inputs]
+    got = loaded.predict([{"zeta": z, "alpha": a}[n] for n in names])[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)

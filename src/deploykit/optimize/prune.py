@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from deploykit.models import model_call_arg
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import schedule as _schedule
 from deploykit.optimize import structure as _structure
@@ -305,7 +306,7 @@ def _lr_value(optimizer: Any) -> Any:
 
 
 def _predict(model: Any, xs: list[np.ndarray]) -> np.ndarray:
-    out = model.predict(xs[0] if len(xs) == 1 else xs, batch_size=256, verbose=0)
+    out = model.predict(model_call_arg(model, xs), batch_size=256, verbose=0)
     if isinstance(out, dict):
         out = out[sorted(out)[0]]
     if isinstance(out, (list, tuple)):
@@ -496,7 +497,7 @@ def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimi
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     y = _labels_for(loss, train.y, model)
     try:
-        model.fit(train.x[0] if len(train.x) == 1 else train.x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+        model.fit(model_call_arg(model, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                   verbose=0, callbacks=[_MaskUpdates(), _make_tracker(keras.callbacks.Callback, state)])
         forced = False
         if state.best is not None:
@@ -576,7 +577,7 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
     state = _TrainState(wrapped, sched, structure, epochs, val, patience, progress, snapshot, restore, current)
     wrapped.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     y = _labels_for(loss, train.y, model)
-    wrapped.fit(train.x[0] if len(train.x) == 1 else train.x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+    wrapped.fit(model_call_arg(wrapped, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                 verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), _make_tracker(tf_keras.callbacks.Callback, state)])
     forced = False
     if state.best is not None:

@@ -72,6 +72,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from deploykit.models import model_call_arg
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning
 
@@ -448,7 +449,7 @@ def quantize_aware(
     state = _QATState(qmodel, epochs, val, patience, progress, label)
     qmodel.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
     y = _ft._labels_for(loss_fn, train.y, model)
-    qmodel.fit(train.x[0] if len(train.x) == 1 else train.x, y, batch_size=batch_size, epochs=epochs, shuffle=True,
+    qmodel.fit(model_call_arg(qmodel, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                verbose=0, callbacks=[_ft._make_tracker(tf_keras.callbacks.Callback, state)])
     if state.best is not None:
         qmodel.set_weights(state.best[2])
