@@ -162,6 +162,52 @@ def model_call_arg(model: Any, xs: Sequence[Any]) -> Any:
     return xs[0] if len(xs) == 1 else list(xs)
 
 
+def _has_random_state(layer: Any) -> bool:
+    return any(type(getattr(layer, attr, None)).__name__ == "SeedGenerator" for attr in ("generator", "seed_generator"))
+
+
+def _is_identity_at_inference(layer: Any) -> bool:
+    """True when ``layer(x, training=False)`` returns ``x`` exactly, on a random probe of its input shape."""
+    try:
+        if tuple(layer.output.shape) != tuple(layer.input.shape):  # e.g. RandomCrop: declared to change the shape
+            return False
+        shape = [2] + [16 if d is None else int(d) for d in tuple(layer.input.shape)[1:]]
+        dtype = str(getattr(layer, "compute_dtype", None) or "float32")
+        probe = np.random.default_rng(0).uniform(0, 1, shape).astype(dtype)
+        out = np.asarray(layer(probe, training=False))
+    except Exception:  # noqa: BLE001 - unknown input structure: keep the layer
+        return False
+    return out.shape == probe.shape and np.array_equal(out, probe)
+
+
+def without_inference_noops(model: Any) -> tuple[Any, list[dict[str, str]]]:
+    """A Keras 3 model with its random augmentation layers replaced by Identity, and what was replaced.
+
+    RandomFlip, RandomRotation, RandomContrast... pass their input through at inference, but Keras 3
+    still draws their random numbers and updates their seed variable in the traced graph. Those
+    stateful ops (StatelessRandom*, ImageProjectiveTransformV3, AssignVariableOp) survive graph
+    pruning and no converter takes them, so every target failed. Only layers that hold a random
+    seed and return their input exactly on a probe are replaced; the clone shares every other layer
+    (and its weights) with ``model``, which stays untouched and computes the reference outputs.
+    Subclassed models cannot be cloned and are returned as they are.
+    """
+    import keras
+
+    removed = [layer for layer in _flat_layers(model) if _has_random_state(layer) and _is_identity_at_inference(layer)]
+    if not removed or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
+        return model, []  # nothing to remove, or a subclassed model (clone_model cannot rebuild it)
+    ids = {id(layer) for layer in removed}
+
+    def clone(layer: Any) -> Any:
+        return keras.layers.Identity(name=layer.name) if id(layer) in ids else layer
+
+    try:
+        stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild: export as it is
+        return model, []
+    return stripped, [{"name": layer.name, "class": type(layer).__name__} for layer in removed]
+
+
 def _export_keras3(model: Any, path: Path) -> Any:
     """``model.export(path)`` done by hand, keeping the traced serving endpoint.
 
@@ -221,8 +267,23 @@ class LoadedModel:
         self._sm_fn = None
         self._keras_fn = None
         self._serve_fn = None  # Keras 3: the exported endpoint, already traced with a dynamic batch
+        self._stripped: tuple[Any, list[dict[str, str]]] | None = None  # (export model, replaced layers)
 
     # -- SavedModel (shared by every converter) -----------------------------------------
+    def _export_model(self) -> Any:
+        """The Keras model that is exported: the user's, with inference no-ops removed (Keras 3)."""
+        if self._stripped is None:
+            if self.kind == "keras3":
+                self._stripped = without_inference_noops(self.keras_model)
+            else:
+                self._stripped = (self.keras_model, [])
+        return self._stripped[0]
+
+    @property
+    def removed_for_export(self) -> list[dict[str, str]]:
+        """Layers replaced by Identity in the exported graph (random augmentation, identity at inference)."""
+        return [] if self._stripped is None else self._stripped[1]
+
     def saved_model_dir(self) -> Path:
         """A SavedModel with a ``serving_default`` signature, exported once and reused."""
         if self._saved_model_path is None:
@@ -231,7 +292,11 @@ class LoadedModel:
             with native_stderr_captured() as cap:
                 try:
                     if self.kind == "keras3":
-                        self._serve_fn = _export_keras3(self.keras_model, path)
+                        export_model = self._export_model()
+                        serve_fn = _export_keras3(export_model, path)
+                        # The endpoint of a stripped clone is not the user's model: the reference
+                        # outputs then come from the model itself.
+                        self._serve_fn = serve_fn if export_model is self.keras_model else None
                     else:
                         import contextlib, io  # noqa: E401
 
@@ -265,7 +330,7 @@ class LoadedModel:
                     import contextlib, io  # noqa: E401
 
                     with contextlib.redirect_stdout(io.StringIO()):
-                        _export_fixed_batch(self.keras_model, self.kind, path, batch)
+                        _export_fixed_batch(self._export_model(), self.kind, path, batch)
                 except Exception as exc:
                     raise ConversionError(f"exporting the model with batch size {batch} failed: "
                                           f"{' '.join(str(exc).split())[:300]}. {cap.tail(2)}") from None
@@ -281,7 +346,8 @@ class LoadedModel:
             if "serving_default" not in meta.signature_def:
                 raise ModelLoadError(
                     f"{self.source}: SavedModel has no 'serving_default' signature "
-                    f"(has: {', '.join(meta.signature_def) or 'none'}); export it with a serving signature"
+                    f"(has: {', '.join(k for k in meta.signature_def if not k.startswith('__')) or 'none'}); "
+                    "export it with one: tf.saved_model.save(obj, path, signatures={'serving_default': fn})"
                 )
             sig = meta.signature_def["serving_default"]
             import tensorflow as tf

@@ -309,7 +309,8 @@ class Pipeline:
         from deploykit.runtime_bench.memory import release_memory
 
         manifest = Manifest(
-            model={**info.to_dict(), **_file_identity(model)},
+            model={**info.to_dict(), **_file_identity(model),
+                   **({"removed_for_export": loaded.removed_for_export} if loaded.removed_for_export else {})},
             data={
                 "source": None if calib is None else calib.source,
                 "samples": None if calib is None else len(calib),

@@ -427,3 +427,24 @@ def test_a_keras3_model_built_with_a_dict_of_inputs_converts_with_each_input_in_
     names = [s.name for s in loaded.inputs]
     got = loaded.predict([{"zeta": z, "alpha": a}[n] for n in names])[0]
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_random_augmentation_layers_are_left_out_of_the_export_and_reported(tmp_path):
+    """Keras 3 keeps their random ops and seed updates in the traced graph: every target used to fail."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    augment = keras.Sequential([keras.layers.RandomFlip(), keras.layers.RandomRotation(0.1)], name="augment")
+    inp = keras.Input((12, 12, 3), name="img")
+    h = keras.layers.RandomContrast(0.2)(augment(inp))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(h))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(0).uniform(0, 255, (48, 12, 12, 3)).astype("float32")
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=x, out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+        assert artifact["verification"]["max_abs_error"] < 1e-5
+    removed = result["model"]["removed_for_export"]
+    assert [r["class"] for r in removed] == ["RandomFlip", "RandomRotation", "RandomContrast"]
+    assert "Replaced by Identity" in result.report_path.read_text()
+    assert [type(layer).__name__ for layer in model.layers[1].layers] == ["RandomFlip", "RandomRotation"]  # untouched

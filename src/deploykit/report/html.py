@@ -64,6 +64,10 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if m.get("preprocessing_layers"):
         pre = ", ".join(f"{p['class']} ({p['name']})" for p in m["preprocessing_layers"])
         parts.append(f"<p>Embedded preprocessing: {html.escape(pre)}.</p>")
+    if m.get("removed_for_export"):
+        gone = ", ".join(f"{p['class']} ({p['name']})" for p in m["removed_for_export"])
+        parts.append(f"<p>Replaced by Identity in the exported graph (they pass their input through at inference; "
+                     f"the reference is the model as given): {html.escape(gone)}.</p>")
     parts.append("<h2>At a glance</h2><ul>" + "".join(f"<li>{_md_inline(h)}</li>" for h in highlights(manifest)) + "</ul>")
     parts.append("<h2>Targets</h2><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
     for a, r in zip(manifest.artifacts, table(manifest)):

@@ -20,6 +20,9 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     ]
     if m.get("preprocessing_layers"):
         lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
+    if m.get("removed_for_export"):
+        lines.append("Replaced by Identity in the exported graph (they pass their input through at inference; the "
+                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["removed_for_export"]) + ".")
     d = manifest.data
     lines += [
         f"Verified on {d.get('eval_samples')} samples of `{d.get('eval_source')}`"
