@@ -199,13 +199,44 @@ def without_inference_noops(model: Any) -> tuple[Any, list[dict[str, str]]]:
     ids = {id(layer) for layer in removed}
 
     def clone(layer: Any) -> Any:
-        return keras.layers.Identity(name=layer.name) if id(layer) in ids else layer
+        return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy) if id(layer) in ids else layer
 
     try:
         stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
     except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild: export as it is
         return model, []
     return stripped, [{"name": layer.name, "class": type(layer).__name__} for layer in removed]
+
+
+def float32_twin(model: Any) -> tuple[Any, str | None]:
+    """A Keras 3 model that computes in float16/bfloat16 (mixed precision policy), rebuilt in float32.
+
+    Returns ``(model, None)`` when every layer computes in float32, else ``(twin, policies)``: the
+    same architecture with float32 layers and the same weights (mixed precision keeps its variables
+    in float32). TFLite's builtin kernels, TF.js weights and ONNX Runtime's quantizer take no float16
+    compute graph (5 of 6 targets failed on one), and float32 is what the weights define; the
+    targets' own float16/int8 profiles quantize from there. A model clone_model cannot rebuild
+    (subclassed, a custom layer without from_config) is returned as it is.
+    """
+    import keras
+
+    low = sorted({getattr(layer.dtype_policy, "name", str(layer.dtype_policy)) for layer in _flat_layers(model)
+                  if getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")})
+    if not low or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
+        return model, None
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if "dtype" in config and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    try:
+        twin = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        twin.set_weights(model.get_weights())
+    except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops
+        return model, None
+    return twin, ", ".join(low)
 
 
 def _export_keras3(model: Any, path: Path) -> Any:
@@ -268,6 +299,7 @@ class LoadedModel:
         self._keras_fn = None
         self._serve_fn = None  # Keras 3: the exported endpoint, already traced with a dynamic batch
         self._stripped: tuple[Any, list[dict[str, str]]] | None = None  # (export model, replaced layers)
+        self.float32_from_policy: str | None = None  # set when a float16-compute model was rebuilt in float32
 
     # -- SavedModel (shared by every converter) -----------------------------------------
     def _export_model(self) -> Any:
@@ -521,7 +553,7 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
                 f"cannot use a {type(source).__name__} as a model; pass a Keras model, a .keras/.h5 file or a SavedModel directory"
             )
         import_tensorflow()
-        return LoadedModel(kind, f"<in-memory {type(source).__name__} {getattr(source, 'name', '')}>", keras_model=source)
+        return _loaded_keras(kind, f"<in-memory {type(source).__name__} {getattr(source, 'name', '')}>", source)
 
     path = Path(source)
     if not path.exists():
@@ -560,7 +592,16 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
                 model = tf_keras.models.load_model(path, compile=False, **kwargs)
         except Exception as exc:
             raise _explain_load_failure(path, exc, cap.tail(1)) from None
-    return LoadedModel(kind, str(path), keras_model=model)
+    return _loaded_keras(kind, str(path), model)
+
+
+def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
+    policy = None
+    if kind == "keras3":
+        model, policy = float32_twin(model)
+    loaded = LoadedModel(kind, source, keras_model=model)
+    loaded.float32_from_policy = policy
+    return loaded
 
 
 def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadError:

@@ -310,7 +310,8 @@ class Pipeline:
 
         manifest = Manifest(
             model={**info.to_dict(), **_file_identity(model),
-                   **({"removed_for_export": loaded.removed_for_export} if loaded.removed_for_export else {})},
+                   **({"removed_for_export": loaded.removed_for_export} if loaded.removed_for_export else {}),
+                   **({"float32_from_policy": loaded.float32_from_policy} if loaded.float32_from_policy else {})},
             data={
                 "source": None if calib is None else calib.source,
                 "samples": None if calib is None else len(calib),

@@ -448,3 +448,28 @@ def test_random_augmentation_layers_are_left_out_of_the_export_and_reported(tmp_
     assert [r["class"] for r in removed] == ["RandomFlip", "RandomRotation", "RandomContrast"]
     assert "Replaced by Identity" in result.report_path.read_text()
     assert [type(layer).__name__ for layer in model.layers[1].layers] == ["RandomFlip", "RandomRotation"]  # untouched
+
+
+def test_a_mixed_float16_model_is_rebuilt_in_float32_and_converts_everywhere(tmp_path):
+    """float16 compute ops failed TFLite (builtin kernels), TF.js (weights) and ORT's quantizer."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    mixed = "mixed_float16"  # per layer: a global policy would leak into the other tests
+    inp = keras.Input((10, 10, 3), name="img")
+    h = keras.layers.Conv2D(8, 3, activation="relu", dtype=mixed)(inp)
+    h = keras.layers.BatchNormalization(dtype=mixed)(h)
+    h = keras.layers.Dense(8, activation="relu", dtype=mixed)(keras.layers.GlobalAveragePooling2D(dtype=mixed)(h))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", dtype="float32")(h))
+    x = np.random.default_rng(0).normal(size=(64, 10, 10, 3)).astype("float32")
+    targets = ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8-qdq", "tfjs-fp32"]
+    result = deploykit.convert(model, targets, data=x, out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+    assert result["model"]["float32_from_policy"] == "mixed_float16"
+    assert "rebuilt in float32" in result.report_path.read_text()
+    from deploykit.models import load_model
+
+    twin = load_model(model).keras_model
+    assert twin is not model and all(layer.compute_dtype == "float32" for layer in twin.layers)
+    np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), atol=5e-3)

@@ -64,6 +64,9 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if m.get("preprocessing_layers"):
         pre = ", ".join(f"{p['class']} ({p['name']})" for p in m["preprocessing_layers"])
         parts.append(f"<p>Embedded preprocessing: {html.escape(pre)}.</p>")
+    if m.get("float32_from_policy"):
+        parts.append(f"<p>The model computes in float16 ({html.escape(m['float32_from_policy'])} policy): it was rebuilt "
+                     "in float32 with the same weights, and that float32 model is the reference and what every target converts.</p>")
     if m.get("removed_for_export"):
         gone = ", ".join(f"{p['class']} ({p['name']})" for p in m["removed_for_export"])
         parts.append(f"<p>Replaced by Identity in the exported graph (they pass their input through at inference; "
