@@ -318,3 +318,35 @@ def test_multi_head_attention_runs_on_the_wasm_backend(tmp_path):
     art = result.artifact("tfjs-fp32")
     assert art["status"] == "ok", art["error"]
     assert art["settings"]["converter"]["fused_ops"]["Einsum lowered to BatchMatMul"] == 2
+
+
+def test_causal_masks_are_rewritten_because_tfjs_computes_band_part_wrongly(tmp_path):
+    """TF.js 4.22 reads MatrixBandPart's num_upper from the wrong input: tril came out unmasked (cpu), Aborted() (wasm)."""
+    import keras
+    from keras import ops
+
+    keras.utils.set_random_seed(0)
+
+    class Tril(keras.layers.Layer):
+        def call(self, t):  # the float form and the boolean-mask form (MultiHeadAttention's causal mask)
+            return ops.tril(t) + ops.where(ops.tril(ops.ones_like(t, dtype="bool"), -1), t, ops.zeros_like(t))
+
+    inp = keras.Input((5, 5), name="m")
+    tril = keras.Model(inp, keras.layers.Flatten()(Tril()(inp)))
+    seq = keras.Input((6, 8), name="tokens")
+    h = keras.layers.MultiHeadAttention(2, 4)(seq, seq, use_causal_mask=True)
+    causal = keras.Model(seq, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    rng = np.random.default_rng(0)
+    for name, model, x in (("tril", tril, rng.normal(size=(16, 5, 5))), ("causal", causal, rng.normal(size=(16, 6, 8)))):
+        result = deploykit.convert(model, ["tfjs-fp32"], data=x.astype("float32"), out=tmp_path / name, bench=False)
+        art = result.artifact("tfjs-fp32")
+        assert art["status"] == "ok", (name, art["error"])
+        assert art["verification"]["max_abs_error"] < 1e-5
+        rewrites = art["settings"]["converter"]["fused_ops"]
+        assert rewrites["MatrixBandPart rewritten with a constant band mask"] >= 1
+        if name == "tril":  # tril(k=-1) of a bool mask is a boolean SelectV2, which faults on wasm
+            assert rewrites["boolean Select rewritten as logical ops"] >= 1
+    dynamic = keras.Input((None, 5), name="m")
+    result = deploykit.convert(keras.Model(dynamic, Tril()(dynamic)), ["tfjs-fp32"], data=rng.normal(size=(4, 5, 5)).astype("float32"),
+                               out=tmp_path / "dynamic", bench=False)
+    assert "MatrixBandPart" in result.artifact("tfjs-fp32")["error"] and "fixed sequence length" in result.artifact("tfjs-fp32")["error"]

@@ -382,6 +382,91 @@ def lower_einsum(frozen: FrozenGraph) -> FrozenGraph:
     return frozen.rewritten(gd, {"Einsum lowered to BatchMatMul": count})
 
 
+def lower_band_part(frozen: FrozenGraph) -> FrozenGraph:
+    """Rewrite ``MatrixBandPart`` (tril/triu, attention's causal mask) as SelectV2 (LogicalAnd for bool) with a constant band mask.
+
+    TF.js 4.22 reads ``num_upper`` from the wrong input and keeps the whole upper triangle (measured:
+    ``keras.ops.tril`` unmasked on the cpu backend, "Aborted()" on wasm). Needs constant band limits
+    and static last two dimensions; the op is left for :func:`deploykit.converters.tfjs.check_ops`
+    to refuse otherwise.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2
+
+    nodes = {n.name: n for n in frozen.graph_def.node}
+    bands = [n for n in frozen.graph_def.node if n.op == "MatrixBandPart"]
+    if not bands:
+        return frozen
+    shapes = _static_shapes(frozen.graph_def, [n.input[0] for n in bands])
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    new_nodes: list[Any] = []
+    count = 0
+    for src in bands:
+        shape = shapes.get(src.input[0])
+        lower, upper = _const(nodes, src.input[1]), _const(nodes, src.input[2])
+        if not shape or len(shape) < 2 or None in shape[-2:] or lower is None or upper is None:
+            continue
+        rows, cols = shape[-2:]
+        i, j = np.arange(rows)[:, None], np.arange(cols)[None, :]
+        keep = ((int(lower) < 0) | (i - j <= int(lower))) & ((int(upper) < 0) | (j - i <= int(upper)))
+        dtype = tf.as_dtype(src.attr["T"].type)
+        new_nodes.append(const_node(f"{src.name}/band_mask", keep))
+        node = by_name[src.name]
+        controls = [r for r in node.input if r.startswith("^")]
+        data = node.input[0]
+        del node.input[:]
+        node.ClearField("attr")
+        if dtype == tf.bool:  # a boolean mask (ones_like -> tril): wasm's SelectV2 aborts on bool values
+            node.op = "LogicalAnd"
+            node.input.extend([f"{src.name}/band_mask", data] + controls)
+        else:
+            new_nodes.append(const_node(f"{src.name}/band_zero", np.zeros((), dtype.as_numpy_dtype)))
+            node.op = "SelectV2"
+            node.input.extend([f"{src.name}/band_mask", data, f"{src.name}/band_zero"] + controls)
+            node.attr["T"].type = dtype.as_datatype_enum
+        count += 1
+    if not count:
+        return frozen
+    gd.node.extend(new_nodes)
+    return frozen.rewritten(gd, {"MatrixBandPart rewritten with a constant band mask": count})
+
+
+def lower_bool_select(frozen: FrozenGraph) -> FrozenGraph:
+    """Rewrite ``SelectV2`` on boolean values as ``(c AND a) OR (NOT c AND b)``.
+
+    TF.js 4.22's wasm backend faults on a boolean select ("memory access out of bounds" at load;
+    measured on ``keras.ops.tril(ones_like(x, "bool"), -1)``), while its logical ops broadcast
+    the same way SelectV2 does.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    # SelectV2 only: v1 Select picks whole rows with a vector condition, which logical ops would not.
+    selects = [n for n in frozen.graph_def.node if n.op == "SelectV2" and n.attr["T"].type == tf.bool.as_datatype_enum]
+    if not selects:
+        return frozen
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    new_nodes: list[Any] = []
+    for src in selects:
+        node = by_name[src.name]
+        cond, a, b = node.input[:3]
+        controls = [r for r in node.input if r.startswith("^")]
+        for name, op, inputs in ((f"{src.name}/then", "LogicalAnd", [cond, a]),
+                                 (f"{src.name}/not_cond", "LogicalNot", [cond]),
+                                 (f"{src.name}/else", "LogicalAnd", [f"{src.name}/not_cond", b])):
+            new_nodes.append(node_def_pb2.NodeDef(name=name, op=op, input=inputs))
+        node.op = "LogicalOr"
+        node.ClearField("attr")
+        del node.input[:]
+        node.input.extend([f"{src.name}/then", f"{src.name}/else"] + controls)
+    gd.node.extend(new_nodes)
+    return frozen.rewritten(gd, {"boolean Select rewritten as logical ops": len(selects)})
+
+
 def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
     """Rewrite grouped ``Conv2D`` (input channels = groups x filter in-channels) for TF.js.
 
@@ -520,5 +605,5 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
-    frozen = lower_einsum(ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir))))
+    frozen = lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir))))))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen

@@ -73,6 +73,13 @@ def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
                 f"{target_name}: TF.js's wasm backend has no kernel for {', '.join(lacking)}; use a target with "
                 "options.backend = \"cpu\" (slower) or replace those ops"
             )
+    band = [n.name for n in graph_def.node if n.op == "MatrixBandPart"]
+    if band:  # rewritten by graph_optimize.lower_band_part wherever its shape and limits are known
+        raise ConversionError(
+            f"{target_name}: TF.js 4.22 computes MatrixBandPart (tril/triu, causal attention masks; e.g. "
+            f"{band[0].replace('StatefulPartitionedCall/', '')}) wrongly, and its last two dimensions are not fixed "
+            "here; give the model a fixed sequence length"
+        )
     known = supported_ops()
     missing: dict[str, list[str]] = {}
     for node in graph_def.node:
