@@ -384,3 +384,30 @@ def test_cli_prune_flags(keras3_path, data_npz, digits, tmp_path):
     bad = subprocess.run([*cmd, "convert", str(keras3_path), "-t", "tflite-fp32", "--epochs", "3", "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--epochs only apply to the pruning fine-tune" in bad.stderr
+
+
+def test_tf_keras_custom_layer_whose_config_drops_its_name_keeps_its_weights(digits):
+    """Its copy by config got a fresh name, so its trained weights were not copied back: it restarted from init."""
+    import tf_keras
+
+    L = tf_keras.layers
+
+    class Scale(L.Layer):
+        def __init__(self, **kw):  # tf_keras' automatic config of this layer is {}
+            super().__init__(**kw)
+
+        def build(self, shape):
+            self.w = self.add_weight(name="w", shape=(shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1), name="pixels"), L.Flatten(name="flat"), Scale(name="gain"),
+                                 L.Dense(10, activation="softmax", name="probs")])
+    model.get_layer("gain").set_weights([np.linspace(0.5, 2.0, 64).astype("float32")])
+    model.compile(tf_keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    result = prune(model, (digits.x_train, digits.y_train), sparsity=0.5, epochs=1, learning_rate=1e-9, seed=0)
+    scale = next(l for l in result.model.layers if l.name == "gain")
+    np.testing.assert_allclose(scale.get_weights()[0], np.linspace(0.5, 2.0, 64), atol=1e-4)
+    assert "get_config" not in Scale.__dict__

@@ -218,3 +218,33 @@ def test_plain_qat_after_pruning_densifies_and_the_check_says_so(tf_keras_model,
         loaded.release()
     lost = check_sparsity_survived(pruned.report, count_zeros(path))
     assert len(lost) == 2 and all("was densified in the tflite artifact" in m for m in lost)
+
+
+def test_a_custom_layer_whose_config_drops_its_name_stays_float_with_its_weights(digits):
+    """tf_keras' automatic config of a layer whose __init__ takes ``**kw`` is {}: tfmot failed with KeyError 'name'."""
+    import tf_keras
+
+    L = tf_keras.layers
+
+    class Scale(L.Layer):
+        def __init__(self, **kw):  # not "**kwargs": tf_keras then gives up on the automatic config
+            super().__init__(**kw)
+
+        def build(self, shape):
+            self.w = self.add_weight(name="w", shape=(shape[-1],), initializer="random_normal")
+
+        def call(self, x):
+            return x * self.w
+
+    assert "name" not in Scale(name="probe").get_config()
+    tf_keras.utils.set_random_seed(SEED)
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1), name="pixels"), L.Rescaling(1 / 16, name="rescale"),
+                                 L.Conv2D(8, 3, activation="relu", name="conv"), L.Flatten(name="flat"),
+                                 Scale(name="scale"), L.Dense(10, activation="softmax", name="probs")])
+    model.compile(tf_keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=2, batch_size=64, verbose=0)
+    result = quantize_aware(model, _train(digits), validation_data=(digits.x_eval, digits.y_eval), seed=SEED, epochs=1)
+    report = result.report
+    assert {"layer": "scale", "class": "Scale"} == {k: v for k, v in report["skipped"][-1].items() if k != "reason"}
+    assert report["accuracy_wrapped"] == pytest.approx(report["accuracy_before"], abs=0.02)  # weights came along
+    assert "get_config" not in Scale.__dict__  # the class is left as it was

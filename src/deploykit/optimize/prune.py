@@ -43,12 +43,13 @@ included, so the achieved sparsity is always the requested one.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -285,6 +286,39 @@ def _resolved(what: str, get: Any, value: Any) -> Any:
         shown = value.get("class_name", value) if isinstance(value, dict) else value
         raise UserError(f"unknown {what} {shown!r}; pass a Keras {what} name, e.g. {_EXAMPLES[what]}")
     return got
+
+
+@contextlib.contextmanager
+def configs_with_names(model: Any) -> Iterator[None]:
+    """While open, custom layer classes whose config lacks ``name`` report name, trainable and dtype too.
+
+    tf_keras' automatic config of a custom layer whose ``__init__`` takes only ``**kw`` (any name
+    but ``kwargs``) is ``{}``. tfmot clones the model from configs and its layout transform reads every layer
+    config's ``name``: QAT failed with KeyError 'name', and a copy by config lost the layer's name
+    (and with it the weights copied back by name: pruning silently restarted such a layer from
+    its initializer). Patched on the class because tfmot clones again inside quantize_apply;
+    restored on exit.
+    """
+    patched: dict[type, Any] = {}
+    for layer in _walk(model):
+        cls = type(layer)
+        if cls in patched or "name" in layer.get_config():
+            continue
+        original = cls.__dict__.get("get_config")
+
+        def get_config(self, _base=cls.get_config):
+            return {**_base(self), "name": self.name, "trainable": self.trainable, "dtype": self.dtype}
+
+        patched[cls] = original
+        cls.get_config = get_config
+    try:
+        yield
+    finally:
+        for cls, original in patched.items():
+            if original is None:
+                del cls.get_config
+            else:
+                cls.get_config = original
 
 
 def _keras_module(kind: str) -> Any:
@@ -544,7 +578,8 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
             return tfmot.sparsity.keras.prune_low_magnitude(fresh, **params)
         return fresh
 
-    wrapped = tf_keras.models.clone_model(model, clone_function=clone_fn)
+    with configs_with_names(model):
+        wrapped = tf_keras.models.clone_model(model, clone_function=clone_fn)
     by_name = {}
     for layer in _walk(wrapped):
         inner = getattr(layer, "layer", layer) if isinstance(layer, PruneLowMagnitude) else layer

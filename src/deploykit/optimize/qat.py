@@ -248,7 +248,7 @@ def _wrap(model: Any, tfmot: Any, quantize: list[dict[str, str]], skipped: list[
             return fresh
 
         try:
-            with tfmot.quantization.keras.quantize_scope(custom):
+            with tfmot.quantization.keras.quantize_scope(custom), _ft.configs_with_names(model):
                 annotated = tf_keras.models.clone_model(model, clone_function=clone_fn)
                 for layer in annotated.layers:
                     inner = layer.layer if isinstance(layer, QuantizeAnnotate) else layer
