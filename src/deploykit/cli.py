@@ -112,7 +112,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from deploykit.artifacts import Manifest
-    from deploykit.report.rows import table
+    from deploykit.report.rows import fine_tune_warnings, table
 
     manifest = Manifest.from_dict(result.manifest)
     t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
@@ -127,6 +127,8 @@ def _print_summary(result) -> None:
     for a in manifest.artifacts:
         if a.status != "ok":
             console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
+    for warning in fine_tune_warnings(manifest):
+        console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     console.print(f"manifest: {result.manifest_path}\nreport:   {result.report_path}\nhtml:     {result.html_report_path}", highlight=False)
 
 

@@ -162,3 +162,20 @@ def test_manifest_refuses_other_schema_versions():
 def test_artifact_round_trip():
     a = _manifest().artifacts[1]
     assert Artifact.from_dict(a.to_dict()) == a
+
+
+def test_fine_tuning_that_costs_accuracy_is_warned_about_in_the_report():
+    from deploykit.artifacts import Manifest
+    from deploykit.report.rows import fine_tune_warnings, prune_lines
+
+    def run(before, after):
+        report = {"settings": {"sparsity": 0.999, "structure": "unstructured", "schedule": {"kind": "polynomial"}},
+                  "eval": {"samples": 540, "accuracy_before": before, "accuracy_after": after}}
+        return Manifest(model={}, steps={"prune": {"report": report}}, tools={}, machine={})
+
+    assert fine_tune_warnings(run(0.9796, 0.9745)) == []  # within a point
+    bad = run(0.9796, 0.10)
+    (line,) = fine_tune_warnings(bad)
+    assert line.startswith("pruning cost 88.0 points of accuracy (97.96% → 10.00%)") and "--prune" in line
+    text = "\n".join(prune_lines(bad))
+    assert "**99.9%** sparsity" in text and "**Warning:** pruning cost 88.0 points" in text

@@ -159,6 +159,24 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.2%}"
 
 
+# Pruning/QAT within this many points of accuracy is "nearly free" (the figure tfmot advertises);
+# beyond it the user is told, since every artifact then faithfully matches a worse model.
+FINE_TUNE_WARN_POINTS = 1.0
+
+
+def fine_tune_warnings(manifest: Manifest) -> list[str]:
+    """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy."""
+    out = []
+    for key, what, fix in (("prune", "pruning", "prune less (--prune) or fine-tune longer (--epochs)"),
+                           ("qat", "quantization-aware training", "fine-tune longer (--epochs) or lower --learning-rate")):
+        ev = (manifest.steps.get(key) or {}).get("report", {}).get("eval", {})
+        before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
+        if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
+            out.append(f"{what} cost {(before - after) * 100:.1f} points of accuracy ({_pct(before)} → {_pct(after)}); "
+                       f"the artifacts match the {'pruned' if key == 'prune' else 'QAT'} model: {fix}")
+    return out
+
+
 def prune_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: pruning settings, accuracy before/after, sizes, per-layer sparsity, and
     the zeros each artifact still holds (the proof that sparsity survived conversion)."""
@@ -170,13 +188,14 @@ def prune_lines(manifest: Manifest) -> list[str]:
     tot = rep.get("totals", {})
     ev = rep.get("eval", {})
     lines = [
-        f"Pruned to **{st.get('sparsity', 0):.0%}** sparsity ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
+        f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
         f"schedule) by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
         f"({rep.get('path')}); loss and optimizer from {st.get('training_settings_from')}.",
         "",
         f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): dense {_pct(ev.get('accuracy_before'))} → "
         f"pruned {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
         f"{_pct(rep.get('accuracy_after'))}. Each artifact's accuracy after conversion is in the Targets table.",
+        *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("pruning")],
         f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
         f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "
         f"gzip {human_bytes(tot.get('gzip_bytes_before'))} → {human_bytes(tot.get('gzip_bytes_after'))}.",
@@ -222,6 +241,7 @@ def qat_lines(manifest: Manifest) -> list[str]:
         f"QAT model {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
         f"{_pct(rep.get('accuracy_after'))}.",
         f"- Quantized layers ({len(names)}): " + (", ".join(f"`{n}`" for n in names) or "–") + ".",
+        *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("quantization")],
     ]
     skipped = rep.get("skipped", [])
     if skipped:
