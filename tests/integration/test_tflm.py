@@ -199,7 +199,9 @@ def test_uint8_image_input_is_refused_up_front_and_other_targets_finish(tmp_path
     with pytest.raises(UserError, match="'image' is uint8.*float32 input"):
         deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "alone")
     assert not (tmp_path / "alone").exists()
-    both = deploykit.convert(model, ["tflite-int8", "tflm-int8"], data=x, out=tmp_path / "out", **FAST)
-    assert both.artifact("tflite-int8")["status"] == "ok"
+    both = deploykit.convert(model, ["tflite-int8-io", "tflm-int8"], data=x, out=tmp_path / "out", **FAST)
+    assert both.artifact("tflite-int8-io")["status"] == "ok"
+    # TFLite quantizes float inputs only: the manifest says the uint8 one stayed uint8
+    assert "'image' (uint8) kept as it is" in both.artifact("tflite-int8-io")["settings"]["converter"]["inference_input_type"]
     assert both.artifact("tflm-int8")["status"] == "failed" and "uint8" in both.artifact("tflm-int8")["error"]
     assert not (tmp_path / "out" / "tflm-int8").exists()

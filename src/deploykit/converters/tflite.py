@@ -97,6 +97,10 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         flatbuffer = _convert(model.fixed_batch_saved_model_dir(1), model, target, settings, calibration)
         settings["fixed_batch"] = 1
         settings["fixed_batch_reason"] = "recurrent loops (TensorList ops) convert to builtin WHILE only with a static batch"
+    if target.io == "int8":
+        kept = [f"{s.name!r} ({s.dtype})" for s in model.inputs if not s.dtype.startswith("float")]
+        if kept:  # the converter's inference_input_type applies to float inputs only
+            settings["inference_input_type"] = f"int8 for float inputs; {', '.join(kept)} kept as it is"
     Path(out_path).write_bytes(flatbuffer)
     return settings
 
