@@ -66,6 +66,7 @@ def convert(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; stops early at the target sparsity) and of --qat (default 4)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Fine-tune learning rate (default: the compiled optimizer's, else Adam 1e-3)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Loss for a model saved without compile(), e.g. sparse_categorical_crossentropy."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop the fine-tune after this many epochs without a better validation accuracy (default 2; pruning counts from the final sparsity on)."),
 ) -> None:
     """Convert MODEL for each --target, verify every artifact, benchmark it, write manifest and reports."""
     from deploykit.pipeline import Pipeline
@@ -73,7 +74,8 @@ def convert(
     from deploykit.errors import UserError
 
     prune_settings = None
-    tuning = [flag for flag, v in (("--epochs", epochs), ("--learning-rate", learning_rate), ("--loss", loss)) if v is not None]
+    tuning_values = (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss), ("patience", patience))
+    tuning = ["--" + k.replace("_", "-") for k, v in tuning_values if v is not None]
     if prune is None and prune_structure is None and not qat and tuning:
         raise UserError(f"{', '.join(tuning)} only apply to the pruning fine-tune and QAT; add --prune 0.8 "
                         "(or --prune-structure 2:4) or --qat")
@@ -84,10 +86,10 @@ def convert(
             raise UserError(f"--prune-block must look like 1x4, got {prune_block!r}") from None
         prune_settings = {"sparsity": prune, "schedule": prune_schedule, "structure": prune_structure or "unstructured",
                           "block_size": block}
-        prune_settings.update({k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss)) if v is not None})
+        prune_settings.update({k: v for k, v in tuning_values if v is not None})
     qat_settings = None
     if qat:
-        qat_settings = {k: v for k, v in (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss)) if v is not None}
+        qat_settings = {k: v for k, v in tuning_values if v is not None}
 
     err = _console(stderr=True)
     with err.status("starting") as status:

@@ -614,7 +614,8 @@ def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadE
         what = f" {match.group(1)!r}" if match else ""
         return ModelLoadError(
             f"{path}: unknown custom object{what}; deploykit cannot load custom code from a file. "
-            "Use the Python API with the class imported and registered (keras.saving.register_keras_serializable)"
+            "load it in Python with its classes imported (custom_objects=... or registered with "
+            "register_keras_serializable) and pass the model object to deploykit.convert"
         )
     if "safe_mode" in text:
         return UntrustedModelError(f"{path}: the model carries code refused by Keras safe_mode; pass --trust-model if you trust it")

@@ -130,6 +130,8 @@ def _error_cases(c: dict) -> dict[str, list]:
         "bench_tflm_not_tflite": ["bench", b / "not_a_model.tflite", "--runtime", "tflm"],
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
+        "negative_patience": ["convert", m, "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"], "--patience", "-1"],
+        "patience_alone": ["convert", m, "-t", "tflite-fp32", "--patience", "3"],
     }
 
 
@@ -351,6 +353,8 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
+        ("negative_patience", ["patience must be a non-negative integer", "-1"]),
+        ("patience_alone", ["--patience only apply to the pruning fine-tune and QAT", "--prune 0.8"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):

@@ -378,7 +378,7 @@ def _split(train, validation_data, validation_split: float, seed: int):
         raise UserError(f"validation_split must be in (0, 1), got {validation_split}; or pass validation_data")
     n_val = max(1, int(round(n * validation_split)))
     if n - n_val < 1:
-        raise DataError(f"train data has {n} sample(s): too few to hold out validation data; pass validation_data or more samples")
+        raise DataError(f"train data has {n} sample(s): too few to hold out validation data; pass more training samples (or, in Python, validation_data=...)")
     order = np.random.default_rng(seed).permutation(n)
     val_i, tr_i = order[:n_val], order[n_val:]
     return (Dataset([a[tr_i] for a in train.x], train.y[tr_i], train.source),
