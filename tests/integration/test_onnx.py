@@ -6,6 +6,7 @@ Real converters and the real ONNX Runtime; tiny seeded models from conftest.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,15 @@ def test_external_data_is_relative_and_escapes_are_refused(tmp_path, keras3_path
     onnx.save(proto, str(evil / "model.onnx"))
     with pytest.raises(UserError, match="leaves the model's directory"):
         deploykit.bench(evil / "model.onnx", iterations=1, warmup=0)
+    # Inside the directory but not a file ORT can open as written: '.' (the directory), 'w/../x' (no 'w').
+    for location in (".", "w/../model.onnx.data", "gone.data"):
+        for t in proto.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        onnx.save(proto, str(evil.parent / "model.onnx"))
+        with pytest.raises(UserError, match=f"external data file '{re.escape(location)}' .* does not exist beside the model"):
+            deploykit.bench(evil.parent / "model.onnx", iterations=1, warmup=0)
 
 
 def test_unconvertible_op_is_named_and_other_targets_finish(tmp_path):

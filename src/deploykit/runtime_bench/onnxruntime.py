@@ -53,6 +53,11 @@ def check_external_data(path: Path) -> list[str]:
                 f"{path.name}: external data location {location!r} of tensor {tensor.name!r} leaves the model's "
                 "directory; refused. Keep external data files beside the model with relative names"
             )
+        if not (base / location).is_file():  # ORT opens the path as written: 'w/../x' needs a 'w' directory
+            raise UserError(
+                f"{path.name}: external data file {location!r} of tensor {tensor.name!r} does not exist beside the "
+                "model (or is not a file); copy the model together with its data file(s)"
+            )
         locations.add(location)
     return sorted(locations)
 
@@ -82,6 +87,7 @@ class ORTRunner:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 4  # a load failure is raised with ORT's message; its log line would repeat it raw
         opts.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
