@@ -309,7 +309,8 @@ def verify(
             )
     if labels is not None and scored is None:
         result.setdefault("notes", []).append(
-            "labels were not used: no output is a classifier (several columns, or one column in 0..1 with 0/1 labels)"
+            "labels were not used: accuracy is scored on one class per sample, and no output is such a classifier "
+            "(shape (N, classes), or (N, 1) in 0..1 with 0/1 labels); per-pixel or per-step labels are not scored"
         )
     result["passed"] = not result["failures"]
     return result
