@@ -163,7 +163,10 @@ def model_call_arg(model: Any, xs: Sequence[Any]) -> Any:
 
 
 def _has_random_state(layer: Any) -> bool:
-    return any(type(getattr(layer, attr, None)).__name__ == "SeedGenerator" for attr in ("generator", "seed_generator"))
+    # Keras 3's preprocessing (data) layers keep their seed in ``generator`` and draw from it in
+    # inference too; Dropout/GaussianNoise (``seed_generator``) skip it in Python when not
+    # training, so their graphs are already clean and they are left alone.
+    return type(getattr(layer, "generator", None)).__name__ == "SeedGenerator"
 
 
 def _is_identity_at_inference(layer: Any) -> bool:
