@@ -16,6 +16,7 @@ converted artifact keeps), ``predict`` for reference outputs, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
@@ -242,6 +243,42 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
     return twin, ", ".join(low)
 
 
+@contextlib.contextmanager
+def _portable_keras_ops() -> Iterator[None]:
+    """While tracing for export: Keras 3 ops whose TF lowering no converter takes, in portable form.
+
+    ``keras.ops.argmax``/``argmin`` on floats (Keras >= 3.6) first map -0.0 to -tiny, finding the
+    zero's sign with ``Bitcast`` to int32 & ``BitwiseAnd``: TFLite, tf2onnx and TF.js all refuse
+    those ops, so a model ending in argmax failed every target. Here they are plain
+    ``tf.argmax``/``tf.argmin``, which differ only in ranking -0.0 below +0.0 (the runtimes
+    compare them equal; probabilities are never -0.0). Restored on exit.
+    """
+    try:
+        from keras.src.backend.tensorflow import numpy as knp
+    except ImportError:  # another Keras layout: nothing to replace
+        yield
+        return
+    originals = {name: getattr(knp, name, None) for name in ("argmax", "argmin")}
+    if None in originals.values() or not hasattr(knp, "_keepdims"):
+        yield
+        return
+    tf = import_tensorflow()
+
+    def plain(tf_fn: Any) -> Any:
+        def arg(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+            x = knp.convert_to_tensor(x)
+            y = tf_fn(tf.reshape(x, [-1]) if axis is None else x, axis=axis, output_type="int32")
+            return knp._keepdims(x, y, axis) if keepdims else y
+
+        return arg
+
+    knp.argmax, knp.argmin = plain(tf.argmax), plain(tf.argmin)
+    try:
+        yield
+    finally:
+        knp.argmax, knp.argmin = originals["argmax"], originals["argmin"]
+
+
 def _export_keras3(model: Any, path: Path) -> Any:
     """``model.export(path)`` done by hand, keeping the traced serving endpoint.
 
@@ -254,11 +291,13 @@ def _export_keras3(model: Any, path: Path) -> Any:
     try:
         from keras.src.export.export_utils import get_input_signature
     except ImportError:  # a Keras without this helper: plain export, reference traced separately
-        model.export(str(path), format="tf_saved_model", verbose=False)
+        with _portable_keras_ops():
+            model.export(str(path), format="tf_saved_model", verbose=False)
         return None
     archive = ExportArchive()
-    fn = archive.track_and_add_endpoint("serve", model, get_input_signature(model))
-    archive.write_out(str(path), verbose=False)
+    with _portable_keras_ops():  # the endpoint is traced when written out
+        fn = archive.track_and_add_endpoint("serve", model, get_input_signature(model))
+        archive.write_out(str(path), verbose=False)
     return fn
 
 
@@ -274,8 +313,9 @@ def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
         from keras.src.export.export_utils import get_input_signature
 
         archive = ExportArchive()
-        archive.track_and_add_endpoint("serve", model, tf.nest.map_structure(fixed, get_input_signature(model)))
-        archive.write_out(str(path), verbose=False)
+        with _portable_keras_ops():
+            archive.track_and_add_endpoint("serve", model, tf.nest.map_structure(fixed, get_input_signature(model)))
+            archive.write_out(str(path), verbose=False)
         return
     from tf_keras.src.export.export_lib import ExportArchive
 

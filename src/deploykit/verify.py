@@ -24,7 +24,8 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
     """Index of the output that labels score, or None.
 
     The first multi-class output (rank 2, more than one column: top-1 of its
-    probabilities or logits); failing that, the first one-column output with
+    probabilities or logits); failing that, the first integer class-index output
+    (an argmax inside the model); failing that, the first one-column output with
     values in 0..1 when every label is 0 or 1 (a sigmoid binary classifier,
     thresholded at 0.5). Regression outputs are not scored.
     """
@@ -32,6 +33,9 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
         return None
     for i, out in enumerate(outputs):
         if _is_classification(np.asarray(out)):
+            return i
+    for i, out in enumerate(outputs):
+        if is_class_index(out):  # the model's own argmax: one class id per sample
             return i
     binary_labels = len(labels) > 0 and bool(np.isin(np.asarray(labels), (0, 1)).all())
     for i, out in enumerate(outputs):
@@ -41,11 +45,20 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
     return None
 
 
+def is_class_index(out: np.ndarray) -> bool:
+    """One integer per sample, shape (N,) or (N, 1): class ids the model computed itself (argmax inside)."""
+    out = np.asarray(out)
+    return bool(np.issubdtype(out.dtype, np.integer) and out.ndim in (1, 2) and len(out) and out.size == len(out))
+
+
 def predicted_classes(out: np.ndarray) -> np.ndarray:
-    """Top-1 class per sample: argmax of a multi-class output, ``> 0.5`` of a one-column binary one."""
+    """Top-1 class per sample: argmax of a multi-class output, the ids of a class-index output,
+    ``> 0.5`` of a one-column binary one."""
     out = np.asarray(out)
     if _is_classification(out):
         return np.argmax(out, 1)
+    if is_class_index(out):
+        return out.reshape(len(out))
     return (out.reshape(len(out)) > 0.5).astype(np.int64)
 
 
@@ -125,6 +138,22 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
         return (f"max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
                 f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
                 + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
+    return None
+
+
+def classes_like(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """The artifact's top-1 classes, read the way the reference output is read (a runtime may hand
+    class ids back as floats)."""
+    if is_class_index(ref):
+        return np.rint(np.asarray(got, np.float64)).astype(np.int64).reshape(len(ref))
+    return predicted_classes(np.asarray(got).reshape(np.shape(ref)))
+
+
+def _agreement_failure(ref: np.ndarray, got: np.ndarray, tol: Any) -> str | None:
+    """Why the artifact's top-1 classes agree too little with the reference's, or None."""
+    agreement = float(np.mean(classes_like(ref, got) == predicted_classes(ref)))
+    if agreement < tol.min_agreement:
+        return f"top-1 agreement {agreement:.2%} is below {tol.min_agreement:.2%}"
     return None
 
 
@@ -218,6 +247,8 @@ def verify(
     def compare(ref: np.ndarray, got_out: np.ndarray, name: str) -> dict[str, Any]:
         """compare_outputs, asking a lazy ``noise`` only when the output misses the bound without it."""
         nonlocal known_noise
+        if is_class_index(ref):  # judged by agreement: class ids have no float32 noise to allow for
+            return compare_outputs(ref, got_out, tolerance)
         if known_noise is None:
             cmp = compare_outputs(ref, got_out, tolerance)
             if _elementwise_failure(cmp, shift(ref, got_out)) is None:
@@ -256,7 +287,8 @@ def verify(
             # range and no allowance, and failed int8 regression outputs that pass on all samples.
             mixed = np.array(got[name], copy=True)
             mixed[:m] = np.asarray(single[name]).reshape(mixed[:m].shape)
-            failure = _elementwise_failure(compare(ref, mixed, name), shift(ref, mixed))
+            failure = (_agreement_failure(ref, mixed, tolerance) if is_class_index(ref)
+                       else _elementwise_failure(compare(ref, mixed, name), shift(ref, mixed)))
             if failure:
                 result["failures"].append(f"output {name!r} at batch size 1: {failure}")
     result["batch_sizes"] = batch_sizes
@@ -274,7 +306,13 @@ def verify(
                 f"probability shift ({moved:.2g}); {over} of {len(ref)} samples moved by more than "
                 f"{cmp['allowed_probability_shift']:.3g} (max {cmp['max_abs_error']:.3g})"
             )
-        failure = _elementwise_failure(cmp, moved)
+        if is_class_index(ref):
+            # An argmax inside the model: a flipped id is off by "3" elementwise, which means nothing.
+            # Judged like a probability output's top-1: by agreement (and accuracy, when it is scored).
+            cmp["judged_by"] = "agreement"
+            failure = None if cmp["finite"] else "has NaN/inf values"
+        else:
+            failure = _elementwise_failure(cmp, moved)
         if failure:
             result["failures"].append(f"output {name!r}: {failure}")
         elif moved is None and cmp["violations_without_noise"] > cmp["allowed_violations"]:
@@ -284,13 +322,11 @@ def verify(
                 f"of its range), so the bound includes {getattr(tolerance, 'noise_multiple', 0.0):g}x that; max abs error "
                 f"{cmp['max_abs_error']:.3g}. A badly conditioned model (e.g. random weights) amplifies any rounding"
             )
-        if _is_classification(ref) or names.index(name) == scored:
-            agreement = float(np.mean(predicted_classes(got[name]) == predicted_classes(ref)))
-            cmp["top1_agreement"] = agreement
-            if agreement < tolerance.min_agreement:
-                result["failures"].append(
-                    f"output {name!r}: top-1 agreement {agreement:.2%} is below {tolerance.min_agreement:.2%}"
-                )
+        if _is_classification(ref) or is_class_index(ref) or names.index(name) == scored:
+            cmp["top1_agreement"] = float(np.mean(classes_like(ref, got[name]) == predicted_classes(ref)))
+            failure = _agreement_failure(ref, got[name], tolerance)
+            if failure:
+                result["failures"].append(f"output {name!r}: {failure}")
     result["max_abs_error"] = max(o["max_abs_error"] for o in result["outputs"].values())
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in result["outputs"].values()]))
     headline = names[scored] if scored is not None else names[0]
@@ -299,7 +335,7 @@ def verify(
     if scored is not None:
         result["scored_output"] = headline
         ref_acc = float(np.mean(predicted_classes(reference[scored]) == labels))
-        art_acc = float(np.mean(predicted_classes(got[headline]) == labels))
+        art_acc = float(np.mean(classes_like(reference[scored], got[headline]) == labels))
         drop = (ref_acc - art_acc) * 100
         result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
         if drop > tolerance.max_accuracy_drop + 1e-9:

@@ -473,3 +473,30 @@ def test_a_mixed_float16_model_is_rebuilt_in_float32_and_converts_everywhere(tmp
     twin = load_model(model).keras_model
     assert twin is not model and all(layer.compute_dtype == "float32" for layer in twin.layers)
     np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), atol=5e-3)
+
+
+def test_a_model_ending_in_argmax_converts_and_its_class_ids_are_judged_by_agreement(tmp_path):
+    """keras.ops.argmax lowers to Bitcast/BitwiseAnd (a -0.0 guard) that no converter took; a flipped id
+    was then judged elementwise ("max abs error 3"), not as the top-1 agreement it is."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype("float32")
+    y = np.argmax(x[:, :4], axis=1)
+    inp = keras.Input((8,), name="f")
+    probs = keras.layers.Dense(4, activation="softmax")(keras.layers.Dense(16, activation="relu")(inp))
+    model = keras.Model(inp, probs)
+    model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=50, verbose=0)
+    ids_only = keras.Model(inp, keras.ops.argmax(probs, axis=-1))
+    both = keras.Model(inp, [probs, keras.ops.argmax(probs, axis=-1)])
+    targets = ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8-qop", "tfjs-fp32"]
+    for name, m in (("ids", ids_only), ("both", both)):
+        result = deploykit.convert(m, targets, data={"x": x, "y": y}, out=tmp_path / name, bench=False)
+        for artifact in result.artifacts:
+            v = artifact["verification"]
+            assert artifact["status"] == "ok", (name, artifact["target"], artifact["error"])
+            assert v["accuracy"] > 0.8 and abs(v["accuracy_drop_points"]) <= 1.0
+            ids = v["outputs"]["output_0" if name == "ids" else "output_1"]
+            assert ids["judged_by"] == "agreement" and ids["top1_agreement"] >= 0.97

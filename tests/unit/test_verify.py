@@ -347,3 +347,14 @@ def test_batch_one_pass_is_judged_with_the_whole_sets_range(tmp_path):
         assert any("at batch size 1" in f for f in v["failures"]) and any(f.startswith(f"output {name!r}: ") for f in v["failures"])
     finally:
         runner.close()
+
+
+def test_class_index_outputs_are_scored_and_read_as_ids():
+    from deploykit.verify import classes_like, is_class_index, scored_output
+
+    ids = np.array([2, 0, 1, 1], np.int32)
+    assert is_class_index(ids) and is_class_index(ids[:, None]) and not is_class_index(ids.astype(np.float32))
+    labels = np.array([2, 0, 1, 0])
+    assert scored_output([np.zeros((4, 3, 2), np.float32), ids], labels) == 1
+    assert scored_output([np.full((4, 3), 1 / 3, np.float32), ids], labels) == 0  # a probability output comes first
+    np.testing.assert_array_equal(classes_like(ids, np.array([[2.0], [0.0], [1.0], [0.0]])), [2, 0, 1, 0])
