@@ -482,8 +482,10 @@ class Pipeline:
             artifact.status, artifact.error = "failed", str(exc)
         except Exception as exc:  # a converter/runtime crash fails this target, not the run
             artifact.status, artifact.error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
-        # Runtimes name the file they were given: the temporary one. Users know the final name.
-        artifact.error = re.sub(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.partial", str(rel), artifact.error)
+        # Runtimes name the file they were given: the temporary one. Users know the final name, and
+        # a failed artifact is not kept: its name must not send them looking for it.
+        shown = str(rel) if final.exists() else f"the converted {rel} (not kept)"
+        artifact.error = re.sub(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.partial", lambda _: shown, artifact.error)
         if artifact.status == "failed" and not final.exists():
             artifact.path = ""
             for extra in artifact.extra_files:  # e.g. external data of a model that never made it

@@ -205,3 +205,21 @@ def test_uint8_image_input_is_refused_up_front_and_other_targets_finish(tmp_path
     assert "'image' (uint8) kept as it is" in both.artifact("tflite-int8-io")["settings"]["converter"]["inference_input_type"]
     assert both.artifact("tflm-int8")["status"] == "failed" and "uint8" in both.artifact("tflm-int8")["error"]
     assert not (tmp_path / "out" / "tflm-int8").exists()
+
+
+def test_a_kernel_that_fails_at_run_time_is_reported_without_sending_the_user_to_a_missing_file(tmp_path):
+    """TFLite Micro's LOG takes float only; the int8 model passes the op-name check and fails when run."""
+    import keras
+
+    class Log1p(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.log(keras.ops.relu(x) + 1.0)
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), Log1p(), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "out", bench=False)
+    error = result.artifact("tflm-int8")["error"]
+    assert result.artifact("tflm-int8")["status"] == "failed" and "LOG" in error
+    assert "the converted tflm-int8/model.tflite (not kept)" in error and ".partial" not in error
+    assert not (tmp_path / "out" / "tflm-int8").exists()
