@@ -246,7 +246,7 @@ def test_quantized_probability_outputs_are_judged_by_the_metric_gate(fp32_runner
     out = result["outputs"]["output_0"]
     assert out["judged_by"] == "metric" and out["samples_over_bound"] >= moved
     assert out["violations"] > out["allowed_violations"]  # the elementwise count is still reported
-    assert any(f"{out['samples_over_bound']} of {len(ref)} samples moved" in n for n in result["notes"])
+    assert any(f"in {out['samples_over_bound']} of {len(ref)} samples more than" in n for n in result["notes"])
 
     elementwise = dataclasses.replace(tol, probabilities="elementwise")
     strict = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], elementwise, labels=digits.y_eval)
@@ -358,3 +358,25 @@ def test_class_index_outputs_are_scored_and_read_as_ids():
     assert scored_output([np.zeros((4, 3, 2), np.float32), ids], labels) == 1
     assert scored_output([np.full((4, 3), 1 / 3, np.float32), ids], labels) == 0  # a probability output comes first
     np.testing.assert_array_equal(classes_like(ids, np.array([[2.0], [0.0], [1.0], [0.0]])), [2, 0, 1, 0])
+
+
+def test_a_1000_class_output_at_8_bits_fails_with_the_reason_and_a_way_out():
+    """The note counted samples by their largest element while the gate sums the moved mass: they disagreed."""
+
+    class Steps:  # hands back the reference rounded to 1/256 steps, as an 8-bit output would
+        def __init__(self, ref):
+            self.ref = ref
+
+        def run(self, feed):
+            idx = feed["i"].astype(int)
+            return {"probs": np.round(self.ref[idx] * 256) / 256}
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 1000)) * 0.5
+    ref = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    tol = get_target("tflite-int8").tolerance
+    result = verify(Steps(ref), {"i": np.arange(40, dtype=np.float32)}, [ref], ["probs"], tol)
+    (failure,) = [f for f in result["failures"] if f.startswith("output 'probs': mean probability shift")]
+    assert "256 levels for 1000 class probabilities" in failure and "tflite-int16x8" in failure
+    out = result["outputs"]["probs"]
+    assert out["samples_over_bound"] == 40 and any("in 40 of 40 samples more than" in n for n in result["notes"])
