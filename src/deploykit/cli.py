@@ -200,7 +200,8 @@ def bench(
         f"  p50 {result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f}  p99 {result['p99_ms']:.3f}  "
         f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
         f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "
-        f"peak RSS {human_bytes(result['peak_rss_bytes'])}",
+        f"peak RSS {human_bytes(result['peak_rss_bytes']) if result['peak_rss_bytes'] else '–'}"
+        + (f" ({result['peak_rss_of']})" if result.get("peak_rss_of", "this process") != "this process" else ""),
         highlight=False,
     )
     for other, r in result.get("also", {}).items():  # browser: the other backends tried in the same page

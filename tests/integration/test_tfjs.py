@@ -191,6 +191,9 @@ def test_deploy_bench_times_a_model_json(tfjs_run):
     r = bench(result.out / result.artifact("tfjs-uint8")["path"], threads=1, warmup=1, iterations=3)
     assert r["runtime"] == "tfjs" and r["n"] == 3 and r["p50_ms"] > 0
     assert r["size_bytes"] > r["gzip_bytes"] > 0
+    # The model ran in Node: its memory is that process's peak, not the Python driver's.
+    assert r["peak_rss_of"] == "the Node.js process running TF.js"
+    assert r["peak_rss_bytes"] == r["node_peak_rss_bytes"] >= r["node_rss_bytes"] > 0
 
 
 def _deploy(*args: str):

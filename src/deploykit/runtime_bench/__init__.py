@@ -196,7 +196,15 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
             "gzip_bytes": sum(gzip_size(f) for f in files),
             "peak_rss_bytes": mem.peak_bytes,
             "rss_increase_bytes": mem.peak_bytes - mem.start_bytes,
+            "peak_rss_of": "this process",
             "inputs": "data" if data is not None else "random",
         }
     )
+    # TF.js runs in another process: its memory is that process's, not this driver's.
+    if result.get("node_peak_rss_bytes"):
+        result.update({"peak_rss_bytes": result["node_peak_rss_bytes"], "peak_rss_of": "the Node.js process running TF.js"})
+        result.pop("rss_increase_bytes")
+    elif browser:
+        result.update({"peak_rss_bytes": None, "peak_rss_of": "not measured (Chromium runs the model)"})
+        result.pop("rss_increase_bytes")
     return result

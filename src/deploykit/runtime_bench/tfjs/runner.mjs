@@ -383,7 +383,8 @@ function execute_sync(feed) {
 function cmdMemory() {
   const m = process.memoryUsage();
   const t = tf.memory();
-  return { rss: m.rss, heap_total: m.heapTotal, heap_used: m.heapUsed, external: m.external,
+  // maxRSS (kilobytes): the process's peak, what a deployment has to provision.
+  return { rss: m.rss, peak_rss: process.resourceUsage().maxRSS * 1024, heap_total: m.heapTotal, heap_used: m.heapUsed, external: m.external,
     array_buffers: m.arrayBuffers, tf_num_tensors: t.numTensors, tf_num_bytes: t.numBytes,
     wasm_memory_bytes: tf.getBackend() === 'wasm' ? tf.backend().wasm.HEAPU8.byteLength : null };
 }

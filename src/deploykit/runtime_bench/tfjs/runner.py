@@ -370,6 +370,7 @@ class TFJSRunner:
                 try:
                     mem = self.memory()
                     out["node_rss_bytes"] = mem.get("rss")
+                    out["node_peak_rss_bytes"] = mem.get("peak_rss")
                     if mem.get("wasm_memory_bytes") is not None:
                         out["wasm_memory_bytes"] = mem["wasm_memory_bytes"]
                 except RuntimeLoadError:
