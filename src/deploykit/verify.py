@@ -141,12 +141,33 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
     return None
 
 
+def is_id_output(out: np.ndarray) -> bool:
+    """Integers of any shape: class ids (argmax inside the model), per-pixel class maps, top-k indices."""
+    out = np.asarray(out)
+    return bool(np.issubdtype(out.dtype, np.integer) and out.size)
+
+
+def id_agreement(ref: np.ndarray, got: np.ndarray) -> float:
+    """Share of the ids the artifact reproduces exactly (a runtime may hand them back as floats)."""
+    ref = np.asarray(ref)
+    return float(np.mean(np.rint(np.asarray(got, np.float64)).reshape(ref.shape) == ref))
+
+
 def classes_like(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """The artifact's top-1 classes, read the way the reference output is read (a runtime may hand
     class ids back as floats)."""
     if is_class_index(ref):
         return np.rint(np.asarray(got, np.float64)).astype(np.int64).reshape(len(ref))
     return predicted_classes(np.asarray(got).reshape(np.shape(ref)))
+
+
+def _id_failure(ref: np.ndarray, got: np.ndarray, tol: Any) -> str | None:
+    """Why an integer output reproduces too few of the reference's ids, or None."""
+    share = id_agreement(ref, got)
+    if share < tol.min_agreement:
+        what = "top-1 agreement" if is_class_index(ref) else f"ids reproduced ({np.asarray(ref).size} values)"
+        return f"{what} {share:.2%} is below {tol.min_agreement:.2%}"
+    return None
 
 
 def _agreement_failure(ref: np.ndarray, got: np.ndarray, tol: Any) -> str | None:
@@ -247,7 +268,7 @@ def verify(
     def compare(ref: np.ndarray, got_out: np.ndarray, name: str) -> dict[str, Any]:
         """compare_outputs, asking a lazy ``noise`` only when the output misses the bound without it."""
         nonlocal known_noise
-        if is_class_index(ref):  # judged by agreement: class ids have no float32 noise to allow for
+        if is_id_output(ref):  # judged by agreement: ids have no float32 noise to allow for
             return compare_outputs(ref, got_out, tolerance)
         if known_noise is None:
             cmp = compare_outputs(ref, got_out, tolerance)
@@ -287,7 +308,7 @@ def verify(
             # range and no allowance, and failed int8 regression outputs that pass on all samples.
             mixed = np.array(got[name], copy=True)
             mixed[:m] = np.asarray(single[name]).reshape(mixed[:m].shape)
-            failure = (_agreement_failure(ref, mixed, tolerance) if is_class_index(ref)
+            failure = (_id_failure(ref, mixed, tolerance) if is_id_output(ref)
                        else _elementwise_failure(compare(ref, mixed, name), shift(ref, mixed)))
             if failure:
                 result["failures"].append(f"output {name!r} at batch size 1: {failure}")
@@ -306,11 +327,13 @@ def verify(
                 f"probability shift ({moved:.2g}); in {over} of {len(ref)} samples more than "
                 f"{cmp['allowed_probability_shift']:.3g} of the probability mass moved (max {float(per_sample.max()):.3g})"
             )
-        if is_class_index(ref):
-            # An argmax inside the model: a flipped id is off by "3" elementwise, which means nothing.
-            # Judged like a probability output's top-1: by agreement (and accuracy, when it is scored).
+        if is_id_output(ref):
+            # An argmax inside the model (per sample or per pixel), top-k indices: a flipped id is off
+            # by "3" elementwise, which means nothing. Judged by the share of ids reproduced, like a
+            # probability output's top-1 (and by accuracy, when a class-index output is scored).
             cmp["judged_by"] = "agreement"
-            failure = None if cmp["finite"] else "has NaN/inf values"
+            cmp["id_agreement"] = id_agreement(ref, got[name])
+            failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, got[name], tolerance)
         else:
             failure = _elementwise_failure(cmp, moved)
         if failure and moved is not None and ref.shape[1] >= 256:
@@ -319,7 +342,7 @@ def verify(
                         "activation target (tflite-int16x8) or end the model at logits")
         if failure:
             result["failures"].append(f"output {name!r}: {failure}")
-        elif moved is None and cmp["violations_without_noise"] > cmp["allowed_violations"]:
+        elif moved is None and not is_id_output(ref) and cmp["violations_without_noise"] > cmp["allowed_violations"]:
             result.setdefault("notes", []).append(
                 f"output {name!r} matches only within the reference's own float32 noise: one-ulp changes of the "
                 f"inputs move the reference by up to {cmp['reference_noise']:.3g} ({cmp['reference_noise'] / max(cmp['reference_range'], 1e-30):.2%} "
@@ -328,11 +351,13 @@ def verify(
             )
         if _is_classification(ref) or is_class_index(ref) or names.index(name) == scored:
             cmp["top1_agreement"] = float(np.mean(classes_like(ref, got[name]) == predicted_classes(ref)))
-            failure = _agreement_failure(ref, got[name], tolerance)
+            failure = None if is_class_index(ref) else _agreement_failure(ref, got[name], tolerance)  # ids: judged above
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
-    result["max_abs_error"] = max(o["max_abs_error"] for o in result["outputs"].values())
-    result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in result["outputs"].values()]))
+    # The headline errors are those of value outputs: a class id off by 3 is a flip, counted by agreement.
+    valued = [o for o in result["outputs"].values() if o.get("judged_by") != "agreement"] or list(result["outputs"].values())
+    result["max_abs_error"] = max(o["max_abs_error"] for o in valued)
+    result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in valued]))
     headline = names[scored] if scored is not None else names[0]
     if "top1_agreement" in result["outputs"][headline]:
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]

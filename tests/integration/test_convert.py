@@ -500,3 +500,22 @@ def test_a_model_ending_in_argmax_converts_and_its_class_ids_are_judged_by_agree
             assert v["accuracy"] > 0.8 and abs(v["accuracy_drop_points"]) <= 1.0
             ids = v["outputs"]["output_0" if name == "ids" else "output_1"]
             assert ids["judged_by"] == "agreement" and ids["top1_agreement"] >= 0.97
+
+
+def test_a_per_pixel_class_map_is_judged_by_the_share_of_pixels_reproduced(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 1), name="img")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    logits = keras.layers.Conv2D(3, 1)(h)
+    model = keras.Model(inp, [logits, keras.ops.argmax(logits, axis=-1)])
+    x = np.random.default_rng(0).normal(size=(48, 12, 12, 1)).astype("float32")
+    result = deploykit.convert(model, ["tflite-int8", "onnx-fp32"], data=x, out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        v = artifact["verification"]
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+        ids = v["outputs"]["output_1"]
+        assert ids["judged_by"] == "agreement" and ids["id_agreement"] >= 0.97
+        assert v["max_abs_error"] == v["outputs"]["output_0"]["max_abs_error"]  # the logits', not an id's
+        assert not any("float32 noise" in n for n in v.get("notes", []))
