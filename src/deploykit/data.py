@@ -179,7 +179,15 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.ndim == 0:
         raise DataError(f"{where}: labels 'y' is a single value; pass one label per sample ({n})")
-    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot (or soft labels): the class is the largest entry
+        if y.dtype.kind in "biuf" and np.isin(y, (0, 1)).all() and len(y):
+            ones = np.count_nonzero(y, axis=1)
+            if (ones != 1).any():
+                row = int(np.flatnonzero(ones != 1)[0])
+                raise DataError(
+                    f"{where}: labels 'y' have rows with {int(ones[row])} ones (e.g. row {row}), not one-hot: multi-label "
+                    "tags cannot be scored as one class per sample; leave 'y' out (outputs are still compared)"
+                )
         y = y.argmax(axis=1)
     y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
     if len(y) != n:

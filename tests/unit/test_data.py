@@ -319,3 +319,16 @@ def test_without_data_integer_inputs_are_verified_on_varied_integers():
     tokens = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(7, 2)])
     bounded = _random_inputs(specs[1:2], tokens)  # inside the Embedding's table
     assert bounded.x[0].max() == 6 and "ids integers 0..6" in bounded.source
+
+
+def test_multi_hot_labels_are_refused_not_argmaxed():
+    """Tags (several 1s per row) read as one-hot gave the argmax of the first tag: a meaningless accuracy."""
+    x = np.zeros((3, 4), np.float32)
+    spec = [TensorSpec("x", (None, 4), "float32")]
+    one_hot = load_data({"x": x, "y": np.eye(3, dtype=np.int64)}, spec)
+    assert one_hot.y.tolist() == [0, 1, 2]
+    soft = load_data({"x": x, "y": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])}, spec)
+    assert soft.y.tolist() == [0, 1, 0]
+    tags = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    with pytest.raises(DataError, match="rows with 2 ones \\(e.g. row 0\\), not one-hot: multi-label"):
+        load_data({"x": x, "y": tags}, spec)
