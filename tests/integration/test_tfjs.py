@@ -353,3 +353,25 @@ def test_causal_masks_are_rewritten_because_tfjs_computes_band_part_wrongly(tmp_
     result = deploykit.convert(keras.Model(dynamic, Tril()(dynamic)), ["tfjs-fp32"], data=rng.normal(size=(4, 5, 5)).astype("float32"),
                                out=tmp_path / "dynamic", bench=False)
     assert "MatrixBandPart" in result.artifact("tfjs-fp32")["error"] and "fixed sequence length" in result.artifact("tfjs-fp32")["error"]
+
+
+def test_bench_with_data_keeps_integer_inputs_integer_in_node_and_chromium(tmp_path):
+    """The data was read as float32 whatever the input: Chromium's TF.js refused it for an int32 input."""
+    import keras
+
+    from deploykit import bench
+    from deploykit.runtime_bench.tfjs.browser import CHROMIUM
+    from pathlib import Path
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,), dtype="int32", name="ids"), keras.layers.Embedding(20, 4),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2, activation="softmax")])
+    ids = np.random.default_rng(0).integers(0, 20, (8, 6)).astype(np.int32)
+    result = deploykit.convert(model, ["tfjs-fp32", "onnx-fp32"], data=ids, out=tmp_path / "out", bench=False)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    for a in result.artifacts:
+        assert bench(result.out / a["path"], data=tmp_path / "ids.npz", warmup=0, iterations=2)["n"] == 2
+    if Path(CHROMIUM).exists():
+        r = bench(result.out / result.artifact("tfjs-fp32")["path"], data=tmp_path / "ids.npz", browser=True,
+                  warmup=0, iterations=2)
+        assert r["n"] == 2 and r["peak_rss_bytes"] is None and r["peak_rss_of"].startswith("not measured")

@@ -119,7 +119,14 @@ def _bench_inputs(runner: Any, data: Any) -> dict[str, np.ndarray]:
     specs = []
     for name, d in runner.input_details().items():
         sig = list(d.get("shape_signature", d["shape"]))
-        specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), "float32"))
+        # Integer inputs (token ids) stay integers; quantized ones (int8 I/O, scale > 0) take real
+        # values that the runner quantizes, like float inputs. A float32 label on ids made the
+        # browser runner send floats to an int32 input.
+        dtype = np.dtype(d.get("dtype", np.float32))
+        quant = d.get("quantization") or (0.0, 0)
+        scale = quant[0] if isinstance(quant, (tuple, list)) and quant else 0.0
+        kind = dtype.name if dtype.kind in "iub" and not scale else "float32"
+        specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), kind))
     ds = load_data(data, specs).take(1)
     return dict(zip(runner.input_names, ds.x))
 
@@ -205,6 +212,6 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
         result.update({"peak_rss_bytes": result["node_peak_rss_bytes"], "peak_rss_of": "the Node.js process running TF.js"})
         result.pop("rss_increase_bytes")
     elif browser:
-        result.update({"peak_rss_bytes": None, "peak_rss_of": "not measured (Chromium runs the model)"})
+        result.update({"peak_rss_bytes": None, "peak_rss_of": "not measured: Chromium runs the model"})
         result.pop("rss_increase_bytes")
     return result
