@@ -455,9 +455,14 @@ class LoadedModel:
             sig = self.signature()
             return ModelInfo(self.kind, self.source, sig["inputs"], sig["outputs"], name=Path(self.source).name)
         m = self.keras_model
-        outputs = [
-            TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(m.outputs)
-        ]
+        struct = getattr(m, "_outputs_struct", None)
+        if isinstance(struct, dict):  # exported under their keys, in sorted order (what the signature holds)
+            pairs = sorted(struct.items(), key=lambda kv: natural_key(kv[0]))
+            outputs = [TensorSpec(k, tuple(t.shape), _dtype_name(t.dtype)) for k, t in pairs]
+        else:
+            outputs = [
+                TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(m.outputs)
+            ]
         layers, pre = [], []
         for layer in _flat_layers(m):
             entry = {"name": layer.name, "class": type(layer).__name__}

@@ -219,3 +219,15 @@ def test_not_a_model(obj):
 def test_errors_belong_to_the_family():
     assert issubclass(UntrustedModelError, ModelLoadError)
     assert issubclass(ModelLoadError, DeployError) and issubclass(ModelLoadError, ValueError)
+
+
+def test_info_names_dict_outputs_by_their_keys_as_the_artifacts_do():
+    import keras
+
+    from deploykit.models import load_model
+
+    inp = keras.Input((4,), name="f")
+    model = keras.Model(inp, {"zeta": keras.layers.Dense(2)(inp), "alpha": keras.layers.Dense(3)(inp)})
+    loaded = load_model(model)
+    assert [o.name for o in loaded.info().outputs] == ["alpha", "zeta"] == loaded.output_names
+    assert [o.shape for o in loaded.info().outputs] == [(None, 3), (None, 2)]
