@@ -99,11 +99,13 @@ def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
         if all(n in obj for n in input_names):
             return [obj[n] for n in input_names], y
         raise DataError(f"data dict has keys {sorted(obj)}; needs 'x' (and optionally 'y')")
-    if isinstance(obj, tuple) and len(obj) == 2:
-        x, y = obj
+    if isinstance(obj, tuple):
+        if len(obj) not in (1, 2):
+            raise DataError(f"data tuple has {len(obj)} items; pass (x, y) or (x,), with x one array per model input")
+        x, y = obj if len(obj) == 2 else (obj[0], None)
         return (list(x) if isinstance(x, (list, tuple)) else [x]), y
-    if isinstance(obj, list) and len(input_names) > 1:
-        return obj, None
+    if isinstance(obj, list) and (len(input_names) > 1 or (len(obj) == 1 and isinstance(obj[0], np.ndarray))):
+        return obj, None  # one array per input, as Keras takes them ([x] for a single input too)
     return [obj], None
 
 

@@ -332,3 +332,12 @@ def test_multi_hot_labels_are_refused_not_argmaxed():
     tags = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
     with pytest.raises(DataError, match="rows with 2 ones \\(e.g. row 0\\), not one-hot: multi-label"):
         load_data({"x": x, "y": tags}, spec)
+
+
+def test_python_data_forms_keras_accepts_and_a_clear_error_for_others():
+    x = np.zeros((3, 4), np.float32)
+    spec = [TensorSpec("x", (None, 4), "float32")]
+    assert load_data([x], spec).x[0].shape == (3, 4)  # Keras' list-of-inputs form, one input
+    assert load_data((x,), spec).y is None
+    with pytest.raises(DataError, match="data tuple has 3 items; pass \\(x, y\\) or \\(x,\\)"):
+        load_data((x, np.zeros(3), np.zeros(3)), spec)
