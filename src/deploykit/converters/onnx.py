@@ -125,14 +125,18 @@ def _check_domains(proto: Any, opset: int) -> None:
     """Refuse graphs holding ops that are not ONNX ops (tf2onnx passes unknown TF ops through)."""
     import onnx
 
-    odd = Counter(
-        n.op_type for n in proto.graph.node
-        if n.domain not in STANDARD_DOMAINS or (n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type))
-    )
+    odd_nodes = [n for n in proto.graph.node
+                 if n.domain not in STANDARD_DOMAINS or (n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type))]
+    odd = Counter(n.op_type for n in odd_nodes)
     if odd:
-        ops = ", ".join(f"{op} (x{n})" for op, n in sorted(odd.items()))
+        # The node name carries the Keras layer (functional_1/odd_gamma_1/Igamma): where to look.
+        first = {}
+        for n in odd_nodes:
+            first.setdefault(n.op_type, n.name.replace("StatefulPartitionedCall/", ""))
+        ops = ", ".join(f"{op} (x{k}, e.g. {first[op]})" for op, k in sorted(odd.items()))
         raise ConversionError(
-            f"tf2onnx could not convert op(s) {ops} at opset {opset}; replace them with supported ops or try another opset (options.opset)"
+            f"tf2onnx could not convert op(s) {ops} at opset {opset}; replace those layers with supported ops, "
+            "or try another opset (options.opset) if a newer ONNX opset has the op"
         )
 
 

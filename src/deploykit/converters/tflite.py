@@ -144,8 +144,13 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
     text = " ".join(str(exc).split())
     ops = sorted(set(re.findall(r"\btf\.([A-Z]\w*)", text + " " + native)))  # TF op names are CamelCase
     if ops:
+        # MLIR locations name the node, and with it the Keras layer: fused["Igamma:", "functional_1/odd_gamma_1/Igamma@..."]
+        nodes: dict[str, str] = {}
+        for op, node in re.findall(r'fused\["(\w+):", "([^"@]+)@', text + " " + native):
+            nodes.setdefault(op, node.replace("StatefulPartitionedCall/", ""))
+        named = ", ".join(f"{op} (e.g. {nodes[op]})" if op in nodes else op for op in ops)
         return (
-            f"{target.name}: TFLite cannot convert op(s) {', '.join(ops)} with builtin kernels "
-            f"({target.activations} activations); replace those ops or choose another target"
+            f"{target.name}: TFLite cannot convert op(s) {named} with builtin kernels "
+            f"({target.activations} activations); replace those layers or choose another target"
         )
     return f"{target.name}: TFLite conversion failed: {text[:400]}"
