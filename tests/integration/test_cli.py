@@ -79,6 +79,7 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     np.savez(base / "nan.npz", x=nan)
     np.savez(base / "scalar_y.npz", x=x, y=np.int64(3))
     (base / "not_a_model.tflite").write_bytes(b"\x00" * 64)
+    (base / "some.onnx").write_bytes(b"\x00" * 64)
     nonempty = base / "nonempty"
     nonempty.mkdir()
     (nonempty / "keep.txt").write_text("precious")
@@ -128,6 +129,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         "zero_verify_samples": ["convert", m, "-t", "tflite-fp32", "--verify-samples", "0"],
         "bench_missing": ["bench", b / "nope.tflite"],
         "bench_tflm_not_tflite": ["bench", b / "not_a_model.tflite", "--runtime", "tflm"],
+        "bench_runtime_mismatch": ["bench", b / "some.onnx", "--runtime", "tfjs"],
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
         "negative_patience": ["convert", m, "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"], "--patience", "-1"],
@@ -351,6 +353,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("zero_verify_samples", ["verify_samples must be >= 1"]),
         ("bench_missing", ["nope.tflite is not a file"]),
         ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
+        ("bench_runtime_mismatch", ["--runtime tfjs runs .json files (model.json); some.onnx is not one"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),

@@ -163,6 +163,10 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
     if runtime is None:
         raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
+    wanted = {"tflm": ".tflite"}.get(runtime) or next((k for k, v in SUFFIX_RUNTIME.items() if v == runtime), None)
+    if wanted and path.suffix.lower() != wanted:
+        raise UserError(f"--runtime {runtime} runs {wanted} files ({'model.json' if wanted == '.json' else 'model' + wanted}); "
+                        f"{path.name} is not one")
     if (browser or backend) and runtime != "tfjs":
         raise UserError(f"--browser and --backend apply to TF.js models (model.json), not to {path.name}")
     options = {"backend": backend} if backend else {}
