@@ -226,12 +226,14 @@ class Pipeline:
             evald = _random_inputs(specs, loaded.keras_model)
         evald = evald.spread(self.verify_samples)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
-        shapes = [o.shape for o in loaded.info().outputs]
-        out_shape = next((sh for sh in shapes if len(sh) == 2 and sh[1] and sh[1] > 1), ())
-        if out_shape:
+        from deploykit.verify import classifier_outputs
+
+        described = [(tuple(o.shape), o.dtype) for o in loaded.info().outputs]
+        classifiers = classifier_outputs(described)
+        if classifiers:
             from deploykit.data import check_label_range
 
-            check_label_range(evald, out_shape[1])
+            check_label_range(evald, described[classifiers[0]][0][1])
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
             dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
             loaded = self._prune(model, loaded, steps)

@@ -17,7 +17,17 @@ NOISE_DRAWS = 2  # independent one-ulp perturbations; the larger change counts
 
 
 def _is_classification(ref: np.ndarray) -> bool:
-    return ref.ndim == 2 and ref.shape[1] > 1
+    """Scores or probabilities per class: float, rank 2, more than one column (integer columns are ids)."""
+    ref = np.asarray(ref)
+    return ref.ndim == 2 and ref.shape[1] > 1 and np.issubdtype(ref.dtype, np.floating)
+
+
+def classifier_outputs(shapes_dtypes: Sequence[tuple[tuple, str]]) -> list[int]:
+    """Indices of the outputs that can be a classifier over their columns: float (N, C>1) outputs,
+    except one paired with an integer output of the same shape (``top_k``'s values beside its indices)."""
+    ints = {tuple(sh) for sh, dt in shapes_dtypes if "int" in str(dt)}
+    return [i for i, (sh, dt) in enumerate(shapes_dtypes)
+            if len(sh) == 2 and sh[1] and sh[1] > 1 and "float" in str(dt) and tuple(sh) not in ints]
 
 
 def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:
@@ -31,9 +41,10 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
     """
     if labels is None:
         return None
-    for i, out in enumerate(outputs):
-        if _is_classification(np.asarray(out)):
-            return i
+    arrays = [np.asarray(o) for o in outputs]
+    candidates = classifier_outputs([(a.shape, a.dtype.name) for a in arrays])
+    if candidates:
+        return candidates[0]
     for i, out in enumerate(outputs):
         if is_class_index(out):  # the model's own argmax: one class id per sample
             return i

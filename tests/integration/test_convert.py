@@ -520,3 +520,22 @@ def test_a_per_pixel_class_map_is_judged_by_the_share_of_pixels_reproduced(tmp_p
         assert ids["judged_by"] == "agreement" and ids["id_agreement"] >= 0.97
         assert v["max_abs_error"] == v["outputs"]["output_0"]["max_abs_error"]  # the logits', not an id's
         assert not any("float32 noise" in n for n in v.get("notes", []))
+
+
+def test_labels_beside_a_top_k_output_are_not_refused_as_out_of_range(tmp_path):
+    """top_k's (N, 3) values were taken for a 3-class classifier: labels 0..9 were refused (exit 2) as out of range."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), name="f")
+    probs = keras.layers.Dense(10, activation="softmax")(inp)
+    scores, ids = keras.ops.top_k(probs, 3)
+    model = keras.Model(inp, {"scores": scores, "ids": ids})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 10, 64)
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32"], data={"x": x, "y": y}, out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        v = artifact["verification"]
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+        assert v["outputs"]["ids"]["judged_by"] == "agreement" and v["outputs"]["ids"]["id_agreement"] == 1.0
+        assert "accuracy" not in v and any("labels were not used" in n for n in v["notes"])
