@@ -172,21 +172,15 @@ def classes_like(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return predicted_classes(np.asarray(got).reshape(np.shape(ref)))
 
 
-def _id_failure(ref: np.ndarray, got: np.ndarray, tol: Any) -> str | None:
-    """Why an integer output reproduces too few of the reference's ids, or None."""
-    share = id_agreement(ref, got)
-    if share < tol.min_agreement:
-        what = "top-1 agreement" if is_class_index(ref) else f"ids reproduced ({np.asarray(ref).size} values)"
-        return f"{what} {share:.2%} is below {tol.min_agreement:.2%}"
-    return None
+def _id_failure(ref: np.ndarray, share: float, tol: Any) -> str | None:
+    """Why an integer output whose ids the artifact reproduced in ``share`` of places fails, or None."""
+    what = "top-1 agreement" if is_class_index(ref) else f"ids reproduced ({np.asarray(ref).size} values)"
+    return _agreement_failure(share, tol, what)
 
 
-def _agreement_failure(ref: np.ndarray, got: np.ndarray, tol: Any) -> str | None:
-    """Why the artifact's top-1 classes agree too little with the reference's, or None."""
-    agreement = float(np.mean(classes_like(ref, got) == predicted_classes(ref)))
-    if agreement < tol.min_agreement:
-        return f"top-1 agreement {agreement:.2%} is below {tol.min_agreement:.2%}"
-    return None
+def _agreement_failure(share: float, tol: Any, what: str = "top-1 agreement") -> str | None:
+    """Why an agreement share is below the target's ``min_agreement``, or None."""
+    return f"{what} {share:.2%} is below {tol.min_agreement:.2%}" if share < tol.min_agreement else None
 
 
 def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0.0) -> dict[str, Any]:
@@ -319,7 +313,7 @@ def verify(
             # range and no allowance, and failed int8 regression outputs that pass on all samples.
             mixed = np.array(got[name], copy=True)
             mixed[:m] = np.asarray(single[name]).reshape(mixed[:m].shape)
-            failure = (_id_failure(ref, mixed, tolerance) if is_id_output(ref)
+            failure = (_id_failure(ref, id_agreement(ref, mixed), tolerance) if is_id_output(ref)
                        else _elementwise_failure(compare(ref, mixed, name), shift(ref, mixed)))
             if failure:
                 result["failures"].append(f"output {name!r} at batch size 1: {failure}")
@@ -343,8 +337,10 @@ def verify(
             # by "3" elementwise, which means nothing. Judged by the share of ids reproduced, like a
             # probability output's top-1 (and by accuracy, when a class-index output is scored).
             cmp["judged_by"] = "agreement"
-            cmp["id_agreement"] = id_agreement(ref, got[name])
-            failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, got[name], tolerance)
+            cmp["id_agreement"] = share = id_agreement(ref, got[name])
+            if is_class_index(ref):
+                cmp["top1_agreement"] = share
+            failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, share, tolerance)
         else:
             failure = _elementwise_failure(cmp, moved)
         if failure and moved is not None and ref.shape[1] >= 256:
@@ -360,9 +356,9 @@ def verify(
                 f"of its range), so the bound includes {getattr(tolerance, 'noise_multiple', 0.0):g}x that; max abs error "
                 f"{cmp['max_abs_error']:.3g}. A badly conditioned model (e.g. random weights) amplifies any rounding"
             )
-        if _is_classification(ref) or is_class_index(ref) or names.index(name) == scored:
-            cmp["top1_agreement"] = float(np.mean(classes_like(ref, got[name]) == predicted_classes(ref)))
-            failure = None if is_class_index(ref) else _agreement_failure(ref, got[name], tolerance)  # ids: judged above
+        if (_is_classification(ref) or names.index(name) == scored) and not is_id_output(ref):  # ids: judged above
+            cmp["top1_agreement"] = share = float(np.mean(classes_like(ref, got[name]) == predicted_classes(ref)))
+            failure = _agreement_failure(share, tolerance)
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
     # The headline errors are those of value outputs: a class id off by 3 is a flip, counted by agreement.
