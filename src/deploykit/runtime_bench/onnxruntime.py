@@ -94,7 +94,6 @@ class ORTRunner:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[self.optimization_level]
-        opts.log_severity_level = 3
         if profile_dir:
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(profile_dir) / "ort")
