@@ -222,4 +222,21 @@ def test_a_kernel_that_fails_at_run_time_is_reported_without_sending_the_user_to
     error = result.artifact("tflm-int8")["error"]
     assert result.artifact("tflm-int8")["status"] == "failed" and "LOG" in error
     assert "the converted tflm-int8/model.tflite (not kept)" in error and ".partial" not in error
+    # led by the meaning: the kernel's type, the layer it came from, the way out; TFLite Micro's own words after
+    assert "LOG kernel takes FLOAT32, not the INT8" in error and "log1p" in error and "outside the model" in error
+    assert "kernel said:" in error
     assert not (tmp_path / "out" / "tflm-int8").exists()
+
+
+def test_a_5d_tensor_is_named_as_the_tflite_micro_rank_limit(tmp_path):
+    """TimeDistributed over frames keeps a 5-D tensor; TFLite Micro's kernels stop at 4-D (fails in prepare)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3, 8, 8, 1)), keras.layers.TimeDistributed(keras.layers.Conv2D(4, 3), name="frames"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8, 1)).astype("float32")
+    result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "out", bench=False)
+    error = result.artifact("tflm-int8")["error"]
+    assert result.artifact("tflm-int8")["status"] == "failed"
+    assert "5-D tensors" in error and "at most 4-D" in error and "frames" in error, error

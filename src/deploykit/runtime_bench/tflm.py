@@ -115,7 +115,7 @@ def measure_arena(path: str | Path) -> dict[str, Any]:
                 return {"recorded": state["recorded"], "allocations": state["allocations"], "arena": state["arena"]}
             if "recorded" not in state:  # the model does not even run in a generous arena
                 why = _micro_error(proc.stdout) or (f"the interpreter crashed (exit {proc.returncode})" if proc.returncode else "")
-                raise RuntimeLoadError(f"TFLite Micro could not run {path.name}: {why or 'no reason given'}")
+                raise RuntimeLoadError(f"TFLite Micro could not run {path.name}: {explain_failure(path, why) or 'no reason given'}")
             lo, hi = state["lo"], state["hi"]
             if state.get("trying") is not None:  # it died trying this size: too small
                 lo = max(lo, state["trying"])
@@ -129,6 +129,59 @@ def _micro_error(output: str) -> str:
     keep = [" ".join(l.split()) for l in output.splitlines()
             if l.strip() and not l.startswith(("[RecordingMicroAllocator]", "Traceback", " "))]
     return "; ".join(dict.fromkeys(keep))[:300]
+
+
+_FAILED_NODE = re.compile(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke)")
+_TYPE_CHECK = re.compile(r"\((\w+) != (\w+)\)")
+
+
+def _node_io(path: Path, index: int) -> tuple[str, list[tuple[str, int]]]:
+    """The output tensor name of operator ``index`` of the main graph, and (type, rank) of its tensors."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(path.read_bytes()))
+    graph = model.subgraphs[0]
+    op = graph.operators[index]
+    type_names = {v: k for k, v in vars(runtime.schema_fb.TensorType).items() if not k.startswith("_")}
+    tensors = [graph.tensors[t] for t in [*(op.inputs if op.inputs is not None else []),
+                                          *(op.outputs if op.outputs is not None else [])] if t >= 0]
+    name = graph.tensors[op.outputs[0]].name if op.outputs is not None and len(op.outputs) else b""
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return name.split(";")[0], [(type_names.get(t.type, str(t.type)), len(t.shape) if t.shape is not None else 0)
+                                for t in tensors]
+
+
+def explain_failure(path: str | Path, why: str) -> str:
+    """TFLite Micro's kernel message, led by what it means: the op, the layer it came from, and the way out.
+
+    The kernels report a failed check (``input->type != expected_type (INT8 != FLOAT32)``,
+    ``input dim should not exceed 4``) and a node number; the node's tensors say
+    which limit was hit: a kernel that exists only for other types, or a tensor
+    of higher rank than TFLite Micro's kernels take.
+    """
+    match = _FAILED_NODE.search(why)
+    if not match:
+        return why
+    op, index = match.group(1), int(match.group(2))
+    try:
+        layer, tensors = _node_io(Path(path), index)
+    except Exception:  # noqa: BLE001 - the raw message is still the answer
+        return why
+    where = f"node {index}, {layer}" if layer else f"node {index}"
+    ranks = [r for _, r in tensors]
+    types = {t for t, _ in tensors}
+    check = _TYPE_CHECK.search(why)
+    if max(ranks, default=0) > 4:
+        lead = (f"{op} ({where}) works on {max(ranks)}-D tensors and TFLite Micro's kernels take at most 4-D (video or "
+                "TimeDistributed inputs are 5-D); reshape to 4-D inside the model or use a TFLite target")
+    elif check and len({check.group(1), check.group(2)} & types) == 1:
+        given = check.group(1) if check.group(1) in types else check.group(2)
+        wanted = check.group(2) if given == check.group(1) else check.group(1)
+        lead = (f"TFLite Micro's {op} kernel takes {wanted}, not the {given} this model gives it ({where}); "
+                "compute that part outside the model (before its input or after its output) or use a TFLite target")
+    else:
+        lead = f"TFLite Micro's {op} kernel refused the model ({where})"
+    return f"{lead} (kernel said: {why})"
 
 
 def _search(path: str, log_path: str, bounds: list[str]) -> None:
