@@ -178,28 +178,48 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
     return arr.astype(want, copy=False)
 
 
+def _one_hot_rows(y: np.ndarray) -> np.ndarray | None:
+    """Per-row count of ones along the last axis when every value is 0 or 1, else None."""
+    if y.dtype.kind in "biuf" and y.size and np.isin(y, (0, 1)).all():
+        return np.count_nonzero(y, axis=-1)
+    return None
+
+
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Class indices: (N,) one per sample, or (N, *S) one per position (pixels, steps).
+
+    One-hot rows (and soft labels summing to 1) become the index of their largest
+    entry; a trailing axis of 1 is dropped. Integer arrays of higher rank are a
+    class per position, scored against an output that gives one there.
+    """
     if y.ndim == 0:
         raise DataError(f"{where}: labels 'y' is a single value; pass one label per sample ({n})")
-    if y.ndim == 2 and y.shape[1] > 1:  # one-hot (or soft labels): the class is the largest entry
-        if y.dtype.kind in "biuf" and np.isin(y, (0, 1)).all() and len(y):
-            ones = np.count_nonzero(y, axis=1)
-            if (ones != 1).any():
-                row = int(np.flatnonzero(ones != 1)[0])
-                raise DataError(
-                    f"{where}: labels 'y' have rows with {int(ones[row])} ones (e.g. row {row}), not one-hot: multi-label "
-                    "tags cannot be scored as one class per sample; leave 'y' out (outputs are still compared)"
-                )
-        y = y.argmax(axis=1)
-    y = y.reshape(len(y), -1)[:, 0] if y.ndim > 1 else y
-    if len(y) != n:
-        raise DataError(f"{where}: has {n} samples but {len(y)} labels in 'y'; they must match")
     if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.isfinite(y).all()):
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
+    if y.ndim >= 2 and y.shape[-1] == 1:
+        y = y[..., 0]
+    elif y.ndim == 2 and y.shape[1] > 1:
+        ones = _one_hot_rows(y)
+        soft = y.dtype.kind == "f" and y.min() >= 0 and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
+        if ones is not None and (ones != 1).any():
+            row = int(np.flatnonzero(ones != 1)[0])
+            raise DataError(
+                f"{where}: labels 'y' have rows with {int(ones[row])} ones (e.g. row {row}), not one-hot: multi-label "
+                "tags cannot be scored as one class per sample; leave 'y' out (outputs are still compared)"
+            )
+        if ones is not None or soft:  # one-hot or soft labels: the class is the largest entry
+            y = y.argmax(axis=1)
+        # else whole numbers per step (a tagger's labels): checked below, kept per position
+    elif y.ndim >= 3:
+        ones = _one_hot_rows(y)
+        if ones is not None and (ones == 1).all():  # one-hot per pixel, as categorical_crossentropy takes them
+            y = y.argmax(axis=-1)
+    if len(y) != n:
+        raise DataError(f"{where}: has {n} samples but {len(y)} labels in 'y'; they must match")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         raise DataError(f"{where}: labels 'y' are not whole numbers; labels score classification "
                         "accuracy, so pass class indices (for a regression model, leave 'y' out)")
-    if y.dtype.kind != "b" and len(y) and y.min() < 0:
+    if y.dtype.kind != "b" and y.size and y.min() < 0:
         raise DataError(f"{where}: labels 'y' contain negative class index {int(y.min())}; pass indices 0..classes-1")
     return y.astype(np.int64)
 

@@ -226,14 +226,10 @@ class Pipeline:
             evald = _random_inputs(specs, loaded.keras_model)
         evald = evald.spread(self.verify_samples)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
-        from deploykit.verify import classifier_outputs
+        from deploykit.data import check_label_range
+        from deploykit.verify import label_classes
 
-        described = [(tuple(o.shape), o.dtype) for o in loaded.info().outputs]
-        classifiers = classifier_outputs(described)
-        if classifiers:
-            from deploykit.data import check_label_range
-
-            check_label_range(evald, described[classifiers[0]][0][1])
+        check_label_range(evald, label_classes([(tuple(o.shape), o.dtype) for o in loaded.info().outputs], evald.y))
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
             dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
             loaded = self._prune(model, loaded, steps)
@@ -567,12 +563,9 @@ def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, An
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
     """Top-1 accuracy of the output the labels score (:func:`deploykit.verify.scored_output`), or None."""
-    from deploykit.verify import predicted_classes, scored_output
+    from deploykit.verify import label_accuracy
 
-    i = scored_output(outputs, labels)
-    if i is None:
-        return None
-    return float(np.mean(predicted_classes(outputs[i]) == np.asarray(labels).reshape(-1)))
+    return label_accuracy(outputs, labels)
 
 
 QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")

@@ -30,30 +30,66 @@ def classifier_outputs(shapes_dtypes: Sequence[tuple[tuple, str]]) -> list[int]:
             if len(sh) == 2 and sh[1] and sh[1] > 1 and "float" in str(dt) and tuple(sh) not in ints]
 
 
+def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None) -> int | None:
+    """How many classes the output that labels would score has, from the model's declared output
+    shapes (None: unknown, or no such output): what the labels' range is checked against."""
+    if labels is None:
+        return None
+    if np.ndim(labels) > 1:  # a class per position: a float (N, *S, C) output
+        for sh, dt in shapes_dtypes:
+            if len(sh) == np.ndim(labels) + 1 and tuple(sh[1:-1]) == tuple(np.shape(labels)[1:]) and "float" in str(dt) \
+                    and sh[-1] and sh[-1] > 1:
+                return int(sh[-1])
+        return None
+    classifiers = classifier_outputs(shapes_dtypes)
+    return int(shapes_dtypes[classifiers[0]][0][1]) if classifiers else None
+
+
 def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:
     """Index of the output that labels score, or None.
 
-    The first multi-class output (rank 2, more than one column: top-1 of its
-    probabilities or logits); failing that, the first integer class-index output
-    (an argmax inside the model); failing that, the first one-column output with
-    values in 0..1 when every label is 0 or 1 (a sigmoid binary classifier,
-    thresholded at 0.5). Regression outputs are not scored.
+    Labels with one class per sample, shape (N,), score the first multi-class
+    output (rank 2, more than one column: top-1 of its probabilities or logits);
+    failing that, the first integer class-index output (an argmax inside the
+    model); failing that, the first one-column output with values in 0..1 when
+    every label is 0 or 1 (a sigmoid binary classifier, thresholded at 0.5).
+    Labels with a class per position, shape (N, *S) (pixels of a segmentation,
+    steps of a tagger), score the first output that gives one there: float
+    (N, *S, C>1), an integer class map (N, *S), or a 0..1 (N, *S, 1) with 0/1
+    labels. Regression outputs are not scored.
     """
     if labels is None:
         return None
+    labels = np.asarray(labels)
     arrays = [np.asarray(o) for o in outputs]
+    binary_labels = len(labels) > 0 and bool(np.isin(labels, (0, 1)).all())
+    if labels.ndim > 1:
+        for i, out in enumerate(arrays):
+            if out.shape[:-1] == labels.shape and np.issubdtype(out.dtype, np.floating) and (
+                    out.shape[-1] > 1 or (binary_labels and out.size and 0 <= out.min() and out.max() <= 1)):
+                return i
+            if out.shape == labels.shape and np.issubdtype(out.dtype, np.integer):
+                return i
+        return None
     candidates = classifier_outputs([(a.shape, a.dtype.name) for a in arrays])
     if candidates:
         return candidates[0]
-    for i, out in enumerate(outputs):
+    for i, out in enumerate(arrays):
         if is_class_index(out):  # the model's own argmax: one class id per sample
             return i
-    binary_labels = len(labels) > 0 and bool(np.isin(np.asarray(labels), (0, 1)).all())
-    for i, out in enumerate(outputs):
-        out = np.asarray(out)
+    for i, out in enumerate(arrays):
         if binary_labels and out.ndim in (1, 2) and out.size == len(out) and out.size and 0 <= out.min() and out.max() <= 1:
             return i
     return None
+
+
+def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Share of labels (per sample, or per position) that the scored output's classes match, or None
+    when no output is scored (see :func:`scored_output`)."""
+    i = scored_output(outputs, labels)
+    if i is None:
+        return None
+    return float(np.mean(predicted_classes(outputs[i], np.shape(labels)) == labels))
 
 
 def is_class_index(out: np.ndarray) -> bool:
@@ -62,10 +98,17 @@ def is_class_index(out: np.ndarray) -> bool:
     return bool(np.issubdtype(out.dtype, np.integer) and out.ndim in (1, 2) and len(out) and out.size == len(out))
 
 
-def predicted_classes(out: np.ndarray) -> np.ndarray:
-    """Top-1 class per sample: argmax of a multi-class output, the ids of a class-index output,
+def predicted_classes(out: np.ndarray, labels_shape: tuple | None = None) -> np.ndarray:
+    """Top-1 class per sample (or per position, for labels of shape (N, *S)): argmax of a
+    multi-class output over its last axis, the ids of a class-index output or class map,
     ``> 0.5`` of a one-column binary one."""
     out = np.asarray(out)
+    if labels_shape is not None and len(labels_shape) > 1:
+        if np.issubdtype(out.dtype, np.integer):
+            return out.reshape(labels_shape)
+        if out.shape[-1] > 1:
+            return np.argmax(out, -1)
+        return (out.reshape(labels_shape) > 0.5).astype(np.int64)
     if _is_classification(out):
         return np.argmax(out, 1)
     if is_class_index(out):
@@ -164,12 +207,13 @@ def id_agreement(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.mean(np.rint(np.asarray(got, np.float64)).reshape(ref.shape) == ref))
 
 
-def classes_like(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+def classes_like(ref: np.ndarray, got: np.ndarray, labels_shape: tuple | None = None) -> np.ndarray:
     """The artifact's top-1 classes, read the way the reference output is read (a runtime may hand
     class ids back as floats)."""
-    if is_class_index(ref):
-        return np.rint(np.asarray(got, np.float64)).astype(np.int64).reshape(len(ref))
-    return predicted_classes(np.asarray(got).reshape(np.shape(ref)))
+    if is_id_output(ref):
+        ids = np.rint(np.asarray(got, np.float64)).astype(np.int64).reshape(np.shape(ref))
+        return predicted_classes(ids, labels_shape)
+    return predicted_classes(np.asarray(got).reshape(np.shape(ref)), labels_shape)
 
 
 def _id_failure(ref: np.ndarray, share: float, tol: Any) -> str | None:
@@ -257,7 +301,7 @@ def verify(
         reference: Reference outputs, in ``output_names`` order.
         output_names: Output names as the artifact carries them.
         tolerance: The target's :class:`~deploykit.targets.Tolerance`.
-        labels: Optional integer labels for accuracy.
+        labels: Optional class labels for accuracy: one per sample (N,) or one per position (N, *S).
         batch_check: Batch size of the second pass (0 to skip).
         noise: Per-output float32 noise of the reference, in ``output_names`` order (default 0),
             or a function returning it: then called only when an output misses its bound without it.
@@ -357,7 +401,8 @@ def verify(
                 f"{cmp['max_abs_error']:.3g}. A badly conditioned model (e.g. random weights) amplifies any rounding"
             )
         if (_is_classification(ref) or names.index(name) == scored) and not is_id_output(ref):  # ids: judged above
-            cmp["top1_agreement"] = share = float(np.mean(classes_like(ref, got[name]) == predicted_classes(ref)))
+            per = np.shape(labels) if names.index(name) == scored else None
+            cmp["top1_agreement"] = share = float(np.mean(classes_like(ref, got[name], per) == predicted_classes(ref, per)))
             failure = _agreement_failure(share, tolerance)
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
@@ -370,8 +415,11 @@ def verify(
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
     if scored is not None:
         result["scored_output"] = headline
-        ref_acc = float(np.mean(predicted_classes(reference[scored]) == labels))
-        art_acc = float(np.mean(classes_like(reference[scored], got[headline]) == labels))
+        per = np.shape(labels)
+        ref_acc = float(np.mean(predicted_classes(reference[scored], per) == labels))
+        art_acc = float(np.mean(classes_like(reference[scored], got[headline], per) == labels))
+        if len(per) > 1:
+            result["accuracy_per"] = f"position ({int(np.prod(per[1:]))} labelled positions per sample)"
         drop = (ref_acc - art_acc) * 100
         result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
         if drop > tolerance.max_accuracy_drop + 1e-9:
@@ -381,8 +429,9 @@ def verify(
             )
     if labels is not None and scored is None:
         result.setdefault("notes", []).append(
-            "labels were not used: accuracy is scored on one class per sample, and no output is such a classifier "
-            "(shape (N, classes), or (N, 1) in 0..1 with 0/1 labels); per-pixel or per-step labels are not scored"
+            f"labels of shape {np.shape(labels)} were not used: no output gives a class where they do (one class "
+            "per sample: (N, classes), an argmax (N,), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: "
+            "(N, ..., classes) or an integer class map of the labels' shape)"
         )
     result["passed"] = not result["failures"]
     return result

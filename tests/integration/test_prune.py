@@ -411,3 +411,36 @@ def test_tf_keras_custom_layer_whose_config_drops_its_name_keeps_its_weights(dig
     scale = next(l for l in result.model.layers if l.name == "gain")
     np.testing.assert_allclose(scale.get_weights()[0], np.linspace(0.5, 2.0, 64), atol=1e-4)
     assert "get_config" not in Scale.__dict__
+
+
+def test_segmentation_labels_are_scored_per_pixel_in_pruning_and_verification(tmp_path):
+    """Per-pixel labels crashed pruning (they were cut to the first pixel: sparse CE saw (N,) against (N, H, W, C)).
+    Now fine-tuning trains and tracks accuracy on every pixel, and each artifact is scored per pixel."""
+    import keras
+
+    import deploykit
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (96, 8, 8, 1)).astype("float32")
+    y = (x[..., 0] > 100).astype(np.int64) + (x[..., 0] > 200)  # 3 classes per pixel
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Rescaling(1 / 255)(inp)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    model = keras.Model(inp, keras.layers.Conv2D(3, 1, activation="softmax", name="seg")(h))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=5, verbose=0)
+    keras_acc = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+
+    plain = deploykit.convert(model, ["tflite-fp32"], data=(x, np.eye(3)[y]), out=tmp_path / "plain", bench=False)
+    v = plain.artifact("tflite-fp32")["verification"]
+    assert v["scored_output"] and v["reference_accuracy"] == pytest.approx(keras_acc)
+    assert "64 labelled positions" in v["accuracy_per"]
+
+    pruned = deploykit.convert(model, ["tflite-int8"], data=(x, y), out=tmp_path / "pruned", bench=False,
+                               prune={"sparsity": 0.5, "epochs": 1}, train_data=(x, y))
+    art = pruned.artifact("tflite-int8")
+    assert art["status"] == "ok", art.get("error")
+    assert "labelled positions" in art["verification"]["accuracy_per"]
+    assert art["verification"]["accuracy"] == pytest.approx(art["verification"]["reference_accuracy"], abs=0.01)
+    assert pruned.manifest["steps"]["prune"]["report"]["eval"]["accuracy_before"] == pytest.approx(keras_acc, abs=1e-6)

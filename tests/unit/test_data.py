@@ -341,3 +341,20 @@ def test_python_data_forms_keras_accepts_and_a_clear_error_for_others():
     assert load_data((x,), spec).y is None
     with pytest.raises(DataError, match="data tuple has 3 items; pass \\(x, y\\) or \\(x,\\)"):
         load_data((x, np.zeros(3), np.zeros(3)), spec)
+
+
+def test_labels_per_position_are_kept_one_hot_per_pixel_becomes_ids():
+    """Segmentation and tagging labels: a class per pixel or step, not the first pixel's class."""
+    spec = [TensorSpec("x", (None, 4), "float32")]
+    x = np.zeros((3, 4), np.float32)
+    masks = np.random.default_rng(0).integers(0, 5, size=(3, 8, 8))
+    assert load_data({"x": x, "y": masks}, spec).y.tolist() == masks.tolist()
+    assert load_data({"x": x, "y": masks[..., None]}, spec).y.shape == (3, 8, 8)  # trailing 1 dropped
+    one_hot = np.eye(5, dtype=np.float32)[masks]  # (3, 8, 8, 5), as categorical_crossentropy takes them
+    assert load_data({"x": x, "y": one_hot}, spec).y.tolist() == masks.tolist()
+    tags = np.array([[0, 3, 2, 2], [1, 1, 0, 4], [2, 0, 0, 0]])  # (N, T) tags per step, not one-hot rows
+    assert load_data({"x": x, "y": tags}, spec).y.tolist() == tags.tolist()
+    soft = np.array([[0.1, 0.9, 0.0], [0.7, 0.2, 0.1], [0.0, 0.0, 1.0]], np.float32)  # soft labels: the largest entry
+    assert load_data({"x": x, "y": soft}, spec).y.tolist() == [1, 0, 2]
+    with pytest.raises(DataError, match="negative class index"):
+        load_data({"x": x, "y": -masks}, spec)

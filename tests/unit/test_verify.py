@@ -380,3 +380,41 @@ def test_a_1000_class_output_at_8_bits_fails_with_the_reason_and_a_way_out():
     assert "256 levels for 1000 class probabilities" in failure and "tflite-int16x8" in failure
     out = result["outputs"]["probs"]
     assert out["samples_over_bound"] == 40 and any("in 40 of 40 samples more than" in n for n in result["notes"])
+
+
+def test_per_pixel_labels_score_a_segmentation_output():
+    """Labels with a class per pixel score the output that gives one there: pixel accuracy, not 'unused'."""
+    from deploykit.verify import label_accuracy, label_classes
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(5, 4, 4)).astype(np.float32)  # (N, H, W, C)
+    labels = probs.argmax(-1)
+    labels[0, 0, 0] = (labels[0, 0, 0] + 1) % 3  # one pixel of 80 wrong
+    assert scored_output([np.zeros((5, 3), np.float32), probs], labels) == 1  # not the per-sample head
+    assert label_accuracy([probs], labels) == pytest.approx(79 / 80)
+    assert label_accuracy([probs.argmax(-1).astype(np.int32)], labels) == pytest.approx(79 / 80)  # a class map
+    mask = (probs[..., :1] > 0.4).astype(np.float32) * 0.9  # binary: (N, H, W, 1) in 0..1 with 0/1 labels
+    assert label_accuracy([mask], (mask[..., 0] > 0.5).astype(np.int64)) == 1.0
+    assert scored_output([probs], labels[:, :2]) is None  # no output gives a class where these labels are
+    assert label_classes([((None, 4, 4, 3), "float32")], labels) == 3
+    assert label_classes([((None, 3), "float32")], labels) is None
+
+
+def test_verify_reports_pixel_accuracy_and_agreement():
+    class Same:
+        def __init__(self, ref):
+            self.ref = ref
+
+        def run(self, feed):
+            return {"seg": self.ref[feed["i"].astype(int)]}
+
+    rng = np.random.default_rng(1)
+    ref = rng.dirichlet(np.ones(4), size=(12, 6, 6)).astype(np.float32)
+    labels = ref.argmax(-1)
+    labels[:, 0, 0] = (labels[:, 0, 0] + 1) % 4  # 12 of 432 pixels disagree with the model
+    result = verify(Same(ref), {"i": np.arange(12, dtype=np.float32)}, [ref], ["seg"], get_target("tflite-fp32").tolerance,
+                    labels=labels, batch_check=4)
+    assert result["passed"], result["failures"]
+    assert result["scored_output"] == "seg" and result["accuracy"] == pytest.approx(420 / 432)
+    assert result["top1_agreement"] == 1.0 and "36 labelled positions" in result["accuracy_per"]
+    assert not any("labels" in n and "not used" in n for n in result.get("notes", []))

@@ -349,12 +349,17 @@ def _predict(model: Any, xs: list[np.ndarray]) -> np.ndarray:
 
 
 def _accuracy(model: Any, xs: list[np.ndarray], y: np.ndarray) -> float:
+    """Accuracy of the model's first output on labels (per sample or per position), read as verification reads it."""
+    from deploykit.verify import label_accuracy
+
     pred = _predict(model, xs)
-    if pred.ndim >= 2 and pred.shape[-1] > 1:
-        labels = pred.reshape(len(pred), -1).argmax(axis=1)
-    else:
-        labels = (pred.reshape(len(pred)) > 0.5).astype(np.int64)
-    return float(np.mean(labels == y))
+    acc = label_accuracy([pred], y)
+    if acc is None:
+        raise DataError(
+            f"labels 'y' of shape {np.shape(y)} do not score the model's first output (shape {pred.shape}) "
+            "(a class per sample, or per pixel/step); fine-tuning tracks accuracy on them, so pass class labels for it"
+        )
+    return acc
 
 
 def _weights_summary(model: Any) -> dict[str, int]:

@@ -87,8 +87,9 @@ def highlights(manifest: Manifest) -> list[str]:
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
             best = max(acc, key=lambda a: (a.verification["accuracy"], -a.size_bytes))
+            per = " of labelled positions (pixels or steps)" if best.verification.get("accuracy_per") else ""
             lines.append(
-                f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}; reference "
+                f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}{per}; reference "
                 f"{best.verification['reference_accuracy']:.2%})"
             )
     failed = [a for a in manifest.artifacts if a.status != "ok"]
