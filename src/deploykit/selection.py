@@ -5,7 +5,10 @@ this kind of machine ONNX Runtime's dynamic int8 MobileNetV2 is ~17x slower
 than float, its QOperator int8 ~1.6x faster), so we do not guess: every
 candidate is built and verified, the ones that pass are timed again side by
 side in interleaved rounds (so a noisy neighbour slows them all alike), and
-the fastest p50 ships; ties go to the smaller file.
+the fastest p50 ships; ties go to the smaller file. A family whose runtime
+computes the same way whatever the weight storage (TF.js dequantizes weights at
+load and runs float32) selects by download size instead: the smallest gzip
+that passed ships.
 """
 
 from __future__ import annotations
@@ -105,7 +108,11 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
         auto.error = "no candidate passed verification: " + "; ".join(f"{r['target']}: {r['error']}" for r in rows)
         auto.selection = {"candidates": rows, "winner": None, "reason": auto.error}
         return auto
-    if bench and len(passing) > 1:
+    if target.select_by == "download":
+        winner_t, winner = min(passing, key=lambda ta: (ta[1].gzip_bytes, ta[1].size_bytes))
+        key = {}
+        basis = "smallest download (gzip) among the candidates that passed verification"
+    elif bench and len(passing) > 1:
         summaries = interleaved_p50([t for t, _ in passing], [out / a.path for _, a in passing], sample)
         by_name = {t.name: s for (t, _), s in zip(passing, summaries)}
         for name, summary in by_name.items():
@@ -162,5 +169,5 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
         elif base and r["target"] in key:
             parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
         else:
-            parts.append(f"{r['target']} passed, {r['size_bytes']} bytes")
+            parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
     return "; ".join(parts)

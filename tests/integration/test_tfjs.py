@@ -375,3 +375,18 @@ def test_bench_with_data_keeps_integer_inputs_integer_in_node_and_chromium(tmp_p
         r = bench(result.out / result.artifact("tfjs-fp32")["path"], data=tmp_path / "ids.npz", browser=True,
                   warmup=0, iterations=2)
         assert r["n"] == 2 and r["peak_rss_bytes"] is None and r["peak_rss_of"].startswith("not measured")
+
+
+def test_tfjs_auto_ships_the_smallest_download_verified_in_node(tmp_path, data_npz):
+    import keras
+
+    result = deploykit.convert(_bn_net(keras), ["tfjs-auto"], data=data_npz, out=tmp_path / "auto", bench=False)
+    auto = result.artifact("tfjs-auto")
+    assert auto["status"] == "ok", auto["error"]
+    passed = [r for r in auto["selection"]["candidates"] if r["status"] == "ok"]
+    assert len(passed) >= 2 and auto["selection"]["winner"] == min(passed, key=lambda r: r["gzip_bytes"])["target"]
+    winner = result.artifact(auto["selection"]["winner"])
+    assert auto["sha256"] == winner["sha256"] and auto["verification"]["passed"]
+    assert (result.out / auto["path"]).parent.name == "tfjs-auto"
+    shards = [w["paths"] for w in json.loads((result.out / auto["path"]).read_text())["weightsManifest"]]
+    assert all((result.out / "tfjs-auto" / p).is_file() for group in shards for p in group)  # shards ship beside it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from deploykit.selection import NOISE_RATIO, TIE_RATIO, tied_with_fastest
 
 
@@ -36,3 +38,34 @@ def test_beyond_the_noise_ratio_one_lucky_round_does_not_tie():
     best = 4.0
     summaries = {"a": _s(best, [4.0, 4.0, 9.0, 4.0, 4.0]), "b": _s(best * NOISE_RATIO * 1.01, [4.7, 4.7, 4.7, 4.7, 4.7])}
     assert tied_with_fastest(summaries)[1] == ["a"]
+
+
+def test_download_selection_ships_the_smallest_gzip_that_passed(tmp_path):
+    """tfjs-auto: TF.js computes in float32 whatever the weight storage, so the download decides."""
+    from deploykit.artifacts import Artifact
+    from deploykit.selection import select
+    from deploykit.targets import get_target
+
+    auto = get_target("tfjs-auto")
+    assert auto.select_by == "download" and get_target("onnx-auto").select_by == "speed"
+    cands = []
+    for name, gz, status in [("tfjs-fp32", 900, "ok"), ("tfjs-fp16", 500, "ok"), ("tfjs-uint16", 520, "ok"),
+                             ("tfjs-uint8", 250, "failed")]:  # the smallest failed its tolerance: not shipped
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(name)
+        cands.append((get_target(name), Artifact(target=name, format="tfjs", path=f"{name}/model.json", size_bytes=gz * 2,
+                                                 gzip_bytes=gz, status=status, error="accuracy" if status != "ok" else "")))
+    art = select(auto, cands, tmp_path, {"x": np.zeros((2, 3), np.float32)}, bench=True)
+    assert art.status == "ok" and art.selection["winner"] == "tfjs-fp16"
+    assert "smallest download" in art.selection["reason"] and "tfjs-uint8 failed" in art.selection["reason"]
+    assert (tmp_path / art.path).read_text() == "tfjs-fp16" and art.selection["rounds"] == 0
+
+
+def test_select_by_is_checked():
+    import pytest
+
+    from deploykit.errors import TargetError
+    from deploykit.targets import Target
+
+    with pytest.raises(TargetError, match="select_by 'size' is not one of speed, download"):
+        Target(name="my-auto", format="tfjs", precision="auto", candidates=("tfjs-fp32",), select_by="size")

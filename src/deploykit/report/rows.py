@@ -105,13 +105,15 @@ def selection_lines(manifest: Manifest) -> list[str]:
         sel = a.selection
         if not sel:
             continue
+        timing = "interleaved p50 ms" if sel.get("rounds") else "p50 ms"
         lines += [f"### {a.target}", "", sel.get("reason", ""), "",
-                  "| Candidate | Status | Size | interleaved p50 ms | Accuracy | Top-1 agree |", "|---|---|---|---|---|---|"]
+                  f"| Candidate | Status | Size | gzip | {timing} | Accuracy | Top-1 agree |", "|---|---|---|---|---|---|---|"]
         for r in sel.get("candidates", []):
             mark = " (winner)" if r["target"] == sel.get("winner") else ""
             p50 = r.get("interleaved_p50_ms", r.get("p50_ms"))
             lines.append(
                 f"| {r['target']}{mark} | {r['status']} | {human_bytes(r['size_bytes']) if r['size_bytes'] else '–'} | "
+                f"{human_bytes(r.get('gzip_bytes')) if r.get('gzip_bytes') else '–'} | "
                 f"{_fmt(p50, '.3f')} | {_fmt(r.get('accuracy'), '.2%')} | {_fmt(r.get('top1_agreement'), '.2%')} |"
             )
         lines.append("")

@@ -32,6 +32,7 @@ FORMAT_WEIGHTS = {
 }
 DTYPES_ACTIVATIONS = ("float32", "int8", "uint8", "int16")
 DTYPES_IO = ("float32", "int8")
+SELECT_BY = ("speed", "download")
 
 FIELD_DOCS: dict[str, str] = {
     "name": "Profile name, `<format>-<precision>`.",
@@ -45,6 +46,8 @@ FIELD_DOCS: dict[str, str] = {
     "calibration_samples": "How many samples of the run's data calibrate integer activations.",
     "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
     "candidates": "For `-auto` targets: the targets to build, verify and benchmark; the fastest that passes ships.",
+    "select_by": "For `-auto` targets: 'speed' (fastest interleaved p50; ties go to the smaller file) or 'download' "
+                 "(smallest gzip size, for runtimes whose speed the weight storage does not change).",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
     "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
     "tolerance.range_atol": "Extra absolute tolerance as a fraction of the reference output's range.",
@@ -189,6 +192,7 @@ class Target:
     bench: BenchSettings = field(default_factory=BenchSettings)
     options: Mapping[str, Any] = field(default_factory=dict)
     candidates: tuple[str, ...] = ()
+    select_by: str = "speed"
 
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
@@ -240,6 +244,8 @@ class Target:
         object.__setattr__(self, "candidates", tuple(self.candidates))
         if self.name in self.candidates:
             raise TargetError(f"{where}: an auto target cannot be its own candidate")
+        if self.select_by not in SELECT_BY:
+            raise TargetError(f"{where}: select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}")
 
     @property
     def needs_calibration(self) -> bool:
