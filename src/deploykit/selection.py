@@ -138,6 +138,8 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
                       "reason": _reason(winner_t.name, basis, rows, key), "rounds": ROUNDS if key else 0}
     _copy_winner(winner, out, target.name, auto)
     auto.parent = winner.path
+    if "converter" in winner.settings:  # how the shipped file was made (and its weight files: TF.js shards)
+        auto.settings["converter"] = winner.settings["converter"]
     auto.status = "ok"
     auto.verification = winner.verification
     auto.benchmark = winner.benchmark

@@ -46,8 +46,7 @@ FIELD_DOCS: dict[str, str] = {
     "calibration_samples": "How many samples of the run's data calibrate integer activations.",
     "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
     "candidates": "For `-auto` targets: the targets to build, verify and benchmark; the fastest that passes ships.",
-    "select_by": "For `-auto` targets: 'speed' (fastest interleaved p50; ties go to the smaller file) or 'download' "
-                 "(smallest gzip size, for runtimes whose speed the weight storage does not change).",
+    "select_by": "For `-auto` targets: 'speed' (fastest p50 ships) or 'download' (smallest gzip ships).",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
     "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
     "tolerance.range_atol": "Extra absolute tolerance as a fraction of the reference output's range.",
