@@ -114,7 +114,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from deploykit.artifacts import Manifest
-    from deploykit.report.rows import fine_tune_warnings, table
+    from deploykit.report.rows import converter_notes, fine_tune_warnings, table
 
     manifest = Manifest.from_dict(result.manifest)
     t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
@@ -131,6 +131,8 @@ def _print_summary(result) -> None:
             console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
     for warning in fine_tune_warnings(manifest):
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
+    for note in converter_notes(manifest):
+        console.print(f"note: {note}", highlight=False)
     console.print(f"manifest: {result.manifest_path}\nreport:   {result.report_path}\nhtml:     {result.html_report_path}", highlight=False)
 
 

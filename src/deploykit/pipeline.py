@@ -448,6 +448,8 @@ class Pipeline:
                         runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise
                     )
                 artifact.steps["verify"] = mem.to_dict()
+                if conv_settings.get("note"):  # what the converter did that the target's name does not say
+                    artifact.verification.setdefault("notes", []).append(conv_settings["note"])
                 verify_init_s = init_s
                 if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
                     footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}

@@ -539,3 +539,19 @@ def test_labels_beside_a_top_k_output_are_not_refused_as_out_of_range(tmp_path):
         assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
         assert v["outputs"]["ids"]["judged_by"] == "agreement" and v["outputs"]["ids"]["id_agreement"] == 1.0
         assert "accuracy" not in v and any("were not used: no output gives a class" in n for n in v["notes"])
+
+
+def test_dynamic_range_on_a_model_too_small_to_quantize_says_so(tmp_path, all_targets_run):
+    """TFLite leaves weight tensors under 1024 values float32: tflite-dynamic of a small MLP is the float file."""
+    import keras
+
+    result, _ = all_targets_run
+    digits = result.artifact("tflite-dynamic")["settings"]["converter"]
+    assert digits["weight_values"]["int8"] >= 1024 and "note" not in digits  # its large kernels are int8
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    small = deploykit.convert(model, ["tflite-dynamic"], data=x, out=tmp_path / "small", bench=False)
+    a = small.artifact("tflite-dynamic")
+    assert a["status"] == "ok" and set(a["settings"]["converter"]["weight_values"]) == {"float32"}
+    assert any("no weight is stored as int8" in n and "largest has 96" in n for n in a["verification"]["notes"])
+    assert "no weight is stored as int8" in (small.out / "report.md").read_text()

@@ -102,7 +102,36 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         if kept:  # the converter's inference_input_type applies to float inputs only
             settings["inference_input_type"] = f"int8 for float inputs; {', '.join(kept)} kept as it is"
     Path(out_path).write_bytes(flatbuffer)
+    _record_weight_storage(Path(out_path), target, settings)
     return settings
+
+
+def _record_weight_storage(path: Path, target: Any, settings: dict[str, Any]) -> None:
+    """How many weight values the file stores in each type, and a note when the target's type holds none.
+
+    TFLite's dynamic-range quantization leaves tensors under 1024 values in float32: on a small
+    model tflite-dynamic is then the float32 file, and "int8 weights" would be a false label.
+    """
+    if target.weights not in ("int8", "float16"):
+        return
+    from deploykit.optimize.sparsity import count_zeros
+
+    values: dict[str, int] = {}
+    largest = 0
+    for t in count_zeros(path, "tflite")["tensors"]:
+        if t["dtype"] in ("float32", "float16", "int8") and t["size"] > 1:
+            values[t["dtype"]] = values.get(t["dtype"], 0) + t["size"]
+            largest = max(largest, t["size"])
+    total = sum(values.values())
+    if not total:
+        return
+    settings["weight_values"] = dict(sorted(values.items()))  # per stored type: biases and small tensors may stay float32
+    stored = values.get(target.weights, 0)
+    if stored == 0:
+        settings["note"] = (
+            f"no weight is stored as {target.weights}: TFLite quantizes only weight tensors of 1024 values or more "
+            f"(this model's largest has {largest}), so this file keeps float32 weights like tflite-fp32"
+        )
 
 
 def _convert(sm_dir: Path, model: Any, target: Any, settings: dict[str, Any], calibration: Any) -> bytes:

@@ -167,6 +167,13 @@ def _pct(x: float | None) -> str:
 FINE_TUNE_WARN_POINTS = 1.0
 
 
+def converter_notes(manifest: Manifest) -> list[str]:
+    """One line per shipped artifact whose converter did something its target's name does not say
+    (e.g. a tflite-dynamic file with no int8 weight)."""
+    return [f"{a.target}: {a.settings['converter']['note']}" for a in manifest.artifacts
+            if a.status == "ok" and not a.candidate_of and (a.settings.get("converter") or {}).get("note")]
+
+
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
     """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy."""
     out = []
