@@ -390,3 +390,21 @@ def test_tfjs_auto_ships_the_smallest_download_verified_in_node(tmp_path, data_n
     assert (result.out / auto["path"]).parent.name == "tfjs-auto"
     shards = [w["paths"] for w in json.loads((result.out / auto["path"]).read_text())["weightsManifest"]]
     assert all((result.out / "tfjs-auto" / p).is_file() for group in shards for p in group)  # shards ship beside it
+
+
+def test_dict_outputs_keep_their_names_in_every_format(tmp_path):
+    """The TF.js signature said output_0/output_1 where TFLite and ONNX say probs/cls: a web user could not find 'probs'."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), name="features")
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.Dense(8, activation="relu")(inp))
+    model = keras.Model(inp, {"probs": probs, "score": keras.layers.Dense(1, name="score")(probs)})
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    result = deploykit.convert(model, ["tfjs-fp32", "tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "named", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    signature = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["signature"]["outputs"]
+    assert set(signature) == {"probs", "score"}
+    for a in result.artifacts:
+        assert sorted(a["settings"]["converter"]["output_names"]) == ["probs", "score"], a["target"]
+        assert set(a["verification"]["outputs"]) == {"probs", "score"}

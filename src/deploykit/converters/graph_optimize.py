@@ -76,7 +76,13 @@ def freeze_serving(saved_model_dir: Any) -> FrozenGraph:
     inputs = {k: (t.name, specs[k]) for k, t in zip(keys, placeholders)}
     outs = frozen.structured_outputs
     if not isinstance(outs, dict):
-        outs = {f"output_{i}": t for i, t in enumerate(tf.nest.flatten(outs))}
+        # The frozen function hands back a list; the signature's dict says which name each one has
+        # (flattened in sorted-key order): 'probs', 'cls' as in the TFLite and ONNX artifacts.
+        names = sorted(fn.structured_outputs) if isinstance(fn.structured_outputs, dict) else []
+        flat = tf.nest.flatten(outs)
+        if len(names) != len(flat):
+            names = [f"output_{i}" for i in range(len(flat))]
+        outs = dict(zip(names, flat))
     outputs = {k: (t.name, tf.TensorSpec(t.shape, t.dtype, k)) for k, t in outs.items()}
     graph_def = prepare_for_export(frozen.graph.as_graph_def())
     return FrozenGraph(graph_def, inputs, outputs)

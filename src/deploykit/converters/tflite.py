@@ -103,7 +103,33 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             settings["inference_input_type"] = f"int8 for float inputs; {', '.join(kept)} kept as it is"
     Path(out_path).write_bytes(flatbuffer)
     _record_weight_storage(Path(out_path), target, settings)
+    settings.update(_io_names(flatbuffer))
     return settings
+
+
+def _io_names(flatbuffer: bytes) -> dict[str, list[str]]:
+    """Signature names of the inputs and outputs, listed in the interpreter's index order.
+
+    A harness that reads tensors by index (TFLite Micro, C++) finds which is which here: a
+    SavedModel's outputs are not always in the order the model declared them.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_content=flatbuffer)
+        sigs = interp.get_signature_list()
+        if not sigs:
+            return {}
+        runner = interp.get_signature_runner("serving_default" if "serving_default" in sigs else next(iter(sigs)))
+    except Exception:  # noqa: BLE001 - names are documentation; verification loads the file anyway
+        return {}
+
+    def in_index_order(by_name: dict[str, dict[str, Any]], details: list[dict[str, Any]]) -> list[str]:
+        position = {d["index"]: i for i, d in enumerate(details)}
+        return sorted(by_name, key=lambda n: position.get(by_name[n]["index"], len(details)))
+
+    return {"input_names": in_index_order(runner.get_input_details(), interp.get_input_details()),
+            "output_names": in_index_order(runner.get_output_details(), interp.get_output_details())}
 
 
 def _record_weight_storage(path: Path, target: Any, settings: dict[str, Any]) -> None:
