@@ -466,6 +466,7 @@ class Pipeline:
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
                     artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
+                    artifact.benchmark.update(_runtime_memory(artifact))
                 runner.close()
                 artifact.size_bytes = sum(f.stat().st_size for f in files)
                 artifact.sha256 = sha256_file(tmp)
@@ -532,6 +533,25 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
     if hasattr(runner, "op_profile"):  # runtimes with a profiler name their most expensive ops
         result["op_profile"] = runner.op_profile(inputs)
     return result
+
+
+def _runtime_memory(artifact: Artifact) -> dict[str, Any]:
+    """The memory the artifact's runtime took: what a user compares between targets.
+
+    This process already holds TensorFlow and the reference model (~700 MB), so its peak says
+    nothing about the artifact; what it gained from just before loading the artifact to the peak of
+    verifying and timing it does. TF.js runs in Node: that process's own peak.
+    """
+    if artifact.benchmark.get("node_peak_rss_bytes"):
+        return {"runtime_memory_bytes": artifact.benchmark["node_peak_rss_bytes"],
+                "runtime_memory_of": "peak RSS of the Node.js process running TF.js"}
+    if artifact.benchmark.get("runtime") == "tfjs":
+        return {"runtime_memory_bytes": None, "runtime_memory_of": "not measured: Chromium runs the model"}
+    verify, bench = artifact.steps.get("verify", {}), artifact.steps.get("bench", {})
+    peak = max(verify.get("peak_rss_bytes", 0), bench.get("peak_rss_bytes", 0))
+    return {"runtime_memory_bytes": max(peak - verify.get("start_rss_bytes", peak), 0),
+            "runtime_memory_of": "resident memory this process gained from loading the artifact to the peak of "
+                                 "verifying (batches) and timing it"}
 
 
 PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",

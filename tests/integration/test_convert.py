@@ -555,3 +555,21 @@ def test_dynamic_range_on_a_model_too_small_to_quantize_says_so(tmp_path, all_ta
     assert a["status"] == "ok" and set(a["settings"]["converter"]["weight_values"]) == {"float32"}
     assert any("no weight is stored as int8" in n and "largest has 96" in n for n in a["verification"]["notes"])
     assert "no weight is stored as int8" in (small.out / "report.md").read_text()
+
+
+def test_runtime_memory_is_the_artifacts_not_the_converting_process(all_targets_run):
+    """The column showed this process's peak (TensorFlow and the reference: 700+ MB for a 40 KB model)."""
+    result, _ = all_targets_run
+    import psutil
+
+    process = psutil.Process().memory_info().rss
+    for a in result.artifacts:
+        if a["status"] != "ok" or not a["benchmark"] or a.get("selection"):
+            continue
+        b = a["benchmark"]
+        if b["runtime"] == "tfjs":
+            assert b["runtime_memory_bytes"] == b["node_peak_rss_bytes"] > 0
+        else:
+            assert 0 <= b["runtime_memory_bytes"] < process / 2, (a["target"], b["runtime_memory_bytes"], process)
+            assert "gained from loading" in b["runtime_memory_of"]
+    assert "Runtime mem" in (result.out / "report.md").read_text()

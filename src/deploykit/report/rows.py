@@ -20,7 +20,7 @@ COLUMNS = [
     ("drop", "Δ acc (pts)"),
     ("agreement", "Top-1 agree"),
     ("max_err", "Max abs err"),
-    ("peak", "Peak RSS"),
+    ("peak", "Runtime mem"),
 ]
 
 
@@ -38,16 +38,20 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _reference_size(manifest: Manifest) -> int | None:
+def _reference_sizes(manifest: Manifest) -> dict[str, int]:
+    """Per format, the size of its float32 artifact: what "× fp32 size" divides by (never across formats)."""
+    sizes: dict[str, int] = {}
     for a in manifest.artifacts:
-        if a.settings.get("target", {}).get("weights") == "float32" and a.settings.get("target", {}).get("activations") == "float32" and a.size_bytes:
-            return a.size_bytes
-    return None
+        t = a.settings.get("target", {})
+        if t.get("weights") == "float32" and t.get("activations") == "float32" and not t.get("candidates") and a.size_bytes:
+            sizes.setdefault(a.format, a.size_bytes)
+    return sizes
 
 
 def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
+    """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio)."""
     v, b = a.verification, a.benchmark
-    peak = max((s.get("peak_rss_bytes", 0) for s in a.steps.values()), default=None)
+    peak = b.get("runtime_memory_bytes")
     return {
         "target": a.target + (f" (candidate of {a.candidate_of})" if a.candidate_of else "")
         + (f" → {a.selection.get('winner')}" if a.selection.get("winner") else ""),
@@ -69,8 +73,8 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
 
 
 def table(manifest: Manifest) -> list[dict[str, str]]:
-    ref = _reference_size(manifest)
-    return [row(a, ref) for a in manifest.artifacts]
+    refs = _reference_sizes(manifest)
+    return [row(a, refs.get(a.format)) for a in manifest.artifacts]
 
 
 def highlights(manifest: Manifest) -> list[str]:
