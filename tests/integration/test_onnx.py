@@ -296,3 +296,18 @@ def test_static_int8_writes_nothing_outside_the_output_dir(tmp_path, monkeypatch
                                bench=False, verify_samples=16)
     assert result.artifact("onnx-int8-qdq")["settings"]["converter"]["quantization"].startswith("static")
     assert sorted(p.name for p in cwd.iterdir()) == []
+
+
+def test_qoperator_on_a_recurrent_loop_fails_naming_qdq_which_converts(tmp_path):
+    """ORT's QOperator rewrite breaks the GRU loop's outer-scope input; the failure names the way out."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20, 4)), keras.layers.Conv1D(8, 5, activation="relu"), keras.layers.GRU(8),
+                              keras.layers.Dense(3, activation="softmax")])  # the QDQ-able Conv1D feeds the loop
+    x = np.random.default_rng(0).normal(size=(48, 20, 4)).astype("float32")
+    result = deploykit.convert(model, ["onnx-int8-qop", "onnx-int8-qdq"], data=x, out=tmp_path / "gru", bench=False)
+    qop, qdq = result.artifact("onnx-int8-qop"), result.artifact("onnx-int8-qdq")
+    assert qop["status"] == "failed" and "try onnx-int8-qdq" in qop["error"], qop["error"]  # ONNX Runtime 1.32 (pinned)
+    assert qdq["status"] == "ok", qdq["error"]
+    assert not (tmp_path / "gru" / "onnx-int8-qop").exists()

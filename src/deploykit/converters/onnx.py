@@ -252,7 +252,13 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         except ConversionError:
             raise
         except Exception as exc:
-            raise ConversionError(f"{target.name}: ONNX quantization failed: {' '.join(str(exc).split())[:400]}") from None
+            why = " ".join(str(exc).split())[:400]
+            if target.weights == "int8" and target.options.get("quant_format") == "qoperator":
+                # Measured on Keras 3 GRU/LSTM graphs: QOperator rewriting leaves a tensor the loop body
+                # reads without its producer ("unknown initializers/tensors"); QDQ only annotates the graph.
+                # Keeping that producer float gives a file ORT 1.32's graph optimizer aborts on: no retry.
+                why += "; ONNX Runtime's QOperator rewrite fails on this graph (e.g. recurrent loops): try onnx-int8-qdq"
+            raise ConversionError(f"{target.name}: ONNX quantization failed: {why}") from None
         settings["external_data_files"] = _save(proto, out_path, external)
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
