@@ -191,14 +191,14 @@ def bench(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    from deploykit.report.rows import human_bytes
+    from deploykit.report.rows import human_bytes, threads_text
 
     console = _console()
     where = result["runtime"] + (f" {result['backend']}" if result.get("backend") else "")
     if result.get("environment") == "chromium-headless":
         where += f" in Chromium {result.get('browser_version') or ''}".rstrip()
     console.print(
-        f"{artifact.name} on {where} ({result['threads']} threads, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
+        f"{artifact.name} on {where} ({threads_text(result['threads'])}, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
         f"  p50 {result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f}  p99 {result['p99_ms']:.3f}  "
         f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
         f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "

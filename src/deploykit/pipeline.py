@@ -463,7 +463,7 @@ class Pipeline:
                 artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
                 if self.bench_enabled:
                     # The verified runner is the timed runner: same object, no second load.
-                    self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} threads)")
+                    self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} thread{'s' if target.bench.threads != 1 else ''})")
                     artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
                     artifact.benchmark.update(_runtime_memory(artifact))

@@ -34,6 +34,11 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
+def threads_text(n: Any) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -87,7 +92,7 @@ def highlights(manifest: Manifest) -> list[str]:
         timed = [a for a in ok if a.benchmark.get("p50_ms") is not None]
         if timed:
             fast = min(timed, key=lambda a: a.benchmark["p50_ms"])
-            lines.append(f"Fastest: **{fast.target}** (p50 {fast.benchmark['p50_ms']:.3f} ms, {fast.benchmark.get('threads')} threads)")
+            lines.append(f"Fastest: **{fast.target}** (p50 {fast.benchmark['p50_ms']:.3f} ms, {threads_text(fast.benchmark.get('threads'))})")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
             best = max(acc, key=lambda a: (a.verification["accuracy"], -a.size_bytes))
@@ -132,7 +137,7 @@ def op_profile_lines(manifest: Manifest, top: int = 5) -> list[str]:
         if not prof or a.selection:
             continue
         ops = ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in prof["top_op_types"][:top])
-        lines.append(f"- **{a.target}** ({a.benchmark.get('runtime')}, {a.benchmark.get('threads')} threads, "
+        lines.append(f"- **{a.target}** ({a.benchmark.get('runtime')}, {threads_text(a.benchmark.get('threads'))}, "
                      f"optimization {a.benchmark.get('graph_optimization_level')}): {ops}")
     return lines
 
