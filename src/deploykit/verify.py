@@ -174,6 +174,23 @@ def reference_noise(predict: Any, inputs: Sequence[np.ndarray], reference: Seque
     return noise
 
 
+def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | None:
+    """When the artifact's output stops short of the reference's range, and the misses lie beyond
+    that stop: a quantized output clipped at the range its calibration data reached."""
+    ref = np.asarray(ref, np.float64)
+    got = np.asarray(got, np.float64).reshape(ref.shape)
+    if not ref.size or not np.isfinite(got).all():
+        return None
+    miss = np.abs(got - ref) > allowed
+    for side, stop, beyond in (("max", got.max(), ref > got.max() + allowed), ("min", got.min(), ref < got.min() - allowed)):
+        if beyond.any() and np.count_nonzero(miss & beyond) >= 0.5 * np.count_nonzero(miss):
+            reach = ref.max() if side == "max" else ref.min()
+            return (f"the artifact's output stops at {stop:.4g} where the reference reaches {reach:.4g}: the quantized "
+                    "range ends where the calibration data's outputs ended; calibrate on data that reaches further "
+                    "(more or more varied --data, or raise the target's calibration_samples)")
+    return None
+
+
 def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None:
     """Why an output fails the elementwise part of the tolerance, or None.
 
@@ -387,6 +404,9 @@ def verify(
             failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, share, tolerance)
         else:
             failure = _elementwise_failure(cmp, moved)
+            if failure and moved is None and cmp["finite"]:
+                hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
+                failure += f"; {hint}" if hint else ""
         if failure and moved is not None and ref.shape[1] >= 256:
             # 8-bit outputs step by 1/256 of their range: most of a 1000-class softmax sits below one step.
             failure += (f"; an 8-bit output has 256 levels for {ref.shape[1]} class probabilities: try an int16 "

@@ -418,3 +418,15 @@ def test_verify_reports_pixel_accuracy_and_agreement():
     assert result["scored_output"] == "seg" and result["accuracy"] == pytest.approx(420 / 432)
     assert result["top1_agreement"] == 1.0 and "36 labelled positions" in result["accuracy_per"]
     assert not any("labels" in n and "not used" in n for n in result.get("notes", []))
+
+
+def test_an_output_clipped_at_the_calibrated_range_is_named():
+    from deploykit.verify import clipping_hint
+
+    ref = np.linspace(0, 2.5, 200)[:, None]
+    clipped = np.minimum(ref, 2.3)  # int8 output whose range ended at the calibration data's 2.3
+    hint = clipping_hint(ref, clipped, 0.1)
+    assert hint and "stops at 2.3 where the reference reaches 2.5" in hint and "calibrat" in hint
+    noisy = ref + np.where(np.arange(200) % 7 == 0, 0.3, 0.0)[:, None]  # errors spread across the range: not clipping
+    assert clipping_hint(ref, noisy, 0.1) is None
+    assert clipping_hint(ref, np.maximum(ref, 0.4), 0.1).startswith("the artifact's output stops at 0.4")
