@@ -476,7 +476,15 @@ class Pipeline:
                 artifact.status = "ok"
             else:
                 artifact.status = "failed"
-                artifact.error = "verification failed: " + "; ".join(artifact.verification.get("failures", []))
+                failures = list(artifact.verification.get("failures", []))
+                if target.activations != "float32":
+                    from deploykit.verify import mixed_scale_hint
+
+                    hint = mixed_scale_hint(inputs, 65536 if target.activations == "int16" else 256,
+                                            _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"]))
+                    if hint:
+                        failures.append(hint)
+                artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
         except DeployError as exc:
@@ -533,6 +541,14 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
     if hasattr(runner, "op_profile"):  # runtimes with a profiler name their most expensive ops
         result["op_profile"] = runner.op_profile(inputs)
     return result
+
+
+# Targets that keep a float input (its features then reach the model's Normalization intact).
+_FLOAT_INPUT_WAY_OUT = {
+    "tflite": "use a target with float activations (tflite-fp16, tflite-dynamic) or scale the features before the model",
+    "onnx": "use a target with float activations (onnx-fp16, onnx-int8-dynamic) or scale the features before the model",
+    "tflm": "scale the features before the model (TFLite Micro is integer throughout)",
+}
 
 
 def _runtime_memory(artifact: Artifact) -> dict[str, Any]:

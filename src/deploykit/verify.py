@@ -191,6 +191,23 @@ def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | Non
     return None
 
 
+def mixed_scale_hint(inputs: dict[str, np.ndarray], levels: int, way_out: str) -> str | None:
+    """When one float input holds features whose ranges differ by more than ``levels`` (256 for 8-bit
+    activations): one quantization step for the whole input (1/levels of the widest range) is then
+    coarser than the narrow features' whole range, and they are erased before the model's own
+    Normalization can scale them. ``way_out``: the targets to suggest instead."""
+    for name, x in inputs.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or x.ndim != 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+            continue  # per-feature columns: tabular (N, features) inputs
+        spans = x.max(axis=0) - x.min(axis=0)
+        wide, narrow = float(spans.max()), float(spans[spans > 0].min(initial=np.inf))
+        if np.isfinite(narrow) and wide > levels * narrow:
+            return (f"input {name!r} mixes feature ranges from {narrow:.3g} to {wide:.3g} (more than {levels}x): one "
+                    f"{int(np.log2(levels))}-bit scale for the whole input erases the narrow features; {way_out}")
+    return None
+
+
 def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None:
     """Why an output fails the elementwise part of the tolerance, or None.
 

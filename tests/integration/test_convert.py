@@ -573,3 +573,23 @@ def test_runtime_memory_is_the_artifacts_not_the_converting_process(all_targets_
             assert 0 <= b["runtime_memory_bytes"] < process / 2, (a["target"], b["runtime_memory_bytes"], process)
             assert "gained from loading" in b["runtime_memory_of"]
     assert "Runtime mem" in (result.out / "report.md").read_text()
+
+
+def test_int8_failure_on_mixed_feature_scales_names_the_cause(tmp_path):
+    """Tabular features from 0.01 to 1000 with Normalization inside: the int8 input step erases the small ones."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0, 0.01, 400), rng.normal(0, 1000, 400), rng.normal(0, 1, 400)], axis=1).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 2] > 0)  # the 0.01-scale feature decides
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((3,)), norm, keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=64, verbose=0)
+    result = deploykit.convert(model, ["tflite-int8", "tflite-dynamic"], data=(x, y), out=tmp_path / "tab", bench=False)
+    int8 = result.artifact("tflite-int8")
+    assert int8["status"] == "failed" and "mixes feature ranges" in int8["error"] and "tflite-dynamic" in int8["error"]
+    assert result.artifact("tflite-dynamic")["status"] == "ok"

@@ -430,3 +430,14 @@ def test_an_output_clipped_at_the_calibrated_range_is_named():
     noisy = ref + np.where(np.arange(200) % 7 == 0, 0.3, 0.0)[:, None]  # errors spread across the range: not clipping
     assert clipping_hint(ref, noisy, 0.1) is None
     assert clipping_hint(ref, np.maximum(ref, 0.4), 0.1).startswith("the artifact's output stops at 0.4")
+
+
+def test_mixed_feature_scales_are_named_for_integer_inputs():
+    from deploykit.verify import mixed_scale_hint
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0, 0.01, 100), rng.normal(0, 500, 100)], axis=1).astype("float32")  # ~0.05 vs ~2500 wide
+    hint = mixed_scale_hint({"tab": x}, 256, "WAY OUT")
+    assert hint and hint.startswith("input 'tab' mixes feature ranges") and "8-bit" in hint and hint.endswith("WAY OUT")
+    assert mixed_scale_hint({"tab": x}, 65536, "w") is None  # 16 bits resolve a 50000x spread
+    assert mixed_scale_hint({"img": rng.uniform(0, 255, (4, 8, 8, 3)).astype("float32")}, 256, "w") is None  # not tabular
