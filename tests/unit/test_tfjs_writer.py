@@ -49,6 +49,12 @@ def test_encode_sizes_and_manifest_fields():
     u8 = tfjs_weights.encode("w", w, "uint8")
     assert len(u8.data) == 12 and set(u8.entry["quantization"]) >= {"dtype", "min", "scale"}
     assert tfjs_weights.encode("w", w, "uint16").entry["dtype"] == "float32"  # logical dtype stays
+    # vectors (biases, Normalization statistics) stay float32 under affine storage: one min/scale per tensor
+    # cannot hold per-channel values spread from -102 to 1900
+    for shape in [(3,), (1, 3), (1, 1, 3)]:
+        vec = tfjs_weights.encode("mean", np.array([-102.0, 1900.0, 0.5], np.float32).reshape(shape), "uint8")
+        assert "quantization" not in vec.entry and len(vec.data) == 12
+    assert "quantization" in tfjs_weights.encode("dw", np.ones((3, 3, 4, 1), np.float32), "uint8").entry  # a kernel
     # integer constants (shapes, indices) are never quantized; int64 becomes int32
     ints = tfjs_weights.encode("shape", np.array([1, -1], np.int64), "uint8")
     assert ints.entry == {"name": "shape", "shape": [2], "dtype": "int32"} and len(ints.data) == 8

@@ -8,7 +8,8 @@ adds ``quantization``:
 
 * ``{"dtype": "float16"}``: IEEE half floats.
 * ``{"dtype": "uint8"|"uint16", "min": m, "scale": s}``: the loader computes
-  ``q * s + m`` (in JavaScript doubles, stored as float32).
+  ``q * s + m`` (in JavaScript doubles, stored as float32). Vectors (biases,
+  scales, normalization statistics) stay float32.
 
 Affine quantization keeps 0.0 exact whenever the tensor's range contains it
 (pruned weights must stay zero): ``min`` is nudged to ``-zero_point * scale``
@@ -29,6 +30,11 @@ from deploykit.errors import ConversionError
 DEFAULT_SHARD_BYTES = 4 * 1024 * 1024
 QUANT_BITS = {"uint8": 8, "uint16": 16}
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.bool_): "bool"}
+
+
+def _is_vector(value: np.ndarray) -> bool:
+    """At most one dimension above 1: a bias, a scale, a Normalization mean (shape (1, features))."""
+    return value.size == max(value.shape, default=1)
 
 
 @dataclass
@@ -65,7 +71,10 @@ def encode(name: str, value: np.ndarray, weights: str) -> EncodedWeight:
     if value.dtype not in _DTYPE_NAMES:
         raise ConversionError(f"constant {name!r} has dtype {value.dtype}, which TF.js weights cannot hold (float32, int32, bool)")
     entry: dict[str, Any] = {"name": name, "shape": [int(d) for d in value.shape], "dtype": _DTYPE_NAMES[value.dtype]}
-    if value.dtype != np.float32 or weights == "float32":
+    # Affine storage for kernels only: one min/scale across a vector of per-channel values with the
+    # widest spread in the model (a Normalization mean spanning -100..1900 is off by 4 in every entry
+    # at uint8, which failed a tabular model); vectors are a small share of the bytes.
+    if value.dtype != np.float32 or weights == "float32" or (weights in QUANT_BITS and _is_vector(value)):
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
     elif weights == "float16":
         entry["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
