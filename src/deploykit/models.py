@@ -212,6 +212,31 @@ def without_inference_noops(model: Any) -> tuple[Any, list[dict[str, str]]]:
     return stripped, [{"name": layer.name, "class": type(layer).__name__} for layer in removed]
 
 
+def copy_state(src: Any, dst: Any) -> None:
+    """Give ``dst``, a clone of the Keras 3 model ``src``, all of ``src``'s state.
+
+    ``set_weights`` copies the variables, but Keras 3 preprocessing layers rebuild what they compute
+    with only when loaded from a file: an adapted Normalization keeps using mean 0 and variance 1
+    until ``load_own_variables`` finalizes it, and an adapted lookup's vocabulary lives in its
+    assets. Each such layer is handed its state the way Keras saving does (own variables, assets).
+    """
+    import tempfile
+
+    dst.set_weights(src.get_weights())
+    if not (hasattr(src, "_flatten_layers") and hasattr(dst, "_flatten_layers")):
+        return
+    for a, b in zip(src._flatten_layers(include_self=False), dst._flatten_layers(include_self=False)):
+        if ".preprocessing." not in type(b).__module__ or type(a) is not type(b):
+            continue
+        store: dict[str, Any] = {}
+        a.save_own_variables(store)
+        b.load_own_variables(store)
+        if hasattr(a, "save_assets") and hasattr(b, "load_assets"):
+            with tempfile.TemporaryDirectory(prefix="deploykit-assets-") as assets:
+                a.save_assets(assets)
+                b.load_assets(assets)
+
+
 def float32_twin(model: Any) -> tuple[Any, str | None]:
     """A Keras 3 model that computes in float16/bfloat16 (mixed precision policy), rebuilt in float32.
 
@@ -237,7 +262,7 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
 
     try:
         twin = keras.models.clone_model(model, clone_function=clone, recursive=True)
-        twin.set_weights(model.get_weights())
+        copy_state(model, twin)
     except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops
         return model, None
     return twin, ", ".join(low)

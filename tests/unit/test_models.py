@@ -231,3 +231,31 @@ def test_info_names_dict_outputs_by_their_keys_as_the_artifacts_do():
     loaded = load_model(model)
     assert [o.name for o in loaded.info().outputs] == ["alpha", "zeta"] == loaded.output_names
     assert [o.shape for o in loaded.info().outputs] == [(None, 3), (None, 2)]
+
+
+def test_clones_keep_an_adapted_normalization(tmp_path):
+    """clone_model + set_weights left Keras 3's Normalization at mean 0 / variance 1 (it finalizes only when
+    loaded): the mixed-precision twin and the pruning clone computed another model."""
+    import keras
+
+    from deploykit.models import copy_state, float32_twin
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(64, 4)) * [1, 10, 100, 1000] + [5, -50, 500, 5000]).astype("float32")
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((4,)), norm, keras.layers.Dense(3)])
+    clone = keras.models.clone_model(model)
+    copy_state(model, clone)
+    np.testing.assert_allclose(clone.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    x = (rng.normal(size=(64, 4)) * [1, 2, 3, 4] + [5, -3, 8, 2]).astype("float32")  # float16 computes these finely
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        norm16 = keras.layers.Normalization()
+        norm16.adapt(x)
+        mixed = keras.Sequential([keras.Input((4,)), norm16, keras.layers.Dense(3)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    twin, policy = float32_twin(mixed)
+    assert policy == "mixed_float16"
+    np.testing.assert_allclose(twin.predict(x, verbose=0), mixed.predict(x, verbose=0).astype("float32"), rtol=2e-2, atol=2e-2)

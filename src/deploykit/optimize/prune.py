@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from deploykit.models import model_call_arg
+from deploykit.models import copy_state, model_call_arg
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import schedule as _schedule
 from deploykit.optimize import structure as _structure
@@ -493,7 +493,7 @@ def _clone_keras3(model: Any) -> tuple[Any, bool]:
 
     try:
         clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
+        copy_state(model, clone)
         return clone, False
     except Exception:  # noqa: BLE001 - e.g. a subclassed model without get_config: prune it in place
         return model, True
