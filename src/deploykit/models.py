@@ -668,7 +668,45 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
     return _loaded_keras(kind, str(path), model)
 
 
+def with_inputs(model: Any, kind: str, source: str) -> Any:
+    """The model with symbolic inputs, which export, verification and pruning read.
+
+    A built Keras 3 subclassed model (one input, its shape known from build or a first call) is
+    wrapped in a functional model around it: the same layers and weights, called on a
+    ``keras.Input`` of that shape. A model whose input shape nobody knows is refused with the way out.
+    """
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        return model
+    name = type(model).__name__
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values())) if len(shapes) == 1 else None
+    if kind == "keras3" and name != "Sequential" and isinstance(shape, (list, tuple)) and shape \
+            and not isinstance(shape[0], (list, tuple, dict)):
+        import keras
+
+        # shape[0] is the batch it was first called with: any batch size here
+        inp = keras.Input(shape=tuple(shape[1:]), dtype=getattr(model, "input_dtype", None) or "float32")
+        try:
+            return keras.Model(inp, model(inp), name=model.name)
+        except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
+            pass
+    if name == "Sequential":
+        raise ModelLoadError(
+            f"{source}: the Sequential model was never built, so it has no input shape; start it with "
+            "keras.Input(shape=...) (or call model.build((None, ...))) and save it again"
+        )
+    raise ModelLoadError(
+        f"{source}: {name} is a subclassed model whose input shape is unknown (never built or called, or several "
+        "inputs); call it once on a batch, or wrap it (inp = keras.Input(shape=...); keras.Model(inp, model(inp)))"
+    )
+
+
 def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
+    model = with_inputs(model, kind, source)
     policy = None
     if kind == "keras3":
         model, policy = float32_twin(model)

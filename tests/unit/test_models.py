@@ -259,3 +259,30 @@ def test_clones_keep_an_adapted_normalization(tmp_path):
     twin, policy = float32_twin(mixed)
     assert policy == "mixed_float16"
     np.testing.assert_allclose(twin.predict(x, verbose=0), mixed.predict(x, verbose=0).astype("float32"), rtol=2e-2, atol=2e-2)
+
+
+def test_a_built_subclassed_model_is_wrapped_and_an_unbuilt_one_refused():
+    import keras
+
+    from deploykit.errors import ModelLoadError
+    from deploykit.models import load_model
+
+    class SubNet(keras.Model):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.scale = keras.layers.Rescaling(1 / 255)
+            self.dense = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x):
+            return self.dense(self.scale(x))
+
+    x = np.random.default_rng(0).uniform(0, 255, (5, 6)).astype("float32")
+    built = SubNet()
+    expected = built(x)
+    loaded = load_model(built)  # read 'inputs' of a subclassed model: AttributeError before
+    assert [s.shape for s in loaded.inputs] == [(None, 6)]
+    np.testing.assert_allclose(loaded.predict([x])[0], np.asarray(expected), rtol=1e-6)
+    with pytest.raises(ModelLoadError, match="subclassed model whose input shape is unknown.*call it once"):
+        load_model(SubNet())
+    with pytest.raises(ModelLoadError, match="Sequential model was never built.*keras.Input"):
+        load_model(keras.Sequential([keras.layers.Dense(2)]))

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from deploykit.models import copy_state, model_call_arg
+from deploykit.models import copy_state, model_call_arg, with_inputs
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import schedule as _schedule
 from deploykit.optimize import structure as _structure
@@ -494,6 +494,8 @@ def _clone_keras3(model: Any) -> tuple[Any, bool]:
     try:
         clone = keras.models.clone_model(model)
         copy_state(model, clone)
+        if [l.name for l in _walk(clone)] != [l.name for l in _walk(model)]:
+            return model, True  # a subclassed model inside was rebuilt with new layer names: prune in place
         return clone, False
     except Exception:  # noqa: BLE001 - e.g. a subclassed model without get_config: prune it in place
         return model, True
@@ -763,6 +765,8 @@ def prune(
     """
     progress = progress or (lambda msg: None)
     kind = _framework(model)
+    compiled = model
+    model = with_inputs(model, kind, f"<in-memory {type(model).__name__}>")  # a built subclassed model: wrapped
     sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
                                   epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate)
     if len(getattr(model, "outputs", None) or [None]) != 1:
@@ -784,7 +788,7 @@ def prune(
     if not kernels:
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
-    cfg = compile_config if compile_config is not None else _model_compile_config(model, kind)
+    cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
