@@ -657,11 +657,15 @@ def _random_inputs(specs, keras_model: Any = None) -> Any:
     """
     from deploykit.data import Dataset
 
+    for s in specs:
+        if any(d is None for d in s.shape[1:]):  # a size of 1 would verify on 1x1 images, or not run at all
+            raise DataError(f"input {s.name!r} has dimensions of any size {tuple(s.shape)}; verifying on random "
+                            "inputs needs a size: pass --data with real samples (data=... in Python)")
     rng = np.random.default_rng(0)
     xs, ranges = [], []
     vocab = _smallest_vocabulary(keras_model)
     for s in specs:
-        shape = [8] + [1 if d is None else d for d in s.shape[1:]]
+        shape = [8] + list(s.shape[1:])
         dtype = np.dtype(s.dtype) if s.dtype != "bfloat16" else np.dtype("float32")
         if dtype.kind == "b":
             xs.append(rng.integers(0, 2, shape).astype(bool))

@@ -358,3 +358,12 @@ def test_labels_per_position_are_kept_one_hot_per_pixel_becomes_ids():
     assert load_data({"x": x, "y": soft}, spec).y.tolist() == [1, 0, 2]
     with pytest.raises(DataError, match="negative class index"):
         load_data({"x": x, "y": -masks}, spec)
+
+
+def test_random_inputs_refuse_dimensions_of_any_size():
+    """Without data, None dimensions were filled with 1: 1x1 'images', or a model that cannot run on them."""
+    from deploykit.pipeline import _random_inputs
+
+    with pytest.raises(DataError, match=r"input 'img' has dimensions of any size \(None, None, None, 3\).*pass --data"):
+        _random_inputs([TensorSpec("img", (None, None, None, 3), "float32")])
+    assert _random_inputs([TensorSpec("img", (None, 4, 4, 3), "float32")]).x[0].shape == (8, 4, 4, 3)
