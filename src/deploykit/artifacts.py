@@ -166,7 +166,8 @@ class Manifest:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default)
+        # NaN/inf (an artifact that computes NaN) are null: JSON has no such numbers, and JSON.parse refuses them
+        return json.dumps(_finite(self.to_dict()), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
 
     def write(self, out_dir: Path) -> Path:
         """Write ``manifest.json`` atomically into ``out_dir``."""
@@ -188,6 +189,23 @@ class Manifest:
     @classmethod
     def read(cls, path: Path) -> "Manifest":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -476,14 +476,7 @@ class Pipeline:
                 artifact.status = "ok"
             else:
                 artifact.status = "failed"
-                failures = list(artifact.verification.get("failures", []))
-                if target.activations != "float32":
-                    from deploykit.verify import mixed_scale_hint
-
-                    hint = mixed_scale_hint(inputs, 65536 if target.activations == "int16" else 256,
-                                            _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"]))
-                    if hint:
-                        failures.append(hint)
+                failures = artifact.verification.get("failures", []) + _failure_hints(target, loaded, inputs)
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
@@ -541,6 +534,34 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
     if hasattr(runner, "op_profile"):  # runtimes with a profiler name their most expensive ops
         result["op_profile"] = runner.op_profile(inputs)
     return result
+
+
+def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray]) -> list[str]:
+    """Causes a failed verification can have that the numbers alone do not name, each with the way out."""
+    from deploykit.verify import mixed_scale_hint
+
+    hints = []
+    if target.format == "tflite" and target.weights == "float16":
+        hints.append(_float16_range_hint(loaded))
+    if target.activations != "float32":
+        hints.append(mixed_scale_hint(inputs, 65536 if target.activations == "int16" else 256,
+                                      _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])))
+    return [h for h in hints if h]
+
+
+def _float16_range_hint(loaded: Any) -> str | None:
+    """TFLite stores every float weight as float16 and saturates those beyond its range: named when the model has any."""
+    from deploykit.converters import FLOAT16_MAX
+
+    if loaded.keras_model is None:
+        return None
+    for w in loaded.keras_model.weights:
+        value = np.asarray(w)
+        if value.dtype.kind == "f" and value.size and np.nanmax(np.abs(value)) > FLOAT16_MAX:
+            name = getattr(w, "path", None) or w.name
+            return (f"weight {name!r} holds {float(np.nanmax(np.abs(value))):.3g}, beyond float16's {FLOAT16_MAX:g}: TFLite "
+                    "stores it saturated; use tflite-fp32 or tflite-dynamic (onnx-fp16 and tfjs-fp16 keep such tensors float32)")
+    return None
 
 
 # Targets that keep a float input (its features then reach the model's Normalization intact).

@@ -270,7 +270,10 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
     """
     ref = np.asarray(ref, np.float64)
     got = np.asarray(got, np.float64).reshape(ref.shape)
-    err = np.abs(got - ref)
+    with np.errstate(all="ignore"):  # an artifact that computes inf/NaN is reported, not warned about
+        err = np.abs(got - ref)
+    if not np.isfinite(err).all():
+        err = np.where(np.isfinite(err), err, np.inf)  # NaN counts as the largest error
     value_range = float(ref.max() - ref.min()) if ref.size else 0.0
     noise_allowance = getattr(tol, "noise_multiple", 0.0) * noise
     allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * value_range

@@ -593,3 +593,25 @@ def test_int8_failure_on_mixed_feature_scales_names_the_cause(tmp_path):
     int8 = result.artifact("tflite-int8")
     assert int8["status"] == "failed" and "mixes feature ranges" in int8["error"] and "tflite-dynamic" in int8["error"]
     assert result.artifact("tflite-dynamic")["status"] == "ok"
+
+
+def test_weights_beyond_float16_stay_float32_or_are_named(tmp_path):
+    """Raw-scale features (prices): the adapted Normalization's mean 3e5 is inf in float16."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(3e5, 8e4, 600), rng.normal(120, 40, 600)], axis=1).astype("float32")
+    y = (x[:, 0] > 3e5).astype("int64")
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((2,)), norm, keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    result = deploykit.convert(model, ["tflite-fp16", "tfjs-fp16", "onnx-fp16"], data=(x, y), out=tmp_path / "price", bench=False)
+    assert result.artifact("tfjs-fp16")["status"] == "ok", result.artifact("tfjs-fp16")["error"]
+    assert result.artifact("onnx-fp16")["status"] == "ok", result.artifact("onnx-fp16")["error"]
+    tfl = result.artifact("tflite-fp16")
+    assert tfl["status"] == "failed" and "beyond float16's 65504" in tfl["error"] and "tflite-fp32" in tfl["error"]
+    json.loads((result.out / "manifest.json").read_text())

@@ -179,3 +179,18 @@ def test_fine_tuning_that_costs_accuracy_is_warned_about_in_the_report():
     assert line.startswith("pruning cost 88.0 points of accuracy (97.96% → 10.00%)") and "--prune" in line
     text = "\n".join(prune_lines(bad))
     assert "**99.9%** sparsity" in text and "**Warning:** pruning cost 88.0 points" in text
+
+
+def test_manifest_json_has_no_nan_tokens():
+    """An artifact computing NaN gave "max_abs_error": NaN: invalid JSON that JSON.parse refuses."""
+    import json
+    import math
+
+    from deploykit.artifacts import Artifact, Manifest
+
+    m = Manifest(model={}, tools={}, machine={}, artifacts=[
+        Artifact(target="t", format="tflite", path="", verification={"max_abs_error": math.nan, "x": [1.0, math.inf]})])
+    text = m.to_json()
+    assert "NaN" not in text and "Infinity" not in text
+    v = json.loads(text)["artifacts"][0]["verification"]
+    assert v == {"max_abs_error": None, "x": [1.0, None]}

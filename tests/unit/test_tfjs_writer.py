@@ -55,6 +55,11 @@ def test_encode_sizes_and_manifest_fields():
         vec = tfjs_weights.encode("mean", np.array([-102.0, 1900.0, 0.5], np.float32).reshape(shape), "uint8")
         assert "quantization" not in vec.entry and len(vec.data) == 12
     assert "quantization" in tfjs_weights.encode("dw", np.ones((3, 3, 4, 1), np.float32), "uint8").entry  # a kernel
+    # float16: vectors stay float32 as well, and so does a kernel beyond float16's range (it would be inf)
+    assert "quantization" not in tfjs_weights.encode("mean", np.array([[3e5, 120.0, 3.0]], np.float32), "float16").entry
+    huge = tfjs_weights.encode("k", np.full((4, 4), 1e5, np.float32), "float16")
+    assert "quantization" not in huge.entry and np.isfinite(np.frombuffer(huge.data, "<f4")).all()
+    assert "quantization" in tfjs_weights.encode("k", np.full((4, 4), 1e4, np.float32), "float16").entry
     # integer constants (shapes, indices) are never quantized; int64 becomes int32
     ints = tfjs_weights.encode("shape", np.array([1, -1], np.int64), "uint8")
     assert ints.entry == {"name": "shape", "shape": [2], "dtype": "int32"} and len(ints.data) == 8

@@ -44,3 +44,15 @@ def get_converter(fmt: str) -> ModuleType:
 def option_specs(fmt: str) -> dict[str, OptionSpec]:
     """The ``OPTIONS`` schema a converter declares (empty when it takes none)."""
     return dict(getattr(get_converter(fmt), "OPTIONS", {}))
+
+
+FLOAT16_MAX = 65504.0
+
+
+def fits_float16(value: Any) -> bool:
+    """True when every value is within float16's range: beyond it, storage would give inf (a
+    Normalization mean of house prices, 3e5), so such a tensor stays float32."""
+    import numpy as np
+
+    value = np.asarray(value)
+    return not value.size or bool(np.nanmax(np.abs(value)) <= FLOAT16_MAX)

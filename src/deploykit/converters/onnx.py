@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deploykit.converters import OptionSpec
+from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
 
@@ -177,7 +177,11 @@ def fp16_weights(proto: Any, min_elements: int = 16) -> Any:
         if init.data_type != onnx.TensorProto.FLOAT or np.prod(init.dims, dtype=np.int64) < min_elements:
             keep.append(init)
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
+        value = numpy_helper.to_array(init)
+        if not fits_float16(value):
+            keep.append(init)
+            continue
+        half = numpy_helper.from_array(value.astype(np.float16), init.name + "__fp16")
         keep.append(half)
         casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
                                       name=init.name + "__to_fp32"))

@@ -6,7 +6,7 @@ form one buffer; each manifest entry takes ``size × bytes-per-element`` bytes
 from it in turn. A quantized entry keeps its logical ``dtype`` (float32) and
 adds ``quantization``:
 
-* ``{"dtype": "float16"}``: IEEE half floats.
+* ``{"dtype": "float16"}``: IEEE half floats (kernels within float16's range; vectors stay float32).
 * ``{"dtype": "uint8"|"uint16", "min": m, "scale": s}``: the loader computes
   ``q * s + m`` (in JavaScript doubles, stored as float32). Vectors (biases,
   scales, normalization statistics) stay float32.
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.converters import fits_float16
 from deploykit.errors import ConversionError
 
 DEFAULT_SHARD_BYTES = 4 * 1024 * 1024
@@ -71,10 +72,12 @@ def encode(name: str, value: np.ndarray, weights: str) -> EncodedWeight:
     if value.dtype not in _DTYPE_NAMES:
         raise ConversionError(f"constant {name!r} has dtype {value.dtype}, which TF.js weights cannot hold (float32, int32, bool)")
     entry: dict[str, Any] = {"name": name, "shape": [int(d) for d in value.shape], "dtype": _DTYPE_NAMES[value.dtype]}
-    # Affine storage for kernels only: one min/scale across a vector of per-channel values with the
+    # Reduced storage for kernels only: one min/scale across a vector of per-channel values with the
     # widest spread in the model (a Normalization mean spanning -100..1900 is off by 4 in every entry
-    # at uint8, which failed a tabular model); vectors are a small share of the bytes.
-    if value.dtype != np.float32 or weights == "float32" or (weights in QUANT_BITS and _is_vector(value)):
+    # at uint8, which failed a tabular model; a mean of 3e5 is inf in float16); vectors are a small
+    # share of the bytes. A kernel beyond float16's range stays float32 too.
+    if value.dtype != np.float32 or weights == "float32" or (weights in (*QUANT_BITS, "float16") and _is_vector(value)) \
+            or (weights == "float16" and not fits_float16(value)):
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
     elif weights == "float16":
         entry["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
