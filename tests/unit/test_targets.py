@@ -281,9 +281,9 @@ def test_toml_tolerance_defaults_follow_the_builtin_of_the_same_format_and_preci
     path = tmp_path / "onnx_qop.toml"
     path.write_text(head.format(f="onnx", p="int8-qop") + "[tolerance]\nmin_agreement = 0.9\n")
     assert load_target_file(path).tolerance == dataclasses.replace(get_target("onnx-int8-qop").tolerance, min_agreement=0.9)
-    path = tmp_path / "odd.toml"  # no built-in twin: the plain defaults
+    path = tmp_path / "odd.toml"  # no built-in of that precision label: the one with the same numeric types
     path.write_text(head.format(f="tflite", p="int8-custom"))
-    assert load_target_file(path).tolerance == Tolerance()
+    assert load_target_file(path).tolerance == get_target("tflite-int8").tolerance
 
 
 def test_flat_toml_with_explicit_name(tmp_path):
@@ -483,3 +483,23 @@ def test_auto_candidates_and_reserved_names_are_refused_before_any_work(tmp_path
         with pytest.raises(TargetError, match="taken by a file every run writes"):
             Target(name=name, format="tflite", precision="fp32")
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_user_profiles_inherit_the_closest_builtin_tolerance_and_io_int8_is_tflite_only(tmp_path):
+    """An ONNX profile named 'int8' matched no built-in precision label and got float32 tolerances."""
+    from deploykit.targets import get_target, load_target_file
+
+    f = tmp_path / "onnx_int8.toml"
+    f.write_text('format = "onnx"\nprecision = "int8"\nweights = "int8"\nactivations = "uint8"\n')
+    assert load_target_file(f).tolerance == get_target("onnx-int8-qdq").tolerance
+    dyn = tmp_path / "dyn.toml"
+    dyn.write_text('format = "onnx"\nprecision = "q"\nweights = "int8"\n')
+    assert load_target_file(dyn).tolerance == get_target("onnx-int8-dynamic").tolerance
+    io8 = tmp_path / "io8.toml"
+    io8.write_text('format = "onnx"\nprecision = "int8"\nweights = "int8"\nactivations = "int8"\nio = "int8"\n')
+    with pytest.raises(TargetError, match="onnx targets take and return float32"):
+        load_target_file(io8)
+    opset = tmp_path / "op.toml"
+    opset.write_text('format = "onnx"\nprecision = "fp32"\noptions = { opset = 30 }\n')
+    with pytest.raises(TargetError, match="options.opset must be <= 18"):
+        load_target_file(opset)

@@ -32,6 +32,7 @@ class OptionSpec:
     choices: tuple[Any, ...] = ()
     type: type | None = None
     minimum: float | None = None
+    maximum: float | None = None
 
 
 def get_converter(fmt: str) -> ModuleType:

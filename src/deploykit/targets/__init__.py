@@ -225,6 +225,8 @@ class Target:
                 f"{where}: {self.activations} activations need int8 weights, got weights={self.weights!r}; "
                 "set weights = \"int8\" or use float activations"
             )
+        if self.io == "int8" and self.format not in ("tflite", "tflm"):
+            raise TargetError(f"{where}: {self.format} targets take and return float32; int8 inputs/outputs are a TFLite option")
         if self.io == "int8" and self.activations != "int8":
             raise TargetError(
                 f"{where}: int8 inputs/outputs need int8 activations, got activations={self.activations!r}"
@@ -346,6 +348,8 @@ def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, A
             raise TargetError(f"{where}: options.{name} must be a string, got {value!r}")
         if spec.minimum is not None and value < spec.minimum:
             raise TargetError(f"{where}: options.{name} must be >= {spec.minimum}, got {value!r}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise TargetError(f"{where}: options.{name} must be <= {spec.maximum}, got {value!r}")
         out[name] = value
     return out
 
@@ -368,8 +372,9 @@ def load_target_file(path: str | Path) -> Target:
 
     The file is either a flat table of fields (the profile name defaults to
     the file stem) or a single named table, like the entries of builtin.toml.
-    Tolerance fields it leaves out come from the built-in profile with the same
-    format and precision, when there is one.
+    Tolerance fields it leaves out come from the closest built-in profile: the
+    same format and precision, else the same format and numeric types, else the
+    same numeric types in another format.
     """
     path = Path(path)
     try:
@@ -387,10 +392,28 @@ def load_target_file(path: str | Path) -> Target:
     # A user profile that does not set a tolerance field takes it from the built-in profile of
     # the same format and precision (an int8 board file is judged like tflite-int8, not by the
     # float32 defaults that fail every quantized classifier element by element).
-    like = next((t for t in list_targets() if t.format == entry.get("format") and t.precision == entry.get("precision")), None)
+    like = _closest_builtin(entry)
     if like is not None and isinstance(entry.get("tolerance", {}), Mapping):
         entry["tolerance"] = {**dataclasses.asdict(like.tolerance), **entry.get("tolerance", {})}
     return Target.from_dict(name, entry, source=str(path))
+
+
+def _closest_builtin(entry: Mapping[str, Any]) -> Target | None:
+    """The built-in profile whose tolerance a user profile inherits (see :func:`load_target_file`).
+
+    An ONNX profile named "int8" matched no built-in precision label (int8-qdq, int8-qop...) and was
+    judged by the float32 defaults: every quantized output failed element by element.
+    """
+    plain = [t for t in list_targets() if not t.candidates]
+    types = tuple(entry.get(k, "float32") for k in ("weights", "activations", "io"))
+    same_types = [t for t in plain if (t.weights, t.activations, t.io) == types]
+    for candidates in ([t for t in plain if t.format == entry.get("format") and t.precision == entry.get("precision")],
+                       [t for t in same_types if t.format == entry.get("format")],
+                       same_types,
+                       [t for t in plain if (t.weights, t.activations) == types[:2]]):
+        if candidates:
+            return candidates[0]
+    return None
 
 
 def get_target(name: str | Target) -> Target:
