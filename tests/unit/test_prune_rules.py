@@ -196,3 +196,17 @@ def test_unknown_training_names_are_user_errors_before_training(kind):
     for loss, metrics, optimizer, message in bad:
         with pytest.raises(UserError, match=message):
             _training_setup(kind, None, loss, metrics, optimizer, None)
+
+
+def test_2_4_on_a_transposed_convolution_groups_its_input_channels():
+    """Keras stores Conv2DTranspose kernels [h, w, out, in]: 2:4 runs along 'in' (TFLite's TRANSPOSE_CONV
+    reduces over it), not along 'out' as a [h, w, in, out] reading would."""
+    from deploykit.optimize.structure import m_by_n_mask, structure_problem
+
+    w = np.random.default_rng(0).normal(size=(3, 3, 6, 8)).astype(np.float32)  # out=6 (not /4), in=8
+    mask = m_by_n_mask(w, transposed=True)
+    groups = mask.reshape(3, 3, 6, 2, 4)  # four consecutive input channels
+    assert (groups.sum(axis=-1) == 2).all()
+    assert structure_problem(w.shape, "2:4", (1, 4), transposed=True) is None
+    assert "divisible by 4" in structure_problem(w.shape, "2:4", (1, 4), transposed=False)  # read as in=6
+    assert "this kernel has 3" in structure_problem((3, 3, 8, 3), "2:4", (1, 4), transposed=True)  # RGB-input upsampler

@@ -151,7 +151,13 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
         if not pairs or any(v is None or not hasattr(v, "assign") for _, v in pairs):
             skip("kernel is not a plain variable (quantized or LoRA layer?)")
             continue
-        problems = [_structure.structure_problem(tuple(int(d) for d in v.shape), structure, block_size) for _, v in pairs]
+        transposed = cls in _structure.TRANSPOSED_KERNELS
+        if transposed and structure == "2:4" and kind == "tf_keras":
+            skip("2:4 on a transposed convolution: tfmot groups its [h, w, out, in] kernel along the output channels, "
+                 "not the inputs TFLite reduces over; kept dense (the Keras 3 path groups the inputs)")
+            continue
+        problems = [_structure.structure_problem(tuple(int(d) for d in v.shape), structure, block_size, transposed)
+                    for _, v in pairs]
         problem = next((p for p in problems if p), None)
         if problem:
             skip(problem)
@@ -462,7 +468,8 @@ class _Keras3Masks:
     def update(self, sparsity: float) -> None:
         for k in self.kernels:
             w = np.asarray(k.variable.numpy())
-            k.mask = _structure.make_mask(w, sparsity, self.structure, self.block_size).astype(np.float32)
+            k.mask = _structure.make_mask(w, sparsity, self.structure, self.block_size,
+                                          k.layer_class in _structure.TRANSPOSED_KERNELS).astype(np.float32)
             k.mask_var.assign(k.mask.astype(w.dtype))
             k.variable.assign(w * k.mask.astype(w.dtype))
         self.sparsity = 0.5 if self.structure == "2:4" else float(sparsity)

@@ -75,12 +75,17 @@ def check_structure(structure: str, block_size: tuple[int, int]) -> tuple[int, i
     return bs  # type: ignore[return-value]
 
 
-def structure_problem(shape: tuple[int, ...], structure: str, block_size: tuple[int, int]) -> str | None:
+# Keras stores transposed-convolution kernels [h, w, out, in]; their input channels are the last axis.
+TRANSPOSED_KERNELS = ("Conv2DTranspose",)
+
+
+def structure_problem(shape: tuple[int, ...], structure: str, block_size: tuple[int, int],
+                      transposed: bool = False) -> str | None:
     """Why a kernel of this shape cannot take the structure (None when it can)."""
     if structure == "2:4":
         if len(shape) not in (2, 4):
             return f"2:4 needs a rank-2 (Dense) or rank-4 (Conv2D) kernel, this one has shape {tuple(shape)}"
-        channels = shape[0] if len(shape) == 2 else shape[2]
+        channels = shape[0] if len(shape) == 2 else shape[3 if transposed else 2]
         if channels % M_BY_N[1]:
             return f"2:4 needs the input-channel count divisible by 4, this kernel has {channels}"
     if structure == "block" and len(shape) != 2:
@@ -116,8 +121,15 @@ def _from_rows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.transpose(rows.reshape(shape[3], shape[0], shape[1], shape[2]), (1, 2, 3, 0))
 
 
-def m_by_n_mask(weights: np.ndarray, m_by_n: tuple[int, int] = M_BY_N) -> np.ndarray:
-    """tfmot's m-by-n mask: in every ``n`` consecutive input-channel weights, zero the ``m`` smallest."""
+def m_by_n_mask(weights: np.ndarray, m_by_n: tuple[int, int] = M_BY_N, transposed: bool = False) -> np.ndarray:
+    """tfmot's m-by-n mask: in every ``n`` consecutive input-channel weights, zero the ``m`` smallest.
+
+    ``transposed``: a [h, w, out, in] kernel (Conv2DTranspose), grouped along its input channels
+    too, as TFLite's TRANSPOSE_CONV reduces over them (tfmot groups the output channels there).
+    """
+    if transposed:
+        swapped = np.swapaxes(np.asarray(weights), 2, 3)
+        return np.swapaxes(m_by_n_mask(swapped, m_by_n), 2, 3)
     zeros, n = m_by_n
     rows = np.abs(_to_rows(np.asarray(weights)))
     if rows.shape[1] % n:
@@ -155,10 +167,11 @@ def block_mask(weights: np.ndarray, sparsity: float, block_size: tuple[int, int]
     return full.astype(weights.dtype)
 
 
-def make_mask(weights: np.ndarray, sparsity: float, structure: str, block_size: tuple[int, int]) -> np.ndarray:
+def make_mask(weights: np.ndarray, sparsity: float, structure: str, block_size: tuple[int, int],
+              transposed: bool = False) -> np.ndarray:
     """The mask of one kernel for the given structure (2:4 ignores ``sparsity``: it is 50 %)."""
     if structure == "2:4":
-        return m_by_n_mask(weights)
+        return m_by_n_mask(weights, transposed=transposed)
     if structure == "block":
         return block_mask(weights, sparsity, block_size)
     return unstructured_mask(weights, sparsity)
