@@ -311,3 +311,27 @@ def test_qoperator_on_a_recurrent_loop_fails_naming_qdq_which_converts(tmp_path)
     assert qop["status"] == "failed" and "try onnx-int8-qdq" in qop["error"], qop["error"]  # ONNX Runtime 1.32 (pinned)
     assert qdq["status"] == "ok", qdq["error"]
     assert not (tmp_path / "gru" / "onnx-int8-qop").exists()
+
+
+def test_bench_numbers_x0_x1_as_convert_does(tmp_path):
+    """x0/x1 are the Keras model's inputs in order; the artifact lists its inputs sorted ('b_feats' before
+    'z_tokens' here), so bench refused the npz that convert took (or would swap same-shaped inputs)."""
+    import shutil
+
+    import keras
+
+    from deploykit.runtime_bench import bench_file
+
+    z = keras.Input((5,), name="z_tokens")
+    b = keras.Input((3,), name="b_feats")
+    model = keras.Model([z, b], keras.layers.Dense(2)(keras.layers.Concatenate()([z, b])))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "xy.npz"
+    np.savez(data, x0=rng.normal(size=(8, 5)).astype("float32"), x1=rng.normal(size=(8, 3)).astype("float32"))
+    result = deploykit.convert(model, ["onnx-fp32"], data=data, out=tmp_path / "out", bench=False)
+    artifact = result.out / result.artifact("onnx-fp32")["path"]
+    assert bench_file(artifact, data=data, iterations=3, warmup=1)["n"] == 3
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(artifact, lone)
+    with pytest.raises(UserError, match="x0, x1 ... follow the Keras model's input order.*b_feats, z_tokens"):
+        bench_file(lone, data=data, iterations=3, warmup=1)

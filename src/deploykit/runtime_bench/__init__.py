@@ -105,7 +105,32 @@ def _weight_files(path: Path, runtime: str) -> list[Path]:
     return []
 
 
-def _bench_inputs(runner: Any, data: Any) -> dict[str, np.ndarray]:
+def _model_input_order(path: Path | None) -> list[str] | None:
+    """The Keras model's input order, from the manifest of the deploykit run that wrote ``path``
+    (``OUT/<target>/model.*`` beside ``OUT/manifest.json``); None when there is none."""
+    import json
+
+    if path is None:
+        return None
+    manifest = Path(path).resolve().parent.parent / "manifest.json"
+    try:
+        names = [i["name"] for i in json.loads(manifest.read_text())["model"]["inputs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return names or None
+
+
+def _numbered_npz(data: Any) -> bool:
+    if not isinstance(data, (str, Path)) or not str(data).endswith(".npz") or not Path(data).is_file():
+        return False
+    try:
+        with np.load(data, allow_pickle=False) as npz:
+            return "x0" in npz.files
+    except Exception:  # noqa: BLE001 - load_data gives the real error
+        return False
+
+
+def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str, np.ndarray]:
     if data is None:
         for name, d in runner.input_details().items():
             sig = list(d.get("shape_signature", d["shape"]))
@@ -127,8 +152,17 @@ def _bench_inputs(runner: Any, data: Any) -> dict[str, np.ndarray]:
         scale = quant[0] if isinstance(quant, (tuple, list)) and quant else 0.0
         kind = dtype.name if dtype.kind in "iub" and not scale else "float32"
         specs.append(TensorSpec(name, tuple(None if s == -1 else int(s) for s in sig), kind))
+    if len(specs) > 1:
+        # x0, x1 ... number the Keras model's inputs (as `deploy convert` reads them); an artifact lists
+        # its inputs in its own order (often sorted by name), so two same-shaped inputs could swap.
+        order = _model_input_order(path)
+        if order and sorted(order) == sorted(s.name for s in specs):
+            specs.sort(key=lambda s: order.index(s.name))
+        elif _numbered_npz(data):
+            raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
+                            f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
     ds = load_data(data, specs).take(1)
-    return dict(zip(runner.input_names, ds.x))
+    return {spec.name: x for spec, x in zip(specs, ds.x)}
 
 
 def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
@@ -179,7 +213,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
             probe = TFJSRunner(path, threads=1)
             probe.load()
             try:
-                inputs = _bench_inputs(probe, data)
+                inputs = _bench_inputs(probe, data, path)
             finally:
                 probe.close()
         with PeakRSS() as mem:
@@ -189,7 +223,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
         runner = get_runner(runtime, path, threads, options)
         with PeakRSS() as mem:
             init_s = runner.load()
-            inputs = _bench_inputs(runner, data)
+            inputs = _bench_inputs(runner, data, path)
             stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
         stats.init_ms = init_s * 1000
         result = stats.to_dict()
