@@ -276,14 +276,15 @@ def _portable_keras_ops() -> Iterator[None]:
     zero's sign with ``Bitcast`` to int32 & ``BitwiseAnd``: TFLite, tf2onnx and TF.js all refuse
     those ops, so a model ending in argmax failed every target. Here they are plain
     ``tf.argmax``/``tf.argmin``, which differ only in ranking -0.0 below +0.0 (the runtimes
-    compare them equal; probabilities are never -0.0). Restored on exit.
+    compare them equal; probabilities are never -0.0). ``keras.ops.take`` (every Embedding) is a
+    plain gather, without Keras's wrap of negative ids. Restored on exit.
     """
     try:
         from keras.src.backend.tensorflow import numpy as knp
     except ImportError:  # another Keras layout: nothing to replace
         yield
         return
-    originals = {name: getattr(knp, name, None) for name in ("argmax", "argmin")}
+    originals = {name: getattr(knp, name, None) for name in ("argmax", "argmin", "take")}
     if None in originals.values() or not hasattr(knp, "_keepdims"):
         yield
         return
@@ -297,11 +298,22 @@ def _portable_keras_ops() -> Iterator[None]:
 
         return arg
 
-    knp.argmax, knp.argmin = plain(tf.argmax), plain(tf.argmin)
+    def take(x: Any, indices: Any, axis: Any = None) -> Any:
+        # Keras wraps negative indices first (LESS, ADD, SELECT_V2 on int32 ids): TFLite Micro has no
+        # int32 SELECT_V2, so no Keras 3 Embedding model ran there. Ids index from 0 (an Embedding's
+        # contract); a negative id, which Keras would wrap, is out of range in the exported graph.
+        if isinstance(indices, (tf.SparseTensor, tf.RaggedTensor)):
+            return originals["take"](x, indices, axis)
+        x = knp.convert_to_tensor(x)
+        if axis is None:
+            x, axis = tf.reshape(x, (-1,)), 0
+        return tf.gather(x, knp.convert_to_tensor(indices), axis=axis)
+
+    knp.argmax, knp.argmin, knp.take = plain(tf.argmax), plain(tf.argmin), take
     try:
         yield
     finally:
-        knp.argmax, knp.argmin = originals["argmax"], originals["argmin"]
+        knp.argmax, knp.argmin, knp.take = originals["argmax"], originals["argmin"], originals["take"]
 
 
 def _export_keras3(model: Any, path: Path) -> Any:

@@ -240,3 +240,19 @@ def test_a_5d_tensor_is_named_as_the_tflite_micro_rank_limit(tmp_path):
     error = result.artifact("tflm-int8")["error"]
     assert result.artifact("tflm-int8")["status"] == "failed"
     assert "5-D tensors" in error and "at most 4-D" in error and "frames" in error, error
+
+
+def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
+    """Keras 3's take() wraps negative ids with an int32 SELECT_V2, which TFLite Micro has no kernel for:
+    every Keras 3 Embedding model failed tflm-int8 at run time. Exported as a plain gather, it runs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((10,), dtype="int32", name="tokens")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(0, 50, size=(64, 10)).astype("int32")
+    result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "emb", bench=False)
+    a = result.artifact("tflm-int8")
+    assert a["status"] == "ok", a["error"]
+    assert "SELECT_V2" not in a["settings"]["converter"]["ops"]

@@ -208,4 +208,10 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
             f"{target.name}: TFLite cannot convert op(s) {named} with builtin kernels "
             f"({target.activations} activations); replace those layers or choose another target"
         )
+    if "Max and min for dynamic tensors should be recorded" in text:
+        # The 16x8 calibrator records ranges of float tensors only; an integer input (token ids) has none.
+        tensor = re.search(r"Failed for tensor (\S+)", text)
+        return (f"{target.name}: TFLite's 16x8 quantizer needs a calibrated range for every tensor and an integer "
+                f"input has none ({tensor.group(1) if tensor else 'an input'}): models with token-id inputs take "
+                "tflite-int8 (ids stay int32) or a float target")
     return f"{target.name}: TFLite conversion failed: {text[:400]}"
