@@ -251,7 +251,10 @@ def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
     tokens = keras.Input((10,), dtype="int32", name="tokens")
     h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(tokens))
     model = keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(h))
-    x = np.random.default_rng(0).integers(0, 50, size=(64, 10)).astype("int32")
+    x = np.random.default_rng(0).integers(0, 50, size=(256, 10)).astype("int32")
+    y = (x < 25).sum(axis=1) % 3  # a decisive model: an untrained one sits at 1/3 each, and int8 flips its ties
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=64, verbose=0)
     result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "emb", bench=False)
     a = result.artifact("tflm-int8")
     assert a["status"] == "ok", a["error"]
