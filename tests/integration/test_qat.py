@@ -248,3 +248,32 @@ def test_a_custom_layer_whose_config_drops_its_name_stays_float_with_its_weights
     assert {"layer": "scale", "class": "Scale"} == {k: v for k, v in report["skipped"][-1].items() if k != "reason"}
     assert report["accuracy_wrapped"] == pytest.approx(report["accuracy_before"], abs=0.02)  # weights came along
     assert "get_config" not in Scale.__dict__  # the class is left as it was
+
+
+def test_pqat_keeps_the_zeros_of_convolutions_followed_by_a_relu_layer(digits, tmp_path):
+    """tfmot's Conv2D+ReLU pattern swaps the prune-preserving config for its default one: the zeros moved
+    in training (50 % -> 8 % in the int8 file) and every such model failed the survival check."""
+    import tf_keras
+
+    import deploykit
+
+    tf_keras.utils.set_random_seed(SEED)
+    inp = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.Rescaling(1 / 16.0)(inp)
+    for _ in range(2):
+        h = tf_keras.layers.ReLU()(tf_keras.layers.Conv2D(16, 3, padding="same")(h))
+    out = tf_keras.layers.Dense(10, activation="softmax")(tf_keras.layers.Flatten()(h))
+    model = tf_keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
+    result = deploykit.convert(model, ["tflite-int8", "onnx-int8-qop"], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", bench=False, prune={"sparsity": 0.5, "epochs": 2, "batch_size": 64},
+                               qat=QAT, train_data=_train(digits))
+    # ORT's QOperator rewrite cannot take the QAT graph's stacked convs (their weights come through Q/DQ)
+    qop = result.artifact("onnx-int8-qop")
+    assert qop["status"] == "failed" and "a QAT model's graph already holds" in qop["error"] and "onnx-int8-qdq" in qop["error"]
+    artifact = result.artifact("tflite-int8")
+    assert artifact["status"] == "ok", artifact["error"]
+    assert artifact["settings"]["sparsity"]["densified"] == []
+    for k in result["steps"]["qat"]["report"]["kernel_zeros"]:
+        assert k["zeros_after"] >= k["zeros_before"], k

@@ -242,6 +242,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     opts = target.options
     settings = converter_settings(target)
     proto = to_onnx(model, opts["opset"])
+    fake_quant = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # a QAT model's fake-quant ops
     external = opts["external_data"] == "always" or _proto_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as tmp_dir:
@@ -261,7 +262,11 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 # Measured on Keras 3 GRU/LSTM graphs: QOperator rewriting leaves a tensor the loop body
                 # reads without its producer ("unknown initializers/tensors"); QDQ only annotates the graph.
                 # Keeping that producer float gives a file ORT 1.32's graph optimizer aborts on: no retry.
-                why += "; ONNX Runtime's QOperator rewrite fails on this graph (e.g. recurrent loops): try onnx-int8-qdq"
+                # After QAT, a conv's weights arrive through QuantizeLinear/DequantizeLinear, not as the
+                # initializer the QOperator rewrite reads (its bias lookup finds None).
+                cause = ("a QAT model's graph already holds QuantizeLinear/DequantizeLinear" if fake_quant
+                         else "e.g. recurrent loops")
+                why += f"; ONNX Runtime's QOperator rewrite fails on this graph ({cause}): try onnx-int8-qdq"
             raise ConversionError(f"{target.name}: ONNX quantization failed: {why}") from None
         settings["external_data_files"] = _save(proto, out_path, external)
     try:
