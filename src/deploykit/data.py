@@ -127,6 +127,7 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Datase
     names = [s.name for s in inputs]
     if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
         spec = spec()
+    _refuse_streams(spec, role)
     if isinstance(spec, (str, Path)):
         source = str(spec)
         xs, y = _from_npz(Path(spec), names)
@@ -183,6 +184,22 @@ def _one_hot_rows(y: np.ndarray) -> np.ndarray | None:
     if y.dtype.kind in "biuf" and y.size and np.isin(y, (0, 1)).all():
         return np.count_nonzero(y, axis=-1)
     return None
+
+
+def _refuse_streams(spec: Any, role: str) -> None:
+    """tf.data datasets, generators and iterators are streams, not arrays: said so, with the way to arrays.
+
+    numpy turned them into a 0-d object array, and the message blamed a dtype ("object, not numeric").
+    """
+    import inspect
+
+    kind = type(spec).__module__ + "." + type(spec).__name__
+    tf_dataset = "tensorflow" in kind and "Dataset" in kind
+    if tf_dataset or inspect.isgenerator(spec) or (hasattr(spec, "__next__") and not isinstance(spec, (np.ndarray, str, bytes))):
+        raise DataError(
+            f"{role}: a {type(spec).__name__} is a stream; pass arrays: (x, y), a dict or an .npz "
+            "(e.g. x = np.concatenate([b for b, _ in ds]) from a tf.data batch stream)"
+        )
 
 
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:

@@ -450,6 +450,10 @@ class Pipeline:
                 artifact.steps["verify"] = mem.to_dict()
                 if conv_settings.get("note"):  # what the converter did that the target's name does not say
                     artifact.verification.setdefault("notes", []).append(conv_settings["note"])
+                if target.needs_calibration and calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
+                    artifact.verification.setdefault("notes", []).append(
+                        f"calibrated on {len(calib)} sample(s): the integer ranges come from them alone and may not cover "
+                        "what the model meets in use; pass a few hundred representative samples with --data")
                 verify_init_s = init_s
                 if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
                     footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}
@@ -562,6 +566,10 @@ def _float16_range_hint(loaded: Any) -> str | None:
             return (f"weight {name!r} holds {float(np.nanmax(np.abs(value))):.3g}, beyond float16's {FLOAT16_MAX:g}: TFLite "
                     "stores it saturated; use tflite-fp32 or tflite-dynamic (onnx-fp16 and tfjs-fp16 keep such tensors float32)")
     return None
+
+
+# Below this many calibration samples, an int8 artifact's ranges are a guess: said in its notes.
+FEW_CALIBRATION_SAMPLES = 32
 
 
 # Targets that keep a float input (its features then reach the model's Normalization intact).

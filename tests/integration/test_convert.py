@@ -615,3 +615,14 @@ def test_weights_beyond_float16_stay_float32_or_are_named(tmp_path):
     tfl = result.artifact("tflite-fp16")
     assert tfl["status"] == "failed" and "beyond float16's 65504" in tfl["error"] and "tflite-fp32" in tfl["error"]
     json.loads((result.out / "manifest.json").read_text())
+
+
+def test_a_handful_of_calibration_samples_is_said(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    result = deploykit.convert(model, ["tflite-int8", "tflite-fp32"], data=x, out=tmp_path / "few", bench=False)
+    assert any("calibrated on 4 sample(s)" in n for n in result.artifact("tflite-int8")["verification"].get("notes", []))
+    assert not any("calibrated on" in n for n in result.artifact("tflite-fp32")["verification"].get("notes", []))

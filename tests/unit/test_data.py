@@ -367,3 +367,14 @@ def test_random_inputs_refuse_dimensions_of_any_size():
     with pytest.raises(DataError, match=r"input 'img' has dimensions of any size \(None, None, None, 3\).*pass --data"):
         _random_inputs([TensorSpec("img", (None, None, None, 3), "float32")])
     assert _random_inputs([TensorSpec("img", (None, 4, 4, 3), "float32")]).x[0].shape == (8, 4, 4, 3)
+
+
+def test_streams_are_refused_naming_the_way_to_arrays():
+    """A tf.data Dataset or a generator became a 0-d object array: 'dtype object, not numeric'."""
+    import tensorflow as tf
+
+    spec = [TensorSpec("x", (None, 3), "float32")]
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 3), np.float32), np.zeros(4))).batch(2)
+    for stream in (ds, (i for i in range(3)), iter([np.zeros(3)])):
+        with pytest.raises(DataError, match="is a stream; pass arrays"):
+            load_data(stream, spec)

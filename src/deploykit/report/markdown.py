@@ -28,7 +28,7 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
                      "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["removed_for_export"]) + ".")
     d = manifest.data
     lines += [
-        f"Verified on {d.get('eval_samples')} samples of `{d.get('eval_source')}`"
+        f"Verified on {d.get('eval_samples')} sample{'' if d.get('eval_samples') == 1 else 's'} of `{d.get('eval_source')}`"
         + (" with labels." if d.get("labels") else " (no labels: accuracy not measured)."),
         "",
         "## At a glance",

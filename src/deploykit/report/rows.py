@@ -206,8 +206,11 @@ def prune_lines(manifest: Manifest) -> list[str]:
     st = rep.get("settings", {})
     tot = rep.get("totals", {})
     ev = rep.get("eval", {})
+    kernels = [k for layer in rep.get("layers", []) for k in layer.get("kernels", [])]
+    covered, params = sum(k["size"] for k in kernels), tot.get("parameters") or 0
+    share = f" (kernels holding {covered / params:.0%} of the parameters)" if params and covered < 0.95 * params else ""
     lines = [
-        f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
+        f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity{share} ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
         f"schedule) by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
         f"({rep.get('path')}); loss and optimizer from {st.get('training_settings_from')}.",
         "",
