@@ -575,6 +575,19 @@ def test_runtime_memory_is_the_artifacts_not_the_converting_process(all_targets_
     assert "Runtime mem" in (result.out / "report.md").read_text()
 
 
+def _tabular_classifier(x, y, *, classes: int, hidden: int, lr: float, epochs: int):
+    """A Keras 3 MLP with its Normalization adapted on ``x`` (raw features in), trained on (x, y)."""
+    import keras
+
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((x.shape[1],)), norm, keras.layers.Dense(hidden, activation="relu"),
+                              keras.layers.Dense(classes, activation="softmax")])
+    model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
 def test_int8_failure_on_mixed_feature_scales_names_the_cause(tmp_path):
     """Tabular features from 0.01 to 1000 with Normalization inside: the int8 input step erases the small ones."""
     import keras
@@ -583,12 +596,7 @@ def test_int8_failure_on_mixed_feature_scales_names_the_cause(tmp_path):
     rng = np.random.default_rng(0)
     x = np.stack([rng.normal(0, 0.01, 400), rng.normal(0, 1000, 400), rng.normal(0, 1, 400)], axis=1).astype("float32")
     y = (x[:, 0] > 0).astype("int64") + (x[:, 2] > 0)  # the 0.01-scale feature decides
-    norm = keras.layers.Normalization()
-    norm.adapt(x)
-    model = keras.Sequential([keras.Input((3,)), norm, keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])
-    model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=30, batch_size=64, verbose=0)
+    model = _tabular_classifier(x, y, classes=3, hidden=16, lr=0.02, epochs=30)
     result = deploykit.convert(model, ["tflite-int8", "tflite-dynamic"], data=(x, y), out=tmp_path / "tab", bench=False)
     int8 = result.artifact("tflite-int8")
     assert int8["status"] == "failed" and "mixes feature ranges" in int8["error"] and "tflite-dynamic" in int8["error"]
@@ -603,12 +611,7 @@ def test_weights_beyond_float16_stay_float32_or_are_named(tmp_path):
     rng = np.random.default_rng(0)
     x = np.stack([rng.normal(3e5, 8e4, 600), rng.normal(120, 40, 600)], axis=1).astype("float32")
     y = (x[:, 0] > 3e5).astype("int64")
-    norm = keras.layers.Normalization()
-    norm.adapt(x)
-    model = keras.Sequential([keras.Input((2,)), norm, keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(2, activation="softmax")])
-    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    model = _tabular_classifier(x, y, classes=2, hidden=8, lr=0.05, epochs=20)
     result = deploykit.convert(model, ["tflite-fp16", "tfjs-fp16", "onnx-fp16"], data=(x, y), out=tmp_path / "price", bench=False)
     assert result.artifact("tfjs-fp16")["status"] == "ok", result.artifact("tfjs-fp16")["error"]
     assert result.artifact("onnx-fp16")["status"] == "ok", result.artifact("onnx-fp16")["error"]
