@@ -198,6 +198,15 @@ class Pipeline:
     # -------------------------------------------------------------------------------------
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""
+        self._restore: tuple[Any, list[np.ndarray]] | None = None
+        try:
+            return self._run(model)
+        finally:
+            if self._restore is not None:  # the caller's model, pruned in place, gets its weights back
+                keras_model, weights = self._restore
+                keras_model.set_weights(weights)
+
+    def _run(self, model: Any) -> ConvertResult:
         from deploykit.converters import get_converter
         from deploykit.data import load_data
         from deploykit.models import load_model
@@ -348,10 +357,15 @@ class Pipeline:
 
         if loaded.keras_model is None:
             raise UserError(f"{loaded.source}: pruning fine-tunes a Keras model; pass the .keras/.h5 file, not a SavedModel")
+        # A model that cannot be cloned (subclassed, without a config that rebuilds it) is pruned in
+        # place: when it is the caller's object, run() puts its weights back at the end.
+        original = (loaded.keras_model, loaded.keras_model.get_weights()) if not isinstance(model, (str, Path)) else None
         report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
                                  lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
                                                                        progress=progress, **self.prune_options))
         self.prune_report = report
+        if report.get("in_place") and original is not None:
+            self._restore = original
         return pruned
 
     def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:

@@ -464,3 +464,37 @@ def test_keras3_pruning_keeps_an_adapted_normalization():
     report = result.report
     assert report["accuracy_before"] > 0.8
     assert report["accuracy_after"] >= report["accuracy_before"] - 0.05, report
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_convert_with_pruning_leaves_the_callers_model_as_it_was(tmp_path, kind):
+    """A renamed Input in the clone sent functional models down the in-place path, and a subclassed
+    model (no config to rebuild it) is pruned in place: both came back to the caller pruned."""
+    import keras
+
+    import deploykit
+
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 6)).astype("float32"), rng.integers(0, 3, 60)
+    if kind == "subclassed":
+        model = Plain()
+        model(x[:1])
+    else:
+        inp = keras.Input((6,))
+        model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Dense(16, activation="relu")(inp)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = [np.array(w) for w in model.get_weights()]
+    result = deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / kind, bench=False,
+                               prune={"sparsity": 0.5, "epochs": 1}, train_data=(x, y))
+    assert result.ok
+    assert result["steps"]["prune"]["report"]["in_place"] == (kind == "subclassed")
+    assert all(np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
+    assert result["steps"]["prune"]["report"]["totals"]["zeros_after"] > 0  # and the artifact's model was pruned

@@ -501,8 +501,6 @@ def _clone_keras3(model: Any) -> tuple[Any, bool]:
     try:
         clone = keras.models.clone_model(model)
         copy_state(model, clone)
-        if [l.name for l in _walk(clone)] != [l.name for l in _walk(model)]:
-            return model, True  # a subclassed model inside was rebuilt with new layer names: prune in place
         return clone, False
     except Exception:  # noqa: BLE001 - e.g. a subclassed model without get_config: prune it in place
         return model, True
@@ -645,18 +643,19 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
 
 
 # ----------------------------------------------------------------------------- report
-def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str) -> list[dict[str, Any]]:
+def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str,
+                  names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     layers = {l.name: l for l in _walk(model)}
     out: dict[str, dict[str, Any]] = {}
-    for k in kernels:
+    for k, shown in zip(kernels, names or [k.layer for k in kernels]):
         layer = layers[k.layer]
         var = getattr(layer, k.weight, None)
         if var is None:  # get_prunable_weights() kernels: find by name
             var = next(v for v in layer.weights if (getattr(v, "path", None) or v.name).split("/")[-1].split(":")[0] == k.weight)
         w = np.asarray(var.numpy())
         zeros = int(np.count_nonzero(w == 0))
-        entry = out.setdefault(k.layer, {"name": k.layer, "class": k.layer_class, "structure": structure,
-                                          "target_sparsity": target, "kernels": []})
+        entry = out.setdefault(shown, {"name": shown, "class": k.layer_class, "structure": structure,
+                                        "target_sparsity": target, "kernels": []})
         entry["kernels"].append({"weight": k.weight, "shape": list(w.shape), "size": int(w.size), "zeros": zeros,
                                  "achieved_sparsity": zeros / w.size if w.size else 0.0})
     for entry in out.values():
@@ -810,6 +809,9 @@ def prune(
     if kind == "keras3":
         work, in_place = _clone_keras3(model)
         work_kernels, _ = _plan(work, kind, structure, bs)
+        if [k.shape for k in work_kernels] != [k.shape for k in kernels]:
+            raise UserError("the model's clone does not have the model's prunable kernels (a subclassed layer rebuilt "
+                            "from its config differs); prune a functional model")
         state, forced = _fit_keras3(work, work_kernels, *args)
         pruned = work
         path_taken = KERAS3_PATH
@@ -818,7 +820,10 @@ def prune(
         path_taken = TFMOT_PATH
     after = _weights_summary(pruned)
     acc_after = _accuracy(pruned, val.x, val.y)
-    layers = _layer_report(pruned, kind, kernels, sparsity, structure)
+    # The clone's layers, reported under the model's names (a subclassed layer rebuilt in the clone
+    # names its sublayers anew: conv2d -> conv2d_1)
+    layers = _layer_report(pruned, kind, work_kernels if kind == "keras3" else kernels, sparsity, structure,
+                           names=[k.layer for k in kernels])
 
     report = {
         "path": path_taken,
