@@ -31,6 +31,7 @@ class Dataset:
     x: list[np.ndarray]
     y: np.ndarray | None
     source: str
+    one_hot_classes: int | None = None  # labels given one-hot: over how many classes
 
     def __len__(self) -> int:
         return len(self.x[0])
@@ -44,11 +45,11 @@ class Dataset:
         if n >= len(self):
             return self
         idx = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
-        return Dataset([a[idx] for a in self.x], None if self.y is None else self.y[idx], self.source)
+        return Dataset([a[idx] for a in self.x], None if self.y is None else self.y[idx], self.source, self.one_hot_classes)
 
     def take(self, n: int) -> "Dataset":
         """The first ``n`` samples (all when fewer)."""
-        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source)
+        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source, self.one_hot_classes)
 
     def batches(self, size: int):
         """Yield lists of per-input arrays of at most ``size`` samples."""
@@ -147,8 +148,10 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Datase
     n = len(out[0])
     if any(len(a) != n for a in out):
         raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
-    labels = None if y is None else _check_labels(np.asarray(y), n, where)
-    return Dataset(out, labels, source)
+    y = None if y is None else np.asarray(y)
+    labels = None if y is None else _check_labels(y, n, where)
+    one_hot = int(y.shape[-1]) if y is not None and labels is not None and y.ndim == labels.ndim + 1 and y.shape[-1] > 1 else None
+    return Dataset(out, labels, source, one_hot)
 
 
 def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
@@ -245,6 +248,11 @@ def check_label_range(data: Dataset, classes: int | None) -> None:
     """Refuse labels that the model's classification output cannot produce (they would skew accuracy)."""
     if data.y is None or not classes or len(data.y) == 0:
         return
+    if data.one_hot_classes and data.one_hot_classes != classes:
+        raise DataError(
+            f"{data.source}: labels 'y' are one-hot over {data.one_hot_classes} classes but the model outputs {classes}; "
+            "pass labels for the model's classes"
+        )
     top = int(data.y.max())
     if top >= classes:
         raise DataError(

@@ -236,9 +236,15 @@ class Pipeline:
         evald = evald.spread(self.verify_samples)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
         from deploykit.data import check_label_range
-        from deploykit.verify import label_classes
+        from deploykit.verify import label_classes, labels_fit
 
-        check_label_range(evald, label_classes([(tuple(o.shape), o.dtype) for o in loaded.info().outputs], evald.y))
+        described = [(tuple(o.shape), o.dtype) for o in loaded.info().outputs]
+        if not labels_fit(described, evald.y):
+            raise DataError(
+                f"{evald.source}: labels 'y' of shape {evald.y.shape} give a class per position, and no output has "
+                f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in loaded.info().outputs)}); pass "
+                "labels of the output's shape, one class per sample (N,), or leave 'y' out")
+        check_label_range(evald, label_classes(described, evald.y))
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
             dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
             loaded = self._prune(model, loaded, steps)

@@ -45,6 +45,20 @@ def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray
     return int(shapes_dtypes[classifiers[0]][0][1]) if classifiers else None
 
 
+def labels_fit(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None) -> bool:
+    """False when labels with a class per position (N, *S) match no output's shape: a float
+    (N, *S, C) output, or an integer class map (N, *S) (declared None dimensions match any size).
+    Labels with one class per sample always fit (an unscored output is said in the notes)."""
+    if labels is None or np.ndim(labels) < 2:
+        return True
+    want = tuple(np.shape(labels)[1:])
+
+    def same(dims: Sequence[Any]) -> bool:
+        return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
+
+    return any(same(sh[1:-1]) if "float" in str(dt) else same(sh[1:]) for sh, dt in shapes_dtypes)
+
+
 def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:
     """Index of the output that labels score, or None.
 

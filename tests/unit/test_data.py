@@ -378,3 +378,17 @@ def test_streams_are_refused_naming_the_way_to_arrays():
     for stream in (ds, (i for i in range(3)), iter([np.zeros(3)])):
         with pytest.raises(DataError, match="is a stream; pass arrays"):
             load_data(stream, spec)
+
+
+def test_one_hot_labels_over_another_class_count_are_refused():
+    """(N, 3) one-hot labels on a 4-class model were argmaxed and scored: 2.5 % accuracy, exit 0."""
+    from deploykit.data import check_label_range
+
+    spec = [TensorSpec("x", (None, 4), "float32")]
+    x = np.zeros((3, 4), np.float32)
+    data = load_data({"x": x, "y": np.eye(3)}, spec)
+    assert data.one_hot_classes == 3 and data.spread(2).one_hot_classes == 3
+    check_label_range(data, 3)
+    with pytest.raises(DataError, match="one-hot over 3 classes but the model outputs 4"):
+        check_label_range(data, 4)
+    assert load_data({"x": x, "y": np.array([0, 1, 2])}, spec).one_hot_classes is None

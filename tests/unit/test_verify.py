@@ -441,3 +441,14 @@ def test_mixed_feature_scales_are_named_for_integer_inputs():
     assert hint and hint.startswith("input 'tab' mixes feature ranges") and "8-bit" in hint and hint.endswith("WAY OUT")
     assert mixed_scale_hint({"tab": x}, 65536, "w") is None  # 16 bits resolve a 50000x spread
     assert mixed_scale_hint({"img": rng.uniform(0, 255, (4, 8, 8, 3)).astype("float32")}, 256, "w") is None  # not tabular
+
+
+def test_labels_per_position_must_fit_an_output():
+    from deploykit.verify import labels_fit
+
+    seg = [((None, 8, 8, 3), "float32")]
+    assert labels_fit(seg, np.zeros((5, 8, 8))) and labels_fit(seg, np.zeros(5)) and labels_fit(seg, None)
+    assert not labels_fit(seg, np.zeros((5, 4, 4))) and not labels_fit(seg, np.zeros((5, 64)))
+    assert labels_fit([((None, None, None, 2), "float32")], np.zeros((5, 6, 7)))  # any size
+    assert labels_fit([((None, 8, 8), "int32")], np.zeros((5, 8, 8)))  # a class map
+    assert not labels_fit([((None, 4), "float32")], np.zeros((5, 4)))  # tags on a 4-class classifier
