@@ -259,3 +259,23 @@ def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
     a = result.artifact("tflm-int8")
     assert a["status"] == "ok", a["error"]
     assert "SELECT_V2" not in a["settings"]["converter"]["ops"]
+
+
+def test_a_per_step_dense_tagger_runs_on_tflite_micro(tmp_path):
+    """With a dynamic batch, a Dense on (N, T, F) reshapes through SHAPE/REDUCE_PROD, which TFLite Micro lacks;
+    TFLite Micro runs batch 1, so the model is exported at batch 1."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((10,), dtype="int32")
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Embedding(20, 8)(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(0, 20, size=(256, 10)).astype("int32")
+    y = x % 3  # a tag per step
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    result = deploykit.convert(model, ["tflm-int8"], data=(x, y), out=tmp_path / "tag", bench=False)
+    a = result.artifact("tflm-int8")
+    assert a["status"] == "ok", a["error"]
+    assert "REDUCE_PROD" not in a["settings"]["converter"]["ops"] and a["settings"]["converter"]["fixed_batch"] == 1
+    assert "labelled positions" in a["verification"]["accuracy_per"]

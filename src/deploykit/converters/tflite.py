@@ -59,7 +59,7 @@ def converter_settings(target: Any) -> dict[str, Any]:
     return settings
 
 
-def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
+def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: int | None = None) -> dict[str, Any]:
     """Convert ``model`` (a LoadedModel) for ``target`` into ``out_path``.
 
     Args:
@@ -67,6 +67,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         target: The :class:`deploykit.targets.Target`.
         calibration: Dataset for integer activations (None when not needed).
         out_path: Where to write the .tflite bytes.
+        batch: Export with this batch size fixed (TFLite Micro runs batch 1); default: any batch.
 
     Returns:
         The converter settings used.
@@ -78,7 +79,11 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     try:
         if getattr(model, "_tflite_needs_fixed_batch", False):  # an earlier target of this run found out
             raise ConversionError("TensorList ops need a static batch")
-        flatbuffer = _convert(model.saved_model_dir(), model, target, settings, calibration)
+        if batch is not None and model.keras_model is not None:
+            flatbuffer = _convert(model.fixed_batch_saved_model_dir(batch), model, target, settings, calibration)
+            settings["fixed_batch"] = batch
+        else:
+            flatbuffer = _convert(model.saved_model_dir(), model, target, settings, calibration)
     except ConversionError as exc:
         # Recurrent loops (Keras 3 LSTM/GRU) carry TensorList ops that TFLite lowers to a builtin
         # WHILE only with static shapes; with a dynamic batch it asks for Flex (SELECT_TF_OPS),

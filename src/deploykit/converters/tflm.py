@@ -140,7 +140,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     _check_input_types(model)
     _check_static_shapes(model)
     out_path = Path(out_path)
-    settings = tflite.convert(model, target, calibration, out_path)  # int8 + int8 I/O per the target
+    # int8 + int8 I/O per the target, exported at batch 1 (all TFLite Micro runs): with a dynamic batch,
+    # a Dense on a sequence reshapes through SHAPE/REDUCE_PROD, and TFLite Micro has no REDUCE_PROD.
+    settings = tflite.convert(model, target, calibration, out_path, batch=1)
     flatbuffer = out_path.read_bytes()
     ops = model_ops(flatbuffer)
     missing = sorted({op for op in ops if op not in micro_kernels()})
