@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -247,7 +248,7 @@ def main() -> None:
     try:
         app()
     except DeployError as exc:
-        message = " ".join(str(exc).split())
+        message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Keras's terminal codes
         print(f"deploy: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:

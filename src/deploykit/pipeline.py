@@ -512,6 +512,7 @@ class Pipeline:
         # a failed artifact is not kept: its name must not send them looking for it.
         shown = str(rel) if final.exists() else f"the converted {rel} (not kept)"
         artifact.error = re.sub(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.partial", lambda _: shown, artifact.error)
+        artifact.error = _ANSI.sub("", artifact.error)  # Keras underlines names in its messages with terminal codes
         if artifact.status == "failed" and not final.exists():
             artifact.path = ""
             for extra in artifact.extra_files:  # e.g. external data of a model that never made it
@@ -583,10 +584,13 @@ def _float16_range_hint(loaded: Any) -> str | None:
         value = np.asarray(w)
         if value.dtype.kind == "f" and value.size and np.nanmax(np.abs(value)) > FLOAT16_MAX:
             name = getattr(w, "path", None) or w.name
-            return (f"weight {name!r} holds {float(np.nanmax(np.abs(value))):.3g}, beyond float16's {FLOAT16_MAX:g}: TFLite "
+            extreme = float(value.flat[int(np.nanargmax(np.abs(value)))])
+            return (f"weight {name!r} holds {extreme:.3g}, beyond float16's ±{FLOAT16_MAX:g}: TFLite "
                     "stores it saturated; use tflite-fp32 or tflite-dynamic (onnx-fp16 and tfjs-fp16 keep such tensors float32)")
     return None
 
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Below this many calibration samples, an int8 artifact's ranges are a guess: said in its notes.
 FEW_CALIBRATION_SAMPLES = 32

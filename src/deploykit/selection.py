@@ -105,7 +105,8 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
                     settings={"target": target.to_dict()})
     if not passing:
         auto.status = "failed"
-        auto.error = "no candidate passed verification: " + "; ".join(f"{r['target']}: {r['error']}" for r in rows)
+        auto.error = "no candidate passed verification: " + "; ".join(
+            f"{r['target']}: {r['error'].removeprefix(r['target'] + ': ')}" for r in rows)
         auto.selection = {"candidates": rows, "winner": None, "reason": auto.error}
         return auto
     if target.select_by == "download":

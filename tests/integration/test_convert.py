@@ -618,7 +618,7 @@ def test_weights_beyond_float16_stay_float32_or_are_named(tmp_path):
     assert result.artifact("tfjs-fp16")["status"] == "ok", result.artifact("tfjs-fp16")["error"]
     assert result.artifact("onnx-fp16")["status"] == "ok", result.artifact("onnx-fp16")["error"]
     tfl = result.artifact("tflite-fp16")
-    assert tfl["status"] == "failed" and "beyond float16's 65504" in tfl["error"] and "tflite-fp32" in tfl["error"]
+    assert tfl["status"] == "failed" and "beyond float16's ±65504" in tfl["error"] and "tflite-fp32" in tfl["error"]
     json.loads((result.out / "manifest.json").read_text())
 
 

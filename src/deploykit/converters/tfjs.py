@@ -251,7 +251,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             "outputs": {k: _tensor_info(t, s) for k, (t, s) in graph.outputs.items()},
         },
     }
-    out_path.write_text(json.dumps(model_json, separators=(",", ":")))
+    # Sorted keys: MessageToDict's order varies from run to run, and so did the file's sha256 and gzip size.
+    out_path.write_text(json.dumps(model_json, separators=(",", ":"), sort_keys=True))
     settings.update(
         {
             "external_data_files": shard_names,
