@@ -95,7 +95,9 @@ def highlights(manifest: Manifest) -> list[str]:
             lines.append(f"Fastest: **{fast.target}** (p50 {fast.benchmark['p50_ms']:.3f} ms, {threads_text(fast.benchmark.get('threads'))})")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
-            best = max(acc, key=lambda a: (a.verification["accuracy"], -a.size_bytes))
+            # ties go to the artifact closest to the reference, then the smaller one
+            best = max(acc, key=lambda a: (a.verification["accuracy"], -(a.verification.get("max_abs_error") or 0.0),
+                                           -a.size_bytes))
             per = " of labelled positions (pixels or steps)" if best.verification.get("accuracy_per") else ""
             lines.append(
                 f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}{per}; reference "
