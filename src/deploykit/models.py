@@ -683,9 +683,9 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
 def with_inputs(model: Any, kind: str, source: str) -> Any:
     """The model with symbolic inputs, which export, verification and pruning read.
 
-    A built Keras 3 subclassed model (one input, its shape known from build or a first call) is
-    wrapped in a functional model around it: the same layers and weights, called on a
-    ``keras.Input`` of that shape. A model whose input shape nobody knows is refused with the way out.
+    A built Keras 3 subclassed model (its input shape, or list or dict of shapes, known from build
+    or a first call) is wrapped in a functional model around it: the same layers and weights,
+    called on ``keras.Input`` s of those shapes. A model whose input shape nobody knows is refused with the way out.
     """
     try:
         inputs = model.inputs
@@ -696,24 +696,40 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
     name = type(model).__name__
     shapes = getattr(model, "_build_shapes_dict", None) or {}
     shape = next(iter(shapes.values())) if len(shapes) == 1 else None
-    if kind == "keras3" and name != "Sequential" and isinstance(shape, (list, tuple)) and shape \
-            and not isinstance(shape[0], (list, tuple, dict)):
+    if kind == "keras3" and name != "Sequential" and shape:
         import keras
 
-        # shape[0] is the batch it was first called with: any batch size here
-        inp = keras.Input(shape=tuple(shape[1:]), dtype=getattr(model, "input_dtype", None) or "float32")
-        try:
-            return keras.Model(inp, model(inp), name=model.name)
-        except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
-            pass
+        dtype = getattr(model, "input_dtype", None) or "float32"
+
+        def symbolic(s: Any, input_name: str | None = None) -> Any:
+            # s[0] is the batch it was first called with: any batch size here
+            return keras.Input(shape=tuple(s[1:]), dtype=dtype, name=input_name)
+
+        def is_shape(s: Any) -> bool:
+            return isinstance(s, (list, tuple)) and bool(s) and all(d is None or isinstance(d, int) for d in s)
+
+        if is_shape(shape):
+            inp: Any = symbolic(shape)
+        elif isinstance(shape, dict) and all(is_shape(s) for s in shape.values()):  # call(inputs) on a dict
+            inp = {k: symbolic(s, k) for k, s in shape.items()}
+        elif isinstance(shape, (list, tuple)) and all(is_shape(s) for s in shape):  # call(inputs) on a list
+            inp = [symbolic(s) for s in shape]
+        else:
+            inp = None
+        if inp is not None:
+            try:
+                return keras.Model(inp, model(inp), name=model.name)
+            except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
+                pass
     if name == "Sequential":
         raise ModelLoadError(
             f"{source}: the Sequential model was never built, so it has no input shape; start it with "
             "keras.Input(shape=...) (or call model.build((None, ...))) and save it again"
         )
     raise ModelLoadError(
-        f"{source}: {name} is a subclassed model whose input shape is unknown (never built or called, or several "
-        "inputs); call it once on a batch, or wrap it (inp = keras.Input(shape=...); keras.Model(inp, model(inp)))"
+        f"{source}: {name} is a subclassed model whose input shape is unknown (never built or called, or called "
+        "with several arguments); call it once on a batch, or wrap it (inp = keras.Input(shape=...); "
+        "keras.Model(inp, model(inp)))"
     )
 
 

@@ -286,3 +286,32 @@ def test_a_built_subclassed_model_is_wrapped_and_an_unbuilt_one_refused():
         load_model(SubNet())
     with pytest.raises(ModelLoadError, match="Sequential model was never built.*keras.Input"):
         load_model(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_subclassed_models_called_on_a_list_or_a_dict_are_wrapped():
+    import keras
+
+    from deploykit.models import load_model
+
+    class Two(keras.Model):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.a, self.b, self.out = keras.layers.Dense(4), keras.layers.Dense(4), keras.layers.Dense(2)
+
+        def call(self, inputs):
+            first, second = (inputs["img"], inputs["meta"]) if isinstance(inputs, dict) else inputs
+            return self.out(keras.ops.concatenate([self.a(first), self.b(second)], -1))
+
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=(3, 2)).astype("float32")
+    listed = Two()
+    expected = np.asarray(listed([x0, x1]))
+    loaded = load_model(listed)
+    assert [s.shape for s in loaded.inputs] == [(None, 5), (None, 2)]
+    np.testing.assert_allclose(loaded.predict([x0, x1])[0], expected, rtol=1e-5)
+    keyed = Two()
+    expected = np.asarray(keyed({"img": x0, "meta": x1}))
+    loaded = load_model(keyed)
+    assert sorted(s.name for s in loaded.inputs) == ["img", "meta"]
+    by_name = {s.name: x for s, x in zip(loaded.inputs, [x0 if s.name == "img" else x1 for s in loaded.inputs])}
+    np.testing.assert_allclose(loaded.predict([by_name[s.name] for s in loaded.inputs])[0], expected, rtol=1e-5)
