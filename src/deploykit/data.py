@@ -86,6 +86,9 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         return [arrays[n] for n in input_names], y
     numbered = [f"x{i}" for i in range(len(input_names))]
     if all(n in arrays for n in numbered):
+        if f"x{len(input_names)}" in arrays:  # one array more than the model has inputs: which one is extra?
+            raise DataError(f"{path}: has keys x0..x{len(input_names)} or more but the model takes {len(input_names)} "
+                            f"input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
         return [arrays[n] for n in numbered], y
     want = "'x'" if len(input_names) == 1 else f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}"
     raise DataError(f"{path}: has keys {sorted(arrays) or 'none'} but needs {want} (and optionally 'y' for labels)")

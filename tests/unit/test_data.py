@@ -392,3 +392,11 @@ def test_one_hot_labels_over_another_class_count_are_refused():
     with pytest.raises(DataError, match="one-hot over 3 classes but the model outputs 4"):
         check_label_range(data, 4)
     assert load_data({"x": x, "y": np.array([0, 1, 2])}, spec).one_hot_classes is None
+
+
+def test_an_extra_numbered_array_is_refused(tmp_path):
+    spec = [TensorSpec("a", (None, 2), "float32"), TensorSpec("b", (None, 3), "float32")]
+    path = tmp_path / "d.npz"
+    np.savez(path, x0=np.zeros((4, 2), np.float32), x1=np.zeros((4, 3), np.float32), x2=np.zeros((4, 3), np.float32))
+    with pytest.raises(DataError, match="x0..x2 or more but the model takes 2 input"):
+        load_data(path, spec)

@@ -503,3 +503,12 @@ def test_user_profiles_inherit_the_closest_builtin_tolerance_and_io_int8_is_tfli
     opset.write_text('format = "onnx"\nprecision = "fp32"\noptions = { opset = 30 }\n')
     with pytest.raises(TargetError, match="options.opset must be <= 18"):
         load_target_file(opset)
+
+
+def test_user_profiles_inherit_bench_settings_too(tmp_path):
+    from deploykit.targets import get_target, load_target_file
+
+    f = tmp_path / "web.toml"
+    f.write_text('format = "tfjs"\nprecision = "fp32"\n[bench]\niterations = 7\n')
+    t = load_target_file(f)
+    assert t.bench.threads == get_target("tfjs-fp32").bench.threads == 1 and t.bench.iterations == 7

@@ -372,9 +372,9 @@ def load_target_file(path: str | Path) -> Target:
 
     The file is either a flat table of fields (the profile name defaults to
     the file stem) or a single named table, like the entries of builtin.toml.
-    Tolerance fields it leaves out come from the closest built-in profile: the
-    same format and precision, else the same format and numeric types, else the
-    same numeric types in another format.
+    Tolerance and bench fields it leaves out come from the closest built-in
+    profile: the same format and precision, else the same format and numeric
+    types, else the same numeric types in another format.
     """
     path = Path(path)
     try:
@@ -393,8 +393,10 @@ def load_target_file(path: str | Path) -> Target:
     # the same format and precision (an int8 board file is judged like tflite-int8, not by the
     # float32 defaults that fail every quantized classifier element by element).
     like = _closest_builtin(entry)
-    if like is not None and isinstance(entry.get("tolerance", {}), Mapping):
-        entry["tolerance"] = {**dataclasses.asdict(like.tolerance), **entry.get("tolerance", {})}
+    # Bench fields too: a TF.js profile timed with 2 threads reported "threads 1, 2" (wasm runs one).
+    for key, value in (("tolerance", like.tolerance if like else None), ("bench", like.bench if like else None)):
+        if value is not None and isinstance(entry.get(key, {}), Mapping):
+            entry[key] = {**dataclasses.asdict(value), **entry.get(key, {})}
     return Target.from_dict(name, entry, source=str(path))
 
 
