@@ -22,7 +22,8 @@ install: $(STAMP) $(TFJS_STAMP) browser
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# Retries: TensorFlow's wheel is ~570 MB, and a dropped connection ended a CI run mid-download.
+	$(PY) -m pip install --quiet --retries 10 --resume-retries 10 -e '.[dev]'
 	@touch $(STAMP)
 
 # npm ci: exactly the lockfile's versions (@tensorflow/tfjs 4.22.0 + wasm backend), no native code.
