@@ -19,10 +19,10 @@ CHROMIUM   := /usr/bin/chromium
 install: $(STAMP) $(TFJS_STAMP) browser
 
 # Re-install when the dependency list changes; the stamp makes repeated runs instant.
+# Retries and resumed downloads: TensorFlow's wheel is ~570 MB and a connection may drop mid-way.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# Retries: TensorFlow's wheel is ~570 MB, and a dropped connection ended a CI run mid-download.
 	$(PY) -m pip install --quiet --retries 10 --resume-retries 10 -e '.[dev]'
 	@touch $(STAMP)
 
