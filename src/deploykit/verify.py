@@ -37,8 +37,7 @@ def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray
         return None
     if np.ndim(labels) > 1:  # a class per position: a float (N, *S, C) output
         for sh, dt in shapes_dtypes:
-            if len(sh) == np.ndim(labels) + 1 and tuple(sh[1:-1]) == tuple(np.shape(labels)[1:]) and "float" in str(dt) \
-                    and sh[-1] and sh[-1] > 1:
+            if "float" in str(dt) and _same_positions(sh[1:-1], labels) and sh[-1] and sh[-1] > 1:
                 return int(sh[-1])
         return None
     classifiers = classifier_outputs(shapes_dtypes)
@@ -51,12 +50,13 @@ def labels_fit(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | 
     Labels with one class per sample always fit (an unscored output is said in the notes)."""
     if labels is None or np.ndim(labels) < 2:
         return True
+    return any(_same_positions(sh[1:-1] if "float" in str(dt) else sh[1:], labels) for sh, dt in shapes_dtypes)
+
+
+def _same_positions(dims: Sequence[Any], labels: np.ndarray) -> bool:
+    """Declared output dimensions (None: any size) that hold the positions of (N, *S) labels."""
     want = tuple(np.shape(labels)[1:])
-
-    def same(dims: Sequence[Any]) -> bool:
-        return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
-
-    return any(same(sh[1:-1]) if "float" in str(dt) else same(sh[1:]) for sh, dt in shapes_dtypes)
+    return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
 
 
 def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:

@@ -452,3 +452,10 @@ def test_labels_per_position_must_fit_an_output():
     assert labels_fit([((None, None, None, 2), "float32")], np.zeros((5, 6, 7)))  # any size
     assert labels_fit([((None, 8, 8), "int32")], np.zeros((5, 8, 8)))  # a class map
     assert not labels_fit([((None, 4), "float32")], np.zeros((5, 4)))  # tags on a 4-class classifier
+
+
+def test_label_classes_of_a_segmentation_output_with_any_size():
+    """The class count of a (None, None, None, C) output bounds per-pixel labels too (it was skipped)."""
+    from deploykit.verify import label_classes
+
+    assert label_classes([((None, None, None, 4), "float32")], np.zeros((2, 6, 7))) == 4
