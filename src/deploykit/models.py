@@ -733,6 +733,35 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
     )
 
 
+def check_finite_weights(model: Any, source: str) -> None:
+    """Refuse a Keras model with NaN in its weights (a diverged training run, a bad checkpoint).
+
+    Every artifact of it would compute NaN and fail its target with nothing to say why; the model
+    is what is broken, so it is bad input. Infinities are left to the reference check: a layer may
+    keep a -inf constant (a mask) on purpose.
+
+    Raises:
+        ModelLoadError: naming the first weight with NaN and how many it holds.
+    """
+    bad = []
+    for w in getattr(model, "weights", []):
+        try:
+            value = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+        except Exception:  # noqa: BLE001 - an unreadable variable is the converter's to report
+            continue
+        if value.dtype.kind == "f" and value.size:
+            n = int(np.count_nonzero(np.isnan(value)))
+            if n:
+                bad.append((getattr(w, "path", None) or w.name, n, value.size))
+    if bad:
+        name, n, size = bad[0]
+        more = f" (and {len(bad) - 1} more weight(s))" if len(bad) > 1 else ""
+        raise ModelLoadError(
+            f"{source}: weight {name!r} holds {n} NaN value(s) of {size}{more}: every artifact would compute NaN; "
+            "the model itself is broken (a diverged training run?): retrain it or restore a checkpoint from before the NaNs"
+        )
+
+
 def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     model = with_inputs(model, kind, source)
     policy = None

@@ -222,6 +222,10 @@ class Pipeline:
         with PeakRSS() as mem:
             loaded = load_model(model, trust_model=self.trust_model)
         steps["load"] = mem.to_dict()
+        if loaded.keras_model is not None:
+            from deploykit.models import check_finite_weights
+
+            check_finite_weights(loaded.keras_model, loaded.source)
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             _check_qat_model(loaded)
         specs = loaded.inputs
@@ -259,6 +263,9 @@ class Pipeline:
             output_names = loaded.output_names  # exports the SavedModel once (shared by targets)
             reference = loaded.predict(evald.x)
         steps["reference"] = mem.to_dict()
+        _check_reference_finite(reference, output_names, evald,
+                                "the pruned model's" if self.prune_options is not None else
+                                "the QAT model's" if self.qat_options is not None else "the model's own")
 
         def noise() -> list[float]:
             # What float32 itself leaves undefined in each output (widens the parity bounds). Measured
@@ -699,6 +706,27 @@ def _check_numeric_inputs(specs) -> None:
                 f"input {s.name!r} takes strings; deploykit converts numeric models only (string ops need TF Select "
                 "or ONNX Runtime extensions, which its targets do not ship): apply the text layers (TextVectorization, "
                 "StringLookup) to your data before the model and give the model their integer ids"
+            )
+
+
+def _check_reference_finite(reference: list[np.ndarray], output_names: list[str], evald: Any, whose: str) -> None:
+    """The model's own outputs must be finite: an artifact cannot be compared with NaN or inf.
+
+    Every target would fail verification with "has NaN/inf values" and no word on whose they
+    are; the model (or data it was not trained on: pixels 0..255 into a model that expects 0..1
+    without its Rescaling) is the problem, so it is bad input.
+    """
+    for name, out in zip(output_names, reference):
+        out = np.asarray(out)
+        if out.dtype.kind != "f" or not out.size:
+            continue
+        bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1) if out.ndim else ~np.isfinite(out.reshape(1))
+        if bad.any():
+            kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(out).any())
+            raise DataError(
+                f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples of {evald.source} "
+                f"(first: sample {int(np.argmax(bad))}), so no artifact can be checked against it; give the model data "
+                "of the range it was trained on, or fix the model (its layers overflow float32 on these inputs)"
             )
 
 

@@ -631,3 +631,31 @@ def test_a_handful_of_calibration_samples_is_said(tmp_path):
     result = deploykit.convert(model, ["tflite-int8", "tflite-fp32"], data=x, out=tmp_path / "few", bench=False)
     assert any("calibrated on 4 sample(s)" in n for n in result.artifact("tflite-int8")["verification"].get("notes", []))
     assert not any("calibrated on" in n for n in result.artifact("tflite-fp32")["verification"].get("notes", []))
+
+
+def test_a_model_with_nan_weights_or_non_finite_outputs_is_refused_before_anything_is_written(tmp_path):
+    import keras
+
+    from deploykit.errors import ModelLoadError
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    out = tmp_path / "out"
+    weights = model.get_weights()
+    broken = [w.copy() for w in weights]
+    broken[0][1, 2] = np.nan
+    model.set_weights(broken)
+    with pytest.raises(ModelLoadError, match=r"weight '(sequential/)?hidden/kernel' holds 1 NaN value"):
+        deploykit.convert(model, ["tflite-fp32"], data=x, out=out, bench=False)
+    assert not out.exists()
+
+    # finite weights, but outputs that overflow float32 on some samples: the model's, not an artifact's, fault
+    overflow = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="relu", name="big")])
+    overflow.set_weights([np.full((4, 2), 1e38, "float32"), np.zeros(2, "float32")])
+    x[:5] = -np.abs(x[:5])  # negative sums stay finite (ReLU: 0)...
+    x[5:] = np.abs(x[5:]) + 1  # ...positive ones overflow to inf
+    with pytest.raises(DataError, match=r"the model's own output .* holds inf values on 11 of 16 samples .*first: sample 5"):
+        deploykit.convert(overflow, ["tflite-fp32", "onnx-fp32"], data=x, out=out, bench=False)
+    assert not out.exists()

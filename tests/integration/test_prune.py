@@ -228,6 +228,13 @@ def test_errors_come_before_any_training(trained, digits):
                                     keras.layers.GlobalAveragePooling2D(name="gap")])
     with pytest.raises(UserError, match="c: 2:4 needs the input-channel count divisible by 4"):
         prune(one_channel, _train(digits), structure="2:4", loss="mse")
+    nan = keras.models.clone_model(k3)
+    weights = k3.get_weights()
+    weights[0] = weights[0].copy()
+    weights[0].flat[0] = np.nan
+    nan.set_weights(weights)
+    with pytest.raises(UserError, match=r"holds 1 NaN value\(s\)"):
+        prune(nan, _train(digits), sparsity=0.5)
 
 
 def test_constant_schedule_and_early_stopping_among_target_epochs(digits):

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from deploykit.models import copy_state, model_call_arg, with_inputs
+from deploykit.models import check_finite_weights, copy_state, model_call_arg, with_inputs
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import schedule as _schedule
 from deploykit.optimize import structure as _structure
@@ -773,6 +773,7 @@ def prune(
     kind = _framework(model)
     compiled = model
     model = with_inputs(model, kind, f"<in-memory {type(model).__name__}>")  # a built subclassed model: wrapped
+    check_finite_weights(model, f"<in-memory {type(model).__name__}>")
     sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
                                   epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate)
     if len(getattr(model, "outputs", None) or [None]) != 1:
