@@ -438,7 +438,9 @@ class Pipeline:
         return out
 
     # -------------------------------------------------------------------------------------
-    def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names, noise) -> Artifact:
+    def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names, noise,
+                    bench_failed: bool = True) -> Artifact:
+        """Convert, verify and (unless it failed and ``bench_failed`` is False) benchmark one target."""
         from deploykit.converters import get_converter
         from deploykit.runtime_bench import benchmark, get_runner
         from deploykit.runtime_bench.memory import PeakRSS
@@ -492,7 +494,7 @@ class Pipeline:
                 if self.prune_report is not None:
                     self._check_sparsity(artifact, target, tmp)
                 artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
-                if self.bench_enabled:
+                if self.bench_enabled and (bench_failed or artifact.verification.get("passed")):
                     # The verified runner is the timed runner: same object, no second load.
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} thread{'s' if target.bench.threads != 1 else ''})")
                     artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
@@ -541,7 +543,9 @@ class Pipeline:
             if self.bench_overrides:
                 cand = cand.with_bench(**self.bench_overrides)
             if name not in done:
-                art = self._run_target(ctx[0], cand, *ctx[1:])
+                # A candidate that failed verification cannot ship: timing it would only cost time
+                # (onnx-int8-dynamic: ~10 s on MobileNetV2), unless the user asked for it by name too.
+                art = self._run_target(ctx[0], cand, *ctx[1:], bench_failed=any(t.name == name for t in self.targets))
                 art.candidate_of = target.name
                 done[name] = art
                 new.append(art)

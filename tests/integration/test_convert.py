@@ -604,6 +604,16 @@ def test_int8_failure_on_mixed_feature_scales_names_the_cause(tmp_path):
     assert int8["status"] == "failed" and "mixes feature ranges" in int8["error"] and "tflite-dynamic" in int8["error"]
     assert result.artifact("tflite-dynamic")["status"] == "ok"
 
+    # tflite-auto: the failing int8 candidate cannot ship, so it is not timed; one asked for by name still is
+    result = deploykit.convert(model, ["tflite-auto", "tflite-dynamic"], data=(x, y), out=tmp_path / "auto",
+                               iterations=3, warmup=1)
+    arts = {a["target"]: a for a in result.manifest["artifacts"]}
+    assert arts["tflite-int8"]["status"] == "failed" and arts["tflite-int8"]["candidate_of"] == "tflite-auto"
+    assert not arts["tflite-int8"]["benchmark"]
+    assert arts["tflite-fp32"]["benchmark"]["p50_ms"] > 0
+    assert arts["tflite-dynamic"]["benchmark"]["p50_ms"] > 0
+    assert arts["tflite-auto"]["status"] == "ok"
+
 
 def test_weights_beyond_float16_stay_float32_or_are_named(tmp_path):
     """Raw-scale features (prices): the adapted Normalization's mean 3e5 is inf in float16."""
