@@ -646,7 +646,7 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
     if path.is_dir():
         if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
             raise ModelLoadError(f"{path} is a directory without saved_model.pb; pass a SavedModel directory or a .keras/.h5 file")
-        return _load_saved_model(path)
+        return _load_saved_model(path, trust_model)
     suffix = path.suffix.lower()
     if suffix == ".keras":
         config, meta = _read_keras_zip(path)
@@ -790,11 +790,17 @@ def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadE
     return ModelLoadError(f"{path}: could not load the model: {text[:300]}")
 
 
-def _load_saved_model(path: Path) -> LoadedModel:
+def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:
     import_tensorflow()
     model = LoadedModel("saved_model", str(path), saved_model_path=path)
     try:
         model.signature()
+        if not trust_model:  # before anything runs it: see graph_safety
+            from tensorflow.python.tools import saved_model_utils
+
+            from deploykit.graph_safety import check_saved_model_safe
+
+            check_saved_model_safe(path, saved_model_utils.get_meta_graph_def(str(path), "serve"))
     except ModelLoadError:
         raise
     except Exception as exc:

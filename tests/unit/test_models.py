@@ -106,6 +106,52 @@ def test_lambda_refused_then_accepted_with_trust(request, fixture, digits):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # the softmax after the Lambda ran
 
 
+def _module_saved_model(path, body):
+    """A plain tf.Module SavedModel whose serving function runs ``body(module, x)``."""
+    import tensorflow as tf
+
+    class Module(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.ones((4, 3)))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32, name="feat")])
+        def serve(self, x):
+            return {"output_0": body(self, x)}
+
+    module = Module()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def test_saved_model_graph_that_touches_files_is_refused_until_trusted(tmp_path, saved_model_dir):
+    import tensorflow as tf
+
+    marker = tmp_path / "written_by_the_model.txt"
+
+    def writes(module, x):
+        tf.io.write_file(str(marker), tf.strings.as_string(tf.reduce_sum(x)))
+        return tf.nn.softmax(x @ module.w)
+
+    def prints_to_a_file_in_a_branch(module, x):  # reached only through a cond's branch function
+        def side():
+            tf.print("x", output_stream=f"file://{marker}")
+            return x @ module.w
+        return tf.cond(tf.reduce_sum(x) > 0, side, lambda: x @ module.w)
+
+    for body, op in ((writes, "WriteFile"), (prints_to_a_file_in_a_branch, "PrintV2")):
+        path = _module_saved_model(tmp_path / op, body)
+        with pytest.raises(UntrustedModelError, match=rf"runs {op}, which .* --trust-model"):
+            load_model(path)
+        assert not marker.exists()
+    loaded = load_model(tmp_path / "WriteFile", trust_model=True)
+    loaded.predict([np.ones((2, 4), np.float32)])
+    assert float(marker.read_text()) == 8  # trusted: it runs, side effect and all
+
+    # plain compute graphs load: a tf.Module, a Keras export (saver functions hold SaveV2/RestoreV2)
+    assert load_model(_module_saved_model(tmp_path / "plain", lambda m, x: tf.nn.relu(x @ m.w))).kind == "saved_model"
+    assert load_model(saved_model_dir).kind == "saved_model"
+
+
 def test_unregistered_custom_layer_is_named(tmp_path):
     """A layer class the loading process does not know: ModelLoadError naming the class."""
     import keras
