@@ -94,10 +94,16 @@ def convert(
 
     err = _console(stderr=True)
     with err.status("starting") as status:
+
+        def progress(msg: str) -> None:
+            status.update(msg)
+            if re.search(r"\bepoch \d+/\d+:", msg):  # fine-tune epochs stay on screen and in logs
+                err.print(msg, highlight=False)
+
         pipeline = Pipeline(
             target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
             threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
-            bench=not no_bench, progress=lambda msg: status.update(msg),
+            bench=not no_bench, progress=progress,
             prune=prune_settings, train_data=train_data, qat=qat_settings,
         )
         try:

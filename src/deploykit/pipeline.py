@@ -373,9 +373,13 @@ class Pipeline:
         # A model that cannot be cloned (subclassed, without a config that rebuilds it) is pruned in
         # place: when it is the caller's object, run() puts its weights back at the end.
         original = (loaded.keras_model, loaded.keras_model.get_weights()) if not isinstance(model, (str, Path)) else None
-        report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
-                                 lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
-                                                                       progress=progress, **self.prune_options))
+        import warnings
+
+        with warnings.catch_warnings():  # "pruned in place": the weights are put back (run())
+            warnings.filterwarnings("ignore", message=".*pruned in place", category=UserWarning)
+            report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
+                                     lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
+                                                                           progress=progress, **self.prune_options))
         self.prune_report = report
         if report.get("in_place") and original is not None:
             self._restore = original
@@ -404,6 +408,10 @@ class Pipeline:
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
+        from deploykit.optimize.prune import refuse_regression_loss
+
+        options = self.prune_options if step == "prune" else self.qat_options
+        refuse_regression_loss((options or {}).get("loss"), compile_config_of(model), label)
         train = load_data(self.train_data, loaded.inputs, role="train data")
         if train.y is None:
             raise DataError(f"train data {train.source} has no labels 'y'; {label} fine-tunes the model and needs them")

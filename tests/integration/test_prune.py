@@ -223,11 +223,22 @@ def test_errors_come_before_any_training(trained, digits):
     only_pre = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 16, name="rescale"),
                                  keras.layers.Flatten(name="flat")])
     with pytest.raises(UserError, match=r"no layer of this model can be pruned \(unstructured\): rescale: preprocessing"):
-        prune(only_pre, _train(digits), sparsity=0.5, loss="mse")
+        prune(only_pre, _train(digits), sparsity=0.5, loss="sparse_categorical_crossentropy")
     one_channel = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(10, 3, name="c"),
                                     keras.layers.GlobalAveragePooling2D(name="gap")])
     with pytest.raises(UserError, match="c: 2:4 needs the input-channel count divisible by 4"):
-        prune(one_channel, _train(digits), structure="2:4", loss="mse")
+        prune(one_channel, _train(digits), structure="2:4", loss="sparse_categorical_crossentropy")
+    import tf_keras
+
+    for lib in (keras, tf_keras):  # one block covering a whole kernel would keep it whole: nothing pruned
+        small = lib.Sequential([lib.Input((12,)), lib.layers.Dense(6, name="d"), lib.layers.Dense(3, name="out")])
+        with pytest.raises(UserError, match=r"no layer of this model can be pruned \(block\): d: block 16x4 is larger than this kernel \(12, 6\)"):
+            prune(small, (np.zeros((8, 12), "float32"), np.zeros(8, "int64")), sparsity=0.5, structure="block",
+                  block_size=(16, 4), loss="sparse_categorical_crossentropy")
+    regression = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(64, name="d")])
+    regression.compile(optimizer="adam", loss="mse")
+    with pytest.raises(UserError, match=r"pruning fine-tunes classifiers .* this model's loss is mse"):
+        prune(regression, (digits.x_train, digits.x_train.reshape(len(digits.x_train), -1)), sparsity=0.5)
     nan = keras.models.clone_model(k3)
     weights = k3.get_weights()
     weights[0] = weights[0].copy()
@@ -345,7 +356,8 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
     md = (result.out / "report.md").read_text()
     html = (result.out / "report.html").read_text()
     for text in ("## Pruning", "| Layer | Class | Weight | Target | Achieved |", "all pruned kernels kept their zeros",
-                 "Kept dense", "Rescaling"):
+                 "Kept dense", "Rescaling", "Fine-tuning: 2 epoch(s); kept the weights of epoch",
+                 "| Epoch | Loss | Val accuracy | Sparsity |", "| 2"):
         assert text in md, text
     assert "<h2>Pruning</h2>" in html and "kept their zeros" in html
 
@@ -384,6 +396,7 @@ def test_cli_prune_flags(keras3_path, data_npz, digits, tmp_path):
                            "--train-data", str(train), "--prune-structure", "2:4", "--epochs", "1", "-o", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pruning: prune epoch 1/1: loss" in proc.stderr  # a log keeps every epoch, not just the spinner's last
     manifest = json.loads((out / "manifest.json").read_text())
     report = manifest["steps"]["prune"]["report"]
     assert report["settings"]["structure"] == "2:4" and report["settings"]["epochs"] == 1
@@ -505,3 +518,22 @@ def test_convert_with_pruning_leaves_the_callers_model_as_it_was(tmp_path, kind)
     assert result["steps"]["prune"]["report"]["in_place"] == (kind == "subclassed")
     assert all(np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
     assert result["steps"]["prune"]["report"]["totals"]["zeros_after"] > 0  # and the artifact's model was pruned
+
+
+def test_block_that_does_not_tile_a_kernel_is_named_off_target(digits):
+    """(24, 10) kernel, 16x4 blocks: partial edge blocks put the share of zeros off the 50 % target (67 % here)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 12)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(24, activation="relu", name="d"),
+                              keras.layers.Dense(10, activation="softmax", name="out")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    report = prune(model, (x, y), sparsity=0.5, structure="block", block_size=(16, 4), epochs=1).report
+    off = report["off_target"]
+    assert any(s.startswith("`out` kernel (24, 10) reached 67% against the 50% target") and "block 16x4 does not tile it" in s
+               for s in off), off
+    skipped = {s["layer"]: s["reason"] for s in report["skipped"]}
+    assert skipped["d"] == "block 16x4 is larger than this kernel (12, 24)"  # 12 rows < 16: kept dense, listed

@@ -164,6 +164,8 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
             continue
         for name, var in pairs:
             kernels.append(_Kernel(layer.name, cls, str(name).split("/")[-1].split(":")[0], var, tuple(int(d) for d in var.shape)))
+        if cls.startswith("SeparableConv"):  # its other kernel: listed, so no dense weight goes unmentioned
+            skip("its depthwise_kernel stays dense (as DepthwiseConv2D's: one channel per filter); the pointwise_kernel is pruned")
     return kernels, skipped
 
 
@@ -182,6 +184,32 @@ def _loss_name(loss: Any) -> str:
     if isinstance(loss, dict):
         return str(loss.get("class_name", loss.get("config", {}).get("name", "")))
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+
+
+# Losses of models that predict values rather than classes: the fine-tune keeps the epoch with the
+# best validation *accuracy*, which such a model does not have.
+OFF_TARGET_POINTS = 2  # a kernel further from the target sparsity than this is named in the report
+
+REGRESSION_LOSSES = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
+                     "meanabsolutepercentageerror", "meansquaredlogarithmicerror", "huber", "huberloss", "logcosh",
+                     "cosinesimilarity", "poisson"}
+
+
+def refuse_regression_loss(loss: Any, compile_config: dict[str, Any] | None, what: str = "pruning") -> None:
+    """Refuse a regression model up front: the fine-tune scores and early-stops on accuracy.
+
+    Raises:
+        UserError: the model's loss (``loss`` or its compile config's) is a regression loss.
+    """
+    if loss is None:
+        loss = (compile_config or {}).get("loss")
+    name = _loss_name(loss) if loss is not None and not isinstance(loss, (list, tuple)) else ""
+    if name.lower().replace("_", "") in REGRESSION_LOSSES:
+        raise UserError(
+            f"{what} fine-tunes classifiers (it keeps the epoch with the best validation accuracy), and this model's "
+            f"loss is {name}: a regression model cannot be fine-tuned by deploykit yet; prune it in your training "
+            "script (tfmot, or a Keras constraint that keeps the smallest weights at zero) and convert the result"
+        )
 
 
 def _needs_one_hot(loss: Any) -> bool:
@@ -730,7 +758,10 @@ def prune(
     """Prune a Keras 3 or tf_keras classifier by magnitude while fine-tuning it.
 
     Args:
-        model: In-memory Keras 3 or tf_keras model (not modified; a pruned copy is returned).
+        model: In-memory Keras 3 or tf_keras model. Functional and Sequential models are not
+            modified (a pruned copy is returned); a subclassed Keras 3 model that cannot be cloned
+            is pruned in place (``report["in_place"]`` is True, and a warning says so): save its
+            weights first (``model.get_weights()``) if you need the dense ones.
         train_data: :class:`deploykit.data.Dataset` with labels, or anything
             :func:`deploykit.data.load_data` accepts (``.npz`` path, ``(x, y)``...).
         sparsity: Fraction of each prunable kernel's weights to zero, in (0, 1).
@@ -779,6 +810,7 @@ def prune(
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 
+    refuse_regression_loss(loss, compile_config if compile_config is not None else _model_compile_config(compiled, kind))
     train = _to_dataset(train_data, model, "train data")
     if train.y is None:
         raise DataError(f"train data {train.source} has no labels 'y'; pruning fine-tunes the model and needs them")
@@ -809,6 +841,11 @@ def prune(
     in_place = False
     if kind == "keras3":
         work, in_place = _clone_keras3(model)
+        if in_place:
+            import warnings
+
+            warnings.warn(f"{type(compiled).__name__} cannot be cloned (a subclassed model): it is pruned in place, "
+                          "and its dense weights are overwritten", UserWarning, stacklevel=2)
         work_kernels, _ = _plan(work, kind, structure, bs)
         if [k.shape for k in work_kernels] != [k.shape for k in kernels]:
             raise UserError("the model's clone does not have the model's prunable kernels (a subclassed layer rebuilt "
@@ -826,10 +863,19 @@ def prune(
     layers = _layer_report(pruned, kind, work_kernels if kind == "keras3" else kernels, sparsity, structure,
                            names=[k.layer for k in kernels])
 
+    # Block pruning keeps or zeroes whole blocks: where the block does not tile the kernel, the partial
+    # edge blocks move the share of zeros away from the target (either way), and the report must say so.
+    off_target = [
+        f"`{layer['name']}` {k['weight']} {tuple(k['shape'])} reached {k['achieved_sparsity']:.0%} against the {sparsity:.0%} target"
+        + (f" (block {bs[0]}x{bs[1]} does not tile it; a block whose sides divide the kernel's reaches the target)"
+           if structure == "block" else "")
+        for layer in layers for k in layer["kernels"] if abs(k["achieved_sparsity"] - sparsity) > OFF_TARGET_POINTS / 100
+    ]
     report = {
         "path": path_taken,
         "framework": kind,
         "in_place": in_place,
+        "off_target": off_target,
         "settings": {
             "sparsity": sparsity, "schedule": sched.to_dict(), "structure": structure,
             "block_size": list(bs) if structure == "block" else None, "epochs": epochs, "batch_size": batch_size,

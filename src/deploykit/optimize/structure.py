@@ -90,6 +90,9 @@ def structure_problem(shape: tuple[int, ...], structure: str, block_size: tuple[
             return f"2:4 needs the input-channel count divisible by 4, this kernel has {channels}"
     if structure == "block" and len(shape) != 2:
         return f"block sparsity needs a rank-2 (Dense) kernel, this one has shape {tuple(shape)}"
+    if structure == "block" and (block_size[0] > shape[0] or block_size[1] > shape[1]):
+        # One (padded) block would cover the kernel: it is kept whole and nothing is pruned.
+        return f"block {block_size[0]}x{block_size[1]} is larger than this kernel {tuple(shape)}"
     return None
 
 

@@ -193,9 +193,34 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
         ev = (manifest.steps.get(key) or {}).get("report", {}).get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
         if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
+            matched = "QAT model" if key == "qat" or manifest.steps.get("qat") else "pruned model"
             out.append(f"{what} cost {(before - after) * 100:.1f} points of accuracy ({_pct(before)} → {_pct(after)}); "
-                       f"the artifacts match the {'pruned' if key == 'prune' else 'QAT'} model: {fix}")
+                       f"the artifacts match the {matched}: {fix}")
+    for off in (manifest.steps.get("prune") or {}).get("report", {}).get("off_target", []):
+        out.append(f"pruning missed its target sparsity: {off}")
     return out
+
+
+def _history_lines(rep: dict[str, Any]) -> list[str]:
+    """The fine-tune epoch by epoch: loss, validation accuracy, sparsity, and which epoch's weights were kept."""
+    history = rep.get("history") or []
+    if not history:
+        return []
+    asked, run, best = (rep.get("settings") or {}).get("epochs"), rep.get("epochs_run", len(history)), rep.get("best_epoch")
+    patience = (rep.get("settings") or {}).get("patience")
+    stopped = (f"stopped early after epoch {run} of {asked} (no better validation accuracy for {patience} epoch(s)"
+               f"{' at the target sparsity' if 'sparsity' in history[0] else ''})" if asked and run < asked else f"{run} epoch(s)")
+    kept = f"; kept the weights of epoch {best} (best validation accuracy)" if best else ""
+    pruning = "sparsity" in history[0]
+    lines = ["", f"Fine-tuning: {stopped}{kept}.", "",
+             "| Epoch | Loss | Val accuracy |" + (" Sparsity |" if pruning else ""),
+             "|---|---|---|" + ("---|" if pruning else "")]
+    for h in history:
+        mark = " ★" if h.get("epoch") == best else ""
+        ramp = " (ramping up)" if pruning and not h.get("at_target", True) else ""
+        lines.append(f"| {h.get('epoch')}{mark} | {h.get('loss', float('nan')):.4f} | {_pct(h.get('val_accuracy'))} |"
+                     + (f" {h['sparsity']:.2%}{ramp} |" if pruning else ""))
+    return lines
 
 
 def prune_lines(manifest: Manifest) -> list[str]:
@@ -233,6 +258,7 @@ def prune_lines(manifest: Manifest) -> list[str]:
         for k in layer.get("kernels", []):
             lines.append(f"| {layer['name']} | {layer['class']} | {k['weight']} {tuple(k['shape'])} | "
                          f"{layer['target_sparsity']:.0%} | {k['achieved_sparsity']:.2%} |")
+    lines += _history_lines(rep)
     survived = [a for a in manifest.artifacts if "sparsity" in a.settings]
     if survived:
         lines += ["", "Zeros in each artifact's weight tensors (a converter or quantizer that densified a pruned "
@@ -275,7 +301,7 @@ def qat_lines(manifest: Manifest) -> list[str]:
         kept = sum(z["zeros_after"] for z in zeros)
         before = sum(z["zeros_before"] for z in zeros)
         lines.append(f"- Pruned zeros kept through QAT: {kept:,} of {before:,}.")
-    return lines
+    return lines + _history_lines(rep)
 
 
 # The report's optional sections, in order: (title, lines function). Markdown and HTML render the
