@@ -588,9 +588,36 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray]) -
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded))
     if target.activations != "float32":
-        hints.append(mixed_scale_hint(inputs, 65536 if target.activations == "int16" else 256,
-                                      _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])))
+        levels = 65536 if target.activations == "int16" else 256
+        way_out = _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])
+        hints.append(mixed_scale_hint(inputs, levels, way_out))
+        hints.append(_constant_feature_hint(loaded, levels, way_out))
     return [h for h in hints if h]
+
+
+def _constant_feature_hint(loaded: Any, levels: int, way_out: str) -> str | None:
+    """A Normalization adapted on data where some feature never varies divides it by Keras's epsilon:
+    its 1/std reaches ~1e7, and one integer scale for that constant vector rounds every other
+    feature's factor to zero (61 of 64 on flattened digits)."""
+    if loaded.keras_model is None:
+        return None
+    from deploykit.models import _flat_layers
+
+    for layer in _flat_layers(loaded.keras_model):
+        if type(layer).__name__ != "Normalization" or getattr(layer, "variance", None) is None:
+            continue
+        try:
+            std = np.sqrt(np.maximum(np.asarray(layer.variance, np.float64).ravel(), 0.0))
+        except Exception:  # noqa: BLE001 - not adapted / odd state: nothing to say
+            continue
+        factor = 1.0 / np.maximum(std, 1e-7)
+        if std.size > 1 and factor.max() > levels * factor.min():
+            flat = int(np.count_nonzero(std < 1e-3 * max(float(np.median(std)), 1e-12)))
+            return (f"Normalization {layer.name!r} multiplies its features by factors from {factor.min():.3g} to "
+                    f"{factor.max():.3g}" + (f" ({flat} feature(s) never varied in the data it was adapted on)" if flat else "")
+                    + f": one {int(np.log2(levels))}-bit scale for those factors rounds the small ones to zero; drop the "
+                    f"constant features or adapt on data where they vary, or {way_out}")
+    return None
 
 
 def _float16_range_hint(loaded: Any) -> str | None:

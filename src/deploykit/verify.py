@@ -270,6 +270,44 @@ def _id_failure(ref: np.ndarray, share: float, tol: Any) -> str | None:
     return _agreement_failure(share, tol, what)
 
 
+def is_multi_label(ref: np.ndarray) -> bool:
+    """Independent per-column scores in 0..1 (sigmoid tags): rank 2, several columns, rows not summing to 1."""
+    ref = np.asarray(ref)
+    return bool(_is_classification(ref) and ref.size and np.isfinite(ref).all() and ref.min() >= -1e-6
+                and ref.max() <= 1 + 1e-6 and not is_probabilities(ref))
+
+
+def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: Any, labels_shape: tuple | None,
+                   gated: bool) -> str | None:
+    """Top-1 agreement of a float output read as classes; why it fails the target, or None.
+
+    Only class scores are held to ``min_agreement``: the output the labels score and rows of
+    probabilities (``gated``). Sigmoid tags (:func:`is_multi_label`) are judged per tag at 0.5, the
+    way they are used. Any other (N, C) output, regression or unlabelled logits, gets its agreement
+    recorded, not gated (``agreement_gated`` False): the argmax of four close regression values, or of
+    tags saturated at 1.0, flips on differences of 1e-7 while every element is within its bound. A
+    sample whose reference top two lie within the elementwise float tolerance of each other is a tie:
+    either class agrees.
+    """
+    got_classes = classes_like(ref, got, labels_shape)
+    ref_classes = predicted_classes(ref, labels_shape)
+    agree = got_classes == ref_classes
+    if labels_shape is None or len(labels_shape) < 2:
+        r = np.asarray(ref, np.float64)
+        tie = tol.atol + tol.rtol * np.abs(r.max(axis=1))
+        picked = np.take_along_axis(r, np.asarray(got_classes).reshape(-1, 1), axis=1)[:, 0]
+        agree = agree | (picked >= r.max(axis=1) - tie)
+    cmp["top1_agreement"] = share = float(np.mean(agree))
+    if gated:
+        return _agreement_failure(share, tol)
+    cmp["agreement_gated"] = False
+    if is_multi_label(ref):
+        tags = float(np.mean((np.asarray(got).reshape(np.shape(ref)) > 0.5) == (np.asarray(ref) > 0.5)))
+        cmp["tag_agreement"] = tags
+        return _agreement_failure(tags, tol, "tags reproduced at 0.5")
+    return None
+
+
 def _agreement_failure(share: float, tol: Any, what: str = "top-1 agreement") -> str | None:
     """Why an agreement share is below the target's ``min_agreement``, or None."""
     return f"{what} {share:.2%} is below {tol.min_agreement:.2%}" if share < tol.min_agreement else None
@@ -455,9 +493,9 @@ def verify(
                 f"{cmp['max_abs_error']:.3g}. A badly conditioned model (e.g. random weights) amplifies any rounding"
             )
         if (_is_classification(ref) or names.index(name) == scored) and not is_id_output(ref):  # ids: judged above
-            per = np.shape(labels) if names.index(name) == scored else None
-            cmp["top1_agreement"] = share = float(np.mean(classes_like(ref, got[name], per) == predicted_classes(ref, per)))
-            failure = _agreement_failure(share, tolerance)
+            failure = _judge_classes(ref, got[name], cmp, tolerance,
+                                     np.shape(labels) if names.index(name) == scored else None,
+                                     gated=names.index(name) == scored or is_probabilities(ref))
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
     # The headline errors are those of value outputs: a class id off by 3 is a flip, counted by agreement.
@@ -465,7 +503,7 @@ def verify(
     result["max_abs_error"] = max(o["max_abs_error"] for o in valued)
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in valued]))
     headline = names[scored] if scored is not None else names[0]
-    if "top1_agreement" in result["outputs"][headline]:
+    if "top1_agreement" in result["outputs"][headline] and result["outputs"][headline].get("agreement_gated", True):
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
     if scored is not None:
         result["scored_output"] = headline

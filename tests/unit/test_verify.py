@@ -459,3 +459,70 @@ def test_label_classes_of_a_segmentation_output_with_any_size():
     from deploykit.verify import label_classes
 
     assert label_classes([((None, None, None, 4), "float32")], np.zeros((2, 6, 7))) == 4
+
+
+def _litert_runner(tmp_path, model, name):
+    from deploykit.converters import tflite
+    from deploykit.models import load_model
+    from deploykit.runtime_bench.litert import LiteRTRunner
+
+    path = tmp_path / f"{name}.tflite"
+    loaded = load_model(model)
+    try:
+        tflite.convert(loaded, get_target("tflite-fp32"), None, path)
+    finally:
+        loaded.release()
+    runner = LiteRTRunner(path, threads=1)
+    runner.load()
+    return runner
+
+
+def test_agreement_gates_class_scores_only_sigmoid_tags_are_judged_per_tag(tmp_path):
+    """Multi-label sigmoid tags saturated at 1.0 and close regression values: their argmax flips on
+    1e-7 differences while every element is within its bound. Neither is a top-1 decision."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)).astype("float32")
+    tags = keras.Sequential([keras.Input((6,), name="f"), keras.layers.Dense(12, activation="sigmoid",
+                                                                          kernel_initializer=keras.initializers.RandomNormal(0, 20))])
+    values = keras.Sequential([keras.Input((6,), name="f"), keras.layers.Dense(4, kernel_initializer="zeros",
+                                                                            bias_initializer=keras.initializers.Constant(1.0))])
+    fp32 = Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99)
+    int8 = Tolerance(atol=0.0, range_atol=0.05, max_violation_fraction=0.001, min_agreement=0.97)
+    for model, name in ((tags, "tags"), (values, "values")):
+        runner = _litert_runner(tmp_path, model, name)
+        try:
+            out = runner.run({"f": x})
+            key = next(iter(out))
+            got = np.asarray(out[key], np.float64)
+            reference = got + rng.normal(0, 1e-7, got.shape)  # what another float32 kernel computes
+            assert float(np.mean(np.argmax(reference, 1) == np.argmax(got, 1))) < 0.99  # the argmax is a coin toss
+            v = verify(runner, {"f": x}, [reference.astype("float32")], [key], fp32, batch_check=0)
+            assert v["passed"], v["failures"]
+            assert v["outputs"][key]["agreement_gated"] is False and "top1_agreement" not in v
+            if name == "tags":
+                assert v["outputs"][key]["tag_agreement"] == 1.0
+                flipped = reference.copy()
+                flipped[:60, 0] = 1.0 - np.round(flipped[:60, 0])  # 60 of 6000 tags on the other side of 0.5
+                v = verify(runner, {"f": x}, [flipped.astype("float32")], [key], int8, batch_check=0)
+                assert v["outputs"][key]["tag_agreement"] == pytest.approx(0.99)
+                assert not any("tags reproduced" in f for f in v["failures"])  # 99 % of tags: the gate holds
+                flipped[:400, 0] = 1.0 - np.round(got[:400, 0])  # 400 of 6000: 93.3 %
+                v = verify(runner, {"f": x}, [flipped.astype("float32")], [key], int8, batch_check=0)
+                assert any("tags reproduced at 0.5 93.33% is below 97.00%" in f for f in v["failures"]), v["failures"]
+        finally:
+            runner.close()
+
+
+def test_a_tie_between_the_references_top_two_is_not_a_flip():
+    from deploykit.verify import _judge_classes
+
+    ref = np.array([[0.5, 0.5 + 1e-7, 0.0], [0.9, 0.05, 0.05]])  # row 0: a tie within float32's tolerance
+    got = np.array([[0.5 + 1e-7, 0.5, 0.0], [0.9, 0.05, 0.05]])
+    cmp: dict = {}
+    assert _judge_classes(ref, got, cmp, Tolerance(atol=1e-4, min_agreement=1.0), None, gated=True) is None
+    assert cmp["top1_agreement"] == 1.0
+    # int8 tolerances have no float slack: the same flip counts
+    assert _judge_classes(ref, got, cmp, Tolerance(atol=0.0, range_atol=0.05, min_agreement=1.0), None, gated=True)
