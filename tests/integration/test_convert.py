@@ -669,3 +669,26 @@ def test_a_model_with_nan_weights_or_non_finite_outputs_is_refused_before_anythi
     with pytest.raises(DataError, match=r"the model's own output .* holds inf values on 11 of 16 samples .*first: sample 5"):
         deploykit.convert(overflow, ["tflite-fp32", "onnx-fp32"], data=x, out=out, bench=False)
     assert not out.exists()
+
+
+def test_tflite_outputs_come_in_the_models_order(tmp_path):
+    """The converter listed a [classes, value] model's outputs as [value, classes]: reordered to the model's."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    inp, aux = keras.Input((6,), name="feat"), keras.Input((2,), name="aux")
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([inp, aux]))
+    model = keras.Model([inp, aux], [keras.layers.Dense(10, activation="softmax", name="b_cls")(h),
+                                     keras.layers.Dense(1, name="a_reg")(h)])
+    rng = np.random.default_rng(0)
+    data = {"feat": rng.normal(size=(64, 6)).astype("float32"), "aux": rng.normal(size=(64, 2)).astype("float32")}
+    result = deploykit.convert(model, ["tflite-fp32", "tflm-int8"], data=data, out=tmp_path / "o", bench=False)
+    assert result.artifact("tflite-fp32")["status"] == "ok"  # (an untrained int8 twin may flip a sample or two)
+    for target in ("tflite-fp32", "tflm-int8"):
+        interp = Interpreter(model_path=str(result.out / target / "model.tflite"))
+        assert [tuple(d["shape"][1:]) for d in interp.get_output_details()] == [(10,), (1,)], target
+        assert [tuple(d["shape"][1:]) for d in interp.get_input_details()] == [(6,), (2,)], target
+        assert result.artifact(target)["settings"]["converter"]["output_names"] == ["output_0", "output_1"]
+    header = (result.out / "tflm-int8" / "model_io.h").read_text()
+    assert re.search(r"// output 0: 'output_0' shape \(1, 10\)", header)

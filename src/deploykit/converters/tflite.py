@@ -106,10 +106,38 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         kept = [f"{s.name!r} ({s.dtype})" for s in model.inputs if not s.dtype.startswith("float")]
         if kept:  # the converter's inference_input_type applies to float inputs only
             settings["inference_input_type"] = f"int8 for float inputs; {', '.join(kept)} kept as it is"
+    flatbuffer = _in_declared_order(flatbuffer, [s.name for s in model.inputs], model.output_names)
     Path(out_path).write_bytes(flatbuffer)
     _record_weight_storage(Path(out_path), target, settings)
     settings.update(_io_names(flatbuffer))
     return settings
+
+
+def _in_declared_order(flatbuffer: bytes, input_names: list[str], output_names: list[str]) -> bytes:
+    """The model with its subgraph inputs and outputs in the order the model declares them.
+
+    The converter lists a SavedModel's outputs in its own order (a Keras model's [cls, reg] came
+    out as [reg, cls]), while ONNX and TF.js keep the model's. Code that reads tensors by index
+    (``output(0)`` in TFLite Micro, ``get_output_details()[0]``) would take the wrong one, silently
+    when the shapes match. Signature names map to tensors by index, so they stay right.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    sigs = model.signatureDefs or []
+    sig = next((s for s in sigs if s.signatureKey == b"serving_default"), sigs[0] if len(sigs) == 1 else None)
+    if sig is None:
+        return flatbuffer
+    graph = model.subgraphs[sig.subgraphIndex]
+    changed = False
+    for declared, tensors, attr in ((input_names, sig.inputs, "inputs"), (output_names, sig.outputs, "outputs")):
+        by_name = {t.name.decode(): t.tensorIndex for t in tensors or []}
+        want = [by_name[n] for n in declared if n in by_name]
+        have = [int(i) for i in getattr(graph, attr)]
+        if sorted(want) == sorted(have) and want != have:
+            setattr(graph, attr, want)
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
 
 
 def _io_names(flatbuffer: bytes) -> dict[str, list[str]]:
