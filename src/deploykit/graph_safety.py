@@ -4,7 +4,9 @@ A SavedModel is a program. deploykit runs it (reference outputs, calibration) be
 converter sees it, and TensorFlow executes whatever ops its functions hold: ``WriteFile`` can
 overwrite a file, ``ReadFile`` read one, ``PrintV2`` append to one. Keras files have safe_mode
 for their code-carrying layers; this is the same rule for graphs: such ops are refused unless
-the caller trusts the model (``--trust-model``).
+the caller trusts the model (``--trust-model``). Stateful ops are allowed only from a list of
+those a model's computation uses (:data:`SAFE_STATEFUL`); the few I/O ops TensorFlow does not
+mark stateful (ReadFile, the debug ops) are named in :data:`OUTSIDE_OPS`.
 
 What is scanned: every function of the SavedModel's library (loading alone runs some of them:
 variable restore, table initializers) and the graph's own nodes. The checkpoint ops of the
@@ -38,6 +40,35 @@ OUTSIDE_OPS: dict[str, str] = {
     **dict.fromkeys(("PyFunc", "PyFuncStateless", "EagerPyFunc"), "calls Python code"),
     **dict.fromkeys(("Rpc", "TryRpc", "RpcClient", "RpcCall", "RpcCheckStatus", "RpcServerStart"), "makes network calls"),
 }
+# Not marked stateful in TensorFlow's registry, yet they reach outside: named here.
+OUTSIDE_OPS.update({"DebugIdentity": "writes to debug URLs (file://)", "DebugNanCount": "writes to debug URLs (file://)",
+                    "DebugNumericSummary": "writes to debug URLs (file://)", "Copy": "writes to debug URLs (file://)",
+                    "CopyHost": "writes to debug URLs (file://)", "ImmutableConst": "memory-maps a file"})
+# Stateful ops a model's own computation uses (variables, control flow, lookup tables, random
+# numbers, RNN kernels, tensor arrays). Any other stateful op is refused: statefulness is how
+# TensorFlow marks ops with effects beyond their outputs, so new I/O ops cannot slip through a list.
+SAFE_STATEFUL = {
+    "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "VarIsInitializedOp",
+    "DisableCopyOnRead", "DestroyResourceOp", "ResourceGather", "ResourceGatherNd", "VariableV2", "Variable", "Assign",
+    "AssignAdd", "AssignSub", "StatefulPartitionedCall", "While", "If", "Case", "BatchFunction",
+    "HashTableV2", "HashTable", "MutableHashTableV2", "MutableDenseHashTableV2", "MutableHashTableOfTensorsV2",
+    "AnonymousHashTable", "AnonymousMutableHashTable", "AnonymousMutableDenseHashTable", "LookupTableFindV2",
+    "LookupTableFind", "LookupTableImportV2", "LookupTableSizeV2", "LookupTableExportV2", "LookupTableInsertV2",
+    "LookupTableRemoveV2", "InitializeTableV2", "InitializeTable",
+    "RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "ParameterizedTruncatedNormal",
+    "RandomGamma", "RandomPoisson", "RandomPoissonV2", "Multinomial", "RandomShuffle", "StatefulUniform",
+    "StatefulUniformInt", "StatefulUniformFullInt", "StatefulStandardNormalV2", "StatefulTruncatedNormal",
+    "RngReadAndSkip", "RngSkip", "AnonymousSeedGenerator", "DummySeedGenerator", "DeleteSeedGenerator",
+    "NonDeterministicInts", "SampleDistortedBoundingBox", "SampleDistortedBoundingBoxV2", "Timestamp",
+    "CudnnRNN", "CudnnRNNV2", "CudnnRNNV3", "CudnnRNNBackprop", "CudnnRNNBackpropV2", "CudnnRNNBackpropV3",
+    "CudnnRNNParamsToCanonical", "CudnnRNNParamsToCanonicalV2", "CudnnRNNCanonicalToParams", "CudnnRNNCanonicalToParamsV2",
+    "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3", "TensorArrayGatherV3", "TensorArrayScatterV3",
+    "TensorArraySizeV3", "TensorArrayCloseV3", "TensorArraySplitV3", "TensorArrayConcatV3", "TensorArrayGradV3",
+    "TensorArrayGradWithShape", "StackV2", "StackPushV2", "StackPopV2", "StackCloseV2",
+    "MutexV2", "MutexLock", "ConsumeMutexLock", "Assert", "Print", "PrintV2",
+}
+# Run when the model loads (asset vocabularies): fine there, refused in the serving function.
+LOAD_TIME_OPS = {"InitializeTableFromTextFileV2": "reads a file", "InitializeTableFromTextFile": "reads a file"}
 # The standard saver's checkpoint ops: fine in its own functions, a write anywhere else.
 CHECKPOINT_OPS = {"Save": "writes files", "SaveSlices": "writes files", "SaveV2": "writes files",
                   "MergeV2Checkpoints": "writes files", "Restore": "reads files", "RestoreSlice": "reads files",
@@ -56,11 +87,19 @@ def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "servin
     functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
     found: list[tuple[str, str, str]] = []  # (op, what it does, where)
 
+    from tensorflow.python.framework import op_def_registry
+
     def scan(nodes: Any, where: str, checkpoint_ok: bool) -> None:
         for node in nodes:
-            what = OUTSIDE_OPS.get(node.op) or (None if checkpoint_ok else CHECKPOINT_OPS.get(node.op))
-            if node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
+            what = OUTSIDE_OPS.get(node.op)
+            if not what and node.op in CHECKPOINT_OPS or node.op in LOAD_TIME_OPS:
+                what = None if checkpoint_ok else {**CHECKPOINT_OPS, **LOAD_TIME_OPS}[node.op]
+            elif node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
                 what = "appends to a file"
+            elif not what and node.op not in SAFE_STATEFUL:
+                op_def = op_def_registry.get(node.op)  # None: a library function called as an op (scanned itself)
+                if op_def is not None and op_def.is_stateful:
+                    what = "is a stateful op deploykit does not know to be safe (it can act outside the model)"
             if what:
                 found.append((node.op, what, where))
 

@@ -138,8 +138,13 @@ def test_saved_model_graph_that_touches_files_is_refused_until_trusted(tmp_path,
             return x @ module.w
         return tf.cond(tf.reduce_sum(x) > 0, side, lambda: x @ module.w)
 
-    for body, op in ((writes, "WriteFile"), (prints_to_a_file_in_a_branch, "PrintV2")):
-        path = _module_saved_model(tmp_path / op, body)
+    def records(module, x):  # no listed I/O op: refused as a stateful op nobody vouched for
+        tf.data.experimental.TFRecordWriter(str(marker)).write(tf.data.Dataset.from_tensors(tf.strings.as_string(x[0, 0])))
+        return x @ module.w
+
+    for body, op, name in ((writes, "WriteFile", "WriteFile"), (prints_to_a_file_in_a_branch, "PrintV2", "PrintV2"),
+                           (records, r"\w*Dataset", "records")):
+        path = _module_saved_model(tmp_path / name, body)
         with pytest.raises(UntrustedModelError, match=rf"runs {op}, which .* --trust-model"):
             load_model(path)
         assert not marker.exists()
