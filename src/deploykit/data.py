@@ -182,6 +182,12 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
         return cast
     if arr.dtype.kind == "f":
         raise DataError(f"{label} is float ({arr.dtype}) but the model input is {want}; pass integer data")
+    if want.kind in "iu" and arr.dtype.kind in "iu" and arr.size:
+        lo, hi = np.iinfo(want).min, np.iinfo(want).max  # a cast would wrap: 300 -> 44 in uint8
+        low, high = arr.min(), arr.max()
+        if int(low) < lo or int(high) > hi:
+            bad = int(high) if int(high) > hi else int(low)
+            raise DataError(f"{label} holds {bad}, outside {want}'s {lo}..{hi}; pass values the input can hold")
     return arr.astype(want, copy=False)
 
 
@@ -244,6 +250,8 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
                         "accuracy, so pass class indices (for a regression model, leave 'y' out)")
     if y.dtype.kind != "b" and y.size and y.min() < 0:
         raise DataError(f"{where}: labels 'y' contain negative class index {int(y.min())}; pass indices 0..classes-1")
+    if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:  # a uint64 -1 would wrap to -1
+        raise DataError(f"{where}: labels 'y' hold {y.max()}, not a class index; pass indices 0..classes-1")
     return y.astype(np.int64)
 
 

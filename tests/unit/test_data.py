@@ -111,6 +111,15 @@ def test_integer_model_input_keeps_integers():
     assert ds.x[0].dtype == np.int32
     with pytest.raises(DataError, match="is float .* but the model input is int32"):
         load_data(np.zeros((2, 4), np.float32), spec)
+    # a cast would wrap: 2**32 + 3 -> id 3, 300 -> 44 in uint8, -1 -> 255
+    with pytest.raises(DataError, match=r"input 'ids' holds 4294967299, outside int32's"):
+        load_data(np.full((2, 4), 2**32 + 3, np.int64), spec)
+    pixels = [TensorSpec("pix", (None, 4), "uint8")]
+    for bad in (300, -1):
+        with pytest.raises(DataError, match=rf"holds {bad}, outside uint8's 0..255"):
+            load_data(np.full((2, 4), bad, np.int64), pixels)
+    with pytest.raises(DataError, match="labels 'y' hold 18446744073709551615, not a class index"):
+        load_data((np.arange(8, dtype=np.int64).reshape(2, 4), np.array([1, 2**64 - 1], np.uint64)), spec)
 
 
 def test_labels_one_hot_column_and_whole_floats(xy):
