@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -93,9 +94,20 @@ def convert(
         qat_settings = {k: v for k, v in tuning_values if v is not None}
 
     err = _console(stderr=True)
+    interrupts = {"count": 0}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupts["count"] += 1
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     with err.status("starting") as status:
 
         def progress(msg: str) -> None:
+            # A Ctrl-C that landed inside a TensorFlow finalizer is swallowed there (Python cannot raise
+            # from __del__); the handler below counted it, and the run stops at its next step.
+            if interrupts["count"]:
+                raise KeyboardInterrupt
             status.update(msg)
             if re.search(r"\bepoch \d+/\d+:", msg):  # fine-tune epochs stay on screen and in logs
                 err.print(msg, highlight=False)

@@ -13,6 +13,7 @@ import re
 import datetime as _dt
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -63,35 +64,80 @@ class ConvertResult:
         return self.manifest[key]
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), model: Any = None) -> None:
+    """Refuse an output directory this run cannot use, before any work (and without writing anything)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        model_dir = Path(model).resolve()
+        if out.resolve() == model_dir or model_dir in out.resolve().parents:
+            raise UserError(f"output {out} is inside the model's SavedModel directory {model}; choose an --out outside it")
     # Found now, not when the first artifact is written after minutes of work.
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot create output directory {out}: {existing} is a file; pass a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {existing} (read-only or no permission); choose another --out")
+    try:  # os.access says yes to root on read-only mounts and /proc: try it
+        tempfile.TemporaryDirectory(dir=existing, prefix=".deploykit-probe-").cleanup()
+    except OSError as exc:
+        raise UserError(f"cannot write to {existing} ({exc.strerror or exc}); choose another --out") from None
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force (force=True in Python) to overwrite")
+    for name in target_names:
+        place = out / name
+        if place.is_symlink() or (place.exists() and not place.is_dir()):
+            raise OutputExistsError(f"{place} is a {'symlink' if place.is_symlink() else 'file'} where deploykit writes "
+                                    f"target {name!r}; move it away or choose another --out")
+    if force and out.is_dir():
+        _previous_run_files(out)  # refuses files deploykit would overwrite but did not write
 
 
-def _clear_previous_run(out: Path) -> None:
-    """With --force: remove what a previous deploykit run wrote here, and nothing else."""
+def _previous_run_files(out: Path) -> list[Path]:
+    """What a previous deploykit run wrote here (its target directories, manifest and reports).
+
+    Raises:
+        OutputExistsError: a manifest.json that is not deploykit's, or reports beside no manifest:
+            files of someone else's (a web app's manifest.json) that --force must not replace.
+    """
     manifest = out / MANIFEST_NAME
+    files = [out / name for name in (MANIFEST_NAME, *REPORT_FILES) if (out / name).exists()]
+    dirs: list[Path] = []
     if manifest.exists():
         try:
             old = Manifest.read(manifest)
-            for a in old.artifacts:
-                target_dir = (out / a.path).parent
-                if a.path and target_dir.resolve().parent == out.resolve() and target_dir.is_dir():
-                    shutil.rmtree(target_dir)
-        except Exception:  # unreadable old manifest: overwrite file by file only
-            pass
-    for name in (MANIFEST_NAME, *REPORT_FILES):
-        (out / name).unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - not ours: refused below
+            raise OutputExistsError(f"{manifest} is not a deploykit manifest, and --force would replace it; choose "
+                                    "another --out") from None
+        for a in old.artifacts:
+            target_dir = (out / a.path).parent
+            if a.path and target_dir.resolve().parent == out.resolve() and target_dir.is_dir() and not target_dir.is_symlink():
+                dirs.append(target_dir)
+    elif files:
+        raise OutputExistsError(f"{out} holds {', '.join(f.name for f in files)} but no deploykit manifest: they are not "
+                                "a deploykit run's, and --force would replace them; choose another --out")
+    return sorted(set(dirs)) + files
+
+
+def _set_aside_previous_run(out: Path, target_names: Sequence[str]) -> Path | None:
+    """With --force: move the previous run (and this run's target directories) into a hidden
+    directory under ``out``; the run restores it if it does not finish, and deletes it if it does."""
+    moving = _previous_run_files(out)
+    moving += [out / n for n in target_names if (out / n).is_dir() and not (out / n).is_symlink() and out / n not in moving]
+    if not moving:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=".deploykit-previous-", dir=out))
+    for path in moving:
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def _restore_previous_run(out: Path, aside: Path | None) -> None:
+    if aside is None:
+        return
+    for path in aside.iterdir():
+        os.replace(path, out / path.name)
+    aside.rmdir()
 
 
 def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Target]:
@@ -215,7 +261,7 @@ class Pipeline:
 
         for t in self.targets:
             get_converter(t.format)
-        _check_out_dir(self.out, self.force)
+        _check_out_dir(self.out, self.force, [t.name for t in self._all_targets()], model)
         steps: dict[str, Any] = {}
 
         self.progress("loading model")
@@ -302,27 +348,30 @@ class Pipeline:
                                  for t in self.targets):
             raise first_refusal
 
-        if self.force and self.out.exists():
-            _clear_previous_run(self.out)
-            # This run rewrites its targets' directories: whatever a killed run (no manifest) left there goes.
-            for t in self._all_targets():
-                if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
-                    shutil.rmtree(self.out / t.name)
         created_out = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
         try:
-            return self._run_targets(model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise)
-        except (KeyboardInterrupt, SystemExit):
-            # Ctrl-C mid-run: a TF.js directory may hold shards without its model.json. Remove what this
-            # run wrote (its targets' directories, then --out itself if it made it), keep anything else.
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
+        # The previous run stays whole until this one has finished: set aside, put back on any failure or Ctrl-C.
+        aside = _set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None
+        try:
+            result = self._run_targets(model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise)
+        except BaseException:
+            # Ctrl-C or a crash mid-run: a TF.js directory may hold shards without its model.json. Remove what
+            # this run wrote (its targets' directories, then --out itself if it made it), keep anything else.
             for t in self._all_targets():
                 if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
                     shutil.rmtree(self.out / t.name, ignore_errors=True)
             for name in (MANIFEST_NAME, *REPORT_FILES):
                 (self.out / name).unlink(missing_ok=True)
+            _restore_previous_run(self.out, aside)
             if created_out and self.out.is_dir() and not any(self.out.iterdir()):
                 self.out.rmdir()
             raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return result
 
     def _run_targets(self, model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise) -> ConvertResult:
         """Build every target into ``self.out``, then write the manifest and reports."""
@@ -360,6 +409,7 @@ class Pipeline:
             loaded.release()
         from deploykit.report import write_reports
 
+        self.progress("writing manifest and reports")
         manifest_path = manifest.write(self.out)
         md, html = write_reports(manifest, self.out)
         return ConvertResult(self.out, manifest.to_dict(), manifest_path, md, html)

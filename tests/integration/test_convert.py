@@ -187,6 +187,47 @@ def test_existing_output_needs_force_and_force_replaces_only_the_previous_run(in
     _assert_artifact_file(out, result.artifact("tflite-fp16"))
 
 
+def test_force_keeps_the_previous_run_until_the_new_one_finishes(tmp_path, keras3_model, digits):
+    data = (digits.x_eval[:64], digits.y_eval[:64])
+    out = tmp_path / "out"
+    deploykit.convert(keras3_model, ["tflite-fp32", "onnx-fp32"], data=data, out=out, bench=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupt(msg: str) -> None:  # Ctrl-C while the new run converts its second target
+        if msg.startswith("tflite-fp16: verifying"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deploykit.convert(keras3_model, ["tflite-fp32", "tflite-fp16"], data=data, out=out, bench=False, force=True,
+                          progress=interrupt)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # all of it, unchanged
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path, keras3_model, digits):
+    data = (digits.x_eval[:32], digits.y_eval[:32])
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "My PWA"}')
+    with pytest.raises(OutputExistsError, match="not a deploykit manifest"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=web, force=True, bench=False)
+    (web / "manifest.json").unlink()
+    (web / "report.html").write_text("<html>mine</html>")
+    with pytest.raises(OutputExistsError, match="report.html but no deploykit manifest"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=web, force=True, bench=False)
+    assert (web / "report.html").read_text() == "<html>mine</html>"
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "model.tflite").write_text("precious")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "tflite-fp32").symlink_to(victim)
+    with pytest.raises(OutputExistsError, match="is a symlink where deploykit writes target 'tflite-fp32'"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=linked, force=True, bench=False)
+    assert (victim / "model.tflite").read_text() == "precious"
+
+
 # ----------------------------------------------------------------------------- other input kinds
 @pytest.mark.parametrize("source", ["tf_keras_keras_path", "tf_keras_h5_path", "saved_model_dir", "tf_keras_model"])
 def test_each_input_kind_converts_and_verifies(request, tmp_path, source, data_npz):
