@@ -145,6 +145,9 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
         targets = [targets]
     if targets is None:
         targets = []
+    if isinstance(targets, (bytes, dict)) or not isinstance(targets, Iterable):
+        raise UserError(f"targets must be a target name or a list of them, e.g. ['tflite-int8'], got "
+                        f"{type(targets).__name__} {targets!r}")
     resolved: list[Target] = []
     for t in targets:
         target = get_target(t)
@@ -210,6 +213,13 @@ class Pipeline:
         train_data: Any = None,
         qat: Any = None,
     ):
+        for flag, value in (("force", force), ("trust_model", trust_model), ("bench", bench)):
+            if not isinstance(value, bool):  # "no" from a config file would mean yes
+                raise UserError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+        if not isinstance(out, (str, os.PathLike)):
+            raise UserError(f"out must be a directory path, got {type(out).__name__} {out!r}")
+        if isinstance(verify_samples, bool) or not isinstance(verify_samples, int):
+            raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
         self.targets = _resolve_targets(targets)
         self.prune_options = _check_prune(prune, train_data, qat=qat not in (None, False))
         self.qat_options = _check_qat(qat, train_data)

@@ -223,8 +223,10 @@ def test_nested_validation_error_names_the_target():
 
 
 def test_missing_required_field_is_a_target_error():
-    with pytest.raises(TargetError, match="target 't'"):
+    with pytest.raises(TargetError, match=r"target 't': missing field\(s\) precision"):
         Target.from_dict("t", {"format": "tflite"})  # no precision
+    with pytest.raises(TargetError, match="tolerance.atol must be a number, got '0.1'"):
+        Target.from_dict("t", {"format": "tflite", "precision": "fp32", "tolerance": {"atol": "0.1"}})
 
 
 def test_unknown_target_name_lists_the_known_ones():
@@ -329,6 +331,10 @@ def test_toml_errors(tmp_path):
     impossible.write_text(FLAT_TOML.replace('weights = "int8"', 'weights = "float32"'))
     with pytest.raises(TargetError, match="need int8 weights"):
         load_target_file(impossible)
+    shadow = tmp_path / "shadow.toml"  # a built-in's name with other settings: its artifacts would pass for the built-in's
+    shadow.write_text('name = "tflite-int8"\nformat = "tflite"\nprecision = "fp32"\n')
+    with pytest.raises(TargetError, match="names its profile 'tflite-int8', a built-in target, with other settings"):
+        load_target_file(shadow)
 
 
 # ----------------------------------------------------------------------------- with_bench
@@ -378,6 +384,14 @@ def test_pipeline_refuses_no_targets_and_unknown_targets_before_any_work(tmp_pat
         Pipeline([], out=tmp_path / "o")
     with pytest.raises(TargetError, match="unknown target"):
         Pipeline(["tflite-fp32", "nope"], out=tmp_path / "o")
+    # wrong Python types are user errors too, never a raw TypeError; "no" is not False
+    for kwargs, fragment in ((dict(out=None), "out must be a directory path"), (dict(force="no"), "force must be True or False"),
+                             (dict(verify_samples=2.5), "verify_samples must be a whole number")):
+        with pytest.raises(UserError, match=fragment):
+            Pipeline(["tflite-fp32"], **{"out": tmp_path / "o", **kwargs})
+    for targets in (5, b"tflite-fp32", {"tflite-fp32": 1}):
+        with pytest.raises(UserError, match="targets must be a target name or a list of them"):
+            Pipeline(targets, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 

@@ -122,6 +122,11 @@ class Tolerance:
             raise TargetError(
                 f"tolerance.max_violation_fraction is a fraction of elements (0 <= f < 0.5), got {self.max_violation_fraction!r}"
             )
+        for name in ("atol", "rtol", "range_atol", "noise_multiple", "max_violation_fraction", "max_accuracy_drop",
+                     "min_agreement"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TargetError(f"tolerance.{name} must be a number, got {value!r}")
         for name in ("atol", "rtol", "range_atol", "noise_multiple"):
             value = getattr(self, name)
             if not (0 <= value < math.inf):  # inf would pass every artifact: no verification at all
@@ -317,6 +322,12 @@ class Target:
                     raise TargetError(f"{where}: {exc}") from None
                 except TypeError as exc:
                     raise TargetError(f"{where}: {exc}") from None
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [f for f in required if f not in data]
+        if missing:
+            raise TargetError(f"{where}: missing field(s) {', '.join(missing)} (every target sets {', '.join(required)}; "
+                              "`deploy targets --show tflite-int8` prints a complete one)")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -397,7 +408,13 @@ def load_target_file(path: str | Path) -> Target:
     for key, value in (("tolerance", like.tolerance if like else None), ("bench", like.bench if like else None)):
         if value is not None and isinstance(entry.get(key, {}), Mapping):
             entry[key] = {**dataclasses.asdict(value), **entry.get(key, {})}
-    return Target.from_dict(name, entry, source=str(path))
+    target = Target.from_dict(name, entry, source=str(path))
+    builtin = _builtins().get(target.name)
+    if builtin is not None and target != builtin:
+        # Its artifacts would sit in tflite-int8/ under that name, reported as the built-in profile.
+        raise TargetError(f"target file {path} names its profile {target.name!r}, a built-in target, with other settings; "
+                          f"give it its own name (e.g. name = \"{target.name}-custom\")")
+    return target
 
 
 def _closest_builtin(entry: Mapping[str, Any]) -> Target | None:
