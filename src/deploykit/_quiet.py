@@ -72,4 +72,8 @@ def import_tensorflow():
         import absl.logging  # noqa: PLC0415
 
         absl.logging.set_verbosity(absl.logging.ERROR)
+        # Device discovery probes CUDA once and logs "failed call to cuInit" at ERROR level on a
+        # machine without a GPU. Done here, under capture: otherwise the first op that needs a
+        # device prints it in the middle of a one-line error.
+        tf.config.list_physical_devices()
     return tf

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from deploykit.artifacts import MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
-from deploykit.errors import DataError, DeployError, OutputExistsError, UserError
+from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError
 from deploykit.targets import Target, get_target
 
 REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
@@ -321,7 +321,8 @@ class Pipeline:
         steps["reference"] = mem.to_dict()
         _check_reference_finite(reference, output_names, evald,
                                 "the pruned model's" if self.prune_options is not None else
-                                "the QAT model's" if self.qat_options is not None else "the model's own")
+                                "the QAT model's" if self.qat_options is not None else "the model's own",
+                                loaded.keras_model)
 
         def noise() -> list[float]:
             # What float32 itself leaves undefined in each output (widens the parity bounds). Measured
@@ -808,7 +809,8 @@ def _check_numeric_inputs(specs) -> None:
             )
 
 
-def _check_reference_finite(reference: list[np.ndarray], output_names: list[str], evald: Any, whose: str) -> None:
+def _check_reference_finite(reference: list[np.ndarray], output_names: list[str], evald: Any, whose: str,
+                            keras_model: Any = None) -> None:
     """The model's own outputs must be finite: an artifact cannot be compared with NaN or inf.
 
     Every target would fail verification with "has NaN/inf values" and no word on whose they
@@ -822,6 +824,13 @@ def _check_reference_finite(reference: list[np.ndarray], output_names: list[str]
         bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1) if out.ndim else ~np.isfinite(out.reshape(1))
         if bad.any():
             kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(out).any())
+            infinite = [getattr(w, "path", None) or w.name for w in getattr(keras_model, "weights", [])
+                        if np.asarray(w).dtype.kind == "f" and np.isinf(np.asarray(w)).any()]
+            if infinite:  # the weights, not the data
+                raise ModelLoadError(
+                    f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples, and weight "
+                    f"{infinite[0]!r} holds inf" + (f" (and {len(infinite) - 1} more)" if len(infinite) > 1 else "")
+                    + ": the model itself is broken; retrain it or restore a checkpoint from before the overflow")
             raise DataError(
                 f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples of {evald.source} "
                 f"(first: sample {int(np.argmax(bad))}), so no artifact can be checked against it; give the model data "

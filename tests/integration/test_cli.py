@@ -69,7 +69,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str, out: P
 # ----------------------------------------------------------------------------- subprocess runs
 @pytest.fixture(scope="module")
 def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, lambda_keras3_path,
-               custom_layer_keras_path):
+               custom_layer_keras_path, saved_model_dir):
     base = tmp_path_factory.mktemp("cli")
     x = digits.x_eval[:20]
     np.savez(base / "wrong_shape.npz", x=np.zeros((20, 8, 8, 3), np.float32))
@@ -109,6 +109,7 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     return {
         "base": base, "model": keras3_path, "data": data_npz, "broken": broken_models,
         "lambda": lambda_keras3_path, "custom": custom_layer_keras_path, "nonempty": nonempty, "tight": tight,
+        "saved_model": saved_model_dir,
     }
 
 
@@ -134,6 +135,8 @@ def _error_cases(c: dict) -> dict[str, list]:
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
         "negative_patience": ["convert", m, "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"], "--patience", "-1"],
         "patience_alone": ["convert", m, "-t", "tflite-fp32", "--patience", "3"],
+        # a SavedModel input: TensorFlow's device probe ("failed call to cuInit") must not add a line
+        "saved_model_prune": ["convert", c["saved_model"], "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"]],
     }
 
 
@@ -358,6 +361,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),
         ("patience_alone", ["--patience only apply to the pruning fine-tune and QAT", "--prune 0.8"]),
+        ("saved_model_prune", ["pruning fine-tunes a Keras model", "not a SavedModel"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):
@@ -370,9 +374,12 @@ def test_scalar_labels_are_a_user_error(subprocess_runs):
     assert_user_error(proc, "scalar_y.npz", out=out)
 
 
-def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path):
+def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path, saved_model_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep")
+    with pytest.raises(UserError, match="is inside the model's SavedModel directory"):
+        deploykit.convert(saved_model_dir, "tflite-fp32", out=saved_model_dir / "variables" / "out")
+    assert not (saved_model_dir / "variables" / "out").exists()
     with pytest.raises(UserError, match="a_file is a file"):
         deploykit.convert(keras3_path, "tflite-fp32", out=blocker / "sub")
     with pytest.raises(UserError, match="no target given"):

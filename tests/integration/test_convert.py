@@ -710,6 +710,11 @@ def test_a_model_with_nan_weights_or_non_finite_outputs_is_refused_before_anythi
     with pytest.raises(DataError, match=r"the model's own output .* holds inf values on 11 of 16 samples .*first: sample 5"):
         deploykit.convert(overflow, ["tflite-fp32", "onnx-fp32"], data=x, out=out, bench=False)
     assert not out.exists()
+    # an inf in the weights: the model is named, not the data
+    overflow.set_weights([np.ones((4, 2), "float32"), np.array([np.inf, 0.0], "float32")])
+    with pytest.raises(ModelLoadError, match=r"holds inf values on 16 of 16 samples, and weight '(sequential_\d+/)?big/bias' holds inf"):
+        deploykit.convert(overflow, ["tflite-fp32"], data=x, out=out, bench=False)
+    assert not out.exists()
 
 
 def test_tflite_outputs_come_in_the_models_order(tmp_path):
@@ -733,3 +738,24 @@ def test_tflite_outputs_come_in_the_models_order(tmp_path):
         assert result.artifact(target)["settings"]["converter"]["output_names"] == ["output_0", "output_1"]
     header = (result.out / "tflm-int8" / "model_io.h").read_text()
     assert re.search(r"// output 0: 'output_0' shape \(1, 10\)", header)
+
+
+def test_int8_failure_on_a_normalization_with_constant_features_names_them(tmp_path, digits):
+    """Flattened digits: border pixels never vary, so the adapted Normalization divides them by ~1e-7 and
+    one int8 scale for its factors rounds every other feature's to zero."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = digits.x_train.reshape(len(digits.x_train), -1)
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((64,)), norm, keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, digits.y_train, epochs=5, verbose=0)
+    x_eval = digits.x_eval.reshape(len(digits.x_eval), -1)
+    result = deploykit.convert(model, ["tflite-int8"], data=(x_eval, digits.y_eval), out=tmp_path / "o", bench=False)
+    int8 = result.artifact("tflite-int8")
+    assert int8["status"] == "failed"
+    assert "Normalization 'norm' multiplies its features by factors from" in int8["error"]
+    assert "never varied in the data it was adapted on" in int8["error"]
