@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deploykit._quiet import import_tensorflow, native_stderr_captured
 from deploykit.errors import ConversionError
 
@@ -161,8 +163,19 @@ def _io_names(flatbuffer: bytes) -> dict[str, list[str]]:
         position = {d["index"]: i for i, d in enumerate(details)}
         return sorted(by_name, key=lambda n: position.get(by_name[n]["index"], len(details)))
 
-    return {"input_names": in_index_order(runner.get_input_details(), interp.get_input_details()),
-            "output_names": in_index_order(runner.get_output_details(), interp.get_output_details())}
+    names = {"input_names": in_index_order(runner.get_input_details(), interp.get_input_details()),
+             "output_names": in_index_order(runner.get_output_details(), interp.get_output_details())}
+    # Integer inputs and outputs (int8 I/O): what a caller needs to quantize inputs and read outputs.
+    quantized = {}
+    for role, details in (("input", runner.get_input_details()), ("output", runner.get_output_details())):
+        for name, d in details.items():
+            scale, zero_point = d.get("quantization", (0.0, 0))
+            if np.dtype(d["dtype"]).kind in "iu" and scale:
+                quantized[f"{role} {name}"] = {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale),
+                                               "zero_point": int(zero_point)}
+    if quantized:
+        names["io_quantization"] = quantized
+    return names
 
 
 def _record_weight_storage(path: Path, target: Any, settings: dict[str, Any]) -> None:

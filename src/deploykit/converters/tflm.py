@@ -210,17 +210,19 @@ def _io_header(name: str, io: dict[str, list[dict[str, Any]]]) -> str:
     for kind in ("inputs", "outputs"):
         for i, t in enumerate(io[kind]):
             stem = f"{name.upper()}_{kind[:-1].upper()}{i}"
+            unquantized = not t["scale"]  # token ids, indices: passed as they are, no SCALE to divide by
             lines += [
-                f"// {kind[:-1]} {i}: '{t['name']}' shape {tuple(t['shape'])} {t['dtype']}",
+                f"// {kind[:-1]} {i}: '{t['name']}' shape {tuple(t['shape'])} {t['dtype']}"
+                + (" (not quantized: pass the values as they are)" if unquantized else ""),
                 f"#define {stem}_DIMS {len(t['shape'])}",
                 # A macro, not a static array: a header array unused in some C file trips -Wall -Werror.
                 f"#define {stem}_SHAPE {{{', '.join(map(str, t['shape']))}}}",
                 f"#define {stem}_ELEMENTS {int(_prod(t['shape']))}",
                 f"#define {stem}_TYPE_{t['dtype'].upper()} 1",
-                f"#define {stem}_SCALE {t['scale']!r}f",
-                f"#define {stem}_ZERO_POINT {t['zero_point']}",
-                "",
             ]
+            if not unquantized:
+                lines += [f"#define {stem}_SCALE {t['scale']!r}f", f"#define {stem}_ZERO_POINT {t['zero_point']}"]
+            lines.append("")
     lines.append(f"#endif  // {guard}")
     return "\n".join(lines) + "\n"
 

@@ -304,6 +304,24 @@ def qat_lines(manifest: Manifest) -> list[str]:
     return lines + _history_lines(rep)
 
 
+def io_quantization_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: scale and zero point of each integer input and output (int8 I/O artifacts),
+    which the code feeding the artifact needs (TFLite Micro's model_io.h carries them too)."""
+    lines = []
+    for a in manifest.artifacts:
+        quant = (a.settings.get("converter") or {}).get("io_quantization") or {}
+        if not quant or not a.path:
+            continue
+        parts = []
+        for key, q in quant.items():
+            role, name = key.split(" ", 1)
+            how = (f"q = round(x / {q['scale']:.6g}) + {q['zero_point']}" if role == "input"
+                   else f"x = (q - {q['zero_point']}) × {q['scale']:.6g}")
+            parts.append(f"{role} `{name}` {q['dtype']}: {how}")
+        lines.append(f"- **{a.target}**: " + "; ".join(parts))
+    return lines
+
+
 # The report's optional sections, in order: (title, lines function). Markdown and HTML render the
 # same list, so a new section is added once.
 SECTIONS = [
@@ -311,6 +329,7 @@ SECTIONS = [
     ("Quantization-aware training", qat_lines),
     ("Auto selection (measured, not guessed)", selection_lines),
     ("Verification notes", verification_lines),
+    ("Integer inputs and outputs (scale, zero point)", io_quantization_lines),
     ("Microcontroller footprint", footprint_lines),
     ("Most expensive ops (runtime profiler; top 10 in manifest.json)", op_profile_lines),
 ]
