@@ -119,6 +119,37 @@ def _previous_run_files(out: Path) -> list[Path]:
     return sorted(set(dirs)) + files
 
 
+LOCK_NAME = ".deploykit.lock"
+
+
+def _lock_out_dir(out: Path, created_out: bool) -> Path:
+    """Claim ``out`` for this run: two runs started together into one directory passed the
+    emptiness check together, then each wrote its manifest over the other's.
+
+    Raises:
+        OutputExistsError: another live deploykit process holds the directory.
+    """
+    lock = out / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)  # alive: a run is writing here
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # left by a killed run
+                continue
+            except PermissionError:  # alive, someone else's
+                pass
+            raise OutputExistsError(f"another deploykit run (pid {pid}) is writing to {out}; wait for it to finish "
+                                    "or choose another --out") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return lock
+    raise OutputExistsError(f"could not claim {out} ({lock} keeps reappearing); choose another --out")
+
+
 def _set_aside_previous_run(out: Path, target_names: Sequence[str]) -> Path | None:
     """With --force: move the previous run (and this run's target directories) into a hidden
     directory under ``out``; the run restores it if it does not finish, and deletes it if it does."""
@@ -364,8 +395,13 @@ class Pipeline:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
+        lock = _lock_out_dir(self.out, created_out)
         # The previous run stays whole until this one has finished: set aside, put back on any failure or Ctrl-C.
-        aside = _set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None
+        try:
+            aside = _set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
         try:
             result = self._run_targets(model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise)
         except BaseException:
@@ -377,11 +413,13 @@ class Pipeline:
             for name in (MANIFEST_NAME, *REPORT_FILES):
                 (self.out / name).unlink(missing_ok=True)
             _restore_previous_run(self.out, aside)
+            lock.unlink(missing_ok=True)
             if created_out and self.out.is_dir() and not any(self.out.iterdir()):
                 self.out.rmdir()
             raise
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+        lock.unlink(missing_ok=True)
         return result
 
     def _run_targets(self, model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise) -> ConvertResult:

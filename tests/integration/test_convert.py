@@ -204,6 +204,26 @@ def test_force_keeps_the_previous_run_until_the_new_one_finishes(tmp_path, keras
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_directory_another_live_run_writes_to_is_refused_a_stale_claim_is_not(tmp_path, keras3_model, digits):
+    import subprocess
+    import sys
+
+    data = (digits.x_eval[:32], digits.y_eval[:32])
+    out = tmp_path / "shared"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".deploykit.lock").write_text(str(other.pid))  # a run that started first and is still writing
+        with pytest.raises(OutputExistsError, match=rf"another deploykit run \(pid {other.pid}\) is writing to"):
+            deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False)
+    finally:
+        other.kill()
+        other.wait()
+    # its process is gone (killed mid-run): the claim is stale, the next run takes over and leaves no lock behind
+    result = deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False)
+    assert result.ok and not (out / ".deploykit.lock").exists()
+
+
 def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path, keras3_model, digits):
     data = (digits.x_eval[:32], digits.y_eval[:32])
     web = tmp_path / "webapp"
