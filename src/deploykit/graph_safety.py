@@ -73,7 +73,6 @@ LOAD_TIME_OPS = {"InitializeTableFromTextFileV2": "reads a file", "InitializeTab
 CHECKPOINT_OPS = {"Save": "writes files", "SaveSlices": "writes files", "SaveV2": "writes files",
                   "MergeV2Checkpoints": "writes files", "Restore": "reads files", "RestoreSlice": "reads files",
                   "RestoreV2": "reads files"}
-_FUNC_ATTR_KEYS = ("f", "then_branch", "else_branch", "body", "cond", "branches")
 
 
 def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "serving_default") -> None:
@@ -120,40 +119,19 @@ def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "servin
 
 def _reachable_functions(meta_graph: Any, functions: dict[str, Any], signature: str) -> set[str]:
     """Names of the library functions the signature's outputs depend on (called, or as branches and loop bodies)."""
+    from deploykit.converters.graph_rewrite import functions_named_by, reachable_functions
+
     sig = meta_graph.signature_def.get(signature)
     if sig is None:
         return set()
     by_name = {n.name: n for n in meta_graph.graph_def.node}
     todo = deque(t.name.split(":")[0].lstrip("^") for t in sig.outputs.values())
-    seen_nodes: set[str] = set()
-    reached: set[str] = set()
-    pending_fns: deque[str] = deque()
+    reached: dict[str, Any] = {}
     while todo:
         name = todo.popleft()
-        if name in seen_nodes or name not in by_name:
+        if name in reached or name not in by_name:
             continue
-        seen_nodes.add(name)
-        node = by_name[name]
+        reached[name] = node = by_name[name]
         todo.extend(i.split(":")[0].lstrip("^") for i in node.input)
-        pending_fns.extend(_called(node) + [node.op])  # a node whose op is a library function calls it
-    while pending_fns:
-        fn = pending_fns.popleft()
-        if fn in reached or fn not in functions:
-            continue
-        reached.add(fn)
-        for node in functions[fn].node_def:
-            pending_fns.extend(_called(node) + [node.op])
-    return reached
-
-
-def _called(node: Any) -> list[str]:
-    """Functions a node calls: call ops, control flow branches and bodies, any function-valued attribute."""
-    names = []
-    for key, value in node.attr.items():
-        if value.HasField("func"):
-            names.append(value.func.name)
-        elif value.HasField("list") and value.list.func:
-            names.extend(f.name for f in value.list.func)
-        elif key in _FUNC_ATTR_KEYS and value.HasField("s"):
-            names.append(value.s.decode())
-    return names
+    nodes = list(reached.values())
+    return reachable_functions(functions, functions_named_by(nodes) | {n.op for n in nodes if n.op in functions})

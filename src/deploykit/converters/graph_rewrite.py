@@ -114,7 +114,7 @@ def inline_function_calls(graph_def: Any, max_rounds: int = 20) -> Any:
     return gd
 
 
-def _functions_named_by(nodes: Any) -> set[str]:
+def functions_named_by(nodes: Any) -> set[str]:
     """Library functions a node list refers to through any attribute (calls, While/If bodies...)."""
     names: set[str] = set()
     for node in nodes:
@@ -129,14 +129,21 @@ def _functions_named_by(nodes: Any) -> set[str]:
 def _referenced_functions(graph_def: Any) -> set[str]:
     """Every library function reachable from the graph's nodes (loop and branch bodies included)."""
     library = {f.signature.name: f for f in graph_def.library.function}
-    todo = _functions_named_by(graph_def.node)
+    return reachable_functions(library, functions_named_by(graph_def.node))
+
+
+def reachable_functions(library: dict[str, Any], start: set[str]) -> set[str]:
+    """The functions of ``library`` (name -> FunctionDef) that ``start`` reaches, with those they call
+    through attributes or as a node's op, transitively."""
+    todo = set(start)
     seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name in seen or name not in library:
             continue
         seen.add(name)
-        todo |= _functions_named_by(library[name].node_def)
+        nodes = library[name].node_def
+        todo |= functions_named_by(nodes) | {n.op for n in nodes if n.op in library}
     return seen
 
 
