@@ -292,7 +292,7 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
     got_classes = classes_like(ref, got, labels_shape)
     ref_classes = predicted_classes(ref, labels_shape)
     agree = got_classes == ref_classes
-    if labels_shape is None or len(labels_shape) < 2:
+    if (labels_shape is None or len(labels_shape) < 2) and _is_classification(ref):
         r = np.asarray(ref, np.float64)
         tie = tol.atol + tol.rtol * np.abs(r.max(axis=1))
         picked = np.take_along_axis(r, np.asarray(got_classes).reshape(-1, 1), axis=1)[:, 0]
