@@ -115,6 +115,9 @@ def _read_keras_zip(path: Path) -> tuple[dict, dict]:
             if "config.json" not in names:
                 raise ModelLoadError(f"{path}: not a Keras model archive (no config.json inside); re-save it with model.save('model.keras')")
             config = json.loads(zf.read("config.json"))
+            if not isinstance(config, dict) or "class_name" not in config:
+                raise ModelLoadError(f"{path}: config.json inside the archive is not a Keras model config (no class_name); "
+                                     "the file is corrupt or not a model: re-save it with model.save('model.keras')")
             meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
             bad = zf.testzip()
             if bad is not None:
@@ -780,6 +783,9 @@ def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadE
 
         match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
         what = f" {match.group(1)!r}" if match else ""
+        if match and _is_builtin_keras_class(match.group(1)):  # Keras's own class failed: the config is what is wrong
+            return ModelLoadError(f"{path}: Keras could not rebuild its own {match.group(1)} from the model config: the "
+                                  "config inside the file is malformed (edited or truncated); re-save the model")
         return ModelLoadError(
             f"{path}: unknown custom object{what}; deploykit cannot load custom code from a file. "
             "load it in Python with its classes imported (custom_objects=... or registered with "
@@ -788,6 +794,13 @@ def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadE
     if "safe_mode" in text:
         return UntrustedModelError(f"{path}: the model carries code refused by Keras safe_mode; pass --trust-model if you trust it")
     return ModelLoadError(f"{path}: could not load the model: {text[:300]}")
+
+
+def _is_builtin_keras_class(name: str) -> bool:
+    """A class Keras itself provides (Functional, Sequential, Dense...), as opposed to user code."""
+    import keras
+
+    return name in ("Functional", "Sequential", "Model") or hasattr(keras.layers, name)
 
 
 def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:

@@ -240,6 +240,29 @@ def test_zip_without_model_config(tmp_path):
         load_model(path)
 
 
+def test_malformed_model_configs_are_called_malformed_not_custom_code(tmp_path, keras3_path):
+    import json
+
+    listed = tmp_path / "list.keras"
+    with zipfile.ZipFile(listed, "w") as zf:
+        zf.writestr("config.json", "[1, 2]")
+    with pytest.raises(ModelLoadError, match="not a Keras model config"):
+        load_model(listed)
+    # Keras's own Functional with a broken layer list: it used to be "unknown custom object 'Functional'"
+    edited = tmp_path / "edited.keras"
+    with zipfile.ZipFile(keras3_path) as src, zipfile.ZipFile(edited, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                config["config"]["layers"] = "oops"
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    with pytest.raises(ModelLoadError) as exc:
+        load_model(edited)
+    assert "malformed" in str(exc.value) and "custom object" not in str(exc.value), str(exc.value)
+
+
 def test_h5_without_model_config(tmp_path, tf_keras_model):
     path = tmp_path / "weights_only.h5"
     tf_keras_model.save_weights(path)
