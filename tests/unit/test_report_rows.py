@@ -25,3 +25,13 @@ def test_size_ratio_divides_by_the_same_formats_float32_file_only():
 def test_runtime_memory_column_reads_the_artifacts_figure():
     m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000, runtime_memory_bytes=3 * 1024 * 1024)])
     assert table(m)[0]["peak"] == "3.0 MB"
+
+
+def test_most_accurate_says_when_others_tie_and_which_is_closest():
+    from deploykit.report.rows import highlights
+
+    arts = [_artifact(n, s) for n, s in (("tflite-fp32", 1000), ("tflite-int8", 300), ("onnx-fp32", 1000))]
+    for a, err in zip(arts, (1e-6, 0.04, 2e-6)):
+        a.verification = {"accuracy": 0.98, "reference_accuracy": 0.98, "max_abs_error": err}
+    line = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
+    assert "**tflite-fp32**" in line and "2 other artifacts as accurate, this one closest to the reference" in line

@@ -99,9 +99,12 @@ def highlights(manifest: Manifest) -> list[str]:
             best = max(acc, key=lambda a: (a.verification["accuracy"], -(a.verification.get("max_abs_error") or 0.0),
                                            -a.size_bytes))
             per = " of labelled positions (pixels or steps)" if best.verification.get("accuracy_per") else ""
+            tied = sum(1 for a in acc if a is not best and a.verification["accuracy"] == best.verification["accuracy"])
             lines.append(
                 f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}{per}; reference "
-                f"{best.verification['reference_accuracy']:.2%})"
+                f"{best.verification['reference_accuracy']:.2%}"
+                + (f"; {tied} other artifact{'s' if tied > 1 else ''} as accurate, this one closest to the reference"
+                   if tied else "") + ")"
             )
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
