@@ -281,31 +281,38 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
                    gated: bool) -> str | None:
     """Top-1 agreement of a float output read as classes; why it fails the target, or None.
 
-    Only class scores are held to ``min_agreement``: the output the labels score and rows of
-    probabilities (``gated``). Sigmoid tags (:func:`is_multi_label`) are judged per tag at 0.5, the
-    way they are used. Any other (N, C) output, regression or unlabelled logits, gets its agreement
-    recorded, not gated (``agreement_gated`` False): the argmax of four close regression values, or of
-    tags saturated at 1.0, flips on differences of 1e-7 while every element is within its bound. A
-    sample whose reference top two lie within the elementwise float tolerance of each other is a tie:
-    either class agrees.
+    The output the labels score and rows of probabilities (``gated``) must agree sample by sample;
+    a sample whose reference top two lie within the float tolerance (``atol + rtol * |ref|``) of
+    each other is a tie, and either class agrees. Other multi-column outputs (logits without labels,
+    several regression values) are held to the same ``min_agreement``, but a flip counts only when
+    the reference's lead exceeds the elementwise bound of those two columns (their own ranges, not
+    the whole output's): four close regression values swap places within their error, while a
+    logit that loses a clear lead is a different answer. Sigmoid tags (:func:`is_multi_label`) are
+    judged per tag at 0.5, a tag within its column's bound of 0.5 being a tie.
     """
     got_classes = classes_like(ref, got, labels_shape)
     ref_classes = predicted_classes(ref, labels_shape)
     agree = got_classes == ref_classes
-    if (labels_shape is None or len(labels_shape) < 2) and _is_classification(ref):
+    per_sample = labels_shape is None or len(labels_shape) < 2
+    if per_sample and _is_classification(ref):
         r = np.asarray(ref, np.float64)
         tie = tol.atol + tol.rtol * np.abs(r.max(axis=1))
+        if not gated:
+            spans = r.max(axis=0) - r.min(axis=0)
+            picked_span = spans[np.asarray(got_classes).reshape(-1)]
+            tie = tie + tol.range_atol * np.maximum(spans[np.argmax(r, axis=1)], picked_span)
         picked = np.take_along_axis(r, np.asarray(got_classes).reshape(-1, 1), axis=1)[:, 0]
         agree = agree | (picked >= r.max(axis=1) - tie)
     cmp["top1_agreement"] = share = float(np.mean(agree))
-    if gated:
-        return _agreement_failure(share, tol)
-    cmp["agreement_gated"] = False
-    if is_multi_label(ref):
-        tags = float(np.mean((np.asarray(got).reshape(np.shape(ref)) > 0.5) == (np.asarray(ref) > 0.5)))
-        cmp["tag_agreement"] = tags
+    if not gated and per_sample and is_multi_label(ref):
+        r = np.asarray(ref, np.float64)
+        g = np.asarray(got, np.float64).reshape(r.shape)
+        bound = tol.atol + tol.rtol * np.abs(r) + tol.range_atol * (r.max(axis=0) - r.min(axis=0))
+        flipped = ((g > 0.5) != (r > 0.5)) & (np.abs(r - 0.5) > bound)
+        cmp["tag_agreement"] = tags = float(1.0 - np.mean(flipped))
+        cmp.pop("top1_agreement")  # the argmax of independent tags means nothing
         return _agreement_failure(tags, tol, "tags reproduced at 0.5")
-    return None
+    return _agreement_failure(share, tol)
 
 
 def _agreement_failure(share: float, tol: Any, what: str = "top-1 agreement") -> str | None:
@@ -503,7 +510,7 @@ def verify(
     result["max_abs_error"] = max(o["max_abs_error"] for o in valued)
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in valued]))
     headline = names[scored] if scored is not None else names[0]
-    if "top1_agreement" in result["outputs"][headline] and result["outputs"][headline].get("agreement_gated", True):
+    if "top1_agreement" in result["outputs"][headline]:
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
     if scored is not None:
         result["scored_output"] = headline

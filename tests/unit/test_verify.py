@@ -477,9 +477,9 @@ def _litert_runner(tmp_path, model, name):
     return runner
 
 
-def test_agreement_gates_class_scores_only_sigmoid_tags_are_judged_per_tag(tmp_path):
-    """Multi-label sigmoid tags saturated at 1.0 and close regression values: their argmax flips on
-    1e-7 differences while every element is within its bound. Neither is a top-1 decision."""
+def test_sigmoid_tags_are_judged_per_tag_and_close_values_swapping_within_their_bound_agree(tmp_path):
+    """Multi-label sigmoid tags saturated at 1.0 and equal regression values: their argmax flips on
+    1e-7 differences while every element is within its bound."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -488,7 +488,7 @@ def test_agreement_gates_class_scores_only_sigmoid_tags_are_judged_per_tag(tmp_p
     tags = keras.Sequential([keras.Input((6,), name="f"), keras.layers.Dense(12, activation="sigmoid",
                                                                           kernel_initializer=keras.initializers.RandomNormal(0, 20))])
     values = keras.Sequential([keras.Input((6,), name="f"), keras.layers.Dense(4, kernel_initializer="zeros",
-                                                                            bias_initializer=keras.initializers.Constant(1.0))])
+                                                                            bias_initializer=keras.initializers.Constant(2.0))])
     fp32 = Tolerance(atol=1e-4, rtol=1e-3, min_agreement=0.99)
     int8 = Tolerance(atol=0.0, range_atol=0.05, max_violation_fraction=0.001, min_agreement=0.97)
     for model, name in ((tags, "tags"), (values, "values")):
@@ -501,8 +501,10 @@ def test_agreement_gates_class_scores_only_sigmoid_tags_are_judged_per_tag(tmp_p
             assert float(np.mean(np.argmax(reference, 1) == np.argmax(got, 1))) < 0.99  # the argmax is a coin toss
             v = verify(runner, {"f": x}, [reference.astype("float32")], [key], fp32, batch_check=0)
             assert v["passed"], v["failures"]
-            assert v["outputs"][key]["agreement_gated"] is False and "top1_agreement" not in v
+            if name == "values":  # equal values: every swap is a tie
+                assert v["top1_agreement"] == 1.0
             if name == "tags":
+                assert "top1_agreement" not in v["outputs"][key]
                 assert v["outputs"][key]["tag_agreement"] == 1.0
                 flipped = reference.copy()
                 flipped[:60, 0] = 1.0 - np.round(flipped[:60, 0])  # 60 of 6000 tags on the other side of 0.5
@@ -526,3 +528,23 @@ def test_a_tie_between_the_references_top_two_is_not_a_flip():
     assert cmp["top1_agreement"] == 1.0
     # int8 tolerances have no float slack: the same flip counts
     assert _judge_classes(ref, got, cmp, Tolerance(atol=0.0, range_atol=0.05, min_agreement=1.0), None, gated=True)
+
+
+def test_unlabelled_logits_that_lose_a_clear_lead_still_fail_agreement():
+    """No labels, logits out: one column spans -114..0, the others sit 0.3 apart. An int8 twin that ties
+    those three (its step is 0.45) agreed on 2 % of samples and was marked ok once agreement was not gated."""
+    from deploykit.verify import _judge_classes
+
+    rng = np.random.default_rng(0)
+    ref = np.stack([rng.uniform(-114, -50, 400), np.zeros(400), np.full(400, 0.3), np.full(400, -0.3)], axis=1)
+    ref[:, 1:] += rng.normal(0, 0.05, (400, 3))
+    got = ref.copy()
+    got[:, 1:] = 0.0  # int8: the three close logits collapse onto one level, the argmax falls on column 1
+    int8 = Tolerance(atol=0.0, range_atol=0.05, min_agreement=0.97)
+    cmp: dict = {}
+    assert "top-1 agreement" in (_judge_classes(ref, got, cmp, int8, None, gated=False) or "")
+    assert cmp["top1_agreement"] < 0.1
+    # the same values swapping within their own columns' bound are ties
+    near = ref.copy()
+    near[:, 2], near[:, 3] = ref[:, 2] - 0.001, ref[:, 3] + 0.001
+    assert _judge_classes(ref, near, {}, int8, None, gated=False) is None

@@ -667,10 +667,26 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
                 w = np.asarray(k.variable.numpy())
                 k.variable.assign(w * _structure.make_mask(w, sched.final_sparsity, structure, block_size))
         forced = True
-    return stripped, state, forced
+    return _fresh_variables(stripped), state, forced
 
 
-# ----------------------------------------------------------------------------- report
+def _fresh_variables(model: Any) -> Any:
+    """The stripped model rebuilt with variables named after its layers.
+
+    strip_pruning hands back the wrappers' variables, named ``prune_low_magnitude_c1/kernel:0``:
+    name-based weight loading and checkpoints would not find ``c1/kernel``. A clone of the same
+    layers (configs) with the weights copied over has the model's own names; a model that cannot
+    be cloned keeps the wrapper names.
+    """
+    import tf_keras
+
+    try:
+        clone = tf_keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+    except Exception:  # noqa: BLE001 - custom layers without a usable config: the names stay tfmot's
+        return model
+    # A custom layer whose config drops its name comes back renamed: keep the model as it is then.
+    return clone if [l.name for l in clone.layers] == [l.name for l in model.layers] else model
 def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str,
                   names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     layers = {l.name: l for l in _walk(model)}
