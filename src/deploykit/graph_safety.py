@@ -65,11 +65,24 @@ SAFE_STATEFUL = {
     "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3", "TensorArrayGatherV3", "TensorArrayScatterV3",
     "TensorArraySizeV3", "TensorArrayCloseV3", "TensorArraySplitV3", "TensorArrayConcatV3", "TensorArrayGradV3",
     "TensorArrayGradWithShape", "StackV2", "StackPushV2", "StackPopV2", "StackCloseV2",
-    "MutexV2", "MutexLock", "ConsumeMutexLock", "Assert", "Print", "PrintV2",
+    "MutexV2", "MutexLock", "ConsumeMutexLock", "Assert", "Print", "PrintV2", "CheckNumerics", "CheckNumericsV2",
+    "StatefulRandomBinomial", "StatefulStandardNormal", "VariableShape", "ResourceStridedSliceAssign",
+    "ResourceScatterUpdate", "ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterMul", "ResourceScatterDiv",
+    "ResourceScatterMin", "ResourceScatterMax", "ResourceScatterNdUpdate", "ResourceScatterNdAdd",
+    "ResourceScatterNdSub", "ResourceScatterNdMin", "ResourceScatterNdMax",
+    "IteratorGetNext",  # tf_keras saves an adapt_step(iterator) nobody calls; dataset sources are refused on their own
 }
+# Not stateful either, yet they rebuild hidden graphs, reach the network or open files by name.
+OUTSIDE_OPS.update({
+    **dict.fromkeys(("DatasetFromGraph", "GetElementAtIndex"), "runs a graph hidden in a string"),
+    **dict.fromkeys(("RegisterDataset", "RegisterDatasetV2"), "makes network calls"),
+    **dict.fromkeys(("GenerateVocabRemapping", "DecodeProtoV2", "EncodeProto", "SnapshotDatasetReader",
+                     "SnapshotNestedDatasetReader", "SnapshotChunkDataset"), "opens files by name"),
+    **dict.fromkeys(("XlaCustomCall", "XlaCustomCallV2"), "calls native code by name"),
+})
 # Run when the model loads (asset vocabularies): fine there, refused in the serving function.
 LOAD_TIME_OPS = {"InitializeTableFromTextFileV2": "reads a file", "InitializeTableFromTextFile": "reads a file"}
-# The standard saver's checkpoint ops: fine in its own functions, a write anywhere else.
+# The standard saver's checkpoint ops: fine in the saver's own save/restore path, a read or write anywhere else.
 CHECKPOINT_OPS = {"Save": "writes files", "SaveSlices": "writes files", "SaveV2": "writes files",
                   "MergeV2Checkpoints": "writes files", "Restore": "reads files", "RestoreSlice": "reads files",
                   "RestoreV2": "reads files"}
@@ -88,11 +101,13 @@ def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "servin
 
     from tensorflow.python.framework import op_def_registry
 
-    def scan(nodes: Any, where: str, checkpoint_ok: bool) -> None:
+    def scan(nodes: Any, where: str, checkpoint_ok: Any, load_ok: Any) -> None:
         for node in nodes:
             what = OUTSIDE_OPS.get(node.op)
-            if not what and node.op in CHECKPOINT_OPS or node.op in LOAD_TIME_OPS:
-                what = None if checkpoint_ok else {**CHECKPOINT_OPS, **LOAD_TIME_OPS}[node.op]
+            if not what and node.op in CHECKPOINT_OPS:
+                what = None if checkpoint_ok(node) else CHECKPOINT_OPS[node.op]
+            elif not what and node.op in LOAD_TIME_OPS:
+                what = None if load_ok(node) else LOAD_TIME_OPS[node.op]
             elif node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://"):
                 what = "appends to a file"
             elif not what and node.op not in SAFE_STATEFUL:
@@ -102,10 +117,21 @@ def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "servin
             if what:
                 found.append((node.op, what, where))
 
-    scan(meta_graph.graph_def.node, "the graph", checkpoint_ok=True)
-    served = _reachable_functions(meta_graph, functions, signature)
+    for asset in meta_graph.asset_file_def:  # TensorFlow joins the name to assets/: an absolute one reads any file
+        name = asset.filename
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise UntrustedModelError(
+                f"{path}: the SavedModel's asset {name!r} lies outside its assets/ directory, and loading the model "
+                "reads it; refused. If you trust this file, pass --trust-model (trust_model=True)")
+    sig = meta_graph.signature_def.get(signature)
+    served_nodes, served = _reach(meta_graph, functions, [t.name for t in sig.outputs.values()] if sig else [])
+    saver = meta_graph.saver_def
+    saver_nodes, saver_fns = _reach(meta_graph, functions, [saver.save_tensor_name, saver.restore_op_name])
+    scan(meta_graph.graph_def.node, "the graph", lambda n: n.name in saver_nodes and n.name not in served_nodes,
+         lambda n: n.name not in served_nodes)
     for name, fn in functions.items():
-        scan(fn.node_def, name, checkpoint_ok=name not in served)
+        scan(fn.node_def, name, lambda n, name=name: name in saver_fns and name not in served,
+             lambda n, name=name: name not in served)
     if found:
         op, what, where = found[0]
         place = "the serving function" if where in served else f"function {where!r}" if where != "the graph" else where
@@ -117,15 +143,13 @@ def check_saved_model_safe(path: Path, meta_graph: Any, signature: str = "servin
         )
 
 
-def _reachable_functions(meta_graph: Any, functions: dict[str, Any], signature: str) -> set[str]:
-    """Names of the library functions the signature's outputs depend on (called, or as branches and loop bodies)."""
+def _reach(meta_graph: Any, functions: dict[str, Any], tensors: list[str]) -> tuple[set[str], set[str]]:
+    """The graph nodes the given tensors depend on, and the library functions those nodes run
+    (called, or as branches and loop bodies), transitively."""
     from deploykit.converters.graph_rewrite import functions_named_by, reachable_functions
 
-    sig = meta_graph.signature_def.get(signature)
-    if sig is None:
-        return set()
     by_name = {n.name: n for n in meta_graph.graph_def.node}
-    todo = deque(t.name.split(":")[0].lstrip("^") for t in sig.outputs.values())
+    todo = deque(t.split(":")[0].lstrip("^") for t in tensors if t)
     reached: dict[str, Any] = {}
     while todo:
         name = todo.popleft()
@@ -134,4 +158,4 @@ def _reachable_functions(meta_graph: Any, functions: dict[str, Any], signature: 
         reached[name] = node = by_name[name]
         todo.extend(i.split(":")[0].lstrip("^") for i in node.input)
     nodes = list(reached.values())
-    return reachable_functions(functions, functions_named_by(nodes) | {n.op for n in nodes if n.op in functions})
+    return set(reached), reachable_functions(functions, functions_named_by(nodes) | {n.op for n in nodes if n.op in functions})

@@ -142,8 +142,12 @@ def test_saved_model_graph_that_touches_files_is_refused_until_trusted(tmp_path,
         tf.data.experimental.TFRecordWriter(str(marker)).write(tf.data.Dataset.from_tensors(tf.strings.as_string(x[0, 0])))
         return x @ module.w
 
+    def checkpoints(module, x):  # the saver's own op, outside the saver's functions
+        tf.raw_ops.SaveV2(prefix=str(marker), tensor_names=["x"], shape_and_slices=[""], tensors=[x])
+        return x @ module.w
+
     for body, op, name in ((writes, "WriteFile", "WriteFile"), (prints_to_a_file_in_a_branch, "PrintV2", "PrintV2"),
-                           (records, r"\w*Dataset", "records")):
+                           (records, r"\w*Dataset", "records"), (checkpoints, "SaveV2", "checkpoints")):
         path = _module_saved_model(tmp_path / name, body)
         with pytest.raises(UntrustedModelError, match=rf"runs {op}, which .* --trust-model"):
             load_model(path)
@@ -154,6 +158,8 @@ def test_saved_model_graph_that_touches_files_is_refused_until_trusted(tmp_path,
 
     # plain compute graphs load: a tf.Module, a Keras export (saver functions hold SaveV2/RestoreV2)
     assert load_model(_module_saved_model(tmp_path / "plain", lambda m, x: tf.nn.relu(x @ m.w))).kind == "saved_model"
+    checked = _module_saved_model(tmp_path / "checked", lambda m, x: tf.debugging.assert_all_finite(x @ m.w, "finite"))
+    assert load_model(checked).kind == "saved_model"  # CheckNumerics: stateful, harmless
     assert load_model(saved_model_dir).kind == "saved_model"
 
 
