@@ -101,6 +101,9 @@ def convert(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (CI cancel, timeout, docker stop) stops the run the same way: what it wrote goes,
+    # and with --force the previous run is put back.
+    signal.signal(signal.SIGTERM, on_sigint)
     with err.status("starting") as status:
 
         def progress(msg: str) -> None:

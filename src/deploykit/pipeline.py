@@ -150,6 +150,33 @@ def _lock_out_dir(out: Path, created_out: bool) -> Path:
     raise OutputExistsError(f"could not claim {out} ({lock} keeps reappearing); choose another --out")
 
 
+def _recover_killed_run(out: Path) -> None:
+    """Put back a previous run that a killed --force run (SIGKILL, power loss) had set aside.
+
+    A live run holds the lock and is left alone. Otherwise, what the killed run half-wrote under the
+    set-aside names is removed and the set-aside run moved back, so nothing complete is ever lost.
+    """
+    asides = sorted(out.glob(".deploykit-previous-*")) if out.is_dir() else []
+    if not asides:
+        return
+    lock = out / LOCK_NAME
+    try:
+        os.kill(int(lock.read_text().strip() or 0), 0)
+        return  # its run is alive
+    except (ValueError, ProcessLookupError, FileNotFoundError, OSError):
+        pass
+    for aside in asides:
+        for path in list(aside.iterdir()):
+            dest = out / path.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(path, dest)
+        aside.rmdir()
+    lock.unlink(missing_ok=True)
+
+
 def _set_aside_previous_run(out: Path, target_names: Sequence[str]) -> Path | None:
     """With --force: move the previous run (and this run's target directories) into a hidden
     directory under ``out``; the run restores it if it does not finish, and deletes it if it does."""
@@ -245,11 +272,12 @@ class Pipeline:
         qat: Any = None,
     ):
         for flag, value in (("force", force), ("trust_model", trust_model), ("bench", bench)):
-            if not isinstance(value, bool):  # "no" from a config file would mean yes
+            if not isinstance(value, (bool, np.bool_)):  # "no" from a config file would mean yes
                 raise UserError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+        force, trust_model, bench = bool(force), bool(trust_model), bool(bench)
         if not isinstance(out, (str, os.PathLike)):
             raise UserError(f"out must be a directory path, got {type(out).__name__} {out!r}")
-        if isinstance(verify_samples, bool) or not isinstance(verify_samples, int):
+        if isinstance(verify_samples, (bool, np.bool_)) or not isinstance(verify_samples, (int, np.integer)):
             raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
         self.targets = _resolve_targets(targets)
         self.prune_options = _check_prune(prune, train_data, qat=qat not in (None, False))
@@ -278,7 +306,7 @@ class Pipeline:
         self.data, self.eval_data = data, eval_data
         self.out = Path(out)
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
-        self.verify_samples = verify_samples
+        self.verify_samples = int(verify_samples)
         self.progress = progress or (lambda msg: None)
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
@@ -395,7 +423,13 @@ class Pipeline:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
+        _recover_killed_run(self.out)
         lock = _lock_out_dir(self.out, created_out)
+        if not self.force and any(p.name != LOCK_NAME for p in self.out.iterdir()):
+            # Empty when this run started, filled since: another run got here first (it finished before our claim).
+            lock.unlink(missing_ok=True)
+            raise OutputExistsError(f"output directory {self.out} was filled by another run while this one worked; "
+                                    "choose another --out or pass --force (force=True in Python) to overwrite")
         # The previous run stays whole until this one has finished: set aside, put back on any failure or Ctrl-C.
         try:
             aside = _set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None

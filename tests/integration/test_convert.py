@@ -204,6 +204,47 @@ def test_force_keeps_the_previous_run_until_the_new_one_finishes(tmp_path, keras
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_run_killed_after_setting_the_previous_run_aside_gets_it_back_on_the_next_run(tmp_path, keras3_model, digits):
+    import subprocess
+    import sys
+
+    from deploykit.pipeline import _set_aside_previous_run
+
+    data = (digits.x_eval[:32], digits.y_eval[:32])
+    out = tmp_path / "out"
+    deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, bench=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # what kill -9 leaves of a --force run: the old run set aside, a half-written target, its claim
+    _set_aside_previous_run(out, ["tflite-fp32"])
+    (out / "tflite-fp32").mkdir()
+    (out / "tflite-fp32" / ".model.tflite.x.partial").write_bytes(b"half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".deploykit.lock").write_text(str(dead.pid))
+    with pytest.raises(OutputExistsError):  # not empty: a run without --force still refuses
+        deploykit.convert(keras3_model, ["onnx-fp32"], data=data, out=out, bench=False)
+    from deploykit.pipeline import _recover_killed_run
+
+    _recover_killed_run(out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    result = deploykit.convert(keras3_model, ["onnx-fp32"], data=data, out=out, bench=False, force=True)
+    assert result.ok and not list(out.glob(".deploykit-*"))
+
+
+def test_a_directory_another_run_filled_meanwhile_is_refused(tmp_path, keras3_model, digits):
+    out = tmp_path / "race"
+
+    def other_run_finishes(msg: str) -> None:  # another run fills --out while this one computes its reference
+        if msg == "computing reference outputs":
+            out.mkdir()
+            (out / "manifest.json").write_text("{}")
+
+    with pytest.raises(OutputExistsError, match="was filled by another run while this one worked"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=(digits.x_eval[:16], digits.y_eval[:16]), out=out,
+                          bench=False, progress=other_run_finishes)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
 def test_a_directory_another_live_run_writes_to_is_refused_a_stale_claim_is_not(tmp_path, keras3_model, digits):
     import subprocess
     import sys
