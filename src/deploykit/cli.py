@@ -53,7 +53,7 @@ def convert(
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Separate .npz for evaluation (defaults to --data)."),
     out: Path = typer.Option(Path("build"), "--out", "-o", help="Output directory (must be empty or new unless --force)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the previous run in a non-empty output directory."),
-    trust_model: bool = typer.Option(False, "--trust-model", help="Allow Lambda/TFSMLayer layers (turns Keras safe_mode off) and SavedModels whose graphs read or write files. Only for files you trust."),
+    trust_model: bool = typer.Option(False, "--trust-model", help="Allow Lambda/TFSMLayer layers (turns Keras safe_mode off) and SavedModels whose graphs use stateful ops beyond a model's own (file reads and writes...). Only for files you trust."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads for benchmarks (default: the target's, 2)."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed runs before timing."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed runs."),
@@ -108,7 +108,7 @@ def convert(
 
         def progress(msg: str) -> None:
             # A Ctrl-C that landed inside a TensorFlow finalizer is swallowed there (Python cannot raise
-            # from __del__); the handler below counted it, and the run stops at its next step.
+            # from __del__); on_sigint counted it, and the run stops at its next step.
             if interrupts["count"]:
                 raise KeyboardInterrupt
             status.update(msg)
