@@ -265,7 +265,7 @@ def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
     # the report gives the int8 output's scale and zero point, the ids input has none
     report = (result.out / "report.md").read_text()
     assert "## Integer inputs and outputs (scale, zero point)" in report
-    assert "output `output_0` int8: x = (q - " in report and "input `tokens`" not in report
+    assert re.search(r"output `output_0` int8: x = \(q [+-] \d+\) × [0-9.e-]+", report) and "input `tokens`" not in report
 
 
 def test_a_per_step_dense_tagger_runs_on_tflite_micro(tmp_path):

@@ -318,8 +318,11 @@ def io_quantization_lines(manifest: Manifest) -> list[str]:
         parts = []
         for key, q in quant.items():
             role, name = key.split(" ", 1)
-            how = (f"q = round(x / {q['scale']:.6g}) + {q['zero_point']}" if role == "input"
-                   else f"x = (q - {q['zero_point']}) × {q['scale']:.6g}")
+            zp = q["zero_point"]
+            plus = f" + {zp}" if zp > 0 else f" - {-zp}" if zp < 0 else ""
+            minus = f" - {zp}" if zp > 0 else f" + {-zp}" if zp < 0 else ""
+            how = (f"q = round(x / {q['scale']:.6g}){plus}" if role == "input"
+                   else f"x = (q{minus}) × {q['scale']:.6g}" if zp else f"x = q × {q['scale']:.6g}")
             parts.append(f"{role} `{name}` {q['dtype']}: {how}")
         lines.append(f"- **{a.target}**: " + "; ".join(parts))
     return lines
