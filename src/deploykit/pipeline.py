@@ -345,6 +345,7 @@ class Pipeline:
             _check_qat_model(loaded)
         specs = loaded.inputs
         _check_numeric_inputs(specs)
+        _check_batched_outputs(specs, loaded.info().outputs)
         calib = load_data(self.data, specs, role="data") if self.data is not None else None
         evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
         if calib is None and any(t.needs_calibration for t in self.targets):
@@ -873,6 +874,21 @@ def _check_qat_model(loaded: Any) -> None:
     if loaded.keras_model is None:
         raise UserError(f"{loaded.source}: QAT fine-tunes a tf_keras model; pass the .keras/.h5 file, not a SavedModel")
     check_model(loaded.keras_model)
+
+
+def _check_batched_outputs(inputs, outputs) -> None:
+    """Every output must start with the batch dimension when the inputs do: deploykit runs and
+    compares the model sample by sample (and in batches), and an output that does not grow with
+    the batch (a mean over it, a counter) cannot be lined up with its samples."""
+    if not any(s.shape and s.shape[0] is None for s in inputs):
+        return  # a fixed-batch model: its outputs are as fixed as its inputs
+    for o in outputs:
+        if o.shape and o.shape[0] is not None:  # () is a scalar or an unknown rank: left to verification
+            raise UserError(
+                f"output {o.name!r} has shape {tuple(o.shape)} whatever the batch size, while the inputs take any "
+                "batch: deploykit verifies outputs sample by sample; export a serving signature whose outputs all "
+                "start with the batch dimension (drop or batch this one)"
+            )
 
 
 def _check_numeric_inputs(specs) -> None:

@@ -163,6 +163,18 @@ def test_saved_model_graph_that_touches_files_is_refused_until_trusted(tmp_path,
     assert load_model(saved_model_dir).kind == "saved_model"
 
 
+def test_an_output_that_does_not_grow_with_the_batch_is_refused_in_one_line(tmp_path):
+    import tensorflow as tf
+
+    import deploykit
+    from deploykit.errors import UserError
+
+    path = _module_saved_model(tmp_path / "unbatched", lambda m, x: tf.reduce_mean(x @ m.w, axis=0))
+    with pytest.raises(UserError, match=r"output 'output_0' has shape \(3,\) whatever the batch size"):
+        deploykit.convert(path, ["tflite-fp32"], data=np.ones((16, 4), np.float32), out=tmp_path / "o", bench=False)
+    assert not (tmp_path / "o").exists()
+
+
 def test_unregistered_custom_layer_is_named(tmp_path):
     """A layer class the loading process does not know: ModelLoadError naming the class."""
     import keras
