@@ -21,6 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build(out: Path, epochs: int = 30, seed: int = 0) -> tuple[Path, Path]:
+    from deploykit._quiet import import_tensorflow
+
+    import_tensorflow()  # TensorFlow's CUDA probe line ("failed call to cuInit") stays out of `make demo`'s output
     import keras
     import numpy as np
     from sklearn.datasets import load_digits
