@@ -39,11 +39,16 @@ OUTSIDE_OPS: dict[str, str] = {
                      "WriteRawProtoSummary", "ImportEvent", "FlushSummaryWriter"), "writes summary files"),
     **dict.fromkeys(("PyFunc", "PyFuncStateless", "EagerPyFunc"), "calls Python code"),
     **dict.fromkeys(("Rpc", "TryRpc", "RpcClient", "RpcCall", "RpcCheckStatus", "RpcServerStart"), "makes network calls"),
+    # Not marked stateful in TensorFlow's registry, yet they reach outside: the stateful rule below misses them.
+    **dict.fromkeys(("DebugIdentity", "DebugNanCount", "DebugNumericSummary", "Copy", "CopyHost"),
+                    "writes to debug URLs (file://)"),
+    "ImmutableConst": "memory-maps a file",
+    **dict.fromkeys(("DatasetFromGraph", "GetElementAtIndex"), "runs a graph hidden in a string"),
+    **dict.fromkeys(("RegisterDataset", "RegisterDatasetV2"), "makes network calls"),
+    **dict.fromkeys(("GenerateVocabRemapping", "DecodeProtoV2", "EncodeProto", "SnapshotDatasetReader",
+                     "SnapshotNestedDatasetReader", "SnapshotChunkDataset"), "opens files by name"),
+    **dict.fromkeys(("XlaCustomCall", "XlaCustomCallV2"), "calls native code by name"),
 }
-# Not marked stateful in TensorFlow's registry, yet they reach outside: named here.
-OUTSIDE_OPS.update({"DebugIdentity": "writes to debug URLs (file://)", "DebugNanCount": "writes to debug URLs (file://)",
-                    "DebugNumericSummary": "writes to debug URLs (file://)", "Copy": "writes to debug URLs (file://)",
-                    "CopyHost": "writes to debug URLs (file://)", "ImmutableConst": "memory-maps a file"})
 # Stateful ops a model's own computation uses (variables, control flow, lookup tables, random
 # numbers, RNN kernels, tensor arrays). Any other stateful op is refused: statefulness is how
 # TensorFlow marks ops with effects beyond their outputs, so new I/O ops cannot slip through a list.
@@ -72,14 +77,6 @@ SAFE_STATEFUL = {
     "ResourceScatterNdSub", "ResourceScatterNdMin", "ResourceScatterNdMax",
     "IteratorGetNext",  # tf_keras saves an adapt_step(iterator) nobody calls; dataset sources are refused on their own
 }
-# Not stateful either, yet they rebuild hidden graphs, reach the network or open files by name.
-OUTSIDE_OPS.update({
-    **dict.fromkeys(("DatasetFromGraph", "GetElementAtIndex"), "runs a graph hidden in a string"),
-    **dict.fromkeys(("RegisterDataset", "RegisterDatasetV2"), "makes network calls"),
-    **dict.fromkeys(("GenerateVocabRemapping", "DecodeProtoV2", "EncodeProto", "SnapshotDatasetReader",
-                     "SnapshotNestedDatasetReader", "SnapshotChunkDataset"), "opens files by name"),
-    **dict.fromkeys(("XlaCustomCall", "XlaCustomCallV2"), "calls native code by name"),
-})
 # Run when the model loads (asset vocabularies): fine there, refused in the serving function.
 LOAD_TIME_OPS = {"InitializeTableFromTextFileV2": "reads a file", "InitializeTableFromTextFile": "reads a file"}
 # The standard saver's checkpoint ops: fine in the saver's own save/restore path, a read or write anywhere else.

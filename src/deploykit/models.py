@@ -736,6 +736,21 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
     )
 
 
+def non_finite_weights(model: Any) -> list[tuple[str, int, int, int]]:
+    """``(name, NaN count, inf count, size)`` of each float weight of a Keras model holding NaN or inf."""
+    bad = []
+    for w in getattr(model, "weights", []):
+        try:
+            value = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
+        except Exception:  # noqa: BLE001 - an unreadable variable is the converter's to report
+            continue
+        if value.dtype.kind == "f" and value.size:
+            nan, inf = int(np.count_nonzero(np.isnan(value))), int(np.count_nonzero(np.isinf(value)))
+            if nan or inf:
+                bad.append((getattr(w, "path", None) or w.name, nan, inf, value.size))
+    return bad
+
+
 def check_finite_weights(model: Any, source: str) -> None:
     """Refuse a Keras model with NaN in its weights (a diverged training run, a bad checkpoint).
 
@@ -746,16 +761,7 @@ def check_finite_weights(model: Any, source: str) -> None:
     Raises:
         ModelLoadError: naming the first weight with NaN and how many it holds.
     """
-    bad = []
-    for w in getattr(model, "weights", []):
-        try:
-            value = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
-        except Exception:  # noqa: BLE001 - an unreadable variable is the converter's to report
-            continue
-        if value.dtype.kind == "f" and value.size:
-            n = int(np.count_nonzero(np.isnan(value)))
-            if n:
-                bad.append((getattr(w, "path", None) or w.name, n, value.size))
+    bad = [(name, nan, size) for name, nan, _, size in non_finite_weights(model) if nan]
     if bad:
         name, n, size = bad[0]
         more = f" (and {len(bad) - 1} more weight(s))" if len(bad) > 1 else ""

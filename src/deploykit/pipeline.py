@@ -122,7 +122,24 @@ def _previous_run_files(out: Path) -> list[Path]:
 LOCK_NAME = ".deploykit.lock"
 
 
-def _lock_out_dir(out: Path, created_out: bool) -> Path:
+def _lock_holder(lock: Path) -> int | None:
+    """The pid of the live process that holds ``lock``, or None (no lock, unreadable, or its process is gone)."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (ValueError, OSError):
+        return None
+    if pid <= 0:  # os.kill(0, ...) would signal our own process group
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return pid
+
+
+def _lock_out_dir(out: Path) -> Path:
     """Claim ``out`` for this run: two runs started together into one directory passed the
     emptiness check together, then each wrote its manifest over the other's.
 
@@ -134,14 +151,10 @@ def _lock_out_dir(out: Path, created_out: bool) -> Path:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)  # alive: a run is writing here
-            except (ValueError, ProcessLookupError, FileNotFoundError):
+            pid = _lock_holder(lock)
+            if pid is None:
                 lock.unlink(missing_ok=True)  # left by a killed run
                 continue
-            except PermissionError:  # alive, someone else's
-                pass
             raise OutputExistsError(f"another deploykit run (pid {pid}) is writing to {out}; wait for it to finish "
                                     "or choose another --out") from None
         with os.fdopen(fd, "w") as fh:
@@ -157,14 +170,9 @@ def _recover_killed_run(out: Path) -> None:
     set-aside names is removed and the set-aside run moved back, so nothing complete is ever lost.
     """
     asides = sorted(out.glob(".deploykit-previous-*")) if out.is_dir() else []
-    if not asides:
-        return
     lock = out / LOCK_NAME
-    try:
-        os.kill(int(lock.read_text().strip() or 0), 0)
-        return  # its run is alive
-    except (ValueError, ProcessLookupError, FileNotFoundError, OSError):
-        pass
+    if not asides or _lock_holder(lock) is not None:  # nothing set aside, or its run is alive
+        return
     for aside in asides:
         for path in list(aside.iterdir()):
             dest = out / path.name
@@ -345,7 +353,8 @@ class Pipeline:
             _check_qat_model(loaded)
         specs = loaded.inputs
         _check_numeric_inputs(specs)
-        _check_batched_outputs(specs, loaded.info().outputs)
+        outputs = loaded.info().outputs
+        _check_batched_outputs(specs, outputs)
         calib = load_data(self.data, specs, role="data") if self.data is not None else None
         evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
         if calib is None and any(t.needs_calibration for t in self.targets):
@@ -358,11 +367,11 @@ class Pipeline:
         from deploykit.data import check_label_range
         from deploykit.verify import label_classes, labels_fit
 
-        described = [(tuple(o.shape), o.dtype) for o in loaded.info().outputs]
+        described = [(tuple(o.shape), o.dtype) for o in outputs]
         if not labels_fit(described, evald.y):
             raise DataError(
                 f"{evald.source}: labels 'y' of shape {evald.y.shape} give a class per position, and no output has "
-                f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in loaded.info().outputs)}); pass "
+                f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in outputs)}); pass "
                 "labels of the output's shape, one class per sample (N,), or leave 'y' out")
         check_label_range(evald, label_classes(described, evald.y))
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
@@ -425,7 +434,7 @@ class Pipeline:
         except OSError as exc:
             raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
         _recover_killed_run(self.out)
-        lock = _lock_out_dir(self.out, created_out)
+        lock = _lock_out_dir(self.out)
         if not self.force and any(p.name != LOCK_NAME for p in self.out.iterdir()):
             # Empty when this run started, filled since: another run got here first (it finished before our claim).
             lock.unlink(missing_ok=True)
@@ -917,8 +926,9 @@ def _check_reference_finite(reference: list[np.ndarray], output_names: list[str]
         bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1) if out.ndim else ~np.isfinite(out.reshape(1))
         if bad.any():
             kinds = " and ".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(out).any())
-            infinite = [getattr(w, "path", None) or w.name for w in getattr(keras_model, "weights", [])
-                        if np.asarray(w).dtype.kind == "f" and np.isinf(np.asarray(w)).any()]
+            from deploykit.models import non_finite_weights
+
+            infinite = [name for name, _, inf, _ in non_finite_weights(keras_model) if inf]
             if infinite:  # the weights, not the data
                 raise ModelLoadError(
                     f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples, and weight "
