@@ -26,7 +26,8 @@ from deploykit.errors import DataError
 
 @dataclass
 class Dataset:
-    """Samples for a model: one array per model input, optional integer labels."""
+    """Samples for a model: one array per model input, optional integer labels
+    (or, loaded with ``targets=True`` for a regression fine-tune, float target values)."""
 
     x: list[np.ndarray]
     y: np.ndarray | None
@@ -113,13 +114,16 @@ def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
     return [obj], None
 
 
-def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Dataset:
+def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False) -> Dataset:
     """Load and validate a dataset for a model with the given input specs.
 
     Args:
         spec: Path to an ``.npz``, arrays, ``(x, y)``, dict, or a callable returning one.
         inputs: The model's input specs (``name``, ``shape``, ``dtype``).
         role: Word used in error messages (``data``, ``eval data``).
+        targets: ``y`` holds the values a regression model is trained to output (float32,
+            kept as given), not class labels. Only fine-tuning data is read this way:
+            verification compares a regression model's outputs with the reference's.
 
     Returns:
         A validated :class:`Dataset`, inputs cast to the model's dtypes.
@@ -152,6 +156,8 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data") -> Datase
     if any(len(a) != n for a in out):
         raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
     y = None if y is None else np.asarray(y)
+    if targets:
+        return Dataset(out, None if y is None else _check_targets(y, n, where), source)
     labels = None if y is None else _check_labels(y, n, where)
     one_hot = int(y.shape[-1]) if y is not None and labels is not None and y.ndim == labels.ndim + 1 and y.shape[-1] > 1 else None
     return Dataset(out, labels, source, one_hot)
@@ -212,6 +218,20 @@ def _refuse_streams(spec: Any, role: str) -> None:
             f"{role}: a {type(spec).__name__} is a stream; pass arrays: (x, y), a dict or an .npz "
             "(e.g. x = np.concatenate([b for b, _ in ds]) from a tf.data batch stream)"
         )
+
+
+def _check_targets(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Regression targets: finite numbers, one row per sample, as float32."""
+    if y.ndim == 0:
+        raise DataError(f"{where}: targets 'y' is a single value; pass one target row per sample ({n})")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{where}: targets 'y' are {y.dtype}, not numbers; pass the values the model should output")
+    y = y.astype(np.float32)
+    if not np.isfinite(y).all():
+        raise DataError(f"{where}: targets 'y' hold NaN or inf (or values beyond float32); clean or drop those samples")
+    if len(y) != n:
+        raise DataError(f"{where}: has {n} samples but {len(y)} targets in 'y'; they must match")
+    return y
 
 
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:

@@ -551,13 +551,16 @@ class Pipeline:
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
-        from deploykit.optimize.prune import refuse_regression_loss
+        from deploykit.optimize.prune import is_regression_loss
 
         options = self.prune_options if step == "prune" else self.qat_options
-        refuse_regression_loss((options or {}).get("loss"), compile_config_of(model), label)
-        train = load_data(self.train_data, loaded.inputs, role="train data")
+        # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
+        # epoch with the lowest validation loss)
+        regression = is_regression_loss((options or {}).get("loss"), compile_config_of(model))
+        train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
         if train.y is None:
-            raise DataError(f"train data {train.source} has no labels 'y'; {label} fine-tunes the model and needs them")
+            need = "target values 'y'" if regression else "labels 'y'"
+            raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")
         self.progress(f"{label}: fine-tuning")
         with PeakRSS() as mem:
             result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))

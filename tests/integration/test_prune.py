@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+import deploykit
+
 from deploykit.errors import DataError, UserError
 from deploykit.optimize.prune import prune
 from deploykit.optimize.structure import keep_count
@@ -238,8 +240,12 @@ def test_errors_come_before_any_training(trained, digits):
                   block_size=(16, 4), loss="sparse_categorical_crossentropy")
     regression = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(64, name="d")])
     regression.compile(optimizer="adam", loss="mse")
-    with pytest.raises(UserError, match=r"pruning fine-tunes classifiers .* this model's loss is mse"):
-        prune(regression, (digits.x_train, digits.x_train.reshape(len(digits.x_train), -1)), sparsity=0.5)
+    with pytest.raises(DataError, match=r"targets 'y' of shape \(\d+, 8\) do not fit the model's output \(None, 64\)"):
+        prune(regression, (digits.x_train, digits.x_train.reshape(len(digits.x_train), -1)[:, :8]), sparsity=0.5)
+    bad = digits.x_train.reshape(len(digits.x_train), -1).copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(DataError, match=r"targets 'y' hold NaN or inf"):
+        prune(regression, (digits.x_train, bad), sparsity=0.5)
     nan = keras.models.clone_model(k3)
     weights = k3.get_weights()
     weights[0] = weights[0].copy()
@@ -538,3 +544,43 @@ def test_block_that_does_not_tile_a_kernel_is_named_off_target(digits):
                for s in off), off
     skipped = {s["layer"]: s["reason"] for s in report["skipped"]}
     assert skipped["d"] == "block 16x4 is larger than this kernel (12, 24)"  # 12 rows < 16: kept dense, listed
+
+
+@pytest.mark.parametrize("lib_name", ["keras", "tf_keras"])
+def test_regression_model_is_pruned_by_validation_loss(lib_name, tmp_path):
+    """A model trained with a regression loss has no accuracy: the fine-tune keeps the at-target epoch
+    with the lowest validation loss, float targets of any shape that fits the output are taken, and
+    the report speaks of the loss."""
+    import importlib
+
+    lib = importlib.import_module(lib_name)
+    rng = np.random.default_rng(SEED)
+    x = rng.uniform(0, 255, (600, 12)).astype("float32")
+    y = np.tanh((x / 255 - 0.5) @ rng.normal(size=(12, 2))).astype("float32")
+    lib.utils.set_random_seed(SEED)
+    model = lib.Sequential([lib.Input((12,)), lib.layers.Rescaling(1 / 255, offset=-0.5, name="scale"),
+                            lib.layers.Dense(48, activation="relu", name="d1"), lib.layers.Dense(2, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=15, verbose=0)
+    result = prune(model, (x, y), sparsity=0.7, epochs=5, seed=SEED)
+    r = result.report
+    assert r["score"] == "val_loss" and r["accuracy_before"] is None and r["accuracy_after"] is None
+    at_target = [h for h in r["history"] if h["at_target"]]
+    assert at_target and all("val_loss" in h and "val_accuracy" not in h for h in r["history"])
+    assert r["best_epoch"] == min(at_target, key=lambda h: h["val_loss"])["epoch"]
+    assert r["val_loss_after"] == pytest.approx(min(h["val_loss"] for h in at_target), rel=1e-4)
+    pred = result.model.predict(x[-60:], verbose=0)  # held-out split is random: the loss is recomputed on known rows
+    assert np.isfinite(pred).all() and float(np.mean((pred - y[-60:]) ** 2)) < 0.2
+    assert sorted(l["name"] for l in r["layers"]) == ["d1", "out"]
+    assert all(abs(l["achieved_sparsity"] - 0.7) < 0.01 for l in r["layers"])
+
+    path = tmp_path / "reg.keras"
+    model.save(path)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "calib.npz", x=x[:200])
+    res = deploykit.convert(str(path), targets=["tflite-int8"], data=str(tmp_path / "calib.npz"), out=str(tmp_path / "out"),
+                            prune={"sparsity": 0.7, "epochs": 4}, train_data=str(tmp_path / "train.npz"))
+    assert res.ok, res.artifact("tflite-int8")["verification"]["failures"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Validation loss (mse) on the held-out training split: dense" in text
+    assert "| Epoch | Loss | Val loss | Sparsity |" in text and "(lowest validation loss)" in text

@@ -35,7 +35,8 @@ old optimizer's moments belong to the dense weights; pruning fine-tuning
 usually wants a learning rate at or below the original one, so pass
 ``learning_rate`` when the model was trained with a large one.
 
-Early stopping watches validation accuracy only in epochs that ended at the
+Early stopping watches validation accuracy (for a model trained with a
+regression loss, which has no accuracy: its validation loss) only in epochs that ended at the
 final sparsity (before that, accuracy falls as the sparsity rises and the
 weights are not at the target); the best such epoch is restored, masks
 included, so the achieved sparsity is always the requested one.
@@ -169,13 +170,15 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
     return kernels, skipped
 
 
-def _to_dataset(data: Any, model: Any, role: str):
+def _to_dataset(data: Any, model: Any, role: str, targets: bool = False):
     from deploykit.data import Dataset, load_data
     from deploykit.models import load_model
 
     if isinstance(data, Dataset):
+        if targets and data.y is not None:  # a Dataset loaded with class labels: its values are the targets
+            return Dataset(data.x, np.asarray(data.y, dtype=np.float32), data.source)
         return data
-    return load_data(data, load_model(model).inputs, role=role)
+    return load_data(data, load_model(model).inputs, role=role, targets=targets)
 
 
 def _loss_name(loss: Any) -> str:
@@ -186,30 +189,94 @@ def _loss_name(loss: Any) -> str:
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
 
 
-# Losses of models that predict values rather than classes: the fine-tune keeps the epoch with the
-# best validation *accuracy*, which such a model does not have.
 OFF_TARGET_POINTS = 2  # a kernel further from the target sparsity than this is named in the report
 
+# Losses of models that predict values rather than classes: such a model has no accuracy, so its
+# fine-tune keeps the epoch with the lowest validation loss instead (see _Score).
 REGRESSION_LOSSES = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
                      "meanabsolutepercentageerror", "meansquaredlogarithmicerror", "huber", "huberloss", "logcosh",
                      "cosinesimilarity", "poisson"}
 
 
-def refuse_regression_loss(loss: Any, compile_config: dict[str, Any] | None, what: str = "pruning") -> None:
-    """Refuse a regression model up front: the fine-tune scores and early-stops on accuracy.
-
-    Raises:
-        UserError: the model's loss (``loss`` or its compile config's) is a regression loss.
-    """
+def is_regression_loss(loss: Any, compile_config: dict[str, Any] | None) -> bool:
+    """Whether ``loss`` (or, when None, the compile config's loss) is a regression loss."""
     if loss is None:
         loss = (compile_config or {}).get("loss")
     name = _loss_name(loss) if loss is not None and not isinstance(loss, (list, tuple)) else ""
-    if name.lower().replace("_", "") in REGRESSION_LOSSES:
-        raise UserError(
-            f"{what} fine-tunes classifiers (it keeps the epoch with the best validation accuracy), and this model's "
-            f"loss is {name}: a regression model cannot be fine-tuned by deploykit yet; prune it in your training "
-            "script (tfmot, or a Keras constraint that keeps the smallest weights at zero) and convert the result"
-        )
+    return name.lower().replace("_", "") in REGRESSION_LOSSES
+
+
+class _Score:
+    """What a fine-tune keeps its best epoch by, and reports before and after.
+
+    Classifiers: validation accuracy (higher is better), read as verification reads it. A model
+    trained with a regression loss has no accuracy: its own loss on the validation split
+    (lower is better), computed with the loss function it is fine-tuned with.
+    """
+
+    def __init__(self, regression_loss: Any = None, kind: str = "keras3"):
+        self.loss = None
+        if regression_loss is not None:
+            self.loss = (_resolved("loss", _keras_module(kind).losses.get, regression_loss)
+                         if isinstance(regression_loss, str) else regression_loss)
+            self.loss_name = _loss_name(regression_loss)
+
+    @property
+    def regression(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def key(self) -> str:
+        """History and report key: ``val_accuracy`` or ``val_loss``."""
+        return "val_loss" if self.regression else "val_accuracy"
+
+    @property
+    def words(self) -> str:
+        return f"validation loss ({self.loss_name})" if self.regression else "validation accuracy"
+
+    def line(self, value: float) -> str:
+        """Progress-line text for one epoch."""
+        return f"val loss {value:.4g}" if self.regression else f"val acc {value:.4f}"
+
+    def __call__(self, model: Any, data: Any) -> float:
+        if not self.regression:
+            return _accuracy(model, data.x, data.y)
+        pred = _predict(model, data.x)
+        return float(np.mean(np.asarray(self.loss(data.y.reshape(pred.shape), pred))))
+
+    def better(self, a: float, b: float) -> bool:
+        """``a`` beats ``b``."""
+        return a < b if self.regression else a > b
+
+
+def fine_tune_data(train_data: Any, validation_data: Any, model: Any, regression: bool, what: str):
+    """(train, validation or None), checked: labelled (class labels, or target values for a
+    regression model, shaped like its output) and in the output's class range."""
+    train = _to_dataset(train_data, model, "train data", regression)
+    if train.y is None:
+        need = "target values 'y'" if regression else "labels 'y'"
+        raise DataError(f"train data {train.source} has no {need}; {what} fine-tunes the model and needs them")
+    val = _to_dataset(validation_data, model, "validation data", regression) if validation_data is not None else None
+    if val is not None and val.y is None:
+        raise DataError(f"validation data {val.source} has no {'target values' if regression else 'labels'} 'y'; "
+                        f"{'the validation loss' if regression else 'accuracy'} needs them")
+    out_shape = tuple(model.outputs[0].shape[1:])
+    if regression:
+        for d in (train, val):
+            if d is None:
+                continue
+            per_sample = d.y.size // max(len(d.y), 1)
+            if None not in out_shape and per_sample != int(np.prod(out_shape, dtype=np.int64)):
+                raise DataError(
+                    f"{d.source}: targets 'y' of shape {d.y.shape} do not fit the model's output (None, "
+                    f"{', '.join(map(str, out_shape))}); pass one target row of the output's shape per sample")
+            d.y = d.y.reshape((len(d.y),) + out_shape) if None not in out_shape else d.y
+        return train, val
+    classes = int((model.outputs[0].shape or [0])[-1] or 0)
+    from deploykit.data import check_label_range
+
+    check_label_range(train, classes if classes > 1 else None)
+    return train, val
 
 
 def _needs_one_hot(loss: Any) -> bool:
@@ -442,13 +509,13 @@ def _make_tracker(base: type, state: "_TrainState") -> Any:
 class _TrainState:
     """Per-epoch bookkeeping shared by both paths."""
 
-    def __init__(self, model, sched, structure, epochs, val, patience, progress, snapshot, restore, current):
-        self.model, self.sched, self.structure, self.epochs = model, sched, structure, epochs
+    def __init__(self, model, sched, structure, epochs, val, patience, progress, snapshot, restore, current, score):
+        self.model, self.sched, self.structure, self.epochs, self.score = model, sched, structure, epochs, score
         self.val, self.patience, self.progress = val, patience, progress
         self.snapshot, self.restore, self.current = snapshot, restore, current
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, Any] | None = None  # (accuracy, epoch, snapshot)
+        self.best: tuple[float, int, Any] | None = None  # (score, epoch, snapshot)
         self.wait = 0
         self.stop = False
 
@@ -458,17 +525,17 @@ class _TrainState:
         return self.step >= self.sched.target_reached_step
 
     def end_epoch(self, epoch: int, logs: dict) -> None:
-        acc = _accuracy(self.model, self.val.x, self.val.y)
+        acc = self.score(self.model, self.val)
         at_target = self.at_target()
         entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))),
-                 "val_accuracy": acc, "sparsity": self.current(), "at_target": at_target}
-        entry.update({k: float(v) for k, v in logs.items() if k != "loss" and np.ndim(v) == 0})
+                 self.score.key: acc, "sparsity": self.current(), "at_target": at_target}
+        entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
         self.history.append(entry)
-        self.progress(f"prune epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, val acc {acc:.4f}, "
+        self.progress(f"prune epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}, "
                       f"sparsity {entry['sparsity']:.2%}{'' if at_target else ' (ramping up)'}")
         if not at_target:
             return
-        if self.best is None or acc > self.best[0]:
+        if self.best is None or self.score.better(acc, self.best[0]):
             self.best = (acc, epoch + 1, self.snapshot())
             self.wait = 0
         else:
@@ -535,7 +602,7 @@ def _clone_keras3(model: Any) -> tuple[Any, bool]:
 
 
 def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
-                patience, progress, seed):
+                patience, progress, seed, score):
     import keras
 
     masks = _Keras3Masks(kernels, structure, block_size)
@@ -567,7 +634,8 @@ def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimi
             k.mask_var.assign(m.astype(k.variable.dtype))
 
     train, val = data
-    state = _TrainState(model, sched, structure, epochs, val, patience, progress, snapshot, restore, lambda: masks.sparsity)
+    state = _TrainState(model, sched, structure, epochs, val, patience, progress, snapshot, restore, lambda: masks.sparsity,
+                        score)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     y = _labels_for(loss, train.y, model)
     try:
@@ -593,7 +661,7 @@ def _labels_for(loss: Any, y: np.ndarray, model: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- tf_keras path
 def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
-                  patience, progress, seed):
+                  patience, progress, seed, score):
     """Wrap, train and strip with tfmot; return (stripped model, state, forced)."""
     import tf_keras
 
@@ -649,7 +717,7 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
         wrapped.set_weights(snap)
 
     train, val = data
-    state = _TrainState(wrapped, sched, structure, epochs, val, patience, progress, snapshot, restore, current)
+    state = _TrainState(wrapped, sched, structure, epochs, val, patience, progress, snapshot, restore, current, score)
     wrapped.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     y = _labels_for(loss, train.y, model)
     wrapped.fit(model_call_arg(wrapped, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
@@ -771,15 +839,19 @@ def prune(
     progress: ProgressFn | None = None,
     seed: int = 0,
 ) -> PruneResult:
-    """Prune a Keras 3 or tf_keras classifier by magnitude while fine-tuning it.
+    """Prune a Keras 3 or tf_keras model by magnitude while fine-tuning it.
+
+    Classifiers are scored by validation accuracy; a model whose loss is a regression loss
+    (mse, mae, huber...) by its validation loss, and its ``y`` are the target values.
 
     Args:
         model: In-memory Keras 3 or tf_keras model. Functional and Sequential models are not
             modified (a pruned copy is returned); a subclassed Keras 3 model that cannot be cloned
             is pruned in place (``report["in_place"]`` is True, and a warning says so): save its
             weights first (``model.get_weights()``) if you need the dense ones.
-        train_data: :class:`deploykit.data.Dataset` with labels, or anything
-            :func:`deploykit.data.load_data` accepts (``.npz`` path, ``(x, y)``...).
+        train_data: :class:`deploykit.data.Dataset` with labels (target values for a
+            regression model), or anything :func:`deploykit.data.load_data` accepts
+            (``.npz`` path, ``(x, y)``...).
         sparsity: Fraction of each prunable kernel's weights to zero, in (0, 1).
             Required for ``unstructured`` and ``block``; ``2:4`` is always 0.5.
         schedule: ``polynomial`` (tfmot PolynomialDecay from 0, power 3) or ``constant``.
@@ -792,7 +864,7 @@ def prune(
             ``validation_split`` of ``train_data`` held out.
         validation_split: Fraction held out when ``validation_data`` is None.
         patience: Epochs at the final sparsity without a better validation accuracy
-            before stopping; None never stops early.
+            (lower validation loss, for regression) before stopping; None never stops early.
         loss, metrics: Used when the model carries no compile settings.
         optimizer: Optimizer (name or object; a fresh copy is used). Default: the
             compiled optimizer's class and learning rate, else Adam.
@@ -826,34 +898,27 @@ def prune(
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 
-    refuse_regression_loss(loss, compile_config if compile_config is not None else _model_compile_config(compiled, kind))
-    train = _to_dataset(train_data, model, "train data")
-    if train.y is None:
-        raise DataError(f"train data {train.source} has no labels 'y'; pruning fine-tunes the model and needs them")
-    val = _to_dataset(validation_data, model, "validation data") if validation_data is not None else None
-    if val is not None and val.y is None:
-        raise DataError(f"validation data {val.source} has no labels 'y'; accuracy needs them")
-    classes = int((model.outputs[0].shape or [0])[-1] or 0)
-    from deploykit.data import check_label_range
-
-    check_label_range(train, classes if classes > 1 else None)
+    cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
+    regression = is_regression_loss(loss, cfg)
+    train, val = fine_tune_data(train_data, validation_data, model, regression, "pruning")
     train, val = _split(train, val, validation_split, seed)
 
     kernels, skipped = _plan(model, kind, structure, bs)
     if not kernels:
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
-    cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
+    score = _Score(loss_fn if regression else None, kind)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     sched = _schedule.make_schedule(schedule, sparsity, steps_per_epoch, epochs)
     km = _keras_module(kind)
     km.utils.set_random_seed(seed)
 
-    acc_before = _accuracy(model, val.x, val.y)
+    score_before = score(model, val)
     before = _weights_summary(model)
-    args = (sched, structure, bs, (train, val), loss_fn, opt, metric_list, epochs, batch_size, patience, progress, seed)
+    args = (sched, structure, bs, (train, val), loss_fn, opt, metric_list, epochs, batch_size, patience, progress, seed,
+            score)
     in_place = False
     if kind == "keras3":
         work, in_place = _clone_keras3(model)
@@ -873,7 +938,7 @@ def prune(
         pruned, state, forced = _fit_tf_keras(model, kernels, *args)
         path_taken = TFMOT_PATH
     after = _weights_summary(pruned)
-    acc_after = _accuracy(pruned, val.x, val.y)
+    score_after = score(pruned, val)
     # The clone's layers, reported under the model's names (a subclassed layer rebuilt in the clone
     # names its sublayers anew: conv2d -> conv2d_1)
     layers = _layer_report(pruned, kind, work_kernels if kind == "keras3" else kernels, sparsity, structure,
@@ -909,8 +974,10 @@ def prune(
             "raw_bytes_before": before["raw_bytes"], "raw_bytes_after": after["raw_bytes"],
             "gzip_bytes_before": before["gzip_bytes"], "gzip_bytes_after": after["gzip_bytes"],
         },
-        "accuracy_before": acc_before,
-        "accuracy_after": acc_after,
+        "score": score.key,
+        "accuracy_before": None if regression else score_before,
+        "accuracy_after": None if regression else score_after,
+        **({"val_loss_before": score_before, "val_loss_after": score_after} if regression else {}),
         "epochs_run": len(state.history),
         "best_epoch": state.best[1] if state.best else None,
         "final_masks_forced": forced,

@@ -61,7 +61,8 @@ Fine-tuning follows pruning's conventions (:mod:`deploykit.optimize.prune`):
 the model's compiled loss and metrics or ``loss``/``metrics``, a fresh
 optimizer (the compiled class and learning rate, or Adam 1e-3, or
 ``learning_rate``), a held-out validation split, one progress line per epoch,
-and early stopping on validation accuracy with the best epoch restored.
+and early stopping on validation accuracy (validation loss, for a model
+trained with a regression loss) with the best epoch restored.
 """
 
 from __future__ import annotations
@@ -299,22 +300,22 @@ def _pqat_scheme(tfmot: Any) -> Any:
 class _QATState:
     """Per-epoch bookkeeping: history, progress line, best epoch, early stop."""
 
-    def __init__(self, model, epochs, val, patience, progress, label):
-        self.model, self.epochs, self.val, self.patience = model, epochs, val, patience
+    def __init__(self, model, epochs, val, patience, progress, label, score):
+        self.model, self.epochs, self.val, self.patience, self.score = model, epochs, val, patience, score
         self.progress, self.label = progress, label
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, Any] | None = None  # (accuracy, epoch, weights)
+        self.best: tuple[float, int, Any] | None = None  # (score, epoch, weights)
         self.wait = 0
         self.stop = False
 
     def end_epoch(self, epoch: int, logs: dict) -> None:
-        acc = _ft._accuracy(self.model, self.val.x, self.val.y)
-        entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))), "val_accuracy": acc}
-        entry.update({k: float(v) for k, v in logs.items() if k != "loss" and np.ndim(v) == 0})
+        acc = self.score(self.model, self.val)
+        entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))), self.score.key: acc}
+        entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
         self.history.append(entry)
-        self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, val acc {acc:.4f}")
-        if self.best is None or acc > self.best[0]:
+        self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}")
+        if self.best is None or self.score.better(acc, self.best[0]):
             self.best = (acc, epoch + 1, self.model.get_weights())
             self.wait = 0
         else:
@@ -433,25 +434,18 @@ def quantize_aware(
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"QAT fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 
-    train = _ft._to_dataset(train_data, model, "train data")
-    if train.y is None:
-        raise DataError(f"train data {train.source} has no labels 'y'; QAT fine-tunes the model and needs them")
-    val = _ft._to_dataset(validation_data, model, "validation data") if validation_data is not None else None
-    if val is not None and val.y is None:
-        raise DataError(f"validation data {val.source} has no labels 'y'; accuracy needs them")
-    classes = int((model.outputs[0].shape or [0])[-1] or 0)
-    from deploykit.data import check_label_range
-
-    check_label_range(train, classes if classes > 1 else None)
+    cfg = compile_config if compile_config is not None else _ft._model_compile_config(model, "tf_keras")
+    regression = _ft.is_regression_loss(loss, cfg)
+    train, val = _ft.fine_tune_data(train_data, validation_data, model, regression, "QAT")
     train, val = _ft._split(train, val, validation_split, seed)
 
-    cfg = compile_config if compile_config is not None else _ft._model_compile_config(model, "tf_keras")
     cfg_loss = (cfg or {}).get("loss")
     if loss is None and (isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss)):
         raise UserError("the model was compiled with one loss per output; QAT fine-tunes single-output models, "
                         "pass loss=... (--loss) for its output")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup("tf_keras", cfg, loss, metrics, optimizer,
                                                                      learning_rate)
+    score = _ft._Score(loss_fn if regression else None, "tf_keras")
 
     from deploykit.optimize._tfmot import import_tfmot
 
@@ -466,16 +460,16 @@ def quantize_aware(
         raise UserError(f"no layer of this model can be quantized by tfmot: {why}")
 
     tf_keras.utils.set_random_seed(seed)
-    acc_before = _ft._accuracy(model, val.x, val.y)
+    acc_before = score(model, val)
     zeros_before = _kernel_zeros(model)
     qmodel = _wrap(model, tfmot, quantize, skipped, scheme)
     if qmodel is None:
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped)
         raise UserError(f"no layer of this model can be quantized by tfmot: {why}")
-    acc_wrapped = _ft._accuracy(qmodel, val.x, val.y)
+    acc_wrapped = score(qmodel, val)
 
     label = "pqat" if preserve_sparsity else "qat"
-    state = _QATState(qmodel, epochs, val, patience, progress, label)
+    state = _QATState(qmodel, epochs, val, patience, progress, label, score)
     qmodel.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
     y = _ft._labels_for(loss_fn, train.y, model)
     callbacks = [_ft._make_tracker(tf_keras.callbacks.Callback, state)]
@@ -485,7 +479,7 @@ def quantize_aware(
                verbose=0, callbacks=callbacks)
     if state.best is not None:
         qmodel.set_weights(state.best[2])
-    acc_after = _ft._accuracy(qmodel, val.x, val.y)
+    acc_after = score(qmodel, val)
 
     report: dict[str, Any] = {
         "path": PQAT_PATH if preserve_sparsity else QAT_PATH,
@@ -502,9 +496,12 @@ def quantize_aware(
         },
         "quantized": quantize,
         "skipped": skipped,
-        "accuracy_before": acc_before,
-        "accuracy_wrapped": acc_wrapped,
-        "accuracy_after": acc_after,
+        "score": score.key,
+        "accuracy_before": None if regression else acc_before,
+        "accuracy_wrapped": None if regression else acc_wrapped,
+        "accuracy_after": None if regression else acc_after,
+        **({"val_loss_before": acc_before, "val_loss_wrapped": acc_wrapped, "val_loss_after": acc_after}
+           if regression else {}),
         "epochs_run": len(state.history),
         "best_epoch": state.best[1] if state.best else None,
         "history": state.history,

@@ -179,6 +179,7 @@ def _pct(x: float | None) -> str:
 # Pruning/QAT within this many points of accuracy is "nearly free" (the figure tfmot advertises);
 # beyond it the user is told, since every artifact then faithfully matches a worse model.
 FINE_TUNE_WARN_POINTS = 1.0
+FINE_TUNE_WARN_LOSS_RATIO = 1.5  # a regression model's validation loss grown by half is worth a warning
 
 
 def converter_notes(manifest: Manifest) -> list[str]:
@@ -189,15 +190,21 @@ def converter_notes(manifest: Manifest) -> list[str]:
 
 
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
-    """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy."""
+    """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy
+    (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO)."""
     out = []
     for key, what, fix in (("prune", "pruning", "prune less (--prune) or fine-tune longer (--epochs)"),
                            ("qat", "quantization-aware training", "fine-tune longer (--epochs) or lower --learning-rate")):
-        ev = (manifest.steps.get(key) or {}).get("report", {}).get("eval", {})
+        rep = (manifest.steps.get(key) or {}).get("report", {})
+        ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
+        matched = "QAT model" if key == "qat" or manifest.steps.get("qat") else "pruned model"
         if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
-            matched = "QAT model" if key == "qat" or manifest.steps.get("qat") else "pruned model"
             out.append(f"{what} cost {(before - after) * 100:.1f} points of accuracy ({_pct(before)} → {_pct(after)}); "
+                       f"the artifacts match the {matched}: {fix}")
+        lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
+        if lb is not None and la is not None and la > FINE_TUNE_WARN_LOSS_RATIO * max(lb, 1e-12):
+            out.append(f"{what} raised the validation loss {la / max(lb, 1e-12):.1f}x ({lb:.4g} → {la:.4g}); "
                        f"the artifacts match the {matched}: {fix}")
     for off in (manifest.steps.get("prune") or {}).get("report", {}).get("off_target", []):
         out.append(f"pruning missed its target sparsity: {off}")
@@ -205,25 +212,42 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
 
 
 def _history_lines(rep: dict[str, Any]) -> list[str]:
-    """The fine-tune epoch by epoch: loss, validation accuracy, sparsity, and which epoch's weights were kept."""
+    """The fine-tune epoch by epoch: loss, validation accuracy (or loss), sparsity, and which epoch's weights were kept."""
     history = rep.get("history") or []
     if not history:
         return []
     asked, run, best = (rep.get("settings") or {}).get("epochs"), rep.get("epochs_run", len(history)), rep.get("best_epoch")
     patience = (rep.get("settings") or {}).get("patience")
-    stopped = (f"stopped early after epoch {run} of {asked} (no better validation accuracy for {patience} epoch(s)"
+    by_loss = rep.get("score") == "val_loss"
+    better = "lower validation loss" if by_loss else "better validation accuracy"
+    stopped = (f"stopped early after epoch {run} of {asked} (no {better} for {patience} epoch(s)"
                f"{' at the target sparsity' if 'sparsity' in history[0] else ''})" if asked and run < asked else f"{run} epoch(s)")
-    kept = f"; kept the weights of epoch {best} (best validation accuracy)" if best else ""
+    kept = f"; kept the weights of epoch {best} ({'lowest validation loss' if by_loss else 'best validation accuracy'})" if best else ""
     pruning = "sparsity" in history[0]
     lines = ["", f"Fine-tuning: {stopped}{kept}.", "",
-             "| Epoch | Loss | Val accuracy |" + (" Sparsity |" if pruning else ""),
+             f"| Epoch | Loss | {'Val loss' if by_loss else 'Val accuracy'} |" + (" Sparsity |" if pruning else ""),
              "|---|---|---|" + ("---|" if pruning else "")]
     for h in history:
         mark = " ★" if h.get("epoch") == best else ""
         ramp = " (ramping up)" if pruning and not h.get("at_target", True) else ""
-        lines.append(f"| {h.get('epoch')}{mark} | {h.get('loss', float('nan')):.4f} | {_pct(h.get('val_accuracy'))} |"
+        val = f"{h['val_loss']:.4g}" if by_loss and h.get("val_loss") is not None else _pct(h.get("val_accuracy"))
+        lines.append(f"| {h.get('epoch')}{mark} | {h.get('loss', float('nan')):.4f} | {val} |"
                      + (f" {h['sparsity']:.2%}{ramp} |" if pruning else ""))
     return lines
+
+
+def _score_line(rep: dict[str, Any], before: str, after: str) -> str:
+    """How the fine-tune changed the model: accuracy (evaluation data and held-out split), or a
+    regression model's validation loss."""
+    ev = rep.get("eval", {})
+    if rep.get("score") == "val_loss":
+        loss = (rep.get("settings") or {}).get("loss", "")
+        return (f"- Validation loss ({loss}) on the held-out training split: {before} {rep.get('val_loss_before', float('nan')):.4g} → "
+                f"{after} {rep.get('val_loss_after', float('nan')):.4g} (a regression model: no accuracy; each artifact's "
+                "outputs are compared with the fine-tuned model's in the Targets table).")
+    return (f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): {before} {_pct(ev.get('accuracy_before'))} → "
+            f"{after} {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
+            f"{_pct(rep.get('accuracy_after'))}.")
 
 
 def prune_lines(manifest: Manifest) -> list[str]:
@@ -235,7 +259,6 @@ def prune_lines(manifest: Manifest) -> list[str]:
     rep = step["report"]
     st = rep.get("settings", {})
     tot = rep.get("totals", {})
-    ev = rep.get("eval", {})
     kernels = [k for layer in rep.get("layers", []) for k in layer.get("kernels", [])]
     covered, params = sum(k["size"] for k in kernels), tot.get("parameters") or 0
     share = f" (kernels holding {covered / params:.0%} of the parameters)" if params and covered < 0.95 * params else ""
@@ -244,9 +267,8 @@ def prune_lines(manifest: Manifest) -> list[str]:
         f"schedule) by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
         f"({rep.get('path')}); loss and optimizer from {st.get('training_settings_from')}.",
         "",
-        f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): dense {_pct(ev.get('accuracy_before'))} → "
-        f"pruned {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
-        f"{_pct(rep.get('accuracy_after'))}. Each artifact's accuracy after conversion is in the Targets table.",
+        _score_line(rep, "dense", "pruned") + ("" if rep.get("score") == "val_loss" else
+                                                " Each artifact's accuracy after conversion is in the Targets table."),
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("pruning")],
         f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
         f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "
@@ -282,7 +304,6 @@ def qat_lines(manifest: Manifest) -> list[str]:
         return []
     rep = step["report"]
     st = rep.get("settings", {})
-    ev = rep.get("eval", {})
     kind = "Sparsity-preserving QAT (PQAT)" if rep.get("preserve_sparsity") else "Quantization-aware training"
     quantized = rep.get("quantized", [])
     names = [q if isinstance(q, str) else q.get("layer", str(q)) for q in quantized]
@@ -290,9 +311,7 @@ def qat_lines(manifest: Manifest) -> list[str]:
         f"{kind} with tfmot ({rep.get('scheme')}): {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples; "
         f"loss and optimizer from {st.get('training_settings_from')}.",
         "",
-        f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): before {_pct(ev.get('accuracy_before'))} → "
-        f"QAT model {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
-        f"{_pct(rep.get('accuracy_after'))}.",
+        _score_line(rep, "before", "QAT model"),
         f"- Quantized layers ({len(names)}): " + (", ".join(f"`{n}`" for n in names) or "–") + ".",
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("quantization")],
     ]
