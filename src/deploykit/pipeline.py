@@ -14,7 +14,7 @@ import datetime as _dt
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -355,8 +355,15 @@ class Pipeline:
         _check_numeric_inputs(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
-        calib = load_data(self.data, specs, role="data") if self.data is not None else None
-        evald = load_data(self.eval_data, specs, role="eval data") if self.eval_data is not None else calib
+        # A model compiled with a regression loss: the data's 'y' are the values it outputs (the same
+        # .npz as --train-data), not class labels. Artifacts are compared with its outputs instead.
+        regression = _regression_targets(model)
+        calib = load_data(self.data, specs, role="data", targets=regression) if self.data is not None else None
+        evald = load_data(self.eval_data, specs, role="eval data", targets=regression) if self.eval_data is not None else calib
+        if regression and any(d is not None and d.y is not None for d in (calib, evald)):
+            self.progress(f"data: 'y' are the targets of a model trained with {regression}; artifacts are compared "
+                          "with the model's own outputs, not scored against them")
+            calib, evald = (None if d is None else replace(d, y=None) for d in (calib, evald))
         if calib is None and any(t.needs_calibration for t in self.targets):
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
@@ -822,6 +829,16 @@ def _runtime_memory(artifact: Artifact) -> dict[str, Any]:
 
 PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",
                   "learning_rate", "loss", "validation_split", "seed")
+
+
+def _regression_targets(model: Any) -> str | None:
+    """The name of the regression loss the model was compiled with (its data 'y' are targets), else None."""
+    from deploykit.optimize.prune import _loss_name, is_regression_loss
+    from deploykit.optimize.qat import compile_config_of
+
+    cfg = compile_config_of(model)
+    loss = (cfg or {}).get("loss")
+    return _loss_name(loss) if is_regression_loss(None, cfg) else None
 
 
 def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, Any] | None:
