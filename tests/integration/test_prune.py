@@ -584,3 +584,39 @@ def test_regression_model_is_pruned_by_validation_loss(lib_name, tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Validation loss (mse) on the held-out training split: dense" in text
     assert "| Epoch | Loss | Val loss | Sparsity |" in text and "(lowest validation loss)" in text
+
+
+def test_onnx_int8_embedding_zeros_are_counted_against_the_zero_point(tmp_path):
+    """ONNX Runtime's quantizers store an embedding table as uint8 with a non-zero zero point, read
+    through Gather -> DequantizeLinear: entries equal to that zero point are the pruned zeros."""
+    import keras
+
+    from deploykit.converters import onnx as onnx_converter
+    from deploykit.models import load_model
+    from deploykit.optimize.sparsity import count_zeros
+    from deploykit.targets import get_target
+
+    rng = np.random.default_rng(SEED)
+    i = keras.Input((20,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 16, name="emb")(i))
+    model = keras.Model(i, keras.layers.Dense(3, activation="softmax", name="out")(h))
+    table = rng.normal(0.3, 1.0, (50, 16)).astype("float32")  # mostly positive: the zero point is not 128
+    table[rng.random((50, 16)) < 0.7] = 0.0
+    model.get_layer("emb").set_weights([table])
+    zeros = int(np.count_nonzero(table == 0))
+    loaded = load_model(model)
+    try:
+        for name in ("onnx-int8-dynamic", "onnx-int8-qop"):
+            path = tmp_path / f"{name}.onnx"
+            data = load_data_for(loaded, rng.integers(0, 50, (64, 20)).astype("int32"))
+            onnx_converter.convert(loaded, get_target(name), data, path)
+            emb = [t for t in count_zeros(path, format="onnx")["tensors"] if t["size"] == table.size]
+            assert emb and max(t["zeros"] for t in emb) == zeros, (name, emb)
+    finally:
+        loaded.release()
+
+
+def load_data_for(loaded, x):
+    from deploykit.data import load_data
+
+    return load_data(x, loaded.inputs)

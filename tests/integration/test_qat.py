@@ -277,3 +277,31 @@ def test_pqat_keeps_the_zeros_of_convolutions_followed_by_a_relu_layer(digits, t
     assert artifact["settings"]["sparsity"]["densified"] == []
     for k in result["steps"]["qat"]["report"]["kernel_zeros"]:
         assert k["zeros_after"] >= k["zeros_before"], k
+
+
+def test_pqat_keeps_the_zeros_of_layers_it_leaves_in_float(digits):
+    """tfmot does not quantize SeparableConv2D: the layer trains unwrapped, and its pruned pointwise
+    kernel regrew (80 % -> 5 % zeros) while the report said every zero was kept."""
+    import tf_keras
+
+    from deploykit.optimize.prune import prune
+
+    tf_keras.utils.set_random_seed(SEED)
+    inp = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.Rescaling(1 / 16.0)(inp)
+    h = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(h)
+    h = tf_keras.layers.SeparableConv2D(16, 3, padding="same", activation="relu", name="sep")(h)
+    out = tf_keras.layers.Dense(10, activation="softmax", name="out")(tf_keras.layers.Flatten()(h))
+    model = tf_keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=2, verbose=0)
+    pruned = prune(model, _train(digits), sparsity=0.8, epochs=2, batch_size=64, seed=SEED)
+    sep_zeros = next(k["zeros"] for l in pruned.report["layers"] if l["name"] == "sep" for k in l["kernels"])
+    assert sep_zeros > 0.75 * 8 * 16
+    result = quantize_aware(pruned.model, _train(digits), preserve_sparsity=True, seed=SEED,
+                            loss="sparse_categorical_crossentropy", **QAT)
+    assert "sep" in [s["layer"] for s in result.report["skipped"]]
+    kept = {k["kernel"]: (k["zeros_before"], k["zeros_after"]) for k in result.report["kernel_zeros"]}
+    assert kept["sep/pointwise_kernel"] == (sep_zeros, sep_zeros)
+    sep = result.model.get_layer("sep").pointwise_kernel.numpy()
+    assert np.count_nonzero(sep == 0) == kept["sep/pointwise_kernel"][0]

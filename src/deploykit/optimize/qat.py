@@ -78,6 +78,7 @@ import numpy as np
 from deploykit.models import model_call_arg
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning
+from deploykit.optimize import structure as _structure
 
 QAT_PATH = "tfmot-qat"
 PQAT_PATH = "tfmot-pqat"
@@ -324,8 +325,14 @@ class _QATState:
                 self.stop = True
 
 
+# Every weight pruning may have zeroed (SeparableConv's pointwise kernel and Embedding tables too:
+# a layer QAT leaves in float trains unwrapped, and its zeros would regrow unless kept).
+_KERNEL_NAMES = {"depthwise_kernel", *(w for names in _structure.PRUNABLE_WEIGHTS.values() for w in names)}
+
+
 def _kernel_vars(model: Any) -> dict[str, Any]:
-    """Every Dense/Conv kernel variable, by the original layer name (wrappers looked through)."""
+    """Every prunable kernel variable (Dense/Conv kernels, pointwise kernels, embedding tables),
+    by the original layer name (wrappers looked through)."""
     out = {}
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
@@ -334,7 +341,7 @@ def _kernel_vars(model: Any) -> dict[str, Any]:
         # a quantize wrapper replaces inner.kernel by its fake-quantized tensor and owns the variable
         for var in layer.weights:
             scope, _, short = var.name.split(":")[0].rpartition("/")
-            if short in ("kernel", "depthwise_kernel") and scope.split("/")[-1] == inner.name:
+            if short in _KERNEL_NAMES and scope.split("/")[-1] == inner.name:
                 out[f"{inner.name}/{short}"] = var
     return out
 

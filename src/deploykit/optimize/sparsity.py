@@ -137,7 +137,14 @@ _ONNX_QUANT_INPUTS = {
     "QLinearMatMul": [(0, 2, None), (3, 5, -1)],
     "ConvInteger": [(1, 3, 0)],
     "MatMulInteger": [(0, 2, None), (1, 3, -1)],
+    "QGemm": [(0, 2, None), (3, 5, "transB")],  # com.microsoft; B is (N, K) when transB
+    "DynamicQuantizeMatMul": [(1, 3, -1)],  # com.microsoft
+    "MatMulIntegerToFloat": [(0, 4, None), (1, 5, -1)],  # com.microsoft
 }
+# Ops that hand a quantized weight on unchanged in value (an embedding table read by Gather, then
+# DequantizeLinear): the consumer's zero point is the weight's own when it is one value per tensor.
+_ONNX_PASS_THROUGH = {"Gather": 0, "Identity": 0, "Reshape": 0, "Transpose": 0, "Squeeze": 0, "Unsqueeze": 0,
+                      "Flatten": 0}
 
 
 def _onnx_graphs(graph: Any):
@@ -165,16 +172,24 @@ def _count_onnx(path: Path) -> dict[str, Any]:
                         consts[node.output[0]] = numpy_helper.to_array(attr.t)
         # integer weights and the zero point their consumer uses
         zero_points: dict[str, tuple[Any, int | None]] = {}
+        producer = {out: node for node in graph.node for out in node.output}
         for node in graph.node:
             for value_i, zp_i, axis_spec in _ONNX_QUANT_INPUTS.get(node.op_type, []):
-                if value_i >= len(node.input) or node.input[value_i] not in consts:
+                if value_i >= len(node.input):
                     continue
                 zp = consts.get(node.input[zp_i]) if zp_i < len(node.input) and node.input[zp_i] else None
                 if axis_spec == "axis":
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                elif axis_spec == "transB":
+                    axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else -1
                 else:
                     axis = axis_spec
-                zero_points[node.input[value_i]] = (zp, axis)
+                value = node.input[value_i]
+                while value not in consts and value in producer and producer[value].op_type in _ONNX_PASS_THROUGH \
+                        and (zp is None or np.size(zp) == 1):  # a per-axis zero point's axis moves: not followed
+                    value = producer[value].input[_ONNX_PASS_THROUGH[producer[value].op_type]]
+                if value in consts:
+                    zero_points[value] = (zp, axis)
         for name, arr in consts.items():
             if arr.dtype.kind not in "biuf" or arr.size == 0:
                 continue
