@@ -259,6 +259,7 @@ class TFLMRunner:
         self.threads = 1  # TFLite Micro is single-threaded whatever was asked
         self.arena_bytes: int | None = None
         self._interp: Any = None
+        self._inputs: list[tuple[int, np.ndarray]] = []  # (index, data as the interpreter takes it)
 
     def _make(self, arena: int | None):
         from tflite_micro.python.tflite_micro import runtime
@@ -281,8 +282,9 @@ class TFLMRunner:
         return elapsed
 
     def _zero_inputs(self, interp) -> None:
-        for i, t in enumerate(self._layout["inputs"]):
-            interp.set_input(np.zeros(t["shape"], dtype=t["dtype"]), i)
+        self._inputs = [(i, np.zeros(t["shape"], dtype=t["dtype"])) for i, t in enumerate(self._layout["inputs"])]
+        for i, x in self._inputs:
+            interp.set_input(x, i)
 
     @property
     def input_names(self) -> list[str]:
@@ -302,13 +304,23 @@ class TFLMRunner:
             x = np.asarray(inputs[t["name"]])
             if tuple(x.shape) != tuple(t["shape"]):
                 raise RuntimeLoadError(f"TFLite Micro input {t['name']!r} has fixed shape {tuple(t['shape'])}, got {x.shape}")
-            dtype = np.dtype(t["dtype"])
-            if dtype.kind in "iu" and x.dtype != dtype and t["scale"]:
-                info = np.iinfo(dtype)
-                x = np.clip(np.round(x.astype(np.float32) / t["scale"] + t["zero_point"]), info.min, info.max)
-            self._interp.set_input(x.astype(dtype), i)
+        self._inputs = [(i, np.ascontiguousarray(self._quantized(inputs[t["name"]], t)))
+                        for i, t in enumerate(self._layout["inputs"])]
+
+    def _quantized(self, x: Any, t: dict[str, Any]) -> np.ndarray:
+        x = np.asarray(x)
+        dtype = np.dtype(t["dtype"])
+        if dtype.kind in "iu" and x.dtype != dtype and t["scale"]:
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x.astype(np.float32) / t["scale"] + t["zero_point"]), info.min, info.max)
+        return x.astype(dtype)
 
     def invoke(self) -> None:
+        # TFLite Micro's memory planner lets later tensors reuse an input's bytes once it has been
+        # read, so an input holds garbage after invoke(): it is written before every call, as
+        # firmware does (invoked twice on one write, an Embedding model gathered garbage ids and failed).
+        for i, x in self._inputs:
+            self._interp.set_input(x, i)
         self._interp.invoke()
 
     def get_outputs(self) -> dict[str, np.ndarray]:
