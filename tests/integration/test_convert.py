@@ -780,8 +780,9 @@ def test_a_model_with_nan_weights_or_non_finite_outputs_is_refused_before_anythi
     assert not out.exists()
 
 
-def test_tflite_outputs_come_in_the_models_order(tmp_path):
-    """The converter listed a [classes, value] model's outputs as [value, classes]: reordered to the model's."""
+def test_every_format_keeps_the_models_input_and_output_order(tmp_path):
+    """The TFLite converter listed a [classes, value] model's outputs as [value, classes], and tf2onnx and
+    the TF.js signature listed (feat, aux) inputs alphabetically: reordered to the model's."""
     import keras
     from ai_edge_litert.interpreter import Interpreter
 
@@ -792,8 +793,19 @@ def test_tflite_outputs_come_in_the_models_order(tmp_path):
                                      keras.layers.Dense(1, name="a_reg")(h)])
     rng = np.random.default_rng(0)
     data = {"feat": rng.normal(size=(64, 6)).astype("float32"), "aux": rng.normal(size=(64, 2)).astype("float32")}
-    result = deploykit.convert(model, ["tflite-fp32", "tflm-int8"], data=data, out=tmp_path / "o", bench=False)
-    assert result.artifact("tflite-fp32")["status"] == "ok"  # (an untrained int8 twin may flip a sample or two)
+    result = deploykit.convert(model, ["tflite-fp32", "tflm-int8", "onnx-fp32", "onnx-int8-qdq", "tfjs-fp32"],
+                               data=data, out=tmp_path / "o", bench=False)
+    for target in ("tflite-fp32", "onnx-fp32", "tfjs-fp32"):  # (an untrained int8 twin may flip a sample or two)
+        assert result.artifact(target)["status"] == "ok", result.artifact(target)["error"]
+    import onnxruntime as ort
+
+    for target in ("onnx-fp32", "onnx-int8-qdq"):
+        session = ort.InferenceSession(str(result.out / target / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["feat", "aux"], target
+        assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"], target
+        assert result.artifact(target)["settings"]["converter"]["input_names"] == ["feat", "aux"]
+    signature = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["signature"]
+    assert list(signature["inputs"]) == ["feat", "aux"] and list(signature["outputs"]) == ["output_0", "output_1"]
     for target in ("tflite-fp32", "tflm-int8"):
         interp = Interpreter(model_path=str(result.out / target / "model.tflite"))
         assert [tuple(d["shape"][1:]) for d in interp.get_output_details()] == [(10,), (1,)], target

@@ -268,6 +268,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                          else "e.g. recurrent loops")
                 why += f"; ONNX Runtime's QOperator rewrite fails on this graph ({cause}): try onnx-int8-qdq"
             raise ConversionError(f"{target.name}: ONNX quantization failed: {why}") from None
+        _in_declared_order(proto, [s.name for s in model.inputs], list(model.output_names))
         settings["external_data_files"] = _save(proto, out_path, external)
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
@@ -277,6 +278,27 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     settings["input_names"] = [i.name for i in proto.graph.input]
     settings["output_names"] = [o.name for o in proto.graph.output]
     return settings
+
+
+def _in_declared_order(proto: Any, input_names: list[str], output_names: list[str]) -> None:
+    """Put the graph's inputs and outputs in the order the model declares them, in place.
+
+    tf2onnx lists a SavedModel signature's tensors alphabetically: a model taking
+    (z_image, a_tabular) came out as (a_tabular, z_image), and code feeding inputs by position
+    (``session.get_inputs()[0]``) fed the wrong one.
+    """
+    import onnx
+
+    for field, declared in ((proto.graph.input, input_names), (proto.graph.output, output_names)):
+        have = [v.name for v in field]
+        if not set(declared) <= set(have) or have[: len(declared)] == list(declared):
+            continue
+        by_name = {v.name: onnx.ValueInfoProto() for v in field}
+        for v in field:
+            by_name[v.name].CopyFrom(v)
+        ordered = list(declared) + [n for n in have if n not in declared]
+        del field[:]
+        field.extend(by_name[n] for n in ordered)
 
 
 def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, external: bool) -> Any:

@@ -197,6 +197,22 @@ def _optimized_graph(model: Any, target_name: str, fuse: bool) -> Any:
     return replace(cache[fuse], graph_def=copy, fusions=dict(cache[fuse].fusions))
 
 
+def _declared_order(entries: dict[str, Any], declared: list[str]) -> dict[str, Any]:
+    """``entries`` keyed in the ``declared`` order (unchanged when the names differ)."""
+    if sorted(entries) != sorted(declared):
+        return entries
+    return {name: entries[name] for name in declared}
+
+
+def _sorted_keys(obj: Any) -> Any:
+    """``obj`` with every dict's keys sorted, recursively (lists keep their order)."""
+    if isinstance(obj, dict):
+        return {k: _sorted_keys(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_sorted_keys(v) for v in obj]
+    return obj
+
+
 def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
     """Write ``model`` as a TF.js graph model: ``out_path`` (model.json) plus shards beside it.
 
@@ -240,24 +256,28 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     encoded += _function_weights(gd, target.weights)
     out_path = Path(out_path)
     manifest, shard_names = write_shards(encoded, out_path.parent, opts["shard_size_bytes"])
+    # The signature in the model's own input and output order: TF.js takes a model's inputs (and
+    # predict()'s array arguments) in the order of these keys, and a SavedModel's are alphabetical.
+    inputs = _declared_order(graph.inputs, [s.name for s in model.inputs])
+    outputs = _declared_order(graph.outputs, list(model.output_names))
     model_json = {
+        "convertedBy": f"deploykit {__version__}",
         "format": "graph-model",
         "generatedBy": tf.__version__,
-        "convertedBy": f"deploykit {__version__}",
-        "modelTopology": MessageToDict(gd),
-        "weightsManifest": manifest,
+        # Sorted keys: MessageToDict's order varies from run to run, and so did the file's sha256 and gzip size.
+        "modelTopology": _sorted_keys(MessageToDict(gd)),
         "signature": {
-            "inputs": {k: _tensor_info(t, s) for k, (t, s) in graph.inputs.items()},
-            "outputs": {k: _tensor_info(t, s) for k, (t, s) in graph.outputs.items()},
+            "inputs": {k: _sorted_keys(_tensor_info(t, s)) for k, (t, s) in inputs.items()},
+            "outputs": {k: _sorted_keys(_tensor_info(t, s)) for k, (t, s) in outputs.items()},
         },
+        "weightsManifest": _sorted_keys(manifest),
     }
-    # Sorted keys: MessageToDict's order varies from run to run, and so did the file's sha256 and gzip size.
-    out_path.write_text(json.dumps(model_json, separators=(",", ":"), sort_keys=True))
+    out_path.write_text(json.dumps(model_json, separators=(",", ":")))
     settings.update(
         {
             "external_data_files": shard_names,
-            "input_names": list(graph.inputs),
-            "output_names": list(graph.outputs),
+            "input_names": list(inputs),
+            "output_names": list(outputs),
             "fused_ops": graph.fusions,
             "weight_bytes": sum(len(e.data) for e in encoded),
             "ops": len(gd.node),
