@@ -35,3 +35,22 @@ def test_most_accurate_says_when_others_tie_and_which_is_closest():
         a.verification = {"accuracy": 0.98, "reference_accuracy": 0.98, "max_abs_error": err}
     line = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
     assert "**tflite-fp32**" in line and "2 other artifacts as accurate, this one closest to the reference" in line
+
+
+def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():
+    from deploykit.report.rows import prune_lines
+
+    def manifest(structure, **rep):
+        report = {"settings": {"sparsity": 0.5, "structure": structure, "schedule": {"kind": "polynomial"},
+                               "loss": "mse", "epochs": 3}, "totals": {}, "layers": [], "epochs_run": 3, **rep}
+        return Manifest(model={}, tools={}, machine={}, artifacts=[], steps={"prune": {"report": report}})
+
+    text = "\n".join(prune_lines(manifest("2:4")))
+    assert "(2:4, the 2:4 mask set at the first step)" in text and "polynomial" not in text
+    text = "\n".join(prune_lines(manifest("unstructured", score="val_loss", val_loss_before=0.01, val_loss_after=0.02,
+                                          history=[{"epoch": 1, "loss": 0.1, "val_loss": 0.02, "sparsity": 0.5}],
+                                          best_epoch=1)))
+    assert "(unstructured, polynomial schedule)" in text
+    assert "Validation loss (mse) on the held-out training split: dense 0.01 → pruned 0.02" in text
+    assert "**Warning:** pruning raised the validation loss 2.0x" in text
+    assert "| 1 ★ | 0.1000 | 0.02 | 50.00% |" in text

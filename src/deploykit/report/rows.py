@@ -263,8 +263,9 @@ def prune_lines(manifest: Manifest) -> list[str]:
     covered, params = sum(k["size"] for k in kernels), tot.get("parameters") or 0
     share = f" (kernels holding {covered / params:.0%} of the parameters)" if params and covered < 0.95 * params else ""
     lines = [
-        f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity{share} ({st.get('structure')}, {st.get('schedule', {}).get('kind')} "
-        f"schedule) by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
+        f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity{share} ({st.get('structure')}, "
+        + ("the 2:4 mask set at the first step" if st.get("structure") == "2:4" else f"{st.get('schedule', {}).get('kind')} schedule")
+        + f") by fine-tuning {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples "
         f"({rep.get('path')}); loss and optimizer from {st.get('training_settings_from')}.",
         "",
         _score_line(rep, "dense", "pruned") + ("" if rep.get("score") == "val_loss" else
