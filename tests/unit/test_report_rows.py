@@ -54,3 +54,13 @@ def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():
     assert "Validation loss (mse) on the held-out training split: dense 0.01 → pruned 0.02" in text
     assert "**Warning:** pruning raised the validation loss 2.0x" in text
     assert "| 1 ★ | 0.1000 | 0.02 | 50.00% |" in text
+
+
+def test_targets_table_says_what_its_p50_is_when_an_auto_target_chose_by_interleaved_rounds():
+    from deploykit.report.rows import table_note
+
+    plain = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("onnx-fp32", 1000, p50_ms=1.0)])
+    assert table_note(plain) is None
+    auto = _artifact("onnx-auto", 1000, p50_ms=1.0)
+    auto.selection = {"rounds": 5, "winner": "onnx-fp32", "candidates": []}
+    assert "interleaved rounds" in table_note(Manifest(model={}, tools={}, machine={}, artifacts=[auto]))

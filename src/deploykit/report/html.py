@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, table
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, table, table_note
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -77,6 +77,8 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
         cls = "" if a.status == "ok" else " class='failed'"
         parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>")
     parts.append("</table>")
+    if table_note(manifest):
+        parts.append(f"<p>{html.escape(table_note(manifest))}</p>")
     if plot_svg:
         svg = plot_svg[plot_svg.find("<svg"):]
         parts.append(f"<h2>Size vs latency</h2><div>{svg}</div>")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table, table_note
 
 
 def _inputs(model: dict) -> str:
@@ -40,6 +40,8 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
     for r in table(manifest):
         lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
+    if table_note(manifest):
+        lines += ["", table_note(manifest)]
     if plot_file:
         lines += ["", f"![size vs latency]({plot_file})"]
     for title, lines_of in SECTIONS:

@@ -112,6 +112,14 @@ def highlights(manifest: Manifest) -> list[str]:
     return lines
 
 
+def table_note(manifest: Manifest) -> str | None:
+    """What the Targets table's p50 is when -auto candidates sit in it beside their interleaved timing."""
+    if not any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
+        return None
+    return ("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
+            "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")
+
+
 def selection_lines(manifest: Manifest) -> list[str]:
     """Markdown lines explaining each -auto decision: every candidate and why the winner won."""
     lines: list[str] = []
