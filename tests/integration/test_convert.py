@@ -390,6 +390,8 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert result.artifact("tflite-fp32")["verification"]["max_abs_error"] < 1e-5
     int8 = result.artifact("tflite-int8")
     assert int8["status"] == "failed" and "recurrent loop" in int8["error"] and "tflite-dynamic" in int8["error"]
+    report = (result.out / "report.md").read_text()  # the batch-1 contract is in the report, not only the manifest
+    assert "- tflite-fp32: takes batches of exactly 1 (recurrent loops" in report
 
 
 def test_a_binary_sigmoid_classifier_is_scored_and_other_labels_are_said_unused(tmp_path):

@@ -193,8 +193,22 @@ FINE_TUNE_WARN_LOSS_RATIO = 1.5  # a regression model's validation loss grown by
 def converter_notes(manifest: Manifest) -> list[str]:
     """One line per shipped artifact whose converter did something its target's name does not say
     (e.g. a tflite-dynamic file with no int8 weight)."""
-    return [f"{a.target}: {a.settings['converter']['note']}" for a in manifest.artifacts
-            if a.status == "ok" and not a.candidate_of and (a.settings.get("converter") or {}).get("note")]
+    out = []
+    for a in manifest.artifacts:
+        conv = a.settings.get("converter") or {}
+        if a.status != "ok" or a.candidate_of:
+            continue
+        if conv.get("note"):
+            out.append(f"{a.target}: {conv['note']}")
+        if conv.get("fixed_batch"):
+            why = f" ({conv['fixed_batch_reason']})" if conv.get("fixed_batch_reason") else ""
+            out.append(f"{a.target}: takes batches of exactly {conv['fixed_batch']}{why}; run it once per sample")
+    return out
+
+
+def converter_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: :func:`converter_notes` as a list."""
+    return [f"- {note}" for note in converter_notes(manifest)]
 
 
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
@@ -362,6 +376,7 @@ SECTIONS = [
     ("Pruning", prune_lines),
     ("Quantization-aware training", qat_lines),
     ("Auto selection (measured, not guessed)", selection_lines),
+    ("Converter notes", converter_lines),
     ("Verification notes", verification_lines),
     ("Integer inputs and outputs (scale, zero point)", io_quantization_lines),
     ("Microcontroller footprint", footprint_lines),
