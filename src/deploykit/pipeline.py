@@ -64,8 +64,19 @@ class ConvertResult:
         return self.manifest[key]
 
 
-def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), model: Any = None) -> None:
-    """Refuse an output directory this run cannot use, before any work (and without writing anything)."""
+# What a target directory holds after a deploykit run: a directory that holds anything else is not
+# one of ours, and --force must not delete it.
+_ARTIFACT_FILE = re.compile(r"(model\.(tflite|onnx|onnx\.data|json)|model_data\.(h|cc)|model_io\.h|group\d+-shard\d+of\d+\.bin"
+                            r"|.*\.partial)")
+
+
+def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), model: Any = None,
+                   inputs: Sequence[Any] = ()) -> None:
+    """Refuse an output directory this run cannot use, before any work (and without writing anything).
+
+    ``inputs`` are the run's other input files (data, target files): with --force, none may lie in what
+    the run replaces.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
     if isinstance(model, (str, Path)) and Path(model).is_dir():
@@ -90,7 +101,25 @@ def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mod
             raise OutputExistsError(f"{place} is a {'symlink' if place.is_symlink() else 'file'} where deploykit writes "
                                     f"target {name!r}; move it away or choose another --out")
     if force and out.is_dir():
-        _previous_run_files(out)  # refuses files deploykit would overwrite but did not write
+        previous = _previous_run_files(out)  # refuses files deploykit would overwrite but did not write
+        for name in target_names:
+            place = out / name
+            if place.is_dir() and place not in previous:
+                foreign = sorted(f.name for f in place.iterdir() if not _ARTIFACT_FILE.fullmatch(f.name))
+                if foreign:
+                    raise OutputExistsError(
+                        f"{place} holds {', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}, which deploykit did not "
+                        f"write, and --force would delete it with the rest of target {name!r}; move it away or choose another --out")
+                previous.append(place)
+        replaced = [p.resolve() for p in previous]
+        for given in [model, *inputs]:
+            if not isinstance(given, (str, os.PathLike)):
+                continue
+            path = Path(given).resolve()
+            hit = next((r for r in replaced if path == r or r in path.parents), None)
+            if hit is not None:
+                raise UserError(f"{given} lies in {hit}, which --force replaces with this run's output; move it out of "
+                                f"{out} or choose another --out")
 
 
 def _previous_run_files(out: Path) -> list[Path]:
@@ -338,7 +367,8 @@ class Pipeline:
 
         for t in self.targets:
             get_converter(t.format)
-        _check_out_dir(self.out, self.force, [t.name for t in self._all_targets()], model)
+        _check_out_dir(self.out, self.force, [t.name for t in self._all_targets()], model,
+                       [self.data, self.eval_data, self.train_data])
         steps: dict[str, Any] = {}
 
         self.progress("loading model")

@@ -290,6 +290,24 @@ def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path
         deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=linked, force=True, bench=False)
     assert (victim / "model.tflite").read_text() == "precious"
 
+    # a directory named like a target that deploykit did not write: --force set it aside and deleted
+    # it, the user's model inside included
+    mine = tmp_path / "mine"
+    (mine / "tflite-fp32").mkdir(parents=True)
+    keras3_model.save(mine / "tflite-fp32" / "model.keras")
+    with pytest.raises(OutputExistsError, match=r"tflite-fp32 holds model.keras, which deploykit did not write"):
+        deploykit.convert(str(mine / "tflite-fp32" / "model.keras"), ["tflite-fp32"], data=data, out=mine, force=True,
+                          bench=False)
+    assert (mine / "tflite-fp32" / "model.keras").is_file()
+    # data kept in a previous run's target directory would be replaced with it
+    run = tmp_path / "run"
+    deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=run, bench=False)
+    np.savez(run / "tflite-fp32" / "data.npz", x=data[0])
+    with pytest.raises(UserError, match=r"data.npz lies in .*tflite-fp32, which --force replaces"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=str(run / "tflite-fp32" / "data.npz"), out=run, force=True,
+                          bench=False)
+    assert (run / "tflite-fp32" / "data.npz").is_file()
+
 
 # ----------------------------------------------------------------------------- other input kinds
 @pytest.mark.parametrize("source", ["tf_keras_keras_path", "tf_keras_h5_path", "saved_model_dir", "tf_keras_model"])
