@@ -8,6 +8,7 @@ start fast.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -275,6 +276,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("deploy: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # The run has already removed what it wrote (and restored a --force run's previous output).
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"deploy: error: {exc.strerror}{where}; free some space or choose another --out (or TMPDIR)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,12 +119,16 @@ def _read_keras_zip(path: Path) -> tuple[dict, dict]:
                 raise ModelLoadError(f"{path}: config.json inside the archive is not a Keras model config (no class_name); "
                                      "the file is corrupt or not a model: re-save it with model.save('model.keras')")
             meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            if not isinstance(meta, dict):
+                raise ModelLoadError(f"{path}: metadata.json inside the archive is not a JSON object; the file is corrupt, re-save it")
             bad = zf.testzip()
             if bad is not None:
                 raise ModelLoadError(f"{path}: corrupt entry {bad!r} in the model archive; re-save or re-download the model")
+    except ModelLoadError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable .keras file ({exc}); the file is truncated or corrupt, re-save it") from None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; nesting deeper than any model
         raise ModelLoadError(f"{path}: the model config inside the archive is not valid JSON; the file is corrupt, re-save it") from None
     return config, meta
 
@@ -140,11 +144,15 @@ def _read_h5(path: Path) -> tuple[dict, str]:
         raise ModelLoadError(f"{path}: not a readable HDF5 model ({exc}); the file is truncated or corrupt") from None
     if raw is None:
         raise ModelLoadError(f"{path}: HDF5 file holds no model_config (weights only?); save the whole model with model.save()")
-    if isinstance(raw, bytes):
-        raw = raw.decode()
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (ValueError, TypeError, RecursionError):  # not JSON, not text, absurdly nested
+        config = None
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ModelLoadError(f"{path}: the HDF5 file's model_config is not a Keras model config; the file is corrupt, re-save it")
     if isinstance(version, bytes):
-        version = version.decode()
-    return json.loads(raw), str(version)
+        version = version.decode(errors="replace")
+    return config, str(version)
 
 
 def _spec_name(tensor: Any, index: int, prefix: str) -> str:
@@ -646,6 +654,8 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
     path = Path(source)
     if not path.exists():
         raise ModelLoadError(f"model {path} does not exist; check the path")
+    if not path.is_dir() and not path.is_file():  # a device (/dev/zero) or a pipe would be read without end
+        raise ModelLoadError(f"model {path} is not a regular file; pass a .keras/.h5 file or a SavedModel directory")
     if path.is_dir():
         if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
             raise ModelLoadError(f"{path} is a directory without saved_model.pb; pass a SavedModel directory or a .keras/.h5 file")

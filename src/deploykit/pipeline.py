@@ -344,6 +344,8 @@ class Pipeline:
         self.out = Path(out)
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
         self.verify_samples = int(verify_samples)
+        if progress is not None and not callable(progress):
+            raise UserError(f"progress must be a function taking one message string (e.g. print), got {progress!r}")
         self.progress = progress or (lambda msg: None)
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
@@ -889,8 +891,7 @@ def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, An
         raise UserError(f"unknown pruning setting(s) {', '.join(unknown)}; choose from: {', '.join(PRUNE_SETTINGS)}")
     from deploykit.optimize.prune import check_settings
 
-    checked = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience", "learning_rate")
-    check_settings(**{k: prune[k] for k in checked if k in prune})
+    check_settings(**{k: v for k, v in prune.items() if k != "metrics"})
     if train_data is None:
         raise UserError("pruning fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
     return dict(prune)
@@ -919,8 +920,7 @@ def _check_qat(qat: Any, train_data: Any) -> dict[str, Any] | None:
         raise UserError(f"unknown QAT setting(s) {', '.join(unknown)}; choose from: {', '.join(QAT_SETTINGS)}")
     from deploykit.optimize.qat import check_settings
 
-    checked = ("epochs", "batch_size", "patience", "learning_rate", "validation_split")
-    check_settings(**{k: qat[k] for k in checked if k in qat})
+    check_settings(**qat)
     if train_data is None:
         raise DataError("QAT fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
     return dict(qat)

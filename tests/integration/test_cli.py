@@ -352,7 +352,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("nan", ["nan.npz", "1 NaN/inf value"]),
         ("unknown_target", ["unknown target 'tflite-int4'", *[t.name for t in list_targets()]]),
         ("int8_no_data", ["tflite-int8", "need calibration data", "--data"]),
-        ("zero_iterations", ["bench.iterations must be an integer >= 1"]),
+        ("zero_iterations", ["bench.iterations must be an integer in 1..1,000,000"]),
         ("zero_verify_samples", ["verify_samples must be >= 1"]),
         ("bench_missing", ["nope.tflite is not a file"]),
         ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),

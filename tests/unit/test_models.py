@@ -407,3 +407,39 @@ def test_subclassed_models_called_on_a_list_or_a_dict_are_wrapped():
     assert sorted(s.name for s in loaded.inputs) == ["img", "meta"]
     by_name = {s.name: x for s, x in zip(loaded.inputs, [x0 if s.name == "img" else x1 for s in loaded.inputs])}
     np.testing.assert_allclose(loaded.predict([by_name[s.name] for s in loaded.inputs])[0], expected, rtol=1e-5)
+
+
+def test_damaged_archives_and_h5_configs_are_one_line_errors(tmp_path, keras3_path):
+    """They crashed with AttributeError, UnicodeDecodeError, RecursionError, JSONDecodeError, TypeError."""
+    import h5py
+
+    with zipfile.ZipFile(keras3_path) as src:
+        entries = {n: src.read(n) for n in src.namelist()}
+
+    def archive(name: str, **replace: bytes):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as zf:
+            for n, data in entries.items():
+                zf.writestr(n, replace.get(n.replace(".", "_"), data))
+        return path
+
+    cases = [
+        (archive("meta.keras", metadata_json=b"[1, 2]"), "metadata.json inside the archive is not a JSON object"),
+        (archive("latin.keras", config_json=b'{"class_name": "\xff\xfe"}'), "not valid JSON"),
+        (archive("deep.keras", config_json=b'{"class_name": "Sequential", "config": ' + b"[" * 100000 + b"]" * 100000 + b"}"),
+         "not valid JSON"),
+    ]
+    for name, value in (("text.h5", "{not json"), ("int.h5", 5)):
+        with h5py.File(tmp_path / name, "w") as fh:
+            fh.attrs["model_config"] = value
+        cases.append((tmp_path / name, "model_config is not a Keras model config"))
+    for path, fragment in cases:
+        with pytest.raises(ModelLoadError, match=fragment):
+            load_model(path)
+
+
+def test_a_model_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_path):
+    link = tmp_path / "model.keras"
+    link.symlink_to("/dev/zero")  # read whole, it grew to 24 GB before the OOM killer stopped it
+    with pytest.raises(ModelLoadError, match="is not a regular file"):
+        load_model(link)

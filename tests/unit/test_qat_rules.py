@@ -16,10 +16,17 @@ def test_check_settings_refuses_bad_values():
         qat.check_settings(batch_size=2.5)
     with pytest.raises(UserError, match="patience must be a non-negative integer or None"):
         qat.check_settings(patience=-1)
-    with pytest.raises(UserError, match="learning_rate must be a number > 0"):
+    with pytest.raises(UserError, match="learning_rate must be a finite number > 0"):
         qat.check_settings(learning_rate=0)
     with pytest.raises(UserError, match=r"validation_split must be in \(0, 1\)"):
         qat.check_settings(validation_split=1.0)
+    # reached numpy or Keras unchecked, or diverged to NaN and blamed the data
+    with pytest.raises(UserError, match="learning_rate must be a finite number > 0, got inf"):
+        qat.check_settings(learning_rate=float("inf"))
+    with pytest.raises(UserError, match="seed must be an integer"):
+        qat.check_settings(seed="abc")
+    with pytest.raises(UserError, match="loss must be a Keras loss name"):
+        qat.check_settings(loss=5)
 
 
 def test_keras3_refusal_is_one_line_that_says_what_to_do():

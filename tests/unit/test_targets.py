@@ -168,10 +168,12 @@ def test_tolerance_accepts_any_single_positive_term():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        (dict(iterations=0), "bench.iterations must be an integer >= 1, got 0"),
+        (dict(iterations=0), "bench.iterations must be an integer in 1..1,000,000, got 0"),
         (dict(iterations=2.5), "bench.iterations"),
-        (dict(warmup=-1), "bench.warmup must be an integer >= 0"),
-        (dict(threads=0), "bench.threads must be an integer >= 1"),
+        (dict(warmup=-1), "bench.warmup must be an integer in 0..100,000"),
+        (dict(threads=0), "bench.threads must be an integer in 1..256"),
+        (dict(threads=5000), r"bench.threads must be an integer in 1..256, got 5000"),  # thousands of threads on 2 cores
+        (dict(threads=10**20), "bench.threads must be an integer in 1..256"),
     ],
 )
 def test_bench_settings_refuse_impossible_values(kwargs, fragment):
@@ -526,3 +528,10 @@ def test_user_profiles_inherit_bench_settings_too(tmp_path):
     f.write_text('format = "tfjs"\nprecision = "fp32"\n[bench]\niterations = 7\n')
     t = load_target_file(f)
     assert t.bench.threads == get_target("tfjs-fp32").bench.threads == 1 and t.bench.iterations == 7
+
+
+def test_bench_settings_take_numpy_integers_as_ints():
+    import numpy as np
+
+    b = BenchSettings(threads=np.int64(3), iterations=np.int32(7))
+    assert (b.threads, b.iterations) == (3, 7) and type(b.threads) is int

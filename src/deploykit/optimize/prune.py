@@ -787,6 +787,9 @@ def check_settings(
     batch_size: int = 32,
     patience: int | None = 2,
     learning_rate: float | None = None,
+    loss: Any = None,
+    seed: int = 0,
+    validation_split: float = 0.1,
 ) -> tuple[float, tuple[int, int]]:
     """Validate pruning settings without a model (the CLI and Pipeline call it before any work).
 
@@ -813,9 +816,26 @@ def check_settings(
             raise UserError(f"{name} must be a positive integer, got {value!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0):
         raise UserError(f"patience must be a non-negative integer or None, got {patience!r}")
-    if learning_rate is not None and not (isinstance(learning_rate, numbers.Real) and float(learning_rate) > 0):
-        raise UserError(f"learning_rate must be a number > 0, got {learning_rate!r}")
+    check_fit_settings(learning_rate=learning_rate, loss=loss, seed=seed, validation_split=validation_split)
     return float(sparsity), bs
+
+
+def check_fit_settings(*, learning_rate: Any = None, loss: Any = None, seed: Any = 0, validation_split: Any = 0.1) -> None:
+    """The fine-tuning settings pruning and QAT share, checked before any work.
+
+    Raises:
+        UserError: the first bad setting (``inf`` learning rates diverged to NaN and the message
+            blamed the data; a seed of ``"abc"`` or a loss of ``5`` failed inside numpy or Keras).
+    """
+    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real)
+                                      or not 0 < float(learning_rate) < math.inf):
+        raise UserError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    if loss is not None and not (isinstance(loss, (str, dict)) or callable(loss)):
+        raise UserError(f"loss must be a Keras loss name (e.g. sparse_categorical_crossentropy), config or function, got {loss!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise UserError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
+        raise UserError(f"validation_split must be in (0, 1), got {validation_split!r}")
 
 
 def prune(
@@ -894,7 +914,8 @@ def prune(
     model = with_inputs(model, kind, f"<in-memory {type(model).__name__}>")  # a built subclassed model: wrapped
     check_finite_weights(model, f"<in-memory {type(model).__name__}>")
     sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
-                                  epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate)
+                                  epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
+                                  loss=loss, seed=seed, validation_split=validation_split)
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 

@@ -113,6 +113,8 @@ def check_settings(
     patience: int | None = 2,
     learning_rate: float | None = None,
     validation_split: float = 0.1,
+    loss: Any = None,
+    seed: int = 0,
 ) -> None:
     """Validate QAT settings without a model (the CLI and Pipeline call it before any work).
 
@@ -124,11 +126,7 @@ def check_settings(
             raise UserError(f"{name} must be a positive integer, got {value!r}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 0):
         raise UserError(f"patience must be a non-negative integer or None, got {patience!r}")
-    if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real)
-                                      or not float(learning_rate) > 0):
-        raise UserError(f"learning_rate must be a number > 0, got {learning_rate!r}")
-    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
-        raise UserError(f"validation_split must be in (0, 1), got {validation_split!r}")
+    _ft.check_fit_settings(learning_rate=learning_rate, loss=loss, seed=seed, validation_split=validation_split)
 
 
 def check_model(model: Any) -> None:
@@ -437,7 +435,7 @@ def quantize_aware(
     progress = progress or (lambda msg: None)
     check_model(model)
     check_settings(epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
-                   validation_split=validation_split)
+                   validation_split=validation_split, loss=loss, seed=seed)
     if len(getattr(model, "outputs", None) or [None]) != 1:
         raise UserError(f"QAT fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 

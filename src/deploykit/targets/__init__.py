@@ -66,6 +66,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RESERVED_NAMES = ("manifest.json", "report.md", "report.html", "size_vs_latency.svg")
 
 
+MAX_THREADS = 256
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # TOML `true` is not 1
 
@@ -153,12 +156,15 @@ class BenchSettings:
     iterations: int = 100
 
     def __post_init__(self) -> None:
-        if not _is_int(self.threads) or self.threads < 1:
-            raise TargetError(f"bench.threads must be an integer >= 1, got {self.threads!r}")
-        if not _is_int(self.warmup) or self.warmup < 0:
-            raise TargetError(f"bench.warmup must be an integer >= 0, got {self.warmup!r}")
-        if not _is_int(self.iterations) or self.iterations < 1:
-            raise TargetError(f"bench.iterations must be an integer >= 1, got {self.iterations!r}")
+        # Upper bounds too: --threads 5000 started thousands of runtime threads on a 2-core machine
+        # and did not finish in ten minutes; a 20-digit number failed every target on a type error.
+        for name, low, high in (("threads", 1, MAX_THREADS), ("warmup", 0, 100_000), ("iterations", 1, 1_000_000)):
+            value = getattr(self, name)
+            if type(value).__module__ == "numpy" and hasattr(value, "__index__") and not isinstance(value, bool):  # np.int64
+                value = int(value)
+                object.__setattr__(self, name, value)
+            if not _is_int(value) or not low <= value <= high:
+                raise TargetError(f"bench.{name} must be an integer in {low}..{high:,}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -393,6 +399,12 @@ def load_target_file(path: str | Path) -> Target:
             table = tomllib.load(fh)
     except FileNotFoundError:
         raise TargetError(f"target file {path} does not exist") from None
+    except IsADirectoryError:
+        raise TargetError(f"target file {path} is a directory; pass a .toml file") from None
+    except OSError as exc:
+        raise TargetError(f"target file {path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise TargetError(f"target file {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"target file {path} is not valid TOML: {exc}") from None
     if len(table) == 1 and isinstance(next(iter(table.values())), dict) and "format" not in table:
