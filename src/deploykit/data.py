@@ -73,7 +73,12 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         raise DataError(f"{path}: not an .npz file (not a zip archive); save data with np.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            files = list(npz.files)
+            keys = _keys_used(files, input_names)
+            _check_expanded_size(path, npz.zip, keys)
+            arrays = {k: npz[k] for k in keys}
+    except DataError:
+        raise
     except ValueError as exc:
         if "pickle" in str(exc):
             raise DataError(f"{path}: holds Python objects (pickled); save plain numeric arrays with np.savez") from None
@@ -92,7 +97,41 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
                             f"input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
         return [arrays[n] for n in numbered], y
     want = "'x'" if len(input_names) == 1 else f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}"
-    raise DataError(f"{path}: has keys {sorted(arrays) or 'none'} but needs {want} (and optionally 'y' for labels)")
+    shown = sorted(k for k in files if k != "y")
+    raise DataError(f"{path}: has keys {shown or 'none'} but needs {want} (and optionally 'y' for labels)")
+
+
+def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
+    """The keys of an .npz that loading reads: y and the input arrays (others are never decompressed)."""
+    wanted = {"y", "x", *input_names, *(f"x{i}" for i in range(len(input_names) + 1))}
+    return [k for k in files if k in wanted]
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_expanded_size(path: Path, archive: Any, keys: list[str]) -> None:
+    """Refuse an .npz whose arrays would not fit in memory once decompressed, before decompressing them.
+
+    A 3 MB file can hold gigabytes of zeros; loading it got the process OOM-killed (or, under a
+    memory limit, a numpy traceback).
+    """
+    sizes = {info.filename: info.file_size for info in archive.infolist()}
+    total = sum(sizes.get(f"{k}.npy", 0) for k in keys)
+    available = _available_memory()
+    if available is not None and total > 0.8 * available:
+        raise DataError(f"{path}: its arrays expand to {total / 2**30:.1f} GiB, more than this machine's free memory "
+                        f"({available / 2**30:.1f} GiB) allows; pass fewer samples (calibration reads 200, "
+                        "verification up to --verify-samples)")
 
 
 def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
@@ -132,6 +171,15 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
         DataError: empty, non-numeric, non-finite data; shapes or dtypes that do
             not fit the inputs; labels that do not match the samples.
     """
+    try:
+        return _load_data(spec, inputs, role, targets)
+    except MemoryError:  # a file or array too large for this machine (or its memory limit)
+        where = f"{role} {spec}" if isinstance(spec, (str, Path)) else role
+        raise DataError(f"{where}: the data does not fit in this machine's memory; pass fewer samples "
+                        "(calibration reads 200, verification up to --verify-samples)") from None
+
+
+def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool) -> Dataset:
     names = [s.name for s in inputs]
     if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
         spec = spec()

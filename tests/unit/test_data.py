@@ -409,3 +409,28 @@ def test_an_extra_numbered_array_is_refused(tmp_path):
     np.savez(path, x0=np.zeros((4, 2), np.float32), x1=np.zeros((4, 3), np.float32), x2=np.zeros((4, 3), np.float32))
     with pytest.raises(DataError, match="x0..x2 or more but the model takes 2 input"):
         load_data(path, spec)
+
+
+def test_an_npz_that_expands_beyond_free_memory_is_refused_before_decompressing(tmp_path, xy, monkeypatch):
+    """A 3 MB .npz of zeros expanded to 3.2 GB: the process was OOM-killed (or hit a numpy traceback)."""
+    import deploykit.data as data_module
+
+    x, y = xy
+    np.savez_compressed(tmp_path / "d.npz", x=np.zeros((4000, 8, 8, 1), "float32"), y=np.zeros(4000, "int64"),
+                        unused=np.zeros((10**6,), "float64"))
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 600_000)  # bytes: x alone is 1 MB
+    with pytest.raises(DataError, match=r"d.npz: its arrays expand to 0.0 GiB, more than this machine's free memory"):
+        load_data(tmp_path / "d.npz", SPEC)
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 2_000_000)  # the unused 8 MB key is never read
+    assert len(load_data(tmp_path / "d.npz", SPEC)) == 4000
+
+
+def test_regression_targets_are_kept_as_float_values(xy):
+    x, _ = xy
+    values = np.linspace(-1, 1, 2 * N).reshape(N, 2)
+    ds = load_data((x, values), SPEC, targets=True)
+    assert ds.y.dtype == np.float32 and ds.y.shape == (N, 2)
+    with pytest.raises(DataError, match="targets 'y' hold NaN"):
+        load_data((x, np.full(N, np.nan)), SPEC, targets=True)
+    with pytest.raises(DataError, match=f"has {N} samples but 3 targets"):
+        load_data((x, values[:3]), SPEC, targets=True)
