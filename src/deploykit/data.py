@@ -85,12 +85,15 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
+    numbered = [f"x{i}" for i in range(len(input_names))]
+    if "y" in input_names and all(n in arrays for n in input_names) and not all(n in arrays for n in numbered):
+        # an input named 'y': keyed by input name, 'y' is that input (labels then need x0, x1... keys)
+        return [arrays[n] for n in input_names], None
     y = arrays.pop("y", None)
     if len(input_names) == 1 and "x" in arrays:
         return [arrays["x"]], y
     if all(n in arrays for n in input_names):
         return [arrays[n] for n in input_names], y
-    numbered = [f"x{i}" for i in range(len(input_names))]
     if all(n in arrays for n in numbered):
         if f"x{len(input_names)}" in arrays:  # one array more than the model has inputs: which one is extra?
             raise DataError(f"{path}: has keys x0..x{len(input_names)} or more but the model takes {len(input_names)} "

@@ -434,3 +434,15 @@ def test_regression_targets_are_kept_as_float_values(xy):
         load_data((x, np.full(N, np.nan)), SPEC, targets=True)
     with pytest.raises(DataError, match=f"has {N} samples but 3 targets"):
         load_data((x, values[:3]), SPEC, targets=True)
+
+
+def test_an_input_named_y_keyed_by_name_is_that_input(tmp_path, xy):
+    x, labels = xy
+    spec = [TensorSpec("x_img", (None, 8, 8, 1), "float32"), TensorSpec("y", (None, 3), "float32")]
+    other = np.ones((N, 3), "float32")
+    np.savez(tmp_path / "named.npz", x_img=x, y=other)
+    ds = load_data(tmp_path / "named.npz", spec)
+    assert ds.y is None and np.array_equal(ds.x[1], other)
+    np.savez(tmp_path / "numbered.npz", x0=x, x1=other, y=labels)  # numbered keys: 'y' are the labels
+    ds = load_data(tmp_path / "numbered.npz", spec)
+    assert np.array_equal(ds.y, labels)
