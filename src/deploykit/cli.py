@@ -266,9 +266,21 @@ def inspect(
 
 
 def main() -> None:
-    """Console-script entry point: maps DeployError to one line and exit code 2."""
+    """Console-script entry point: maps DeployError and usage errors to one line and exit code 2."""
+    # Typer's click (vendored in newer typer) names its usage error only in BadParameter's bases.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="deploy")
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `deploy`: the help, as before
+            print(exc.format_message(), file=sys.stderr)
+        else:  # click printed usage, a hint and the error on four lines
+            where = exc.ctx.command_path if exc.ctx else "deploy"
+            print(f"deploy: error: {exc.format_message()} (see '{where} --help')", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Abort:  # Ctrl-C while click itself was prompting or parsing
+        print("deploy: interrupted", file=sys.stderr)
+        sys.exit(130)
     except DeployError as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # Keras's terminal codes
         print(f"deploy: error: {message}", file=sys.stderr)
@@ -283,6 +295,7 @@ def main() -> None:
         where = f" writing {exc.filename}" if exc.filename else ""
         print(f"deploy: error: {exc.strerror}{where}; free some space or choose another --out (or TMPDIR)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

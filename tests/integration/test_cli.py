@@ -137,6 +137,9 @@ def _error_cases(c: dict) -> dict[str, list]:
         "patience_alone": ["convert", m, "-t", "tflite-fp32", "--patience", "3"],
         # a SavedModel input: TensorFlow's device probe ("failed call to cuInit") must not add a line
         "saved_model_prune": ["convert", c["saved_model"], "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"]],
+        # click's usage errors were four lines (usage, hint, blank, error)
+        "usage_bad_number": ["convert", m, "-t", "tflite-fp32", "--prune", "abc"],
+        "usage_unknown_command": ["convrt", m],
     }
 
 
@@ -362,6 +365,8 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),
         ("patience_alone", ["--patience only apply to the pruning fine-tune and QAT", "--prune 0.8"]),
         ("saved_model_prune", ["pruning fine-tunes a Keras model", "not a SavedModel"]),
+        ("usage_bad_number", ["Invalid value for '--prune'", "(see 'deploy convert --help')"]),
+        ("usage_unknown_command", ["No such command 'convrt'", "(see 'deploy --help')"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):
