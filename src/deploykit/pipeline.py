@@ -387,15 +387,8 @@ class Pipeline:
         _check_numeric_inputs(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
-        # A model compiled with a regression loss: the data's 'y' are the values it outputs (the same
-        # .npz as --train-data), not class labels. Artifacts are compared with its outputs instead.
-        regression = _regression_targets(model)
-        calib = load_data(self.data, specs, role="data", targets=regression) if self.data is not None else None
-        evald = load_data(self.eval_data, specs, role="eval data", targets=regression) if self.eval_data is not None else calib
-        if regression and any(d is not None and d.y is not None for d in (calib, evald)):
-            self.progress(f"data: 'y' are the targets of a model trained with {regression}; artifacts are compared "
-                          "with the model's own outputs, not scored against them")
-            calib, evald = (None if d is None else replace(d, y=None) for d in (calib, evald))
+        calib = self._evaluation_data(self.data, specs, "data", model) if self.data is not None else None
+        evald = self._evaluation_data(self.eval_data, specs, "eval data", model) if self.eval_data is not None else calib
         if calib is None and any(t.needs_calibration for t in self.targets):
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
@@ -580,6 +573,26 @@ class Pipeline:
         self.qat_report = report
         return qat_model
 
+    def _evaluation_data(self, spec: Any, specs: Any, role: str, model: Any) -> Any:
+        """``--data``/``--eval-data``: 'y' are class labels; for a model trained with a regression loss
+        whose 'y' are not labels, they are its target values (the --train-data file itself), and
+        artifacts are judged by their outputs instead."""
+        from deploykit.data import load_data
+        from deploykit.optimize.prune import _loss_name, is_regression_loss
+
+        try:
+            return load_data(spec, specs, role=role)
+        except DataError:
+            loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
+            if not is_regression_loss(loss, None):
+                raise
+        data = load_data(spec, specs, role=role, targets=True)
+        if data.y is not None:
+            self.progress(f"{role}: 'y' are the target values of a model trained with {_loss_name(loss)}; artifacts "
+                          "are compared with the model's outputs, not scored against them")
+            data = replace(data, y=None)
+        return data
+
     def _fine_tune(self, model: Any, loaded: Any, steps: dict[str, Any], step: str, label: str, suffix: str,
                    train_fn: Callable[[Any, Any, ProgressFn], Any]) -> tuple[dict[str, Any], Any]:
         """The shared part of pruning and QAT: labelled train data, the model's own compile settings
@@ -590,13 +603,15 @@ class Pipeline:
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
-        from deploykit.optimize.prune import is_regression_loss
+        from deploykit.optimize.prune import _class_indices_for, is_regression_loss
 
         options = self.prune_options if step == "prune" else self.qat_options
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
-        # epoch with the lowest validation loss)
+        # epoch with the lowest validation loss); class indices of a classifier trained with mse stay labels.
         regression = is_regression_loss((options or {}).get("loss"), compile_config_of(model))
         train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
+        if regression and _class_indices_for(train, loaded.keras_model):
+            train = load_data(self.train_data, loaded.inputs, role="train data")
         if train.y is None:
             need = "target values 'y'" if regression else "labels 'y'"
             raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")
@@ -863,14 +878,14 @@ PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "
                   "learning_rate", "loss", "validation_split", "seed")
 
 
-def _regression_targets(model: Any) -> str | None:
-    """The name of the regression loss the model was compiled with (its data 'y' are targets), else None."""
-    from deploykit.optimize.prune import _loss_name, is_regression_loss
+def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None]) -> Any:
+    """The loss a fine-tune of this run uses: its ``loss`` option, else the model's compiled loss."""
     from deploykit.optimize.qat import compile_config_of
 
-    cfg = compile_config_of(model)
-    loss = (cfg or {}).get("loss")
-    return _loss_name(loss) if is_regression_loss(None, cfg) else None
+    for opts in options:
+        if opts and opts.get("loss") is not None:
+            return opts["loss"]
+    return (compile_config_of(model) or {}).get("loss")
 
 
 def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, Any] | None:

@@ -314,8 +314,9 @@ def test_qoperator_on_a_recurrent_loop_fails_naming_qdq_which_converts(tmp_path)
 
 
 def test_bench_numbers_x0_x1_as_convert_does(tmp_path):
-    """x0/x1 are the Keras model's inputs in order; the artifact lists its inputs sorted ('b_feats' before
-    'z_tokens' here), so bench refused the npz that convert took (or would swap same-shaped inputs)."""
+    """x0/x1 are the Keras model's inputs in order; bench refused the npz that convert took (or would swap
+    same-shaped inputs). A lone file, whose model order is unknown (it may not be deploykit's), is
+    still refused and told its own order."""
     import shutil
 
     import keras
@@ -333,5 +334,5 @@ def test_bench_numbers_x0_x1_as_convert_does(tmp_path):
     assert bench_file(artifact, data=data, iterations=3, warmup=1)["n"] == 3
     lone = tmp_path / "lone.onnx"
     shutil.copy(artifact, lone)
-    with pytest.raises(UserError, match="x0, x1 ... follow the Keras model's input order.*b_feats, z_tokens"):
+    with pytest.raises(UserError, match="x0, x1 ... follow the Keras model's input order.*z_tokens, b_feats"):
         bench_file(lone, data=data, iterations=3, warmup=1)

@@ -598,7 +598,10 @@ def test_onnx_int8_embedding_zeros_are_counted_against_the_zero_point(tmp_path):
 
     rng = np.random.default_rng(SEED)
     i = keras.Input((20,), dtype="int32")
-    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 16, name="emb")(i))
+    e = keras.layers.Embedding(50, 16, name="emb")(i)
+    # a table read by a Dense head (Gather -> DequantizeLinear) and by a conv (QLinearConv's input x)
+    h = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling1D()(e),
+                                    keras.layers.GlobalMaxPooling1D()(keras.layers.Conv1D(4, 3, name="conv")(e))])
     model = keras.Model(i, keras.layers.Dense(3, activation="softmax", name="out")(h))
     table = rng.normal(0.3, 1.0, (50, 16)).astype("float32")  # mostly positive: the zero point is not 128
     table[rng.random((50, 16)) < 0.7] = 0.0
@@ -611,7 +614,8 @@ def test_onnx_int8_embedding_zeros_are_counted_against_the_zero_point(tmp_path):
             data = load_data_for(loaded, rng.integers(0, 50, (64, 20)).astype("int32"))
             onnx_converter.convert(loaded, get_target(name), data, path)
             emb = [t for t in count_zeros(path, format="onnx")["tensors"] if t["size"] == table.size]
-            assert emb and max(t["zeros"] for t in emb) == zeros, (name, emb)
+            # every zero kept (a few tiny weights may round to the zero point as well)
+            assert emb and zeros <= max(t["zeros"] for t in emb) <= zeros + 8, (name, emb)
     finally:
         loaded.release()
 
@@ -620,3 +624,27 @@ def load_data_for(loaded, x):
     from deploykit.data import load_data
 
     return load_data(x, loaded.inputs)
+
+
+def test_a_classifier_trained_with_mse_is_still_scored_and_an_uncompiled_regression_model_takes_loss(tmp_path, digits):
+    """A softmax classifier compiled with mse lost its accuracy (its labels were read as regression
+    targets); an uncompiled regression model pruned with loss='mse' had its --data refused."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    clf = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+                            keras.layers.Dense(10, activation="softmax")])
+    clf.compile(optimizer="adam", loss="mse")
+    clf.fit(digits.x_train, np.eye(10)[digits.y_train], epochs=8, verbose=0)
+    res = deploykit.convert(clf, ["tflite-fp32"], data=(digits.x_eval, digits.y_eval), out=tmp_path / "clf", bench=False,
+                            prune={"sparsity": 0.5, "epochs": 1}, train_data=_train(digits))
+    prune_report = res["steps"]["prune"]["report"]
+    assert prune_report["score"] == "val_accuracy" and prune_report["accuracy_after"] > 0.5
+    assert res.artifact("tflite-fp32")["verification"]["accuracy"] > 0.5
+
+    reg = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(1)])  # never compiled: the loss comes from the options
+    values = digits.x_train.reshape(len(digits.x_train), -1).mean(axis=1).astype("float32")
+    res = deploykit.convert(reg, ["tflite-fp32"], data=(digits.x_train, values), out=tmp_path / "reg", bench=False,
+                            prune={"sparsity": 0.5, "epochs": 1, "loss": "mse"}, train_data=(digits.x_train, values))
+    assert res.ok and res["steps"]["prune"]["report"]["score"] == "val_loss"

@@ -64,3 +64,15 @@ def test_targets_table_says_what_its_p50_is_when_an_auto_target_chose_by_interle
     auto = _artifact("onnx-auto", 1000, p50_ms=1.0)
     auto.selection = {"rounds": 5, "winner": "onnx-fp32", "candidates": []}
     assert "interleaved rounds" in table_note(Manifest(model={}, tools={}, machine={}, artifacts=[auto]))
+
+
+def test_loss_warning_measures_growth_against_the_losses_own_size():
+    from deploykit.report.rows import fine_tune_warnings
+
+    def warnings(before, after):
+        report = {"val_loss_before": before, "val_loss_after": after}
+        return fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps={"prune": {"report": report}}))
+
+    assert "raised the validation loss by 0.79" in warnings(-0.99, -0.20)[0]  # cosine similarity: best at -1
+    assert warnings(0.0, 1e-9) == [] and warnings(0.01, 0.014) == []
+    assert "raised the validation loss 2.0x" in warnings(0.01, 0.02)[0]

@@ -199,9 +199,14 @@ REGRESSION_LOSSES = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabso
 
 
 def is_regression_loss(loss: Any, compile_config: dict[str, Any] | None) -> bool:
-    """Whether ``loss`` (or, when None, the compile config's loss) is a regression loss."""
+    """Whether ``loss`` (or, when None, the compile config's loss) is a regression loss.
+
+    A one-entry dict (``{"price": "huber"}``, a single named output's loss) counts as that loss.
+    """
     if loss is None:
         loss = (compile_config or {}).get("loss")
+    if isinstance(loss, dict) and "class_name" not in loss and len(loss) == 1:
+        loss = next(iter(loss.values()))
     name = _loss_name(loss) if loss is not None and not isinstance(loss, (list, tuple)) else ""
     return name.lower().replace("_", "") in REGRESSION_LOSSES
 
@@ -250,8 +255,36 @@ class _Score:
 
 
 def fine_tune_data(train_data: Any, validation_data: Any, model: Any, regression: bool, what: str):
-    """(train, validation or None), checked: labelled (class labels, or target values for a
-    regression model, shaped like its output) and in the output's class range."""
+    """(train, validation or None, scored by loss), checked: labelled (class labels, or target values
+    for a regression model, shaped like its output) and in the output's class range.
+
+    A model compiled with a regression loss whose ``y`` are class indices of its multi-column
+    output is a classifier trained with that loss on one-hot rows (``mse`` on softmax): it is
+    fine-tuned that way and scored by accuracy, as verification scores it.
+    """
+    if regression and _class_indices_for(train_data, model):
+        regression = False
+    train, val = _fine_tune_datasets(train_data, validation_data, model, regression, what)
+    return train, val, regression
+
+
+def _class_indices_for(data: Any, model: Any) -> bool:
+    """``data``'s y are whole numbers, one per sample, below the model's (multi-column) output width."""
+    from deploykit.data import Dataset
+
+    classes = (model.outputs[0].shape or [None])[-1]
+    if not classes or classes < 2 or len(model.outputs[0].shape) != 2:
+        return False
+    try:
+        y = data.y if isinstance(data, Dataset) else _to_dataset(data, model, "train data", True).y
+    except DataError:
+        return False
+    y = None if y is None else np.asarray(y)
+    return (y is not None and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) and y.size > 0
+            and bool(np.all(y == np.round(y))) and y.min() >= 0 and y.max() < classes)
+
+
+def _fine_tune_datasets(train_data: Any, validation_data: Any, model: Any, regression: bool, what: str):
     train = _to_dataset(train_data, model, "train data", regression)
     if train.y is None:
         need = "target values 'y'" if regression else "labels 'y'"
@@ -653,7 +686,12 @@ def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimi
 
 
 def _labels_for(loss: Any, y: np.ndarray, model: Any) -> np.ndarray:
-    if not _needs_one_hot(loss):
+    """``y`` as the loss takes it: one-hot rows for categorical losses, and for a regression loss
+    (mse on softmax) given class indices of a multi-column output."""
+    one_hot = _needs_one_hot(loss) or (is_regression_loss(loss, None) and np.asarray(y).ndim == 1
+                                        and np.issubdtype(np.asarray(y).dtype, np.integer)
+                                        and int(model.outputs[0].shape[-1] or 1) > 1)
+    if not one_hot:
         return y
     classes = int(model.outputs[0].shape[-1])
     return np.eye(classes, dtype=np.float32)[y]
@@ -920,8 +958,7 @@ def prune(
         raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 
     cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
-    regression = is_regression_loss(loss, cfg)
-    train, val = fine_tune_data(train_data, validation_data, model, regression, "pruning")
+    train, val, regression = fine_tune_data(train_data, validation_data, model, is_regression_loss(loss, cfg), "pruning")
     train, val = _split(train, val, validation_split, seed)
 
     kernels, skipped = _plan(model, kind, structure, bs)

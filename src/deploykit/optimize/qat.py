@@ -440,8 +440,7 @@ def quantize_aware(
         raise UserError(f"QAT fine-tunes single-output models; this one has {len(model.outputs)} outputs")
 
     cfg = compile_config if compile_config is not None else _ft._model_compile_config(model, "tf_keras")
-    regression = _ft.is_regression_loss(loss, cfg)
-    train, val = _ft.fine_tune_data(train_data, validation_data, model, regression, "QAT")
+    train, val, regression = _ft.fine_tune_data(train_data, validation_data, model, _ft.is_regression_loss(loss, cfg), "QAT")
     train, val = _ft._split(train, val, validation_split, seed)
 
     cfg_loss = (cfg or {}).get("loss")

@@ -133,7 +133,14 @@ def _nonzero_quantized(values: np.ndarray, zero_point: Any) -> int:
 # op type -> [(index of the quantized value input, index of its zero point input, axis or None)]
 _ONNX_QUANT_INPUTS = {
     "DequantizeLinear": [(0, 2, "axis")],
-    "QLinearConv": [(3, 5, 0)],
+    "QLinearConv": [(0, 2, None), (3, 5, 0)],  # x too: an embedding table gathered straight into a conv
+    "QLinearAdd": [(0, 2, None), (3, 5, None)],
+    "QLinearMul": [(0, 2, None), (3, 5, None)],
+    "QLinearGlobalAveragePool": [(0, 2, None)],
+    "QLinearAveragePool": [(0, 2, None)],
+    "QLinearLeakyRelu": [(0, 2, None)],
+    "QLinearSigmoid": [(0, 2, None)],
+    "QLinearSoftmax": [(0, 2, None)],
     "QLinearMatMul": [(0, 2, None), (3, 5, -1)],
     "ConvInteger": [(1, 3, 0)],
     "MatMulInteger": [(0, 2, None), (1, 3, -1)],

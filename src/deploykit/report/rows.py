@@ -225,8 +225,11 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
             out.append(f"{what} cost {(before - after) * 100:.1f} points of accuracy ({_pct(before)} → {_pct(after)}); "
                        f"the artifacts match the {matched}: {fix}")
         lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
-        if lb is not None and la is not None and la > FINE_TUNE_WARN_LOSS_RATIO * max(lb, 1e-12):
-            out.append(f"{what} raised the validation loss {la / max(lb, 1e-12):.1f}x ({lb:.4g} → {la:.4g}); "
+        # by how much it grew, against the loss's own size (cosine similarity is negative at its best,
+        # and a loss of exactly 0 that becomes 1e-9 has not really grown)
+        if lb is not None and la is not None and la - lb > max((FINE_TUNE_WARN_LOSS_RATIO - 1) * abs(lb), 1e-6):
+            grew = f"{la / lb:.1f}x" if lb > 0 else f"by {la - lb:.4g}"
+            out.append(f"{what} raised the validation loss {grew} ({lb:.4g} → {la:.4g}); "
                        f"the artifacts match the {matched}: {fix}")
     for off in (manifest.steps.get("prune") or {}).get("report", {}).get("off_target", []):
         out.append(f"pruning missed its target sparsity: {off}")
