@@ -336,3 +336,22 @@ def test_bench_numbers_x0_x1_as_convert_does(tmp_path):
     shutil.copy(artifact, lone)
     with pytest.raises(UserError, match="x0, x1 ... follow the Keras model's input order.*z_tokens, b_feats"):
         bench_file(lone, data=data, iterations=3, warmup=1)
+
+
+def test_tiny_model_with_external_data_always_and_bench_of_an_id_input_without_data(tmp_path):
+    """external_data = "always" crashed in chmod when no tensor reached the threshold (no .data file), and
+    `deploy bench` without --data drew ids over the whole int32 range (gather out of bounds, a traceback)."""
+    import keras
+
+    from deploykit.runtime_bench import bench_file
+
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(5, 2)(tokens))))
+    target = tmp_path / "tiny.toml"
+    target.write_text('name = "onnx-tiny"\nformat = "onnx"\nprecision = "fp32"\noptions = { external_data = "always" }\n')
+    ids = np.random.default_rng(0).integers(0, 5, (16, 6)).astype("int32")
+    result = deploykit.convert(model, [str(target), "tflite-fp32"], data=ids, out=tmp_path / "out", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    assert result.artifact("onnx-tiny")["settings"]["converter"]["external_data_files"] == []
+    for name in ("onnx-tiny", "tflite-fp32"):
+        assert bench_file(result.out / result.artifact(name)["path"], iterations=3, warmup=1)["n"] == 3

@@ -205,6 +205,8 @@ def _save(proto: Any, path: Path, external: bool) -> list[str]:
     data_path.unlink(missing_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
+    if not data_path.exists():  # every tensor under the threshold (external_data = "always" on a tiny model)
+        return []
     data_path.chmod(path.stat().st_mode & 0o777)
     return [location]
 

@@ -82,8 +82,8 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
             if scale:  # quantized input: give float values the runner will quantize
                 lo, hi = (info.min - zero) * scale, (info.max - zero) * scale
                 out[name] = rng.uniform(lo, hi, shape).astype(np.float32)
-            else:
-                out[name] = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+            else:  # ids (an Embedding's, a lookup's): 0 and 1 are in every table; the whole int32 range ran out of them
+                out[name] = rng.integers(0, min(1, info.max), shape, endpoint=True).astype(dtype)
     return out
 
 
