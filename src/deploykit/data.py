@@ -111,15 +111,13 @@ def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
 
 
 def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None when unknown."""
+    """Bytes of memory available to a new allocation (psutil's ``available``), or None when unknown."""
+    import psutil
+
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
         return None
-    return None
 
 
 def _check_expanded_size(path: Path, archive: Any, keys: list[str]) -> None:
