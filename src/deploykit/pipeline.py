@@ -74,8 +74,8 @@ def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mod
                    inputs: Sequence[Any] = ()) -> None:
     """Refuse an output directory this run cannot use, before any work (and without writing anything).
 
-    ``inputs`` are the run's other input files (data, target files): with --force, none may lie in what
-    the run replaces.
+    ``inputs`` are the run's other input files (data, eval and train data): with --force, none may lie
+    in what the run replaces.
     """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
@@ -603,14 +603,14 @@ class Pipeline:
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
-        from deploykit.optimize.prune import _class_indices_for, is_regression_loss
+        from deploykit.optimize.prune import is_regression_loss, labels_are_class_indices
 
         options = self.prune_options if step == "prune" else self.qat_options
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
         # epoch with the lowest validation loss); class indices of a classifier trained with mse stay labels.
-        regression = is_regression_loss((options or {}).get("loss"), compile_config_of(model))
+        regression = is_regression_loss(_fine_tune_loss(model, [options]), None)
         train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
-        if regression and _class_indices_for(train, loaded.keras_model):
+        if regression and labels_are_class_indices(train, loaded.keras_model):
             train = load_data(self.train_data, loaded.inputs, role="train data")
         if train.y is None:
             need = "target values 'y'" if regression else "labels 'y'"
@@ -906,7 +906,7 @@ def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, An
         raise UserError(f"unknown pruning setting(s) {', '.join(unknown)}; choose from: {', '.join(PRUNE_SETTINGS)}")
     from deploykit.optimize.prune import check_settings
 
-    check_settings(**{k: v for k, v in prune.items() if k != "metrics"})
+    check_settings(**prune)
     if train_data is None:
         raise UserError("pruning fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
     return dict(prune)

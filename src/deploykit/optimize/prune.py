@@ -262,13 +262,13 @@ def fine_tune_data(train_data: Any, validation_data: Any, model: Any, regression
     output is a classifier trained with that loss on one-hot rows (``mse`` on softmax): it is
     fine-tuned that way and scored by accuracy, as verification scores it.
     """
-    if regression and _class_indices_for(train_data, model):
+    if regression and labels_are_class_indices(train_data, model):
         regression = False
     train, val = _fine_tune_datasets(train_data, validation_data, model, regression, what)
     return train, val, regression
 
 
-def _class_indices_for(data: Any, model: Any) -> bool:
+def labels_are_class_indices(data: Any, model: Any) -> bool:
     """``data``'s y are whole numbers, one per sample, below the model's (multi-column) output width."""
     from deploykit.data import Dataset
 
