@@ -200,9 +200,9 @@ def converter_notes(manifest: Manifest) -> list[str]:
             continue
         if conv.get("note"):
             out.append(f"{a.target}: {conv['note']}")
-        if conv.get("fixed_batch"):
-            why = f" ({conv['fixed_batch_reason']})" if conv.get("fixed_batch_reason") else ""
-            out.append(f"{a.target}: takes batches of exactly {conv['fixed_batch']}{why}; run it once per sample")
+        if conv.get("fixed_batch") and conv.get("fixed_batch_reason"):  # (TFLite Micro runs batch 1 by design)
+            out.append(f"{a.target}: takes batches of exactly {conv['fixed_batch']} ({conv['fixed_batch_reason']}); "
+                       "run it once per sample")
     return out
 
 
