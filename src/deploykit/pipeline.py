@@ -72,13 +72,17 @@ _ARTIFACT_FILE = re.compile(r"(model\.(tflite|onnx|onnx\.data|json)|model_data\.
 
 def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), model: Any = None,
                    inputs: Sequence[Any] = ()) -> None:
-    """Refuse an output directory this run cannot use, before any work (and without writing anything).
+    """Refuse an output directory this run cannot use, before any work (writing nothing, except
+    putting back a previous run that a killed run had set aside).
 
     ``inputs`` are the run's other input files (data, eval and train data): with --force, none may lie
     in what the run replaces.
     """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is a file; pass a directory path")
+    # A run killed with SIGKILL left the previous run set aside and its own targets unlisted: put the
+    # previous run back first (the one write before any work), so this run sees what the user had.
+    _recover_killed_run(out)
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         model_dir = Path(model).resolve()
         if out.resolve() == model_dir or model_dir in out.resolve().parents:
@@ -102,15 +106,14 @@ def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mod
                                     f"target {name!r}; move it away or choose another --out")
     if force and out.is_dir():
         previous = _previous_run_files(out)  # refuses files deploykit would overwrite but did not write
-        for name in target_names:
-            place = out / name
-            if place.is_dir() and place not in previous:
-                foreign = sorted(f.name for f in place.iterdir() if not _ARTIFACT_FILE.fullmatch(f.name))
-                if foreign:
-                    raise OutputExistsError(
-                        f"{place} holds {', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}, which deploykit did not "
-                        f"write, and --force would delete it with the rest of target {name!r}; move it away or choose another --out")
-                previous.append(place)
+        previous += [out / n for n in target_names if (out / n).is_dir() and out / n not in previous]
+        for place in (p for p in previous if p.is_dir()):  # a previous run's, or named like this run's targets
+            foreign = sorted(f.name for f in place.iterdir() if not _ARTIFACT_FILE.fullmatch(f.name))
+            if foreign:
+                raise OutputExistsError(
+                    f"{place} holds {', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}, which deploykit did not "
+                    f"write, and --force would delete it with the rest of target {place.name!r}; move it away or choose "
+                    "another --out")
         replaced = [p.resolve() for p in previous]
         for given in [model, *inputs]:
             if not isinstance(given, (str, os.PathLike)):
@@ -154,8 +157,8 @@ LOCK_NAME = ".deploykit.lock"
 def _lock_holder(lock: Path) -> int | None:
     """The pid of the live process that holds ``lock``, or None (no lock, unreadable, or its process is gone)."""
     try:
-        pid = int(lock.read_text().strip())
-    except (ValueError, OSError):
+        pid = int(lock.read_text().split()[0])  # first line; the run's target names follow
+    except (ValueError, OSError, IndexError):
         return None
     if pid <= 0:  # os.kill(0, ...) would signal our own process group
         return None
@@ -168,9 +171,10 @@ def _lock_holder(lock: Path) -> int | None:
     return pid
 
 
-def _lock_out_dir(out: Path) -> Path:
+def _lock_out_dir(out: Path, target_names: Sequence[str] = ()) -> Path:
     """Claim ``out`` for this run: two runs started together into one directory passed the
-    emptiness check together, then each wrote its manifest over the other's.
+    emptiness check together, then each wrote its manifest over the other's. The lock also names
+    the run's targets, so that what a killed run wrote can be told from what it set aside.
 
     Raises:
         OutputExistsError: another live deploykit process holds the directory.
@@ -187,7 +191,7 @@ def _lock_out_dir(out: Path) -> Path:
             raise OutputExistsError(f"another deploykit run (pid {pid}) is writing to {out}; wait for it to finish "
                                     "or choose another --out") from None
         with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+            fh.write(f"{os.getpid()}\n" + "\n".join(target_names))
         return lock
     raise OutputExistsError(f"could not claim {out} ({lock} keeps reappearing); choose another --out")
 
@@ -200,8 +204,21 @@ def _recover_killed_run(out: Path) -> None:
     """
     asides = sorted(out.glob(".deploykit-previous-*")) if out.is_dir() else []
     lock = out / LOCK_NAME
-    if not asides or _lock_holder(lock) is not None:  # nothing set aside, or its run is alive
+    if (not asides and not lock.exists()) or _lock_holder(lock) is not None:  # nothing left behind, or its run is alive
         return
+    if not asides and (out / MANIFEST_NAME).exists():  # killed after writing everything: only the lock is left
+        lock.unlink(missing_ok=True)
+        return
+    try:  # the killed run's targets: their directories hold its unlisted, unreported artifacts
+        written = [n for n in lock.read_text().split()[1:] if n and "/" not in n and not n.startswith(".")]
+    except OSError:
+        written = []
+    restored = {path.name for aside in asides for path in aside.iterdir()}
+    for name in written:
+        place = out / name
+        if name not in restored and place.is_dir() and not place.is_symlink() and all(
+                _ARTIFACT_FILE.fullmatch(f.name) for f in place.iterdir()):
+            shutil.rmtree(place)
     for aside in asides:
         for path in list(aside.iterdir()):
             dest = out / path.name
@@ -466,7 +483,7 @@ class Pipeline:
         except OSError as exc:
             raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
         _recover_killed_run(self.out)
-        lock = _lock_out_dir(self.out)
+        lock = _lock_out_dir(self.out, [t.name for t in self._all_targets()])
         if not self.force and any(p.name != LOCK_NAME for p in self.out.iterdir()):
             # Empty when this run started, filled since: another run got here first (it finished before our claim).
             lock.unlink(missing_ok=True)

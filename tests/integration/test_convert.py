@@ -214,18 +214,20 @@ def test_a_run_killed_after_setting_the_previous_run_aside_gets_it_back_on_the_n
     out = tmp_path / "out"
     deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, bench=False)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    # what kill -9 leaves of a --force run: the old run set aside, a half-written target, its claim
+    # what kill -9 leaves of a --force run: the old run set aside, a half-written target, a finished but
+    # unlisted one, and its claim naming its targets
     _set_aside_previous_run(out, ["tflite-fp32"])
     (out / "tflite-fp32").mkdir()
     (out / "tflite-fp32" / ".model.tflite.x.partial").write_bytes(b"half")
+    (out / "onnx-fp16").mkdir()
+    (out / "onnx-fp16" / "model.onnx").write_bytes(b"unlisted")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / ".deploykit.lock").write_text(str(dead.pid))
-    with pytest.raises(OutputExistsError):  # not empty: a run without --force still refuses
+    (out / ".deploykit.lock").write_text(f"{dead.pid}\ntflite-fp32\nonnx-fp16")
+    # the next run puts the previous one back first (it used to refuse on the debris, and the --force run
+    # after that threw the previous run away); without --force it is then refused as not empty
+    with pytest.raises(OutputExistsError, match="not empty"):
         deploykit.convert(keras3_model, ["onnx-fp32"], data=data, out=out, bench=False)
-    from deploykit.pipeline import _recover_killed_run
-
-    _recover_killed_run(out)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     result = deploykit.convert(keras3_model, ["onnx-fp32"], data=data, out=out, bench=False, force=True)
     assert result.ok and not list(out.glob(".deploykit-*"))
@@ -299,11 +301,16 @@ def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path
         deploykit.convert(str(mine / "tflite-fp32" / "model.keras"), ["tflite-fp32"], data=data, out=mine, force=True,
                           bench=False)
     assert (mine / "tflite-fp32" / "model.keras").is_file()
-    # data kept in a previous run's target directory would be replaced with it
+    # a file the user put into a previous run's target directory: deleted without a word
     run = tmp_path / "run"
     deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=run, bench=False)
+    (run / "tflite-fp32" / "NOTES.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"tflite-fp32 holds NOTES.txt, which deploykit did not write"):
+        deploykit.convert(keras3_model, ["onnx-fp32"], data=data, out=run, force=True, bench=False)
+    (run / "tflite-fp32" / "NOTES.txt").unlink()
+    # data kept in a previous run's target directory would be replaced with it
     np.savez(run / "tflite-fp32" / "data.npz", x=data[0])
-    with pytest.raises(UserError, match=r"data.npz lies in .*tflite-fp32, which --force replaces"):
+    with pytest.raises((UserError, OutputExistsError), match=r"data.npz"):
         deploykit.convert(keras3_model, ["tflite-fp32"], data=str(run / "tflite-fp32" / "data.npz"), out=run, force=True,
                           bench=False)
     assert (run / "tflite-fp32" / "data.npz").is_file()
