@@ -66,7 +66,7 @@ def convert(
     prune_block: str = typer.Option("1x4", "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model."),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning / QAT fine-tune (y: class labels, or the target values of a model trained with a regression loss such as mse)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; stops early at the target sparsity) and of --qat (default 4)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; once at the target sparsity, stops early after --patience epochs without a better validation score) and of --qat (default 4)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Fine-tune learning rate (default: the compiled optimizer's, else Adam 1e-3)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Loss for a model saved without compile(), e.g. sparse_categorical_crossentropy."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop the fine-tune after this many epochs without a better validation accuracy (default 2; pruning counts from the final sparsity on)."),
@@ -184,7 +184,8 @@ def targets(
     for t in list_targets():
         tol = t.tolerance
         parts = [f"atol {tol.atol:g}"] + ([f"rtol {tol.rtol:g}"] if tol.rtol else []) + \
-            ([f"+{tol.range_atol:.0%} of output range"] if tol.range_atol else []) + \
+            ([f"+{tol.range_atol:.2g} x output range" if tol.range_atol < 0.005 else f"+{tol.range_atol:.0%} of output range"]
+             if tol.range_atol else []) + \
             [f"accuracy drop <= {tol.max_accuracy_drop:g} pt", f"agreement >= {tol.min_agreement:.0%}"]
         console.print(
             f"{t.name:<16} weights {t.weights:<8} activations {t.activations:<8} io {t.io:<8} runtime {t.runtime}\n"
@@ -229,6 +230,10 @@ def bench(
         + (f" ({result['peak_rss_of']})" if result.get("peak_rss_of", "this process") != "this process" else ""),
         highlight=False,
     )
+    profile = result.get("op_profile") or {}
+    if profile.get("top_op_types"):  # ONNX Runtime's profiler (the README promises them here, not only in --json)
+        console.print("  top ops: " + ", ".join(f"{o['op_type']} {o['share']:.0%} ({o['nodes']} node{'s' if o['nodes'] != 1 else ''})"
+                                              for o in profile["top_op_types"][:5]), highlight=False)
     for other, r in result.get("also", {}).items():  # browser: the other backends tried in the same page
         detail = r["error"] if "error" in r else f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  init {r['init_ms']:.1f} ms"
         renderer = f" ({r['webgl_renderer']})" if r.get("webgl_renderer") else ""

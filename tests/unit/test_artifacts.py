@@ -176,9 +176,9 @@ def test_fine_tuning_that_costs_accuracy_is_warned_about_in_the_report():
     assert fine_tune_warnings(run(0.9796, 0.9745)) == []  # within a point
     bad = run(0.9796, 0.10)
     (line,) = fine_tune_warnings(bad)
-    assert line.startswith("pruning cost 88.0 points of accuracy (97.96% → 10.00%)") and "--prune" in line
+    assert line.startswith("pruning cost 87.96 points of accuracy (97.96% → 10.00%)") and "--prune" in line
     text = "\n".join(prune_lines(bad))
-    assert "**99.9%** sparsity" in text and "**Warning:** pruning cost 88.0 points" in text
+    assert "**99.9%** sparsity" in text and "**Warning:** pruning cost 87.96 points" in text
 
 
 def test_manifest_json_has_no_nan_tokens():
@@ -194,3 +194,12 @@ def test_manifest_json_has_no_nan_tokens():
     assert "NaN" not in text and "Infinity" not in text
     v = json.loads(text)["artifacts"][0]["verification"]
     assert v == {"max_abs_error": None, "x": [1.0, None]}
+
+
+def test_warning_points_to_patience_when_early_stopping_ended_the_fine_tune():
+    from deploykit.artifacts import Manifest
+    from deploykit.report.rows import fine_tune_warnings
+
+    report = {"settings": {"epochs": 12}, "epochs_run": 10, "eval": {"accuracy_before": 0.98, "accuracy_after": 0.9699}}
+    (line,) = fine_tune_warnings(Manifest(model={}, steps={"prune": {"report": report}}, tools={}, machine={}))
+    assert "cost 1.01 points" in line and "stopped early at epoch 10 of 12: raise --patience" in line

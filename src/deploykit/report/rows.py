@@ -218,11 +218,14 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
     for key, what, fix in (("prune", "pruning", "prune less (--prune) or fine-tune longer (--epochs)"),
                            ("qat", "quantization-aware training", "fine-tune longer (--epochs) or lower --learning-rate")):
         rep = (manifest.steps.get(key) or {}).get("report", {})
+        asked, run = (rep.get("settings") or {}).get("epochs"), rep.get("epochs_run")
+        if asked and run and run < asked:  # early stopping ended it: more epochs alone would not run
+            fix = fix.replace("(--epochs)", f"(it stopped early at epoch {run} of {asked}: raise --patience)")
         ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
         matched = "QAT model" if key == "qat" or manifest.steps.get("qat") else "pruned model"
         if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
-            out.append(f"{what} cost {(before - after) * 100:.1f} points of accuracy ({_pct(before)} → {_pct(after)}); "
+            out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy ({_pct(before)} → {_pct(after)}); "
                        f"the artifacts match the {matched}: {fix}")
         lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
         # by how much it grew, against the loss's own size (cosine similarity is negative at its best,

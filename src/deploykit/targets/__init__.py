@@ -45,7 +45,7 @@ FIELD_DOCS: dict[str, str] = {
     "io": f"Model input/output type, one of {DTYPES_IO}; int8 I/O needs int8 activations.",
     "calibration_samples": "How many samples of the run's data calibrate integer activations.",
     "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
-    "candidates": "For `-auto` targets: the targets to build, verify and benchmark; the fastest that passes ships.",
+    "candidates": "For `-auto` targets: the targets to build, verify and compare; the fastest that passes ships (tfjs-auto: the smallest download).",
     "select_by": "For `-auto` targets: 'speed' (fastest p50 ships) or 'download' (smallest gzip ships).",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
     "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
