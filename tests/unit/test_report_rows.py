@@ -76,3 +76,13 @@ def test_loss_warning_measures_growth_against_the_losses_own_size():
     assert "raised the validation loss by 0.79" in warnings(-0.99, -0.20)[0]  # cosine similarity: best at -1
     assert warnings(0.0, 1e-9) == [] and warnings(0.01, 0.014) == []
     assert "raised the validation loss 2.0x" in warnings(0.01, 0.02)[0]
+
+
+def test_table_note_says_runtime_memory_is_measured_in_one_process():
+    from deploykit.report.rows import table_note
+
+    arts = [_artifact("onnx-fp32", 1000, runtime="onnxruntime", runtime_memory_bytes=28 << 20),
+            _artifact("onnx-int8-qop", 300, runtime="onnxruntime", runtime_memory_bytes=4096)]
+    assert "first file of a runtime also carries the runtime's start-up" in table_note(
+        Manifest(model={}, tools={}, machine={}, artifacts=arts))
+    assert table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts[:1])) is None
