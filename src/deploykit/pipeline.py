@@ -620,7 +620,7 @@ class Pipeline:
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
 
-        from deploykit.optimize.prune import is_regression_loss, labels_are_class_indices
+        from deploykit.optimize.prune import as_class_labels, is_regression_loss, labels_are_class_indices
 
         options = self.prune_options if step == "prune" else self.qat_options
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
@@ -628,7 +628,7 @@ class Pipeline:
         regression = is_regression_loss(_fine_tune_loss(model, [options]), None)
         train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
         if regression and labels_are_class_indices(train, loaded.keras_model):
-            train = load_data(self.train_data, loaded.inputs, role="train data")
+            train = as_class_labels(train)
         if train.y is None:
             need = "target values 'y'" if regression else "labels 'y'"
             raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")

@@ -235,10 +235,6 @@ class _Score:
         """History and report key: ``val_accuracy`` or ``val_loss``."""
         return "val_loss" if self.regression else "val_accuracy"
 
-    @property
-    def words(self) -> str:
-        return f"validation loss ({self.loss_name})" if self.regression else "validation accuracy"
-
     def line(self, value: float) -> str:
         """Progress-line text for one epoch."""
         return f"val loss {value:.4g}" if self.regression else f"val acc {value:.4f}"
@@ -262,34 +258,37 @@ def fine_tune_data(train_data: Any, validation_data: Any, model: Any, regression
     output is a classifier trained with that loss on one-hot rows (``mse`` on softmax): it is
     fine-tuned that way and scored by accuracy, as verification scores it.
     """
-    if regression and labels_are_class_indices(train_data, model):
+    train = _to_dataset(train_data, model, "train data", regression)
+    val = _to_dataset(validation_data, model, "validation data", regression) if validation_data is not None else None
+    if regression and labels_are_class_indices(train, model):
         regression = False
-    train, val = _fine_tune_datasets(train_data, validation_data, model, regression, what)
-    return train, val, regression
+        train, val = (None if d is None else as_class_labels(d) for d in (train, val))
+    return (*_checked_fine_tune_data(train, val, model, regression, what), regression)
 
 
 def labels_are_class_indices(data: Any, model: Any) -> bool:
-    """``data``'s y are whole numbers, one per sample, below the model's (multi-column) output width."""
-    from deploykit.data import Dataset
-
+    """``data``'s y (a loaded Dataset's) are whole numbers, one per sample, below the model's
+    (multi-column) output width."""
     classes = (model.outputs[0].shape or [None])[-1]
-    if not classes or classes < 2 or len(model.outputs[0].shape) != 2:
+    if not classes or classes < 2 or len(model.outputs[0].shape) != 2 or data.y is None:
         return False
-    try:
-        y = data.y if isinstance(data, Dataset) else _to_dataset(data, model, "train data", True).y
-    except DataError:
-        return False
-    y = None if y is None else np.asarray(y)
-    return (y is not None and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) and y.size > 0
+    y = np.asarray(data.y)
+    return ((y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)) and y.size > 0
             and bool(np.all(y == np.round(y))) and y.min() >= 0 and y.max() < classes)
 
 
-def _fine_tune_datasets(train_data: Any, validation_data: Any, model: Any, regression: bool, what: str):
-    train = _to_dataset(train_data, model, "train data", regression)
+def as_class_labels(data: Any) -> Any:
+    """A Dataset read with ``targets=True`` whose values are class indices, with them as labels."""
+    from deploykit.data import Dataset
+
+    y = None if data.y is None else np.asarray(data.y).reshape(len(data.y)).astype(np.int64)
+    return Dataset(data.x, y, data.source)
+
+
+def _checked_fine_tune_data(train: Any, val: Any, model: Any, regression: bool, what: str):
     if train.y is None:
         need = "target values 'y'" if regression else "labels 'y'"
         raise DataError(f"train data {train.source} has no {need}; {what} fine-tunes the model and needs them")
-    val = _to_dataset(validation_data, model, "validation data", regression) if validation_data is not None else None
     if val is not None and val.y is None:
         raise DataError(f"validation data {val.source} has no {'target values' if regression else 'labels'} 'y'; "
                         f"{'the validation loss' if regression else 'accuracy'} needs them")
