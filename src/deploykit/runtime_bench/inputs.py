@@ -17,3 +17,16 @@ def match_inputs(names: list[str], inputs: Mapping[str, np.ndarray], artifact: s
     if len(inputs) != len(names):
         raise RuntimeLoadError(f"{artifact} takes inputs {names}, got {list(inputs)}")
     return dict(zip(names, inputs.values()))
+
+
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as an input tensor of ``detail`` (``dtype``, ``quantization`` = (scale, zero point)) takes it:
+    real values quantized and clipped for an integer tensor with a scale, otherwise cast."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "iu" or np.asarray(x).dtype == dtype:
+        return np.asarray(x, dtype=dtype)
+    scale, zero = detail["quantization"]
+    if not scale:
+        return np.asarray(x).astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x, np.float32) / scale + zero), info.min, info.max).astype(dtype)

@@ -16,18 +16,7 @@ import numpy as np
 
 from deploykit._quiet import native_stderr_captured, quiet_tensorflow_env
 from deploykit.errors import RuntimeLoadError
-from deploykit.runtime_bench.inputs import match_inputs
-
-
-def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind not in "iu" or np.asarray(x).dtype == dtype:
-        return np.asarray(x, dtype=dtype)
-    scale, zero = detail["quantization"]
-    if not scale:
-        return np.asarray(x).astype(dtype)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(np.asarray(x, np.float32) / scale + zero), info.min, info.max).astype(dtype)
+from deploykit.runtime_bench.inputs import match_inputs, quantize_input
 
 
 def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -155,7 +144,7 @@ class LiteRTRunner:
             self._refresh_details()
         for name, x in inputs.items():
             detail = self._inputs[name]
-            self._interp.set_tensor(detail["index"], _quantize(x, detail))
+            self._interp.set_tensor(detail["index"], quantize_input(x, detail))
 
     def _refresh_details(self) -> None:
         fresh_in = {d["index"]: d for d in self._interp.get_input_details()}

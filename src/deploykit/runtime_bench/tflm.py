@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from deploykit.errors import RuntimeLoadError
-from deploykit.runtime_bench.inputs import match_inputs
+from deploykit.runtime_bench.inputs import match_inputs, quantize_input
 
 ARENA_ALIGN = 16
 
@@ -304,16 +304,9 @@ class TFLMRunner:
             x = np.asarray(inputs[t["name"]])
             if tuple(x.shape) != tuple(t["shape"]):
                 raise RuntimeLoadError(f"TFLite Micro input {t['name']!r} has fixed shape {tuple(t['shape'])}, got {x.shape}")
-        self._inputs = [(i, np.ascontiguousarray(self._quantized(inputs[t["name"]], t)))
+        details = self.input_details()
+        self._inputs = [(i, np.ascontiguousarray(quantize_input(inputs[t["name"]], details[t["name"]])))
                         for i, t in enumerate(self._layout["inputs"])]
-
-    def _quantized(self, x: Any, t: dict[str, Any]) -> np.ndarray:
-        x = np.asarray(x)
-        dtype = np.dtype(t["dtype"])
-        if dtype.kind in "iu" and x.dtype != dtype and t["scale"]:
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x.astype(np.float32) / t["scale"] + t["zero_point"]), info.min, info.max)
-        return x.astype(dtype)
 
     def invoke(self) -> None:
         # TFLite Micro's memory planner lets later tensors reuse an input's bytes once it has been
