@@ -227,7 +227,9 @@ def bench(
         f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
         f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "
         f"peak RSS {human_bytes(result['peak_rss_bytes']) if result['peak_rss_bytes'] else '–'}"
-        + (f" ({result['peak_rss_of']})" if result.get("peak_rss_of", "this process") != "this process" else ""),
+        + (f" ({result['peak_rss_of']})" if result.get("peak_rss_of", "this process") != "this process" else "")
+        + (f"\n  runtime mem {human_bytes(result['runtime_memory_bytes'])} ({result['runtime_memory_of']})"
+           if result.get("runtime_memory_of") else ""),
         highlight=False,
     )
     profile = result.get("op_profile") or {}

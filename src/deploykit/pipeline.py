@@ -667,7 +667,7 @@ class Pipeline:
                     bench_failed: bool = True) -> Artifact:
         """Convert, verify and (unless it failed and ``bench_failed`` is False) benchmark one target."""
         from deploykit.converters import get_converter
-        from deploykit.runtime_bench import benchmark, get_runner
+        from deploykit.runtime_bench import benchmark, get_runner, runtime_memory
         from deploykit.runtime_bench.memory import PeakRSS
         from deploykit.verify import verify
 
@@ -724,7 +724,9 @@ class Pipeline:
                     self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} thread{'s' if target.bench.threads != 1 else ''})")
                     artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
                     artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
-                    artifact.benchmark.update(_runtime_memory(artifact))
+                    artifact.benchmark.update(runtime_memory(target.runtime, tmp, target.bench.threads,
+                                                             {k: v[:1] for k, v in inputs.items()}, target.options,
+                                                             artifact.benchmark))
                 runner.close()
                 artifact.size_bytes = sum(f.stat().st_size for f in files)
                 artifact.sha256 = sha256_file(tmp)
@@ -870,25 +872,6 @@ _FLOAT_INPUT_WAY_OUT = {
     "onnx": "use a target with float activations (onnx-fp16, onnx-int8-dynamic) or scale the features before the model",
     "tflm": "scale the features before the model (TFLite Micro is integer throughout)",
 }
-
-
-def _runtime_memory(artifact: Artifact) -> dict[str, Any]:
-    """The memory the artifact's runtime took: what a user compares between targets.
-
-    This process already holds TensorFlow and the reference model (~700 MB), so its peak says
-    nothing about the artifact; what it gained from just before loading the artifact to the peak of
-    verifying and timing it does. TF.js runs in Node: that process's own peak.
-    """
-    if artifact.benchmark.get("node_peak_rss_bytes"):
-        return {"runtime_memory_bytes": artifact.benchmark["node_peak_rss_bytes"],
-                "runtime_memory_of": "peak RSS of the Node.js process running TF.js"}
-    if artifact.benchmark.get("runtime") == "tfjs":
-        return {"runtime_memory_bytes": None, "runtime_memory_of": "not measured: Chromium runs the model"}
-    verify, bench = artifact.steps.get("verify", {}), artifact.steps.get("bench", {})
-    peak = max(verify.get("peak_rss_bytes", 0), bench.get("peak_rss_bytes", 0))
-    return {"runtime_memory_bytes": max(peak - verify.get("start_rss_bytes", peak), 0),
-            "runtime_memory_of": "resident memory this process gained from loading the artifact to the peak of "
-                                 "verifying (batches) and timing it"}
 
 
 PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",

@@ -24,7 +24,7 @@ def test_size_ratio_divides_by_the_same_formats_float32_file_only():
 
 def test_runtime_memory_column_reads_the_artifacts_figure():
     m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000, runtime_memory_bytes=3 * 1024 * 1024)])
-    assert table(m)[0]["peak"] == "3.0 MB"
+    assert table(m)[0]["peak"] == "3.0 MiB"
 
 
 def test_most_accurate_says_when_others_tie_and_which_is_closest():
@@ -78,11 +78,9 @@ def test_loss_warning_measures_growth_against_the_losses_own_size():
     assert "raised the validation loss 2.0x" in warnings(0.01, 0.02)[0]
 
 
-def test_table_note_says_runtime_memory_is_measured_in_one_process():
+def test_table_note_is_only_there_when_a_figure_could_be_misread():
     from deploykit.report.rows import table_note
 
     arts = [_artifact("onnx-fp32", 1000, runtime="onnxruntime", runtime_memory_bytes=28 << 20),
             _artifact("onnx-int8-qop", 300, runtime="onnxruntime", runtime_memory_bytes=4096)]
-    assert "first file of a runtime also carries the runtime's start-up" in table_note(
-        Manifest(model={}, tools={}, machine={}, artifacts=arts))
-    assert table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts[:1])) is None
+    assert table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts)) is None  # memory: one process per file

@@ -61,7 +61,7 @@ def render_plot(manifest: Manifest) -> str | None:
         out.append(f'<line x1="{LEFT}" y1="{sy(v):.1f}" x2="{LEFT + pw}" y2="{sy(v):.1f}" stroke="#e5e5e5"/>')
         out.append(f'<text x="{LEFT - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 12}" text-anchor="middle">file size (KB)</text>')
+    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 12}" text-anchor="middle">file size (KiB)</text>')
     out.append(f'<text transform="translate(16 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
                "latency p50 (ms), bar to p90</text>")
     for a in points:

@@ -87,6 +87,21 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
     return out
 
 
+def runtime_memory(runtime: str, path: str | Path, threads: int, inputs: Mapping[str, np.ndarray],
+                   options: Mapping[str, Any] | None, benchmark: Mapping[str, Any]) -> dict[str, Any]:
+    """The memory a file adds to a process that has its runtime, the figure targets are compared by.
+
+    Measured in a new process per file (:mod:`memory_probe`), so it depends neither on what the
+    measuring process holds nor on the files measured before. TFLite Micro's is its tensor arena.
+    """
+    if runtime == "tflm":
+        return {"runtime_memory_bytes": benchmark.get("arena_bytes"),
+                "runtime_memory_of": "TFLite Micro tensor arena (RAM on the device; the model itself stays in flash)"}
+    from deploykit.runtime_bench import memory_probe
+
+    return memory_probe.measure(runtime, path, threads, inputs, options)
+
+
 def _weight_files(path: Path, runtime: str) -> list[Path]:
     """Files beside the artifact that hold its weights (ONNX external data, TF.js shards)."""
     import json
@@ -232,6 +247,7 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
             result["op_profile"] = runner.op_profile(inputs)
         if hasattr(runner, "close"):
             runner.close()
+        result.update(runtime_memory(runtime, path, threads, inputs, options, result))
     files = [path] + _weight_files(path, runtime)
     result.update(
         {

@@ -251,6 +251,8 @@ class TFJSRunner:
         self._outputs: dict[str, np.ndarray] = {}
         self._inputs_set = False
         self._leaked_tensors = 0
+        # memory_probe sets this: Node's peak then counts from the model's load, not from its start-up.
+        self.reset_peak_at_load = False
 
     # ------------------------------------------------------------------ loading
     def load(self) -> float:
@@ -273,7 +275,8 @@ class TFJSRunner:
         self.close()
         self._node = NodeProcess()
         self._info = self._node.request("load", timeout_s=600, model_json_path=str(self.path.resolve()),
-                                        backend=self.backend, threads=self.threads_requested)
+                                        backend=self.backend, threads=self.threads_requested,
+                                        reset_peak=self.reset_peak_at_load)
         self._inputs_set = False
         return float(self._info["init_ms"]) / 1000
 
