@@ -33,6 +33,7 @@ class Dataset:
     y: np.ndarray | None
     source: str
     one_hot_classes: int | None = None  # labels given one-hot: over how many classes
+    targets: np.ndarray | None = None  # regression target values, when 'y' are not class labels (scored by error)
 
     def __len__(self) -> int:
         return len(self.x[0])
@@ -46,11 +47,13 @@ class Dataset:
         if n >= len(self):
             return self
         idx = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
-        return Dataset([a[idx] for a in self.x], None if self.y is None else self.y[idx], self.source, self.one_hot_classes)
+        return Dataset([a[idx] for a in self.x], None if self.y is None else self.y[idx], self.source, self.one_hot_classes,
+                       None if self.targets is None else self.targets[idx])
 
     def take(self, n: int) -> "Dataset":
         """The first ``n`` samples (all when fewer)."""
-        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source, self.one_hot_classes)
+        return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source, self.one_hot_classes,
+                       None if self.targets is None else self.targets[:n])
 
     def batches(self, size: int):
         """Yield lists of per-input arrays of at most ``size`` samples."""
@@ -316,7 +319,8 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: has {n} samples but {len(y)} labels in 'y'; they must match")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         raise DataError(f"{where}: labels 'y' are not whole numbers; labels score classification "
-                        "accuracy, so pass class indices (for a regression model, leave 'y' out)")
+                        "accuracy, so pass class indices (a regression model's target values are scored when it is "
+                        "compiled with a regression loss such as mse, or with none and 'y' fit its output; else leave 'y' out)")
     if y.dtype.kind != "b" and y.size and y.min() < 0:
         raise DataError(f"{where}: labels 'y' contain negative class index {int(y.min())}; pass indices 0..classes-1")
     if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:  # a uint64 -1 would wrap to -1

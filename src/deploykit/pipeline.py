@@ -404,8 +404,9 @@ class Pipeline:
         _check_numeric_inputs(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
-        calib = self._evaluation_data(self.data, specs, "data", model) if self.data is not None else None
-        evald = self._evaluation_data(self.eval_data, specs, "eval data", model) if self.eval_data is not None else calib
+        calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
+        evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
+                 else calib)
         if calib is None and any(t.needs_calibration for t in self.targets):
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
@@ -528,7 +529,7 @@ class Pipeline:
                 "samples": None if calib is None else len(calib),
                 "eval_source": evald.source,
                 "eval_samples": len(evald),
-                "labels": evald.y is not None,
+                "labels": evald.y is not None, "targets": evald.targets is not None,
             },
             steps=steps,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -590,10 +591,11 @@ class Pipeline:
         self.qat_report = report
         return qat_model
 
-    def _evaluation_data(self, spec: Any, specs: Any, role: str, model: Any) -> Any:
-        """``--data``/``--eval-data``: 'y' are class labels; for a model trained with a regression loss
-        whose 'y' are not labels, they are its target values (the --train-data file itself), and
-        artifacts are judged by their outputs instead."""
+    def _evaluation_data(self, spec: Any, specs: Any, role: str, model: Any, outputs: Sequence[Any]) -> Any:
+        """``--data``/``--eval-data``: 'y' are class labels. 'y' that are not labels are a regression
+        model's target values when it was trained with a regression loss, or when it carries no loss
+        and 'y' hold as many values per sample as one of its float outputs: artifacts are then judged
+        by their outputs, and their error against the targets is reported."""
         from deploykit.data import load_data
         from deploykit.optimize.prune import _loss_name, is_regression_loss
 
@@ -601,13 +603,19 @@ class Pipeline:
             return load_data(spec, specs, role=role)
         except DataError:
             loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
-            if not is_regression_loss(loss, None):
+            if not is_regression_loss(loss, None) and loss is not None:
                 raise
+            if loss is None:  # uncompiled: targets only when they fit a float output exactly
+                data = load_data(spec, specs, role=role, targets=True)
+                if data.y is None or not _fits_float_output(outputs, data.y):
+                    raise
         data = load_data(spec, specs, role=role, targets=True)
         if data.y is not None:
-            self.progress(f"{role}: 'y' are the target values of a model trained with {_loss_name(loss)}; artifacts "
-                          "are compared with the model's outputs, not scored against them")
-            data = replace(data, y=None)
+            why = f"a model trained with {_loss_name(loss)}" if loss is not None else \
+                "a model without a loss, and they fit its float output"
+            self.progress(f"{role}: 'y' are target values ({why}); artifacts are checked against the model's "
+                          "outputs and their error against the targets is reported")
+            data = replace(data, y=None, targets=data.y)
         return data
 
     def _fine_tune(self, model: Any, loaded: Any, steps: dict[str, Any], step: str, label: str, suffix: str,
@@ -699,7 +707,8 @@ class Pipeline:
                 with PeakRSS() as mem:
                     init_s = runner.load()
                     artifact.verification = verify(
-                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise
+                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
+                        targets=evald.targets,
                     )
                 artifact.steps["verify"] = mem.to_dict()
                 if conv_settings.get("note"):  # what the converter did that the target's name does not say
@@ -876,6 +885,16 @@ _FLOAT_INPUT_WAY_OUT = {
 
 PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",
                   "learning_rate", "loss", "validation_split", "seed")
+
+
+def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:
+    """Some float output declares exactly as many values per sample as ``targets`` hold."""
+    per = int(np.prod(np.shape(targets)[1:], dtype=np.int64))
+    for o in outputs:
+        dims = tuple(o.shape)[1:]
+        if "float" in str(o.dtype) and all(d is not None for d in dims) and int(np.prod(dims, dtype=np.int64)) == per:
+            return True
+    return False
 
 
 def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None]) -> Any:

@@ -106,6 +106,52 @@ def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> 
     return float(np.mean(predicted_classes(outputs[i], np.shape(labels)) == labels))
 
 
+def target_output(outputs: Sequence[np.ndarray], targets: np.ndarray | None) -> int | None:
+    """Index of the output that regression target values score: the first float output with as many
+    values per sample as the targets ((N,) targets score an (N, 1) output too), or None."""
+    if targets is None:
+        return None
+    per = int(np.prod(np.shape(targets)[1:], dtype=np.int64))
+    for i, out in enumerate(outputs):
+        if (np.issubdtype(np.asarray(out).dtype, np.floating) and len(out) == len(targets)
+                and int(np.prod(np.shape(out)[1:], dtype=np.int64)) == per):
+            return i
+    return None
+
+
+def target_errors(out: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(mean absolute error, root mean squared error) of an output against target values, in float64."""
+    d = (np.asarray(out, np.float64).reshape(len(targets), -1)
+         - np.asarray(targets, np.float64).reshape(len(targets), -1))
+    return float(np.mean(np.abs(d))), float(np.sqrt(np.mean(d * d)))
+
+
+# An artifact whose error against the targets rises more than this over the reference's gets a note
+# (parity decides pass or fail: a reference that fits its targets exactly has no error to compare to).
+NOTABLE_ERROR_INCREASE = 0.2
+
+
+def _score_targets(result: dict[str, Any], reference: Sequence[np.ndarray], got: dict[str, np.ndarray],
+                   names: list[str], targets: np.ndarray) -> None:
+    """Regression targets: the reference's and the artifact's MAE/RMSE against them, in ``result``."""
+    i = target_output(reference, targets)
+    if i is None:
+        result.setdefault("notes", []).append(
+            f"target values of shape {np.shape(targets)} were not used: no float output has "
+            f"{int(np.prod(np.shape(targets)[1:], dtype=np.int64))} value(s) per sample")
+        return
+    name = names[i]
+    ref_mae, ref_rmse = target_errors(reference[i], targets)
+    mae, rmse = target_errors(np.asarray(got[name]).reshape(np.shape(reference[i])), targets)
+    increase = (mae - ref_mae) / ref_mae if ref_mae > 0 else None
+    result.update({"scored_output": name, "reference_mae": ref_mae, "mae": mae, "reference_rmse": ref_rmse,
+                   "rmse": rmse, "mae_increase": increase})
+    if increase is not None and increase > NOTABLE_ERROR_INCREASE:
+        result.setdefault("notes", []).append(
+            f"output {name!r}: mean absolute error against the targets {mae:.4g} is {increase:.0%} above the "
+            f"reference's {ref_mae:.4g} (RMSE {rmse:.4g} vs {ref_rmse:.4g}); parity with the reference passed")
+
+
 def is_class_index(out: np.ndarray) -> bool:
     """One integer per sample, shape (N,) or (N, 1): class ids the model computed itself (argmax inside)."""
     out = np.asarray(out)
@@ -378,6 +424,7 @@ def verify(
     labels: np.ndarray | None = None,
     batch_check: int = DEFAULT_BATCH_CHECK,
     noise: Sequence[float] | Callable[[], Sequence[float]] | None = None,
+    targets: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Check an artifact against reference outputs on the same raw inputs.
 
@@ -401,6 +448,9 @@ def verify(
         batch_check: Batch size of the second pass (0 to skip).
         noise: Per-output float32 noise of the reference, in ``output_names`` order (default 0),
             or a function returning it: then called only when an output misses its bound without it.
+        targets: Optional regression target values (used when there are no labels): the reference's
+            and the artifact's mean absolute and RMS error against them are reported, with a note
+            when the artifact's is over 20 % higher; parity decides pass or fail.
 
     Returns:
         Per-output errors, accuracy/agreement, ``passed`` and the list of ``failures``.
@@ -526,6 +576,8 @@ def verify(
                 f"accuracy {art_acc:.2%} is {drop:.2f} points below the reference {ref_acc:.2%} "
                 f"(allowed: {tolerance.max_accuracy_drop} points)"
             )
+    if targets is not None and labels is None:
+        _score_targets(result, reference, got, names, targets)
     if labels is not None and scored is None:
         result.setdefault("notes", []).append(
             f"labels of shape {np.shape(labels)} were not used: no output gives a class where they do (one class "

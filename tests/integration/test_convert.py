@@ -861,3 +861,51 @@ def test_int8_failure_on_a_normalization_with_constant_features_names_them(tmp_p
     assert int8["status"] == "failed"
     assert "Normalization 'norm' multiplies its features by factors from" in int8["error"]
     assert "never varied in the data it was adapted on" in int8["error"]
+
+
+def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
+    """A regression model's --data 'y' were dropped (outputs compared with the reference only): the
+    report had no figure of how good each file is at its job. Now every artifact's MAE/RMSE against
+    the targets sits beside the reference's, from the artifact's own outputs."""
+    import keras
+
+    from deploykit.errors import DataError
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 255, (200, 10)).astype("float32")  # all of them calibrate int8 (200 by default)
+    y = ((x / 255 - 0.5) @ rng.normal(size=(10, 1))).astype("float32") + rng.normal(0, 0.05, (200, 1)).astype("float32")
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Rescaling(1 / 255, offset=-0.5),
+                              keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mae")
+    model.fit(x, y, epochs=30, verbose=0)
+    model.save(tmp_path / "reg.keras")
+    np.savez(tmp_path / "reg.npz", x=x, y=y[:, 0])  # (N,) targets for an (N, 1) output
+    res = deploykit.convert(str(tmp_path / "reg.keras"), ["tflite-fp32", "tflite-int8", "onnx-int8-qop"],
+                            data=str(tmp_path / "reg.npz"), out=tmp_path / "out", bench=False)
+    assert res.ok
+    ref = np.asarray(model.predict(x, verbose=0), np.float64)[:, 0]
+    for name in ("tflite-fp32", "tflite-int8", "onnx-int8-qop"):
+        v = res.artifact(name)["verification"]
+        assert v["reference_mae"] == pytest.approx(float(np.mean(np.abs(ref - y[:, 0]))), rel=1e-4)
+        assert v["reference_rmse"] >= v["reference_mae"] > 0 and v["rmse"] >= v["mae"] > 0
+        assert "accuracy" not in v
+    assert res.artifact("tflite-fp32")["verification"]["mae_increase"] == pytest.approx(0, abs=1e-4)
+    int8 = res.artifact("tflite-int8")["verification"]
+    assert int8["mae"] != int8["reference_mae"]  # the int8 file's own outputs, not the reference's
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "with target values" in text and "Lowest error against the targets" in text
+    assert f"MAE {int8['mae']:.4g}" in text
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["data"]["targets"] is True
+
+    bare = keras.Sequential.from_config(model.get_config())  # never compiled: no loss to say what 'y' are
+    bare.set_weights(model.get_weights())
+    bare.save(tmp_path / "bare.keras")
+    res = deploykit.convert(str(tmp_path / "bare.keras"), ["tflite-fp32"], data=str(tmp_path / "reg.npz"),
+                            out=tmp_path / "bare", bench=False)
+    assert res.artifact("tflite-fp32")["verification"]["reference_mae"] == pytest.approx(
+        int8["reference_mae"], rel=1e-5)  # its 'y' fit its one float output: targets, scored
+    np.savez(tmp_path / "wide.npz", x=x, y=np.repeat(y, 3, axis=1) + 0.5)  # fits no output: refused as labels
+    with pytest.raises(DataError, match="not whole numbers"):
+        deploykit.convert(str(tmp_path / "bare.keras"), ["tflite-fp32"], data=str(tmp_path / "wide.npz"),
+                          out=tmp_path / "wide", bench=False)

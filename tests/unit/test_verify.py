@@ -548,3 +548,15 @@ def test_unlabelled_logits_that_lose_a_clear_lead_still_fail_agreement():
     near = ref.copy()
     near[:, 2], near[:, 3] = ref[:, 2] - 0.001, ref[:, 3] + 0.001
     assert _judge_classes(ref, near, {}, int8, None, gated=False) is None
+
+
+def test_regression_targets_score_the_output_with_their_values_per_sample():
+    from deploykit.verify import target_errors, target_output
+
+    y = np.array([1.0, 2.0, 4.0])
+    outs = [np.zeros((3, 5), np.float32), np.array([[1.0], [2.0], [5.0]], np.float32)]
+    assert target_output(outs, y) == 1  # (N,) targets score the (N, 1) output, not the 5-wide one
+    assert target_output([np.zeros((3, 1), np.int64)], y) is None  # ids are not regression values
+    assert target_output(outs, None) is None
+    mae, rmse = target_errors(outs[1], y)
+    assert mae == pytest.approx(1 / 3) and rmse == pytest.approx(np.sqrt(1 / 3))

@@ -29,7 +29,9 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     d = manifest.data
     lines += [
         f"Verified on {d.get('eval_samples')} sample{'' if d.get('eval_samples') == 1 else 's'} of `{d.get('eval_source')}`"
-        + (" with labels." if d.get("labels") else " (no labels: accuracy not measured)."),
+        + (" with labels." if d.get("labels") else
+           " with target values: Accuracy shows each file's mean absolute error (MAE) against them, Δ its change "
+           "from the reference's." if d.get("targets") else " (no labels: accuracy not measured)."),
         "",
         "## At a glance",
         "",

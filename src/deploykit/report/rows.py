@@ -54,6 +54,13 @@ def _reference_sizes(manifest: Manifest) -> dict[str, int]:
     return sizes
 
 
+def _error_change(v: dict[str, Any]) -> str:
+    """A regression artifact's error against the targets beside the reference's: '+3.1 % MAE'."""
+    if v.get("mae_increase") is None:
+        return f"MAE ref {v['reference_mae']:.3g}"
+    return f"{v['mae_increase'] * 100:+.1f} % MAE".replace("+0.0 %", "0.0 %").replace("-0.0 %", "0.0 %")
+
+
 def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
     """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio)."""
     v, b = a.verification, a.benchmark
@@ -69,9 +76,10 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
         "p90": _fmt(b.get("p90_ms"), ".3f"),
         "p99": _fmt(b.get("p99_ms"), ".3f"),
         "init": _fmt(b.get("init_ms"), ".1f"),
-        "accuracy": _fmt(v.get("accuracy"), ".2%"),
+        "accuracy": _fmt(v.get("accuracy"), ".2%") if v.get("mae") is None else f"MAE {v['mae']:.4g}",
         # shown as a change (negative = accuracy lost); 0.00 without a sign when equal
-        "drop": "–" if v.get("accuracy_drop_points") is None else f"{-v['accuracy_drop_points'] + 0.0:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00"),
+        "drop": _error_change(v) if v.get("mae") is not None else
+        "–" if v.get("accuracy_drop_points") is None else f"{-v['accuracy_drop_points'] + 0.0:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00"),
         "agreement": _fmt(v.get("top1_agreement"), ".2%"),
         "max_err": _fmt(v.get("max_abs_error"), ".2e"),
         "peak": human_bytes(peak) if peak else "–",
@@ -107,6 +115,12 @@ def highlights(manifest: Manifest) -> list[str]:
                 + (f"; {tied} other artifact{'s' if tied > 1 else ''} as accurate, this one closest to the reference"
                    if tied else "") + ")"
             )
+        scored = [a for a in ok if a.verification.get("mae") is not None]
+        if scored:
+            best = min(scored, key=lambda a: (a.verification["mae"], a.size_bytes))
+            v = best.verification
+            lines.append(f"Lowest error against the targets: **{best.target}** (MAE {v['mae']:.4g}, RMSE {v['rmse']:.4g} "
+                         f"on output `{v['scored_output']}`; reference MAE {v['reference_mae']:.4g}, RMSE {v['reference_rmse']:.4g})")
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines.append(f"Failed: {', '.join('**' + a.target + '**' for a in failed)} (details below)")
