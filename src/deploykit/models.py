@@ -344,9 +344,25 @@ def _export_keras3(model: Any, path: Path) -> Any:
         return None
     archive = ExportArchive()
     with _portable_keras_ops():  # the endpoint is traced when written out
-        fn = archive.track_and_add_endpoint("serve", model, get_input_signature(model))
+        archive.track(model)
+        fn = archive.add_endpoint("serve", inference_call(model), get_input_signature(model))
         archive.write_out(str(path), verbose=False)
     return fn
+
+
+def inference_call(model: Any) -> Any:
+    """``model`` called with ``training=False``, for tracing a serving endpoint.
+
+    Keras 3's own export traces ``model.__call__`` with no training flag, and its Resizing and
+    CenterCrop layers record ``training=True`` in a functional model's graph: every BatchNormalization
+    after them then ran on batch statistics (and tried to update its moving averages) in the exported
+    graph, so the artifacts' outputs depended on the rest of the batch, unlike ``model.predict``.
+    """
+
+    def serve(*args: Any) -> Any:
+        return model(*args, training=False)
+
+    return serve
 
 
 def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
@@ -362,7 +378,8 @@ def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
 
         archive = ExportArchive()
         with _portable_keras_ops():
-            archive.track_and_add_endpoint("serve", model, tf.nest.map_structure(fixed, get_input_signature(model)))
+            archive.track(model)
+            archive.add_endpoint("serve", inference_call(model), tf.nest.map_structure(fixed, get_input_signature(model)))
             archive.write_out(str(path), verbose=False)
         return
     from tf_keras.src.export.export_lib import ExportArchive
@@ -372,7 +389,7 @@ def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
         signature = [signature]
     archive = ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", model.__call__, signature)
+    archive.add_endpoint("serve", inference_call(model), signature)
     archive.write_out(str(path))
 
 

@@ -909,3 +909,33 @@ def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
     with pytest.raises(DataError, match="not whole numbers"):
         deploykit.convert(str(tmp_path / "bare.keras"), ["tflite-fp32"], data=str(tmp_path / "wide.npz"),
                           out=tmp_path / "wide", bench=False)
+
+
+@pytest.mark.parametrize("front", ["Resizing", "CenterCrop"])
+def test_batchnorm_after_resizing_runs_in_inference_mode_in_every_artifact(tmp_path, front):
+    """Keras 3 records training=True on Resizing/CenterCrop nodes, and its export traced the model without
+    a training flag: every later BatchNormalization used batch statistics in the SavedModel, so the
+    artifacts (and deploykit's reference) depended on the rest of the batch, and TF.js failed to freeze
+    the moving-average updates."""
+    import keras
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (64, 12, 12, 3)).astype("float32")
+    inp = keras.Input((12, 12, 3), name="image")
+    h = getattr(keras.layers, front)(8, 8)(inp)
+    h = keras.layers.Conv2D(4, 3, name="conv")(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h)))
+    bn = model.get_layer("bn")  # moving statistics far from any batch's own
+    bn.moving_mean.assign(np.full(4, 0.7, "float32"))
+    bn.moving_variance.assign(np.full(4, 0.05, "float32"))
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x=x)
+    res = deploykit.convert(str(tmp_path / "m.keras"), ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=str(tmp_path / "d.npz"),
+                            out=tmp_path / "out", bench=False)
+    assert res.ok, [a["error"] for a in res.artifacts]
+    from ai_edge_litert.interpreter import Interpreter
+
+    expected = model.predict(x[:1], verbose=0)
+    run = Interpreter(str(res.out / "tflite-fp32" / "model.tflite")).get_signature_runner()
+    np.testing.assert_allclose(run(image=x[:1])["output_0"], expected, atol=1e-5)

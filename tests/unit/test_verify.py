@@ -560,3 +560,67 @@ def test_regression_targets_score_the_output_with_their_values_per_sample():
     assert target_output(outs, None) is None
     mae, rmse = target_errors(outs[1], y)
     assert mae == pytest.approx(1 / 3) and rmse == pytest.approx(np.sqrt(1 / 3))
+
+
+def test_headline_error_includes_the_batch_size_1_pass(tmp_path):
+    """A file whose outputs depend on the rest of the batch failed at batch size 1, while the table's
+    max abs error (from the batched pass) read 3e-7: the headline is now the worse of the two."""
+    import tensorflow as tf
+
+    from deploykit.runtime_bench.litert import LiteRTRunner
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def centre(x):  # minus the batch mean: 0 for any single sample
+        return {"y": x - tf.reduce_mean(x, axis=0, keepdims=True)}
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([centre.get_concrete_function()], centre)
+    path = tmp_path / "centre.tflite"
+    path.write_bytes(conv.convert())
+    runner = LiteRTRunner(path, threads=1)
+    runner.load()
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    reference = [np.concatenate([b - b.mean(axis=0, keepdims=True) for b in (x[:8], x[8:])])]  # as batches of 8 give
+    result = verify(runner, {"x": x}, reference, ["y"], Tolerance(), batch_check=8)
+    assert result["failures"] and "at batch size 1" in result["failures"][0]
+    batch1 = float(np.abs(reference[0][:8]).max())  # batch-1 outputs are 0
+    assert result["outputs"]["y"]["max_abs_error"] < 1e-5  # the batched pass alone matches
+    assert result["max_abs_error"] == pytest.approx(batch1, rel=1e-5)
+
+
+def test_few_column_outputs_hold_each_column_to_its_own_range():
+    """A (price, rating) head: int8's one output scale zeroed the 1-5 rating beside a 1e5 price, and the
+    whole output's range (5 % of ~9e4) let it pass."""
+    from deploykit.verify import _elementwise_failure
+
+    rng = np.random.default_rng(0)
+    ref = np.stack([rng.uniform(1e4, 1e5, 200), rng.uniform(1, 5, 200)], axis=1)
+    got = ref.copy()
+    got[:, 1] = 0.0  # the rating wiped out
+    tol = get_target("tflite-int8").tolerance
+    cmp = compare_outputs(ref, got, tol)
+    failure = _elementwise_failure(cmp, None)
+    assert failure and failure.startswith("column 1 is off by up to") and "one scale" in failure
+    ok = ref + np.array([2000.0, 0.1])  # within 5 % of each column's own range
+    assert compare_outputs(ref, ok, tol)["violations"] == 0
+    wide = rng.normal(size=(200, 32))  # an embedding: one range for all its columns
+    assert "worst_column" not in compare_outputs(wide, wide, tol)
+
+
+def test_one_sample_is_judged_against_its_own_size():
+    """A single sample has no range: 5 % of 0 failed every int8 regression file verified on one sample."""
+    tol = get_target("tflite-int8").tolerance
+    ref = np.array([[42.0]])
+    assert compare_outputs(ref, ref + 1.0, tol)["violations"] == 0
+    assert compare_outputs(ref, ref + 3.0, tol)["violations"] == 1
+
+
+def test_fp16_bound_scales_with_the_output():
+    """fp16 allowed a fixed 1e-2: outputs of ~1e-8 flushed to zero passed, and 1e4-range outputs failed
+    on the element nearest zero."""
+    tol = get_target("tflite-fp16").tolerance
+    tiny = np.linspace(1e-8, 3e-8, 16)[:, None]
+    assert compare_outputs(tiny, np.zeros_like(tiny), tol)["violations"] == 16
+    big = np.linspace(-1e4, 1e4, 17)[:, None]
+    assert compare_outputs(big, big + 5.0, tol)["violations"] == 0  # 0.03 % of the range
+    probs = np.array([[0.2, 0.8], [0.6, 0.4]])
+    assert compare_outputs(probs, probs + 0.005, tol)["violations"] == 0

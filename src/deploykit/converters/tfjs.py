@@ -197,11 +197,25 @@ def _optimized_graph(model: Any, target_name: str, fuse: bool) -> Any:
     return replace(cache[fuse], graph_def=copy, fusions=dict(cache[fuse].fusions))
 
 
+def _argument_name(name: str) -> str:
+    """The name tf.function gives an argument (a SavedModel signature key) for a Keras input name:
+    every character that is not a letter or digit becomes '_', and a name not starting with a letter
+    gets an 'arg_' prefix."""
+    swapped = "".join(c if c.isalnum() else "_" for c in name)
+    return swapped if swapped[:1].isalpha() else "arg_" + swapped
+
+
 def _declared_order(entries: dict[str, Any], declared: list[str]) -> dict[str, Any]:
-    """``entries`` keyed in the ``declared`` order (unchanged when the names differ)."""
-    if sorted(entries) != sorted(declared):
+    """``entries`` (keyed by SavedModel signature key) keyed by the ``declared`` names, in their order.
+
+    A Keras input named ``Pixel-Values`` has the signature key ``Pixel_Values``: the model.json keeps
+    the user's name (TF.js resolves a signature key to its node, whatever characters it holds), so
+    ``execute({'Pixel-Values': x})`` works as the report says; unchanged when the names do not match.
+    """
+    keys = [name if name in entries else _argument_name(name) for name in declared]
+    if sorted(keys) != sorted(entries) or len(set(keys)) != len(keys):
         return entries
-    return {name: entries[name] for name in declared}
+    return {name: entries[key] for name, key in zip(declared, keys)}
 
 
 def _sorted_keys(obj: Any) -> Any:
