@@ -939,3 +939,21 @@ def test_batchnorm_after_resizing_runs_in_inference_mode_in_every_artifact(tmp_p
     expected = model.predict(x[:1], verbose=0)
     run = Interpreter(str(res.out / "tflite-fp32" / "model.tflite")).get_signature_runner()
     np.testing.assert_allclose(run(image=x[:1])["output_0"], expected, atol=1e-5)
+
+
+def test_tfjs_keeps_input_names_the_savedmodel_sanitized(tmp_path):
+    """'zeta-in' became the signature key 'zeta_in': the model.json listed the inputs alphabetically
+    (alpha, zeta_in), verification fed them by position and failed a correct file, and the name the
+    report gave did not work in model.execute()."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="zeta-in"), keras.Input((4,), name="alpha")
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, keras.layers.Dense(4)(b)])))
+    rng = np.random.default_rng(0)
+    data = {"zeta-in": rng.normal(size=(32, 4)).astype("float32"), "alpha": rng.normal(size=(32, 4)).astype("float32")}
+    result = deploykit.convert(model, ["tfjs-fp32"], data=data, out=tmp_path / "o", bench=False)
+    assert result.ok, result.artifact("tfjs-fp32")["error"]
+    signature = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["signature"]
+    assert list(signature["inputs"]) == ["zeta-in", "alpha"]
+    assert result.artifact("tfjs-fp32")["settings"]["converter"]["input_names"] == ["zeta-in", "alpha"]
