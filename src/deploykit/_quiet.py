@@ -17,16 +17,26 @@ from typing import Iterator
 
 _ENV_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    "CUDA_VISIBLE_DEVICES": "-1",  # no GPU in CI; skip CUDA probing
     "GRPC_VERBOSITY": "ERROR",
     "ABSL_MIN_LOG_LEVEL": "2",
 }
+# Only the `deploy` process hides GPUs (it converts on the CPU, and CUDA probing is slow and noisy):
+# used as a library, hiding them would take the GPU from the user's own training in the same process.
+CLI_ENV_DEFAULTS = {"CUDA_VISIBLE_DEVICES": "-1"}
 
 
-def quiet_tensorflow_env() -> None:
-    """Set environment defaults that keep TensorFlow quiet; the user's own settings win."""
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+@contextlib.contextmanager
+def quiet_tensorflow_env() -> Iterator[None]:
+    """Environment defaults that keep TensorFlow quiet while it loads; the user's own settings win,
+    and the environment is as it was afterwards (the native libraries read it when they load)."""
+    added = [key for key in _ENV_DEFAULTS if key not in os.environ]
+    for key in added:
+        os.environ[key] = _ENV_DEFAULTS[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 class Captured:
@@ -64,8 +74,7 @@ def native_stderr_captured(enabled: bool = True) -> Iterator[Captured]:
 
 def import_tensorflow():
     """Import TensorFlow quietly and return the module."""
-    quiet_tensorflow_env()
-    with native_stderr_captured():
+    with quiet_tensorflow_env(), native_stderr_captured():
         import tensorflow as tf  # noqa: PLC0415
 
         tf.get_logger().setLevel("ERROR")

@@ -276,6 +276,10 @@ def main() -> None:
     """Console-script entry point: maps DeployError and usage errors to one line and exit code 2."""
     # Typer's click (vendored in newer typer) names its usage error only in BadParameter's bases.
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    from deploykit._quiet import _ENV_DEFAULTS, CLI_ENV_DEFAULTS
+
+    for key, value in {**_ENV_DEFAULTS, **CLI_ENV_DEFAULTS}.items():  # this process and its children are ours
+        os.environ.setdefault(key, value)
     try:
         code = app(standalone_mode=False, prog_name="deploy")
     except usage_error as exc:

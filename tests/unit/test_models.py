@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import zipfile
 
@@ -443,3 +444,18 @@ def test_a_model_path_that_is_not_a_regular_file_is_refused_before_reading(tmp_p
     link.symlink_to("/dev/zero")  # read whole, it grew to 24 GB before the OOM killer stopped it
     with pytest.raises(ModelLoadError, match="is not a regular file"):
         load_model(link)
+
+
+def test_importing_tensorflow_leaves_the_callers_environment_alone():
+    """Used as a library, deploykit set CUDA_VISIBLE_DEVICES=-1 (no GPU for the notebook's own training,
+    nor any subprocess it starts) and three log-level variables, for good."""
+    import subprocess
+    import sys
+
+    ours = ("CUDA_VISIBLE_DEVICES", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY", "ABSL_MIN_LOG_LEVEL")
+    code = ("import os\n"
+            "from deploykit._quiet import import_tensorflow; import_tensorflow()\n"  # TF sets a few of its own
+            f"print(sorted(k for k in {ours!r} if k in os.environ))")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-500:])

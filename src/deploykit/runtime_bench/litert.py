@@ -51,10 +51,9 @@ class LiteRTRunner:
         cannot prepare e.g. a 3x3 VALID conv. Such a model loads without delegates first
         (for its names and shapes) and is built with XNNPACK on the first real inputs.
         """
-        quiet_tensorflow_env()
         t0 = time.perf_counter()
         self._deferred = False
-        with native_stderr_captured() as cap:
+        with quiet_tensorflow_env(), native_stderr_captured() as cap:
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
             try:
