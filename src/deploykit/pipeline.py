@@ -363,7 +363,7 @@ class Pipeline:
         self.verify_samples = int(verify_samples)
         if progress is not None and not callable(progress):
             raise UserError(f"progress must be a function taking one message string (e.g. print), got {progress!r}")
-        self.progress = progress or (lambda msg: None)
+        self.progress = _caller_progress(progress) if progress else (lambda msg: None)
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
     # -------------------------------------------------------------------------------------
@@ -566,6 +566,9 @@ class Pipeline:
         # A model that cannot be cloned (subclassed, without a config that rebuilds it) is pruned in
         # place: when it is the caller's object, run() puts its weights back at the end.
         original = (loaded.keras_model, loaded.keras_model.get_weights()) if not isinstance(model, (str, Path)) else None
+        # Armed before training: an interrupt or error mid-fine-tune left the caller's model pruned.
+        # (Putting back weights a cloned prune never touched costs one set_weights.)
+        self._restore = original
         import warnings
 
         with warnings.catch_warnings():  # "pruned in place": the weights are put back (run())
@@ -574,8 +577,8 @@ class Pipeline:
                                      lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
                                                                            progress=progress, **self.prune_options))
         self.prune_report = report
-        if report.get("in_place") and original is not None:
-            self._restore = original
+        if not report.get("in_place"):
+            self._restore = None
         return pruned
 
     def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
@@ -749,10 +752,12 @@ class Pipeline:
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
-        except DeployError as exc:
-            artifact.status, artifact.error = "failed", str(exc)
         except Exception as exc:  # a converter/runtime crash fails this target, not the run
-            artifact.status, artifact.error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+            if getattr(exc, "_raised_by_progress", False):  # the caller's own callback: theirs to see
+                raise
+            artifact.status = "failed"
+            artifact.error = (str(exc) if isinstance(exc, DeployError)
+                              else f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}")
         # Runtimes name the file they were given: the temporary one. Users know the final name, and
         # a failed artifact is not kept: its name must not send them looking for it.
         shown = str(rel) if final.exists() else f"the converted {rel} (not kept)"
@@ -885,6 +890,26 @@ _FLOAT_INPUT_WAY_OUT = {
 
 PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",
                   "learning_rate", "loss", "validation_split", "seed")
+
+
+def _caller_progress(progress: ProgressFn) -> ProgressFn:
+    """The caller's progress callback, its exceptions marked: one raised inside a target's steps was
+    taken for a converter failure of that target, and the run went on (with ``force``, replacing the
+    previous run)."""
+
+    def call(msg: str) -> None:
+        try:
+            progress(msg)
+        except Exception as exc:
+            try:
+                exc._raised_by_progress = True  # type: ignore[attr-defined]
+            except AttributeError:  # an exception type without attributes: wrapped, cause kept
+                wrapped = DeployError(f"the progress callback raised {type(exc).__name__}: {exc}")
+                wrapped._raised_by_progress = True  # type: ignore[attr-defined]
+                raise wrapped from exc
+            raise
+
+    return call
 
 
 def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:

@@ -957,3 +957,22 @@ def test_tfjs_keeps_input_names_the_savedmodel_sanitized(tmp_path):
     signature = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["signature"]
     assert list(signature["inputs"]) == ["zeta-in", "alpha"]
     assert result.artifact("tfjs-fp32")["settings"]["converter"]["input_names"] == ["zeta-in", "alpha"]
+
+
+def test_an_exception_from_the_progress_callback_reaches_the_caller(tmp_path):
+    """Raised while a target converted, it was recorded as that target's failure and the run went on."""
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(msg):
+        if msg.endswith("verifying"):
+            raise Cancelled("user pressed cancel")
+
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    with pytest.raises(Cancelled, match="user pressed cancel"):
+        deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False, progress=progress)
+    assert not (tmp_path / "o").exists()

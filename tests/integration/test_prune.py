@@ -648,3 +648,38 @@ def test_a_classifier_trained_with_mse_is_still_scored_and_an_uncompiled_regress
     res = deploykit.convert(reg, ["tflite-fp32"], data=(digits.x_train, values), out=tmp_path / "reg", bench=False,
                             prune={"sparsity": 0.5, "epochs": 1, "loss": "mse"}, train_data=(digits.x_train, values))
     assert res.ok and res["steps"]["prune"]["report"]["score"] == "val_loss"
+
+
+def test_an_interrupted_prune_gives_the_callers_model_its_weights_back(tmp_path):
+    """The restore was armed only after the fine-tune: Ctrl-C (or any error) during its epochs left the
+    caller's in-memory subclassed model pruned in place."""
+    import keras
+
+    import deploykit
+
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 6)).astype("float32"), rng.integers(0, 3, 60)
+    model = Plain()
+    model(x[:1])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = [np.array(w) for w in model.get_weights()]
+    seen = []
+
+    def progress(msg):
+        seen.append(msg)
+        if "epoch 2" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "o", bench=False, progress=progress,
+                          prune={"sparsity": 0.8, "epochs": 4}, train_data=(x, y))
+    assert any("epoch 1" in m for m in seen), seen
+    assert all(np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
