@@ -601,17 +601,29 @@ class Pipeline:
         by their outputs, and their error against the targets is reported."""
         from deploykit.data import load_data
         from deploykit.optimize.prune import _loss_name, is_regression_loss
+        from deploykit.verify import label_classes
 
+        loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
         try:
-            return load_data(spec, specs, role=role)
+            labelled = load_data(spec, specs, role=role)
         except DataError:
-            loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
             if not is_regression_loss(loss, None) and loss is not None:
                 raise
             if loss is None:  # uncompiled: targets only when they fit a float output exactly
                 data = load_data(spec, specs, role=role, targets=True)
                 if data.y is None or not _fits_float_output(outputs, data.y):
                     raise
+        else:
+            # Whole-number 'y' read as labels. For a model trained with a regression loss they are its
+            # target values (counts, scores) unless they score a class output: a classifier trained
+            # with mse on one-hot rows keeps its accuracy.
+            described = [(tuple(o.shape), o.dtype) for o in outputs]
+            if (labelled.y is None or not is_regression_loss(loss, None)
+                    or label_classes(described, labelled.y) is not None):
+                return labelled
+            data = load_data(spec, specs, role=role, targets=True)
+            if not _fits_float_output(outputs, data.y):
+                return labelled
         data = load_data(spec, specs, role=role, targets=True)
         if data.y is not None:
             why = f"a model trained with {_loss_name(loss)}" if loss is not None else \

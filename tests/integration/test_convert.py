@@ -898,6 +898,11 @@ def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
     assert f"MAE {int8['mae']:.4g}" in text
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["data"]["targets"] is True
 
+    np.savez(tmp_path / "counts.npz", x=x, y=np.round(np.abs(y[:, 0]) * 10))  # whole numbers: read as labels before
+    counts = deploykit.convert(str(tmp_path / "reg.keras"), ["tflite-fp32"], data=str(tmp_path / "counts.npz"),
+                               out=tmp_path / "counts", bench=False).artifact("tflite-fp32")["verification"]
+    assert counts["reference_mae"] > 0 and "accuracy" not in counts
+
     bare = keras.Sequential.from_config(model.get_config())  # never compiled: no loss to say what 'y' are
     bare.set_weights(model.get_weights())
     bare.save(tmp_path / "bare.keras")
