@@ -130,7 +130,7 @@ def test_all_targets_run_manifest_and_reports(all_targets_run):
     assert m["model"]["kind"] == "keras3" and m["model"]["sha256"] and m["model"]["params"] > 0
     assert [p["class"] for p in m["model"]["preprocessing_layers"]] == ["Rescaling"]
     assert m["data"] == {"source": m["data"]["source"], "samples": 200, "eval_source": m["data"]["eval_source"],
-                         "eval_samples": 200, "labels": True}
+                         "eval_samples": 200, "labels": True, "targets": False}
     for step in ("load", "reference"):
         assert m["steps"][step]["peak_rss_bytes"] > 0
     md = result.report_path.read_text()
@@ -385,7 +385,7 @@ def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_pa
     noise = result["steps"]["reference"]["float32_noise"]
     assert len(noise) == 1 and list(noise.values())[0] > 1e-3  # vs ~1e-7 for a well-conditioned model
     ok, strict_art = result.artifact("tflite-fp32"), result.artifact("tflite-fp32-no-noise")
-    assert strict_art["status"] == "failed" and "exceeds the allowed" in strict_art["error"]
+    assert strict_art["status"] == "failed" and re.search("exceeds the allowed|is allowed", strict_art["error"])
     assert ok["status"] == "ok", ok["error"]
     assert ok["verification"]["max_abs_error"] == strict_art["verification"]["max_abs_error"]  # same file, same errors
     assert any("own float32 noise" in n for n in ok["verification"]["notes"])

@@ -66,6 +66,10 @@ def test_reported_arena_is_the_interpreters_own_and_sufficient(tflm_run):
 
     assert runs_in(-(-arena // 16) * 16)
     assert not runs_in(arena // 4)
+    # What firmware reads: to the byte in model_io.h and the report (a report's "4.1 KiB" was 42 bytes short)
+    header = (path.parent / "model_io.h").read_text()
+    assert re.search(rf"#define \w+_TENSOR_ARENA_SIZE {arena}\n", header)
+    assert f"tensor arena {arena:,} bytes" in (tflm_run.out / "report.md").read_text()
 
 
 @pytest.mark.skipif(GCC is None, reason="gcc is not installed")

@@ -191,10 +191,16 @@ def footprint_lines(manifest: Manifest) -> list[str]:
         heavy = ", ".join(f"{h['op']} {human_bytes(h['weight_bytes'])}" for h in fp.get("heaviest_layers", [])[:3])
         lines.append(
             f"- **{a.target}**: flash {human_bytes(fp.get('model_bytes'))}{flash_budget}; tensor arena "
-            f"{human_bytes(fp.get('arena_bytes'))}{ram_budget} (TFLite Micro's own allocation record, re-run in exactly "
-            f"that arena); heaviest layers: {heavy or '–'}"
+            f"{_exact_bytes(fp.get('arena_bytes'))}{ram_budget} (the smallest arena, in 16-byte steps, in which TFLite Micro's "
+            f"reference kernels allocated and ran the model here; `model_io.h` defines it; optimized kernels such as "
+            f"CMSIS-NN may need more: leave headroom); heaviest layers: {heavy or '–'}"
         )
     return lines
+
+
+def _exact_bytes(n: int | None) -> str:
+    """Bytes to the byte (an arena rounded to 0.1 KiB may be too small to allocate), then in KiB."""
+    return "–" if n is None else f"{n:,} bytes ({human_bytes(n)})"
 
 
 def _pct(x: float | None) -> str:
