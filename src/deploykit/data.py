@@ -138,12 +138,23 @@ def _check_expanded_size(path: Path, archive: Any, keys: list[str]) -> None:
                         "verification up to --verify-samples)")
 
 
+def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
+    """``x`` as one array per model input: a list/tuple in input order, a dict keyed by input name
+    (as ``model.fit`` takes a dict-input model's), or one array."""
+    if isinstance(x, dict):
+        missing = [n for n in input_names if n not in x]
+        if missing:
+            raise DataError(f"data: x is a dict with keys {sorted(x)}; it needs one array per model input, keyed "
+                            f"{', '.join(input_names)} (missing {', '.join(missing)})")
+        return [x[n] for n in input_names]
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
     if isinstance(obj, dict):
         y = obj.get("y")
         if "x" in obj:
-            x = obj["x"]
-            return (list(x) if isinstance(x, (list, tuple)) else [x]), y
+            return _inputs_of(obj["x"], input_names), y
         if all(n in obj for n in input_names):
             return [obj[n] for n in input_names], y
         raise DataError(f"data dict has keys {sorted(obj)}; needs 'x' (and optionally 'y')")
@@ -151,10 +162,18 @@ def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
         if len(obj) not in (1, 2):
             raise DataError(f"data tuple has {len(obj)} items; pass (x, y) or (x,), with x one array per model input")
         x, y = obj if len(obj) == 2 else (obj[0], None)
-        return (list(x) if isinstance(x, (list, tuple)) else [x]), y
+        return _inputs_of(x, input_names), y
+    if isinstance(obj, list) and len(input_names) == 1 and len(obj) == 2 and not _same_shape(obj):
+        raise DataError("data is a list of 2 arrays of different shapes for a model with one input; "
+                        "pass (x, y) as a tuple for inputs and labels, or x alone")
     if isinstance(obj, list) and (len(input_names) > 1 or (len(obj) == 1 and isinstance(obj[0], np.ndarray))):
         return obj, None  # one array per input, as Keras takes them ([x] for a single input too)
     return [obj], None
+
+
+def _same_shape(items: list[Any]) -> bool:
+    """The items stack into one array (a list of samples), unlike [x, y]."""
+    return len({np.shape(v) for v in items if isinstance(v, np.ndarray)} | {None for v in items if not isinstance(v, np.ndarray)}) <= 1
 
 
 def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False) -> Dataset:

@@ -446,3 +446,18 @@ def test_an_input_named_y_keyed_by_name_is_that_input(tmp_path, xy):
     np.savez(tmp_path / "numbered.npz", x0=x, x1=other, y=labels)  # numbered keys: 'y' are the labels
     ds = load_data(tmp_path / "numbered.npz", spec)
     assert np.array_equal(ds.y, labels)
+
+
+def test_x_as_a_dict_by_input_name_inside_a_tuple_or_dict(xy):
+    """(x_dict, y) is how model.fit takes a dict-input model's data; it was read as one array."""
+    x, y = xy
+    _check(load_data(({"pixels": x}, y), SPEC), x, y)
+    _check(load_data({"x": {"pixels": x}, "y": y}, SPEC), x, y)
+    with pytest.raises(DataError, match="keyed pixels"):
+        load_data(({"image": x}, y), SPEC)
+
+
+def test_a_list_of_x_and_y_for_a_one_input_model_says_pass_a_tuple(xy):
+    x, y = xy
+    with pytest.raises(DataError, match=r"pass \(x, y\) as a tuple"):
+        load_data([x, y], SPEC)
