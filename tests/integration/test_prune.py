@@ -683,3 +683,23 @@ def test_an_interrupted_prune_gives_the_callers_model_its_weights_back(tmp_path)
                           prune={"sparsity": 0.8, "epochs": 4}, train_data=(x, y))
     assert any("epoch 1" in m for m in seen), seen
     assert all(np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
+
+
+def test_prune_leaves_the_callers_random_streams_alone():
+    """prune() seeded NumPy and Python's global generators to 0: the notebook's next draws repeated."""
+    import random
+
+    import keras
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((60, 6)).astype("float32"), rng.integers(0, 3, 60)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    np.random.seed(1234)
+    random.seed(1234)
+    expected = (np.random.random(), random.random())
+    np.random.seed(1234)
+    random.seed(1234)
+    prune(model, (x, y), sparsity=0.5, epochs=1)
+    assert (np.random.random(), random.random()) == expected

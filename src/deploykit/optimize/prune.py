@@ -875,6 +875,29 @@ def check_fit_settings(*, learning_rate: Any = None, loss: Any = None, seed: Any
         raise UserError(f"validation_split must be in (0, 1), got {validation_split!r}")
 
 
+def keeps_global_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` with the caller's NumPy and Python random states put back afterwards.
+
+    A fine-tune seeds everything (``keras.utils.set_random_seed``) for repeatable runs; without
+    this, the notebook's own ``np.random``/``random`` streams restarted from that seed after every
+    prune. (TensorFlow's global op seed has no getter to restore: it stays as the fine-tune set it.)
+    """
+    import functools
+    import random
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    return wrapper
+
+
+@keeps_global_rng
 def prune(
     model: Any,
     train_data: Any,
@@ -929,7 +952,8 @@ def prune(
         compile_config: Compile settings of the saved model (:func:`read_compile_config`);
             default: the in-memory model's own, when it is compiled.
         progress: Called with one line per epoch.
-        seed: Seeds the split, the shuffling and Keras.
+        seed: Seeds the split, the shuffling and Keras (the caller's NumPy and Python random states are
+            put back afterwards; TensorFlow's global seed stays set).
 
     Returns:
         :class:`PruneResult` with ``.model`` (same Keras as the input, no wrappers, same

@@ -373,6 +373,7 @@ def _keep_zeros_callback(base: type, qmodel: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- API
+@_ft.keeps_global_rng
 def quantize_aware(
     model: Any,
     train_data: Any,
