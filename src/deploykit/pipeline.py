@@ -260,9 +260,16 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
     if isinstance(targets, (bytes, dict)) or not isinstance(targets, Iterable):
         raise UserError(f"targets must be a target name or a list of them, e.g. ['tflite-int8'], got "
                         f"{type(targets).__name__} {targets!r}")
+    from deploykit.targets import _builtins
+
     resolved: list[Target] = []
     for t in targets:
         target = get_target(t)
+        builtin = _builtins().get(target.name)
+        if builtin is not None and target != builtin:
+            # Its artifacts would sit under that name and read as the built-in profile's (a TOML file is refused the same way).
+            raise UserError(f"target {target.name!r} is a built-in profile's name but has other settings; give your "
+                            f"Target its own name, e.g. dataclasses.replace(target, name=\"{target.name}-custom\")")
         same = next((r for r in resolved if r.name == target.name), None)
         if same is None:
             resolved.append(target)

@@ -535,3 +535,25 @@ def test_bench_settings_take_numpy_integers_as_ints():
 
     b = BenchSettings(threads=np.int64(3), iterations=np.int32(7))
     assert (b.threads, b.iterations) == (3, 7) and type(b.threads) is int
+
+
+def test_a_target_built_in_python_takes_the_closest_builtin_tolerance_like_a_toml_file():
+    """Built in Python, an int8 Target was judged by float32 bounds (and failed a 99.5 %-agreeing file);
+    the same fields in a .toml took tflite-int8's."""
+    from deploykit.targets import Target
+
+    board = Target(name="board", format="tflite", precision="int8", weights="int8", activations="int8", io="int8")
+    assert board.tolerance == get_target("tflite-int8-io").tolerance and board.bench == get_target("tflite-int8-io").bench
+    own = Target(name="mine", format="tflite", precision="int8", weights="int8", activations="int8",
+                 tolerance=Tolerance(atol=0.5))
+    assert own.tolerance == Tolerance(atol=0.5)  # given: kept
+
+
+def test_a_python_target_reusing_a_builtin_name_with_other_settings_is_refused():
+    from deploykit.errors import UserError
+    from deploykit.pipeline import Pipeline
+
+    loose = dataclasses.replace(get_target("tflite-int8"), tolerance=Tolerance(atol=10, min_agreement=0.0))
+    with pytest.raises(UserError, match="built-in profile's name"):
+        Pipeline([loose])
+    Pipeline([dataclasses.replace(loose, name="tflite-int8-loose")])  # its own name: fine

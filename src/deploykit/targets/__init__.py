@@ -198,8 +198,10 @@ class Target:
     description: str = ""
     runtime: str = ""
     calibration_samples: int = 200
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    bench: BenchSettings = field(default_factory=BenchSettings)
+    # None: those of the closest built-in profile (as for a TOML target file), so an int8 Target built
+    # in Python is judged like tflite-int8, not by float32 bounds that fail every quantized output.
+    tolerance: Tolerance = None  # type: ignore[assignment]
+    bench: BenchSettings = None  # type: ignore[assignment]
     options: Mapping[str, Any] = field(default_factory=dict)
     candidates: tuple[str, ...] = ()
     select_by: str = "speed"
@@ -246,6 +248,14 @@ class Target:
             raise TargetError(
                 f"{where}: TFLite Micro targets are full int8: set weights, activations and io to \"int8\""
             )
+        if self.tolerance is None or self.bench is None:
+            like = None if _LOADING_BUILTINS else _closest_builtin(
+                {"format": self.format, "precision": self.precision, "weights": self.weights,
+                 "activations": self.activations, "io": self.io})
+            if self.tolerance is None:
+                object.__setattr__(self, "tolerance", like.tolerance if like else Tolerance())
+            if self.bench is None:
+                object.__setattr__(self, "bench", like.bench if like else BenchSettings())
         if not _is_int(self.calibration_samples) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
@@ -371,12 +381,20 @@ def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, A
     return out
 
 
+_LOADING_BUILTINS = False  # the built-in profiles themselves take the plain defaults
+
+
 @functools.lru_cache(maxsize=1)
 def _builtins() -> dict[str, Target]:
+    global _LOADING_BUILTINS
     path = Path(__file__).with_name("builtin.toml")
     with path.open("rb") as fh:
         table = tomllib.load(fh)
-    return {name: Target.from_dict(name, entry, source=path.name) for name, entry in table.items()}
+    _LOADING_BUILTINS = True
+    try:
+        return {name: Target.from_dict(name, entry, source=path.name) for name, entry in table.items()}
+    finally:
+        _LOADING_BUILTINS = False
 
 
 def list_targets() -> list[Target]:
