@@ -259,7 +259,8 @@ def inspect(
     console.print(f"{info.name or model} ({info.kind}), {info.params if info.params is not None else '?'} parameters", highlight=False)
     for label, specs in (("input", info.inputs), ("output", info.outputs)):
         for s in specs:
-            console.print(f"  {label:6} {s.name}: shape {tuple(s.shape)} {s.dtype}", highlight=False)
+            keras = f" (Keras '{s.keras_name}')" if getattr(s, "keras_name", "") and s.keras_name != s.name else ""
+            console.print(f"  {label:6} {s.name}{keras}: shape {tuple(s.shape)} {s.dtype}", highlight=False)
     if info.preprocessing_layers:
         console.print("  preprocessing: " + ", ".join(f"{p['class']} ({p['name']})" for p in info.preprocessing_layers), highlight=False)
     elif info.kind == "saved_model":

@@ -43,9 +43,15 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    # An output's Keras name when the artifacts call it otherwise: Keras 3's export names a list of
+    # outputs output_0, output_1..., and the user's 'cls'/'value' heads were told apart by nothing.
+    keras_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.keras_name and self.keras_name != self.name:
+            out["keras_name"] = self.keras_name
+        return out
 
 
 @dataclass
@@ -525,8 +531,11 @@ class LoadedModel:
             pairs = sorted(struct.items(), key=lambda kv: natural_key(kv[0]))
             outputs = [TensorSpec(k, tuple(t.shape), _dtype_name(t.dtype)) for k, t in pairs]
         else:
+            names = list(getattr(m, "output_names", None) or [])
+            names = names if len(names) == len(m.outputs) else [""] * len(m.outputs)
             outputs = [
-                TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype)) for i, t in enumerate(m.outputs)
+                TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype), keras_name=str(k))
+                for i, (t, k) in enumerate(zip(m.outputs, names))
             ]
         layers, pre = [], []
         for layer in _flat_layers(m):

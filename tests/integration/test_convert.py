@@ -981,3 +981,18 @@ def test_an_exception_from_the_progress_callback_reaches_the_caller(tmp_path):
     with pytest.raises(Cancelled, match="user pressed cancel"):
         deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False, progress=progress)
     assert not (tmp_path / "o").exists()
+
+
+def test_each_output_says_which_keras_output_it_is(tmp_path):
+    """Keras 3's export names a list of outputs output_0, output_1: the manifest, the report and
+    `deploy inspect` now say which Keras output ('cls', 'value') each one is."""
+    import keras
+
+    inp = keras.Input((4,), name="x")
+    h = keras.layers.Dense(8)(inp)
+    model = keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="cls")(h), keras.layers.Dense(1, name="value")(h)])
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
+    outs = result["model"]["outputs"]
+    assert [(o["name"], o.get("keras_name")) for o in outs] == [("output_0", "cls"), ("output_1", "value")]
+    assert "`output_0` (Keras `cls`) (None, 3), `output_1` (Keras `value`) (None, 1)" in (result.out / "report.md").read_text()

@@ -10,13 +10,19 @@ def _inputs(model: dict) -> str:
     return ", ".join(f"`{i['name']}` {tuple(i['shape'])}" for i in model.get("inputs", []))
 
 
+def _outputs(model: dict) -> str:
+    """Each output as the artifacts name it, with the Keras name it stands for."""
+    return ", ".join(f"`{o['name']}`" + (f" (Keras `{o['keras_name']}`)" if o.get("keras_name") else "")
+                     + f" {tuple(o['shape'])}" for o in model.get("outputs", []))
+
+
 def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     m = manifest.model
     lines = [
         f"# deploykit report: {m.get('name') or m.get('source')}",
         "",
         f"Model `{m.get('source')}` ({m.get('kind')}, {m.get('params') or '?'} parameters); "
-        f"inputs {_inputs(m)}.",
+        f"inputs {_inputs(m)}" + (f"; outputs {_outputs(m)}." if m.get("outputs") else "."),
     ]
     if m.get("preprocessing_layers"):
         lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
