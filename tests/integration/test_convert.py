@@ -840,6 +840,8 @@ def test_every_format_keeps_the_models_input_and_output_order(tmp_path):
         assert result.artifact(target)["settings"]["converter"]["output_names"] == ["output_0", "output_1"]
     header = (result.out / "tflm-int8" / "model_io.h").read_text()
     assert re.search(r"// output 0: 'output_0' shape \(1, 10\)", header)
+    line = next(ln for ln in (result.out / "report.md").read_text().splitlines() if ln.startswith("- **tflm-int8**: input"))
+    assert line.index("input `feat`") < line.index("input `aux`")  # index order, as model_io.h numbers them
 
 
 def test_int8_failure_on_a_normalization_with_constant_features_names_them(tmp_path, digits):

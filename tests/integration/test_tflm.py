@@ -269,10 +269,11 @@ def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
     header = (result.out / "tflm-int8" / "model_io.h").read_text()  # ids are not quantized: no SCALE to divide by
     assert "'tokens' shape (1, 10) int32 (not quantized: pass the values as they are)" in header
     assert "INPUT0_SCALE" not in header and "OUTPUT0_SCALE" in header
-    # the report gives the int8 output's scale and zero point, the ids input has none
+    # the report gives the int8 output's scale and zero point, and says the ids input stays int32, unquantized
     report = (result.out / "report.md").read_text()
     assert "## Integer inputs and outputs (scale, zero point)" in report
-    assert re.search(r"output `output_0` int8: x = \(q [+-] \d+\) × [0-9.e-]+", report) and "input `tokens`" not in report
+    assert re.search(r"output `output_0` int8: x = \(q [+-] \d+\) × [0-9.e-]+", report)
+    assert "input `tokens` int32: the values as they are (not quantized)" in report
 
 
 def test_a_per_step_dense_tagger_runs_on_tflite_micro(tmp_path):

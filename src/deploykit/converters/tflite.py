@@ -165,15 +165,19 @@ def _io_names(flatbuffer: bytes) -> dict[str, list[str]]:
 
     names = {"input_names": in_index_order(runner.get_input_details(), interp.get_input_details()),
              "output_names": in_index_order(runner.get_output_details(), interp.get_output_details())}
-    # Integer inputs and outputs (int8 I/O): what a caller needs to quantize inputs and read outputs.
+    # Integer inputs and outputs (int8 I/O): what a caller needs to quantize inputs and read outputs,
+    # in tensor index order (listed by name, input 0 of a firmware harness read the wrong scale).
+    # Integer inputs without a scale (token ids) are listed too: they stay int32, whatever "int8 I/O" says.
     quantized = {}
-    for role, details in (("input", runner.get_input_details()), ("output", runner.get_output_details())):
-        for name, d in details.items():
+    for role, details, all_details in (("input", runner.get_input_details(), interp.get_input_details()),
+                                       ("output", runner.get_output_details(), interp.get_output_details())):
+        for name in in_index_order(details, all_details):
+            d = details[name]
             scale, zero_point = d.get("quantization", (0.0, 0))
-            if np.dtype(d["dtype"]).kind in "iu" and scale:
+            if np.dtype(d["dtype"]).kind in "iu" and (scale or role == "input"):
                 quantized[f"{role} {name}"] = {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale),
                                                "zero_point": int(zero_point)}
-    if quantized:
+    if any(q["scale"] for q in quantized.values()):
         names["io_quantization"] = quantized
     return names
 
