@@ -377,9 +377,16 @@ class Pipeline:
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""
         self._restore: tuple[Any, list[np.ndarray]] | None = None
+        import logging
+
+        root_handlers = list(logging.root.handlers)
         try:
             return self._run(model)
         finally:
+            # TensorFlow's export logs through absl, which calls logging.basicConfig() on the root logger:
+            # the caller's own basicConfig(filename=...) afterwards did nothing. Handlers it added go.
+            for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+                logging.root.removeHandler(handler)
             if self._restore is not None:  # the caller's model, pruned in place, gets its weights back
                 keras_model, weights = self._restore
                 keras_model.set_weights(weights)

@@ -997,4 +997,20 @@ def test_each_output_says_which_keras_output_it_is(tmp_path):
     result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
     outs = result["model"]["outputs"]
     assert [(o["name"], o.get("keras_name")) for o in outs] == [("output_0", "cls"), ("output_1", "value")]
-    assert "`output_0` (Keras `cls`) (None, 3), `output_1` (Keras `value`) (None, 1)" in (result.out / "report.md").read_text()
+    text = (result.out / "report.md").read_text()
+    assert "`output_0` (Keras `cls`) (None, 3) float32, `output_1` (Keras `value`) (None, 1) float32" in text
+    assert "inputs `x` (None, 4) float32;" in text
+
+
+def test_convert_leaves_the_root_logger_to_the_caller(tmp_path):
+    """TensorFlow's export (through absl) ran logging.basicConfig(): the caller's own basicConfig(filename=...)
+    afterwards silently did nothing. Checked in a fresh process, where no handler exists before."""
+    import subprocess
+    import sys
+
+    code = ("import logging, numpy as np, keras, deploykit\n"
+            "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
+            f"deploykit.convert(m, ['tflite-fp32'], data=np.ones((8, 4), 'float32'), out={str(tmp_path / 'o')!r}, bench=False)\n"
+            "print(len(logging.root.handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.stdout.strip().splitlines()[-1:] == ["0"], (out.stdout, out.stderr[-800:])

@@ -7,13 +7,13 @@ from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, ta
 
 
 def _inputs(model: dict) -> str:
-    return ", ".join(f"`{i['name']}` {tuple(i['shape'])}" for i in model.get("inputs", []))
+    return ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i.get('dtype', '')}".rstrip() for i in model.get("inputs", []))
 
 
 def _outputs(model: dict) -> str:
     """Each output as the artifacts name it, with the Keras name it stands for."""
     return ", ".join(f"`{o['name']}`" + (f" (Keras `{o['keras_name']}`)" if o.get("keras_name") else "")
-                     + f" {tuple(o['shape'])}" for o in model.get("outputs", []))
+                     + f" {tuple(o['shape'])} {o.get('dtype', '')}".rstrip() for o in model.get("outputs", []))
 
 
 def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
