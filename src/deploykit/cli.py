@@ -59,6 +59,7 @@ def convert(
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed runs before timing."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed runs."),
     verify_samples: int = typer.Option(1000, "--verify-samples", help="Verify at most this many samples."),
+    label_output: Optional[str] = typer.Option(None, "--label-output", help="The output the labels 'y' score (output_1, or its Keras name); default: the first that fits them."),
     no_bench: bool = typer.Option(False, "--no-bench", help="Verify only; skip benchmarks."),
     prune: Optional[float] = typer.Option(None, "--prune", help="Prune to this sparsity (e.g. 0.8 zeroes 80% of each prunable kernel) while fine-tuning on --train-data, then convert the pruned model."),
     prune_schedule: str = typer.Option("polynomial", "--prune-schedule", help="polynomial (sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
@@ -120,7 +121,7 @@ def convert(
             target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
             threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
             bench=not no_bench, progress=progress,
-            prune=prune_settings, train_data=train_data, qat=qat_settings,
+            prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
         )
         try:
             result = pipeline.run(model)

@@ -308,6 +308,8 @@ class Pipeline:
             ``batch_size``, ``patience``, ``learning_rate``, ``loss``, ``validation_split``,
             ``seed``). With ``prune`` too, the pruned model gets sparsity-preserving QAT.
         train_data: Labelled training data for the pruning / QAT fine-tune (``.npz`` with x, y).
+        label_output: The output the labels (or regression targets) of the evaluation data score, by
+            its artifact name (``output_1``) or its Keras name; default: the first that fits them.
 
     Example:
         >>> Pipeline(["tflite-fp32", "tflite-int8"], data="calib.npz", out="build").run("model.keras")
@@ -331,6 +333,7 @@ class Pipeline:
         prune: Any = None,
         train_data: Any = None,
         qat: Any = None,
+        label_output: str | None = None,
     ):
         for flag, value in (("force", force), ("trust_model", trust_model), ("bench", bench)):
             if not isinstance(value, (bool, np.bool_)):  # "no" from a config file would mean yes
@@ -354,6 +357,10 @@ class Pipeline:
                     "tflite-int8, tflm-int8, onnx-int8-qop, or drop --qat"
                 )
         self.train_data = train_data
+        if label_output is not None and not isinstance(label_output, str):
+            raise UserError(f"label_output must be an output's name, e.g. 'output_1', got {label_output!r}")
+        self.label_output = label_output
+        self._label_index: int | None = None
         self.prune_report: dict[str, Any] | None = None
         self.qat_report: dict[str, Any] | None = None
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
@@ -418,6 +425,7 @@ class Pipeline:
         _check_numeric_inputs(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
+        self._label_index = _label_output_index(self.label_output, outputs)
         calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
         evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
                  else calib)
@@ -432,18 +440,18 @@ class Pipeline:
         from deploykit.verify import label_classes, labels_fit
 
         described = [(tuple(o.shape), o.dtype) for o in outputs]
-        if not labels_fit(described, evald.y):
+        if not labels_fit(described, evald.y, self._label_index):
             raise DataError(
                 f"{evald.source}: labels 'y' of shape {evald.y.shape} give a class per position, and no output has "
                 f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in outputs)}); pass "
                 "labels of the output's shape, one class per sample (N,), or leave 'y' out")
-        check_label_range(evald, label_classes(described, evald.y))
+        check_label_range(evald, label_classes(described, evald.y, self._label_index))
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
-            dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
+            dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
             loaded = self._prune(model, loaded, steps)
             specs = loaded.inputs
         if self.qat_options is not None:  # the QAT model (fake-quant ops) is what gets converted and verified
-            pre_qat_accuracy = _accuracy(loaded.predict(evald.x), evald.y)
+            pre_qat_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
             loaded = self._qat(model, loaded, steps)
             specs = loaded.inputs
 
@@ -465,7 +473,7 @@ class Pipeline:
                 steps["reference"]["float32_noise"] = dict(zip(output_names, reference_noise(loaded.predict, evald.x, reference)))
             return list(steps["reference"]["float32_noise"].values())
 
-        final_accuracy = _accuracy(reference, evald.y)
+        final_accuracy = _accuracy(reference, evald.y, self._label_index)
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
             pruned_accuracy = pre_qat_accuracy if self.qat_report is not None else final_accuracy
             self.prune_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": dense_accuracy,
@@ -633,7 +641,7 @@ class Pipeline:
             # with mse on one-hot rows keeps its accuracy.
             described = [(tuple(o.shape), o.dtype) for o in outputs]
             if (labelled.y is None or not is_regression_loss(loss, None)
-                    or label_classes(described, labelled.y) is not None):
+                    or label_classes(described, labelled.y, self._label_index) is not None):
                 return labelled
             data = load_data(spec, specs, role=role, targets=True)
             if not _fits_float_output(outputs, data.y):
@@ -737,7 +745,7 @@ class Pipeline:
                     init_s = runner.load()
                     artifact.verification = verify(
                         runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
-                        targets=evald.targets,
+                        targets=evald.targets, label_output=self._label_index,
                     )
                 artifact.steps["verify"] = mem.to_dict()
                 if conv_settings.get("note"):  # what the converter did that the target's name does not say
@@ -982,11 +990,22 @@ def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, An
     return dict(prune)
 
 
-def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
+def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:
     """Top-1 accuracy of the output the labels score (:func:`deploykit.verify.scored_output`), or None."""
     from deploykit.verify import label_accuracy
 
-    return label_accuracy(outputs, labels)
+    return label_accuracy(outputs, labels, only)
+
+
+def _label_output_index(name: str | None, outputs: Sequence[Any]) -> int | None:
+    """Index of the output ``label_output`` names (artifact name or Keras name); None when not given."""
+    if name is None:
+        return None
+    for i, o in enumerate(outputs):
+        if name in (o.name, getattr(o, "keras_name", "")):
+            return i
+    known = ", ".join(o.name + (f" ({o.keras_name})" if getattr(o, "keras_name", "") else "") for o in outputs)
+    raise UserError(f"--label-output {name!r} is not an output of this model; its outputs: {known}")
 
 
 QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
@@ -1144,7 +1163,7 @@ def convert(
         out: Output directory.
         **options: ``eval_data``, ``force``, ``trust_model``, ``threads``, ``warmup``,
             ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``, ``qat``,
-            ``train_data`` (see :class:`Pipeline`).
+            ``train_data``, ``label_output`` (see :class:`Pipeline`).
 
     Returns:
         A :class:`ConvertResult`; ``result.manifest`` is the content of ``manifest.json``.

@@ -30,11 +30,15 @@ def classifier_outputs(shapes_dtypes: Sequence[tuple[tuple, str]]) -> list[int]:
             if len(sh) == 2 and sh[1] and sh[1] > 1 and "float" in str(dt) and tuple(sh) not in ints]
 
 
-def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None) -> int | None:
+def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None,
+                  only: int | None = None) -> int | None:
     """How many classes the output that labels would score has, from the model's declared output
-    shapes (None: unknown, or no such output): what the labels' range is checked against."""
+    shapes (None: unknown, or no such output): what the labels' range is checked against.
+    ``only``: the output the user named."""
     if labels is None:
         return None
+    if only is not None:
+        return label_classes([shapes_dtypes[only]], labels)
     if np.ndim(labels) > 1:  # a class per position: a float (N, *S, C) output
         for sh, dt in shapes_dtypes:
             if "float" in str(dt) and _same_positions(sh[1:-1], labels) and sh[-1] and sh[-1] > 1:
@@ -44,12 +48,13 @@ def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray
     return int(shapes_dtypes[classifiers[0]][0][1]) if classifiers else None
 
 
-def labels_fit(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None) -> bool:
+def labels_fit(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None, only: int | None = None) -> bool:
     """False when labels with a class per position (N, *S) match no output's shape: a float
     (N, *S, C) output, or an integer class map (N, *S) (declared None dimensions match any size).
     Labels with one class per sample always fit (an unscored output is said in the notes)."""
     if labels is None or np.ndim(labels) < 2:
         return True
+    shapes_dtypes = shapes_dtypes if only is None else [shapes_dtypes[only]]
     return any(_same_positions(sh[1:-1] if "float" in str(dt) else sh[1:], labels) for sh, dt in shapes_dtypes)
 
 
@@ -59,8 +64,10 @@ def _same_positions(dims: Sequence[Any], labels: np.ndarray) -> bool:
     return len(dims) == len(want) and all(d is None or d == w for d, w in zip(dims, want))
 
 
-def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> int | None:
+def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> int | None:
     """Index of the output that labels score, or None.
+
+    ``only``: the output the user named (``label_output``): it is scored when the labels fit it.
 
     Labels with one class per sample, shape (N,), score the first multi-class
     output (rank 2, more than one column: top-1 of its probabilities or logits);
@@ -74,6 +81,8 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
     """
     if labels is None:
         return None
+    if only is not None:
+        return only if scored_output([outputs[only]], labels) == 0 else None
     labels = np.asarray(labels)
     arrays = [np.asarray(o) for o in outputs]
     binary_labels = len(labels) > 0 and bool(np.isin(labels, (0, 1)).all())
@@ -97,20 +106,23 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> i
     return None
 
 
-def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None) -> float | None:
+def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:
     """Share of labels (per sample, or per position) that the scored output's classes match, or None
     when no output is scored (see :func:`scored_output`)."""
-    i = scored_output(outputs, labels)
+    i = scored_output(outputs, labels, only)
     if i is None:
         return None
     return float(np.mean(predicted_classes(outputs[i], np.shape(labels)) == labels))
 
 
-def target_output(outputs: Sequence[np.ndarray], targets: np.ndarray | None) -> int | None:
+def target_output(outputs: Sequence[np.ndarray], targets: np.ndarray | None, only: int | None = None) -> int | None:
     """Index of the output that regression target values score: the first float output with as many
-    values per sample as the targets ((N,) targets score an (N, 1) output too), or None."""
+    values per sample as the targets ((N,) targets score an (N, 1) output too), or None.
+    ``only``: the output the user named."""
     if targets is None:
         return None
+    if only is not None:
+        return only if target_output([outputs[only]], targets) == 0 else None
     per = int(np.prod(np.shape(targets)[1:], dtype=np.int64))
     for i, out in enumerate(outputs):
         if (np.issubdtype(np.asarray(out).dtype, np.floating) and len(out) == len(targets)
@@ -132,9 +144,9 @@ NOTABLE_ERROR_INCREASE = 0.2
 
 
 def _score_targets(result: dict[str, Any], reference: Sequence[np.ndarray], got: dict[str, np.ndarray],
-                   names: list[str], targets: np.ndarray) -> None:
+                   names: list[str], targets: np.ndarray, only: int | None = None) -> None:
     """Regression targets: the reference's and the artifact's MAE/RMSE against them, in ``result``."""
-    i = target_output(reference, targets)
+    i = target_output(reference, targets, only)
     if i is None:
         result.setdefault("notes", []).append(
             f"target values of shape {np.shape(targets)} were not used: no float output has "
@@ -474,6 +486,7 @@ def verify(
     batch_check: int = DEFAULT_BATCH_CHECK,
     noise: Sequence[float] | Callable[[], Sequence[float]] | None = None,
     targets: np.ndarray | None = None,
+    label_output: int | None = None,
 ) -> dict[str, Any]:
     """Check an artifact against reference outputs on the same raw inputs.
 
@@ -500,13 +513,15 @@ def verify(
         targets: Optional regression target values (used when there are no labels): the reference's
             and the artifact's mean absolute and RMS error against them are reported, with a note
             when the artifact's is over 20 % higher; parity decides pass or fail.
+        label_output: Index of the output labels (or targets) score, when the user named one;
+            default: the first that fits them (:func:`scored_output`).
 
     Returns:
         Per-output errors, accuracy/agreement, ``passed`` and the list of ``failures``.
     """
     result: dict[str, Any] = {"samples": len(reference[0]), "outputs": {}, "failures": []}
     names = list(output_names)
-    scored = scored_output(reference, labels)
+    scored = scored_output(reference, labels, label_output)
     known_noise: dict[str, float] | None = None if callable(noise) else dict(zip(names, noise or [0.0] * len(names)))
 
     def compare(ref: np.ndarray, got_out: np.ndarray, name: str) -> dict[str, Any]:
@@ -634,8 +649,12 @@ def verify(
                 f"(allowed: {tolerance.max_accuracy_drop} points)"
             )
     if targets is not None and labels is None:
-        _score_targets(result, reference, got, names, targets)
-    if labels is not None and scored is None:
+        _score_targets(result, reference, got, names, targets, label_output)
+    if labels is not None and scored is None and label_output is not None:
+        result.setdefault("notes", []).append(
+            f"labels of shape {np.shape(labels)} were not used: output {names[label_output]!r} (the label output "
+            "asked for) gives no class where they do")
+    elif labels is not None and scored is None:
         result.setdefault("notes", []).append(
             f"labels of shape {np.shape(labels)} were not used: no output gives a class where they do (one class "
             "per sample: (N, classes), an argmax (N,), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: "

@@ -140,6 +140,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         # click's usage errors were four lines (usage, hint, blank, error)
         "usage_bad_number": ["convert", m, "-t", "tflite-fp32", "--prune", "abc"],
         "usage_unknown_command": ["convrt", m],
+        "unknown_label_output": ["convert", m, "-t", "tflite-fp32", "--data", c["data"], "--label-output", "head"],
     }
 
 
@@ -367,6 +368,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("saved_model_prune", ["pruning fine-tunes a Keras model", "not a SavedModel"]),
         ("usage_bad_number", ["Invalid value for '--prune'", "(see 'deploy convert --help')"]),
         ("usage_unknown_command", ["No such command 'convrt'", "(see 'deploy --help')"]),
+        ("unknown_label_output", ["--label-output 'head' is not an output of this model; its outputs: output_0"]),
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):

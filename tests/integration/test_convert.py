@@ -1014,3 +1014,30 @@ def test_convert_leaves_the_root_logger_to_the_caller(tmp_path):
             "print(len(logging.root.handlers))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.stdout.strip().splitlines()[-1:] == ["0"], (out.stdout, out.stderr[-800:])
+
+
+def test_label_output_chooses_the_head_the_labels_score(tmp_path):
+    """Labels always scored the first classifier output: parity labels were scored against a 10-class
+    digit head (18 % "accuracy", no warning). label_output names the head, by artifact or Keras name."""
+    import keras
+
+    from deploykit.errors import UserError
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(10, activation="softmax", name="digit")(h),
+                              keras.layers.Dense(2, activation="softmax", name="parity")(h)])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 2, 64)
+    expected = float(np.mean(model.predict(x, verbose=0)[1].argmax(axis=1) == y))
+    for name in ("parity", "output_1"):
+        v = deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / name, bench=False,
+                              label_output=name).artifact("tflite-fp32")["verification"]
+        assert v["scored_output"] == "output_1" and v["reference_accuracy"] == pytest.approx(expected)
+    default = deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "d", bench=False)
+    assert default.artifact("tflite-fp32")["verification"]["scored_output"] == "output_0"
+    with pytest.raises(UserError, match="'head' is not an output of this model; its outputs: output_0 \\(digit\\)"):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "e", bench=False, label_output="head")
+    assert not (tmp_path / "e").exists()
