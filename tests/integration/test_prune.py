@@ -493,13 +493,9 @@ def test_keras3_pruning_keeps_an_adapted_normalization():
     assert report["accuracy_after"] >= report["accuracy_before"] - 0.05, report
 
 
-@pytest.mark.parametrize("kind", ["functional", "subclassed"])
-def test_convert_with_pruning_leaves_the_callers_model_as_it_was(tmp_path, kind):
-    """A renamed Input in the clone sent functional models down the in-place path, and a subclassed
-    model (no config to rebuild it) is pruned in place: both came back to the caller pruned."""
+def _plain_subclassed_model():
+    """A subclassed Keras 3 model without a config: pruning cannot clone it, so it is pruned in place."""
     import keras
-
-    import deploykit
 
     class Plain(keras.Model):
         def __init__(self):
@@ -509,10 +505,21 @@ def test_convert_with_pruning_leaves_the_callers_model_as_it_was(tmp_path, kind)
         def call(self, x):
             return self.out(self.hidden(x))
 
+    return Plain()
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_convert_with_pruning_leaves_the_callers_model_as_it_was(tmp_path, kind):
+    """A renamed Input in the clone sent functional models down the in-place path, and a subclassed
+    model (no config to rebuild it) is pruned in place: both came back to the caller pruned."""
+    import keras
+
+    import deploykit
+
     rng = np.random.default_rng(0)
     x, y = rng.random((60, 6)).astype("float32"), rng.integers(0, 3, 60)
     if kind == "subclassed":
-        model = Plain()
+        model = _plain_subclassed_model()
         model(x[:1])
     else:
         inp = keras.Input((6,))
@@ -657,17 +664,9 @@ def test_an_interrupted_prune_gives_the_callers_model_its_weights_back(tmp_path)
 
     import deploykit
 
-    class Plain(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.hidden, self.out = keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3, activation="softmax")
-
-        def call(self, x):
-            return self.out(self.hidden(x))
-
     rng = np.random.default_rng(0)
     x, y = rng.random((60, 6)).astype("float32"), rng.integers(0, 3, 60)
-    model = Plain()
+    model = _plain_subclassed_model()
     model(x[:1])
     model.compile("adam", "sparse_categorical_crossentropy")
     before = [np.array(w) for w in model.get_weights()]
