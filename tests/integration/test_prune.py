@@ -660,8 +660,6 @@ def test_a_classifier_trained_with_mse_is_still_scored_and_an_uncompiled_regress
 def test_an_interrupted_prune_gives_the_callers_model_its_weights_back(tmp_path):
     """The restore was armed only after the fine-tune: Ctrl-C (or any error) during its epochs left the
     caller's in-memory subclassed model pruned in place."""
-    import keras
-
     import deploykit
 
     rng = np.random.default_rng(0)
