@@ -500,7 +500,9 @@ class Pipeline:
                                  for t in self.targets):
             raise first_refusal
 
-        created_out = not self.out.exists()
+        # The directories this run creates (--out and any missing parents), innermost first: a failed
+        # run removes those it left empty, as if it had never started.
+        created = [d for d in [self.out, *self.out.parents] if not d.exists()]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -530,8 +532,10 @@ class Pipeline:
                 (self.out / name).unlink(missing_ok=True)
             _restore_previous_run(self.out, aside)
             lock.unlink(missing_ok=True)
-            if created_out and self.out.is_dir() and not any(self.out.iterdir()):
-                self.out.rmdir()
+            for d in created:
+                if not d.is_dir() or any(d.iterdir()):
+                    break
+                d.rmdir()
             raise
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)

@@ -981,8 +981,9 @@ def test_an_exception_from_the_progress_callback_reaches_the_caller(tmp_path):
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
     with pytest.raises(Cancelled, match="user pressed cancel"):
-        deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False, progress=progress)
-    assert not (tmp_path / "o").exists()
+        deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "new" / "dirs" / "o", bench=False,
+                          progress=progress)
+    assert not (tmp_path / "new").exists()  # nor the parent directories the run had created
 
 
 def test_each_output_says_which_keras_output_it_is(tmp_path):
