@@ -39,6 +39,21 @@ def quiet_tensorflow_env() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """Undo what a library changes in ``os.environ`` on import (tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3,
+    which muted TensorFlow's errors for the rest of the caller's process and its children)."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k not in before]:
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 class Captured:
     """Text a native library wrote to stderr while captured."""
 

@@ -9,6 +9,7 @@ targets still finish; the result's ``ok`` is then False.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import re
 import datetime as _dt
 import os
@@ -266,7 +267,8 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
     for t in targets:
         target = get_target(t)
         builtin = _builtins().get(target.name)
-        if builtin is not None and target != builtin:
+        # Bench settings do not change the artifact: get_target("tflite-int8").with_bench(threads=1) is that profile.
+        if builtin is not None and dataclasses.replace(target, bench=builtin.bench) != builtin:
             # Its artifacts would sit under that name and read as the built-in profile's (a TOML file is refused the same way).
             raise UserError(f"target {target.name!r} is a built-in profile's name but has other settings; give your "
                             f"Target its own name, e.g. dataclasses.replace(target, name=\"{target.name}-custom\")")
@@ -645,7 +647,8 @@ class Pipeline:
             # with mse on one-hot rows keeps its accuracy.
             described = [(tuple(o.shape), o.dtype) for o in outputs]
             if (labelled.y is None or not is_regression_loss(loss, None)
-                    or label_classes(described, labelled.y, self._label_index) is not None):
+                    or label_classes(described, labelled.y, self._label_index) is not None
+                    or _binary_labels_for_one_unit(labelled.y, outputs)):
                 return labelled
             data = load_data(spec, specs, role=role, targets=True)
             if not _fits_float_output(outputs, data.y):
@@ -948,6 +951,15 @@ def _caller_progress(progress: ProgressFn) -> ProgressFn:
             raise
 
     return call
+
+
+def _binary_labels_for_one_unit(labels: np.ndarray, outputs: Sequence[Any]) -> bool:
+    """0/1 labels, one per sample, beside a one-unit float output: a binary classifier (a sigmoid
+    trained with mse is one too), scored by accuracy at 0.5 rather than by its error."""
+    if np.ndim(labels) != 1 or not len(labels) or not np.isin(labels, (0, 1)).all():
+        return False
+    return any("float" in str(o.dtype) and int(np.prod([d or 0 for d in tuple(o.shape)[1:]], dtype=np.int64)) == 1
+               for o in outputs)
 
 
 def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:

@@ -294,21 +294,18 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
             return (f"mean probability shift {shift:.3g} exceeds the allowed "
                     f"{cmp['allowed_probability_shift']:.3g} (class probabilities: half the L1 distance per sample)")
         return None
-    if cmp["violations"] > cmp["allowed_violations"] and "worst_column" in cmp:
-        j, ranges = cmp["worst_column"], cmp["column_ranges"]
-        text = (f"column {j} is off by up to {cmp['worst_column_error']:.3g} where {cmp['worst_column_allowed']:.3g} is "
-                f"allowed (each of its {len(ranges)} columns is held to its own range; column {j} spans "
-                f"{ranges[j]:.3g}), {cmp['violations']} of {cmp['elements']} element(s) over"
-                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
-        if max(ranges) > 50 * max(ranges[j], 1e-30):  # one int8 scale cannot hold both columns
-            text += (f"; its columns span {ranges[j]:.3g} to {max(ranges):.3g}, and an integer output has one scale for "
-                     f"all of them ({256 * ranges[j] / max(cmp['whole_range'], 1e-30):.2g} of its 256 levels for column {j}): "
-                     "scale the columns to similar ranges inside the model, or use a target with float outputs")
-        return text
     if cmp["violations"] > cmp["allowed_violations"]:
         return (f"max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
                 f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
                 + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
+    lost = cmp.get("collapsed_column")
+    if lost:
+        text = (f"column {lost['column']} lost its variation: the reference's values span {lost['low']:.4g}..{lost['high']:.4g} "
+                f"and the artifact is off by {lost['mean_error']:.3g} on average ({lost['mean_error'] / lost['span']:.0%} of that span)")
+        if lost.get("levels") is not None and lost["levels"] < 16:
+            text += (f"; an integer output has one scale for all its columns, and this one gets {lost['levels']:.2g} of its "
+                     "256 levels: scale the columns to similar ranges inside the model, or use a target with float outputs")
+        return text
     return None
 
 
@@ -404,9 +401,7 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         err = np.where(np.isfinite(err), err, np.inf)  # NaN counts as the largest error
     value_range = _scale_of(ref)
     noise_allowance = getattr(tol, "noise_multiple", 0.0) * noise
-    columns = _own_range_columns(ref)
-    scale: Any = value_range if columns is None else columns
-    allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * scale
+    allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * value_range
     violations = int(np.count_nonzero(~(err <= allowed)))  # NaN counts as a violation
     # How many the noise allowance rescued: the report says when parity rests on it.
     over_static = int(np.count_nonzero(~(err <= allowed - noise_allowance))) if noise_allowance else violations
@@ -426,14 +421,20 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         "allowed_violations": allowed_violations,
         "elements": int(err.size),
         "finite": bool(np.isfinite(got).all()),
-        **({} if columns is None else _worst_column(err, allowed, columns, value_range, tol)),
+        **_collapsed_column(ref, err, value_range),
     }
 
 
 # A float output with at most this many columns holds separate quantities (a price and a rating, a box's
-# x/y/w/h): each column is held to its own range. With the whole output's range, int8 could zero a
-# rating of 1-5 beside a price of 1e5 and pass. Wider outputs (embeddings, logits) share one range.
+# x/y/w/h). Its bound is a fraction of the whole output's range, so int8's one output scale could wipe out
+# a 1-5 rating beside a 1e5 price and pass: such a column is also checked for having lost its variation.
 MAX_OWN_RANGE_COLUMNS = 8
+# A column counts as varying when its span is at least this share of its largest value (float32 noise
+# on a constant column, e.g. an untrained head's logits, does not), and as lost when the artifact's mean
+# error reaches this share of that span: the artifact's column is then mostly noise (int8 rounding of a
+# column spanning one step averages a quarter of it; a rare sigmoid tag near 0 stays well below).
+VARYING_SPAN = 1e-2
+LOST_SPAN = 0.5
 
 
 def _scale_of(values: np.ndarray) -> float:
@@ -445,24 +446,21 @@ def _scale_of(values: np.ndarray) -> float:
     return spread if spread > 0 else float(np.abs(values).max())
 
 
-def _own_range_columns(ref: np.ndarray) -> np.ndarray | None:
-    """Per-column ranges, shaped to broadcast over ``ref``, for an (N, C) output of 2..8 columns and
-    at least 8 samples (fewer define no column's range); a constant column takes the whole output's."""
+def _collapsed_column(ref: np.ndarray, err: np.ndarray, whole: float) -> dict[str, Any]:
+    """The worst column of an (N, 2..8) output (N >= 8) whose variation the artifact lost, if any."""
     if ref.ndim != 2 or not 2 <= ref.shape[1] <= MAX_OWN_RANGE_COLUMNS or len(ref) < 8:
-        return None
-    whole = _scale_of(ref)
+        return {}
     spans = ref.max(axis=0) - ref.min(axis=0)
-    return np.where(spans > 0, spans, whole)[None, :]
-
-
-def _worst_column(err: np.ndarray, allowed: np.ndarray, columns: np.ndarray, whole: float, tol: Any) -> dict[str, Any]:
-    """Where a per-column output misses its bound most, for the failure message."""
+    sizes = np.abs(ref).max(axis=0)
     with np.errstate(all="ignore"):
-        ratio = np.where(allowed > 0, err / np.maximum(allowed, 1e-300), np.where(err > 0, np.inf, 0.0))
-    j = int(np.unravel_index(int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))), err.shape)[1])
-    return {"column_ranges": [float(c) for c in columns[0]], "worst_column": j,
-            "worst_column_error": float(np.nanmax(err[:, j])), "worst_column_allowed":
-            float(tol.atol + tol.range_atol * columns[0, j]), "whole_range": whole}
+        lost = np.nan_to_num(err, nan=np.inf).mean(axis=0) / np.where(spans > 0, spans, np.inf)
+    lost = np.where((spans > 0) & (spans >= VARYING_SPAN * sizes), lost, 0.0)
+    j = int(np.argmax(lost))
+    if lost[j] < LOST_SPAN:
+        return {}
+    return {"collapsed_column": {"column": j, "mean_error": float(np.mean(err[:, j])), "span": float(spans[j]),
+                                 "low": float(ref[:, j].min()), "high": float(ref[:, j].max()),
+                                 "levels": float(255 * spans[j] / whole) if whole > 0 else None}}
 
 
 def run_batched(runner: Any, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:

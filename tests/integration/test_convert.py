@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 
 import numpy as np
@@ -905,6 +906,15 @@ def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
                                out=tmp_path / "counts", bench=False).artifact("tflite-fp32")["verification"]
     assert counts["reference_mae"] > 0 and "accuracy" not in counts
 
+    # A one-unit sigmoid trained with mse and 0/1 labels is a binary classifier: scored by accuracy
+    clf = keras.Sequential([keras.Input((10,)), keras.layers.Rescaling(1 / 255), keras.layers.Dense(1, activation="sigmoid")])
+    clf.compile(optimizer="adam", loss="mse")
+    clf.save(tmp_path / "clf.keras")
+    np.savez(tmp_path / "bin.npz", x=x, y=(y[:, 0] > 0).astype("int64"))
+    v = deploykit.convert(str(tmp_path / "clf.keras"), ["tflite-fp32"], data=str(tmp_path / "bin.npz"),
+                          out=tmp_path / "bin", bench=False).artifact("tflite-fp32")["verification"]
+    assert "accuracy" in v and "mae" not in v
+
     bare = keras.Sequential.from_config(model.get_config())  # never compiled: no loss to say what 'y' are
     bare.set_weights(model.get_weights())
     bare.save(tmp_path / "bare.keras")
@@ -1009,12 +1019,16 @@ def test_convert_leaves_the_root_logger_to_the_caller(tmp_path):
     import subprocess
     import sys
 
-    code = ("import logging, numpy as np, keras, deploykit\n"
+    code = ("import logging, os, numpy as np, keras, deploykit\n"
             "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
-            f"deploykit.convert(m, ['tflite-fp32'], data=np.ones((8, 4), 'float32'), out={str(tmp_path / 'o')!r}, bench=False)\n"
-            "print(len(logging.root.handlers))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert out.stdout.strip().splitlines()[-1:] == ["0"], (out.stdout, out.stderr[-800:])
+            f"deploykit.convert(m, ['tflite-fp32', 'onnx-int8-qop'], data=np.ones((8, 4), 'float32'), "
+            f"out={str(tmp_path / 'o')!r}, bench=False)\n"
+            "print(len(logging.root.handlers), logging.root.level, os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    # no handler added, the root level as Python sets it (tf2onnx/ORT quieted only while they ran),
+    # and no TF_CPP_MIN_LOG_LEVEL=3 left behind by importing tf2onnx
+    assert out.stdout.strip().splitlines()[-1:] == ["0 30 None"], (out.stdout, out.stderr[-800:])
 
 
 def test_label_output_chooses_the_head_the_labels_score(tmp_path):

@@ -557,3 +557,11 @@ def test_a_python_target_reusing_a_builtin_name_with_other_settings_is_refused()
     with pytest.raises(UserError, match="built-in profile's name"):
         Pipeline([loose])
     Pipeline([dataclasses.replace(loose, name="tflite-int8-loose")])  # its own name: fine
+
+
+def test_a_builtin_profile_with_other_bench_settings_is_still_that_profile():
+    """get_target('tflite-int8').with_bench(threads=1) was refused as "a built-in name with other settings",
+    while --threads does the same inside the pipeline."""
+    from deploykit.pipeline import Pipeline
+
+    Pipeline([get_target("tflite-int8").with_bench(threads=1, iterations=5)])

@@ -587,7 +587,7 @@ def test_headline_error_includes_the_batch_size_1_pass(tmp_path):
     assert result["max_abs_error"] == pytest.approx(batch1, rel=1e-5)
 
 
-def test_few_column_outputs_hold_each_column_to_its_own_range():
+def test_a_column_whose_variation_the_artifact_lost_fails():
     """A (price, rating) head: int8's one output scale zeroed the 1-5 rating beside a 1e5 price, and the
     whole output's range (5 % of ~9e4) let it pass."""
     from deploykit.verify import _elementwise_failure
@@ -597,13 +597,21 @@ def test_few_column_outputs_hold_each_column_to_its_own_range():
     got = ref.copy()
     got[:, 1] = 0.0  # the rating wiped out
     tol = get_target("tflite-int8").tolerance
-    cmp = compare_outputs(ref, got, tol)
-    failure = _elementwise_failure(cmp, None)
-    assert failure and failure.startswith("column 1 is off by up to") and "one scale" in failure
-    ok = ref + np.array([2000.0, 0.1])  # within 5 % of each column's own range
-    assert compare_outputs(ref, ok, tol)["violations"] == 0
-    wide = rng.normal(size=(200, 32))  # an embedding: one range for all its columns
-    assert "worst_column" not in compare_outputs(wide, wide, tol)
+    failure = _elementwise_failure(compare_outputs(ref, got, tol), None)
+    assert failure and failure.startswith("column 1 lost its variation") and "one scale for all its columns" in failure
+    step = (ref.max() - ref.min()) / 255
+    rounded = ref + rng.uniform(-step / 2, step / 2, ref.shape) * np.array([1.0, 0.0])  # int8-like price, exact rating
+    assert _elementwise_failure(compare_outputs(ref, rounded, tol), None) is None
+    # Near-constant columns (an untrained head's logits: float32 noise as span; a constant 5.0 output)
+    # rounded within an int8 step are not "lost"; a wide output (an embedding) is not checked per column.
+    logits = np.tile(np.array([-0.038, 0.0023, 0.02, 0.0415]), (64, 1)) + rng.normal(0, 1e-9, (64, 4))
+    q = (0.0415 + 0.038) / 255
+    assert _elementwise_failure(compare_outputs(logits, np.round(logits / q) * q, tol), None) is None
+    tab = np.stack([rng.uniform(0, 10, 100), rng.uniform(-3, 3, 100), 5.0 + rng.uniform(0, 0.56, 100)], axis=1)
+    q = 13 / 255
+    assert _elementwise_failure(compare_outputs(tab, np.round(tab / q) * q, tol), None) is None
+    wide = rng.normal(size=(200, 32))
+    assert "collapsed_column" not in compare_outputs(wide, wide * 0, tol)
 
 
 def test_one_sample_is_judged_against_its_own_size():

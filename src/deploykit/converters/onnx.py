@@ -64,9 +64,20 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
-def _quiet_tf2onnx() -> None:
-    for name in ("tf2onnx", "onnxruntime", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet_loggers():
+    """tf2onnx's and ONNX Runtime's loggers (and the root logger, which both also log through) at ERROR
+    while they convert or quantize, then back to the caller's levels: set for good, the caller's own
+    warnings went missing."""
+    loggers = [logging.getLogger(name) for name in ("tf2onnx", "onnxruntime")] + [logging.getLogger()]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def converter_settings(target: Any) -> dict[str, Any]:
@@ -94,15 +105,14 @@ def to_onnx(model: Any, opset: int) -> Any:
         copy = onnx.ModelProto()
         copy.CopyFrom(cache[opset])
         return copy
-    from deploykit._quiet import import_tensorflow, native_stderr_captured
+    from deploykit._quiet import environment_kept, import_tensorflow, native_stderr_captured
 
     import_tensorflow()
-    _quiet_tf2onnx()
-    with native_stderr_captured() as cap:
+    with environment_kept(), native_stderr_captured():  # importing tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3 for good
+        from tf2onnx import convert as tf2onnx_convert
+        from tf2onnx import tf_loader
+    with _quiet_loggers(), native_stderr_captured() as cap:
         try:
-            from tf2onnx import convert as tf2onnx_convert
-            from tf2onnx import tf_loader
-
             graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
                 str(model.saved_model_dir()), None, None, "serve", ["serving_default"],
                 return_tensors_to_rename=True,
@@ -255,7 +265,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             elif target.weights == "int8":
                 src = tmp / "fp32.onnx"
                 _save(proto, src, external)
-                proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
+                with _quiet_loggers():  # ONNX Runtime's quantizer warns through the root logger
+                    proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
         except ConversionError:
             raise
         except Exception as exc:
