@@ -1056,3 +1056,20 @@ def test_label_output_chooses_the_head_the_labels_score(tmp_path):
     with pytest.raises(UserError, match="'head' is not an output of this model; its outputs: output_0 \\(digit\\)"):
         deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "e", bench=False, label_output="head")
     assert not (tmp_path / "e").exists()
+
+
+def test_onnx_keeps_input_names_the_savedmodel_lowercased(tmp_path):
+    """'Feats' became the ONNX input 'feats': with the names differing, the file kept tf2onnx's alphabetical
+    order (feats, token_ids) and verification fed the id input the features."""
+    import keras
+    import onnxruntime as ort
+
+    ids, feats = keras.Input((6,), dtype="int32", name="token_ids"), keras.Input((5,), name="Feats")
+    e = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(ids))
+    model = keras.Model([ids, feats], keras.layers.Dense(3)(keras.layers.Concatenate()([e, keras.layers.Dense(4)(feats)])))
+    rng = np.random.default_rng(0)
+    data = {"token_ids": rng.integers(0, 50, (32, 6)).astype("int32"), "Feats": rng.normal(size=(32, 5)).astype("float32")}
+    result = deploykit.convert(model, ["onnx-fp32"], data=data, out=tmp_path / "o", bench=False)
+    assert result.ok, result.artifact("onnx-fp32")["error"]
+    session = ort.InferenceSession(str(result.out / "onnx-fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["token_ids", "Feats"]

@@ -125,6 +125,7 @@ def to_onnx(model: Any, opset: int) -> Any:
             raise ConversionError(_explain(exc, cap.text, opset)) from None
     _check_domains(proto, opset)
     _name_batch_dims(proto)
+    _keras_input_names(proto, [s.name for s in model.inputs])
     cache[opset] = proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
@@ -291,6 +292,39 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     settings["input_names"] = [i.name for i in proto.graph.input]
     settings["output_names"] = [o.name for o in proto.graph.output]
     return settings
+
+
+def _keras_input_names(proto: Any, keras_names: list[str]) -> None:
+    """Give graph inputs the Keras input names the SavedModel lowercased or sanitized, in place.
+
+    The SavedModel names its placeholders in lower case with '_' for other characters: a model taking
+    ``token_ids`` and ``Feats`` became ONNX inputs ``feats`` and ``token_ids``. With the names differing,
+    neither the declared order nor feeding by name applied, and the inputs were fed in swapped order.
+    """
+    import re
+
+    def key(name: str) -> str:
+        return re.sub(r"[^0-9a-z]", "_", name.lower())
+
+    have = [v.name for v in proto.graph.input]
+    by_key: dict[str, list[str]] = {}
+    for name in have:
+        by_key.setdefault(key(name), []).append(name)
+    renames = {}
+    for want in keras_names:
+        found = by_key.get(key(want), [])
+        if want not in have and len(found) == 1 and sum(key(k) == key(want) for k in keras_names) == 1:
+            renames[found[0]] = want
+    if not renames:
+        return
+    for v in proto.graph.input:
+        v.name = renames.get(v.name, v.name)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for v in proto.graph.output:  # an input passed straight through
+        v.name = renames.get(v.name, v.name)
 
 
 def _in_declared_order(proto: Any, input_names: list[str], output_names: list[str]) -> None:
