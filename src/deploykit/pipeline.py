@@ -425,6 +425,8 @@ class Pipeline:
             _check_qat_model(loaded)
         specs = loaded.inputs
         _check_numeric_inputs(specs)
+        if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
+            _check_input_names(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
         self._label_index = _label_output_index(self.label_output, outputs)
@@ -1068,6 +1070,23 @@ def _check_batched_outputs(inputs, outputs) -> None:
                 "batch: deploykit verifies outputs sample by sample; export a serving signature whose outputs all "
                 "start with the batch dimension (drop or batch this one)"
             )
+
+
+def _check_input_names(specs) -> None:
+    """Input names a SavedModel signature can hold, each distinct after TensorFlow lower-cases it and
+    turns other characters into '_' (else the export failed with TensorFlow's own message)."""
+    import re
+
+    seen: dict[str, str] = {}
+    for s in specs:
+        if not re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/>]*", s.name):  # TensorFlow's rule for graph names
+            raise UserError(f"input name {s.name!r} is not a name a SavedModel signature can take (spaces, '+', "
+                            "accents...); rename the input (keras.Input(name=...)) with letters, digits, '_', '.', '-'")
+        key = re.sub(r"[^0-9a-z]", "_", s.name.lower())
+        if key in seen:
+            raise UserError(f"inputs {seen[key]!r} and {s.name!r} both become {key!r} in a SavedModel signature "
+                            "(TensorFlow lower-cases names and turns other characters into '_'); rename one of them")
+        seen[key] = s.name
 
 
 def _check_numeric_inputs(specs) -> None:

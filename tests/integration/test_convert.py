@@ -1073,3 +1073,23 @@ def test_onnx_keeps_input_names_the_savedmodel_lowercased(tmp_path):
     assert result.ok, result.artifact("onnx-fp32")["error"]
     session = ort.InferenceSession(str(result.out / "onnx-fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["token_ids", "Feats"]
+
+
+@pytest.mark.parametrize("names, message", [
+    (["a b", "c"], "input name 'a b' is not a name a SavedModel signature can take"),
+    (["x+y", "c"], "input name 'x+y' is not a name"),
+    (["a.b", "a-b"], "inputs 'a.b' and 'a-b' both become 'a_b'"),
+    (["B", "b"], "inputs 'B' and 'b' both become 'b'"),
+])
+def test_input_names_a_savedmodel_cannot_hold_are_refused_in_one_line(tmp_path, names, message):
+    """They failed at export with TensorFlow's message ("more than one argument ... was named 'a b'")."""
+    import keras
+
+    from deploykit.errors import UserError
+
+    a, b = keras.Input((3,), name=names[0]), keras.Input((3,), name=names[1])
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    data = {names[0]: np.ones((8, 3), "float32"), names[1]: np.ones((8, 3), "float32")}
+    with pytest.raises(UserError, match=re.escape(message)):
+        deploykit.convert(model, ["tflite-fp32"], data=data, out=tmp_path / "o", bench=False)
+    assert not (tmp_path / "o").exists()
