@@ -356,6 +356,19 @@ def _export_keras3(model: Any, path: Path) -> Any:
     return fn
 
 
+def signature_key(name: str) -> str:
+    """The SavedModel signature key tf.function gives a Keras input name: every character that is
+    not a letter or digit becomes '_', and a name not starting with a letter gets an 'arg_' prefix."""
+    swapped = "".join(c if c.isalnum() else "_" for c in name)
+    return swapped if swapped[:1].isalpha() else "arg_" + swapped
+
+
+def placeholder_name(name: str) -> str:
+    """The graph placeholder name a SavedModel gives a Keras input name (what tf2onnx names the ONNX
+    input): lower case, every other character '_'. Two inputs must not share one."""
+    return re.sub(r"[^0-9a-z]", "_", name.lower())
+
+
 def inference_call(model: Any) -> Any:
     """``model`` called with ``training=False``, for tracing a serving endpoint.
 

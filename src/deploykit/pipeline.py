@@ -634,28 +634,28 @@ class Pipeline:
         from deploykit.verify import label_classes
 
         loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
+        regression = is_regression_loss(loss, None)
+        labelled, error = None, None
         try:
             labelled = load_data(spec, specs, role=role)
-        except DataError:
-            if not is_regression_loss(loss, None) and loss is not None:
+        except DataError as exc:
+            if loss is not None and not regression:
                 raise
-            if loss is None:  # uncompiled: targets only when they fit a float output exactly
-                data = load_data(spec, specs, role=role, targets=True)
-                if data.y is None or not _fits_float_output(outputs, data.y):
-                    raise
-        else:
-            # Whole-number 'y' read as labels. For a model trained with a regression loss they are its
-            # target values (counts, scores) unless they score a class output: a classifier trained
-            # with mse on one-hot rows keeps its accuracy.
-            described = [(tuple(o.shape), o.dtype) for o in outputs]
-            if (labelled.y is None or not is_regression_loss(loss, None)
-                    or label_classes(described, labelled.y, self._label_index) is not None
-                    or _binary_labels_for_one_unit(labelled.y, outputs)):
-                return labelled
-            data = load_data(spec, specs, role=role, targets=True)
-            if not _fits_float_output(outputs, data.y):
-                return labelled
+            error = exc
+        # Whole-number 'y' read as labels stay labels unless the model was trained with a regression loss
+        # and they score no class output: then they are its target values (counts, scores). A classifier
+        # trained with mse on one-hot rows, or a one-unit sigmoid with 0/1 labels, keeps its accuracy.
+        described = [(tuple(o.shape), o.dtype) for o in outputs]
+        if labelled is not None and (labelled.y is None or not regression
+                                     or label_classes(described, labelled.y, self._label_index) is not None
+                                     or _binary_labels_for_one_unit(labelled.y, outputs)):
+            return labelled
         data = load_data(spec, specs, role=role, targets=True)
+        if data.y is None or not _fits_float_output(outputs, data.y):
+            if labelled is not None:
+                return labelled
+            if loss is None:  # uncompiled: targets only when they fit a float output exactly
+                raise error
         if data.y is not None:
             why = f"a model trained with {_loss_name(loss)}" if loss is not None else \
                 "a model without a loss, and they fit its float output"
@@ -1075,14 +1075,14 @@ def _check_batched_outputs(inputs, outputs) -> None:
 def _check_input_names(specs) -> None:
     """Input names a SavedModel signature can hold, each distinct after TensorFlow lower-cases it and
     turns other characters into '_' (else the export failed with TensorFlow's own message)."""
-    import re
+    from deploykit.models import placeholder_name
 
     seen: dict[str, str] = {}
     for s in specs:
         if not re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/>]*", s.name):  # TensorFlow's rule for graph names
             raise UserError(f"input name {s.name!r} is not a name a SavedModel signature can take (spaces, '+', "
                             "accents...); rename the input (keras.Input(name=...)) with letters, digits, '_', '.', '-'")
-        key = re.sub(r"[^0-9a-z]", "_", s.name.lower())
+        key = placeholder_name(s.name)
         if key in seen:
             raise UserError(f"inputs {seen[key]!r} and {s.name!r} both become {key!r} in a SavedModel signature "
                             "(TensorFlow lower-cases names and turns other characters into '_'); rename one of them")

@@ -301,10 +301,7 @@ def _keras_input_names(proto: Any, keras_names: list[str]) -> None:
     ``token_ids`` and ``Feats`` became ONNX inputs ``feats`` and ``token_ids``. With the names differing,
     neither the declared order nor feeding by name applied, and the inputs were fed in swapped order.
     """
-    import re
-
-    def key(name: str) -> str:
-        return re.sub(r"[^0-9a-z]", "_", name.lower())
+    from deploykit.models import placeholder_name as key
 
     have = [v.name for v in proto.graph.input]
     by_key: dict[str, list[str]] = {}

@@ -197,14 +197,6 @@ def _optimized_graph(model: Any, target_name: str, fuse: bool) -> Any:
     return replace(cache[fuse], graph_def=copy, fusions=dict(cache[fuse].fusions))
 
 
-def _argument_name(name: str) -> str:
-    """The name tf.function gives an argument (a SavedModel signature key) for a Keras input name:
-    every character that is not a letter or digit becomes '_', and a name not starting with a letter
-    gets an 'arg_' prefix."""
-    swapped = "".join(c if c.isalnum() else "_" for c in name)
-    return swapped if swapped[:1].isalpha() else "arg_" + swapped
-
-
 def _declared_order(entries: dict[str, Any], declared: list[str]) -> dict[str, Any]:
     """``entries`` (keyed by SavedModel signature key) keyed by the ``declared`` names, in their order.
 
@@ -212,7 +204,9 @@ def _declared_order(entries: dict[str, Any], declared: list[str]) -> dict[str, A
     the user's name (TF.js resolves a signature key to its node, whatever characters it holds), so
     ``execute({'Pixel-Values': x})`` works as the report says; unchanged when the names do not match.
     """
-    keys = [name if name in entries else _argument_name(name) for name in declared]
+    from deploykit.models import signature_key
+
+    keys = [name if name in entries else signature_key(name) for name in declared]
     if sorted(keys) != sorted(entries) or len(set(keys)) != len(keys):
         return entries
     return {name: entries[key] for name, key in zip(declared, keys)}
