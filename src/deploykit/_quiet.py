@@ -4,16 +4,27 @@ TensorFlow, the TFLite converter and LiteRT print from C++ straight to file
 descriptor 2 (CUDA probing, MLIR passes, XNNPACK notices). Python-level
 redirection cannot catch that, so we point fd 2 at a temporary file while a
 noisy native call runs and give the captured text back, so a failing step can
-still quote it.
+still quote it. Their Python loggers (tensorflow, absl, tf2onnx, ONNX Runtime's
+quantizer) are quieted by a filter on the handlers while deploykit works.
+
+Both act on the whole process, so both are written for a caller's process that
+has other threads: fds are swapped only by the main thread (a worker thread's
+convert leaves them alone: swapping them there lost the caller's own output and,
+with two threads, left fd 2 on a deleted file), and the log filter is a
+reference-counted filter rather than logger levels saved and put back (which
+raced between threads and left the caller's root logger at ERROR).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import sys
 import tempfile
-from typing import Iterator
+import threading
+from typing import Any, Callable, Iterator, TypeVar
 
 _ENV_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -70,7 +81,9 @@ class Captured:
 def native_stderr_captured(enabled: bool = True) -> Iterator[Captured]:
     """Redirect fd 2 to a temp file for the duration; yields the captured text afterwards."""
     captured = Captured()
-    if not enabled or os.environ.get("DEPLOYKIT_VERBOSE"):
+    if not enabled or os.environ.get("DEPLOYKIT_VERBOSE") or threading.current_thread() is not threading.main_thread():
+        # fd 2 belongs to the whole process: from a worker thread the caller's own threads would
+        # write into our file meanwhile. Only the main thread swaps it, so swaps nest and never race.
         yield captured
         return
     sys.stderr.flush()
@@ -92,12 +105,84 @@ def import_tensorflow():
     with quiet_tensorflow_env(), native_stderr_captured():
         import tensorflow as tf  # noqa: PLC0415
 
-        tf.get_logger().setLevel("ERROR")
-        import absl.logging  # noqa: PLC0415
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
         # Device discovery probes CUDA once and logs "failed call to cuInit" at ERROR level on a
         # machine without a GPU. Done here, under capture: otherwise the first op that needs a
         # device prints it in the middle of a one-line error.
         tf.config.list_physical_devices()
     return tf
+
+
+# Loggers (by first name component) and package directories whose records below ERROR are dropped
+# while deploykit works: their INFO/WARNING lines are about the conversion's internals.
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx")
+_LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in
+                      ("tensorflow", "absl", "tf2onnx", "onnxruntime", "onnx", "keras", "tf_keras",
+                       "tensorflow_model_optimization"))
+
+
+class _LibraryRecords(logging.Filter):
+    """Drops the libraries' records below ERROR; the caller's records always pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.name.split(".", 1)[0] in _LIBRARY_LOGGERS:
+            return False
+        # ONNX Runtime's quantizer and tf2onnx also call logging.info()/warning() on the root logger.
+        return not (record.name == "root" and any(d in (record.pathname or "") for d in _LIBRARY_DIRS))
+
+
+_FILTER = _LibraryRecords()
+_MUTE_LOCK = threading.Lock()
+_mute: dict[str, Any] = {"depth": 0, "handlers": []}
+
+
+def _filterers() -> list[logging.Filterer]:
+    """The library loggers themselves (their direct records, whatever handler TensorFlow gives its
+    logger when it loads), and the handlers their children's and root-logged records reach."""
+    found: list[logging.Filterer] = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    found += logging.root.handlers
+    if logging.lastResort is not None:  # what prints WARNING+ when nothing is configured
+        found.append(logging.lastResort)
+    return list(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def library_logs_muted() -> Iterator[None]:
+    """While deploykit works: TensorFlow's, absl's, tf2onnx's and ONNX Runtime's log records below
+    ERROR are dropped (a filter on their loggers and on the handlers that exist); nested and
+    concurrent uses share one filter (reference-counted), and nothing else is changed."""
+    with _MUTE_LOCK:
+        if _mute["depth"] == 0:
+            _mute["handlers"] = _filterers()
+            for handler in _mute["handlers"]:
+                handler.addFilter(_FILTER)
+        else:  # root handlers that appeared since are covered too
+            for handler in _filterers():
+                if handler not in _mute["handlers"]:
+                    handler.addFilter(_FILTER)
+                    _mute["handlers"].append(handler)
+        _mute["depth"] += 1
+    try:
+        yield
+    finally:
+        with _MUTE_LOCK:
+            _mute["depth"] -= 1
+            if _mute["depth"] == 0:
+                for handler in _mute["handlers"] + _filterers():
+                    handler.removeFilter(_FILTER)
+                _mute["handlers"] = []
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def logs_muted(fn: F) -> F:
+    """Decorator form of :func:`library_logs_muted` for the public entry points."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with library_logs_muted():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

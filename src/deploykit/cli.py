@@ -278,12 +278,13 @@ def main() -> None:
     """Console-script entry point: maps DeployError and usage errors to one line and exit code 2."""
     # Typer's click (vendored in newer typer) names its usage error only in BadParameter's bases.
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-    from deploykit._quiet import _ENV_DEFAULTS, CLI_ENV_DEFAULTS
+    from deploykit._quiet import _ENV_DEFAULTS, CLI_ENV_DEFAULTS, library_logs_muted
 
     for key, value in {**_ENV_DEFAULTS, **CLI_ENV_DEFAULTS}.items():  # this process and its children are ours
         os.environ.setdefault(key, value)
     try:
-        code = app(standalone_mode=False, prog_name="deploy")
+        with library_logs_muted():  # every command, not only the API's entry points
+            code = app(standalone_mode=False, prog_name="deploy")
     except usage_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `deploy`: the help, as before
             print(exc.format_message(), file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from deploykit._quiet import import_tensorflow, native_stderr_captured
+from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured
 from deploykit.errors import DataError, ModelLoadError, UntrustedModelError
 
 CODE_CARRYING_LAYERS = {
@@ -876,6 +876,7 @@ def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:
     return model
 
 
+@logs_muted
 def inspect_model(source: Any, *, trust_model: bool = False) -> ModelInfo:
     """Describe a model: inputs, outputs, layers, embedded preprocessing layers, parameters.
 

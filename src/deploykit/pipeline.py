@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from deploykit._quiet import logs_muted
 from deploykit.artifacts import MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
 from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError
 from deploykit.targets import Target, get_target
@@ -383,6 +384,7 @@ class Pipeline:
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
     # -------------------------------------------------------------------------------------
+    @logs_muted
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""
         self._restore: tuple[Any, list[np.ndarray]] | None = None
@@ -750,39 +752,41 @@ class Pipeline:
 
                 self.progress(f"{target.name}: verifying")
                 runner = get_runner(target.runtime, tmp, target.bench.threads, target.options)
-                with PeakRSS() as mem:
-                    init_s = runner.load()
-                    artifact.verification = verify(
-                        runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
-                        targets=evald.targets, label_output=self._label_index,
-                    )
-                artifact.steps["verify"] = mem.to_dict()
-                if conv_settings.get("note"):  # what the converter did that the target's name does not say
-                    artifact.verification.setdefault("notes", []).append(conv_settings["note"])
-                if target.needs_calibration and calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
-                    artifact.verification.setdefault("notes", []).append(
-                        f"calibrated on {len(calib)} sample(s): the integer ranges come from them alone and may not cover "
-                        "what the model meets in use; pass a few hundred representative samples with --data")
-                verify_init_s = init_s
-                if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
-                    footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}
-                    footprint["heaviest_layers"] = conv_settings.get("heaviest_layers", [])
-                    artifact.footprint = footprint
-                    budget = converter.audit(target, footprint, runner)
-                    artifact.verification["failures"] += budget
-                    artifact.verification["passed"] = artifact.verification["passed"] and not budget
-                if self.prune_report is not None:
-                    self._check_sparsity(artifact, target, tmp)
-                artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
-                if self.bench_enabled and (bench_failed or artifact.verification.get("passed")):
-                    # The verified runner is the timed runner: same object, no second load.
-                    self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} thread{'s' if target.bench.threads != 1 else ''})")
-                    artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
-                    artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
-                    artifact.benchmark.update(runtime_memory(target.runtime, tmp, target.bench.threads,
-                                                             {k: v[:1] for k, v in inputs.items()}, target.options,
-                                                             artifact.benchmark))
-                runner.close()
+                try:  # the runner (a Node child for TF.js) is stopped however this ends, Ctrl-C too
+                    with PeakRSS() as mem:
+                        init_s = runner.load()
+                        artifact.verification = verify(
+                            runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
+                            targets=evald.targets, label_output=self._label_index,
+                        )
+                    artifact.steps["verify"] = mem.to_dict()
+                    if conv_settings.get("note"):  # what the converter did that the target's name does not say
+                        artifact.verification.setdefault("notes", []).append(conv_settings["note"])
+                    if target.needs_calibration and calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
+                        artifact.verification.setdefault("notes", []).append(
+                            f"calibrated on {len(calib)} sample(s): the integer ranges come from them alone and may not cover "
+                            "what the model meets in use; pass a few hundred representative samples with --data")
+                    verify_init_s = init_s
+                    if hasattr(converter, "audit"):  # format-specific checks, e.g. microcontroller budgets
+                        footprint = {k: v for k, v in runner.describe().items() if k.endswith("_bytes")}
+                        footprint["heaviest_layers"] = conv_settings.get("heaviest_layers", [])
+                        artifact.footprint = footprint
+                        budget = converter.audit(target, footprint, runner)
+                        artifact.verification["failures"] += budget
+                        artifact.verification["passed"] = artifact.verification["passed"] and not budget
+                    if self.prune_report is not None:
+                        self._check_sparsity(artifact, target, tmp)
+                    artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
+                    if self.bench_enabled and (bench_failed or artifact.verification.get("passed")):
+                        # The verified runner is the timed runner: same object, no second load.
+                        self.progress(f"{target.name}: benchmarking ({target.bench.iterations} runs, {target.bench.threads} thread{'s' if target.bench.threads != 1 else ''})")
+                        artifact.benchmark = _bench(target, runner, verify_init_s, {k: v[:1] for k, v in inputs.items()})
+                        artifact.steps["bench"] = {k: artifact.benchmark[k] for k in ("seconds", "peak_rss_bytes", "start_rss_bytes")}
+                        artifact.benchmark.update(runtime_memory(target.runtime, tmp, target.bench.threads,
+                                                                 {k: v[:1] for k, v in inputs.items()}, target.options,
+                                                                 artifact.benchmark))
+                finally:
+                    runner.close()
                 artifact.size_bytes = sum(f.stat().st_size for f in files)
                 artifact.sha256 = sha256_file(tmp)
                 if artifact.extra_files:

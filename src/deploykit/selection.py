@@ -68,22 +68,24 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
     from deploykit.runtime_bench.stats import Stats
 
     runners = []
-    for t, p in zip(targets, paths):
-        r = get_runner(t.runtime, p, t.bench.threads, t.options)
-        r.load()
-        runners.append(r)
-    samples: list[list[float]] = [[] for _ in runners]
-    round_p50: list[list[float]] = [[] for _ in runners]
+    samples: list[list[float]] = [[] for _ in targets]
+    round_p50: list[list[float]] = [[] for _ in targets]
     per_round = max(5, max(t.bench.iterations for t in targets) // ROUNDS)
-    for round_ in range(ROUNDS):
-        for i, (t, r) in enumerate(zip(targets, runners)):
-            time.sleep(SWITCH_PAUSE_S)
-            warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
-            stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)
-            samples[i].extend(stats.samples_ms)
-            round_p50[i].append(float(np.median(stats.samples_ms)))
-    for r in runners:
-        r.close()
+    try:  # every runner is stopped however this ends (TF.js runners are Node children)
+        for t, p in zip(targets, paths):
+            r = get_runner(t.runtime, p, t.bench.threads, t.options)
+            runners.append(r)
+            r.load()
+        for round_ in range(ROUNDS):
+            for i, (t, r) in enumerate(zip(targets, runners)):
+                time.sleep(SWITCH_PAUSE_S)
+                warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
+                stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)
+                samples[i].extend(stats.samples_ms)
+                round_p50[i].append(float(np.median(stats.samples_ms)))
+    finally:
+        for r in runners:
+            r.close()
     return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp}
             for s, rp, t in zip(samples, round_p50, targets)]
 

@@ -1031,6 +1031,51 @@ def test_convert_leaves_the_root_logger_to_the_caller(tmp_path):
     assert out.stdout.strip().splitlines()[-1:] == ["0 30 None"], (out.stdout, out.stderr[-800:])
 
 
+def test_converts_in_threads_leave_the_callers_output_and_logging_alone(tmp_path):
+    """Two converts in two threads left fd 2 on a deleted temp file (every later traceback lost), the
+    root logger at ERROR, and TensorFlow's and absl's loggers at ERROR for good; what the main thread
+    wrote while a worker converted went into deploykit's capture file. Checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, os, sys, threading, numpy as np, keras, deploykit, absl.logging
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
+fd2 = os.fstat(2)
+import tensorflow as tf
+tf_level, absl_level = logging.getLogger("tensorflow").level, absl.logging.get_verbosity()
+m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+x = np.random.default_rng(0).random((16, 4)).astype("float32")
+def run(i, targets):
+    deploykit.convert(m, targets, data=x, out={str(tmp_path)!r} + f"/o{{i}}", bench=False)
+threads = [threading.Thread(target=run, args=(0, ["tflite-fp32", "onnx-fp32"])),
+           threading.Thread(target=run, args=(1, ["onnx-int8-qop", "tflite-fp16"]))]
+for t in threads:
+    t.start()
+n = 0
+while any(t.is_alive() for t in threads):
+    os.write(2, f"caller-line-{{n}}\\n".encode())
+    logging.getLogger("app").info("caller-log-%d", n)
+    n += 1
+    threads[0].join(0.02)
+for t in threads:
+    t.join()
+same_fd2 = (os.fstat(2).st_ino, os.fstat(2).st_dev) == (fd2.st_ino, fd2.st_dev)
+print("RESULT", n, same_fd2, logging.root.level, logging.getLogger("tensorflow").level == tf_level,
+      absl.logging.get_verbosity() == absl_level)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    result = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    assert result, out.stderr[-1500:]
+    _, n, same_fd2, root_level, tf_kept, absl_kept = result[0].split()
+    assert (same_fd2, root_level, tf_kept, absl_kept) == ("True", "20", "True", "True"), out.stderr[-800:]
+    n = int(n)
+    assert n > 10
+    written = {ln for ln in out.stderr.splitlines() if ln.startswith("caller-line-")}
+    logged = {ln for ln in out.stdout.splitlines() if ln.startswith("app caller-log-")}
+    assert len(written) == n and len(logged) == n  # nothing the caller wrote or logged went missing
+
+
 def test_label_output_chooses_the_head_the_labels_score(tmp_path):
     """Labels always scored the first classifier output: parity labels were scored against a 10-class
     digit head (18 % "accuracy", no warning). label_output names the head, by artifact or Keras name."""

@@ -408,3 +408,56 @@ def test_dict_outputs_keep_their_names_in_every_format(tmp_path):
     for a in result.artifacts:
         assert sorted(a["settings"]["converter"]["output_names"]) == ["probs", "score"], a["target"]
         assert set(a["verification"]["outputs"]) == {"probs", "score"}
+
+
+def _node_children() -> set[int]:
+    import glob
+    import os
+
+    pids = set()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        pids |= {int(p) for p in open(path).read().split()}
+    alive = set()
+    for pid in pids:
+        try:
+            if b"runner.mjs" in open(f"/proc/{pid}/cmdline", "rb").read():
+                alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def test_an_interrupted_tfjs_target_stops_its_node_process(tmp_path):
+    """Ctrl-C while a TF.js artifact was being timed left its `node runner.mjs` child (about 70 MB) and
+    two reader threads alive until the interpreter exited: one more per Ctrl-C in a notebook."""
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="softmax")])
+    x = np.random.default_rng(0).random((16, 6)).astype("float32")
+    before = _node_children()
+
+    def interrupt(msg: str) -> None:
+        if msg.startswith("tfjs-fp32: benchmarking"):  # the runner is loaded and verified by now
+            assert _node_children() - before
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deploykit.convert(model, ["tfjs-fp32"], data=x, out=tmp_path / "o", iterations=3, warmup=1, progress=interrupt)
+    assert _node_children() == before
+
+
+def test_a_dropped_node_runner_is_stopped_when_collected():
+    """The reader threads held the runner object, so its finalizer never ran before interpreter exit."""
+    import gc
+    import time
+
+    from deploykit.runtime_bench.tfjs.runner import NodeProcess
+
+    node = NodeProcess()
+    proc = node.proc
+    del node
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is not None

@@ -459,3 +459,52 @@ def test_importing_tensorflow_leaves_the_callers_environment_alone():
     env = {k: v for k, v in os.environ.items() if k not in ours}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-500:])
+
+
+def test_library_logs_are_muted_only_while_deploykit_works_and_the_callers_pass():
+    """Logger levels saved and put back raced between threads (the root logger stuck at ERROR); the
+    filter drops only the libraries' records below ERROR, and only while a section is open."""
+    import logging
+    import threading
+
+    from deploykit._quiet import library_logs_muted, native_stderr_captured
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with library_logs_muted():
+            with library_logs_muted():  # nested (and concurrent) sections share the filter
+                logging.getLogger("tensorflow").warning("tf-inner")
+            logging.getLogger("tf2onnx.tfonnx").info("tf2onnx-info")
+            logging.getLogger("tf2onnx").error("tf2onnx-error")
+            logging.getLogger("app").info("app-info")
+        logging.getLogger("tensorflow").warning("tf-after")
+        assert seen == ["tf2onnx-error", "app-info", "tf-after"]
+        assert root.level == logging.INFO and logging.getLogger("tensorflow").filters == []
+
+        # fd 2 is swapped by the main thread only: a worker thread's capture leaves it alone
+        import os
+
+        outer = os.fstat(2).st_ino
+        inside: list[int] = []
+
+        def worker() -> None:
+            with native_stderr_captured():
+                inside.append(os.fstat(2).st_ino)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert inside == [outer]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

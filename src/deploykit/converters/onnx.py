@@ -22,13 +22,13 @@ Inputs and outputs keep the serving signature's names (``pixels``,
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deploykit._quiet import library_logs_muted
 from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
@@ -64,22 +64,6 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
-@contextlib.contextmanager
-def _quiet_loggers():
-    """tf2onnx's and ONNX Runtime's loggers (and the root logger, which both also log through) at ERROR
-    while they convert or quantize, then back to the caller's levels: set for good, the caller's own
-    warnings went missing."""
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "onnxruntime")] + [logging.getLogger()]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def converter_settings(target: Any) -> dict[str, Any]:
     """Settings this target maps to (recorded in the manifest)."""
     settings = {"converter": "tf2onnx.from_graph_def (frozen SavedModel)", **target.options}
@@ -111,7 +95,7 @@ def to_onnx(model: Any, opset: int) -> Any:
     with environment_kept(), native_stderr_captured():  # importing tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3 for good
         from tf2onnx import convert as tf2onnx_convert
         from tf2onnx import tf_loader
-    with _quiet_loggers(), native_stderr_captured() as cap:
+    with library_logs_muted(), native_stderr_captured() as cap:
         try:
             graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
                 str(model.saved_model_dir()), None, None, "serve", ["serving_default"],
@@ -266,7 +250,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             elif target.weights == "int8":
                 src = tmp / "fp32.onnx"
                 _save(proto, src, external)
-                with _quiet_loggers():  # ONNX Runtime's quantizer warns through the root logger
+                with library_logs_muted():  # ONNX Runtime's quantizer warns through the root logger
                     proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
         except ConversionError:
             raise

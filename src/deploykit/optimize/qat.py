@@ -75,6 +75,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from deploykit._quiet import logs_muted
 from deploykit.models import model_call_arg
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning
@@ -373,6 +374,7 @@ def _keep_zeros_callback(base: type, qmodel: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- API
+@logs_muted
 @_ft.keeps_global_rng
 def quantize_aware(
     model: Any,

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from deploykit._quiet import logs_muted
 from deploykit.errors import UserError
 from deploykit.runtime_bench.stats import Stats
 
@@ -180,6 +181,7 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
     return {spec.name: x for spec, x in zip(specs, ds.x)}
 
 
+@logs_muted
 def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
                data: Any = None, runtime: str | None = None, browser: bool = False,
                backend: str | None = None) -> dict[str, Any]:
@@ -236,17 +238,19 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
                                       inputs=inputs, threads=threads)
     else:
         runner = get_runner(runtime, path, threads, options)
-        with PeakRSS() as mem:
-            init_s = runner.load()
-            inputs = _bench_inputs(runner, data, path)
-            stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
-        stats.init_ms = init_s * 1000
-        result = stats.to_dict()
-        result.update(runner.describe())
-        if hasattr(runner, "op_profile"):
-            result["op_profile"] = runner.op_profile(inputs)
-        if hasattr(runner, "close"):
-            runner.close()
+        try:  # stopped however this ends (a TF.js runner is a Node child)
+            with PeakRSS() as mem:
+                init_s = runner.load()
+                inputs = _bench_inputs(runner, data, path)
+                stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
+            stats.init_ms = init_s * 1000
+            result = stats.to_dict()
+            result.update(runner.describe())
+            if hasattr(runner, "op_profile"):
+                result["op_profile"] = runner.op_profile(inputs)
+        finally:
+            if hasattr(runner, "close"):
+                runner.close()
         result.update(runtime_memory(runtime, path, threads, inputs, options, result))
     files = [path] + _weight_files(path, runtime)
     result.update(

@@ -125,6 +125,19 @@ def decode_array(obj: Mapping[str, Any]) -> np.ndarray:
     return arr.astype(_DTYPES[dtype])
 
 
+def _read_lines(pipe: Any, lines: "queue.Queue[bytes | None]") -> None:
+    for line in iter(pipe.readline, b""):
+        lines.put(line)
+    lines.put(None)
+
+
+def _read_stderr(pipe: Any, tail: "collections.deque[str]") -> None:
+    for line in iter(pipe.readline, b""):
+        text = line.decode("utf-8", "replace").rstrip()
+        if text and not text.startswith("=====") and "looks like you are running TensorFlow.js in Node" not in text:
+            tail.append(text)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:
@@ -157,21 +170,12 @@ class NodeProcess:
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._next_id = 0
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        # The readers get the pipe and the buffers, not ``self``: a thread running a bound method
+        # keeps the object alive, so the finalizer above never ran and an interrupted run left Node behind.
+        threading.Thread(target=_read_lines, args=(self.proc.stdout, self._lines), daemon=True).start()
+        threading.Thread(target=_read_stderr, args=(self.proc.stderr, self._stderr), daemon=True).start()
         self.ready = self._reply(startup_timeout_s, "start")
         self.start_ms = (time.perf_counter() - t0) * 1000
-
-    def _read_stdout(self) -> None:
-        for line in iter(self.proc.stdout.readline, b""):
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _read_stderr(self) -> None:
-        for line in iter(self.proc.stderr.readline, b""):
-            text = line.decode("utf-8", "replace").rstrip()
-            if text and not text.startswith("=====") and "looks like you are running TensorFlow.js in Node" not in text:
-                self._stderr.append(text)
 
     def stderr_tail(self, n: int = 3) -> str:
         return " | ".join(list(self._stderr)[-n:])
