@@ -157,7 +157,8 @@ def _print_summary(result) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     for note in converter_notes(manifest):
         console.print(f"note: {note}", highlight=False)
-    console.print(f"manifest: {result.manifest_path}\nreport:   {result.report_path}\nhtml:     {result.html_report_path}", highlight=False)
+    paths = [_shown(p) for p in (result.manifest_path, result.report_path, result.html_report_path)]
+    console.print(f"manifest: {paths[0]}\nreport:   {paths[1]}\nhtml:     {paths[2]}", highlight=False)
 
 
 @app.command()
@@ -272,6 +273,14 @@ def inspect(
         console.print(f"  layers ({len(info.layers)}):", highlight=False)
         for layer in info.layers:
             console.print(f"    {layer['name']}: {layer['class']}", highlight=False)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user typed it: relative to the working directory when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def main() -> None:

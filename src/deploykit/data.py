@@ -209,7 +209,7 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool) -> Da
     _refuse_streams(spec, role)
     if isinstance(spec, (str, Path)):
         source = str(spec)
-        xs, y = _from_npz(Path(spec), names)
+        xs, y = _from_npz(Path(spec).expanduser(), names)
     else:
         source = f"<in-memory {role}>"
         xs, y = _split(spec, names)

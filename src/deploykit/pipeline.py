@@ -85,8 +85,8 @@ def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mod
     # A run killed with SIGKILL left the previous run set aside and its own targets unlisted: put the
     # previous run back first (the one write before any work), so this run sees what the user had.
     _recover_killed_run(out)
-    if isinstance(model, (str, Path)) and Path(model).is_dir():
-        model_dir = Path(model).resolve()
+    if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
+        model_dir = Path(model).expanduser().resolve()
         if out.resolve() == model_dir or model_dir in out.resolve().parents:
             raise UserError(f"output {out} is inside the model's SavedModel directory {model}; choose an --out outside it")
     # Found now, not when the first artifact is written after minutes of work.
@@ -375,7 +375,7 @@ class Pipeline:
         if verify_samples < 1:
             raise UserError(f"verify_samples must be >= 1, got {verify_samples}")
         self.data, self.eval_data = data, eval_data
-        self.out = Path(out)
+        self.out = Path(out).expanduser()  # '~/build' from Python: no shell expanded it
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
         self.verify_samples = int(verify_samples)
         if progress is not None and not callable(progress):
@@ -587,7 +587,9 @@ class Pipeline:
         self.progress("writing manifest and reports")
         manifest_path = manifest.write(self.out)
         md, html = write_reports(manifest, self.out)
-        return ConvertResult(self.out, manifest.to_dict(), manifest_path, md, html)
+        # Absolute: a notebook that changes directory afterwards still finds the report.
+        return ConvertResult(self.out.absolute(), manifest.to_dict(), manifest_path.absolute(), md.absolute(),
+                             html.absolute())
 
     def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""
@@ -1178,8 +1180,9 @@ def _smallest_vocabulary(keras_model: Any) -> int | None:
 
 
 def _file_identity(model: Any) -> dict[str, Any]:
-    if isinstance(model, (str, Path)) and Path(model).is_file():
-        return {"path": str(model), "sha256": sha256_file(Path(model)), "size_bytes": Path(model).stat().st_size}
+    if isinstance(model, (str, Path)) and Path(model).expanduser().is_file():
+        path = Path(model).expanduser()
+        return {"path": str(model), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
     if isinstance(model, (str, Path)):
         return {"path": str(model)}
     return {"path": None}

@@ -1138,3 +1138,22 @@ def test_input_names_a_savedmodel_cannot_hold_are_refused_in_one_line(tmp_path, 
     with pytest.raises(UserError, match=re.escape(message)):
         deploykit.convert(model, ["tflite-fp32"], data=data, out=tmp_path / "o", bench=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_python_paths_expand_home_and_the_result_is_absolute(tmp_path, monkeypatch):
+    """From Python no shell expands '~': out='~/x' made a directory named '~' in the working directory,
+    and '~/m.keras' was "does not exist". The result's paths were relative to the cwd at call time."""
+    import keras
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "home" / "m.keras")
+    np.savez(tmp_path / "home" / "d.npz", x=np.ones((8, 4), "float32"))
+    result = deploykit.convert("~/m.keras", ["tflite-fp32"], data="~/d.npz", out="~/build", bench=False)
+    assert not (tmp_path / "work" / "~").exists()
+    assert result.out == tmp_path / "home" / "build" and result.report_path.is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert result.report_path.exists() and result.manifest_path.exists()
