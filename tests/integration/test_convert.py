@@ -1157,3 +1157,21 @@ def test_python_paths_expand_home_and_the_result_is_absolute(tmp_path, monkeypat
     assert result.out == tmp_path / "home" / "build" and result.report_path.is_absolute()
     monkeypatch.chdir(tmp_path)
     assert result.report_path.exists() and result.manifest_path.exists()
+
+
+def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
+    """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
+    op instance, cut mid-word at 400 characters, with no alternative named."""
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    x = inp
+    for _ in range(6):
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="hard_swish")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    x = np.random.default_rng(0).random((16, 8, 8, 3)).astype("float32")
+    result = deploykit.convert(model, ["tflite-int16x8", "tflite-int8"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("tflite-int16x8")["error"]
+    assert error.count("HARD_SWISH") == 1 and "hard_swish activation" in error, error
+    assert "tflite-int8" in error and len(error) < 300, error
+    assert result.artifact("tflite-int8")["verification"]  # the int8 quantizer has the kernel: converted and checked

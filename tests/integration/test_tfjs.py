@@ -461,3 +461,19 @@ def test_a_dropped_node_runner_is_stopped_when_collected():
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert proc.poll() is not None
+
+
+def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
+    """TF.js has no uint8 tensors: the report listed the input as uint8, and an app feeding float32
+    pixels met model.execute's refusal. The note says what to feed."""
+    import keras
+
+    inp = keras.Input((4, 4, 1), dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x)))
+    data = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 1)).astype("uint8")
+    result = deploykit.convert(model, ["tfjs-fp32"], data=data, out=tmp_path / "o", bench=False)
+    art = result.artifact("tfjs-fp32")
+    assert art["status"] == "ok"
+    assert any("feed `pixels` as int32" in n for n in art["verification"]["notes"]), art["verification"]["notes"]
+    assert "feed `pixels` as int32" in (result.out / "report.md").read_text()

@@ -291,4 +291,11 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             "ops": len(gd.node),
         }
     )
+    # TF.js tensors are float32, int32, bool (or string): an integer input of another width is an
+    # int32 tensor there, and model.execute refuses float32 pixels for it.
+    narrow = [s for s in model.inputs if s.dtype not in ("float32", "int32", "bool", "string")]
+    if narrow:
+        settings["note"] = ("TF.js has no " + "/".join(sorted({s.dtype for s in narrow})) + " tensors: feed "
+                            + ", ".join(f"`{s.name}`" for s in narrow) + " as int32 (tf.browser.fromPixels gives "
+                            "int32; model.execute refuses float32 for it)")
     return settings

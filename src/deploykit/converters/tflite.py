@@ -264,4 +264,22 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
         return (f"{target.name}: TFLite's 16x8 quantizer needs a calibrated range for every tensor and an integer "
                 f"input has none ({tensor.group(1) if tensor else 'an input'}): models with token-id inputs take "
                 "tflite-int8 (ids stay int32) or a float target")
-    return f"{target.name}: TFLite conversion failed: {text[:400]}"
+    unquantizable = list(dict.fromkeys(re.findall(r"not yet supported for op: '(\w+)'", text + " " + native)))
+    if unquantizable:  # the 16x8 quantizer lacks kernels the int8 one has, said once per op instance
+        named = ", ".join(f"{op} ({_OP_ORIGIN[op]})" if op in _OP_ORIGIN else op for op in unquantizable)
+        mode = re.search(r"Quantization to (\S+) not yet supported", text + " " + native)
+        return (f"{target.name}: TFLite's {mode.group(1) if mode else target.activations} quantizer has no kernel "
+                f"for op(s) {named}; choose tflite-int8 or a float target (tflite-fp16, tflite-fp32) for this model")
+    # Converter messages repeat one sentence per op instance: each said once, cut at a word.
+    said = " ".join(dict.fromkeys(re.split(r"(?<=\.) ", text)))
+    return f"{target.name}: TFLite conversion failed: {said if len(said) <= 400 else said[:400].rsplit(' ', 1)[0] + ' ...'}"
+
+
+# TFLite op names a quantizer may refuse, with the Keras layer or activation they come from.
+_OP_ORIGIN = {
+    "HARD_SWISH": "the hard_swish activation, e.g. MobileNetV3",
+    "NEG": "a negation, e.g. inside exact GELU (approximate=False)",
+    "GELU": "the gelu activation",
+    "EXP": "an exp, e.g. inside a custom softmax or swish",
+    "LOG": "a log",
+}
