@@ -382,6 +382,7 @@ class Pipeline:
             raise UserError(f"progress must be a function taking one message string (e.g. print), got {progress!r}")
         self.progress = _caller_progress(progress) if progress else (lambda msg: None)
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
+        self._float_verdicts: dict[Any, dict[str, Any]] = {}  # float source key -> its verification (per run)
 
     # -------------------------------------------------------------------------------------
     @logs_muted
@@ -567,6 +568,7 @@ class Pipeline:
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         done: dict[str, Artifact] = {}
+        self._float_verdicts: dict[Any, dict[str, Any]] = {}  # float source key -> its verification
         ctx = (loaded, calib, evald, inputs, reference, output_names, noise)
         try:
             for target in self.targets:
@@ -721,6 +723,48 @@ class Pipeline:
         return out
 
     # -------------------------------------------------------------------------------------
+    def _float_source_failure(self, converter: Any, loaded: Any, target: Target, inputs: dict[str, np.ndarray],
+                              reference: Any, output_names: Sequence[str], noise: Any,
+                              verification: dict[str, Any]) -> str | None:
+        """Why a quantized artifact fails for the float graph it was made from, or None.
+
+        An int8 file is judged by loose bounds (agreement, accuracy, mean shift) that can hide an
+        error the converter made before quantizing: tf2onnx's nearest-neighbour Resize for an area
+        resize was 0.19 off the model, onnx-fp32 failed, and every ONNX int8 file (onnx-auto's
+        winner too) passed. The float source is verified with the float target's bounds, once per
+        run; the float target's own verification counts when it ran first (onnx-auto builds it first).
+        """
+        if not hasattr(converter, "float_source_key"):
+            return None
+        key = converter.float_source_key(target)
+        float_target = get_target(converter.FLOAT_TARGET)
+        if target.name == float_target.name:
+            self._float_verdicts.setdefault(key, verification)
+            return None
+        if target.weights != "int8":  # float16 files are held to near-float bounds themselves
+            return None
+        if key not in self._float_verdicts:
+            from deploykit.runtime_bench import get_runner
+            from deploykit.verify import verify
+
+            self.progress(f"{target.name}: verifying the float graph it quantizes")
+            with tempfile.TemporaryDirectory(prefix="deploykit-float-source-") as tmp_dir:
+                path = Path(tmp_dir) / "float_source.onnx"
+                converter.write_float_source(loaded, target, path)
+                runner = get_runner(float_target.runtime, path, target.bench.threads, float_target.options)
+                try:
+                    runner.load()
+                    self._float_verdicts[key] = verify(runner, inputs, reference, output_names, float_target.tolerance,
+                                                       noise=noise)
+                finally:
+                    runner.close()
+        found = self._float_verdicts[key]
+        if found.get("passed"):
+            return None
+        return (f"the float32 graph it was quantized from already misses {float_target.name}'s bounds "
+                f"({'; '.join(found.get('failures', []))[:300]}): the converter changed the model before quantization, "
+                f"and {target.name}'s looser bounds would hide it")
+
     def _run_target(self, loaded, target, calib, evald, inputs, reference, output_names, noise,
                     bench_failed: bool = True) -> Artifact:
         """Convert, verify and (unless it failed and ``bench_failed`` is False) benchmark one target."""
@@ -776,6 +820,12 @@ class Pipeline:
                         budget = converter.audit(target, footprint, runner)
                         artifact.verification["failures"] += budget
                         artifact.verification["passed"] = artifact.verification["passed"] and not budget
+                    if artifact.verification.get("passed"):
+                        why = self._float_source_failure(converter, loaded, target, inputs, reference, output_names,
+                                                         noise, artifact.verification)
+                        if why:
+                            artifact.verification["failures"].append(why)
+                            artifact.verification["passed"] = False
                     if self.prune_report is not None:
                         self._check_sparsity(artifact, target, tmp)
                     artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed

@@ -355,3 +355,54 @@ def test_tiny_model_with_external_data_always_and_bench_of_an_id_input_without_d
     assert result.artifact("onnx-tiny")["settings"]["converter"]["external_data_files"] == []
     for name in ("onnx-tiny", "tflite-fp32"):
         assert bench_file(result.out / result.artifact(name)["path"], iterations=3, warmup=1)["n"] == 3
+
+
+def test_area_resize_is_refused_for_onnx_naming_the_layer(tmp_path):
+    """tf2onnx turns ResizeArea into a nearest-neighbour Resize: the file ran 0.19 off the model, and an
+    int8 file made from it passed on agreement. Refused before conversion, naming the layer."""
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Resizing(6, 6, interpolation="area", name="shrink")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x)))
+    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    result = deploykit.convert(model, ["onnx-fp32", "onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
+    for name in ("onnx-fp32", "onnx-int8-qop"):
+        error = result.artifact(name)["error"]
+        assert "ONNX has no area resize" in error and "shrink" in error and "bilinear" in error, error
+
+
+def test_a_quantized_file_fails_when_its_float_source_misses_the_float_bounds(tmp_path, keras3_model, digits, monkeypatch):
+    """An int8 file is judged by agreement and accuracy, loose enough to hide a float conversion error.
+    Its float source is verified with onnx-fp32's bounds. Here the (real) float source is altered the
+    way a converter error would (one output bias moved), and the int8 file made before it passes on its own."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deploykit.converters import onnx as onnx_converter
+
+    data = (digits.x_eval[:96], digits.y_eval[:96])
+    clean = deploykit.convert(keras3_model, ["onnx-int8-qop"], data=data, out=tmp_path / "clean", bench=False)
+    assert clean.artifact("onnx-int8-qop")["status"] == "ok"
+    real = onnx_converter.write_float_source
+
+    def altered(model, target, path):
+        real(model, target, path)
+        proto = onnx.load(str(path))
+        last = [i for i in proto.graph.initializer if len(i.dims) == 1 and i.dims[0] == 10][-1]
+        value = numpy_helper.to_array(last).copy()
+        value[0] += 0.5  # a small shift of one logit
+        last.CopyFrom(numpy_helper.from_array(value, last.name))
+        onnx.save(proto, str(path))
+
+    monkeypatch.setattr(onnx_converter, "write_float_source", altered)
+    result = deploykit.convert(keras3_model, ["onnx-int8-qop"], data=data, out=tmp_path / "o", bench=False)
+    art = result.artifact("onnx-int8-qop")
+    assert art["status"] == "failed"
+    assert "the float32 graph it was quantized from already misses onnx-fp32's bounds" in art["error"], art["error"]
+
+    # with onnx-fp32 in the run (built first, as onnx-auto does), its own verdict is used: nothing rebuilt
+    calls = []
+    monkeypatch.setattr(onnx_converter, "write_float_source", lambda *a: calls.append(a))
+    result = deploykit.convert(keras3_model, ["onnx-fp32", "onnx-int8-qop"], data=data, out=tmp_path / "o2", bench=False)
+    assert calls == [] and result.artifact("onnx-int8-qop")["status"] == "ok"

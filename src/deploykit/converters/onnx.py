@@ -102,9 +102,12 @@ def to_onnx(model: Any, opset: int) -> Any:
                 return_tensors_to_rename=True,
             )
             graph_def = prepare_for_export(graph_def)
+            _refuse_misconverted_ops(graph_def)
             proto, _ = tf2onnx_convert.from_graph_def(
                 graph_def, input_names=inputs, output_names=outputs, opset=opset, tensors_to_rename=renames,
             )
+        except ConversionError:
+            raise
         except Exception as exc:
             raise ConversionError(_explain(exc, cap.text, opset)) from None
     _check_domains(proto, opset)
@@ -114,6 +117,22 @@ def to_onnx(model: Any, opset: int) -> Any:
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     return copy
+
+
+def _refuse_misconverted_ops(graph_def: Any) -> None:
+    """Refuse TensorFlow ops tf2onnx converts to an ONNX op that computes something else.
+
+    tf2onnx 1.17 maps ResizeArea (Keras ``Resizing(interpolation="area")``) to a nearest-neighbour
+    Resize: the file loads and runs, 0.19 off the model, and an int8 file made from it passed on
+    agreement alone. ONNX has no area resize.
+    """
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    area = [n.name.replace("StatefulPartitionedCall/", "") for n in nodes if n.op == "ResizeArea"]
+    if area:
+        raise ConversionError(
+            f"ONNX has no area resize, and tf2onnx would turn ResizeArea (e.g. {area[0]}) into a nearest-neighbour "
+            "Resize that computes something else; use interpolation='bilinear' in that Resizing layer, or resize "
+            "before the model's input")
 
 
 def _check_domains(proto: Any, opset: int) -> None:
@@ -226,6 +245,24 @@ class _Reader:
 
     def get_next(self):
         return next(self._iter, None)
+
+
+# The float file a quantized target is made from, checked with this target's tolerance: an int8
+# tolerance (agreement, accuracy) is loose enough to hide a float conversion error (see
+# Pipeline._float_source_failure).
+FLOAT_TARGET = "onnx-fp32"
+
+
+def float_source_key(target: Any) -> tuple[str, int] | None:
+    """Which float graph ``target``'s file is (or is quantized from): the same key, the same graph."""
+    return ("onnx", int(target.options["opset"]))
+
+
+def write_float_source(model: Any, target: Any, path: Path) -> None:
+    """Write the float32 ONNX file ``target`` quantizes (the tf2onnx graph, cached per opset)."""
+    proto = to_onnx(model, target.options["opset"])
+    _in_declared_order(proto, [s.name for s in model.inputs], list(model.output_names))
+    _save(proto, Path(path), target.options["external_data"] == "always" or _proto_bytes(proto) > EXTERNAL_DATA_THRESHOLD)
 
 
 def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[str, Any]:
