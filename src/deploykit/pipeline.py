@@ -771,7 +771,7 @@ class Pipeline:
         from deploykit.converters import get_converter
         from deploykit.runtime_bench import benchmark, get_runner, runtime_memory
         from deploykit.runtime_bench.memory import PeakRSS
-        from deploykit.verify import verify
+        from deploykit.verify import DEFAULT_BATCH_CHECK, verify
 
         converter = get_converter(target.format)
         rel = Path(target.name) / f"model{converter.SUFFIX}"
@@ -804,6 +804,7 @@ class Pipeline:
                         artifact.verification = verify(
                             runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
                             targets=evald.targets, label_output=self._label_index,
+                            batch_check=1 if conv_settings.get("batch_dependent") else DEFAULT_BATCH_CHECK,
                         )
                     artifact.steps["verify"] = mem.to_dict()
                     if conv_settings.get("note"):  # what the converter did that the target's name does not say

@@ -406,3 +406,12 @@ def test_a_quantized_file_fails_when_its_float_source_misses_the_float_bounds(tm
     monkeypatch.setattr(onnx_converter, "write_float_source", lambda *a: calls.append(a))
     result = deploykit.convert(keras3_model, ["onnx-fp32", "onnx-int8-qop"], data=data, out=tmp_path / "o2", bench=False)
     assert calls == [] and result.artifact("onnx-int8-qop")["status"] == "ok"
+
+
+def test_dynamic_int8_is_verified_one_sample_per_call(onnx_run):
+    """quantize_dynamic's activation scale spans the whole batch: a verdict at batch 8 passed a file
+    that missed the gate with all samples in one call. It is verified as batch-1 apps run it."""
+    dyn = onnx_run.artifact("onnx-int8-dynamic")["verification"]
+    assert dyn["batch_sizes"] == [1]
+    assert any("depends on the other samples in its batch" in n for n in dyn["notes"]), dyn["notes"]
+    assert onnx_run.artifact("onnx-int8-qop")["verification"]["batch_sizes"] == [1, 8]
