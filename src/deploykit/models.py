@@ -255,19 +255,21 @@ def copy_state(src: Any, dst: Any) -> None:
 
 
 def float32_twin(model: Any) -> tuple[Any, str | None]:
-    """A Keras 3 model that computes in float16/bfloat16 (mixed precision policy), rebuilt in float32.
+    """A Keras 3 model that computes in float16/bfloat16 (mixed precision policy) or float64
+    (``keras.config.set_floatx("float64")``), rebuilt in float32.
 
     Returns ``(model, None)`` when every layer computes in float32, else ``(twin, policies)``: the
     same architecture with float32 layers and the same weights (mixed precision keeps its variables
-    in float32). TFLite's builtin kernels, TF.js weights and ONNX Runtime's quantizer take no float16
-    compute graph (5 of 6 targets failed on one), and float32 is what the weights define; the
-    targets' own float16/int8 profiles quantize from there. A model clone_model cannot rebuild
-    (subclassed, a custom layer without from_config) is returned as it is.
+    in float32; float64 weights are rounded to float32). TFLite's builtin kernels, TF.js weights and
+    ONNX Runtime take no float16 or float64 compute graph (every target failed on one, naming ops
+    rather than the dtype), and float32 is what devices run; the targets' own float16/int8 profiles
+    quantize from there. Float64 inputs become float32 inputs (the data is cast). A model
+    clone_model cannot rebuild (subclassed, a custom layer without from_config) is returned as it is.
     """
     import keras
 
     low = sorted({getattr(layer.dtype_policy, "name", str(layer.dtype_policy)) for layer in _flat_layers(model)
-                  if getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")})
+                  if getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16", "float64")})
     if not low or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
         return model, None
 
@@ -278,7 +280,12 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
         return layer.__class__.from_config(config)
 
     try:
-        twin = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        inputs = None
+        if any(str(t.dtype) == "float64" for t in model.inputs):
+            inputs = [keras.Input(batch_shape=t.shape, dtype="float32" if str(t.dtype) == "float64" else t.dtype,
+                                  name=getattr(t, "name", None)) for t in model.inputs]
+            inputs = inputs[0] if len(inputs) == 1 and not isinstance(getattr(model, "_inputs_struct", None), (list, dict)) else inputs
+        twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
         copy_state(model, twin)
     except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops
         return model, None

@@ -608,6 +608,29 @@ def test_a_mixed_float16_model_is_rebuilt_in_float32_and_converts_everywhere(tmp
     np.testing.assert_allclose(np.asarray(twin(x)), np.asarray(model(x)), atol=5e-3)
 
 
+def test_a_float64_model_is_rebuilt_in_float32_and_converts_everywhere(tmp_path):
+    """A model built under keras.config.set_floatx("float64") failed every target with messages naming
+    ops (BiasAdd, Conv2D...) and never float64. It is rebuilt in float32, float64 input included."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2), name="img", dtype="float64")
+    h = keras.layers.Conv2D(4, 3, activation="relu", dtype="float64")(inp)
+    h = keras.layers.Dense(8, activation="relu", dtype="float64")(keras.layers.Flatten(dtype="float64")(h))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", dtype="float64")(h))
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 2))  # float64, as NumPy makes it
+    targets = ["tflite-fp32", "tflite-int8", "onnx-fp32", "tfjs-fp32"]
+    result = deploykit.convert(model, targets, data=x, out=tmp_path / "out", bench=False)
+    for artifact in result.artifacts:
+        assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
+    assert result["model"]["float32_from_policy"] == "float64"
+    assert [i["dtype"] for i in result["model"]["inputs"]] == ["float32"]
+    assert "float64 dtype policy, not float32: it was rebuilt in float32" in result.report_path.read_text()
+    seq = keras.Sequential([keras.Input((5,), dtype="float64"), keras.layers.Dense(4, dtype="float64")])
+    result = deploykit.convert(seq, ["tflite-fp32"], data=x[:, 0, 0, :1].repeat(5, 1), out=tmp_path / "seq", bench=False)
+    assert result.ok and result["model"]["float32_from_policy"] == "float64", result.artifacts
+
+
 def test_a_model_ending_in_argmax_converts_and_its_class_ids_are_judged_by_agreement(tmp_path):
     """keras.ops.argmax lowers to Bitcast/BitwiseAnd (a -0.0 guard) that no converter took; a flipped id
     was then judged elementwise ("max abs error 3"), not as the top-1 agreement it is."""

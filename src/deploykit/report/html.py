@@ -65,7 +65,7 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
         pre = ", ".join(f"{p['class']} ({p['name']})" for p in m["preprocessing_layers"])
         parts.append(f"<p>Embedded preprocessing: {html.escape(pre)}.</p>")
     if m.get("float32_from_policy"):
-        parts.append(f"<p>The model computes in float16 ({html.escape(m['float32_from_policy'])} policy): it was rebuilt "
+        parts.append(f"<p>The model computes with the {html.escape(m['float32_from_policy'])} dtype policy, not float32: it was rebuilt "
                      "in float32 with the same weights, and that float32 model is the reference and what every target converts.</p>")
     if m.get("removed_for_export"):
         gone = ", ".join(f"{p['class']} ({p['name']})" for p in m["removed_for_export"])

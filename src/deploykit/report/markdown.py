@@ -27,7 +27,7 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     if m.get("preprocessing_layers"):
         lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
     if m.get("float32_from_policy"):
-        lines.append(f"The model computes in float16 ({m['float32_from_policy']} policy): it was rebuilt in float32 with the "
+        lines.append(f"The model computes with the {m['float32_from_policy']} dtype policy, not float32: it was rebuilt in float32 with the "
                      "same weights, and that float32 model is the reference and what every target converts.")
     if m.get("removed_for_export"):
         lines.append("Replaced by Identity in the exported graph (they pass their input through at inference; the "
