@@ -100,6 +100,20 @@ def native_stderr_captured(enabled: bool = True) -> Iterator[Captured]:
             captured.text = tmp.read().decode("utf-8", "replace")
 
 
+@contextlib.contextmanager
+def python_stdout_quiet() -> Iterator[None]:
+    """``sys.stdout`` to nowhere while a library prints progress (tf_keras's export), in the main
+    thread only: ``sys.stdout`` belongs to the whole process, and from a worker thread the caller's
+    own prints would vanish meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
 def import_tensorflow():
     """Import TensorFlow quietly and return the module."""
     with quiet_tensorflow_env(), native_stderr_captured():

@@ -20,6 +20,7 @@ import contextlib
 import json
 import re
 import tempfile
+import threading
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +28,18 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured
+from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured, python_stdout_quiet
 from deploykit.errors import DataError, ModelLoadError, UntrustedModelError
 
 CODE_CARRYING_LAYERS = {
     "Lambda": "runs marshalled Python bytecode",
     "TFSMLayer": "loads and runs another SavedModel",
 }
+
+
+# One SavedModel export at a time in this process: TensorFlow's saver sets absl's verbosity to FATAL
+# and back around each export, and two exports in two threads left it at FATAL for the caller.
+_EXPORT_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -455,7 +461,7 @@ class LoadedModel:
         if self._saved_model_path is None:
             self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
             path = Path(self._owned_tmp.name) / "saved_model"
-            with native_stderr_captured() as cap:
+            with _EXPORT_LOCK, native_stderr_captured() as cap:
                 try:
                     if self.kind == "keras3":
                         export_model = self._export_model()
@@ -464,9 +470,7 @@ class LoadedModel:
                         # outputs then come from the model itself.
                         self._serve_fn = serve_fn if export_model is self.keras_model else None
                     else:
-                        import contextlib, io  # noqa: E401
-
-                        with contextlib.redirect_stdout(io.StringIO()):
+                        with python_stdout_quiet():
                             self.keras_model.export(str(path))
                 except Exception as exc:  # export failures are conversion failures of every target
                     from deploykit.errors import ConversionError
@@ -491,11 +495,9 @@ class LoadedModel:
             self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
         path = Path(self._owned_tmp.name) / f"saved_model_batch{batch}"
         if not path.exists():
-            with native_stderr_captured() as cap:
+            with _EXPORT_LOCK, native_stderr_captured() as cap:
                 try:
-                    import contextlib, io  # noqa: E401
-
-                    with contextlib.redirect_stdout(io.StringIO()):
+                    with python_stdout_quiet():
                         _export_fixed_batch(self._export_model(), self.kind, path, batch)
                 except Exception as exc:
                     raise ConversionError(f"exporting the model with batch size {batch} failed: "

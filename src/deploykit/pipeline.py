@@ -724,24 +724,28 @@ class Pipeline:
 
     # -------------------------------------------------------------------------------------
     def _float_source_failure(self, converter: Any, loaded: Any, target: Target, inputs: dict[str, np.ndarray],
-                              reference: Any, output_names: Sequence[str], noise: Any,
+                              reference: Any, output_names: Sequence[str], noise: Any, evald: Any,
                               verification: dict[str, Any]) -> str | None:
         """Why a quantized artifact fails for the float graph it was made from, or None.
 
         An int8 file is judged by loose bounds (agreement, accuracy, mean shift) that can hide an
         error the converter made before quantizing: tf2onnx's nearest-neighbour Resize for an area
         resize was 0.19 off the model, onnx-fp32 failed, and every ONNX int8 file (onnx-auto's
-        winner too) passed. The float source is verified with the float target's bounds, once per
-        run; the float target's own verification counts when it ran first (onnx-auto builds it first).
+        winner too) passed. The float source is verified with the float target's bounds and the same
+        labels, once per run; the float target's own verdict counts when it ran first (onnx-auto
+        builds it first). A graph holding fake quantization (a QAT model) has no float-exact source:
+        a float32 rounding difference moves a value by a whole quantization step.
         """
         if not hasattr(converter, "float_source_key"):
             return None
-        key = converter.float_source_key(target)
-        float_target = get_target(converter.FLOAT_TARGET)
-        if target.name == float_target.name:
-            self._float_verdicts.setdefault(key, verification)
+        key = converter.float_source_key(loaded, target)
+        if key is None:
             return None
-        if target.weights != "int8":  # float16 files are held to near-float bounds themselves
+        float_target = get_target(converter.FLOAT_TARGET)
+        if target.name == float_target.name:  # its verdict as verified, before later checks add to it
+            self._float_verdicts.setdefault(key, {**verification, "failures": list(verification.get("failures", []))})
+            return None
+        if target.weights != "int8" or not verification.get("passed"):  # float16 is held to near-float bounds
             return None
         if key not in self._float_verdicts:
             from deploykit.runtime_bench import get_runner
@@ -754,8 +758,9 @@ class Pipeline:
                 runner = get_runner(float_target.runtime, path, target.bench.threads, float_target.options)
                 try:
                     runner.load()
-                    self._float_verdicts[key] = verify(runner, inputs, reference, output_names, float_target.tolerance,
-                                                       noise=noise)
+                    self._float_verdicts[key] = verify(
+                        runner, inputs, reference, output_names, float_target.tolerance, labels=evald.y, noise=noise,
+                        targets=evald.targets, label_output=self._label_index)
                 finally:
                     runner.close()
         found = self._float_verdicts[key]
@@ -821,12 +826,11 @@ class Pipeline:
                         budget = converter.audit(target, footprint, runner)
                         artifact.verification["failures"] += budget
                         artifact.verification["passed"] = artifact.verification["passed"] and not budget
-                    if artifact.verification.get("passed"):
-                        why = self._float_source_failure(converter, loaded, target, inputs, reference, output_names,
-                                                         noise, artifact.verification)
-                        if why:
-                            artifact.verification["failures"].append(why)
-                            artifact.verification["passed"] = False
+                    why = self._float_source_failure(converter, loaded, target, inputs, reference, output_names,
+                                                     noise, evald, artifact.verification)
+                    if why:
+                        artifact.verification["failures"].append(why)
+                        artifact.verification["passed"] = False
                     if self.prune_report is not None:
                         self._check_sparsity(artifact, target, tmp)
                     artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed

@@ -259,8 +259,14 @@ class _Reader:
 FLOAT_TARGET = "onnx-fp32"
 
 
-def float_source_key(target: Any) -> tuple[str, int] | None:
-    """Which float graph ``target``'s file is (or is quantized from): the same key, the same graph."""
+def float_source_key(model: Any, target: Any) -> tuple[str, int] | None:
+    """Which float graph ``target``'s file is (or is quantized from): the same key, the same graph.
+    None for a graph holding fake quantization (a QAT model): it has no float-exact source."""
+    opset = target.options["opset"]
+    cache = model.__dict__.get("_onnx_fp32_cache", {})
+    proto = cache[opset] if opset in cache else to_onnx(model, opset)  # converted by now: no copy
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        return None
     return ("onnx", int(target.options["opset"]))
 
 
