@@ -415,3 +415,17 @@ def test_dynamic_int8_is_verified_one_sample_per_call(onnx_run):
     assert dyn["batch_sizes"] == [1]
     assert any("depends on the other samples in its batch" in n for n in dyn["notes"]), dyn["notes"]
     assert onnx_run.artifact("onnx-int8-qop")["verification"]["batch_sizes"] == [1, 8]
+
+
+def test_onnx_runtime_load_failures_give_the_reason_not_its_cpp_scaffolding(tmp_path):
+    """ORT refuses a quantized bicubic Resize at load; its message starts with a source path, a C++
+    signature and a repeated error prefix, and the 300 characters shown ended before the reason."""
+    import keras
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Resizing(8, 8, interpolation="bicubic")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(x))))
+    x = np.random.default_rng(0).random((16, 16, 16, 3)).astype("float32")
+    result = deploykit.convert(model, ["onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("onnx-int8-qop")["error"]
+    assert "'Cubic' mode only supports" in error and "onnxruntime_src" not in error, error

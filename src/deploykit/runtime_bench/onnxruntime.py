@@ -8,6 +8,7 @@ whose external-data paths point outside the model's directory (a crafted
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 import time
@@ -62,6 +63,19 @@ def check_external_data(path: Path) -> list[str]:
     return sorted(locations)
 
 
+
+def ort_reason(exc: Exception, limit: int = 300) -> str:
+    """ONNX Runtime's reason without its C++ scaffolding: the source paths, the function signatures
+    and the repeated "[ONNXRuntimeError] : 1 : FAIL :" prefixes came first and filled the 300
+    characters, cutting off the reason ("'Cubic' mode only supports ...")."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"\S*onnxruntime_src/\S+:\d+\s*", "", text)
+    text = re.sub(r"onnxruntime::[\w:~]+\([^)]*\)\s*(\[with [^\]]*\]\s*)?", "", text)
+    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+\s*", "", text)
+    text = re.sub(r"(\[ONNXRuntimeError\] : \d+ : \w+ :\s*)+", "", text).strip()
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 class ORTRunner:
     """Load an .onnx file in ONNX Runtime and run it.
 
@@ -111,7 +125,7 @@ class ORTRunner:
         try:
             self._session = self._session_for(self._options())
         except Exception as exc:
-            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path.name}: {' '.join(str(exc).split())[:300]}") from None
+            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path.name}: {ort_reason(exc)}") from None
         elapsed = time.perf_counter() - t0
         self._in = {i.name: i for i in self._session.get_inputs()}
         self._out_names = [o.name for o in self._session.get_outputs()]
