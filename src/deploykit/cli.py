@@ -60,7 +60,7 @@ def convert(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Timed runs."),
     verify_samples: int = typer.Option(1000, "--verify-samples", help="Verify at most this many samples."),
     label_output: Optional[str] = typer.Option(None, "--label-output", help="The output the labels 'y' score (output_1, or its Keras name); default: the first that fits them."),
-    no_bench: bool = typer.Option(False, "--no-bench", help="Verify only; skip benchmarks."),
+    no_bench: bool = typer.Option(False, "--no-bench", help="Verify only; skip benchmarks (an -auto target still times its candidates to choose)."),
     prune: Optional[float] = typer.Option(None, "--prune", help="Prune to this sparsity (e.g. 0.8 zeroes 80% of each prunable kernel) while fine-tuning on --train-data, then convert the pruned model."),
     prune_schedule: str = typer.Option("polynomial", "--prune-schedule", help="polynomial (sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
     prune_structure: Optional[str] = typer.Option(None, "--prune-structure", help="unstructured (default), 2:4 (2 zeros in every 4 input-channel weights; implies 50%) or block."),

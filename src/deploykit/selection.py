@@ -111,12 +111,16 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
             f"{r['target']}: {r['error'].removeprefix(r['target'] + ': ')}" for r in rows)
         auto.selection = {"candidates": rows, "winner": None, "reason": auto.error}
         return auto
+    rounds = 0
     if target.select_by == "download":
         winner_t, winner = min(passing, key=lambda ta: (ta[1].gzip_bytes, ta[1].size_bytes))
         key = {}
         basis = "smallest download (gzip) among the candidates that passed verification"
-    elif bench and len(passing) > 1:
+    elif len(passing) > 1:
+        # Timed even with benchmarks off: the choice is the measurement (by size alone, --no-bench
+        # shipped dynamic-range int8, the slowest file for convolutions on CPUs).
         summaries = interleaved_p50([t for t, _ in passing], [out / a.path for _, a in passing], sample)
+        rounds = ROUNDS
         by_name = {t.name: s for (t, _), s in zip(passing, summaries)}
         for name, summary in by_name.items():
             row = next(r for r in rows if r["target"] == name)
@@ -129,16 +133,14 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
                  f"smallest of {len(tied)} candidates not measurably slower than the fastest ({fastest}): within "
                  f"{TIE_RATIO - 1:.0%} of its interleaved p50, or within {NOISE_RATIO - 1:.0%} and faster in at least "
                  f"{ROUND_WINS} of {ROUNDS} paired rounds")
-    elif bench:
-        winner_t, winner = passing[0]
-        key = {winner_t.name: winner.benchmark.get("p50_ms")}
-        basis = "only candidate that passed"
+        if not bench:
+            basis += " (timed for this choice only: benchmarks were off)"
     else:
-        winner_t, winner = min(passing, key=lambda ta: ta[1].size_bytes)
-        key = {}
-        basis = "smallest (benchmarks were off, so speed was not measured)"
+        winner_t, winner = passing[0]
+        key = {winner_t.name: winner.benchmark["p50_ms"]} if winner.benchmark.get("p50_ms") else {}
+        basis = "only candidate that passed"
     auto.selection = {"candidates": rows, "winner": winner_t.name, "basis": basis,
-                      "reason": _reason(winner_t.name, basis, rows, key), "rounds": ROUNDS if key else 0}
+                      "reason": _reason(winner_t.name, basis, rows, key), "rounds": rounds}
     _copy_winner(winner, out, target.name, auto)
     auto.parent = winner.path
     if "converter" in winner.settings:  # how the shipped file was made (and its weight files: TF.js shards)

@@ -429,3 +429,16 @@ def test_onnx_runtime_load_failures_give_the_reason_not_its_cpp_scaffolding(tmp_
     result = deploykit.convert(model, ["onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("onnx-int8-qop")["error"]
     assert "'Cubic' mode only supports" in error and "onnxruntime_src" not in error, error
+
+
+def test_auto_still_measures_with_benchmarks_off(tmp_path, keras3_model, digits):
+    """With --no-bench, onnx-auto/tflite-auto shipped the smallest passing file: dynamic-range int8,
+    8-17x slower than float on convolutions. The choice is the measurement: candidates are timed in
+    interleaved rounds anyway, and only those rounds' figures appear under "interleaved p50"."""
+    data = (digits.x_eval[:64], digits.y_eval[:64])
+    result = deploykit.convert(keras3_model, ["onnx-auto"], data=data, out=tmp_path / "o", bench=False)
+    sel = result.artifact("onnx-auto")["selection"]
+    assert sel["rounds"] == 5 and "timed for this choice only" in sel["basis"], sel["basis"]
+    timed = [r for r in sel["candidates"] if r["status"] == "ok"]
+    assert len(timed) > 1 and all(r["interleaved_p50_ms"] > 0 for r in timed)
+    assert result.artifact("onnx-fp32")["benchmark"] == {}  # the per-file benchmarks stay off

@@ -95,7 +95,8 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
         "<h2>How this was measured</h2><p>"
         + html.escape(f"{mach.get('cpu')}, {mach.get('cores')} cores; tools: "
                       + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
-        + ". Latency is invoke-only after warm-up; raw samples are in manifest.json.</p>"
+        + (". Latency is invoke-only after warm-up; raw samples are in manifest.json.</p>"
+           if any(a.benchmark for a in manifest.artifacts) else ". Latency was not measured (benchmarks were off).</p>")
     )
     parts.append("</body></html>\n")
     return "\n".join(parts)

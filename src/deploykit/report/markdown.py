@@ -72,7 +72,8 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
         "",
         f"- Machine: {mach.get('cpu')}, {mach.get('cores')} cores, {human_bytes(mach.get('memory_bytes'))}, {mach.get('os')}",
         f"- Tools: {', '.join(f'{k} {v}' for k, v in tools.items())}",
-        f"- Latency: invoke only, after warm-up; threads {', '.join(map(str, threads)) or '–'}; raw samples in manifest.json.",
+        (f"- Latency: invoke only, after warm-up; threads {', '.join(map(str, threads))}; raw samples in manifest.json."
+         if threads else "- Latency: not measured (benchmarks were off)."),
         "- Size: raw bytes and gzip (level 6, the common default). Runtime mem: what the file adds to a process that already has its runtime, measured in a new process per file (peak resident memory while loading it and running it at batch 1, minus the memory just before loading; TF.js: the Node process; TFLite Micro: the tensor arena).",
         f"- Created {manifest.created}; manifest schema {manifest.schema_version}.",
         "",
