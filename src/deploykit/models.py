@@ -288,9 +288,12 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
     try:
         inputs = None
         if any(str(t.dtype) == "float64" for t in model.inputs):
-            inputs = [keras.Input(batch_shape=t.shape, dtype="float32" if str(t.dtype) == "float64" else t.dtype,
-                                  name=getattr(t, "name", None)) for t in model.inputs]
-            inputs = inputs[0] if len(inputs) == 1 and not isinstance(getattr(model, "_inputs_struct", None), (list, dict)) else inputs
+            def float32_input(t: Any) -> Any:
+                return keras.Input(batch_shape=t.shape, dtype="float32" if str(t.dtype) == "float64" else t.dtype,
+                                   name=getattr(t, "name", None))
+
+            # In the model's own structure (one tensor, a list, a dict): clone_model refuses another.
+            inputs = keras.tree.map_structure(float32_input, getattr(model, "_inputs_struct", None) or model.inputs[0])
         twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
         copy_state(model, twin)
     except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops

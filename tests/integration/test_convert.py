@@ -1198,3 +1198,20 @@ def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     assert error.count("HARD_SWISH") == 1 and "hard_swish activation" in error, error
     assert "tflite-int8" in error and len(error) < 300, error
     assert result.artifact("tflite-int8")["verification"]  # the int8 quantizer has the kernel: converted and checked
+
+
+def test_a_float64_model_with_dict_inputs_is_rebuilt_too(tmp_path):
+    """The float32 rebuild passed its new inputs as a list; Keras refused that for a dict-input model
+    and the model stayed float64 (TFLite failed naming ops, ONNX shipped float64 inputs)."""
+    import keras
+
+    a = keras.Input((3,), name="a", dtype="float64")
+    b = keras.Input((2,), name="b", dtype="float64")
+    h = keras.layers.Concatenate(dtype="float64")([a, b])
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(2, dtype="float64")(h))
+    rng = np.random.default_rng(0)
+    data = {"a": rng.normal(size=(16, 3)), "b": rng.normal(size=(16, 2))}
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32"], data=data, out=tmp_path / "o", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    assert result["model"]["float32_from_policy"] == "float64"
+    assert [i["dtype"] for i in result["model"]["inputs"]] == ["float32", "float32"]

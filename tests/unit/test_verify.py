@@ -657,3 +657,18 @@ def test_an_output_failing_on_every_sample_says_so_once():
     assert len([f for f in both["failures"] if f.startswith("output 'y'")]) == 1, both["failures"]
     only_single = verify(Runner(True), {"x": x}, ref, ["y"], get_target("tflite-fp32").tolerance)
     assert [f.split(":")[0] for f in only_single["failures"]] == ["output 'y' at batch size 1"], only_single["failures"]
+
+
+def test_a_different_failure_at_batch_size_1_is_still_reported():
+    """An output failing on every sample says so once, but a batch-1 failure of another kind (NaN
+    only one by one) is its own diagnosis and stays."""
+    from deploykit.verify import verify
+
+    class Runner:
+        def run(self, feed):
+            x = feed["x"]
+            return {"y": np.full_like(x, np.nan) if len(x) == 1 else x * 2.0 + 0.5}
+
+    x = np.linspace(0, 1, 64, dtype="float32").reshape(16, 4)
+    v = verify(Runner(), {"x": x}, [x * 2.0], ["y"], get_target("tflite-fp32").tolerance)
+    assert [f.split(":")[0] for f in v["failures"]] == ["output 'y' at batch size 1", "output 'y'"], v["failures"]

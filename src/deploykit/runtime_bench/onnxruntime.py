@@ -64,15 +64,18 @@ def check_external_data(path: Path) -> list[str]:
 
 
 
-def ort_reason(exc: Exception, limit: int = 300) -> str:
+def ort_reason(exc: Exception, limit: int = 400) -> str:
     """ONNX Runtime's reason without its C++ scaffolding: the source paths, the function signatures
     and the repeated "[ONNXRuntimeError] : 1 : FAIL :" prefixes came first and filled the 300
-    characters, cutting off the reason ("'Cubic' mode only supports ...")."""
+    characters, cutting off the reason ("'Cubic' mode only supports ..."). The status code stays."""
     text = " ".join(str(exc).split())
-    text = re.sub(r"\S*onnxruntime_src/\S+:\d+\s*", "", text)
-    text = re.sub(r"onnxruntime::[\w:~]+\([^)]*\)\s*(\[with [^\]]*\]\s*)?", "", text)
-    text = re.sub(r"\S+\.(?:h|cc|cpp):\d+\s*", "", text)
-    text = re.sub(r"(\[ONNXRuntimeError\] : \d+ : \w+ :\s*)+", "", text).strip()
+    codes = re.findall(r"\[ONNXRuntimeError\] : \d+ : (\w+) :", text)
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ :\s*", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+?:\d+\s*", "", text)  # from the slash: "failed:/onnxruntime_src/..." keeps "failed:"
+    text = re.sub(r"(?:\b(?:void|bool|int|auto|Status|common::Status)\s+)?onnxruntime::[\w:~]+\([^)]*\)\s*"
+                  r"(?:\[with [^\]]*\]\s*)?", "", text)
+    text = re.sub(r"(?<![\w/])\w+\.(?:h|cc|cpp):\d+\s+", "", text).strip()
+    text = f"{codes[0]}: {text}" if codes else text
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
