@@ -293,7 +293,8 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
                                    name=getattr(t, "name", None))
 
             # In the model's own structure (one tensor, a list, a dict): clone_model refuses another.
-            inputs = keras.tree.map_structure(float32_input, getattr(model, "_inputs_struct", None) or model.inputs[0])
+            struct = getattr(model, "_inputs_struct", None)  # a tensor has no truth value: no `or` here
+            inputs = keras.tree.map_structure(float32_input, model.inputs[0] if struct is None else struct)
         twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
         copy_state(model, twin)
     except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops
