@@ -142,8 +142,11 @@ class _LibraryRecords(logging.Filter):
             return True
         if record.name.split(".", 1)[0] in _LIBRARY_LOGGERS:
             return False
-        # ONNX Runtime's quantizer and tf2onnx also call logging.info()/warning() on the root logger.
-        return not (record.name == "root" and any(d in (record.pathname or "") for d in _LIBRARY_DIRS))
+        # ONNX Runtime's quantizer and tf2onnx also call logging.info()/warning() on the root logger:
+        # told apart by their installed file (a caller's own project may sit in a folder named keras).
+        path = record.pathname or ""
+        installed = "site-packages" in path or "dist-packages" in path
+        return not (record.name == "root" and installed and any(d in path for d in _LIBRARY_DIRS))
 
 
 _FILTER = _LibraryRecords()

@@ -508,3 +508,19 @@ def test_library_logs_are_muted_only_while_deploykit_works_and_the_callers_pass(
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+def test_root_records_are_dropped_only_from_the_installed_libraries():
+    """ONNX Runtime's quantizer logs through the root logger; a caller's own root-logged line from a
+    project folder that happens to be named keras or onnx must pass."""
+    import logging
+
+    from deploykit._quiet import _LibraryRecords
+
+    def record(path: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("root", level, path, 1, "message", None, None)
+
+    keep = _LibraryRecords().filter
+    assert not keep(record("/venv/lib/python3.11/site-packages/onnxruntime/quantization/quantize.py"))
+    assert keep(record("/venv/lib/python3.11/site-packages/onnxruntime/quantization/quantize.py", logging.ERROR))
+    assert keep(record("/home/me/keras/train.py")) and keep(record("/srv/onnx/export.py"))
