@@ -85,8 +85,8 @@ def _check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mod
     # A run killed with SIGKILL left the previous run set aside and its own targets unlisted: put the
     # previous run back first (the one write before any work), so this run sees what the user had.
     _recover_killed_run(out)
-    if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
-        model_dir = Path(model).expanduser().resolve()
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        model_dir = Path(model).resolve()
         if out.resolve() == model_dir or model_dir in out.resolve().parents:
             raise UserError(f"output {out} is inside the model's SavedModel directory {model}; choose an --out outside it")
     # Found now, not when the first artifact is written after minutes of work.
@@ -382,13 +382,15 @@ class Pipeline:
             raise UserError(f"progress must be a function taking one message string (e.g. print), got {progress!r}")
         self.progress = _caller_progress(progress) if progress else (lambda msg: None)
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
-        self._float_verdicts: dict[Any, dict[str, Any]] = {}  # float source key -> its verification (per run)
 
     # -------------------------------------------------------------------------------------
     @logs_muted
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""
         self._restore: tuple[Any, list[np.ndarray]] | None = None
+        # '~/m.keras' from Python: no shell expanded it. Once here, for every check and load below.
+        model = _expanded(model)
+        self.data, self.eval_data, self.train_data = (_expanded(d) for d in (self.data, self.eval_data, self.train_data))
         import logging
 
         root_handlers = list(logging.root.handlers)
@@ -1234,10 +1236,14 @@ def _smallest_vocabulary(keras_model: Any) -> int | None:
     return min(sizes) if sizes else None
 
 
+def _expanded(spec: Any) -> Any:
+    """A path given as str or Path with '~' expanded; anything else (arrays, models) as it is."""
+    return Path(spec).expanduser() if isinstance(spec, (str, Path)) else spec
+
+
 def _file_identity(model: Any) -> dict[str, Any]:
-    if isinstance(model, (str, Path)) and Path(model).expanduser().is_file():
-        path = Path(model).expanduser()
-        return {"path": str(model), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+    if isinstance(model, (str, Path)) and Path(model).is_file():
+        return {"path": str(model), "sha256": sha256_file(Path(model)), "size_bytes": Path(model).stat().st_size}
     if isinstance(model, (str, Path)):
         return {"path": str(model)}
     return {"path": None}
