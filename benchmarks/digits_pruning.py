@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the dense example models")
     parser.add_argument("--prune-epochs", type=int, default=20, help="pruning fine-tuning epochs (early stopping, patience 2)")
     parser.add_argument("--sparsity", type=float, default=0.8)
+    parser.add_argument("--clusters", type=int, default=16, help="shared values per kernel for the pruned+clustered variant")
     parser.add_argument("--iterations", type=int, default=3000, help="timed invocations per model (interleaved)")
     args = parser.parse_args()
     with workdir(args.workdir, "deploykit-bench-pruning-") as work:
@@ -193,6 +194,11 @@ def _run(args, work: Path) -> None:
     t0 = time.perf_counter()
     k3 = prune(dense, train, sparsity=args.sparsity, epochs=args.prune_epochs, compile_config=cfg, progress=log("k3 80%"))
     k3_s = time.perf_counter() - t0
+    from deploykit.optimize.cluster import cluster
+
+    t0 = time.perf_counter()
+    k3_cl = cluster(k3.model, train, clusters=args.clusters, compile_config=cfg, progress=log(f"k3 80% + {args.clusters} clusters"))
+    k3_cl_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     k3_24 = prune(dense, train, structure="2:4", epochs=args.prune_epochs, compile_config=cfg, progress=log("k3 2:4"))
     k3_24_s = time.perf_counter() - t0
@@ -214,6 +220,7 @@ def _run(args, work: Path) -> None:
     acc = {
         "keras3 dense": _accuracy(dense, x_test, y_test),
         f"keras3 pruned {args.sparsity:.0%}": _accuracy(k3.model, x_test, y_test),
+        f"keras3 pruned {args.sparsity:.0%} + {args.clusters} clusters": _accuracy(k3_cl.model, x_test, y_test),
         "keras3 pruned 2:4": _accuracy(k3_24.model, x_test, y_test),
         "tf_keras dense": _accuracy(tk_dense, x_test, y_test),
         f"tf_keras pruned {args.sparsity:.0%}": _accuracy(tk.model, x_test, y_test),
@@ -233,6 +240,12 @@ def _run(args, work: Path) -> None:
         for name in ("tflite-fp32", "tflite-int8"):
             tflite.convert(pruned_loaded, get_target(name), calib, arts / f"pruned-{name}.tflite")
             paths[f"pruned-{name}"] = arts / f"pruned-{name}.tflite"
+        clustered_loaded = load_model(k3_cl.model)
+        try:
+            tflite.convert(clustered_loaded, get_target("tflite-int8"), calib, arts / "pruned-clustered-int8.tflite")
+            paths["pruned-clustered-int8"] = arts / "pruned-clustered-int8.tflite"
+        finally:
+            clustered_loaded.release()
         import tensorflow as tf
 
         conv = tf.lite.TFLiteConverter.from_saved_model(str(pruned_loaded.saved_model_dir()))
@@ -268,7 +281,8 @@ def _run(args, work: Path) -> None:
     print("\nTFLite artifacts (zeros: constant tensors, int8 zero = zero point; sparse format: size - stored non-zeros)")
     print(table(["artifact", "bytes", "gzip bytes", "zeros/size", "acc %"], rows))
 
-    print(f"\naccuracy on {len(test)} held-out digits; pruning wall time: keras3 80% {k3_s:.1f} s, "
+    print(f"\naccuracy on {len(test)} held-out digits; pruning wall time: keras3 80% {k3_s:.1f} s "
+          f"(+ {k3_cl_s:.1f} s clustering), "
           f"2:4 {k3_24_s:.1f} s, tf_keras 80% {tk_s:.1f} s")
     print(table(["model", "acc %", "epochs run", "path"], [
         [k, f"{v * 100:.2f}", *(
@@ -325,7 +339,7 @@ def _run(args, work: Path) -> None:
             f"accuracy {acc['wide dense'] * 100:.2f}% -> {acc[f'wide pruned {s}'] * 100:.2f}% ({wide_drop:+.2f} points)")
     surv = {k: check_sparsity_survived(k3.report, counts[k]) for k in paths if k.startswith("pruned")}
     surv["wide-pruned-int8"] = check_sparsity_survived(wide.report, counts["wide-pruned-int8"])
-    v.check("every pruned kernel still sparse in tflite fp32, int8, sparse-format fp32 and int8 (and the wide int8)",
+    v.check("every pruned kernel still sparse in tflite fp32, int8, sparse-format fp32 and int8, clustered int8 (and the wide int8)",
             not any(surv.values()), "; ".join(f for fs in surv.values() for f in fs) or
             f"{len(k3.report['layers'])} kernels found in each of {len(surv)} artifacts")
     worst24 = max((abs(k["achieved_sparsity"] - 0.5) for l in k3_24.report["layers"] for k in l["kernels"]), default=1.0)
@@ -340,6 +354,23 @@ def _run(args, work: Path) -> None:
     v.check("Keras 3 vs tf_keras pruned accuracy within 1 point", diff <= 1.0 + 1e-9,
             f"keras3 {acc[f'keras3 pruned {s}'] * 100:.2f}% vs tf_keras {acc[f'tf_keras pruned {s}'] * 100:.2f}% "
             f"(dense: {acc['keras3 dense'] * 100:.2f}% vs {acc['tf_keras dense'] * 100:.2f}%)")
+    cl = f"keras3 pruned {s} + {args.clusters} clusters"
+    cl_ratio = gzip_size(paths["pruned-clustered-int8"]) / gzip_size(paths["dense-fp32"])
+    cl_acc = _tflite_accuracy(paths["pruned-clustered-int8"], x_test, y_test)
+    cl_drop = (acc["keras3 dense"] - cl_acc) * 100 if not isinstance(cl_acc, str) else float("inf")
+    from deploykit.optimize.sparsity import check_clusters_survived, clustered_kernels
+
+    cl_lost, _ = check_clusters_survived(k3_cl.report, count_zeros(paths["pruned-clustered-int8"],
+                                                                  shared_for=[k["size"] for k in clustered_kernels(k3_cl.report)]))
+    cl_zeros = check_sparsity_survived(k3.report, count_zeros(paths["pruned-clustered-int8"]))
+    v.check(f"with weight clustering too (--prune {args.sparsity} --cluster {args.clusters}; not the plain pruning figure): "
+            "gzip(tflite-int8) / gzip(dense tflite-fp32) <= 0.10, its int8 accuracy within 1 point of dense, zeros and "
+            "shared values found in the file",
+            cl_ratio <= 0.10 and cl_drop <= 1.0 + 1e-9 and not cl_lost and not cl_zeros,
+            f"{gzip_size(paths['pruned-clustered-int8']):,} / {gzip_size(paths['dense-fp32']):,} = {cl_ratio:.3f}; "
+            f"int8 accuracy {cl_acc if isinstance(cl_acc, str) else f'{cl_acc * 100:.2f}%'} vs dense "
+            f"{acc['keras3 dense'] * 100:.2f}% ({cl_drop:+.2f} points; in Keras {acc[cl] * 100:.2f}%)"
+            + (f"; {'; '.join(cl_lost + cl_zeros)}" if cl_lost or cl_zeros else ""))
     weights_gz, other_gz = _gzip_split(paths["pruned-tflite-int8"])
     print(f"note  where the pruned int8 file's gzip bytes go: its weight buffers alone gzip to {weights_gz:,} B "
           f"({weights_gz / gzip_size(paths['dense-fp32']):.3f} of the dense fp32 file; random 80% zeros plus 20% int8 "

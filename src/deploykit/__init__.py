@@ -8,6 +8,7 @@ Public API::
     print(result.ok, result.report_path)
 
     pruned = deploykit.prune(keras_model, (x_train, y_train), sparsity=0.8).model
+    smaller = deploykit.cluster(pruned, (x_train, y_train), clusters=16).model  # zeros kept
 
 Heavy libraries (TensorFlow, LiteRT) are imported only inside the functions
 that need them, so importing deploykit is cheap.
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "convert",
     "prune",
+    "cluster",
     "bench",
     "inspect",
     "Pipeline",
@@ -49,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from deploykit.optimize.prune import prune
 
         return prune
+    if name == "cluster":
+        from deploykit.optimize.cluster import cluster
+
+        return cluster
     if name == "bench":
         from deploykit.runtime_bench import bench_file
 

@@ -65,8 +65,10 @@ def convert(
     prune_schedule: str = typer.Option("polynomial", "--prune-schedule", help="polynomial (sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
     prune_structure: Optional[str] = typer.Option(None, "--prune-structure", help="unstructured (default), 2:4 (2 zeros in every 4 input-channel weights; implies 50%) or block."),
     prune_block: str = typer.Option("1x4", "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block."),
+    cluster: Optional[int] = typer.Option(None, "--cluster", help="Weight clustering: share this many values per kernel (e.g. 16; 2..256) with a short fine-tune on --train-data; after --prune, zeros stay zero. Shrinks the gzipped download of every target."),
+    cluster_epochs: Optional[int] = typer.Option(None, "--cluster-epochs", help="Fine-tune epochs of --cluster (default 3; 0 clusters without fine-tuning)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model."),
-    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning / QAT fine-tune (y: class labels, or the target values of a model trained with a regression loss such as mse)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning / clustering / QAT fine-tune (y: class labels, or the target values of a model trained with a regression loss such as mse)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; once at the target sparsity, stops early after --patience epochs without a better validation score) and of --qat (default 4)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Fine-tune learning rate (default: the compiled optimizer's, else Adam 1e-3)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Loss for a model saved without compile(), e.g. sparse_categorical_crossentropy."),
@@ -80,9 +82,11 @@ def convert(
     prune_settings = None
     tuning_values = (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss), ("patience", patience))
     tuning = ["--" + k.replace("_", "-") for k, v in tuning_values if v is not None]
-    if prune is None and prune_structure is None and not qat and tuning:
-        raise UserError(f"{', '.join(tuning)} only apply to the pruning fine-tune and QAT; add --prune 0.8 "
-                        "(or --prune-structure 2:4) or --qat")
+    if prune is None and prune_structure is None and not qat and cluster is None and tuning:
+        raise UserError(f"{', '.join(tuning)} only apply to the pruning, clustering and QAT fine-tunes; add --prune 0.8 "
+                        "(or --prune-structure 2:4), --cluster 16 or --qat")
+    if cluster is None and cluster_epochs is not None:
+        raise UserError("--cluster-epochs only applies to clustering; add --cluster 16")
     if prune is not None or prune_structure is not None:
         try:
             block = tuple(int(v) for v in prune_block.lower().split("x"))
@@ -91,6 +95,11 @@ def convert(
         prune_settings = {"sparsity": prune, "schedule": prune_schedule, "structure": prune_structure or "unstructured",
                           "block_size": block}
         prune_settings.update({k: v for k, v in tuning_values if v is not None})
+    cluster_settings = None
+    if cluster is not None:
+        cluster_settings = {"clusters": cluster, **{k: v for k, v in tuning_values if v is not None and k != "epochs"}}
+        if cluster_epochs is not None:
+            cluster_settings["epochs"] = cluster_epochs
     qat_settings = None
     if qat:
         qat_settings = {k: v for k, v in tuning_values if v is not None}
@@ -122,6 +131,7 @@ def convert(
             threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
             bench=not no_bench, progress=progress,
             prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
+            cluster=cluster_settings,
         )
         try:
             result = pipeline.run(model)

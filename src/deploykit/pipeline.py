@@ -306,11 +306,15 @@ class Pipeline:
             ``structure``, ``block_size``, ``epochs``, ``batch_size``, ``patience``,
             ``learning_rate``, ``loss``, ``validation_split``, ``seed``). Every artifact
             is then checked to still hold the pruned kernels' zeros.
+        cluster: Weight clustering before converting (after ``prune``, zeros kept): a number of
+            shared values per kernel (``16``) or a dict of
+            :func:`deploykit.optimize.cluster.cluster` settings (``clusters``, ``epochs``,
+            ``batch_size``, ``patience``, ``learning_rate``, ``loss``, ``validation_split``, ``seed``).
         qat: Quantization-aware training before converting (tf_keras models only): ``True``
             or a dict of :func:`deploykit.optimize.qat.quantize_aware` settings (``epochs``,
             ``batch_size``, ``patience``, ``learning_rate``, ``loss``, ``validation_split``,
             ``seed``). With ``prune`` too, the pruned model gets sparsity-preserving QAT.
-        train_data: Labelled training data for the pruning / QAT fine-tune (``.npz`` with x, y).
+        train_data: Labelled training data for the pruning / clustering / QAT fine-tune (``.npz`` with x, y).
         label_output: The output the labels (or regression targets) of the evaluation data score, by
             its artifact name (``output_1``) or its Keras name; default: the first that fits them.
 
@@ -337,6 +341,7 @@ class Pipeline:
         train_data: Any = None,
         qat: Any = None,
         label_output: str | None = None,
+        cluster: Any = None,
     ):
         for flag, value in (("force", force), ("trust_model", trust_model), ("bench", bench)):
             if not isinstance(value, (bool, np.bool_)):  # "no" from a config file would mean yes
@@ -347,8 +352,12 @@ class Pipeline:
         if isinstance(verify_samples, (bool, np.bool_)) or not isinstance(verify_samples, (int, np.integer)):
             raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
         self.targets = _resolve_targets(targets)
-        self.prune_options = _check_prune(prune, train_data, qat=qat not in (None, False))
+        self.prune_options = _check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
+        self.cluster_options = _check_cluster(cluster, train_data)
         self.qat_options = _check_qat(qat, train_data)
+        if self.cluster_options is not None and self.qat_options is not None:
+            raise UserError("--qat retrains every weight and would undo --cluster's shared values (cluster-preserving "
+                            "QAT is not supported); drop one of them")
         if self.qat_options is not None:
             # A QAT model carries fake-quant ops: its float conversions bake them in (tflite-fp32
             # becomes QUANTIZE/DEQUANTIZE pairs, ONNX/TF.js fp32 drift ~0.1 from the QAT model).
@@ -365,6 +374,7 @@ class Pipeline:
         self.label_output = label_output
         self._label_index: int | None = None
         self.prune_report: dict[str, Any] | None = None
+        self.cluster_report: dict[str, Any] | None = None
         self.qat_report: dict[str, Any] | None = None
         overrides = {k: v for k, v in (("threads", threads), ("warmup", warmup), ("iterations", iterations)) if v is not None}
         self.bench_overrides = overrides
@@ -459,6 +469,10 @@ class Pipeline:
             dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
             loaded = self._prune(model, loaded, steps)
             specs = loaded.inputs
+        if self.cluster_options is not None:  # the clustered model is what gets converted and verified
+            pre_cluster_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
+            loaded = self._cluster(model, loaded, steps)
+            specs = loaded.inputs
         if self.qat_options is not None:  # the QAT model (fake-quant ops) is what gets converted and verified
             pre_qat_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
             loaded = self._qat(model, loaded, steps)
@@ -470,6 +484,7 @@ class Pipeline:
             reference = loaded.predict(evald.x)
         steps["reference"] = mem.to_dict()
         _check_reference_finite(reference, output_names, evald,
+                                "the clustered model's" if self.cluster_options is not None else
                                 "the pruned model's" if self.prune_options is not None else
                                 "the QAT model's" if self.qat_options is not None else "the model's own",
                                 loaded.keras_model)
@@ -484,9 +499,13 @@ class Pipeline:
 
         final_accuracy = _accuracy(reference, evald.y, self._label_index)
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
-            pruned_accuracy = pre_qat_accuracy if self.qat_report is not None else final_accuracy
+            pruned_accuracy = (pre_cluster_accuracy if self.cluster_report is not None else
+                               pre_qat_accuracy if self.qat_report is not None else final_accuracy)
             self.prune_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": dense_accuracy,
                                          "accuracy_after": pruned_accuracy}
+        if self.cluster_report is not None:  # the model before clustering and the clustered model
+            self.cluster_report["eval"] = {"source": evald.source, "samples": len(evald),
+                                           "accuracy_before": pre_cluster_accuracy, "accuracy_after": final_accuracy}
         if self.qat_report is not None:  # the model before QAT and the QAT model (fake-quant, in Keras)
             self.qat_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": pre_qat_accuracy,
                                        "accuracy_after": final_accuracy}
@@ -619,6 +638,19 @@ class Pipeline:
             self._restore = None
         return pruned
 
+    def _cluster(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
+        """Weight clustering with a short fine-tune (pruned zeros kept); return the clustered model, loaded."""
+        from deploykit.optimize.cluster import cluster
+
+        if loaded.keras_model is None:
+            raise UserError(f"{loaded.source}: clustering fine-tunes a Keras model; pass the .keras/.h5 file, not a SavedModel")
+        report, clustered = self._fine_tune(model, loaded, steps, "cluster", "clustering", "clustered",
+                                            lambda train, config, progress: cluster(
+                                                loaded.keras_model, train, compile_config=config, progress=progress,
+                                                **self.cluster_options))
+        self.cluster_report = report
+        return clustered
+
     def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Quantization-aware fine-tuning (sparsity-preserving after pruning); return the QAT model, loaded."""
         from deploykit.optimize.qat import quantize_aware
@@ -641,7 +673,7 @@ class Pipeline:
         from deploykit.optimize.prune import _loss_name, is_regression_loss
         from deploykit.verify import label_classes
 
-        loss = _fine_tune_loss(model, [self.prune_options, self.qat_options])
+        loss = _fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options])
         regression = is_regression_loss(loss, None)
         labelled, error = None, None
         try:
@@ -684,7 +716,7 @@ class Pipeline:
 
         from deploykit.optimize.prune import as_class_labels, is_regression_loss, labels_are_class_indices
 
-        options = self.prune_options if step == "prune" else self.qat_options
+        options = {"prune": self.prune_options, "cluster": self.cluster_options}.get(step, self.qat_options)
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
         # epoch with the lowest validation loss); class indices of a classifier trained with mse stay labels.
         regression = is_regression_loss(_fine_tune_loss(model, [options]), None)
@@ -704,18 +736,28 @@ class Pipeline:
         return result.report, tuned
 
     def _check_sparsity(self, artifact: Artifact, target: Target, path: Path) -> None:
-        """Record the artifact's zeros; a pruned kernel the converter densified fails the target."""
-        from deploykit.optimize.sparsity import FORMATS, check_sparsity_survived, count_zeros
+        """Record the artifact's zeros and shared values; a pruned kernel the converter densified, or a
+        clustered one it stored with more values than its clusters, fails the target."""
+        from deploykit.optimize.sparsity import (FORMATS, check_clusters_survived, check_sparsity_survived,
+                                                 clustered_kernels, count_zeros)
 
         if target.format not in FORMATS:
             return
-        counts = count_zeros(path, format=target.format)
-        lost = check_sparsity_survived(self.prune_report, counts)
-        artifact.settings["sparsity"] = {"total_zeros": counts["total_zeros"], "total_size": counts["total_size"],
-                                         "densified": lost}
-        if lost:
-            artifact.verification["failures"] += [f"pruning lost: {m}" for m in lost]
-            artifact.verification["passed"] = False
+        sizes = [k["size"] for k in clustered_kernels(self.cluster_report)] if self.cluster_report else []
+        counts = count_zeros(path, format=target.format, shared_for=sizes)
+        if self.prune_report is not None:
+            lost = check_sparsity_survived(self.prune_report, counts)
+            artifact.settings["sparsity"] = {"total_zeros": counts["total_zeros"], "total_size": counts["total_size"],
+                                             "densified": lost}
+            if lost:
+                artifact.verification["failures"] += [f"pruning lost: {m}" for m in lost]
+                artifact.verification["passed"] = False
+        if self.cluster_report is not None:
+            lost, unproven = check_clusters_survived(self.cluster_report, counts)
+            artifact.settings["clusters"] = {"kernels": len(sizes), "lost": lost, "unproven": unproven}
+            if lost:
+                artifact.verification["failures"] += [f"clustering lost: {m}" for m in lost]
+                artifact.verification["passed"] = False
 
     def _all_targets(self) -> list[Target]:
         """Requested targets plus the candidates of -auto targets."""
@@ -833,7 +875,7 @@ class Pipeline:
                     if why:
                         artifact.verification["failures"].append(why)
                         artifact.verification["passed"] = False
-                    if self.prune_report is not None:
+                    if self.prune_report is not None or self.cluster_report is not None:
                         self._check_sparsity(artifact, target, tmp)
                     artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
                     if self.bench_enabled and (bench_failed or artifact.verification.get("passed")):
@@ -1047,14 +1089,15 @@ def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None]) -> Any
     return (compile_config_of(model) or {}).get("loss")
 
 
-def _check_prune(prune: Any, train_data: Any, qat: bool = False) -> dict[str, Any] | None:
-    """Pruning settings checked before any work (None: no pruning)."""
+def _check_prune(prune: Any, train_data: Any, tuned: bool = False) -> dict[str, Any] | None:
+    """Pruning settings checked before any work (None: no pruning). ``tuned``: clustering or QAT
+    use the train data too."""
     import numbers
 
     if prune is None:
-        if train_data is not None and not qat:
-            raise UserError("train data is only used to fine-tune while pruning or for QAT; pass --prune 0.8 (prune=0.8) "
-                            "or --qat (qat=True), or drop --train-data")
+        if train_data is not None and not tuned:
+            raise UserError("train data is only used to fine-tune while pruning, clustering or for QAT; pass --prune 0.8 "
+                            "(prune=0.8), --cluster 16 (cluster=16) or --qat (qat=True), or drop --train-data")
         return None
     if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
         prune = {"sparsity": prune}
@@ -1087,6 +1130,30 @@ def _label_output_index(name: str | None, outputs: Sequence[Any]) -> int | None:
             return i
     known = ", ".join(o.name + (f" ({o.keras_name})" if getattr(o, "keras_name", "") else "") for o in outputs)
     raise UserError(f"--label-output {name!r} is not an output of this model; its outputs: {known}")
+
+
+CLUSTER_SETTINGS = ("clusters", "epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
+
+
+def _check_cluster(cluster: Any, train_data: Any) -> dict[str, Any] | None:
+    """Clustering settings checked before any work (None: no clustering)."""
+    import numbers
+
+    if cluster is None:
+        return None
+    if isinstance(cluster, numbers.Integral) and not isinstance(cluster, bool):
+        cluster = {"clusters": cluster}
+    if not isinstance(cluster, dict):
+        raise UserError(f"cluster must be a number of shared values like 16 or a dict of settings, got {cluster!r}")
+    unknown = sorted(set(cluster) - set(CLUSTER_SETTINGS))
+    if unknown:
+        raise UserError(f"unknown clustering setting(s) {', '.join(unknown)}; choose from: {', '.join(CLUSTER_SETTINGS)}")
+    from deploykit.optimize.cluster import check_settings
+
+    check_settings(**cluster)
+    if train_data is None:
+        raise DataError("clustering fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
+    return dict(cluster)
 
 
 QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
@@ -1265,7 +1332,7 @@ def convert(
         data: Calibration and evaluation data (``.npz`` path with ``x``/``y``, arrays, ``(x, y)``).
         out: Output directory.
         **options: ``eval_data``, ``force``, ``trust_model``, ``threads``, ``warmup``,
-            ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``, ``qat``,
+            ``iterations``, ``verify_samples``, ``bench``, ``progress``, ``prune``, ``cluster``, ``qat``,
             ``train_data``, ``label_output`` (see :class:`Pipeline`).
 
     Returns:

@@ -57,7 +57,7 @@ def test_pipeline_checks_qat_settings_before_any_work():
         Pipeline(["tflite-int8"], qat="yes", train_data=train)
     with pytest.raises(UserError, match="epochs must be a positive integer"):
         Pipeline(["tflite-int8"], qat={"epochs": 0}, train_data=train)
-    with pytest.raises(UserError, match="only used to fine-tune while pruning or for QAT"):
+    with pytest.raises(UserError, match="only used to fine-tune while pruning, clustering or for QAT"):
         Pipeline(["tflite-int8"], train_data=train)
     with pytest.raises(UserError, match=r"target\(s\) tflite-fp32, tfjs-fp32, tflite-auto are not int8"):
         Pipeline(["tflite-int8", "tflite-fp32", "tfjs-fp32", "tflite-auto"], qat=True, train_data=train)

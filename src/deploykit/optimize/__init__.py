@@ -1,6 +1,8 @@
 """Keras-level optimization before conversion.
 
 * :mod:`deploykit.optimize.prune` — pruning-aware fine-tuning (``prune()``, ``PruneResult``);
+* :mod:`deploykit.optimize.cluster` — weight clustering (shared values per kernel, zeros kept)
+  (``cluster()``, ``ClusterResult``);
 * :mod:`deploykit.optimize.qat` — quantization-aware training of tf_keras models, PQAT after pruning
   (``quantize_aware()``, ``QATResult``);
 * :mod:`deploykit.optimize.sparsity` — zeros counted in converted artifacts, survival check;

@@ -577,6 +577,35 @@ class _TrainState:
                 self.stop = True
 
 
+class _EpochState:
+    """Per-epoch bookkeeping of a fine-tune at a fixed model shape (QAT, clustering): history,
+    progress line, best epoch (weights), early stop."""
+
+    def __init__(self, model, epochs, val, patience, progress, label, score):
+        self.model, self.epochs, self.val, self.patience, self.score = model, epochs, val, patience, score
+        self.progress, self.label = progress, label
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, Any] | None = None  # (score, epoch, weights)
+        self.wait = 0
+        self.stop = False
+
+    def end_epoch(self, epoch: int, logs: dict) -> None:
+        acc = self.score(self.model, self.val)
+        entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))), self.score.key: acc}
+        entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
+        self.history.append(entry)
+        self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}")
+        if self.best is None or self.score.better(acc, self.best[0]):
+            self.best = (acc, epoch + 1, self.model.get_weights())
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.patience is not None and self.wait >= self.patience:
+                self.stop = True
+
+
+
 # ----------------------------------------------------------------------------- Keras 3 path
 class _Keras3Masks:
     """Masks of a Keras 3 model's kernels, applied by the optimizer through variable constraints."""

@@ -297,33 +297,6 @@ def _pqat_scheme(tfmot: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- training
-class _QATState:
-    """Per-epoch bookkeeping: history, progress line, best epoch, early stop."""
-
-    def __init__(self, model, epochs, val, patience, progress, label, score):
-        self.model, self.epochs, self.val, self.patience, self.score = model, epochs, val, patience, score
-        self.progress, self.label = progress, label
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, Any] | None = None  # (score, epoch, weights)
-        self.wait = 0
-        self.stop = False
-
-    def end_epoch(self, epoch: int, logs: dict) -> None:
-        acc = self.score(self.model, self.val)
-        entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))), self.score.key: acc}
-        entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
-        self.history.append(entry)
-        self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}")
-        if self.best is None or self.score.better(acc, self.best[0]):
-            self.best = (acc, epoch + 1, self.model.get_weights())
-            self.wait = 0
-        else:
-            self.wait += 1
-            if self.patience is not None and self.wait >= self.patience:
-                self.stop = True
-
-
 # Every weight pruning may have zeroed (SeparableConv's pointwise kernel and Embedding tables too:
 # a layer QAT leaves in float trains unwrapped, and its zeros would regrow unless kept).
 _KERNEL_NAMES = {"depthwise_kernel", *(w for names in _structure.PRUNABLE_WEIGHTS.values() for w in names)}
@@ -476,7 +449,7 @@ def quantize_aware(
     acc_wrapped = score(qmodel, val)
 
     label = "pqat" if preserve_sparsity else "qat"
-    state = _QATState(qmodel, epochs, val, patience, progress, label, score)
+    state = _ft._EpochState(qmodel, epochs, val, patience, progress, label, score)
     qmodel.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
     y = _ft._labels_for(loss_fn, train.y, model)
     callbacks = [_ft._make_tracker(tf_keras.callbacks.Callback, state)]

@@ -1,4 +1,4 @@
-"""Proof that pruning survived conversion: count the zeros a converted artifact really stores.
+"""Proof that pruning and clustering survived conversion: count the zeros (and shared values) an artifact stores.
 
 :func:`count_zeros` reads the constant tensors of an artifact file as the
 runtime would load them, without running it:
@@ -23,6 +23,15 @@ to an artifact tensor with the same number of elements. Names differ across
 converters (and kernels are transposed), so matching is by size and zero
 count: a kernel survived when some not-yet-claimed tensor of its size holds at
 least ``sparsity - tolerance`` zeros.
+
+:func:`check_clusters_survived` does the same for a clustering report: a
+clustered kernel survived when a tensor of its size holds at most ``clusters``
+distinct non-zero values in every output channel. Channels, because converters
+fold per-channel factors into kernels (BatchNorm, per-channel int8 scales), which
+multiplies each channel's shared values by its own factor: they stay shared
+within the channel. The output-channel axis is the first (TFLite, ONNX Conv,
+Gemm with transB) or the last (TF.js, ONNX MatMul); the smaller count of the
+two is the tensor's.
 """
 
 from __future__ import annotations
@@ -51,6 +60,28 @@ def _totals(tensors: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
     }
 
 
+def shared_values(values: np.ndarray, zero: Any = 0) -> list[list[int]]:
+    """``[[distinct, nonzero], ...]`` for the output-channel axis first and last: the most distinct
+    non-``zero`` values any one channel holds, and the most non-zero values any one channel holds
+    (channels of at most 16 values cannot show that they share 16). See the module docstring."""
+    v = np.asarray(values)
+    if v.ndim < 2:
+        v = v.reshape(1, -1)
+    zp = np.asarray(zero if zero is not None else 0, dtype=np.float64).reshape(-1)
+    out = []
+    for rows in (v.reshape(v.shape[0], -1), np.moveaxis(v, -1, 0).reshape(v.shape[-1], -1)):
+        # float32 holds every int8/int16 value and every float32 exactly
+        f = rows.astype(np.float64 if rows.dtype == np.float64 else np.float32)
+        zeros = f == (zp.reshape(-1, 1) if zp.size == rows.shape[0] and zp.size > 1 else (zp[0] if zp.size else 0))
+        f[zeros] = np.nan  # sorted last, and never a change between two values
+        d = np.diff(np.sort(f, axis=1), axis=1)
+        counts = np.where((~zeros).any(axis=1), np.count_nonzero(np.isfinite(d) & (d != 0), axis=1) + 1, 0)
+        out.append([int(counts.max(initial=0)), int((~zeros).sum(axis=1).max(initial=0))])
+        if np.asarray(values).ndim < 2:
+            break
+    return out
+
+
 def _zeros_vs(values: np.ndarray, zero_point: Any, axis: int | None) -> int:
     """Count elements equal to the zero point (scalar, or one per slice along ``axis``)."""
     zp = np.asarray(zero_point if zero_point is not None else 0).astype(np.int64)
@@ -72,7 +103,7 @@ _TFLITE_DTYPES = {
 }
 
 
-def _count_tflite(path: Path) -> dict[str, Any]:
+def _count_tflite(path: Path, shared_for: frozenset[int] = frozenset()) -> dict[str, Any]:
     from deploykit._quiet import import_tensorflow
 
     import_tensorflow()
@@ -119,6 +150,8 @@ def _count_tflite(path: Path) -> dict[str, Any]:
             else:
                 zeros = int(np.count_nonzero(values == 0))
             tensors.append(_entry(name, shape, size, zeros, type_name.lower()))
+            if size in shared_for:
+                tensors[-1]["shared_values"] = shared_values(values, zero_point if dtype != np.float32 else 0)
     return _totals(tensors, "tflite")
 
 
@@ -164,7 +197,7 @@ def _onnx_graphs(graph: Any):
                 yield from _onnx_graphs(g)
 
 
-def _count_onnx(path: Path) -> dict[str, Any]:
+def _count_onnx(path: Path, shared_for: frozenset[int] = frozenset()) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
@@ -200,6 +233,7 @@ def _count_onnx(path: Path) -> dict[str, Any]:
         for name, arr in consts.items():
             if arr.dtype.kind not in "biuf" or arr.size == 0:
                 continue
+            zp = None
             if name in zero_points and arr.dtype.kind in "iu":
                 zp, axis = zero_points[name]
                 if axis is not None and arr.ndim:
@@ -208,6 +242,8 @@ def _count_onnx(path: Path) -> dict[str, Any]:
             else:
                 zeros = int(np.count_nonzero(arr == 0))
             tensors.append(_entry(name, arr.shape, arr.size, zeros, str(arr.dtype)))
+            if arr.size in shared_for:
+                tensors[-1]["shared_values"] = shared_values(arr, zp)
     return _totals(tensors, "onnx")
 
 
@@ -216,7 +252,7 @@ _TFJS_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_, "uin
                 "uint16": np.uint16, "int8": np.int8, "int16": np.int16, "complex64": np.complex64}
 
 
-def _count_tfjs(model_json: Path) -> dict[str, Any]:
+def _count_tfjs(model_json: Path, shared_for: frozenset[int] = frozenset()) -> dict[str, Any]:
     try:
         spec = json.loads(model_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -243,22 +279,28 @@ def _count_tfjs(model_json: Path) -> dict[str, Any]:
             zeros = int(np.count_nonzero(values == 0))
             label = f"{dtype}" + (f" ({quant['dtype']})" if quant else "")
             tensors.append(_entry(w.get("name", "?"), shape, size, zeros, label))
+            if size in shared_for:
+                tensors[-1]["shared_values"] = shared_values(values.reshape(shape) if shape else values)
     return _totals(tensors, "tfjs")
 
 
 FORMATS = {"tflite": "tflite", "tflm": "tflite", "onnx": "onnx", "tfjs": "tfjs"}
 
 
-def count_zeros(path: str | Path, format: str | None = None) -> dict[str, Any]:  # noqa: A002 - the Target field's name
+def count_zeros(path: str | Path, format: str | None = None,  # noqa: A002 - the Target field's name
+                shared_for: Any = ()) -> dict[str, Any]:
     """Zeros per constant tensor of a converted artifact.
 
     Args:
         path: A ``.tflite`` or ``.onnx`` file, a TF.js ``model.json``, or the directory holding it.
         format: ``tflite``, ``tflm``, ``onnx`` or ``tfjs`` when the file name does not tell
             (e.g. a temporary file before its final rename); default: from the suffix.
+        shared_for: Tensor sizes (element counts) whose :func:`shared_values` are counted too,
+            as ``shared_values`` (a clustering report's kernels: :func:`clustered_kernels`).
 
     Returns:
-        ``{"format", "tensors": [{name, shape, size, zeros, sparsity, dtype}], "total_zeros", "total_size"}``.
+        ``{"format", "tensors": [{name, shape, size, zeros, sparsity, dtype[, shared_values]}], "total_zeros",
+        "total_size"}``.
 
     Raises:
         UserError: missing file or a format this function does not read.
@@ -277,12 +319,13 @@ def count_zeros(path: str | Path, format: str | None = None) -> dict[str, Any]: 
         if format not in FORMATS:
             raise UserError(f"cannot count zeros of format {format!r}; choose one of: {', '.join(FORMATS)}")
         suffix = {"tflite": ".tflite", "onnx": ".onnx", "tfjs": ".json"}[FORMATS[format]]
+    sizes = frozenset(int(n) for n in shared_for)
     if suffix == ".tflite":
-        return _count_tflite(path)
+        return _count_tflite(path, sizes)
     if suffix == ".onnx":
-        return _count_onnx(path)
+        return _count_onnx(path, sizes)
     if suffix == ".json":
-        return _count_tfjs(path)
+        return _count_tfjs(path, sizes)
     raise UserError(f"{path}: cannot count zeros in a {suffix or 'suffix-less'} file; pass a .tflite, .onnx or TF.js model.json")
 
 
@@ -336,3 +379,51 @@ def check_sparsity_survived(
             f"{fmt} artifact: {found}"
         )
     return failures
+
+
+def clustered_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clustered kernels of a clustering report: ``[{layer, weight, size, clusters}]``
+    (``clusters``: the distinct non-zero values the kernel holds, at most the report's setting)."""
+    return [{"layer": l["name"], "weight": l["weight"], "size": int(l["size"]),
+             "clusters": int(l["distinct_nonzero_after"])} for l in report.get("layers", [])]
+
+
+def check_clusters_survived(cluster_report: dict[str, Any], artifact_counts: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Which clustered kernels an artifact no longer stores as shared values.
+
+    A kernel of ``n`` weights in ``k`` clusters claims one tensor of ``n`` elements (counted with
+    ``shared_for``) that holds at most ``k`` distinct non-zero values per output channel, on an
+    axis where some channel has more than ``k`` non-zero values (fewer prove nothing). It is lost
+    only when both axes have such channels and both hold more values. Kernels with the fewest
+    clusters are matched first.
+
+    Returns:
+        ``(lost, unproven)``: one message per kernel stored with more values than its clusters, and
+        the kernels whose candidate tensor has, on one of the two axes, channels too short to tell
+        (that axis may be the channel axis; the other then mixes channels).
+    """
+    free: dict[int, list[dict[str, Any]]] = {}
+    for t in artifact_counts.get("tensors", []):
+        if "shared_values" in t:
+            free.setdefault(int(t["size"]), []).append(t)
+    fmt = artifact_counts.get("format", "artifact")
+    lost, unproven = [], []
+    for k in sorted(clustered_kernels(cluster_report), key=lambda k: k["clusters"]):
+        candidates = free.get(k["size"], [])
+        proven = next((t for t in candidates if any(n <= k["clusters"] < nonzero for n, nonzero in t["shared_values"])), None)
+        if proven is not None:
+            candidates.remove(proven)
+            continue
+        # A channel axis too short to tell may be the real one: the other axis then mixes channels whose
+        # per-channel factors (int8 scales, folded BatchNorm) multiply the shared values apart.
+        short = next((t for t in candidates if any(nonzero <= k["clusters"] for _, nonzero in t["shared_values"])), None)
+        if short is not None:
+            candidates.remove(short)
+            unproven.append(f"{k['layer']}/{k['weight']}")
+            continue
+        fewest = min((n for t in candidates for n, nonzero in t["shared_values"] if nonzero > k["clusters"]), default=None)
+        found = (f"the closest tensor of that size holds {fewest} distinct values in one channel" if fewest is not None
+                 else "no tensor of that size is left")
+        lost.append(f"{k['layer']}/{k['weight']} ({k['size']} weights, {k['clusters']} shared values) was not stored as "
+                    f"shared values in the {fmt} artifact: {found}")
+    return lost, unproven

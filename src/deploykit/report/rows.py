@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from deploykit.artifacts import Artifact, Manifest
@@ -241,14 +242,16 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
     (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO)."""
     out = []
     for key, what, fix in (("prune", "pruning", "prune less (--prune) or fine-tune longer (--epochs)"),
+                           ("cluster", "clustering", "use more clusters (--cluster) or fine-tune longer (--cluster-epochs)"),
                            ("qat", "quantization-aware training", "fine-tune longer (--epochs) or lower --learning-rate")):
         rep = (manifest.steps.get(key) or {}).get("report", {})
         asked, run = (rep.get("settings") or {}).get("epochs"), rep.get("epochs_run")
         if asked and run and run < asked:  # early stopping ended it: more epochs alone would not run
-            fix = fix.replace("(--epochs)", f"(it stopped early at epoch {run} of {asked}: raise --patience)")
+            fix = re.sub(r"\(--(cluster-)?epochs\)", f"(it stopped early at epoch {run} of {asked}: raise --patience)", fix)
         ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
-        matched = "QAT model" if key == "qat" or manifest.steps.get("qat") else "pruned model"
+        matched = ("QAT model" if key == "qat" or manifest.steps.get("qat") else
+                   "clustered model" if key == "cluster" or manifest.steps.get("cluster") else "pruned model")
         if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
             out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy ({_pct(before)} → {_pct(after)}); "
                        f"the artifacts match the {matched}: {fix}")
@@ -351,6 +354,52 @@ def prune_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
+def cluster_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines: weight clustering settings, accuracy before/after, shared values and zeros per kernel."""
+    step = manifest.steps.get("cluster")
+    if not step or "report" not in step:
+        return []
+    rep = step["report"]
+    st = rep.get("settings", {})
+    layers = rep.get("layers", [])
+    zeros = sum(l["zeros_after"] for l in layers)
+    lines = [
+        f"Clustered to at most **{rep.get('clusters')}** shared non-zero values per kernel (1-D k-means, "
+        f"{rep.get('path')}), then fine-tuned {rep.get('epochs_run')} epoch(s) on {st.get('train_samples')} samples; "
+        f"loss and optimizer from {st.get('training_settings_from')}."
+        + (f" Zeros are a cluster of their own, pinned at 0: {zeros:,} kept." if zeros else ""),
+        "",
+        _score_line(rep, "before", "clustered") + ("" if rep.get("score") == "val_loss" else
+                                                   " Each artifact's accuracy after conversion is in the Targets table."),
+        *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("clustering")],
+    ]
+    if rep.get("best_epoch") == 0 and rep.get("epochs_run"):
+        lines.append("- The fine-tune did not improve on the clustered model: its weights before fine-tuning are kept.")
+    kept = [s for s in rep.get("skipped", []) if s.get("reason") != "no weights"]
+    if kept:
+        lines.append("- Not clustered: " + ", ".join(f"`{s['layer']}` ({s['class']}: {s['reason']})" for s in kept) + ".")
+    lines += ["", "| Layer | Class | Weight | Distinct non-zero values | Zeros |", "|---|---|---|---|---|"]
+    for l in layers:
+        lines.append(f"| {l['name']} | {l['class']} | {l['weight']} {tuple(l['shape'])} | "
+                     f"{l['distinct_nonzero_before']:,} → {l['distinct_nonzero_after']:,} | "
+                     f"{l['zeros_before']:,} → {l['zeros_after']:,} of {l['size']:,} |")
+    lines += _history_lines(rep)
+    checked = [a for a in manifest.artifacts if "clusters" in a.settings]
+    if checked:
+        lines += ["", "Shared values in each artifact's weight tensors (at most the kernel's clusters per output "
+                  "channel; a converter that stored more fails its target):", ""]
+        for a in checked:
+            c = a.settings["clusters"]
+            if c.get("lost"):
+                verdict = "NOT SHARED: " + "; ".join(c["lost"])
+            else:
+                verdict = f"all {c['kernels'] - len(c.get('unproven', []))} checkable kernels kept their shared values"
+                if c.get("unproven"):
+                    verdict += (f"; {', '.join(c['unproven'])}: channels too short to tell")
+            lines.append(f"- **{a.target}**: {verdict}")
+    return lines
+
+
 def qat_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: quantization-aware training (QAT, or PQAT after pruning) and its accuracy."""
     step = manifest.steps.get("qat")
@@ -408,6 +457,7 @@ def io_quantization_lines(manifest: Manifest) -> list[str]:
 # same list, so a new section is added once.
 SECTIONS = [
     ("Pruning", prune_lines),
+    ("Weight clustering", cluster_lines),
     ("Quantization-aware training", qat_lines),
     ("Auto selection (measured, not guessed)", selection_lines),
     ("Converter notes", converter_lines),
