@@ -87,6 +87,10 @@ def convert(
                         "(or --prune-structure 2:4), --cluster 16 or --qat")
     if cluster is None and cluster_epochs is not None:
         raise UserError("--cluster-epochs only applies to clustering; add --cluster 16")
+    if cluster is not None and epochs is not None and prune is None and prune_structure is None and not qat:
+        raise UserError("--epochs sets the pruning and QAT fine-tunes; clustering's is --cluster-epochs (default 3)")
+    if cluster_epochs is not None and cluster_epochs < 0:
+        raise UserError(f"--cluster-epochs must be 0 or more (0 clusters without fine-tuning), got {cluster_epochs}")
     if prune is not None or prune_structure is not None:
         try:
             block = tuple(int(v) for v in prune_block.lower().split("x"))

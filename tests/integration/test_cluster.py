@@ -163,3 +163,50 @@ def test_cli_cluster_flags(trained, digits, tmp_path):
     rep = manifest["steps"]["cluster"]["report"]
     assert rep["clusters"] == 8 and rep["settings"]["epochs"] == 1
     assert manifest["artifacts"][0]["settings"]["clusters"]["lost"] == []
+
+
+def test_tf_keras_mixed_precision_kernels_are_clustered_too(digits):
+    """Its kernels are AutoCastVariables: the optimizer reads the constraint of the variable inside."""
+    import tf_keras
+
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model(tf_keras)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    model.fit(digits.x_train, digits.y_train, epochs=1, batch_size=64, verbose=0)
+    assert type(model.get_layer("fc").kernel).__name__ == "AutoCastVariable"
+    res = cluster(model, (digits.x_train, digits.y_train), clusters=16, epochs=2, patience=None)
+    for name, w in _kernels(res.model).items():
+        assert np.unique(w[w != 0]).size <= 16, name
+    assert all(l["distinct_nonzero_after"] <= 16 for l in res.report["layers"])
+
+
+def test_keras3_clone_keeps_an_auto_named_input_layer(digits):
+    import keras
+
+    inp = keras.Input((8, 8, 1))  # auto-named: input_layer*, its tensor keras_tensor*
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inp)))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    for fn in (lambda m: cluster(m, (digits.x_train, digits.y_train), clusters=4, epochs=0),
+               lambda m: deploykit.prune(m, (digits.x_train, digits.y_train), sparsity=0.5, epochs=1)):
+        assert [l.name for l in fn(model).model.layers] == [l.name for l in model.layers]
+
+
+def test_cli_epochs_is_not_silently_ignored_with_cluster(trained, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    deploy = Path(sys.executable).with_name("deploy")
+    model = tmp_path / "m.keras"
+    trained["keras3"].save(model)
+    proc = subprocess.run([str(deploy), "convert", str(model), "-t", "tflite-fp32", "--train-data", str(model),
+                           "--cluster", "16", "--epochs", "1", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "clustering's is --cluster-epochs" in proc.stderr
+    proc = subprocess.run([str(deploy), "convert", str(model), "-t", "tflite-fp32", "--train-data", str(model),
+                           "--cluster", "16", "--cluster-epochs", "-1", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--cluster-epochs must be 0 or more" in proc.stderr
+    assert not (tmp_path / "o").exists()

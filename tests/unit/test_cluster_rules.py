@@ -78,3 +78,24 @@ def test_check_claims_one_tensor_per_kernel_and_names_the_lost_one():
     assert unproven == ["c/kernel"]  # 10 values per channel cannot show 16 shared ones
     counts["tensors"][1]["shared_values"] = shared_values(_clustered((64, 64), 16, rng))
     assert check_clusters_survived(report, counts)[0] == []
+
+
+def test_onnx_conv_transpose_channels_are_on_the_second_axis():
+    """ONNX stores ConvTranspose weights (in, out, kh, kw), quantized per channel on axis 1."""
+    rng = np.random.default_rng(3)
+    w = _clustered((16, 8, 3, 3), 8, rng)  # (in, out, kh, kw)
+    scaled = w * rng.uniform(0.5, 2, (1, 8, 1, 1))
+    report = {"clusters": 8, "layers": [{"name": "ct", "weight": "kernel", "size": scaled.size,
+                                         "distinct_nonzero_after": 8}]}
+    counts = {"tensors": [{"size": scaled.size, "shared_values": shared_values(scaled)}]}
+    assert check_clusters_survived(report, counts) == ([], [])
+
+
+def test_the_bound_is_the_requested_clusters_not_what_the_kernel_holds():
+    """A kernel the clustering missed (thousands of values) must fail, not set its own bound."""
+    rng = np.random.default_rng(4)
+    dense = rng.normal(size=(64, 64))
+    report = {"clusters": 16, "layers": [{"name": "fc", "weight": "kernel", "size": 4096,
+                                          "distinct_nonzero_after": 4096}]}
+    lost, _ = check_clusters_survived(report, {"tensors": [{"size": 4096, "shared_values": shared_values(dense)}]})
+    assert len(lost) == 1 and "16 shared values" in lost[0]

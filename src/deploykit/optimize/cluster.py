@@ -155,9 +155,16 @@ class _SharedValues:
         return tf.reshape(tf.gather(means, self.index), tf.shape(w))
 
 
+def _trained_variable(variable: Any) -> Any:
+    """The variable the optimizer updates: under tf_keras mixed precision a kernel is an
+    AutoCastVariable, and the optimizer reads the constraint of the float32 variable inside it."""
+    return getattr(variable, "_variable", variable) if type(variable).__name__ == "AutoCastVariable" else variable
+
+
 def _set_constraint(variable: Any, constraint: Any) -> None:
     # Keras 3 variables take a constraint; a tf.Variable (tf_keras) only has the read-only
     # property, backed by _constraint, which tf_keras' optimizers read after every update.
+    variable = _trained_variable(variable)
     try:
         variable.constraint = constraint
     except AttributeError:
@@ -165,7 +172,21 @@ def _set_constraint(variable: Any, constraint: Any) -> None:
 
 
 def _get_constraint(variable: Any) -> Any:
-    return getattr(variable, "constraint", None)
+    return getattr(_trained_variable(variable), "constraint", None)
+
+
+def _snap(variable: Any, index: np.ndarray, n: int) -> None:
+    """Every weight set to its cluster's mean (zeros: 0), in NumPy: what the constraint does after
+    each step, applied once more so the kept weights hold at most ``n`` values whatever the
+    optimizer did with the constraint."""
+    w = np.asarray(variable.numpy())
+    flat = w.reshape(-1).astype(np.float64)
+    idx = index.reshape(-1)
+    sums = np.bincount(idx, weights=flat, minlength=n + 1)
+    counts = np.bincount(idx, minlength=n + 1)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    means[0] = 0.0
+    variable.assign(means[idx].reshape(w.shape).astype(w.dtype))
 
 
 def _plan(model: Any, kind: str) -> tuple[list[Any], list[dict[str, str]]]:
@@ -266,7 +287,7 @@ def cluster(
     score_before = score(model, val)
     before = _kernel_stats(work_kernels)
 
-    saved = []
+    saved, assignments = [], []
     for k in work_kernels:
         w = np.asarray(k.variable.numpy())
         nonzero = w[w != 0]
@@ -275,6 +296,7 @@ def cluster(
         values = np.r_[0.0, c].astype(w.dtype)
         k.variable.assign(values[idx])
         saved.append(_get_constraint(k.variable))
+        assignments.append((idx, max(int(c.size), 1)))
         _set_constraint(k.variable, _SharedValues(idx, max(int(c.size), 1), saved[-1]))
     score_clustered = score(work, val)
 
@@ -290,9 +312,15 @@ def cluster(
     finally:
         for k, c in zip(work_kernels, saved):
             _set_constraint(k.variable, c)
+    for k, (idx, n) in zip(work_kernels, assignments):
+        _snap(k.variable, idx, n)
     if kind == "tf_keras":
         work.optimizer = None  # the fine-tune's optimizer state is not part of the model
     after = _kernel_stats(work_kernels)
+    over = [f"{k.layer}/{k.weight} holds {a['distinct_nonzero']}" for k, a in zip(kernels, after)
+            if a["distinct_nonzero"] > clusters]
+    if over:  # cannot happen after _snap; said loudly rather than reported as clustered
+        raise RuntimeError(f"clustering left more than {clusters} values in {', '.join(over)}")
     score_after = score(work, val)
 
     layers = [{"name": k.layer, "class": k.layer_class, "weight": k.weight, "shape": list(k.shape),
@@ -328,17 +356,14 @@ def cluster(
 
 def _clone(model: Any, kind: str) -> Any:
     """A copy with the same layers and weights (the caller's model is not clustered)."""
-    from deploykit.models import copy_state
-
     km = _ft._keras_module(kind)
     try:
+        if kind == "keras3":
+            return _ft.clone_keras3(model)
         with _ft.configs_with_names(model):
             clone = km.models.clone_model(model)
     except Exception as exc:  # noqa: BLE001 - a subclassed model without a usable config
         raise UserError(f"this model cannot be copied for clustering ({type(exc).__name__}: {str(exc)[:160]}); "
                         "cluster a functional or Sequential model") from None
-    if kind == "keras3":
-        copy_state(model, clone)
-    else:
-        clone.set_weights(model.get_weights())
+    clone.set_weights(model.get_weights())
     return clone

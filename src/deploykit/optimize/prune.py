@@ -652,13 +652,35 @@ class _MaskConstraint:
         return ops.multiply(w, self.mask_var)
 
 
-def _clone_keras3(model: Any) -> tuple[Any, bool]:
+def clone_keras3(model: Any) -> Any:
+    """A copy of a Keras 3 model (same layers, names and weights): raises when it cannot be cloned.
+
+    A functional model's inputs are rebuilt with their input layers' names: Keras' own clone names
+    them after the input tensors, so an auto-named ``input_layer`` came back as ``keras_tensor``.
+    """
     import keras
 
+    input_tensors = None
+    if not isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
+        layers = [getattr(t, "_keras_history", [None])[0] for t in model.inputs]
+        if all(isinstance(l, keras.layers.InputLayer) for l in layers):
+            input_tensors = [keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=getattr(t, "sparse", False),
+                                         name=l.name) for t, l in zip(model.inputs, layers)]
+            if len(input_tensors) == 1 and not isinstance(getattr(model, "_inputs_struct", None), (list, tuple, dict)):
+                input_tensors = input_tensors[0]
     try:
+        clone = keras.models.clone_model(model, input_tensors=input_tensors)
+    except Exception:  # noqa: BLE001 - a structure the named inputs do not fit: Keras' own naming then
+        if input_tensors is None:
+            raise
         clone = keras.models.clone_model(model)
-        copy_state(model, clone)
-        return clone, False
+    copy_state(model, clone)
+    return clone
+
+
+def _clone_keras3(model: Any) -> tuple[Any, bool]:
+    try:
+        return clone_keras3(model), False
     except Exception:  # noqa: BLE001 - e.g. a subclassed model without get_config: prune it in place
         return model, True
 

@@ -30,8 +30,8 @@ distinct non-zero values in every output channel. Channels, because converters
 fold per-channel factors into kernels (BatchNorm, per-channel int8 scales), which
 multiplies each channel's shared values by its own factor: they stay shared
 within the channel. The output-channel axis is the first (TFLite, ONNX Conv,
-Gemm with transB) or the last (TF.js, ONNX MatMul); the smaller count of the
-two is the tensor's.
+Gemm with transB), the second (ONNX ConvTranspose) or the last (TF.js, ONNX
+MatMul): each is counted.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _totals(tensors: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
 
 
 def shared_values(values: np.ndarray, zero: Any = 0) -> list[list[int]]:
-    """``[[distinct, nonzero], ...]`` for the output-channel axis first and last: the most distinct
+    """``[[distinct, nonzero], ...]`` for the output-channel axis first, second (ONNX ConvTranspose
+    stores (in, out, kh, kw)) and last: the most distinct
     non-``zero`` values any one channel holds, and the most non-zero values any one channel holds
     (channels of at most 16 values cannot show that they share 16). See the module docstring."""
     v = np.asarray(values)
@@ -69,7 +70,8 @@ def shared_values(values: np.ndarray, zero: Any = 0) -> list[list[int]]:
         v = v.reshape(1, -1)
     zp = np.asarray(zero if zero is not None else 0, dtype=np.float64).reshape(-1)
     out = []
-    for rows in (v.reshape(v.shape[0], -1), np.moveaxis(v, -1, 0).reshape(v.shape[-1], -1)):
+    axes = [0, 1, v.ndim - 1] if v.ndim >= 3 else [0, v.ndim - 1]
+    for rows in (np.moveaxis(v, a, 0).reshape(v.shape[a], -1) for a in axes):
         # float32 holds every int8/int16 value and every float32 exactly
         f = rows.astype(np.float64 if rows.dtype == np.float64 else np.float32)
         zeros = f == (zp.reshape(-1, 1) if zp.size == rows.shape[0] and zp.size > 1 else (zp[0] if zp.size else 0))
@@ -383,9 +385,12 @@ def check_sparsity_survived(
 
 def clustered_kernels(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The clustered kernels of a clustering report: ``[{layer, weight, size, clusters}]``
-    (``clusters``: the distinct non-zero values the kernel holds, at most the report's setting)."""
+    (``clusters``: the distinct non-zero values the kernel holds, and never more than the
+    requested number: a kernel the clustering missed fails the check instead of setting its bound)."""
+    limit = int(report.get("clusters") or 0) or None
     return [{"layer": l["name"], "weight": l["weight"], "size": int(l["size"]),
-             "clusters": int(l["distinct_nonzero_after"])} for l in report.get("layers", [])]
+             "clusters": min(int(l["distinct_nonzero_after"]), limit or int(l["distinct_nonzero_after"]))}
+            for l in report.get("layers", [])]
 
 
 def check_clusters_survived(cluster_report: dict[str, Any], artifact_counts: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -394,12 +399,12 @@ def check_clusters_survived(cluster_report: dict[str, Any], artifact_counts: dic
     A kernel of ``n`` weights in ``k`` clusters claims one tensor of ``n`` elements (counted with
     ``shared_for``) that holds at most ``k`` distinct non-zero values per output channel, on an
     axis where some channel has more than ``k`` non-zero values (fewer prove nothing). It is lost
-    only when both axes have such channels and both hold more values. Kernels with the fewest
+    only when every axis has such channels and holds more values. Kernels with the fewest
     clusters are matched first.
 
     Returns:
         ``(lost, unproven)``: one message per kernel stored with more values than its clusters, and
-        the kernels whose candidate tensor has, on one of the two axes, channels too short to tell
+        the kernels whose candidate tensor has, on one of the axes, channels too short to tell
         (that axis may be the channel axis; the other then mixes channels).
     """
     free: dict[int, list[dict[str, Any]]] = {}

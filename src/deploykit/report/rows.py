@@ -246,7 +246,10 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
                            ("qat", "quantization-aware training", "fine-tune longer (--epochs) or lower --learning-rate")):
         rep = (manifest.steps.get(key) or {}).get("report", {})
         asked, run = (rep.get("settings") or {}).get("epochs"), rep.get("epochs_run")
-        if asked and run and run < asked:  # early stopping ended it: more epochs alone would not run
+        if key == "cluster" and rep.get("best_epoch") == 0:  # no epoch beat the clustered model: longer will not help
+            fix = ("use more clusters (--cluster); no fine-tune epoch beat the clustered model on the held-out split, "
+                   "so its weights before fine-tuning are the ones converted (a lower --learning-rate may let one)")
+        elif asked and run and run < asked:  # early stopping ended it: more epochs alone would not run
             fix = re.sub(r"\(--(cluster-)?epochs\)", f"(it stopped early at epoch {run} of {asked}: raise --patience)", fix)
         ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
