@@ -36,6 +36,11 @@ TIE_RATIO = 1.03
 # the rounds say.
 NOISE_RATIO = 1.15
 ROUND_WINS = 2
+# After DROP_AFTER rounds, a candidate at least DROP_RATIO times the fastest's p50 in every one of them
+# is not timed further: it cannot tie (NOISE_RATIO), and a 17x slower dynamic-int8 file timed 5 rounds
+# long cost tens of seconds. Two rounds, so one burst from a neighbour does not drop a file.
+DROP_AFTER = 2
+DROP_RATIO = 2.0
 
 
 def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
@@ -63,7 +68,11 @@ def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[s
 
 
 def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s."""
+    """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s.
+
+    A candidate clearly slower than the fastest after ``DROP_AFTER`` rounds (``DROP_RATIO``) is timed
+    no further: its summary holds those rounds only, and ``dropped_after_rounds`` says so.
+    """
     from deploykit.runtime_bench import benchmark, get_runner
     from deploykit.runtime_bench.stats import Stats
 
@@ -76,8 +85,14 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
             r = get_runner(t.runtime, p, t.bench.threads, t.options)
             runners.append(r)
             r.load()
+        active = list(range(len(targets)))
         for round_ in range(ROUNDS):
+            if round_ == DROP_AFTER:
+                active = [i for i in active if not all(
+                    p >= DROP_RATIO * min(round_p50[j][k] for j in active) for k, p in enumerate(round_p50[i]))]
             for i, (t, r) in enumerate(zip(targets, runners)):
+                if i not in active:
+                    continue
                 time.sleep(SWITCH_PAUSE_S)
                 warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
                 stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)
@@ -86,7 +101,8 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
     finally:
         for r in runners:
             r.close()
-    return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp}
+    return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp,
+             **({"dropped_after_rounds": len(rp)} if len(rp) < ROUNDS else {})}
             for s, rp, t in zip(samples, round_p50, targets)]
 
 
@@ -125,6 +141,8 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
         for name, summary in by_name.items():
             row = next(r for r in rows if r["target"] == name)
             row["interleaved_p50_ms"], row["round_p50_ms"] = summary["p50_ms"], summary["round_p50_ms"]
+            if "dropped_after_rounds" in summary:
+                row["dropped_after_rounds"] = summary["dropped_after_rounds"]
         key = {name: s["p50_ms"] for name, s in by_name.items()}
         fastest, tied_names = tied_with_fastest(by_name)
         tied = [ta for ta in passing if ta[0].name in tied_names]
@@ -174,7 +192,9 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
         if r["status"] != "ok":
             parts.append(f"{r['target']} failed ({textwrap.shorten(r['error'], 160, placeholder=' …')})")
         elif base and r["target"] in key:
-            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
+            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms"
+                         + (f" (timed {r['dropped_after_rounds']} rounds: {DROP_RATIO:g}x slower or more in each)"
+                            if r.get("dropped_after_rounds") else ""))
         else:
             parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
     return "; ".join(parts)

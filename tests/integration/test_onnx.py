@@ -442,3 +442,27 @@ def test_auto_still_measures_with_benchmarks_off(tmp_path, keras3_model, digits)
     timed = [r for r in sel["candidates"] if r["status"] == "ok"]
     assert len(timed) > 1 and all(r["interleaved_p50_ms"] > 0 for r in timed)
     assert result.artifact("onnx-fp32")["benchmark"] == {}  # the per-file benchmarks stay off
+
+
+def test_interleaved_timing_stops_timing_a_clearly_slower_candidate(tmp_path, tflite_files):
+    """A file 2x slower or more in each of the first two rounds cannot tie: it is not timed for the
+    other three (a 17x slower dynamic-int8 candidate cost tens of seconds)."""
+    import keras
+    import tensorflow as tf
+
+    from deploykit.selection import DROP_AFTER, ROUNDS, interleaved_p50
+    from deploykit.targets import get_target
+
+    inp = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Flatten()(inp)
+    for _ in range(3):
+        x = keras.layers.Dense(1536, activation="relu")(x)
+    slow_model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x))
+    slow = tmp_path / "slow.tflite"
+    slow.write_bytes(tf.lite.TFLiteConverter.from_keras_model(slow_model).convert())
+    target = get_target("tflite-fp32").with_bench(iterations=50, warmup=2)
+    sample = {"pixels": np.zeros((1, 8, 8, 1), np.float32)}
+    fast_s, slow_s = interleaved_p50([target, target], [tflite_files["tflite-fp32"], slow], sample)
+    assert len(fast_s["round_p50_ms"]) == ROUNDS and "dropped_after_rounds" not in fast_s
+    assert slow_s["dropped_after_rounds"] == DROP_AFTER == len(slow_s["round_p50_ms"])
+    assert slow_s["p50_ms"] > 2 * fast_s["p50_ms"]
