@@ -298,7 +298,12 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
     if cmp["violations"] > cmp["allowed_violations"]:
         return (f"max abs error {cmp['max_abs_error']:.3g} exceeds the allowed "
                 f"{cmp['allowed_abs_error_at_max']:.3g} in {cmp['violations']} of {cmp['elements']} element(s)"
-                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
+                + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else "")
+                + (f" (class probabilities: beyond what a logit error of {cmp['logit_atol']:g} moves them too)"
+                   if "logit_atol" in cmp else ""))
+    if "allowed_mean_shift" in cmp and cmp["mean_probability_shift"] > cmp["allowed_mean_shift"]:
+        return (f"mean probability shift {cmp['mean_probability_shift']:.3g} exceeds the allowed "
+                f"{cmp['allowed_mean_shift']:.3g} (class probabilities: half the L1 distance per sample)")
     lost = cmp.get("collapsed_column")
     if lost:
         text = (f"column {lost['column']} lost its variation: the reference's values span {lost['low']:.4g}..{lost['high']:.4g} "
@@ -403,6 +408,16 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
     value_range = _scale_of(ref)
     noise_allowance = getattr(tol, "noise_multiple", 0.0) * noise
     allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * value_range
+    logit = getattr(tol, "logit_atol", 0.0)
+    softmax = None
+    if logit and tol.probabilities == "elementwise" and is_probabilities(ref):
+        # What a logit error of `logit` does to each probability (dp = p(1-p) dz, the class up and
+        # the rest down): room where the reference is unsure, none where it is certain.
+        without = int(np.count_nonzero(~(err <= allowed)))
+        allowed = allowed + 2 * logit * ref * (1 - ref)
+        softmax = {"logit_atol": float(logit), "violations_without_logit_room": without,
+                   "mean_probability_shift": mean_probability_shift(ref, got),
+                   "allowed_mean_shift": float(getattr(tol, "max_mean_shift", 1.0))}
     violations = int(np.count_nonzero(~(err <= allowed)))  # NaN counts as a violation
     # How many the noise allowance rescued: the report says when parity rests on it.
     over_static = int(np.count_nonzero(~(err <= allowed - noise_allowance))) if noise_allowance else violations
@@ -423,6 +438,7 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         "elements": int(err.size),
         "finite": bool(np.isfinite(got).all()),
         **_collapsed_column(ref, err, value_range),
+        **(softmax or {}),
     }
 
 
@@ -612,6 +628,13 @@ def verify(
                         "activation target (tflite-int16x8) or end the model at logits")
         if failure:
             result["failures"].append(f"output {name!r}: {failure}")
+        elif cmp.get("violations_without_logit_room", 0) > cmp["allowed_violations"]:
+            over = cmp["violations_without_logit_room"]
+            result.setdefault("notes", []).append(
+                f"output {name!r} holds class probabilities: {over} of {cmp['elements']} moved past the elementwise "
+                f"bound, each within what a logit error of {cmp['logit_atol']:g} moves a probability (2 x "
+                f"{cmp['logit_atol']:g} x p(1-p): samples the model is unsure of), and the mean moved mass "
+                f"{cmp['mean_probability_shift']:.2g} is within {cmp['allowed_mean_shift']:.3g}")
         elif moved is None and not is_id_output(ref) and cmp["violations_without_noise"] > cmp["allowed_violations"]:
             result.setdefault("notes", []).append(
                 f"output {name!r} matches only within the reference's own float32 noise: one-ulp changes of the "
