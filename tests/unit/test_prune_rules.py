@@ -210,3 +210,21 @@ def test_2_4_on_a_transposed_convolution_groups_its_input_channels():
     assert structure_problem(w.shape, "2:4", (1, 4), transposed=True) is None
     assert "divisible by 4" in structure_problem(w.shape, "2:4", (1, 4), transposed=False)  # read as in=6
     assert "this kernel has 3" in structure_problem((3, 3, 8, 3), "2:4", (1, 4), transposed=True)  # RGB-input upsampler
+
+
+def test_equal_validation_accuracy_goes_to_the_lower_true_class_loss():
+    """126 validation digits: many epochs tie on accuracy, and the first of them was kept."""
+    from deploykit.optimize.prune import _Score, _true_class_nll
+
+    score = _Score()
+    assert score.better((0.99, 0.10), (0.99, 0.20)) and not score.better((0.99, 0.20), (0.99, 0.10))
+    assert score.better((1.0, 0.9), (0.99, 0.01))  # accuracy first
+    assert not score.better((0.99, None), (0.99, 0.2))  # no tie-break known: the earlier epoch stays
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert _true_class_nll(probs, np.array([0, 1])) == pytest.approx(-np.mean(np.log([0.9, 0.8])))
+    logits = np.log(probs)  # rows that are not probabilities get a softmax first
+    assert _true_class_nll(logits, np.array([0, 1])) == pytest.approx(-np.mean(np.log([0.9, 0.8])))
+    assert _true_class_nll(np.array([[0.7], [0.2]]), np.array([1, 0])) == pytest.approx(-np.mean(np.log([0.7, 0.8])))
+    assert _true_class_nll(np.zeros((2, 4, 4, 3)), np.zeros((2, 4, 4))) is None  # per-pixel labels: no tie-break
+    regression = _Score(regression_loss="mse")
+    assert regression.better((0.1, None), (0.2, None))

@@ -298,10 +298,11 @@ def cluster(
         saved.append(_get_constraint(k.variable))
         assignments.append((idx, max(int(c.size), 1)))
         _set_constraint(k.variable, _SharedValues(idx, max(int(c.size), 1), saved[-1]))
-    score_clustered = score(work, val)
+    measured_clustered = score.measure(work, val)
+    score_clustered = measured_clustered[0]
 
     state = _ft._EpochState(work, epochs, val, patience, progress, "cluster", score)
-    state.best = (score_clustered, 0, work.get_weights())
+    state.best = (measured_clustered, 0, work.get_weights())
     try:
         if epochs:
             work.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)

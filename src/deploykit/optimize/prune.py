@@ -241,14 +241,49 @@ class _Score:
         return f"val loss {value:.4g}" if self.regression else f"val acc {value:.4f}"
 
     def __call__(self, model: Any, data: Any) -> float:
-        if not self.regression:
-            return _accuracy(model, data.x, data.y)
-        pred = _predict(model, data.x)
-        return float(np.mean(np.asarray(self.loss(data.y.reshape(pred.shape), pred))))
+        return self.measure(model, data)[0]
 
-    def better(self, a: float, b: float) -> bool:
-        """``a`` beats ``b``."""
-        return a < b if self.regression else a > b
+    def measure(self, model: Any, data: Any) -> tuple[float, float | None]:
+        """(score, tie-break): a classifier's accuracy and the mean negative log-likelihood of its
+        true classes (None where the output does not give one); a regression model's loss and None.
+
+        On a small validation split many epochs score the same accuracy (126 digits: one sample is
+        0.8 %), and the first of them was kept: the rest of the fine-tune counted for nothing.
+        """
+        pred = _predict(model, data.x)
+        if self.regression:
+            return float(np.mean(np.asarray(self.loss(data.y.reshape(pred.shape), pred)))), None
+        return _accuracy_of(pred, data.y), _true_class_nll(pred, data.y)
+
+    def better(self, a: Any, b: Any) -> bool:
+        """``a`` beats ``b`` (scores, or :meth:`measure` pairs: equal scores go to the lower tie-break)."""
+        if not isinstance(a, tuple):
+            return a < b if self.regression else a > b
+        if a[0] != b[0]:
+            return a[0] < b[0] if self.regression else a[0] > b[0]
+        return a[1] is not None and b[1] is not None and a[1] < b[1]
+
+
+def _true_class_nll(pred: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean -log p(true class) of a (N, C) output (softmax taken when the rows are not probabilities),
+    or of a one-column sigmoid with 0/1 labels; None for other shapes (per-pixel labels...)."""
+    pred = np.asarray(pred, np.float64)
+    y = np.asarray(y).reshape(-1)
+    if pred.ndim != 2 or len(pred) != len(y) or not np.all(np.isfinite(pred)):
+        return None
+    if pred.shape[1] == 1:
+        p = pred[:, 0]
+        if p.min() < 0 or p.max() > 1:
+            p = 1 / (1 + np.exp(-p))
+        p_true = np.where(y > 0.5, p, 1 - p)
+    else:
+        if not (pred.min() >= 0 and np.allclose(pred.sum(axis=1), 1, atol=1e-3)):
+            pred = np.exp(pred - pred.max(axis=1, keepdims=True))
+            pred /= pred.sum(axis=1, keepdims=True)
+        if y.min() < 0 or y.max() >= pred.shape[1]:
+            return None
+        p_true = pred[np.arange(len(y)), y.astype(np.int64)]
+    return float(np.mean(-np.log(np.clip(p_true, 1e-12, 1.0))))
 
 
 def fine_tune_data(train_data: Any, validation_data: Any, model: Any, regression: bool, what: str):
@@ -482,11 +517,10 @@ def _predict(model: Any, xs: list[np.ndarray]) -> np.ndarray:
     return np.asarray(out)
 
 
-def _accuracy(model: Any, xs: list[np.ndarray], y: np.ndarray) -> float:
+def _accuracy_of(pred: np.ndarray, y: np.ndarray) -> float:
     """Accuracy of the model's first output on labels (per sample or per position), read as verification reads it."""
     from deploykit.verify import label_accuracy
 
-    pred = _predict(model, xs)
     acc = label_accuracy([pred], y)
     if acc is None:
         raise DataError(
@@ -548,7 +582,7 @@ class _TrainState:
         self.snapshot, self.restore, self.current = snapshot, restore, current
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, Any] | None = None  # (score, epoch, snapshot)
+        self.best: tuple[tuple[float, float | None], int, Any] | None = None  # (measure, epoch, snapshot)
         self.wait = 0
         self.stop = False
 
@@ -558,7 +592,8 @@ class _TrainState:
         return self.step >= self.sched.target_reached_step
 
     def end_epoch(self, epoch: int, logs: dict) -> None:
-        acc = self.score(self.model, self.val)
+        measured = self.score.measure(self.model, self.val)
+        acc = measured[0]
         at_target = self.at_target()
         entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))),
                  self.score.key: acc, "sparsity": self.current(), "at_target": at_target}
@@ -568,8 +603,8 @@ class _TrainState:
                       f"sparsity {entry['sparsity']:.2%}{'' if at_target else ' (ramping up)'}")
         if not at_target:
             return
-        if self.best is None or self.score.better(acc, self.best[0]):
-            self.best = (acc, epoch + 1, self.snapshot())
+        if self.best is None or self.score.better(measured, self.best[0]):
+            self.best = (measured, epoch + 1, self.snapshot())
             self.wait = 0
         else:
             self.wait += 1
@@ -586,18 +621,19 @@ class _EpochState:
         self.progress, self.label = progress, label
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, Any] | None = None  # (score, epoch, weights)
+        self.best: tuple[tuple[float, float | None], int, Any] | None = None  # (measure, epoch, weights)
         self.wait = 0
         self.stop = False
 
     def end_epoch(self, epoch: int, logs: dict) -> None:
-        acc = self.score(self.model, self.val)
+        measured = self.score.measure(self.model, self.val)
+        acc = measured[0]
         entry = {"epoch": epoch + 1, "step": self.step, "loss": float(logs.get("loss", float("nan"))), self.score.key: acc}
         entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
         self.history.append(entry)
         self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}")
-        if self.best is None or self.score.better(acc, self.best[0]):
-            self.best = (acc, epoch + 1, self.model.get_weights())
+        if self.best is None or self.score.better(measured, self.best[0]):
+            self.best = (measured, epoch + 1, self.model.get_weights())
             self.wait = 0
         else:
             self.wait += 1
