@@ -60,11 +60,22 @@ def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[s
 
     def tied(k: str) -> bool:
         s = summaries[k]
-        ratio = s["p50_ms"] / best["p50_ms"]
+        ratio = s["p50_ms"] / best["p50_ms"] if best["p50_ms"] > 0 else (1.0 if s["p50_ms"] <= 0 else float("inf"))
         wins = sum(a <= b for a, b in zip(s.get("round_p50_ms", []), best.get("round_p50_ms", [])))
         return ratio <= TIE_RATIO or (ratio <= NOISE_RATIO and wins >= ROUND_WINS)
 
     return fastest, [k for k in summaries if k == fastest or tied(k)]
+
+
+def timed_winners(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """:func:`tied_with_fastest` among the candidates timed in every round.
+
+    A dropped candidate's p50 comes from the first rounds only, on a machine that may have been
+    quieter than in the rest: it is never compared on it, let alone shipped (a file 2x slower in
+    both paired rounds "won" once every later round ran 3x slower for all).
+    """
+    full = {n: s for n, s in summaries.items() if "dropped_after_rounds" not in s}
+    return tied_with_fastest(full or summaries)
 
 
 def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -86,10 +97,16 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
             runners.append(r)
             r.load()
         active = list(range(len(targets)))
+        dropped: dict[int, float] = {}  # index -> its smallest ratio to the round's fastest
         for round_ in range(ROUNDS):
             if round_ == DROP_AFTER:
-                active = [i for i in active if not all(
-                    p >= DROP_RATIO * min(round_p50[j][k] for j in active) for k, p in enumerate(round_p50[i]))]
+                ratios = {i: min(p / max(min(round_p50[j][k] for j in active), 1e-12) for k, p in enumerate(round_p50[i]))
+                          for i in active}
+                dropped = {i: r for i, r in ratios.items() if r >= DROP_RATIO}
+                if len(dropped) < len(active):  # never all of them (every p50 0: nothing to compare)
+                    active = [i for i in active if i not in dropped]
+                else:
+                    dropped = {}
             for i, (t, r) in enumerate(zip(targets, runners)):
                 if i not in active:
                     continue
@@ -102,8 +119,8 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
         for r in runners:
             r.close()
     return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp,
-             **({"dropped_after_rounds": len(rp)} if len(rp) < ROUNDS else {})}
-            for s, rp, t in zip(samples, round_p50, targets)]
+             **({"dropped_after_rounds": len(rp), "dropped_ratio": dropped[i]} if i in dropped else {})}
+            for i, (s, rp, t) in enumerate(zip(samples, round_p50, targets))]
 
 
 def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, inputs: dict[str, np.ndarray],
@@ -143,8 +160,9 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
             row["interleaved_p50_ms"], row["round_p50_ms"] = summary["p50_ms"], summary["round_p50_ms"]
             if "dropped_after_rounds" in summary:
                 row["dropped_after_rounds"] = summary["dropped_after_rounds"]
+                row["dropped_ratio"] = summary["dropped_ratio"]
         key = {name: s["p50_ms"] for name, s in by_name.items()}
-        fastest, tied_names = tied_with_fastest(by_name)
+        fastest, tied_names = timed_winners(by_name)
         tied = [ta for ta in passing if ta[0].name in tied_names]
         winner_t, winner = min(tied, key=lambda ta: (ta[1].size_bytes, key[ta[0].name]))
         basis = ("fastest interleaved p50" if len(tied) == 1 else
@@ -191,10 +209,11 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
             continue
         if r["status"] != "ok":
             parts.append(f"{r['target']} failed ({textwrap.shorten(r['error'], 160, placeholder=' …')})")
+        elif r.get("dropped_after_rounds"):
+            parts.append(f"{r['target']} timed {r['dropped_after_rounds']} rounds only: at least {r['dropped_ratio']:.2f}x "
+                         f"the fastest candidate's p50 in each (from {DROP_RATIO:g}x on, a candidate is not timed further)")
         elif base and r["target"] in key:
-            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms"
-                         + (f" (timed {r['dropped_after_rounds']} rounds: {DROP_RATIO:g}x slower or more in each)"
-                            if r.get("dropped_after_rounds") else ""))
+            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
         else:
             parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
     return "; ".join(parts)

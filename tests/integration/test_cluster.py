@@ -210,3 +210,17 @@ def test_cli_epochs_is_not_silently_ignored_with_cluster(trained, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--cluster-epochs must be 0 or more" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_keras3_clone_keeps_dict_and_list_inputs_and_their_names():
+    import keras
+
+    from deploykit.optimize.prune import clone_keras3
+
+    a, b = keras.Input((4,)), keras.Input((3,))  # auto-named
+    out = keras.layers.Dense(2)(keras.layers.Concatenate()([a, b]))
+    x = {"a": np.ones((2, 4), np.float32), "b": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    for model, call in ((keras.Model({"a": a, "b": b}, out), x), (keras.Model([a, b], out), [x["a"], x["b"]])):
+        clone = clone_keras3(model)
+        assert [l.name for l in clone.layers] == [l.name for l in model.layers]
+        np.testing.assert_allclose(np.asarray(clone(call)), np.asarray(model(call)), rtol=1e-6)

@@ -69,3 +69,22 @@ def test_select_by_is_checked():
 
     with pytest.raises(TargetError, match="select_by 'size' is not one of speed, download"):
         Target(name="my-auto", format="tfjs", precision="auto", candidates=("tfjs-fp32",), select_by="size")
+
+
+def test_a_candidate_dropped_after_two_rounds_never_wins():
+    """Its p50 comes from the first rounds only: when every later round ran 3x slower, its pooled
+    p50 looked fastest."""
+    from deploykit.selection import timed_winners
+
+    summaries = {
+        "tflite-fp32": _s(3.0, [1.0, 1.0, 3.0, 3.0, 3.0]),
+        "tflite-dynamic": {**_s(2.1, [2.1, 2.1]), "dropped_after_rounds": 2, "dropped_ratio": 2.1},
+    }
+    assert timed_winners(summaries) == ("tflite-fp32", ["tflite-fp32"])
+
+
+def test_no_division_by_zero_when_every_p50_is_zero():
+    from deploykit.selection import tied_with_fastest
+
+    fastest, tied = tied_with_fastest({"a": _s(0.0, [0.0] * 5), "b": _s(0.0, [0.0] * 5)})
+    assert fastest == "a" and tied == ["a", "b"]

@@ -697,13 +697,14 @@ def clone_keras3(model: Any) -> Any:
     import keras
 
     input_tensors = None
-    if not isinstance(model, keras.Sequential) and getattr(model, "inputs", None):
+    struct = getattr(model, "_inputs_struct", None)
+    if not isinstance(model, keras.Sequential) and getattr(model, "inputs", None) and struct is not None:
         layers = [getattr(t, "_keras_history", [None])[0] for t in model.inputs]
         if all(isinstance(l, keras.layers.InputLayer) for l in layers):
-            input_tensors = [keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=getattr(t, "sparse", False),
-                                         name=l.name) for t, l in zip(model.inputs, layers)]
-            if len(input_tensors) == 1 and not isinstance(getattr(model, "_inputs_struct", None), (list, tuple, dict)):
-                input_tensors = input_tensors[0]
+            fresh = {id(t): keras.Input(batch_shape=t.shape, dtype=t.dtype, sparse=getattr(t, "sparse", False),
+                                        name=l.name) for t, l in zip(model.inputs, layers)}
+            # the model's own structure (one tensor, a list, a dict keyed by input name)
+            input_tensors = keras.tree.map_structure(lambda t: fresh[id(t)], struct)
     try:
         clone = keras.models.clone_model(model, input_tensors=input_tensors)
     except Exception:  # noqa: BLE001 - a structure the named inputs do not fit: Keras' own naming then

@@ -309,6 +309,19 @@ def _score_line(rep: dict[str, Any], before: str, after: str) -> str:
             f"{_pct(rep.get('accuracy_after'))}.")
 
 
+def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
+    """One line: each artifact's accuracy against the dense model's (the Targets table compares
+    artifacts with the model they were made from: pruned, clustered or QAT)."""
+    dense = (rep.get("eval") or {}).get("accuracy_before")
+    if dense is None:
+        return []
+    parts = [f"{a.target} {_pct(a.verification['accuracy'])} ({(a.verification['accuracy'] - dense) * 100:+.2f})"
+             for a in manifest.artifacts if a.verification.get("accuracy") is not None and not a.candidate_of]
+    if not parts:
+        return []
+    return [f"- Accuracy after conversion against the dense model's {_pct(dense)} (points): " + ", ".join(parts) + "."]
+
+
 def prune_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: pruning settings, accuracy before/after, sizes, per-layer sparsity, and
     the zeros each artifact still holds (the proof that sparsity survived conversion)."""
@@ -329,6 +342,7 @@ def prune_lines(manifest: Manifest) -> list[str]:
         "",
         _score_line(rep, "dense", "pruned") + ("" if rep.get("score") == "val_loss" else
                                                 " Each artifact's accuracy after conversion is in the Targets table."),
+        *_against_dense(manifest, rep),
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("pruning")],
         f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
         f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "

@@ -55,7 +55,7 @@ FIELD_DOCS: dict[str, str] = {
     "tolerance.max_violation_fraction": "Fraction of output elements allowed to exceed the elementwise bound (quantized targets: 0.001).",
     "tolerance.probabilities": "Softmax-probability outputs: 'elementwise', or 'metric' (agreement, accuracy, mean shift).",
     "tolerance.logit_atol": "Class-probability outputs: each probability may also move as far as a logit error of this size moves it (2 x logit_atol x p(1-p)); float16 profiles: 0.1.",
-    "tolerance.max_mean_shift": "Class-probability outputs: largest mean share of probability mass moved per sample, 0..1 (float16 profiles: 0.005; 1 = no cap).",
+    "tolerance.max_mean_shift": "With logit_atol: an output that needs that room passes only if the mean share of probability mass moved per sample stays within this, 0..1 (float16 profiles: 0.005; 1 = no cap).",
     "tolerance.noise_multiple": "Bound widened by this many times the reference's own change under one-ulp input changes.",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
@@ -113,9 +113,12 @@ class Tolerance:
     probability, ``2 * logit_atol * p * (1 - p)``: float16 weights move logits by
     a fraction of a percent, and an unsure sample (0.6 / 0.3) turns that into 0.03
     of probability, past the 1 % bound, on 2 of 540 samples of a correct
-    MobileNetV2 file. A confident class that collapses, swapped or zeroed classes
-    still fail, and ``max_mean_shift`` caps the mean moved mass (0.005), so a small
-    shift of every sample fails too.
+    MobileNetV2 file. The room only rescues: an output the plain bound passes is
+    not judged again, and one it fails passes only if every element is within
+    the room and the mean moved mass stays under ``max_mean_shift`` (0.005), so a
+    small shift of every sample still fails. A confident class that collapses,
+    swapped or zeroed classes fail too. Probabilities per pixel or step (the last
+    axis) get the same room.
     """
 
     atol: float = 1e-4
