@@ -222,9 +222,51 @@ def test_equal_validation_accuracy_goes_to_the_lower_true_class_loss():
     assert not score.better((0.99, None), (0.99, 0.2))  # no tie-break known: the earlier epoch stays
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     assert _true_class_nll(probs, np.array([0, 1])) == pytest.approx(-np.mean(np.log([0.9, 0.8])))
-    logits = np.log(probs)  # rows that are not probabilities get a softmax first
-    assert _true_class_nll(logits, np.array([0, 1])) == pytest.approx(-np.mean(np.log([0.9, 0.8])))
+    logits = np.log(probs) + 3.0  # a loss with from_logits=True: softmax first
+    assert _true_class_nll(logits, np.array([0, 1]), logits=True) == pytest.approx(-np.mean(np.log([0.9, 0.8])))
     assert _true_class_nll(np.array([[0.7], [0.2]]), np.array([1, 0])) == pytest.approx(-np.mean(np.log([0.7, 0.8])))
+    # a one-unit logit output whose values happen to lie in 0..1 is still read as logits
+    z = np.array([[0.9], [0.1]])
+    sig = 1 / (1 + np.exp(-z[:, 0]))
+    assert _true_class_nll(z, np.array([1, 0]), logits=True) == pytest.approx(-np.mean(np.log([sig[0], 1 - sig[1]])))
+
     assert _true_class_nll(np.zeros((2, 4, 4, 3)), np.zeros((2, 4, 4))) is None  # per-pixel labels: no tie-break
     regression = _Score(regression_loss="mse")
     assert regression.better((0.1, None), (0.2, None))
+
+
+def test_from_logits_is_read_from_the_loss():
+    import keras
+
+    from deploykit.optimize.prune import from_logits
+
+    assert from_logits(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert not from_logits("sparse_categorical_crossentropy")
+    assert from_logits({"class_name": "BinaryCrossentropy", "config": {"from_logits": True}})
+    assert not from_logits(lambda y, p: p)
+
+
+def test_patience_counts_the_score_not_the_tie_break():
+    """A loss creeping down while accuracy stays flat kept resetting patience: fine-tunes never stopped."""
+    from deploykit.optimize.prune import _EpochState, _Score
+
+    class Flat(_Score):
+        def __init__(self):
+            super().__init__()
+            self.nll = 1.0
+
+        def measure(self, model, data):
+            self.nll -= 0.01
+            return 0.95, self.nll
+
+    class Model:
+        def get_weights(self):
+            return []
+
+    state = _EpochState(Model(), 8, None, 2, lambda msg: None, "cluster", Flat())
+    for epoch in range(8):
+        state.end_epoch(epoch, {"loss": 0.1})
+        if state.stop:
+            break
+    assert state.stop and len(state.history) == 3  # best at epoch 1 by accuracy, two flat epochs: stop
+    assert state.best[1] == 3  # the kept epoch is still the one with the lowest tie-break

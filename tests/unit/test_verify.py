@@ -759,3 +759,23 @@ def test_per_pixel_probabilities_get_the_room_too():
     seg_ref, seg_got = ref.reshape(4, 8, 8, 5), got.reshape(4, 8, 8, 5)
     cmp = compare_outputs(seg_ref, seg_got, get_target("onnx-fp16").tolerance)
     assert cmp["violations"] == 0 and cmp["violations_without_logit_room"] > 0
+
+
+def test_the_logit_room_leaves_a_profile_s_allowed_violations_alone():
+    """A user profile that lets a few elements past the bound: an output within that allowance is
+    not judged by the logit room's mean-shift cap."""
+    from deploykit.verify import _elementwise_failure
+
+    z = _unsure_classifier(seed=8)
+    ref = _softmax(z)
+    got = ref.copy()
+    order = np.argsort(-ref, axis=1)
+    rows = np.arange(len(ref))
+    got[rows, order[:, 0]] -= 0.006  # every sample moves a little (within 1 %): mean shift 0.006 > 0.005...
+    got[rows, order[:, 1]] += 0.006
+    got[0, order[0, 0]] -= 0.3  # ...and one sample far: 2 elements, within the profile's 4
+    got[0, order[0, 1]] += 0.3
+    tol = dataclasses.replace(get_target("tflite-fp16").tolerance, max_violation_fraction=0.001)
+    cmp = compare_outputs(ref, got, tol)
+    assert cmp["violations"] <= cmp["allowed_violations"] and "allowed_mean_shift" not in cmp
+    assert _elementwise_failure(cmp, None) is None

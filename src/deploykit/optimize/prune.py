@@ -220,8 +220,9 @@ class _Score:
     (lower is better), computed with the loss function it is fine-tuned with.
     """
 
-    def __init__(self, regression_loss: Any = None, kind: str = "keras3"):
+    def __init__(self, regression_loss: Any = None, kind: str = "keras3", from_logits: bool = False):
         self.loss = None
+        self.from_logits = bool(from_logits)  # what the tie-break reads the output as (the loss says)
         if regression_loss is not None:
             self.loss = (_resolved("loss", _keras_module(kind).losses.get, regression_loss)
                          if isinstance(regression_loss, str) else regression_loss)
@@ -253,7 +254,7 @@ class _Score:
         pred = _predict(model, data.x)
         if self.regression:
             return float(np.mean(np.asarray(self.loss(data.y.reshape(pred.shape), pred)))), None
-        return _accuracy_of(pred, data.y), _true_class_nll(pred, data.y)
+        return _accuracy_of(pred, data.y), _true_class_nll(pred, data.y, self.from_logits)
 
     def better(self, a: Any, b: Any) -> bool:
         """``a`` beats ``b`` (scores, or :meth:`measure` pairs: equal scores go to the lower tie-break)."""
@@ -264,24 +265,37 @@ class _Score:
         return a[1] is not None and b[1] is not None and a[1] < b[1]
 
 
-def _true_class_nll(pred: np.ndarray, y: np.ndarray) -> float | None:
-    """Mean -log p(true class) of a (N, C) output (softmax taken when the rows are not probabilities),
-    or of a one-column sigmoid with 0/1 labels; None for other shapes (per-pixel labels...)."""
+def from_logits(loss: Any) -> bool:
+    """Whether a (classification) loss takes logits: its ``from_logits`` setting, as Keras reads it
+    (a name such as ``sparse_categorical_crossentropy`` takes probabilities)."""
+    if isinstance(loss, dict):
+        return bool((loss.get("config") or {}).get("from_logits", False))
+    if isinstance(loss, str):
+        return False
+    cfg = getattr(loss, "get_config", None)
+    try:
+        return bool(getattr(loss, "from_logits", None) or (cfg() if cfg else {}).get("from_logits", False))
+    except Exception:  # noqa: BLE001 - a plain function has neither
+        return False
+
+
+def _true_class_nll(pred: np.ndarray, y: np.ndarray, logits: bool = False) -> float | None:
+    """Mean -log p(true class) of a (N, C) output, or of a one-column output with 0/1 labels; None
+    for other shapes (per-pixel labels...). ``logits``: the output is logits (the loss says so),
+    taken through softmax / sigmoid; otherwise it is read as the probabilities it was trained as."""
     pred = np.asarray(pred, np.float64)
     y = np.asarray(y).reshape(-1)
     if pred.ndim != 2 or len(pred) != len(y) or not np.all(np.isfinite(pred)):
         return None
     if pred.shape[1] == 1:
-        p = pred[:, 0]
-        if p.min() < 0 or p.max() > 1:
-            p = 1 / (1 + np.exp(-p))
+        p = 1 / (1 + np.exp(-pred[:, 0])) if logits else pred[:, 0]
         p_true = np.where(y > 0.5, p, 1 - p)
     else:
-        if not (pred.min() >= 0 and np.allclose(pred.sum(axis=1), 1, atol=1e-3)):
-            pred = np.exp(pred - pred.max(axis=1, keepdims=True))
-            pred /= pred.sum(axis=1, keepdims=True)
         if y.min() < 0 or y.max() >= pred.shape[1]:
             return None
+        if logits:
+            pred = np.exp(pred - pred.max(axis=1, keepdims=True))
+            pred /= pred.sum(axis=1, keepdims=True)
         p_true = pred[np.arange(len(y)), y.astype(np.int64)]
     return float(np.mean(-np.log(np.clip(p_true, 1e-12, 1.0))))
 
@@ -603,13 +617,22 @@ class _TrainState:
                       f"sparsity {entry['sparsity']:.2%}{'' if at_target else ' (ramping up)'}")
         if not at_target:
             return
-        if self.best is None or self.score.better(measured, self.best[0]):
-            self.best = (measured, epoch + 1, self.snapshot())
-            self.wait = 0
-        else:
-            self.wait += 1
-            if self.patience is not None and self.wait >= self.patience:
-                self.stop = True
+        _keep_best(self, measured, epoch, self.snapshot)
+
+
+def _keep_best(state: Any, measured: tuple[float, float | None], epoch: int, snapshot: Callable[[], Any]) -> None:
+    """Keep the epoch if it beats the best so far (ties in score: the lower tie-break), and count
+    patience by the score alone: a loss that keeps creeping down while accuracy stays flat would
+    otherwise never let a fine-tune stop early."""
+    best = state.best
+    if best is None or state.score.better(measured, best[0]):
+        state.best = (measured, epoch + 1, snapshot())
+    if best is None or state.score.better(measured[0], best[0][0]):
+        state.wait = 0
+    else:
+        state.wait += 1
+        if state.patience is not None and state.wait >= state.patience:
+            state.stop = True
 
 
 class _EpochState:
@@ -632,13 +655,7 @@ class _EpochState:
         entry.update({k: float(v) for k, v in logs.items() if k not in entry and np.ndim(v) == 0})
         self.history.append(entry)
         self.progress(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {entry['loss']:.4f}, {self.score.line(acc)}")
-        if self.best is None or self.score.better(measured, self.best[0]):
-            self.best = (measured, epoch + 1, self.model.get_weights())
-            self.wait = 0
-        else:
-            self.wait += 1
-            if self.patience is not None and self.wait >= self.patience:
-                self.stop = True
+        _keep_best(self, measured, epoch, self.model.get_weights)
 
 
 
@@ -1114,7 +1131,7 @@ def prune(
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
-    score = _Score(loss_fn if regression else None, kind)
+    score = _Score(loss_fn if regression else None, kind, from_logits(loss_fn))
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     sched = _schedule.make_schedule(schedule, sparsity, steps_per_epoch, epochs)

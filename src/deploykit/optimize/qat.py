@@ -425,7 +425,7 @@ def quantize_aware(
                         "pass loss=... (--loss) for its output")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup("tf_keras", cfg, loss, metrics, optimizer,
                                                                      learning_rate)
-    score = _ft._Score(loss_fn if regression else None, "tf_keras")
+    score = _ft._Score(loss_fn if regression else None, "tf_keras", _ft.from_logits(loss_fn))
 
     from deploykit.optimize._tfmot import import_tfmot
 
