@@ -1103,15 +1103,22 @@ def _check_prune(prune: Any, train_data: Any, tuned: bool = False) -> dict[str, 
         prune = {"sparsity": prune}
     if not isinstance(prune, dict):
         raise UserError(f"prune must be a sparsity like 0.8 or a dict of settings, got {type(prune).__name__}")
-    unknown = sorted(set(prune) - set(PRUNE_SETTINGS))
-    if unknown:
-        raise UserError(f"unknown pruning setting(s) {', '.join(unknown)}; choose from: {', '.join(PRUNE_SETTINGS)}")
     from deploykit.optimize.prune import check_settings
 
-    check_settings(**prune)
+    return _fine_tune_settings(prune, PRUNE_SETTINGS, "pruning", check_settings, train_data)
+
+
+def _fine_tune_settings(settings: dict[str, Any], known: Sequence[str], what: str, check: Callable[..., Any],
+                        train_data: Any) -> dict[str, Any]:
+    """A fine-tune's settings (pruning, clustering, QAT) checked before any work: known names,
+    valid values (``check``), and labelled training data to fine-tune on."""
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise UserError(f"unknown {what} setting(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
+    check(**settings)
     if train_data is None:
-        raise UserError("pruning fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
-    return dict(prune)
+        raise DataError(f"{what} fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
+    return dict(settings)
 
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:
@@ -1145,15 +1152,9 @@ def _check_cluster(cluster: Any, train_data: Any) -> dict[str, Any] | None:
         cluster = {"clusters": cluster}
     if not isinstance(cluster, dict):
         raise UserError(f"cluster must be a number of shared values like 16 or a dict of settings, got {cluster!r}")
-    unknown = sorted(set(cluster) - set(CLUSTER_SETTINGS))
-    if unknown:
-        raise UserError(f"unknown clustering setting(s) {', '.join(unknown)}; choose from: {', '.join(CLUSTER_SETTINGS)}")
     from deploykit.optimize.cluster import check_settings
 
-    check_settings(**cluster)
-    if train_data is None:
-        raise DataError("clustering fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
-    return dict(cluster)
+    return _fine_tune_settings(cluster, CLUSTER_SETTINGS, "clustering", check_settings, train_data)
 
 
 QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
@@ -1167,15 +1168,9 @@ def _check_qat(qat: Any, train_data: Any) -> dict[str, Any] | None:
         qat = {}
     if not isinstance(qat, dict):
         raise UserError(f"qat must be True or a dict of settings, got {type(qat).__name__}")
-    unknown = sorted(set(qat) - set(QAT_SETTINGS))
-    if unknown:
-        raise UserError(f"unknown QAT setting(s) {', '.join(unknown)}; choose from: {', '.join(QAT_SETTINGS)}")
     from deploykit.optimize.qat import check_settings
 
-    check_settings(**qat)
-    if train_data is None:
-        raise DataError("QAT fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
-    return dict(qat)
+    return _fine_tune_settings(qat, QAT_SETTINGS, "QAT", check_settings, train_data)
 
 
 def _check_qat_model(loaded: Any) -> None:
