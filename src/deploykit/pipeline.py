@@ -735,7 +735,7 @@ class Pipeline:
         loaded.release()
         return result.report, tuned
 
-    def _check_sparsity(self, artifact: Artifact, target: Target, path: Path) -> None:
+    def _check_weights_survived(self, artifact: Artifact, target: Target, path: Path) -> None:
         """Record the artifact's zeros and shared values; a pruned kernel the converter densified, or a
         clustered one it stored with more values than its clusters, fails the target."""
         from deploykit.optimize.sparsity import (FORMATS, check_clusters_survived, check_sparsity_survived,
@@ -876,7 +876,7 @@ class Pipeline:
                         artifact.verification["failures"].append(why)
                         artifact.verification["passed"] = False
                     if self.prune_report is not None or self.cluster_report is not None:
-                        self._check_sparsity(artifact, target, tmp)
+                        self._check_weights_survived(artifact, target, tmp)
                     artifact.gzip_bytes = gzip_job.result()  # never running while latency is timed
                     if self.bench_enabled and (bench_failed or artifact.verification.get("passed")):
                         # The verified runner is the timed runner: same object, no second load.

@@ -309,6 +309,14 @@ def _score_line(rep: dict[str, Any], before: str, after: str) -> str:
             f"{_pct(rep.get('accuracy_after'))}.")
 
 
+def _left_alone(label: str, skipped: list[dict[str, Any]]) -> list[str]:
+    """One line naming the layers a fine-tune left as they were, with why (layers without weights aside)."""
+    kept = [s for s in skipped if s.get("reason") != "no weights"]
+    if not kept:
+        return []
+    return [f"- {label}: " + ", ".join(f"`{s['layer']}` ({s.get('class', '')}: {s['reason']})" for s in kept) + "."]
+
+
 def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
     """One line: each artifact's accuracy against the dense model's (the Targets table compares
     artifacts with the model they were made from: pruned, clustered or QAT)."""
@@ -349,9 +357,7 @@ def prune_lines(manifest: Manifest) -> list[str]:
         f"gzip {human_bytes(tot.get('gzip_bytes_before'))} → {human_bytes(tot.get('gzip_bytes_after'))}.",
     ]
     skipped = rep.get("skipped", [])
-    kept_dense = [s for s in skipped if s.get("reason") != "no weights"]
-    if kept_dense:
-        lines.append("- Kept dense: " + ", ".join(f"`{s['layer']}` ({s['class']}: {s['reason']})" for s in kept_dense) + ".")
+    lines += _left_alone("Kept dense", skipped)
     lines += ["", "| Layer | Class | Weight | Target | Achieved |", "|---|---|---|---|---|"]
     for layer in rep.get("layers", []):
         for k in layer.get("kernels", []):
@@ -392,9 +398,7 @@ def cluster_lines(manifest: Manifest) -> list[str]:
     ]
     if rep.get("best_epoch") == 0 and rep.get("epochs_run"):
         lines.append("- The fine-tune did not improve on the clustered model: its weights before fine-tuning are kept.")
-    kept = [s for s in rep.get("skipped", []) if s.get("reason") != "no weights"]
-    if kept:
-        lines.append("- Not clustered: " + ", ".join(f"`{s['layer']}` ({s['class']}: {s['reason']})" for s in kept) + ".")
+    lines += _left_alone("Not clustered", rep.get("skipped", []))
     lines += ["", "| Layer | Class | Weight | Distinct non-zero values | Zeros |", "|---|---|---|---|---|"]
     for l in layers:
         lines.append(f"| {l['name']} | {l['class']} | {l['weight']} {tuple(l['shape'])} | "
