@@ -29,6 +29,9 @@ from deploykit.targets import Target, get_target
 REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-gzip")
 DEFAULT_VERIFY_SAMPLES = 1000
+# Per format, the float32 target a pruned or clustered run converts the dense model to, for the
+# report's size comparison (TFLite Micro runs .tflite files: its dense reference is the TFLite one).
+DENSE_REFERENCE = {"tflite": "tflite-fp32", "tflm": "tflite-fp32", "onnx": "onnx-fp32", "tfjs": "tfjs-fp32"}
 
 ProgressFn = Callable[[str], None]
 
@@ -726,6 +729,10 @@ class Pipeline:
         if train.y is None:
             need = "target values 'y'" if regression else "labels 'y'"
             raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")
+        if step in ("prune", "cluster") and "dense_reference" not in steps:
+            # Before any weight changes (a model pruned in place has no dense weights afterwards), and
+            # after the training data is known to be usable: bad input still fails before any conversion.
+            steps["dense_reference"] = self._dense_reference(loaded)
         self.progress(f"{label}: fine-tuning")
         with PeakRSS() as mem:
             result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))
@@ -734,6 +741,32 @@ class Pipeline:
         tuned.source = f"{loaded.source} ({suffix})"
         loaded.release()
         return result.report, tuned
+
+    def _dense_reference(self, loaded: Any) -> dict[str, Any]:
+        """The dense model's float32 file in each format of the run, converted into a temporary
+        directory before pruning or clustering and measured (raw and gzip bytes): what "N x smaller"
+        in the report is measured against. Not verified, not kept; a conversion that fails is recorded
+        with its error (the run's own targets say whether the format works for this model)."""
+        from deploykit.converters import get_converter
+
+        formats = dict.fromkeys(t.format for t in self._all_targets() if t.format in DENSE_REFERENCE)
+        measured: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="deploykit-dense-") as tmp:
+            for name in dict.fromkeys(DENSE_REFERENCE[f] for f in formats):
+                target = get_target(name)
+                converter = get_converter(target.format)
+                path = Path(tmp) / name / f"model{converter.SUFFIX}"
+                path.parent.mkdir()
+                self.progress(f"dense reference: converting the model before fine-tuning to {name} (its size is "
+                              "what the fine-tuned artifacts are compared with)")
+                try:
+                    settings = converter.convert(loaded, target, None, path)
+                    files = [path] + [path.parent / f for f in settings.get("external_data_files", [])]
+                    measured[name] = {"target": name, "size_bytes": sum(f.stat().st_size for f in files),
+                                      "gzip_bytes": sum(gzip_size(f) for f in files)}
+                except Exception as exc:  # noqa: BLE001 - a missing comparison, not a failed run
+                    measured[name] = {"target": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+        return {f: measured[DENSE_REFERENCE[f]] for f in formats}
 
     def _check_weights_survived(self, artifact: Artifact, target: Target, path: Path) -> None:
         """Record the artifact's zeros and shared values; a pruned kernel the converter densified, or a

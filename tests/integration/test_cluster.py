@@ -95,6 +95,22 @@ def test_pipeline_prune_cluster_checks_every_artifact(trained, digits, tmp_path)
         assert a["settings"]["sparsity"]["densified"] == [], a["target"]
     md = res.report_path.read_text()
     assert "## Weight clustering" in md and "kept their shared values" in md
+    # the size against the dense model once, in the Pruning section (clustering came after pruning)
+    assert md.count("- Download size (gzip) against the dense model") == 1
+    assert md.index("- Download size (gzip)") < md.index("## Weight clustering")
+
+
+def test_cluster_alone_reports_the_size_against_the_dense_model(trained, digits, tmp_path):
+    res = deploykit.convert(trained["keras3"], ["tflite-int8", "tflm-int8"], data=(digits.x_eval, digits.y_eval),
+                            out=tmp_path / "out", bench=False, train_data=(digits.x_train, digits.y_train),
+                            cluster={"clusters": 8, "epochs": 1})
+    assert res.ok, [a["error"] for a in res.manifest["artifacts"]]
+    refs = res.manifest["steps"]["dense_reference"]
+    assert refs["tflite"] == refs["tflm"] and refs["tflite"]["target"] == "tflite-fp32" and refs["tflite"]["gzip_bytes"] > 0
+    md = res.report_path.read_text()
+    section = md[md.index("## Weight clustering"):]
+    assert "- Download size (gzip) against the dense model's float32 file of the same format (tflite-fp32 " in section
+    assert "tflite-int8 " in section and "tflm-int8 " in section
 
 
 def test_an_artifact_of_the_unclustered_model_fails_the_check(trained, digits, tmp_path):

@@ -367,6 +367,24 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
                  "| Epoch | Loss | Val accuracy | Sparsity |", "| 2"):
         assert text in md, text
     assert "<h2>Pruning</h2>" in html and "kept their zeros" in html
+    # The dense model's float32 file per format, converted before pruning: what "N x smaller" is measured against.
+    refs = result["steps"]["dense_reference"]
+    assert {f: r["target"] for f, r in refs.items()} == {"tflite": "tflite-fp32", "onnx": "onnx-fp32", "tfjs": "tfjs-fp32"}
+    from deploykit.artifacts import gzip_size
+    from deploykit.converters import tflite
+    from deploykit.models import load_model
+    from deploykit.targets import get_target
+
+    dense = load_model(keras3_path)
+    try:  # the same conversion of the file the user gave (the pruned model's fp32 gzips to about a third)
+        tflite.convert(dense, get_target("tflite-fp32"), None, tmp_path / "dense.tflite")
+    finally:
+        dense.release()
+    assert refs["tflite"]["gzip_bytes"] == pytest.approx(gzip_size(tmp_path / "dense.tflite"), rel=0.01)
+    line = next(l for l in md.splitlines() if l.startswith("- Download size (gzip) against the dense model"))
+    for a in result.artifacts:
+        ratio = a["gzip_bytes"] / refs[a["format"]]["gzip_bytes"]
+        assert ratio < 0.6 and f"{a['target']} " in line and f"**{ratio:.3f}×**" in line, (a["target"], line)
 
 
 def test_pruning_settings_are_refused_before_any_work(keras3_path, data_npz, digits, tmp_path):

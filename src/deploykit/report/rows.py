@@ -330,6 +330,29 @@ def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
     return [f"- Accuracy after conversion against the dense model's {_pct(dense)} (points): " + ", ".join(parts) + "."]
 
 
+def size_against_dense(manifest: Manifest) -> list[str]:
+    """One line: each kept artifact's download size (gzip) against the dense model's float32 file of
+    the same format, converted before pruning or clustering: the "N x smaller" a fine-tune bought."""
+    refs = manifest.steps.get("dense_reference") or {}
+    parts, used = [], {}
+    for a in manifest.artifacts:
+        ref = refs.get(a.format) or {}
+        if a.status != "ok" or a.candidate_of or not a.gzip_bytes or not ref.get("gzip_bytes"):
+            continue
+        used[ref["target"]] = ref["gzip_bytes"]
+        parts.append(f"{a.target} {human_bytes(a.gzip_bytes)} = **{a.gzip_bytes / ref['gzip_bytes']:.3f}×** "
+                     f"({ref['gzip_bytes'] / a.gzip_bytes:.1f}x smaller)")
+    failed = sorted({r["target"] for r in refs.values() if r.get("error")})
+    lines = []
+    if parts:
+        lines.append("- Download size (gzip) against the dense model's float32 file of the same format ("
+                     + ", ".join(f"{t} {human_bytes(n)}" for t, n in used.items()) + "): " + "; ".join(parts) + ".")
+    if failed:
+        lines.append(f"- The dense model did not convert to {', '.join(failed)} for the size comparison: "
+                     + "; ".join(r["error"] for r in refs.values() if r.get("error") and r["target"] in failed)[:300] + ".")
+    return list(dict.fromkeys(lines))
+
+
 def prune_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: pruning settings, accuracy before/after, sizes, per-layer sparsity, and
     the zeros each artifact still holds (the proof that sparsity survived conversion)."""
@@ -355,6 +378,7 @@ def prune_lines(manifest: Manifest) -> list[str]:
         f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
         f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "
         f"gzip {human_bytes(tot.get('gzip_bytes_before'))} → {human_bytes(tot.get('gzip_bytes_after'))}.",
+        *size_against_dense(manifest),
     ]
     skipped = rep.get("skipped", [])
     lines += _left_alone("Kept dense", skipped)
@@ -395,6 +419,7 @@ def cluster_lines(manifest: Manifest) -> list[str]:
         _score_line(rep, "before", "clustered") + ("" if rep.get("score") == "val_loss" else
                                                    " Each artifact's accuracy after conversion is in the Targets table."),
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("clustering")],
+        *([] if manifest.steps.get("prune") else size_against_dense(manifest)),  # after pruning: in its section
     ]
     if rep.get("best_epoch") == 0 and rep.get("epochs_run"):
         lines.append("- The fine-tune did not improve on the clustered model: its weights before fine-tuning are kept.")
