@@ -929,7 +929,8 @@ class Pipeline:
                 artifact.status = "ok"
             else:
                 artifact.status = "failed"
-                failures = artifact.verification.get("failures", []) + _failure_hints(target, loaded, inputs)
+                failures = artifact.verification.get("failures", []) + _failure_hints(target, loaded, inputs,
+                                                                                       artifact.verification)
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
@@ -994,11 +995,16 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
     return result
 
 
-def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray]) -> list[str]:
+def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
+                   verification: dict[str, Any] | None = None) -> list[str]:
     """Causes a failed verification can have that the numbers alone do not name, each with the way out."""
     from deploykit.verify import mixed_scale_hint
 
     hints = []
+    flips = [o["flips"] for o in (verification or {}).get("outputs", {}).values() if (o.get("flips") or {}).get("count")]
+    if target.activations != "float32" and flips and not any(f["confident"] for f in flips):
+        # Every changed answer was a near-tie of the model's own: the file is right, its 8-bit activations too coarse.
+        hints.append(_MORE_PRECISION.get(target.format, _MORE_PRECISION["tflm"]))
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded))
     if target.activations != "float32":
@@ -1066,6 +1072,16 @@ _FLOAT_INPUT_WAY_OUT = {
     "tflite": "use a target with float activations (tflite-fp16, tflite-dynamic) or scale the features before the model",
     "onnx": "use a target with float activations (onnx-fp16, onnx-int8-dynamic) or scale the features before the model",
     "tflm": "scale the features before the model (TFLite Micro is integer throughout)",
+}
+
+
+# Where an integer target changes only answers the model was unsure of: what keeps more precision.
+_MORE_PRECISION = {
+    "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
+              "tflite-dynamic, or --qat (tf_keras models) to train the model for int8",
+    "onnx": "for more precision try a target with float activations (onnx-int8-dynamic: int8 weights, about the same "
+            "size; onnx-fp16)",
+    "tflm": "TFLite Micro is integer throughout: --qat (tf_keras models) trains the model for int8 activations",
 }
 
 

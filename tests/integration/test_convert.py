@@ -364,6 +364,30 @@ def test_a_failing_target_does_not_stop_the_others(tmp_path, keras3_path, data_n
     assert html.count("<tr class='failed'>") == 1
 
 
+def test_an_int8_file_that_changes_only_unsure_answers_says_so_and_names_more_precise_targets(tmp_path):
+    """A model whose ten probabilities sit close together (logits spread 0.3x of a trained head): int8
+    rounding changes the top class of many samples, each one a near-tie of the model's own. The
+    failure says so and names the targets that keep more precision; int16x8 passes."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16,), name="x"), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(10), keras.layers.Softmax()])
+    w, b = model.layers[1].get_weights()
+    model.layers[1].set_weights([w * 0.3, b])
+    x = np.random.default_rng(0).uniform(0, 1, (300, 16)).astype("float32")
+    result = deploykit.convert(model, ["tflite-int8", "tflite-int16x8", "onnx-int8-qdq"], data=x, out=tmp_path / "o",
+                               bench=False)
+    int8, int16, onnx = (result.artifact(t) for t in ("tflite-int8", "tflite-int16x8", "onnx-int8-qdq"))
+    assert int16["status"] == "ok", int16["error"]
+    for a, way_out in ((int8, "try tflite-int16x8"), (onnx, "try a target with float activations")):
+        assert a["status"] == "failed"
+        flips = a["verification"]["outputs"]["output_0"]["flips"]
+        assert flips["count"] > 10 and flips["confident"] == 0 and flips["max_lead"] < 0.05, flips
+        assert f"on the {flips['count']} changed answers the model's own top two probabilities were at most" in a["error"]
+        assert way_out in a["error"], a["error"]
+
+
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
     """Deep tanh stack with gain 4: the last bit of an input moves its outputs by ~1e-2.
 

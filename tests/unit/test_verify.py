@@ -779,3 +779,30 @@ def test_the_logit_room_leaves_a_profile_s_allowed_violations_alone():
     cmp = compare_outputs(ref, got, tol)
     assert cmp["violations"] <= cmp["allowed_violations"] and "allowed_mean_shift" not in cmp
     assert _elementwise_failure(cmp, None) is None
+
+
+def test_a_failed_agreement_says_how_sure_the_model_was_where_answers_changed():
+    """Flips only where the reference's top two are close: rounding where the model is unsure (more
+    precision helps). One flip of a clear lead: the file computes something else, and is named so."""
+    from deploykit.verify import _judge_classes
+
+    rng = np.random.default_rng(1)
+    p1 = rng.uniform(0.35, 0.55, 100)
+    ref = np.stack([p1, 1.0 - p1 - 0.05, np.full(100, 0.05)], axis=1)  # leads |2 p1 - 0.95| <= 0.15
+    unsure = ref.copy()
+    unsure[:10] = ref[:10, [1, 0, 2]]  # 10 near-ties swapped
+    int8 = Tolerance(atol=0.0, range_atol=0.05, min_agreement=0.97)
+    cmp: dict = {}
+    failure = _judge_classes(ref, unsure, cmp, int8, None, gated=True) or ""
+    lead = np.abs(ref[:10, 0] - ref[:10, 1])
+    assert cmp["flips"] == {"count": 10, "confident": 0, "max_lead": pytest.approx(lead.max()),
+                            "median_lead": pytest.approx(np.median(lead))}
+    assert "on the 10 changed answers the model's own top two probabilities were at most" in failure
+    assert "rounding where the model is unsure" in failure
+    sure = unsure.copy()
+    ref[50], sure[50] = [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]  # a clear answer changed
+    failure = _judge_classes(ref, sure, cmp, int8, None, gated=True) or ""
+    assert cmp["flips"]["confident"] == 1 and "on 1 of the 11 changed answers" in failure, failure
+    assert "more than rounding" in failure
+    # agreement that passes carries no flip note
+    assert _judge_classes(ref, ref, (ok := {}), int8, None, gated=True) is None and "flips" not in ok
