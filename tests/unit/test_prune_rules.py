@@ -246,9 +246,13 @@ def test_from_logits_is_read_from_the_loss():
     assert not from_logits(lambda y, p: p)
 
 
-def test_patience_counts_the_score_not_the_tie_break():
-    """A loss creeping down while accuracy stays flat kept resetting patience: fine-tunes never stopped."""
-    from deploykit.optimize.prune import _EpochState, _Score
+@pytest.mark.parametrize("drop, epochs_run", [(0.01, 3), (0.5, 8)])
+def test_patience_counts_the_score_and_only_a_clear_tie_break_gain(drop, epochs_run):
+    """A loss creeping down while accuracy stays flat kept resetting patience: fine-tunes never stopped.
+    At a saturated validation accuracy, a fine-tune whose -log p halves each epoch keeps its latest
+    epoch as the best, and stopping it there (the report then called the kept epoch no better) cut
+    the user's --epochs short."""
+    from deploykit.optimize.prune import TIE_BREAK_PROGRESS, _EpochState, _Score
 
     class Flat(_Score):
         def __init__(self):
@@ -256,7 +260,7 @@ def test_patience_counts_the_score_not_the_tie_break():
             self.nll = 1.0
 
         def measure(self, model, data):
-            self.nll -= 0.01
+            self.nll *= 1.0 - drop
             return 0.95, self.nll
 
     class Model:
@@ -268,5 +272,7 @@ def test_patience_counts_the_score_not_the_tie_break():
         state.end_epoch(epoch, {"loss": 0.1})
         if state.stop:
             break
-    assert state.stop and len(state.history) == 3  # best at epoch 1 by accuracy, two flat epochs: stop
-    assert state.best[1] == 3  # the kept epoch is still the one with the lowest tie-break
+    assert (drop < TIE_BREAK_PROGRESS) == (epochs_run < 8)
+    assert state.stop == (epochs_run < 8) and len(state.history) == epochs_run  # creeping: two flat epochs, stop
+    assert state.best[1] == epochs_run  # the kept epoch is the one with the lowest tie-break
+    assert [h["val_nll"] for h in state.history] == pytest.approx([(1.0 - drop) ** (i + 1) for i in range(epochs_run)])

@@ -84,3 +84,30 @@ def test_table_note_is_only_there_when_a_figure_could_be_misread():
     arts = [_artifact("onnx-fp32", 1000, runtime="onnxruntime", runtime_memory_bytes=28 << 20),
             _artifact("onnx-int8-qop", 300, runtime="onnxruntime", runtime_memory_bytes=4096)]
     assert table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts)) is None  # memory: one process per file
+
+
+def test_a_pruning_warning_quotes_the_model_the_artifacts_match_when_clustering_moved_it_again():
+    from deploykit.report.rows import fine_tune_warnings
+
+    steps = {"prune": {"report": {"eval": {"accuracy_before": 0.8844, "accuracy_after": 0.3556}}},
+             "cluster": {"report": {"eval": {"accuracy_before": 0.3556, "accuracy_after": 0.4822}}}}
+    (line,) = fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps=steps))
+    assert line.startswith("pruning cost 52.88 points of accuracy (88.44% → 35.56%); the artifacts match the clustered "
+                           "model (at 48.22%): prune less"), line
+    del steps["cluster"]
+    (line,) = fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps=steps))
+    assert "the artifacts match the pruned model: prune less" in line
+
+
+def test_size_against_the_dense_model_per_format():
+    from deploykit.report.rows import size_against_dense
+
+    arts = [_artifact("tflite-int8", 30_000), _artifact("onnx-int8-qop", 32_000), _artifact("tfjs-uint8", 28_000)]
+    arts[2].status = "failed"  # not kept: not compared
+    refs = {"tflite": {"target": "tflite-fp32", "size_bytes": 160_000, "gzip_bytes": 150_000},
+            "onnx": {"target": "onnx-fp32", "error": "ValueError: no"}}
+    lines = size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts, steps={"dense_reference": refs}))
+    assert lines[0] == ("- Download size (gzip) against the dense model's float32 file of the same format (tflite-fp32 "
+                        "146.5 KiB): tflite-int8 14.6 KiB = **0.100×** (10.0x smaller).")
+    assert lines[1].startswith("- The dense model did not convert to onnx-fp32 for the size comparison: ValueError: no")
+    assert size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts)) == []

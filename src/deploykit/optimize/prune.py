@@ -358,6 +358,12 @@ def _checked_fine_tune_data(train: Any, val: Any, model: Any, regression: bool, 
     from deploykit.data import check_label_range
 
     check_label_range(train, classes if classes > 1 else None)
+    if classes == 1 and len(out_shape) == 1:  # one unit: a binary classifier, its labels 0 or 1
+        for d in (train, val):
+            if d is not None and d.y.ndim == 1 and d.y.size and not np.isin(d.y, (0, 1)).all():
+                bad = [int(v) if float(v).is_integer() else float(v) for v in np.unique(d.y[~np.isin(d.y, (0, 1))])[:3]]
+                raise DataError(f"{d.source}: label {', '.join(map(str, bad))} is out of range for the model's one-unit "
+                                "output (a binary classifier, read at 0.5); labels must be 0 or 1")
     return train, val
 
 
@@ -620,14 +626,24 @@ class _TrainState:
         _keep_best(self, measured, epoch, self.snapshot)
 
 
+# An epoch that ties the best validation accuracy counts as progress for patience only when it
+# lowers the true class's mean -log p by this share or more: at 100 % validation accuracy (a small
+# split saturates early) the fine-tune still learns and keeps its latest epoch, and must not stop
+# there; a loss creeping down by a percent an epoch would never let it stop early at all.
+TIE_BREAK_PROGRESS = 0.10
+
+
 def _keep_best(state: Any, measured: tuple[float, float | None], epoch: int, snapshot: Callable[[], Any]) -> None:
-    """Keep the epoch if it beats the best so far (ties in score: the lower tie-break), and count
-    patience by the score alone: a loss that keeps creeping down while accuracy stays flat would
-    otherwise never let a fine-tune stop early."""
+    """Keep the epoch if it beats the best so far (ties in score: the lower tie-break); patience
+    restarts on a better score, or on a tied one with a clearly lower tie-break (TIE_BREAK_PROGRESS)."""
     best = state.best
     if best is None or state.score.better(measured, best[0]):
         state.best = (measured, epoch + 1, snapshot())
-    if best is None or state.score.better(measured[0], best[0][0]):
+    if state.history and measured[1] is not None:
+        state.history[-1]["val_nll"] = measured[1]
+    clearly_lower = (best is not None and measured[0] == best[0][0] and measured[1] is not None
+                     and best[0][1] is not None and measured[1] <= (1.0 - TIE_BREAK_PROGRESS) * best[0][1])
+    if best is None or state.score.better(measured[0], best[0][0]) or clearly_lower:
         state.wait = 0
     else:
         state.wait += 1

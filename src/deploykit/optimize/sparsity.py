@@ -183,6 +183,31 @@ _ONNX_QUANT_INPUTS = {
     "DynamicQuantizeMatMul": [(1, 3, -1)],  # com.microsoft
     "MatMulIntegerToFloat": [(0, 4, None), (1, 5, -1)],  # com.microsoft
 }
+# Inputs that hold quantization parameters (scales, zero points), not weights: left out of the totals
+# (122 per-channel zero points of a 38 k-parameter CNN counted as pruned zeros otherwise).
+_ONNX_QUANT_PARAMS = {
+    "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2},
+    "QLinearConv": {1, 2, 4, 5, 6, 7}, "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    "QLinearAdd": {1, 2, 4, 5, 6, 7}, "QLinearMul": {1, 2, 4, 5, 6, 7},
+    "QLinearGlobalAveragePool": {1, 2, 3, 4}, "QLinearAveragePool": {1, 2, 3, 4}, "QLinearLeakyRelu": {1, 2, 3, 4},
+    "QLinearSigmoid": {1, 2, 3, 4}, "QLinearSoftmax": {1, 2, 3, 4},
+    "ConvInteger": {2, 3}, "MatMulInteger": {2, 3}, "QGemm": {1, 2, 4, 5, 7, 8},
+    "DynamicQuantizeMatMul": {2, 3}, "MatMulIntegerToFloat": {2, 3, 4, 5},
+}
+
+
+def _onnx_quant_params(graph: Any) -> set[str]:
+    """Names of the tensors a graph's quantized ops read as scales or zero points."""
+    names = set()
+    for node in graph.node:
+        if node.op_type == "QLinearConcat":  # Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
+            slots = {0, 1} | {i for i in range(2, len(node.input)) if (i - 2) % 3}
+        else:
+            slots = _ONNX_QUANT_PARAMS.get(node.op_type, set())
+        names.update(node.input[i] for i in slots if i < len(node.input) and node.input[i])
+    return names
+
+
 # Ops that hand a quantized weight on unchanged in value (an embedding table read by Gather, then
 # DequantizeLinear): the consumer's zero point is the weight's own when it is one value per tensor.
 _ONNX_PASS_THROUGH = {"Gather": 0, "Identity": 0, "Reshape": 0, "Transpose": 0, "Squeeze": 0, "Unsqueeze": 0,
@@ -232,8 +257,10 @@ def _count_onnx(path: Path, shared_for: frozenset[int] = frozenset()) -> dict[st
                     value = producer[value].input[_ONNX_PASS_THROUGH[producer[value].op_type]]
                 if value in consts:
                     zero_points[value] = (zp, axis)
+        params = _onnx_quant_params(graph)
         for name, arr in consts.items():
-            if arr.dtype.kind not in "biuf" or arr.size == 0:
+            # int64: shapes, axes, indices (ONNX weights are float, int8/uint8 and int32 biases)
+            if arr.dtype.kind not in "biuf" or arr.size == 0 or arr.dtype == np.int64 or name in params:
                 continue
             zp = None
             if name in zero_points and arr.dtype.kind in "iu":

@@ -255,9 +255,13 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
         matched = ("QAT model" if key == "qat" or manifest.steps.get("qat") else
                    "clustered model" if key == "cluster" or manifest.steps.get("cluster") else "pruned model")
+        last = next(k for k in ("qat", "cluster", "prune") if manifest.steps.get(k) or k == "prune")
+        final = ((manifest.steps.get(last) or {}).get("report", {}).get("eval") or {}).get("accuracy_after")
         if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
+            # a later step (clustering, QAT) moved the accuracy again: the artifacts' model is quoted as it is
+            where = f" (at {_pct(final)})" if key != last and final is not None else ""
             out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy ({_pct(before)} → {_pct(after)}); "
-                       f"the artifacts match the {matched}: {fix}")
+                       f"the artifacts match the {matched}{where}: {fix}")
         lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
         # by how much it grew, against the loss's own size (cosine similarity is negative at its best,
         # and a loss of exactly 0 that becomes 1e-9 has not really grown)
@@ -279,18 +283,28 @@ def _history_lines(rep: dict[str, Any]) -> list[str]:
     patience = (rep.get("settings") or {}).get("patience")
     by_loss = rep.get("score") == "val_loss"
     better = "lower validation loss" if by_loss else "better validation accuracy"
+    from deploykit.optimize.prune import TIE_BREAK_PROGRESS
+
+    nll = not by_loss and any(h.get("val_nll") is not None for h in history)
+    better = ("lower validation loss" if by_loss else
+              f"better validation accuracy, nor a {TIE_BREAK_PROGRESS:.0%} lower −log p at the same accuracy" if nll else
+              "better validation accuracy")
     stopped = (f"stopped early after epoch {run} of {asked} (no {better} for {patience} epoch(s)"
                f"{' at the target sparsity' if 'sparsity' in history[0] else ''})" if asked and run < asked else f"{run} epoch(s)")
-    kept = f"; kept the weights of epoch {best} ({'lowest validation loss' if by_loss else 'best validation accuracy'})" if best else ""
+    why = ("lowest validation loss" if by_loss else
+           "best validation accuracy; among equally accurate epochs, the lowest −log p" if nll else "best validation accuracy")
+    kept = f"; kept the weights of epoch {best} ({why})" if best else ""
     pruning = "sparsity" in history[0]
     lines = ["", f"Fine-tuning: {stopped}{kept}.", "",
-             f"| Epoch | Loss | {'Val loss' if by_loss else 'Val accuracy'} |" + (" Sparsity |" if pruning else ""),
-             "|---|---|---|" + ("---|" if pruning else "")]
+             f"| Epoch | Loss | {'Val loss' if by_loss else 'Val accuracy'} |" + (" Val −log p |" if nll else "")
+             + (" Sparsity |" if pruning else ""),
+             "|---|---|---|" + ("---|" if nll else "") + ("---|" if pruning else "")]
     for h in history:
         mark = " ★" if h.get("epoch") == best else ""
         ramp = " (ramping up)" if pruning and not h.get("at_target", True) else ""
         val = f"{h['val_loss']:.4g}" if by_loss and h.get("val_loss") is not None else _pct(h.get("val_accuracy"))
         lines.append(f"| {h.get('epoch')}{mark} | {h.get('loss', float('nan')):.4f} | {val} |"
+                     + ((f" {h['val_nll']:.4f} |" if h.get("val_nll") is not None else " – |") if nll else "")
                      + (f" {h['sparsity']:.2%}{ramp} |" if pruning else ""))
     return lines
 
