@@ -203,9 +203,28 @@ def mean_probability_shift(ref: np.ndarray, got: np.ndarray) -> float:
     The share of probability mass that moved, in 0..1 whatever the number of
     classes: an elementwise mean would shrink 1000-fold on a 1000-class output.
     """
-    ref = np.asarray(ref, np.float64)
+    moved = probability_shifts(ref, got)
+    return float(np.mean(moved)) if moved.size else 0.0
+
+
+def probability_shifts(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Per sample, the total variation distance between probability rows; a binary classifier's one
+    column p is the row (1 - p, p), so its sample moves by |got - ref|."""
+    ref = np.asarray(ref, np.float64).reshape(len(ref), -1)
     got = np.asarray(got, np.float64).reshape(ref.shape)
-    return float(np.mean(0.5 * np.abs(got - ref).sum(axis=1))) if ref.size else 0.0
+    if ref.shape[1] == 1:
+        return np.abs(got - ref)[:, 0]
+    return 0.5 * np.abs(got - ref).sum(axis=1)
+
+
+def is_binary_probability(ref: np.ndarray, labels: np.ndarray | None) -> bool:
+    """A sigmoid binary classifier's output: one float column in 0..1, scored by 0/1 labels (one per
+    sample). Without labels a 0..1 column may as well be a regression value: not assumed."""
+    ref = np.asarray(ref)
+    return bool(labels is not None and np.ndim(labels) == 1 and len(labels) and np.isin(labels, (0, 1)).all()
+                and ref.ndim in (1, 2) and (ref.ndim == 1 or ref.shape[1] == 1) and ref.size
+                and np.issubdtype(ref.dtype, np.floating) and np.isfinite(ref).all()
+                and ref.min() >= 0.0 and ref.max() <= 1.0)
 
 
 def one_ulp_apart(x: np.ndarray, seed: int) -> np.ndarray:
@@ -585,8 +604,11 @@ def verify(
     def named(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return out if set(out) == set(names) else dict(zip(names, out.values()))  # renamed outputs: by position
 
+    # A sigmoid binary classifier the labels score is class probabilities too: (1 - p, p).
+    binary = reference[scored] if scored is not None and is_binary_probability(reference[scored], labels) else None
+
     def metric_gated(ref: np.ndarray) -> bool:
-        return tolerance.probabilities == "metric" and is_probabilities(ref)
+        return tolerance.probabilities == "metric" and (is_probabilities(ref) or (binary is not None and ref is binary))
 
     def shift(ref: np.ndarray, got: np.ndarray) -> float | None:
         return mean_probability_shift(ref, got) if metric_gated(ref) else None
@@ -632,11 +654,13 @@ def verify(
         if moved is not None:
             cmp["judged_by"] = "metric"
             cmp["mean_probability_shift"] = moved
-            per_sample = 0.5 * np.abs(np.asarray(got[name], np.float64).reshape(ref.shape) - ref).sum(axis=1)
+            per_sample = probability_shifts(ref, got[name])
             cmp["samples_over_bound"] = over = int(np.count_nonzero(per_sample > cmp["allowed_probability_shift"]))
             result.setdefault("notes", []).append(
-                f"output {name!r} holds class probabilities: judged by top-1 agreement, accuracy and the mean "
-                f"probability shift ({moved:.2g}); in {over} of {len(ref)} samples more than "
+                f"output {name!r} holds "
+                + ("a binary classifier's probability p (rows 1 - p, p): judged by agreement at 0.5" if ref is binary else
+                   "class probabilities: judged by top-1 agreement")
+                + f", accuracy and the mean probability shift ({moved:.2g}); in {over} of {len(ref)} samples more than "
                 f"{cmp['allowed_probability_shift']:.3g} of the probability mass moved (max {float(per_sample.max()):.3g})"
             )
         if is_id_output(ref):
@@ -653,7 +677,7 @@ def verify(
             if failure and moved is None and cmp["finite"]:
                 hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
                 failure += f"; {hint}" if hint else ""
-        if failure and moved is not None and ref.shape[1] >= 256:
+        if failure and moved is not None and ref.ndim == 2 and ref.shape[1] >= 256:
             # 8-bit outputs step by 1/256 of their range: most of a 1000-class softmax sits below one step.
             failure += (f"; an 8-bit output has 256 levels for {ref.shape[1]} class probabilities: try an int16 "
                         "activation target (tflite-int16x8) or end the model at logits")

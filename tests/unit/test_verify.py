@@ -806,3 +806,49 @@ def test_a_failed_agreement_says_how_sure_the_model_was_where_answers_changed():
     assert "more than rounding" in failure
     # agreement that passes carries no flip note
     assert _judge_classes(ref, ref, (ok := {}), int8, None, gated=True) is None and "flips" not in ok
+
+
+def test_a_sigmoid_binary_classifier_is_judged_like_class_probabilities(tmp_path):
+    """A one-column sigmoid scored by 0/1 labels is the rows (1 - p, p): an integer profile judges it
+    by agreement at 0.5, accuracy and the mean moved probability, as a softmax. An int8 file that moved
+    a few unsure samples by 0.09 (none across 0.5) failed on the elementwise bound alone."""
+    import keras
+
+    from deploykit.converters import tflite
+    from deploykit.models import load_model
+    from deploykit.runtime_bench.litert import LiteRTRunner
+    from deploykit.verify import is_binary_probability, probability_shifts
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(8, activation="tanh"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    x = np.random.default_rng(0).normal(size=(400, 6)).astype("float32")
+    loaded = load_model(model)
+    try:
+        tflite.convert(loaded, get_target("tflite-fp32"), None, tmp_path / "m.tflite")
+        got = np.asarray(loaded.predict([x])[0])
+    finally:
+        loaded.release()
+    labels = (got[:, 0] > 0.5).astype(int)
+    ref = got.copy()
+    near = np.flatnonzero(np.abs(got[:, 0] - 0.5) > 0.2)[:4]  # four samples far from 0.5 moved by 0.09
+    ref[near, 0] += np.where(got[near, 0] > 0.5, -0.09, 0.09)
+    assert is_binary_probability(ref, labels) and not is_binary_probability(ref, None)
+    assert probability_shifts(ref, got)[near] == pytest.approx(0.09, abs=1e-6)
+    int8 = get_target("tflite-int8").tolerance
+    runner = LiteRTRunner(tmp_path / "m.tflite", threads=1)
+    runner.load()
+    try:
+        judged = verify(runner, {"x": x}, [ref], ["output_0"], int8, labels=labels)
+        assert judged["passed"], judged["failures"]
+        assert judged["outputs"]["output_0"]["judged_by"] == "metric"
+        assert judged["outputs"]["output_0"]["mean_probability_shift"] == pytest.approx(4 * 0.09 / 400, rel=1e-3)
+        # without labels a 0..1 column may be a regression value: every element is held to the bound
+        plain = verify(runner, {"x": x}, [ref], ["output_0"], int8)
+        assert not plain["passed"] and "exceeds the allowed" in plain["failures"][0]
+        # a mean shift over the bound still fails
+        far = got.copy()
+        far[:, 0] = np.clip(got[:, 0] + 0.06, 0, 1)
+        assert not verify(runner, {"x": x}, [far], ["output_0"], int8, labels=labels)["passed"]
+    finally:
+        runner.close()

@@ -96,8 +96,9 @@ class Tolerance:
     lot under int8, and the metric gate is what judges classification quality.
 
     ``probabilities = "metric"`` (the quantized profiles) applies that to
-    class-probability outputs (rows of non-negative numbers summing to 1): their
-    elementwise errors are reported, and it is top-1 agreement, accuracy and the
+    class-probability outputs (rows of non-negative numbers summing to 1, and the
+    one 0..1 column of a sigmoid binary classifier scored by 0/1 labels, read as
+    the rows (1 - p, p)): their elementwise errors are reported, and it is top-1 agreement, accuracy and the
     mean probability shift (half the L1 distance between a sample's rows, which
     must stay within the elementwise bound) that decide. Softmax
     stretches a small logit error into a large probability change wherever the
