@@ -729,14 +729,17 @@ class Pipeline:
         if train.y is None:
             need = "target values 'y'" if regression else "labels 'y'"
             raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")
-        if step in ("prune", "cluster") and "dense_reference" not in steps:
-            # Before any weight changes (a model pruned in place has no dense weights afterwards), and
-            # after the training data is known to be usable: bad input still fails before any conversion.
-            steps["dense_reference"] = self._dense_reference(loaded)
         self.progress(f"{label}: fine-tuning")
         with PeakRSS() as mem:
             result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))
         steps[step] = {**mem.to_dict(), "report": result.report}
+        if step in ("prune", "cluster") and "dense_reference" not in steps:
+            # After the fine-tune, whose checks of the training data come first (bad labels cost no
+            # conversion), from the model as given: pruning and clustering work on a clone.
+            steps["dense_reference"] = (self._dense_reference(loaded) if not result.report.get("in_place") else
+                                        {t.format: {"target": DENSE_REFERENCE[t.format], "error": f"the model was {suffix} in "
+                                                    "place (it cannot be cloned): no dense copy is left to convert"}
+                                         for t in self._all_targets() if t.format in DENSE_REFERENCE})
         tuned = load_model(result.model)
         tuned.source = f"{loaded.source} ({suffix})"
         loaded.release()
@@ -744,7 +747,7 @@ class Pipeline:
 
     def _dense_reference(self, loaded: Any) -> dict[str, Any]:
         """The dense model's float32 file in each format of the run, converted into a temporary
-        directory before pruning or clustering and measured (raw and gzip bytes): what "N x smaller"
+        directory and measured (raw and gzip bytes): what "N x smaller"
         in the report is measured against. Not verified, not kept; a conversion that fails is recorded
         with its error (the run's own targets say whether the format works for this model)."""
         from deploykit.converters import get_converter
@@ -754,16 +757,22 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix="deploykit-dense-") as tmp:
             for name in dict.fromkeys(DENSE_REFERENCE[f] for f in formats):
                 target = get_target(name)
+                # with the run's own options for that format (a TF.js backend, an ONNX opset): a model
+                # the run's target takes, the reference takes too; quantization options do nothing in float32
+                own = next((t for t in self._all_targets() if t.format == target.format and t.options), None)
+                if own is not None:
+                    target = dataclasses.replace(target, options={**target.options, **own.options})
                 converter = get_converter(target.format)
                 path = Path(tmp) / name / f"model{converter.SUFFIX}"
                 path.parent.mkdir()
-                self.progress(f"dense reference: converting the model before fine-tuning to {name} (its size is "
-                              "what the fine-tuned artifacts are compared with)")
+                self.progress(f"dense reference: converting the model as given to {name} (what the fine-tuned "
+                              "artifacts' sizes are compared with)")
                 try:
                     settings = converter.convert(loaded, target, None, path)
                     files = [path] + [path.parent / f for f in settings.get("external_data_files", [])]
                     measured[name] = {"target": name, "size_bytes": sum(f.stat().st_size for f in files),
-                                      "gzip_bytes": sum(gzip_size(f) for f in files)}
+                                      "gzip_bytes": sum(gzip_size(f) for f in files),
+                                      **({"options": dict(target.options)} if own is not None else {})}
                 except Exception as exc:  # noqa: BLE001 - a missing comparison, not a failed run
                     measured[name] = {"target": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
         return {f: measured[DENSE_REFERENCE[f]] for f in formats}
@@ -1003,8 +1012,9 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     hints = []
     flips = [o["flips"] for o in (verification or {}).get("outputs", {}).values() if (o.get("flips") or {}).get("count")]
     if target.activations != "float32" and flips and not any(f["confident"] for f in flips):
-        # Every changed answer was a near-tie of the model's own: the file is right, its 8-bit activations too coarse.
-        hints.append(_MORE_PRECISION.get(target.format, _MORE_PRECISION["tflm"]))
+        # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.
+        key = f"{target.format}-int16" if target.activations == "int16" else target.format
+        hints.append(_MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded))
     if target.activations != "float32":
@@ -1079,6 +1089,8 @@ _FLOAT_INPUT_WAY_OUT = {
 _MORE_PRECISION = {
     "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
               "tflite-dynamic, or --qat (tf_keras models) to train the model for int8",
+    "tflite-int16": "for more precision try a target with float activations (tflite-dynamic: int8 weights, about the "
+                    "same size; tflite-fp16)",
     "onnx": "for more precision try a target with float activations (onnx-int8-dynamic: int8 weights, about the same "
             "size; onnx-fp16)",
     "tflm": "TFLite Micro is integer throughout: --qat (tf_keras models) trains the model for int8 activations",

@@ -406,8 +406,21 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
         cmp.pop("top1_agreement")  # the argmax of independent tags means nothing
         return _agreement_failure(tags, tol, "tags reproduced at 0.5")
     failure = _agreement_failure(share, tol)
-    if failure and per_sample and is_probabilities(ref):
-        cmp["flips"] = flips = flips_by_lead(np.asarray(ref, np.float64), ~np.asarray(agree).reshape(-1))
+    rows = _probability_rows(ref) if per_sample and (gated or is_probabilities(ref)) else None
+    if rows is None:
+        return failure
+    flips = flips_by_lead(rows, ~np.asarray(agree).reshape(-1))
+    if flips["count"]:
+        cmp["flips"] = flips
+    if not failure and rows.shape[1] == 2 and np.ndim(ref) <= 2 and np.asarray(ref).reshape(len(ref), -1).shape[1] == 1 \
+            and flips["confident"] > cmp.get("allowed_violations", 0):
+        # A binary classifier's minority class can vanish within 97 % agreement and 1 accuracy point
+        # (5 positives in 600, each pinned at 0.5 by an output range calibrated on negatives only):
+        # an answer the model was sure of does not flip by rounding.
+        return (f"{flips['confident']} answer(s) the model was sure of changed side of 0.5 (its probability below "
+                f"{0.5 - CONFIDENT_LEAD / 2:g} or above {0.5 + CONFIDENT_LEAD / 2:g}), more than the "
+                f"{cmp.get('allowed_violations', 0)} allowed")
+    if failure:
         if flips["count"]:
             failure += (f" (on the {flips['count']} changed answers the model's own top two probabilities were at most "
                         f"{flips['max_lead']:.2g} apart, median {flips['median_lead']:.2g}: rounding where the model is unsure)"
@@ -415,6 +428,18 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
                         f" (on {flips['confident']} of the {flips['count']} changed answers the model's own top two "
                         f"probabilities were more than {CONFIDENT_LEAD:g} apart: more than rounding where it is unsure)")
     return failure
+
+
+def _probability_rows(ref: np.ndarray) -> np.ndarray | None:
+    """Class-probability rows of an output: softmax rows as they are, a binary classifier's one 0..1
+    column p as (1 - p, p); None for anything else."""
+    r = np.asarray(ref, np.float64)
+    if is_probabilities(r):
+        return r
+    r = r.reshape(len(r), -1) if r.ndim in (1, 2) else r
+    if r.ndim == 2 and r.shape[1] == 1 and r.size and np.isfinite(r).all() and r.min() >= 0 and r.max() <= 1:
+        return np.concatenate([1.0 - r, r], axis=1)
+    return None
 
 
 def flips_by_lead(ref: np.ndarray, flipped: np.ndarray) -> dict[str, Any]:
@@ -701,6 +726,9 @@ def verify(
             failure = _judge_classes(ref, got[name], cmp, tolerance,
                                      np.shape(labels) if names.index(name) == scored else None,
                                      gated=names.index(name) == scored or is_probabilities(ref))
+            if failure and ref is binary and cmp["finite"]:  # pinned at a calibration edge: say so
+                hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
+                failure += f"; {hint}" if hint else ""
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
     # An output that fails on every sample says so once: its batch-1 failure repeated the same sentence

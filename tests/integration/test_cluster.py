@@ -101,12 +101,19 @@ def test_pipeline_prune_cluster_checks_every_artifact(trained, digits, tmp_path)
 
 
 def test_cluster_alone_reports_the_size_against_the_dense_model(trained, digits, tmp_path):
-    res = deploykit.convert(trained["keras3"], ["tflite-int8", "tflm-int8"], data=(digits.x_eval, digits.y_eval),
+    import dataclasses
+
+    from deploykit.targets import get_target
+
+    old_opset = dataclasses.replace(get_target("onnx-int8-qdq"), name="onnx-qdq-opset13",
+                                    options={**get_target("onnx-int8-qdq").options, "opset": 13})
+    res = deploykit.convert(trained["keras3"], ["tflite-int8", "tflm-int8", old_opset], data=(digits.x_eval, digits.y_eval),
                             out=tmp_path / "out", bench=False, train_data=(digits.x_train, digits.y_train),
                             cluster={"clusters": 8, "epochs": 1})
     assert res.ok, [a["error"] for a in res.manifest["artifacts"]]
     refs = res.manifest["steps"]["dense_reference"]
     assert refs["tflite"] == refs["tflm"] and refs["tflite"]["target"] == "tflite-fp32" and refs["tflite"]["gzip_bytes"] > 0
+    assert refs["onnx"]["target"] == "onnx-fp32" and refs["onnx"]["options"]["opset"] == 13  # the run's own options
     md = res.report_path.read_text()
     section = md[md.index("## Weight clustering"):]
     assert "- Download size (gzip) against the dense model's float32 file of the same format (tflite-fp32 " in section

@@ -388,6 +388,22 @@ def test_an_int8_file_that_changes_only_unsure_answers_says_so_and_names_more_pr
         assert way_out in a["error"], a["error"]
 
 
+def test_the_more_precision_hint_never_names_the_target_that_failed():
+    from types import SimpleNamespace
+
+    from deploykit.pipeline import _failure_hints
+
+    unsure = {"outputs": {"p": {"flips": {"count": 9, "confident": 0, "max_lead": 0.1, "median_lead": 0.02}}}}
+    sure = {"outputs": {"p": {"flips": {"count": 9, "confident": 2, "max_lead": 0.9, "median_lead": 0.02}}}}
+    model = SimpleNamespace(keras_model=None)
+    x = {"x": np.zeros((4, 3), np.float32)}
+    (int8,) = _failure_hints(get_target("tflite-int8"), model, x, unsure)
+    (int16,) = _failure_hints(get_target("tflite-int16x8"), model, x, unsure)
+    assert "try tflite-int16x8" in int8 and "tflite-int16x8" not in int16 and "tflite-dynamic" in int16
+    assert _failure_hints(get_target("tflite-int8"), model, x, sure) == []  # a changed sure answer: not precision
+    assert _failure_hints(get_target("tflite-fp16"), model, x, unsure) == []
+
+
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
     """Deep tanh stack with gain 4: the last bit of an input moves its outputs by ~1e-2.
 

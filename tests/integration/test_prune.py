@@ -285,19 +285,24 @@ def test_sparsity_survives_tflite_and_onnx_including_int8(k3_unstructured, digit
     try:
         for name, conv, suffix in [("tflite-fp32", tflite, ".tflite"), ("tflite-int8", tflite, ".tflite"),
                                    ("onnx-fp32", onnx_conv, ".onnx"), ("onnx-int8-qdq", onnx_conv, ".onnx"),
-                                   ("onnx-int8-qop", onnx_conv, ".onnx")]:
+                                   ("onnx-int8-qop", onnx_conv, ".onnx"), ("onnx-int8-dynamic", onnx_conv, ".onnx")]:
             path = tmp_path / f"{name}{suffix}"
             conv.convert(loaded, get_target(name), calib, path)
             counts = count_zeros(path)
             assert counts["total_zeros"] >= result.report["totals"]["zeros_after"] * 0.99, name
             # weights and biases only: per-channel zero points and shape constants are not counted as pruned zeros
             assert counts["total_zeros"] <= result.report["totals"]["zeros_after"] + 16, (name, counts["total_zeros"])
+            sizes_seen = failures.setdefault("_sizes", {})  # every ONNX file holds the same weights and biases
+            sizes_seen[name] = counts["total_size"]
             failures[name] = check_sparsity_survived(result.report, counts)
             if "int8" in name:  # the kernels really are stored as 8-bit integers
                 sizes = {k["size"] for l in result.report["layers"] for k in l["kernels"]}
                 assert any(t["size"] in sizes and t["dtype"] in ("int8", "uint8") for t in counts["tensors"]), name
     finally:
         loaded.release()
+    sizes = failures.pop("_sizes")
+    onnx_sizes = [n for k, n in sizes.items() if k.startswith("onnx")]  # give or take a scalar constant
+    assert max(onnx_sizes) - min(onnx_sizes) <= 2, sizes
     assert failures == {name: [] for name in failures}
 
 
@@ -366,7 +371,7 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
     html = (result.out / "report.html").read_text()
     for text in ("## Pruning", "| Layer | Class | Weight | Target | Achieved |", "all pruned kernels kept their zeros",
                  "Kept dense", "Rescaling", "Fine-tuning: 2 epoch(s); kept the weights of epoch",
-                 "| Epoch | Loss | Val accuracy | Sparsity |", "| 2"):
+                 "| Epoch | Loss | Val accuracy | Val −log p | Sparsity |", "| 2"):
         assert text in md, text
     assert "<h2>Pruning</h2>" in html and "kept their zeros" in html
     # The dense model's float32 file per format, converted before pruning: what "N x smaller" is measured against.
@@ -405,6 +410,11 @@ def test_pruning_settings_are_refused_before_any_work(keras3_path, data_npz, dig
                           train_data=train)
     with pytest.raises(DataError, match="has no labels 'y'"):
         deploykit.convert(keras3_path, ["tflite-fp32"], data=data_npz, out=out, prune=0.5, train_data=digits.x_train)
+    progress: list[str] = []
+    with pytest.raises(DataError, match="label 14 is out of range"):  # found before any conversion (dense reference too)
+        deploykit.convert(keras3_path, ["tflite-fp32", "onnx-fp32"], data=data_npz, out=out, prune=0.5,
+                          train_data=(digits.x_train, digits.y_train + 5), progress=progress.append)
+    assert not any("convert" in p for p in progress), progress
     assert not out.exists()
 
 

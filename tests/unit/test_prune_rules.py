@@ -246,18 +246,18 @@ def test_from_logits_is_read_from_the_loss():
     assert not from_logits(lambda y, p: p)
 
 
-@pytest.mark.parametrize("drop, epochs_run", [(0.01, 3), (0.5, 8)])
-def test_patience_counts_the_score_and_only_a_clear_tie_break_gain(drop, epochs_run):
+@pytest.mark.parametrize("drop, epochs_run, start", [(0.01, 3, 1.0), (0.5, 8, 1.0), (0.5, 3, 0.0), (0.5, 5, 0.01)])
+def test_patience_counts_the_score_and_only_a_clear_tie_break_gain(drop, epochs_run, start):
     """A loss creeping down while accuracy stays flat kept resetting patience: fine-tunes never stopped.
     At a saturated validation accuracy, a fine-tune whose -log p halves each epoch keeps its latest
     epoch as the best, and stopping it there (the report then called the kept epoch no better) cut
     the user's --epochs short."""
-    from deploykit.optimize.prune import TIE_BREAK_PROGRESS, _EpochState, _Score
+    from deploykit.optimize.prune import _EpochState, _Score
 
     class Flat(_Score):
         def __init__(self):
             super().__init__()
-            self.nll = 1.0
+            self.nll = start  # 0: a model sure of every sample; 0.01 halving: gains fall under 1e-3 at epoch 4
 
         def measure(self, model, data):
             self.nll *= 1.0 - drop
@@ -272,7 +272,6 @@ def test_patience_counts_the_score_and_only_a_clear_tie_break_gain(drop, epochs_
         state.end_epoch(epoch, {"loss": 0.1})
         if state.stop:
             break
-    assert (drop < TIE_BREAK_PROGRESS) == (epochs_run < 8)
     assert state.stop == (epochs_run < 8) and len(state.history) == epochs_run  # creeping: two flat epochs, stop
-    assert state.best[1] == epochs_run  # the kept epoch is the one with the lowest tie-break
-    assert [h["val_nll"] for h in state.history] == pytest.approx([(1.0 - drop) ** (i + 1) for i in range(epochs_run)])
+    assert state.best[1] == (1 if start == 0 else epochs_run)  # the kept epoch: the lowest tie-break (the first of equals)
+    assert [h["val_nll"] for h in state.history] == pytest.approx([start * (1.0 - drop) ** (i + 1) for i in range(epochs_run)])

@@ -846,6 +846,15 @@ def test_a_sigmoid_binary_classifier_is_judged_like_class_probabilities(tmp_path
         # without labels a 0..1 column may be a regression value: every element is held to the bound
         plain = verify(runner, {"x": x}, [ref], ["output_0"], int8)
         assert not plain["passed"] and "exceeds the allowed" in plain["failures"][0]
+        # three answers the model was sure of, now on the other side of 0.5: a vanished minority class
+        # passes 97 % agreement, 1 accuracy point and the mean shift, and must still fail
+        sure = got.copy()
+        lost = np.flatnonzero(got[:, 0] < 0.45)[:3]
+        sure[lost, 0] = 0.95
+        failed = verify(runner, {"x": x}, [sure], ["output_0"], int8, labels=(sure[:, 0] > 0.5).astype(int))
+        assert not failed["passed"] and failed["top1_agreement"] > 0.99
+        assert "3 answer(s) the model was sure of changed side of 0.5" in failed["failures"][0], failed["failures"]
+        assert failed["outputs"]["output_0"]["flips"]["confident"] == 3
         # a mean shift over the bound still fails
         far = got.copy()
         far[:, 0] = np.clip(got[:, 0] + 0.06, 0, 1)

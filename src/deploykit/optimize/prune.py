@@ -631,6 +631,9 @@ class _TrainState:
 # split saturates early) the fine-tune still learns and keeps its latest epoch, and must not stop
 # there; a loss creeping down by a percent an epoch would never let it stop early at all.
 TIE_BREAK_PROGRESS = 0.10
+# ... and by at least this much: a model sure of every validation sample (-log p of 0, or shrinking
+# geometrically towards it) is not learning anything that matters, and must stop like any other.
+TIE_BREAK_MIN_GAIN = 1e-3
 
 
 def _keep_best(state: Any, measured: tuple[float, float | None], epoch: int, snapshot: Callable[[], Any]) -> None:
@@ -642,7 +645,8 @@ def _keep_best(state: Any, measured: tuple[float, float | None], epoch: int, sna
     if state.history and measured[1] is not None:
         state.history[-1]["val_nll"] = measured[1]
     clearly_lower = (best is not None and measured[0] == best[0][0] and measured[1] is not None
-                     and best[0][1] is not None and measured[1] <= (1.0 - TIE_BREAK_PROGRESS) * best[0][1])
+                     and best[0][1] is not None and measured[1] <= (1.0 - TIE_BREAK_PROGRESS) * best[0][1]
+                     and best[0][1] - measured[1] >= TIE_BREAK_MIN_GAIN)
     if best is None or state.score.better(measured[0], best[0][0]) or clearly_lower:
         state.wait = 0
     else:

@@ -199,7 +199,13 @@ _ONNX_QUANT_PARAMS = {
 def _onnx_quant_params(graph: Any) -> set[str]:
     """Names of the tensors a graph's quantized ops read as scales or zero points."""
     names = set()
+    # quantize_dynamic multiplies the activation's runtime scale (DynamicQuantizeLinear's second output)
+    # by the weight's scale in a plain Mul: that constant is a weight scale too.
+    runtime_scales = {n.output[1] for n in graph.node if n.op_type == "DynamicQuantizeLinear" and len(n.output) > 1}
     for node in graph.node:
+        if node.op_type == "Mul" and runtime_scales.intersection(node.input):
+            names.update(i for i in node.input if i not in runtime_scales)
+            continue
         if node.op_type == "QLinearConcat":  # Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
             slots = {0, 1} | {i for i in range(2, len(node.input)) if (i - 2) % 3}
         else:
