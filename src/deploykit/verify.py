@@ -731,6 +731,13 @@ def verify(
                 failure += f"; {hint}" if hint else ""
             if failure:
                 result["failures"].append(f"output {name!r}: {failure}")
+            elif (cmp.get("flips") or {}).get("confident"):
+                f = cmp["flips"]
+                result.setdefault("notes", []).append(
+                    f"output {name!r}: {f['confident']} of the {f['count']} changed answers were ones the model was sure "
+                    f"of (its top probability led the next by more than {CONFIDENT_LEAD:g}): within the agreement "
+                    "allowed, but more than rounding where the model is unsure; check those inputs against the "
+                    "calibration data's range")
     # An output that fails on every sample says so once: its batch-1 failure repeated the same sentence
     # and pushed the rest (agreement, accuracy) out of shortened reasons. Kept when only batch 1 fails.
     # Same sentence = the same text once its numbers are set aside; a different one (NaN only at batch 1) stays.

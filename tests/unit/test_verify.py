@@ -806,6 +806,11 @@ def test_a_failed_agreement_says_how_sure_the_model_was_where_answers_changed():
     assert "more than rounding" in failure
     # agreement that passes carries no flip note
     assert _judge_classes(ref, ref, (ok := {}), int8, None, gated=True) is None and "flips" not in ok
+    # one sure answer changed within the agreement allowed: passes, and the count is kept for verify's note
+    one = ref.copy()
+    one[50] = [0.05, 0.9, 0.05]
+    assert _judge_classes(ref, one, (kept := {}), int8, None, gated=True) is None
+    assert kept["flips"] == {"count": 1, "confident": 1, "max_lead": pytest.approx(0.85), "median_lead": pytest.approx(0.85)}
 
 
 def test_a_sigmoid_binary_classifier_is_judged_like_class_probabilities(tmp_path):
