@@ -38,7 +38,9 @@ identical per-kernel zero counts, 97.96 % vs 97.22 %. LiteRT's EXPERIMENTAL_SPAR
 outputs, p50 within +-4 % of the dense-format file (XNNPACK densifies it at load: no speed-up),
 and its int8 variant does not even load (XNNPACK fails to delegate the sparse FULLY_CONNECTED).
 With --cluster 16 after pruning: 0.097, int8 accuracy 97.78 % vs dense 97.96 % (session 12, Intel
-Xeon; the pruned model alone: 97.78 %, gzip ratio 0.120).
+Xeon; the pruned model alone: 97.78 %, gzip ratio 0.120). Session 13: the same figures, and
+`deploy convert --prune 0.8` prints the ratio in its own report (tflite-int8 0.120, onnx-int8-qop
+0.117, tfjs-uint8 0.103 against each format's dense float32 file).
 
 Usage: .venv/bin/python benchmarks/digits_pruning.py [--workdir DIR] [--epochs 30] [--prune-epochs 20] [--sparsity 0.8]
 """
