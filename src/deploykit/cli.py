@@ -67,7 +67,7 @@ def convert(
     prune_block: str = typer.Option("1x4", "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block."),
     cluster: Optional[int] = typer.Option(None, "--cluster", help="Weight clustering: share this many values per kernel (e.g. 16; 2..256) with a short fine-tune on --train-data; after --prune, zeros stay zero. Shrinks the gzipped download of every target."),
     cluster_epochs: Optional[int] = typer.Option(None, "--cluster-epochs", help="Fine-tune epochs of --cluster (default 3; 0 clusters without fine-tuning)."),
-    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model; with --cluster: cluster-preserving QAT."),
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Labelled .npz (x, y) for the pruning / clustering / QAT fine-tune (y: class labels, or the target values of a model trained with a regression loss such as mse)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Fine-tune epochs of --prune (default 12; once at the target sparsity, stops early after --patience epochs without a better validation score) and of --qat (default 4)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Fine-tune learning rate (default: the compiled optimizer's, else Adam 1e-3)."),

@@ -358,9 +358,6 @@ class Pipeline:
         self.prune_options = _check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
         self.cluster_options = _check_cluster(cluster, train_data)
         self.qat_options = _check_qat(qat, train_data)
-        if self.cluster_options is not None and self.qat_options is not None:
-            raise UserError("--qat retrains every weight and would undo --cluster's shared values (cluster-preserving "
-                            "QAT is not supported); drop one of them")
         if self.qat_options is not None:
             # A QAT model carries fake-quant ops: its float conversions bake them in (tflite-fp32
             # becomes QUANTIZE/DEQUANTIZE pairs, ONNX/TF.js fp32 drift ~0.1 from the QAT model).
@@ -655,15 +652,17 @@ class Pipeline:
         return clustered
 
     def _qat(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
-        """Quantization-aware fine-tuning (sparsity-preserving after pruning); return the QAT model, loaded."""
+        """Quantization-aware fine-tuning (sparsity-preserving after pruning, cluster-preserving after
+        clustering); return the QAT model, loaded."""
         from deploykit.optimize.qat import quantize_aware
 
         pqat = self.prune_options is not None
-        label = "PQAT" if pqat else "QAT"
+        pcqat = self.cluster_options is not None  # the clustered model's shared values kept through QAT
+        label = "PCQAT" if pcqat else "PQAT" if pqat else "QAT"
         report, qat_model = self._fine_tune(model, loaded, steps, "qat", label, label,
                                  lambda train, config, progress: quantize_aware(
                                      loaded.keras_model, train, compile_config=config, preserve_sparsity=pqat,
-                                     progress=progress, **self.qat_options))
+                                     preserve_clusters=pcqat, progress=progress, **self.qat_options))
         self.qat_report = report
         return qat_model
 

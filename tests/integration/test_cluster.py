@@ -154,9 +154,6 @@ def test_bad_cluster_input_is_one_clear_error_and_nothing_written(trained, digit
     with pytest.raises(UserError, match="unknown clustering setting"):
         deploykit.convert(trained["keras3"], ["tflite-fp32"], data=(digits.x_eval, digits.y_eval), out=out,
                           cluster={"n": 3}, train_data=train)
-    with pytest.raises(UserError, match="would undo --cluster"):
-        deploykit.convert(trained["tf_keras"], ["tflite-int8"], data=(digits.x_eval, digits.y_eval), out=out,
-                          cluster=16, qat=True, train_data=train)
     with pytest.raises(DataError, match="no labels"):
         cluster(trained["keras3"], digits.x_train)
     assert not out.exists()
@@ -247,3 +244,21 @@ def test_keras3_clone_keeps_dict_and_list_inputs_and_their_names():
         clone = clone_keras3(model)
         assert [l.name for l in clone.layers] == [l.name for l in model.layers]
         np.testing.assert_allclose(np.asarray(clone(call)), np.asarray(model(call)), rtol=1e-6)
+
+
+def test_cluster_then_qat_keeps_the_shared_values_in_the_int8_artifact(trained, digits, tmp_path):
+    """Cluster-preserving QAT: tfmot's QAT trains every kernel again (thousands of values), so each is
+    put back onto its clusters after every step; the int8 file holds at most 16 values per channel."""
+    res = deploykit.convert(trained["tf_keras"], ["tflite-int8"], data=(digits.x_eval, digits.y_eval),
+                            out=tmp_path / "out", bench=False, train_data=(digits.x_train, digits.y_train),
+                            prune={"sparsity": 0.5, "epochs": 2}, cluster={"clusters": 16, "epochs": 1},
+                            qat={"epochs": 2, "batch_size": 64})
+    assert res.ok, [a["error"] for a in res.manifest["artifacts"]]
+    qat = res.manifest["steps"]["qat"]["report"]
+    assert qat["preserve_clusters"] and qat["path"] == "tfmot-qat+shared-value-projection"
+    assert qat["kernel_values"] and all(v["values_after"] <= v["values_before"] <= 17 for v in qat["kernel_values"])
+    assert res.manifest["model"]["source"].endswith("(pruned) (clustered) (PCQAT)")
+    a = res.manifest["artifacts"][0]
+    assert a["settings"]["clusters"]["lost"] == [] and a["settings"]["sparsity"]["densified"] == []
+    md = res.report_path.read_text()
+    assert "Cluster-preserving QAT (PCQAT" in md and "Shared values kept through QAT" in md

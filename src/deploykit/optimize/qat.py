@@ -83,6 +83,7 @@ from deploykit.optimize import structure as _structure
 
 QAT_PATH = "tfmot-qat"
 PQAT_PATH = "tfmot-pqat"
+PCQAT_PATH = "tfmot-qat+shared-value-projection"
 # QAT starts from a trained model and only adapts it to int8 rounding: a few epochs.
 DEFAULT_EPOCHS = 4
 
@@ -346,6 +347,42 @@ def _keep_zeros_callback(base: type, qmodel: Any) -> Any:
     return _KeepZeros()
 
 
+def _keep_clusters_callback(base: type, qmodel: Any) -> tuple[Any, dict[str, int]]:
+    """A callback that puts every clustered kernel back onto its shared values after each training
+    step, each value the mean of its cluster's trained weights (zeros pinned at 0): cluster-preserving
+    QAT. The same projection as the clustering fine-tune's (:mod:`deploykit.optimize.cluster`), so
+    every kernel tfmot wraps, and the ones its Conv+ReLU pattern swaps to the default config or it
+    leaves in float, keep at most their clusters. Returns the callback and each kernel's value count.
+    """
+    groups = []
+    counts = {}
+    for name, var in _kernel_vars(qmodel).items():
+        w = np.asarray(var.numpy())
+        values, index = np.unique(w, return_inverse=True)
+        if values.size > 256:  # not a clustered kernel (clustering leaves at most 256 values)
+            continue
+        counts[name] = int(values.size)
+        zero = np.flatnonzero(values == 0)
+        groups.append((var, index.reshape(w.shape), values.size, int(zero[0]) if zero.size else -1))
+
+    class _KeepClusters(base):  # type: ignore[misc, valid-type]
+        def on_train_batch_end(self, batch, logs=None):
+            for var, index, n, zero in groups:
+                w = np.asarray(var.numpy())
+                sums = np.bincount(index.ravel(), weights=w.ravel(), minlength=n)
+                means = sums / np.maximum(np.bincount(index.ravel(), minlength=n), 1)
+                if zero >= 0:
+                    means[zero] = 0.0
+                var.assign(means[index].astype(w.dtype))
+
+    return _KeepClusters(), counts
+
+
+def _distinct_values(model: Any) -> dict[str, int]:
+    """Distinct values of every Dense/Conv kernel, by the original layer name (wrappers looked through)."""
+    return {name: int(np.unique(np.asarray(var.numpy())).size) for name, var in _kernel_vars(model).items()}
+
+
 # ----------------------------------------------------------------------------- API
 @logs_muted
 @_ft.keeps_global_rng
@@ -366,6 +403,7 @@ def quantize_aware(
     progress: ProgressFn | None = None,
     seed: int = 0,
     preserve_sparsity: bool = False,
+    preserve_clusters: bool = False,
 ) -> QATResult:
     """Fine-tune a tf_keras classifier with int8 fake quantization (tfmot QAT).
 
@@ -391,6 +429,10 @@ def quantize_aware(
         seed: Seeds the split, the shuffling and Keras.
         preserve_sparsity: Use tfmot's prune-preserving scheme (PQAT) so the zeros of
             a pruned model survive QAT; the report then counts kernel zeros before/after.
+        preserve_clusters: Cluster-preserving QAT for a clustered model
+            (:func:`deploykit.cluster`): after every step each kernel is put back onto its
+            shared values (each the mean of its cluster, zeros kept at 0); the report counts
+            every kernel's distinct values before/after.
 
     Returns:
         :class:`QATResult`: ``.model`` is a tf_keras model with tfmot's quantize
@@ -448,12 +490,16 @@ def quantize_aware(
         raise UserError(f"no layer of this model can be quantized by tfmot: {why}")
     acc_wrapped = score(qmodel, val)
 
-    label = "pqat" if preserve_sparsity else "qat"
+    label = "pcqat" if preserve_clusters else "pqat" if preserve_sparsity else "qat"
     state = _ft._EpochState(qmodel, epochs, val, patience, progress, label, score)
     qmodel.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
     y = _ft._labels_for(loss_fn, train.y, model)
     callbacks = [_ft._make_tracker(tf_keras.callbacks.Callback, state)]
-    if preserve_sparsity:  # before the tracker: its snapshots (the best epoch's weights) hold the zeros
+    # before the tracker: its snapshots (the best epoch's weights) hold the zeros and shared values
+    if preserve_clusters:
+        keep, values_before = _keep_clusters_callback(tf_keras.callbacks.Callback, qmodel)
+        callbacks.insert(0, keep)
+    elif preserve_sparsity:
         callbacks.insert(0, _keep_zeros_callback(tf_keras.callbacks.Callback, qmodel))
     qmodel.fit(model_call_arg(qmodel, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                verbose=0, callbacks=callbacks)
@@ -462,10 +508,11 @@ def quantize_aware(
     acc_after = score(qmodel, val)
 
     report: dict[str, Any] = {
-        "path": PQAT_PATH if preserve_sparsity else QAT_PATH,
+        "path": PCQAT_PATH if preserve_clusters else PQAT_PATH if preserve_sparsity else QAT_PATH,
         "framework": "tf_keras",
         "scheme": type(scheme).__name__,
         "preserve_sparsity": bool(preserve_sparsity),
+        "preserve_clusters": bool(preserve_clusters),
         "settings": {
             "epochs": epochs, "batch_size": batch_size, "patience": patience,
             "learning_rate": _ft._lr_value(opt), "optimizer": type(opt).__name__,
@@ -486,6 +533,10 @@ def quantize_aware(
         "best_epoch": state.best[1] if state.best else None,
         "history": state.history,
     }
+    if preserve_clusters:
+        after_values = _distinct_values(qmodel)
+        report["kernel_values"] = [{"kernel": name, "values_before": n, "values_after": after_values.get(name)}
+                                   for name, n in values_before.items()]
     if preserve_sparsity:
         after = _kernel_zeros(qmodel)
         report["kernel_zeros"] = [

@@ -467,7 +467,9 @@ def qat_lines(manifest: Manifest) -> list[str]:
         return []
     rep = step["report"]
     st = rep.get("settings", {})
-    kind = "Sparsity-preserving QAT (PQAT)" if rep.get("preserve_sparsity") else "Quantization-aware training"
+    kind = ("Cluster-preserving QAT (PCQAT: every kernel put back onto its shared values after each step)"
+            if rep.get("preserve_clusters") else
+            "Sparsity-preserving QAT (PQAT)" if rep.get("preserve_sparsity") else "Quantization-aware training")
     quantized = rep.get("quantized", [])
     names = [q if isinstance(q, str) else q.get("layer", str(q)) for q in quantized]
     lines = [
@@ -486,6 +488,10 @@ def qat_lines(manifest: Manifest) -> list[str]:
         kept = sum(z["zeros_after"] for z in zeros)
         before = sum(z["zeros_before"] for z in zeros)
         lines.append(f"- Pruned zeros kept through QAT: {kept:,} of {before:,}.")
+    values = rep.get("kernel_values")
+    if values:
+        lines.append("- Shared values kept through QAT: " + ", ".join(
+            f"`{v['kernel']}` {v['values_before']} → {v['values_after']}" for v in values) + ".")
     return lines + _history_lines(rep)
 
 
