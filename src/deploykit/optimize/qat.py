@@ -359,7 +359,7 @@ def _keep_clusters_callback(base: type, qmodel: Any) -> tuple[Any, dict[str, int
     for name, var in _kernel_vars(qmodel).items():
         w = np.asarray(var.numpy())
         values, index = np.unique(w, return_inverse=True)
-        if values.size > 256:  # not a clustered kernel (clustering leaves at most 256 values)
+        if values.size > 257:  # not a clustered kernel (clustering leaves at most 256 values and zero)
             continue
         counts[name] = int(values.size)
         zero = np.flatnonzero(values == 0)
