@@ -736,8 +736,8 @@ class Pipeline:
             # After the fine-tune, whose checks of the training data come first (bad labels cost no
             # conversion), from the model as given: pruning and clustering work on a clone.
             steps["dense_reference"] = (self._dense_reference(loaded) if not result.report.get("in_place") else
-                                        {t.format: {"target": DENSE_REFERENCE[t.format], "error": f"the model was {suffix} in "
-                                                    "place (it cannot be cloned): no dense copy is left to convert"}
+                                        {t.format: {"target": DENSE_REFERENCE[t.format], "skipped": f"the model was {suffix} "
+                                                    "in place (it cannot be cloned), so no dense copy was left to convert"}
                                          for t in self._all_targets() if t.format in DENSE_REFERENCE})
         tuned = load_model(result.model)
         tuned.source = f"{loaded.source} ({suffix})"
@@ -756,9 +756,11 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix="deploykit-dense-") as tmp:
             for name in dict.fromkeys(DENSE_REFERENCE[f] for f in formats):
                 target = get_target(name)
-                # with the run's own options for that format (a TF.js backend, an ONNX opset): a model
-                # the run's target takes, the reference takes too; quantization options do nothing in float32
-                own = next((t for t in self._all_targets() if t.format == target.format and t.options), None)
+                # with the run's own options for that format (a TF.js backend, an ONNX opset), those of a
+                # float32 target of the run first: a model the run's target takes, the reference takes too
+                # (quantization options do nothing in float32)
+                mine = [t for t in self._all_targets() if t.format == target.format and t.options]
+                own = next((t for t in mine if t.weights == "float32"), mine[0] if mine else None)
                 if own is not None:
                     target = dataclasses.replace(target, options={**target.options, **own.options})
                 converter = get_converter(target.format)
@@ -771,7 +773,9 @@ class Pipeline:
                     files = [path] + [path.parent / f for f in settings.get("external_data_files", [])]
                     measured[name] = {"target": name, "size_bytes": sum(f.stat().st_size for f in files),
                                       "gzip_bytes": sum(gzip_size(f) for f in files),
-                                      **({"options": dict(target.options)} if own is not None else {})}
+                                      **({"options": changed} if (changed := {k: v for k, v in target.options.items()
+                                                                               if get_target(name).options.get(k) != v})
+                                         else {})}
                 except Exception as exc:  # noqa: BLE001 - a missing comparison, not a failed run
                     measured[name] = {"target": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
         return {f: measured[DENSE_REFERENCE[f]] for f in formats}

@@ -412,14 +412,15 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
     flips = flips_by_lead(rows, ~np.asarray(agree).reshape(-1))
     if flips["count"]:
         cmp["flips"] = flips
-    if not failure and rows.shape[1] == 2 and np.ndim(ref) <= 2 and np.asarray(ref).reshape(len(ref), -1).shape[1] == 1 \
-            and flips["confident"] > cmp.get("allowed_violations", 0):
-        # A binary classifier's minority class can vanish within 97 % agreement and 1 accuracy point
-        # (5 positives in 600, each pinned at 0.5 by an output range calibrated on negatives only):
-        # an answer the model was sure of does not flip by rounding.
-        return (f"{flips['confident']} answer(s) the model was sure of changed side of 0.5 (its probability below "
-                f"{0.5 - CONFIDENT_LEAD / 2:g} or above {0.5 + CONFIDENT_LEAD / 2:g}), more than the "
-                f"{cmp.get('allowed_violations', 0)} allowed")
+    vanished = _vanished_class(rows, np.asarray(agree).reshape(-1))
+    if vanished:
+        cmp["vanished_class"] = vanished
+        # A minority class can vanish within 97 % agreement and 1 accuracy point: 5 positives in 600,
+        # each pinned at 0.5 by an output range calibrated on negatives only.
+        lost = (f"class {vanished['class']}, which the model predicts for {vanished['samples']} sample(s) (its "
+                f"probability {vanished['low']:.2f}-{vanished['high']:.2f}), is predicted for none of them: the artifact "
+                "has lost that answer")
+        return f"{failure}; {lost}" if failure else lost
     if failure:
         if flips["count"]:
             failure += (f" (on the {flips['count']} changed answers the model's own top two probabilities were at most "
@@ -428,6 +429,25 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
                         f" (on {flips['confident']} of the {flips['count']} changed answers the model's own top two "
                         f"probabilities were more than {CONFIDENT_LEAD:g} apart: more than rounding where it is unsure)")
     return failure
+
+
+# A class the reference predicts for at least this many samples must be predicted for one of them.
+MIN_VANISHED_SAMPLES = 3
+
+
+def _vanished_class(rows: np.ndarray, agree: np.ndarray) -> dict[str, Any] | None:
+    """The class the reference predicts most often (MIN_VANISHED_SAMPLES or more) among those the
+    artifact reproduces on none of their samples, or None."""
+    predicted = np.argmax(rows, axis=1)
+    worst = None
+    for c in np.unique(predicted):
+        mine = predicted == c
+        if mine.sum() >= MIN_VANISHED_SAMPLES and not agree[mine].any() and (worst is None or mine.sum() > worst[1]):
+            worst = (int(c), int(mine.sum()), rows[mine, c])
+    if worst is None:
+        return None
+    c, n, p = worst
+    return {"class": c, "samples": n, "low": float(p.min()), "high": float(p.max())}
 
 
 def _probability_rows(ref: np.ndarray) -> np.ndarray | None:
@@ -733,11 +753,13 @@ def verify(
                 result["failures"].append(f"output {name!r}: {failure}")
             elif (cmp.get("flips") or {}).get("confident"):
                 f = cmp["flips"]
+                which = (f"the {f['count']} changed answer{'s were' if f['count'] > 1 else ' was'}" if f["confident"] == f["count"]
+                         else f"{f['confident']} of the {f['count']} changed answers were")
                 result.setdefault("notes", []).append(
-                    f"output {name!r}: {f['confident']} of the {f['count']} changed answers were ones the model was sure "
-                    f"of (its top probability led the next by more than {CONFIDENT_LEAD:g}): within the agreement "
-                    "allowed, but more than rounding where the model is unsure; check those inputs against the "
-                    "calibration data's range")
+                    f"output {name!r}: {which} one{'s' if f['confident'] > 1 else ''} the model was sure of (its top "
+                    f"probability led the next by more than {CONFIDENT_LEAD:g}): within the agreement allowed, but more "
+                    "than rounding where the model is unsure, unless its scores are far wider than the integer steps; "
+                    "check those inputs against the calibration data's range")
     # An output that fails on every sample says so once: its batch-1 failure repeated the same sentence
     # and pushed the rest (agreement, accuracy) out of shortened reasons. Kept when only batch 1 fails.
     # Same sentence = the same text once its numbers are set aside; a different one (NaN only at batch 1) stays.

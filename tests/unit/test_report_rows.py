@@ -111,3 +111,7 @@ def test_size_against_the_dense_model_per_format():
                         "146.5 KiB): tflite-int8 14.6 KiB = **0.100×** (10.0x smaller).")
     assert lines[1].startswith("- The dense model did not convert to onnx-fp32 for the size comparison: ValueError: no")
     assert size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts)) == []
+    why = "the model was pruned in place (it cannot be cloned), so no dense copy was left to convert"
+    in_place = {f: {"target": t, "skipped": why} for f, t in (("tflite", "tflite-fp32"), ("onnx", "onnx-fp32"))}
+    assert size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts, steps={"dense_reference": in_place})) \
+        == [f"- No size comparison with the dense model: {why}."]

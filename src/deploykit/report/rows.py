@@ -283,11 +283,12 @@ def _history_lines(rep: dict[str, Any]) -> list[str]:
     patience = (rep.get("settings") or {}).get("patience")
     by_loss = rep.get("score") == "val_loss"
     better = "lower validation loss" if by_loss else "better validation accuracy"
-    from deploykit.optimize.prune import TIE_BREAK_PROGRESS
+    from deploykit.optimize.prune import TIE_BREAK_MIN_GAIN, TIE_BREAK_PROGRESS
 
     nll = not by_loss and any(h.get("val_nll") is not None for h in history)
     better = ("lower validation loss" if by_loss else
-              f"better validation accuracy, nor a {TIE_BREAK_PROGRESS:.0%} lower −log p at the same accuracy" if nll else
+              f"better validation accuracy, nor a −log p lower by {TIE_BREAK_PROGRESS:.0%} and {TIE_BREAK_MIN_GAIN:g} at the "
+              "same accuracy" if nll else
               "better validation accuracy")
     stopped = (f"stopped early after epoch {run} of {asked} (no {better} for {patience} epoch(s)"
                f"{' at the target sparsity' if 'sparsity' in history[0] else ''})" if asked and run < asked else f"{run} epoch(s)")
@@ -357,14 +358,17 @@ def size_against_dense(manifest: Manifest) -> list[str]:
         parts.append(f"{a.target} {human_bytes(a.gzip_bytes)} = **{a.gzip_bytes / ref['gzip_bytes']:.3f}×** "
                      f"({ref['gzip_bytes'] / a.gzip_bytes:.1f}x smaller)")
     failed = sorted({r["target"] for r in refs.values() if r.get("error")})
+    skipped = list(dict.fromkeys(r["skipped"] for r in refs.values() if r.get("skipped")))
     lines = []
     if parts:
         lines.append("- Download size (gzip) against the dense model's float32 file of the same format ("
                      + ", ".join(f"{t} {human_bytes(n)}" for t, n in used.items()) + "): " + "; ".join(parts) + ".")
     if failed:
+        errors = dict.fromkeys(r["error"] for r in refs.values() if r.get("error") and r["target"] in failed)
         lines.append(f"- The dense model did not convert to {', '.join(failed)} for the size comparison: "
-                     + "; ".join(r["error"] for r in refs.values() if r.get("error") and r["target"] in failed)[:300] + ".")
-    return list(dict.fromkeys(lines))
+                     + "; ".join(errors)[:300] + ".")
+    lines += [f"- No size comparison with the dense model: {why}." for why in skipped]
+    return lines
 
 
 def prune_lines(manifest: Manifest) -> list[str]:
