@@ -772,10 +772,10 @@ class Pipeline:
                     settings = converter.convert(loaded, target, None, path)
                     files = [path] + [path.parent / f for f in settings.get("external_data_files", [])]
                     measured[name] = {"target": name, "size_bytes": sum(f.stat().st_size for f in files),
-                                      "gzip_bytes": sum(gzip_size(f) for f in files),
-                                      **({"options": changed} if (changed := {k: v for k, v in target.options.items()
-                                                                               if get_target(name).options.get(k) != v})
-                                         else {})}
+                                      "gzip_bytes": sum(gzip_size(f) for f in files)}
+                    changed = {k: v for k, v in target.options.items() if get_target(name).options.get(k) != v}
+                    if changed:  # the options taken from the run's target, where they differ from the built-in
+                        measured[name]["options"] = changed
                 except Exception as exc:  # noqa: BLE001 - a missing comparison, not a failed run
                     measured[name] = {"target": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
         return {f: measured[DENSE_REFERENCE[f]] for f in formats}
@@ -1013,8 +1013,10 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     from deploykit.verify import mixed_scale_hint
 
     hints = []
-    flips = [o["flips"] for o in (verification or {}).get("outputs", {}).values() if (o.get("flips") or {}).get("count")]
-    if target.activations != "float32" and flips and not any(f["confident"] for f in flips):
+    outputs = (verification or {}).get("outputs", {}).values()
+    flips = [o["flips"] for o in outputs if (o.get("flips") or {}).get("count")]
+    vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
+    if target.activations != "float32" and flips and not vanished and not any(f["confident"] for f in flips):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
         hints.append(_MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))

@@ -402,6 +402,8 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     assert "try tflite-int16x8" in int8 and "tflite-int16x8" not in int16 and "tflite-dynamic" in int16
     assert _failure_hints(get_target("tflite-int8"), model, x, sure) == []  # a changed sure answer: not precision
     assert _failure_hints(get_target("tflite-fp16"), model, x, unsure) == []
+    lost = {"outputs": {"p": {**unsure["outputs"]["p"], "vanished_class": {"class": 1, "samples": 5}}}}
+    assert _failure_hints(get_target("tflite-int8"), model, x, lost) == []  # a range problem: its own hint says so
 
 
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
