@@ -357,6 +357,8 @@ def _keep_clusters_callback(base: type, qmodel: Any) -> tuple[Any, dict[str, int
     groups = []
     counts = {}
     for name, var in _kernel_vars(qmodel).items():
+        if name.endswith("/depthwise_kernel"):  # never clustered (one channel per filter), as never pruned
+            continue
         w = np.asarray(var.numpy())
         values, index = np.unique(w, return_inverse=True)
         if values.size > 257:  # not a clustered kernel (clustering leaves at most 256 values and zero)
