@@ -505,7 +505,8 @@ class Pipeline:
                                          "accuracy_after": pruned_accuracy}
         if self.cluster_report is not None:  # the model before clustering and the clustered model
             self.cluster_report["eval"] = {"source": evald.source, "samples": len(evald),
-                                           "accuracy_before": pre_cluster_accuracy, "accuracy_after": final_accuracy}
+                                           "accuracy_before": pre_cluster_accuracy,
+                                           "accuracy_after": pre_qat_accuracy if self.qat_report is not None else final_accuracy}
         if self.qat_report is not None:  # the model before QAT and the QAT model (fake-quant, in Keras)
             self.qat_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": pre_qat_accuracy,
                                        "accuracy_after": final_accuracy}

@@ -258,6 +258,9 @@ def test_cluster_then_qat_keeps_the_shared_values_in_the_int8_artifact(trained, 
     assert qat["preserve_clusters"] and qat["path"] == "tfmot-qat+shared-value-projection"
     assert qat["kernel_values"] and all(v["values_after"] <= v["values_before"] <= 17 for v in qat["kernel_values"])
     assert res.manifest["model"]["source"].endswith("(pruned) (clustered) (PCQAT)")
+    # each step's accuracy is its own model's: the clustered model's is the one QAT started from
+    steps = res.manifest["steps"]
+    assert steps["cluster"]["report"]["eval"]["accuracy_after"] == qat["eval"]["accuracy_before"]
     a = res.manifest["artifacts"][0]
     assert a["settings"]["clusters"]["lost"] == [] and a["settings"]["sparsity"]["densified"] == []
     md = res.report_path.read_text()

@@ -861,6 +861,11 @@ def test_a_sigmoid_binary_classifier_is_judged_like_class_probabilities(tmp_path
         assert not failed["passed"] and failed["top1_agreement"] == pytest.approx(796 / 800)
         assert failed["failures"][0].startswith("output 'output_0': class 1, which the model predicts for 4 sample(s) (its "
                                                 "probability 0.70-0.70), is predicted for none of them"), failed["failures"]
+        # a class the model only picks by a hair may tie within one output step: not a vanished answer
+        hair = np.asarray(runner.run({"x": neg})["output_0"]).copy()
+        hair[:4, 0] = 0.52
+        tied = verify(runner, {"x": neg}, [hair], ["output_0"], int8, labels=(hair[:, 0] > 0.5).astype(int))
+        assert "vanished_class" not in tied["outputs"]["output_0"], tied["failures"]
         # the same flips among many reproduced positives are within the agreement allowed: a note, not a failure
         rare[4:40, 0] = np.asarray(runner.run({"x": neg[4:40]})["output_0"])[:, 0]  # unchanged negatives...
         both = np.concatenate([rare, got[got[:, 0] > 0.55]])  # ...and the file's own sure positives
