@@ -209,22 +209,20 @@ def mean_probability_shift(ref: np.ndarray, got: np.ndarray) -> float:
 
 def probability_shifts(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     """Per sample, the total variation distance between probability rows; a binary classifier's one
-    column p is the row (1 - p, p), so its sample moves by |got - ref|."""
+    column p is the row (1 - p, p), so its sample moves by |got - ref| (half of twice that)."""
     ref = np.asarray(ref, np.float64).reshape(len(ref), -1)
     got = np.asarray(got, np.float64).reshape(ref.shape)
-    if ref.shape[1] == 1:
-        return np.abs(got - ref)[:, 0]
-    return 0.5 * np.abs(got - ref).sum(axis=1)
+    return np.abs(got - ref).sum(axis=1) * (1.0 if ref.shape[1] == 1 else 0.5)
 
 
 def is_binary_probability(ref: np.ndarray, labels: np.ndarray | None) -> bool:
     """A sigmoid binary classifier's output: one float column in 0..1, scored by 0/1 labels (one per
     sample). Without labels a 0..1 column may as well be a regression value: not assumed."""
     ref = np.asarray(ref)
-    return bool(labels is not None and np.ndim(labels) == 1 and len(labels) and np.isin(labels, (0, 1)).all()
-                and ref.ndim in (1, 2) and (ref.ndim == 1 or ref.shape[1] == 1) and ref.size
-                and np.issubdtype(ref.dtype, np.floating) and np.isfinite(ref).all()
-                and ref.min() >= 0.0 and ref.max() <= 1.0)
+    if labels is None or np.ndim(labels) != 1 or not len(labels) or not np.isin(labels, (0, 1)).all():
+        return False
+    rows = _probability_rows(ref) if ref.ndim in (1, 2) and np.issubdtype(ref.dtype, np.floating) else None
+    return rows is not None and not is_probabilities(ref)  # one 0..1 column read as (1 - p, p)
 
 
 def one_ulp_apart(x: np.ndarray, seed: int) -> np.ndarray:
