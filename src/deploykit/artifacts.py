@@ -20,6 +20,9 @@ from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Below this many samples a run's checks rest on too little: a verdict (one changed answer is several
+# accuracy points) and an int8 file's calibrated ranges. Said in the report and on the console.
+FEW_SAMPLES = 32
 
 
 def sha256_file(path: Path) -> str:

@@ -152,7 +152,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from deploykit.artifacts import Manifest
-    from deploykit.report.rows import converter_notes, fine_tune_warnings, table
+    from deploykit.report.rows import converter_notes, data_warnings, fine_tune_warnings, table
 
     manifest = Manifest.from_dict(result.manifest)
     t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
@@ -167,7 +167,7 @@ def _print_summary(result) -> None:
     for a in manifest.artifacts:
         if a.status != "ok":
             console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
-    for warning in fine_tune_warnings(manifest):
+    for warning in data_warnings(manifest) + fine_tune_warnings(manifest):
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     for note in converter_notes(manifest):
         console.print(f"note: {note}", highlight=False)
@@ -188,11 +188,15 @@ def targets(
 
         t = get_target(show)
         data = t.to_dict()
+        if t.is_auto:  # its candidates carry the numeric types, tolerance and bench (overrides: what it sets on them)
+            t.check_candidates()
+            for key in ("weights", "activations", "io", "runtime", "calibration_samples", "tolerance", "bench"):
+                data.pop(key)
         option_docs = {f"options.{k}": spec.description for k, spec in option_specs(t.format).items()}
         for key, value in data.items():
             if isinstance(value, dict):
                 for sub, v in value.items():
-                    doc = FIELD_DOCS.get(f"{key}.{sub}") or option_docs.get(f"{key}.{sub}", "")
+                    doc = FIELD_DOCS.get(f"{key}.{sub}") or option_docs.get(f"{key}.{sub}") or FIELD_DOCS.get(key, "")
                     console.print(f"{key}.{sub} = {v!r}    # {doc}", highlight=False)
             else:
                 console.print(f"{key} = {value!r}    # {FIELD_DOCS.get(key, '')}", highlight=False)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from deploykit._quiet import logs_muted
-from deploykit.artifacts import MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
+from deploykit.artifacts import FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
 from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError
 from deploykit.targets import Target, get_target
 
@@ -525,7 +525,7 @@ class Pipeline:
                 except UserError as exc:
                     self._refused[t.name] = str(exc)
                     first_refusal = first_refusal or exc
-        if first_refusal is not None and all(t.name in self._refused or (t.is_auto and all(c in self._refused for c in t.candidates))
+        if first_refusal is not None and all(t.name in self._refused or (t.is_auto and all(c.name in self._refused for c in t.candidate_targets()))
                                  for t in self.targets):
             raise first_refusal
 
@@ -809,7 +809,7 @@ class Pipeline:
         """Requested targets plus the candidates of -auto targets."""
         out = list(self.targets)
         for t in self.targets:
-            out += [get_target(c) for c in t.candidates]
+            out += t.candidate_targets()
         return out
 
     # -------------------------------------------------------------------------------------
@@ -974,8 +974,8 @@ class Pipeline:
 
         new: list[Artifact] = []
         candidates: list[tuple[Target, Artifact]] = []
-        for name in target.candidates:
-            cand = get_target(name)
+        for cand in target.candidate_targets():
+            name = cand.name
             if self.bench_overrides:
                 cand = cand.with_bench(**self.bench_overrides)
             if name not in done:
@@ -1079,8 +1079,9 @@ def _float16_range_hint(loaded: Any) -> str | None:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-# Below this many calibration samples, an int8 artifact's ranges are a guess: said in its notes.
-FEW_CALIBRATION_SAMPLES = 32
+# Below this many calibration samples, an int8 artifact's ranges are a guess: said in its notes
+# (and on the console, see report.rows.data_warnings).
+FEW_CALIBRATION_SAMPLES = FEW_SAMPLES
 
 
 # Targets that keep a float input (its features then reach the model's Normalization intact).
@@ -1097,8 +1098,10 @@ _MORE_PRECISION = {
               "tflite-dynamic, or --qat (tf_keras models) to train the model for int8",
     "tflite-int16": "for more precision try a target with float activations (tflite-dynamic: int8 weights, about the "
                     "same size; tflite-fp16)",
-    "onnx": "for more precision try a target with float activations (onnx-int8-dynamic: int8 weights, about the same "
-            "size; onnx-fp16)",
+    "onnx": "for more precision try onnx-int16x8 (16-bit activations, int8 weights: about the same size) or a "
+            "target with float activations (onnx-int8-dynamic; onnx-fp16)",
+    "onnx-int16": "for more precision try a target with float activations (onnx-int8-dynamic: int8 weights, about the "
+                  "same size; onnx-fp16)",
     "tflm": "TFLite Micro is integer throughout: --qat (tf_keras models) trains the model for int8 activations",
 }
 

@@ -376,11 +376,12 @@ def test_an_int8_file_that_changes_only_unsure_answers_says_so_and_names_more_pr
     w, b = model.layers[1].get_weights()
     model.layers[1].set_weights([w * 0.3, b])
     x = np.random.default_rng(0).uniform(0, 1, (300, 16)).astype("float32")
-    result = deploykit.convert(model, ["tflite-int8", "tflite-int16x8", "onnx-int8-qdq"], data=x, out=tmp_path / "o",
-                               bench=False)
-    int8, int16, onnx = (result.artifact(t) for t in ("tflite-int8", "tflite-int16x8", "onnx-int8-qdq"))
+    result = deploykit.convert(model, ["tflite-int8", "tflite-int16x8", "onnx-int8-qdq", "onnx-int16x8"], data=x,
+                               out=tmp_path / "o", bench=False)
+    int8, int16, onnx, onnx16 = (result.artifact(t) for t in ("tflite-int8", "tflite-int16x8", "onnx-int8-qdq", "onnx-int16x8"))
     assert int16["status"] == "ok", int16["error"]
-    for a, way_out in ((int8, "try tflite-int16x8"), (onnx, "try a target with float activations")):
+    assert onnx16["status"] == "ok", onnx16["error"]
+    for a, way_out in ((int8, "try tflite-int16x8"), (onnx, "try onnx-int16x8")):
         assert a["status"] == "failed"
         flips = a["verification"]["outputs"]["output_0"]["flips"]
         assert flips["count"] > 10 and flips["confident"] == 0 and flips["max_lead"] < 0.05, flips
@@ -400,6 +401,9 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     (int8,) = _failure_hints(get_target("tflite-int8"), model, x, unsure)
     (int16,) = _failure_hints(get_target("tflite-int16x8"), model, x, unsure)
     assert "try tflite-int16x8" in int8 and "tflite-int16x8" not in int16 and "tflite-dynamic" in int16
+    (onnx8,) = _failure_hints(get_target("onnx-int8-qdq"), model, x, unsure)
+    (onnx16,) = _failure_hints(get_target("onnx-int16x8"), model, x, unsure)
+    assert "try onnx-int16x8" in onnx8 and "onnx-int16x8" not in onnx16 and "onnx-int8-dynamic" in onnx16
     assert _failure_hints(get_target("tflite-int8"), model, x, sure) == []  # a changed sure answer: not precision
     assert _failure_hints(get_target("tflite-fp16"), model, x, unsure) == []
     lost = {"outputs": {"p": {**unsure["outputs"]["p"], "vanished_class": {"class": 1, "samples": 5}}}}

@@ -63,6 +63,37 @@ def test_onnx_io_names_and_dynamic_batch(onnx_run):
     assert onnx_run.artifact("onnx-fp32")["verification"]["batch_sizes"] == [1, 8]
 
 
+def test_static_int8_and_int16_keep_the_batch_name_and_declare_only_used_domains(tmp_path, digits):
+    """Behind a Resizing layer, ONNX Runtime's shape inference renamed the output's batch dimension
+    ``floor(1.0*batch)`` in the static int8 files, and they declared seven opset domains no node used.
+    int16 activations are 16-bit QDQ (opset 21), not the static int8 they used to be labelled."""
+    import keras
+    from onnx import TensorProto
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1), name="pixels"), keras.layers.Resizing(12, 12),
+                              keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10, activation="softmax")])
+    result = deploykit.convert(model, ["onnx-fp32", "onnx-int8-qdq", "onnx-int8-qop", "onnx-int16x8"],
+                               data=digits.x_eval[:64], out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok", art["error"]
+        proto = _load(result.out / art["path"])
+        for value in list(proto.graph.input) + list(proto.graph.output):
+            assert value.type.tensor_type.shape.dim[0].dim_param == "batch", (art["target"], value)
+        if art["target"] != "onnx-fp32":  # tf2onnx's own file declares ai.onnx.ml as it always does
+            used = {n.domain for n in proto.graph.node} | {""}
+            assert {o.domain for o in proto.opset_import} <= used, art["target"]
+    a16 = result.artifact("onnx-int16x8")
+    proto = _load(result.out / a16["path"])
+    zero_points = {t.name: t.data_type for t in proto.graph.initializer}
+    q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert q and {zero_points[n.input[2]] for n in q} == {TensorProto.INT16}
+    assert a16["settings"]["converter"]["opset_written"] == 21
+    assert a16["settings"]["converter"]["activation_type"] == "int16"
+    assert "batch_dependent" not in a16["settings"]["converter"]  # static: not quantize_dynamic's per-call scale
+
+
 @pytest.mark.slow
 def test_quantized_onnx_is_smaller_and_fp16_keeps_float_io(onnx_run):
     from onnx import numpy_helper
@@ -145,6 +176,33 @@ def test_qdq_keeps_float_biases_unless_asked(tmp_path, onnx_run, keras3_path, da
     assert _conv_bias_types(result.out / art["path"]) == {TensorProto.INT32}
     assert art["size_bytes"] > qdq["size_bytes"]
     assert qdq["verification"]["passed"] and art["verification"]["passed"]
+
+
+def test_an_auto_variants_settings_reach_its_candidates_files(tmp_path, keras3_path, data_npz, capfd):
+    """onnx-auto with percentile calibration, 8-bit per-tensor weights: the int8 file holds that (the
+    settings used to be checked, then dropped), and the calibrator's prints stay off stdout."""
+    from onnx import numpy_helper
+
+    auto = tmp_path / "pct-auto.toml"
+    auto.write_text('format = "onnx"\nprecision = "auto"\ncandidates = ["onnx-int8-qdq"]\n'
+                    'options = { calibrate_method = "percentile", reduce_range = false, per_channel = false }\n'
+                    'calibration_samples = 50\n')
+    result = deploykit.convert(keras3_path, [str(auto)], data=data_npz, out=tmp_path / "out", bench=False)
+    cand = result.artifact("pct-auto.onnx-int8-qdq")
+    assert cand["status"] == "ok", cand["error"]
+    conv = cand["settings"]["converter"]
+    assert (conv["calibrate_method"], conv["reduce_range"], conv["per_channel"], conv["calibration_samples"]) == \
+        ("percentile", False, False, 50)
+    proto = _load(result.out / cand["path"])
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    scales = [inits[n.input[1]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+              and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    assert weights and max(int(np.abs(w).max()) for w in weights) > 64  # 8-bit, not reduce_range's 7
+    assert all(s.size == 1 for s in scales)  # per tensor
+    assert "histogram" not in capfd.readouterr().out
+    assert result.artifact("pct-auto")["selection"]["winner"] == "pct-auto.onnx-int8-qdq"
 
 
 @pytest.mark.slow

@@ -115,3 +115,20 @@ def test_size_against_the_dense_model_per_format():
     in_place = {f: {"target": t, "skipped": why} for f, t in (("tflite", "tflite-fp32"), ("onnx", "onnx-fp32"))}
     assert size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts, steps={"dense_reference": in_place})) \
         == [f"- No size comparison with the dense model: {why}."]
+
+
+def test_a_run_checked_on_too_few_samples_says_so_once():
+    from deploykit.report.rows import data_warnings
+
+    def manifest(eval_n, calib_n, activations="uint8"):
+        art = _artifact("onnx-int8-qdq", 1000)
+        art.settings = {"target": {"activations": activations}}
+        return Manifest(model={}, tools={}, machine={}, artifacts=[art],
+                        data={"source": "d.npz", "samples": calib_n, "eval_source": "d.npz", "eval_samples": eval_n})
+
+    (line,) = data_warnings(manifest(1, 1))
+    assert "verified on 1 sample of d.npz" in line and "calibrated on 1 sample" in line and "100 points" in line
+    (line,) = data_warnings(manifest(500, 8))
+    assert "calibrated on 8 samples" in line and "verified" not in line
+    assert data_warnings(manifest(500, 8, activations="float32")) == []  # nothing was calibrated
+    assert data_warnings(manifest(300, 300)) == []

@@ -565,3 +565,71 @@ def test_a_builtin_profile_with_other_bench_settings_is_still_that_profile():
     from deploykit.pipeline import Pipeline
 
     Pipeline([get_target("tflite-int8").with_bench(threads=1, iterations=5)])
+
+
+def test_an_auto_targets_options_and_overrides_are_set_on_its_candidates(tmp_path):
+    """A variant of onnx-auto with percentile calibration, 8-bit per-tensor weights, a stricter accuracy
+    gate, one thread and 100 calibration samples builds every candidate that way (they were checked,
+    then silently rebuilt from their built-in profiles)."""
+    auto = tmp_path / "cfg" / "mine.toml"
+    auto.parent.mkdir()
+    auto.write_text('name = "my-auto"\nformat = "onnx"\nprecision = "auto"\n'
+                    'candidates = ["onnx-fp32", "onnx-int8-qop"]\n'
+                    'options = { calibrate_method = "percentile", reduce_range = false, per_channel = false }\n'
+                    'tolerance = { max_accuracy_drop = 0.5 }\nbench = { threads = 1 }\ncalibration_samples = 100\n')
+    t = get_target(str(auto))
+    assert dict(t.options) == {"calibrate_method": "percentile", "reduce_range": False, "per_channel": False}
+    assert t.overrides == {"tolerance": {"max_accuracy_drop": 0.5}, "bench": {"threads": 1}, "calibration_samples": 100}
+    fp32, qop = t.candidate_targets()
+    assert (fp32.name, qop.name) == ("my-auto.onnx-fp32", "my-auto.onnx-int8-qop")  # not the built-ins any more
+    builtin = get_target("onnx-int8-qop")
+    assert qop.options == {**builtin.options, "calibrate_method": "percentile", "reduce_range": False, "per_channel": False}
+    assert qop.options["quant_format"] == "qoperator"  # what makes it that candidate is kept
+    assert qop.tolerance == dataclasses.replace(builtin.tolerance, max_accuracy_drop=0.5)
+    assert (qop.bench.threads, qop.bench.iterations, qop.calibration_samples) == (1, builtin.bench.iterations, 100)
+    assert fp32.tolerance == dataclasses.replace(get_target("onnx-fp32").tolerance, max_accuracy_drop=0.5)
+    assert Target.from_dict(t.name, t.to_dict()) == t  # the manifest's plain data rebuilds it
+    # the built-in families set nothing: their candidates are the built-in profiles themselves
+    for family in ("onnx-auto", "tflite-auto", "tfjs-auto"):
+        fam = get_target(family)
+        assert not fam.options and not fam.overrides
+        assert fam.candidate_targets() == [get_target(c) for c in fam.candidates]
+
+
+def test_auto_candidate_files_are_found_beside_the_auto_file(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "slow.toml").write_text('format = "onnx"\nprecision = "int8-qdq"\nweights = "int8"\n'
+                                                'activations = "uint8"\noptions = { calibrate_method = "entropy" }\n')
+    auto = tmp_path / "cfg" / "auto.toml"
+    auto.write_text('format = "onnx"\nprecision = "auto"\ncandidates = ["onnx-fp32", "slow.toml"]\n')
+    assert [c.name for c in get_target(str(auto)).candidate_targets()] == ["onnx-fp32", "slow"]
+
+
+def test_auto_settings_that_would_merge_candidates_or_do_nothing_are_refused(tmp_path):
+    with pytest.raises(TargetError, match="options.quant_format picks which kind of onnx target"):
+        Target(name="a", format="onnx", precision="auto", candidates=("onnx-int8-qdq", "onnx-int8-qop"),
+               options={"quant_format": "qdq"})
+    with pytest.raises(TargetError, match="overrides are what an -auto target sets"):
+        Target(name="p", format="onnx", precision="fp32", overrides={"bench": {"threads": 1}})
+    with pytest.raises(TargetError, match="unknown override"):
+        Target(name="a", format="onnx", precision="auto", candidates=("onnx-fp32",), overrides={"weights": "int8"})
+    with pytest.raises(TargetError, match="unknown field.*tolerance.max_drop"):
+        Target(name="a", format="onnx", precision="auto", candidates=("onnx-fp32",),
+               overrides={"tolerance": {"max_drop": 1}})
+    with pytest.raises(TargetError, match="bench.threads must be an integer"):
+        Target(name="a", format="onnx", precision="auto", candidates=("onnx-fp32",), overrides={"bench": {"threads": 0}})
+    # two candidates that the auto target's settings make identical
+    same = Target(name="a", format="onnx", precision="auto", candidates=("onnx-fp32", "onnx-fp16"),
+                  options={"opset": 17})
+    assert len(same.candidate_targets()) == 2  # still different: float16 weights
+    dup = tmp_path / "qdq-percentile.toml"
+    dup.write_text('format = "onnx"\nprecision = "int8-qdq"\nweights = "int8"\nactivations = "uint8"\n'
+                   'options = { quantize_bias = false, calibrate_method = "percentile" }\n')
+    merged = Target(name="a", format="onnx", precision="auto", candidates=("onnx-int8-qdq", str(dup)),
+                    options={"calibrate_method": "percentile"})
+    with pytest.raises(TargetError, match="make candidates 'onnx-int8-qdq' and 'qdq-percentile' the same target"):
+        merged.candidate_targets()
+    # a too-long combined name is named as such, not as a bad character
+    long = Target(name="a" * 60, format="onnx", precision="auto", candidates=("onnx-fp32",), options={"opset": 18})
+    with pytest.raises(TargetError, match="over 64 characters"):
+        long.candidate_targets()

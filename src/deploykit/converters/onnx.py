@@ -13,6 +13,8 @@ weights float16                       float16 weights, float32 inputs/outputs ke
 weights int8, activations float32     ``quantize_dynamic`` (int8 weights)
 activations uint8/int8                ``quantize_static`` calibrated on the run's
                                       data; ``options.quant_format`` = qdq|qoperator
+activations int16                     the same, QDQ only; ONNX Runtime writes opset 21
+                                      (16-bit QuantizeLinear is a standard op from there)
 ====================================  =========================================
 
 Inputs and outputs keep the serving signature's names (``pixels``,
@@ -22,6 +24,7 @@ Inputs and outputs keep the serving signature's names (``pixels``,
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import tempfile
 from collections import Counter
@@ -43,7 +46,7 @@ OPTIONS: dict[str, OptionSpec] = {
     "opset": OptionSpec(17, "ONNX opset to convert to (tf2onnx 1.17 writes up to 18).", type=int, minimum=13, maximum=18),
     "quant_format": OptionSpec(
         "qdq", "Static quantization format: qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv...).",
-        choices=("qdq", "qoperator"),
+        choices=("qdq", "qoperator"), variant=True,
     ),
     "per_channel": OptionSpec(True, "Quantize weights per output channel.", type=bool),
     # Default on: x86 CPUs without VNNI (AVX2 only, like this machine) saturate in ORT's U8S8
@@ -69,7 +72,7 @@ def converter_settings(target: Any) -> dict[str, Any]:
     settings = {"converter": "tf2onnx.from_graph_def (frozen SavedModel)", **target.options}
     if target.weights == "float16":
         settings["quantization"] = "float16 weights + Cast to float32 (float32 compute and I/O)"
-    elif target.activations in ("int8", "uint8"):
+    elif target.activations in ("int8", "uint8", "int16"):
         settings["quantization"] = f"static {target.options['quant_format']} (onnxruntime.quantization.quantize_static)"
         settings["activation_type"] = target.activations
         settings["calibration_samples"] = target.calibration_samples
@@ -299,8 +302,10 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             elif target.weights == "int8":
                 src = tmp / "fp32.onnx"
                 _save(proto, src, external)
+                float_io = proto.graph
                 with library_logs_muted():  # ONNX Runtime's quantizer warns through the root logger
                     proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
+                _tidy_after_quantizer(proto, float_io)
         except ConversionError:
             raise
         except Exception as exc:
@@ -316,6 +321,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 why += f"; ONNX Runtime's QOperator rewrite fails on this graph ({cause}): try onnx-int8-qdq"
             raise ConversionError(f"{target.name}: ONNX quantization failed: {why}") from None
         _in_declared_order(proto, [s.name for s in model.inputs], list(model.output_names))
+        written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opts["opset"])
+        if written != opts["opset"]:  # 16-bit QuantizeLinear is a standard op from opset 21: the quantizer upgrades
+            settings["opset_written"] = written
         settings["external_data_files"] = _save(proto, out_path, external)
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
@@ -325,6 +333,30 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     settings["input_names"] = [i.name for i in proto.graph.input]
     settings["output_names"] = [o.name for o in proto.graph.output]
     return settings
+
+
+def _tidy_after_quantizer(proto: Any, float_graph: Any) -> None:
+    """Undo what ONNX Runtime's quantizer changes beyond quantizing, in place.
+
+    Its shape inference (quant_pre_process) renames a symbolic output dimension (``batch`` became
+    ``floor(1.0*batch)`` behind a Resizing layer) and declares every opset domain it knows
+    (``org.pytorch.aten``, ``com.microsoft.nchwc``...) whether a node uses it or not.
+    """
+    before = {v.name: [d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in list(float_graph.input) + list(float_graph.output)}
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        params = before.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if params and len(params) == len(dims):
+            for dim, param in zip(dims, params):
+                if param and not dim.HasField("dim_value"):
+                    dim.dim_param = param
+    used = {n.domain for n in proto.graph.node} | {"", "ai.onnx"}
+    for f in proto.functions:
+        used |= {f.domain} | {n.domain for n in f.node}
+    kept = [o for o in proto.opset_import if o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
 
 
 def _keras_input_names(proto: Any, keras_names: list[str]) -> None:
@@ -401,14 +433,22 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
     graph_inputs = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
     if set(names) != set(graph_inputs):
         names = graph_inputs
+    # The entropy and percentile calibrators print their progress ("Number of histogram bins : 2048")
+    # with print(): kept off the CLI's console and the caller's stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        _quantize_static(q, pre, dst, target, calibration, names, external)
+    return onnx.load(str(dst))
+
+
+def _quantize_static(q: Any, pre: Path, dst: Path, target: Any, calibration: Any, names: list[str], external: bool) -> None:
+    opts = target.options
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     q.quantize_static(
         str(pre), str(dst), _Reader(calibration.spread(target.calibration_samples), names),
         quant_format=q.QuantFormat.QDQ if opts["quant_format"] == "qdq" else q.QuantFormat.QOperator,
         per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
-        activation_type=q.QuantType.QUInt8 if target.activations == "uint8" else q.QuantType.QInt8,
+        activation_type={"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8, "int16": q.QuantType.QInt16}[target.activations],
         weight_type=q.QuantType.QInt8, calibrate_method=methods[opts["calibrate_method"]],
         use_external_data_format=external, extra_options={"QuantizeBias": opts["quantize_bias"]},
     )
-    return onnx.load(str(dst))

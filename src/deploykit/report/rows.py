@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from deploykit.artifacts import Artifact, Manifest
+from deploykit.artifacts import FEW_SAMPLES, Artifact, Manifest
 
 COLUMNS = [
     ("target", "Target"),
@@ -235,6 +235,24 @@ def converter_notes(manifest: Manifest) -> list[str]:
 def converter_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: :func:`converter_notes` as a list."""
     return [f"- {note}" for note in converter_notes(manifest)]
+
+
+def data_warnings(manifest: Manifest) -> list[str]:
+    """One line when the run's checks rested on very few samples: every verdict (and each
+    calibrated file's integer ranges) then says little about the data the model meets in use."""
+    d = manifest.data
+    n, calib = d.get("eval_samples"), d.get("samples")
+    calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in manifest.artifacts)
+    few_eval = isinstance(n, int) and n < FEW_SAMPLES
+    few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
+    if not (few_eval or few_calib):
+        return []
+    what = " and ".join(w for w, on in (
+        (f"every artifact was verified on {n} sample{'s' if n != 1 else ''} of {d.get('eval_source')}", few_eval),
+        (f"integer ranges were calibrated on {calib} sample{'s' if calib != 1 else ''} of {d.get('source')}", few_calib)) if on)
+    step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n else ""
+    return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
+            + (" (or --eval-data)" if few_eval else "")]
 
 
 def fine_tune_warnings(manifest: Manifest) -> list[str]:

@@ -47,6 +47,8 @@ FIELD_DOCS: dict[str, str] = {
     "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
     "candidates": "For `-auto` targets: the targets to build, verify and compare; the fastest that passes ships (tfjs-auto: the smallest download).",
     "select_by": "For `-auto` targets: 'speed' (fastest p50 ships) or 'download' (smallest gzip ships).",
+    "overrides": "For `-auto` targets: tolerance, bench and calibration_samples fields set on every candidate (in a target "
+                 "file, an auto target's own such fields go here); its options are set on every candidate too.",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
     "tolerance.rtol": "Relative elementwise tolerance (times |reference|).",
     "tolerance.range_atol": "Extra absolute tolerance as a fraction of the reference output's range.",
@@ -202,6 +204,11 @@ class Target:
         calibration_samples: Samples used to calibrate integer activations.
         tolerance: Verification tolerance.
         bench: Benchmark settings.
+        options: Format-specific converter settings; an ``-auto`` target's are set on its candidates.
+        candidates: For an ``-auto`` target, the targets it builds and compares.
+        select_by: For an ``-auto`` target, ``speed`` or ``download``.
+        overrides: For an ``-auto`` target, ``tolerance`` / ``bench`` fields (tables of some of their
+            fields) and ``calibration_samples`` set on every candidate.
 
     Raises:
         TargetError: when a field is unknown or the combination is impossible
@@ -224,6 +231,8 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)
     candidates: tuple[str, ...] = ()
     select_by: str = "speed"
+    # An -auto target's settings for its candidates (see candidate_targets); its options too.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"target {self.name!r}"
@@ -279,12 +288,18 @@ class Target:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
             raise TargetError(f"{where}: options must be a table of converter settings")
-        object.__setattr__(self, "options", _check_options(self.format, dict(self.options), where))
         if isinstance(self.candidates, str) or not all(isinstance(c, str) for c in self.candidates):
             raise TargetError(f"{where}: candidates must be a list of target names")
         object.__setattr__(self, "candidates", tuple(self.candidates))
         if self.name in self.candidates:
             raise TargetError(f"{where}: an auto target cannot be its own candidate")
+        # An auto target's options are what it sets on its candidates: only those given, never the
+        # format's defaults (a default quant_format = "qdq" would turn onnx-int8-qop into QDQ).
+        object.__setattr__(self, "options", _check_options(self.format, dict(self.options), where, fill=not self.candidates))
+        object.__setattr__(self, "overrides", _check_overrides(self.overrides, where, auto=bool(self.candidates)))
+        if self.format == "onnx" and self.activations == "int16" and self.options.get("quant_format") == "qoperator":
+            raise TargetError(f"{where}: ONNX Runtime's QOperator ops (QLinearConv...) take 8-bit activations only; "
+                              "set options.quant_format = \"qdq\" for int16 activations")
         if self.select_by not in SELECT_BY:
             raise TargetError(f"{where}: select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}")
 
@@ -292,7 +307,7 @@ class Target:
     def needs_calibration(self) -> bool:
         """True when integer activations must be calibrated on representative data."""
         if self.candidates:  # one level: candidates are plain targets (checked by check_candidates)
-            return any(get_target(c).activations in ("int8", "uint8", "int16") for c in self.candidates)
+            return any(c.activations in ("int8", "uint8", "int16") for c in self.candidate_targets())
         return self.activations in ("int8", "uint8", "int16")
 
     def check_candidates(self) -> None:
@@ -301,12 +316,57 @@ class Target:
         Raises:
             TargetError: the first candidate that cannot be built for this target.
         """
+        self.candidate_targets()
+
+    def candidate_targets(self) -> list["Target"]:
+        """The candidates of an ``-auto`` target as they are built and compared.
+
+        Each is its profile with this target's ``options`` and ``overrides`` set on it (an
+        ``onnx-auto`` variant with ``calibrate_method = "percentile"`` builds percentile-calibrated
+        int8 candidates; ``overrides.tolerance.max_accuracy_drop`` is the accuracy every candidate
+        must keep). A candidate those change is named ``<auto>.<candidate>``: it is not the built-in
+        profile any more, and a run that also asks for that profile builds both.
+
+        Raises:
+            TargetError: a candidate is unknown, of another format or itself ``-auto``; or the
+                settings make two candidates the same target (an option that tells them apart).
+        """
+        where = f"target {self.name!r}"
+        built: list[tuple[Target, Target]] = []
         for name in self.candidates:
             cand = get_target(name)
             if cand.candidates:
-                raise TargetError(f"target {self.name!r}: candidate {name!r} is itself an auto target; list plain targets")
+                raise TargetError(f"{where}: candidate {name!r} is itself an auto target; list plain targets")
             if cand.format != self.format:
-                raise TargetError(f"target {self.name!r}: candidate {name!r} is {cand.format}, not {self.format}")
+                raise TargetError(f"{where}: candidate {name!r} is {cand.format}, not {self.format}")
+            changes: dict[str, Any] = {}
+            if self.options:
+                changes["options"] = {**cand.options, **self.options}
+            try:
+                for key in ("tolerance", "bench"):
+                    if key in self.overrides:
+                        changes[key] = dataclasses.replace(getattr(cand, key), **self.overrides[key])
+            except TargetError as exc:
+                raise TargetError(f"{where}: on candidate {cand.name!r}: {exc}") from None
+            if "calibration_samples" in self.overrides:
+                changes["calibration_samples"] = self.overrides["calibration_samples"]
+            mine = dataclasses.replace(cand, **changes) if changes else cand
+            if mine != cand:
+                name = f"{self.name}.{cand.name}"
+                if not _NAME_RE.fullmatch(name):
+                    raise TargetError(f"{where}: its candidate {cand.name!r} with its settings would be named {name!r}, "
+                                      "over 64 characters; give the auto target a shorter name")
+                mine = dataclasses.replace(mine, name=name)
+            built.append((cand, mine))
+        for i, (cand_a, a) in enumerate(built):
+            for cand_b, b in built[i + 1:]:
+                if dataclasses.replace(a, name="x", description="") == dataclasses.replace(b, name="x", description=""):
+                    apart = sorted(k for k in self.options if cand_a.options.get(k) != cand_b.options.get(k))
+                    raise TargetError(
+                        f"{where}: its options make candidates {cand_a.name!r} and {cand_b.name!r} the same target"
+                        + (f" ({', '.join('options.' + k for k in apart)} is what tells them apart)" if apart else "")
+                        + "; drop that option, or list only the candidate you want")
+        return [mine for _, mine in built]
 
     @property
     def is_auto(self) -> bool:
@@ -327,6 +387,7 @@ class Target:
         data = dataclasses.asdict(self)
         data["options"] = dict(self.options)
         data["candidates"] = list(self.candidates)
+        data["overrides"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.overrides.items()}
         return data
 
     @classmethod
@@ -369,8 +430,50 @@ class Target:
             raise TargetError(f"{where}: {exc}") from None
 
 
-def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate format-specific options against the converter's OPTIONS schema; fill defaults."""
+OVERRIDABLE = ("tolerance", "bench", "calibration_samples")
+
+
+def _check_overrides(overrides: Any, where: str, *, auto: bool) -> dict[str, Any]:
+    """Validate an auto target's ``overrides``: known fields with valid values, as plain data."""
+    if not isinstance(overrides, Mapping):
+        raise TargetError(f"{where}: overrides must be a table of {', '.join(OVERRIDABLE)}")
+    if overrides and not auto:
+        raise TargetError(f"{where}: overrides are what an -auto target sets on its candidates; set those fields "
+                          "directly on a plain target")
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise TargetError(f"{where}: unknown override(s) {', '.join(unknown)}; an -auto target overrides "
+                          f"{', '.join(OVERRIDABLE)}")
+    out: dict[str, Any] = {}
+    for key, cls in (("tolerance", Tolerance), ("bench", BenchSettings)):
+        if key not in overrides:
+            continue
+        table = overrides[key]
+        if dataclasses.is_dataclass(table):
+            table = dataclasses.asdict(table)
+        if not isinstance(table, Mapping):
+            raise TargetError(f"{where}: {key} must be a table")
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(table) - names)
+        if bad:
+            raise TargetError(f"{where}: unknown field(s) {', '.join(key + '.' + b for b in bad)}; "
+                              f"known: {', '.join(key + '.' + k for k in sorted(names))}")
+        try:  # each value checked now (the whole tolerance is checked again on each candidate)
+            cls(**{**({"atol": 1.0, "rtol": 1.0, "range_atol": 1.0} if cls is Tolerance else {}), **table})
+        except (TargetError, TypeError) as exc:
+            raise TargetError(f"{where}: {exc}") from None
+        out[key] = dict(table)
+    if "calibration_samples" in overrides:
+        n = overrides["calibration_samples"]
+        if not _is_int(n) or n < 1:
+            raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {n!r}")
+        out["calibration_samples"] = n
+    return out
+
+
+def _check_options(fmt: str, options: dict[str, Any], where: str, *, fill: bool = True) -> dict[str, Any]:
+    """Validate format-specific options against the converter's OPTIONS schema; fill defaults
+    (``fill=False``: only the options given, as an -auto target sets them on its candidates)."""
     from deploykit.converters import option_specs
 
     specs = option_specs(fmt)
@@ -380,6 +483,11 @@ def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, A
         raise TargetError(f"{where}: unknown option(s) {', '.join('options.' + u for u in unknown)}; {fmt} options: {known}")
     out = {}
     for name, spec in specs.items():
+        if not fill and name not in options:
+            continue
+        if not fill and spec.variant:
+            raise TargetError(f"{where}: options.{name} picks which kind of {fmt} target a candidate is, so an -auto "
+                              "target cannot set it on all of them; list the candidates you want")
         value = options.get(name, spec.default)
         if value is None and spec.default is None:  # optional setting left unset
             out[name] = None
@@ -428,7 +536,10 @@ def load_target_file(path: str | Path) -> Target:
     the file stem) or a single named table, like the entries of builtin.toml.
     Tolerance and bench fields it leaves out come from the closest built-in
     profile: the same format and precision, else the same format and numeric
-    types, else the same numeric types in another format.
+    types, else the same numeric types in another format. In an ``-auto``
+    target they are set on its candidates instead (with its ``options`` and
+    ``calibration_samples``), and candidate ``.toml`` paths are relative to
+    this file's directory.
     """
     path = Path(path)
     try:
@@ -449,6 +560,17 @@ def load_target_file(path: str | Path) -> Target:
     else:
         name, entry = table.get("name", path.stem), table
     entry = dict(entry)
+    if entry.get("candidates"):
+        # An auto target's own tolerance, bench and calibration fields are for its candidates (see
+        # Target.candidate_targets); merged with a built-in's below they would be indistinguishable.
+        given = {k: entry.pop(k) for k in OVERRIDABLE if k in entry}
+        if given and "overrides" in entry:
+            raise TargetError(f"target file {path}: set {', '.join(given)} directly or under overrides, not both")
+        if given:
+            entry["overrides"] = given
+        if isinstance(entry["candidates"], list):  # candidate files beside this one, as config files do
+            entry["candidates"] = [str(path.parent / c) if isinstance(c, str) and c.endswith(".toml")
+                                   and not Path(c).is_absolute() else c for c in entry["candidates"]]
     # A user profile that does not set a tolerance field takes it from the built-in profile of
     # the same format and precision (an int8 board file is judged like tflite-int8, not by the
     # float32 defaults that fail every quantized classifier element by element).
