@@ -107,9 +107,10 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
                     active = [i for i in active if i not in dropped]
                 else:
                     dropped = {}
-            for i, (t, r) in enumerate(zip(targets, runners)):
-                if i not in active:
-                    continue
+            # Each round starts with the next candidate: none is always timed right after the same one.
+            shift = round_ % len(active)
+            for i in active[shift:] + active[:shift]:
+                t, r = targets[i], runners[i]
                 time.sleep(SWITCH_PAUSE_S)
                 warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
                 stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)

@@ -524,3 +524,29 @@ def test_interleaved_timing_stops_timing_a_clearly_slower_candidate(tmp_path, tf
     assert len(fast_s["round_p50_ms"]) == ROUNDS and "dropped_after_rounds" not in fast_s
     assert slow_s["dropped_after_rounds"] == DROP_AFTER == len(slow_s["round_p50_ms"])
     assert slow_s["p50_ms"] > 2 * fast_s["p50_ms"]
+
+
+def test_interleaved_rounds_start_with_a_different_candidate_each_round(tmp_path, tflite_files, monkeypatch):
+    """Timed in the same order every round, onnx-fp16 always ran right after onnx-fp32 and a small MLP's
+    two identical graphs came out 13-24 % apart, shipping the larger file; the order now rotates."""
+    import shutil
+
+    import deploykit.runtime_bench as runtime_bench
+    from deploykit.selection import ROUNDS, interleaved_p50
+    from deploykit.targets import get_target
+
+    timed, real = [], runtime_bench.benchmark
+
+    def recorded(runner, inputs, *, warmup, iterations):  # the real benchmark, its order written down
+        timed.append(runner.path.name)
+        return real(runner, inputs, warmup=warmup, iterations=iterations)
+
+    monkeypatch.setattr(runtime_bench, "benchmark", recorded)
+    paths = [tmp_path / f"{k}.tflite" for k in "abc"]
+    for p in paths:
+        shutil.copy(tflite_files["tflite-fp32"], p)
+    target = get_target("tflite-fp32").with_bench(iterations=15, warmup=1)
+    interleaved_p50([target] * 3, paths, {"pixels": np.zeros((1, 8, 8, 1), np.float32)})
+    rounds = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert len(rounds) == ROUNDS and all(sorted(r) == ["a.tflite", "b.tflite", "c.tflite"] for r in rounds)
+    assert len({r[0] for r in rounds}) == 3  # each one starts a round
