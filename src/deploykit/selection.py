@@ -182,6 +182,8 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
     auto.parent = winner.path
     if "converter" in winner.settings:  # how the shipped file was made (and its weight files: TF.js shards)
         auto.settings["converter"] = winner.settings["converter"]
+    if "target" in winner.settings:  # the profile it was built, judged and timed as (with the auto target's overrides)
+        auto.settings["shipped_target"] = winner.settings["target"]
     auto.status = "ok"
     auto.verification = winner.verification
     auto.benchmark = winner.benchmark

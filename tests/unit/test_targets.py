@@ -629,6 +629,17 @@ def test_auto_settings_that_would_merge_candidates_or_do_nothing_are_refused(tmp
                     options={"calibrate_method": "percentile"})
     with pytest.raises(TargetError, match="make candidates 'onnx-int8-qdq' and 'qdq-percentile' the same target"):
         merged.candidate_targets()
+    # one candidate listed twice, two candidate files of one name, a missing file: each named as such
+    with pytest.raises(TargetError, match="'onnx-fp32' is listed twice"):
+        Target(name="a", format="onnx", precision="auto", candidates=("onnx-fp32", "onnx-fp32")).candidate_targets()
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "q.toml").write_text('format = "onnx"\nprecision = "fp32"\n')
+    twins = Target(name="a", format="onnx", precision="auto", candidates=(str(tmp_path / "x/q.toml"), str(tmp_path / "y/q.toml")))
+    with pytest.raises(TargetError, match="two candidates are named 'q'"):
+        twins.candidate_targets()
+    with pytest.raises(TargetError, match=r"target 'a': target file .*nope.toml does not exist"):
+        Target(name="a", format="onnx", precision="auto", candidates=("nope.toml",)).candidate_targets()
     # a too-long combined name is named as such, not as a bad character
     long = Target(name="a" * 60, format="onnx", precision="auto", candidates=("onnx-fp32",), options={"opset": 18})
     with pytest.raises(TargetError, match="over 64 characters"):

@@ -24,14 +24,13 @@ Inputs and outputs keep the serving signature's names (``pixels``,
 from __future__ import annotations
 
 import contextlib
-import io
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deploykit._quiet import library_logs_muted
+from deploykit._quiet import library_logs_muted, python_stdout_quiet
 from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
@@ -342,6 +341,7 @@ def _tidy_after_quantizer(proto: Any, float_graph: Any) -> None:
     ``floor(1.0*batch)`` behind a Resizing layer) and declares every opset domain it knows
     (``org.pytorch.aten``, ``com.microsoft.nchwc``...) whether a node uses it or not.
     """
+    import onnx.helper
     before = {v.name: [d.dim_param for d in v.type.tensor_type.shape.dim]
               for v in list(float_graph.input) + list(float_graph.output)}
     for value in list(proto.graph.input) + list(proto.graph.output):
@@ -357,6 +357,8 @@ def _tidy_after_quantizer(proto: Any, float_graph: Any) -> None:
     kept = [o for o in proto.opset_import if o.domain in used]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
+    # The int16 QDQ upgrade to opset 21 keeps IR version 8; ONNX's table puts opset 21 at IR 10.
+    proto.ir_version = max(proto.ir_version, onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
 
 
 def _keras_input_names(proto: Any, keras_names: list[str]) -> None:
@@ -434,8 +436,8 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
     if set(names) != set(graph_inputs):
         names = graph_inputs
     # The entropy and percentile calibrators print their progress ("Number of histogram bins : 2048")
-    # with print(): kept off the CLI's console and the caller's stdout.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # with print(): kept off the CLI's console (main thread only: sys.stdout is the whole process's).
+    with python_stdout_quiet():
         _quantize_static(q, pre, dst, target, calibration, names, external)
     return onnx.load(str(dst))
 

@@ -333,8 +333,17 @@ class Target:
         """
         where = f"target {self.name!r}"
         built: list[tuple[Target, Target]] = []
+        if len(set(self.candidates)) < len(self.candidates):
+            twice = next(c for c in self.candidates if self.candidates.count(c) > 1)
+            raise TargetError(f"{where}: candidate {twice!r} is listed twice; list each candidate once")
         for name in self.candidates:
-            cand = get_target(name)
+            try:
+                cand = get_target(name)
+            except TargetError as exc:
+                raise TargetError(f"{where}: {exc}") from None
+            if any(cand.name == other.name for other, _ in built):
+                # two files of one name (a/q.toml, b/q.toml) would share a directory and one of them be skipped
+                raise TargetError(f"{where}: two candidates are named {cand.name!r}; give one of them another name")
             if cand.candidates:
                 raise TargetError(f"{where}: candidate {name!r} is itself an auto target; list plain targets")
             if cand.format != self.format:
