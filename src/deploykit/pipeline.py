@@ -904,7 +904,7 @@ class Pipeline:
                     artifact.steps["verify"] = mem.to_dict()
                     if conv_settings.get("note"):  # what the converter did that the target's name does not say
                         artifact.verification.setdefault("notes", []).append(conv_settings["note"])
-                    if target.needs_calibration and calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
+                    if target.needs_calibration and calib is not None and len(calib) < FEW_SAMPLES:  # (the console says it too: data_warnings)
                         artifact.verification.setdefault("notes", []).append(
                             f"calibrated on {len(calib)} sample(s): the integer ranges come from them alone and may not cover "
                             "what the model meets in use; pass a few hundred representative samples with --data")
@@ -1078,11 +1078,6 @@ def _float16_range_hint(loaded: Any) -> str | None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-# Below this many calibration samples, an int8 artifact's ranges are a guess: said in its notes
-# (and on the console, see report.rows.data_warnings).
-FEW_CALIBRATION_SAMPLES = FEW_SAMPLES
-
 
 # Targets that keep a float input (its features then reach the model's Normalization intact).
 _FLOAT_INPUT_WAY_OUT = {

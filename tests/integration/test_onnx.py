@@ -196,10 +196,9 @@ def test_an_auto_variants_settings_reach_its_candidates_files(tmp_path, keras3_p
         ("percentile", False, False, 50)
     proto = _load(result.out / cand["path"])
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
-               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
-    scales = [inits[n.input[1]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
-              and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    kernels = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    weights, scales = [inits[n.input[0]] for n in kernels], [inits[n.input[1]] for n in kernels]
     assert weights and max(int(np.abs(w).max()) for w in weights) > 64  # 8-bit, not reduce_range's 7
     assert all(s.size == 1 for s in scales)  # per tensor
     assert "histogram" not in capfd.readouterr().out
