@@ -590,6 +590,7 @@ class Pipeline:
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
         done: dict[str, Artifact] = {}
+        self._built: list[tuple[Target, Artifact]] = []  # every artifact built, with the target it was built as
         self._float_verdicts: dict[Any, dict[str, Any]] = {}  # float source key -> its verification
         ctx = (loaded, calib, evald, inputs, reference, output_names, noise)
         try:
@@ -602,10 +603,19 @@ class Pipeline:
                 else:
                     artifact = self._run_target(loaded, target, calib, evald, inputs, reference, output_names, noise)
                     done[target.name] = artifact
+                    self._built.append((target, artifact))
                     manifest.artifacts.append(artifact)
                 release_memory()
         finally:
             loaded.release()
+        if self.bench_enabled:  # the report compares files: time them under the same load (see side_by_side)
+            from deploykit.runtime_bench.memory import PeakRSS
+            from deploykit.side_by_side import time_side_by_side
+
+            with PeakRSS() as mem:
+                notes = time_side_by_side(self._built, self.out, {k: v[:1] for k, v in inputs.items()}, self.progress)
+            if any("side_by_side" in a.benchmark for _, a in self._built):
+                steps["side_by_side"] = {**mem.to_dict(), **({"notes": notes} if notes else {})}
         from deploykit.report import write_reports
 
         self.progress("writing manifest and reports")
@@ -984,6 +994,7 @@ class Pipeline:
                 art = self._run_target(ctx[0], cand, *ctx[1:], bench_failed=any(t.name == name for t in self.targets))
                 art.candidate_of = target.name
                 done[name] = art
+                self._built.append((cand, art))
                 new.append(art)
             candidates.append((cand, done[name]))
         self.progress(f"{target.name}: comparing {len(candidates)} candidates side by side")

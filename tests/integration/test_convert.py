@@ -140,6 +140,51 @@ def test_all_targets_run_manifest_and_reports(all_targets_run):
     assert not [p for p in result.out.rglob("*") if p.name.endswith(".partial")]
 
 
+def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compares_those_timings(all_targets_run):
+    from deploykit.report.rows import table
+    from deploykit.selection import DROP_AFTER, ROUNDS
+
+    result, progress = all_targets_run
+    timed = [a for a in result.artifacts if a["path"] and not a.get("selection") and a["benchmark"]]
+    by_runtime: dict[str, list[str]] = {}
+    for a in timed:
+        by_runtime.setdefault(a["benchmark"]["runtime"], []).append(a["target"])
+    assert {rt for rt, names in by_runtime.items() if len(names) > 1} >= {"litert", "onnxruntime", "tfjs"}
+    for a in timed:
+        group = by_runtime[a["benchmark"]["runtime"]]
+        sbs = a["benchmark"].get("side_by_side")
+        if len(group) == 1:  # nothing to compare it with: its solo timing stands
+            assert sbs is None, a["target"]
+            continue
+        assert sorted(sbs["with"]) == sorted(n for n in group if n != a["target"])
+        assert sbs["rounds"] in (ROUNDS, DROP_AFTER) and len(sbs["round_p50_ms"]) == sbs["rounds"]
+        assert sbs["n"] == sbs["rounds"] * 5 and 0 < sbs["p50_ms"] <= sbs["p90_ms"]  # 5 a round: the minimum
+        assert any(a["target"] in msg and "side by side" in msg for msg in progress)
+    for a in result.artifacts:  # an -auto file is its winner: one record, not timed twice
+        if a.get("selection") and a["status"] == "ok":
+            assert a["benchmark"] == result.artifact(a["selection"]["winner"])["benchmark"]
+    assert result.manifest["steps"]["side_by_side"]["peak_rss_bytes"] > 0
+
+    manifest = Manifest.read(result.manifest_path)
+    rows = {r["target"].split(" ")[0]: r for r in table(manifest)}
+    fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]["p50_ms"]
+    for name in by_runtime["litert"]:
+        sbs = result.artifact(name)["benchmark"]["side_by_side"]
+        assert rows[name]["p50"] == f"{sbs['p50_ms']:.3f}"  # the compared figure, not the solo one
+        assert rows[name]["p50_ratio"] == f"{sbs['p50_ms'] / fp32:.2f}"
+    assert rows["tflm-int8"]["p50_ratio"] == "–"  # timed beside the other microcontroller file, no float32 one
+    md = result.report_path.read_text()
+    assert "× fp32 p50" in md and "timed again side by side" in md
+
+
+def test_without_benchmarks_nothing_is_timed_side_by_side(tmp_path, keras3_model, digits):
+    result = deploykit.convert(keras3_model, ["tflite-fp32", "tflite-fp16"], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", bench=False)
+    assert result.ok and all(a["benchmark"] == {} for a in result.artifacts)
+    assert "side_by_side" not in result.manifest["steps"]
+    assert "timed again side by side" not in result.report_path.read_text()
+
+
 # ----------------------------------------------------------------------------- in-memory model
 MULTI = ["tflite-fp32", "tflite-dynamic", "tflite-int8"]
 

@@ -132,3 +132,27 @@ def test_a_run_checked_on_too_few_samples_says_so_once():
     assert "calibrated on 8 samples" in line and "verified" not in line
     assert data_warnings(manifest(500, 8, activations="float32")) == []  # nothing was calibrated
     assert data_warnings(manifest(300, 300)) == []
+
+
+def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it():
+    from deploykit.report.rows import highlights, table_note
+
+    def timed(name, solo, sbs=None, with_=()):
+        a = _artifact(name, 1000, p50_ms=solo, threads=2)
+        if sbs is not None:
+            a.benchmark["side_by_side"] = {"p50_ms": sbs, "p90_ms": sbs * 1.1, "rounds": 5, "with": list(with_)}
+        return a
+
+    arts = [timed("tflite-fp32", 3.0, 4.0, ["tflite-int8"]), timed("tflite-int8", 3.2, 3.0, ["tflite-fp32"]),
+            timed("onnx-fp32", 5.0), timed("onnx-int8-qop", 2.0, 2.5, ["onnx-int8-qdq"]),
+            timed("onnx-int8-qdq", 2.4, 2.6, ["onnx-int8-qop"])]
+    m = Manifest(model={}, tools={}, machine={}, artifacts=arts)
+    rows = {r["target"]: r for r in table(m)}
+    # The solo p50s (taken minutes apart) would say int8 is slower; side by side it is 0.75x.
+    assert rows["tflite-int8"]["p50"] == "3.000" and rows["tflite-int8"]["p50_ratio"] == "0.75"
+    assert rows["tflite-fp32"]["p50_ratio"] == "1.00"
+    # onnx-fp32 was timed alone: no ratio for files that were not timed beside it, nor for itself
+    assert rows["onnx-int8-qop"]["p50_ratio"] == rows["onnx-fp32"]["p50_ratio"] == "–"
+    assert rows["onnx-fp32"]["p50"] == "5.000"
+    assert any(h.startswith("Fastest: **onnx-int8-qop** (p50 2.500 ms") for h in highlights(m))
+    assert "timed again side by side" in table_note(m)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from deploykit.artifacts import Manifest, write_text_atomic
+from deploykit.report.rows import timing
 
 PLOT_NAME = "size_vs_latency.svg"
 W, H = 720, 430
@@ -34,11 +35,11 @@ def _fmt(v: float) -> str:
 def render_plot(manifest: Manifest) -> str | None:
     """SVG text of the plot, or None when no artifact was benchmarked."""
     points = [a for a in manifest.artifacts
-              if a.size_bytes and a.benchmark.get("p50_ms") is not None and not a.selection]
+              if a.size_bytes and timing(a).get("p50_ms") is not None and not a.selection]
     if not points:
         return None
     x_hi = max(a.size_bytes for a in points) / 1024 * 1.3
-    y_hi = max(a.benchmark.get("p90_ms", a.benchmark["p50_ms"]) for a in points) * 1.3
+    y_hi = max(timing(a).get("p90_ms", timing(a)["p50_ms"]) for a in points) * 1.3
     xt, yt = _nice_ticks(x_hi), _nice_ticks(y_hi)
     x_hi, y_hi = max(x_hi, xt[-1]), max(y_hi, yt[-1])
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
@@ -67,8 +68,8 @@ def render_plot(manifest: Manifest) -> str | None:
     for a in points:
         ok = a.status == "ok"
         color = "#1f77b4" if ok else "#d62728"
-        x, y = sx(a.size_bytes / 1024), sy(a.benchmark["p50_ms"])
-        y90 = sy(a.benchmark.get("p90_ms", a.benchmark["p50_ms"]))
+        x, y = sx(a.size_bytes / 1024), sy(timing(a)["p50_ms"])
+        y90 = sy(timing(a).get("p90_ms", timing(a)["p50_ms"]))
         out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x:.1f}" y2="{y90:.1f}" stroke="{color}"/>')
         if ok:
             out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>')

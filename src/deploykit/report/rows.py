@@ -14,6 +14,7 @@ COLUMNS = [
     ("gzip", "gzip"),
     ("size_ratio", "× fp32 size"),
     ("p50", "p50 ms"),
+    ("p50_ratio", "× fp32 p50"),
     ("p90", "p90 ms"),
     ("p99", "p99 ms"),
     ("init", "init ms"),
@@ -55,6 +56,33 @@ def _reference_sizes(manifest: Manifest) -> dict[str, int]:
     return sizes
 
 
+def timing(a: Artifact) -> dict[str, Any]:
+    """The latency figures the report compares: the side-by-side timing when the run had one (the
+    artifact timed in interleaved rounds with the others of its runtime, see deploykit.side_by_side),
+    else the artifact's own benchmark."""
+    return a.benchmark.get("side_by_side") or a.benchmark
+
+
+def _reference_timings(manifest: Manifest) -> dict[str, tuple[str, float]]:
+    """Per format, its float32 artifact's name and side-by-side p50: what "× fp32 p50" divides by.
+    Only side-by-side figures: two solo timings taken minutes apart compare the moments, not the files."""
+    refs: dict[str, tuple[str, float]] = {}
+    for a in manifest.artifacts:
+        t = a.settings.get("target", {})
+        p50 = (a.benchmark.get("side_by_side") or {}).get("p50_ms")
+        if t.get("weights") == "float32" and t.get("activations") == "float32" and not t.get("candidates") and p50:
+            refs.setdefault(a.format, (a.target, p50))
+    return refs
+
+
+def _p50_ratio(a: Artifact, ref: tuple[str, float] | None) -> str:
+    sbs = a.benchmark.get("side_by_side") or {}
+    own = a.selection.get("winner") if a.selection else a.target  # an -auto copy shares its winner's record
+    if ref is None or sbs.get("p50_ms") is None or (ref[0] != own and ref[0] not in sbs.get("with", [])):
+        return "–"  # not timed beside that float32 file
+    return f"{sbs['p50_ms'] / ref[1]:.2f}"
+
+
 def _error_change(v: dict[str, Any]) -> str:
     """A regression artifact's error against the targets beside the reference's: '+3.1 % MAE'."""
     if v.get("mae_increase") is None:
@@ -62,10 +90,11 @@ def _error_change(v: dict[str, Any]) -> str:
     return f"{v['mae_increase'] * 100:+.1f} % MAE".replace("+0.0 %", "0.0 %").replace("-0.0 %", "0.0 %")
 
 
-def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
-    """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio)."""
-    v, b = a.verification, a.benchmark
-    peak = b.get("runtime_memory_bytes")
+def row(a: Artifact, ref_size: int | None, ref_p50: tuple[str, float] | None = None) -> dict[str, str]:
+    """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio);
+    ``ref_p50``: that artifact's name and side-by-side p50 (None: no latency ratio)."""
+    v, b = a.verification, timing(a)
+    peak = a.benchmark.get("runtime_memory_bytes")
     return {
         "target": a.target + (f" (candidate of {a.candidate_of})" if a.candidate_of else "")
         + (f" → {a.selection.get('winner')}" if a.selection.get("winner") else ""),
@@ -74,9 +103,10 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
         "gzip": human_bytes(a.gzip_bytes) if a.gzip_bytes else "–",
         "size_ratio": f"{a.size_bytes / ref_size:.2f}" if ref_size and a.size_bytes else "–",
         "p50": _fmt(b.get("p50_ms"), ".3f"),
+        "p50_ratio": _p50_ratio(a, ref_p50),
         "p90": _fmt(b.get("p90_ms"), ".3f"),
         "p99": _fmt(b.get("p99_ms"), ".3f"),
-        "init": _fmt(b.get("init_ms"), ".1f"),
+        "init": _fmt(a.benchmark.get("init_ms"), ".1f"),
         "accuracy": _fmt(v.get("accuracy"), ".2%") if v.get("mae") is None else f"MAE {v['mae']:.4g}",
         # shown as a change (negative = accuracy lost); 0.00 without a sign when equal
         "drop": _error_change(v) if v.get("mae") is not None else
@@ -88,8 +118,8 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
 
 
 def table(manifest: Manifest) -> list[dict[str, str]]:
-    refs = _reference_sizes(manifest)
-    return [row(a, refs.get(a.format)) for a in manifest.artifacts]
+    refs, p50s = _reference_sizes(manifest), _reference_timings(manifest)
+    return [row(a, refs.get(a.format), p50s.get(a.format)) for a in manifest.artifacts]
 
 
 def highlights(manifest: Manifest) -> list[str]:
@@ -99,10 +129,10 @@ def highlights(manifest: Manifest) -> list[str]:
     if ok:
         small = min(ok, key=lambda a: a.size_bytes)
         lines.append(f"Smallest: **{small.target}** ({human_bytes(small.size_bytes)}, gzip {human_bytes(small.gzip_bytes)})")
-        timed = [a for a in ok if a.benchmark.get("p50_ms") is not None]
+        timed = [a for a in ok if timing(a).get("p50_ms") is not None]
         if timed:
-            fast = min(timed, key=lambda a: a.benchmark["p50_ms"])
-            lines.append(f"Fastest: **{fast.target}** (p50 {fast.benchmark['p50_ms']:.3f} ms, {threads_text(fast.benchmark.get('threads'))})")
+            fast = min(timed, key=lambda a: timing(a)["p50_ms"])
+            lines.append(f"Fastest: **{fast.target}** (p50 {timing(fast)['p50_ms']:.3f} ms, {threads_text(fast.benchmark.get('threads'))})")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
             # ties go to the artifact closest to the reference, then the smaller one
@@ -129,10 +159,15 @@ def highlights(manifest: Manifest) -> list[str]:
 
 
 def table_note(manifest: Manifest) -> str | None:
-    """What the Targets table's figures are where they could be misread: p50 beside -auto choices made
-    in interleaved rounds."""
+    """What the Targets table's figures are where they could be misread: which latencies were timed side
+    by side, and p50 beside -auto choices made in interleaved rounds."""
     notes = []
-    if any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
+    if any("side_by_side" in a.benchmark for a in manifest.artifacts):
+        rounds = max(a.benchmark["side_by_side"]["rounds"] for a in manifest.artifacts if "side_by_side" in a.benchmark)
+        notes.append(f"Latencies of files on the same runtime were timed again side by side once all were built ({rounds} "
+                     "interleaved rounds, the same load on each), so their rows compare files, not moments; × fp32 p50 "
+                     "is taken from those timings only. Each file's solo benchmark is in manifest.json.")
+    elif any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
         notes.append("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
                      "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")
     return " ".join(notes) or None
