@@ -24,11 +24,16 @@ import numpy as np
 from deploykit.artifacts import Artifact, atomic_path
 
 ROUNDS = 5
-# Before each timed block: a pause, so the previous runtime's thread pool stops spinning (ONNX
-# Runtime's idle workers spin; timed right after another session, a 2-thread MobileNetV2 ran
-# 2x slower than alone), and untimed runs to get back to steady state.
+# Before each timed block after an ONNX Runtime one: a pause, so its thread pool stops spinning (ORT's
+# idle workers spin; timed right after another session, a 2-thread MobileNetV2 ran 2x slower than
+# alone). Then untimed runs to get back to steady state.
 SWITCH_PAUSE_S = 0.05
 SWITCH_WARMUP = 5
+# Each timed block lasts at least this long, and is warmed up for a quarter of it. With a fixed
+# iterations/ROUNDS, a ~5 us model's block was 0.1 ms of wake-up state: its round p50s swung 6x
+# and two copies of one file measured 29 % apart. A MobileNetV2 block (20 x 4 ms) is longer anyway.
+MIN_BLOCK_S = 0.02
+MAX_BLOCK_ITERATIONS = 20000
 # p50s within this ratio of the fastest count as a tie; the smaller file then wins.
 TIE_RATIO = 1.03
 # Up to this ratio, a candidate that beat the fastest in at least ROUND_WINS paired rounds
@@ -78,11 +83,14 @@ def timed_winners(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]
     return tied_with_fastest(full or summaries)
 
 
-def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray],
+                    *, drop: bool = True) -> list[dict[str, Any]]:
     """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s.
 
-    A candidate clearly slower than the fastest after ``DROP_AFTER`` rounds (``DROP_RATIO``) is timed
-    no further: its summary holds those rounds only, and ``dropped_after_rounds`` says so.
+    Each round times every artifact for ``iterations / ROUNDS`` runs, or for ``MIN_BLOCK_S`` when that
+    is more (estimated from a few untimed runs first). With ``drop``, a candidate clearly slower than
+    the fastest after ``DROP_AFTER`` rounds (``DROP_RATIO``) is timed no further: its summary holds
+    those rounds only, and ``dropped_after_rounds`` says so.
     """
     from deploykit.runtime_bench import benchmark, get_runner
     from deploykit.runtime_bench.stats import Stats
@@ -96,10 +104,16 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
             r = get_runner(t.runtime, p, t.bench.threads, t.options)
             runners.append(r)
             r.load()
+        block = []  # iterations per round of each artifact
+        for t, r in zip(targets, runners):
+            probe = benchmark(r, inputs, warmup=max(t.bench.warmup, SWITCH_WARMUP), iterations=SWITCH_WARMUP)
+            each_s = max(float(np.median(probe.samples_ms)), 1e-6) / 1000
+            block.append(min(max(per_round, int(np.ceil(MIN_BLOCK_S / each_s))), max(per_round, MAX_BLOCK_ITERATIONS)))
         active = list(range(len(targets)))
         dropped: dict[int, float] = {}  # index -> its smallest ratio to the round's fastest
+        previous = targets[-1].runtime  # the runtime that ran last
         for round_ in range(ROUNDS):
-            if round_ == DROP_AFTER:
+            if drop and round_ == DROP_AFTER:
                 ratios = {i: min(p / max(min(round_p50[j][k] for j in active), 1e-12) for k, p in enumerate(round_p50[i]))
                           for i in active}
                 dropped = {i: r for i, r in ratios.items() if r >= DROP_RATIO}
@@ -111,9 +125,10 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
             shift = round_ % len(active)
             for i in active[shift:] + active[:shift]:
                 t, r = targets[i], runners[i]
-                time.sleep(SWITCH_PAUSE_S)
-                warmup = max(t.bench.warmup, SWITCH_WARMUP) if round_ == 0 else SWITCH_WARMUP
-                stats = benchmark(r, inputs, warmup=warmup, iterations=per_round)
+                if previous == "onnxruntime":
+                    time.sleep(SWITCH_PAUSE_S)
+                previous = t.runtime
+                stats = benchmark(r, inputs, warmup=max(SWITCH_WARMUP, block[i] // 4), iterations=block[i])
                 samples[i].extend(stats.samples_ms)
                 round_p50[i].append(float(np.median(stats.samples_ms)))
     finally:

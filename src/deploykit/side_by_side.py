@@ -5,15 +5,17 @@ seconds to minutes apart from the others'. On a shared machine the load changes
 in between, and a report that compares the artifacts then compares moments, not
 files: MobileNetV2's tflite-int8 measured 0.93x fp32 that way and 0.74x when the
 same two files were timed in alternating rounds. So after the last target, the
-benchmarked artifacts that run on the same runtime are timed again together, in
-the interleaved rounds the ``-auto`` selection uses (``selection.interleaved_p50``),
-and whatever load the machine has falls on all of them alike. The report compares
-these figures; each file's solo benchmark (init time, memory, its own p50) stays
-in the manifest beside them.
+benchmarked artifacts that run the same way (runtime, threads, runner options
+such as the TF.js backend) are timed again together, in the interleaved rounds
+the ``-auto`` selection uses (``selection.interleaved_p50``, every file timed
+in every round here), and whatever load the machine has falls on all of them
+alike. The report compares these figures; each file's solo benchmark (init
+time, memory, its own p50) stays in the manifest beside them.
 
-Artifacts are grouped by runtime, not across runtimes: within one runtime the
-question "which quantization mode is fastest here" is what a user decides with
-this, and the runners of one runtime share its thread pool behaviour.
+Files are not compared across runtimes or thread counts: "which quantization
+mode is fastest on this runtime" is what a user decides with this. Two targets
+that produced the same bytes (tflm-int8 and a budgeted tflm profile) are one
+file: it is timed once and both records say so.
 """
 
 from __future__ import annotations
@@ -26,37 +28,53 @@ import numpy as np
 from deploykit.artifacts import Artifact
 
 
+def group_key(target: Any) -> tuple:
+    """What must match for two artifacts' latencies to be compared: runtime, threads, runner options."""
+    from deploykit.runtime_bench import runner_options
+
+    return (target.runtime, target.bench.threads, tuple(sorted(runner_options(target.runtime, target.options).items())))
+
+
 def time_side_by_side(built: Sequence[tuple[Any, Artifact]], out: Path, inputs: dict[str, np.ndarray],
-                      progress: Callable[[str], None]) -> list[str]:
-    """Add ``benchmark["side_by_side"]`` to every benchmarked artifact that shares its runtime with another.
+                      progress: Callable[[str], None]) -> list[str] | None:
+    """Add ``benchmark["side_by_side"]`` to every benchmarked artifact that runs like another one.
 
     ``built``: (target, artifact) pairs as the run built them (the target with the run's bench
     settings); ``inputs``: one sample per input, as the solo benchmarks used. An ``-auto`` artifact
-    is a copy of its winner and shares its benchmark record, so it is not timed twice. Returns notes
-    for the manifest: a group whose timing failed keeps its solo figures and is named there.
+    is a copy of its winner and shares its benchmark record, so it is not timed twice. Returns None
+    when no group had two files, else notes for the manifest (empty when all went well): a group
+    whose timing failed keeps its solo figures and is named there.
     """
     from deploykit.selection import interleaved_p50
 
-    groups: dict[str, list[tuple[Any, Artifact]]] = {}
+    groups: dict[tuple, list[tuple[Any, Artifact]]] = {}
     for target, artifact in built:
         if artifact.path and not artifact.selection and artifact.benchmark.get("p50_ms") is not None:
-            groups.setdefault(target.runtime, []).append((target, artifact))
-    notes = []
-    for runtime, members in groups.items():
-        if len(members) < 2:
+            groups.setdefault(group_key(target), []).append((target, artifact))
+    notes: list[str] | None = None
+    for members in groups.values():
+        files: dict[str, tuple[Any, Artifact]] = {}  # sha256 -> the first artifact with those bytes
+        for target, artifact in members:
+            files.setdefault(artifact.sha256 or artifact.target, (target, artifact))
+        if len(files) < 2:
             continue
+        notes = notes or []
         names = [a.target for _, a in members]
-        progress(f"timing {len(members)} {runtime} artifacts side by side ({', '.join(names)})")
+        timed = list(files.values())
+        progress(f"timing {len(members)} {members[0][0].runtime} artifacts side by side ({', '.join(names)})")
         try:
-            summaries = interleaved_p50([t for t, _ in members], [out / a.path for _, a in members], inputs)
+            summaries = interleaved_p50([t for t, _ in timed], [out / a.path for _, a in timed], inputs, drop=False)
         except Exception as exc:  # noqa: BLE001 - every file was built, verified and timed alone already:
             # a runtime that fails the second time loses the comparison, not the run.
             notes.append(f"timing {', '.join(names)} side by side failed ({' '.join(str(exc).split())[:200]}); "
-                         "their p50s are solo timings")
+                         "their latencies are solo timings")
             continue
-        for (_, artifact), summary in zip(members, summaries):
+        by_file = {a.sha256 or a.target: (a.target, s) for (_, a), s in zip(timed, summaries)}
+        for target, artifact in members:
+            first, summary = by_file[artifact.sha256 or artifact.target]
             artifact.benchmark["side_by_side"] = {
-                **summary, "rounds": len(summary["round_p50_ms"]),
+                **summary, "rounds": len(summary["round_p50_ms"]), "threads": target.bench.threads,
                 "with": [n for n in names if n != artifact.target],
+                **({"same_file_as": first} if first != artifact.target else {}),
             }
     return notes

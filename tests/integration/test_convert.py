@@ -141,8 +141,8 @@ def test_all_targets_run_manifest_and_reports(all_targets_run):
 
 
 def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compares_those_timings(all_targets_run):
-    from deploykit.report.rows import table
-    from deploykit.selection import DROP_AFTER, ROUNDS
+    from deploykit.report.rows import latency_ms, table
+    from deploykit.selection import ROUNDS
 
     result, progress = all_targets_run
     timed = [a for a in result.artifacts if a["path"] and not a.get("selection") and a["benchmark"]]
@@ -153,13 +153,16 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
     for a in timed:
         group = by_runtime[a["benchmark"]["runtime"]]
         sbs = a["benchmark"].get("side_by_side")
-        if len(group) == 1:  # nothing to compare it with: its solo timing stands
-            assert sbs is None, a["target"]
+        if a["benchmark"]["runtime"] == "tflm":
             continue
         assert sorted(sbs["with"]) == sorted(n for n in group if n != a["target"])
-        assert sbs["rounds"] in (ROUNDS, DROP_AFTER) and len(sbs["round_p50_ms"]) == sbs["rounds"]
-        assert sbs["n"] == sbs["rounds"] * 5 and 0 < sbs["p50_ms"] <= sbs["p90_ms"]  # 5 a round: the minimum
+        # every file in every round (no candidate dropped here), each round long enough to be more than wake-up
+        assert sbs["rounds"] == ROUNDS == len(sbs["round_p50_ms"]) and sbs["threads"] == a["benchmark"]["threads"]
+        assert sbs["n"] % ROUNDS == 0 and sbs["n"] >= ROUNDS * 5 and 0 < sbs["p50_ms"] <= sbs["p90_ms"]
         assert any(a["target"] in msg and "side by side" in msg for msg in progress)
+    # tflm-int8 and its budgeted profile write the same bytes: one file, nothing to compare it with
+    tflm, m4 = result.artifact("tflm-int8"), result.artifact("tflm-int8-cortex-m4")
+    assert tflm["sha256"] == m4["sha256"] and "side_by_side" not in tflm["benchmark"] | m4["benchmark"]
     for a in result.artifacts:  # an -auto file is its winner: one record, not timed twice
         if a.get("selection") and a["status"] == "ok":
             assert a["benchmark"] == result.artifact(a["selection"]["winner"])["benchmark"]
@@ -170,11 +173,42 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
     fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]["p50_ms"]
     for name in by_runtime["litert"]:
         sbs = result.artifact(name)["benchmark"]["side_by_side"]
-        assert rows[name]["p50"] == f"{sbs['p50_ms']:.3f}"  # the compared figure, not the solo one
+        assert rows[name]["p50"] == latency_ms(sbs["p50_ms"])  # the compared figure, not the solo one
         assert rows[name]["p50_ratio"] == f"{sbs['p50_ms'] / fp32:.2f}"
     assert rows["tflm-int8"]["p50_ratio"] == "–"  # timed beside the other microcontroller file, no float32 one
     md = result.report_path.read_text()
     assert "× fp32 p50" in md and "timed again side by side" in md
+
+
+def test_files_timed_with_other_threads_are_not_compared_and_a_failed_comparison_is_reported(tmp_path, keras3_model,
+                                                                                             digits, monkeypatch):
+    import deploykit.selection as selection
+
+    data = (digits.x_eval, digits.y_eval)
+    copy = dataclasses.replace(get_target("tflite-fp32"), name="tflite-fp32-copy")  # the same bytes as tflite-fp32
+    targets = ["tflite-fp32", copy, "tflite-dynamic", get_target("tflite-fp16").with_bench(threads=1), "onnx-fp32",
+               "onnx-fp16"]
+    calls = []
+    real = selection.interleaved_p50
+
+    def onnx_fails(targets, paths, inputs, **kw):  # ONNX Runtime failing on its second load, say
+        calls.append(sorted(t.name for t in targets))
+        if targets[0].runtime == "onnxruntime":
+            raise RuntimeError("session could not be created")
+        return real(targets, paths, inputs, **kw)
+
+    monkeypatch.setattr(selection, "interleaved_p50", onnx_fails)
+    result = deploykit.convert(keras3_model, targets, data=data, out=tmp_path / "out", iterations=5, warmup=1)
+    # the 1-thread tflite-fp16 is compared with nothing; the copy of tflite-fp32 is timed once, as that file
+    assert result.ok and calls == [["tflite-dynamic", "tflite-fp32"], ["onnx-fp16", "onnx-fp32"]]
+    fp32, same = (result.artifact(n)["benchmark"]["side_by_side"] for n in ("tflite-fp32", "tflite-fp32-copy"))
+    assert same["same_file_as"] == "tflite-fp32" and same["p50_ms"] == fp32["p50_ms"]
+    assert sorted(fp32["with"]) == ["tflite-dynamic", "tflite-fp32-copy"]
+    assert all("side_by_side" not in result.artifact(n)["benchmark"] for n in ("tflite-fp16", "onnx-fp32", "onnx-fp16"))
+    (note,) = result.manifest["steps"]["side_by_side"]["notes"]
+    assert note.startswith("timing onnx-fp32, onnx-fp16 side by side failed (session could not be created)")
+    md = result.report_path.read_text()
+    assert note in md and "timed again side by side" in md  # the litert files were
 
 
 def test_without_benchmarks_nothing_is_timed_side_by_side(tmp_path, keras3_model, digits):

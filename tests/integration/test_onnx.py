@@ -526,6 +526,21 @@ def test_interleaved_timing_stops_timing_a_clearly_slower_candidate(tmp_path, tf
     assert len(fast_s["round_p50_ms"]) == ROUNDS and "dropped_after_rounds" not in fast_s
     assert slow_s["dropped_after_rounds"] == DROP_AFTER == len(slow_s["round_p50_ms"])
     assert slow_s["p50_ms"] > 2 * fast_s["p50_ms"]
+    # The report's side-by-side timing keeps every file in every round (drop=False)
+    kept = interleaved_p50([target, target], [tflite_files["tflite-fp32"], slow], sample, drop=False)
+    assert [len(s["round_p50_ms"]) for s in kept] == [ROUNDS, ROUNDS] and not any("dropped_after_rounds" in s for s in kept)
+
+
+def test_a_round_of_a_microsecond_model_lasts_long_enough_to_time_more_than_wake_up(tflite_files):
+    """With iterations / ROUNDS runs a round, a ~5 us model's block was 0.1 ms, and its round p50s swung 6x
+    with the state the pause before it left; blocks now last about MIN_BLOCK_S."""
+    from deploykit.selection import MIN_BLOCK_S, ROUNDS, interleaved_p50
+    from deploykit.targets import get_target
+
+    target = get_target("tflite-fp32").with_bench(iterations=25, warmup=1)  # 5 a round without the floor
+    (s,) = interleaved_p50([target], [tflite_files["tflite-fp32"]], {"pixels": np.zeros((1, 8, 8, 1), np.float32)})
+    per_round = s["n"] // ROUNDS
+    assert per_round > 5 and per_round * s["p50_ms"] / 1000 >= MIN_BLOCK_S / 10, (per_round, s["p50_ms"])
 
 
 def test_interleaved_rounds_start_with_a_different_candidate_each_round(tmp_path, tflite_files, monkeypatch):
@@ -549,6 +564,8 @@ def test_interleaved_rounds_start_with_a_different_candidate_each_round(tmp_path
         shutil.copy(tflite_files["tflite-fp32"], p)
     target = get_target("tflite-fp32").with_bench(iterations=15, warmup=1)
     interleaved_p50([target] * 3, paths, {"pixels": np.zeros((1, 8, 8, 1), np.float32)})
+    assert timed[:3] == ["a.tflite", "b.tflite", "c.tflite"]  # a few untimed runs each: how long a block must be
+    timed = timed[3:]
     rounds = [timed[i:i + 3] for i in range(0, len(timed), 3)]
     assert len(rounds) == ROUNDS and all(sorted(r) == ["a.tflite", "b.tflite", "c.tflite"] for r in rounds)
     assert len({r[0] for r in rounds}) == 3  # each one starts a round

@@ -155,4 +155,6 @@ def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it():
     assert rows["onnx-int8-qop"]["p50_ratio"] == rows["onnx-fp32"]["p50_ratio"] == "–"
     assert rows["onnx-fp32"]["p50"] == "5.000"
     assert any(h.startswith("Fastest: **onnx-int8-qop** (p50 2.500 ms") for h in highlights(m))
+    arts[1].benchmark["side_by_side"]["p50_ms"] = 0.0043521  # microseconds keep 3 significant digits
+    assert {r["target"]: r for r in table(m)}["tflite-int8"]["p50"] == "0.00435"
     assert "timed again side by side" in table_note(m)

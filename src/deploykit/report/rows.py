@@ -46,6 +46,12 @@ def _fmt(value: Any, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def latency_ms(value: float | None) -> str:
+    """Milliseconds to 3 decimals, or 3 significant digits below 1 ms: a 4 us model read "0.004" for
+    0.0035 to 0.0045, which hid the 10-20 % differences the table is there to show."""
+    return "–" if value is None else f"{value:.3f}" if value >= 1 else f"{value:.3g}"
+
+
 def _reference_sizes(manifest: Manifest) -> dict[str, int]:
     """Per format, the size of its float32 artifact: what "× fp32 size" divides by (never across formats)."""
     sizes: dict[str, int] = {}
@@ -102,10 +108,10 @@ def row(a: Artifact, ref_size: int | None, ref_p50: tuple[str, float] | None = N
         "size": human_bytes(a.size_bytes) if a.size_bytes else "–",
         "gzip": human_bytes(a.gzip_bytes) if a.gzip_bytes else "–",
         "size_ratio": f"{a.size_bytes / ref_size:.2f}" if ref_size and a.size_bytes else "–",
-        "p50": _fmt(b.get("p50_ms"), ".3f"),
+        "p50": latency_ms(b.get("p50_ms")),
         "p50_ratio": _p50_ratio(a, ref_p50),
-        "p90": _fmt(b.get("p90_ms"), ".3f"),
-        "p99": _fmt(b.get("p99_ms"), ".3f"),
+        "p90": latency_ms(b.get("p90_ms")),
+        "p99": latency_ms(b.get("p99_ms")),
         "init": _fmt(a.benchmark.get("init_ms"), ".1f"),
         "accuracy": _fmt(v.get("accuracy"), ".2%") if v.get("mae") is None else f"MAE {v['mae']:.4g}",
         # shown as a change (negative = accuracy lost); 0.00 without a sign when equal
@@ -132,7 +138,7 @@ def highlights(manifest: Manifest) -> list[str]:
         timed = [a for a in ok if timing(a).get("p50_ms") is not None]
         if timed:
             fast = min(timed, key=lambda a: timing(a)["p50_ms"])
-            lines.append(f"Fastest: **{fast.target}** (p50 {timing(fast)['p50_ms']:.3f} ms, {threads_text(fast.benchmark.get('threads'))})")
+            lines.append(f"Fastest: **{fast.target}** (p50 {latency_ms(timing(fast)['p50_ms'])} ms, {threads_text(fast.benchmark.get('threads'))})")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
             # ties go to the artifact closest to the reference, then the smaller one
@@ -160,16 +166,18 @@ def highlights(manifest: Manifest) -> list[str]:
 
 def table_note(manifest: Manifest) -> str | None:
     """What the Targets table's figures are where they could be misread: which latencies were timed side
-    by side, and p50 beside -auto choices made in interleaved rounds."""
+    by side (and where that failed), or p50 beside -auto choices made in interleaved rounds."""
     notes = []
-    if any("side_by_side" in a.benchmark for a in manifest.artifacts):
-        rounds = max(a.benchmark["side_by_side"]["rounds"] for a in manifest.artifacts if "side_by_side" in a.benchmark)
-        notes.append(f"Latencies of files on the same runtime were timed again side by side once all were built ({rounds} "
-                     "interleaved rounds, the same load on each), so their rows compare files, not moments; × fp32 p50 "
-                     "is taken from those timings only. Each file's solo benchmark is in manifest.json.")
+    side_by_side = [a.benchmark["side_by_side"] for a in manifest.artifacts if "side_by_side" in a.benchmark]
+    if side_by_side:
+        notes.append(f"Latencies of files that run alike (same runtime, threads and backend) were timed again side by side "
+                     f"once all were built ({max(s['rounds'] for s in side_by_side)} interleaved rounds, the same load on "
+                     "each), so their rows compare files, not moments; × fp32 p50 is taken from those timings only. "
+                     "Each file's solo benchmark is in manifest.json.")
     elif any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
         notes.append("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
                      "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")
+    notes += [f"Note: {n}." for n in manifest.steps.get("side_by_side", {}).get("notes", [])]
     return " ".join(notes) or None
 
 

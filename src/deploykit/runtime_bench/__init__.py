@@ -36,13 +36,21 @@ def get_runner(runtime: str, path: str | Path, threads: int, options: Mapping[st
     ``options`` are a target's options; those the runner's constructor names
     (e.g. TF.js ``backend``) are passed on, the converter's own are ignored.
     """
+    return _runner_class(runtime)(path, threads=threads, **runner_options(runtime, options))
+
+
+def _runner_class(runtime: str) -> Any:
     if runtime not in RUNNERS:
         raise UserError(f"unknown runtime {runtime!r}; known: {', '.join(RUNNERS)}")
     module, cls_name = RUNNERS[runtime].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
-    params = inspect.signature(cls).parameters
-    extra = {k: v for k, v in (options or {}).items() if k in params and k not in ("path", "threads")}
-    return cls(path, threads=threads, **extra)
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def runner_options(runtime: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The target options that change how ``runtime`` runs a file (e.g. TF.js ``backend``): those
+    its runner's constructor names. The converter's own options are not among them."""
+    params = inspect.signature(_runner_class(runtime)).parameters
+    return {k: v for k, v in (options or {}).items() if k in params and k not in ("path", "threads")}
 
 
 def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, iterations: int) -> Stats:
