@@ -211,6 +211,22 @@ def test_files_timed_with_other_threads_are_not_compared_and_a_failed_comparison
     assert note in md and "timed again side by side" in md  # the litert files were
 
 
+def test_an_auto_targets_candidates_keep_the_figures_their_selection_was_made_on(tmp_path, keras3_model, digits):
+    progress: list[str] = []
+    result = deploykit.convert(keras3_model, ["tflite-auto"], data=(digits.x_eval, digits.y_eval), out=tmp_path / "out",
+                               iterations=5, warmup=1, progress=progress.append)
+    auto = result.artifact("tflite-auto")
+    rows = {r["target"]: r for r in auto["selection"]["candidates"] if r.get("interleaved_p50_ms")}
+    assert len(rows) > 1
+    for name, row in rows.items():  # the table's figures are the choice's figures: timed once, not again
+        sbs = result.artifact(name)["benchmark"]["side_by_side"]
+        assert sbs["p50_ms"] == row["interleaved_p50_ms"] and sbs["round_p50_ms"] == row["round_p50_ms"]
+        assert sorted(sbs["with"]) == sorted(n for n in rows if n != name)
+    assert not any(m.startswith("timing ") for m in progress)
+    assert auto["benchmark"]["side_by_side"] == result.artifact(auto["selection"]["winner"])["benchmark"]["side_by_side"]
+    assert "an -auto target's candidates as its selection timed them" in result.report_path.read_text()
+
+
 def test_without_benchmarks_nothing_is_timed_side_by_side(tmp_path, keras3_model, digits):
     result = deploykit.convert(keras3_model, ["tflite-fp32", "tflite-fp16"], data=(digits.x_eval, digits.y_eval),
                                out=tmp_path / "out", bench=False)

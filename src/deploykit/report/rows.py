@@ -170,10 +170,14 @@ def table_note(manifest: Manifest) -> str | None:
     notes = []
     side_by_side = [a.benchmark["side_by_side"] for a in manifest.artifacts if "side_by_side" in a.benchmark]
     if side_by_side:
-        notes.append(f"Latencies of files that run alike (same runtime, threads and backend) were timed again side by side "
-                     f"once all were built ({max(s['rounds'] for s in side_by_side)} interleaved rounds, the same load on "
-                     "each), so their rows compare files, not moments; × fp32 p50 is taken from those timings only. "
-                     "Each file's solo benchmark is in manifest.json.")
+        how = [f"{max(s['rounds'] for s in side_by_side)} interleaved rounds, the same load on each"]
+        if any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
+            how.append("an -auto target's candidates as its selection timed them")
+        if any("dropped_after_rounds" in s for s in side_by_side):
+            how.append("a candidate at least 2x slower than the fastest in each of the first rounds was timed for those only")
+        notes.append("Latencies of files that run alike (same runtime, threads and backend) were timed again side by side "
+                     f"once all were built ({'; '.join(how)}), so their rows compare files, not moments; × fp32 p50 is "
+                     "taken from those timings only. Each file's solo benchmark is in manifest.json.")
     elif any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
         notes.append("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
                      "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")
