@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from deploykit.artifacts import Artifact, atomic_path
+from deploykit.report.rows import latency_ms
 
 ROUNDS = 5
 # Before each timed block after an ONNX Runtime one: a pause, so its thread pool stops spinning (ORT's
@@ -48,11 +49,26 @@ DROP_AFTER = 2
 DROP_RATIO = 2.0
 
 
+def paired_ratio(summary: dict[str, Any], reference: dict[str, Any]) -> float:
+    """How many times ``reference``'s latency ``summary``'s is: the median of their per-round p50 ratios.
+
+    Rounds are paired in time, so the ratio of each round cancels what the machine did then. The
+    pooled p50s do not: on a VM whose speed switched between ~1.2 and ~2.2 us a run mid-way, two
+    files of the same float32 graph came out 1.34x apart pooled and 1.04x round by round. Falls back
+    to the pooled p50s without rounds (only the rounds both files ran count).
+    """
+    pairs = [(a, b) for a, b in zip(summary.get("round_p50_ms") or [], reference.get("round_p50_ms") or []) if b > 0]
+    if pairs:
+        return float(np.median([a / b for a, b in pairs]))
+    ref = reference["p50_ms"]
+    return summary["p50_ms"] / ref if ref > 0 else (1.0 if summary["p50_ms"] <= 0 else float("inf"))
+
+
 def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """The fastest candidate by pooled p50, and every candidate not measurably slower than it.
 
-    A candidate ties when its pooled p50 is within ``TIE_RATIO`` of the
-    fastest's, or within ``NOISE_RATIO`` and lower than the fastest's in at
+    A candidate ties when its latency is within ``TIE_RATIO`` of the
+    fastest's (:func:`paired_ratio`), or within ``NOISE_RATIO`` and lower than the fastest's in at
     least ``ROUND_WINS`` interleaved rounds (rounds are paired in time, so a
     noisy neighbour slows both; one lucky round is not enough: a file 25 %
     slower in a quiet run won one of five under load). On a shared machine two equally fast files (ONNX
@@ -65,7 +81,7 @@ def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[s
 
     def tied(k: str) -> bool:
         s = summaries[k]
-        ratio = s["p50_ms"] / best["p50_ms"] if best["p50_ms"] > 0 else (1.0 if s["p50_ms"] <= 0 else float("inf"))
+        ratio = paired_ratio(s, best)
         wins = sum(a <= b for a, b in zip(s.get("round_p50_ms", []), best.get("round_p50_ms", [])))
         return ratio <= TIE_RATIO or (ratio <= NOISE_RATIO and wins >= ROUND_WINS)
 
@@ -236,7 +252,11 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
             parts.append(f"{r['target']} timed {r['dropped_after_rounds']} rounds only: at least {r['dropped_ratio']:.2f}x "
                          f"the fastest candidate's p50 in each (from {DROP_RATIO:g}x on, a candidate is not timed further)")
         elif base and r["target"] in key:
-            parts.append(f"{r['target']} p50 {key[r['target']]:.3f} ms = {key[r['target']] / base:.2f}x the winner's {base:.3f} ms")
+            won = next(w for w in rows if w["target"] == winner)
+            ratio = paired_ratio({"p50_ms": key[r["target"]], "round_p50_ms": r.get("round_p50_ms")},
+                                 {"p50_ms": base, "round_p50_ms": won.get("round_p50_ms")})
+            parts.append(f"{r['target']} p50 {latency_ms(key[r['target']])} ms = {ratio:.2f}x the winner's "
+                         f"{latency_ms(base)} ms (median of the paired rounds' ratios)")
         else:
             parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
     return "; ".join(parts)

@@ -87,4 +87,23 @@ def time_side_by_side(built: Sequence[tuple[Any, Artifact]], out: Path, inputs: 
                 "with": [n for n in names if n != artifact.target],
                 **({"same_file_as": first} if first != artifact.target else {}),
             }
+    add_float32_ratios(built)
     return notes
+
+
+def add_float32_ratios(built: Sequence[tuple[Any, Artifact]]) -> None:
+    """Set ``side_by_side["vs_float32"]`` (what the report's "× fp32 p50" shows) on every artifact timed
+    beside its format's float32 file: that file's name and the median of the paired rounds' ratios
+    (selection.paired_ratio). A file compared with nothing, or only with files of other settings, gets none."""
+    from deploykit.selection import paired_ratio
+
+    float32 = [a for t, a in built if t.weights == "float32" and t.activations == "float32" and not t.is_auto
+               and "side_by_side" in a.benchmark]
+    for _, artifact in built:
+        sbs = artifact.benchmark.get("side_by_side")
+        if not sbs or artifact.selection:
+            continue
+        ref = next((f for f in float32 if f.format == artifact.format
+                    and (f is artifact or f.target in sbs["with"])), None)
+        if ref is not None:
+            sbs["vs_float32"] = {"target": ref.target, "ratio": paired_ratio(sbs, ref.benchmark["side_by_side"])}

@@ -170,11 +170,13 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
 
     manifest = Manifest.read(result.manifest_path)
     rows = {r["target"].split(" ")[0]: r for r in table(manifest)}
-    fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]["p50_ms"]
+    fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]["round_p50_ms"]
     for name in by_runtime["litert"]:
         sbs = result.artifact(name)["benchmark"]["side_by_side"]
         assert rows[name]["p50"] == latency_ms(sbs["p50_ms"])  # the compared figure, not the solo one
-        assert rows[name]["p50_ratio"] == f"{sbs['p50_ms'] / fp32:.2f}"
+        paired = float(np.median([a / b for a, b in zip(sbs["round_p50_ms"], fp32)]))  # round by round, not pooled
+        assert sbs["vs_float32"] == {"target": "tflite-fp32", "ratio": paired}
+        assert rows[name]["p50_ratio"] == f"{paired:.2f}"
     assert rows["tflm-int8"]["p50_ratio"] == "–"  # timed beside the other microcontroller file, no float32 one
     md = result.report_path.read_text()
     assert "× fp32 p50" in md and "timed again side by side" in md
@@ -223,6 +225,8 @@ def test_an_auto_targets_candidates_keep_the_figures_their_selection_was_made_on
         assert sbs["p50_ms"] == row["interleaved_p50_ms"] and sbs["round_p50_ms"] == row["round_p50_ms"]
         assert sorted(sbs["with"]) == sorted(n for n in rows if n != name)
     assert not any(m.startswith("timing ") for m in progress)
+    fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]
+    assert fp32["vs_float32"] == {"target": "tflite-fp32", "ratio": 1.0}
     assert auto["benchmark"]["side_by_side"] == result.artifact(auto["selection"]["winner"])["benchmark"]["side_by_side"]
     assert "an -auto target's candidates as its selection timed them" in result.report_path.read_text()
 

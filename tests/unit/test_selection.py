@@ -17,21 +17,35 @@ def test_a_clearly_slower_candidate_never_ties():
 
 
 def test_within_the_tie_ratio_is_a_tie_whatever_the_rounds():
-    a = 5.0
-    summaries = {"a": _s(a, [4.9, 5.0, 5.0, 5.1, 5.0]), "b": _s(a * TIE_RATIO * 0.999, [5.2, 5.2, 5.2, 5.2, 5.2])}
+    rounds = [4.9, 5.0, 5.0, 5.1, 5.0]
+    slower = [r * TIE_RATIO * 0.999 for r in rounds]  # slower in every round, by less than the tie ratio
+    summaries = {"a": _s(5.0, rounds), "b": _s(5.0 * TIE_RATIO * 0.999, slower)}
     assert sorted(tied_with_fastest(summaries)[1]) == ["a", "b"]
 
 
 def test_swapping_places_between_rounds_is_a_tie_up_to_the_noise_ratio():
-    # 7 % slower pooled, but faster in two paired rounds: noise, not a real gap
-    summaries = {"qdq": _s(4.76, [5.0, 5.6, 4.6, 4.7, 5.5]), "qop": _s(5.10, [5.2, 5.7, 4.5, 4.6, 5.6])}
+    # 7 % slower in three paired rounds, faster in two: noise, not a real gap
+    qdq = [5.0, 5.6, 4.6, 4.7, 5.5]
+    summaries = {"qdq": _s(5.0, qdq), "qop": _s(5.35, [5.35, 5.99, 4.5, 4.6, 5.88])}
     assert sorted(tied_with_fastest(summaries)[1]) == ["qdq", "qop"]
     # one lucky round is not enough
-    summaries["qop"] = _s(5.10, [5.2, 5.7, 4.5, 5.0, 5.6])
+    summaries["qop"] = _s(5.35, [5.35, 5.99, 4.5, 5.03, 5.88])
     assert tied_with_fastest(summaries)[1] == ["qdq"]
     # the same gap, slower in every round: a real difference
-    summaries["qop"] = _s(5.10, [5.2, 5.7, 4.9, 5.0, 5.6])
+    summaries["qop"] = _s(5.35, [5.35, 5.99, 4.92, 5.03, 5.88])
     assert tied_with_fastest(summaries)[1] == ["qdq"]
+
+
+def test_a_speed_change_mid_way_is_not_read_as_a_gap_between_files():
+    """Two files of one graph on a VM that switched from ~2.2 to ~1.2 us a run after round 2: pooled over
+    rounds they came out 1.34x apart, and the larger file shipped; round by round they are level."""
+    from deploykit.selection import paired_ratio
+
+    fp32 = [2.2, 2.2, 1.2, 1.2, 1.2]
+    fp16 = [2.25, 2.2, 2.2, 1.22, 1.2]  # its third block fell before the switch
+    s32, s16 = _s(1.2, fp32), _s(1.6, fp16)  # pooled p50s 1.34x apart
+    assert paired_ratio(s16, s32) < TIE_RATIO
+    assert sorted(tied_with_fastest({"fp32": s32, "fp16": s16})[1]) == ["fp16", "fp32"]
 
 
 def test_beyond_the_noise_ratio_one_lucky_round_does_not_tie():

@@ -47,9 +47,9 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def latency_ms(value: float | None) -> str:
-    """Milliseconds to 3 decimals, or 3 significant digits below 1 ms: a 4 us model read "0.004" for
-    0.0035 to 0.0045, which hid the 10-20 % differences the table is there to show."""
-    return "–" if value is None else f"{value:.3f}" if value >= 1 else f"{value:.3g}"
+    """Milliseconds to 3 decimals, or 3 significant digits below 1 ms (trailing zeros kept): a 4 us
+    model read "0.004" for 0.0035 to 0.0045, which hid the 10-20 % differences the table is there to show."""
+    return "–" if value is None else f"{value:.3f}" if value >= 0.9995 else f"{value:#.3g}"
 
 
 def _reference_sizes(manifest: Manifest) -> dict[str, int]:
@@ -69,24 +69,11 @@ def timing(a: Artifact) -> dict[str, Any]:
     return a.benchmark.get("side_by_side") or a.benchmark
 
 
-def _reference_timings(manifest: Manifest) -> dict[str, tuple[str, float]]:
-    """Per format, its float32 artifact's name and side-by-side p50: what "× fp32 p50" divides by.
-    Only side-by-side figures: two solo timings taken minutes apart compare the moments, not the files."""
-    refs: dict[str, tuple[str, float]] = {}
-    for a in manifest.artifacts:
-        t = a.settings.get("target", {})
-        p50 = (a.benchmark.get("side_by_side") or {}).get("p50_ms")
-        if t.get("weights") == "float32" and t.get("activations") == "float32" and not t.get("candidates") and p50:
-            refs.setdefault(a.format, (a.target, p50))
-    return refs
-
-
-def _p50_ratio(a: Artifact, ref: tuple[str, float] | None) -> str:
-    sbs = a.benchmark.get("side_by_side") or {}
-    own = a.selection.get("winner") if a.selection else a.target  # an -auto copy shares its winner's record
-    if ref is None or sbs.get("p50_ms") is None or (ref[0] != own and ref[0] not in sbs.get("with", [])):
-        return "–"  # not timed beside that float32 file
-    return f"{sbs['p50_ms'] / ref[1]:.2f}"
+def _p50_ratio(a: Artifact) -> str:
+    """The side-by-side latency against the same format's float32 file timed beside it (computed by
+    deploykit.side_by_side: the median of the paired rounds' ratios); "–" when there was none."""
+    ratio = ((a.benchmark.get("side_by_side") or {}).get("vs_float32") or {}).get("ratio")
+    return "–" if ratio is None else f"{ratio:.2f}"
 
 
 def _error_change(v: dict[str, Any]) -> str:
@@ -96,9 +83,8 @@ def _error_change(v: dict[str, Any]) -> str:
     return f"{v['mae_increase'] * 100:+.1f} % MAE".replace("+0.0 %", "0.0 %").replace("-0.0 %", "0.0 %")
 
 
-def row(a: Artifact, ref_size: int | None, ref_p50: tuple[str, float] | None = None) -> dict[str, str]:
-    """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio);
-    ``ref_p50``: that artifact's name and side-by-side p50 (None: no latency ratio)."""
+def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
+    """One report row; ``ref_size``: the same format's float32 artifact size (None: no ratio)."""
     v, b = a.verification, timing(a)
     peak = a.benchmark.get("runtime_memory_bytes")
     return {
@@ -109,7 +95,7 @@ def row(a: Artifact, ref_size: int | None, ref_p50: tuple[str, float] | None = N
         "gzip": human_bytes(a.gzip_bytes) if a.gzip_bytes else "–",
         "size_ratio": f"{a.size_bytes / ref_size:.2f}" if ref_size and a.size_bytes else "–",
         "p50": latency_ms(b.get("p50_ms")),
-        "p50_ratio": _p50_ratio(a, ref_p50),
+        "p50_ratio": _p50_ratio(a),
         "p90": latency_ms(b.get("p90_ms")),
         "p99": latency_ms(b.get("p99_ms")),
         "init": _fmt(a.benchmark.get("init_ms"), ".1f"),
@@ -124,8 +110,8 @@ def row(a: Artifact, ref_size: int | None, ref_p50: tuple[str, float] | None = N
 
 
 def table(manifest: Manifest) -> list[dict[str, str]]:
-    refs, p50s = _reference_sizes(manifest), _reference_timings(manifest)
-    return [row(a, refs.get(a.format), p50s.get(a.format)) for a in manifest.artifacts]
+    refs = _reference_sizes(manifest)
+    return [row(a, refs.get(a.format)) for a in manifest.artifacts]
 
 
 def highlights(manifest: Manifest) -> list[str]:
@@ -178,6 +164,10 @@ def table_note(manifest: Manifest) -> str | None:
         notes.append("Latencies of files that run alike (same runtime, threads and backend) were timed again side by side "
                      f"once all were built ({'; '.join(how)}), so their rows compare files, not moments; × fp32 p50 is "
                      "taken from those timings only. Each file's solo benchmark is in manifest.json.")
+        alone = [a.target for a in manifest.artifacts if a.benchmark.get("p50_ms") is not None
+                 and "side_by_side" not in a.benchmark]
+        if alone:
+            notes.append(f"Timed on their own (no other file ran alike, or the comparison failed): {', '.join(alone)}.")
     elif any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
         notes.append("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
                      "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")

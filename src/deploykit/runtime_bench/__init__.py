@@ -61,6 +61,7 @@ def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, ite
     with ``timed_samples``, so the pipe is not in the samples.
     """
     runner.set_inputs(inputs)
+    _settle(runner)
     if hasattr(runner, "timed_samples"):
         samples = runner.timed_samples(warmup, iterations)
         return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
@@ -73,6 +74,23 @@ def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, ite
         runner.invoke()
         samples.append((clock() - t0) / 1e6)
     return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
+
+
+def _settle(runner: Any) -> None:
+    """Run a freshly loaded runner untimed for its ``settle_s`` seconds, once: runtimes that compile as
+    they go (TF.js: V8 and wasm tier-up) are 2-4x slower over their first runs than any warm-up count
+    of a target covers."""
+    need = float(getattr(runner, "settle_s", 0.0))
+    if not need or getattr(runner, "_settled", False):
+        return
+    start, batch = time.perf_counter(), 1
+    while time.perf_counter() - start < need:
+        if hasattr(runner, "timed_samples"):
+            runner.timed_samples(0, batch)  # batches of up to 20: fewer pipe round trips, and a slow model stops soon
+            batch = min(batch * 2, 20)
+        else:
+            runner.invoke()
+    runner._settled = True
 
 
 def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -243,6 +243,11 @@ class TFJSRunner:
     """
 
     runtime = "tfjs"
+    # Untimed running a fresh Node process needs before its latency means anything (see
+    # runtime_bench.benchmark): V8 and the wasm backend tier up over the first few hundred runs. The
+    # digits CNN ran 1.1-1.4 ms a run at first, ~0.4 ms after 0.5 s, ~0.3 ms after 1 s; the 10
+    # warm-up runs of a target timed the first phase and reported 0.6 ms.
+    settle_s = 0.5
 
     def __init__(self, path: str | Path, threads: int = 1, backend: str = "wasm"):
         if backend not in BACKENDS:
