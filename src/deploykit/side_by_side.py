@@ -10,8 +10,14 @@ such as the TF.js backend) are timed again together, in the interleaved rounds
 the ``-auto`` selection uses (``selection.interleaved_p50``, every file timed
 in every round here), and whatever load the machine has falls on all of them
 alike. A group that is exactly an ``-auto`` target's candidates keeps the
-selection's own figures: the report then shows the numbers the choice was made on. The report compares these figures; each file's solo benchmark (init
-time, memory, its own p50) stays in the manifest beside them.
+selection's own figures: the report then shows the numbers the choice was made
+on. The report compares these figures; each file's solo benchmark (init time,
+memory, its own p50) stays in the manifest beside them. Ratios between files are
+medians of their paired rounds' ratios (``selection.paired_ratio``).
+
+All runners of a group are loaded at once for the rounds: the step's memory is
+the sum of the group's files in their runtimes (steps.side_by_side records this
+process's peak; TF.js files run in Node children, outside it).
 
 Files are not compared across runtimes or thread counts: "which quantization
 mode is fastest on this runtime" is what a user decides with this. Two targets
