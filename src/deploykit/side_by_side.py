@@ -103,8 +103,9 @@ def add_float32_ratios(built: Sequence[tuple[Any, Artifact]]) -> None:
     (selection.paired_ratio). A file compared with nothing, or only with files of other settings, gets none."""
     from deploykit.selection import paired_ratio
 
-    float32 = [a for t, a in built if t.weights == "float32" and t.activations == "float32" and not t.is_auto
-               and "side_by_side" in a.benchmark]
+    # the built-in <format>-fp32 first: a user's own float32 profile listed before it is not "fp32" to divide by
+    float32 = sorted((a for t, a in built if t.weights == "float32" and t.activations == "float32" and not t.is_auto
+                      and "side_by_side" in a.benchmark), key=lambda a: a.target != f"{a.format}-fp32")
     for _, artifact in built:
         sbs = artifact.benchmark.get("side_by_side")
         if not sbs or artifact.selection:

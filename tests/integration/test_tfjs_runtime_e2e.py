@@ -199,6 +199,23 @@ def test_timed_samples_come_from_node_and_feed_benchmark(models):
         r.close()
 
 
+def test_a_fresh_node_process_settles_before_it_is_timed_once_per_load(models):
+    """V8 and wasm tier up over the first few hundred runs (2-4x slower before): the first benchmark of
+    a loaded runner runs it untimed for at least settle_s and records that; a reload settles again."""
+    from deploykit.runtime_bench import SETTLE_CAP, benchmark
+
+    r = _runner(models["fp32"], "wasm")
+    try:
+        first = benchmark(r, {"x": X[:1]}, warmup=1, iterations=5)
+        assert r.settle_s <= first.extra["settled_s"] <= r.settle_s * SETTLE_CAP + 1.0
+        assert "settled_s" not in benchmark(r, {"x": X[:1]}, warmup=1, iterations=5).extra
+        r.close()
+        r.load()  # a new Node process
+        assert benchmark(r, {"x": X[:1]}, warmup=1, iterations=5).extra["settled_s"] >= r.settle_s
+    finally:
+        r.close()
+
+
 def test_model_without_signature_uses_placeholders_and_output_nodes(models):
     r = _runner(models["nosig"], "cpu")
     try:

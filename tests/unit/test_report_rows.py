@@ -164,3 +164,31 @@ def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it_round_by_r
         "comparison failed): onnx-fp32." in table_note(m)
     built[1][1].benchmark["side_by_side"]["p50_ms"] = 0.0054  # under 1 ms: 3 significant digits, zeros kept
     assert {r["target"]: r for r in table(m)}["tflite-int8"]["p50"] == "0.00540"
+
+
+def test_the_builtin_float32_file_is_what_both_ratios_divide_by():
+    """A user's own float32 profile listed first made the built-in tflite-fp32 row read 0.50x."""
+    import dataclasses
+
+    from deploykit.side_by_side import add_float32_ratios
+
+    mine = dataclasses.replace(get_target("tflite-fp32"), name="my-fp32")
+    a_mine = Artifact(target="my-fp32", format="tflite", path="my/m", size_bytes=2000, gzip_bytes=1000, status="ok",
+                      settings={"target": mine.to_dict()}, benchmark={"p50_ms": 2.0})
+    a_fp32 = _artifact("tflite-fp32", 1000, p50_ms=1.0)
+    a_int8 = _artifact("tflite-int8", 250, p50_ms=0.5)
+    names = ["my-fp32", "tflite-fp32", "tflite-int8"]
+    for a, p50 in ((a_mine, 2.0), (a_fp32, 1.0), (a_int8, 0.5)):
+        a.benchmark["side_by_side"] = {"p50_ms": p50, "round_p50_ms": [p50] * 5, "rounds": 5,
+                                       "with": [n for n in names if n != a.target]}
+    add_float32_ratios([(mine, a_mine), (get_target("tflite-fp32"), a_fp32), (get_target("tflite-int8"), a_int8)])
+    rows = {r["target"]: r for r in table(Manifest(model={}, tools={}, machine={}, artifacts=[a_mine, a_fp32, a_int8]))}
+    assert [rows[n]["p50_ratio"] for n in names] == ["2.00", "1.00", "0.50"]
+    assert [rows[n]["size_ratio"] for n in names] == ["2.00", "1.00", "0.25"]
+
+
+def test_latency_formatting_edge_cases():
+    from deploykit.report.rows import latency_ms
+
+    assert [latency_ms(v) for v in (None, 0.0, 1e-5, 0.0054, 0.9996, 1.0004, 12.3456)] == \
+        ["–", "0", "1.00e-05", "0.00540", "1.000", "1.000", "12.346"]

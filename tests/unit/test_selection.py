@@ -102,3 +102,14 @@ def test_no_division_by_zero_when_every_p50_is_zero():
 
     fastest, tied = tied_with_fastest({"a": _s(0.0, [0.0] * 5), "b": _s(0.0, [0.0] * 5)})
     assert fastest == "a" and tied == ["a", "b"]
+
+
+def test_the_fastest_is_found_round_by_round_not_by_pooled_p50():
+    """After a speed switch the pooled p50 called the int8 file fastest although it was 1.10x slower
+    in 4 of 5 rounds, and fp32, 'faster than the fastest', tied: the smaller, slower file shipped."""
+    fp32 = _s(2.2, [1.2, 1.2, 2.2, 2.2, 2.2])
+    int8 = _s(1.32, [1.32, 1.32, 1.32, 2.42, 2.42])  # its third block ran before the switch
+    assert tied_with_fastest({"tflite-fp32": fp32, "tflite-int8": int8}) == ("tflite-fp32", ["tflite-fp32"])
+    big = _s(1.2, [0.6, 0.6, 1.2, 1.2, 1.2])  # 1.67x faster in 4 of 5 rounds, pooled slower
+    small = _s(1.0, [1.0, 1.0, 1.0, 2.0, 2.0])
+    assert tied_with_fastest({"small": small, "big": big}) == ("big", ["big"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -49,13 +50,18 @@ def _fmt(value: Any, spec: str) -> str:
 def latency_ms(value: float | None) -> str:
     """Milliseconds to 3 decimals, or 3 significant digits below 1 ms (trailing zeros kept): a 4 us
     model read "0.004" for 0.0035 to 0.0045, which hid the 10-20 % differences the table is there to show."""
-    return "–" if value is None else f"{value:.3f}" if value >= 0.9995 else f"{value:#.3g}"
+    if value is None:
+        return "–"
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:g}"
+    return f"{value:.3f}" if value >= 0.9995 else f"{value:#.3g}"
 
 
 def _reference_sizes(manifest: Manifest) -> dict[str, int]:
-    """Per format, the size of its float32 artifact: what "× fp32 size" divides by (never across formats)."""
+    """Per format, the size of its float32 artifact: what "× fp32 size" divides by (never across formats).
+    The built-in ``<format>-fp32`` file when the run has it, else the first float32 one (as × fp32 p50)."""
     sizes: dict[str, int] = {}
-    for a in manifest.artifacts:
+    for a in sorted(manifest.artifacts, key=lambda a: a.target != f"{a.format}-fp32"):
         t = a.settings.get("target", {})
         if t.get("weights") == "float32" and t.get("activations") == "float32" and not t.get("candidates") and a.size_bytes:
             sizes.setdefault(a.format, a.size_bytes)

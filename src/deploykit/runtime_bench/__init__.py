@@ -61,36 +61,58 @@ def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, ite
     with ``timed_samples``, so the pipe is not in the samples.
     """
     runner.set_inputs(inputs)
-    _settle(runner)
+    settled_s = _settle(runner)
     if hasattr(runner, "timed_samples"):
         samples = runner.timed_samples(warmup, iterations)
-        return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
-    for _ in range(warmup):
-        runner.invoke()
-    samples = []
-    clock = time.perf_counter_ns
-    for _ in range(iterations):
-        t0 = clock()
-        runner.invoke()
-        samples.append((clock() - t0) / 1e6)
-    return Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
+    else:
+        for _ in range(warmup):
+            runner.invoke()
+        samples = []
+        clock = time.perf_counter_ns
+        for _ in range(iterations):
+            t0 = clock()
+            runner.invoke()
+            samples.append((clock() - t0) / 1e6)
+    stats = Stats(samples, warmup=warmup, threads=getattr(runner, "threads", 1))
+    if settled_s:  # the untimed running before the warm-up, recorded with the samples it preceded
+        stats.extra["settled_s"] = round(settled_s, 3)
+    return stats
 
 
-def _settle(runner: Any) -> None:
-    """Run a freshly loaded runner untimed for its ``settle_s`` seconds, once: runtimes that compile as
-    they go (TF.js: V8 and wasm tier-up) are 2-4x slower over their first runs than any warm-up count
-    of a target covers."""
+SETTLE_CAP = 4  # settling stops after this many times a runner's settle_s, stable or not
+SETTLE_STEP = 0.1  # consecutive batch medians within this of each other: settled
+
+
+def _settle(runner: Any) -> float:
+    """Run a freshly loaded runner untimed until its latency is stable, once; returns the seconds spent.
+
+    Runtimes that compile as they go (TF.js: V8 and wasm tier-up) declare ``settle_s``: they are
+    2-4x slower over their first few hundred runs than any warm-up count of a target covers. They run
+    for at least ``settle_s``, then until two consecutive batch medians agree within ``SETTLE_STEP``
+    (on a loaded machine 0.5 s left p50s still falling 2x across the rounds), at most ``SETTLE_CAP``
+    times ``settle_s``. A runner's ``load()`` clears ``_settled`` when it starts a new process.
+    """
     need = float(getattr(runner, "settle_s", 0.0))
     if not need or getattr(runner, "_settled", False):
-        return
-    start, batch = time.perf_counter(), 1
-    while time.perf_counter() - start < need:
-        if hasattr(runner, "timed_samples"):
-            runner.timed_samples(0, batch)  # batches of up to 20: fewer pipe round trips, and a slow model stops soon
-            batch = min(batch * 2, 20)
+        return 0.0
+    start, batch, last = time.perf_counter(), 1, None  # last: the previous batch of the same size's median
+    while (elapsed := time.perf_counter() - start) < need * SETTLE_CAP:
+        if hasattr(runner, "timed_samples"):  # in batches: few pipe round trips
+            samples = runner.timed_samples(0, batch)
         else:
-            runner.invoke()
+            samples = []
+            for _ in range(batch):
+                t0 = time.perf_counter()
+                runner.invoke()
+                samples.append((time.perf_counter() - t0) * 1000)
+        median = float(np.median(samples))
+        if elapsed >= need and last is not None and abs(median - last) <= SETTLE_STEP * max(last, 1e-9):
+            break
+        # batches grow to 50 runs, or to a quarter of settle_s for a slow model
+        grown = max(1, min(batch * 2, 50, int(need * 1000 / 4 / max(median, 1e-6))))
+        last, batch = (median if grown == batch else None), grown
     runner._settled = True
+    return time.perf_counter() - start
 
 
 def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -270,6 +270,7 @@ class TFJSRunner:
         Node's own start (about 0.2 s, mostly importing TF.js) is not included; it is
         in ``describe()["process_start_ms"]``.
         """
+        self._settled = False  # a new Node process compiles from scratch (see runtime_bench._settle)
         if not self.path.is_file():
             raise RuntimeLoadError(f"{self.path} not found; pass a TF.js model.json or its directory")
         try:
