@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -217,7 +217,7 @@ def targets(
 
 @app.command()
 def bench(
-    artifact: Path = typer.Argument(..., help="An artifact file, e.g. model.tflite."),
+    artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT...", help="An artifact file, e.g. model.tflite; several are timed side by side."),
     threads: int = typer.Option(2, "--threads"),
     warmup: int = typer.Option(10, "--warmup"),
     iterations: int = typer.Option(100, "--iterations"),
@@ -227,10 +227,13 @@ def bench(
     browser: bool = typer.Option(False, "--browser", help="TF.js: run in headless Chromium (wasm; webgl tried too) instead of Node."),
     backend: Optional[str] = typer.Option(None, "--backend", help="TF.js backend: wasm (default) or cpu; in the browser also webgl."),
 ) -> None:
-    """Benchmark an existing artifact on its real runtime (a TF.js model.json in Node, or --browser)."""
+    """Benchmark an existing artifact on its real runtime (a TF.js model.json in Node, or --browser).
+
+    Several files are timed side by side, in alternating rounds, and compared round by round.
+    """
     from deploykit.runtime_bench import bench_file
 
-    result = bench_file(artifact, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime,
+    result = bench_file(artifacts, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime,
                         browser=browser, backend=backend)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -238,6 +241,10 @@ def bench(
     from deploykit.report.rows import human_bytes, threads_text
 
     console = _console()
+    if "files" in result:
+        _print_side_by_side(console, result)
+        return
+    artifact = artifacts[0]
     where = result["runtime"] + (f" {result['backend']}" if result.get("backend") else "")
     if result.get("environment") == "chromium-headless":
         where += f" in Chromium {result.get('browser_version') or ''}".rstrip()
@@ -260,6 +267,23 @@ def bench(
         detail = r["error"] if "error" in r else f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  init {r['init_ms']:.1f} ms"
         renderer = f" ({r['webgl_renderer']})" if r.get("webgl_renderer") else ""
         console.print(f"  also {other}{renderer}: {detail}", highlight=False)
+
+
+def _print_side_by_side(console: Any, result: dict[str, Any]) -> None:
+    from deploykit.report.rows import human_bytes, latency_ms, threads_text
+
+    shown = [_shown(Path(f["path"])) for f in result["files"]]
+    width = max(len(s) for s in shown)
+    console.print(f"{len(shown)} files side by side ({threads_text(result['threads'])}, {result['rounds']} alternating rounds, "
+                  f"{result['inputs']} inputs); × first = median of the rounds' p50 ratios", highlight=False)
+    console.print(f"  {'file':{width}}  {'runtime':11}  {'p50 ms':>8}  {'p90 ms':>8}  {'× first':>7}  {'size':>10}  {'gzip':>10}",
+                  highlight=False)
+    for name, f in zip(shown, result["files"]):
+        where = f["runtime"] + (f" {f['backend']}" if f.get("backend") else "")
+        same = f"  (same bytes as {_shown(Path(f['same_file_as']))})" if f.get("same_file_as") else ""
+        console.print(f"  {name:{width}}  {where:11}  {latency_ms(f['p50_ms']):>8}  {latency_ms(f['p90_ms']):>8}  "
+                      f"{f['vs_first']:>7.3f}  {human_bytes(f['size_bytes']):>10}  {human_bytes(f['gzip_bytes']):>10}{same}",
+                      highlight=False)
 
 
 @app.command()

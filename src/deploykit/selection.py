@@ -105,8 +105,9 @@ def timed_winners(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]
 
 
 def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray],
-                    *, drop: bool = True) -> list[dict[str, Any]]:
-    """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s.
+                    *, drop: bool = True, keep_samples: bool = False) -> list[dict[str, Any]]:
+    """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s
+    (and with ``keep_samples`` its raw samples: thousands per round for a fast model, so not by default).
 
     Each round times every artifact for ``iterations / ROUNDS`` runs, or for ``MIN_BLOCK_S`` when that
     is more (estimated from a few untimed runs first). With ``drop``, a candidate clearly slower than
@@ -155,7 +156,7 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
     finally:
         for r in runners:
             r.close()
-    return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp,
+    return [{**Stats(s, threads=t.bench.threads).summary(), "round_p50_ms": rp, **({"samples_ms": s} if keep_samples else {}),
              **({"dropped_after_rounds": len(rp), "dropped_ratio": dropped[i]} if i in dropped else {})}
             for i, (s, rp, t) in enumerate(zip(samples, round_p50, targets))]
 

@@ -261,6 +261,49 @@ def test_bench_human_with_data(tflite_files, data_npz):
     assert "p50" in result.stdout and "n=5" in result.stdout and "data inputs" in result.stdout
 
 
+def test_bench_of_several_files_times_them_side_by_side(tmp_path, tflite_files):
+    fp32, int8 = tflite_files["tflite-fp32"], tflite_files["tflite-int8-io"]
+    copy = tmp_path / "copy.tflite"
+    copy.write_bytes(fp32.read_bytes())
+    result = invoke(["bench", fp32, int8, copy, "--iterations", "10", "--warmup", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["threads"], data["rounds"], data["inputs"]) == (2, 5, "random")
+    first, second, third = data["files"]
+    assert [f["path"] for f in data["files"]] == [str(fp32), str(int8), str(copy)]
+    assert [f["sha256"] for f in data["files"]] == [sha256_file(p) for p in (fp32, int8, copy)]
+    assert second["size_bytes"] == int8.stat().st_size and second["gzip_bytes"] < second["size_bytes"]
+    for f in (first, second):
+        assert len(f["round_p50_ms"]) == 5 and f["n"] == len(f["samples_ms"]) and f["p50_ms"] > 0
+    assert first["vs_first"] == 1.0
+    ratios = [a / b for a, b in zip(second["round_p50_ms"], first["round_p50_ms"])]
+    assert second["vs_first"] == pytest.approx(float(np.median(ratios)))
+    # the copy has the first file's bytes: timed once, its figures are the first file's
+    assert third["same_file_as"] == str(fp32) and third["round_p50_ms"] == first["round_p50_ms"]
+
+    shown = invoke(["bench", fp32, int8, "--iterations", "10", "--warmup", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert "2 files side by side (2 threads, 5 alternating rounds, random inputs)" in shown.stdout
+    assert fp32.name in shown.stdout and int8.name in shown.stdout and "× first" in shown.stdout
+
+
+def test_bench_refuses_files_to_compare_that_cannot_be(tmp_path, tflite_files):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name="v")])
+    def other(v):
+        return {"y": v * 2.0}
+
+    other_file = tmp_path / "other.tflite"
+    other_file.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([other.get_concrete_function()], other).convert())
+    fp32 = tflite_files["tflite-fp32"]
+    with pytest.raises(UserError, match="take different inputs"):
+        deploykit.bench([fp32, other_file], iterations=5)
+    assert_user_error(run_deploy(["bench", fp32, fp32]), "hold the same bytes")
+    assert_user_error(run_deploy(["bench", fp32, tflite_files["tflite-int8-io"], "--browser"]), "--browser times one")
+    assert_user_error(run_deploy(["bench", fp32, tmp_path / "missing.onnx"]), "missing.onnx is not a file")
+
+
 def test_convert_with_a_failing_target_exits_1(tmp_path, cli_inputs):
     out = tmp_path / "out"
     result = invoke(["convert", cli_inputs["model"], "-t", "tflite-fp32", "-t", cli_inputs["tight"],

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -229,34 +229,8 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
     return {spec.name: x for spec, x in zip(specs, ds.x)}
 
 
-@logs_muted
-def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iterations: int = 100,
-               data: Any = None, runtime: str | None = None, browser: bool = False,
-               backend: str | None = None) -> dict[str, Any]:
-    """Benchmark an existing artifact on its runtime.
-
-    Args:
-        path: The artifact (``.tflite``, ``.onnx``, or a TF.js ``model.json``).
-        threads: Runtime threads.
-        warmup: Untimed runs first.
-        iterations: Timed runs.
-        data: Optional ``.npz``/arrays; the first sample is used. Random inputs otherwise.
-        runtime: Runtime to use (default: by file suffix; ``tflm`` runs a .tflite on TFLite Micro).
-        browser: TF.js only: run in headless Chromium instead of Node.
-        backend: TF.js only: ``wasm`` (default), ``cpu``, or in the browser also ``webgl``.
-
-    Returns:
-        Latency summary with raw samples, init time, sizes and peak memory.
-
-    Example:
-        >>> deploykit.bench("build/tflite-int8/model.tflite", threads=2)["p50_ms"]
-    """
-    from deploykit.artifacts import gzip_size, sha256_file
-    from deploykit.runtime_bench.memory import PeakRSS
-    from deploykit.targets import BenchSettings
-
-    BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
-    path = Path(path)
+def resolve_runtime(path: Path, runtime: str | None) -> str:
+    """The runtime that runs ``path``: ``runtime`` when given (checked against the file type), else by suffix."""
     if not path.is_file():
         raise UserError(f"{path} is not a file; pass a model artifact such as model.tflite")
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
@@ -266,6 +240,52 @@ def bench_file(path: str | Path, *, threads: int = 2, warmup: int = 10, iteratio
     if wanted and path.suffix.lower() != wanted:
         raise UserError(f"--runtime {runtime} runs {wanted} files ({'model.json' if wanted == '.json' else 'model' + wanted}); "
                         f"{path.name} is not one")
+    return runtime
+
+
+@logs_muted
+def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, warmup: int = 10, iterations: int = 100,
+               data: Any = None, runtime: str | None = None, browser: bool = False,
+               backend: str | None = None) -> dict[str, Any]:
+    """Benchmark an existing artifact on its runtime, or several side by side.
+
+    Args:
+        path: The artifact (``.tflite``, ``.onnx``, or a TF.js ``model.json``), or a list of them:
+            two or more files are timed in interleaved rounds and compared round by round
+            (:func:`deploykit.runtime_bench.compare.bench_side_by_side`).
+        threads: Runtime threads.
+        warmup: Untimed runs first.
+        iterations: Timed runs.
+        data: Optional ``.npz``/arrays; the first sample is used. Random inputs otherwise.
+        runtime: Runtime to use (default: by file suffix; ``tflm`` runs a .tflite on TFLite Micro).
+        browser: TF.js only: run in headless Chromium instead of Node.
+        backend: TF.js only: ``wasm`` (default), ``cpu``, or in the browser also ``webgl``.
+
+    Returns:
+        Latency summary with raw samples, init time, sizes and peak memory; for several files,
+        ``{"files": [...]}`` with each one's latencies and ``vs_first`` ratio.
+
+    Example:
+        >>> deploykit.bench("build/tflite-int8/model.tflite", threads=2)["p50_ms"]
+        >>> [f["vs_first"] for f in deploykit.bench(["build/tflite-fp32/model.tflite",
+        ...                                          "build/tflite-int8/model.tflite"])["files"]]
+    """
+    from deploykit.artifacts import gzip_size, sha256_file
+    from deploykit.runtime_bench.memory import PeakRSS
+    from deploykit.targets import BenchSettings
+
+    if not isinstance(path, (str, Path)) and len(path) == 1:
+        path = path[0]
+    if not isinstance(path, (str, Path)):  # several files: timed side by side
+        if browser:
+            raise UserError("--browser times one TF.js model at a time; pass one model.json")
+        from deploykit.runtime_bench.compare import bench_side_by_side
+
+        return bench_side_by_side(path, threads=threads, warmup=warmup, iterations=iterations, data=data,
+                                  runtime=runtime, backend=backend)
+    BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
+    path = Path(path)
+    runtime = resolve_runtime(path, runtime)
     if (browser or backend) and runtime != "tfjs":
         raise UserError(f"--browser and --backend apply to TF.js models (model.json), not to {path.name}")
     options = {"backend": backend} if backend else {}

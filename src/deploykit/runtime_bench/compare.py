@@ -1,0 +1,115 @@
+"""`deploy bench A B ...`: time existing files side by side and compare them round by round.
+
+Timing files one after the other compares moments, not files: on a shared machine the
+load changes in between (a tflite-int8 MobileNetV2 measured 0.93x its fp32 file run
+after run, 0.74x in alternating rounds). Here every file is loaded at once and timed in
+the interleaved rounds the ``-auto`` selection and a run's side-by-side step use
+(``selection.interleaved_p50``), and each file's ratio to the first is the median of
+their per-round ratios (``selection.paired_ratio``).
+
+Files may run on different runtimes (a .tflite on LiteRT beside an .onnx on ONNX
+Runtime, at the same threads): which runtime serves a model fastest on this machine
+is a question users ask too. They must take the same inputs, since each round feeds
+every file the same sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploykit.errors import UserError
+
+
+@dataclass(frozen=True)
+class _FileTarget:
+    """What ``interleaved_p50`` reads of a target, for a file that came without one."""
+
+    runtime: str
+    bench: Any
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _input_signature(inputs: dict[str, np.ndarray]) -> dict[str, tuple]:
+    return {k: (tuple(v.shape), np.asarray(v).dtype.kind) for k, v in inputs.items()}
+
+
+def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup: int = 10, iterations: int = 100,
+                       data: Any = None, runtime: str | None = None, backend: str | None = None) -> dict[str, Any]:
+    """Time several artifacts in interleaved rounds; latencies and paired ratios to the first file.
+
+    Args mean what they mean for one file (:func:`deploykit.runtime_bench.bench_file`); ``runtime``
+    and ``backend`` apply to every file they fit. ``iterations`` are spread over the rounds (each
+    round at least 20 ms per file).
+
+    Returns:
+        ``{"threads", "rounds", "inputs", "files": [...]}``; each file: path, runtime, sha256,
+        sizes, p50/p90/p99 and raw samples of its rounds, ``round_p50_ms``, and ``vs_first``
+        (its p50 over the first file's, the median of the paired rounds' ratios). A file with
+        the same bytes as an earlier one is timed once and says ``same_file_as``.
+
+    Raises:
+        UserError: a file that is missing or of an unknown type, or files that take different inputs.
+    """
+    from deploykit.artifacts import gzip_size, sha256_file
+    from deploykit.runtime_bench import _bench_inputs, _weight_files, get_runner, resolve_runtime
+    from deploykit.selection import interleaved_p50, paired_ratio
+    from deploykit.targets import BenchSettings
+
+    settings = BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise UserError("side-by-side timing needs at least two files")
+    runtimes = [resolve_runtime(p, runtime) for p in paths]
+    if backend and "tfjs" not in runtimes:
+        raise UserError("--backend applies to TF.js models (model.json); none of these files is one")
+    targets = [_FileTarget(rt, settings, {"backend": backend} if backend and rt == "tfjs" else {}) for rt in runtimes]
+
+    shas = [sha256_file(p) for p in paths]
+    first_of: dict[str, int] = {}  # sha256 -> index of the first file with those bytes
+    for i, sha in enumerate(shas):
+        first_of.setdefault(sha, i)
+    timed = sorted(set(first_of.values()))
+    if len(timed) < 2:
+        raise UserError(f"{' and '.join(dict.fromkeys(str(p) for p in paths))} hold the same bytes; pass different files to compare")
+
+    # The sample every file gets: read with each file's own input list, so files that do not take the
+    # same inputs are refused here, not half-way through the rounds.
+    inputs: dict[str, np.ndarray] | None = None
+    for i in timed:
+        runner = get_runner(runtimes[i], paths[i], threads, targets[i].options)
+        try:
+            runner.load()
+            mine = _bench_inputs(runner, data, paths[i])
+        finally:
+            runner.close()
+        if inputs is None:
+            inputs, first = mine, i
+        elif _input_signature(mine) != _input_signature(inputs):
+            raise UserError(f"{paths[first]} and {paths[i]} take different inputs "
+                            f"({_describe(inputs)} vs {_describe(mine)}); compare files of one model")
+    summaries = dict(zip(timed, interleaved_p50([targets[i] for i in timed], [paths[i] for i in timed], inputs, drop=False,
+                                                  keep_samples=True)))
+
+    files = []
+    for i, path in enumerate(paths):
+        summary = summaries[first_of[shas[i]]]
+        weight_files = [path] + _weight_files(path, runtimes[i])
+        files.append({
+            "path": str(path), "runtime": runtimes[i], **({"backend": backend} if targets[i].options else {}),
+            "sha256": shas[i],
+            "size_bytes": sum(f.stat().st_size for f in weight_files),
+            "gzip_bytes": sum(gzip_size(f) for f in weight_files),
+            **summary,
+            "vs_first": paired_ratio(summary, summaries[timed[0]]),
+            **({"same_file_as": str(paths[first_of[shas[i]]])} if first_of[shas[i]] != i else {}),
+        })
+    return {"threads": threads, "rounds": len(files[0]["round_p50_ms"]), "inputs": "data" if data is not None else "random",
+            "files": files}
+
+
+def _describe(inputs: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
