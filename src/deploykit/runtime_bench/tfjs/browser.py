@@ -158,8 +158,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: tuple[str, ...] = ("wasm",),
              inputs: Mapping[str, np.ndarray] | None = None, threads: int = 0, return_outputs: bool = False,
-             timeout_s: float | None = None) -> dict[str, Any]:
+             timeout_s: float | None = None, settle: bool = True) -> dict[str, Any]:
     """Serve the model and the page, run headless Chromium once, return the page's raw report.
+
+    With ``settle``, each backend runs untimed until its latency is stable before its warm-up
+    (the rule of ``runtime_bench._settle``); a visit for outputs only skips that.
 
     Raises:
         RuntimeLoadError: Chromium or TF.js missing, the page failed, or no result in time.
@@ -189,13 +192,17 @@ def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: 
         sig_inputs = (spec.get("signature") or {}).get("inputs") or {}
         if sig_inputs:  # by the signature's names, or by position (as every runner matches)
             inputs = match_inputs(list(sig_inputs), inputs, model_json.name)
+    from deploykit.runtime_bench import SETTLE_CAP, SETTLE_STEP
+    from deploykit.runtime_bench.tfjs.runner import TFJSRunner
+
     config = {
         "model_url": "/model/model.json", "warmup": int(warmup), "iterations": int(iterations),
+        "settle_ms": TFJSRunner.settle_s * 1000 if settle else 0, "settle_cap": SETTLE_CAP, "settle_step": SETTLE_STEP,
         "backends": list(backends), "threads": int(threads), "return_outputs": bool(return_outputs),
         "inputs": {k: encode_array(np.asarray(v)) for k, v in inputs.items()} if inputs else None,
     }
     if timeout_s is None:
-        timeout_s = 120.0 + 5.0 * (warmup + iterations) * len(backends)
+        timeout_s = 120.0 + (5.0 * (warmup + iterations) + config["settle_ms"] * SETTLE_CAP / 1000) * len(backends)
     server = _Server(files, json.dumps(config).encode())
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     profile = tempfile.mkdtemp(prefix="deploykit-chromium-")
@@ -286,6 +293,8 @@ def _summary(r: Mapping[str, Any], warmup: int) -> dict[str, Any]:
                   init_ms=float(r["init_ms"]))
     out = stats.to_dict()
     out["backend"] = r["backend"]
+    if r.get("settled_ms"):  # untimed running before the warm-up, as the Node runner records it
+        out["settled_s"] = round(float(r["settled_ms"]) / 1000, 3)
     for key in ("backend_init_ms", "load_ms", "warm_ms"):
         if key in r:
             out[f"tfjs_{key}"] = round(float(r[key]), 3)
@@ -313,7 +322,7 @@ class TFJSBrowserRunner:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for ``inputs`` (all samples in one batch)."""
-        report = run_page(self.path, warmup=0, iterations=1, backends=(self.backend,), inputs=inputs,
+        report = run_page(self.path, warmup=0, iterations=1, backends=(self.backend,), inputs=inputs, settle=False,
                           threads=self.threads, return_outputs=True)
         (res,) = report["results"]
         if res.get("error"):
