@@ -186,6 +186,30 @@ def test_verify_collects_every_failure(fp32_runner, digits, reference_outputs):
     assert result["accuracy_drop_points"] == pytest.approx((1.0 - model_acc) * 100)
 
 
+def test_an_accuracy_drop_of_one_answer_says_how_many_labels_a_finer_check_needs(fp32_runner, digits):
+    """64 labels: one changed answer is 1.56 points, more than the profile allows. The failure stays
+    (the rule is the profile's), and says why and what to pass."""
+    tol = dataclasses.replace(get_target("tflite-fp32").tolerance, atol=10.0)
+
+    def one_answer_lost(n: int) -> dict:
+        x = digits.x_eval[:n]
+        reference = np.asarray(fp32_runner.run({"pixels": x})["output_0"])
+        labels = reference.argmax(1)
+        second = int(np.argsort(reference[0])[-2])
+        reference[0, second] = reference[0].max() + 1.0  # the reference answers another class on sample 0
+        labels[0] = second
+        return verify(fp32_runner, {"pixels": x}, [reference], ["output_0"], tol, labels=labels)
+
+    enough = int(np.ceil(100 / tol.max_accuracy_drop))  # labels at which one answer is within the allowance
+    assert len(digits.x_eval) >= enough
+    result = one_answer_lost(64)
+    (failure,) = [f for f in result["failures"] if "points below the reference" in f]
+    assert result["accuracy_drop_points"] == pytest.approx(100 / 64)
+    assert "one changed answer of 64 labelled samples is 1.56 points" in failure
+    assert f"at least {enough} (--eval-data)" in failure
+    assert not any("points below the reference" in f for f in one_answer_lost(enough)["failures"])
+
+
 def test_verify_catches_a_single_perturbed_element(fp32_runner, digits, reference_outputs):
     tol = get_target("tflite-fp32").tolerance
     ref = reference_outputs.copy()
