@@ -192,3 +192,25 @@ def test_latency_formatting_edge_cases():
 
     assert [latency_ms(v) for v in (None, 0.0, 1e-5, 0.0054, 0.9996, 1.0004, 12.3456)] == \
         ["–", "0", "1.00e-05", "0.00540", "1.000", "1.000", "12.346"]
+
+
+def test_a_file_verified_on_another_tfjs_backend_says_so_and_a_user_target_is_described():
+    import dataclasses
+
+    from deploykit.report.rows import converter_notes, target_description
+
+    base = get_target("tfjs-fp32")
+
+    def user(options: dict, description: str = "") -> Artifact:
+        t = dataclasses.replace(base, name="tfjs-mine", description=description, options=options)
+        return Artifact(target=t.name, format="tfjs", path="tfjs-mine/model.json", status="ok",
+                        settings={"target": t.to_dict()}, benchmark={"p50_ms": 1.0})
+
+    cpu = user({"backend": "cpu"})
+    (note,) = converter_notes(Manifest(model={}, tools={}, machine={}, artifacts=[cpu]))
+    assert note == "tfjs-mine: verified and timed with backend = 'cpu' (run it the same way: tf.setBackend('cpu') before loading)"
+    # the runner's default, or an option only the converter reads: nothing to say
+    for options in ({"backend": "wasm"}, {}):
+        assert converter_notes(Manifest(model={}, tools={}, machine={}, artifacts=[user(options)])) == []
+    assert target_description(cpu) == "tfjs (weights float32, activations float32, io float32) — user target, no description"
+    assert target_description(user({}, "Mine.")) == "Mine."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table, table_note
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table, table_note, target_description
 
 
 def _inputs(model: dict) -> str:
@@ -63,7 +63,7 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     lines += ["", "## Artifacts", ""]
     for a in manifest.artifacts:
         if a.path:
-            lines.append(f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {a.settings.get('target', {}).get('description', '')}")
+            lines.append(f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {target_description(a)}")
     mach, tools = manifest.machine, manifest.tools
     threads = sorted({a.benchmark.get("threads") for a in manifest.artifacts if a.benchmark})
     lines += [

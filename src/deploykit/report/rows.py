@@ -272,7 +272,40 @@ def converter_notes(manifest: Manifest) -> list[str]:
         if conv.get("fixed_batch") and conv.get("fixed_batch_reason"):  # (TFLite Micro runs batch 1 by design)
             out.append(f"{a.target}: takes batches of exactly {conv['fixed_batch']} ({conv['fixed_batch_reason']}); "
                        "run it once per sample")
+        runs_on = _runner_settings(a)
+        if runs_on:  # a file verified on TF.js's cpu backend may fail on wasm: nothing in model.json says so
+            out.append(f"{a.target}: verified{' and timed' if a.benchmark else ''} with "
+                       + ", ".join(f"{k} = {v!r}" for k, v in runs_on.items())
+                       + (f" (run it the same way: tf.setBackend({runs_on['backend']!r}) before loading)"
+                          if a.format == "tfjs" and "backend" in runs_on else ""))
     return out
+
+
+def _runner_settings(a: Artifact) -> dict[str, Any]:
+    """The target options that changed how the runtime ran this file, where they differ from its runner's defaults."""
+    import inspect as _inspect
+
+    target = a.settings.get("target") or {}
+    runtime, options = target.get("runtime"), target.get("options") or {}
+    if not runtime or not options:
+        return {}
+    from deploykit.runtime_bench import _runner_class, runner_options
+
+    try:
+        params = _inspect.signature(_runner_class(runtime)).parameters
+        used = runner_options(runtime, options)
+    except Exception:  # noqa: BLE001 - a manifest from another version naming a runtime not here: no note
+        return {}
+    return {k: v for k, v in used.items() if k in params and v != params[k].default}
+
+
+def target_description(a: Artifact) -> str:
+    """The target's own description, or what its fields say when it has none (a user target file)."""
+    target = a.settings.get("target") or {}
+    if target.get("description"):
+        return target["description"]
+    fields = [f"{k} {target[k]}" for k in ("weights", "activations", "io") if target.get(k)]
+    return (f"{target.get('format', a.format)} ({', '.join(fields)})" if fields else a.format) + " — user target, no description"
 
 
 def converter_lines(manifest: Manifest) -> list[str]:
