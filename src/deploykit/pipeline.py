@@ -466,15 +466,15 @@ class Pipeline:
                 "labels of the output's shape, one class per sample (N,), or leave 'y' out")
         check_label_range(evald, label_classes(described, evald.y, self._label_index))
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
-            dense_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
+            dense_scores = _eval_scores(loaded.predict(evald.x), evald, self._label_index)
             loaded = self._prune(model, loaded, steps)
             specs = loaded.inputs
         if self.cluster_options is not None:  # the clustered model is what gets converted and verified
-            pre_cluster_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
+            pre_cluster_scores = _eval_scores(loaded.predict(evald.x), evald, self._label_index)
             loaded = self._cluster(model, loaded, steps)
             specs = loaded.inputs
         if self.qat_options is not None:  # the QAT model (fake-quant ops) is what gets converted and verified
-            pre_qat_accuracy = _accuracy(loaded.predict(evald.x), evald.y, self._label_index)
+            pre_qat_scores = _eval_scores(loaded.predict(evald.x), evald, self._label_index)
             loaded = self._qat(model, loaded, steps)
             specs = loaded.inputs
 
@@ -497,19 +497,21 @@ class Pipeline:
                 steps["reference"]["float32_noise"] = dict(zip(output_names, reference_noise(loaded.predict, evald.x, reference)))
             return list(steps["reference"]["float32_noise"].values())
 
-        final_accuracy = _accuracy(reference, evald.y, self._label_index)
+        final_scores = _eval_scores(reference, evald, self._label_index)
+
+        def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+            return {"source": evald.source, "samples": len(evald), **{f"{k}_before": v for k, v in before.items()},
+                    **{f"{k}_after": v for k, v in after.items()}}
+
         if self.prune_report is not None:  # the dense and the pruned model on the artifacts' evaluation data
-            pruned_accuracy = (pre_cluster_accuracy if self.cluster_report is not None else
-                               pre_qat_accuracy if self.qat_report is not None else final_accuracy)
-            self.prune_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": dense_accuracy,
-                                         "accuracy_after": pruned_accuracy}
+            pruned_scores = (pre_cluster_scores if self.cluster_report is not None else
+                             pre_qat_scores if self.qat_report is not None else final_scores)
+            self.prune_report["eval"] = before_after(dense_scores, pruned_scores)
         if self.cluster_report is not None:  # the model before clustering and the clustered model
-            self.cluster_report["eval"] = {"source": evald.source, "samples": len(evald),
-                                           "accuracy_before": pre_cluster_accuracy,
-                                           "accuracy_after": pre_qat_accuracy if self.qat_report is not None else final_accuracy}
+            self.cluster_report["eval"] = before_after(pre_cluster_scores,
+                                                       pre_qat_scores if self.qat_report is not None else final_scores)
         if self.qat_report is not None:  # the model before QAT and the QAT model (fake-quant, in Keras)
-            self.qat_report["eval"] = {"source": evald.source, "samples": len(evald), "accuracy_before": pre_qat_accuracy,
-                                       "accuracy_after": final_accuracy}
+            self.qat_report["eval"] = before_after(pre_qat_scores, final_scores)
         inputs = {s.name: x for s, x in zip(specs, evald.x)}
         info = loaded.info()
         # Format-specific refusals (TFLite Micro needs fixed shapes), found before anything is
@@ -1197,11 +1199,17 @@ def _fine_tune_settings(settings: dict[str, Any], known: Sequence[str], what: st
     return dict(settings)
 
 
-def _accuracy(outputs: list[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:
-    """Top-1 accuracy of the output the labels score (:func:`deploykit.verify.scored_output`), or None."""
-    from deploykit.verify import label_accuracy
+def _eval_scores(outputs: list[np.ndarray], evald: Any, only: int | None = None) -> dict[str, Any]:
+    """A model's scores on the evaluation data, as verification scores its artifacts: ``accuracy`` of the
+    output the labels score (:func:`deploykit.verify.scored_output`; None without labels) and, for
+    regression target values, ``mae`` and ``rmse`` of the output they score."""
+    from deploykit.verify import label_accuracy, target_errors, target_output
 
-    return label_accuracy(outputs, labels, only)
+    scores: dict[str, Any] = {"accuracy": label_accuracy(outputs, evald.y, only)}
+    i = target_output(outputs, evald.targets, only)
+    if i is not None:
+        scores["mae"], scores["rmse"] = target_errors(outputs[i], evald.targets)
+    return scores
 
 
 def _label_output_index(name: str | None, outputs: Sequence[Any]) -> int | None:

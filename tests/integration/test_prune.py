@@ -623,6 +623,15 @@ def test_regression_model_is_pruned_by_validation_loss(lib_name, tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Validation loss (mse) on the held-out training split: dense" in text
     assert "| Epoch | Loss | Val loss | Sparsity |" in text and "(lowest validation loss)" in text
+    # the dense model's error on the evaluation data, before pruning: what each artifact is held against
+    ev = res["steps"]["prune"]["report"]["eval"]
+    dense_mae = float(np.mean(np.abs(model.predict(x, verbose=0) - y)))
+    assert ev["mae_before"] == pytest.approx(dense_mae, rel=1e-4) and ev["accuracy_before"] is None
+    tfl = res.artifact("tflite-fp32")["verification"]
+    assert ev["mae_after"] == pytest.approx(tfl["reference_mae"], rel=1e-6)
+    assert f"MAE dense {dense_mae:.4g} → pruned {ev['mae_after']:.4g}" in text
+    assert (f"MAE after conversion against the dense model's {dense_mae:.4g}: tflite-fp32 {tfl['mae']:.4g} "
+            f"({(tfl['mae'] - ev['mae_before']) / ev['mae_before']:+.1%})") in text
 
 
 def test_onnx_int8_embedding_zeros_are_counted_against_the_zero_point(tmp_path):

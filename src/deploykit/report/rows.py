@@ -410,9 +410,13 @@ def _score_line(rep: dict[str, Any], before: str, after: str) -> str:
     ev = rep.get("eval", {})
     if rep.get("score") == "val_loss":
         loss = (rep.get("settings") or {}).get("loss", "")
+        errors = ""
+        if ev.get("mae_before") is not None and ev.get("mae_after") is not None:
+            errors = (f"; against the evaluation data's targets ({ev.get('samples', '–')} samples): MAE {before} "
+                      f"{ev['mae_before']:.4g} → {after} {ev['mae_after']:.4g}, RMSE {ev['rmse_before']:.4g} → {ev['rmse_after']:.4g}")
         return (f"- Validation loss ({loss}) on the held-out training split: {before} {rep.get('val_loss_before', float('nan')):.4g} → "
-                f"{after} {rep.get('val_loss_after', float('nan')):.4g} (a regression model: no accuracy; each artifact's "
-                "outputs are compared with the fine-tuned model's in the Targets table).")
+                f"{after} {rep.get('val_loss_after', float('nan')):.4g}{errors} (a regression model: no accuracy; the Targets "
+                "table compares each artifact's outputs with the fine-tuned model's).")
     return (f"- Accuracy on the evaluation data ({ev.get('samples', '–')} samples): {before} {_pct(ev.get('accuracy_before'))} → "
             f"{after} {_pct(ev.get('accuracy_after'))}; on the held-out training split: {_pct(rep.get('accuracy_before'))} → "
             f"{_pct(rep.get('accuracy_after'))}.")
@@ -427,9 +431,14 @@ def _left_alone(label: str, skipped: list[dict[str, Any]]) -> list[str]:
 
 
 def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
-    """One line: each artifact's accuracy against the dense model's (the Targets table compares
+    """One line: each artifact's accuracy (a regression model's: MAE) against the dense model's (the Targets table compares
     artifacts with the model they were made from: pruned, clustered or QAT)."""
     dense = (rep.get("eval") or {}).get("accuracy_before")
+    dense_mae = (rep.get("eval") or {}).get("mae_before")
+    if dense is None and dense_mae:  # a regression model: its error against the targets, before and after
+        parts = [f"{a.target} {a.verification['mae']:.4g} ({(a.verification['mae'] - dense_mae) / dense_mae:+.1%})"
+                 for a in manifest.artifacts if a.verification.get("mae") is not None and not a.candidate_of]
+        return [f"- MAE after conversion against the dense model's {dense_mae:.4g}: " + ", ".join(parts) + "."] if parts else []
     if dense is None:
         return []
     parts = [f"{a.target} {_pct(a.verification['accuracy'])} ({(a.verification['accuracy'] - dense) * 100:+.2f})"
