@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import re
 import datetime as _dt
+import inspect
 import os
 import shutil
 import tempfile
@@ -1425,4 +1426,12 @@ def convert(
         ...                            data="digits.npz", out="build/digits")
         >>> result.artifact("tflite-int8")["verification"]["accuracy"]
     """
+    known = [p for p in inspect.signature(Pipeline.__init__).parameters if p not in ("self", "targets", "data", "out")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:  # a TypeError from Pipeline named the word, not where it belongs
+        tuning = [k for k in unknown if k in (*PRUNE_SETTINGS, *CLUSTER_SETTINGS, *QAT_SETTINGS)]
+        hint = (f"; {', '.join(tuning)} {'is a' if len(tuning) == 1 else 'are'} fine-tune setting{'s' if len(tuning) > 1 else ''}: "
+                f"pass {'them' if len(tuning) > 1 else 'it'} in the dict of the step, e.g. prune={{'sparsity': 0.8, "
+                f"{', '.join(f'{k!r}: ...' for k in tuning)}}}" if tuning else "")
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for convert; choose from: {', '.join(known)}{hint}")
     return Pipeline(targets, data=data, out=out, **options).run(model)

@@ -275,3 +275,15 @@ def test_patience_counts_the_score_and_only_a_clear_tie_break_gain(drop, epochs_
     assert state.stop == (epochs_run < 8) and len(state.history) == epochs_run  # creeping: two flat epochs, stop
     assert state.best[1] == (1 if start == 0 else epochs_run)  # the kept epoch: the lowest tie-break (the first of equals)
     assert [h["val_nll"] for h in state.history] == pytest.approx([start * (1.0 - drop) ** (i + 1) for i in range(epochs_run)])
+
+
+def test_convert_names_a_fine_tune_setting_passed_as_a_keyword_and_where_it_goes():
+    import deploykit
+    from deploykit.errors import UserError
+
+    with pytest.raises(UserError, match=r"unknown option\(s\) epochs for convert; choose from: eval_data, .*"
+                                        r"epochs is a fine-tune setting: pass it in the dict of the step, "
+                                        r"e\.g\. prune=\{'sparsity': 0\.8, 'epochs': \.\.\.\}"):
+        deploykit.convert("missing.keras", ["tflite-fp32"], prune=0.8, epochs=2)
+    with pytest.raises(UserError, match=r"unknown option\(s\) colour for convert; choose from: .*cluster$"):
+        deploykit.convert("missing.keras", ["tflite-fp32"], colour="red")
