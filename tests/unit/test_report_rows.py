@@ -214,3 +214,16 @@ def test_a_file_verified_on_another_tfjs_backend_says_so_and_a_user_target_is_de
         assert converter_notes(Manifest(model={}, tools={}, machine={}, artifacts=[user(options)])) == []
     assert target_description(cpu) == "tfjs (weights float32, activations float32, io float32) — user target, no description"
     assert target_description(user({}, "Mine.")) == "Mine."
+
+
+def test_layers_left_dense_for_one_reason_are_one_entry_from_four():
+    from deploykit.report.rows import _left_alone
+
+    skipped = ([{"layer": f"bn{i}", "class": "BatchNormalization", "reason": "no prunable kernel"} for i in range(35)]
+               + [{"layer": "scale", "class": "Rescaling", "reason": "preprocessing layer"},
+                  {"layer": "drop", "class": "Dropout", "reason": "no weights"}]
+               + [{"layer": f"dw{i}", "class": "DepthwiseConv2D", "reason": "depthwise"} for i in range(3)])
+    (line,) = _left_alone("Kept dense", skipped)
+    assert line == ("- Kept dense: 35 BatchNormalization layers (`bn0`, `bn1`, `bn2`, …: no prunable kernel), "
+                    "`scale` (Rescaling: preprocessing layer), `dw0` (DepthwiseConv2D: depthwise), "
+                    "`dw1` (DepthwiseConv2D: depthwise), `dw2` (DepthwiseConv2D: depthwise).")

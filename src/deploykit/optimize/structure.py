@@ -52,9 +52,9 @@ PRUNABLE_WEIGHTS: dict[str, tuple[str, ...]] = {
 DENSE_ON_PURPOSE = {
     "DepthwiseConv2D": "depthwise kernels stay dense (as in tfmot): few weights, one channel per filter",
     "MultiHeadAttention": "attention layers are not pruned by deploykit",
-    "LSTM": "recurrent layers are not pruned by deploykit",
-    "GRU": "recurrent layers are not pruned by deploykit",
-    "SimpleRNN": "recurrent layers are not pruned by deploykit",
+    **dict.fromkeys(("LSTM", "GRU", "SimpleRNN"),
+                    "recurrent layers are not pruned by deploykit: converters split and reorder their gate kernels "
+                    "(TFLite's fused LSTM), so their zeros could not be checked in the artifacts"),
     "LocallyConnected1D": "locally connected layers are not pruned by deploykit",
     "LocallyConnected2D": "locally connected layers are not pruned by deploykit",
 }

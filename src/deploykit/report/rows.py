@@ -427,7 +427,20 @@ def _left_alone(label: str, skipped: list[dict[str, Any]]) -> list[str]:
     kept = [s for s in skipped if s.get("reason") != "no weights"]
     if not kept:
         return []
-    return [f"- {label}: " + ", ".join(f"`{s['layer']}` ({s.get('class', '')}: {s['reason']})" for s in kept) + "."]
+    groups: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> layers, in model order
+    for s in kept:
+        groups.setdefault((s.get("class", ""), s["reason"]), []).append(s["layer"])
+    parts = []
+    for (cls, reason), layers in groups.items():
+        if len(layers) <= GROUP_LAYERS_FROM - 1:
+            parts += [f"`{name}` ({cls}: {reason})" for name in layers]
+        else:  # a MobileNet's 35 BatchNormalization layers: one entry, not 35 identical ones
+            shown = ", ".join(f"`{n}`" for n in layers[:3])
+            parts.append(f"{len(layers)} {cls} layers ({shown}, …: {reason})")
+    return [f"- {label}: " + ", ".join(parts) + "."]
+
+
+GROUP_LAYERS_FROM = 4  # layers of one class left alone for one reason are listed as one entry from this many
 
 
 def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
