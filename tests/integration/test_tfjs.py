@@ -196,6 +196,30 @@ def test_deploy_bench_times_a_model_json(tfjs_run):
     assert r["peak_rss_bytes"] == r["node_peak_rss_bytes"] >= r["node_rss_bytes"] > 0
 
 
+def test_bench_side_by_side_tells_tfjs_models_apart_by_their_shards(tfjs_run, tmp_path):
+    """Two model.json of one architecture are the same bytes; their weights are not. Only a file whose
+    shards match too is 'the same file'."""
+    import shutil
+
+    from deploykit import bench
+
+    result, _ = tfjs_run
+    src = (result.out / result.artifact("tfjs-fp32")["path"]).parent
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(src, same)
+    shutil.copytree(src, other)
+    shard = next(p for p in other.iterdir() if p.suffix == ".bin")
+    raw = bytearray(shard.read_bytes())
+    raw[:4] = np.float32(0.125).tobytes()  # another first weight: another model
+    shard.write_bytes(bytes(raw))
+    r = bench([src / "model.json", same / "model.json", other / "model.json"], threads=1, warmup=1, iterations=5)
+    first, copy, changed = r["files"]
+    assert copy["same_file_as"] == str(src / "model.json") and "same_file_as" not in changed
+    assert first["sha256"] == changed["sha256"]  # model.json alike ...
+    assert len(changed["round_p50_ms"]) == 5 and changed["round_p50_ms"] != first["round_p50_ms"]  # ... timed apart
+    assert first["runtime"] == changed["runtime"] == "tfjs"
+
+
 def _deploy(*args: str):
     import subprocess
     import sys

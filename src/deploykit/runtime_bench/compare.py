@@ -42,7 +42,7 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
     """Time several artifacts in interleaved rounds; latencies and paired ratios to the first file.
 
     Args mean what they mean for one file (:func:`deploykit.runtime_bench.bench_file`); ``runtime``
-    and ``backend`` apply to every file they fit. ``iterations`` are spread over the rounds (each
+    applies to every file (each must be of its type), ``backend`` to the TF.js ones. ``iterations`` are spread over the rounds (each
     round at least 20 ms per file).
 
     Returns:
@@ -69,9 +69,13 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
     targets = [_FileTarget(rt, settings, {"backend": backend} if backend and rt == "tfjs" else {}) for rt in runtimes]
 
     shas = [sha256_file(p) for p in paths]
-    first_of: dict[str, int] = {}  # sha256 -> index of the first file with those bytes
-    for i, sha in enumerate(shas):
-        first_of.setdefault(sha, i)
+    weight_files = [[p] + _weight_files(p, rt) for p, rt in zip(paths, runtimes)]
+    # Same bytes: the file and its weights (two TF.js model.json of one architecture are identical,
+    # their shards are not), run the same way.
+    identity = [(rt, tuple(sha256_file(f) for f in files)) for rt, files in zip(runtimes, weight_files)]
+    first_of: dict[tuple, int] = {}  # identity -> index of the first file with it
+    for i, key in enumerate(identity):
+        first_of.setdefault(key, i)
     timed = sorted(set(first_of.values()))
     if len(timed) < 2:
         raise UserError(f"{' and '.join(dict.fromkeys(str(p) for p in paths))} hold the same bytes; pass different files to compare")
@@ -87,25 +91,25 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
         finally:
             runner.close()
         if inputs is None:
-            inputs, first = mine, i
+            inputs, source = mine, i
         elif _input_signature(mine) != _input_signature(inputs):
-            raise UserError(f"{paths[first]} and {paths[i]} take different inputs "
+            raise UserError(f"{paths[source]} and {paths[i]} take different inputs "
                             f"({_describe(inputs)} vs {_describe(mine)}); compare files of one model")
     summaries = dict(zip(timed, interleaved_p50([targets[i] for i in timed], [paths[i] for i in timed], inputs, drop=False,
                                                   keep_samples=True)))
 
     files = []
     for i, path in enumerate(paths):
-        summary = summaries[first_of[shas[i]]]
-        weight_files = [path] + _weight_files(path, runtimes[i])
+        first = first_of[identity[i]]
+        summary = summaries[first]
         files.append({
             "path": str(path), "runtime": runtimes[i], **({"backend": backend} if targets[i].options else {}),
             "sha256": shas[i],
-            "size_bytes": sum(f.stat().st_size for f in weight_files),
-            "gzip_bytes": sum(gzip_size(f) for f in weight_files),
+            "size_bytes": sum(f.stat().st_size for f in weight_files[i]),
+            "gzip_bytes": sum(gzip_size(f) for f in weight_files[i]),
             **summary,
             "vs_first": paired_ratio(summary, summaries[timed[0]]),
-            **({"same_file_as": str(paths[first_of[shas[i]]])} if first_of[shas[i]] != i else {}),
+            **({"same_file_as": str(paths[first])} if first != i else {}),
         })
     return {"threads": threads, "rounds": len(files[0]["round_p50_ms"]), "inputs": "data" if data is not None else "random",
             "files": files}
