@@ -32,6 +32,8 @@ app = typer.Typer(
 
 EXIT_TARGET_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+_INTERRUPT_SAID: list[bool] = []  # a command that said how it stopped on Ctrl-C (convert: what it removed)
 
 
 def _console(stderr: bool = False):
@@ -142,6 +144,7 @@ def convert(
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
             status.stop()
             print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
+            _INTERRUPT_SAID.append(True)
             raise typer.Exit(130) from None
     _print_summary(result)
     if not result.ok:
@@ -274,14 +277,14 @@ def _print_side_by_side(console: Any, result: dict[str, Any]) -> None:
 
     shown = [_shown(Path(f["path"])) for f in result["files"]]
     width = max(len(s) for s in shown)
-    console.print(f"{len(shown)} files side by side ({threads_text(result['threads'])}, {result['rounds']} alternating rounds, "
+    console.print(f"{len(shown)} files side by side ({threads_text(result['threads'])} asked, {result['rounds']} alternating rounds, "
                   f"{result['inputs']} inputs); × first = median of the rounds' p50 ratios", highlight=False)
-    console.print(f"  {'file':{width}}  {'runtime':11}  {'p50 ms':>8}  {'p90 ms':>8}  {'× first':>7}  {'size':>10}  {'gzip':>10}",
-                  highlight=False)
+    console.print(f"  {'file':{width}}  {'runtime':11}  {'threads':>7}  {'p50 ms':>8}  {'p90 ms':>8}  {'× first':>7}  {'size':>10}  "
+                  f"{'gzip':>10}", highlight=False)
     for name, f in zip(shown, result["files"]):
         where = f["runtime"] + (f" {f['backend']}" if f.get("backend") else "")
         same = f"  (same bytes as {_shown(Path(f['same_file_as']))})" if f.get("same_file_as") else ""
-        console.print(f"  {name:{width}}  {where:11}  {latency_ms(f['p50_ms']):>8}  {latency_ms(f['p90_ms']):>8}  "
+        console.print(f"  {name:{width}}  {where:11}  {f['threads']:>7}  {latency_ms(f['p50_ms']):>8}  {latency_ms(f['p90_ms']):>8}  "
                       f"{f['vs_first']:>7.3f}  {human_bytes(f['size_bytes']):>10}  {human_bytes(f['gzip_bytes']):>10}{same}",
                       highlight=False)
 
@@ -360,6 +363,8 @@ def main() -> None:
         where = f" writing {exc.filename}" if exc.filename else ""
         print(f"deploy: error: {exc.strerror}{where}; free some space or choose another --out (or TMPDIR)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    if code == EXIT_INTERRUPTED and not _INTERRUPT_SAID:  # typer turns Ctrl-C in a command into a silent 130
+        print("deploy: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

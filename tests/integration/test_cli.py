@@ -280,10 +280,15 @@ def test_bench_of_several_files_times_them_side_by_side(tmp_path, tflite_files):
     assert second["vs_first"] == pytest.approx(float(np.median(ratios)))
     # the copy has the first file's bytes: timed once, its figures are the first file's
     assert third["same_file_as"] == str(fp32) and third["round_p50_ms"] == first["round_p50_ms"]
+    assert first["threads"] == 2 and first["init_ms"] > 0 and first["warmup"] == 2
+    # each file says the threads its runtime used: TFLite Micro runs one
+    micro = deploykit.bench([fp32, int8], runtime="tflm", iterations=5, warmup=1)
+    assert micro["threads"] == 2 and [f["threads"] for f in micro["files"]] == [1, 1]
+    assert [f["runtime"] for f in micro["files"]] == ["tflm", "tflm"]
 
     shown = invoke(["bench", fp32, int8, "--iterations", "10", "--warmup", "2"])
     assert shown.exit_code == 0, shown.output
-    assert "2 files side by side (2 threads, 5 alternating rounds, random inputs)" in shown.stdout
+    assert "2 files side by side (2 threads asked, 5 alternating rounds, random inputs)" in shown.stdout
     assert fp32.name in shown.stdout and int8.name in shown.stdout and "× first" in shown.stdout
 
 
@@ -299,9 +304,38 @@ def test_bench_refuses_files_to_compare_that_cannot_be(tmp_path, tflite_files):
     fp32 = tflite_files["tflite-fp32"]
     with pytest.raises(UserError, match="take different inputs"):
         deploykit.bench([fp32, other_file], iterations=5)
-    assert_user_error(run_deploy(["bench", fp32, fp32]), "hold the same bytes")
+    assert_user_error(run_deploy(["bench", fp32, fp32]), f"{fp32} is given 2 times; pass different files")
+    copy = tmp_path / "copy.tflite"
+    copy.write_bytes(fp32.read_bytes())
+    with pytest.raises(UserError, match=f"{fp32} and {copy} hold the same bytes; pass different files to compare"):
+        deploykit.bench([fp32, copy])
     assert_user_error(run_deploy(["bench", fp32, tflite_files["tflite-int8-io"], "--browser"]), "--browser times one")
     assert_user_error(run_deploy(["bench", fp32, tmp_path / "missing.onnx"]), "missing.onnx is not a file")
+
+
+@pytest.mark.parametrize("command", ["bench", "convert"])
+def test_ctrl_c_says_so_in_one_line_and_exits_130(tmp_path, tflite_files, cli_inputs, command):
+    """typer turns Ctrl-C inside a command into a silent exit 130; convert says what it removed, once."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = (["bench", tflite_files["tflite-fp32"], tflite_files["tflite-int8-io"], "--iterations", "1000000"]
+            if command == "bench" else
+            ["convert", cli_inputs["model"], "-t", "tflite-fp32", "-t", "tflite-int8", "-t", "onnx-fp32",
+             "--data", cli_inputs["data"], "--out", out, "--iterations", "1000000"])
+    proc = subprocess.Popen([*deploy_cmd(), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_clean_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(12)  # past start-up: inside the command
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("deploy:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == ("deploy: interrupted" if command == "bench"
+                        else f"deploy: interrupted; removed what this run had written to {out}")
+    assert not out.exists()
 
 
 def test_convert_with_a_failing_target_exits_1(tmp_path, cli_inputs):

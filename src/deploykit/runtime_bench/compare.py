@@ -78,16 +78,20 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
         first_of.setdefault(key, i)
     timed = sorted(set(first_of.values()))
     if len(timed) < 2:
-        raise UserError(f"{' and '.join(dict.fromkeys(str(p) for p in paths))} hold the same bytes; pass different files to compare")
+        named = list(dict.fromkeys(str(p) for p in paths))
+        raise UserError((f"{' and '.join(named)} hold the same bytes" if len(named) > 1 else f"{named[0]} is given {len(paths)} times")
+                        + "; pass different files to compare")
 
     # The sample every file gets: read with each file's own input list, so files that do not take the
     # same inputs are refused here, not half-way through the rounds.
     inputs: dict[str, np.ndarray] | None = None
+    described: dict[int, dict[str, Any]] = {}  # each file's runtime settings (TFLite Micro runs 1 thread) and init time
     for i in timed:
         runner = get_runner(runtimes[i], paths[i], threads, targets[i].options)
         try:
-            runner.load()
+            init_s = runner.load()
             mine = _bench_inputs(runner, data, paths[i])
+            described[i] = {**runner.describe(), "init_ms": init_s * 1000}
         finally:
             runner.close()
         if inputs is None:
@@ -103,16 +107,18 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
         first = first_of[identity[i]]
         summary = summaries[first]
         files.append({
-            "path": str(path), "runtime": runtimes[i], **({"backend": backend} if targets[i].options else {}),
+            "path": str(path), **described[first], "runtime": runtimes[i], "warmup": warmup,
+            **({"backend": backend} if targets[i].options else {}),
             "sha256": shas[i],
             "size_bytes": sum(f.stat().st_size for f in weight_files[i]),
             "gzip_bytes": sum(gzip_size(f) for f in weight_files[i]),
             **summary,
+            "threads": described[first].get("threads", threads),  # what the runtime used (Stats holds the asked count)
             "vs_first": paired_ratio(summary, summaries[timed[0]]),
             **({"same_file_as": str(paths[first])} if first != i else {}),
         })
     return {"threads": threads, "rounds": len(files[0]["round_p50_ms"]), "inputs": "data" if data is not None else "random",
-            "files": files}
+            "files": files}  # threads: as asked; each file's own (TFLite Micro: 1) is in its entry
 
 
 def _describe(inputs: dict[str, np.ndarray]) -> str:
