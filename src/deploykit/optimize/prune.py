@@ -140,7 +140,8 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
         if hasattr(layer, "get_prunable_weights"):
             pairs = [(getattr(v, "path", None) or v.name, v) for v in layer.get_prunable_weights()]
         elif _is_builtin(layer, kind) and cls in _structure.PRUNABLE_WEIGHTS:
-            pairs = [(w, getattr(layer, w, None)) for w in _structure.PRUNABLE_WEIGHTS[cls]]
+            owner = getattr(layer, "cell", None) if cls in _structure.RECURRENT else layer
+            pairs = [(w, getattr(owner, w, None)) for w in _structure.PRUNABLE_WEIGHTS[cls]]
         elif _is_builtin(layer, kind) and cls in _structure.DENSE_ON_PURPOSE:
             skip(_structure.DENSE_ON_PURPOSE[cls])
             continue

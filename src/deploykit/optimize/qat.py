@@ -314,7 +314,9 @@ def _kernel_vars(model: Any) -> dict[str, Any]:
         # a quantize wrapper replaces inner.kernel by its fake-quantized tensor and owns the variable
         for var in layer.weights:
             scope, _, short = var.name.split(":")[0].rpartition("/")
-            if short in _KERNEL_NAMES and scope.split("/")[-1] == inner.name:
+            # a recurrent layer's kernels are its cell's ("lstm_cell/kernel" in tf_keras)
+            owners = (inner.name, getattr(getattr(inner, "cell", None), "name", None))
+            if short in _KERNEL_NAMES and scope.split("/")[-1] in owners:
                 out[f"{inner.name}/{short}"] = var
     return out
 

@@ -5,7 +5,10 @@ architecture in tf_keras are pruned alike:
 
 * **Prunable weights** follow tfmot 0.8.1's ``PruneRegistry`` for built-in
   layers: ``kernel`` of Dense, Conv1D/2D/3D and Conv2D/3DTranspose,
-  ``pointwise_kernel`` of SeparableConv1D/2D, ``embeddings`` of Embedding, or
+  ``pointwise_kernel`` of SeparableConv1D/2D, ``embeddings`` of Embedding,
+  the cell's ``kernel`` and ``recurrent_kernel`` of LSTM, GRU and SimpleRNN
+  (the converters here keep each one whole: a MatMul constant in TFLite, the
+  W and R inputs, gates reordered, of ONNX's LSTM/GRU/RNN), or
   whatever a layer's own ``get_prunable_weights()`` returns. DepthwiseConv2D
   stays dense, as in tfmot: its kernel is tiny and each filter sees a single
   channel, so zeros there cost accuracy and save almost nothing. Subclasses of
@@ -47,14 +50,17 @@ PRUNABLE_WEIGHTS: dict[str, tuple[str, ...]] = {
     "SeparableConv1D": ("pointwise_kernel",),
     "SeparableConv2D": ("pointwise_kernel",),
     "Embedding": ("embeddings",),
+    # tfmot prunes a recurrent layer's cell kernels (input and recurrent), not its bias
+    "LSTM": ("kernel", "recurrent_kernel"),
+    "GRU": ("kernel", "recurrent_kernel"),
+    "SimpleRNN": ("kernel", "recurrent_kernel"),
 }
+# Layers whose prunable weights live on their ``cell``.
+RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 # Kernels that stay dense on purpose, with the reason the report gives.
 DENSE_ON_PURPOSE = {
     "DepthwiseConv2D": "depthwise kernels stay dense (as in tfmot): few weights, one channel per filter",
     "MultiHeadAttention": "attention layers are not pruned by deploykit",
-    **dict.fromkeys(("LSTM", "GRU", "SimpleRNN"),
-                    "recurrent layers are not pruned by deploykit: converters split and reorder their gate kernels "
-                    "(TFLite's fused LSTM), so their zeros could not be checked in the artifacts"),
     "LocallyConnected1D": "locally connected layers are not pruned by deploykit",
     "LocallyConnected2D": "locally connected layers are not pruned by deploykit",
 }
