@@ -307,3 +307,31 @@ def test_pqat_keeps_the_zeros_of_layers_it_leaves_in_float(digits):
     assert kept["sep/pointwise_kernel"] == (sep_zeros, sep_zeros)
     sep = result.model.get_layer("sep").pointwise_kernel.numpy()
     assert np.count_nonzero(sep == 0) == kept["sep/pointwise_kernel"][0]
+
+
+def test_pqat_keeps_the_zeros_of_a_recurrent_layer_it_leaves_in_float():
+    """tfmot's 8-bit scheme leaves a GRU in float: its pruned cell kernels (``gru_cell/kernel``) train
+    unwrapped and must keep their zeros, which the kernel lookup found only under the layer's own name."""
+    import tf_keras
+
+    from deploykit.optimize.prune import prune
+
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(300, 10, 6)).astype("float32")
+    y = (x[:, :, 0].mean(1) > 0).astype("int64") + (x[:, :, 1].mean(1) > 0)
+    tf_keras.utils.set_random_seed(SEED)
+    inp = tf_keras.Input((10, 6))
+    out = tf_keras.layers.Dense(3, activation="softmax", name="p")(tf_keras.layers.GRU(16, name="rnn")(inp))
+    model = tf_keras.Model(inp, out)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, verbose=0)
+    pruned = prune(model, (x, y), sparsity=0.8, epochs=2, batch_size=64, seed=SEED)
+    zeros = {k["weight"]: k["zeros"] for l in pruned.report["layers"] if l["name"] == "rnn" for k in l["kernels"]}
+    assert zeros["kernel"] >= 0.79 * 6 * 48 and zeros["recurrent_kernel"] >= 0.79 * 16 * 48
+    result = quantize_aware(pruned.model, (x, y), preserve_sparsity=True, seed=SEED,
+                            loss="sparse_categorical_crossentropy", **QAT)
+    assert "rnn" in [s["layer"] for s in result.report["skipped"]]
+    kept = {k["kernel"]: (k["zeros_before"], k["zeros_after"]) for k in result.report["kernel_zeros"]}
+    assert kept["rnn/kernel"] == (zeros["kernel"],) * 2 and kept["rnn/recurrent_kernel"] == (zeros["recurrent_kernel"],) * 2
+    cell = result.model.get_layer("rnn").cell
+    assert np.count_nonzero(cell.recurrent_kernel.numpy() == 0) == zeros["recurrent_kernel"]
