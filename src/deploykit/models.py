@@ -833,6 +833,27 @@ def check_finite_weights(model: Any, source: str) -> None:
         )
 
 
+def check_stateless(model: Any, source: str) -> None:
+    """Refuse a Keras model with ``stateful=True`` layers: their outputs depend on every call before.
+
+    The reference is computed in batches of 8 (a stateful LSTM refuses any batch but its own) and
+    each artifact is verified on each sample alone; a carried state makes either meaningless. The
+    same weights in a stateless copy convert and verify like any model.
+
+    Raises:
+        ModelLoadError: naming the stateful layers and the fix.
+    """
+    flat = model._flatten_layers() if hasattr(model, "_flatten_layers") else getattr(model, "layers", [])
+    # a (nested) model's own `stateful` says whether any of its layers is: the layers are named instead
+    stateful = [layer.name for layer in flat
+                if getattr(layer, "stateful", False) is True and not isinstance(getattr(layer, "layers", None), list)]
+    if stateful:
+        raise ModelLoadError(
+            f"{source}: layer(s) {', '.join(repr(n) for n in stateful[:5])} are stateful (stateful=True: each call "
+            "starts from the previous one's state), which per-sample verification cannot check; rebuild the model "
+            "with stateful=False and copy the weights over (model.set_weights(old.get_weights())), then convert that")
+
+
 def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     model = with_inputs(model, kind, source)
     policy = None

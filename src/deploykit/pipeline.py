@@ -434,9 +434,10 @@ class Pipeline:
             loaded = load_model(model, trust_model=self.trust_model)
         steps["load"] = mem.to_dict()
         if loaded.keras_model is not None:
-            from deploykit.models import check_finite_weights
+            from deploykit.models import check_finite_weights, check_stateless
 
             check_finite_weights(loaded.keras_model, loaded.source)
+            check_stateless(loaded.keras_model, loaded.source)
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             _check_qat_model(loaded)
         specs = loaded.inputs

@@ -565,6 +565,36 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert "- tflite-fp32: takes batches of exactly 1 (recurrent loops" in report
 
 
+def test_a_tf_keras_lstm_fused_into_a_stateful_tflite_op_is_refused_with_the_way_out(tmp_path):
+    """TFLite fuses a tf_keras LSTM into UNIDIRECTIONAL_SEQUENCE_LSTM, whose state persists between
+    invocations: the second sample started from the first one's state (off by up to 0.51). The file is
+    refused with the reason. A stateful=True model is refused before anything is written: its outputs
+    depend on every call before (its reference predict crashed with a traceback)."""
+    import tf_keras
+
+    from deploykit.errors import UserError
+
+    x = np.random.default_rng(0).normal(size=(16, 10, 6)).astype("float32")
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((10, 6), name="seq")
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.LSTM(8, name="rnn")(inp)))
+    model.save(tmp_path / "lstm.h5")
+    result = deploykit.convert(str(tmp_path / "lstm.h5"), ["tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "out",
+                               bench=False)
+    tfl = result.artifact("tflite-fp32")
+    assert tfl["status"] == "failed"
+    assert ("TFLite fused the model's recurrent layers into UNIDIRECTIONAL_SEQUENCE_LSTM, which keeps their "
+            "state between invocations") in tfl["error"] and "choose an ONNX target" in tfl["error"]
+    assert result.artifact("onnx-fp32")["status"] == "ok"
+
+    inp = tf_keras.Input((10, 6), batch_size=1, name="seq")
+    stateful = tf_keras.Model(inp, tf_keras.layers.Dense(3)(tf_keras.layers.LSTM(8, stateful=True, name="rnn")(inp)))
+    stateful.save(tmp_path / "stateful.h5")
+    with pytest.raises(UserError, match=r"layer\(s\) 'rnn' are stateful \(stateful=True"):
+        deploykit.convert(str(tmp_path / "stateful.h5"), ["onnx-fp32"], data=x, out=tmp_path / "out2", bench=False)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_a_binary_sigmoid_classifier_is_scored_and_other_labels_are_said_unused(tmp_path):
     import keras
 

@@ -104,6 +104,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         flatbuffer = _convert(model.fixed_batch_saved_model_dir(1), model, target, settings, calibration)
         settings["fixed_batch"] = 1
         settings["fixed_batch_reason"] = "recurrent loops (TensorList ops) convert to builtin WHILE only with a static batch"
+    _refuse_carried_state(flatbuffer, model, target)
     if target.io == "int8":
         kept = [f"{s.name!r} ({s.dtype})" for s in model.inputs if not s.dtype.startswith("float")]
         if kept:  # the converter's inference_input_type applies to float inputs only
@@ -113,6 +114,36 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
     _record_weight_storage(Path(out_path), target, settings)
     settings.update(_io_names(flatbuffer))
     return settings
+
+
+# Fused sequence ops whose state lives in variable tensors that persist from one invocation to the next.
+_STATEFUL_SEQUENCE_OPS = {35: "UNIDIRECTIONAL_SEQUENCE_RNN", 44: "UNIDIRECTIONAL_SEQUENCE_LSTM",
+                          46: "BIDIRECTIONAL_SEQUENCE_RNN", 52: "BIDIRECTIONAL_SEQUENCE_LSTM"}
+
+
+def _refuse_carried_state(flatbuffer: bytes, model: Any, target: Any) -> None:
+    """Refuse a file that carries a stateless model's recurrent state from one run into the next.
+
+    TFLite fuses a tf_keras LSTM (its functions say they implement one) into
+    UNIDIRECTIONAL_SEQUENCE_LSTM, which keeps its hidden and cell state in variable tensors:
+    every invocation after the first starts from the previous one's state unless the app calls
+    ``reset_all_variables()`` first (tensorflow#47813). Measured here: the first sample matched
+    the Keras model, the next ones were off by up to 0.51. A Keras 3 LSTM becomes a WHILE loop and
+    is exact. (Models with ``stateful=True`` layers are refused before conversion.)
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    fb = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    fused = sorted({_STATEFUL_SEQUENCE_OPS[fb.operatorCodes[op.opcodeIndex].builtinCode]
+                    for sg in fb.subgraphs for op in (sg.operators or [])
+                    if fb.operatorCodes[op.opcodeIndex].builtinCode in _STATEFUL_SEQUENCE_OPS})
+    if not fused or not any(t.isVariable for sg in fb.subgraphs for t in (sg.tensors or [])):
+        return
+    raise ConversionError(
+        f"{target.name}: TFLite fused the model's recurrent layers into {', '.join(fused)}, which keeps their state "
+        "between invocations (each run after the first would start from the last one's state; apps must call "
+        "reset_all_variables() before every run); choose an ONNX target, or save the model with Keras 3, whose "
+        "LSTM/GRU convert to a stateless loop")
 
 
 def _in_declared_order(flatbuffer: bytes, input_names: list[str], output_names: list[str]) -> bytes:
