@@ -283,20 +283,16 @@ def converter_notes(manifest: Manifest) -> list[str]:
 
 def _runner_settings(a: Artifact) -> dict[str, Any]:
     """The target options that changed how the runtime ran this file, where they differ from its runner's defaults."""
-    import inspect as _inspect
-
     target = a.settings.get("target") or {}
     runtime, options = target.get("runtime"), target.get("options") or {}
     if not runtime or not options:
         return {}
-    from deploykit.runtime_bench import _runner_class, runner_options
+    from deploykit.runtime_bench import changed_runner_options
 
     try:
-        params = _inspect.signature(_runner_class(runtime)).parameters
-        used = runner_options(runtime, options)
+        return changed_runner_options(runtime, options)
     except Exception:  # noqa: BLE001 - a manifest from another version naming a runtime not here: no note
         return {}
-    return {k: v for k, v in used.items() if k in params and v != params[k].default}
 
 
 def target_description(a: Artifact) -> str:
@@ -432,7 +428,7 @@ def _left_alone(label: str, skipped: list[dict[str, Any]]) -> list[str]:
         groups.setdefault((s.get("class", ""), s["reason"]), []).append(s["layer"])
     parts = []
     for (cls, reason), layers in groups.items():
-        if len(layers) <= GROUP_LAYERS_FROM - 1:
+        if len(layers) < GROUP_LAYERS_FROM:
             parts += [f"`{name}` ({cls}: {reason})" for name in layers]
         else:  # a MobileNet's 35 BatchNormalization layers: one entry, not 35 identical ones
             shown = ", ".join(f"`{n}`" for n in layers[:3])

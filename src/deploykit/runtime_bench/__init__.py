@@ -53,6 +53,12 @@ def runner_options(runtime: str, options: Mapping[str, Any] | None) -> dict[str,
     return {k: v for k, v in (options or {}).items() if k in params and k not in ("path", "threads")}
 
 
+def changed_runner_options(runtime: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`runner_options` that differ from the runner's defaults (TF.js ``backend = "cpu"``, not ``"wasm"``)."""
+    params = inspect.signature(_runner_class(runtime)).parameters
+    return {k: v for k, v in runner_options(runtime, options).items() if v != params[k].default}
+
+
 def benchmark(runner: Any, inputs: Mapping[str, np.ndarray], *, warmup: int, iterations: int) -> Stats:
     """Time ``iterations`` invocations after ``warmup`` untimed ones; inputs set once.
 
