@@ -374,6 +374,7 @@ class Pipeline:
             raise UserError(f"label_output must be an output's name, e.g. 'output_1', got {label_output!r}")
         self.label_output = label_output
         self._label_index: int | None = None
+        self._output_keys: list[str] | None = None
         self.prune_report: dict[str, Any] | None = None
         self.cluster_report: dict[str, Any] | None = None
         self.qat_report: dict[str, Any] | None = None
@@ -440,6 +441,11 @@ class Pipeline:
             check_stateless(loaded.keras_model, loaded.source)
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             _check_qat_model(loaded)
+        if loaded.keras_model is not None and len(loaded.keras_model.outputs) > 1 and (
+                self.qat_options is not None or self.cluster_options is not None):  # before pruning spends its epochs
+            what = "QAT" if self.qat_options is not None else "clustering"
+            raise UserError(f"{what} fine-tunes single-output models; this one has {len(loaded.keras_model.outputs)} "
+                            "outputs (pruning alone takes several: --prune without --qat/--cluster)")
         specs = loaded.inputs
         _check_numeric_inputs(specs)
         if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
@@ -447,6 +453,10 @@ class Pipeline:
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
         self._label_index = _label_output_index(self.label_output, outputs)
+        if loaded.keras_model is not None:  # what a per-output compiled loss is keyed by
+            from deploykit.optimize.heads import output_keys
+
+            self._output_keys = output_keys(loaded.keras_model)
         calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
         evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
                  else calib)
@@ -647,7 +657,8 @@ class Pipeline:
             warnings.filterwarnings("ignore", message=".*pruned in place", category=UserWarning)
             report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
                                      lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
-                                                                           progress=progress, **self.prune_options))
+                                                                           progress=progress, output=self._label_index,
+                                                                           **self.prune_options))
         self.prune_report = report
         if not report.get("in_place"):
             self._restore = None
@@ -690,7 +701,8 @@ class Pipeline:
         from deploykit.optimize.prune import _loss_name, is_regression_loss
         from deploykit.verify import label_classes
 
-        loss = _fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options])
+        loss = _fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options], self._label_index,
+                               self._output_keys)
         regression = is_regression_loss(loss, None)
         labelled, error = None, None
         try:
@@ -736,8 +748,16 @@ class Pipeline:
         options = {"prune": self.prune_options, "cluster": self.cluster_options}.get(step, self.qat_options)
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
         # epoch with the lowest validation loss); class indices of a classifier trained with mse stay labels.
-        regression = is_regression_loss(_fine_tune_loss(model, [options]), None)
-        train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
+        loss = _fine_tune_loss(model, [options], self._label_index, self._output_keys)
+        regression = is_regression_loss(loss, None)
+        try:
+            train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
+        except DataError:
+            # A multi-output model without a loss for the labelled output: 'y' that are not class labels
+            # are target values (the fine-tune matches them to an output by their size).
+            if loss is not None or len(loaded.keras_model.outputs) < 2:
+                raise
+            train = load_data(self.train_data, loaded.inputs, role="train data", targets=True)
         if regression and labels_are_class_indices(train, loaded.keras_model):
             train = as_class_labels(train)
         if train.y is None:
@@ -1159,14 +1179,23 @@ def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:
     return False
 
 
-def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None]) -> Any:
-    """The loss a fine-tune of this run uses: its ``loss`` option, else the model's compiled loss."""
+def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None], index: int | None = None,
+                    keys: Sequence[str] | None = None) -> Any:
+    """The loss a fine-tune of this run uses: its ``loss`` option, else the model's compiled loss; of a
+    loss compiled per output, the labelled output's (``index``, the --label-output), None when unnamed."""
+    from deploykit.optimize.heads import compiled_loss_of
     from deploykit.optimize.qat import compile_config_of
 
     for opts in options:
         if opts and opts.get("loss") is not None:
             return opts["loss"]
-    return (compile_config_of(model) or {}).get("loss")
+    loss = (compile_config_of(model) or {}).get("loss")
+    per_output = isinstance(loss, (list, tuple)) or (isinstance(loss, dict) and "class_name" not in loss)
+    if per_output and len(loss) == 1:
+        return next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
+    if per_output:
+        return None if index is None or keys is None else compiled_loss_of(loss, index, keys)
+    return loss
 
 
 def _check_prune(prune: Any, train_data: Any, tuned: bool = False) -> dict[str, Any] | None:

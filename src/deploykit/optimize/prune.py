@@ -221,8 +221,9 @@ class _Score:
     (lower is better), computed with the loss function it is fine-tuned with.
     """
 
-    def __init__(self, regression_loss: Any = None, kind: str = "keras3", from_logits: bool = False):
+    def __init__(self, regression_loss: Any = None, kind: str = "keras3", from_logits: bool = False, output: int = 0):
         self.loss = None
+        self.output = output  # the output scored (a multi-output model's labelled one)
         self.from_logits = bool(from_logits)  # what the tie-break reads the output as (the loss says)
         if regression_loss is not None:
             self.loss = (_resolved("loss", _keras_module(kind).losses.get, regression_loss)
@@ -252,7 +253,7 @@ class _Score:
         On a small validation split many epochs score the same accuracy (126 digits: one sample is
         0.8 %), and the first of them was kept: the rest of the fine-tune counted for nothing.
         """
-        pred = _predict(model, data.x)
+        pred = _predict(model, data.x, self.output)
         if self.regression:
             return float(np.mean(np.asarray(self.loss(data.y.reshape(pred.shape), pred)))), None
         return _accuracy_of(pred, data.y), _true_class_nll(pred, data.y, self.from_logits)
@@ -423,9 +424,13 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
     km = _keras_module(kind)
     source = "arguments"
     cfg_loss = (compile_config or {}).get("loss")
+    if isinstance(cfg_loss, (list, tuple)) and len(cfg_loss) == 1:  # one output's loss, as a list
+        cfg_loss = cfg_loss[0]
+    elif isinstance(cfg_loss, dict) and "class_name" not in cfg_loss and len(cfg_loss) == 1:  # ... keyed by its name
+        cfg_loss = next(iter(cfg_loss.values()))
     if loss is None and cfg_loss is not None:
         if isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss):
-            raise UserError("the model was compiled with one loss per output; pruning fine-tunes single-output "
+            raise UserError("the model was compiled with one loss per output; this fine-tune takes single-output "
                             "models, pass loss=... (--loss) for its output")
         loss = cfg_loss
         source = "model compile config"
@@ -529,13 +534,11 @@ def _lr_value(optimizer: Any) -> Any:
         return str(type(lr).__name__)
 
 
-def _predict(model: Any, xs: list[np.ndarray]) -> np.ndarray:
-    out = model.predict(model_call_arg(model, xs), batch_size=256, verbose=0)
-    if isinstance(out, dict):
-        out = out[sorted(out)[0]]
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return np.asarray(out)
+def _predict(model: Any, xs: list[np.ndarray], output: int = 0) -> np.ndarray:
+    """Output ``output`` (in ``model.outputs`` order) of ``model`` on ``xs``."""
+    from deploykit.optimize.heads import predict_all
+
+    return predict_all(model, xs)[output]
 
 
 def _accuracy_of(pred: np.ndarray, y: np.ndarray) -> float:
@@ -761,7 +764,7 @@ def _clone_keras3(model: Any) -> tuple[Any, bool]:
 
 
 def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
-                patience, progress, seed, score):
+                patience, progress, seed, score, head=None):
     import keras
 
     masks = _Keras3Masks(kernels, structure, block_size)
@@ -795,8 +798,8 @@ def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimi
     train, val = data
     state = _TrainState(model, sched, structure, epochs, val, patience, progress, snapshot, restore, lambda: masks.sparsity,
                         score)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    y = _labels_for(loss, train.y, model)
+    settings, y = _fit_targets(head, loss, train.y, model, metrics)
+    model.compile(optimizer=optimizer, **settings)
     try:
         model.fit(model_call_arg(model, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                   verbose=0, callbacks=[_MaskUpdates(), _make_tracker(keras.callbacks.Callback, state)])
@@ -809,6 +812,18 @@ def _fit_keras3(model, kernels, sched, structure, block_size, data, loss, optimi
     finally:
         masks.release()
     return state, forced
+
+
+def _fit_targets(head: Any, loss: Any, y: np.ndarray, model: Any, metrics: list) -> tuple[dict[str, Any], Any]:
+    """(``compile`` arguments, targets) for ``fit``: a multi-output model's (``head``: its
+    :class:`~deploykit.optimize.heads.Heads` and the labelled output's view) trains the labelled
+    output on ``y`` and the others on the dense model's outputs; its metrics are left out (the
+    fine-tune's own score tracks the labelled output)."""
+    if head is None:
+        return {"loss": loss, "metrics": metrics}, _labels_for(loss, y, model)
+    heads, view = head
+    return ({"loss": heads.losses(loss), "loss_weights": heads.loss_weights(), "metrics": None},
+            heads.targets(_labels_for(loss, y, view), heads.teacher))
 
 
 def _labels_for(loss: Any, y: np.ndarray, model: Any) -> np.ndarray:
@@ -825,7 +840,7 @@ def _labels_for(loss: Any, y: np.ndarray, model: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- tf_keras path
 def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, optimizer, metrics, epochs, batch_size,
-                  patience, progress, seed, score):
+                  patience, progress, seed, score, head=None):
     """Wrap, train and strip with tfmot; return (stripped model, state, forced)."""
     import tf_keras
 
@@ -882,8 +897,8 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
 
     train, val = data
     state = _TrainState(wrapped, sched, structure, epochs, val, patience, progress, snapshot, restore, current, score)
-    wrapped.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    y = _labels_for(loss, train.y, model)
+    settings, y = _fit_targets(head, loss, train.y, model, metrics)
+    wrapped.compile(optimizer=optimizer, **settings)
     wrapped.fit(model_call_arg(wrapped, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                 verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), _make_tracker(tf_keras.callbacks.Callback, state)])
     forced = False
@@ -1081,11 +1096,16 @@ def prune(
     compile_config: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     seed: int = 0,
+    output: int | str | None = None,
 ) -> PruneResult:
     """Prune a Keras 3 or tf_keras model by magnitude while fine-tuning it.
 
     Classifiers are scored by validation accuracy; a model whose loss is a regression loss
     (mse, mae, huber...) by its validation loss, and its ``y`` are the target values.
+
+    A model with several outputs trains the output ``y`` belongs to on ``y`` and every other
+    output on the dense model's own outputs (:mod:`deploykit.optimize.heads`); the report's
+    ``outputs`` says how far each of those moved.
 
     Args:
         model: In-memory Keras 3 or tf_keras model. Functional and Sequential models are not
@@ -1117,6 +1137,8 @@ def prune(
         progress: Called with one line per epoch.
         seed: Seeds the split, the shuffling and Keras (the caller's NumPy and Python random states are
             put back afterwards; TensorFlow's global seed stays set).
+        output: A multi-output model's output ``y`` trains (index or name); default: the one the
+            labels score as verification scores them, else the one float output of ``y``'s size.
 
     Returns:
         :class:`PruneResult` with ``.model`` (same Keras as the input, no wrappers, same
@@ -1140,19 +1162,29 @@ def prune(
     sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
                                   epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
                                   loss=loss, seed=seed, validation_split=validation_split)
-    if len(getattr(model, "outputs", None) or [None]) != 1:
-        raise UserError(f"pruning fine-tunes single-output models; this one has {len(model.outputs)} outputs")
-
     cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
-    train, val, regression = fine_tune_data(train_data, validation_data, model, is_regression_loss(loss, cfg), "pruning")
+    head, view = None, model  # view: the model as its labelled output alone (its data and loss are checked on it)
+    if len(getattr(model, "outputs", None) or [None]) != 1:
+        from deploykit.optimize import heads as _heads
+
+        raw = _to_dataset(train_data, model, "train data", targets=True)
+        index = _heads.labelled_output(model, output, raw.x, raw.y)
+        heads = _heads.Heads.plan(model, kind, index, (cfg or {}).get("loss"))
+        view = _heads.output_view(model, kind, index)
+        cfg = _heads.head_config(cfg, index, heads.keys)
+        head = (heads, view)
+    train, val, regression = fine_tune_data(train_data, validation_data, view, is_regression_loss(loss, cfg), "pruning")
     train, val = _split(train, val, validation_split, seed)
+    if head is not None:  # the dense model's outputs: what the unlabelled outputs keep to
+        head[0].teacher = _heads.predict_all(model, train.x)
+        dense_val = _heads.predict_all(model, val.x)
 
     kernels, skipped = _plan(model, kind, structure, bs)
     if not kernels:
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
-    score = _Score(loss_fn if regression else None, kind, from_logits(loss_fn))
+    score = _Score(loss_fn if regression else None, kind, from_logits(loss_fn), head[0].index if head else 0)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
     sched = _schedule.make_schedule(schedule, sparsity, steps_per_epoch, epochs)
@@ -1162,7 +1194,7 @@ def prune(
     score_before = score(model, val)
     before = _weights_summary(model)
     args = (sched, structure, bs, (train, val), loss_fn, opt, metric_list, epochs, batch_size, patience, progress, seed,
-            score)
+            score, head)
     in_place = False
     if kind == "keras3":
         work, in_place = _clone_keras3(model)
@@ -1227,4 +1259,9 @@ def prune(
         "final_masks_forced": forced,
         "history": state.history,
     }
+    if head is not None:
+        heads = head[0]
+        report["outputs"] = {"labelled": heads.keys[heads.index],
+                             "distilled": heads.drift(dense_val, _heads.predict_all(pruned, val.x))}
+        report["settings"]["metrics"] = []
     return PruneResult(pruned, report)

@@ -483,6 +483,22 @@ def size_against_dense(manifest: Manifest) -> list[str]:
     return lines
 
 
+def _distilled_lines(rep: dict[str, Any]) -> list[str]:
+    """A multi-output model's outputs without labels: what held them, and how far they moved from the
+    dense model's values (validation data)."""
+    outs = rep.get("outputs")
+    if not outs:
+        return []
+    lines = [f"- The labels trained output `{outs['labelled']}`; each other output was trained towards the dense "
+             "model's own values of it:"]
+    for d in outs.get("distilled", []):
+        spread = d.get("dense_std") or 0.0
+        share = f" ({d['mean_abs_change'] / spread:.0%} of its spread, std {spread:.4g})" if spread > 0 else ""
+        agree = f"; top-1 agreement with the dense model {d['top1_agreement']:.2%}" if "top1_agreement" in d else ""
+        lines.append(f"  - `{d['output']}` ({d['loss']}): mean |change| {d['mean_abs_change']:.4g}{share}{agree}")
+    return lines
+
+
 def prune_lines(manifest: Manifest) -> list[str]:
     """Markdown lines: pruning settings, accuracy before/after, sizes, per-layer sparsity, and
     the zeros each artifact still holds (the proof that sparsity survived conversion)."""
@@ -504,6 +520,7 @@ def prune_lines(manifest: Manifest) -> list[str]:
         _score_line(rep, "dense", "pruned") + ("" if rep.get("score") == "val_loss" else
                                                 " Each artifact's accuracy after conversion is in the Targets table."),
         *_against_dense(manifest, rep),
+        *_distilled_lines(rep),
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("pruning")],
         f"- Parameters {tot.get('parameters', 0):,}; zeros {tot.get('zeros_before', 0):,} → {tot.get('zeros_after', 0):,}; "
         f"weights raw {human_bytes(tot.get('raw_bytes_before'))} → {human_bytes(tot.get('raw_bytes_after'))}, "

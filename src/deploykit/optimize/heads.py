@@ -1,0 +1,217 @@
+"""Fine-tuning a model with several outputs on labels for one of them.
+
+A deploykit data file carries one ``y``: the labels (or target values) of one output. A
+multi-output model fine-tuned on it (pruning) trains that output on ``y`` and every other
+output on the dense model's own outputs for the same inputs (self-distillation), each with a
+loss that fits it: soft targets for a head compiled with a crossentropy (its softmax or sigmoid
+taken when the loss reads logits), the head's own loss for a regression head, mean squared error
+when the model carries no loss for it. Without that, the unlabelled heads would drift with the
+shared layers they sit on, and nothing would say so; the report gives how far each one moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploykit.errors import UserError
+
+DISTILL_CHECK_SAMPLES = 256  # samples the labels are matched to an output on (a prediction of the dense model)
+
+
+def output_keys(model: Any) -> list[str]:
+    """Names of the model's outputs in ``model.outputs`` order: the dict keys of a model built with a
+    dict of outputs (what ``compile``/``fit`` key on), else the output names."""
+    struct = getattr(model, "_outputs_struct", None)
+    if struct is None:
+        struct = getattr(model, "_nested_outputs", None)
+    if isinstance(struct, dict):
+        return sorted(struct)  # flattened outputs follow the sorted keys
+    names = list(getattr(model, "output_names", None) or [])
+    return names if len(names) == len(model.outputs) else [f"output_{i + 1}" for i in range(len(model.outputs))]
+
+
+def is_dict_model(model: Any) -> bool:
+    struct = getattr(model, "_outputs_struct", None)
+    if struct is None:
+        struct = getattr(model, "_nested_outputs", None)
+    return isinstance(struct, dict)
+
+
+def predict_all(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Every output of ``model`` on ``xs``, in ``model.outputs`` order."""
+    from deploykit.models import model_call_arg
+
+    out = model.predict(model_call_arg(model, xs), batch_size=256, verbose=0)
+    if isinstance(out, dict):
+        return [np.asarray(out[k]) for k in sorted(out)]
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(o) for o in out]
+    return [np.asarray(out)]
+
+
+def labelled_output(model: Any, output: int | str | None, xs: list[np.ndarray], y: np.ndarray | None) -> int:
+    """Index of the output ``y`` trains: ``output`` (index or name) when given, else the one the labels
+    score as verification scores them, else the one float output with ``y``'s values per sample."""
+    keys = output_keys(model)
+    if output is not None:
+        if isinstance(output, (int, np.integer)) and not isinstance(output, bool) and 0 <= int(output) < len(keys):
+            return int(output)
+        if isinstance(output, str) and output in keys:
+            return keys.index(output)
+        raise UserError(f"output {output!r} is not an output of this model; its outputs: {', '.join(keys)}")
+    if y is None:
+        return 0  # no labels at all: the fine-tune's own check says so
+    from deploykit.verify import scored_output
+
+    n = min(len(y), DISTILL_CHECK_SAMPLES)
+    preds = predict_all(model, [a[:n] for a in xs])
+    i = scored_output(preds, np.asarray(y)[:n])
+    if i is not None:
+        return i
+    per_sample = int(np.asarray(y).size // max(len(y), 1))
+    fits = [j for j, p in enumerate(preds) if np.issubdtype(p.dtype, np.floating) and p[0].size == per_sample]
+    if len(fits) == 1:
+        return fits[0]
+    why = "fit several of" if fits else "fit none of"
+    raise UserError(f"the train data's 'y' (shape {np.shape(y)}) {why} the model's outputs ({', '.join(keys)}); "
+                    "name the output they train with --label-output (Python: output=...)")
+
+
+def compiled_loss_of(loss: Any, index: int, keys: Sequence[str]) -> Any:
+    """The entry of a per-output compiled loss (list or dict) for output ``index``; a single loss
+    (a name or a serialized loss) applies to every output."""
+    if isinstance(loss, (list, tuple)):
+        return loss[index] if index < len(loss) else None
+    if isinstance(loss, dict) and "class_name" not in loss:
+        return loss.get(keys[index])
+    return loss
+
+
+@dataclass
+class Heads:
+    """How a multi-output model is fitted: ``index`` trains on ``y``, the rest on ``teacher`` targets."""
+
+    index: int
+    keys: list[str]
+    dict_outputs: bool
+    distill: list[Any] = field(default_factory=list)  # per output: (loss, target transform, loss name, error kind); None at index
+    teacher: list[np.ndarray] | None = None
+
+    @classmethod
+    def plan(cls, model: Any, kind: str, index: int, compiled_loss: Any) -> "Heads":
+        keys = output_keys(model)
+        heads = cls(index, keys, is_dict_model(model))
+        heads.distill = [None if j == index else _distill_loss(kind, compiled_loss_of(compiled_loss, j, keys))
+                         for j in range(len(keys))]
+        return heads
+
+    def structured(self, per_output: list[Any]) -> Any:
+        """A per-output list in the structure ``compile``/``fit`` take for this model."""
+        return {k: v for k, v in zip(self.keys, per_output)} if self.dict_outputs else list(per_output)
+
+    def losses(self, labelled_loss: Any) -> Any:
+        return self.structured([labelled_loss if j == self.index else d[0] for j, d in enumerate(self.distill)])
+
+    def loss_weights(self) -> Any:
+        """1 for the labelled output and those held by a crossentropy; an output held by a squared or
+        absolute error is weighted by the spread of the dense model's values of it (1/variance,
+        1/std): the loss is then the share of that spread it lost, on the scale of a crossentropy.
+        Unweighted, an output with values near 0.8 +- 0.1 costs ~0.01 when it has lost everything
+        it knew, and the labelled output's loss swamps it (measured: a brightness head of a pruned
+        digits model moved by twice its spread while the classifier gained 1 point)."""
+        weights = []
+        for j, d in enumerate(self.distill):
+            w = 1.0
+            if d is not None and self.teacher is not None and d[3] is not None:
+                t = np.asarray(self.teacher[j], np.float64)
+                spread = float(np.var(t)) if d[3] == "squared" else float(np.std(t))
+                w = 1.0 / spread if spread > 1e-12 else 1.0
+            weights.append(w)
+        return self.structured(weights)
+
+    def targets(self, y: np.ndarray, teacher: list[np.ndarray]) -> Any:
+        """Fit targets: ``y`` for the labelled output, the (transformed) dense outputs for the others."""
+        return self.structured([y if j == self.index else d[1](teacher[j]) for j, d in enumerate(self.distill)])
+
+    def drift(self, dense: list[np.ndarray], tuned: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Per unlabelled output: how far the fine-tuned model moved from the dense one (validation data)."""
+        rows = []
+        for j, d in enumerate(self.distill):
+            if d is None:
+                continue
+            a, b = np.asarray(dense[j], np.float64), np.asarray(tuned[j], np.float64)
+            row: dict[str, Any] = {"output": self.keys[j], "loss": d[2],
+                                   "mean_abs_change": float(np.mean(np.abs(a - b))) if a.size else 0.0,
+                                   "dense_std": float(np.std(a)) if a.size else 0.0}
+            if a.ndim == 2 and a.shape[1] > 1:
+                row["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
+            rows.append(row)
+        return rows
+
+
+def _distill_loss(kind: str, compiled: Any) -> tuple[Any, Any, str, str | None]:
+    """(loss, target transform, name, error kind for :meth:`Heads.loss_weights`) that trains an output towards the dense model's outputs."""
+    from deploykit.optimize.prune import _keras_module, _loss_name, from_logits, is_regression_loss
+
+    km = _keras_module(kind)
+    name = _loss_name(compiled).lower().replace("_", "") if compiled is not None else ""
+    logits = from_logits(compiled) if compiled is not None else False
+    ident = lambda t: t  # noqa: E731
+    if "crossentropy" in name and "binary" in name:
+        return (km.losses.BinaryCrossentropy(from_logits=logits), _sigmoid if logits else ident,
+                "binary_crossentropy (soft targets)", None)
+    if "crossentropy" in name:
+        return (km.losses.CategoricalCrossentropy(from_logits=logits), _softmax if logits else ident,
+                "categorical_crossentropy (soft targets)", None)
+    if compiled is not None and is_regression_loss(compiled, None):
+        loss = km.losses.get(compiled) if isinstance(compiled, str) else km.losses.deserialize(compiled) \
+            if isinstance(compiled, dict) else compiled
+        return loss, ident, _loss_name(compiled), _error_kind(name)
+    return km.losses.MeanSquaredError(), ident, "mean_squared_error", "squared"
+
+
+def _error_kind(name: str) -> str | None:
+    """How a regression loss grows with the error: ``squared`` (mse), ``absolute`` (mae, huber,
+    logcosh: linear in large errors), None (relative or other losses: left unweighted)."""
+    if name in ("mse", "meansquarederror"):
+        return "squared"
+    if name in ("mae", "meanabsoluteerror", "huber", "huberloss", "logcosh"):
+        return "absolute"
+    return None
+
+
+def _softmax(t: np.ndarray) -> np.ndarray:
+    e = np.exp(t - t.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(t, np.float64)))).astype(np.float32)
+
+
+def output_view(model: Any, kind: str, index: int) -> Any:
+    """The model as output ``index`` alone (same layers and weights): what the labels are checked against."""
+    from deploykit.optimize.prune import _keras_module
+
+    try:
+        return _keras_module(kind).Model(model.inputs, model.outputs[index])
+    except Exception as exc:  # noqa: BLE001 - a model whose outputs cannot be taken apart
+        raise UserError(f"cannot fine-tune this model's output {index + 1} on its own ({type(exc).__name__}: {exc}); "
+                        "fine-tune a functional model") from None
+
+
+def head_config(compile_config: dict[str, Any] | None, index: int, keys: Sequence[str]) -> dict[str, Any] | None:
+    """The compile config as the labelled output's alone: its loss and, when given per output, its metrics."""
+    if not compile_config:
+        return compile_config
+    cfg = dict(compile_config)
+    cfg["loss"] = compiled_loss_of(cfg.get("loss"), index, keys)
+    metrics = cfg.get("metrics")
+    if isinstance(metrics, dict):
+        cfg["metrics"] = metrics.get(keys[index])
+    elif isinstance(metrics, (list, tuple)) and metrics and all(isinstance(m, (list, tuple)) or m is None for m in metrics):
+        cfg["metrics"] = metrics[index] if index < len(metrics) else None
+    return cfg

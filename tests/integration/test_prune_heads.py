@@ -1,0 +1,167 @@
+"""Pruning a model with two outputs: the labelled one trains on 'y', the other on the dense model's outputs.
+
+Model: a small digits CNN with a classifier head (softmax) and a regression head (the image's mean
+brightness), as Keras 3 (list and dict outputs) and tf_keras. Real fine-tuning, real converters.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deploykit.errors import UserError
+from deploykit.optimize import heads as H
+from deploykit.optimize.prune import prune
+
+SEED = 0
+
+
+def _two_heads(keras, dict_outputs: bool = False):
+    keras.utils.set_random_seed(SEED)
+    L = keras.layers
+    inp = keras.Input((8, 8, 1), name="pixels")
+    h = L.Rescaling(1 / 16, name="rescale")(inp)
+    h = L.Conv2D(8, 3, activation="relu", name="conv")(h)
+    h = L.Flatten(name="flatten")(h)
+    h = L.Dense(32, activation="relu", name="fc")(h)
+    cls = L.Dense(10, activation="softmax", name="cls")(h)
+    reg = L.Dense(1, name="reg")(h)
+    if dict_outputs:
+        model = keras.Model(inp, {"digit": cls, "bright": reg})
+        model.compile(keras.optimizers.Adam(1e-2), loss={"digit": "sparse_categorical_crossentropy", "bright": "mse"})
+    else:
+        model = keras.Model(inp, [cls, reg])
+        model.compile(keras.optimizers.Adam(1e-2), loss=["sparse_categorical_crossentropy", "mse"])
+    return model
+
+
+def _brightness(x):
+    return (x.mean(axis=(1, 2, 3)) / 4.0).astype(np.float32)[:, None]
+
+
+def _fit(model, digits, dict_outputs=False):
+    x, y = digits.x_train, digits.y_train
+    targets = {"digit": y, "bright": _brightness(x)} if dict_outputs else [y, _brightness(x)]
+    model.fit(x, targets, epochs=6, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def k3(digits):
+    import keras
+
+    return _fit(_two_heads(keras), digits)
+
+
+def test_class_labels_train_the_classifier_and_the_other_output_keeps_to_the_dense_one(k3, digits):
+    before = [w.copy() for w in k3.get_weights()]
+    result = prune(k3, (digits.x_train, digits.y_train), sparsity=0.5, epochs=4, batch_size=64, seed=SEED)
+    rep = result.report
+    assert len(result.model.outputs) == 2 and [l.name for l in result.model.layers] == [l.name for l in k3.layers]
+    assert rep["outputs"]["labelled"] == "cls" and rep["score"] == "val_accuracy"
+    (reg,) = rep["outputs"]["distilled"]
+    assert reg["output"] == "reg" and reg["loss"] == "mse" and "top1_agreement" not in reg
+    assert rep["accuracy_after"] > 0.8
+    # the regression head was held: it moved by well under its spread over the validation data
+    assert reg["mean_abs_change"] < 0.5 * reg["dense_std"], reg
+    assert all(k["achieved_sparsity"] == pytest.approx(0.5, abs=0.01) for l in rep["layers"] for k in l["kernels"])
+    for a, b in zip(before, k3.get_weights()):  # the caller's model is untouched
+        np.testing.assert_array_equal(a, b)
+    json.dumps(rep)
+
+
+def test_regression_targets_named_train_that_output_and_the_classifier_keeps_its_answers(k3, digits):
+    x = digits.x_train
+    result = prune(k3, (x, _brightness(x)), sparsity=0.5, epochs=4, batch_size=64, seed=SEED, output="reg")
+    rep = result.report
+    assert rep["outputs"]["labelled"] == "reg" and rep["score"] == "val_loss" and rep["settings"]["loss"] == "mse"
+    (cls,) = rep["outputs"]["distilled"]
+    assert cls["output"] == "cls" and cls["loss"] == "categorical_crossentropy (soft targets)"
+    # without its soft targets the classifier has no loss at all: its answers would wander off
+    assert cls["top1_agreement"] >= 0.9, cls
+
+
+def test_regression_targets_find_their_output_by_size(k3, digits):
+    """'y' of one value per sample fit only the one-unit output: no need to name it."""
+    x = digits.x_train[:200]
+    assert H.labelled_output(k3, None, [x], _brightness(x)) == 1
+    assert H.labelled_output(k3, None, [x], digits.y_train[:200]) == 0
+
+
+def test_labels_that_fit_no_output_and_unknown_output_names_are_refused(k3, digits):
+    x = digits.x_train[:200]
+    with pytest.raises(UserError, match=r"fit none of the model's outputs \(cls, reg\).*--label-output"):
+        prune(k3, (x, np.zeros((200, 3), np.float32)), sparsity=0.5, epochs=1)
+    with pytest.raises(UserError, match=r"'nope' is not an output of this model; its outputs: cls, reg"):
+        prune(k3, (x, digits.y_train[:200]), sparsity=0.5, epochs=1, output="nope")
+
+
+def test_distillation_targets_and_weights():
+    """Soft targets from logits, the dense outputs as they are otherwise; squared errors weighted by 1/variance."""
+    import keras
+
+    heads = H.Heads(index=0, keys=["a", "b", "c"], dict_outputs=False)
+    heads.distill = [None, H._distill_loss("keras3", {"class_name": "SparseCategoricalCrossentropy",
+                                                       "config": {"from_logits": True}}),
+                     H._distill_loss("keras3", "mse")]
+    heads.teacher = [None, np.array([[0.0, np.log(3.0)]], np.float32), np.array([[1.0], [3.0]], np.float32)]
+    targets = heads.targets(np.array([1]), heads.teacher)
+    np.testing.assert_allclose(targets[1], [[0.25, 0.75]], rtol=1e-6)
+    np.testing.assert_array_equal(targets[2], heads.teacher[2])
+    assert isinstance(heads.losses("x")[1], keras.losses.CategoricalCrossentropy)
+    assert heads.loss_weights() == [1.0, 1.0, pytest.approx(1.0)]  # variance of [1, 3] is 1
+    heads.teacher[2] = np.array([[1.0], [1.2]], np.float32)
+    assert heads.loss_weights()[2] == pytest.approx(100.0, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_dict_outputs_end_to_end_through_the_cli(tmp_path, digits):
+    """A dict-output Keras 3 model saved with its losses: `deploy convert --prune` with regression targets
+    named by --label-output; both outputs verified in the artifacts; the report says what held the other."""
+    import keras
+    from typer.testing import CliRunner
+
+    from deploykit.cli import app
+
+    model = _fit(_two_heads(keras, dict_outputs=True), digits, dict_outputs=True)
+    path = tmp_path / "two.keras"
+    model.save(path)
+    x = digits.x_train
+    np.savez(tmp_path / "train.npz", x=x, y=_brightness(x))
+    np.savez(tmp_path / "calib.npz", x=digits.x_eval, y=_brightness(digits.x_eval))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["convert", str(path), "--prune", "0.5", "--epochs", "3", "--train-data",
+                                   str(tmp_path / "train.npz"), "--data", str(tmp_path / "calib.npz"),
+                                   "--label-output", "bright", "-t", "tflite-fp32", "-t", "onnx-fp32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    rep = manifest["steps"]["prune"]["report"]
+    assert rep["outputs"]["labelled"] == "bright" and rep["outputs"]["distilled"][0]["output"] == "digit"
+    for a in manifest["artifacts"]:
+        assert a["status"] == "ok" and len(a["verification"]["outputs"]) == 2
+    text = (out / "report.md").read_text()
+    assert "The labels trained output `bright`" in text and "`digit` (categorical_crossentropy (soft targets))" in text
+
+
+@pytest.mark.slow
+def test_tf_keras_two_outputs_go_through_tfmot(digits):
+    import tf_keras
+
+    model = _fit(_two_heads(tf_keras), digits)
+    result = prune(model, (digits.x_train, digits.y_train), sparsity=0.5, epochs=3, batch_size=64, seed=SEED)
+    rep = result.report
+    assert rep["path"] == "tfmot" and len(result.model.outputs) == 2
+    assert rep["outputs"]["labelled"] == "cls" and rep["outputs"]["distilled"][0]["output"] == "reg"
+    assert all(k["achieved_sparsity"] == pytest.approx(0.5, abs=0.01) for l in rep["layers"] for k in l["kernels"])
+
+
+def test_qat_after_pruning_a_two_output_model_is_refused_before_any_training(tmp_path, k3, digits):
+    import deploykit
+
+    np.savez(tmp_path / "train.npz", x=digits.x_train, y=digits.y_train)
+    with pytest.raises(UserError, match="clustering fine-tunes single-output models; this one has 2 outputs"):
+        deploykit.convert(k3, targets=["tflite-fp32"], prune=0.5, cluster=8, train_data=str(tmp_path / "train.npz"),
+                          out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
