@@ -58,6 +58,8 @@ def _child(spec_path: str) -> dict[str, Any]:
     with np.load(spec["inputs"], allow_pickle=False) as npz:
         inputs = {name: npz[key] for name, key in spec["keys"].items()}
     runner.reset_peak_at_load = True  # TF.js: Node resets its own peak
+    if hasattr(runner, "preflight"):  # deploykit's own checks of the file (ONNX: imports onnx): not the model's memory
+        runner.preflight()
     release_memory()
     _reset_peak()
     with PeakRSS() as mem:
