@@ -90,3 +90,30 @@ def test_benchmark_on_real_litert(tflite_files, digits, name):
     assert stats.n == 9 and stats.warmup == 3 and stats.threads == 1
     assert all(s > 0 for s in stats.samples_ms)
     assert stats.min <= stats.p50 <= stats.max and math.isfinite(stats.p99)
+
+
+@pytest.mark.parametrize("runtime, name", [("litert", "tflite-fp32"), ("onnxruntime", None)])
+def test_a_fresh_interpreter_settles_before_it_is_timed(tflite_files, digits, tmp_path, runtime, name):
+    """LiteRT and ONNX Runtime run a freshly loaded file untimed for settle_s first (its first runs can be
+    several times slower: 55 slow samples of 100 once made a p50 7.5x the settled one); once per load."""
+    from deploykit.runtime_bench import get_runner
+
+    if runtime == "onnxruntime":
+        import onnx
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        path, inputs = tmp_path / "tiny.onnx", {"x": np.ones((1, 4), np.float32)}
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    else:
+        path, inputs = tflite_files[name], {"pixels": digits.x_eval[:1]}
+    r = get_runner(runtime, path, threads=1)
+    assert r.settle_s > 0
+    r.load()
+    first = benchmark(r, inputs, warmup=1, iterations=5)
+    assert first.extra["settled_s"] >= r.settle_s
+    assert "settled_s" not in benchmark(r, inputs, warmup=1, iterations=5).extra
+    r.load()  # a new interpreter settles again
+    assert benchmark(r, inputs, warmup=1, iterations=5).extra["settled_s"] >= r.settle_s

@@ -37,6 +37,11 @@ class LiteRTRunner:
     """
 
     runtime = "litert"
+    # Untimed running before the first timing (see runtime_bench._settle). A fresh interpreter's
+    # first runs can be several times slower than the rest (its threads waking, caches, the CPU's
+    # clock): in a convert run the digits CNN's tflite-fp16 ran ~0.05 ms for its first 55 timed
+    # runs and 0.006 ms after, so the 10 warm-up runs left its p50 7.5x the settled figure.
+    settle_s = 0.05
 
     def __init__(self, path: str | Path, threads: int = 2):
         self.path = Path(path)
@@ -53,6 +58,7 @@ class LiteRTRunner:
         """
         t0 = time.perf_counter()
         self._deferred = False
+        self._settled = False  # a new interpreter settles again
         with quiet_tensorflow_env(), native_stderr_captured() as cap:
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
