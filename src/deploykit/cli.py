@@ -242,6 +242,7 @@ def bench(
         print(json.dumps(result, indent=2))
         return
     from deploykit.report.rows import human_bytes, threads_text
+    from deploykit.report.rows import latency_ms as ms
 
     console = _console()
     if "files" in result:
@@ -253,8 +254,8 @@ def bench(
         where += f" in Chromium {result.get('browser_version') or ''}".rstrip()
     console.print(
         f"{artifact.name} on {where} ({threads_text(result['threads'])}, {result['warmup']} warm-up, n={result['n']}, {result['inputs']} inputs)\n"
-        f"  p50 {result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f}  p99 {result['p99_ms']:.3f}  "
-        f"mean {result['mean_ms']:.3f} ± {result['std_ms']:.3f}  min {result['min_ms']:.3f}  max {result['max_ms']:.3f}\n"
+        f"  p50 {ms(result['p50_ms'])} ms  p90 {ms(result['p90_ms'])}  p99 {ms(result['p99_ms'])}  "
+        f"mean {ms(result['mean_ms'])} ± {ms(result['std_ms'])}  min {ms(result['min_ms'])}  max {ms(result['max_ms'])}\n"
         f"  init {result['init_ms']:.1f} ms  size {human_bytes(result['size_bytes'])} (gzip {human_bytes(result['gzip_bytes'])})  "
         f"peak RSS {human_bytes(result['peak_rss_bytes']) if result['peak_rss_bytes'] else '–'}"
         + (f" ({result['peak_rss_of']})" if result.get("peak_rss_of", "this process") != "this process" else "")
@@ -267,7 +268,7 @@ def bench(
         console.print("  top ops: " + ", ".join(f"{o['op_type']} {o['share']:.0%} ({o['nodes']} node{'s' if o['nodes'] != 1 else ''})"
                                               for o in profile["top_op_types"][:5]), highlight=False)
     for other, r in result.get("also", {}).items():  # browser: the other backends tried in the same page
-        detail = r["error"] if "error" in r else f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  init {r['init_ms']:.1f} ms"
+        detail = r["error"] if "error" in r else f"p50 {ms(r['p50_ms'])} ms  p90 {ms(r['p90_ms'])}  init {r['init_ms']:.1f} ms"
         renderer = f" ({r['webgl_renderer']})" if r.get("webgl_renderer") else ""
         console.print(f"  also {other}{renderer}: {detail}", highlight=False)
 

@@ -227,3 +227,27 @@ def test_layers_left_dense_for_one_reason_are_one_entry_from_four():
     assert line == ("- Kept dense: 35 BatchNormalization layers (`bn0`, `bn1`, `bn2`, …: no prunable kernel), "
                     "`scale` (Rescaling: preprocessing layer), `dw0` (DepthwiseConv2D: depthwise), "
                     "`dw1` (DepthwiseConv2D: depthwise), `dw2` (DepthwiseConv2D: depthwise).")
+
+
+def _auto_run(dynamic_rounds):
+    """tflite-auto shipped tflite-dynamic by its rounds; the run's later side-by-side timing gave these rounds."""
+    sel = {"winner": "tflite-dynamic", "rounds": 5, "reason": "tflite-dynamic ships: fastest in the interleaved rounds",
+           "candidates": [{"target": "tflite-fp32", "status": "ok", "size_bytes": 1000, "interleaved_p50_ms": 0.0061},
+                          {"target": "tflite-dynamic", "status": "ok", "size_bytes": 300, "interleaved_p50_ms": 0.0059}]}
+    fp32 = _artifact("tflite-fp32", 1000, side_by_side={"p50_ms": 0.0073, "round_p50_ms": [0.0072, 0.0078, 0.0073, 0.0060]})
+    dyn = _artifact("tflite-dynamic", 300, side_by_side={"p50_ms": 0.0093, "round_p50_ms": dynamic_rounds})
+    auto = _artifact("tflite-auto", 300)
+    auto.selection = sel
+    return Manifest(model={}, tools={}, machine={}, artifacts=[fp32, dyn, auto])
+
+
+def test_an_auto_choice_the_later_side_by_side_timing_contradicts_is_said_beside_it():
+    from deploykit.report.rows import selection_lines
+
+    text = "\n".join(selection_lines(_auto_run([0.0090, 0.0094, 0.0093, 0.0059])))
+    assert "tflite-dynamic measured 1.23x tflite-fp32 (median of the paired rounds' ratios; p50 0.00930 vs 0.00730 ms)" in text
+    assert "`deploy bench tflite-dynamic/m tflite-fp32/m`" in text
+    agreeing = "\n".join(selection_lines(_auto_run([0.0070, 0.0075, 0.0072, 0.0061])))
+    assert "Timed again after the build" not in agreeing
+    # the candidate table shows 3 significant digits: 0.0059 and 0.0061 no longer both read 0.006
+    assert "| tflite-dynamic (winner) | ok | 300 B | 150 B | 0.00590 |" in agreeing

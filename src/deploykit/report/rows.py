@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 from deploykit.artifacts import FEW_SAMPLES, Artifact, Manifest
 
 COLUMNS = [
@@ -199,10 +201,45 @@ def selection_lines(manifest: Manifest) -> list[str]:
             lines.append(
                 f"| {r['target']}{mark} | {r['status']} | {human_bytes(r['size_bytes']) if r['size_bytes'] else '–'} | "
                 f"{human_bytes(r.get('gzip_bytes')) if r.get('gzip_bytes') else '–'} | "
-                f"{_fmt(p50, '.3f')} | {_fmt(r.get('accuracy'), '.2%')} | {_fmt(r.get('top1_agreement'), '.2%')} |"
+                f"{latency_ms(p50)} | {_fmt(r.get('accuracy'), '.2%')} | {_fmt(r.get('top1_agreement'), '.2%')} |"
             )
-        lines.append("")
+        lines += [*_retimed_note(manifest, a), ""]
     return lines
+
+
+RETIMED_DISAGREES = 1.10  # another candidate this much faster than the winner in the later timing: said
+
+
+def _retimed_note(manifest: Manifest, auto: Artifact) -> list[str]:
+    """When the run's side-by-side timing after the build (the Targets table's figures) found another
+    candidate clearly faster than the one the selection shipped, say so here: the two timings of the
+    same files are minutes apart, and a reader saw "X ships: fastest" beside a table ranking it slower."""
+    sel = auto.selection
+    if not sel.get("rounds"):
+        return []
+    by_name = {x.target: x for x in manifest.artifacts}
+    winner = by_name.get(sel.get("winner"))
+    rounds = lambda x: (x.benchmark.get("side_by_side") or {}).get("round_p50_ms") or []  # noqa: E731
+    if winner is None or not rounds(winner):
+        return []
+    faster = []
+    for r in sel.get("candidates", []):
+        other = by_name.get(r["target"])
+        if other is None or other is winner or r.get("status") != "ok":
+            continue
+        pairs = [(w, o) for w, o in zip(rounds(winner), rounds(other)) if w and o]
+        if len(pairs) >= 2:
+            ratio = float(np.median([w / o for w, o in pairs]))
+            if ratio >= RETIMED_DISAGREES:
+                faster.append((ratio, other))
+    if not faster:
+        return []
+    ratio, other = max(faster, key=lambda t: t[0])
+    return ["", f"Timed again after the build beside the run's other files (the Targets table), {auto.selection['winner']} "
+            f"measured {ratio:.2f}x {other.target} (median of the paired rounds' ratios; p50 "
+            f"{latency_ms(timing(winner).get('p50_ms'))} vs {latency_ms(timing(other).get('p50_ms'))} ms). The two timings of the same files, minutes apart, disagree: "
+            "each compares the files under one load, and the machine's load changed between them. Time them again "
+            f"with `deploy bench {winner.path} {other.path}` before relying on either."]
 
 
 def op_profile_lines(manifest: Manifest, top: int = 5) -> list[str]:
