@@ -250,4 +250,4 @@ def test_an_auto_choice_the_later_side_by_side_timing_contradicts_is_said_beside
     agreeing = "\n".join(selection_lines(_auto_run([0.0070, 0.0075, 0.0072, 0.0061])))
     assert "Timed again after the build" not in agreeing
     # the candidate table shows 3 significant digits: 0.0059 and 0.0061 no longer both read 0.006
-    assert "| tflite-dynamic (winner) | ok | 300 B | 150 B | 0.00590 |" in agreeing
+    assert "| tflite-dynamic (winner) | ok | 300 B | – | 0.00590 |" in agreeing
