@@ -908,3 +908,30 @@ def test_a_sigmoid_binary_classifier_is_judged_like_class_probabilities(tmp_path
         assert not verify(runner, {"x": x}, [far], ["output_0"], int8, labels=labels)["passed"]
     finally:
         runner.close()
+
+
+def test_a_regression_error_note_says_parity_passed_only_when_it_did():
+    from deploykit.verify import _score_targets
+
+    ref = [np.array([[1.0], [2.0], [3.0], [4.0]])]
+    targets = np.array([[1.1], [2.1], [2.9], [4.1]])
+    got = {"out": np.array([[1.5], [2.6], [2.4], [4.6]])}
+    passed, failed = {"failures": []}, {"failures": ["output 'out': 4 of 4 elements over the allowed error"]}
+    for result in (passed, failed):
+        _score_targets(result, ref, got, ["out"], targets)
+    assert passed["notes"][0].endswith("; parity with the reference passed")
+    assert "parity" not in failed["notes"][0] and "above the reference's" in failed["notes"][0]
+
+
+def test_without_labels_the_headline_agreement_is_the_class_outputs_not_two_regression_columns():
+    from deploykit.verify import _headline_output
+
+    values = np.array([[1000.0, 0.5], [1200.0, 0.4]])  # a price and a rating: their "top-1" never flips
+    ids = np.array([3, 1])
+    probs = np.array([[0.2, 0.8], [0.6, 0.4]])
+    outputs = {"value": {"top1_agreement": 1.0}, "class": {"top1_agreement": 0.9675}, "p": {"top1_agreement": 0.99}}
+    assert _headline_output(["value", "class"], [values, ids], outputs) == "class"
+    assert _headline_output(["value", "p"], [values, probs], outputs) == "p"
+    assert _headline_output(["value", "p", "class"], [values, probs, ids], outputs) == "class"
+    assert _headline_output(["value"], [values], outputs) == "value"
+    assert _headline_output(["a", "b"], [values, values], {"a": {}, "b": {}}) == "a"
