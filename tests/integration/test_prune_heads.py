@@ -134,13 +134,17 @@ def test_dict_outputs_end_to_end_through_the_cli(tmp_path, digits):
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["convert", str(path), "--prune", "0.5", "--epochs", "3", "--train-data",
                                    str(tmp_path / "train.npz"), "--data", str(tmp_path / "calib.npz"),
-                                   "--label-output", "bright", "-t", "tflite-fp32", "-t", "onnx-fp32", "--out", str(out)])
+                                   "--label-output", "bright", "-t", "tflite-fp32", "-t", "onnx-fp32", "-t", "tflite-auto",
+                                   "--no-bench", "--out", str(out)])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     rep = manifest["steps"]["prune"]["report"]
     assert rep["outputs"]["labelled"] == "bright" and rep["outputs"]["distilled"][0]["output"] == "digit"
+    by_name = {a["target"]: a for a in manifest["artifacts"]}
     for a in manifest["artifacts"]:
         assert a["status"] == "ok" and len(a["verification"]["outputs"]) == 2
+    auto = by_name["tflite-auto"]  # the shipped copy carries the zeros found in its bytes, as its winner does
+    assert auto["settings"]["sparsity"] == by_name[auto["selection"]["winner"]]["settings"]["sparsity"]
     text = (out / "report.md").read_text()
     assert "The labels trained output `bright`" in text and "`digit` (categorical_crossentropy (soft targets))" in text
 

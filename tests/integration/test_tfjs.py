@@ -414,6 +414,12 @@ def test_tfjs_auto_ships_the_smallest_download_verified_in_node(tmp_path, data_n
     assert (result.out / auto["path"]).parent.name == "tfjs-auto"
     shards = [w["paths"] for w in json.loads((result.out / auto["path"]).read_text())["weightsManifest"]]
     assert all((result.out / "tfjs-auto" / p).is_file() for group in shards for p in group)  # shards ship beside it
+    # the shipped shards carry their hashes like every candidate's do
+    from deploykit.artifacts import sha256_file
+
+    hashes = auto["settings"]["extra_file_sha256"]
+    assert sorted(hashes) == sorted(auto["extra_files"]) and hashes
+    assert all(sha256_file(result.out / f) == h for f, h in hashes.items())
 
 
 def test_dict_outputs_keep_their_names_in_every_format(tmp_path):
