@@ -1048,7 +1048,12 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     """Causes a failed verification can have that the numbers alone do not name, each with the way out."""
     from deploykit.verify import mixed_scale_hint
 
-    hints = []
+    from deploykit.converters.tflm import BUDGET_WAY_OUT, is_budget_failure
+
+    failures = (verification or {}).get("failures", [])
+    if failures and all(is_budget_failure(f) for f in failures):  # the numbers passed: precision hints would mislead
+        return [BUDGET_WAY_OUT]
+    hints = [BUDGET_WAY_OUT] if any(is_budget_failure(f) for f in failures) else []
     outputs = (verification or {}).get("outputs", {}).values()
     flips = [o["flips"] for o in outputs if (o.get("flips") or {}).get("count")]
     vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
