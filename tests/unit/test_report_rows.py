@@ -251,3 +251,15 @@ def test_an_auto_choice_the_later_side_by_side_timing_contradicts_is_said_beside
     assert "Timed again after the build" not in agreeing
     # the candidate table shows 3 significant digits: 0.0059 and 0.0061 no longer both read 0.006
     assert "| tflite-dynamic (winner) | ok | 300 B | – | 0.00590 |" in agreeing
+
+
+def test_both_reports_say_how_it_was_measured_the_same_way():
+    """The HTML report's section left out the gzip level, what Runtime mem means and the OS."""
+    from deploykit.report.html import render_html
+    from deploykit.report.markdown import render_markdown
+
+    m = Manifest(model={}, tools={"deploykit": "0.1"}, machine={"cpu": "Xeon", "cores": 2, "os": "Linux-6"},
+                 artifacts=[_artifact("tflite-fp32", 1000, threads=2, p50_ms=0.1)])
+    md, page = render_markdown(m, None), render_html(m, None)
+    for text in ("gzip (level 6", "Runtime mem: what the file adds", "Linux-6", "threads 2"):
+        assert text in md and text in page, text

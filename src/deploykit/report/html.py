@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, table, table_note
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, measured_lines, table, table_note
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -90,13 +90,6 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if failed:
         parts.append("<h2>Failures</h2><ul>" + "".join(
             f"<li class='fail'><b>{html.escape(a.target)}</b>: {html.escape(a.error)}</li>" for a in failed) + "</ul>")
-    mach = manifest.machine
-    parts.append(
-        "<h2>How this was measured</h2><p>"
-        + html.escape(f"{mach.get('cpu')}, {mach.get('cores')} cores; tools: "
-                      + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
-        + (". Latency is invoke-only after warm-up; raw samples are in manifest.json.</p>"
-           if any(a.benchmark for a in manifest.artifacts) else ". Latency was not measured (benchmarks were off).</p>")
-    )
+    parts.append("<h2>How this was measured</h2>" + _md_block(measured_lines(manifest)))
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, human_bytes, table, table_note, target_description
+from deploykit.report.rows import COLUMNS, SECTIONS, highlights, measured_lines, table, table_note, target_description
 
 
 def _inputs(model: dict) -> str:
@@ -64,18 +64,5 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     for a in manifest.artifacts:
         if a.path:
             lines.append(f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {target_description(a)}")
-    mach, tools = manifest.machine, manifest.tools
-    threads = sorted({a.benchmark.get("threads") for a in manifest.artifacts if a.benchmark})
-    lines += [
-        "",
-        "## How this was measured",
-        "",
-        f"- Machine: {mach.get('cpu')}, {mach.get('cores')} cores, {human_bytes(mach.get('memory_bytes'))}, {mach.get('os')}",
-        f"- Tools: {', '.join(f'{k} {v}' for k, v in tools.items())}",
-        (f"- Latency: invoke only, after warm-up; threads {', '.join(map(str, threads))}; raw samples in manifest.json."
-         if threads else "- Latency: not measured (benchmarks were off)."),
-        "- Size: raw bytes and gzip (level 6, the common default). Runtime mem: what the file adds to a process that already has its runtime, measured in a new process per file (peak resident memory while loading it and running it at batch 1, minus the memory just before loading; TF.js: the Node process; TFLite Micro: the tensor arena).",
-        f"- Created {manifest.created}; manifest schema {manifest.schema_version}.",
-        "",
-    ]
+    lines += ["", "## How this was measured", "", *measured_lines(manifest), ""]
     return "\n".join(lines)

@@ -702,3 +702,21 @@ SECTIONS = [
     ("Microcontroller footprint", footprint_lines),
     ("Most expensive ops (runtime profiler; top 10 in manifest.json)", op_profile_lines),
 ]
+
+
+def measured_lines(manifest: Manifest) -> list[str]:
+    """Markdown lines of "How this was measured" (machine, tools, what latency, size and memory mean),
+    shared by the Markdown and HTML reports."""
+    mach, tools = manifest.machine, manifest.tools
+    threads = sorted({a.benchmark.get("threads") for a in manifest.artifacts if a.benchmark} - {None})
+    return [
+        f"- Machine: {mach.get('cpu')}, {mach.get('cores')} cores, {human_bytes(mach.get('memory_bytes'))}, {mach.get('os')}",
+        f"- Tools: {', '.join(f'{k} {v}' for k, v in tools.items())}",
+        (f"- Latency: invoke only, after the freshly loaded file settles (untimed runs until stable) and warm-up; threads {', '.join(map(str, threads))}; raw samples in manifest.json."
+         if threads else "- Latency: not measured (benchmarks were off)."),
+        "- Size: raw bytes and gzip (level 6, the common default). Runtime mem: what the file adds to a process that "
+        "already has its runtime, measured in a new process per file (peak resident memory while loading it and "
+        "running it at batch 1, minus the memory just before loading; TF.js: the Node process; TFLite Micro: the "
+        "tensor arena).",
+        f"- Created {manifest.created}; manifest schema {manifest.schema_version}.",
+    ]
