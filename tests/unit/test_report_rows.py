@@ -263,3 +263,22 @@ def test_both_reports_say_how_it_was_measured_the_same_way():
     md, page = render_markdown(m, None), render_html(m, None)
     for text in ("gzip (level 6", "Runtime mem: what the file adds", "Linux-6", "threads 2"):
         assert text in md and text in page, text
+
+
+def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitude():
+    """TF.js at 0.2 ms beside TFLite at 0.006 ms: on a linear axis the fast points (and labels) sat on top
+    of each other at the bottom."""
+    import re
+
+    from deploykit.report.plot import render_plot
+
+    def ys(*p50s):
+        arts = [_artifact(n, 1000 * (i + 1), p50_ms=v, p90_ms=v) for i, (n, v) in
+                enumerate(zip(("tflite-fp32", "tflite-int8", "tfjs-fp32"), p50s))]
+        svg = render_plot(Manifest(model={}, tools={}, machine={}, artifacts=arts))
+        return svg, [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', svg)]
+
+    svg, (fp32, int8, tfjs) = ys(0.006, 0.009, 0.2)
+    assert "log scale" in svg and fp32 - int8 > 30 and int8 - tfjs > 100  # 1.5x apart is visibly apart
+    svg, (a, b, c) = ys(0.10, 0.12, 0.2)
+    assert "log scale" not in svg and a > b > c
