@@ -795,7 +795,9 @@ def verify(
     result["max_abs_error"] = max(max(o["max_abs_error"], o.get("max_abs_error_at_batch_1", 0.0)) for o in valued)
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in valued]))
     headline = names[scored] if scored is not None else _headline_output(names, reference, result["outputs"])
-    if "top1_agreement" in result["outputs"][headline]:
+    regression_only = targets is not None and labels is None and not any(
+        is_id_output(r) or is_probabilities(r) for r in reference)  # its columns' "top-1" means nothing
+    if "top1_agreement" in result["outputs"][headline] and not regression_only:
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
         if len(names) > 1:
             result["top1_output"] = headline

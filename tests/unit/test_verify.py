@@ -935,3 +935,28 @@ def test_without_labels_the_headline_agreement_is_the_class_outputs_not_two_regr
     assert _headline_output(["value", "p", "class"], [values, probs, ids], outputs) == "class"
     assert _headline_output(["value"], [values], outputs) == "value"
     assert _headline_output(["a", "b"], [values, values], {"a": {}, "b": {}}) == "a"
+
+
+def test_a_regression_model_judged_on_target_values_has_no_headline_top1(tmp_path):
+    """Two regression columns (a price, a rating): their argmax is not an answer, so no "Top-1 agree"."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.runtime_bench.onnxruntime import ORTRunner
+
+    w = np.array([[100.0, 0.01], [200.0, 0.02], [50.0, 0.0], [10.0, 0.03]], np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "reg",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "reg.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(0).uniform(0, 1, (32, 4)).astype(np.float32)
+    ref = x.astype(np.float64) @ w
+    runner = ORTRunner(path, threads=1)
+    runner.load()
+    tol = get_target("onnx-fp32").tolerance
+    with_targets = verify(runner, {"x": x}, [ref], ["y"], tol, targets=ref + 0.1)
+    assert with_targets["passed"] and "top1_agreement" not in with_targets and with_targets["mae"] > 0
+    without = verify(runner, {"x": x}, [ref], ["y"], tol)  # no targets: it could be two logits
+    assert without["top1_agreement"] == 1.0
