@@ -401,8 +401,27 @@ def inference_call(model: Any) -> Any:
     return serve
 
 
-def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
-    """Export ``model`` like :func:`_export_keras3` / tf_keras ``export``, with ``batch`` fixed in the signature."""
+@contextlib.contextmanager
+def _recurrent_unfused(model: Any) -> Iterator[None]:
+    """While open, a tf_keras model's LSTM/GRU layers trace their plain loop instead of the function
+    that says it implements an LSTM (``api_implements``, there for cuDNN): TFLite fuses that one into
+    UNIDIRECTIONAL_SEQUENCE_LSTM, whose state persists between invocations (tensorflow#47813), while
+    the plain loop becomes a stateless WHILE, exact to 3e-8 on a 16-unit LSTM. Restored on exit."""
+    from deploykit.optimize.prune import _walk
+
+    flagged = [l for l in _walk(model) if getattr(l, "_could_use_gpu_kernel", False)]
+    for layer in flagged:
+        layer._could_use_gpu_kernel = False
+    try:
+        yield
+    finally:
+        for layer in flagged:
+            layer._could_use_gpu_kernel = True
+
+
+def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int, unfused: bool = False) -> None:
+    """Export ``model`` like :func:`_export_keras3` / tf_keras ``export``, with ``batch`` fixed in the signature
+    (``unfused``: a tf_keras model's recurrent layers as plain loops, see :func:`_recurrent_unfused`)."""
     tf = import_tensorflow()
 
     def fixed(spec: Any) -> Any:
@@ -424,9 +443,10 @@ def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int) -> None:
     if isinstance(signature, list) and len(signature) > 1:
         signature = [signature]
     archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", inference_call(model), signature)
-    archive.write_out(str(path))
+    with _recurrent_unfused(model) if unfused else contextlib.nullcontext():  # traced as late as write_out
+        archive.track(model)
+        archive.add_endpoint("serve", inference_call(model), signature)
+        archive.write_out(str(path))
 
 
 class LoadedModel:
@@ -483,11 +503,12 @@ class LoadedModel:
             self._saved_model_path = path
         return self._saved_model_path
 
-    def fixed_batch_saved_model_dir(self, batch: int = 1) -> Path:
+    def fixed_batch_saved_model_dir(self, batch: int = 1, unfused: bool = False) -> Path:
         """The model exported again with ``batch`` fixed in its signature (exported once, reused).
 
         Shapes are then static throughout the graph: TFLite lowers the TensorList
         ops of recurrent loops (Keras 3 LSTM/GRU) to builtin WHILE loops only then.
+        ``unfused``: a tf_keras model's LSTM/GRU traced as plain loops (see ``_recurrent_unfused``).
         Needs the Keras model: a SavedModel's traced graph cannot be re-traced.
         """
         from deploykit.errors import ConversionError
@@ -497,12 +518,12 @@ class LoadedModel:
         self.saved_model_dir()  # the temp dir this export lives beside
         if self._owned_tmp is None:
             self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
-        path = Path(self._owned_tmp.name) / f"saved_model_batch{batch}"
+        path = Path(self._owned_tmp.name) / f"saved_model_batch{batch}{'_unfused' if unfused else ''}"
         if not path.exists():
             with _EXPORT_LOCK, native_stderr_captured() as cap:
                 try:
                     with python_stdout_quiet():
-                        _export_fixed_batch(self._export_model(), self.kind, path, batch)
+                        _export_fixed_batch(self._export_model(), self.kind, path, batch, unfused)
                 except Exception as exc:
                     raise ConversionError(f"exporting the model with batch size {batch} failed: "
                                           f"{' '.join(str(exc).split())[:300]}. {cap.tail(2)}") from None

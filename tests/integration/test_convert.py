@@ -565,12 +565,15 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert "- tflite-fp32: takes batches of exactly 1 (recurrent loops" in report
 
 
-def test_a_tf_keras_lstm_fused_into_a_stateful_tflite_op_is_refused_with_the_way_out(tmp_path):
+def test_a_tf_keras_lstm_converts_to_a_stateless_tflite_loop_and_int8_is_refused_with_the_way_out(tmp_path):
     """TFLite fuses a tf_keras LSTM into UNIDIRECTIONAL_SEQUENCE_LSTM, whose state persists between
-    invocations: the second sample started from the first one's state (off by up to 0.51). The file is
-    refused with the reason. A stateful=True model is refused before anything is written: its outputs
-    depend on every call before (its reference predict crashed with a traceback)."""
+    invocations: the second sample started from the first one's state (off by up to 0.51). Exported as
+    a plain loop it becomes a stateless WHILE: every sample run on its own, in any order, matches the
+    model. int8 (calibration crashes on the loop) is refused with the way out. A stateful=True model
+    is refused before anything is written: its outputs depend on every call before (its reference
+    predict crashed with a traceback)."""
     import tf_keras
+    from ai_edge_litert.interpreter import Interpreter
 
     from deploykit.errors import UserError
 
@@ -579,12 +582,21 @@ def test_a_tf_keras_lstm_fused_into_a_stateful_tflite_op_is_refused_with_the_way
     inp = tf_keras.Input((10, 6), name="seq")
     model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.LSTM(8, name="rnn")(inp)))
     model.save(tmp_path / "lstm.h5")
-    result = deploykit.convert(str(tmp_path / "lstm.h5"), ["tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "out",
-                               bench=False)
+    result = deploykit.convert(str(tmp_path / "lstm.h5"), ["tflite-fp32", "tflite-int8", "onnx-fp32"], data=x,
+                               out=tmp_path / "out", bench=False)
     tfl = result.artifact("tflite-fp32")
-    assert tfl["status"] == "failed"
-    assert ("TFLite fused the model's recurrent layers into UNIDIRECTIONAL_SEQUENCE_LSTM, which keeps their "
-            "state between invocations") in tfl["error"] and "choose an ONNX target" in tfl["error"]
+    assert tfl["status"] == "ok", tfl["error"]
+    assert "stateless WHILE" in tfl["settings"]["converter"]["fixed_batch_reason"]
+    interp = Interpreter(model_path=str(result.out / tfl["path"]))
+    interp.allocate_tensors()
+    (inp_d,), (out_d,) = interp.get_input_details(), interp.get_output_details()
+    ref = model.predict(x, verbose=0)
+    for i in (3, 0, 3, 7):  # runs repeated and out of order: nothing carried from one to the next
+        interp.set_tensor(inp_d["index"], x[i:i + 1])
+        interp.invoke()
+        np.testing.assert_allclose(interp.get_tensor(out_d["index"])[0], ref[i], atol=1e-5)
+    int8 = result.artifact("tflite-int8")
+    assert int8["status"] == "failed" and "calibration" in int8["error"] and "tflite-dynamic" in int8["error"]
     assert result.artifact("onnx-fp32")["status"] == "ok"
 
     inp = tf_keras.Input((10, 6), batch_size=1, name="seq")

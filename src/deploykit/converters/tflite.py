@@ -104,6 +104,14 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         flatbuffer = _convert(model.fixed_batch_saved_model_dir(1), model, target, settings, calibration)
         settings["fixed_batch"] = 1
         settings["fixed_batch_reason"] = "recurrent loops (TensorList ops) convert to builtin WHILE only with a static batch"
+    if (_carried_state_ops(flatbuffer) and model.kind == "tf_keras" and model.keras_model is not None
+            and not target.needs_calibration):
+        # A tf_keras LSTM/GRU fused with its state in variables: traced again as a plain loop, it
+        # converts to a stateless WHILE (static shapes needed, as for Keras 3's loops).
+        flatbuffer = _convert(model.fixed_batch_saved_model_dir(1, unfused=True), model, target, settings, calibration)
+        settings["fixed_batch"] = 1
+        settings["fixed_batch_reason"] = ("tf_keras LSTM/GRU exported as plain loops (a stateless WHILE, batch fixed "
+                                          "for it): TFLite's fused LSTM op keeps its state from one run to the next")
     _refuse_carried_state(flatbuffer, target)
     if target.io == "int8":
         kept = [f"{s.name!r} ({s.dtype})" for s in model.inputs if not s.dtype.startswith("float")]
@@ -129,8 +137,27 @@ def _refuse_carried_state(flatbuffer: bytes, target: Any) -> None:
     every invocation after the first starts from the previous one's state unless the app calls
     ``reset_all_variables()`` first (tensorflow#47813). Measured here: the first sample matched
     the Keras model, the next ones were off by up to 0.51. A Keras 3 LSTM becomes a WHILE loop and
-    is exact. (Models with ``stateful=True`` layers are refused before conversion.)
+    is exact; so does a tf_keras one exported as a plain loop (:func:`convert` does that for targets
+    without calibration). (Models with ``stateful=True`` layers are refused before conversion.)
     """
+    fused = _carried_state_ops(flatbuffer)
+    if not fused:
+        return
+    if target.needs_calibration:
+        raise ConversionError(
+            f"{target.name}: TFLite fused the model's recurrent layers into {', '.join(fused)}, which keeps their state "
+            "between invocations, and the stateless loop they convert to otherwise cannot be calibrated for int8 "
+            "activations (TFLite's calibration crashes on it, TensorFlow 2.21); choose tflite-fp32, tflite-fp16 or "
+            "tflite-dynamic (int8 weights, no calibration), or an ONNX target")
+    raise ConversionError(
+        f"{target.name}: TFLite fused the model's recurrent layers into {', '.join(fused)}, which keeps their state "
+        "between invocations (each run after the first would start from the last one's state; apps must call "
+        "reset_all_variables() before every run); choose an ONNX target, or save the model with Keras 3, whose "
+        "LSTM/GRU convert to a stateless loop")
+
+
+def _carried_state_ops(flatbuffer: bytes) -> list[str]:
+    """The fused sequence ops of a file that keep state in variable tensors (empty: none)."""
     # The flatbuffer's own reader, not flatbuffer_utils' object copy: a VGG16 file is 0.5 GB of buffers.
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -142,12 +169,8 @@ def _refuse_carried_state(flatbuffer: bytes, target: Any) -> None:
                     for sg in subgraphs for k in range(sg.OperatorsLength())
                     if codes[sg.Operators(k).OpcodeIndex()] in _STATEFUL_SEQUENCE_OPS})
     if not fused or not any(sg.Tensors(t).IsVariable() for sg in subgraphs for t in range(sg.TensorsLength())):
-        return
-    raise ConversionError(
-        f"{target.name}: TFLite fused the model's recurrent layers into {', '.join(fused)}, which keeps their state "
-        "between invocations (each run after the first would start from the last one's state; apps must call "
-        "reset_all_variables() before every run); choose an ONNX target, or save the model with Keras 3, whose "
-        "LSTM/GRU convert to a stateless loop")
+        return []
+    return fused
 
 
 def _in_declared_order(flatbuffer: bytes, input_names: list[str], output_names: list[str]) -> bytes:
