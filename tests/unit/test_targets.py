@@ -644,3 +644,27 @@ def test_auto_settings_that_would_merge_candidates_or_do_nothing_are_refused(tmp
     long = Target(name="a" * 60, format="onnx", precision="auto", candidates=("onnx-fp32",), options={"opset": 18})
     with pytest.raises(TargetError, match="over 64 characters"):
         long.candidate_targets()
+
+
+def test_a_target_file_with_a_precision_label_and_no_types_takes_the_builtins_or_is_refused(tmp_path):
+    """precision = "int8" alone built a float32 file reported as ok; "int3" too; an auto file without
+    candidates shipped one file, compared with nothing."""
+    from deploykit.targets import load_target_file
+
+    f = tmp_path / "board.toml"
+    f.write_text('format = "tflite"\nprecision = "int8"\n')
+    t = load_target_file(f)
+    assert (t.weights, t.activations, t.io) == ("int8", "int8", "float32") and t.needs_calibration
+    f.write_text('format = "tflite"\nprecision = "int3"\n')
+    with pytest.raises(TargetError, match=r"precision 'int3' is a label.*set weights, activations, io.*int8"):
+        load_target_file(f)
+    f.write_text('format = "tflite"\nprecision = "fp32-mine"\nweights = "float16"\n')  # types given: a label
+    assert load_target_file(f).weights == "float16"
+    f.write_text('format = "onnx"\nprecision = "auto"\n')
+    assert load_target_file(f).candidates == get_target("onnx-auto").candidates
+    f.write_text('format = "onnx"\nprecision = "auto"\ncandidates = []\n')
+    with pytest.raises(TargetError, match="candidates is empty"):
+        load_target_file(f)
+    f.write_text('format = "tflm"\nprecision = "auto"\n')
+    with pytest.raises(TargetError, match='precision "auto" compares candidates; list them'):
+        load_target_file(f)

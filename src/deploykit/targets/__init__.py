@@ -580,6 +580,7 @@ def load_target_file(path: str | Path) -> Target:
         if isinstance(entry["candidates"], list):  # candidate files beside this one, as config files do
             entry["candidates"] = [str(path.parent / c) if isinstance(c, str) and c.endswith(".toml")
                                    and not Path(c).is_absolute() else c for c in entry["candidates"]]
+    _fill_types(entry, str(path))
     # A user profile that does not set a tolerance field takes it from the built-in profile of
     # the same format and precision (an int8 board file is judged like tflite-int8, not by the
     # float32 defaults that fail every quantized classifier element by element).
@@ -595,6 +596,44 @@ def load_target_file(path: str | Path) -> Target:
         raise TargetError(f"target file {path} names its profile {target.name!r}, a built-in target, with other settings; "
                           f"give it its own name (e.g. name = \"{target.name}-custom\")")
     return target
+
+
+TYPE_FIELDS = ("weights", "activations", "io")
+
+
+def _fill_types(entry: dict[str, Any], where: str) -> None:
+    """The numeric types (and an -auto target's candidates) of a target file that sets none of them, from
+    the built-in profile of the same format and precision; refused when there is none to take them from.
+
+    ``precision`` is a label: a file with ``precision = "int8"`` and no types built a float32 file
+    and reported it as ok, labelled int8.
+    """
+    same = next((t for t in list_targets() if t.format == entry.get("format")
+                 and t.precision == entry.get("precision")), None)
+    if "candidates" in entry and not entry["candidates"]:
+        raise TargetError(f"target file {where}: candidates is empty; list the targets it builds and compares "
+                          "(`deploy targets --show tflite-auto` prints one)")
+    if same is not None and same.candidates:
+        if "candidates" not in entry:
+            entry["candidates"] = list(same.candidates)
+            entry.setdefault("select_by", same.select_by)
+        return
+    if entry.get("candidates"):
+        return
+    if entry.get("precision") == "auto":
+        raise TargetError(f"target file {where}: precision \"auto\" compares candidates; list them (candidates = "
+                          "[\"tflite-fp32\", \"tflite-int8\"]) or use a built-in -auto target's format")
+    missing = [k for k in TYPE_FIELDS if k not in entry]
+    if len(missing) < len(TYPE_FIELDS):  # the file says its types: the ones left out are float32
+        return
+    if same is None:
+        known = sorted({t.precision for t in list_targets() if t.format == entry.get("format") and not t.candidates})
+        raise TargetError(
+            f"target file {where}: precision {entry.get('precision')!r} is a label, and no built-in "
+            f"{entry.get('format')} profile has it to take the numeric types from; set {', '.join(missing)} "
+            f"(e.g. weights = \"int8\"), or use a built-in precision: {', '.join(known)}")
+    for k in missing:
+        entry[k] = getattr(same, k)
 
 
 def _closest_builtin(entry: Mapping[str, Any]) -> Target | None:
