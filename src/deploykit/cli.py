@@ -48,6 +48,19 @@ def _console(stderr: bool = False):
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def _quiet_unraisable_interrupts() -> None:
+    """Python prints "Exception ignored in: <function UniquePtr.__del__> ... KeyboardInterrupt" with a
+    traceback when a Ctrl-C lands inside a finalizer (it cannot raise from there). The interrupt was
+    counted and stops the run at its next step, which says so in one line: only that echo is dropped."""
+    default = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 @app.command()
 def convert(
     model: Path = typer.Argument(..., help="Keras 3 .keras, tf_keras .keras/.h5 file, or SavedModel directory."),
@@ -118,6 +131,7 @@ def convert(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
+    _quiet_unraisable_interrupts()
     # SIGTERM (CI cancel, timeout, docker stop) stops the run the same way: what it wrote goes,
     # and with --force the previous run is put back.
     signal.signal(signal.SIGTERM, on_sigint)
@@ -146,6 +160,9 @@ def convert(
             print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
             _INTERRUPT_SAID.append(True)
             raise typer.Exit(130) from None
+        # The run is complete and on disk: a Ctrl-C from here on (the summary, TensorFlow's teardown at
+        # exit, where Python restores the default handler) killed the process silently with code 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _print_summary(result)
     if not result.ok:
         raise typer.Exit(EXIT_TARGET_FAILED)

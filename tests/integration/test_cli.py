@@ -498,3 +498,49 @@ def test_ctrl_c_mid_run_removes_what_the_run_wrote(tmp_path, keras3_path, data_n
             pipeline.run(keras3_path)
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
+
+
+def test_a_ctrl_c_inside_a_finalizer_prints_no_traceback(monkeypatch):
+    """A Ctrl-C landing in a TensorFlow finalizer printed "Exception ignored in: ... KeyboardInterrupt"
+    with a traceback before the run's one line; other errors in finalizers still reach the hook."""
+    import gc
+    import sys
+
+    from deploykit.cli import _quiet_unraisable_interrupts
+
+    shown = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(type(u.exc_value).__name__))
+
+    class Finalizer:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    _quiet_unraisable_interrupts()
+    Finalizer(KeyboardInterrupt())
+    gc.collect()
+    Finalizer(ValueError("a real problem"))
+    gc.collect()
+    assert shown == ["ValueError"]
+
+
+def test_a_ctrl_c_after_the_run_is_written_changes_nothing(tmp_path, cli_inputs):
+    """A Ctrl-C landing after the last line (TensorFlow's teardown at exit, where Python has put the
+    default handler back) killed the process silently with code 130, though every output was written."""
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*deploy_cmd(), "convert", str(cli_inputs["model"]), "-t", "tflite-fp32", "--data",
+                             str(cli_inputs["data"]), "--out", str(out), "--no-bench"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**_clean_env(), "PYTHONUNBUFFERED": "1"},  # each line as it is printed
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if line.startswith("html:"):  # the last line: the run is complete
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "interrupted" not in err and (out / "manifest.json").is_file()
