@@ -98,7 +98,7 @@ def convert(
     tuning_values = (("epochs", epochs), ("learning_rate", learning_rate), ("loss", loss), ("patience", patience))
     tuning = ["--" + k.replace("_", "-") for k, v in tuning_values if v is not None]
     if prune is None and prune_structure is None and not qat and cluster is None and tuning:
-        raise UserError(f"{', '.join(tuning)} only apply to the pruning, clustering and QAT fine-tunes; add --prune 0.8 "
+        raise UserError(f"{', '.join(tuning)} {'applies' if len(tuning) == 1 else 'apply'} only to the pruning, clustering and QAT fine-tunes; add --prune 0.8 "
                         "(or --prune-structure 2:4), --cluster 16 or --qat")
     if cluster is None and cluster_epochs is not None:
         raise UserError("--cluster-epochs only applies to clustering; add --cluster 16")

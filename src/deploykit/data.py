@@ -103,8 +103,9 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
                             f"input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
         return [arrays[n] for n in numbered], y
     want = "'x'" if len(input_names) == 1 else f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}"
-    shown = sorted(k for k in files if k != "y")
-    raise DataError(f"{path}: has keys {shown or 'none'} but needs {want} (and optionally 'y' for labels)")
+    shown = sorted(files)
+    raise DataError(f"{path}: has keys {', '.join(map(repr, shown)) or 'none'} but needs {want} (and optionally 'y' "
+                    "for labels)")
 
 
 def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
@@ -238,7 +239,10 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
     label = f"{where}: input {spec.name!r}"
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{label} has dtype {arr.dtype}, not numeric; pass numbers ({spec.dtype})")
-    if arr.ndim == 0 or arr.shape[0] == 0:
+    if arr.ndim == 0:
+        raise DataError(f"{label} is a single number, not an array of samples; pass one array of shape "
+                        f"{_shape_str(tuple(spec.shape))} (samples first)")
+    if arr.shape[0] == 0:
         raise DataError(f"{label} is empty; pass at least one sample")
     shape = tuple(spec.shape)
     if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape[1:], arr.shape[1:])):

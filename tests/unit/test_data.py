@@ -173,6 +173,15 @@ def test_empty(xy):
         load_data(np.zeros((0, 8, 8, 1), np.float32), SPEC)
 
 
+
+def test_a_single_number_and_a_file_with_only_labels_are_named_for_what_they_are(tmp_path):
+    with pytest.raises(DataError, match=r"is a single number, not an array of samples; pass one array of shape"):
+        load_data(np.float32(1), SPEC)
+    np.savez(tmp_path / "yonly.npz", y=np.arange(3))
+    with pytest.raises(DataError, match=r"has keys 'y' but needs 'x'"):
+        load_data(str(tmp_path / "yonly.npz"), SPEC)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite(xy, bad):
     x, _ = xy
@@ -238,7 +247,7 @@ def test_npz_without_x_lists_its_keys(tmp_path, xy):
     np.savez(tmp_path / "d.npz", images=x, y=y)
     with pytest.raises(DataError) as exc:
         load_data(tmp_path / "d.npz", SPEC)
-    assert "['images']" in str(exc.value) and "'x'" in str(exc.value)
+    assert "'images', 'y'" in str(exc.value) and "'x'" in str(exc.value)
 
 
 def test_dict_without_x(xy):

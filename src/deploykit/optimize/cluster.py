@@ -257,7 +257,7 @@ def cluster(
         >>> small = cluster(pruned, (x, y), clusters=16).model   # zeros stay zero
     """
     progress = progress or (lambda msg: None)
-    kind = _ft._framework(model)
+    kind = _ft._framework(model, "cluster")
     compiled = model
     model = with_inputs(model, kind, f"<in-memory {type(model).__name__}>")
     check_finite_weights(model, f"<in-memory {type(model).__name__}>")

@@ -90,13 +90,13 @@ class _Kernel:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _framework(model: Any) -> str:
+def _framework(model: Any, fn: str = "prune") -> str:
     from deploykit.models import _is_keras_model
 
     kind = _is_keras_model(model)
     if kind is None:
         raise UserError(
-            f"prune() takes an in-memory Keras 3 or tf_keras model, got a {type(model).__name__}; "
+            f"{fn}() takes an in-memory Keras 3 or tf_keras model, got a {type(model).__name__}; "
             "load it first (deploykit.models.load_model(path).keras_model)"
         )
     return kind
