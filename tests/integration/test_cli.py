@@ -448,7 +448,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),
-        ("patience_alone", ["--patience only apply to the pruning, clustering and QAT fine-tunes", "--prune 0.8"]),
+        ("patience_alone", ["--patience applies only to the pruning, clustering and QAT fine-tunes", "--prune 0.8"]),
         ("saved_model_prune", ["pruning fine-tunes a Keras model", "not a SavedModel"]),
         ("usage_bad_number", ["Invalid value for '--prune'", "(see 'deploy convert --help')"]),
         ("usage_unknown_command", ["No such command 'convrt'", "(see 'deploy --help')"]),

@@ -440,7 +440,7 @@ def test_cli_prune_flags(keras3_path, data_npz, digits, tmp_path):
     assert manifest["artifacts"][0]["settings"]["sparsity"]["densified"] == []
     bad = subprocess.run([*cmd, "convert", str(keras3_path), "-t", "tflite-fp32", "--epochs", "3", "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "--epochs only apply to the pruning, clustering and QAT fine-tunes" in bad.stderr
+    assert bad.returncode == 2 and "--epochs applies only to the pruning, clustering and QAT fine-tunes" in bad.stderr
 
 
 def test_tf_keras_custom_layer_whose_config_drops_its_name_keeps_its_weights(digits):
