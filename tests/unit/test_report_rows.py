@@ -282,3 +282,11 @@ def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitu
     assert "log scale" in svg and fp32 - int8 > 30 and int8 - tfjs > 100  # 1.5x apart is visibly apart
     svg, (a, b, c) = ys(0.10, 0.12, 0.2)
     assert "log scale" not in svg and a > b > c
+
+
+def test_a_run_verified_on_few_samples_says_so_in_the_report_not_only_on_the_console():
+    from deploykit.report.rows import highlights
+
+    m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000)],
+                 data={"eval_samples": 5, "eval_source": "tiny.npz", "samples": 5, "source": "tiny.npz"})
+    assert any(h.startswith("**Warning:** every artifact was verified on 5 samples of tiny.npz") for h in highlights(m))

@@ -155,6 +155,8 @@ def highlights(manifest: Manifest) -> list[str]:
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines.append(f"Failed: {', '.join('**' + a.target + '**' for a in failed)} (details below)")
+    # printed by the CLI too; in the report, where the verdicts it qualifies are read
+    lines += [f"**Warning:** {w}" for w in data_warnings(manifest)]
     return lines
 
 
