@@ -227,8 +227,9 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
         auto.settings["converter"] = winner.settings["converter"]
     if "target" in winner.settings:  # the profile it was built, judged and timed as (with the auto target's overrides)
         auto.settings["shipped_target"] = winner.settings["target"]
-    if "sparsity" in winner.settings:  # the zeros found in the shipped file (the same bytes)
-        auto.settings["sparsity"] = winner.settings["sparsity"]
+    for proof in ("sparsity", "clusters"):  # the zeros / shared values found in the shipped file (the same bytes)
+        if proof in winner.settings:
+            auto.settings[proof] = winner.settings[proof]
     hashes = winner.settings.get("extra_file_sha256") or {}
     if hashes:  # the copied weight files (TF.js shards, ONNX external data) are the winner's bytes
         auto.settings["extra_file_sha256"] = {str(Path(auto.path).parent / Path(f).name): h for f, h in hashes.items()}
