@@ -314,6 +314,12 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
             return (f"mean probability shift {shift:.3g} exceeds the allowed "
                     f"{cmp['allowed_probability_shift']:.3g} (class probabilities: half the L1 distance per sample)")
         return None
+    if cmp["violations"] > cmp["allowed_violations"] and "worst_column" in cmp:
+        c = cmp["worst_column"]
+        return (f"column {c['column']} (its values span {c['range']:.4g}; each column is held to {c['range_atol']:g} of its "
+                f"own range: {c['allowed']:.3g}" + (f" + {cmp['rtol']:g} x |value|" if cmp.get("rtol") else "")
+                + f") is off by up to {c['max_abs_error']:.3g}, over the bound in {c['violations']} of {cmp['elements']} "
+                "element(s) of the output" + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
     if cmp["violations"] > cmp["allowed_violations"]:
         bound = f"{cmp['allowed_abs_error_at_max']:.3g}" + (f" + {cmp['rtol']:g} x |value|" if cmp.get("rtol") else "")
         if "logit_atol" in cmp:
@@ -519,7 +525,8 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         err = np.where(np.isfinite(err), err, np.inf)  # NaN counts as the largest error
     value_range = _scale_of(ref)
     noise_allowance = getattr(tol, "noise_multiple", 0.0) * noise
-    allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * value_range
+    ranges = _column_ranges(ref, value_range) if getattr(tol, "column_ranges", False) else value_range
+    allowed = tol.atol + noise_allowance + tol.rtol * np.abs(ref) + tol.range_atol * ranges
     logit = getattr(tol, "logit_atol", 0.0)
     softmax = None
     rows = ref.reshape(-1, ref.shape[-1]) if ref.ndim >= 2 else ref  # per sample, pixel or step
@@ -534,6 +541,14 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
                        "mean_probability_shift": mean_probability_shift(rows, got.reshape(rows.shape)),
                        "allowed_mean_shift": float(getattr(tol, "max_mean_shift", 1.0))}
     violations = int(np.count_nonzero(~(err <= allowed)))  # NaN counts as a violation
+    by_column = None
+    if np.ndim(ranges) == 2 and violations:  # the column with the most elements over its own bound
+        over = (~(err <= allowed)).sum(axis=0)
+        j = int(np.argmax(over))
+        by_column = {"worst_column": {"column": j, "range": float(ranges[0, j]), "violations": int(over[j]),
+                                      "max_abs_error": float(np.nanmax(err[:, j])),
+                                      "allowed": float(tol.atol + noise_allowance + tol.range_atol * ranges[0, j]),
+                                      "range_atol": float(tol.range_atol)}}
     # How many the noise allowance rescued: the report says when parity rests on it.
     over_static = int(np.count_nonzero(~(err <= allowed - noise_allowance))) if noise_allowance else violations
     return {
@@ -554,6 +569,8 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         "finite": bool(np.isfinite(got).all()),
         **_collapsed_column(ref, err, value_range),
         **(softmax or {}),
+        **(by_column or {}),
+        **({"column_ranges": True} if np.ndim(ranges) == 2 else {}),
     }
 
 
@@ -576,6 +593,16 @@ def _scale_of(values: np.ndarray) -> float:
         return 0.0
     spread = float(values.max() - values.min())
     return spread if spread > 0 else float(np.abs(values).max())
+
+
+def _column_ranges(ref: np.ndarray, whole: float) -> Any:
+    """Per-column ranges of an (N, 2..8) value output, as a row to broadcast (``whole`` for a column
+    that does not vary, and for every other output: probabilities, per-pixel maps, wide features)."""
+    if ref.ndim != 2 or not 2 <= ref.shape[1] <= MAX_OWN_RANGE_COLUMNS or len(ref) < 2 or is_probabilities(ref):
+        return whole
+    spans = ref.max(axis=0) - ref.min(axis=0)
+    varying = np.isfinite(spans) & (spans > 0) & (spans >= VARYING_SPAN * np.abs(ref).max(axis=0))
+    return np.where(varying, spans, whole)[None, :]
 
 
 def _collapsed_column(ref: np.ndarray, err: np.ndarray, whole: float) -> dict[str, Any]:

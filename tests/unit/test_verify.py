@@ -960,3 +960,25 @@ def test_a_regression_model_judged_on_target_values_has_no_headline_top1(tmp_pat
     assert with_targets["passed"] and "top1_agreement" not in with_targets and with_targets["mae"] > 0
     without = verify(runner, {"x": x}, [ref], ["y"], tol)  # no targets: it could be two logits
     assert without["top1_agreement"] == 1.0
+
+
+def test_column_ranges_hold_each_column_of_a_value_output_to_its_own_range():
+    """A price (~1000) beside a rating (0..1): 5 % of the whole output's range (~57) let a TF.js uint8 file
+    pass with the rating column off by 8 % of its span; with column_ranges the rating has its own bound."""
+    rng = np.random.default_rng(0)
+    ref = np.stack([1000 + 300 * rng.uniform(-1, 1, 400), rng.uniform(0, 1, 400)], 1)
+    got = ref + np.stack([rng.normal(0, 5, 400), rng.normal(0, 0.15, 400)], 1)  # rating off by ~15 % of its span
+    tol = get_target("tfjs-uint8").tolerance
+    assert tol.column_ranges
+    whole = compare_outputs(ref, got, dataclasses.replace(tol, column_ranges=False))
+    assert whole["violations"] == 0  # the whole-range bound never notices
+    own = compare_outputs(ref, got, tol)
+    assert own["worst_column"]["column"] == 1 and own["violations"] > own["allowed_violations"]
+    from deploykit.verify import _elementwise_failure
+
+    assert _elementwise_failure(own, None).startswith("column 1 (its values span")
+    fine = compare_outputs(ref, ref + np.stack([rng.normal(0, 5, 400), rng.normal(0, 0.005, 400)], 1), tol)
+    assert fine["violations"] == 0  # a rating kept to 0.5 % passes
+    probs = rng.dirichlet(np.ones(3), 400)  # probabilities keep the metric gate's whole-range rules
+    assert "column_ranges" not in compare_outputs(probs, probs, tol)
+    assert get_target("tflite-int8").tolerance.column_ranges is False  # one output scale is what int8 has

@@ -59,6 +59,7 @@ FIELD_DOCS: dict[str, str] = {
     "tolerance.logit_atol": "Class probabilities: extra room of 2 x logit_atol x p(1-p), a logit error's effect (fp16: 0.1).",
     "tolerance.max_mean_shift": "With that room in use: largest mean mass moved per sample, 0..1 (fp16: 0.005; 1: no cap).",
     "tolerance.noise_multiple": "Bound widened by this many times the reference's own change under one-ulp input changes.",
+    "tolerance.column_ranges": "range_atol of each column's own range in a value output of 2-8 columns (float-compute quantized profiles).",
     "bench.threads": "Runtime threads for benchmarking.",
     "bench.warmup": "Untimed runs before timing.",
     "bench.iterations": "Timed runs.",
@@ -122,6 +123,12 @@ class Tolerance:
     small shift of every sample still fails. A confident class that collapses,
     swapped or zeroed classes fail too. Probabilities per pixel or step (the last
     axis) get the same room.
+
+    ``column_ranges`` (the weight-quantized float profiles: fp16, TF.js uint8/uint16) takes
+    ``range_atol`` of each column's own range in a value output of 2-8 columns (a price beside a
+    rating): 5 % of the whole output's range let a TF.js uint8 file pass with the rating column off
+    by 8 % of its span on average. Integer-activation profiles keep the whole range: one output scale
+    is what int8 has, and a column whose variation it lost fails on its own (``collapsed_column``).
     """
 
     atol: float = 1e-4
@@ -134,8 +141,11 @@ class Tolerance:
     noise_multiple: float = 4.0
     logit_atol: float = 0.0
     max_mean_shift: float = 1.0
+    column_ranges: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.column_ranges, bool):
+            raise TargetError(f"tolerance.column_ranges must be true or false, got {self.column_ranges!r}")
         if self.probabilities not in PROBABILITY_GATES:
             raise TargetError(
                 f"tolerance.probabilities must be one of {', '.join(PROBABILITY_GATES)}, got {self.probabilities!r}"
