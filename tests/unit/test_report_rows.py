@@ -260,8 +260,13 @@ def test_both_reports_say_how_it_was_measured_the_same_way():
 
     m = Manifest(model={}, tools={"deploykit": "0.1"}, machine={"cpu": "Xeon", "cores": 2, "os": "Linux-6"},
                  artifacts=[_artifact("tflite-fp32", 1000, threads=2, p50_ms=0.1)])
+    m.model = {"source": "m.keras", "kind": "keras3", "params": 10, "inputs": [{"name": "x", "shape": [None, 4],
+                                                                                 "dtype": "float32"}]}
+    m.data = {"eval_samples": 40, "eval_source": "d.npz", "labels": True}
+    m.artifacts[0].sha256 = "ab" * 32
     md, page = render_markdown(m, None), render_html(m, None)
-    for text in ("gzip (level 6", "Runtime mem: what the file adds", "Linux-6", "threads 2"):
+    for text in ("gzip (level 6", "Runtime mem: what the file adds", "Linux-6", "threads 2",
+                 "Verified on 40 samples of", "10 parameters", "sha256", "tflite-fp32/m"):  # the HTML lacked the last four
         assert text in md and text in page, text
 
 

@@ -6,7 +6,8 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import COLUMNS, SECTIONS, highlights, measured_lines, table, table_note
+from deploykit.report.rows import (COLUMNS, SECTIONS, artifact_lines, highlights, measured_lines, model_lines, table,
+                                  table_note)
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -58,19 +59,8 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>Model <code>{html.escape(str(m.get('source')))}</code> ({html.escape(str(m.get('kind')))}, "
-        f"{m.get('params') or '?'} parameters).</p>",
+        _md_block(model_lines(manifest)),
     ]
-    if m.get("preprocessing_layers"):
-        pre = ", ".join(f"{p['class']} ({p['name']})" for p in m["preprocessing_layers"])
-        parts.append(f"<p>Embedded preprocessing: {html.escape(pre)}.</p>")
-    if m.get("float32_from_policy"):
-        parts.append(f"<p>The model computes with the {html.escape(m['float32_from_policy'])} dtype policy, not float32: it was rebuilt "
-                     "in float32 with the same weights, and that float32 model is the reference and what every target converts.</p>")
-    if m.get("removed_for_export"):
-        gone = ", ".join(f"{p['class']} ({p['name']})" for p in m["removed_for_export"])
-        parts.append(f"<p>Replaced by Identity in the exported graph (they pass their input through at inference; "
-                     f"the reference is the model as given): {html.escape(gone)}.</p>")
     parts.append("<h2>At a glance</h2><ul>" + "".join(f"<li>{_md_inline(h)}</li>" for h in highlights(manifest)) + "</ul>")
     parts.append("<h2>Targets</h2><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
     for a, r in zip(manifest.artifacts, table(manifest)):
@@ -90,6 +80,7 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     if failed:
         parts.append("<h2>Failures</h2><ul>" + "".join(
             f"<li class='fail'><b>{html.escape(a.target)}</b>: {html.escape(a.error)}</li>" for a in failed) + "</ul>")
+    parts.append("<h2>Artifacts</h2>" + _md_block(artifact_lines(manifest)))
     parts.append("<h2>How this was measured</h2>" + _md_block(measured_lines(manifest)))
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -722,3 +722,42 @@ def measured_lines(manifest: Manifest) -> list[str]:
         "tensor arena).",
         f"- Created {manifest.created}; manifest schema {manifest.schema_version}.",
     ]
+
+
+def _inputs(model: dict) -> str:
+    return ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i.get('dtype', '')}".rstrip() for i in model.get("inputs", []))
+
+
+def _outputs(model: dict) -> str:
+    """Each output as the artifacts name it, with the Keras name it stands for."""
+    return ", ".join(f"`{o['name']}`" + (f" (Keras `{o['keras_name']}`)" if o.get("keras_name") else "")
+                     + f" {tuple(o['shape'])} {o.get('dtype', '')}".rstrip() for o in model.get("outputs", []))
+
+
+def model_lines(manifest: Manifest) -> list[str]:
+    """The report's opening lines: the model, its inputs and outputs, preprocessing, what was verified on."""
+    m = manifest.model
+    lines = [f"Model `{m.get('source')}` ({m.get('kind')}, {m.get('params') or '?'} parameters); "
+             f"inputs {_inputs(m)}" + (f"; outputs {_outputs(m)}." if m.get("outputs") else ".")]
+    if m.get("preprocessing_layers"):
+        lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
+    if m.get("float32_from_policy"):
+        lines.append(f"The model computes with the {m['float32_from_policy']} dtype policy, not float32: it was rebuilt in float32 with the "
+                     "same weights, and that float32 model is the reference and what every target converts.")
+    if m.get("removed_for_export"):
+        lines.append("Replaced by Identity in the exported graph (they pass their input through at inference; the "
+                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["removed_for_export"]) + ".")
+    d = manifest.data
+    lines += [
+        f"Verified on {d.get('eval_samples')} sample{'' if d.get('eval_samples') == 1 else 's'} of `{d.get('eval_source')}`"
+        + (" with labels." if d.get("labels") else
+           " with target values: Accuracy shows each file's mean absolute error (MAE) against them, Δ its change "
+           "from the reference's." if d.get("targets") else " (no labels: accuracy not measured)."),
+    ]
+    return lines
+
+
+def artifact_lines(manifest: Manifest) -> list[str]:
+    """One line per file written: path, sha256 prefix, what the target is."""
+    return [f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {target_description(a)}"
+            for a in manifest.artifacts if a.path]
