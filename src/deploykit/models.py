@@ -407,9 +407,9 @@ def _recurrent_unfused(model: Any) -> Iterator[None]:
     that says it implements an LSTM (``api_implements``, there for cuDNN): TFLite fuses that one into
     UNIDIRECTIONAL_SEQUENCE_LSTM, whose state persists between invocations (tensorflow#47813), while
     the plain loop becomes a stateless WHILE, exact to 3e-8 on a 16-unit LSTM. Restored on exit."""
-    from deploykit.optimize.prune import _walk
-
-    flagged = [l for l in _walk(model) if getattr(l, "_could_use_gpu_kernel", False)]
+    # Every sublayer: a Bidirectional's forward/backward LSTMs and a TimeDistributed's layer too.
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    flagged = [l for l in layers if getattr(l, "_could_use_gpu_kernel", False)]
     for layer in flagged:
         layer._could_use_gpu_kernel = False
     try:

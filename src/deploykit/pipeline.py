@@ -1058,10 +1058,11 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     flips = [o["flips"] for o in outputs if (o.get("flips") or {}).get("count")]
     if any("worst_column" in o and o["violations"] > o["allowed_violations"] for o in outputs):
         # A small column beside a large one: 8 bits of weights do not hold it (16-bit or float16 do).
-        wider = {"tfjs": "tfjs-uint16 or tfjs-fp16 (tfjs-auto ships the smallest that passes)",
-                 "tflite": "tflite-fp32", "onnx": "onnx-fp32"}.get(target.format, "a float32 target")
+        wider = [t for t in {"uint8": ["tfjs-uint16", "tfjs-fp16"], "uint16": ["tfjs-fp16"]}.get(target.weights, [])
+                 if t != target.name] + [f"{target.format}-fp32"]
         hints.append(f"the output's columns have very different ranges and {target.weights} weights do not keep the "
-                     f"small one: try {wider}")
+                     f"small one: try {' or '.join(wider)}" + (" (tfjs-auto ships the smallest that passes)"
+                                                             if target.format == "tfjs" else ""))
     vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
     if target.activations != "float32" and flips and not vanished and not any(f["confident"] for f in flips):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.

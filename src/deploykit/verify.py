@@ -342,12 +342,14 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
     return None
 
 
-def _headline_output(names: Sequence[str], reference: Sequence[np.ndarray], outputs: dict[str, Any]) -> str:
+def _headline_output(names: Sequence[str], reference: Sequence[np.ndarray], outputs: dict[str, Any],
+                     valued: int | None = None) -> str:
     """The output whose top-1 agreement heads an artifact's verification when no labels name one: a class
     index (an argmax inside the model), else class probabilities, else the first output that has one.
     The first output alone could be two regression columns (a price and a rating) whose "top-1" never
-    flips, reported as 100 % beside a class-id output that failed."""
-    having = [i for i, n in enumerate(names) if "top1_agreement" in outputs[n]]
+    flips, reported as 100 % beside a class-id output that failed. ``valued``: the output regression
+    targets score (never the headline)."""
+    having = [i for i, n in enumerate(names) if "top1_agreement" in outputs[n] and i != valued]
     for kind in (is_id_output, is_probabilities):
         for i in having:
             if kind(reference[i]):
@@ -821,10 +823,10 @@ def verify(
     # The worst of both batch sizes: an artifact whose batch-1 outputs differ showed a batched 3e-7 here.
     result["max_abs_error"] = max(max(o["max_abs_error"], o.get("max_abs_error_at_batch_1", 0.0)) for o in valued)
     result["mean_abs_error"] = float(np.mean([o["mean_abs_error"] for o in valued]))
-    headline = names[scored] if scored is not None else _headline_output(names, reference, result["outputs"])
-    regression_only = targets is not None and labels is None and not any(
-        is_id_output(r) or is_probabilities(r) for r in reference)  # its columns' "top-1" means nothing
-    if "top1_agreement" in result["outputs"][headline] and not regression_only:
+    # Target values score a value output: its columns' "top-1" means nothing; another output's may.
+    valued = target_output(reference, targets, label_output) if targets is not None and labels is None else None
+    headline = names[scored] if scored is not None else _headline_output(names, reference, result["outputs"], valued)
+    if "top1_agreement" in result["outputs"][headline] and names.index(headline) != valued:
         result["top1_agreement"] = result["outputs"][headline]["top1_agreement"]
         if len(names) > 1:
             result["top1_output"] = headline

@@ -1402,3 +1402,25 @@ def test_a_float64_model_with_dict_inputs_is_rebuilt_too(tmp_path):
     assert result.ok, [a["error"] for a in result.artifacts]
     assert result["model"]["float32_from_policy"] == "float64"
     assert [i["dtype"] for i in result["model"]["inputs"]] == ["float32", "float32"]
+
+
+def test_a_tf_keras_bidirectional_lstm_reaches_tflite_as_a_stateless_loop(tmp_path):
+    """The plain-loop export must reach the LSTMs a Bidirectional wraps (they were missed: refused as fused)."""
+    import tf_keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = np.random.default_rng(1).normal(size=(12, 6, 4)).astype("float32")
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((6, 4), name="seq")
+    h = tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(8, name="lstm"), name="bi")(inp)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, name="out")(h))
+    result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "out", bench=False)
+    a = result.artifact("tflite-fp32")
+    assert a["status"] == "ok", a["error"]
+    interp = Interpreter(model_path=str(result.out / a["path"]))
+    interp.allocate_tensors()
+    ref = model.predict(x, verbose=0)
+    for i in (5, 2, 5):
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[i:i + 1])
+        interp.invoke()
+        np.testing.assert_allclose(interp.get_tensor(interp.get_output_details()[0]["index"])[0], ref[i], atol=1e-5)

@@ -668,3 +668,23 @@ def test_a_target_file_with_a_precision_label_and_no_types_takes_the_builtins_or
     f.write_text('format = "tflm"\nprecision = "auto"\n')
     with pytest.raises(TargetError, match='precision "auto" compares candidates; list them'):
         load_target_file(f)
+
+
+def test_a_target_file_without_precision_is_told_so(tmp_path):
+    from deploykit.targets import load_target_file
+
+    f = tmp_path / "t.toml"
+    f.write_text('format = "tflite"\n')
+    with pytest.raises(TargetError, match=r"missing field\(s\) precision"):
+        load_target_file(f)
+
+
+def test_the_small_column_hint_never_suggests_the_target_that_failed():
+    from deploykit.pipeline import _failure_hints
+
+    v = {"failures": ["output 'y': column 1 ..."],
+         "outputs": {"y": {"worst_column": {"column": 1}, "violations": 9, "allowed_violations": 1}}}
+    uint8 = " ".join(_failure_hints(get_target("tfjs-uint8"), None, {}, v))
+    uint16 = " ".join(_failure_hints(get_target("tfjs-uint16"), None, {}, v))
+    assert "try tfjs-uint16 or tfjs-fp16 or tfjs-fp32" in uint8
+    assert "try tfjs-fp16 or tfjs-fp32" in uint16 and "tfjs-uint16 or" not in uint16

@@ -982,3 +982,12 @@ def test_column_ranges_hold_each_column_of_a_value_output_to_its_own_range():
     probs = rng.dirichlet(np.ones(3), 400)  # probabilities keep the metric gate's whole-range rules
     assert "column_ranges" not in compare_outputs(probs, probs, tol)
     assert get_target("tflite-int8").tolerance.column_ranges is False  # one output scale is what int8 has
+
+
+def test_a_regression_run_takes_its_headline_top1_from_another_classifier_output():
+    from deploykit.verify import _headline_output
+
+    values, logits = np.array([[1000.0, 0.5], [1200.0, 0.4]]), np.array([[2.0, -1.0, 0.3], [0.1, 0.2, 3.0]])
+    outputs = {"value": {"top1_agreement": 1.0}, "logits": {"top1_agreement": 0.97}}
+    assert _headline_output(["value", "logits"], [values, logits], outputs, valued=0) == "logits"
+    assert _headline_output(["value", "logits"], [values, logits], outputs) == "value"  # no targets: cannot tell

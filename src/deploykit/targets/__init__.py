@@ -618,6 +618,8 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
     ``precision`` is a label: a file with ``precision = "int8"`` and no types built a float32 file
     and reported it as ok, labelled int8.
     """
+    if "format" not in entry or "precision" not in entry:
+        return  # Target.from_dict names the missing field
     same = next((t for t in list_targets() if t.format == entry.get("format")
                  and t.precision == entry.get("precision")), None)
     if "candidates" in entry and not entry["candidates"]:
