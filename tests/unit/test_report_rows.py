@@ -234,8 +234,11 @@ def _auto_run(dynamic_rounds):
     sel = {"winner": "tflite-dynamic", "rounds": 5, "reason": "tflite-dynamic ships: fastest in the interleaved rounds",
            "candidates": [{"target": "tflite-fp32", "status": "ok", "size_bytes": 1000, "interleaved_p50_ms": 0.0061},
                           {"target": "tflite-dynamic", "status": "ok", "size_bytes": 300, "interleaved_p50_ms": 0.0059}]}
-    fp32 = _artifact("tflite-fp32", 1000, side_by_side={"p50_ms": 0.0073, "round_p50_ms": [0.0072, 0.0078, 0.0073, 0.0060]})
-    dyn = _artifact("tflite-dynamic", 300, side_by_side={"p50_ms": 0.0093, "round_p50_ms": dynamic_rounds})
+    group = ["tflite-fp32", "tflite-dynamic", "tflite-int16x8"]  # timed again with a file that is no candidate
+    fp32 = _artifact("tflite-fp32", 1000, side_by_side={"p50_ms": 0.0073, "round_p50_ms": [0.0072, 0.0078, 0.0073, 0.0060],
+                                                        "with": [g for g in group if g != "tflite-fp32"]})
+    dyn = _artifact("tflite-dynamic", 300, side_by_side={"p50_ms": 0.0093, "round_p50_ms": dynamic_rounds,
+                                                         "with": [g for g in group if g != "tflite-dynamic"]})
     auto = _artifact("tflite-auto", 300)
     auto.selection = sel
     return Manifest(model={}, tools={}, machine={}, artifacts=[fp32, dyn, auto])
@@ -249,6 +252,13 @@ def test_an_auto_choice_the_later_side_by_side_timing_contradicts_is_said_beside
     assert "`deploy bench tflite-dynamic/m tflite-fp32/m`" in text
     agreeing = "\n".join(selection_lines(_auto_run([0.0070, 0.0075, 0.0072, 0.0061])))
     assert "Timed again after the build" not in agreeing
+    tie = "\n".join(selection_lines(_auto_run([0.0081, 0.0070, 0.0083, 0.0059])))  # 1.10x, faster in 2 rounds: a tie
+    assert "Timed again after the build" not in tie
+    own = _auto_run([0.0090, 0.0094, 0.0093, 0.0059])  # the group was the candidates: the selection's own figures
+    for a in own.artifacts:
+        if "side_by_side" in a.benchmark:
+            a.benchmark["side_by_side"]["with"] = [t for t in ("tflite-fp32", "tflite-dynamic") if t != a.target]
+    assert "Timed again after the build" not in "\n".join(selection_lines(own))
     # the candidate table shows 3 significant digits: 0.0059 and 0.0061 no longer both read 0.006
     assert "| tflite-dynamic (winner) | ok | 300 B | – | 0.00590 |" in agreeing
 

@@ -209,31 +209,36 @@ def selection_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
-RETIMED_DISAGREES = 1.10  # another candidate this much faster than the winner in the later timing: said
-
-
 def _retimed_note(manifest: Manifest, auto: Artifact) -> list[str]:
     """When the run's side-by-side timing after the build (the Targets table's figures) found another
-    candidate clearly faster than the one the selection shipped, say so here: the two timings of the
-    same files are minutes apart, and a reader saw "X ships: fastest" beside a table ranking it slower."""
+    candidate faster than the one the selection shipped, by the selection's own rule (not a tie), say
+    so here: the two timings of the same files are minutes apart, and a reader saw "X ships: fastest"
+    beside a table ranking it slower. Not when those figures are the selection's own (a group that is
+    exactly the candidates is not timed again)."""
+    from deploykit.selection import NOISE_RATIO, ROUND_WINS, TIE_RATIO
+
     sel = auto.selection
     if not sel.get("rounds"):
         return []
     by_name = {x.target: x for x in manifest.artifacts}
     winner = by_name.get(sel.get("winner"))
-    rounds = lambda x: (x.benchmark.get("side_by_side") or {}).get("round_p50_ms") or []  # noqa: E731
-    if winner is None or not rounds(winner):
+    sbs = lambda x: x.benchmark.get("side_by_side") or {}  # noqa: E731
+    if winner is None or not sbs(winner).get("round_p50_ms"):
         return []
+    if {winner.target, *sbs(winner).get("with", [])} <= {r["target"] for r in sel.get("candidates", [])}:
+        return []  # the selection's own rounds
     faster = []
     for r in sel.get("candidates", []):
         other = by_name.get(r["target"])
         if other is None or other is winner or r.get("status") != "ok":
             continue
-        pairs = [(w, o) for w, o in zip(rounds(winner), rounds(other)) if w and o]
-        if len(pairs) >= 2:
-            ratio = float(np.median([w / o for w, o in pairs]))
-            if ratio >= RETIMED_DISAGREES:
-                faster.append((ratio, other))
+        pairs = [(w, o) for w, o in zip(sbs(winner).get("round_p50_ms", []), sbs(other).get("round_p50_ms", [])) if w and o]
+        if len(pairs) < 2:
+            continue
+        ratio = float(np.median([w / o for w, o in pairs]))
+        wins = sum(w <= o for w, o in pairs)
+        if ratio > TIE_RATIO and not (ratio <= NOISE_RATIO and wins >= ROUND_WINS):
+            faster.append((ratio, other))
     if not faster:
         return []
     ratio, other = max(faster, key=lambda t: t[0])
