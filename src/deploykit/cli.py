@@ -34,6 +34,7 @@ EXIT_TARGET_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 _INTERRUPT_SAID: list[bool] = []  # a command that said how it stopped on Ctrl-C (convert: what it removed)
+_CONSOLE: list[bool] = []  # set by main(): this is the `deploy` process itself, not an in-process caller
 
 
 def _console(stderr: bool = False):
@@ -124,17 +125,43 @@ def convert(
         qat_settings = {k: v for k, v in tuning_values if v is not None}
 
     err = _console(stderr=True)
-    interrupts = {"count": 0}
+    interrupts = {"count": 0, "written": False}
 
     def on_sigint(signum: int, frame: object) -> None:
         interrupts["count"] += 1
-        raise KeyboardInterrupt
+        if not interrupts["written"]:  # once the run is on disk there is nothing left to stop
+            raise KeyboardInterrupt
 
+    # Put back when the command returns: a process that calls it in-process (CliRunner, a notebook)
+    # keeps its own Ctrl-C.
+    saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
     signal.signal(signal.SIGINT, on_sigint)
     _quiet_unraisable_interrupts()
     # SIGTERM (CI cancel, timeout, docker stop) stops the run the same way: what it wrote goes,
     # and with --force the previous run is put back.
     signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        result = _run_convert(err, interrupts, out, lambda progress: Pipeline(
+            target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
+            threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
+            bench=not no_bench, progress=progress,
+            prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
+            cluster=cluster_settings,
+        ), model)
+        _print_summary(result)
+    finally:
+        # The `deploy` process, its run on disk, is about to exit: a Ctrl-C during TensorFlow's teardown
+        # (where Python puts the default handler back) killed it silently with code 130. Ignored there.
+        written_console = interrupts["written"] and _CONSOLE
+        signal.signal(signal.SIGINT, signal.SIG_IGN if written_console else saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+        sys.unraisablehook = saved[2]
+    if not result.ok:
+        raise typer.Exit(EXIT_TARGET_FAILED)
+
+
+def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline: Any, model: Any) -> Any:
+    """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130)."""
     with err.status("starting") as status:
 
         def progress(msg: str) -> None:
@@ -146,13 +173,7 @@ def convert(
             if re.search(r"\bepoch \d+/\d+:", msg):  # fine-tune epochs stay on screen and in logs
                 err.print(msg, highlight=False)
 
-        pipeline = Pipeline(
-            target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
-            threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
-            bench=not no_bench, progress=progress,
-            prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
-            cluster=cluster_settings,
-        )
+        pipeline = make_pipeline(progress)
         try:
             result = pipeline.run(model)
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
@@ -160,12 +181,8 @@ def convert(
             print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
             _INTERRUPT_SAID.append(True)
             raise typer.Exit(130) from None
-        # The run is complete and on disk: a Ctrl-C from here on (the summary, TensorFlow's teardown at
-        # exit, where Python restores the default handler) killed the process silently with code 130.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _print_summary(result)
-    if not result.ok:
-        raise typer.Exit(EXIT_TARGET_FAILED)
+        interrupts["written"] = True  # the run is complete and on disk: a late Ctrl-C changes nothing
+    return result
 
 
 def _print_summary(result) -> None:
@@ -354,6 +371,7 @@ def main() -> None:
 
     for key, value in {**_ENV_DEFAULTS, **CLI_ENV_DEFAULTS}.items():  # this process and its children are ours
         os.environ.setdefault(key, value)
+    _CONSOLE.append(True)
     try:
         with library_logs_muted():  # every command, not only the API's entry points
             code = app(standalone_mode=False, prog_name="deploy")

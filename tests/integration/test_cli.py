@@ -544,3 +544,16 @@ def test_a_ctrl_c_after_the_run_is_written_changes_nothing(tmp_path, cli_inputs)
     rest, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, (proc.returncode, err)
     assert "interrupted" not in err and (out / "manifest.json").is_file()
+
+
+def test_an_in_process_convert_gives_the_caller_its_ctrl_c_back(tmp_path, cli_inputs):
+    """After one CliRunner convert, SIGINT stayed ignored (and the unraisable hook wrapped again on every
+    call): Ctrl-C no longer stopped the calling process."""
+    import signal
+    import sys
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
+    result = invoke(["convert", cli_inputs["model"], "-t", "tflite-fp32", "--data", cli_inputs["data"],
+                     "--out", tmp_path / "out", "--no-bench"])
+    assert result.exit_code == 0, result.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before
