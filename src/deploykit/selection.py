@@ -232,7 +232,8 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
             auto.settings[proof] = winner.settings[proof]
     hashes = winner.settings.get("extra_file_sha256") or {}
     if hashes:  # the copied weight files (TF.js shards, ONNX external data) are the winner's bytes
-        auto.settings["extra_file_sha256"] = {str(Path(auto.path).parent / Path(f).name): h for f, h in hashes.items()}
+        auto.settings["extra_file_sha256"] = {copied: hashes[f] for f, copied in zip(winner.extra_files, auto.extra_files)
+                                              if f in hashes}
     auto.status = "ok"
     auto.verification = winner.verification
     auto.benchmark = winner.benchmark

@@ -169,3 +169,21 @@ def test_qat_after_pruning_a_two_output_model_is_refused_before_any_training(tmp
         deploykit.convert(k3, targets=["tflite-fp32"], prune=0.5, cluster=8, train_data=str(tmp_path / "train.npz"),
                           out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_id_output_is_not_trained_and_is_reported_by_the_ids_it_kept(digits):
+    """An argmax inside the model has no gradient: it got a loss anyway and a meaningless mean |change| of ids."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(keras.layers.Rescaling(1 / 16)(inp)))
+    probs = keras.layers.Dense(10, activation="softmax", name="probs")(h)
+    model = keras.Model(inp, [probs, keras.ops.argmax(probs, axis=-1)])
+    model.compile("adam", loss=["sparse_categorical_crossentropy", None])
+    model.fit(digits.x_train, [digits.y_train, digits.y_train], epochs=4, batch_size=64, verbose=0)
+    rep = prune(model, (digits.x_train, digits.y_train), sparsity=0.5, epochs=2, batch_size=64, seed=SEED).report
+    (ids,) = rep["outputs"]["distilled"]
+    assert rep["outputs"]["labelled"] == "probs" and "mean_abs_change" not in ids and ids["ids_kept"] > 0.8
+    with pytest.raises(UserError, match="holds class ids .* which training cannot move"):
+        prune(model, (digits.x_train, digits.y_train), sparsity=0.5, epochs=1, output=1)

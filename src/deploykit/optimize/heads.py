@@ -103,9 +103,13 @@ class Heads:
     @classmethod
     def plan(cls, model: Any, kind: str, index: int, compiled_loss: Any) -> "Heads":
         keys = output_keys(model)
+        ids = [j for j, o in enumerate(model.outputs) if "int" in str(getattr(o, "dtype", ""))]
+        if index in ids:
+            raise UserError(f"output {keys[index]!r} holds class ids (an argmax inside the model), which training cannot "
+                            "move; fine-tune on an output with probabilities or logits (--label-output / output=)")
         heads = cls(index, keys, is_dict_model(model))
-        heads.distill = [None if j == index else _distill_loss(kind, compiled_loss_of(compiled_loss, j, keys))
-                         for j in range(len(keys))]
+        heads.distill = [None if j == index else _ID_OUTPUT if j in ids else
+                         _distill_loss(kind, compiled_loss_of(compiled_loss, j, keys)) for j in range(len(keys))]
         return heads
 
     def structured(self, per_output: list[Any]) -> Any:
@@ -113,7 +117,8 @@ class Heads:
         return {k: v for k, v in zip(self.keys, per_output)} if self.dict_outputs else list(per_output)
 
     def losses(self, labelled_loss: Any) -> Any:
-        return self.structured([labelled_loss if j == self.index else d[0] for j, d in enumerate(self.distill)])
+        return self.structured([labelled_loss if j == self.index else d[0] if d is not _ID_OUTPUT else "mse"
+                                for j, d in enumerate(self.distill)])
 
     def loss_weights(self) -> Any:
         """1 for the labelled output and those held by a crossentropy; an output held by a squared or
@@ -124,8 +129,8 @@ class Heads:
         digits model moved by twice its spread while the classifier gained 1 point)."""
         weights = []
         for j, d in enumerate(self.distill):
-            w = 1.0
-            if d is not None and self.teacher is not None and d[3] is not None:
+            w = 0.0 if d is _ID_OUTPUT else 1.0  # class ids have no gradient: nothing to train
+            if d is not None and d is not _ID_OUTPUT and self.teacher is not None and d[3] is not None:
                 t = np.asarray(self.teacher[j], np.float64)
                 spread = float(np.var(t)) if d[3] == "squared" else float(np.std(t))
                 w = 1.0 / spread if spread > 1e-12 else 1.0
@@ -143,6 +148,9 @@ class Heads:
             if d is None:
                 continue
             a, b = np.asarray(dense[j], np.float64), np.asarray(tuned[j], np.float64)
+            if d is _ID_OUTPUT:  # follows the output it is the argmax of: the share of ids kept says how well
+                rows.append({"output": self.keys[j], "loss": d[2], "ids_kept": float(np.mean(a == b)) if a.size else 1.0})
+                continue
             row: dict[str, Any] = {"output": self.keys[j], "loss": d[2],
                                    "mean_abs_change": float(np.mean(np.abs(a - b))) if a.size else 0.0,
                                    "dense_std": float(np.std(a)) if a.size else 0.0}
@@ -150,6 +158,11 @@ class Heads:
                 row["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             rows.append(row)
         return rows
+
+
+# An integer output (class ids from an argmax inside the model): no loss trains it (weight 0; Keras needs
+# an entry per output), and its drift is the share of ids that stayed the same.
+_ID_OUTPUT = (None, lambda t: t, "none (class ids: follow the output they come from)", None)
 
 
 def _distill_loss(kind: str, compiled: Any) -> tuple[Any, Any, str, str | None]:

@@ -536,6 +536,10 @@ def _distilled_lines(rep: dict[str, Any]) -> list[str]:
     lines = [f"- The labels trained output `{outs['labelled']}`; each other output was trained towards the dense "
              "model's own values of it:"]
     for d in outs.get("distilled", []):
+        if "ids_kept" in d:
+            lines.append(f"  - `{d['output']}` (class ids, not trained: they follow the output they come from): "
+                         f"{d['ids_kept']:.2%} the same as the dense model's")
+            continue
         spread = d.get("dense_std") or 0.0
         share = f" ({d['mean_abs_change'] / spread:.0%} of its spread, std {spread:.4g})" if spread > 0 else ""
         agree = f"; top-1 agreement with the dense model {d['top1_agreement']:.2%}" if "top1_agreement" in d else ""

@@ -88,11 +88,7 @@ class ORTRunner:
     """
 
     runtime = "onnxruntime"
-    # Untimed running before the first timing (see runtime_bench._settle). A fresh interpreter's
-    # first runs can be several times slower than the rest (its threads waking, caches, the CPU's
-    # clock): in a convert run the digits CNN's tflite-fp16 ran ~0.05 ms for its first 55 timed
-    # runs and 0.006 ms after, so the 10 warm-up runs left its p50 7.5x the settled figure.
-    settle_s = 0.05
+    settle_s = 0.05  # untimed running of a fresh session first, as LiteRTRunner's (see there)
 
     def __init__(self, path: str | Path, threads: int = 2, optimization_level: str = "all"):
         self.path = Path(path)
