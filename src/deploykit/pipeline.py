@@ -441,11 +441,6 @@ class Pipeline:
             check_stateless(loaded.keras_model, loaded.source)
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             _check_qat_model(loaded)
-        if loaded.keras_model is not None and len(loaded.keras_model.outputs) > 1 and (
-                self.qat_options is not None or self.cluster_options is not None):  # before pruning spends its epochs
-            what = "QAT" if self.qat_options is not None else "clustering"
-            raise UserError(f"{what} fine-tunes single-output models; this one has {len(loaded.keras_model.outputs)} "
-                            "outputs (pruning alone takes several: --prune without --qat/--cluster)")
         specs = loaded.inputs
         _check_numeric_inputs(specs)
         if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
@@ -673,7 +668,7 @@ class Pipeline:
         report, clustered = self._fine_tune(model, loaded, steps, "cluster", "clustering", "clustered",
                                             lambda train, config, progress: cluster(
                                                 loaded.keras_model, train, compile_config=config, progress=progress,
-                                                **self.cluster_options))
+                                                output=self._label_index, **self.cluster_options))
         self.cluster_report = report
         return clustered
 
@@ -688,7 +683,8 @@ class Pipeline:
         report, qat_model = self._fine_tune(model, loaded, steps, "qat", label, label,
                                  lambda train, config, progress: quantize_aware(
                                      loaded.keras_model, train, compile_config=config, preserve_sparsity=pqat,
-                                     preserve_clusters=pcqat, progress=progress, **self.qat_options))
+                                     preserve_clusters=pcqat, progress=progress, output=self._label_index,
+                                     **self.qat_options))
         self.qat_report = report
         return qat_model
 

@@ -48,6 +48,7 @@ import numpy as np
 from deploykit._quiet import logs_muted
 from deploykit.errors import UserError
 from deploykit.models import check_finite_weights, model_call_arg, with_inputs
+from deploykit.optimize import heads as _heads
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning and QAT
 
 KERAS3_PATH = "keras3-shared-centroids"
@@ -226,6 +227,7 @@ def cluster(
     compile_config: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     seed: int = 0,
+    output: int | str | None = None,
 ) -> ClusterResult:
     """Share ``clusters`` values per kernel (zeros kept) and fine-tune the shared values.
 
@@ -238,7 +240,8 @@ def cluster(
         epochs: Fine-tuning epochs (0: cluster only). The best epoch by validation score is kept,
             the clustered model before fine-tuning included.
         batch_size, validation_data, validation_split, patience, loss, metrics, optimizer,
-            learning_rate, compile_config, seed: As for :func:`deploykit.optimize.prune.prune`.
+            learning_rate, compile_config, seed, output: As for :func:`deploykit.optimize.prune.prune`
+            (a model with several outputs: ``y`` trains one, the others keep to the model's own values).
         progress: Called with one line per epoch.
 
     Returns:
@@ -263,19 +266,18 @@ def cluster(
     check_finite_weights(model, f"<in-memory {type(model).__name__}>")
     clusters = check_settings(clusters=clusters, epochs=epochs, batch_size=batch_size, patience=patience,
                               learning_rate=learning_rate, loss=loss, seed=seed, validation_split=validation_split)
-    if len(getattr(model, "outputs", None) or [None]) != 1:
-        raise UserError(f"clustering fine-tunes single-output models; this one has {len(model.outputs)} outputs")
-
     cfg = compile_config if compile_config is not None else _ft._model_compile_config(compiled, kind)
-    train, val, regression = _ft.fine_tune_data(train_data, validation_data, model,
+    head, view, cfg = _heads.prepare(model, kind, train_data, output, cfg)  # several outputs: see prune()
+    train, val, regression = _ft.fine_tune_data(train_data, validation_data, view,
                                                 _ft.is_regression_loss(loss, cfg), "clustering")
     train, val = _ft._split(train, val, validation_split, seed)
+    dense_val = _heads.teach(head, model, train, val)
     kernels, skipped = _plan(model, kind)
     if not kernels:
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be clustered: {why}")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
-    score = _ft._Score(loss_fn if regression else None, kind, _ft.from_logits(loss_fn))
+    score = _ft._Score(loss_fn if regression else None, kind, _ft.from_logits(loss_fn), head[0].index if head else 0)
     km = _ft._keras_module(kind)
     km.utils.set_random_seed(seed)
 
@@ -305,8 +307,8 @@ def cluster(
     state.best = (measured_clustered, 0, work.get_weights())
     try:
         if epochs:
-            work.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
-            y = _ft._labels_for(loss_fn, train.y, model)
+            fit_settings, y = _ft._fit_targets(head, loss_fn, train.y, model, metric_list)
+            work.compile(optimizer=opt, **fit_settings)
             work.fit(model_call_arg(work, train.x), y, batch_size=batch_size, epochs=epochs, shuffle=True,
                      verbose=0, callbacks=[_ft._make_tracker(km.callbacks.Callback, state)])
         work.set_weights(state.best[2])
@@ -352,6 +354,8 @@ def cluster(
         "best_epoch": state.best[1],
         "history": state.history,
     }
+    if head is not None:
+        report["outputs"] = _heads.outputs_report(head, dense_val, work, val)
     return ClusterResult(work, report)
 
 

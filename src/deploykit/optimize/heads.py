@@ -232,3 +232,34 @@ def head_config(compile_config: dict[str, Any] | None, index: int, keys: Sequenc
     elif isinstance(metrics, (list, tuple)) and metrics and all(isinstance(m, (list, tuple)) or m is None for m in metrics):
         cfg["metrics"] = metrics[index] if index < len(metrics) else None
     return cfg
+
+
+def prepare(model: Any, kind: str, train_data: Any, output: int | str | None,
+            compile_config: dict[str, Any] | None) -> tuple[Any, Any, dict[str, Any] | None]:
+    """(head, view, compile config) for a fine-tune: ``(None, model, compile_config)`` for a single-output
+    model; for several outputs the :class:`Heads` with the labelled output's view (what the labels and
+    the loss are checked on) and the compile config as that output's alone."""
+    if len(getattr(model, "outputs", None) or [None]) == 1:
+        return None, model, compile_config
+    from deploykit.optimize.prune import _to_dataset
+
+    raw = _to_dataset(train_data, model, "train data", targets=True)
+    index = labelled_output(model, output, raw.x, raw.y)
+    heads = Heads.plan(model, kind, index, (compile_config or {}).get("loss"))
+    view = output_view(model, kind, index)
+    return (heads, view), view, head_config(compile_config, index, heads.keys)
+
+
+def teach(head: Any, model: Any, train: Any, val: Any) -> list[np.ndarray] | None:
+    """Set the dense model's outputs on the training split as the targets of the unlabelled outputs;
+    returns its outputs on the validation split (what :func:`outputs_report` measures against)."""
+    if head is None:
+        return None
+    head[0].teacher = predict_all(model, train.x)
+    return predict_all(model, val.x)
+
+
+def outputs_report(head: Any, dense_val: list[np.ndarray] | None, tuned: Any, val: Any) -> dict[str, Any]:
+    """The report's ``outputs``: the labelled output and how far each other one moved (validation split)."""
+    heads = head[0]
+    return {"labelled": heads.keys[heads.index], "distilled": heads.drift(dense_val, predict_all(tuned, val.x))}

@@ -1163,21 +1163,13 @@ def prune(
                                   epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
                                   loss=loss, seed=seed, validation_split=validation_split)
     cfg = compile_config if compile_config is not None else _model_compile_config(compiled, kind)
-    head, view = None, model  # view: the model as its labelled output alone (its data and loss are checked on it)
-    if len(getattr(model, "outputs", None) or [None]) != 1:
-        from deploykit.optimize import heads as _heads
+    from deploykit.optimize import heads as _heads
 
-        raw = _to_dataset(train_data, model, "train data", targets=True)
-        index = _heads.labelled_output(model, output, raw.x, raw.y)
-        heads = _heads.Heads.plan(model, kind, index, (cfg or {}).get("loss"))
-        view = _heads.output_view(model, kind, index)
-        cfg = _heads.head_config(cfg, index, heads.keys)
-        head = (heads, view)
+    # view: the model as its labelled output alone (its data and loss are checked on it)
+    head, view, cfg = _heads.prepare(model, kind, train_data, output, cfg)
     train, val, regression = fine_tune_data(train_data, validation_data, view, is_regression_loss(loss, cfg), "pruning")
     train, val = _split(train, val, validation_split, seed)
-    if head is not None:  # the dense model's outputs: what the unlabelled outputs keep to
-        head[0].teacher = _heads.predict_all(model, train.x)
-        dense_val = _heads.predict_all(model, val.x)
+    dense_val = _heads.teach(head, model, train, val)  # what the unlabelled outputs keep to
 
     kernels, skipped = _plan(model, kind, structure, bs)
     if not kernels:
@@ -1260,8 +1252,6 @@ def prune(
         "history": state.history,
     }
     if head is not None:
-        heads = head[0]
-        report["outputs"] = {"labelled": heads.keys[heads.index],
-                             "distilled": heads.drift(dense_val, _heads.predict_all(pruned, val.x))}
+        report["outputs"] = _heads.outputs_report(head, dense_val, pruned, val)
         report["settings"]["metrics"] = []
     return PruneResult(pruned, report)

@@ -77,6 +77,7 @@ import numpy as np
 
 from deploykit._quiet import logs_muted
 from deploykit.models import model_call_arg
+from deploykit.optimize import heads as _heads
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning
 from deploykit.optimize import structure as _structure
@@ -408,6 +409,7 @@ def quantize_aware(
     seed: int = 0,
     preserve_sparsity: bool = False,
     preserve_clusters: bool = False,
+    output: int | str | None = None,
 ) -> QATResult:
     """Fine-tune a tf_keras classifier with int8 fake quantization (tfmot QAT).
 
@@ -437,6 +439,8 @@ def quantize_aware(
             (:func:`deploykit.cluster`): after every step each kernel is put back onto its
             shared values (each the mean of its cluster, zeros kept at 0); the report counts
             every kernel's distinct values before/after.
+        output: A multi-output model's output ``y`` trains, as for :func:`deploykit.optimize.prune.prune`
+            (the others keep to the model's own values; the report's ``outputs`` says how far they moved).
 
     Returns:
         :class:`QATResult`: ``.model`` is a tf_keras model with tfmot's quantize
@@ -458,12 +462,11 @@ def quantize_aware(
     check_model(model)
     check_settings(epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
                    validation_split=validation_split, loss=loss, seed=seed)
-    if len(getattr(model, "outputs", None) or [None]) != 1:
-        raise UserError(f"QAT fine-tunes single-output models; this one has {len(model.outputs)} outputs")
-
     cfg = compile_config if compile_config is not None else _ft._model_compile_config(model, "tf_keras")
-    train, val, regression = _ft.fine_tune_data(train_data, validation_data, model, _ft.is_regression_loss(loss, cfg), "QAT")
+    head, view, cfg = _heads.prepare(model, "tf_keras", train_data, output, cfg)  # several outputs: see prune()
+    train, val, regression = _ft.fine_tune_data(train_data, validation_data, view, _ft.is_regression_loss(loss, cfg), "QAT")
     train, val = _ft._split(train, val, validation_split, seed)
+    dense_val = _heads.teach(head, model, train, val)
 
     cfg_loss = (cfg or {}).get("loss")
     if loss is None and (isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss)):
@@ -471,7 +474,7 @@ def quantize_aware(
                         "pass loss=... (--loss) for its output")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup("tf_keras", cfg, loss, metrics, optimizer,
                                                                      learning_rate)
-    score = _ft._Score(loss_fn if regression else None, "tf_keras", _ft.from_logits(loss_fn))
+    score = _ft._Score(loss_fn if regression else None, "tf_keras", _ft.from_logits(loss_fn), head[0].index if head else 0)
 
     from deploykit.optimize._tfmot import import_tfmot
 
@@ -496,8 +499,8 @@ def quantize_aware(
 
     label = "pcqat" if preserve_clusters else "pqat" if preserve_sparsity else "qat"
     state = _ft._EpochState(qmodel, epochs, val, patience, progress, label, score)
-    qmodel.compile(optimizer=opt, loss=loss_fn, metrics=metric_list)
-    y = _ft._labels_for(loss_fn, train.y, model)
+    fit_settings, y = _ft._fit_targets(head, loss_fn, train.y, model, metric_list)
+    qmodel.compile(optimizer=opt, **fit_settings)
     callbacks = [_ft._make_tracker(tf_keras.callbacks.Callback, state)]
     # before the tracker: its snapshots (the best epoch's weights) hold the zeros and shared values
     if preserve_clusters:
@@ -537,6 +540,8 @@ def quantize_aware(
         "best_epoch": state.best[1] if state.best else None,
         "history": state.history,
     }
+    if head is not None:
+        report["outputs"] = _heads.outputs_report(head, dense_val, qmodel, val)
     if preserve_clusters:
         after_values = _distinct_values(qmodel)
         report["kernel_values"] = [{"kernel": name, "values_before": n, "values_after": after_values.get(name)}

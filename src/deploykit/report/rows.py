@@ -613,6 +613,7 @@ def cluster_lines(manifest: Manifest) -> list[str]:
         "",
         _score_line(rep, "before", "clustered") + ("" if rep.get("score") == "val_loss" else
                                                    " Each artifact's accuracy after conversion is in the Targets table."),
+        *_distilled_lines(rep),
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("clustering")],
         *([] if manifest.steps.get("prune") else size_against_dense(manifest)),  # after pruning: in its section
     ]
@@ -658,6 +659,7 @@ def qat_lines(manifest: Manifest) -> list[str]:
         f"loss and optimizer from {st.get('training_settings_from')}.",
         "",
         _score_line(rep, "before", "QAT model"),
+        *_distilled_lines(rep),
         f"- Quantized layers ({len(names)}): " + (", ".join(f"`{n}`" for n in names) or "–") + ".",
         *[f"- **Warning:** {w}." for w in fine_tune_warnings(manifest) if w.startswith("quantization")],
     ]
