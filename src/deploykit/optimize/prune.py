@@ -430,8 +430,8 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
         cfg_loss = next(iter(cfg_loss.values()))
     if loss is None and cfg_loss is not None:
         if isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss):
-            raise UserError("the model was compiled with one loss per output; this fine-tune takes single-output "
-                            "models, pass loss=... (--loss) for its output")
+            raise UserError("the model was compiled with several losses and none is this output's; pass loss=... "
+                            "(--loss) for it")
         loss = cfg_loss
         source = "model compile config"
     if loss is None:

@@ -468,10 +468,6 @@ def quantize_aware(
     train, val = _ft._split(train, val, validation_split, seed)
     dense_val = _heads.teach(head, model, train, val)
 
-    cfg_loss = (cfg or {}).get("loss")
-    if loss is None and (isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss)):
-        raise UserError("the model was compiled with one loss per output; QAT fine-tunes single-output models, "
-                        "pass loss=... (--loss) for its output")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup("tf_keras", cfg, loss, metrics, optimizer,
                                                                      learning_rate)
     score = _ft._Score(loss_fn if regression else None, "tf_keras", _ft.from_logits(loss_fn), head[0].index if head else 0)
