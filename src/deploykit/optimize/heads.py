@@ -1,12 +1,15 @@
 """Fine-tuning a model with several outputs on labels for one of them.
 
 A deploykit data file carries one ``y``: the labels (or target values) of one output. A
-multi-output model fine-tuned on it (pruning) trains that output on ``y`` and every other
-output on the dense model's own outputs for the same inputs (self-distillation), each with a
-loss that fits it: soft targets for a head compiled with a crossentropy (its softmax or sigmoid
-taken when the loss reads logits), the head's own loss for a regression head, mean squared error
-when the model carries no loss for it. Without that, the unlabelled heads would drift with the
-shared layers they sit on, and nothing would say so; the report gives how far each one moved.
+multi-output model fine-tuned on it (pruning, clustering, QAT) trains that output on ``y`` and
+every other output on the model's own outputs before the fine-tune, for the same inputs
+(self-distillation), each with a loss that fits it: soft targets for a head compiled with a
+crossentropy (its softmax or sigmoid taken when the loss reads logits), the head's own loss for a
+regression head, mean squared error when the model carries no loss for it (those two weighted by
+the spread of the head's values, see :meth:`Heads.loss_weights`). A class-id output (an argmax in
+the model) has no gradient and is left to follow the output it comes from. Without that, the
+unlabelled heads would drift with the shared layers they sit on, and nothing would say so; the
+report gives how far each one moved.
 """
 
 from __future__ import annotations
