@@ -1056,8 +1056,8 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         # A small column beside a large one: 8 bits of weights do not hold it (16-bit or float16 do).
         wider = [t for t in {"uint8": ["tfjs-uint16", "tfjs-fp16"], "uint16": ["tfjs-fp16"]}.get(target.weights, [])
                  if t != target.name] + [f"{target.format}-fp32"]
-        hints.append(f"the output's columns have very different ranges and {target.weights} weights do not keep the "
-                     f"small one: try {' or '.join(wider)}" + (" (tfjs-auto ships the smallest that passes)"
+        hints.append(f"each column of the output is held to its own scale, and {target.weights} weights do not keep "
+                     f"that one: try {' or '.join(wider)}" + (" (tfjs-auto ships the smallest that passes)"
                                                              if target.format == "tfjs" else ""))
     vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
     if target.activations != "float32" and flips and not vanished and not any(f["confident"] for f in flips):

@@ -316,10 +316,12 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
         return None
     if cmp["violations"] > cmp["allowed_violations"] and "worst_column" in cmp:
         c = cmp["worst_column"]
-        return (f"column {c['column']} (its values span {c['range']:.4g}; each column is held to {c['range_atol']:g} of its "
-                f"own range: {c['allowed']:.3g}" + (f" + {cmp['rtol']:g} x |value|" if cmp.get("rtol") else "")
-                + f") is off by up to {c['max_abs_error']:.3g}, over the bound in {c['violations']} of {cmp['elements']} "
-                "element(s) of the output" + (f" (at most {cmp['allowed_violations']} may)" if cmp["allowed_violations"] else ""))
+        return (f"column {c['column']} (scale {c['range']:.4g}: its span, at least 1 % of its largest value; each column "
+                f"is held to {c['range_atol']:g} of its own scale: {c['allowed']:.3g}"
+                + (f" + {cmp['rtol']:g} x |value|" if cmp.get("rtol") else "")
+                + f") is off by up to {c['max_abs_error']:.3g}, over the bound in {c['violations']} of its "
+                f"{c.get('elements', cmp['elements'])} values" + (f" (at most {cmp['allowed_violations']} of the output's "
+                f"{cmp['elements']} may)" if cmp["allowed_violations"] else ""))
     if cmp["violations"] > cmp["allowed_violations"]:
         bound = f"{cmp['allowed_abs_error_at_max']:.3g}" + (f" + {cmp['rtol']:g} x |value|" if cmp.get("rtol") else "")
         if "logit_atol" in cmp:
@@ -548,6 +550,7 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         over = (~(err <= allowed)).sum(axis=0)
         j = int(np.argmax(over))
         by_column = {"worst_column": {"column": j, "range": float(ranges[0, j]), "violations": int(over[j]),
+                                      "elements": int(err.shape[0]),
                                       "max_abs_error": float(np.nanmax(err[:, j])),
                                       "allowed": float(tol.atol + noise_allowance + tol.range_atol * ranges[0, j]),
                                       "range_atol": float(tol.range_atol)}}
@@ -598,13 +601,17 @@ def _scale_of(values: np.ndarray) -> float:
 
 
 def _column_ranges(ref: np.ndarray, whole: float) -> Any:
-    """Per-column ranges of an (N, 2..8) value output, as a row to broadcast (``whole`` for a column
-    that does not vary, and for every other output: probabilities, per-pixel maps, wide features)."""
+    """Per-column scales of an (N, 2..8) value output, as a row to broadcast; ``whole`` for every other
+    output (probabilities, per-pixel maps, wide features).
+
+    A column's scale is its span, but at least ``VARYING_SPAN`` of its largest value: a column that
+    barely varies (12000 +- 50) is held to 1 % of its size, not to the whole output's range, which let
+    a constant in its place pass; and the bound grows smoothly with the span instead of jumping 20x at
+    a threshold. A column of zeros only takes the whole output's range."""
     if ref.ndim != 2 or not 2 <= ref.shape[1] <= MAX_OWN_RANGE_COLUMNS or len(ref) < 2 or is_probabilities(ref):
         return whole
-    spans = ref.max(axis=0) - ref.min(axis=0)
-    varying = np.isfinite(spans) & (spans > 0) & (spans >= VARYING_SPAN * np.abs(ref).max(axis=0))
-    return np.where(varying, spans, whole)[None, :]
+    scales = np.maximum(ref.max(axis=0) - ref.min(axis=0), VARYING_SPAN * np.abs(ref).max(axis=0))
+    return np.where(np.isfinite(scales) & (scales > 0), scales, whole)[None, :]
 
 
 def _collapsed_column(ref: np.ndarray, err: np.ndarray, whole: float) -> dict[str, Any]:

@@ -976,7 +976,7 @@ def test_column_ranges_hold_each_column_of_a_value_output_to_its_own_range():
     assert own["worst_column"]["column"] == 1 and own["violations"] > own["allowed_violations"]
     from deploykit.verify import _elementwise_failure
 
-    assert _elementwise_failure(own, None).startswith("column 1 (its values span")
+    assert _elementwise_failure(own, None).startswith("column 1 (scale ")
     fine = compare_outputs(ref, ref + np.stack([rng.normal(0, 5, 400), rng.normal(0, 0.005, 400)], 1), tol)
     assert fine["violations"] == 0  # a rating kept to 0.5 % passes
     probs = rng.dirichlet(np.ones(3), 400)  # probabilities keep the metric gate's whole-range rules
@@ -991,3 +991,19 @@ def test_a_regression_run_takes_its_headline_top1_from_another_classifier_output
     outputs = {"value": {"top1_agreement": 1.0}, "logits": {"top1_agreement": 0.97}}
     assert _headline_output(["value", "logits"], [values, logits], outputs, valued=0) == "logits"
     assert _headline_output(["value", "logits"], [values, logits], outputs) == "value"  # no targets: cannot tell
+
+
+def test_a_column_that_barely_varies_is_held_to_one_percent_of_its_size_smoothly():
+    """Beside a 0..2000 column, a 12000 +- 50 column took the whole output's range (a constant in its place
+    passed), and the bound jumped 20x at the 1 % threshold."""
+    rng = np.random.default_rng(0)
+    tol = get_target("tfjs-uint8").tolerance
+    wide = rng.uniform(0, 2000, 300)
+
+    def violations(span, error):
+        col = 12000 + rng.uniform(-span / 2, span / 2, 300)
+        ref = np.stack([wide, col], 1)
+        return compare_outputs(ref, ref + np.stack([np.zeros(300), np.full(300, error)], 1), tol)["violations"]
+
+    assert violations(100, 50) > 0  # lost its variation entirely: fails (passed before)
+    assert violations(100, 3) == 0 and violations(119, 3) == 0 and violations(122, 3) == 0  # smooth around 1 %
