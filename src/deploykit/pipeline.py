@@ -447,11 +447,13 @@ class Pipeline:
             _check_input_names(specs)
         outputs = loaded.info().outputs
         _check_batched_outputs(specs, outputs)
-        self._label_index = _label_output_index(self.label_output, outputs)
+        aliases = None
         if loaded.keras_model is not None:  # what a per-output compiled loss is keyed by
-            from deploykit.optimize.heads import output_keys
+            from deploykit.optimize.heads import output_aliases, output_keys
 
             self._output_keys = output_keys(loaded.keras_model)
+            aliases = output_aliases(loaded.keras_model) if len(self._output_keys) == len(outputs) else None
+        self._label_index = _label_output_index(self.label_output, outputs, aliases)
         calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
         evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
                  else calib)
@@ -1251,12 +1253,13 @@ def _eval_scores(outputs: list[np.ndarray], evald: Any, only: int | None = None)
     return scores
 
 
-def _label_output_index(name: str | None, outputs: Sequence[Any]) -> int | None:
-    """Index of the output ``label_output`` names (artifact name or Keras name); None when not given."""
+def _label_output_index(name: str | None, outputs: Sequence[Any], aliases: Sequence[set[str]] | None = None) -> int | None:
+    """Index of the output ``label_output`` names (artifact name, Keras name, or a Keras model's dict key
+    or layer name: ``aliases``); None when not given."""
     if name is None:
         return None
     for i, o in enumerate(outputs):
-        if name in (o.name, getattr(o, "keras_name", "")):
+        if name in (o.name, getattr(o, "keras_name", "")) or (aliases is not None and name in aliases[i]):
             return i
     known = ", ".join(o.name + (f" ({o.keras_name})" if getattr(o, "keras_name", "") else "") for o in outputs)
     raise UserError(f"--label-output {name!r} is not an output of this model; its outputs: {known}")

@@ -46,7 +46,12 @@ def label_classes(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray
                 return int(sh[-1])
         return None
     classifiers = classifier_outputs(shapes_dtypes)
-    return int(shapes_dtypes[classifiers[0]][0][1]) if classifiers else None
+    if not classifiers:
+        return None
+    # the first wide enough for the labels (scored_output's candidates); else the widest, whose range is refused
+    top = int(np.max(labels)) if np.size(labels) and np.isfinite(np.asarray(labels, np.float64)).all() else 0
+    wide = [i for i in classifiers if int(shapes_dtypes[i][0][1]) > top]
+    return int(shapes_dtypes[wide[0] if wide else max(classifiers, key=lambda i: shapes_dtypes[i][0][1])][0][1])
 
 
 def labels_fit(shapes_dtypes: Sequence[tuple[tuple, str]], labels: np.ndarray | None, only: int | None = None) -> bool:
@@ -70,11 +75,15 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only
 
     ``only``: the output the user named (``label_output``): it is scored when the labels fit it.
 
-    Labels with one class per sample, shape (N,), score the first multi-class
-    output (rank 2, more than one column: top-1 of its probabilities or logits);
-    failing that, the first integer class-index output (an argmax inside the
-    model); failing that, the first one-column output with values in 0..1 when
-    every label is 0 or 1 (a sigmoid binary classifier, thresholded at 0.5).
+    Labels with one class per sample, shape (N,), score a multi-class output
+    (rank 2, more than one column, as many as the labels need: top-1 of its
+    probabilities or logits; not independent sigmoid tags), an integer
+    class-index output (an argmax inside the model), or a one-column output with
+    values in 0..1 when every label is 0 or 1 (a sigmoid binary classifier,
+    thresholded at 0.5). Of several that fit, the one the model's own outputs
+    agree with most: parity labels belong to a 2-class head, not to the 10-class
+    digit head before it (which they fit too, and which scored 18 % on them);
+    ties go to the first, in that order of kinds.
     Labels with a class per position, shape (N, *S) (pixels of a segmentation,
     steps of a tagger), score the first output that gives one there: float
     (N, *S, C>1), an integer class map (N, *S), or a 0..1 (N, *S, 1) with 0/1
@@ -95,16 +104,18 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only
             if out.shape == labels.shape and np.issubdtype(out.dtype, np.integer):
                 return i
         return None
-    candidates = classifier_outputs([(a.shape, a.dtype.name) for a in arrays])
-    if candidates:
-        return candidates[0]
-    for i, out in enumerate(arrays):
-        if is_class_index(out):  # the model's own argmax: one class id per sample
-            return i
-    for i, out in enumerate(arrays):
-        if binary_labels and out.ndim in (1, 2) and out.size == len(out) and out.size and 0 <= out.min() and out.max() <= 1:
-            return i
-    return None
+    top = int(labels.max()) if labels.size and np.issubdtype(labels.dtype, np.number) and np.isfinite(labels).all() else 0
+    fitting = [i for i in classifier_outputs([(a.shape, a.dtype.name) for a in arrays])
+               if arrays[i].shape[1] > top and not is_multi_label(arrays[i])]
+    fitting += [i for i, out in enumerate(arrays) if is_class_index(out)]  # the model's own argmax
+    fitting += [i for i, out in enumerate(arrays) if binary_labels and out.ndim in (1, 2) and out.size == len(out)
+                and out.size and 0 <= out.min() and out.max() <= 1]
+    if len(fitting) <= 1:
+        return fitting[0] if fitting else None
+    with np.errstate(all="ignore"):
+        agree = [float(np.mean(predicted_classes(arrays[i], labels.shape) == labels)) if len(arrays[i]) == len(labels)
+                 else -1.0 for i in fitting]
+    return fitting[int(np.argmax(agree))]  # the first of equals
 
 
 def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:

@@ -204,3 +204,45 @@ def test_a_class_id_output_is_not_trained_and_is_reported_by_the_ids_it_kept(dig
     assert rep["outputs"]["labelled"] == "probs" and "mean_abs_change" not in ids and ids["ids_kept"] > 0.8
     with pytest.raises(UserError, match="holds class ids .* which training cannot move"):
         prune(model, (digits.x_train, digits.y_train), sparsity=0.5, epochs=1, output=1)
+
+
+@pytest.fixture(scope="module")
+def tagged(digits):
+    """Independent sigmoid tags (4) first, then a 10-class digit head and a 2-class parity head."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Dense(32, activation="relu")(L.Flatten()(L.Rescaling(1 / 16)(inp)))
+    tags = L.Dense(4, activation="sigmoid", name="tags")(h)
+    digit = L.Dense(10, activation="softmax", name="digit")(h)
+    parity = L.Dense(2, activation="softmax", name="parity")(h)
+    model = keras.Model(inp, [tags, digit, parity])
+    model.compile("adam", loss=["binary_crossentropy", "sparse_categorical_crossentropy", "sparse_categorical_crossentropy"])
+    y = digits.y_train
+    model.fit(digits.x_train, [np.eye(4)[y % 4], y, y % 2], epochs=8, batch_size=64, verbose=0)
+    return model
+
+
+def test_labels_train_the_head_the_model_agrees_with(tagged, digits):
+    """Parity labels fit the 10-class digit head first: they trained it (18 % -> 86 %, the digits lost). Now
+    the parity head, which the model already agrees with, is trained; sigmoid tags are never picked."""
+    from deploykit.optimize.heads import labelled_output
+
+    x, y = [digits.x_train], digits.y_train
+    assert labelled_output(tagged, None, x, y % 2) == 2
+    assert labelled_output(tagged, None, x, y) == 1  # digit labels: the only head wide enough
+    assert labelled_output(tagged, "output_1", x, y) == 1  # the artifacts' name for it, as --label-output takes
+    with pytest.raises(UserError, match="gives independent sigmoid tags"):
+        labelled_output(tagged, "tags", x, y % 4)
+    with pytest.raises(UserError, match=r"gives the train data's labels for only \d+% of the samples"):
+        labelled_output(tagged, "digit", x, (y + 1) % 10)  # shifted labels: not this head's
+
+
+def test_target_values_a_head_does_not_predict_are_refused(k3, digits):
+    """Digit labels given for the brightness head trained it towards 0..9, reported as a 35 % better MAE."""
+    from deploykit.optimize.heads import labelled_output
+
+    with pytest.raises(UserError, match=r"output 'reg' of the model predicts the train data's 'y' worse than their mean"):
+        labelled_output(k3, "reg", [digits.x_train], digits.y_train.astype(np.float32))

@@ -305,3 +305,21 @@ def test_a_run_verified_on_few_samples_says_so_in_the_report_not_only_on_the_con
     m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000)],
                  data={"eval_samples": 5, "eval_source": "tiny.npz", "samples": 5, "source": "tiny.npz"})
     assert any(h.startswith("**Warning:** every artifact was verified on 5 samples of tiny.npz") for h in highlights(m))
+
+
+def test_an_unlabelled_output_that_moved_far_is_warned_about():
+    from deploykit.report.rows import fine_tune_warnings
+
+    def run(change, agree=None):
+        d = {"output": "bright", "loss": "mse", "mean_abs_change": change, "dense_std": 0.1}
+        if agree is not None:
+            d = {"output": "cls", "loss": "categorical_crossentropy (soft targets)", "mean_abs_change": 0.01,
+                 "dense_std": 0.3, "top1_agreement": agree}
+        rep = {"settings": {"epochs": 12}, "epochs_run": 12, "outputs": {"labelled": "digit", "distilled": [d]}}
+        return fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps={"prune": {"report": rep}}))
+
+    assert run(0.03) == [] and run(0.01, agree=0.97) == []
+    (w,) = run(0.06)
+    assert w.startswith("pruning moved output `bright` (no labels for it) away from the model's own values: by 60% of its spread")
+    (w,) = run(0.01, agree=0.9)
+    assert "its answers agree with the model's before on 90.0%" in w

@@ -384,8 +384,29 @@ def test_class_index_outputs_are_scored_and_read_as_ids():
     assert is_class_index(ids) and is_class_index(ids[:, None]) and not is_class_index(ids.astype(np.float32))
     labels = np.array([2, 0, 1, 0])
     assert scored_output([np.zeros((4, 3, 2), np.float32), ids], labels) == 1
-    assert scored_output([np.full((4, 3), 1 / 3, np.float32), ids], labels) == 0  # a probability output comes first
+    probs = np.eye(3, dtype=np.float32)[ids] * 0.8 + 0.2 / 3  # the probabilities the ids are the argmax of
+    assert scored_output([probs, ids], labels) == 0  # equally right: a probability output comes first
+    # a flat output (argmax 0 everywhere: 1 of 4 right) beside ids that are right 3 times in 4: the ids
+    assert scored_output([np.full((4, 3), 1 / 3, np.float32), ids], labels) == 1
     np.testing.assert_array_equal(classes_like(ids, np.array([[2.0], [0.0], [1.0], [0.0]])), [2, 0, 1, 0])
+
+
+def test_labels_score_the_output_the_model_agrees_with_not_the_first_that_fits():
+    """Parity labels (0/1) fit a 10-class digit head before the 2-class parity head: they trained the digit
+    head (18 % on them, against 91 % for the parity head). Sigmoid tags and too-narrow heads never score them."""
+    from deploykit.verify import label_classes, scored_output
+
+    rng = np.random.default_rng(0)
+    digits = rng.integers(0, 10, 200)
+    digit_head = np.eye(10)[digits] * 0.9 + 0.01
+    parity = digits % 2
+    parity_head = np.eye(2)[parity] * 0.9 + 0.05
+    assert scored_output([digit_head, parity_head], parity) == 1
+    assert scored_output([digit_head, parity_head], digits) == 0  # the parity head cannot hold class 9
+    tags = rng.uniform(0, 1, (200, 4))  # independent sigmoid tags before the digit head
+    assert scored_output([tags, digit_head], digits % 4) == 1
+    assert label_classes([((None, 4), "float32"), ((None, 10), "float32")], digits) == 10
+    assert label_classes([((None, 4), "float32"), ((None, 2), "float32")], digits) == 4  # the widest: refused
 
 
 def test_a_1000_class_output_at_8_bits_fails_with_the_reason_and_a_way_out():

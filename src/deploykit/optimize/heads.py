@@ -59,32 +59,83 @@ def predict_all(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(out)]
 
 
+def output_aliases(model: Any) -> list[set[str]]:
+    """The names each output answers to, in ``model.outputs`` order: its dict key, its layer's name and
+    the name the artifacts give it (``output_0``, ``output_1``... as Keras 3 exports them)."""
+    keys = output_keys(model)
+    names = list(getattr(model, "output_names", None) or [])
+    return [{keys[i], f"output_{i}", *([names[i]] if i < len(names) else [])} for i in range(len(keys))]
+
+
+# Target values an output predicts worse than their own mean (R^2 below this) are not its targets.
+MIN_TARGET_FIT = 0.0
+
+
 def labelled_output(model: Any, output: int | str | None, xs: list[np.ndarray], y: np.ndarray | None) -> int:
     """Index of the output ``y`` trains: ``output`` (index or name) when given, else the one the labels
-    score as verification scores them, else the one float output with ``y``'s values per sample."""
+    score as verification scores them (of several, the one the model agrees with most), else the one
+    float output with ``y``'s values per sample. Refused when ``y`` does not belong to it: class labels
+    for independent sigmoid tags, or target values the model's output predicts worse than their mean
+    (digit labels given for a brightness head)."""
     keys = output_keys(model)
     if output is not None:
+        aliases = output_aliases(model)
         if isinstance(output, (int, np.integer)) and not isinstance(output, bool) and 0 <= int(output) < len(keys):
-            return int(output)
-        if isinstance(output, str) and output in keys:
-            return keys.index(output)
-        raise UserError(f"output {output!r} is not an output of this model; its outputs: {', '.join(keys)}")
+            index = int(output)
+        elif isinstance(output, str) and any(output in a for a in aliases):
+            index = next(i for i, a in enumerate(aliases) if output in a)
+        else:
+            raise UserError(f"output {output!r} is not an output of this model; its outputs: {', '.join(keys)}")
+    else:
+        index = None
     if y is None:
-        return 0  # no labels at all: the fine-tune's own check says so
+        return 0 if index is None else index  # no labels at all: the fine-tune's own check says so
     from deploykit.verify import scored_output
 
     n = min(len(y), DISTILL_CHECK_SAMPLES)
     preds = predict_all(model, [a[:n] for a in xs])
-    i = scored_output(preds, np.asarray(y)[:n])
-    if i is not None:
-        return i
-    per_sample = int(np.asarray(y).size // max(len(y), 1))
-    fits = [j for j, p in enumerate(preds) if np.issubdtype(p.dtype, np.floating) and p[0].size == per_sample]
-    if len(fits) == 1:
-        return fits[0]
-    why = "fit several of" if fits else "fit none of"
-    raise UserError(f"the train data's 'y' (shape {np.shape(y)}) {why} the model's outputs ({', '.join(keys)}); "
-                    "name the output they train with --label-output (Python: output=...)")
+    y = np.asarray(y)[:n]
+    if index is None:
+        index = scored_output(preds, y)
+    if index is None:
+        per_sample = int(y.size // max(len(y), 1))
+        fits = [j for j, p in enumerate(preds) if np.issubdtype(p.dtype, np.floating) and p[0].size == per_sample]
+        if len(fits) != 1:
+            why = "fit several of" if fits else "fit none of"
+            raise UserError(f"the train data's 'y' (shape {np.shape(y)}) {why} the model's outputs ({', '.join(keys)}); "
+                            "name the output they train with --label-output (Python: output=...)")
+        index = fits[0]
+    _check_belongs(keys[index], preds[index], y)
+    return index
+
+
+def _check_belongs(name: str, pred: np.ndarray, y: np.ndarray) -> None:
+    """Refuse ``y`` for an output it cannot train (see :func:`labelled_output`)."""
+    from deploykit.verify import is_multi_label, label_accuracy, scored_output
+
+    if scored_output([pred], y) == 0:  # class labels this output gives classes for: does the model agree?
+        classes = max(int(np.shape(pred)[-1]) if np.ndim(pred) > 1 else 1, 2)
+        acc = label_accuracy([pred], y)
+        if acc is not None and acc < min(0.5, 2.0 / classes):
+            raise UserError(f"output {name!r} of the model gives the train data's labels for only {acc:.0%} of the samples "
+                            f"(chance: {1 / classes:.0%}): they do not look like its labels; name the output they "
+                            "belong to with --label-output (Python: output=...)")
+        return
+    pred = np.asarray(pred, np.float64)
+    if is_multi_label(pred) and np.ndim(y) == 1:
+        raise UserError(f"output {name!r} gives independent sigmoid tags ({pred.shape[1]}); one class label per sample "
+                        "does not train it (its labels are a 0/1 row per sample); name another output with "
+                        "--label-output (Python: output=...)")
+    target = np.asarray(y, np.float64).reshape(len(y), -1)
+    if target.shape[1] != pred.reshape(len(pred), -1).shape[1]:
+        raise UserError(f"the train data's 'y' (shape {np.shape(y)}) do not fit output {name!r} (shape "
+                        f"{tuple(pred.shape)}); pass {'class labels' if pred.ndim == 2 and pred.shape[1] > 1 else 'target values'} "
+                        "for it, or name the output they belong to with --label-output (Python: output=...)")
+    spread = float(np.var(target))
+    fit = 1.0 - float(np.mean((pred.reshape(target.shape) - target) ** 2)) / spread if spread > 0 else 1.0
+    if fit < MIN_TARGET_FIT:
+        raise UserError(f"output {name!r} of the model predicts the train data's 'y' worse than their mean (R^2 {fit:.2f}): "
+                        "they are not its targets; name the output they belong to with --label-output (Python: output=...)")
 
 
 def compiled_loss_of(loss: Any, index: int, keys: Sequence[str]) -> Any:
@@ -161,7 +212,10 @@ class Heads:
             row: dict[str, Any] = {"output": self.keys[j], "loss": d[2],
                                    "mean_abs_change": float(np.mean(np.abs(a - b))) if a.size else 0.0,
                                    "dense_std": float(np.std(a)) if a.size else 0.0}
-            if a.ndim == 2 and a.shape[1] > 1:
+            if a.ndim == 2 and a.shape[1] > 1 and d[2].startswith("binary_crossentropy"):  # independent tags
+                cut = 0.5 if a.min() >= 0 and a.max() <= 1 else 0.0  # probabilities, or logits
+                row["tag_agreement"] = float(np.mean((a > cut) == (b > cut)))
+            elif a.ndim == 2 and a.shape[1] > 1:
                 row["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
             rows.append(row)
         return rows

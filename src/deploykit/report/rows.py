@@ -371,6 +371,12 @@ def data_warnings(manifest: Manifest) -> list[str]:
             + (" (or --eval-data)" if few_eval else "")]
 
 
+# An output the labels did not train (a multi-output model's other heads) moved this share of its spread,
+# or kept fewer than this share of its answers: warned like a lost accuracy point.
+DISTILLED_WARN_SPREAD = 0.5
+DISTILLED_WARN_AGREEMENT = 0.95
+
+
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
     """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy
     (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO)."""
@@ -403,6 +409,14 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
             grew = f"{la / lb:.1f}x" if lb > 0 else f"by {la - lb:.4g}"
             out.append(f"{what} raised the validation loss {grew} ({lb:.4g} → {la:.4g}); "
                        f"the artifacts match the {matched}: {fix}")
+        for d in (rep.get("outputs") or {}).get("distilled", []):  # the outputs the labels did not train
+            moved = d.get("mean_abs_change", 0.0) / d["dense_std"] if d.get("dense_std") else 0.0
+            agree = d.get("top1_agreement", d.get("tag_agreement", 1.0))
+            if moved > DISTILLED_WARN_SPREAD or agree < DISTILLED_WARN_AGREEMENT:
+                how = (f"its answers agree with the model's before on {agree:.1%}" if agree < DISTILLED_WARN_AGREEMENT
+                       else f"by {moved:.0%} of its spread")
+                out.append(f"{what} moved output `{d['output']}` (no labels for it) away from the model's own values: "
+                           f"{how}; {fix}, or fine-tune on that output's labels (--label-output)")
     for off in (manifest.steps.get("prune") or {}).get("report", {}).get("off_target", []):
         out.append(f"pruning missed its target sparsity: {off}")
     return out
@@ -542,7 +556,8 @@ def _distilled_lines(rep: dict[str, Any]) -> list[str]:
             continue
         spread = d.get("dense_std") or 0.0
         share = f" ({d['mean_abs_change'] / spread:.0%} of its spread, std {spread:.4g})" if spread > 0 else ""
-        agree = f"; top-1 agreement with the dense model {d['top1_agreement']:.2%}" if "top1_agreement" in d else ""
+        agree = (f"; top-1 agreement with the dense model {d['top1_agreement']:.2%}" if "top1_agreement" in d else
+                 f"; tags (at 0.5) the same as the dense model's {d['tag_agreement']:.2%}" if "tag_agreement" in d else "")
         lines.append(f"  - `{d['output']}` ({d['loss']}): mean |change| {d['mean_abs_change']:.4g}{share}{agree}")
     return lines
 
