@@ -1193,17 +1193,14 @@ def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None], index:
                     keys: Sequence[str] | None = None) -> Any:
     """The loss a fine-tune of this run uses: its ``loss`` option, else the model's compiled loss; of a
     loss compiled per output, the labelled output's (``index``, the --label-output), None when unnamed."""
-    from deploykit.optimize.heads import compiled_loss_of
+    from deploykit.optimize.heads import compiled_loss_of, is_per_output, lone_loss
     from deploykit.optimize.qat import compile_config_of
 
     for opts in options:
         if opts and opts.get("loss") is not None:
             return opts["loss"]
-    loss = (compile_config_of(model) or {}).get("loss")
-    per_output = isinstance(loss, (list, tuple)) or (isinstance(loss, dict) and "class_name" not in loss)
-    if per_output and len(loss) == 1:
-        return next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
-    if per_output:
+    loss = lone_loss((compile_config_of(model) or {}).get("loss"))
+    if is_per_output(loss):
         return None if index is None or keys is None else compiled_loss_of(loss, index, keys)
     return loss
 

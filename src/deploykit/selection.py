@@ -86,11 +86,16 @@ def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[s
 
     def tied(k: str) -> bool:
         s = summaries[k]
-        ratio = paired_ratio(s, best)
         wins = sum(a <= b for a, b in zip(s.get("round_p50_ms", []), best.get("round_p50_ms", [])))
-        return ratio <= TIE_RATIO or (ratio <= NOISE_RATIO and wins >= ROUND_WINS)
+        return ties(paired_ratio(s, best), wins)
 
     return fastest, [k for k in summaries if k == fastest or tied(k)]
+
+
+def ties(ratio: float, wins: int) -> bool:
+    """A file ``ratio`` times the fastest's p50 (median of paired rounds' ratios), faster than it in
+    ``wins`` rounds, is not measurably slower (see :func:`tied_with_fastest`)."""
+    return ratio <= TIE_RATIO or (ratio <= NOISE_RATIO and wins >= ROUND_WINS)
 
 
 def timed_winners(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:

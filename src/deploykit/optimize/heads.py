@@ -138,14 +138,25 @@ def _check_belongs(name: str, pred: np.ndarray, y: np.ndarray) -> None:
                         "they are not its targets; name the output they belong to with --label-output (Python: output=...)")
 
 
+def is_per_output(loss: Any) -> bool:
+    """A compiled loss given per output: a list, or a dict keyed by output (not a serialized loss)."""
+    return isinstance(loss, (list, tuple)) or (isinstance(loss, dict) and "class_name" not in loss)
+
+
+def lone_loss(loss: Any) -> Any:
+    """The entry of a per-output loss with one entry (``{"price": "huber"}``, ``["mse"]``): a single
+    output's loss; any other loss as it is."""
+    if is_per_output(loss) and len(loss) == 1:
+        return next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
+    return loss
+
+
 def compiled_loss_of(loss: Any, index: int, keys: Sequence[str]) -> Any:
     """The entry of a per-output compiled loss (list or dict) for output ``index``; a single loss
     (a name or a serialized loss) applies to every output."""
-    if isinstance(loss, (list, tuple)):
-        return loss[index] if index < len(loss) else None
-    if isinstance(loss, dict) and "class_name" not in loss:
-        return loss.get(keys[index])
-    return loss
+    if not is_per_output(loss):
+        return loss
+    return (loss[index] if index < len(loss) else None) if isinstance(loss, (list, tuple)) else loss.get(keys[index])
 
 
 @dataclass

@@ -207,9 +207,10 @@ def is_regression_loss(loss: Any, compile_config: dict[str, Any] | None) -> bool
     """
     if loss is None:
         loss = (compile_config or {}).get("loss")
-    if isinstance(loss, dict) and "class_name" not in loss and len(loss) == 1:
-        loss = next(iter(loss.values()))
-    name = _loss_name(loss) if loss is not None and not isinstance(loss, (list, tuple)) else ""
+    from deploykit.optimize.heads import is_per_output, lone_loss
+
+    loss = lone_loss(loss)
+    name = _loss_name(loss) if loss is not None and not is_per_output(loss) else ""
     return name.lower().replace("_", "") in REGRESSION_LOSSES
 
 
@@ -424,12 +425,11 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
     km = _keras_module(kind)
     source = "arguments"
     cfg_loss = (compile_config or {}).get("loss")
-    if isinstance(cfg_loss, (list, tuple)) and len(cfg_loss) == 1:  # one output's loss, as a list
-        cfg_loss = cfg_loss[0]
-    elif isinstance(cfg_loss, dict) and "class_name" not in cfg_loss and len(cfg_loss) == 1:  # ... keyed by its name
-        cfg_loss = next(iter(cfg_loss.values()))
+    from deploykit.optimize.heads import is_per_output, lone_loss
+
+    cfg_loss = lone_loss(cfg_loss)
     if loss is None and cfg_loss is not None:
-        if isinstance(cfg_loss, (list, tuple)) or (isinstance(cfg_loss, dict) and "class_name" not in cfg_loss):
+        if is_per_output(cfg_loss):
             raise UserError("the model was compiled with several losses and none is this output's; pass loss=... "
                             "(--loss) for it")
         loss = cfg_loss

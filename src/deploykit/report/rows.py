@@ -215,7 +215,7 @@ def _retimed_note(manifest: Manifest, auto: Artifact) -> list[str]:
     so here: the two timings of the same files are minutes apart, and a reader saw "X ships: fastest"
     beside a table ranking it slower. Not when those figures are the selection's own (a group that is
     exactly the candidates is not timed again)."""
-    from deploykit.selection import NOISE_RATIO, ROUND_WINS, TIE_RATIO
+    from deploykit.selection import ties
 
     sel = auto.selection
     if not sel.get("rounds"):
@@ -237,7 +237,7 @@ def _retimed_note(manifest: Manifest, auto: Artifact) -> list[str]:
             continue
         ratio = float(np.median([w / o for w, o in pairs]))
         wins = sum(w <= o for w, o in pairs)
-        if ratio > TIE_RATIO and not (ratio <= NOISE_RATIO and wins >= ROUND_WINS):
+        if not ties(ratio, wins):
             faster.append((ratio, other))
     if not faster:
         return []
