@@ -308,7 +308,7 @@ def test_a_run_killed_after_setting_the_previous_run_aside_gets_it_back_on_the_n
     import subprocess
     import sys
 
-    from deploykit.pipeline import _set_aside_previous_run
+    from deploykit.outdir import set_aside_previous_run
 
     data = (digits.x_eval[:32], digits.y_eval[:32])
     out = tmp_path / "out"
@@ -316,7 +316,7 @@ def test_a_run_killed_after_setting_the_previous_run_aside_gets_it_back_on_the_n
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     # what kill -9 leaves of a --force run: the old run set aside, a half-written target, a finished but
     # unlisted one, and its claim naming its targets
-    _set_aside_previous_run(out, ["tflite-fp32"])
+    set_aside_previous_run(out, ["tflite-fp32"])
     (out / "tflite-fp32").mkdir()
     (out / "tflite-fp32" / ".model.tflite.x.partial").write_bytes(b"half")
     (out / "onnx-fp16").mkdir()
