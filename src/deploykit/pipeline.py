@@ -25,6 +25,9 @@ import numpy as np
 from deploykit._quiet import logs_muted
 from deploykit.artifacts import FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
 from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError
+from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_SETTINGS, check_cluster,
+                                        check_prune, check_qat, check_qat_model, fine_tune_loss,
+                                        label_output_index)
 from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, lock_out_dir, recover_killed_run,
                               restore_previous_run, set_aside_previous_run)
 from deploykit.targets import Target, get_target
@@ -171,9 +174,9 @@ class Pipeline:
         if isinstance(verify_samples, (bool, np.bool_)) or not isinstance(verify_samples, (int, np.integer)):
             raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
         self.targets = _resolve_targets(targets)
-        self.prune_options = _check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
-        self.cluster_options = _check_cluster(cluster, train_data)
-        self.qat_options = _check_qat(qat, train_data)
+        self.prune_options = check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
+        self.cluster_options = check_cluster(cluster, train_data)
+        self.qat_options = check_qat(qat, train_data)
         if self.qat_options is not None:
             # A QAT model carries fake-quant ops: its float conversions bake them in (tflite-fp32
             # becomes QUANTIZE/DEQUANTIZE pairs, ONNX/TF.js fp32 drift ~0.1 from the QAT model).
@@ -255,7 +258,7 @@ class Pipeline:
             check_finite_weights(loaded.keras_model, loaded.source)
             check_stateless(loaded.keras_model, loaded.source)
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
-            _check_qat_model(loaded)
+            check_qat_model(loaded)
         specs = loaded.inputs
         _check_numeric_inputs(specs)
         if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
@@ -268,7 +271,7 @@ class Pipeline:
 
             self._output_keys = output_keys(loaded.keras_model)
             aliases = output_aliases(loaded.keras_model) if len(self._output_keys) == len(outputs) else None
-        self._label_index = _label_output_index(self.label_output, outputs, aliases)
+        self._label_index = label_output_index(self.label_output, outputs, aliases)
         calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
         evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
                  else calib)
@@ -514,7 +517,7 @@ class Pipeline:
         from deploykit.optimize.prune import _loss_name, is_regression_loss
         from deploykit.verify import label_classes
 
-        loss = _fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options], self._label_index,
+        loss = fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options], self._label_index,
                                self._output_keys)
         regression = is_regression_loss(loss, None)
         labelled, error = None, None
@@ -561,7 +564,7 @@ class Pipeline:
         options = {"prune": self.prune_options, "cluster": self.cluster_options}.get(step, self.qat_options)
         # A regression model's 'y' are the values it outputs, not class labels (its fine-tune keeps the
         # epoch with the lowest validation loss); class indices of a classifier trained with mse stay labels.
-        loss = _fine_tune_loss(model, [options], self._label_index, self._output_keys)
+        loss = fine_tune_loss(model, [options], self._label_index, self._output_keys)
         regression = is_regression_loss(loss, None)
         try:
             train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
@@ -961,10 +964,6 @@ _MORE_PRECISION = {
 }
 
 
-PRUNE_SETTINGS = ("sparsity", "schedule", "structure", "block_size", "epochs", "batch_size", "patience",
-                  "learning_rate", "loss", "validation_split", "seed")
-
-
 def _caller_progress(progress: ProgressFn) -> ProgressFn:
     """The caller's progress callback, its exceptions marked: one raised inside a target's steps was
     taken for a converter failure of that target, and the run went on (with ``force``, replacing the
@@ -1004,54 +1003,6 @@ def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:
     return False
 
 
-def _fine_tune_loss(model: Any, options: Sequence[dict[str, Any] | None], index: int | None = None,
-                    keys: Sequence[str] | None = None) -> Any:
-    """The loss a fine-tune of this run uses: its ``loss`` option, else the model's compiled loss; of a
-    loss compiled per output, the labelled output's (``index``, the --label-output), None when unnamed."""
-    from deploykit.optimize.heads import compiled_loss_of, is_per_output, lone_loss
-    from deploykit.optimize.qat import compile_config_of
-
-    for opts in options:
-        if opts and opts.get("loss") is not None:
-            return opts["loss"]
-    loss = lone_loss((compile_config_of(model) or {}).get("loss"))
-    if is_per_output(loss):
-        return None if index is None or keys is None else compiled_loss_of(loss, index, keys)
-    return loss
-
-
-def _check_prune(prune: Any, train_data: Any, tuned: bool = False) -> dict[str, Any] | None:
-    """Pruning settings checked before any work (None: no pruning). ``tuned``: clustering or QAT
-    use the train data too."""
-    import numbers
-
-    if prune is None:
-        if train_data is not None and not tuned:
-            raise UserError("train data is only used to fine-tune while pruning, clustering or for QAT; pass --prune 0.8 "
-                            "(prune=0.8), --cluster 16 (cluster=16) or --qat (qat=True), or drop --train-data")
-        return None
-    if isinstance(prune, numbers.Real) and not isinstance(prune, bool):
-        prune = {"sparsity": prune}
-    if not isinstance(prune, dict):
-        raise UserError(f"prune must be a sparsity like 0.8 or a dict of settings, got {type(prune).__name__}")
-    from deploykit.optimize.prune import check_settings
-
-    return _fine_tune_settings(prune, PRUNE_SETTINGS, "pruning", check_settings, train_data)
-
-
-def _fine_tune_settings(settings: dict[str, Any], known: Sequence[str], what: str, check: Callable[..., Any],
-                        train_data: Any) -> dict[str, Any]:
-    """A fine-tune's settings (pruning, clustering, QAT) checked before any work: known names,
-    valid values (``check``), and labelled training data to fine-tune on."""
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise UserError(f"unknown {what} setting(s) {', '.join(unknown)}; choose from: {', '.join(known)}")
-    check(**settings)
-    if train_data is None:
-        raise DataError(f"{what} fine-tunes the model and needs labelled training data; pass --train-data train.npz (x and y)")
-    return dict(settings)
-
-
 def _eval_scores(outputs: list[np.ndarray], evald: Any, only: int | None = None) -> dict[str, Any]:
     """A model's scores on the evaluation data, as verification scores its artifacts: ``accuracy`` of the
     output the labels score (:func:`deploykit.verify.scored_output`; None without labels) and, for
@@ -1063,61 +1014,6 @@ def _eval_scores(outputs: list[np.ndarray], evald: Any, only: int | None = None)
     if i is not None:
         scores["mae"], scores["rmse"] = target_errors(outputs[i], evald.targets)
     return scores
-
-
-def _label_output_index(name: str | None, outputs: Sequence[Any], aliases: Sequence[set[str]] | None = None) -> int | None:
-    """Index of the output ``label_output`` names (artifact name, Keras name, or a Keras model's dict key
-    or layer name: ``aliases``); None when not given."""
-    if name is None:
-        return None
-    for i, o in enumerate(outputs):
-        if name in (o.name, getattr(o, "keras_name", "")) or (aliases is not None and name in aliases[i]):
-            return i
-    known = ", ".join(o.name + (f" ({o.keras_name})" if getattr(o, "keras_name", "") else "") for o in outputs)
-    raise UserError(f"--label-output {name!r} is not an output of this model; its outputs: {known}")
-
-
-CLUSTER_SETTINGS = ("clusters", "epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
-
-
-def _check_cluster(cluster: Any, train_data: Any) -> dict[str, Any] | None:
-    """Clustering settings checked before any work (None: no clustering)."""
-    import numbers
-
-    if cluster is None:
-        return None
-    if isinstance(cluster, numbers.Integral) and not isinstance(cluster, bool):
-        cluster = {"clusters": cluster}
-    if not isinstance(cluster, dict):
-        raise UserError(f"cluster must be a number of shared values like 16 or a dict of settings, got {cluster!r}")
-    from deploykit.optimize.cluster import check_settings
-
-    return _fine_tune_settings(cluster, CLUSTER_SETTINGS, "clustering", check_settings, train_data)
-
-
-QAT_SETTINGS = ("epochs", "batch_size", "patience", "learning_rate", "loss", "validation_split", "seed")
-
-
-def _check_qat(qat: Any, train_data: Any) -> dict[str, Any] | None:
-    """QAT settings checked before any work (None: no QAT)."""
-    if qat is None or qat is False:
-        return None
-    if qat is True:
-        qat = {}
-    if not isinstance(qat, dict):
-        raise UserError(f"qat must be True or a dict of settings, got {type(qat).__name__}")
-    from deploykit.optimize.qat import check_settings
-
-    return _fine_tune_settings(qat, QAT_SETTINGS, "QAT", check_settings, train_data)
-
-
-def _check_qat_model(loaded: Any) -> None:
-    """QAT takes a tf_keras Sequential/functional model: refuse anything else before any work."""
-    from deploykit.optimize.qat import check_model
-
-    if loaded.keras_model is None:
-        raise UserError(f"{loaded.source}: QAT fine-tunes a tf_keras model; pass the .keras/.h5 file, not a SavedModel")
-    check_model(loaded.keras_model)
 
 
 def _check_batched_outputs(inputs, outputs) -> None:

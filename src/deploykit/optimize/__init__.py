@@ -5,6 +5,7 @@
   (``cluster()``, ``ClusterResult``);
 * :mod:`deploykit.optimize.qat` — quantization-aware training of tf_keras models, PQAT after pruning
   (``quantize_aware()``, ``QATResult``);
+* :mod:`deploykit.optimize.settings` — a run's fine-tune settings, checked before any work;
 * :mod:`deploykit.optimize.sparsity` — zeros counted in converted artifacts, survival check;
 * :mod:`deploykit.optimize.schedule`, :mod:`deploykit.optimize.structure` — tfmot's rules in NumPy.
 
