@@ -663,6 +663,30 @@ def test_a_column_whose_variation_the_artifact_lost_fails():
     assert "collapsed_column" not in compare_outputs(wide, wide * 0, tol)
 
 
+def test_a_column_int8_pinned_at_its_median_fails_and_rare_tags_and_classes_do_not():
+    """Three columns spanning 7e-3, 10 and 8.5e4: int8 gave the two small ones one value each, near their
+    median, and every int8 file passed (off by 12-15 % of the span, where a constant's limit is 25 %)."""
+    from deploykit.verify import _elementwise_failure
+
+    rng = np.random.default_rng(1)
+    ref = np.stack([rng.normal(0.004, 0.0015, 500), rng.normal(5, 2, 500), rng.uniform(0, 8.5e4, 500)], axis=1)
+    pinned = ref.copy()
+    pinned[:, 0], pinned[:, 1] = np.median(ref[:, 0]), np.median(ref[:, 1])
+    tol = get_target("tflite-int8").tolerance
+    failure = _elementwise_failure(compare_outputs(ref, pinned, tol), None)
+    assert failure and failure.startswith("column 0 lost its variation") and "a constant at their median" in failure
+    # a column the output's integer scale gives 3 levels keeps its answers roughly: not lost
+    three = np.stack([rng.uniform(0, 3, 500), rng.uniform(0, 255, 500)], axis=1)
+    assert _elementwise_failure(compare_outputs(three, np.round(three), tol), None) is None
+    # sigmoid tags, one never on (0.001-0.01: below an int8 step), and softmax rows with a rare class
+    # are judged by their answers: rounding to 1/256 loses nothing
+    tags = np.stack([rng.uniform(0.001, 0.01, 500), rng.uniform(0, 1, 500), rng.uniform(0, 1, 500)], axis=1)
+    assert "collapsed_column" not in compare_outputs(tags, np.round(tags * 256) / 256, tol)
+    logits = np.stack([rng.normal(3, 1, 500), rng.normal(3, 1, 500), rng.normal(-4, 0.5, 500)], axis=1)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert "collapsed_column" not in compare_outputs(probs, np.round(probs * 256) / 256, tol)
+
+
 def test_one_sample_is_judged_against_its_own_size():
     """A single sample has no range: 5 % of 0 failed every int8 regression file verified on one sample."""
     tol = get_target("tflite-int8").tolerance
@@ -706,6 +730,18 @@ def test_an_output_failing_on_every_sample_says_so_once():
     assert len([f for f in both["failures"] if f.startswith("output 'y'")]) == 1, both["failures"]
     only_single = verify(Runner(True), {"x": x}, ref, ["y"], get_target("tflite-fp32").tolerance)
     assert [f.split(":")[0] for f in only_single["failures"]] == ["output 'y' at batch size 1"], only_single["failures"]
+
+
+def test_a_batch_1_failure_is_dropped_when_the_batched_one_says_it_and_adds_a_hint():
+    """The batched failure of an int8 regression output carried the calibration hint after the same
+    sentence, so the batch-1 copy stayed and the reason said everything twice."""
+    from deploykit.verify import _said_once
+
+    lost = "column 0 lost its variation: span -0.0027..0.0041, off by 0.00099 (106%)"
+    failures = [f"output 'y' at batch size 1: {lost.replace('0.00099', '0.0011')}",
+                f"output 'y': {lost}; the artifact's output stops at 4.5e+04 where the reference reaches 5.4e+04",
+                "output 'z' at batch size 1: max abs error 3 exceeds the allowed 0.1 in 2 of 8 element(s)"]
+    assert _said_once(failures) == failures[1:]
 
 
 def test_a_different_failure_at_batch_size_1_is_still_reported():
@@ -942,6 +978,26 @@ def test_a_regression_error_note_says_parity_passed_only_when_it_did():
         _score_targets(result, ref, got, ["out"], targets)
     assert passed["notes"][0].endswith("; parity with the reference passed")
     assert "parity" not in failed["notes"][0] and "above the reference's" in failed["notes"][0]
+
+
+def test_a_small_regression_column_that_got_worse_gets_its_own_note():
+    """A rate, a score and a price: int8 made the score's error 18x the reference's, and the pooled MAE
+    (the price's) rose 2 %, under the note's 20 %."""
+    from deploykit.verify import _score_targets
+
+    rng = np.random.default_rng(0)
+    targets = np.stack([rng.normal(0.004, 0.001, 200), rng.normal(5, 2, 200), rng.uniform(0, 8.5e4, 200)], axis=1)
+    ref = targets + rng.normal(0, 1, targets.shape) * np.array([1e-4, 0.06, 500.0])
+    got = ref.copy()
+    got[:, 1] = np.median(ref[:, 1])
+    result = {"failures": []}
+    _score_targets(result, [ref], {"out": got}, ["out"], targets)
+    assert result["mae_increase"] < 0.2 and result["worst_column_mae"]["column"] == 1
+    assert result["worst_column_mae"]["increase"] > 10
+    assert len(result["notes"]) == 1 and result["notes"][0].startswith("output 'out', column 1: mean absolute error")
+    steady = {"failures": []}
+    _score_targets(steady, [ref], {"out": ref + 1e-6}, ["out"], targets)
+    assert "notes" not in steady and steady["worst_column_mae"]["increase"] < 0.01
 
 
 def test_without_labels_the_headline_agreement_is_the_class_outputs_not_two_regression_columns():
