@@ -565,6 +565,24 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert "- tflite-fp32: takes batches of exactly 1 (recurrent loops" in report
 
 
+def test_a_recurrent_savedmodel_that_tflite_needs_at_a_fixed_batch_is_refused_with_the_way_out(tmp_path):
+    """A tf_keras GRU saved as a SavedModel: its traced loop cannot be given a fixed batch, and the
+    failure said "replace those layers" where the .h5 of the same model converts."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((12, 3), name="seq")
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2)(tf_keras.layers.GRU(6)(inp)))
+    model.save(tmp_path / "gru_sm", save_format="tf")
+    x = np.random.default_rng(0).normal(size=(8, 12, 3)).astype("float32")
+    result = deploykit.convert(str(tmp_path / "gru_sm"), ["tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "out",
+                               bench=False)
+    tfl = result.artifact("tflite-fp32")
+    assert tfl["status"] == "failed" and ".keras/.h5 file" in tfl["error"] and "ONNX" in tfl["error"], tfl["error"]
+    assert "replace those layers" not in tfl["error"]
+    assert result.artifact("onnx-fp32")["status"] == "ok"
+
+
 def test_a_tf_keras_lstm_converts_to_a_stateless_tflite_loop_and_int8_is_refused_with_the_way_out(tmp_path):
     """TFLite fuses a tf_keras LSTM into UNIDIRECTIONAL_SEQUENCE_LSTM, whose state persists between
     invocations: the second sample started from the first one's state (off by up to 0.51). Exported as

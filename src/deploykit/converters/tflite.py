@@ -90,8 +90,15 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         # Recurrent loops (Keras 3 LSTM/GRU) carry TensorList ops that TFLite lowers to a builtin
         # WHILE only with static shapes; with a dynamic batch it asks for Flex (SELECT_TF_OPS),
         # which LiteRT's pip runtime does not ship. Re-exported with batch 1 they convert.
-        if "TensorList" not in str(exc) or model.keras_model is None:
+        if "TensorList" not in str(exc):
             raise
+        if model.keras_model is None:  # a SavedModel's traced graph keeps its dynamic batch (measured: wrapping
+            # its signature in a batch-1 function leaves the called graph's shapes dynamic)
+            raise ConversionError(
+                f"{target.name}: the SavedModel's recurrent loops (TensorList ops) convert to TFLite only with a fixed "
+                "batch, which a SavedModel's traced graph cannot be given; pass the .keras/.h5 file the model was saved "
+                "from (deploykit then exports its loops at batch 1), save the SavedModel from a function with batch 1 "
+                "in its input signature, or choose an ONNX target") from None
         model._tflite_needs_fixed_batch = True  # the run's other TFLite targets skip the failing attempt
         if target.needs_calibration:
             # Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the
