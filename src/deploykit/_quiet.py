@@ -151,7 +151,7 @@ class _LibraryRecords(logging.Filter):
 
 _FILTER = _LibraryRecords()
 _MUTE_LOCK = threading.Lock()
-_mute: dict[str, Any] = {"depth": 0, "handlers": []}
+_mute: dict[str, Any] = {"depth": 0, "handlers": [], "levels": {}}
 
 
 def _filterers() -> list[logging.Filterer]:
@@ -172,6 +172,9 @@ def library_logs_muted() -> Iterator[None]:
     with _MUTE_LOCK:
         if _mute["depth"] == 0:
             _mute["handlers"] = _filterers()
+            # TensorFlow sets absl's verbosity while exporting and restores it as WARNING where the
+            # caller had NOTSET: their absl.logging.info lines vanished after a run. Levels put back.
+            _mute["levels"] = {name: logging.getLogger(name).level for name in _LIBRARY_LOGGERS}
             for handler in _mute["handlers"]:
                 handler.addFilter(_FILTER)
         else:  # root handlers that appeared since are covered too
@@ -189,6 +192,8 @@ def library_logs_muted() -> Iterator[None]:
                 for handler in _mute["handlers"] + _filterers():
                     handler.removeFilter(_FILTER)
                 _mute["handlers"] = []
+                for name, level in _mute["levels"].items():
+                    logging.getLogger(name).setLevel(level)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
