@@ -181,6 +181,22 @@ def test_fine_tuning_that_costs_accuracy_is_warned_about_in_the_report():
     assert "**99.9%** sparsity" in text and "**Warning:** pruning cost 87.96 points" in text
 
 
+def test_without_labelled_data_the_held_out_split_warns_and_exactly_one_point_does_not():
+    """Pruning to 97 % took the held-out split from 97.92 % to 54.58 % and nothing warned: the check read
+    only the --data labels' figures. 90.5 -> 89.5 % (1.0000000000000009 points in floats) was warned about."""
+    from deploykit.artifacts import Manifest
+    from deploykit.report.rows import fine_tune_warnings
+
+    def run(report):
+        return fine_tune_warnings(Manifest(model={}, steps={"prune": {"report": report}}, tools={}, machine={}))
+
+    (line,) = run({"eval": {"accuracy_before": None, "accuracy_after": None}, "accuracy_before": 0.9792,
+                   "accuracy_after": 0.5458})
+    assert line.startswith("pruning cost 43.34 points of accuracy on the held-out split of the training data")
+    assert run({"eval": {"accuracy_before": 0.905, "accuracy_after": 0.895}}) == []
+    assert run({"eval": {"accuracy_before": 0.98, "accuracy_after": 0.97}, "accuracy_before": 0.9, "accuracy_after": 0.1}) == []
+
+
 def test_manifest_json_has_no_nan_tokens():
     """An artifact computing NaN gave "max_abs_error": NaN: invalid JSON that JSON.parse refuses."""
     import json

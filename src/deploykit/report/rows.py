@@ -393,14 +393,20 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
             fix = re.sub(r"\(--(cluster-)?epochs\)", f"(it stopped early at epoch {run} of {asked}: raise --patience)", fix)
         ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
+        on = ""
+        if before is None and after is None:  # no labelled --data: the fine-tune's own held-out split tells
+            before, after = rep.get("accuracy_before"), rep.get("accuracy_after")
+            on = (" on the held-out split of the training data (no labelled --data to evaluate on; that split comes "
+                  "from data the model may have been trained on before)")
         matched = ("QAT model" if key == "qat" or manifest.steps.get("qat") else
                    "clustered model" if key == "cluster" or manifest.steps.get("cluster") else "pruned model")
         last = next(k for k in ("qat", "cluster", "prune") if manifest.steps.get(k) or k == "prune")
         final = ((manifest.steps.get(last) or {}).get("report", {}).get("eval") or {}).get("accuracy_after")
-        if before is not None and after is not None and (before - after) * 100 > FINE_TUNE_WARN_POINTS:
+        # rounded as shown: 90.5 % -> 89.5 % is 1.0000000000000009 points in floats, and "more than a point" is not
+        if before is not None and after is not None and round((before - after) * 100, 2) > FINE_TUNE_WARN_POINTS:
             # a later step (clustering, QAT) moved the accuracy again: the artifacts' model is quoted as it is
-            where = f" (at {_pct(final)})" if key != last and final is not None else ""
-            out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy ({_pct(before)} → {_pct(after)}); "
+            where = f" (at {_pct(final)})" if key != last and final is not None and not on else ""
+            out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy{on} ({_pct(before)} → {_pct(after)}); "
                        f"the artifacts match the {matched}{where}: {fix}")
         lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
         # by how much it grew, against the loss's own size (cosine similarity is negative at its best,
