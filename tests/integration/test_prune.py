@@ -262,7 +262,8 @@ def test_constant_schedule_and_early_stopping_among_target_epochs(digits):
                    patience=0, seed=SEED)
     r = result.report
     assert r["settings"]["schedule"]["kind"] == "constant"
-    assert all(h["at_target"] for h in r["history"])  # the first update comes at the end of epoch 1
+    assert all(h["at_target"] for h in r["history"])  # the first update comes at the first step
+    assert r["settings"]["schedule"]["begin_step"] == 1
     # patience 0: stops at the first at-target epoch that does not beat the best
     assert 2 <= r["epochs_run"] <= 3 and r["best_epoch"] is not None
     _assert_exact_counts(r, 0.6)

@@ -151,8 +151,10 @@ def make_schedule(kind: str, sparsity: float, steps_per_epoch: int, epochs: int)
     tfmot's 100, or fewer on small data so that at least :data:`MASK_UPDATES` updates
     happen while the sparsity rises.
 
-    Constant: the target at the first update step (``frequency``; steps start at 1),
-    again every ``frequency`` steps (masks may move between weights, the count stays).
+    Constant: the target from the first training step on (``begin_step`` 1: with 0, the first
+    update came at step ``frequency``, on small data the last batch of epoch 1, which then trained
+    dense and was reported and counted for patience as an epoch at the target), again every
+    ``frequency`` steps (masks may move between weights, the count stays).
 
     Raises:
         UserError: unknown ``kind``.
@@ -162,7 +164,7 @@ def make_schedule(kind: str, sparsity: float, steps_per_epoch: int, epochs: int)
     total = max(1, steps_per_epoch * epochs)
     if kind == "constant":
         frequency = max(1, min(DEFAULT_FREQUENCY, steps_per_epoch))
-        return ConstantSparsity(target_sparsity=sparsity, begin_step=0, end_step=-1, frequency=frequency)
+        return ConstantSparsity(target_sparsity=sparsity, begin_step=1, end_step=-1, frequency=frequency)
     ramp_epochs = epochs - max(1, epochs // 3) if epochs >= 2 else epochs
     ramp = max(1, steps_per_epoch * ramp_epochs)
     if epochs < 2:  # a single epoch: reach the target after ~2/3 of it
