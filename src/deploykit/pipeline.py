@@ -571,9 +571,15 @@ class Pipeline:
         except DataError:
             # A multi-output model without a loss for the labelled output: 'y' that are not class labels
             # are target values (the fine-tune matches them to an output by their size).
-            if loss is not None or len(loaded.keras_model.outputs) < 2:
+            if loss is not None:
                 raise
             train = load_data(self.train_data, loaded.inputs, role="train data", targets=True)
+            if len(loaded.keras_model.outputs) < 2:
+                # Saved without compile() and 'y' real values: the labels message pointed at verification.
+                raise DataError(
+                    f"train data {train.source}: 'y' are not class labels, and the model was saved without a loss "
+                    "(no compile()), so the fine-tune has nothing to train them with; pass --loss mse (a 'loss' setting "
+                    "in Python) for real-valued targets, or class indices 0..classes-1 as 'y'") from None
         if regression and labels_are_class_indices(train, loaded.keras_model):
             train = as_class_labels(train)
         if train.y is None:

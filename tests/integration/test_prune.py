@@ -697,6 +697,11 @@ def test_a_classifier_trained_with_mse_is_still_scored_and_an_uncompiled_regress
     res = deploykit.convert(reg, ["tflite-fp32"], data=(digits.x_train, values), out=tmp_path / "reg", bench=False,
                             prune={"sparsity": 0.5, "epochs": 1, "loss": "mse"}, train_data=(digits.x_train, values))
     assert res.ok and res["steps"]["prune"]["report"]["score"] == "val_loss"
+    # without the loss: told to pass one (the labels message spoke of verification and said "leave 'y' out")
+    with pytest.raises(DataError, match=r"saved without a loss .* pass --loss mse"):
+        deploykit.convert(reg, ["tflite-fp32"], data=(digits.x_train, values), out=tmp_path / "reg2", bench=False,
+                          prune={"sparsity": 0.5, "epochs": 1}, train_data=(digits.x_train, values))
+    assert not (tmp_path / "reg2").exists()
 
 
 def test_an_interrupted_prune_gives_the_callers_model_its_weights_back(tmp_path):
