@@ -584,6 +584,11 @@ def test_block_that_does_not_tile_a_kernel_is_named_off_target(digits):
                for s in off), off
     skipped = {s["layer"]: s["reason"] for s in report["skipped"]}
     assert skipped["d"] == "block 16x4 is larger than this kernel (12, 24)"  # 12 rows < 16: kept dense, listed
+    # a (9, 4) kernel is tiled by 9 blocks of 1x4: 7 of 9 is as close to 80 % as whole blocks come
+    few = keras.Sequential([keras.Input((9,)), keras.layers.Dense(4, activation="softmax", name="few")])
+    few.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    (line,) = prune(few, (x[:, :9], y), sparsity=0.8, structure="block", block_size=(1, 4), epochs=1).report["off_target"]
+    assert line.startswith("`few` kernel (9, 4) reached 78% against the 80% target (block 1x4 tiles it in 9 blocks"), line
 
 
 @pytest.mark.parametrize("lib_name", ["keras", "tf_keras"])

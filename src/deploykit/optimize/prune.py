@@ -1214,10 +1214,18 @@ def prune(
 
     # Block pruning keeps or zeroes whole blocks: where the block does not tile the kernel, the partial
     # edge blocks move the share of zeros away from the target (either way), and the report must say so.
+    def why_off(shape: Sequence[int]) -> str:
+        if structure != "block":
+            return ""
+        if len(shape) == 2 and shape[0] % bs[0] == 0 and shape[1] % bs[1] == 0:  # tiled, but few blocks
+            blocks = (shape[0] // bs[0]) * (shape[1] // bs[1])
+            return (f" (block {bs[0]}x{bs[1]} tiles it in {blocks} blocks: whole blocks cannot come closer; "
+                    "smaller blocks can)")
+        return f" (block {bs[0]}x{bs[1]} does not tile it; a block whose sides divide the kernel's reaches the target)"
+
     off_target = [
-        f"`{layer['name']}` {k['weight']} {tuple(k['shape'])} reached {k['achieved_sparsity']:.0%} against the {sparsity:.0%} target"
-        + (f" (block {bs[0]}x{bs[1]} does not tile it; a block whose sides divide the kernel's reaches the target)"
-           if structure == "block" else "")
+        f"`{layer['name']}` {k['weight']} {tuple(k['shape'])} reached {k['achieved_sparsity']:.0%} against the "
+        f"{sparsity:.0%} target{why_off(k['shape'])}"
         for layer in layers for k in layer["kernels"] if abs(k["achieved_sparsity"] - sparsity) > OFF_TARGET_POINTS / 100
     ]
     report = {
