@@ -54,6 +54,15 @@ def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():
     assert "Validation loss (mse) on the held-out training split: dense 0.01 → pruned 0.02" in text
     assert "**Warning:** pruning raised the validation loss 2.0x" in text
     assert "| 1 ★ | 0.1000 | 0.02 | 50.00% |" in text
+    # blocks that tile a kernel coarsely: the share reached is said beside the target
+    def layer(*kernels):
+        return {"name": "o", "class": "Dense", "target_sparsity": 0.5,
+                "kernels": [{"weight": "kernel", "shape": shape, "size": shape[0] * shape[1], "achieved_sparsity": a}
+                            for shape, a in kernels]}
+
+    text = "\n".join(prune_lines(manifest("block", layers=[layer(((9, 4), 7 / 9), ((8, 10), 0.75))])))
+    assert "Pruned to **50%** sparsity, 75.9% reached over the pruned kernels (block," in text
+    assert "reached over" not in "\n".join(prune_lines(manifest("block", layers=[layer(((8, 4), 0.5))])))
 
 
 def test_targets_table_says_what_its_p50_is_when_an_auto_target_chose_by_interleaved_rounds():

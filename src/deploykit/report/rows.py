@@ -580,6 +580,9 @@ def prune_lines(manifest: Manifest) -> list[str]:
     kernels = [k for layer in rep.get("layers", []) for k in layer.get("kernels", [])]
     covered, params = sum(k["size"] for k in kernels), tot.get("parameters") or 0
     share = f" (kernels holding {covered / params:.0%} of the parameters)" if params and covered < 0.95 * params else ""
+    reached = (sum(k["size"] * k.get("achieved_sparsity", 0.0) for k in kernels) / covered) if covered else None
+    if reached is not None and abs(reached - st.get("sparsity", 0)) >= 0.005:  # blocks that tile a kernel coarsely
+        share += f", {reached:.1%} reached over the pruned kernels"
     lines = [
         f"Pruned to **{st.get('sparsity', 0) * 100:g}%** sparsity{share} ({st.get('structure')}, "
         + ("the 2:4 mask set at the first step" if st.get("structure") == "2:4" else f"{st.get('schedule', {}).get('kind')} schedule")
