@@ -404,6 +404,12 @@ class Pipeline:
         """Build every target into ``self.out``, then write the manifest and reports."""
         from deploykit.runtime_bench.memory import release_memory
 
+        from deploykit.verify import scored_output, unused_labels
+
+        # Said once for the run (console and report), not only in each artifact's notes: the report
+        # headline said "with labels" and the Accuracy column was empty without a word.
+        labels_unused = (unused_labels(np.shape(evald.y), output_names, self._label_index)
+                         if evald.y is not None and scored_output(reference, evald.y, self._label_index) is None else None)
         manifest = Manifest(
             model={**info.to_dict(), **_file_identity(model),
                    **({"removed_for_export": loaded.removed_for_export} if loaded.removed_for_export else {}),
@@ -414,6 +420,7 @@ class Pipeline:
                 "eval_source": evald.source,
                 "eval_samples": len(evald),
                 "labels": evald.y is not None, "targets": evald.targets is not None,
+                **({"labels_unused": labels_unused} if labels_unused else {}),
             },
             steps=steps,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

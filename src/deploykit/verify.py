@@ -118,6 +118,16 @@ def scored_output(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only
     return fitting[int(np.argmax(agree))]  # the first of equals
 
 
+def unused_labels(shape: tuple, names: Sequence[str], label_output: int | None = None) -> str:
+    """Why labels of ``shape`` score no output (:func:`scored_output` found none)."""
+    if label_output is not None:
+        return (f"labels of shape {shape} were not used: output {names[label_output]!r} (the label output asked for) "
+                "gives no class where they do")
+    return (f"labels of shape {shape} were not used: no output gives a class where they do (one class per sample: "
+            "(N, classes), an argmax (N,), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: (N, ..., classes) "
+            "or an integer class map of the labels' shape)")
+
+
 def label_accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray | None, only: int | None = None) -> float | None:
     """Share of labels (per sample, or per position) that the scored output's classes match, or None
     when no output is scored (see :func:`scored_output`)."""
@@ -917,15 +927,7 @@ def verify(
             )
     if targets is not None and labels is None:
         _score_targets(result, reference, got, names, targets, label_output)
-    if labels is not None and scored is None and label_output is not None:
-        result.setdefault("notes", []).append(
-            f"labels of shape {np.shape(labels)} were not used: output {names[label_output]!r} (the label output "
-            "asked for) gives no class where they do")
-    elif labels is not None and scored is None:
-        result.setdefault("notes", []).append(
-            f"labels of shape {np.shape(labels)} were not used: no output gives a class where they do (one class "
-            "per sample: (N, classes), an argmax (N,), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: "
-            "(N, ..., classes) or an integer class map of the labels' shape)"
-        )
+    if labels is not None and scored is None:
+        result.setdefault("notes", []).append(unused_labels(np.shape(labels), names, label_output))
     result["passed"] = not result["failures"]
     return result

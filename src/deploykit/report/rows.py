@@ -355,20 +355,23 @@ def converter_lines(manifest: Manifest) -> list[str]:
 
 def data_warnings(manifest: Manifest) -> list[str]:
     """One line when the run's checks rested on very few samples: every verdict (and each
-    calibrated file's integer ranges) then says little about the data the model meets in use."""
+    calibrated file's integer ranges) then says little about the data the model meets in use;
+    one when the data's labels scored no output."""
     d = manifest.data
     n, calib = d.get("eval_samples"), d.get("samples")
     calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in manifest.artifacts)
     few_eval = isinstance(n, int) and n < FEW_SAMPLES
     few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
+    unused = [f"{d['labels_unused']} in {d.get('eval_source')}: accuracy is not measured; pass the labels "
+              "of a class output (or name one with --label-output)"] if d.get("labels_unused") else []
     if not (few_eval or few_calib):
-        return []
+        return unused
     what = " and ".join(w for w, on in (
         (f"every artifact was verified on {n} sample{'s' if n != 1 else ''} of {d.get('eval_source')}", few_eval),
         (f"integer ranges were calibrated on {calib} sample{'s' if calib != 1 else ''} of {d.get('source')}", few_calib)) if on)
     step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n else ""
     return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
-            + (" (or --eval-data)" if few_eval else "")]
+            + (" (or --eval-data)" if few_eval else "")] + unused
 
 
 # An output the labels did not train (a multi-output model's other heads) moved this share of its spread,
@@ -785,7 +788,8 @@ def model_lines(manifest: Manifest) -> list[str]:
     d = manifest.data
     lines += [
         f"Verified on {d.get('eval_samples')} sample{'' if d.get('eval_samples') == 1 else 's'} of `{d.get('eval_source')}`"
-        + (" with labels." if d.get("labels") else
+        + (" with labels that no output scores (accuracy not measured; see the warning)." if d.get("labels_unused") else
+           " with labels." if d.get("labels") else
            " with target values: Accuracy shows each file's mean absolute error (MAE) against them, Δ its change "
            "from the reference's." if d.get("targets") else " (no labels: accuracy not measured)."),
     ]
