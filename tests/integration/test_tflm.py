@@ -276,6 +276,10 @@ def test_a_keras3_embedding_model_runs_on_tflite_micro(tmp_path):
     assert "## Integer inputs and outputs (scale, zero point)" in report
     assert re.search(r"output `output_0` int8: x = \(q [+-] \d+\) × [0-9.e-]+", report)
     assert "input `tokens` int32: the values as they are (not quantized)" in report
+    # and the manifest gives the ids no scale to divide by (it listed scale 0.0)
+    quant = a["settings"]["converter"]["io_quantization"]
+    assert quant["input tokens"] == {"dtype": "int32", "quantized": False}
+    assert quant["output output_0"]["quantized"] and quant["output output_0"]["scale"] > 0
 
 
 def test_a_per_step_dense_tagger_runs_on_tflite_micro(tmp_path):

@@ -240,9 +240,12 @@ def _io_names(flatbuffer: bytes) -> dict[str, list[str]]:
             d = details[name]
             scale, zero_point = d.get("quantization", (0.0, 0))
             if np.dtype(d["dtype"]).kind in "iu" and (scale or role == "input"):
-                quantized[f"{role} {name}"] = {"dtype": np.dtype(d["dtype"]).name, "scale": float(scale),
-                                               "zero_point": int(zero_point)}
-    if any(q["scale"] for q in quantized.values()):
+                # An unscaled one has no scale to divide by: a consumer applying q = x / scale + zp to every
+                # entry divided by the 0.0 listed before.
+                quantized[f"{role} {name}"] = ({"dtype": np.dtype(d["dtype"]).name, "quantized": True, "scale": float(scale),
+                                                "zero_point": int(zero_point)} if scale else
+                                               {"dtype": np.dtype(d["dtype"]).name, "quantized": False})
+    if any(q["quantized"] for q in quantized.values()):
         names["io_quantization"] = quantized
     return names
 

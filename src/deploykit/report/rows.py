@@ -716,7 +716,7 @@ def io_quantization_lines(manifest: Manifest) -> list[str]:
         parts = []
         for key, q in quant.items():
             role, name = key.split(" ", 1)
-            if not q["scale"]:  # ids, indices: not quantized
+            if not q.get("scale"):  # ids, indices: not quantized
                 parts.append(f"{role} `{name}` {q['dtype']}: the values as they are (not quantized)")
                 continue
             zp = q["zero_point"]
