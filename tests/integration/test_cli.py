@@ -106,6 +106,16 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     words = keras.layers.StringLookup(vocabulary=["yes", "no"])(text)
     keras.Model(text, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(
         keras.layers.Embedding(4, 2)(words)))).save(base / "strings.keras")
+    import tensorflow as tf
+
+    class Positive(tf.Module):  # its quantized graph keeps an initializer no node uses: ORT's sessions log it natively
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def f(self, x):
+            return {"b": x > 0}
+
+    sm = Positive()
+    tf.saved_model.save(sm, str(base / "positive_sm"), signatures={"serving_default": sm.f})
+    np.savez(base / "vec.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
     return {
         "base": base, "model": keras3_path, "data": data_npz, "broken": broken_models,
         "lambda": lambda_keras3_path, "custom": custom_layer_keras_path, "nonempty": nonempty, "tight": tight,
@@ -158,6 +168,9 @@ def subprocess_runs(cli_inputs):
     runs["onnx_quiet"] = (None, pool.submit(run_deploy, [
         "convert", c["model"], "-t", "onnx-int8-qop", "-t", "onnx-int8-dynamic", "--data", c["data"],
         "--out", c["base"] / "onnx_quiet", "--no-bench"]))
+    runs["ort_native_quiet"] = (None, pool.submit(run_deploy, [  # ... and ORT's own native log lines too
+        "convert", c["base"] / "positive_sm", "-t", "onnx-int8-qdq", "--data", c["base"] / "vec.npz",
+        "--out", c["base"] / "ort_native_quiet", "--no-bench"]))
     runs["nonempty"] = (None, pool.submit(run_deploy, [
         "convert", c["model"], "-t", "tflite-fp32", "--data", c["data"], "--out", c["nonempty"]]))
     runs["custom"] = (None, pool.submit(run_deploy, ["inspect", c["custom"]]))
@@ -389,6 +402,8 @@ def test_convert_end_to_end_then_force_rerun(subprocess_runs, cli_inputs):
     assert proc.stderr.strip() == ""  # TensorFlow/LiteRT native chatter stays out of the terminal
     _, onnx_run = _result(subprocess_runs, "onnx_quiet")
     assert onnx_run.returncode == 0 and onnx_run.stderr.strip() == "", onnx_run.stderr[-2000:]
+    _, ort_run = _result(subprocess_runs, "ort_native_quiet")
+    assert ort_run.returncode in (0, 1) and "onnxruntime" not in ort_run.stderr, ort_run.stderr[-2000:]
     assert f"manifest: {out / MANIFEST_NAME}" in proc.stdout
     first = Manifest.read(out / MANIFEST_NAME)
     assert [(a.target, a.status) for a in first.artifacts] == [("tflite-fp32", "ok"), ("tflite-int8", "ok")]

@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deploykit._quiet import library_logs_muted, python_stdout_quiet
+from deploykit._quiet import library_logs_muted, native_stderr_captured, python_stdout_quiet
 from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
@@ -97,7 +97,7 @@ def to_onnx(model: Any, opset: int) -> Any:
         copy = onnx.ModelProto()
         copy.CopyFrom(cache[opset])
         return copy
-    from deploykit._quiet import environment_kept, import_tensorflow, native_stderr_captured
+    from deploykit._quiet import environment_kept, import_tensorflow
 
     import_tensorflow()
     with environment_kept(), native_stderr_captured():  # importing tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3 for good
@@ -302,7 +302,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 src = tmp / "fp32.onnx"
                 _save(proto, src, external)
                 float_io = proto.graph
-                with library_logs_muted():  # ONNX Runtime's quantizer warns through the root logger
+                # ONNX Runtime's quantizer warns through the root logger, and its sessions (calibration,
+                # shape inference) through ORT's native logger ("Removing initializer ..." on stderr)
+                with library_logs_muted(), native_stderr_captured():
                     proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
                 _tidy_after_quantizer(proto, float_io)
         except ConversionError:
