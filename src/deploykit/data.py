@@ -88,6 +88,10 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
+    stray = [k for k in files if k.lower() in _LABEL_LIKE and k not in input_names and k != "y"]
+    if stray and "y" not in files:  # read as "no labels", the run went on without its accuracy check
+        raise DataError(f"{path}: has {stray[0]!r} but no 'y': labels (or target values) go under the key 'y'; save "
+                        "with np.savez(path, x=..., y=...)")
     numbered = [f"x{i}" for i in range(len(input_names))]
     if "y" in input_names and all(n in arrays for n in input_names) and not all(n in arrays for n in numbered):
         # an input named 'y': keyed by input name, 'y' is that input (labels then need x0, x1... keys)
@@ -106,6 +110,10 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
     shown = sorted(files)
     raise DataError(f"{path}: has keys {', '.join(map(repr, shown)) or 'none'} but needs {want} (and optionally 'y' "
                     "for labels)")
+
+
+# Keys people save labels under (case aside) that are not 'y'.
+_LABEL_LIKE = {"y", "label", "labels", "target", "targets", "y_true", "ys", "class", "classes"}
 
 
 def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
@@ -318,6 +326,10 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     """
     if y.ndim == 0:
         raise DataError(f"{where}: labels 'y' is a single value; pass one label per sample ({n})")
+    if y.dtype.kind in "USO":  # class names: the model's outputs are indexed, not named
+        raise DataError(f"{where}: labels 'y' are {'text' if y.dtype.kind in 'US' else 'Python objects'} (e.g. "
+                        f"{str(y.flat[0])[:30]!r}), not class indices; map them to the indices of the model's output "
+                        "columns (0..classes-1) in the order it was trained with")
     if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.isfinite(y).all()):
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
     if y.ndim >= 2 and y.shape[-1] == 1:

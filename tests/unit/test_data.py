@@ -50,6 +50,17 @@ def test_npz_without_labels(tmp_path, xy):
     _check(load_data(tmp_path / "d.npz", SPEC), x, None)
 
 
+def test_labels_saved_under_another_key_are_refused_not_ignored(tmp_path, xy):
+    """'labels' (or 'Y' beside 'x') was read as no labels: the run went on without its accuracy check."""
+    x, y = xy
+    for key in ("labels", "Y"):
+        np.savez(tmp_path / "d.npz", x=x, **{key: y})
+        with pytest.raises(DataError, match=rf"has '{key}' but no 'y': labels \(or target values\) go under the key 'y'"):
+            load_data(tmp_path / "d.npz", SPEC)
+    np.savez(tmp_path / "both.npz", x=x, y=y, labels=y)  # 'y' is there: the other key is the user's business
+    _check(load_data(tmp_path / "both.npz", SPEC), x, y)
+
+
 def test_npz_keyed_by_input_name(tmp_path, xy):
     x, y = xy
     np.savez(tmp_path / "d.npz", pixels=x, y=y)
@@ -227,7 +238,7 @@ def test_label_count_mismatch(xy):
     [
         (lambda y: y + 0.5, "not whole numbers"),
         (lambda y: np.where(y == y[0], np.nan, y), "finite class indices"),
-        (lambda y: y.astype(str), "finite class indices"),
+        (lambda y: y.astype(str), r"are text \(e.g. .*\), not class indices; map them to the indices"),
     ],
     ids=["fractional", "nan", "strings"],
 )
