@@ -606,12 +606,13 @@ class LoadedModel:
             batch = [x[start : start + batch_size] for x in inputs]
             try:
                 chunks.append(self._predict_batch(batch))
-            except op_error as exc:  # the data's values, not its shapes (those were checked on loading it)
+            except op_error as exc:  # the data's values, or sizes a dimension of any size allowed
                 end = min(start + batch_size, n) - 1
-                raise DataError(
-                    f"the model cannot run on samples {start}..{end} of the data: {op_error_summary(exc)}; "
-                    "check the data's values (e.g. token ids outside an Embedding's vocabulary)"
-                ) from None
+                why = op_error_summary(exc)
+                fix = ("the samples are too small for the model's convolutions or pooling: pass larger ones (shape "
+                       f"{tuple(batch[0].shape[1:])} here)" if "output size would be negative" in why else
+                       "check the data's values (e.g. token ids outside an Embedding's vocabulary)")
+                raise DataError(f"the model cannot run on samples {start}..{end} of the data: {why}; {fix}") from None
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
     def _predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:

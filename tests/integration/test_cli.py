@@ -102,6 +102,10 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     ids = np.random.default_rng(0).integers(0, 50, (16, 12)).astype(np.int32)
     ids[9, 3] = 81  # outside the vocabulary: the model itself cannot run on it
     np.savez(base / "oov.npz", ids=ids)
+    anysize = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+                                keras.layers.GlobalAveragePooling2D()])
+    anysize.save(base / "anysize.keras")
+    np.savez(base / "tiny_images.npz", x=np.zeros((4, 1, 1, 3), np.float32))
     text = keras.Input((1,), dtype="string", name="text")
     words = keras.layers.StringLookup(vocabulary=["yes", "no"])(text)
     keras.Model(text, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(
@@ -142,6 +146,7 @@ def _error_cases(c: dict) -> dict[str, list]:
         "bench_tflm_not_tflite": ["bench", b / "not_a_model.tflite", "--runtime", "tflm"],
         "bench_runtime_mismatch": ["bench", b / "some.onnx", "--runtime", "tfjs"],
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
+        "too_small": ["convert", b / "anysize.keras", "-t", "tflite-fp32", "--data", b / "tiny_images.npz"],
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
         "negative_patience": ["convert", m, "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"], "--patience", "-1"],
         "patience_alone": ["convert", m, "-t", "tflite-fp32", "--patience", "3"],
@@ -461,6 +466,7 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
         ("bench_runtime_mismatch", ["--runtime tfjs runs .json files (model.json); some.onnx is not one"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
+        ("too_small", ["samples 0..3", "too small for the model's convolutions or pooling", "(1, 1, 3)"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),
         ("patience_alone", ["--patience applies only to the pruning, clustering and QAT fine-tunes", "--prune 0.8"]),
