@@ -70,6 +70,24 @@ class ConvertResult:
                 return a
         raise KeyError(target)
 
+    def path(self, target: str) -> Path:
+        """The absolute path of one target's artifact file (``model.tflite``, ``model.onnx``, ``model.json``...).
+
+        ``artifact(target)["path"]`` is relative to ``out``, as the manifest keeps it; this is the one to
+        open, copy or hand to :func:`deploykit.bench`.
+
+        Raises:
+            KeyError: the result holds no such target.
+            UserError: the target failed (its message says why and where a file it built was kept).
+        """
+        a = self.artifact(target)
+        if a["status"] != "ok":
+            # A file that failed verification is kept for inspection, but is not the artifact to ship.
+            kept = f"; the file it built is kept for inspection at {self.out / a['path']}" if a.get("path") else ""
+            reason = (a.get("error") or "").split("\n")[0]
+            raise UserError(f"target {a['target']!r} failed ({reason}), so it has no artifact{kept}")
+        return self.out / a["path"]
+
     def __getitem__(self, key: str) -> Any:
         return self.manifest[key]
 

@@ -1396,6 +1396,25 @@ def test_python_paths_expand_home_and_the_result_is_absolute(tmp_path, monkeypat
     assert result.report_path.exists() and result.manifest_path.exists()
 
 
+def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_one_says_so(tmp_path, monkeypatch,
+                                                                                         keras3_model, digits):
+    """artifact(t)["path"] is relative to out (the manifest's form): bench() of it from the notebook's cwd
+    said only "is not a file". result.path(t) is the absolute one; a failed target raises, saying why."""
+    monkeypatch.chdir(tmp_path)
+    result = deploykit.convert(keras3_model, ["tflite-fp32", _tight_int8()], data=(digits.x_eval, digits.y_eval),
+                               out="out", bench=False)
+    path = result.path("tflite-fp32")
+    assert path == tmp_path / "out" / "tflite-fp32" / "model.tflite" and path.is_absolute() and path.is_file()
+    assert result.artifact("tflite-fp32")["path"] == "tflite-fp32/model.tflite"  # the manifest stays relative
+    with pytest.raises(UserError, match=r"target 'tflite-int8-tight' failed \(verification failed: .*\), so it has no "
+                                        r"artifact; the file it built is kept for inspection at .*tflite-int8-tight/model.tflite$"):
+        result.path("tflite-int8-tight")
+    monkeypatch.chdir(tmp_path / "out" / "tflite-fp32")
+    with pytest.raises(UserError, match=r"relative to its out directory: pass result.path\('tflite-fp32'\)"):
+        deploykit.bench(result.artifact("tflite-fp32")["path"], iterations=1, warmup=0)
+    assert deploykit.bench(path, iterations=1, warmup=0)["p50_ms"] > 0
+
+
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
     op instance, cut mid-word at 400 characters, with no alternative named."""

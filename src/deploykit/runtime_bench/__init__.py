@@ -238,7 +238,12 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
 def resolve_runtime(path: Path, runtime: str | None) -> str:
     """The runtime that runs ``path``: ``runtime`` when given (checked against the file type), else by suffix."""
     if not path.is_file():
-        raise UserError(f"{path} is not a file; pass a model artifact such as model.tflite")
+        hint = "pass a model artifact such as model.tflite"
+        if not path.is_absolute() and len(path.parts) == 2 and path.name.startswith("model.") and not path.exists():
+            # TARGET/model.EXT is a manifest's artifact path, relative to its run's out directory, not to the cwd
+            hint = (f"an artifact path from a deploykit result is relative to its out directory: pass "
+                    f"result.path({path.parts[0]!r}) (or OUT/{path})")
+        raise UserError(f"{path} is not a file; {hint}")
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
     if runtime is None:
         raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
