@@ -50,6 +50,8 @@ class ConvertResult:
     manifest_path: Path
     report_path: Path
     html_report_path: Path
+    # A target as it was passed (a .toml path) -> the profile name its manifest entry is stored under.
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -63,12 +65,18 @@ class ConvertResult:
     def artifacts(self) -> list[dict[str, Any]]:
         return self.manifest["artifacts"]
 
-    def artifact(self, target: str) -> dict[str, Any]:
-        """The manifest entry of one target."""
+    def artifact(self, target: str | Path | Target) -> dict[str, Any]:
+        """The manifest entry of one target: its name, or the .toml path or Target it was passed as.
+
+        Raises:
+            KeyError: the result holds no such target; the message lists the ones it holds.
+        """
+        name = target.name if isinstance(target, Target) else _alias(self.aliases, target)
         for a in self.artifacts:
-            if a["target"] == target:
+            if a["target"] == name:
                 return a
-        raise KeyError(target)
+        raise KeyError(f"no target {str(target)!r} in this result; it holds: "
+                       f"{', '.join(a['target'] for a in self.artifacts)}")
 
     def path(self, target: str) -> Path:
         """The absolute path of one target's artifact file (``model.tflite``, ``model.onnx``, ``model.json``...).
@@ -92,9 +100,21 @@ class ConvertResult:
         return self.manifest[key]
 
 
+def _alias(aliases: dict[str, str], target: Any) -> Any:
+    """The profile name a target passed as ``target`` (a .toml path: as written, or any path to that file) got."""
+    if not isinstance(target, (str, Path)):
+        return target
+    if str(target) in aliases:
+        return aliases[str(target)]
+    if str(target).endswith(".toml"):
+        return aliases.get(str(Path(target).expanduser().resolve()), str(target))
+    return str(target)
+
+
 # What a target directory holds after a deploykit run: a directory that holds anything else is not
 # one of ours, and --force must not delete it.
-def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Target]:
+def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> tuple[list[Target], dict[str, str]]:
+    """The targets, each once, and the names the ones passed as .toml paths got (see :meth:`ConvertResult.artifact`)."""
     if isinstance(targets, (str, Path, Target)):
         targets = [targets]
     if targets is None:
@@ -105,8 +125,11 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
     from deploykit.targets import _builtins
 
     resolved: list[Target] = []
+    aliases: dict[str, str] = {}
     for t in targets:
         target = get_target(t)
+        if isinstance(t, (str, Path)) and str(t) != target.name:  # a .toml file: stored under its profile's name
+            aliases[str(t)] = aliases[str(Path(t).expanduser().resolve())] = target.name
         builtin = _builtins().get(target.name)
         # Bench settings do not change the artifact: get_target("tflite-int8").with_bench(threads=1) is that profile.
         if builtin is not None and dataclasses.replace(target, bench=builtin.bench) != builtin:
@@ -124,7 +147,7 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> list[Tar
         from deploykit.targets import list_targets
 
         raise UserError(f"no target given; choose one or more of: {', '.join(t.name for t in list_targets())}")
-    return resolved
+    return resolved, aliases
 
 
 class Pipeline:
@@ -191,7 +214,7 @@ class Pipeline:
             raise UserError(f"out must be a directory path, got {type(out).__name__} {out!r}")
         if isinstance(verify_samples, (bool, np.bool_)) or not isinstance(verify_samples, (int, np.integer)):
             raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
-        self.targets = _resolve_targets(targets)
+        self.targets, self._aliases = _resolve_targets(targets)
         self.prune_options = check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
         self.cluster_options = check_cluster(cluster, train_data)
         self.qat_options = check_qat(qat, train_data)
@@ -477,7 +500,7 @@ class Pipeline:
         md, html = write_reports(manifest, self.out)
         # Absolute: a notebook that changes directory afterwards still finds the report.
         return ConvertResult(self.out.absolute(), manifest.to_dict(), manifest_path.absolute(), md.absolute(),
-                             html.absolute())
+                             html.absolute(), aliases=self._aliases)
 
     def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""

@@ -1415,6 +1415,22 @@ def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_on
     assert deploykit.bench(path, iterations=1, warmup=0)["p50_ms"] > 0
 
 
+def test_result_artifact_takes_a_target_as_passed_and_an_unknown_name_lists_the_held_ones(tmp_path, monkeypatch,
+                                                                                          keras3_model, digits):
+    """A target passed as "fp32_copy.toml" is stored as its profile's name: artifact("fp32_copy.toml") was a
+    bare KeyError, as was any typo."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fp32_copy.toml").write_text('format = "tflite"\nprecision = "fp32"\n')
+    result = deploykit.convert(keras3_model, ["tflite-fp32", "fp32_copy.toml"], data=digits.x_eval[:40],
+                               out="out", bench=False)
+    assert [a["target"] for a in result.artifacts] == ["tflite-fp32", "fp32_copy"]
+    entry = result.artifact("fp32_copy")
+    assert result.artifact("fp32_copy.toml") is entry and result.artifact(tmp_path / "fp32_copy.toml") is entry
+    assert result.artifact("./fp32_copy.toml") is entry and result.path("fp32_copy.toml").is_file()
+    with pytest.raises(KeyError, match=r"no target 'nope' in this result; it holds: tflite-fp32, fp32_copy"):
+        result.artifact("nope")
+
+
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
     op instance, cut mid-word at 400 characters, with no alternative named."""
