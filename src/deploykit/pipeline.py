@@ -99,6 +99,12 @@ class ConvertResult:
     def __getitem__(self, key: str) -> Any:
         return self.manifest[key]
 
+    def __repr__(self) -> str:
+        # Short: a notebook cell ending in `result` printed the whole manifest, raw timing samples included.
+        targets = ", ".join(f"{a['target']}: {a['status']}" for a in self.artifacts if not a.get("candidate_of"))
+        return (f"ConvertResult(out={str(self.out)!r}, ok={self.ok}, targets=[{targets}], "
+                f"report={str(self.report_path)!r})")
+
 
 def _alias(aliases: dict[str, str], target: Any) -> Any:
     """The profile name a target passed as ``target`` (a .toml path: as written, or any path to that file) got."""

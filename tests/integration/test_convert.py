@@ -1431,6 +1431,14 @@ def test_result_artifact_takes_a_target_as_passed_and_an_unknown_name_lists_the_
         result.artifact("nope")
 
 
+def test_result_repr_is_short(tmp_path, keras3_model, digits):
+    """The dataclass repr printed the whole manifest (11k characters for two targets, timing samples included)."""
+    result = deploykit.convert(keras3_model, ["tflite-fp32", _tight_int8()], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", iterations=2, warmup=0)
+    assert repr(result) == (f"ConvertResult(out='{tmp_path / 'out'}', ok=False, targets=[tflite-fp32: ok, "
+                            f"tflite-int8-tight: failed], report='{tmp_path / 'out' / 'report.md'}')")
+
+
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
     op instance, cut mid-word at 400 characters, with no alternative named."""
