@@ -189,7 +189,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from deploykit.artifacts import Manifest
-    from deploykit.report.rows import converter_notes, data_warnings, fine_tune_warnings, table
+    from deploykit.report.rows import converter_notes, table
 
     manifest = Manifest.from_dict(result.manifest)
     t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
@@ -204,7 +204,7 @@ def _print_summary(result) -> None:
     for a in manifest.artifacts:
         if a.status != "ok":
             console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
-    for warning in data_warnings(manifest) + fine_tune_warnings(manifest):
+    for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     for note in converter_notes(manifest):
         console.print(f"note: {note}", highlight=False)

@@ -16,6 +16,7 @@ import inspect
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -52,6 +53,9 @@ class ConvertResult:
     html_report_path: Path
     # A target as it was passed (a .toml path) -> the profile name its manifest entry is stored under.
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: What the CLI prints as warnings: verdicts resting on too few samples, a fine-tune's accuracy cost...
+    #: (``deploykit.convert`` also raises each as a UserWarning).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -500,13 +504,15 @@ class Pipeline:
             if notes is not None:  # the step timed something, or says why it could not
                 steps["side_by_side"] = {**mem.to_dict(), **({"notes": notes} if notes else {})}
         from deploykit.report import write_reports
+        from deploykit.report.rows import data_warnings, fine_tune_warnings
 
         self.progress("writing manifest and reports")
         manifest_path = manifest.write(self.out)
         md, html = write_reports(manifest, self.out)
         # Absolute: a notebook that changes directory afterwards still finds the report.
         return ConvertResult(self.out.absolute(), manifest.to_dict(), manifest_path.absolute(), md.absolute(),
-                             html.absolute(), aliases=self._aliases)
+                             html.absolute(), aliases=self._aliases,
+                             warnings=data_warnings(manifest) + fine_tune_warnings(manifest))
 
     def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""
@@ -1225,7 +1231,9 @@ def convert(
             ``train_data``, ``label_output`` (see :class:`Pipeline`).
 
     Returns:
-        A :class:`ConvertResult`; ``result.manifest`` is the content of ``manifest.json``.
+        A :class:`ConvertResult`; ``result.manifest`` is the content of ``manifest.json``. Each of
+        ``result.warnings`` (too few samples to trust the verdicts, a fine-tune's accuracy cost) is also
+        raised as a :class:`UserWarning`.
 
     Raises:
         UserError: bad model, data, target or output directory; nothing is written.
@@ -1243,4 +1251,8 @@ def convert(
                 f"pass {'them' if len(tuning) > 1 else 'it'} in the dict of the step, e.g. prune={{'sparsity': 0.8, "
                 f"{', '.join(f'{k!r}: ...' for k in tuning)}}}" if tuning else "")
         raise UserError(f"unknown option(s) {', '.join(unknown)} for convert; choose from: {', '.join(known)}{hint}")
-    return Pipeline(targets, data=data, out=out, **options).run(model)
+    result = Pipeline(targets, data=data, out=out, **options).run(model)
+    # Here, not in Pipeline.run: the CLI runs the Pipeline and prints these itself.
+    for text in result.warnings:
+        warnings.warn(text, UserWarning, stacklevel=2)
+    return result

@@ -578,3 +578,17 @@ def test_an_in_process_convert_gives_the_caller_its_ctrl_c_back(tmp_path, cli_in
                      "--out", tmp_path / "out", "--no-bench"])
     assert result.exit_code == 0, result.output
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook) == before
+
+
+def test_a_warning_is_printed_once_and_not_raised_as_a_python_warning_too(tmp_path, cli_inputs, digits):
+    """convert's Python API raises each warning as a UserWarning; the CLI, which prints them, must not say them twice."""
+    import warnings
+
+    np.savez(tmp_path / "few.npz", x=digits.x_eval[:10])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke(["convert", cli_inputs["model"], "-t", "tflite-fp32", "--data", tmp_path / "few.npz",
+                         "--out", tmp_path / "out", "--no-bench"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("too few to trust") == 1, result.output
+    assert not [w for w in caught if "too few to trust" in str(w.message)]

@@ -1439,6 +1439,19 @@ def test_result_repr_is_short(tmp_path, keras3_model, digits):
                             f"tflite-int8-tight: failed], report='{tmp_path / 'out' / 'report.md'}')")
 
 
+def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, digits):
+    """"Verdicts rest on too few samples" was printed by the CLI only: a notebook saw ok=True and nothing else."""
+    with pytest.warns(UserWarning) as caught:
+        result = deploykit.convert(keras3_model, ["tflite-int8"], data=digits.x_eval[:10], out=tmp_path / "out",
+                                   bench=False)
+    assert len(result.warnings) == 1 and "verified on 10 samples" in result.warnings[0]
+    assert "too few to trust" in result.warnings[0]
+    ours = [w for w in caught if str(w.message) in result.warnings]
+    assert len(ours) == 1 and ours[0].filename == __file__  # stacklevel: the caller's line
+    assert deploykit.convert(keras3_model, ["tflite-fp32"], data=digits.x_eval, out=tmp_path / "many",
+                             bench=False).warnings == []
+
+
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
     op instance, cut mid-word at 400 characters, with no alternative named."""
