@@ -767,12 +767,49 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
     return _loaded_keras(kind, str(path), model)
 
 
+def _call_shapes(model: Any, kind: str) -> Any:
+    """The input structure a subclassed model was built or first called with: ``(dims, dtype)`` per input,
+    in a list or dict as it was called, or None when unknown."""
+    if kind == "keras3":
+        shapes = getattr(model, "_build_shapes_dict", None) or {}
+        spec = next(iter(shapes.values())) if len(shapes) == 1 else None
+        dtype = getattr(model, "input_dtype", None) or "float32"
+    else:
+        # tf_keras records the first call's TensorSpecs (dtypes too); build((None, ...)) only the shape
+        spec = getattr(model, "_saved_model_inputs_spec", None)
+        if spec is None:
+            spec = getattr(model, "_build_input_shape", None)
+        dtype = "float32"
+
+    def leaf(s: Any) -> Any:
+        dims = getattr(s, "shape", s)  # a TensorSpec's shape, or a TensorShape / tuple itself
+        try:
+            dims = dims.as_list() if hasattr(dims, "as_list") else dims
+        except ValueError:  # unknown rank
+            return None
+        if isinstance(dims, (list, tuple)) and dims and all(d is None or isinstance(d, int) for d in dims):
+            return tuple(dims), getattr(getattr(s, "dtype", None), "name", None) or dtype
+        return None
+
+    if spec is None:
+        return None
+    if leaf(spec) is not None:
+        return leaf(spec)
+    if isinstance(spec, dict):  # call(inputs) on a dict
+        leaves = {k: leaf(s) for k, s in spec.items()}
+        return leaves if leaves and all(v is not None for v in leaves.values()) else None
+    if isinstance(spec, (list, tuple)):  # call(inputs) on a list
+        leaves = [leaf(s) for s in spec]
+        return leaves if leaves and all(v is not None for v in leaves) else None
+    return None
+
+
 def with_inputs(model: Any, kind: str, source: str) -> Any:
     """The model with symbolic inputs, which export, verification and pruning read.
 
-    A built Keras 3 subclassed model (its input shape, or list or dict of shapes, known from build
-    or a first call) is wrapped in a functional model around it: the same layers and weights,
-    called on ``keras.Input`` s of those shapes. A model whose input shape nobody knows is refused with the way out.
+    A built Keras 3 or tf_keras subclassed model (its input shape, or list or dict of shapes, known from
+    build or a first call) is wrapped in a functional model around it: the same layers and weights,
+    called on ``Input`` s of those shapes. A model whose input shape nobody knows is refused with the way out.
     """
     try:
         inputs = model.inputs
@@ -781,42 +818,36 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
     if inputs:
         return model
     name = type(model).__name__
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    shape = next(iter(shapes.values())) if len(shapes) == 1 else None
-    if kind == "keras3" and name != "Sequential" and shape:
-        import keras
+    k = "tf_keras" if kind == "tf_keras" else "keras"  # the module a wrap needs: Keras 3's Input cannot call a tf_keras model
+    shape = _call_shapes(model, kind) if name != "Sequential" and kind in ("keras3", "tf_keras") else None
+    if shape is not None:
+        import importlib
 
-        dtype = getattr(model, "input_dtype", None) or "float32"
+        K = importlib.import_module(k)
 
         def symbolic(s: Any, input_name: str | None = None) -> Any:
-            # s[0] is the batch it was first called with: any batch size here
-            return keras.Input(shape=tuple(s[1:]), dtype=dtype, name=input_name)
+            # s[0][0] is the batch it was first called with: any batch size here
+            return K.Input(shape=tuple(s[0][1:]), dtype=s[1], name=input_name)
 
-        def is_shape(s: Any) -> bool:
-            return isinstance(s, (list, tuple)) and bool(s) and all(d is None or isinstance(d, int) for d in s)
-
-        if is_shape(shape):
-            inp: Any = symbolic(shape)
-        elif isinstance(shape, dict) and all(is_shape(s) for s in shape.values()):  # call(inputs) on a dict
-            inp = {k: symbolic(s, k) for k, s in shape.items()}
-        elif isinstance(shape, (list, tuple)) and all(is_shape(s) for s in shape):  # call(inputs) on a list
+        if isinstance(shape, dict):
+            inp: Any = {key: symbolic(s, key) for key, s in shape.items()}
+        elif isinstance(shape, list):
             inp = [symbolic(s) for s in shape]
         else:
-            inp = None
-        if inp is not None:
-            try:
-                return keras.Model(inp, model(inp), name=model.name)
-            except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
-                pass
+            inp = symbolic(shape)
+        try:
+            return K.Model(inp, model(inp), name=model.name)
+        except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
+            pass
     if name == "Sequential":
         raise ModelLoadError(
             f"{source}: the Sequential model was never built, so it has no input shape; start it with "
-            "keras.Input(shape=...) (or call model.build((None, ...))) and save it again"
+            f"{k}.Input(shape=...) (or call model.build((None, ...))) and save it again"
         )
     raise ModelLoadError(
         f"{source}: {name} is a subclassed model whose input shape is unknown (never built or called, or called "
-        "with several arguments); call it once on a batch, or wrap it (inp = keras.Input(shape=...); "
-        "keras.Model(inp, model(inp)))"
+        f"with several arguments); call it once on a batch, or wrap it (inp = {k}.Input(shape=...); "
+        f"{k}.Model(inp, model(inp)))"
     )
 
 

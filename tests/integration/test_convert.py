@@ -1452,6 +1452,26 @@ def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, 
                              bench=False).warnings == []
 
 
+def test_a_called_tf_keras_subclassed_model_converts(tmp_path, digits):
+    """It was refused as "never built or called" after model(x[:1])."""
+    import tf_keras
+
+    class TSub(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.flat, self.dense = tf_keras.layers.Flatten(), tf_keras.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.dense(self.flat(x))
+
+    model = TSub()
+    model(digits.x_eval[:1])
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32"], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    assert result["model"]["kind"] == "tf_keras"
+
+
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):
     """MobileNetV3's hard_swish has no 16x8 kernel: the reason was the converter's sentence once per
     op instance, cut mid-word at 400 characters, with no alternative named."""

@@ -410,6 +410,50 @@ def test_subclassed_models_called_on_a_list_or_a_dict_are_wrapped():
     np.testing.assert_allclose(loaded.predict([by_name[s.name] for s in loaded.inputs])[0], expected, rtol=1e-5)
 
 
+def test_a_called_or_built_tf_keras_subclassed_model_is_wrapped_and_the_refusal_names_tf_keras():
+    """A tf_keras subclassed model called on a batch was refused as "never built or called", and the fix the
+    message gave (keras.Input) crashes on a tf_keras model."""
+    import tf_keras
+
+    from deploykit.errors import ModelLoadError
+    from deploykit.models import load_model
+
+    class TSub(tf_keras.Model):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.a, self.b, self.out = tf_keras.layers.Dense(4), tf_keras.layers.Dense(4), tf_keras.layers.Dense(2)
+
+        def call(self, inputs):
+            if isinstance(inputs, (list, dict)):
+                first, second = (inputs["img"], inputs["meta"]) if isinstance(inputs, dict) else inputs
+                return self.out(tf_keras.layers.Concatenate()([self.a(first), self.b(second)]))
+            return self.out(self.a(inputs))
+
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=(3, 2)).astype("float32")
+    called = TSub()
+    expected = np.asarray(called(x0))
+    loaded = load_model(called)
+    assert loaded.kind == "tf_keras" and [tuple(s.shape) for s in loaded.inputs] == [(None, 5)]
+    np.testing.assert_allclose(loaded.predict([x0])[0], expected, rtol=1e-6)
+    built = TSub()
+    built.build((None, 5))
+    assert [tuple(s.shape) for s in load_model(built).inputs] == [(None, 5)]
+    listed = TSub()
+    expected = np.asarray(listed([x0, x1]))
+    loaded = load_model(listed)
+    assert [tuple(s.shape) for s in loaded.inputs] == [(None, 5), (None, 2)]
+    np.testing.assert_allclose(loaded.predict([x0, x1])[0], expected, rtol=1e-5)
+    keyed = TSub()
+    keyed({"img": x0, "meta": x1})
+    assert sorted(s.name for s in load_model(keyed).inputs) == ["img", "meta"]
+    with pytest.raises(ModelLoadError, match=r"never built or called.*inp = tf_keras\.Input\(shape=\.\.\.\); "
+                                             r"tf_keras\.Model\(inp, model\(inp\)\)"):
+        load_model(TSub())
+    with pytest.raises(ModelLoadError, match=r"Sequential model was never built.*tf_keras\.Input"):
+        load_model(tf_keras.Sequential([tf_keras.layers.Dense(2)]))
+
+
 def test_damaged_archives_and_h5_configs_are_one_line_errors(tmp_path, keras3_path):
     """They crashed with AttributeError, UnicodeDecodeError, RecursionError, JSONDecodeError, TypeError."""
     import h5py
