@@ -4,8 +4,8 @@ Accepted forms (CLI and API alike):
 
 * a path to an ``.npz`` file with ``x`` (and ``y`` for labels); a model with
   several inputs uses one key per input name (or ``x0``, ``x1`` ...);
-* an array, a tuple ``(x, y)``, a dict ``{"x": ..., "y": ...}``, or a list of
-  arrays for a multi-input model;
+* an array, a tuple ``(x, y)``, a dict ``{"x": ..., "y": ...}`` (or with the keys an
+  ``.npz`` takes), or a list of arrays for a multi-input model;
 * a callable returning any of the above.
 
 Everything is validated up front — non-empty, numeric, finite, shapes that
@@ -88,14 +88,22 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
-    stray = [k for k in files if k.lower() in _LABEL_LIKE and k not in input_names and k != "y"]
-    if stray and "y" not in files:  # read as "no labels", the run went on without its accuracy check
-        raise DataError(f"{path}: has {stray[0]!r} but no 'y': labels (or target values) go under the key 'y'; save "
-                        "with np.savez(path, x=..., y=...)")
+    return _from_keys(arrays, input_names, str(path), files)
+
+
+def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys: Sequence[Any],
+               x_forms: str = "") -> tuple[list[Any], Any]:
+    """The input arrays and labels of an .npz's keys or a data dict's, by one rule: ``x`` for a single
+    input, one key per input name, or ``x0``, ``x1`` ... in the model's input order; ``y`` the labels."""
+    stray = [k for k in keys if str(k).lower() in _LABEL_LIKE and k not in input_names and k != "y"]
+    if stray and "y" not in keys:  # read as "no labels", the run went on without its accuracy check
+        raise DataError(f"{where}: has {stray[0]!r} but no 'y': labels (or target values) go under the key 'y' "
+                        "(np.savez(path, x=..., y=...), or {'x': ..., 'y': ...})")
     numbered = [f"x{i}" for i in range(len(input_names))]
     if "y" in input_names and all(n in arrays for n in input_names) and not all(n in arrays for n in numbered):
         # an input named 'y': keyed by input name, 'y' is that input (labels then need x0, x1... keys)
         return [arrays[n] for n in input_names], None
+    arrays = dict(arrays)
     y = arrays.pop("y", None)
     if len(input_names) == 1 and "x" in arrays:
         return [arrays["x"]], y
@@ -103,13 +111,13 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         return [arrays[n] for n in input_names], y
     if all(n in arrays for n in numbered):
         if f"x{len(input_names)}" in arrays:  # one array more than the model has inputs: which one is extra?
-            raise DataError(f"{path}: has keys x0..x{len(input_names)} or more but the model takes {len(input_names)} "
-                            f"input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
+            raise DataError(f"{where}: has keys x0..x{len(input_names)} or more but the model "
+                            f"takes {len(input_names)} input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
         return [arrays[n] for n in numbered], y
-    want = "'x'" if len(input_names) == 1 else f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}"
-    shown = sorted(files)
-    raise DataError(f"{path}: has keys {', '.join(map(repr, shown)) or 'none'} but needs {want} (and optionally 'y' "
-                    "for labels)")
+    want = ("'x'" if len(input_names) == 1 else
+            f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}{x_forms}")
+    shown = ", ".join(map(repr, sorted(keys, key=str))) or "none"
+    raise DataError(f"{where}: has keys {shown} but needs {want} (and optionally 'y' for labels)")
 
 
 # Keys people save labels under (case aside) that are not 'y'.
@@ -161,16 +169,19 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
 
 def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
     if isinstance(obj, dict):
-        y = obj.get("y")
-        if "x" in obj:
-            return _inputs_of(obj["x"], input_names), y
-        if all(n in obj for n in input_names):
-            return [obj[n] for n in input_names], y
-        raise DataError(f"data dict has keys {sorted(obj)}; needs 'x' (and optionally 'y')")
+        if "x" in obj:  # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them
+            return _inputs_of(obj["x"], input_names), obj.get("y")
+        # the rest as an .npz's keys are read (x0, x1 ... included)
+        return _from_keys(obj, input_names, "data dict", list(obj), " (or 'x': a list or dict of them)")
     if isinstance(obj, tuple):
         if len(obj) not in (1, 2):
             raise DataError(f"data tuple has {len(obj)} items; pass (x, y) or (x,), with x one array per model input")
         x, y = obj if len(obj) == 2 else (obj[0], None)
+        if len(obj) == 2 and len(input_names) > 1 and not isinstance(x, (list, tuple, dict)):
+            # (img, meta) for a two-input model: the second array would be taken for labels
+            raise DataError(f"data is a 2-tuple, which is read as (x, y), and its x is one array but the model takes "
+                            f"{len(input_names)} inputs ({', '.join(input_names)}); pass the inputs as a list "
+                            f"[{', '.join(input_names)}] or a dict, and labels as ([{', '.join(input_names)}], y)")
         return _inputs_of(x, input_names), y
     if isinstance(obj, list) and len(input_names) == 1 and len(obj) == 2 and not _same_shape(obj):
         raise DataError("data is a list of 2 arrays of different shapes for a model with one input; "

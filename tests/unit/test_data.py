@@ -167,6 +167,28 @@ def test_multi_input_npz_numbered_keys(tmp_path):
         load_data(tmp_path / "bad.npz", specs)
 
 
+def test_a_dict_takes_the_keys_an_npz_takes_and_a_2_tuple_of_inputs_is_told_apart_from_x_y(tmp_path):
+    """{"x0": ..., "x1": ..., "y": ...} was refused ("needs 'x'") although the same keys in an .npz load; and
+    (img, meta) for a two-input model was read as (x, y) and refused as "has 1 input array(s)"."""
+    specs = [TensorSpec("img", (None, 3), "float32"), TensorSpec("meta", (None, 2), "float32")]
+    img, meta, y = np.ones((4, 3)), np.zeros((4, 2)), np.arange(4)
+    keys = {"x0": img, "x1": meta, "y": y}
+    np.savez(tmp_path / "m.npz", **keys)
+    for form in (keys, tmp_path / "m.npz"):
+        ds = load_data(form, specs)
+        assert [v.shape for v in ds.x] == [(4, 3), (4, 2)]
+        np.testing.assert_array_equal(ds.y, y)
+    with pytest.raises(DataError, match=r"has keys x0..x2 or more but the model takes 2"):
+        load_data({**keys, "x2": meta}, specs)
+    with pytest.raises(DataError, match=r"^data dict: has keys 'images', 'y' but needs one key per input \('img', 'meta'\) "
+                                        r"or x0, x1 \(or 'x': a list or dict of them\) \(and optionally 'y' for labels\)$"):
+        load_data({"images": img, "y": y}, specs)
+    with pytest.raises(DataError, match=r"^data is a 2-tuple, which is read as \(x, y\), and its x is one array but the "
+                                        r"model takes 2 inputs \(img, meta\); pass the inputs as a list \[img, meta\] "
+                                        r"or a dict, and labels as \(\[img, meta\], y\)$"):
+        load_data((img, meta), specs)
+
+
 def test_take_and_batches(xy):
     x, y = xy
     ds = load_data((x, y), SPEC)
@@ -262,7 +284,7 @@ def test_npz_without_x_lists_its_keys(tmp_path, xy):
 
 
 def test_dict_without_x(xy):
-    with pytest.raises(DataError, match=r"keys \['images'\]; needs 'x'"):
+    with pytest.raises(DataError, match=r"data dict: has keys 'images' but needs 'x'"):
         load_data({"images": xy[0]}, SPEC)
 
 
