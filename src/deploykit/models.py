@@ -579,6 +579,9 @@ class LoadedModel:
             outputs = [TensorSpec(k, tuple(t.shape), _dtype_name(t.dtype)) for k, t in pairs]
         else:
             names = list(getattr(m, "output_names", None) or [])
+            if not names and type(m).__name__ == "Sequential" and m.layers:
+                # Keras 3's Sequential has no output_names: its one output is its last layer's
+                names = [m.layers[-1].name]
             names = names if len(names) == len(m.outputs) else [""] * len(m.outputs)
             outputs = [
                 TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype), keras_name=str(k))

@@ -1246,6 +1246,26 @@ def test_each_output_says_which_keras_output_it_is(tmp_path):
     assert "inputs `x` (None, 4) float32;" in text
 
 
+def test_a_sequential_models_output_is_named_by_its_last_layer(tmp_path):
+    """Keras 3's Sequential has no output_names: the digits example's output was never called 'probs'."""
+    import keras
+    import tf_keras
+    from typer.testing import CliRunner
+
+    from deploykit.cli import app
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(3, name="probs")])
+    model.save(tmp_path / "seq.keras")
+    tk = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, name="probs")])
+    tk.save(tmp_path / "seq.h5")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    result = deploykit.convert(tmp_path / "seq.keras", ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
+    assert [(o["name"], o.get("keras_name")) for o in result["model"]["outputs"]] == [("output_0", "probs")]
+    assert [o.keras_name for o in deploykit.inspect(tmp_path / "seq.h5").outputs] == ["probs"]
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "seq.keras")])
+    assert shown.exit_code == 0 and "(Keras 'probs')" in shown.output, shown.output
+
+
 def test_convert_leaves_the_root_logger_to_the_caller(tmp_path):
     """TensorFlow's export (through absl) ran logging.basicConfig(): the caller's own basicConfig(filename=...)
     afterwards silently did nothing. Checked in a fresh process, where no handler exists before."""
