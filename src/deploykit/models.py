@@ -843,9 +843,11 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
         except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below
             pass
     if name == "Sequential":
+        # an in-memory model was never saved: building it (or calling it once) is enough
+        then = "and pass it again" if source.startswith("<in-memory") else "and save it again"
         raise ModelLoadError(
             f"{source}: the Sequential model was never built, so it has no input shape; start it with "
-            f"{k}.Input(shape=...) (or call model.build((None, ...))) and save it again"
+            f"{k}.Input(shape=...) (or call model.build((None, ...)) or call it once on a batch) {then}"
         )
     raise ModelLoadError(
         f"{source}: {name} is a subclassed model whose input shape is unknown (never built or called, or called "

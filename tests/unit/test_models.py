@@ -454,6 +454,18 @@ def test_a_called_or_built_tf_keras_subclassed_model_is_wrapped_and_the_refusal_
         load_model(tf_keras.Sequential([tf_keras.layers.Dense(2)]))
 
 
+def test_an_unbuilt_in_memory_sequential_is_not_told_to_save_it_again(tmp_path):
+    """The model was never saved: "save it again" sent an in-memory model's owner looking for a file."""
+    import keras
+
+    from deploykit.errors import ModelLoadError
+    from deploykit.models import load_model
+
+    with pytest.raises(ModelLoadError, match=r"^<in-memory Sequential .*never built.*or call it once on a batch\) "
+                                             r"and pass it again$"):
+        load_model(keras.Sequential([keras.layers.Dense(2)]))
+
+
 def test_damaged_archives_and_h5_configs_are_one_line_errors(tmp_path, keras3_path):
     """They crashed with AttributeError, UnicodeDecodeError, RecursionError, JSONDecodeError, TypeError."""
     import h5py
