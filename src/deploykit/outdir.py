@@ -20,6 +20,8 @@ from deploykit.artifacts import MANIFEST_NAME, Manifest
 from deploykit.errors import OutputExistsError, UserError
 
 REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
+# What a target directory holds after a deploykit run: a directory that holds anything else is not
+# one of ours, and --force must not delete it.
 _ARTIFACT_FILE = re.compile(r"(model\.(tflite|onnx|onnx\.data|json)|model_data\.(h|cc)|model_io\.h|group\d+-shard\d+of\d+\.bin"
                             r"|.*\.partial)")
 

@@ -121,8 +121,6 @@ def _alias(aliases: dict[str, str], target: Any) -> Any:
     return str(target)
 
 
-# What a target directory holds after a deploykit run: a directory that holds anything else is not
-# one of ours, and --force must not delete it.
 def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> tuple[list[Target], dict[str, str]]:
     """The targets, each once, and the names the ones passed as .toml paths got (see :meth:`ConvertResult.artifact`)."""
     if isinstance(targets, (str, Path, Target)):
