@@ -337,6 +337,15 @@ def test_toml_errors(tmp_path):
     shadow.write_text('name = "tflite-int8"\nformat = "tflite"\nprecision = "fp32"\n')
     with pytest.raises(TargetError, match="names its profile 'tflite-int8', a built-in target, with other settings"):
         load_target_file(shadow)
+    # a format that is no text is named as the problem (the message spoke of the precision); text fields are text
+    for field, line, said in (("format", "format = 3", "format 3 is not one of tflite"),
+                              ("description", "description = 5", "description must be text in quotes, got 5"),
+                              ("precision", "precision = 8", "precision must be text in quotes, got 8")):
+        odd = tmp_path / f"odd_{field}.toml"
+        odd.write_text("\n".join(line if ln.startswith(field) else ln for ln in FLAT_TOML.splitlines())
+                       + ("" if field in FLAT_TOML else f"\n{line}\n"))
+        with pytest.raises(TargetError, match=said):
+            load_target_file(odd)
 
 
 # ----------------------------------------------------------------------------- with_bench

@@ -256,6 +256,9 @@ class Target:
             raise TargetError(f"{where}: the name is taken by a file every run writes beside the artifacts; rename the target")
         if self.format not in FORMATS:
             raise TargetError(f"{where}: format {self.format!r} is not one of {', '.join(FORMATS)}")
+        for fname in ("precision", "description"):  # shown in reports and tables: text, e.g. precision = "int8"
+            if not isinstance(getattr(self, fname), str):
+                raise TargetError(f"{where}: {fname} must be text in quotes, got {getattr(self, fname)!r}")
         if not self.runtime:
             object.__setattr__(self, "runtime", RUNTIMES[self.format])
         elif self.runtime != RUNTIMES[self.format]:
@@ -618,8 +621,8 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
     ``precision`` is a label: a file with ``precision = "int8"`` and no types built a float32 file
     and reported it as ok, labelled int8.
     """
-    if "format" not in entry or "precision" not in entry:
-        return  # Target.from_dict names the missing field
+    if "format" not in entry or "precision" not in entry or entry["format"] not in FORMATS:
+        return  # Target names the missing field or the unknown format (format = 3 was told about its precision)
     same = next((t for t in list_targets() if t.format == entry.get("format")
                  and t.precision == entry.get("precision")), None)
     if "candidates" in entry and not entry["candidates"]:
