@@ -502,7 +502,7 @@ class Pipeline:
             if notes is not None:  # the step timed something, or says why it could not
                 steps["side_by_side"] = {**mem.to_dict(), **({"notes": notes} if notes else {})}
         from deploykit.report import write_reports
-        from deploykit.report.rows import data_warnings, fine_tune_warnings
+        from deploykit.report.rows import data_warnings, fine_tune_warnings, input_name_warnings
 
         self.progress("writing manifest and reports")
         manifest_path = manifest.write(self.out)
@@ -510,7 +510,7 @@ class Pipeline:
         # Absolute: a notebook that changes directory afterwards still finds the report.
         return ConvertResult(self.out.absolute(), manifest.to_dict(), manifest_path.absolute(), md.absolute(),
                              html.absolute(), aliases=self._aliases,
-                             warnings=data_warnings(manifest) + fine_tune_warnings(manifest))
+                             warnings=data_warnings(manifest) + input_name_warnings(manifest) + fine_tune_warnings(manifest))
 
     def _prune(self, model: Any, loaded: Any, steps: dict[str, Any]) -> Any:
         """Fine-tune with pruning; return the pruned model, loaded (the original is released)."""

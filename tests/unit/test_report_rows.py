@@ -332,3 +332,17 @@ def test_an_unlabelled_output_that_moved_far_is_warned_about():
     assert w.startswith("pruning moved output `bright` (no labels for it) away from the model's own values: by 60% of its spread")
     (w,) = run(0.01, agree=0.9)
     assert "its answers agree with the model's before on 90.0%" in w
+
+
+def test_an_input_keras_named_by_session_is_warned_about():
+    """An unnamed keras.Input is `keras_tensor` in one session and `keras_tensor_5` in the next: the
+    artifacts take inputs by that name, so the app feeding them broke after a retrain."""
+    from deploykit.report.rows import input_name_warnings
+
+    def warned(*names):
+        return input_name_warnings(Manifest(model={"inputs": [{"name": n} for n in names]}, tools={}, machine={}))
+
+    (line,) = warned("keras_tensor_5", "meta")
+    assert line.startswith("input 'keras_tensor_5' has the name Keras numbers by session") and "name=" in line
+    assert warned("input_1")  # tf_keras's
+    assert warned("pixels", "input", "input_ids") == []

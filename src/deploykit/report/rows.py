@@ -156,7 +156,7 @@ def highlights(manifest: Manifest) -> list[str]:
     if failed:
         lines.append(f"Failed: {', '.join('**' + a.target + '**' for a in failed)} (details below)")
     # printed by the CLI too; in the report, where the verdicts it qualifies are read
-    lines += [f"**Warning:** {w}" for w in data_warnings(manifest)]
+    lines += [f"**Warning:** {w}" for w in data_warnings(manifest) + input_name_warnings(manifest)]
     return lines
 
 
@@ -372,6 +372,21 @@ def data_warnings(manifest: Manifest) -> list[str]:
     step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n else ""
     return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
             + (" (or --eval-data)" if few_eval else "")] + unused
+
+
+# Names Keras gives an input nobody named, numbered by how many tensors the session made before:
+# the same model exported from another notebook session takes `keras_tensor_5` instead of `keras_tensor`.
+_UNNAMED_INPUT = re.compile(r"keras_tensor(_\d+)?|input_layer(_\d+)?|input_\d+")
+
+
+def input_name_warnings(manifest: Manifest) -> list[str]:
+    """One line when the model's inputs carry names Keras made up: apps feed artifacts by those names."""
+    unnamed = [i["name"] for i in manifest.model.get("inputs", []) if _UNNAMED_INPUT.fullmatch(str(i.get("name", "")))]
+    if not unnamed:
+        return []
+    return [f"input {', '.join(map(repr, unnamed))} has the name Keras numbers by session, not one of its own: the "
+            "artifacts take it under that name, and the same model built in another session takes another; name it, "
+            "e.g. keras.Input(shape, name=\"pixels\"), and convert again"]
 
 
 # An output the labels did not train (a multi-output model's other heads) moved this share of its spread,
