@@ -671,20 +671,44 @@ def test_a_column_int8_pinned_at_its_median_fails_and_rare_tags_and_classes_do_n
     rng = np.random.default_rng(1)
     ref = np.stack([rng.normal(0.004, 0.0015, 500), rng.normal(5, 2, 500), rng.uniform(0, 8.5e4, 500)], axis=1)
     pinned = ref.copy()
-    pinned[:, 0], pinned[:, 1] = np.median(ref[:, 0]), np.median(ref[:, 1])
+    pinned[:, 0], pinned[:, 1] = np.median(ref[:, 0]) + 1e-4, np.median(ref[:, 1])
     tol = get_target("tflite-int8").tolerance
     failure = _elementwise_failure(compare_outputs(ref, pinned, tol), None)
-    assert failure and failure.startswith("column 0 lost its variation") and "a constant at their median" in failure
+    assert failure and failure.startswith("column 0 lost its variation") and "of a constant's at their median" in failure
+    assert "the artifact gives it 1 value" in failure and "one scale for all its columns" in failure
     # a column the output's integer scale gives 3 levels keeps its answers roughly: not lost
     three = np.stack([rng.uniform(0, 3, 500), rng.uniform(0, 255, 500)], axis=1)
     assert _elementwise_failure(compare_outputs(three, np.round(three), tol), None) is None
-    # sigmoid tags, one never on (0.001-0.01: below an int8 step), and softmax rows with a rare class
-    # are judged by their answers: rounding to 1/256 loses nothing
-    tags = np.stack([rng.uniform(0.001, 0.01, 500), rng.uniform(0, 1, 500), rng.uniform(0, 1, 500)], axis=1)
+    # sigmoid tags, one never on (its logit near -7: a span of 0.0016) and one at 0.001-0.01, and softmax
+    # rows with a rare class are judged by their answers: rounding to 1/256 loses nothing
+    never = 1 / (1 + np.exp(-rng.normal(-7, 0.3, 500)))
+    tags = np.stack([never, rng.uniform(0.001, 0.01, 500), rng.uniform(0, 1, 500)], axis=1)
     assert "collapsed_column" not in compare_outputs(tags, np.round(tags * 256) / 256, tol)
     logits = np.stack([rng.normal(3, 1, 500), rng.normal(3, 1, 500), rng.normal(-4, 0.5, 500)], axis=1)
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert "collapsed_column" not in compare_outputs(probs, np.round(probs * 256) / 256, tol)
+    # ... but normalized boxes (also in 0..1) whose small w/h were pinned lost them
+    boxes = np.stack([rng.uniform(0, 1, 500), rng.uniform(0, 1, 500), rng.uniform(0.02, 0.05, 500)], axis=1)
+    flat = boxes.copy()
+    flat[:, 2] = np.median(boxes[:, 2])
+    assert compare_outputs(boxes, flat, tol)["collapsed_column"]["column"] == 2
+
+
+def test_a_constant_offset_or_a_plateau_with_spikes_is_no_lost_column():
+    """A column at one value with rare spikes the artifact reproduces: int8 rounding of the plateau (an
+    offset on 98 % of samples) and an fp16 shift of 5e-4 counted fully against a constant's tiny error,
+    and good files failed."""
+    rng = np.random.default_rng(2)
+    plateau = np.full(500, 3.3)
+    spikes = rng.choice(500, 10, replace=False)
+    plateau[spikes] = rng.uniform(5, 30, 10)
+    ref = np.stack([rng.uniform(0, 100, 500), plateau], axis=1)
+    got = ref.copy()
+    got[:, 1] = np.where(np.isin(np.arange(500), spikes), ref[:, 1], 3.3 - 0.16)
+    assert "collapsed_column" not in compare_outputs(ref, got, get_target("tflite-int8").tolerance)
+    baseline = np.where(np.isin(np.arange(500), spikes[:3]), 103.0, 100.0)
+    ref = np.stack([rng.uniform(0, 200, 500), baseline], axis=1)
+    assert "collapsed_column" not in compare_outputs(ref, ref * (1 + 5e-4), get_target("tflite-fp16").tolerance)
 
 
 def test_one_sample_is_judged_against_its_own_size():
@@ -742,6 +766,10 @@ def test_a_batch_1_failure_is_dropped_when_the_batched_one_says_it_and_adds_a_hi
                 f"output 'y': {lost}; the artifact's output stops at 4.5e+04 where the reference reaches 5.4e+04",
                 "output 'z' at batch size 1: max abs error 3 exceeds the allowed 0.1 in 2 of 8 element(s)"]
     assert _said_once(failures) == failures[1:]
+    # outputs whose names differ by a digit are different outputs
+    other = ["output 'output_0' at batch size 1: max abs error 3 exceeds the allowed 0.1 in 2 of 8 element(s)",
+             "output 'output_1': max abs error 4 exceeds the allowed 0.1 in 9 of 80 element(s)"]
+    assert _said_once(other) == other
 
 
 def test_a_different_failure_at_batch_size_1_is_still_reported():
