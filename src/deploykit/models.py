@@ -912,8 +912,38 @@ def check_stateless(model: Any, source: str) -> None:
             "with stateful=False and copy the weights over (model.set_weights(old.get_weights())), then convert that")
 
 
+def check_flat_outputs(model: Any, source: str) -> None:
+    """Refuse a Keras model whose outputs nest (a list inside a dict, a tuple inside a list...).
+
+    Every artifact names its outputs one by one (``output_0``... in Keras's flattened order, or
+    a dict's keys) and the manifest maps each back to its ``keras_name``; a dict value that is a
+    list has no such name, and describing the model crashed on it. Flattening here would invent
+    names the user never chose, so the model is refused with the one-line way to flatten it.
+
+    Raises:
+        ModelLoadError: naming the first nested output and how to flatten the outputs.
+    """
+    struct = getattr(model, "_outputs_struct", None)  # Keras 3 functional
+    if struct is None:
+        struct = getattr(model, "_nested_outputs", None)  # tf_keras functional
+    if isinstance(struct, dict):
+        items, outer = list(struct.items()), "dict"
+    elif isinstance(struct, (list, tuple)):
+        items, outer = list(enumerate(struct)), type(struct).__name__
+    else:
+        return  # one tensor
+    for key, value in items:
+        if isinstance(value, (dict, list, tuple)):
+            raise ModelLoadError(
+                f"{source}: the model's outputs are nested (output {key!r} is a {type(value).__name__} inside a "
+                f"{outer}); deploykit takes one output tensor, a flat list or a flat dict of tensors: rebuild it "
+                "with flat outputs, e.g. keras.Model(model.inputs, model.outputs) (a flat list) or a dict with one "
+                "key per tensor, and save that")
+
+
 def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     model = with_inputs(model, kind, source)
+    check_flat_outputs(model, source)
     policy = None
     if kind == "keras3":
         model, policy = float32_twin(model)

@@ -580,3 +580,24 @@ def test_root_records_are_dropped_only_from_the_installed_libraries():
     assert not keep(record("/venv/lib/python3.11/site-packages/onnxruntime/quantization/quantize.py"))
     assert keep(record("/venv/lib/python3.11/site-packages/onnxruntime/quantization/quantize.py", logging.ERROR))
     assert keep(record("/home/me/keras/train.py")) and keep(record("/srv/onnx/export.py"))
+
+
+def test_nested_outputs_are_refused_with_the_way_to_flatten_them(tmp_path):
+    """A dict holding a list of outputs crashed describing the model ('list' object has no attribute
+    'shape'), in convert and inspect alike; now refused at load, Keras 3 and tf_keras, file or object."""
+    import keras
+    import tf_keras
+
+    i = keras.Input((4,))
+    nested = keras.Model(i, {"a": keras.layers.Dense(3)(i), "b": [keras.layers.Dense(2)(i), keras.layers.Dense(1)(i)]})
+    nested.save(tmp_path / "nested.keras")
+    j = tf_keras.Input((4,))
+    old = tf_keras.Model(j, [tf_keras.layers.Dense(3)(j), (tf_keras.layers.Dense(2)(j), tf_keras.layers.Dense(1)(j))])
+    for source, what in ((tmp_path / "nested.keras", "output 'b' is a list inside a dict"),
+                         (nested, "output 'b' is a list inside a dict"),
+                         (old, "output 1 is a tuple inside a list")):
+        with pytest.raises(ModelLoadError, match=f"outputs are nested \\({what}\\).*flat list or a flat dict"):
+            inspect_model(source)
+    # the way out it names works: the same tensors as a flat list
+    flat = load_model(keras.Model(nested.inputs, nested.outputs))
+    assert [s.name for s in flat.info().outputs] == ["output_0", "output_1", "output_2"]
