@@ -140,6 +140,22 @@ def _available_memory() -> int | None:
         return None
 
 
+def check_allocation(nbytes: int, what: str, way_out: str) -> None:
+    """Refuse, before allocating it, an array of ``nbytes`` that would not fit in free memory.
+
+    ``what`` names the array (it is followed by "would need N GiB") and ``way_out`` says what to do
+    instead. An input dimension of 2**31 made numpy try 128 GiB of random samples and end the run
+    with a MemoryError traceback (or the OOM killer).
+
+    Raises:
+        DataError: ``nbytes`` is over 80 % of the memory available now.
+    """
+    available = _available_memory()
+    if available is not None and nbytes > 0.8 * available:
+        raise DataError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's free memory "
+                        f"({available / 2**30:.1f} GiB) allows; {way_out}")
+
+
 def _check_expanded_size(path: Path, archive: Any, keys: list[str]) -> None:
     """Refuse an .npz whose arrays would not fit in memory once decompressed, before decompressing them.
 

@@ -13,6 +13,7 @@ import dataclasses
 import re
 import datetime as _dt
 import inspect
+import math
 import os
 import shutil
 import tempfile
@@ -1159,28 +1160,51 @@ def _random_inputs(specs, keras_model: Any = None) -> Any:
     Integer inputs (uint8 images, token ids) get integers: uniform floats cast to them would all
     be 0, and a verification on 8 identical samples proves little.
     """
-    from deploykit.data import Dataset
+    from deploykit.data import check_allocation
 
     for s in specs:
         if any(d is None for d in s.shape[1:]):  # a size of 1 would verify on 1x1 images, or not run at all
             raise DataError(f"input {s.name!r} has dimensions of any size {tuple(s.shape)}; verifying on random "
                             "inputs needs a size: pass --data with real samples (data=... in Python)")
+
+    def dtype_of(s: Any) -> np.dtype:
+        dtype = np.dtype(s.dtype) if s.dtype != "bfloat16" else np.dtype("float32")
+        return dtype if dtype.kind in "biuf" else np.dtype("float32")
+
+    # A dimension of 2**31 asked numpy for 128 GiB (and a MemoryError traceback): sized first.
+    # Python ints: a product of huge dimensions must not wrap around.
+    nbytes = sum(8 * math.prod(int(d) for d in s.shape[1:]) * dtype_of(s).itemsize for s in specs)
+    what = "the random verification samples (8 of " + ", ".join(f"{s.name!r} {tuple(s.shape)}" for s in specs) + ")"
+    way_out = "pass --data with real samples (data=... in Python)"
+    check_allocation(nbytes, what, way_out)
     rng = np.random.default_rng(0)
-    xs, ranges = [], []
     vocab = _smallest_vocabulary(keras_model)
+    try:
+        return _draw_random_inputs(specs, rng, vocab, dtype_of)
+    except MemoryError:  # under a memory limit psutil does not see
+        raise DataError(f"{what} do not fit in this process's memory; {way_out}") from None
+
+
+def _draw_random_inputs(specs, rng: Any, vocab: int | None, dtype_of: Callable[[Any], np.dtype]) -> Any:
+    from deploykit.data import Dataset
+
+    xs, ranges = [], []
     for s in specs:
         shape = [8] + list(s.shape[1:])
-        dtype = np.dtype(s.dtype) if s.dtype != "bfloat16" else np.dtype("float32")
+        dtype = dtype_of(s)
+        # Drawn in the input's own dtype: float64 (or int64) first and then cast needed up to twice
+        # the memory of the samples themselves.
         if dtype.kind == "b":
-            xs.append(rng.integers(0, 2, shape).astype(bool))
+            xs.append(rng.integers(0, 2, shape, dtype=np.uint8).astype(bool))
             ranges.append(f"{s.name} 0/1")
         elif dtype.kind in "iu":
             # Token ids must stay inside the smallest Embedding/CategoryEncoding table; otherwise a byte's range.
             high = min(vocab or 256, 256, int(np.iinfo(dtype).max) + 1)
-            xs.append(rng.integers(0, high, shape).astype(dtype))
+            xs.append(rng.integers(0, high, shape, dtype=dtype))
             ranges.append(f"{s.name} integers 0..{high - 1}")
-        else:
-            xs.append(rng.uniform(0, 1, shape).astype(dtype if dtype.kind == "f" else np.float32))
+        else:  # Generator.random draws float32 or float64 only
+            drawn = rng.random(shape, dtype=np.float64 if dtype == np.float64 else np.float32)
+            xs.append(drawn if drawn.dtype == dtype else drawn.astype(dtype))
             ranges.append(f"{s.name} uniform 0..1")
     return Dataset(xs, None, f"<random inputs ({', '.join(ranges)}), no data given>")
 

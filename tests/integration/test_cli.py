@@ -120,6 +120,17 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     sm = Positive()
     tf.saved_model.save(sm, str(base / "positive_sm"), signatures={"serving_default": sm.f})
     np.savez(base / "vec.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    # a dimension of 2**40: its 8 random verification samples, or one random bench input, would need 32/16 TiB
+    # (2**31, the reviewer's, is 64 GiB: a machine with that much free would really draw them)
+    huge = keras.Input((2**40,), name="x")
+    keras.Model(huge, keras.layers.Activation("relu")(huge)).save(base / "huge_dim.keras")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2**40, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2**40, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), base / "huge_dim.onnx")
     return {
         "base": base, "model": keras3_path, "data": data_npz, "broken": broken_models,
         "lambda": lambda_keras3_path, "custom": custom_layer_keras_path, "nonempty": nonempty, "tight": tight,
@@ -148,6 +159,8 @@ def _error_cases(c: dict) -> dict[str, list]:
         "oov_tokens": ["convert", b / "tokens.keras", "-t", "tflite-fp32", "--data", b / "oov.npz"],
         "too_small": ["convert", b / "anysize.keras", "-t", "tflite-fp32", "--data", b / "tiny_images.npz"],
         "string_input": ["convert", b / "strings.keras", "-t", "tflite-fp32"],
+        "huge_dim_random_inputs": ["convert", b / "huge_dim.keras", "-t", "tflite-fp32", "--no-bench"],
+        "bench_huge_dim_random_inputs": ["bench", b / "huge_dim.onnx", "--warmup", "1", "--iterations", "2"],
         "negative_patience": ["convert", m, "-t", "tflite-fp32", "--prune", "0.5", "--train-data", c["data"], "--patience", "-1"],
         "patience_alone": ["convert", m, "-t", "tflite-fp32", "--patience", "3"],
         # a SavedModel input: TensorFlow's device probe ("failed call to cuInit") must not add a line
@@ -468,6 +481,11 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("too_small", ["samples 0..3", "too small for the model's convolutions or pooling", "(1, 1, 3)"]),
         ("string_input", ["input 'text' takes strings", "TextVectorization", "integer ids"]),
+        # numpy's MemoryError traceback (exit 1) before: the size is checked before anything is drawn
+        ("huge_dim_random_inputs", ["random verification samples (8 of 'x' (None, 1099511627776)) would need 32768.0 GiB",
+                                    "pass --data with real samples"]),
+        ("bench_huge_dim_random_inputs", ["random benchmark input ('x' (1099511627776, 4)) would need 16384.0 GiB",
+                                          "convert the model again with a smaller input size"]),
         ("negative_patience", ["patience must be a non-negative integer", "-1"]),
         ("patience_alone", ["--patience applies only to the pruning, clustering and QAT fine-tunes", "--prune 0.8"]),
         ("saved_model_prune", ["pruning fine-tunes a Keras model", "not a SavedModel"]),

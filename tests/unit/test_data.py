@@ -503,3 +503,13 @@ def test_a_list_of_x_and_y_for_a_one_input_model_says_pass_a_tuple(xy):
     x, y = xy
     with pytest.raises(DataError, match=r"pass \(x, y\) as a tuple"):
         load_data([x, y], SPEC)
+
+
+def test_random_inputs_are_drawn_in_the_input_dtype():
+    """Drawn as float64 and cast, the samples needed three times their own memory at the peak."""
+    from deploykit.pipeline import _random_inputs
+
+    ds = _random_inputs([TensorSpec("a", (None, 5), "float32"), TensorSpec("b", (None, 3), "uint8"),
+                         TensorSpec("c", (None, 2), "float64")])
+    assert [x.dtype for x in ds.x] == [np.float32, np.uint8, np.float64]
+    assert 0 <= ds.x[0].min() and ds.x[0].max() < 1 and len(np.unique(ds.x[1])) > 1

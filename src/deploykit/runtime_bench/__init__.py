@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -123,22 +124,43 @@ def _settle(runner: Any) -> float:
 
 def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs fitting the runner's input tensors, for `deploy bench` without data."""
+    from deploykit.data import check_allocation
+
+    details = runner.input_details()
+    shapes = {name: [batch if i == 0 and s == -1 else (1 if s == -1 else int(s))
+                     for i, s in enumerate(d.get("shape_signature", d["shape"]))] for name, d in details.items()}
+
+    def dtype_of(d: dict) -> np.dtype:  # what is handed to the runner: float32, or the integer ids' own dtype
+        dtype = np.dtype(d["dtype"])
+        return np.dtype(np.float32) if dtype.kind == "f" or (d.get("quantization") or (0, 0))[0] else dtype
+
+    # A fixed dimension of 2**31 asked numpy for 64 GiB (a MemoryError traceback): sized first, in Python ints.
+    nbytes = sum(math.prod(shapes[name]) * dtype_of(d).itemsize for name, d in details.items())
+    what = "the random benchmark input (" + ", ".join(f"{n!r} {tuple(s)}" for n, s in shapes.items()) + ")"
+    way_out = ("this file's fixed input size is too large to run on this machine: convert the model again with a "
+               "smaller input size (or a dynamic batch)")
+    check_allocation(nbytes, what, way_out)
     rng = np.random.default_rng(seed)
     out = {}
-    for name, d in runner.input_details().items():
-        sig = list(d.get("shape_signature", d["shape"]))
-        shape = [batch if i == 0 and s == -1 else (1 if s == -1 else int(s)) for i, s in enumerate(sig)]
-        dtype = np.dtype(d["dtype"])
-        if dtype.kind == "f":
-            out[name] = rng.standard_normal(shape).astype(np.float32)
-        else:
-            info = np.iinfo(dtype)
-            scale, zero = d["quantization"]
-            if scale:  # quantized input: give float values the runner will quantize
-                lo, hi = (info.min - zero) * scale, (info.max - zero) * scale
-                out[name] = rng.uniform(lo, hi, shape).astype(np.float32)
-            else:  # ids (an Embedding's, a lookup's): 0 and 1 are in every table; the whole int32 range ran out of them
-                out[name] = rng.integers(0, min(1, info.max), shape, endpoint=True).astype(dtype)
+    try:
+        for name, d in details.items():
+            shape, dtype = shapes[name], np.dtype(d["dtype"])
+            # Drawn in float32 directly: float64 first and then cast needed three times the input's memory.
+            if dtype.kind == "f":
+                out[name] = rng.standard_normal(shape, dtype=np.float32)
+            else:
+                info = np.iinfo(dtype)
+                scale, zero = d["quantization"]
+                if scale:  # quantized input: give float values the runner will quantize
+                    lo, hi = (info.min - zero) * scale, (info.max - zero) * scale
+                    x = rng.random(shape, dtype=np.float32)
+                    x *= np.float32(hi - lo)
+                    x += np.float32(lo)
+                    out[name] = x
+                else:  # ids (an Embedding's, a lookup's): 0 and 1 are in every table; the whole int32 range ran out of them
+                    out[name] = rng.integers(0, min(1, info.max), shape, endpoint=True, dtype=dtype)
+    except MemoryError:  # under a memory limit psutil does not see
+        raise UserError(f"{what} does not fit in this process's memory; {way_out}") from None
     return out
 
 
