@@ -980,17 +980,50 @@ def _is_builtin_keras_class(name: str) -> bool:
     return name in ("Functional", "Sequential", "Model") or hasattr(keras.layers, name)
 
 
+def _check_variables_present(path: Path, meta: Any) -> None:
+    """Refuse a SavedModel whose saved_model.pb holds variables that its ``variables/`` folder lacks.
+
+    saved_model.pb only describes the graph; the weights are in ``variables/variables.index`` and
+    its ``variables.data-NNNNN-of-MMMMM`` shards. Copied without them (an upload that skipped the
+    folder), the signature still read fine: ``inspect`` said nothing was wrong and ``convert`` died
+    in TensorFlow's loader with a FileNotFoundError traceback.
+
+    Raises:
+        ModelLoadError: naming what is missing and that the whole directory must be copied.
+    """
+    count = sum(1 for node in meta.object_graph_def.nodes if node.HasField("variable"))
+    if not count:  # nothing to restore (or a TF1 SavedModel without an object graph: its loader says)
+        return
+    folder = path / "variables"
+    shards = sorted(folder.glob("variables.data-*-of-*")) if folder.is_dir() else []
+    expected = max((int(m.group(1)) for m in (re.search(r"-of-(\d+)$", p.name) for p in shards) if m), default=0)
+    if not folder.is_dir():
+        missing = "variables/ is missing"
+    elif not (folder / "variables.index").is_file():
+        missing = "variables/variables.index is missing"
+    elif not shards or len(shards) < expected:
+        missing = (f"variables/ holds {len(shards)} of its {expected} variables.data-* shard(s)" if shards
+                   else "variables/ holds no variables.data-* file")
+    else:
+        return
+    raise ModelLoadError(f"{path}: saved_model.pb holds {count} variable(s) but {missing}: the directory is an "
+                         "incomplete copy; copy the whole SavedModel directory (saved_model.pb with its variables/ "
+                         "and assets/ folders)")
+
+
 def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:
     import_tensorflow()
     model = LoadedModel("saved_model", str(path), saved_model_path=path)
     try:
         model.signature()
-        if not trust_model:  # before anything runs it: see graph_safety
-            from tensorflow.python.tools import saved_model_utils
+        from tensorflow.python.tools import saved_model_utils
 
+        meta = saved_model_utils.get_meta_graph_def(str(path), "serve")
+        _check_variables_present(path, meta)
+        if not trust_model:  # before anything runs it: see graph_safety
             from deploykit.graph_safety import check_saved_model_safe
 
-            check_saved_model_safe(path, saved_model_utils.get_meta_graph_def(str(path), "serve"))
+            check_saved_model_safe(path, meta)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -601,3 +601,22 @@ def test_nested_outputs_are_refused_with_the_way_to_flatten_them(tmp_path):
     # the way out it names works: the same tensors as a flat list
     flat = load_model(keras.Model(nested.inputs, nested.outputs))
     assert [s.name for s in flat.info().outputs] == ["output_0", "output_1", "output_2"]
+
+
+def test_saved_model_copied_without_its_variables_is_refused(tmp_path, saved_model_dir):
+    """Without variables/ the signature still read: inspect said all was well ('? parameters') and
+    convert died in TensorFlow's loader with a FileNotFoundError traceback."""
+    import shutil
+
+    no_folder = tmp_path / "no_variables"
+    shutil.copytree(saved_model_dir, no_folder)
+    shutil.rmtree(no_folder / "variables")
+    no_shard = tmp_path / "no_shard"
+    shutil.copytree(saved_model_dir, no_shard)
+    for shard in (no_shard / "variables").glob("variables.data-*"):
+        shard.unlink()
+    for source, what in ((no_folder, "but variables/ is missing"), (no_shard, "but variables/ holds no variables.data")):
+        for load in (load_model, inspect_model):
+            with pytest.raises(ModelLoadError, match=f"holds \\d+ variable\\(s\\) {what}.*copy the whole SavedModel directory"):
+                load(source)
+    assert load_model(saved_model_dir).kind == "saved_model"  # the complete copy still loads
