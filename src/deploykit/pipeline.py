@@ -322,6 +322,13 @@ class Pipeline:
             self._output_keys = output_keys(loaded.keras_model)
             aliases = output_aliases(loaded.keras_model) if len(self._output_keys) == len(outputs) else None
         self._label_index = label_output_index(self.label_output, outputs, aliases)
+        if loaded.keras_model is not None:  # before the data is read and before any loss is asked for
+            from deploykit.optimize.heads import check_fine_tunable
+
+            step = next((s for s, o in (("prune", self.prune_options), ("cluster", self.cluster_options),
+                                        ("qat", self.qat_options)) if o is not None), None)
+            if step is not None:
+                check_fine_tunable(loaded.keras_model, 0 if len(outputs) == 1 else self._label_index, step)
         calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
         evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
                  else calib)

@@ -246,3 +246,33 @@ def test_target_values_a_head_does_not_predict_are_refused(k3, digits):
 
     with pytest.raises(UserError, match=r"output 'reg' of the model predicts the train data's 'y' worse than their mean"):
         labelled_output(k3, "reg", [digits.x_train], digits.y_train.astype(np.float32))
+
+
+def test_a_model_of_class_ids_alone_is_refused_for_every_fine_tune(tmp_path, digits):
+    """Its one output is an argmax: the uncompiled model was refused suggesting --loss
+    sparse_categorical_crossentropy, and that loss then failed inside model.fit with a Keras traceback
+    (rank of output vs target). Now each fine-tune refuses it up front, naming no loss."""
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    import deploykit
+
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    inp = keras.Input((8, 8, 1))
+    ids = keras.Model(inp, keras.ops.argmax(keras.layers.Dense(10)(keras.layers.Flatten()(inp)), axis=-1))
+    ids.save(tmp_path / "ids.keras")
+    tk_inp = tf_keras.Input((8, 8, 1))
+    tk_logits = tf_keras.layers.Dense(10)(tf_keras.layers.Flatten()(tk_inp))
+    tk_ids = tf_keras.Model(tk_inp, tf_keras.layers.Lambda(lambda t: tf.argmax(t, axis=-1))(tk_logits))
+    for model, options, verb, flag in ((tmp_path / "ids.keras", {"prune": {"sparsity": 0.5, "loss": "sparse_categorical_crossentropy"}}, "prune", "--prune"),
+                                       (tmp_path / "ids.keras", {"prune": 0.5}, "prune", "--prune"),
+                                       (tmp_path / "ids.keras", {"cluster": 8}, "cluster", "--cluster"),
+                                       (tk_ids, {"qat": True}, "quantization-aware train", "--qat")):
+        out = tmp_path / f"out_{flag[2:]}"
+        with pytest.raises(UserError, match=f"outputs class ids \\(an argmax inside it\\): nothing to fine-tune through; "
+                                            f"{verb} the model before its argmax .* or drop {flag}") as err:
+            deploykit.convert(model, "tflite-int8", data=x, train_data=(x, y), out=out, trust_model=True, **options)
+        assert "loss" not in str(err.value) and not out.exists()
+    with pytest.raises(UserError, match="outputs class ids"):  # the library's own fine-tunes say the same
+        prune(ids, (x, y), sparsity=0.5, epochs=1, loss="sparse_categorical_crossentropy")

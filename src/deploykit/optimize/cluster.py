@@ -267,7 +267,7 @@ def cluster(
     clusters = check_settings(clusters=clusters, epochs=epochs, batch_size=batch_size, patience=patience,
                               learning_rate=learning_rate, loss=loss, seed=seed, validation_split=validation_split)
     cfg = compile_config if compile_config is not None else _ft._model_compile_config(compiled, kind)
-    head, view, cfg = _heads.prepare(model, kind, train_data, output, cfg)  # several outputs: see prune()
+    head, view, cfg = _heads.prepare(model, kind, train_data, output, cfg, "cluster")  # several outputs: see prune()
     train, val, regression = _ft.fine_tune_data(train_data, validation_data, view,
                                                 _ft.is_regression_loss(loss, cfg), "clustering")
     train, val = _ft._split(train, val, validation_split, seed)

@@ -67,6 +67,40 @@ def output_aliases(model: Any) -> list[set[str]]:
     return [{keys[i], f"output_{i}", *([names[i]] if i < len(names) else [])} for i in range(len(keys))]
 
 
+# What each fine-tune does to a model, and the option that asks for it (for the way out of a refusal).
+FINE_TUNES = {"prune": ("prune", "--prune (prune=...)"), "cluster": ("cluster", "--cluster (cluster=...)"),
+              "qat": ("quantization-aware train", "--qat (qat=...)")}
+
+
+def id_outputs(model: Any) -> list[int]:
+    """Indices of the outputs that give class ids (integers: an argmax inside the model)."""
+    return [j for j, o in enumerate(getattr(model, "outputs", None) or []) if "int" in str(getattr(o, "dtype", ""))]
+
+
+def check_fine_tunable(model: Any, index: int | None, step: str) -> None:
+    """Refuse a fine-tune (``step``: prune, cluster, qat) whose labelled output gives class ids.
+
+    An argmax has no gradient: with every output class ids, Keras's fit failed on the losses the
+    refusal of an uncompiled model suggested (sparse_categorical_crossentropy: "Argument `output`
+    must have rank (ndim) `target.ndim - 1`", a traceback). ``index``: the labelled output, None
+    while the train data has not said which (only a model of class-id outputs alone is refused then).
+
+    Raises:
+        UserError: naming the way out (the model before its argmax, or no fine-tune), no loss.
+    """
+    ids = id_outputs(model)
+    verb, option = FINE_TUNES[step]
+    if ids and len(ids) == len(model.outputs):
+        raise UserError(f"the model outputs class ids (an argmax inside it): nothing to fine-tune through; {verb} the "
+                        f"model before its argmax (its probabilities/logits output) and add the argmax back after, "
+                        f"or drop {option}")
+    if index is not None and index in ids:
+        keys = output_keys(model)
+        raise UserError(f"output {keys[index]!r} holds class ids (an argmax inside the model), which training cannot "
+                        "move; fine-tune on an output with probabilities or logits (--label-output / output=), "
+                        f"or drop {option}")
+
+
 # Target values an output predicts worse than their own mean (R^2 below this) are not its targets.
 MIN_TARGET_FIT = 0.0
 
@@ -172,8 +206,8 @@ class Heads:
     @classmethod
     def plan(cls, model: Any, kind: str, index: int, compiled_loss: Any) -> "Heads":
         keys = output_keys(model)
-        ids = [j for j, o in enumerate(model.outputs) if "int" in str(getattr(o, "dtype", ""))]
-        if index in ids:
+        ids = id_outputs(model)
+        if index in ids:  # prepare() refused it already; kept for callers that plan on their own
             raise UserError(f"output {keys[index]!r} holds class ids (an argmax inside the model), which training cannot "
                             "move; fine-tune on an output with probabilities or logits (--label-output / output=)")
         heads = cls(index, keys, is_dict_model(model))
@@ -303,16 +337,19 @@ def head_config(compile_config: dict[str, Any] | None, index: int, keys: Sequenc
 
 
 def prepare(model: Any, kind: str, train_data: Any, output: int | str | None,
-            compile_config: dict[str, Any] | None) -> tuple[Any, Any, dict[str, Any] | None]:
-    """(head, view, compile config) for a fine-tune: ``(None, model, compile_config)`` for a single-output
-    model; for several outputs the :class:`Heads` with the labelled output's view (what the labels and
-    the loss are checked on) and the compile config as that output's alone."""
+            compile_config: dict[str, Any] | None, step: str = "prune") -> tuple[Any, Any, dict[str, Any] | None]:
+    """(head, view, compile config) for a fine-tune (``step``: prune, cluster, qat): ``(None, model,
+    compile_config)`` for a single-output model; for several outputs the :class:`Heads` with the labelled
+    output's view (what the labels and the loss are checked on) and the compile config as that output's
+    alone. A labelled output of class ids is refused first (:func:`check_fine_tunable`), before any loss is asked for."""
+    check_fine_tunable(model, None, step)
     if len(getattr(model, "outputs", None) or [None]) == 1:
         return None, model, compile_config
     from deploykit.optimize.prune import _to_dataset
 
     raw = _to_dataset(train_data, model, "train data", targets=True)
     index = labelled_output(model, output, raw.x, raw.y)
+    check_fine_tunable(model, index, step)
     heads = Heads.plan(model, kind, index, (compile_config or {}).get("loss"))
     view = output_view(model, kind, index)
     return (heads, view), view, head_config(compile_config, index, heads.keys)

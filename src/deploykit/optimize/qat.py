@@ -463,7 +463,7 @@ def quantize_aware(
     check_settings(epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
                    validation_split=validation_split, loss=loss, seed=seed)
     cfg = compile_config if compile_config is not None else _ft._model_compile_config(model, "tf_keras")
-    head, view, cfg = _heads.prepare(model, "tf_keras", train_data, output, cfg)  # several outputs: see prune()
+    head, view, cfg = _heads.prepare(model, "tf_keras", train_data, output, cfg, "qat")  # several outputs: see prune()
     train, val, regression = _ft.fine_tune_data(train_data, validation_data, view, _ft.is_regression_loss(loss, cfg), "QAT")
     train, val = _ft._split(train, val, validation_split, seed)
     dense_val = _heads.teach(head, model, train, val)
