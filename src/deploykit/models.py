@@ -742,13 +742,13 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
         config, meta = _read_keras_zip(path)
         if not trust_model:
             _check_config_safe(config, path)
-        version = str(meta.get("keras_version", "3"))
-        kind = "keras3" if version.startswith("3") else "tf_keras"
+        version = str(meta.get("keras_version", ""))
+        kind = _kind_of_version(version, "keras3")
     elif suffix in (".h5", ".hdf5"):
         config, version = _read_h5(path)
         if not trust_model:
             _check_config_safe(config, path)
-        kind = "keras3" if version.startswith("3") else "tf_keras"
+        kind = _kind_of_version(version, "tf_keras")  # an HDF5 file without a version predates Keras 3
     else:
         raise ModelLoadError(
             f"{path}: unsupported model file type {suffix or '(none)'!r}; pass a .keras or .h5 file or a SavedModel directory"
@@ -766,7 +766,7 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
                 kwargs = {"safe_mode": not trust_model} if suffix == ".keras" else {}
                 model = tf_keras.models.load_model(path, compile=False, **kwargs)
         except Exception as exc:
-            raise _explain_load_failure(path, exc, cap.tail(1)) from None
+            raise _explain_load_failure(path, exc, cap.tail(1), version, kind) from None
     return _loaded_keras(kind, str(path), model)
 
 
@@ -952,8 +952,76 @@ def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     return loaded
 
 
-def _explain_load_failure(path: Path, exc: Exception, native: str) -> ModelLoadError:
+def _kind_of_version(version: str, default: str) -> str:
+    """Which Keras loads a file that says it was saved by Keras ``version``: tf_keras for 1.x/2.x
+    (tf_keras is Keras 2), Keras 3 for anything else, newer majors included (a "9.9.0" file was
+    sent to tf_keras, which then named a module it could not import); ``default`` when unsaid."""
+    if not version:
+        return default
+    return "tf_keras" if version.startswith(("1.", "2.")) else "keras3"
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _installed_version(kind: str) -> str:
+    try:
+        if kind == "keras3":
+            import keras
+        else:
+            import tf_keras as keras
+        return str(keras.__version__)
+    except (ImportError, AttributeError):  # pragma: no cover - the loader itself needs it
+        return ""
+
+
+def _unknown_keyword(text: str) -> str | None:
+    """'layer 'dense_3' (Dense) has keyword(s) 'future_option'' from a Keras deserialization error
+    whose root is a layer given a keyword its class does not take (what a newer Keras writes)."""
+    match = re.search(r"Unrecognized keyword arguments? passed to (\w+): \{(.*?)\}", text)  # Keras 3
+    if match:
+        cls, keys = match.group(1), re.findall(r"'([^']+)':", match.group(2))
+    else:
+        match = re.search(r"Keyword argument not understood:'?,? '([^']+)'", text)  # tf_keras
+        if not match:
+            return None
+        cls, keys = None, [match.group(1)]
+    # the innermost "deserializing class 'Dense' using config={'name': 'dense_3'" is that layer's
+    layers = re.findall(r"deserializing class '(\w+)' using config=\{'name': '([^']+)'", text)
+    name = next((n for c, n in reversed(layers) if cls is None or c == cls), None)
+    cls = cls or next((c for c, n in reversed(layers) if n == name), None)
+    what = f"layer {name!r} ({cls})" if name and cls else f"a {cls} layer" if cls else "a layer"
+    return f"{what} has keyword(s) {', '.join(repr(k) for k in keys)}"
+
+
+def _explain_load_failure(path: Path, exc: Exception, native: str, saved: str = "", kind: str = "keras3") -> ModelLoadError:
+    """The one line a failed Keras load becomes: what went wrong and how to fix it.
+
+    ``saved``: the Keras version the file says wrote it; ``kind``: the Keras that tried to load it.
+    A file saved by a newer Keras than the one installed is the usual reason a config does not
+    load (a keyword or a layer class this one does not know): that is said first, with the fix.
+    """
     text = " ".join(str(exc).split())
+    package = "keras" if kind == "keras3" else "tf_keras"
+    installed = _installed_version(kind)
+    keyword = _unknown_keyword(text)
+    have, want = _major_minor(installed), _major_minor(saved)
+    name = "Keras" if kind == "keras3" else "tf_keras"
+    if have and want and want > have:
+        detail = keyword or next((f"Keras could not rebuild {m.group(1)!r}" for m in [re.search(
+            r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)]
+            if m), None)
+        return ModelLoadError(
+            f"{path}: saved by {name} {saved}, newer than the installed {name} {installed}"
+            + (f" ({detail})" if detail else "")
+            + f": upgrade {package} (pip install -U {package}) or re-save it with {name} {installed}")
+    if keyword:
+        return ModelLoadError(
+            f"{path}: {keyword}, which the installed {name} {installed} does not take: the file was written by another "
+            f"version{f' (it says {saved})' if saved else ''} or its config was edited; re-save the model with "
+            f"{name} {installed}, or load it with the version that wrote it")
     markers = ("Could not locate class", "Unknown layer", "Unknown object", "custom_objects", "Cannot deserialize object")
     if any(m in text for m in markers):
         import re

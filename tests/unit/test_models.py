@@ -620,3 +620,46 @@ def test_saved_model_copied_without_its_variables_is_refused(tmp_path, saved_mod
             with pytest.raises(ModelLoadError, match=f"holds \\d+ variable\\(s\\) {what}.*copy the whole SavedModel directory"):
                 load(source)
     assert load_model(saved_model_dir).kind == "saved_model"  # the complete copy still loads
+
+
+def _rewritten(src, dst, config_edit=None, version=None):
+    """A copy of the .keras file ``src`` with its config.json edited and/or its metadata's keras_version set."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json" and config_edit:
+                config = json.loads(data)
+                config_edit(config)
+                data = json.dumps(config).encode()
+            if item.filename == "metadata.json" and version:
+                data = json.dumps({**json.loads(data), "keras_version": version}).encode()
+            zout.writestr(item, data)
+    return dst
+
+
+def test_a_file_from_a_newer_or_other_keras_names_the_version_layer_and_keyword(tmp_path, keras3_path, tf_keras_keras_path):
+    """A keras_version of 9.9.0 was sent to tf_keras ('parent module tf_keras... cannot be imported'), and a
+    layer keyword this Keras does not know gave Keras's own dump cut at 300 characters, naming neither."""
+    import keras
+    import tf_keras
+
+    def future_option(config):
+        layer = next(l for l in config["config"]["layers"] if l["class_name"] == "Dense")
+        layer["config"]["future_option"] = 3
+
+    dense = next(l["config"]["name"] for l in json.loads(zipfile.ZipFile(keras3_path).read("config.json"))["config"]["layers"]
+                 if l["class_name"] == "Dense")
+    assert load_model(_rewritten(keras3_path, tmp_path / "v9.keras", version="9.9.0")).kind == "keras3"
+    newer = _rewritten(keras3_path, tmp_path / "newer_kw.keras", future_option, version="9.9.0")
+    with pytest.raises(ModelLoadError, match=f"saved by Keras 9.9.0, newer than the installed Keras {keras.__version__} "
+                                             f"\\(layer '{dense}' \\(Dense\\) has keyword\\(s\\) 'future_option'\\): upgrade keras "
+                                             f"\\(pip install -U keras\\) or re-save it with Keras {keras.__version__}"):
+        load_model(newer)
+    same = _rewritten(keras3_path, tmp_path / "edited_kw.keras", future_option)
+    with pytest.raises(ModelLoadError, match=f"layer '{dense}' \\(Dense\\) has keyword\\(s\\) 'future_option', which the "
+                                             f"installed Keras {keras.__version__} does not take.*re-save the model"):
+        load_model(same)
+    old = _rewritten(tf_keras_keras_path, tmp_path / "tfk_kw.keras", future_option)
+    with pytest.raises(ModelLoadError, match=f"has keyword\\(s\\) 'future_option', which the installed tf_keras "
+                                             f"{tf_keras.__version__} does not take"):
+        load_model(old)
