@@ -951,6 +951,12 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         hints.append(f"each column of the output is held to its own scale, and {target.weights} weights do not keep "
                      f"that one: try {' or '.join(wider)}" + (" (tfjs-auto ships the smallest that passes)"
                                                              if target.format == "tfjs" else ""))
+    if target.activations != "float32" and any(o.get("boolean") and f"output {name!r}: " in " ".join(failures)
+                                               for name, o in (verification or {}).get("outputs", {}).items()):
+        # A comparison inside the model (x > t) answers differently wherever integer activations move x across t.
+        key = f"{target.format}-int16" if target.activations == "int16" else target.format
+        hints.append("a boolean output flips wherever the quantized activations move a compared value across its "
+                     "threshold; " + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
     vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
     if target.activations != "float32" and flips and not vanished and not any(f["confident"] for f in flips):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.

@@ -410,9 +410,11 @@ def _headline_output(names: Sequence[str], reference: Sequence[np.ndarray], outp
 
 
 def is_id_output(out: np.ndarray) -> bool:
-    """Integers of any shape: class ids (argmax inside the model), per-pixel class maps, top-k indices."""
+    """Integers or booleans of any shape: class ids (argmax inside the model), per-pixel class maps,
+    top-k indices, the answers of a comparison (``x > t``). A flipped boolean is off by "1"
+    elementwise, which failed an int8 file against a 0.05 bound for one answer in 160 near the threshold."""
     out = np.asarray(out)
-    return bool(np.issubdtype(out.dtype, np.integer) and out.size)
+    return bool((np.issubdtype(out.dtype, np.integer) or out.dtype == np.bool_) and out.size)
 
 
 def id_agreement(ref: np.ndarray, got: np.ndarray) -> float:
@@ -432,7 +434,9 @@ def classes_like(ref: np.ndarray, got: np.ndarray, labels_shape: tuple | None = 
 
 def _id_failure(ref: np.ndarray, share: float, tol: Any) -> str | None:
     """Why an integer output whose ids the artifact reproduced in ``share`` of places fails, or None."""
-    what = "top-1 agreement" if is_class_index(ref) else f"ids reproduced ({np.asarray(ref).size} values)"
+    ref = np.asarray(ref)
+    what = ("top-1 agreement" if is_class_index(ref) else f"booleans reproduced ({ref.size} values)"
+            if ref.dtype == np.bool_ else f"ids reproduced ({ref.size} values)")
     return _agreement_failure(share, tol, what)
 
 
@@ -860,6 +864,8 @@ def verify(
             # probability output's top-1 (and by accuracy, when a class-index output is scored).
             cmp["judged_by"] = "agreement"
             cmp["id_agreement"] = share = id_agreement(ref, got[name])
+            if ref.dtype == np.bool_:  # a comparison's answers: flipped where its input sits near the threshold
+                cmp["boolean"] = True
             if is_class_index(ref):
                 cmp["top1_agreement"] = share
             failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, share, tolerance)

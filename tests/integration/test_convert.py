@@ -1547,3 +1547,31 @@ def test_a_tf_keras_bidirectional_lstm_reaches_tflite_as_a_stateless_loop(tmp_pa
         interp.set_tensor(interp.get_input_details()[0]["index"], x[i:i + 1])
         interp.invoke()
         np.testing.assert_allclose(interp.get_tensor(interp.get_output_details()[0]["index"])[0], ref[i], atol=1e-5)
+
+
+def test_a_boolean_output_is_judged_by_the_share_of_answers_reproduced(tmp_path):
+    """A comparison's answers (x > 0) were judged as floats: one flip near the threshold in 160 was 'max abs
+    error 1 exceeds the allowed 0.05' and failed int8. Now a boolean output is judged like class ids, by
+    the share reproduced, and when too many flip the failure names the targets that keep more precision."""
+    import tensorflow as tf
+
+    class Sign(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def f(self, x):
+            return {"b": x > 0}
+
+    sign = Sign()
+    tf.saved_model.save(sign, str(tmp_path / "sm_bool"), signatures={"serving_default": sign.f})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    result = deploykit.convert(tmp_path / "sm_bool", "tflite-int8", data=x, out=tmp_path / "ok", iterations=1, warmup=0)
+    b = result.artifact("tflite-int8")["verification"]["outputs"]["b"]
+    assert result.ok and b["judged_by"] == "agreement" and 0.97 <= b["id_agreement"] < 1, b  # some answers flipped
+    # values near 0 beside two outliers: int8's step (~0.8) rounds most of them to 0, and 'x > 0' flips on half
+    x = rng.uniform(-0.05, 0.05, (200, 4)).astype(np.float32)
+    x[0], x[1] = 100, -100
+    result = deploykit.convert(tmp_path / "sm_bool", "tflite-int8", data=x, out=tmp_path / "bad", iterations=1, warmup=0)
+    error = result.artifact("tflite-int8")["error"]
+    assert not result.ok and "output 'b': booleans reproduced (800 values)" in error, error
+    assert "a boolean output flips wherever the quantized activations move a compared value" in error
+    assert "tflite-int16x8" in error and "max abs error" not in error
