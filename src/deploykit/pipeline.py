@@ -314,6 +314,7 @@ class Pipeline:
         if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
             _check_input_names(specs)
         outputs = loaded.info().outputs
+        _check_numeric_outputs(outputs)
         _check_batched_outputs(specs, outputs)
         aliases = None
         if loaded.keras_model is not None:  # what a per-output compiled loss is keyed by
@@ -1134,6 +1135,18 @@ def _check_numeric_inputs(specs) -> None:
                 f"input {s.name!r} takes strings; deploykit converts numeric models only (string ops need TF Select "
                 "or ONNX Runtime extensions, which its targets do not ship): apply the text layers (TextVectorization, "
                 "StringLookup) to your data before the model and give the model their integer ids"
+            )
+
+
+def _check_numeric_outputs(outputs) -> None:
+    """String outputs (a lookup back to words, tf.strings.as_string) have no path through the converters
+    either: TFLite and TF.js failed on the op, and ONNX 'passed' with a numeric error of 5e-07 on strings."""
+    for s in outputs:
+        if s.dtype in ("string", "str", "object"):
+            raise UserError(
+                f"output {s.name!r} gives strings; deploykit converts numeric models only (string ops need TF Select "
+                "or ONNX Runtime extensions, which its targets do not ship): end the model at the numbers the strings "
+                "are made from (class ids, scores) and turn them into text after it"
             )
 
 
