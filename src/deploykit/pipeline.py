@@ -635,12 +635,18 @@ class Pipeline:
         regression = is_regression_loss(loss, None)
         try:
             train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
-        except DataError:
+        except DataError as labels_error:
             # A multi-output model without a loss for the labelled output: 'y' that are not class labels
             # are target values (the fine-tune matches them to an output by their size).
             if loss is not None:
                 raise
-            train = load_data(self.train_data, loaded.inputs, role="train data", targets=True)
+            try:
+                train = load_data(self.train_data, loaded.inputs, role="train data", targets=True)
+            except DataError:
+                raise labels_error from None  # not target values either (text): what is wrong with them as labels
+            whole = train.y is not None and bool(np.all(np.mod(train.y, 1) == 0))
+            if len(loaded.keras_model.outputs) < 2 and whole:
+                raise labels_error from None  # whole numbers the labels check refused (multi-hot tags): it says why
             if len(loaded.keras_model.outputs) < 2:
                 # Saved without compile() and 'y' real values: the labels message pointed at verification.
                 raise DataError(
