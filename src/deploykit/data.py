@@ -15,6 +15,7 @@ before anything is converted or written.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -80,6 +81,10 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
             keys = _keys_used(files, input_names)
             _check_expanded_size(path, npz.zip, keys)
             arrays = {k: npz[k] for k in keys}
+            if "y" not in files:  # keys labels may have been saved under instead: read to refuse them
+                for k in (k for k in files if k.lower() in _LABEL_LIKE and k not in arrays):
+                    with contextlib.suppress(ValueError):  # pickled metadata: not labels, not read
+                        arrays[k] = npz[k]
     except DataError:
         raise
     except ValueError as exc:
@@ -95,10 +100,7 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
                x_forms: str = "") -> tuple[list[Any], Any]:
     """The input arrays and labels of an .npz's keys or a data dict's, by one rule: ``x`` for a single
     input, one key per input name, or ``x0``, ``x1`` ... in the model's input order; ``y`` the labels."""
-    stray = [k for k in keys if str(k).lower() in _LABEL_LIKE and k not in input_names and k != "y"]
-    if stray and "y" not in keys:  # read as "no labels", the run went on without its accuracy check
-        raise DataError(f"{where}: has {stray[0]!r} but no 'y': labels (or target values) go under the key 'y' "
-                        "(np.savez(path, x=..., y=...), or {'x': ..., 'y': ...})")
+    _refuse_stray_labels(arrays, input_names, where, keys)
     numbered = [f"x{i}" for i in range(len(input_names))]
     if "y" in input_names and all(n in arrays for n in input_names) and not all(n in arrays for n in numbered):
         # an input named 'y': keyed by input name, 'y' is that input (labels then need x0, x1... keys)
@@ -122,6 +124,23 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
 
 # Keys people save labels under (case aside) that are not 'y'.
 _LABEL_LIKE = {"y", "label", "labels", "target", "targets", "y_true", "ys", "class", "classes"}
+
+
+def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: Sequence[Any]) -> None:
+    """Labels saved under another key than 'y' ('labels', 'Y'...) were read as no labels: the run went on
+    without its accuracy check. Only numbers with one entry per sample count: class names or other
+    metadata under such a key are the user's business."""
+    if "y" in keys:
+        return
+    first = next((arrays[k] for k in ("x", *input_names, "x0") if k in arrays), None)
+    n = len(first) if isinstance(first, np.ndarray) and first.ndim else None  # samples, when plain to see
+    for k in keys:
+        if str(k).lower() not in _LABEL_LIKE or k in input_names or k == "y" or k not in arrays:
+            continue
+        value = np.asarray(arrays[k]) if not isinstance(arrays[k], np.ndarray) else arrays[k]
+        if value.dtype.kind in "biuf" and value.ndim >= 1 and (n is None or len(value) == n):
+            raise DataError(f"{where}: has {k!r} but no 'y': labels (or target values) go under the key 'y' "
+                            "(np.savez(path, x=..., y=...), or {'x': ..., 'y': ...})")
 
 
 def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
@@ -186,6 +205,7 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
 def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
     if isinstance(obj, dict):
         if "x" in obj:  # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them
+            _refuse_stray_labels(obj, input_names, "data dict", list(obj))
             return _inputs_of(obj["x"], input_names), obj.get("y")
         # the rest as an .npz's keys are read (x0, x1 ... included)
         return _from_keys(obj, input_names, "data dict", list(obj), " (or 'x': a list or dict of them)")

@@ -59,6 +59,14 @@ def test_labels_saved_under_another_key_are_refused_not_ignored(tmp_path, xy):
             load_data(tmp_path / "d.npz", SPEC)
     np.savez(tmp_path / "both.npz", x=x, y=y, labels=y)  # 'y' is there: the other key is the user's business
     _check(load_data(tmp_path / "both.npz", SPEC), x, y)
+    # dicts too, the {'x': ...} form included
+    for key in ("labels", "Y"):
+        with pytest.raises(DataError, match=rf"data dict: has '{key}' but no 'y'"):
+            load_data({"x": x, key: y}, SPEC)
+    # class names or other metadata under such a key are not labels: accepted, as before
+    np.savez(tmp_path / "names.npz", x=x, classes=np.array(["cat", "dog"]), target=np.array([1.0, 2.0]))
+    _check(load_data(tmp_path / "names.npz", SPEC), x, None)
+    _check(load_data({"x": x, "classes": np.array(["cat", "dog"])}, SPEC), x, None)
 
 
 def test_npz_keyed_by_input_name(tmp_path, xy):
