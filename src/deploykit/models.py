@@ -832,12 +832,14 @@ def with_inputs(model: Any, kind: str, source: str) -> Any:
             # s[0][0] is the batch it was first called with: any batch size here
             return K.Input(shape=tuple(s[0][1:]), dtype=s[1], name=input_name)
 
+        # Named here: left to Keras, they took its session counter (keras_tensor_5, input_3), which the
+        # artifacts' inputs are then called by, and another session's export renames.
         if isinstance(shape, dict):
             inp: Any = {key: symbolic(s, key) for key, s in shape.items()}
         elif isinstance(shape, list):
-            inp = [symbolic(s) for s in shape]
+            inp = [symbolic(s, f"input{i}") for i, s in enumerate(shape)]
         else:
-            inp = symbolic(shape)
+            inp = symbolic(shape, "input")
         try:
             return K.Model(inp, model(inp), name=model.name)
         except Exception:  # noqa: BLE001 - a call that cannot be traced symbolically: refused below

@@ -1490,6 +1490,8 @@ def test_a_called_tf_keras_subclassed_model_converts(tmp_path, digits):
                                out=tmp_path / "out", bench=False)
     assert result.ok, [a["error"] for a in result.artifacts]
     assert result["model"]["kind"] == "tf_keras"
+    # its input is named by deploykit's wrap, not by the session's counter (input_3), and not warned about
+    assert [i["name"] for i in result["model"]["inputs"]] == ["input"] and result.warnings == []
 
 
 def test_an_op_the_16x8_quantizer_lacks_is_named_once_with_a_way_out(tmp_path):

@@ -384,9 +384,10 @@ def input_name_warnings(manifest: Manifest) -> list[str]:
     unnamed = [i["name"] for i in manifest.model.get("inputs", []) if _UNNAMED_INPUT.fullmatch(str(i.get("name", "")))]
     if not unnamed:
         return []
+    k = "tf_keras" if manifest.model.get("kind") == "tf_keras" else "keras"
     return [f"input {', '.join(map(repr, unnamed))} has the name Keras numbers by session, not one of its own: the "
-            "artifacts take it under that name, and the same model built in another session takes another; name it, "
-            "e.g. keras.Input(shape, name=\"pixels\"), and convert again"]
+            "artifacts take it under that name, and the same model built in another session takes another; name it "
+            f"where the model is built, e.g. {k}.Input(shape, name=\"pixels\"), save it and convert again"]
 
 
 # An output the labels did not train (a multi-output model's other heads) moved this share of its spread,
