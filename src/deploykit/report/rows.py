@@ -362,8 +362,10 @@ def data_warnings(manifest: Manifest) -> list[str]:
     calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in manifest.artifacts)
     few_eval = isinstance(n, int) and n < FEW_SAMPLES
     few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
+    named = "the label output asked for" in str(d.get("labels_unused"))  # --label-output given: it is the one
     unused = [f"{d['labels_unused']} in {d.get('eval_source')}: accuracy is not measured; pass the labels "
-              "of a class output (or name one with --label-output)"] if d.get("labels_unused") else []
+              + ("that output gives" if named else "of a class output (or name one with --label-output)")] \
+        if d.get("labels_unused") else []
     if not (few_eval or few_calib):
         return unused
     what = " and ".join(w for w, on in (
@@ -415,8 +417,8 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
         on = ""
         if before is None and after is None:  # no labelled --data: the fine-tune's own held-out split tells
             before, after = rep.get("accuracy_before"), rep.get("accuracy_after")
-            on = (" on the held-out split of the training data (no labelled --data to evaluate on; that split comes "
-                  "from data the model may have been trained on before)")
+            on = (" on the held-out split of the training data (no labels in --data that score an output; that split "
+                  "comes from data the model may have been trained on before)")
         matched = ("QAT model" if key == "qat" or manifest.steps.get("qat") else
                    "clustered model" if key == "cluster" or manifest.steps.get("cluster") else "pruned model")
         last = next(k for k in ("qat", "cluster", "prune") if manifest.steps.get(k) or k == "prune")
