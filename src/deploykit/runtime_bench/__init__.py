@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from deploykit._quiet import logs_muted
-from deploykit.errors import UserError
+from deploykit.errors import RuntimeLoadError, UserError
 from deploykit.runtime_bench.stats import Stats
 
 RUNNERS: dict[str, str] = {
@@ -341,7 +341,11 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
         runner = get_runner(runtime, path, threads, options)
         try:  # stopped however this ends (a TF.js runner is a Node child)
             with PeakRSS() as mem:
-                init_s = runner.load()
+                try:
+                    init_s = runner.load()
+                except RuntimeLoadError as exc:  # an existing file: a copy cut short, or edited since
+                    raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
+                                           "like this: convert the model again") from None
                 inputs = _bench_inputs(runner, data, path)
                 stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
             stats.init_ms = init_s * 1000

@@ -66,7 +66,7 @@ class LiteRTRunner:
                 self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
                 self._interp.allocate_tensors()
             except Exception as exc:
-                message = f"LiteRT could not load {self.path.name}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}"
+                message = " ".join(f"LiteRT could not load {self.path.name}: {' '.join(str(exc).split())[:300]} {cap.tail(2)}".split())
                 try:
                     probe = Interpreter(model_path=str(self.path), num_threads=self.threads,
                                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
