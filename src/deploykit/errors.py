@@ -50,3 +50,29 @@ class ConversionError(DeployError):
 
 class RuntimeLoadError(DeployError):
     """A runtime could not load or run an artifact."""
+
+
+# The convert() keyword (or fine-tune setting) of each CLI flag messages name: the messages are shared
+# by the CLI and the Python API, and a notebook caller was told to pass "--data" or "--epochs".
+PYTHON_TERMS = {
+    "--data": "data=", "--eval-data": "eval_data=", "--out": "out=", "--force": "force=True",
+    "--trust-model": "trust_model=True", "--label-output": "label_output=", "--train-data": "train_data=",
+    "--verify-samples": "verify_samples=", "--threads": "threads=", "--iterations": "iterations=",
+    "--warmup": "warmup=", "--no-bench": "bench=False", "--prune": "prune=", "--cluster": "cluster=",
+    "--qat": "qat=True", "--epochs": "'epochs' in the step's settings dict",
+    "--loss": "'loss' in the step's settings dict", "--patience": "'patience' in the step's settings dict",
+    "--learning-rate": "'learning_rate' in the step's settings dict",
+    "--prune-schedule": "prune={'schedule': ...}", "--prune-structure": "prune={'structure': ...}",
+    "--prune-block": "prune={'block_size': ...}", "--cluster-epochs": "cluster={'epochs': ...}",
+}
+
+
+def in_python_terms(text: str) -> str:
+    """``text`` (a message naming CLI flags) with the Python API's names of those flags after it,
+    for a caller of :func:`deploykit.convert`; flags whose keyword the text already gives are left out."""
+    import re
+
+    flags = dict.fromkeys(f for f in re.findall(r"--[a-z][a-z-]*[a-z]", text) if f in PYTHON_TERMS)
+    said = [f"{f} is {PYTHON_TERMS[f]}" for f in flags
+            if not (PYTHON_TERMS[f].endswith(("=", "=True", "=False")) and PYTHON_TERMS[f].split("=")[0] + "=" in text)]
+    return f"{text} (in Python: {', '.join(said)})" if said else text
