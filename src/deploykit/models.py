@@ -1011,24 +1011,28 @@ def _explain_load_failure(path: Path, exc: Exception, native: str, saved: str = 
     keyword = _unknown_keyword(text)
     have, want = _major_minor(installed), _major_minor(saved)
     name = "Keras" if kind == "keras3" else "tf_keras"
+    match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
+    # a class neither Keras knows nor it ever shipped: the user's own code, whatever version wrote the file
+    custom = match is not None and not _is_builtin_keras_class(match.group(1))
     if have and want and want > have:
-        detail = keyword or next((f"Keras could not rebuild {m.group(1)!r}" for m in [re.search(
-            r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)]
-            if m), None)
-        return ModelLoadError(
-            f"{path}: saved by {name} {saved}, newer than the installed {name} {installed}"
-            + (f" ({detail})" if detail else "")
-            + f": upgrade {package} (pip install -U {package}) or re-save it with {name} {installed}")
+        newer = f"{path}: saved by {name} {saved}, newer than the installed {name} {installed}"
+        upgrade = f"upgrade {package} (pip install -U {package})"
+        if custom:  # a layer a newer Keras added, or the user's own class: either way out
+            return ModelLoadError(
+                f"{newer}, and it has no class {match.group(1)!r}: if that is a {name} layer, {upgrade}; if it is your "
+                "own, load the model in Python with its class imported and pass the model object to deploykit.convert")
+        detail = keyword or (f"{name} could not rebuild {match.group(1)!r}" if match else None)
+        return ModelLoadError(newer + (f" ({detail})" if detail else "") + f": {upgrade}, or re-save it with "
+                              f"{name} {installed} where the newer version is installed")
     if keyword:
+        why = ("though the file says this version wrote it: its config was edited" if want and want == have else
+               f"the file says {saved} wrote it, or its config was edited" if saved else
+               "the file was written by another version, or its config was edited")
         return ModelLoadError(
-            f"{path}: {keyword}, which the installed {name} {installed} does not take: the file was written by another "
-            f"version{f' (it says {saved})' if saved else ''} or its config was edited; re-save the model with "
+            f"{path}: {keyword}, which the installed {name} {installed} does not take, {why}; re-save the model with "
             f"{name} {installed}, or load it with the version that wrote it")
     markers = ("Could not locate class", "Unknown layer", "Unknown object", "custom_objects", "Cannot deserialize object")
     if any(m in text for m in markers):
-        import re
-
-        match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
         what = f" {match.group(1)!r}" if match else ""
         if match and _is_builtin_keras_class(match.group(1)):  # Keras's own class failed: the config is what is wrong
             return ModelLoadError(f"{path}: Keras could not rebuild its own {match.group(1)} from the model config: the "

@@ -644,15 +644,15 @@ class Pipeline:
                 train = load_data(self.train_data, loaded.inputs, role="train data", targets=True)
             except DataError:
                 raise labels_error from None  # not target values either (text): what is wrong with them as labels
-            whole = train.y is not None and bool(np.all(np.mod(train.y, 1) == 0))
-            if len(loaded.keras_model.outputs) < 2 and whole:
-                raise labels_error from None  # whole numbers the labels check refused (multi-hot tags): it says why
             if len(loaded.keras_model.outputs) < 2:
-                # Saved without compile() and 'y' real values: the labels message pointed at verification.
+                # Saved without compile(): the labels message pointed at verification ("leave 'y' out").
+                tags = train.y is not None and np.ndim(train.y) == 2 and bool(np.isin(train.y, (0, 1)).all())
+                loss = ("--loss binary_crossentropy for 0/1 tags per sample" if tags else
+                        "--loss mse for target values")
                 raise DataError(
-                    f"train data {train.source}: 'y' are not class labels, and the model was saved without a loss "
-                    "(no compile()), so the fine-tune has nothing to train them with; pass --loss mse (a 'loss' setting "
-                    "in Python) for real-valued targets, or class indices 0..classes-1 as 'y'") from None
+                    f"train data {train.source}: 'y' are not class indices, and the model was saved without a loss "
+                    f"(no compile()), so the fine-tune has nothing to train them with; pass {loss}, or class indices "
+                    "0..classes-1 as 'y'") from None
         if regression and labels_are_class_indices(train, loaded.keras_model):
             train = as_class_labels(train)
         if train.y is None:
@@ -660,7 +660,14 @@ class Pipeline:
             raise DataError(f"train data {train.source} has no {need}; {label} fine-tunes the model and needs them")
         self.progress(f"{label}: fine-tuning")
         with PeakRSS() as mem:
-            result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))
+            try:
+                result = train_fn(train, compile_config_of(model), lambda msg: self.progress(f"{label}: {msg}"))
+            except DataError as exc:
+                if loss is not None or "label" not in str(exc):
+                    raise
+                # whole-number 'y' read as labels of a model saved without a loss: they may be target values
+                raise DataError(f"{exc}; if they are target values (counts, degrees), the model was saved without a "
+                                "loss: pass --loss mse") from None
         steps[step] = {**mem.to_dict(), "report": result.report}
         if step in ("prune", "cluster") and "dense_reference" not in steps:
             # After the fine-tune, whose checks of the training data come first (bad labels cost no

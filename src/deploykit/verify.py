@@ -646,10 +646,6 @@ MAX_OWN_RANGE_COLUMNS = 8
 # with realistic int8 noise scores ~0.5; one spanning under a step, ~1.
 VARYING_SPAN = 1e-2
 LOST_SHARE = 0.75
-# Outputs in 0..1 (sigmoid tags, normalized boxes): a column spanning less than this (2.5 int8 steps of
-# the unit range) is not judged: a tag that is never on, its logit near -7, varies by 0.0016, and losing
-# that changes no answer; small boxes' w/h spanning 0.02-0.05 are judged, and a pinned one fails.
-UNIT_SPAN = 0.01
 
 
 def _scale_of(values: np.ndarray) -> float:
@@ -691,7 +687,10 @@ def _collapsed_column(ref: np.ndarray, got: np.ndarray, whole: float) -> dict[st
     constant_error = np.mean(np.abs(r - np.median(r, axis=0)), axis=0)  # the best a constant does
     varying = (spans > 0) & (spans >= VARYING_SPAN * sizes) & (constant_error > 0)
     if is_multi_label(r):
-        varying &= spans >= UNIT_SPAN
+        # In 0..1 (sigmoid tags, normalized boxes), a column on one side of 0.5 gives the same answer there
+        # whatever becomes of its variation: a rarely-on tag (0.001-0.02, a few int8 steps) rounds to
+        # near-constant in every good int8 file. A column that crosses 0.5 is judged.
+        varying &= (r.min(axis=0) < 0.5) & (r.max(axis=0) > 0.5)
     with np.errstate(all="ignore"):
         lost = np.where(varying, varying_error / np.where(varying, constant_error, 1.0), 0.0)
         lost = np.where(np.isnan(lost), np.inf, lost)

@@ -707,6 +707,10 @@ def test_a_classifier_trained_with_mse_is_still_scored_and_an_uncompiled_regress
         deploykit.convert(reg, ["tflite-fp32"], data=(digits.x_train, values), out=tmp_path / "reg2", bench=False,
                           prune={"sparsity": 0.5, "epochs": 1}, train_data=(digits.x_train, values))
     assert not (tmp_path / "reg2").exists()
+    # whole-number targets (degrees, counts) too: they were told about a "negative class index"
+    with pytest.raises(DataError, match=r"saved without a loss.* pass --loss mse"):
+        deploykit.convert(reg, ["tflite-fp32"], out=tmp_path / "reg4", bench=False, prune={"sparsity": 0.5, "epochs": 1},
+                          train_data=(digits.x_train, np.round(values * 100) - 30))
     # text labels are told they are text (not "targets are <U1, not numbers"), and not to pass --loss mse
     with pytest.raises(DataError, match=r"labels 'y' are text"):
         deploykit.convert(reg, ["tflite-fp32"], out=tmp_path / "reg3", bench=False, prune={"sparsity": 0.5, "epochs": 1},

@@ -653,8 +653,18 @@ def test_a_file_from_a_newer_or_other_keras_names_the_version_layer_and_keyword(
     newer = _rewritten(keras3_path, tmp_path / "newer_kw.keras", future_option, version="9.9.0")
     with pytest.raises(ModelLoadError, match=f"saved by Keras 9.9.0, newer than the installed Keras {keras.__version__} "
                                              f"\\(layer '{dense}' \\(Dense\\) has keyword\\(s\\) 'future_option'\\): upgrade keras "
-                                             f"\\(pip install -U keras\\) or re-save it with Keras {keras.__version__}"):
+                                             f"\\(pip install -U keras\\), or re-save it with Keras {keras.__version__}"):
         load_model(newer)
+    # a class this Keras lacks in a newer file: a layer Keras added since, or the user's own (the message
+    # crashed with UnboundLocalError, then said only "upgrade keras")
+    def future_layer(config):
+        layer = next(l for l in config["config"]["layers"] if l["class_name"] == "Dense")
+        layer["class_name"] = "FutureDense"
+
+    unknown = _rewritten(keras3_path, tmp_path / "newer_cls.keras", future_layer, version="9.9.0")
+    with pytest.raises(ModelLoadError, match="saved by Keras 9.9.0, newer than .*"
+                                             "(upgrade keras|no class 'FutureDense': if that is a Keras layer, upgrade keras)"):
+        load_model(unknown, trust_model=True)
     same = _rewritten(keras3_path, tmp_path / "edited_kw.keras", future_option)
     with pytest.raises(ModelLoadError, match=f"layer '{dense}' \\(Dense\\) has keyword\\(s\\) 'future_option', which the "
                                              f"installed Keras {keras.__version__} does not take.*re-save the model"):

@@ -346,6 +346,10 @@ def test_toml_errors(tmp_path):
                        + ("" if field in FLAT_TOML else f"\n{line}\n"))
         with pytest.raises(TargetError, match=said):
             load_target_file(odd)
+    bare = tmp_path / "bare.toml"  # without types, the precision was read as a label to look up
+    bare.write_text('format = "tflite"\nprecision = 8\n')
+    with pytest.raises(TargetError, match="precision must be text in quotes, got 8"):
+        load_target_file(bare)
 
 
 # ----------------------------------------------------------------------------- with_bench

@@ -679,16 +679,19 @@ def test_a_column_int8_pinned_at_its_median_fails_and_rare_tags_and_classes_do_n
     # a column the output's integer scale gives 3 levels keeps its answers roughly: not lost
     three = np.stack([rng.uniform(0, 3, 500), rng.uniform(0, 255, 500)], axis=1)
     assert _elementwise_failure(compare_outputs(three, np.round(three), tol), None) is None
-    # sigmoid tags, one never on (its logit near -7: a span of 0.0016) and one at 0.001-0.01, and softmax
-    # rows with a rare class are judged by their answers: rounding to 1/256 loses nothing
+    # sigmoid tags, one never on (its logit near -7: a span of 0.0016), one rarely on (logit -6 +- 0.6:
+    # 0.001-0.02, a few int8 steps, near-constant once rounded and jittered) and one at 0.001-0.01, and
+    # softmax rows with a rare class are judged by their answers: rounding to 1/256 changes none
     never = 1 / (1 + np.exp(-rng.normal(-7, 0.3, 500)))
-    tags = np.stack([never, rng.uniform(0.001, 0.01, 500), rng.uniform(0, 1, 500)], axis=1)
-    assert "collapsed_column" not in compare_outputs(tags, np.round(tags * 256) / 256, tol)
+    rare = 1 / (1 + np.exp(-rng.normal(-6, 0.6, 500)))
+    tags = np.stack([never, rare, rng.uniform(0.001, 0.01, 500), rng.uniform(0, 1, 500)], axis=1)
+    jitter = rng.integers(-1, 2, tags.shape) / 256
+    assert "collapsed_column" not in compare_outputs(tags, np.clip(np.round(tags * 256) / 256 + jitter, 0, 1), tol)
     logits = np.stack([rng.normal(3, 1, 500), rng.normal(3, 1, 500), rng.normal(-4, 0.5, 500)], axis=1)
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     assert "collapsed_column" not in compare_outputs(probs, np.round(probs * 256) / 256, tol)
-    # ... but normalized boxes (also in 0..1) whose small w/h were pinned lost them
-    boxes = np.stack([rng.uniform(0, 1, 500), rng.uniform(0, 1, 500), rng.uniform(0.02, 0.05, 500)], axis=1)
+    # ... but a 0..1 column that crosses 0.5 (a normalized box's centre), pinned, lost its variation
+    boxes = np.stack([rng.uniform(0.02, 0.05, 500), rng.uniform(0, 1, 500), rng.uniform(0.2, 0.8, 500)], axis=1)
     flat = boxes.copy()
     flat[:, 2] = np.median(boxes[:, 2])
     assert compare_outputs(boxes, flat, tol)["collapsed_column"]["column"] == 2

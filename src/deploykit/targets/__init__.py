@@ -621,8 +621,9 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
     ``precision`` is a label: a file with ``precision = "int8"`` and no types built a float32 file
     and reported it as ok, labelled int8.
     """
-    if "format" not in entry or "precision" not in entry or entry["format"] not in FORMATS:
-        return  # Target names the missing field or the unknown format (format = 3 was told about its precision)
+    if ("format" not in entry or "precision" not in entry or entry["format"] not in FORMATS
+            or not isinstance(entry["precision"], str)):
+        return  # Target names the missing field, the unknown format or the precision that is no text
     same = next((t for t in list_targets() if t.format == entry.get("format")
                  and t.precision == entry.get("precision")), None)
     if "candidates" in entry and not entry["candidates"]:
