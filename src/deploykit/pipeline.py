@@ -310,11 +310,11 @@ class Pipeline:
         if self.qat_options is not None:  # before any training: a Keras 3 model must not be pruned first
             check_qat_model(loaded)
         specs = loaded.inputs
-        _check_numeric_inputs(specs)
+        _check_numeric(specs, "input")
         if loaded.keras_model is not None:  # exported to a SavedModel: its signature's naming rules apply
             _check_input_names(specs)
         outputs = loaded.info().outputs
-        _check_numeric_outputs(outputs)
+        _check_numeric(outputs, "output")
         _check_batched_outputs(specs, outputs)
         aliases = None
         if loaded.keras_model is not None:  # what a per-output compiled loss is keyed by
@@ -1140,27 +1140,24 @@ def _check_input_names(specs) -> None:
         seen[key] = s.name
 
 
-def _check_numeric_inputs(specs) -> None:
-    """String inputs (TextVectorization, StringLookup inside the model) have no path through the converters."""
+# String tensors have no path through the converters (string ops need TF Select or ONNX Runtime
+# extensions, which no target ships): TFLite and TF.js failed on the op, and ONNX "passed" a string
+# output with a numeric error of 5e-07. What to do instead, per side.
+_STRING_WAY_OUT = {
+    "input": ("takes strings", "apply the text layers (TextVectorization, StringLookup) to your data before the model "
+              "and give the model their integer ids"),
+    "output": ("gives strings", "end the model at the numbers the strings are made from (class ids, scores) and turn "
+               "them into text after it"),
+}
+
+
+def _check_numeric(specs, side: str) -> None:
+    """Refuse string inputs (``side`` "input") or outputs ("output") before any work."""
+    does, way_out = _STRING_WAY_OUT[side]
     for s in specs:
         if s.dtype in ("string", "str", "object"):
-            raise UserError(
-                f"input {s.name!r} takes strings; deploykit converts numeric models only (string ops need TF Select "
-                "or ONNX Runtime extensions, which its targets do not ship): apply the text layers (TextVectorization, "
-                "StringLookup) to your data before the model and give the model their integer ids"
-            )
-
-
-def _check_numeric_outputs(outputs) -> None:
-    """String outputs (a lookup back to words, tf.strings.as_string) have no path through the converters
-    either: TFLite and TF.js failed on the op, and ONNX 'passed' with a numeric error of 5e-07 on strings."""
-    for s in outputs:
-        if s.dtype in ("string", "str", "object"):
-            raise UserError(
-                f"output {s.name!r} gives strings; deploykit converts numeric models only (string ops need TF Select "
-                "or ONNX Runtime extensions, which its targets do not ship): end the model at the numbers the strings "
-                "are made from (class ids, scores) and turn them into text after it"
-            )
+            raise UserError(f"{side} {s.name!r} {does}; deploykit converts numeric models only (string ops need TF "
+                            f"Select or ONNX Runtime extensions, which its targets do not ship): {way_out}")
 
 
 def _check_reference_finite(reference: list[np.ndarray], output_names: list[str], evald: Any, whose: str,
