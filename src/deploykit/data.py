@@ -81,6 +81,9 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
             keys = _keys_used(files, input_names)
             _check_expanded_size(path, npz.zip, keys)
             arrays = {k: npz[k] for k in keys}
+            for k, value in arrays.items():
+                if isinstance(value, bytes):  # numpy hands back a member that is not an .npy array as raw bytes
+                    raise DataError(f"{path}: member {k!r} is not a NumPy array (.npy); save data with np.savez(path, x=..., y=...)")
             if "y" not in files:  # keys labels may have been saved under instead: read to refuse them
                 for k in (k for k in files if k.lower() in _LABEL_LIKE and k not in arrays):
                     with contextlib.suppress(ValueError):  # pickled metadata: not labels, not read

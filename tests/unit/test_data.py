@@ -305,6 +305,16 @@ def test_truncated_npz(tmp_path, xy):
         load_data(tmp_path / "half.npz", SPEC)
 
 
+def test_zip_member_that_is_not_npy_is_named(tmp_path):
+    # numpy hands such a member back as raw bytes; the message blamed its dtype ("|S19, not numeric")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "zipped.npz", "w") as zf:
+        zf.writestr("x.npy", b"a CSV saved under .npy")
+    with pytest.raises(DataError, match=r"member 'x' is not a NumPy array \(.npy\)"):
+        load_data(tmp_path / "zipped.npz", SPEC)
+
+
 def test_not_an_npz_is_not_called_pickled(tmp_path):
     path = tmp_path / "table.npz"
     path.write_text("x,y\n1,2\n3,4\n")
