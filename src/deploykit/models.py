@@ -943,9 +943,48 @@ def check_flat_outputs(model: Any, source: str) -> None:
                 "key per tensor, and save that")
 
 
+# The names TensorFlow takes for a graph scope (its own rules: a model's name is the root scope,
+# layer and weight names nest under it). Keras 3 accepts any name but '/'.
+_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+_NESTED_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def check_exportable_names(model: Any, source: str) -> None:
+    """Refuse a Keras 3 model whose model, layer or weight names TensorFlow cannot export.
+
+    Keras 3 accepts names with spaces, brackets or accents ("Digit classifier"), but every export
+    to a SavedModel, Keras's own included, stops on them ("not a valid root scope name"): each
+    target failed after the work had started. The weights were created under those names, so
+    renaming them here would not reach the variables; the way out is naming them where the model
+    is built.
+
+    Raises:
+        ModelLoadError: naming the first such name and a form TensorFlow takes.
+    """
+    def refuse(what: str, name: str) -> None:
+        fixed = re.sub(r"[^A-Za-z0-9_.>-]", "_", name)
+        fixed = fixed if _ROOT_SCOPE.fullmatch(fixed) else "m" + fixed
+        raise ModelLoadError(
+            f"{source}: {what} {name!r} has characters TensorFlow cannot export (a SavedModel, which every target "
+            f"is converted from, takes letters, digits and _ . - >); name it e.g. {fixed!r} where the model is built "
+            "(the trained weights carry over with model.set_weights) and save it again")
+
+    if not _ROOT_SCOPE.fullmatch(str(model.name)):
+        refuse("the model's name", str(model.name))
+    for layer in model._flatten_layers(include_self=False):
+        if not _NESTED_SCOPE.fullmatch(str(layer.name)):
+            refuse("the input name" if layer.__class__.__name__ == "InputLayer" else
+                   f"the name of layer {layer.__class__.__name__}", str(layer.name))
+    for variable in model.weights:
+        if not _NESTED_SCOPE.fullmatch(str(getattr(variable, "path", variable.name))):
+            refuse("the weight", str(getattr(variable, "path", variable.name)))
+
+
 def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     model = with_inputs(model, kind, source)
     check_flat_outputs(model, source)
+    if kind == "keras3":
+        check_exportable_names(model, source)
     policy = None
     if kind == "keras3":
         model, policy = float32_twin(model)

@@ -124,6 +124,9 @@ def test_over_budget_is_failed_with_by_how_much(tmp_path, keras3_path, data_npz)
     ('options = { flash_budget = 5 }', "options.flash_budget"),
     ('activations = "float32"', "int8"),
     ('colour = "red"', "colour"),
+    # a chosen C name is used as given: one that is not an identifier is refused, not silently rewritten
+    ('options = { c_name = "my-model" }', "options.c_name = 'my-model' is not a C identifier"),
+    ('options = { c_name = "2nd" }', "options.c_name = '2nd' is not a C identifier"),
 ])
 def test_impossible_micro_targets_are_refused_naming_the_field(tmp_path, bad, field):
     from deploykit.targets import load_target_file
@@ -300,3 +303,21 @@ def test_a_per_step_dense_tagger_runs_on_tflite_micro(tmp_path):
     assert a["status"] == "ok", a["error"]
     assert "REDUCE_PROD" not in a["settings"]["converter"]["ops"] and a["settings"]["converter"]["fixed_batch"] == 1
     assert "labelled positions" in a["verification"]["accuracy_per"]
+
+
+def test_a_chosen_c_name_is_used_as_given(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,), name="features"), keras.layers.Dense(4, activation="softmax")],
+                             name="Tiny-Model.v2")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    board = tmp_path / "board.toml"
+    board.write_text('format = "tflm"\nprecision = "int8"\nweights = "int8"\nactivations = "int8"\nio = "int8"\n'
+                     'options = { c_name = "MyBoard_v2" }\n')
+    result = deploykit.convert(model, ["tflm-int8", str(board)], data=x, out=tmp_path / "out", bench=False)
+    assert result.ok
+    assert result.artifact("board")["settings"]["converter"]["c_array"] == "g_MyBoard_v2_model_data"  # case kept
+    assert "g_MyBoard_v2_model_data[]" in (result.out / "board" / "model_data.cc").read_text()
+    # without one, the model's name becomes an identifier
+    assert result.artifact("tflm-int8")["settings"]["converter"]["c_array"] == "g_tiny_model_v2_model_data"

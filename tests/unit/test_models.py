@@ -176,6 +176,38 @@ def test_an_output_that_does_not_grow_with_the_batch_is_refused_in_one_line(tmp_
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("where", ["model", "layer", "input", "weight"])
+def test_names_tensorflow_cannot_export_are_refused_up_front(tmp_path, where):
+    """Keras 3 takes "Digit classifier" as a name; every SavedModel export stops on it, so each
+    target failed after the work had begun. Refused at load, in one line, saying how to name it."""
+    import keras
+
+    class Scaled(keras.layers.Layer):
+        def build(self, shape):
+            self.k = self.add_weight(shape=(shape[-1],), name="gain (per column)")
+
+        def call(self, x):
+            return x * self.k
+
+    inp = keras.Input((8,), name="pixel values" if where == "input" else "pixels")
+    hidden = Scaled(name="scaled")(inp) if where == "weight" else inp
+    out = keras.layers.Dense(4, name="my dense" if where == "layer" else "dense")(hidden)
+    model = keras.Model(inp, out, name="Digit classifier" if where == "model" else "digits")
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ModelLoadError, match=r"has characters TensorFlow cannot export .* name it e\.g\. '\w+'"):
+        load_model(model)
+    if where == "model":  # the file says the same before any work: one line, exit 2, nothing written
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        deploy = Path(sys.executable).with_name("deploy")
+        proc = subprocess.run([str(deploy), "convert", str(tmp_path / "m.keras"), "-t", "tflite-fp32",
+                               "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert proc.returncode == 2 and "'Digit classifier' has characters" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_unregistered_custom_layer_is_named(tmp_path):
     """A layer class the loading process does not know: ModelLoadError naming the class."""
     import keras

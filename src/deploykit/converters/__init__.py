@@ -33,6 +33,9 @@ class OptionSpec:
     type: type | None = None
     minimum: float | None = None
     maximum: float | None = None
+    # A text setting's form (a regular expression the whole value must match) and how to say it.
+    pattern: str | None = None
+    pattern_says: str = ""
     # A setting that makes a different kind of target (ONNX quant_format: QDQ vs QOperator), which an
     # -auto target's candidates are told apart by: the auto target cannot set it on all of them.
     variant: bool = False

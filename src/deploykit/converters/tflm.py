@@ -31,7 +31,10 @@ ALIGNMENT = 16
 OPTIONS: dict[str, OptionSpec] = {
     "flash_budget_kb": OptionSpec(None, "Flash budget for the model bytes, in KiB (none: no limit).", type=int, minimum=1),
     "ram_budget_kb": OptionSpec(None, "RAM budget for the tensor arena, in KiB (none: no limit).", type=int, minimum=1),
-    "c_name": OptionSpec("", "C identifier stem for the arrays (default: derived from the model name).", type=str),
+    # A name the user chose is used as given: one that is not a C identifier is refused, not rewritten.
+    "c_name": OptionSpec("", "C identifier stem for the arrays (default: derived from the model name).", type=str,
+                         pattern=r"[A-Za-z_][A-Za-z0-9_]*",
+                         pattern_says="a C identifier (letters, digits and _, not starting with a digit)"),
 }
 
 
@@ -152,7 +155,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             f"{target.name}: TFLite Micro has no kernel for op(s) {', '.join(missing)}; replace the layers that "
             "produce them (the report of a tflite-int8 run lists the ops) or use a TFLite target"
         )
-    name = c_identifier(target.options.get("c_name") or model.info().name or "model")
+    name = target.options.get("c_name") or c_identifier(model.info().name or "model")
     extra = write_c_sources(flatbuffer, out_path.parent, name, io=_io_details(out_path), arena=_arena(out_path))
     settings.update({
         **converter_settings(target),

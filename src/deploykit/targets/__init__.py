@@ -522,6 +522,8 @@ def _check_options(fmt: str, options: dict[str, Any], where: str, *, fill: bool 
             raise TargetError(f"{where}: options.{name} must be true or false, got {value!r}")
         if spec.type is str and not isinstance(value, str):
             raise TargetError(f"{where}: options.{name} must be a string, got {value!r}")
+        if spec.pattern and value and not re.fullmatch(spec.pattern, value):
+            raise TargetError(f"{where}: options.{name} = {value!r} is not {spec.pattern_says}")
         if spec.minimum is not None and value < spec.minimum:
             raise TargetError(f"{where}: options.{name} must be >= {spec.minimum}, got {value!r}")
         if spec.maximum is not None and value > spec.maximum:
