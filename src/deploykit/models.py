@@ -464,6 +464,9 @@ class LoadedModel:
         self._serve_fn = None  # Keras 3: the exported endpoint, already traced with a dynamic batch
         self._stripped: tuple[Any, list[dict[str, str]]] | None = None  # (export model, replaced layers)
         self.float32_from_policy: str | None = None  # set when a float16-compute model was rebuilt in float32
+        # The Keras output names of the model the user gave, when this is its fine-tuned copy: tfmot's
+        # QAT wraps each layer as quant_<name>, a name the user never chose.
+        self.output_keras_names: list[str] | None = None
 
     # -- SavedModel (shared by every converter) -----------------------------------------
     def _export_model(self) -> Any:
@@ -582,6 +585,8 @@ class LoadedModel:
             if not names and type(m).__name__ == "Sequential" and m.layers:
                 # Keras 3's Sequential has no output_names: its one output is its last layer's
                 names = [m.layers[-1].name]
+            if self.output_keras_names is not None and len(self.output_keras_names) == len(m.outputs):
+                names = self.output_keras_names
             names = names if len(names) == len(m.outputs) else [""] * len(m.outputs)
             outputs = [
                 TensorSpec(f"output_{i}", tuple(t.shape), _dtype_name(t.dtype), keras_name=str(k))

@@ -678,6 +678,7 @@ class Pipeline:
                                          for t in self._all_targets() if t.format in DENSE_REFERENCE})
         tuned = load_model(result.model)
         tuned.source = f"{loaded.source} ({suffix})"
+        tuned.output_keras_names = [o.keras_name for o in loaded.info().outputs]
         loaded.release()
         return result.report, tuned
 

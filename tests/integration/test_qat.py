@@ -68,6 +68,8 @@ def test_convert_with_qat_verifies_tflite_int8_within_a_point(tf_keras_keras_pat
     report = result["steps"]["qat"]["report"]
     assert report["path"] == "tfmot-qat" and [s["layer"] for s in report["skipped"]] == ["rescale"]
     assert result["model"]["source"].endswith("(QAT)")
+    # the output keeps the user's Keras name, not the quant_ one tfmot's wrapper gave it
+    assert [o.get("keras_name") for o in result["model"]["outputs"]] == ["probs"]
     v = result.artifact("tflite-int8")["verification"]
     assert v["passed"] and v["accuracy_drop_points"] <= 1.0
     # against the dense model on the same evaluation data, too
