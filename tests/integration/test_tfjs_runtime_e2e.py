@@ -310,6 +310,9 @@ def test_deploy_bench_times_a_model_json(models):
     res = bench_file(models["fp32"], threads=1, warmup=2, iterations=10)
     assert res["runtime"] == "tfjs" and res["backend"] == "wasm" and res["n"] == 10
     assert res["init_ms"] > 0 and len(res["samples_ms"]) == 10 and res["inputs"] == "random"
+    # init is the model's load, as every runtime's: backend start-up and the first run are their own figures
+    assert res["init_ms"] == pytest.approx(res["tfjs_load_ms"], abs=1e-3)
+    assert res["tfjs_backend_init_ms"] > 0 and res["tfjs_warm_ms"] > 0
 
 
 def test_node_is_stopped_when_python_exits_without_close(models):
@@ -360,6 +363,7 @@ def test_browser_bench_matches_tensorflow_and_reports_backends(models):
                 "warmup", "threads"):
         assert key in res, key
     assert res["n"] == 10 and res["backend"] == "wasm" and res["runtime_version"] == "4.22.0"
+    assert res["init_ms"] == pytest.approx(res["tfjs_load_ms"], abs=1e-3)  # the first run is tfjs_warm_ms
     assert "HeadlessChrome" in res["user_agent"] and res["cross_origin_isolated"] is True
     assert res["wasm_simd"] is True and res["threads"] >= 1
     # the page settles each backend before timing it, by the Node runner's rule

@@ -107,7 +107,8 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
         first = first_of[identity[i]]
         summary = summaries[first]
         files.append({
-            "path": str(path), **described[first], "runtime": runtimes[i], "warmup": warmup,
+            # no "warmup": each round warms its block (at least 5 runs, --warmup only raises the first)
+            "path": str(path), **described[first], "runtime": runtimes[i],
             **({"backend": backend} if targets[i].options else {}),
             "sha256": shas[i],
             "size_bytes": sum(f.stat().st_size for f in weight_files[i]),
