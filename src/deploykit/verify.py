@@ -187,12 +187,13 @@ def _score_targets(result: dict[str, Any], reference: Sequence[np.ndarray], got:
         result.setdefault("notes", []).append(
             f"output {name!r}: mean absolute error against the targets {mae:.4g} is {increase:.0%} above the "
             f"reference's {ref_mae:.4g} (RMSE {rmse:.4g} vs {ref_rmse:.4g}){parity}")
-    # A few columns in their own units (a rate, a score, a price): the pooled error is the largest
-    # column's, and a small column 18x worse moved it by 2 %.
+    # A few columns in their own units (a rate, a score, a price): the pooled error (the mean over every
+    # value) is dominated by the column in the largest units, and a small column 18x worse moved it by 2 %.
+    # Said beside a pooled rise too when it is far beyond it (a rating 66x worse beside a pooled +278 %).
     worst = _worst_column_errors(reference[i], np.asarray(got[name]).reshape(np.shape(reference[i])), targets)
     if worst is not None:
         result["worst_column_mae"] = worst
-        if worst["increase"] > NOTABLE_ERROR_INCREASE and not pooled:
+        if worst["increase"] > NOTABLE_ERROR_INCREASE and (not pooled or worst["increase"] > 2 * increase):
             result.setdefault("notes", []).append(
                 f"output {name!r}, column {worst['column']}: mean absolute error against the targets {worst['mae']:.4g} "
                 + (f"is {worst['increase']:.0%} above the reference's {worst['reference_mae']:.4g}"
@@ -348,6 +349,10 @@ def mixed_scale_hint(inputs: dict[str, np.ndarray], levels: int, way_out: str) -
 def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None:
     """Why an output fails the elementwise part of the tolerance, or None.
 
+    A column that lost its variation is said whatever else failed: in a price-and-rating output the
+    bound the price column breaks was the only reason given, and the rating column, one value in the
+    int8 file, went unnamed.
+
     ``shift``: for a class-probability output judged by the metric gate, its
     :func:`mean_probability_shift`; the elementwise bound then applies to that
     instead of to every element.
@@ -359,6 +364,13 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
             return (f"mean probability shift {shift:.3g} exceeds the allowed "
                     f"{cmp['allowed_probability_shift']:.3g} (class probabilities: half the L1 distance per sample)")
         return None
+    bound = _bound_failure(cmp)
+    lost = _lost_column_failure(cmp.get("collapsed_column"))
+    return "; ".join(t for t in (bound, lost) if t) or None
+
+
+def _bound_failure(cmp: dict[str, Any]) -> str | None:
+    """The first elementwise bound an output breaks, or None."""
     if cmp["violations"] > cmp["allowed_violations"] and "worst_column" in cmp:
         c = cmp["worst_column"]
         return (f"column {c['column']} (scale {c['range']:.4g}: its span, at least 1 % of its largest value; each column "
@@ -378,7 +390,11 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
                 f"{cmp['logit_atol']:g} makes, and the mean probability shift {cmp['mean_probability_shift']:.3g} "
                 f"exceeds that room's cap, tolerance.max_mean_shift {cmp['allowed_mean_shift']:.3g} (half the L1 "
                 "distance per sample)")
-    lost = cmp.get("collapsed_column")
+    return None
+
+
+def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
+    """The sentence for a column whose variation the artifact lost (``collapsed_column``), or None."""
     if lost:
         text = (f"column {lost['column']} lost its variation: the reference's values span {lost['low']:.4g}..{lost['high']:.4g} "
                 f"and the artifact follows them little better than a constant: its error, a constant offset aside, "

@@ -663,6 +663,34 @@ def test_a_column_whose_variation_the_artifact_lost_fails():
     assert "collapsed_column" not in compare_outputs(wide, wide * 0, tol)
 
 
+def test_a_lost_column_is_named_when_a_bound_fails_too():
+    """A price, a rating and a fraction: the int8 file broke the price's bound and gave the rating one
+    value; only the bound was said, and the rating's loss (the reason to look elsewhere) went unnamed."""
+    from deploykit.verify import _elementwise_failure
+
+    rng = np.random.default_rng(2)
+    ref = np.stack([rng.uniform(1e4, 1e5, 300), rng.uniform(1, 5, 300), rng.uniform(0, 0.02, 300)], axis=1)
+    got = ref.copy()
+    got[:, 0] += np.where(rng.uniform(size=300) < 0.1, 3e4, 0.0)  # price: off past its bound now and then
+    got[:, 1] = 3.0  # rating: one value
+    failure = _elementwise_failure(compare_outputs(ref, got, get_target("tflite-int8").tolerance), None)
+    assert failure and failure.startswith("max abs error") and "; column 1 lost its variation" in failure
+
+
+def test_a_column_far_worse_than_the_pooled_error_gets_its_note():
+    from deploykit.verify import _score_targets
+
+    rng = np.random.default_rng(3)
+    targets = np.stack([rng.uniform(1e4, 1e5, 400), rng.uniform(1, 5, 400)], axis=1)
+    ref = targets + rng.normal(0, [100.0, 0.05], targets.shape)
+    got = ref + np.stack([rng.normal(0, 300.0, 400), np.zeros(400)], axis=1)  # price 3x worse ...
+    got[:, 1] = 3.0  # ... and the rating 20x worse
+    result: dict = {"failures": ["x"]}
+    _score_targets(result, [ref], {"y": got}, ["y"], targets)
+    assert result["mae_increase"] > 0.2 and result["worst_column_mae"]["column"] == 1
+    assert any("column 1: mean absolute error" in n for n in result["notes"])  # said beside the pooled note
+
+
 def test_a_column_int8_pinned_at_its_median_fails_and_rare_tags_and_classes_do_not():
     """Three columns spanning 7e-3, 10 and 8.5e4: int8 gave the two small ones one value each, near their
     median, and every int8 file passed (off by 12-15 % of the span, where a constant's limit is 25 %)."""
