@@ -982,6 +982,8 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     if target.activations != "float32":
         levels = 65536 if target.activations == "int16" else 256
         way_out = _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])
+        if target.format == "tflite" and _float16_range_hint(loaded):  # tflite-fp16 would saturate those weights
+            way_out = way_out.replace("tflite-fp16, ", "")
         hints.append(mixed_scale_hint(inputs, levels, way_out))
         hints.append(_constant_feature_hint(loaded, levels, way_out))
     if target.format == "onnx" and target.options.get("quant_format") == "qoperator" and target.activations != "float32":
@@ -1012,8 +1014,8 @@ def _constant_feature_hint(loaded: Any, levels: int, way_out: str) -> str | None
             flat = int(np.count_nonzero(std < 1e-3 * max(float(np.median(std)), 1e-12)))
             return (f"Normalization {layer.name!r} multiplies its features by factors from {factor.min():.3g} to "
                     f"{factor.max():.3g}" + (f" ({flat} feature(s) never varied in the data it was adapted on)" if flat else "")
-                    + f": one {int(np.log2(levels))}-bit scale for those factors rounds the small ones to zero; drop the "
-                    f"constant features or adapt on data where they vary, or {way_out}")
+                    + f": one {int(np.log2(levels))}-bit scale for those factors rounds the small ones to zero; "
+                    + ("drop the constant features or adapt on data where they vary, or " if flat else "") + way_out)
     return None
 
 

@@ -1099,6 +1099,26 @@ def test_int8_failure_on_a_normalization_with_constant_features_names_them(tmp_p
     assert "never varied in the data it was adapted on" in int8["error"]
 
 
+def test_normalization_hint_says_only_what_fits_the_model():
+    """Wide-ranged features, none constant, and a variance beyond float16: the hint told the user to drop
+    constant features (there were none) and to try tflite-fp16 (which saturates that variance)."""
+    import keras
+
+    from deploykit.models import load_model
+    from deploykit.pipeline import _failure_hints
+    from deploykit.targets import get_target
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0, 300, 256), rng.normal(0, 1, 256), rng.normal(0, 0.5, 256)], axis=1).astype("float32")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((3,), name="features"), norm, keras.layers.Dense(1)])
+    hints = " ".join(_failure_hints(get_target("tflite-int8"), load_model(model), {"features": x}))
+    assert "Normalization 'norm' multiplies its features by factors from" in hints
+    assert "constant features" not in hints and "never varied" not in hints
+    assert "tflite-dynamic" in hints and "tflite-fp16" not in hints  # 300**2 is beyond float16
+
+
 def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
     """A regression model's --data 'y' were dropped (outputs compared with the reference only): the
     report had no figure of how good each file is at its job. Now every artifact's MAE/RMSE against
