@@ -308,6 +308,24 @@ def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitu
     assert "log scale" not in svg and a > b > c
 
 
+def test_plot_labels_do_not_cover_each_other_and_the_shipped_file_is_marked():
+    """Two files of one size and speed (onnx-int8-qdq and -qop) wrote one label over the other, and the
+    plot, which leaves -auto copies out, did not say which file ships."""
+    import re
+
+    from deploykit.report.plot import render_plot
+
+    arts = [_artifact("onnx-int8-qdq", 1000, p50_ms=0.05, p90_ms=0.05),
+            _artifact("onnx-int8-qop", 1010, p50_ms=0.05, p90_ms=0.05),
+            _artifact("onnx-auto", 1010, p50_ms=0.05, p90_ms=0.05)]
+    arts[2].selection = {"winner": "onnx-int8-qop", "candidates": []}
+    svg = render_plot(Manifest(model={}, tools={}, machine={}, artifacts=arts))
+    labels = re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>(onnx-[^<]*)</text>', svg)
+    assert [t for _, _, t in labels] == ["onnx-int8-qdq", "onnx-int8-qop (onnx-auto ships it)"]
+    (_, y1, _), (_, y2, _) = labels
+    assert abs(float(y1) - float(y2)) >= 13
+
+
 def test_a_run_verified_on_few_samples_says_so_in_the_report_not_only_on_the_console():
     from deploykit.report.rows import highlights
 

@@ -88,6 +88,12 @@ def render_plot(manifest: Manifest) -> str | None:
     out.append(f'<text x="{LEFT + pw / 2}" y="{H - 12}" text-anchor="middle">file size (KiB)</text>')
     out.append(f'<text transform="translate(16 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
                f"latency p50 (ms{', log scale' if log_y else ''}), bar to p90</text>")
+    # which -auto target ships each file: marked on the plot, which leaves the -auto copies out
+    ships: dict[str, list[str]] = {}
+    for a in manifest.artifacts:
+        if a.selection and a.selection.get("winner"):
+            ships.setdefault(a.selection["winner"], []).append(a.target)
+    placed: list[tuple[float, float, float, float]] = []  # label boxes drawn so far
     for a in points:
         ok = a.status == "ok"
         color = "#1f77b4" if ok else "#d62728"
@@ -102,9 +108,37 @@ def render_plot(manifest: Manifest) -> str | None:
         label = a.target
         if a.verification.get("accuracy") is not None:
             label += f" · {a.verification['accuracy']:.1%}"
-        out.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}">{html.escape(label)}</text>')
+        if a.target in ships:
+            label += f" ({', '.join(ships[a.target])} ships it)"
+        width = len(label) * LABEL_CHAR_W
+        left = x + 7 + width > W - 4  # near the right edge: the label goes left of its point
+        lx, ly = _free_spot(x - 7 - width if left else x + 7, y - 6, width, placed)
+        if abs(ly - (y - 6)) > 1:  # moved off its point to stay readable: a leader line says whose it is
+            out.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{lx + (width if left else 0):.1f}" y2="{ly - 4:.1f}" '
+                       'stroke="#999" stroke-width="0.6"/>')
+        bold = ' font-weight="bold"' if a.target in ships else ""
+        out.append(f'<text x="{lx + (width if left else 0):.1f}" y="{ly:.1f}"'
+                   f'{" text-anchor=" + chr(34) + "end" + chr(34) if left else ""}{bold}>{html.escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+LABEL_CHAR_W, LABEL_H = 6.2, 13.0  # an 11 px sans-serif label's average character width and line height
+
+
+def _free_spot(x: float, y: float, width: float, placed: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """Where a label of ``width`` goes near (x, y) without covering one already drawn: a line lower or
+    higher, nearest first (two files of one size and speed, qdq and qop, wrote one label over the other)."""
+    def clashes(ty: float) -> bool:
+        return any(x < px + pw and px < x + width and ty - LABEL_H < py and py - LABEL_H < ty for px, py, pw, _ in placed)
+
+    for step in range(12):
+        for ty in ((y + step * LABEL_H, y - step * LABEL_H) if step else (y,)):
+            if TOP + LABEL_H <= ty <= H - BOTTOM and not clashes(ty):
+                placed.append((x, ty, width, LABEL_H))
+                return x, ty
+    placed.append((x, y, width, LABEL_H))
+    return x, y
 
 
 def write_plot(manifest: Manifest, path: Path) -> str | None:
