@@ -317,12 +317,12 @@ def test_plot_labels_do_not_cover_each_other_and_the_shipped_file_is_marked():
 
     arts = [_artifact("onnx-int8-qdq", 1000, p50_ms=0.05, p90_ms=0.05),
             _artifact("onnx-int8-qop", 1010, p50_ms=0.05, p90_ms=0.05),
-            _artifact("onnx-auto", 1010, p50_ms=0.05, p90_ms=0.05)]
+            _artifact("onnx-auto", 1010, p50_ms=0.05, p90_ms=0.05), _artifact("onnx-fp32", 4000, p50_ms=0.06, p90_ms=0.06)]
     arts[2].selection = {"winner": "onnx-int8-qop", "candidates": []}
     svg = render_plot(Manifest(model={}, tools={}, machine={}, artifacts=arts))
     labels = re.findall(r'<text x="([\d.]+)" y="([\d.]+)"[^>]*>(onnx-[^<]*)</text>', svg)
-    assert [t for _, _, t in labels] == ["onnx-int8-qdq", "onnx-int8-qop (onnx-auto ships it)"]
-    (_, y1, _), (_, y2, _) = labels
+    assert [t for _, _, t in labels] == ["onnx-int8-qdq", "onnx-int8-qop (onnx-auto ships it)", "onnx-fp32"]
+    (_, y1, _), (_, y2, _), _ = labels
     assert abs(float(y1) - float(y2)) >= 13
 
 
