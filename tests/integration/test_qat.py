@@ -337,3 +337,27 @@ def test_pqat_keeps_the_zeros_of_a_recurrent_layer_it_leaves_in_float():
     assert kept["rnn/kernel"] == (zeros["kernel"],) * 2 and kept["rnn/recurrent_kernel"] == (zeros["recurrent_kernel"],) * 2
     cell = result.model.get_layer("rnn").cell
     assert np.count_nonzero(cell.recurrent_kernel.numpy() == 0) == zeros["recurrent_kernel"]
+
+
+def test_an_adapted_normalization_keeps_its_statistics_through_qat(digits):
+    """tfmot's quantize_apply copies variables without finalize_state(): the adapted Normalization ran
+    with mean 0, variance 1 through the whole fine-tune, and int8 accuracy fell from 93 % to 24 %."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(SEED)
+    x = digits.x_train.reshape(len(digits.x_train), -1)
+    x_eval = digits.x_eval.reshape(len(digits.x_eval), -1)
+    norm = tf_keras.layers.Normalization(name="norm")
+    norm.adapt(x + 50.0)  # far from mean 0 / variance 1: unnormalized inputs would saturate the model
+    inp = tf_keras.Input((64,), name="pixels")
+    h = tf_keras.layers.Dense(32, activation="relu", name="hidden")(norm(inp))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(10, activation="softmax", name="probs")(h))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x + 50.0, digits.y_train, epochs=5, batch_size=64, verbose=0)
+    result = quantize_aware(model, (x + 50.0, digits.y_train), validation_data=(x_eval + 50.0, digits.y_eval),
+                            seed=SEED, epochs=1, batch_size=64)
+    report = result.report
+    # wrapped for QAT, before any step, the model computes what it did: within fake quantization's rounding
+    assert report["accuracy_wrapped"] >= report["accuracy_before"] - 0.03, report
+    qnorm = next(l for l in result.model.layers if l.name == "norm")
+    np.testing.assert_allclose(np.ravel(qnorm.mean), np.ravel(norm.mean), rtol=1e-6)
