@@ -3,18 +3,23 @@ previous run whole until the new one has finished.
 
 With --force the previous run is set aside (moved under a hidden name in the same directory),
 put back when the new run fails or is interrupted, and deleted when it finishes. A run killed
-with SIGKILL leaves its claim (the lock naming its targets) and the set-aside run behind: the
-next run puts that back before anything else. Files deploykit did not write are never replaced.
+with SIGKILL leaves its claim (the lock naming its targets, which no process holds any more) and
+the set-aside run, with its journal, behind: the next run puts that back before anything else.
+Files deploykit did not write are never replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from deploykit.artifacts import MANIFEST_NAME, Manifest
 from deploykit.errors import OutputExistsError, UserError
@@ -108,102 +113,250 @@ def previous_run_files(out: Path) -> list[Path]:
 
 
 LOCK_NAME = ".deploykit.lock"
+# Journal files inside a set-aside directory: what a killed run left can be told apart by them.
+_COMPLETE = ".complete"    # every previous file is in the set-aside directory (the new run may then write)
+_RESTORING = ".restoring"  # the new run's own files are gone, and the previous ones are on their way back
+_JOURNAL = (_COMPLETE, _RESTORING)
 
 
-def _lock_holder(lock: Path) -> int | None:
-    """The pid of the live process that holds ``lock``, or None (no lock, unreadable, or its process is gone)."""
+class OutDirLock:
+    """A run's claim on its output directory: the lock file, held with ``flock`` for the life of the run.
+
+    The kernel drops an flock when its process dies, however it dies: a lock file nobody holds is a
+    killed run's. (A pid in the file said the same only while pids were not reused: a run killed as a
+    container's pid 1 left "1", which the next container's run, pid 1 itself, took for a live run.)
+    The file also names the run's pid (for the message) and its targets (for recovery).
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the claim (once; later calls do nothing)."""
+        if self._fd is None:
+            return
+        try:
+            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:  # ours, not a later run's
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _held_lock(path: Path) -> int | None:
+    """An fd holding ``path``'s flock when nobody else holds it (a killed run's lock), else None.
+
+    Raises:
+        FileNotFoundError: there is no such lock file.
+        _Live: a live run holds it (its pid, when written, in ``args[0]``).
+    """
+    fd = os.open(path, os.O_RDONLY)
     try:
-        pid = int(lock.read_text().split()[0])  # first line; the run's target names follow
-    except (ValueError, OSError, IndexError):
-        return None
-    if pid <= 0:  # os.kill(0, ...) would signal our own process group
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return pid
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        try:
+            pid = int(path.read_text().split()[0])
+        except (ValueError, OSError, IndexError):
+            pid = None
+        raise _Live(pid) from None
+    return fd
 
 
-def lock_out_dir(out: Path, target_names: Sequence[str] = ()) -> Path:
+class _Live(Exception):
+    """A live run holds the lock."""
+
+
+def lock_out_dir(out: Path, target_names: Sequence[str] = ()) -> OutDirLock:
     """Claim ``out`` for this run: two runs started together into one directory passed the
     emptiness check together, then each wrote its manifest over the other's. The lock also names
     the run's targets, so that what a killed run wrote can be told from what it set aside.
+
+    The lock file is written and locked under a temporary name, then linked into place: no other
+    run ever sees it unlocked (and takes it for a killed run's).
 
     Raises:
         OutputExistsError: another live deploykit process holds the directory.
     """
     lock = out / LOCK_NAME
-    for _ in range(2):
+    for _ in range(3):
+        fd, tmp = tempfile.mkstemp(prefix=LOCK_NAME + "-", dir=out)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: never waits
+        os.write(fd, (f"{os.getpid()}\n" + "\n".join(target_names)).encode())
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, lock)
         except FileExistsError:
-            pid = _lock_holder(lock)
-            if pid is None:
-                lock.unlink(missing_ok=True)  # left by a killed run
+            os.unlink(tmp)
+            os.close(fd)
+            try:
+                stale = _held_lock(lock)
+            except FileNotFoundError:
                 continue
-            raise OutputExistsError(f"another deploykit run (pid {pid}) is writing to {out}; wait for it to finish "
-                                    "or choose another --out") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n" + "\n".join(target_names))
-        return lock
+            except _Live as live:
+                who = f"pid {live.args[0]}" if live.args[0] else "a live process"
+                raise OutputExistsError(f"another deploykit run ({who}) is writing to {out}; wait for it to finish "
+                                        "or choose another --out") from None
+            os.close(stale)
+            recover_killed_run(out)  # a killed run's claim: put back what it set aside, then claim again
+            continue
+        except OSError:  # a file system without hard links: created in place (a start-together race remains)
+            os.unlink(tmp)
+            os.close(fd)
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            except FileExistsError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, (f"{os.getpid()}\n" + "\n".join(target_names)).encode())
+            return OutDirLock(lock, fd)
+        os.unlink(tmp)
+        return OutDirLock(lock, fd)
     raise OutputExistsError(f"could not claim {out} ({lock} keeps reappearing); choose another --out")
 
 
 def recover_killed_run(out: Path) -> None:
     """Put back a previous run that a killed --force run (SIGKILL, power loss) had set aside.
 
-    A live run holds the lock and is left alone. Otherwise, what the killed run half-wrote under the
-    set-aside names is removed and the set-aside run moved back, so nothing complete is ever lost.
+    A live run holds the lock and is left alone. Otherwise, by the set-aside directory's journal:
+    set aside only in part (killed while moving it), it is moved back and nothing else is touched;
+    set aside whole, what the killed run wrote is removed and the previous run moved back; being
+    restored (killed while putting it back), the rest is moved back. A finished run's discarded
+    previous run is deleted. Nothing complete is ever lost.
     """
-    asides = sorted(out.glob(".deploykit-previous-*")) if out.is_dir() else []
+    if not out.is_dir():
+        return
     lock = out / LOCK_NAME
-    if (not asides and not lock.exists()) or _lock_holder(lock) is not None:  # nothing left behind, or its run is alive
+    asides = sorted(out.glob(".deploykit-previous-*"))
+    leftovers = sorted(out.glob(".deploykit-discard-*")) + sorted(out.glob(LOCK_NAME + "-*"))
+    if not asides and not leftovers and not lock.exists():
         return
-    if not asides and (out / MANIFEST_NAME).exists():  # killed after writing everything: only the lock is left
+    try:
+        held = _held_lock(lock)
+    except FileNotFoundError:
+        held = None
+    except _Live:
+        return  # its run is alive: everything here is its business
+    try:
+        for path in leftovers:  # a finished run's old files on their way out, a claim never linked into place
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    fd = _held_lock(path)
+                except (FileNotFoundError, _Live):
+                    continue  # gone, or a run claiming the directory right now
+                path.unlink(missing_ok=True)
+                os.close(fd)
+        try:  # the killed run's targets: their directories hold its unlisted, unreported artifacts
+            written = [n for n in lock.read_text().split()[1:] if n and "/" not in n and not n.startswith(".")]
+        except OSError:
+            written = []
+        if not asides and not (out / MANIFEST_NAME).exists():  # killed before its manifest, nothing set aside
+            _remove_written(out, written, kept=set())
+        for aside in asides:
+            _put_back(out, aside, written)
         lock.unlink(missing_ok=True)
-        return
-    try:  # the killed run's targets: their directories hold its unlisted, unreported artifacts
-        written = [n for n in lock.read_text().split()[1:] if n and "/" not in n and not n.startswith(".")]
-    except OSError:
-        written = []
-    restored = {path.name for aside in asides for path in aside.iterdir()}
-    for name in written:
-        place = out / name
-        if name not in restored and place.is_dir() and not place.is_symlink() and all(
-                _ARTIFACT_FILE.fullmatch(f.name) for f in place.iterdir()):
-            shutil.rmtree(place)
-    for aside in asides:
-        for path in list(aside.iterdir()):
-            dest = out / path.name
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _put_back(out: Path, aside: Path, written: Sequence[str]) -> None:
+    """Move a killed run's set-aside previous run back into ``out`` (see :func:`recover_killed_run`)."""
+    complete, restoring = (aside / _COMPLETE).exists(), (aside / _RESTORING).exists()
+    entries = [p for p in aside.iterdir() if p.name not in _JOURNAL]
+    if complete and not restoring:  # the killed run worked after the set-aside: what it wrote goes
+        _remove_written(out, written, kept={p.name for p in entries})
+    unplaced = False
+    for path in entries:
+        dest = out / path.name
+        if dest.exists() or dest.is_symlink():
+            if not complete or restoring:  # cannot be the killed run's: keep both, lose nothing
+                unplaced = True
+                continue
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
-            elif dest.exists() or dest.is_symlink():
+            else:
                 dest.unlink()
-            os.replace(path, dest)
-        aside.rmdir()
-    lock.unlink(missing_ok=True)
+        os.replace(path, dest)
+    if not unplaced:
+        shutil.rmtree(aside)
+
+
+def _remove_written(out: Path, written: Sequence[str], kept: set[str]) -> None:
+    """Remove a killed run's target directories (``written``, those not in ``kept``) that hold only
+    artifact files: its unlisted, unreported output."""
+    for name in written:
+        place = out / name
+        if name not in kept and place.is_dir() and not place.is_symlink() and all(
+                _ARTIFACT_FILE.fullmatch(f.name) for f in place.iterdir()):
+            shutil.rmtree(place)
 
 
 def set_aside_previous_run(out: Path, target_names: Sequence[str]) -> Path | None:
     """With --force: move the previous run (and this run's target directories) into a hidden
-    directory under ``out``; the run restores it if it does not finish, and deletes it if it does."""
+    directory under ``out``; the run restores it if it does not finish, and discards it if it does.
+
+    Raises:
+        UserError: a file that cannot be moved (permissions); what was moved is put back first.
+    """
     moving = previous_run_files(out)
     moving += [out / n for n in target_names if (out / n).is_dir() and not (out / n).is_symlink() and out / n not in moving]
     if not moving:
         return None
     aside = Path(tempfile.mkdtemp(prefix=".deploykit-previous-", dir=out))
-    for path in moving:
-        os.replace(path, aside / path.name)
+    moved: list[Path] = []
+    try:
+        for path in moving:
+            os.replace(path, aside / path.name)
+            moved.append(path)
+    except OSError as exc:
+        for path in reversed(moved):
+            os.replace(aside / path.name, path)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise UserError(f"cannot move {exc.filename or path} aside to replace it ({exc.strerror or exc}); make it "
+                        "writable or choose another --out") from None
+    (aside / _COMPLETE).touch()
     return aside
 
 
 def restore_previous_run(out: Path, aside: Path | None) -> None:
-    """Move a run set aside by :func:`set_aside_previous_run` back in place (the new run did not finish)."""
+    """Move a run set aside by :func:`set_aside_previous_run` back in place (the new run did not
+    finish, and its own files are already removed)."""
     if aside is None:
         return
+    (aside / _RESTORING).touch()
     for path in aside.iterdir():
-        os.replace(path, out / path.name)
-    aside.rmdir()
+        if path.name not in _JOURNAL:
+            os.replace(path, out / path.name)
+    shutil.rmtree(aside)
+
+
+def discard_previous_run(out: Path, aside: Path | None) -> None:
+    """Delete the set-aside previous run once the new run has finished: renamed first (one atomic
+    step), so that a run killed while deleting it leaves a discard, never half a run to put back."""
+    if aside is None:
+        return
+    gone = out / (".deploykit-discard-" + aside.name.removeprefix(".deploykit-previous-"))
+    os.replace(aside, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM wait until the block ends (the signals that came are listed), so that a
+    Ctrl-C cannot cut short moving a run aside or back, or the end of a finished run. Only in the main
+    thread, where Python handles signals, and only over handlers Python set."""
+    caught: list[int] = []
+    signums = (signal.SIGINT, signal.SIGTERM)
+    saved = {s: signal.getsignal(s) for s in signums} if threading.current_thread() is threading.main_thread() else {}
+    if any(h is None for h in saved.values()):
+        saved = {}
+    for s in saved:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

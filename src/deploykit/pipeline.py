@@ -30,8 +30,8 @@ from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExist
 from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_SETTINGS, check_cluster,
                                         check_prune, check_qat, check_qat_model, fine_tune_loss,
                                         label_output_index)
-from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, lock_out_dir, recover_killed_run,
-                              restore_previous_run, set_aside_previous_run)
+from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, discard_previous_run, lock_out_dir,
+                              recover_killed_run, restore_previous_run, set_aside_previous_run, signals_held)
 from deploykit.targets import Target, get_target
 
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-gzip")
@@ -427,35 +427,44 @@ class Pipeline:
         lock = lock_out_dir(self.out, [t.name for t in self._all_targets()])
         if not self.force and any(p.name != LOCK_NAME for p in self.out.iterdir()):
             # Empty when this run started, filled since: another run got here first (it finished before our claim).
-            lock.unlink(missing_ok=True)
+            lock.release()
             raise OutputExistsError(f"output directory {self.out} was filled by another run while this one worked; "
                                     "choose another --out or pass --force (force=True in Python) to overwrite")
         # The previous run stays whole until this one has finished: set aside, put back on any failure or Ctrl-C.
-        try:
-            aside = set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None
-        except BaseException:
-            lock.unlink(missing_ok=True)
-            raise
+        # Moving it (aside, back, or out once this run is done) is never cut short by a Ctrl-C: a second one
+        # during the put-back stopped it half-way.
+        with signals_held() as caught:
+            try:
+                aside = set_aside_previous_run(self.out, [t.name for t in self._all_targets()]) if self.force else None
+            except BaseException:
+                lock.release()
+                raise
+            if caught:  # Ctrl-C while it was set aside: stop here, with it back in place
+                restore_previous_run(self.out, aside)
+                lock.release()
+        if caught:
+            raise KeyboardInterrupt
         try:
             result = self._run_targets(model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise)
         except BaseException:
-            # Ctrl-C or a crash mid-run: a TF.js directory may hold shards without its model.json. Remove what
-            # this run wrote (its targets' directories, then --out itself if it made it), keep anything else.
-            for t in self._all_targets():
-                if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
-                    shutil.rmtree(self.out / t.name, ignore_errors=True)
-            for name in (MANIFEST_NAME, *REPORT_FILES):
-                (self.out / name).unlink(missing_ok=True)
-            restore_previous_run(self.out, aside)
-            lock.unlink(missing_ok=True)
-            for d in created:
-                if not d.is_dir() or any(d.iterdir()):
-                    break
-                d.rmdir()
+            with signals_held():
+                # Ctrl-C or a crash mid-run: a TF.js directory may hold shards without its model.json. Remove what
+                # this run wrote (its targets' directories, then --out itself if it made it), keep anything else.
+                for t in self._all_targets():
+                    if (self.out / t.name).is_dir() and not (self.out / t.name).is_symlink():
+                        shutil.rmtree(self.out / t.name, ignore_errors=True)
+                for name in (MANIFEST_NAME, *REPORT_FILES):
+                    (self.out / name).unlink(missing_ok=True)
+                restore_previous_run(self.out, aside)
+                lock.release()
+                for d in created:
+                    if not d.is_dir() or any(d.iterdir()):
+                        break
+                    d.rmdir()
             raise
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
-        lock.unlink(missing_ok=True)
+        with signals_held():  # finished and written: a Ctrl-C now has nothing left to stop
+            discard_previous_run(self.out, aside)
+            lock.release()
         return result
 
     def _run_targets(self, model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise) -> ConvertResult:

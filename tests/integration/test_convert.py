@@ -354,9 +354,14 @@ def test_a_directory_another_live_run_writes_to_is_refused_a_stale_claim_is_not(
     data = (digits.x_eval[:32], digits.y_eval[:32])
     out = tmp_path / "shared"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (out / ".deploykit.lock").write_text("")
+    # a run that started first and is still writing: it holds the lock file's flock
+    other = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                              f"fd = os.open({str(out / '.deploykit.lock')!r}, os.O_RDWR)\n"
+                              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+                              "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".deploykit.lock").write_text(str(other.pid))  # a run that started first and is still writing
+        assert other.stdout.readline().strip() == "held"
         with pytest.raises(OutputExistsError, match=rf"another deploykit run \(pid {other.pid}\) is writing to"):
             deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False)
     finally:
@@ -365,8 +370,13 @@ def test_a_directory_another_live_run_writes_to_is_refused_a_stale_claim_is_not(
     # its process is gone (killed mid-run): the claim is stale, the next run takes over and leaves no lock behind
     result = deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False)
     assert result.ok and not (out / ".deploykit.lock").exists()
-    (out / ".deploykit.lock").write_text("")  # killed before writing its pid: not "pid 0", which is our own group
+    (out / ".deploykit.lock").write_text("")  # killed before writing its pid
     assert deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False).ok
+    # a lock naming a live process that does not hold it (a killed container's pid 1, a reused pid) is stale:
+    # the next run in a new container, pid 1 itself, took it for a live run, every time
+    (out / ".deploykit.lock").write_text(f"{os.getpid()}\ntflite-fp32")
+    assert deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, force=True, bench=False).ok
+    assert not list(out.glob(".deploykit*"))
 
 
 def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path, keras3_model, digits):
