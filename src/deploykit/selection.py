@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from deploykit.artifacts import Artifact, atomic_path
-from deploykit.report.rows import latency_ms
 
 ROUNDS = 5
 # Before each timed block after an ONNX Runtime one: a pause, so its thread pool stops spinning (ORT's
@@ -47,6 +46,9 @@ ROUND_WINS = 2
 # long cost tens of seconds. Two rounds, so one burst from a neighbour does not drop a file.
 DROP_AFTER = 2
 DROP_RATIO = 2.0
+# A file's per-round ratios to the file it is compared with spanning more than this (largest over
+# smallest) mark the ratio as unsteady in the manifest and the report: the rounds disagreed.
+UNSTEADY_SPREAD = 1.5
 
 
 def paired_ratio(summary: dict[str, Any], reference: dict[str, Any]) -> float:
@@ -64,32 +66,68 @@ def paired_ratio(summary: dict[str, Any], reference: dict[str, Any]) -> float:
     return summary["p50_ms"] / ref if ref > 0 else (1.0 if summary["p50_ms"] <= 0 else float("inf"))
 
 
-def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
-    """The fastest candidate round by round, and every candidate not measurably slower than it.
+def ratio_spread(summary: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """How far ``summary``'s per-round p50 ratios to ``reference``'s range: the largest over the smallest
+    (None with fewer than 2 paired rounds). A paired ratio is only as steady as its rounds: on a loaded
+    2-core machine run_mnv3's qdq/fp32 went from 0.17 to 0.80 round by round, and its median, 0.22, read
+    as "4.5x faster" where a quiet timing found 0.76-0.93."""
+    ratios = [a / b for a, b in zip(summary.get("round_p50_ms") or [], reference.get("round_p50_ms") or [])
+              if a > 0 and b > 0]
+    return max(ratios) / min(ratios) if len(ratios) >= 2 else None
 
-    The fastest is the one with the lowest :func:`paired_ratio` against the first candidate (the
-    pooled p50 picked a file 1.10x slower in 4 of 5 rounds after a speed switch, and the tie rule
-    below then shipped it).
+
+def unsteady(spread: float | None) -> bool:
+    """Per-round ratios spanning more than ``UNSTEADY_SPREAD``: their median is not a figure to rely on."""
+    return spread is not None and spread > UNSTEADY_SPREAD
+
+
+def fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, bool]:
+    """The fastest candidate by direct paired comparison, and whether it is unbeaten.
+
+    Unbeaten: no other candidate's :func:`paired_ratio` against it is below 1 (over the rounds both
+    ran). Ratios to one common file do not chain: by their medians against onnx-fp32, qdq (0.22)
+    looked faster than qop (0.51), while qop was 1.11x faster than qdq head to head. When several
+    are unbeaten (equal), or none is (a cycle: a beats b beats c beats a, which noise can make),
+    the lowest geometric mean of paired ratios against all the others decides, then the pooled p50.
+    """
+    names = list(summaries)
+
+    def beaten(k: str) -> bool:
+        return any(paired_ratio(summaries[o], summaries[k]) < 1 for o in names if o != k)
+
+    def overall(k: str) -> tuple[float, float]:
+        logs = [np.log(max(paired_ratio(summaries[k], summaries[o]), 1e-12)) for o in names if o != k]
+        return (float(np.mean(logs)) if logs else 0.0), summaries[k]["p50_ms"]
+
+    unbeaten = [k for k in names if not beaten(k)]
+    return min(unbeaten or names, key=overall), bool(unbeaten)
+
+
+def tied_with_fastest(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """The fastest candidate round by round (:func:`fastest`), and every candidate not measurably slower than it.
 
     A candidate ties when its latency is within ``TIE_RATIO`` of the
-    fastest's (:func:`paired_ratio`), or within ``NOISE_RATIO`` and lower than the fastest's in at
-    least ``ROUND_WINS`` interleaved rounds (rounds are paired in time, so a
+    fastest's (:func:`paired_ratio` against the fastest itself), or within ``NOISE_RATIO`` and lower than
+    the fastest's in at least ``ROUND_WINS`` interleaved rounds (rounds are paired in time, so a
     noisy neighbour slows both; one lucky round is not enough: a file 25 %
     slower in a quiet run won one of five under load). On a shared machine two equally fast files (ONNX
     Runtime fuses QDQ int8 into the same QLinear kernels as QOperator int8)
     swap places from round to round, and a 5 % gap in the pooled p50 is then
     noise, not a reason to ship the larger file.
     """
-    first = summaries[next(iter(summaries))]
-    fastest = min(summaries, key=lambda k: (paired_ratio(summaries[k], first), summaries[k]["p50_ms"]))
-    best = summaries[fastest]
+    best_name = fastest(summaries)[0]
+    best = summaries[best_name]
 
     def tied(k: str) -> bool:
         s = summaries[k]
-        wins = sum(a <= b for a, b in zip(s.get("round_p50_ms", []), best.get("round_p50_ms", [])))
-        return ties(paired_ratio(s, best), wins)
+        return ties(paired_ratio(s, best), round_wins(s, best))
 
-    return fastest, [k for k in summaries if k == fastest or tied(k)]
+    return best_name, [k for k in summaries if k == best_name or tied(k)]
+
+
+def round_wins(summary: dict[str, Any], reference: dict[str, Any]) -> int:
+    """In how many paired rounds ``summary``'s p50 was at most ``reference``'s."""
+    return sum(a <= b for a, b in zip(summary.get("round_p50_ms") or [], reference.get("round_p50_ms") or []))
 
 
 def ties(ratio: float, wins: int) -> bool:
@@ -105,8 +143,12 @@ def timed_winners(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[str]]
     quieter than in the rest: it is never compared on it, let alone shipped (a file 2x slower in
     both paired rounds "won" once every later round ran 3x slower for all).
     """
-    full = {n: s for n, s in summaries.items() if "dropped_after_rounds" not in s}
-    return tied_with_fastest(full or summaries)
+    return tied_with_fastest(fully_timed(summaries))
+
+
+def fully_timed(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The candidates timed in every round (all of them if every one was dropped)."""
+    return {n: s for n, s in summaries.items() if "dropped_after_rounds" not in s} or summaries
 
 
 def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[str, np.ndarray],
@@ -190,7 +232,6 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
     rounds = 0
     if target.select_by == "download":
         winner_t, winner = min(passing, key=lambda ta: (ta[1].gzip_bytes, ta[1].size_bytes))
-        key = {}
         basis = "smallest download (gzip) among the candidates that passed verification"
     elif len(passing) > 1:
         # Timed even with benchmarks off: the choice is the measurement (by size alone, --no-bench
@@ -210,22 +251,18 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
                 row["dropped_after_rounds"] = summary["dropped_after_rounds"]
                 row["dropped_ratio"] = summary["dropped_ratio"]
         key = {name: s["p50_ms"] for name, s in by_name.items()}
-        fastest, tied_names = timed_winners(by_name)
+        best, tied_names = timed_winners(by_name)
         tied = [ta for ta in passing if ta[0].name in tied_names]
         winner_t, winner = min(tied, key=lambda ta: (ta[1].size_bytes, key[ta[0].name]))
-        basis = ("fastest in the interleaved rounds" if len(tied) == 1 else
-                 f"smallest of {len(tied)} candidates not measurably slower than the fastest ({fastest}): within "
-                 f"{TIE_RATIO - 1:.0%} of it round by round (median of the paired rounds' ratios), or within "
-                 f"{NOISE_RATIO - 1:.0%} and faster in at least "
-                 f"{ROUND_WINS} of {ROUNDS} paired rounds")
+        _compare_with_winner(rows, by_name, winner_t.name)
+        basis = _speed_basis(best, fastest(fully_timed(by_name))[1], len(tied))
         if not bench:
             basis += " (timed for this choice only: benchmarks were off)"
     else:
         winner_t, winner = passing[0]
-        key = {winner_t.name: winner.benchmark["p50_ms"]} if winner.benchmark.get("p50_ms") else {}
         basis = "only candidate that passed"
     auto.selection = {"candidates": rows, "winner": winner_t.name, "basis": basis,
-                      "reason": _reason(winner_t.name, basis, rows, key), "rounds": rounds}
+                      "reason": _reason(winner_t.name, basis, rows), "rounds": rounds}
     _copy_winner(winner, out, target.name, auto)
     auto.parent = winner.path
     if "converter" in winner.settings:  # how the shipped file was made (and its weight files: TF.js shards)
@@ -246,6 +283,40 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
     return auto
 
 
+def _speed_basis(best: str, unbeaten: bool, n_tied: int) -> str:
+    """Why the winner of a timed choice won. ``best`` is :func:`fastest`'s pick; when no candidate was
+    unbeaten head to head it is not called "the fastest" (another file may have beaten it directly)."""
+    if unbeaten:
+        if n_tied == 1:
+            return "fastest in the interleaved rounds (no candidate was faster head to head)"
+        ref = f"the fastest ({best}, which no candidate was faster than head to head)"
+    else:
+        overall = (f"lowest geometric mean of the paired ratios to the others (no candidate was faster than every "
+                   f"other head to head)")
+        if n_tied == 1:
+            return overall
+        ref = f"{best} ({overall})"
+    return (f"smallest of {n_tied} candidates not measurably slower than {ref}: within "
+            f"{TIE_RATIO - 1:.0%} of it round by round (median of the paired rounds' ratios), or within "
+            f"{NOISE_RATIO - 1:.0%} and faster in at least {ROUND_WINS} of {ROUNDS} paired rounds")
+
+
+def _compare_with_winner(rows: list[dict[str, Any]], by_name: dict[str, dict[str, Any]], winner: str) -> None:
+    """Record on each timed candidate's row how it compared with the winner in the paired rounds: the
+    ratio the reason gives, the rounds it was at least as fast, and how far its per-round ratios spread."""
+    won = by_name[winner]
+    for name, summary in by_name.items():
+        if name == winner or "dropped_after_rounds" in summary:
+            continue
+        row = next(r for r in rows if r["target"] == name)
+        spread = ratio_spread(summary, won)
+        row["ratio_to_winner"] = paired_ratio(summary, won)
+        row["rounds_faster"] = round_wins(summary, won)
+        row["ratio_spread"] = spread
+        if unsteady(spread):
+            row["unsteady"] = True
+
+
 def _copy_winner(winner: Artifact, out: Path, name: str, auto: Artifact) -> None:
     src = out / winner.path
     dst = out / name / src.name
@@ -259,9 +330,8 @@ def _copy_winner(winner: Artifact, out: Path, name: str, auto: Artifact) -> None
     auto.path = str(Path(name) / src.name)
 
 
-def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, float]) -> str:
+def _reason(winner: str, basis: str, rows: list[dict[str, Any]]) -> str:
     parts = [f"{winner} ships: {basis}"]
-    base = key.get(winner)
     for r in rows:
         if r["target"] == winner:
             continue
@@ -270,12 +340,16 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]], key: dict[str, 
         elif r.get("dropped_after_rounds"):
             parts.append(f"{r['target']} timed {r['dropped_after_rounds']} rounds only: at least {r['dropped_ratio']:.2f}x "
                          f"the fastest candidate's p50 in each (from {DROP_RATIO:g}x on, a candidate is not timed further)")
-        elif base and r["target"] in key:
-            won = next(w for w in rows if w["target"] == winner)
-            ratio = paired_ratio({"p50_ms": key[r["target"]], "round_p50_ms": r.get("round_p50_ms")},
-                                 {"p50_ms": base, "round_p50_ms": won.get("round_p50_ms")})
-            parts.append(f"{r['target']} p50 {latency_ms(key[r['target']])} ms = {ratio:.2f}x the winner's "
-                         f"{latency_ms(base)} ms (median of the paired rounds' ratios)")
+        elif r.get("ratio_to_winner") is not None:
+            # The ratio alone, not the pooled p50s beside it: those are not what it is built from
+            # ("7.509 ms = 1.97x the winner's 1.395 ms" read as wrong arithmetic).
+            n = len(r.get("round_p50_ms") or [])
+            text = (f"{r['target']} {r['ratio_to_winner']:.2f}x the winner's latency (median of {n} paired rounds' "
+                    f"ratios; as fast or faster in {r['rounds_faster']} of {n})")
+            if r.get("unsteady"):
+                text += (f", unsteady: its per-round ratios spanned {r['ratio_spread']:.1f}x "
+                         f"(more than {UNSTEADY_SPREAD:g}x; the machine's load changed between rounds)")
+            parts.append(text)
         else:
             parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
     return "; ".join(parts)

@@ -113,3 +113,107 @@ def test_the_fastest_is_found_round_by_round_not_by_pooled_p50():
     big = _s(1.2, [0.6, 0.6, 1.2, 1.2, 1.2])  # 1.67x faster in 4 of 5 rounds, pooled slower
     small = _s(1.0, [1.0, 1.0, 1.0, 2.0, 2.0])
     assert tied_with_fastest({"small": small, "big": big}) == ("big", ["big"])
+
+
+def test_the_fastest_is_the_one_no_other_beats_head_to_head():
+    """run_mnv3's onnx-auto rounds: by their medians against the first candidate (onnx-fp32) qdq looked
+    fastest (0.22 vs qop's 0.51), while qop was 1.11x faster than qdq paired directly (faster in 3 of 5)."""
+    from deploykit.selection import fastest, paired_ratio
+
+    summaries = {
+        "onnx-fp32": _s(7.509, [1.5534325, 2.3424395, 10.0819685, 12.517327, 6.888724]),
+        "onnx-fp16": _s(2.327, [1.5728035, 1.172244, 8.3844805, 7.8862805, 1.8772415]),
+        "onnx-int8-qdq": _s(1.569, [0.904004, 1.865885, 1.7507315, 2.7517465, 1.368958]),
+        "onnx-int8-qop": _s(1.395, [0.812848, 1.1890395, 1.4728595, 7.133291, 1.39876]),
+    }
+    assert paired_ratio(summaries["onnx-int8-qdq"], summaries["onnx-int8-qop"]) > 1
+    assert fastest(summaries) == ("onnx-int8-qop", True)
+    best, tied = tied_with_fastest(summaries)
+    assert best == "onnx-int8-qop"
+    for name in tied:  # nothing called "not slower than the fastest" is measured faster than it
+        assert paired_ratio(summaries[best], summaries[name]) <= 1
+
+
+def test_a_cycle_falls_back_to_the_geometric_mean_of_paired_ratios():
+    """a beats b, b beats c, c beats a (noise can do that): none is unbeaten; the one with the lowest
+    geometric mean of its paired ratios against all others is taken, and the caller is told."""
+    from deploykit.selection import fastest, paired_ratio
+
+    summaries = {"a": _s(1.0, [1.0, 1.0, 3.0]), "b": _s(1.0, [2.0, 1.1, 1.0]), "c": _s(1.0, [0.5, 2.0, 2.0])}
+    assert paired_ratio(summaries["a"], summaries["b"]) < 1 < paired_ratio(summaries["a"], summaries["c"])
+    assert paired_ratio(summaries["b"], summaries["c"]) < 1
+    name, unbeaten = fastest(summaries)
+    assert not unbeaten
+    geo = {k: np.exp(np.mean([np.log(paired_ratio(summaries[k], summaries[o])) for o in summaries if o != k]))
+           for k in summaries}
+    assert name == min(geo, key=geo.get)
+
+
+_MNV3_ONNX = {  # run_mnv3's onnx-auto rounds (s19 review), sizes made up so that qdq is the smaller file
+    "onnx-fp32": ([1.5534325, 2.3424395, 10.0819685, 12.517327, 6.888724], 6000),
+    "onnx-fp16": ([1.5728035, 1.172244, 8.3844805, 7.8862805, 1.8772415], 3000),
+    "onnx-int8-qdq": ([0.904004, 1.865885, 1.7507315, 2.7517465, 1.368958], 1500),
+    "onnx-int8-qop": ([0.812848, 1.1890395, 1.4728595, 7.133291, 1.39876], 1600),
+}
+
+
+def _select_with_rounds(tmp_path, monkeypatch, recorded):
+    """select() on onnx-auto with interleaved_p50 replaced by recorded rounds (no runtime is run)."""
+    from deploykit import selection
+    from deploykit.artifacts import Artifact
+    from deploykit.targets import get_target
+
+    def fake_interleaved(targets, paths, inputs, **kw):
+        return [{"p50_ms": float(np.median(recorded[t.name][0])), "round_p50_ms": recorded[t.name][0]} for t in targets]
+
+    monkeypatch.setattr(selection, "interleaved_p50", fake_interleaved)
+    cands = []
+    for name, (_, size) in recorded.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_text(name)
+        cands.append((get_target(name), Artifact(target=name, format="onnx", path=f"{name}/model.onnx", size_bytes=size,
+                                                 gzip_bytes=size, status="ok")))
+    return selection.select(get_target("onnx-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)}, bench=False)
+
+
+def test_a_file_faster_head_to_head_is_never_shipped_as_tied_with_a_slower_fastest(tmp_path, monkeypatch):
+    """Ranked by their medians against the first candidate, the smaller file (qdq: 0.24) looked faster
+    than qop (0.30), and qop, "within 3 % of the fastest", tied: qdq shipped. Paired directly, qdq is
+    1.2x qop and slower in 4 of 5 rounds: not a tie, qop ships."""
+    rounds = {"onnx-fp32": ([10.0] * 5, 6000), "onnx-int8-qop": ([1.0, 2.0, 3.0, 9.0, 9.5], 1600),
+              "onnx-int8-qdq": ([1.2, 2.4, 3.6, 2.0, 11.4], 1500)}
+    sel = _select_with_rounds(tmp_path, monkeypatch, rounds).selection
+    assert sel["winner"] == "onnx-int8-qop"
+    qdq = next(r for r in sel["candidates"] if r["target"] == "onnx-int8-qdq")
+    assert round(qdq["ratio_to_winner"], 6) == 1.2 and qdq["rounds_faster"] == 1
+    assert sel["basis"].startswith("fastest in the interleaved rounds")
+
+
+def test_the_recorded_mnv3_rounds_name_qop_the_fastest_and_qdq_a_tie(tmp_path, monkeypatch):
+    """run_mnv3: the reason called qdq "the fastest" and then 1.11x the winner qop. qdq is 1.11x qop
+    and as fast in 2 of 5 rounds: a tie by the rule (so the smaller file ships), qop the fastest."""
+    sel = _select_with_rounds(tmp_path, monkeypatch, _MNV3_ONNX).selection
+    assert sel["winner"] == "onnx-int8-qdq"  # the smaller of the tied pair here
+    assert "than the fastest (onnx-int8-qop, which no candidate was faster than head to head)" in sel["reason"]
+    assert "onnx-int8-qop 0.90x the winner's latency" in sel["reason"]
+
+
+def test_the_reason_never_calls_a_file_the_fastest_and_gives_it_a_ratio_above_the_winner(tmp_path, monkeypatch):
+    import re
+
+    # qop and qdq level (qop faster in 2 of 5, 4 % slower): the smaller qdq ships, qop is the fastest
+    rounds = dict(_MNV3_ONNX, **{"onnx-int8-qop": ([0.86, 1.79, 1.82, 2.65, 1.42], 1600)})
+    sel = _select_with_rounds(tmp_path, monkeypatch, rounds).selection
+    assert sel["winner"] == "onnx-int8-qdq" and "the fastest (onnx-int8-qop" in sel["reason"]
+    qop = next(r for r in sel["candidates"] if r["target"] == "onnx-int8-qop")
+    assert qop["ratio_to_winner"] <= 1
+    assert re.search(r"onnx-int8-qop 0\.\d\dx the winner's latency", sel["reason"])
+
+
+def test_the_reason_gives_the_paired_ratio_without_pooled_p50s_that_disagree_with_it(tmp_path, monkeypatch):
+    """'onnx-fp32 p50 7.509 ms = 1.97x the winner's 1.395 ms': 7.509 / 1.395 is 5.4."""
+    reason = _select_with_rounds(tmp_path, monkeypatch, dict(_MNV3_ONNX, **{"onnx-int8-qdq": (
+        _MNV3_ONNX["onnx-int8-qdq"][0], 1700)})).selection["reason"]  # qop the winner, as in run_mnv3
+    assert reason.startswith("onnx-int8-qop ships")
+    assert " ms" not in reason.split("ships:")[1]
+    assert "onnx-fp32 1.97x the winner's latency (median of 5 paired rounds' ratios; as fast or faster in 0 of 5)" in reason
