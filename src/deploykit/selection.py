@@ -31,9 +31,17 @@ SWITCH_PAUSE_S = 0.05
 SWITCH_WARMUP = 5
 # Each timed block lasts at least this long, and is warmed up for a quarter of it. With a fixed
 # iterations/ROUNDS, a ~5 us model's block was 0.1 ms of wake-up state: its round p50s swung 6x
-# and two copies of one file measured 29 % apart. A MobileNetV2 block (20 x 4 ms) is longer anyway.
-MIN_BLOCK_S = 0.02
+# and two copies of one file measured 29 % apart. At 0.02 s (one scheduler quantum on a shared
+# 2-core VM) one file's block landed in a neighbour's burst and the next file's did not: run_mnv3's
+# per-round qdq/fp32 ratios went from 0.17 to 0.80. A MobileNetV2 block (20 x 4 ms) is longer anyway.
+MIN_BLOCK_S = 0.1
 MAX_BLOCK_ITERATIONS = 20000
+# Before round 0 every runner runs untimed (runtime_bench._settle) for at least SETTLE_RUNS runs,
+# within SETTLE_MAX_S: a fresh LiteRT interpreter of run_mnv3's dynamic-range file ran 10-13 ms a
+# run for its first 60-80 runs at 2 threads, then 0.7 ms, and the rounds had dropped it as 15x
+# slower by then. A fast model's settling is the runtime's settle_s anyway (100 runs of 1 ms: 0.1 s).
+SETTLE_RUNS = 100
+SETTLE_MAX_S = 1.5
 # p50s within this ratio of the fastest count as a tie; the smaller file then wins.
 TIE_RATIO = 1.03
 # Up to this ratio, a candidate that beat the fastest in at least ROUND_WINS paired rounds
@@ -156,12 +164,13 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
     """Time every artifact in alternating rounds; returns each one's Stats summary plus its per-round p50s
     (and with ``keep_samples`` its raw samples: thousands per round for a fast model, so not by default).
 
+    Every runner is settled first (at least ``SETTLE_RUNS`` untimed runs, see ``runtime_bench._settle``).
     Each round times every artifact for ``iterations / ROUNDS`` runs, or for ``MIN_BLOCK_S`` when that
     is more (estimated from a few untimed runs first). With ``drop``, a candidate clearly slower than
     the fastest after ``DROP_AFTER`` rounds (``DROP_RATIO``) is timed no further: its summary holds
     those rounds only, and ``dropped_after_rounds`` says so.
     """
-    from deploykit.runtime_bench import benchmark, get_runner
+    from deploykit.runtime_bench import _settle, benchmark, get_runner
     from deploykit.runtime_bench.stats import Stats
 
     runners = []
@@ -175,6 +184,8 @@ def interleaved_p50(targets: Sequence[Any], paths: Sequence[Path], inputs: dict[
             r.load()
         block = []  # iterations per round of each artifact
         for t, r in zip(targets, runners):
+            r.set_inputs(inputs)
+            _settle(r, min_runs=SETTLE_RUNS, cap_s=SETTLE_MAX_S)  # the probe's benchmark then does not settle again
             probe = benchmark(r, inputs, warmup=max(t.bench.warmup, SWITCH_WARMUP), iterations=SWITCH_WARMUP)
             each_s = max(float(np.median(probe.samples_ms)), 1e-6) / 1000
             block.append(min(max(per_round, int(np.ceil(MIN_BLOCK_S / each_s))), max(per_round, MAX_BLOCK_ITERATIONS)))

@@ -217,3 +217,53 @@ def test_the_reason_gives_the_paired_ratio_without_pooled_p50s_that_disagree_wit
     assert reason.startswith("onnx-int8-qop ships")
     assert " ms" not in reason.split("ships:")[1]
     assert "onnx-fp32 1.97x the winner's latency (median of 5 paired rounds' ratios; as fast or faster in 0 of 5)" in reason
+
+
+def test_every_runner_is_settled_for_at_least_settle_runs_before_round_0(monkeypatch):
+    """run_mnv3's tflite-dynamic ran 10-13 ms for its first 60-80 runs after each load, then 0.7 ms. Settled
+    for 0.05 s (stable inside the slow phase), then probed and timed 2 rounds, it was dropped as 15x slower."""
+    import time
+    from types import SimpleNamespace
+
+    from deploykit import runtime_bench, selection
+
+    class SlowStart:
+        settle_s = 0.05
+        threads = 2
+
+        def __init__(self, *a, **kw):
+            self.calls, self.first_timed_at = 0, None
+
+        def load(self):
+            self._settled = False
+
+        def set_inputs(self, inputs):
+            pass
+
+        def invoke(self):
+            self.calls += 1
+            time.sleep(0.001)  # ~50 runs fit in the runtime's own settle_s
+
+        def close(self):
+            pass
+
+    made = []
+
+    def get_runner(*a, **kw):
+        made.append(SlowStart())
+        return made[-1]
+
+    real_benchmark = runtime_bench.benchmark
+
+    def benchmark(runner, inputs, **kw):
+        if runner.first_timed_at is None:
+            runner.first_timed_at = runner.calls
+        return real_benchmark(runner, inputs, **kw)
+
+    monkeypatch.setattr(runtime_bench, "get_runner", get_runner)
+    monkeypatch.setattr(runtime_bench, "benchmark", benchmark)
+    monkeypatch.setattr(selection, "MIN_BLOCK_S", 0.002)
+    target = SimpleNamespace(runtime="litert", options={}, bench=SimpleNamespace(iterations=10, warmup=1, threads=2))
+    out = selection.interleaved_p50([target, target], ["a", "b"], {"x": np.zeros(1)})
+    assert len(made) == 2 and all(len(s["round_p50_ms"]) == selection.ROUNDS for s in out)
+    assert all(r.first_timed_at >= selection.SETTLE_RUNS for r in made)

@@ -90,7 +90,7 @@ SETTLE_CAP = 4  # settling stops after this many times a runner's settle_s, stab
 SETTLE_STEP = 0.1  # consecutive batch medians within this of each other: settled
 
 
-def _settle(runner: Any) -> float:
+def _settle(runner: Any, *, min_runs: int = 0, cap_s: float | None = None) -> float:
     """Run a freshly loaded runner untimed until its latency is stable, once; returns the seconds spent.
 
     Runtimes that compile as they go (TF.js: V8 and wasm tier-up) declare ``settle_s``: they are
@@ -98,12 +98,17 @@ def _settle(runner: Any) -> float:
     for at least ``settle_s``, then until two consecutive batch medians agree within ``SETTLE_STEP``
     (on a loaded machine 0.5 s left p50s still falling 2x across the rounds), at most ``SETTLE_CAP``
     times ``settle_s``. A runner's ``load()`` clears ``_settled`` when it starts a new process.
+
+    ``min_runs`` (with ``cap_s``, the time limit then) asks for that many runs before stability counts:
+    a slow phase is stable too (run_mnv3's tflite-dynamic ran 10-13 ms for its first 60-80 runs after
+    each load, then 0.7 ms, and settled inside it after 0.05 s: the -auto rounds then dropped it as 15x slower).
     """
     need = float(getattr(runner, "settle_s", 0.0))
     if not need or getattr(runner, "_settled", False):
         return 0.0
-    start, batch, last = time.perf_counter(), 1, None  # last: the previous batch of the same size's median
-    while (elapsed := time.perf_counter() - start) < need * SETTLE_CAP:
+    cap = max(need * SETTLE_CAP, cap_s or 0.0)
+    start, batch, last, runs = time.perf_counter(), 1, None, 0  # last: the previous batch of the same size's median
+    while (elapsed := time.perf_counter() - start) < cap:
         if hasattr(runner, "timed_samples"):  # in batches: few pipe round trips
             samples = runner.timed_samples(0, batch)
         else:
@@ -112,8 +117,10 @@ def _settle(runner: Any) -> float:
                 t0 = time.perf_counter()
                 runner.invoke()
                 samples.append((time.perf_counter() - t0) * 1000)
+        runs += batch
         median = float(np.median(samples))
-        if elapsed >= need and last is not None and abs(median - last) <= SETTLE_STEP * max(last, 1e-9):
+        if (elapsed >= need and runs >= min_runs and last is not None
+                and abs(median - last) <= SETTLE_STEP * max(last, 1e-9)):
             break
         # batches grow to 50 runs, or to a quarter of settle_s for a slow model
         grown = max(1, min(batch * 2, 50, int(need * 1000 / 4 / max(median, 1e-6))))
