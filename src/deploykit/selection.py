@@ -57,6 +57,8 @@ DROP_RATIO = 2.0
 # A file's per-round ratios to the file it is compared with spanning more than this (largest over
 # smallest) mark the ratio as unsteady in the manifest and the report: the rounds disagreed.
 UNSTEADY_SPREAD = 1.5
+# Verification figures copied onto each candidate's row besides accuracy, top-1 agreement and max error.
+QUALITY_KEYS = ("accuracy_drop_points", "mae", "mae_increase", "reference_mae")
 
 
 def paired_ratio(summary: dict[str, Any], reference: dict[str, Any]) -> float:
@@ -226,10 +228,14 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
     passing = [(t, a) for t, a in candidates if a.status == "ok" and a.path]
     rows = []
     for t, a in candidates:
+        v = a.verification
         rows.append({
             "target": t.name, "status": a.status, "size_bytes": a.size_bytes, "gzip_bytes": a.gzip_bytes,
-            "p50_ms": a.benchmark.get("p50_ms"), "accuracy": a.verification.get("accuracy"),
-            "top1_agreement": a.verification.get("top1_agreement"), "max_abs_error": a.verification.get("max_abs_error"),
+            "p50_ms": a.benchmark.get("p50_ms"), "accuracy": v.get("accuracy"),
+            "top1_agreement": v.get("top1_agreement"), "max_abs_error": v.get("max_abs_error"),
+            # what the Targets table shows for the file, so the candidates compare on it (a regression
+            # model's candidates showed "–" for accuracy: their MAE was not recorded here)
+            **{k: v[k] for k in QUALITY_KEYS if v.get(k) is not None},
             "error": a.error,
         })
     auto = Artifact(target=target.name, format=target.format, path="", parent="", step="select",

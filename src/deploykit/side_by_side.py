@@ -100,8 +100,10 @@ def time_side_by_side(built: Sequence[tuple[Any, Artifact]], out: Path, inputs: 
 def add_float32_ratios(built: Sequence[tuple[Any, Artifact]]) -> None:
     """Set ``side_by_side["vs_float32"]`` (what the report's "× fp32 p50" shows) on every artifact timed
     beside its format's float32 file: that file's name and the median of the paired rounds' ratios
-    (selection.paired_ratio). A file compared with nothing, or only with files of other settings, gets none."""
-    from deploykit.selection import paired_ratio
+    (selection.paired_ratio), how far the per-round ratios spread (selection.ratio_spread) and, past
+    selection.UNSTEADY_SPREAD, ``unsteady``. A file compared with nothing, or only with files of other
+    settings, gets none."""
+    from deploykit.selection import paired_ratio, ratio_spread, unsteady
 
     # the built-in <format>-fp32 first: a user's own float32 profile listed before it is not "fp32" to divide by
     float32 = sorted((a for t, a in built if t.weights == "float32" and t.activations == "float32" and not t.is_auto
@@ -113,4 +115,9 @@ def add_float32_ratios(built: Sequence[tuple[Any, Artifact]]) -> None:
         ref = next((f for f in float32 if f.format == artifact.format
                     and (f is artifact or f.target in sbs["with"])), None)
         if ref is not None:
-            sbs["vs_float32"] = {"target": ref.target, "ratio": paired_ratio(sbs, ref.benchmark["side_by_side"])}
+            ref_sbs = ref.benchmark["side_by_side"]
+            spread = ratio_spread(sbs, ref_sbs)
+            sbs["vs_float32"] = {"target": ref.target, "ratio": paired_ratio(sbs, ref_sbs),
+                                 **({"spread": spread} if spread is not None else {}),
+                                 # the rounds disagreed: the report marks the ratio (run_mnv3's qdq 0.22 came from 0.17..0.80)
+                                 **({"unsteady": True} if unsteady(spread) else {})}

@@ -364,3 +364,86 @@ def test_an_input_keras_named_by_session_is_warned_about():
     assert line.startswith("input 'keras_tensor_5' has the name Keras numbers by session") and "name=" in line
     assert warned("input_1")  # tf_keras's
     assert warned("pixels", "input", "input_ids") == []
+
+
+def _regression_auto(rounds: int):
+    """A regression model's -auto target: candidates recorded as select() records them."""
+    from deploykit.artifacts import Artifact
+
+    quality = {"mae": 756.6, "mae_increase": -1.6e-6, "reference_mae": 756.6, "max_abs_error": 0.094}
+    cands = [{"target": "tfjs-fp32", "status": "ok", "size_bytes": 18308, "gzip_bytes": 12190, "p50_ms": 0.138, **quality},
+             {"target": "tfjs-uint16", "status": "ok", "size_bytes": 12800, "gzip_bytes": 7100, "p50_ms": 0.074,
+              **quality, "mae": 756.67, "mae_increase": 2.55e-5, "max_abs_error": 4.59}]
+    auto = Artifact(target="tfjs-auto", format="tfjs", path="tfjs-auto/model.json", status="ok",
+                    selection={"winner": "tfjs-uint16", "rounds": rounds, "reason": "tfjs-uint16 ships", "candidates": cands})
+    fp32 = _artifact("tfjs-fp32", 18308, p50_ms=0.138, side_by_side={"p50_ms": 0.0786, "round_p50_ms": [0.08] * 5})
+    u16 = _artifact("tfjs-uint16", 12800, p50_ms=0.074, side_by_side={"p50_ms": 0.0830, "round_p50_ms": [0.083] * 5})
+    return Manifest(model={}, tools={}, machine={}, artifacts=[fp32, u16, auto])
+
+
+def test_auto_candidate_tables_show_a_regression_models_mae_and_max_error():
+    """run_reg: every candidate row read "Accuracy –" while the Targets table showed "MAE 756.6"."""
+    from deploykit.report.rows import selection_lines
+
+    text = "\n".join(selection_lines(_regression_auto(0)))
+    assert "| tfjs-uint16 (winner) | ok | 12.5 KiB | 6.9 KiB | 0.0830 | MAE 756.7 | 0.0 % MAE | – | 4.59e+00 |" in text
+    assert "Accuracy | Δ acc (pts) | Top-1 agree | Max abs err |" in text
+
+
+def test_a_download_choice_lists_the_side_by_side_p50s_the_targets_table_shows():
+    """tfjs-auto listed solo p50s (uint16 0.074 vs fp32 0.138: "1.9x faster") beside a Targets table that
+    timed the same files side by side level (0.083 vs 0.079)."""
+    from deploykit.report.rows import selection_lines
+
+    text = "\n".join(selection_lines(_regression_auto(0)))
+    assert "| side-by-side p50 ms |" in text and "| 0.0786 |" in text and "0.138" not in text
+    m = _regression_auto(0)
+    del m.artifacts[0].benchmark["side_by_side"]  # timed alone: said so in its cell
+    assert "| 0.138 (solo) |" in "\n".join(selection_lines(m))
+
+
+def test_auto_candidate_table_gives_the_paired_ratio_to_the_winner_and_marks_unsteady_ones():
+    from deploykit.report.rows import selection_lines
+
+    m = _regression_auto(5)
+    m.artifacts[2].selection["candidates"][0].update(interleaved_p50_ms=0.08, ratio_to_winner=1.31, rounds_faster=0,
+                                                      ratio_spread=2.4, unsteady=True)
+    m.artifacts[2].selection["candidates"][1]["interleaved_p50_ms"] = 0.07
+    text = "\n".join(selection_lines(m))
+    assert "| tfjs-fp32 | ok | 17.9 KiB | 11.9 KiB | 0.0800 | 1.31 (unsteady) | MAE 756.6 |" in text
+    assert "| tfjs-uint16 (winner) | ok | 12.5 KiB | 6.9 KiB | 0.0700 | 1.00 |" in text
+
+
+def test_an_unsteady_fp32_ratio_is_marked_in_the_targets_table_and_explained():
+    """run_mnv3's qdq "0.22x fp32" came from per-round ratios 0.17..0.80."""
+    from deploykit.report.rows import table_note
+
+    fp32 = _artifact("onnx-fp32", 1000, p50_ms=1.0, side_by_side={"p50_ms": 1.0, "rounds": 5, "round_p50_ms": [1.0] * 5,
+                                                                 "vs_float32": {"target": "onnx-fp32", "ratio": 1.0}})
+    qdq = _artifact("onnx-int8-qdq", 300, p50_ms=1.0, side_by_side={
+        "p50_ms": 1.0, "rounds": 5, "round_p50_ms": [1.0] * 5,
+        "vs_float32": {"target": "onnx-fp32", "ratio": 0.22, "spread": 4.7, "unsteady": True}})
+    m = Manifest(model={}, tools={}, machine={}, artifacts=[fp32, qdq])
+    assert [r["p50_ratio"] for r in table(m)] == ["1.00", "0.22 (unsteady)"]
+    assert "marked (unsteady) (onnx-int8-qdq): that file's per-round ratios to fp32 spanned more than 1.5x" in table_note(m)
+
+
+def test_the_float32_ratio_records_how_far_its_rounds_spread():
+    """run_mnv3's rounds: fp32 swung between 1.55 and 12.5 ms, qdq/fp32 went 0.17..0.80 round by round."""
+    from deploykit.side_by_side import add_float32_ratios
+
+    names = ["onnx-fp32", "onnx-int8-qdq", "onnx-int8-qop"]
+    rounds = {"onnx-fp32": [1.5534325, 2.3424395, 10.0819685, 12.517327, 6.888724],
+              "onnx-int8-qdq": [0.904004, 1.865885, 1.7507315, 2.7517465, 1.368958],
+              "onnx-int8-qop": [1.0, 1.5, 7.0, 9.0, 6.0]}  # steady against fp32: 0.64..0.87
+    built = []
+    for n in names:
+        a = _artifact(n, 1000, p50_ms=1.0)
+        a.benchmark["side_by_side"] = {"p50_ms": 1.0, "round_p50_ms": rounds[n], "rounds": 5,
+                                       "with": [o for o in names if o != n]}
+        built.append((get_target(n), a))
+    add_float32_ratios(built)
+    vs = {a.target: a.benchmark["side_by_side"]["vs_float32"] for _, a in built}
+    assert vs["onnx-int8-qdq"]["unsteady"] and round(vs["onnx-int8-qdq"]["spread"], 2) == 4.59
+    assert "unsteady" not in vs["onnx-int8-qop"] and "unsteady" not in vs["onnx-fp32"]
+    assert vs["onnx-fp32"]["spread"] == 1.0

@@ -267,3 +267,23 @@ def test_every_runner_is_settled_for_at_least_settle_runs_before_round_0(monkeyp
     out = selection.interleaved_p50([target, target], ["a", "b"], {"x": np.zeros(1)})
     assert len(made) == 2 and all(len(s["round_p50_ms"]) == selection.ROUNDS for s in out)
     assert all(r.first_timed_at >= selection.SETTLE_RUNS for r in made)
+
+
+def test_candidate_rows_carry_what_the_targets_table_shows_for_a_regression_model(tmp_path, monkeypatch):
+    """run_reg's candidate tables read "Accuracy –": only accuracy/top-1/max error were recorded per candidate."""
+    from deploykit import selection
+    from deploykit.artifacts import Artifact
+    from deploykit.targets import get_target
+
+    cands = []
+    for name, mae in (("tfjs-fp32", 756.6), ("tfjs-uint8", 758.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(name)
+        cands.append((get_target(name), Artifact(
+            target=name, format="tfjs", path=f"{name}/model.json", size_bytes=100, gzip_bytes=50 if "8" in name else 90,
+            status="ok", verification={"mae": mae, "mae_increase": mae / 756.6 - 1, "reference_mae": 756.6,
+                                       "max_abs_error": 1.5})))
+    sel = selection.select(get_target("tfjs-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)}).selection
+    row = next(r for r in sel["candidates"] if r["target"] == "tfjs-uint8")
+    assert (row["mae"], row["reference_mae"], row["max_abs_error"]) == (758.0, 756.6, 1.5)
+    assert abs(row["mae_increase"] - (758.0 / 756.6 - 1)) < 1e-12

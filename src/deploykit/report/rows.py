@@ -80,8 +80,10 @@ def timing(a: Artifact) -> dict[str, Any]:
 def _p50_ratio(a: Artifact) -> str:
     """The side-by-side latency against the same format's float32 file timed beside it (computed by
     deploykit.side_by_side: the median of the paired rounds' ratios); "–" when there was none."""
-    ratio = ((a.benchmark.get("side_by_side") or {}).get("vs_float32") or {}).get("ratio")
-    return "–" if ratio is None else f"{ratio:.2f}"
+    vs = (a.benchmark.get("side_by_side") or {}).get("vs_float32") or {}
+    if vs.get("ratio") is None:
+        return "–"
+    return f"{vs['ratio']:.2f}" + (" (unsteady)" if vs.get("unsteady") else "")
 
 
 def _error_change(v: dict[str, Any]) -> str:
@@ -89,6 +91,20 @@ def _error_change(v: dict[str, Any]) -> str:
     if v.get("mae_increase") is None:
         return f"MAE ref {v['reference_mae']:.3g}"
     return f"{v['mae_increase'] * 100:+.1f} % MAE".replace("+0.0 %", "0.0 %").replace("-0.0 %", "0.0 %")
+
+
+def _quality(v: dict[str, Any]) -> str:
+    """The Accuracy cell: accuracy, or a regression model's "MAE x" (a verification record or an -auto candidate row)."""
+    return _fmt(v.get("accuracy"), ".2%") if v.get("mae") is None else f"MAE {v['mae']:.4g}"
+
+
+def _quality_change(v: dict[str, Any]) -> str:
+    """The Δ acc cell: shown as a change (negative = accuracy lost, 0.00 without a sign when equal), or the MAE's change."""
+    if v.get("mae") is not None:
+        return _error_change(v)
+    if v.get("accuracy_drop_points") is None:
+        return "–"
+    return f"{-v['accuracy_drop_points'] + 0.0:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00")
 
 
 def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
@@ -107,10 +123,8 @@ def row(a: Artifact, ref_size: int | None) -> dict[str, str]:
         "p90": latency_ms(b.get("p90_ms")),
         "p99": latency_ms(b.get("p99_ms")),
         "init": _fmt(a.benchmark.get("init_ms"), ".1f"),
-        "accuracy": _fmt(v.get("accuracy"), ".2%") if v.get("mae") is None else f"MAE {v['mae']:.4g}",
-        # shown as a change (negative = accuracy lost); 0.00 without a sign when equal
-        "drop": _error_change(v) if v.get("mae") is not None else
-        "–" if v.get("accuracy_drop_points") is None else f"{-v['accuracy_drop_points'] + 0.0:+.2f}".replace("+0.00", "0.00").replace("-0.00", "0.00"),
+        "accuracy": _quality(v),
+        "drop": _quality_change(v),
         "agreement": _fmt(v.get("top1_agreement"), ".2%"),
         "max_err": _fmt(v.get("max_abs_error"), ".2e"),
         "peak": human_bytes(peak) if peak else "–",
@@ -181,6 +195,14 @@ def table_note(manifest: Manifest) -> str | None:
     elif any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
         notes.append("p50 in this table is each file timed on its own; the -auto choices compare their candidates in "
                      "interleaved rounds (Auto selection below), which holds on a loaded machine where solo timings drift.")
+    from deploykit.selection import UNSTEADY_SPREAD
+
+    unsteady = [a.target for a in manifest.artifacts
+                if ((a.benchmark.get("side_by_side") or {}).get("vs_float32") or {}).get("unsteady")]
+    if unsteady:
+        notes.append(f"× fp32 p50 marked (unsteady) ({', '.join(unsteady)}): that file's per-round ratios to fp32 spanned "
+                     f"more than {UNSTEADY_SPREAD:g}x, the machine's load changed between rounds, and the median is not a "
+                     "figure to rely on; time the files again with `deploy bench` on a quieter machine.")
     notes += [f"Note: {n}." for n in manifest.steps.get("side_by_side", {}).get("notes", [])]
     return " ".join(notes) or None
 
@@ -188,25 +210,56 @@ def table_note(manifest: Manifest) -> str | None:
 def selection_lines(manifest: Manifest) -> list[str]:
     """Markdown lines explaining each -auto decision: every candidate and why the winner won."""
     lines: list[str] = []
+    by_name = {x.target: x for x in manifest.artifacts}
     for a in manifest.artifacts:
         sel = a.selection
         if not sel:
             continue
-        timing = "interleaved p50 ms" if sel.get("rounds") else "p50 ms"
-        lines += [f"### {a.target}", "", sel.get("reason", ""), "",
-                  f"| Candidate | Status | Size | gzip | {timing} | Accuracy | Top-1 agree |", "|---|---|---|---|---|---|---|"]
-        for r in sel.get("candidates", []):
+        rows = sel.get("candidates", [])
+        timed = bool(sel.get("rounds"))
+        p50s = {r["target"]: _candidate_p50(r, timed, by_name.get(r["target"])) for r in rows}
+        timing = ("interleaved p50 ms" if timed else "side-by-side p50 ms" if any(w == "side by side" for _, w in p50s.values())
+                  else "solo p50 ms")
+        head = ["Candidate", "Status", "Size", "gzip", timing] + (["× winner (paired rounds)"] if timed else []) + [
+            "Accuracy", "Δ acc (pts)", "Top-1 agree", "Max abs err"]
+        lines += [f"### {a.target}", "", sel.get("reason", ""), "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for r in rows:
             mark = " (winner)" if r["target"] == sel.get("winner") else ""
-            # Under "interleaved" only the rounds' figures: a failed candidate timed alone (it was also
-            # requested) showed its solo p50 beside the winner's interleaved one, as if it had won.
-            p50 = r.get("interleaved_p50_ms") if sel.get("rounds") else r.get("p50_ms")
-            lines.append(
-                f"| {r['target']}{mark} | {r['status']} | {human_bytes(r['size_bytes']) if r['size_bytes'] else '–'} | "
-                f"{human_bytes(r.get('gzip_bytes')) if r.get('gzip_bytes') else '–'} | "
-                f"{latency_ms(p50)} | {_fmt(r.get('accuracy'), '.2%')} | {_fmt(r.get('top1_agreement'), '.2%')} |"
-            )
+            p50, where = p50s[r["target"]]
+            cells = [f"{r['target']}{mark}", r["status"], human_bytes(r["size_bytes"]) if r["size_bytes"] else "–",
+                     human_bytes(r.get("gzip_bytes")) if r.get("gzip_bytes") else "–",
+                     latency_ms(p50) + (" (solo)" if where == "solo" and timing.startswith("side") else "")]
+            if timed:
+                cells.append(_vs_winner(r, mark))
+            cells += [_quality(r), _quality_change(r), _fmt(r.get("top1_agreement"), ".2%"),
+                      _fmt(r.get("max_abs_error"), ".2e")]
+            lines.append("| " + " | ".join(cells) + " |")
         lines += [*_retimed_note(manifest, a), ""]
     return lines
+
+
+def _candidate_p50(r: dict[str, Any], timed: bool, built: Artifact | None) -> tuple[float | None, str]:
+    """A candidate's p50 in its -auto table, and where it comes from. Timed for the choice: the rounds'
+    figure only (a failed candidate timed alone, as it was also requested, showed its solo p50 beside the
+    winner's interleaved one, as if it had won). Otherwise the side-by-side figure the Targets table shows
+    for the same file, when the run timed one (tfjs-auto listed solo p50s 1.9x apart for files the Targets
+    table showed level), else its solo p50."""
+    if timed:
+        return r.get("interleaved_p50_ms"), "interleaved"
+    sbs = (built.benchmark.get("side_by_side") or {}) if built is not None and r.get("status") == "ok" else {}
+    if sbs.get("p50_ms") is not None:
+        return sbs["p50_ms"], "side by side"
+    return r.get("p50_ms"), "solo"
+
+
+def _vs_winner(r: dict[str, Any], mark: str) -> str:
+    """The × winner cell: the paired-round ratio the reason gives, marked when its rounds disagreed."""
+    if mark:
+        return "1.00"
+    if r.get("ratio_to_winner") is None:
+        return "dropped" if r.get("dropped_after_rounds") else "–"  # its ratio was to the fastest, in 2 rounds
+    return f"{r['ratio_to_winner']:.2f}" + (" (unsteady)" if r.get("unsteady") else "")
 
 
 def _retimed_note(manifest: Manifest, auto: Artifact) -> list[str]:
