@@ -175,8 +175,11 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
         sbs = result.artifact(name)["benchmark"]["side_by_side"]
         assert rows[name]["p50"] == latency_ms(sbs["p50_ms"])  # the compared figure, not the solo one
         paired = float(np.median([a / b for a, b in zip(sbs["round_p50_ms"], fp32)]))  # round by round, not pooled
-        assert sbs["vs_float32"] == {"target": "tflite-fp32", "ratio": paired}
-        assert rows[name]["p50_ratio"] == f"{paired:.2f}"
+        ratios = [a / b for a, b in zip(sbs["round_p50_ms"], fp32)]
+        spread = max(ratios) / min(ratios)  # how far the rounds disagreed: past 1.5x the ratio is marked unsteady
+        assert sbs["vs_float32"] == {"target": "tflite-fp32", "ratio": paired, "spread": spread,
+                                     **({"unsteady": True} if spread > 1.5 else {})}
+        assert rows[name]["p50_ratio"] == f"{paired:.2f}" + (" (unsteady)" if spread > 1.5 else "")
     assert rows["tflm-int8"]["p50_ratio"] == "–"  # timed beside the other microcontroller file, no float32 one
     md = result.report_path.read_text()
     assert "× fp32 p50" in md and "timed again side by side" in md
@@ -226,7 +229,7 @@ def test_an_auto_targets_candidates_keep_the_figures_their_selection_was_made_on
         assert sorted(sbs["with"]) == sorted(n for n in rows if n != name)
     assert not any(m.startswith("timing ") for m in progress)
     fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]
-    assert fp32["vs_float32"] == {"target": "tflite-fp32", "ratio": 1.0}
+    assert fp32["vs_float32"] == {"target": "tflite-fp32", "ratio": 1.0, "spread": 1.0}
     assert auto["benchmark"]["side_by_side"] == result.artifact(auto["selection"]["winner"])["benchmark"]["side_by_side"]
     assert "an -auto target's candidates as its selection timed them" in result.report_path.read_text()
 
