@@ -364,9 +364,11 @@ def _reason(winner: str, basis: str, rows: list[dict[str, Any]]) -> str:
             text = (f"{r['target']} {r['ratio_to_winner']:.2f}x the winner's latency (median of {n} paired rounds' "
                     f"ratios; as fast or faster in {r['rounds_faster']} of {n})")
             if r.get("unsteady"):
-                text += (f", unsteady: its per-round ratios spanned {r['ratio_spread']:.1f}x "
-                         f"(more than {UNSTEADY_SPREAD:g}x; the machine's load changed between rounds)")
+                text += f", unsteady (its per-round ratios spanned {r['ratio_spread']:.1f}x)"
             parts.append(text)
         else:
             parts.append(f"{r['target']} passed, {r['size_bytes']} bytes (gzip {r['gzip_bytes']})")
+    if any(r.get("unsteady") for r in rows):  # said once, not after every such candidate
+        parts.append(f"unsteady: per-round ratios spanning more than {UNSTEADY_SPREAD:g}x, as the machine's load "
+                     "changed between rounds; time the files again before relying on those ratios")
     return "; ".join(parts)

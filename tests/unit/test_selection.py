@@ -287,3 +287,15 @@ def test_candidate_rows_carry_what_the_targets_table_shows_for_a_regression_mode
     row = next(r for r in sel["candidates"] if r["target"] == "tfjs-uint8")
     assert (row["mae"], row["reference_mae"], row["max_abs_error"]) == (758.0, 756.6, 1.5)
     assert abs(row["mae_increase"] - (758.0 / 756.6 - 1)) < 1e-12
+
+
+def test_the_reason_flags_a_ratio_whose_rounds_disagree(tmp_path, monkeypatch):
+    """run_mnv3's onnx-fp32 rounds went 1.55..12.5 ms beside qop's 0.81..7.1: its ratio to the winner is a
+    median of per-round ratios 3.9x apart, flagged unsteady on its row and in the reason."""
+    sel = _select_with_rounds(tmp_path, monkeypatch, dict(_MNV3_ONNX, **{"onnx-int8-qdq": (
+        _MNV3_ONNX["onnx-int8-qdq"][0], 1700)})).selection
+    fp32 = next(r for r in sel["candidates"] if r["target"] == "onnx-fp32")
+    assert fp32["unsteady"] and round(fp32["ratio_spread"], 1) == 3.9
+    assert "onnx-fp32 1.97x the winner's latency (median of 5 paired rounds' ratios; as fast or faster in 0 of 5), " \
+           f"unsteady (its per-round ratios spanned {fp32['ratio_spread']:.1f}x)" in sel["reason"]
+    assert sel["reason"].count("per-round ratios spanning more than 1.5x") == 1
