@@ -260,6 +260,8 @@ def broken_models(assets, keras3_path, tf_keras_h5_path) -> dict[str, Path]:
         paths[key] = out / name
     paths["keras_as_h5"] = out / "keras_zip_named.h5"
     shutil.copy(keras3_path, paths["keras_as_h5"])
+    paths["h5_as_keras"] = out / "h5_named.keras"
+    shutil.copy(tf_keras_h5_path, paths["h5_as_keras"])
     return paths
 
 

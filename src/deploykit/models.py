@@ -139,10 +139,24 @@ def _read_keras_zip(path: Path) -> tuple[dict, dict]:
     except ModelLoadError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        if _magic(path) == "h5":
+            raise ModelLoadError(f"{path}: this is an HDF5 (.h5) model file, not a .keras archive; rename it to "
+                                 f"{path.with_suffix('.h5').name}") from None
         raise ModelLoadError(f"{path}: not a readable .keras file ({exc}); the file is truncated or corrupt, re-save it") from None
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; nesting deeper than any model
         raise ModelLoadError(f"{path}: the model config inside the archive is not valid JSON; the file is corrupt, re-save it") from None
     return config, meta
+
+
+def _magic(path: Path) -> str | None:
+    """The format a model file's first bytes give ("h5", "zip"), for a file saved under the other suffix:
+    told apart from one that is truncated or corrupt."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return "h5" if head == b"\x89HDF\r\n\x1a\n" else "zip" if head[:4] == b"PK\x03\x04" else None
 
 
 def _read_h5(path: Path) -> tuple[dict, str]:
@@ -153,6 +167,9 @@ def _read_h5(path: Path) -> tuple[dict, str]:
             raw = fh.attrs.get("model_config")
             version = fh.attrs.get("keras_version", "")
     except OSError as exc:
+        if _magic(path) == "zip":
+            raise ModelLoadError(f"{path}: this is a .keras (zip) model archive, not an HDF5 file; rename it to "
+                                 f"{path.with_suffix('.keras').name}") from None
         raise ModelLoadError(f"{path}: not a readable HDF5 model ({exc}); the file is truncated or corrupt") from None
     if raw is None:
         raise ModelLoadError(f"{path}: HDF5 file holds no model_config (weights only?); save the whole model with model.save()")

@@ -270,7 +270,9 @@ def test_missing(tmp_path):
         ("truncated_h5", "truncated or corrupt"),
         ("corrupt_keras", "truncated or corrupt"),
         ("empty_keras", "truncated or corrupt"),
-        ("keras_as_h5", "not a readable HDF5 model"),
+        # a file saved under the other format's suffix is not called truncated or corrupt
+        ("keras_as_h5", "this is a .keras (zip) model archive, not an HDF5 file; rename it to keras_zip_named.keras"),
+        ("h5_as_keras", "this is an HDF5 (.h5) model file, not a .keras archive; rename it to h5_named.h5"),
         ("wrong_suffix", "unsupported model file type '.onnx'"),
     ],
 )
