@@ -78,9 +78,9 @@ def convert(
     label_output: Optional[str] = typer.Option(None, "--label-output", help="The output the labels 'y' score (output_1, or its Keras name); default: the first that fits them."),
     no_bench: bool = typer.Option(False, "--no-bench", help="Verify only; skip benchmarks (an -auto target still times its candidates to choose)."),
     prune: Optional[float] = typer.Option(None, "--prune", help="Prune to this sparsity (e.g. 0.8 zeroes 80% of each prunable kernel) while fine-tuning on --train-data, then convert the pruned model."),
-    prune_schedule: str = typer.Option("polynomial", "--prune-schedule", help="polynomial (sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
+    prune_schedule: Optional[str] = typer.Option(None, "--prune-schedule", help="polynomial (default; sparsity rises from 0, as tfmot's PolynomialDecay) or constant."),
     prune_structure: Optional[str] = typer.Option(None, "--prune-structure", help="unstructured (default), 2:4 (2 zeros in every 4 input-channel weights; implies 50%) or block."),
-    prune_block: str = typer.Option("1x4", "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block."),
+    prune_block: Optional[str] = typer.Option(None, "--prune-block", help="Block (rows x cols of the kernel) for --prune-structure block (default 1x4)."),
     cluster: Optional[int] = typer.Option(None, "--cluster", help="Weight clustering: share this many values per kernel (e.g. 16; 2..256) with a short fine-tune on --train-data; after --prune, zeros stay zero. Shrinks the gzipped download of every target."),
     cluster_epochs: Optional[int] = typer.Option(None, "--cluster-epochs", help="Fine-tune epochs of --cluster (default 3; 0 clusters without fine-tuning)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware training on --train-data before converting (tf_keras models only; Keras 3 models: use tflite-int8). With --prune: sparsity-preserving QAT of the pruned model; with --cluster: cluster-preserving QAT."),
@@ -107,13 +107,14 @@ def convert(
         raise UserError("--epochs sets the pruning and QAT fine-tunes; clustering's is --cluster-epochs (default 3)")
     if cluster_epochs is not None and cluster_epochs < 0:
         raise UserError(f"--cluster-epochs must be 0 or more (0 clusters without fine-tuning), got {cluster_epochs}")
+    _check_prune_flags(prune, prune_schedule, prune_structure, prune_block)
     if prune is not None or prune_structure is not None:
-        try:
-            block = tuple(int(v) for v in prune_block.lower().split("x"))
-        except ValueError:
-            raise UserError(f"--prune-block must look like 1x4, got {prune_block!r}") from None
-        prune_settings = {"sparsity": prune, "schedule": prune_schedule, "structure": prune_structure or "unstructured",
-                          "block_size": block}
+        prune_settings = {"sparsity": prune, "structure": prune_structure or "unstructured"}
+        # Only what was given: the settings' own defaults (polynomial, 1x4) apply otherwise.
+        if prune_schedule is not None:
+            prune_settings["schedule"] = prune_schedule
+        if prune_block is not None:
+            prune_settings["block_size"] = _block_size(prune_block)
         prune_settings.update({k: v for k, v in tuning_values if v is not None})
     cluster_settings = None
     if cluster is not None:
@@ -158,6 +159,35 @@ def convert(
         sys.unraisablehook = saved[2]
     if not result.ok:
         raise typer.Exit(EXIT_TARGET_FAILED)
+
+
+def _check_prune_flags(prune: Optional[float], schedule: Optional[str], structure: Optional[str],
+                       block: Optional[str]) -> None:
+    """Refuse --prune-schedule and --prune-block where they would do nothing (they were silently ignored)."""
+    from deploykit.errors import UserError
+
+    if schedule is not None and prune is None and structure is None:
+        raise UserError("--prune-schedule only applies to pruning; add --prune 0.8 (or --prune-structure 2:4), "
+                        "or drop --prune-schedule")
+    if block is not None and structure != "block":
+        raise UserError("--prune-block only applies to --prune-structure block; add --prune-structure block "
+                        "(with --prune 0.8), or drop --prune-block")
+
+
+def _block_size(text: str) -> tuple[int, int]:
+    """--prune-block ROWSxCOLS as a tuple, refused in the flag's own terms (not block_size's)."""
+    from deploykit.errors import UserError
+
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--prune-block must look like 1x4 (rows x cols of the kernel), got {text!r}") from None
+    if min(rows, cols) < 1:
+        raise UserError(f"--prune-block needs two positive sizes like 1x4, got {text!r}")
+    if (rows, cols) == (1, 1):
+        raise UserError("--prune-block 1x1 is unstructured pruning; drop --prune-structure block and --prune-block, "
+                        "or pass a larger block like 1x4")
+    return rows, cols
 
 
 def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline: Any, model: Any) -> Any:

@@ -518,6 +518,29 @@ def test_scalar_labels_are_a_user_error(subprocess_runs):
     assert_user_error(proc, "scalar_y.npz", out=out)
 
 
+def _refusal(args: list) -> str:
+    """The UserError an in-process `deploy` command raised (main() prints it as one line, exit 2)."""
+    result = invoke(args)
+    assert isinstance(result.exception, UserError), (result.exception, result.output)
+    return str(result.exception)
+
+
+@pytest.mark.parametrize("flags, said", [
+    # accepted and ignored before: no pruning at all, or a block size without block structure
+    (["--prune", "0.5", "--prune-block", "2x2"], "--prune-block only applies to --prune-structure block"),
+    (["--cluster", "8", "--prune-block", "2x2"], "--prune-block only applies to --prune-structure block"),
+    (["--cluster", "8", "--prune-schedule", "constant"], "--prune-schedule only applies to pruning; add --prune 0.8"),
+    (["--prune", "0.5", "--prune-structure", "block", "--prune-block", "1x1"], "--prune-block 1x1 is unstructured pruning"),
+    (["--prune", "0.5", "--prune-structure", "block", "--prune-block", "2by2"], "--prune-block must look like 1x4"),
+])
+def test_prune_flags_that_would_do_nothing_are_refused(tmp_path, cli_inputs, flags, said):
+    out = tmp_path / "o"
+    message = _refusal(["convert", cli_inputs["model"], "-t", "tflite-fp32", "--train-data", cli_inputs["data"],
+                        "--out", out, *flags])
+    assert said in message, message
+    assert not out.exists()
+
+
 def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path, saved_model_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep")

@@ -117,6 +117,21 @@ def test_structure_problems():
         sch.make_schedule("cosine", 0.5, 10, 2)
 
 
+def test_block_size_is_refused_with_a_structure_that_ignores_it():
+    from deploykit.optimize.prune import check_settings
+    from deploykit.optimize.settings import check_prune
+
+    # only sparsity, or block with its default: the block size is the default 1x4
+    assert check_settings(sparsity=0.5) == (0.5, (1, 4))
+    assert check_settings(sparsity=0.5, structure="block") == (0.5, (1, 4))
+    assert check_settings(sparsity=0.5, structure="block", block_size=(2, 2)) == (0.5, (2, 2))
+    for structure in ("unstructured", "2:4"):
+        with pytest.raises(UserError, match=f"block_size only applies to structure='block'.*not '{structure}'"):
+            check_settings(sparsity=0.5, structure=structure, block_size=(2, 2))
+    with pytest.raises(UserError, match="block_size only applies"):  # the Python API's dict goes the same way
+        check_prune({"sparsity": 0.5, "block_size": (2, 2)}, train_data="train.npz")
+
+
 def test_tfmot_import_leaves_keras_choice_alone():
     """tfmot sets TF_USE_LEGACY_KERAS=1 on import; ours must leave the process on Keras 3."""
     code = (

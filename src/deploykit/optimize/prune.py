@@ -65,6 +65,7 @@ TFMOT_PATH = "tfmot"
 # Digits example, 80 %: 12 epochs -> 0.7 point below dense, 20 (early-stopped at 17) -> no drop.
 DEFAULT_EPOCHS = 12
 DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_BLOCK = (1, 4)  # block_size of structure="block" when none is given
 
 ProgressFn = Callable[[str], None]
 
@@ -961,7 +962,7 @@ def check_settings(
     sparsity: float | None = None,
     schedule: str = "polynomial",
     structure: str = "unstructured",
-    block_size: Sequence[int] = (1, 4),
+    block_size: Sequence[int] | None = None,
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = 32,
     patience: int | None = 2,
@@ -972,13 +973,19 @@ def check_settings(
 ) -> tuple[float, tuple[int, int]]:
     """Validate pruning settings without a model (the CLI and Pipeline call it before any work).
 
+    ``block_size`` (default ``(1, 4)``) belongs to ``structure="block"``: given with another
+    structure it would be ignored without a word, so it is refused.
+
     Returns:
         ``(sparsity, block_size)``: the sparsity to reach (0.5 for 2:4) and the parsed block size.
 
     Raises:
         UserError: the first bad setting, naming the valid choices.
     """
-    bs = _structure.check_structure(structure, block_size)
+    if block_size is not None and structure != "block" and structure in _structure.STRUCTURES:
+        raise UserError(f"block_size only applies to structure='block' (blocks of a Dense kernel), not {structure!r}; "
+                        "pass structure='block' or leave block_size out")
+    bs = _structure.check_structure(structure, DEFAULT_BLOCK if block_size is None else block_size)
     if schedule not in _schedule.SCHEDULES:
         raise UserError(f"unknown pruning schedule {schedule!r}; choose one of: {', '.join(_schedule.SCHEDULES)}")
     real = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
@@ -1083,7 +1090,7 @@ def prune(
     sparsity: float | None = None,
     schedule: str = "polynomial",
     structure: str = "unstructured",
-    block_size: Sequence[int] = (1, 4),
+    block_size: Sequence[int] | None = None,
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = 32,
     validation_data: Any = None,
@@ -1120,7 +1127,8 @@ def prune(
         schedule: ``polynomial`` (tfmot PolynomialDecay from 0, power 3) or ``constant``.
         structure: ``unstructured``, ``2:4`` (2 zeros in every 4 input-channel weights)
             or ``block`` (blocks of ``block_size`` in rank-2 kernels).
-        block_size: Block (rows, cols) of the kernel for ``block``.
+        block_size: Block (rows, cols) of the kernel for ``block`` (default ``(1, 4)``); refused
+            with any other structure.
         epochs: Fine-tuning epochs; the sparsity ramps up over the first two thirds.
         batch_size: Training batch size.
         validation_data: Labelled data for accuracy and early stopping; default:
