@@ -8,6 +8,7 @@ start fast.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 
@@ -142,13 +143,17 @@ def convert(
     # and with --force the previous run is put back.
     signal.signal(signal.SIGTERM, on_sigint)
     try:
-        result = _run_convert(err, interrupts, out, lambda progress: Pipeline(
-            target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
-            threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
-            bench=not no_bench, progress=progress,
-            prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
-            cluster=cluster_settings,
-        ), model)
+        def make_pipeline(progress: Any) -> Any:
+            with _flag_terms():  # the settings are checked here: --iterations 0 is named as --iterations
+                return Pipeline(
+                    target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
+                    threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
+                    bench=not no_bench, progress=progress,
+                    prune=prune_settings, train_data=train_data, qat=qat_settings, label_output=label_output,
+                    cluster=cluster_settings,
+                )
+
+        result = _run_convert(err, interrupts, out, make_pipeline, model)
         _print_summary(result)
     finally:
         # The `deploy` process, its run on disk, is about to exit: a Ctrl-C during TensorFlow's teardown
@@ -159,6 +164,20 @@ def convert(
         sys.unraisablehook = saved[2]
     if not result.ok:
         raise typer.Exit(EXIT_TARGET_FAILED)
+
+
+@contextlib.contextmanager
+def _flag_terms() -> Iterator[None]:
+    """A refusal of a value the CLI filled from a flag names the flag (``--iterations``), not the setting it
+    fills (``bench.iterations``): the library's messages name settings, for the Python API and .toml files."""
+    from deploykit.errors import UserError, in_cli_terms
+
+    try:
+        yield
+    except UserError as exc:
+        if len(exc.args) != 1 or not isinstance(exc.args[0], str):  # deploykit's errors carry one message
+            raise
+        raise type(exc)(in_cli_terms(exc.args[0])) from None
 
 
 def _check_prune_flags(prune: Optional[float], schedule: Optional[str], structure: Optional[str],
@@ -299,7 +318,10 @@ def bench(
     Several files are timed side by side, in alternating rounds, and compared round by round.
     """
     from deploykit.runtime_bench import bench_file
+    from deploykit.targets import BenchSettings
 
+    with _flag_terms():  # checked here, where a refusal can name the flag
+        BenchSettings(threads=threads, warmup=warmup, iterations=iterations)
     result = bench_file(artifacts, threads=threads, warmup=warmup, iterations=iterations, data=data, runtime=runtime,
                         browser=browser, backend=backend)
     if as_json:

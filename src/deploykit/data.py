@@ -281,7 +281,7 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool) -> Da
             arr = np.asarray(arr)
         except ValueError as exc:  # ragged nested lists
             raise DataError(f"{where}: input {spec_i.name!r} is not a rectangular array ({exc})") from None
-        out.append(_check_input(arr, spec_i, where))
+        out.append(_check_input(arr, spec_i, where, role))
     n = len(out[0])
     if any(len(a) != n for a in out):
         raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
@@ -293,7 +293,11 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool) -> Da
     return Dataset(out, labels, source, one_hot)
 
 
-def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
+# What each role's data is for, said when it holds NaN/inf (a benchmark's input is not calibration data).
+_NEEDS_FINITE = {"bench data": "a benchmark input needs", "train data": "fine-tuning needs"}
+
+
+def _check_input(arr: np.ndarray, spec: Any, where: str, role: str = "data") -> np.ndarray:
     label = f"{where}: input {spec.name!r}"
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{label} has dtype {arr.dtype}, not numeric; pass numbers ({spec.dtype})")
@@ -315,8 +319,8 @@ def _check_input(arr: np.ndarray, spec: Any, where: str) -> np.ndarray:
         if not np.isfinite(cast).all():
             bad = int((~np.isfinite(cast)).sum())
             raise DataError(
-                f"{label} contains {bad} NaN/inf value(s) (after casting to {want}); calibration and "
-                "evaluation need finite numbers — clean or drop those samples"
+                f"{label} contains {bad} NaN/inf value(s) (after casting to {want}); "
+                f"{_NEEDS_FINITE.get(role, 'calibration and evaluation need')} finite numbers — clean or drop those samples"
             )
         return cast
     if arr.dtype.kind == "f":

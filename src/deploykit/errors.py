@@ -76,3 +76,25 @@ def in_python_terms(text: str) -> str:
     said = [f"{f} is {PYTHON_TERMS[f]}" for f in flags
             if not (PYTHON_TERMS[f].endswith(("=", "=True", "=False")) and PYTHON_TERMS[f].split("=")[0] + "=" in text)]
     return f"{text} (in Python: {', '.join(said)})" if said else text
+
+
+# The other way round, for the CLI: the setting (Python keyword, settings-dict key or target field) that
+# a flag fills, named at the start of a shared message ("bench.iterations must be ..."), as the flag the
+# user typed. Fine-tune settings checked for clustering are not here: its epochs come from --cluster-epochs,
+# which the CLI checks itself.
+CLI_FLAGS = {
+    "verify_samples": "--verify-samples", "bench.threads": "--threads", "bench.warmup": "--warmup",
+    "bench.iterations": "--iterations", "sparsity": "--prune", "clusters": "--cluster", "epochs": "--epochs",
+    "learning_rate": "--learning-rate", "patience": "--patience", "block_size": "--prune-block",
+}
+
+
+def in_cli_terms(text: str) -> str:
+    """``text`` (a message about a value the CLI filled from a flag) naming that flag instead of the setting:
+    only the name the message starts with is replaced, so a .toml file's ``bench.iterations`` stays."""
+    import re
+
+    match = re.match(r"[a-z_.]+(?= )", text)
+    if match is None or match.group() not in CLI_FLAGS:
+        return text
+    return CLI_FLAGS[match.group()] + text[match.end():]

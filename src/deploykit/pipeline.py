@@ -253,7 +253,7 @@ class Pipeline:
         if overrides:
             self.targets = [t.with_bench(**overrides) for t in self.targets]
         if verify_samples < 1:
-            raise UserError(f"verify_samples must be >= 1, got {verify_samples}")
+            raise UserError(f"verify_samples must be a whole number >= 1, got {verify_samples}")
         self.data, self.eval_data = data, eval_data
         self.out = Path(out).expanduser()  # '~/build' from Python: no shell expanded it
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench

@@ -484,8 +484,9 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("nan", ["nan.npz", "1 NaN/inf value"]),
         ("unknown_target", ["unknown target 'tflite-int4'", *[t.name for t in list_targets()]]),
         ("int8_no_data", ["tflite-int8", "need calibration data", "--data"]),
-        ("zero_iterations", ["bench.iterations must be an integer in 1..1,000,000"]),
-        ("zero_verify_samples", ["verify_samples must be >= 1"]),
+        # the flag the user typed, not the setting it fills (bench.iterations, verify_samples)
+        ("zero_iterations", ["error: --iterations must be an integer in 1..1,000,000, got 0"]),
+        ("zero_verify_samples", ["error: --verify-samples must be a whole number >= 1, got 0"]),
         ("bench_missing", ["nope.tflite is not a file"]),
         ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
         ("bench_not_tflite", ["LiteRT could not load not_a_model.tflite", "convert the model again"]),
@@ -539,6 +540,32 @@ def test_prune_flags_that_would_do_nothing_are_refused(tmp_path, cli_inputs, fla
                         "--out", out, *flags])
     assert said in message, message
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--threads", "0"], "--threads must be an integer in 1.."),
+    (["--warmup", "-1"], "--warmup must be an integer in 0..100,000, got -1"),
+    (["--prune", "0.5", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    (["--prune", "0.5", "--learning-rate", "-1"], "--learning-rate must be a finite number > 0, got -1.0"),
+    (["--qat", "--patience", "-1"], "--patience must be a non-negative integer"),
+    (["--prune", "1.5"], "--prune must be a fraction in (0, 1), got 1.5"),
+    (["--cluster", "1"], "--cluster must be a whole number from 2 to"),
+])
+def test_convert_refusals_name_the_flag_not_the_setting(tmp_path, cli_inputs, flags, said):
+    tuned = any(f in flags for f in ("--prune", "--qat", "--cluster"))
+    message = _refusal(["convert", cli_inputs["model"], "-t", "tflite-int8", "--out", tmp_path / "o", *flags,
+                        *(["--train-data", cli_inputs["data"]] if tuned else [])])
+    assert message.startswith(said), message
+
+
+def test_bench_refusals_name_the_flag_and_the_benchmark(tmp_path, tflite_files, cli_inputs):
+    model = tflite_files["tflite-fp32"]
+    assert _refusal(["bench", model, "--iterations", "0"]).startswith("--iterations must be an integer in 1..")
+    assert _refusal(["bench", model, "--threads", "0"]).startswith("--threads must be an integer in 1..")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.full((2, 8, 8, 1), np.nan, np.float32))
+    message = _refusal(["bench", model, "--data", nan])
+    assert "a benchmark input needs finite numbers" in message and "calibration" not in message, message
 
 
 def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path, saved_model_dir):

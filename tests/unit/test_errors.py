@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deploykit.errors import PYTHON_TERMS, in_python_terms
+from deploykit.errors import CLI_FLAGS, PYTHON_TERMS, in_cli_terms, in_python_terms
 
 
 def test_flags_get_their_python_names_once_and_only_where_the_text_lacks_them():
@@ -31,3 +31,21 @@ def test_convert_refusals_name_the_keyword_a_python_caller_passes(tmp_path):
     with pytest.raises(UserError, match=r"\(in Python: --label-output is label_output=\)"):
         deploykit.convert(model, ["tflite-fp32"], data=np.ones((8, 4), np.float32), out=tmp_path / "o2", bench=False,
                           label_output="nope")
+
+
+def test_the_cli_names_the_flag_a_setting_came_from_and_only_at_the_start():
+    assert in_cli_terms("bench.iterations must be an integer in 1..1,000,000, got 0") == (
+        "--iterations must be an integer in 1..1,000,000, got 0")
+    assert in_cli_terms("learning_rate must be a finite number > 0, got inf") == "--learning-rate must be a finite number > 0, got inf"
+    toml = "target 'x' in x.toml: bench.iterations must be an integer in 1..1,000,000, got 0"  # the file's field stays
+    assert in_cli_terms(toml) == toml
+    assert in_cli_terms("epochsx must be") == "epochsx must be"
+    assert set(CLI_FLAGS.values()) <= set(PYTHON_TERMS)  # every flag is one the Python API names back
+
+
+def test_bench_of_no_file_is_a_one_line_user_error():
+    import deploykit
+    from deploykit.errors import UserError
+
+    with pytest.raises(UserError, match="pass an artifact file to benchmark .* got NoneType None"):
+        deploykit.bench(None)

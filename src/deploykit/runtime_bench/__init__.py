@@ -260,7 +260,7 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
         elif _numbered_npz(data):
             raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
                             f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
-    ds = load_data(data, specs).take(1)
+    ds = load_data(data, specs, role="bench data").take(1)
     return {spec.name: x for spec, x in zip(specs, ds.x)}
 
 
@@ -314,6 +314,9 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
     from deploykit.runtime_bench.memory import PeakRSS
     from deploykit.targets import BenchSettings
 
+    if not isinstance(path, (str, Path, list, tuple)):  # None reached len() as a bare TypeError
+        raise UserError(f"pass an artifact file to benchmark (e.g. 'build/tflite-int8/model.tflite') or a list of "
+                        f"them, got {type(path).__name__} {path!r}")
     if not isinstance(path, (str, Path)) and len(path) == 1:
         path = path[0]
     if not isinstance(path, (str, Path)):  # several files: timed side by side
