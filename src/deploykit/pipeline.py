@@ -235,7 +235,7 @@ class Pipeline:
                 raise UserError(
                     f"--qat trains the model for int8 inference; target(s) {', '.join(not_int8)} are not int8 "
                     "(a float conversion of a QAT model keeps its fake quantization): choose int8 targets such as "
-                    "tflite-int8, tflm-int8, onnx-int8-qop, or drop --qat"
+                    "tflite-int8, tflm-int8, onnx-int8-qdq, or drop --qat"
                 )
         self.train_data = train_data
         if label_output is not None and not isinstance(label_output, str):

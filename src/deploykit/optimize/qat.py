@@ -51,8 +51,12 @@ ones (Rescaling...). ``Optimize.DEFAULT`` without a representative dataset
 also yields int8 kernels, but an op whose input has no trained range (the conv
 after a float Rescaling) then stays float, so calibration data is still
 wanted. Measured on the digits CNN: tflite-int8/int8-io, tflm-int8 and
-onnx-int8-dynamic/qdq/qop verify against the QAT model; tflite-fp16 and
-tflite-dynamic come out int8 as well (the FakeQuant ranges win); float targets
+onnx-int8-dynamic/qdq verify against the QAT model. onnx-int8-qop does not
+convert a QAT model with stacked convolutions ('NoneType' object has no
+attribute 'data_type': ONNX Runtime's QOperator rewrite looks for a conv's
+weights as an initializer, and after QAT they come through Quantize/
+DequantizeLinear), so onnx-int8-qdq is the ONNX target to choose.
+tflite-fp16 and tflite-dynamic come out int8 as well (the FakeQuant ranges win); float targets
 (tflite-fp32, onnx-fp32, tfjs-*) approximate the fake quantization and miss
 the fp32 tolerance; tflite-int16x8 fails to convert (Softmax). QAT is for
 int8 targets.
