@@ -208,3 +208,25 @@ def logs_muted(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def foreign_warnings_ignored(fn: F) -> F:
+    """Run ``fn`` (a call into TensorFlow, tf2onnx or ONNX Runtime) with the warnings it raises ignored.
+
+    Those warnings are about the libraries' own internals: TensorFlow's int8 calibration builds a
+    ``tf.lite.Interpreter`` and warns that it is deprecated. Under a caller's
+    ``warnings.simplefilter("error")`` (pytest's ``filterwarnings = error``) that warning became an
+    exception, and the tflite-int8 target failed with it. The caller's filters are put back afterwards,
+    and deploykit's own warnings are raised outside such calls (``deploykit.convert`` raises its
+    warnings at the end), so they still reach the caller. ``warnings.catch_warnings`` swaps the
+    process's filter list: a caller's thread that changes filters at that moment may see its change undone.
+    """
+    import warnings
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

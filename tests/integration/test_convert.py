@@ -1612,3 +1612,25 @@ def test_a_boolean_output_is_judged_by_the_share_of_answers_reproduced(tmp_path)
     assert not result.ok and "output 'b': booleans reproduced (800 values)" in error, error
     assert "a boolean output flips wherever the quantized activations move a compared value" in error
     assert "tflite-int16x8" in error and "max abs error" not in error
+
+
+def test_a_callers_warnings_as_errors_do_not_fail_targets_and_its_own_warnings_still_arrive(tmp_path, keras3_path, digits):
+    """TensorFlow's int8 calibration warns that tf.lite.Interpreter is deprecated: under the caller's
+    simplefilter("error") (pytest's filterwarnings = error) that warning failed tflite-int8, and the
+    TF.js runner's unclosed pipes raised ResourceWarnings in the caller's process."""
+    import warnings
+
+    data = (digits.x_eval, digits.y_eval)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = deploykit.convert(keras3_path, ["tflite-int8", "onnx-int8-qdq", "tfjs-fp32"], data=data,
+                                   out=tmp_path / "errors", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        few = deploykit.convert(keras3_path, ["tflite-int8", "tfjs-fp32"], data=(digits.x_eval[:8], digits.y_eval[:8]),
+                                out=tmp_path / "few", bench=False)
+    said = [str(w.message) for w in seen]
+    # deploykit's own warning (verdicts on 8 samples) reaches the caller; the libraries' do not
+    assert few.warnings and all(any(text in s for s in said) for text in few.warnings), said
+    assert not [s for s in said if "deprecated" in s or "unclosed" in s], said

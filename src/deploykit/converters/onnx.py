@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deploykit._quiet import library_logs_muted, native_stderr_captured, python_stdout_quiet
+from deploykit._quiet import foreign_warnings_ignored, library_logs_muted, native_stderr_captured, python_stdout_quiet
 from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
@@ -88,6 +88,7 @@ def converter_settings(target: Any) -> dict[str, Any]:
     return settings
 
 
+@foreign_warnings_ignored  # tf2onnx and TensorFlow's graph tools: their warnings are not the caller's
 def to_onnx(model: Any, opset: int) -> Any:
     """Convert the run's SavedModel to an fp32 ONNX ModelProto (cached per opset on the model)."""
     import onnx
@@ -414,6 +415,7 @@ def _in_declared_order(proto: Any, input_names: list[str], output_names: list[st
         field.extend(by_name[n] for n in ordered)
 
 
+@foreign_warnings_ignored  # ONNX Runtime's quantizer
 def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, external: bool) -> Any:
     import onnx
     from onnxruntime import quantization as q

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit._quiet import import_tensorflow, native_stderr_captured
+from deploykit._quiet import foreign_warnings_ignored, import_tensorflow, native_stderr_captured
 from deploykit.errors import ConversionError
 
 SUFFIX = ".tflite"
@@ -278,6 +278,7 @@ def _record_weight_storage(path: Path, target: Any, settings: dict[str, Any]) ->
         )
 
 
+@foreign_warnings_ignored  # int8 calibration warns that tf.lite.Interpreter is deprecated
 def _convert(sm_dir: Path, model: Any, target: Any, settings: dict[str, Any], calibration: Any) -> bytes:
     tf = import_tensorflow()
     with native_stderr_captured() as cap:

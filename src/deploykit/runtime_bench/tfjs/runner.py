@@ -126,24 +126,28 @@ def decode_array(obj: Mapping[str, Any]) -> np.ndarray:
 
 
 def _read_lines(pipe: Any, lines: "queue.Queue[bytes | None]") -> None:
-    for line in iter(pipe.readline, b""):
-        lines.put(line)
+    # Each reader closes its pipe at Node's exit: left to garbage collection, an open pipe raised a
+    # ResourceWarning in the caller's process (an error under warnings.simplefilter("error")).
+    with pipe:
+        for line in iter(pipe.readline, b""):
+            lines.put(line)
     lines.put(None)
 
 
 def _read_stderr(pipe: Any, tail: "collections.deque[str]") -> None:
-    for line in iter(pipe.readline, b""):
-        text = line.decode("utf-8", "replace").rstrip()
-        if text and not text.startswith("=====") and "looks like you are running TensorFlow.js in Node" not in text:
-            tail.append(text)
+    with pipe:
+        for line in iter(pipe.readline, b""):
+            text = line.decode("utf-8", "replace").rstrip()
+            if text and not text.startswith("=====") and "looks like you are running TensorFlow.js in Node" not in text:
+                tail.append(text)
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()  # runner.mjs exits when stdin closes (closed even after an exit: no ResourceWarning)
+    except Exception:
+        pass
     if proc.poll() is None:
-        try:
-            proc.stdin.close()  # runner.mjs exits when stdin closes
-        except Exception:
-            pass
         try:
             proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
