@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import tempfile
 import threading
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 
 from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured, python_stdout_quiet
 from deploykit.errors import DataError, ModelLoadError, UntrustedModelError
+from deploykit.tmpdirs import TempDir
 
 CODE_CARRYING_LAYERS = {
     "Lambda": "runs marshalled Python bytecode",
@@ -260,8 +260,6 @@ def copy_state(src: Any, dst: Any) -> None:
     until ``load_own_variables`` finalizes it, and an adapted lookup's vocabulary lives in its
     assets. Each such layer is handed its state the way Keras saving does (own variables, assets).
     """
-    import tempfile
-
     dst.set_weights(src.get_weights())
     if not (hasattr(src, "_flatten_layers") and hasattr(dst, "_flatten_layers")):
         return
@@ -272,7 +270,7 @@ def copy_state(src: Any, dst: Any) -> None:
         a.save_own_variables(store)
         b.load_own_variables(store)
         if hasattr(a, "save_assets") and hasattr(b, "load_assets"):
-            with tempfile.TemporaryDirectory(prefix="deploykit-assets-") as assets:
+            with TempDir("assets") as assets:
                 a.save_assets(assets)
                 b.load_assets(assets)
 
@@ -474,7 +472,7 @@ class LoadedModel:
         self.source = source
         self.keras_model = keras_model
         self._saved_model_path = saved_model_path
-        self._owned_tmp: tempfile.TemporaryDirectory | None = None
+        self._owned_tmp: TempDir | None = None
         self._signature: dict | None = None
         self._sm_fn = None
         self._keras_fn = None
@@ -503,7 +501,7 @@ class LoadedModel:
     def saved_model_dir(self) -> Path:
         """A SavedModel with a ``serving_default`` signature, exported once and reused."""
         if self._saved_model_path is None:
-            self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
+            self._owned_tmp = TempDir("sm")
             path = Path(self._owned_tmp.name) / "saved_model"
             with _EXPORT_LOCK, native_stderr_captured() as cap:
                 try:
@@ -537,7 +535,7 @@ class LoadedModel:
             raise ConversionError(f"{self.source}: only a Keras model can be re-exported with a fixed batch size")
         self.saved_model_dir()  # the temp dir this export lives beside
         if self._owned_tmp is None:
-            self._owned_tmp = tempfile.TemporaryDirectory(prefix="deploykit-sm-")
+            self._owned_tmp = TempDir("sm")
         path = Path(self._owned_tmp.name) / f"saved_model_batch{batch}{'_unfused' if unfused else ''}"
         if not path.exists():
             with _EXPORT_LOCK, native_stderr_captured() as cap:

@@ -16,7 +16,6 @@ import inspect
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_S
 from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, discard_previous_run, lock_out_dir,
                               recover_killed_run, restore_previous_run, set_aside_previous_run, signals_held)
 from deploykit.targets import Target, get_target
+from deploykit.tmpdirs import TempDir, remove_stale
 
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-gzip")
 DEFAULT_VERIFY_SAMPLES = 1000
@@ -274,6 +274,7 @@ class Pipeline:
         import logging
 
         root_handlers = list(logging.root.handlers)
+        remove_stale()  # what killed runs left in $TMPDIR (SavedModel exports...); live runs' stay
         try:
             return self._run(model)
         finally:
@@ -700,7 +701,7 @@ class Pipeline:
 
         formats = dict.fromkeys(t.format for t in self._all_targets() if t.format in DENSE_REFERENCE)
         measured: dict[str, dict[str, Any]] = {}
-        with tempfile.TemporaryDirectory(prefix="deploykit-dense-") as tmp:
+        with TempDir("dense") as tmp:
             for name in dict.fromkeys(DENSE_REFERENCE[f] for f in formats):
                 target = get_target(name)
                 # with the run's own options for that format (a TF.js backend, an ONNX opset), those of a
@@ -788,7 +789,7 @@ class Pipeline:
             from deploykit.verify import verify
 
             self.progress(f"{target.name}: verifying the float graph it quantizes")
-            with tempfile.TemporaryDirectory(prefix="deploykit-float-source-") as tmp_dir:
+            with TempDir("float-source") as tmp_dir:
                 path = Path(tmp_dir) / "float_source.onnx"
                 converter.write_float_source(loaded, target, path)
                 runner = get_runner(float_target.runtime, path, target.bench.threads, float_target.options)

@@ -1634,3 +1634,26 @@ def test_a_callers_warnings_as_errors_do_not_fail_targets_and_its_own_warnings_s
     # deploykit's own warning (verdicts on 8 samples) reaches the caller; the libraries' do not
     assert few.warnings and all(any(text in s for s in said) for text in few.warnings), said
     assert not [s for s in said if "deprecated" in s or "unclosed" in s], said
+
+
+def test_a_run_removes_what_a_killed_run_left_in_tmpdir(tmp_path, keras3_path, data_npz, monkeypatch):
+    """A SIGKILLed run's SavedModel export stayed in $TMPDIR for good; the next run removes it."""
+    import signal
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import os, signal; from deploykit.tmpdirs import TempDir; d = TempDir('sm'); print(d.name, flush=True); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    assert killed.returncode == -signal.SIGKILL
+    left = killed.stdout.strip()
+    assert os.path.isdir(left)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    result = deploykit.convert(keras3_path, "tflite-fp32", data=data_npz, out=tmp_path / "out", bench=False)
+    assert result.ok
+    assert not os.path.exists(left)
+    # and this run's own are gone too (TensorFlow's __autograph_generated_file*.py are its own)
+    assert [p for p in os.listdir(tmp) if "deploykit" in p] == []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from deploykit._quiet import foreign_warnings_ignored, library_logs_muted, nativ
 from deploykit.converters import OptionSpec, fits_float16
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
+from deploykit.tmpdirs import TempDir
 
 SUFFIX = ".onnx"
 EXTERNAL_DATA_SUFFIX = ".data"
@@ -294,7 +294,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     fake_quant = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # a QAT model's fake-quant ops
     external = opts["external_data"] == "always" or _proto_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(prefix="deploykit-onnx-") as tmp_dir:
+    with TempDir("onnx") as tmp_dir:
         tmp = Path(tmp_dir)
         try:
             if target.weights == "float16":

@@ -327,6 +327,9 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
         return bench_side_by_side(path, threads=threads, warmup=warmup, iterations=iterations, data=data,
                                   runtime=runtime, backend=backend)
     BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
+    from deploykit.tmpdirs import remove_stale
+
+    remove_stale()  # what killed runs left in $TMPDIR; live runs' stay
     path = Path(path)
     runtime = resolve_runtime(path, runtime)
     if (browser or backend) and runtime != "tfjs":

@@ -21,11 +21,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from deploykit.tmpdirs import TempDir
 
 # The library each runner imports lazily: imported before the start figure is taken,
 # so a runtime's own code and start-up are not counted against the model.
@@ -96,7 +97,7 @@ def measure(runtime: str, path: str | Path, threads: int, inputs: Mapping[str, n
         file needs) and ``runtime_memory_of``; on failure ``runtime_memory_bytes`` is None and
         ``runtime_memory_of`` says why.
     """
-    with tempfile.TemporaryDirectory(prefix="deploykit-mem-") as tmp:
+    with TempDir("mem") as tmp:
         keys = {name: f"i{n}" for n, name in enumerate(inputs)}  # input names need not be valid npz keys
         np.savez(Path(tmp) / "inputs.npz", **{keys[name]: np.asarray(x) for name, x in inputs.items()})
         spec = Path(tmp) / "spec.json"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from deploykit.errors import RuntimeLoadError, UserError
 from deploykit.runtime_bench.inputs import match_inputs
+from deploykit.tmpdirs import TempDir
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -188,7 +188,7 @@ class ORTRunner:
 
     def op_profile(self, inputs: Mapping[str, np.ndarray], runs: int = 20, top: int = 10) -> dict[str, Any]:
         """Run with ORT's profiler on; the ``top`` op types and nodes by total kernel time."""
-        with tempfile.TemporaryDirectory(prefix="deploykit-ortprof-") as tmp:
+        with TempDir("ortprof") as tmp:
             session = self._session_for(self._options(profile_dir=tmp))
             feed = dict(self._feed) if self._feed else None
             if feed is None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from deploykit.errors import RuntimeLoadError
 from deploykit.runtime_bench.inputs import match_inputs, quantize_input
+from deploykit.tmpdirs import TempDir
 
 ARENA_ALIGN = 16
 
@@ -115,7 +116,7 @@ def _measure_arena(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     env = dict(os.environ)  # the child imports this very package, wherever it was imported from
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2])] + [p for p in [env.get("PYTHONPATH")] if p])
-    with tempfile.TemporaryDirectory(prefix="deploykit-tflm-") as tmp:
+    with TempDir("tflm") as tmp:
         log = Path(tmp) / "search.log"
         bounds: list[str] = []
         for _ in range(MAX_CHILD_RESTARTS):

@@ -19,7 +19,6 @@ import http.server
 import json
 import mimetypes
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -43,6 +42,7 @@ from deploykit.runtime_bench.tfjs.runner import (
     encode_array,
     resolve_model_json,
 )
+from deploykit.tmpdirs import TempDir
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_BACKENDS = ("wasm", "webgl", "cpu")
@@ -205,7 +205,8 @@ def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: 
         timeout_s = 120.0 + (5.0 * (warmup + iterations) + config["settle_ms"] * SETTLE_CAP / 1000) * len(backends)
     server = _Server(files, json.dumps(config).encode())
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    profile = tempfile.mkdtemp(prefix="deploykit-chromium-")
+    profile_dir = TempDir("chromium")
+    profile = profile_dir.name
     url = f"http://127.0.0.1:{server.server_address[1]}/bench.html"
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
@@ -226,7 +227,7 @@ def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: 
         server.shutdown()
         server.server_close()
         log.close()
-        shutil.rmtree(profile, ignore_errors=True)
+        profile_dir.cleanup()
     if "fatal" in report:
         raise RuntimeLoadError(f"TF.js in Chromium: {report['fatal']}")
     report["browser_version"] = _chromium_version(report.get("user_agent", ""))
