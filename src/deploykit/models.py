@@ -992,9 +992,9 @@ def check_exportable_names(model: Any, source: str) -> None:
     if not _ROOT_SCOPE.fullmatch(str(model.name)):
         refuse("the model's name", str(model.name))
     for layer in model._flatten_layers(include_self=False):
-        if not _NESTED_SCOPE.fullmatch(str(layer.name)):
-            refuse("the input name" if layer.__class__.__name__ == "InputLayer" else
-                   f"the name of layer {layer.__class__.__name__}", str(layer.name))
+        # input names have their own check, with the signature's rules (pipeline._check_input_names)
+        if layer.__class__.__name__ != "InputLayer" and not _NESTED_SCOPE.fullmatch(str(layer.name)):
+            refuse(f"the name of layer {layer.__class__.__name__}", str(layer.name))
     for variable in model.weights:
         if not _NESTED_SCOPE.fullmatch(str(getattr(variable, "path", variable.name))):
             refuse("the weight", str(getattr(variable, "path", variable.name)))
