@@ -227,7 +227,10 @@ def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline:
             result = pipeline.run(model)
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
             status.stop()
-            print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
+            if getattr(pipeline, "completed", False):  # it came while the finished run let go of --out
+                print(f"deploy: interrupted after the run was written to {out}; its output is complete", file=sys.stderr)
+            else:
+                print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
             _INTERRUPT_SAID.append(True)
             raise typer.Exit(130) from None
         interrupts["written"] = True  # the run is complete and on disk: a late Ctrl-C changes nothing

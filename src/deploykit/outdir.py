@@ -18,6 +18,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -58,7 +59,7 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
         tempfile.TemporaryDirectory(dir=existing, prefix=".deploykit-probe-").cleanup()
     except OSError as exc:
         raise UserError(f"cannot write to {existing} ({exc.strerror or exc}); choose another --out") from None
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and any(not p.name.startswith(LOCK_NAME) for p in out.iterdir()) and not force:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force (force=True in Python) to overwrite")
     for name in target_names:
         place = out / name
@@ -131,155 +132,208 @@ class OutDirLock:
     def __init__(self, path: Path, fd: int):
         self.path, self._fd = path, fd
 
+    def same_file(self, path: Path) -> bool:
+        """Whether ``path`` is this lock's file (the temporary name it was linked from)."""
+        try:
+            return self._fd is not None and os.path.samestat(os.fstat(self._fd), os.stat(path))
+        except OSError:
+            return False
+
     def release(self) -> None:
         """Remove the lock file and drop the claim (once; later calls do nothing)."""
         if self._fd is None:
             return
-        try:
-            if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:  # ours, not a later run's
-                self.path.unlink()
-        except OSError:
-            pass
+        if self.same_file(self.path):  # ours, not a later run's
+            self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
 
 
-def _held_lock(path: Path) -> int | None:
-    """An fd holding ``path``'s flock when nobody else holds it (a killed run's lock), else None.
+class _Live(Exception):
+    """A live run holds the lock (its pid, when the file says, in ``args[0]``)."""
+
+
+def _new_lock_file(out: Path, content: bytes) -> tuple[int, str]:
+    """A lock file under a temporary name, already flock'd and written: linked or renamed into place,
+    no other run ever sees it unlocked (and takes it for a killed run's)."""
+    fd, tmp = tempfile.mkstemp(prefix=LOCK_NAME + "-", dir=out)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: never waits
+    os.write(fd, content)
+    return fd, tmp
+
+
+def _take_stale(lock: Path) -> tuple[int, str] | None:
+    """Hold a killed run's lock file: an fd with its flock and what the file says; None when it is gone
+    (or was replaced between opening and locking it: the flock would be on a file no longer there).
 
     Raises:
-        FileNotFoundError: there is no such lock file.
-        _Live: a live run holds it (its pid, when written, in ``args[0]``).
+        _Live: a live run holds it.
     """
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(fd)
         try:
-            pid = int(path.read_text().split()[0])
+            pid = int(os.pread(fd, 64, 0).split()[0])
         except (ValueError, OSError, IndexError):
             pid = None
+        os.close(fd)
         raise _Live(pid) from None
-    return fd
-
-
-class _Live(Exception):
-    """A live run holds the lock."""
+    try:
+        current = os.path.samestat(os.fstat(fd), os.stat(lock))
+    except FileNotFoundError:
+        current = False
+    if not current:
+        os.close(fd)
+        return None
+    return fd, os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
 
 
 def lock_out_dir(out: Path, target_names: Sequence[str] = ()) -> OutDirLock:
-    """Claim ``out`` for this run: two runs started together into one directory passed the
-    emptiness check together, then each wrote its manifest over the other's. The lock also names
-    the run's targets, so that what a killed run wrote can be told from what it set aside.
+    """Claim ``out`` for this run, then put back what a killed run left (see :func:`recover_killed_run`).
 
-    The lock file is written and locked under a temporary name, then linked into place: no other
-    run ever sees it unlocked (and takes it for a killed run's).
+    Two runs started together into one directory passed the emptiness check together, then each
+    wrote its manifest over the other's: the lock keeps the second out. A killed run's lock is taken
+    over in one step (its flock, then this run's own file renamed over it), so recovery always runs
+    under a claim: two runs never recover, or claim, at once. The lock names the run's targets, so
+    that what a killed run wrote can be told from what it set aside.
 
     Raises:
         OutputExistsError: another live deploykit process holds the directory.
     """
     lock = out / LOCK_NAME
-    for _ in range(3):
-        fd, tmp = tempfile.mkstemp(prefix=LOCK_NAME + "-", dir=out)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: never waits
-        os.write(fd, (f"{os.getpid()}\n" + "\n".join(target_names)).encode())
+    content = (f"{os.getpid()}\n" + "\n".join(target_names)).encode()
+    for _ in range(5):
+        fd, tmp = _new_lock_file(out, content)
         try:
             os.link(tmp, lock)
         except FileExistsError:
-            os.unlink(tmp)
-            os.close(fd)
             try:
-                stale = _held_lock(lock)
-            except FileNotFoundError:
-                continue
+                stale = _take_stale(lock)
             except _Live as live:
+                os.close(fd)
+                os.unlink(tmp)
                 who = f"pid {live.args[0]}" if live.args[0] else "a live process"
                 raise OutputExistsError(f"another deploykit run ({who}) is writing to {out}; wait for it to finish "
                                         "or choose another --out") from None
-            os.close(stale)
-            recover_killed_run(out)  # a killed run's claim: put back what it set aside, then claim again
-            continue
-        except OSError:  # a file system without hard links: created in place (a start-together race remains)
-            os.unlink(tmp)
-            os.close(fd)
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
-            except FileExistsError:
+            if stale is None:
+                os.close(fd)
+                os.unlink(tmp)
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, (f"{os.getpid()}\n" + "\n".join(target_names)).encode())
-            return OutDirLock(lock, fd)
-        os.unlink(tmp)
-        return OutDirLock(lock, fd)
-    raise OutputExistsError(f"could not claim {out} ({lock} keeps reappearing); choose another --out")
+            old_fd, killed = stale
+            old_file = os.fstat(old_fd)
+            os.replace(tmp, lock)  # this run's locked file in place of the killed run's
+            os.close(old_fd)
+        except FileNotFoundError:  # our temporary name was removed meanwhile (a recovery took it for debris)
+            os.close(fd)
+            continue
+        except OSError:  # a file system without hard links: renamed into place (a start-together race remains)
+            if lock.exists():
+                os.close(fd)
+                os.unlink(tmp)
+                continue
+            os.replace(tmp, lock)
+            killed, old_file = None, None
+        else:
+            killed, old_file = None, None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        claim = OutDirLock(lock, fd)
+        try:
+            with signals_held():
+                _recover(out, claim, killed, old_file)
+        except BaseException:
+            claim.release()
+            raise
+        return claim
+    raise OutputExistsError(f"could not claim {out} ({lock} keeps changing); choose another --out")
 
 
 def recover_killed_run(out: Path) -> None:
-    """Put back a previous run that a killed --force run (SIGKILL, power loss) had set aside.
+    """Put back a previous run that a killed --force run (SIGKILL, power loss) had set aside, before
+    any work: the directory is claimed (unless a live run holds it: then nothing is touched),
+    recovered and let go.
 
-    A live run holds the lock and is left alone. Otherwise, by the set-aside directory's journal:
-    set aside only in part (killed while moving it), it is moved back and nothing else is touched;
-    set aside whole, what the killed run wrote is removed and the previous run moved back; being
-    restored (killed while putting it back), the rest is moved back. A finished run's discarded
-    previous run is deleted. Nothing complete is ever lost.
+    By the set-aside directory's journal: set aside only in part (killed while moving it), it is moved
+    back and nothing else is touched; set aside whole, what the killed run wrote is removed and the
+    previous run moved back; being put back (killed while doing so), the rest is moved back. A
+    finished run's discarded previous run is deleted. Nothing complete is ever lost.
     """
     if not out.is_dir():
         return
-    lock = out / LOCK_NAME
+    if not any(p.name.startswith(".deploykit") and not p.name.startswith(".deploykit-probe-") for p in out.iterdir()):
+        return  # nothing a run leaves behind
+    try:
+        lock_out_dir(out).release()
+    except OutputExistsError:
+        return  # a live run: everything here is its business
+
+
+# A temporary lock file younger than this may be a starting run's, about to be locked.
+_FRESH_LOCK_S = 60.0
+
+
+def _recover(out: Path, claim: OutDirLock, killed: str | None, killed_file: os.stat_result | None) -> None:
+    """What a killed run left, put right under this run's claim. ``killed``: its lock file's text;
+    ``killed_file``: that file's stat (a temporary name it still has is its own)."""
+    written = [n for n in (killed or "").split()[1:] if n and "/" not in n and not n.startswith(".")]
+    for path in sorted(out.glob(".deploykit-discard-*")):  # a finished run's old files on their way out
+        shutil.rmtree(path, ignore_errors=True)
+    for path in sorted(out.glob(LOCK_NAME + "-*")):  # temporary names of claims never linked into place
+        _remove_unlocked(path, claim, killed_file)
     asides = sorted(out.glob(".deploykit-previous-*"))
-    leftovers = sorted(out.glob(".deploykit-discard-*")) + sorted(out.glob(LOCK_NAME + "-*"))
-    if not asides and not leftovers and not lock.exists():
+    if killed is not None and not asides and not (out / MANIFEST_NAME).exists():
+        _remove_written(out, written, kept=set())  # killed before its manifest, nothing set aside
+    for aside in asides:
+        _put_back(out, aside, written)
+
+
+def _remove_unlocked(path: Path, claim: OutDirLock, killed_file: os.stat_result | None) -> None:
+    """Remove a temporary lock file unless a live run may still be using it."""
+    try:
+        if claim.same_file(path) or (killed_file is not None and os.path.samestat(killed_file, path.stat())):
+            path.unlink()  # the killed run's lock under its temporary name too (killed between link and unlink)
+            return
+        if time.time() - path.stat().st_mtime < _FRESH_LOCK_S:
+            return
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return
     try:
-        held = _held_lock(lock)
-    except FileNotFoundError:
-        held = None
-    except _Live:
-        return  # its run is alive: everything here is its business
-    try:
-        for path in leftovers:  # a finished run's old files on their way out, a claim never linked into place
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    fd = _held_lock(path)
-                except (FileNotFoundError, _Live):
-                    continue  # gone, or a run claiming the directory right now
-                path.unlink(missing_ok=True)
-                os.close(fd)
-        try:  # the killed run's targets: their directories hold its unlisted, unreported artifacts
-            written = [n for n in lock.read_text().split()[1:] if n and "/" not in n and not n.startswith(".")]
-        except OSError:
-            written = []
-        if not asides and not (out / MANIFEST_NAME).exists():  # killed before its manifest, nothing set aside
-            _remove_written(out, written, kept=set())
-        for aside in asides:
-            _put_back(out, aside, written)
-        lock.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
     finally:
-        if held is not None:
-            os.close(held)
+        os.close(fd)
 
 
 def _put_back(out: Path, aside: Path, written: Sequence[str]) -> None:
-    """Move a killed run's set-aside previous run back into ``out`` (see :func:`recover_killed_run`)."""
-    complete, restoring = (aside / _COMPLETE).exists(), (aside / _RESTORING).exists()
+    """Move a killed run's set-aside previous run back into ``out`` (see :func:`recover_killed_run`).
+
+    Set aside whole, the killed run's own files go first, then ``.restoring`` marks that only moves
+    are left: a recovery cut short then resumes the moves and deletes nothing (it took the previous
+    run's directories already moved back for the killed run's).
+    """
     entries = [p for p in aside.iterdir() if p.name not in _JOURNAL]
-    if complete and not restoring:  # the killed run worked after the set-aside: what it wrote goes
+    if (aside / _COMPLETE).exists() and not (aside / _RESTORING).exists():
         _remove_written(out, written, kept={p.name for p in entries})
-    unplaced = False
-    for path in entries:
-        dest = out / path.name
-        if dest.exists() or dest.is_symlink():
-            if not complete or restoring:  # cannot be the killed run's: keep both, lose nothing
-                unplaced = True
-                continue
+        for path in entries:
+            dest = out / path.name
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
-            else:
+            elif dest.exists() or dest.is_symlink():
                 dest.unlink()
-        os.replace(path, dest)
+        (aside / _RESTORING).touch()
+    unplaced = False
+    for path in entries:
+        if (out / path.name).exists() or (out / path.name).is_symlink():
+            unplaced = True  # cannot be the killed run's here: keep both, lose nothing
+            continue
+        os.replace(path, out / path.name)
     if not unplaced:
         shutil.rmtree(aside)
 
@@ -333,26 +387,27 @@ def restore_previous_run(out: Path, aside: Path | None) -> None:
     shutil.rmtree(aside)
 
 
-def discard_previous_run(out: Path, aside: Path | None) -> None:
-    """Delete the set-aside previous run once the new run has finished: renamed first (one atomic
-    step), so that a run killed while deleting it leaves a discard, never half a run to put back."""
+def discard_previous_run(out: Path, aside: Path | None) -> Path | None:
+    """Once the new run has finished: rename the set-aside previous run to a discard (one atomic step,
+    so that a run killed while deleting it leaves a discard, never half a run to put back); returns
+    the discard for the caller to delete (:func:`shutil.rmtree`; a killed run's is deleted by the next)."""
     if aside is None:
-        return
+        return None
     gone = out / (".deploykit-discard-" + aside.name.removeprefix(".deploykit-previous-"))
     os.replace(aside, gone)
-    shutil.rmtree(gone, ignore_errors=True)
+    return gone
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM wait until the block ends (the signals that came are listed), so that a
-    Ctrl-C cannot cut short moving a run aside or back, or the end of a finished run. Only in the main
-    thread, where Python handles signals, and only over handlers Python set."""
+    """SIGINT and SIGTERM wait until the block ends, then arrive as they would have (their handlers are
+    put back and the signals raised again), so that a Ctrl-C cannot cut short moving a run aside or
+    back. Yields the list of signals that came. Only in the main thread, where Python handles signals,
+    only over handlers Python set, and a signal the process ignores stays ignored."""
     caught: list[int] = []
     signums = (signal.SIGINT, signal.SIGTERM)
     saved = {s: signal.getsignal(s) for s in signums} if threading.current_thread() is threading.main_thread() else {}
-    if any(h is None for h in saved.values()):
-        saved = {}
+    saved = {s: h for s, h in saved.items() if h is not None and h != signal.SIG_IGN}
     for s in saved:
         signal.signal(s, lambda signum, frame: caught.append(signum))
     try:
@@ -360,3 +415,5 @@ def signals_held() -> Iterator[list[int]]:
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)

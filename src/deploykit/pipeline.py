@@ -30,7 +30,7 @@ from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_S
                                         check_prune, check_qat, check_qat_model, fine_tune_loss,
                                         label_output_index)
 from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, discard_previous_run, lock_out_dir,
-                              recover_killed_run, restore_previous_run, set_aside_previous_run, signals_held)
+                              restore_previous_run, set_aside_previous_run, signals_held)
 from deploykit.targets import Target, get_target
 from deploykit.tmpdirs import TempDir, remove_stale
 
@@ -268,6 +268,7 @@ class Pipeline:
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""
         self._restore: tuple[Any, list[np.ndarray]] | None = None
+        self.completed = False  # True once run() has written everything and let go of the output directory
         # '~/m.keras' from Python: no shell expanded it. Once here, for every check and load below.
         model = _expanded(model)
         self.data, self.eval_data, self.train_data = (_expanded(d) for d in (self.data, self.eval_data, self.train_data))
@@ -424,9 +425,8 @@ class Pipeline:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create output directory {self.out} ({exc.strerror or exc}); choose another --out") from None
-        recover_killed_run(self.out)
-        lock = lock_out_dir(self.out, [t.name for t in self._all_targets()])
-        if not self.force and any(p.name != LOCK_NAME for p in self.out.iterdir()):
+        lock = lock_out_dir(self.out, [t.name for t in self._all_targets()])  # puts back what a killed run left
+        if not self.force and any(not p.name.startswith(LOCK_NAME) for p in self.out.iterdir()):
             # Empty when this run started, filled since: another run got here first (it finished before our claim).
             lock.release()
             raise OutputExistsError(f"output directory {self.out} was filled by another run while this one worked; "
@@ -463,9 +463,12 @@ class Pipeline:
                         break
                     d.rmdir()
             raise
-        with signals_held():  # finished and written: a Ctrl-C now has nothing left to stop
-            discard_previous_run(self.out, aside)
+        with signals_held():  # finished and written: the old run becomes a discard, the claim goes
+            gone = discard_previous_run(self.out, aside)
             lock.release()
+            self.completed = True  # a Ctrl-C from here on finds the run complete on disk
+        if gone is not None:
+            shutil.rmtree(gone, ignore_errors=True)
         return result
 
     def _run_targets(self, model, info, calib, evald, steps, loaded, inputs, reference, output_names, noise) -> ConvertResult:

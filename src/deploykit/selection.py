@@ -69,7 +69,8 @@ def paired_ratio(summary: dict[str, Any], reference: dict[str, Any]) -> float:
     files of the same float32 graph came out 1.34x apart pooled and 1.04x round by round. Falls back
     to the pooled p50s without rounds (only the rounds both files ran count).
     """
-    pairs = [(a, b) for a, b in zip(summary.get("round_p50_ms") or [], reference.get("round_p50_ms") or []) if b > 0]
+    # rounds a coarse timer read as 0 for either file say nothing about their ratio (ratio_spread skips them too)
+    pairs = [(a, b) for a, b in zip(summary.get("round_p50_ms") or [], reference.get("round_p50_ms") or []) if a > 0 and b > 0]
     if pairs:
         return float(np.median([a / b for a, b in pairs]))
     ref = reference["p50_ms"]

@@ -102,7 +102,7 @@ def test_a_killed_run_s_own_output_goes_and_the_previous_run_comes_back(tmp_path
     assert _contents(out) == before and not list(out.glob(".deploykit*"))
 
 
-def test_killed_while_deleting_the_previous_run_keeps_the_new_one(tmp_path, monkeypatch):
+def test_killed_while_deleting_the_previous_run_keeps_the_new_one(tmp_path):
     out = tmp_path / "out"
     _previous_run(out)
     aside = set_aside_previous_run(out, TARGETS)
@@ -111,19 +111,77 @@ def test_killed_while_deleting_the_previous_run_keeps_the_new_one(tmp_path, monk
         (out / name / "model.tflite").write_bytes(f"new {name}".encode())
     Manifest(model={"name": "new"}, tools={}, machine={}, artifacts=[]).write(out)
     after = {k: v for k, v in _contents(out).items() if not str(k).startswith(".deploykit")}
-
-    def dies(path, ignore_errors=False):  # SIGKILL half-way through deleting the old run
-        victim = next(Path(path).rglob("*.tflite"))
-        victim.unlink()
-        raise SystemExit("killed")
-
-    monkeypatch.setattr(outdir.shutil, "rmtree", dies)
-    with pytest.raises(SystemExit):
-        discard_previous_run(out, aside)
-    monkeypatch.undo()
+    gone = discard_previous_run(out, aside)
+    next(gone.rglob("*.tflite")).unlink()  # SIGKILL half-way through deleting the old run
     _stale_lock(out)
     recover_killed_run(out)  # the half-deleted old run was moved over the new one
     assert _contents(out) == after and not list(out.glob(".deploykit*"))
+
+
+def test_a_recovery_cut_short_resumes_without_deleting_what_it_put_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    before = _previous_run(out)
+    set_aside_previous_run(out, TARGETS)
+    (out / "tflite-fp32").mkdir()
+    (out / "tflite-fp32" / "model.tflite").write_bytes(b"killed run's")
+    _stale_lock(out)
+    moves = []
+    real = os.replace
+
+    def dies_after_two_moves_back(src, dst):
+        if ".deploykit-previous-" in str(src):
+            if len(moves) == 2:
+                raise SystemExit("killed")
+            moves.append(src)
+        real(src, dst)
+
+    monkeypatch.setattr(outdir.os, "replace", dies_after_two_moves_back)
+    with pytest.raises(SystemExit):
+        recover_killed_run(out)
+    monkeypatch.undo()
+    _stale_lock(out)
+    recover_killed_run(out)  # took the two directories already back for the killed run's, and deleted them
+    assert _contents(out) == before and not list(out.glob(".deploykit*"))
+
+
+def test_a_recovery_never_takes_a_live_run_s_claim(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / (LOCK_NAME + "-starting")).write_text("")  # another run's claim on its way into place
+    lock = lock_out_dir(out, TARGETS)  # ... which got there first
+    recover_killed_run(out)  # a third run, starting: the lock was unlinked and two runs held the directory
+    assert (out / LOCK_NAME).exists() and lock.same_file(out / LOCK_NAME)
+    with pytest.raises(OutputExistsError, match="another deploykit run"):
+        lock_out_dir(out, TARGETS)
+    assert (out / (LOCK_NAME + "-starting")).exists()  # a fresh temporary name may be a run about to lock it
+    lock.release()
+
+
+def test_a_killed_claim_under_both_its_names_is_cleared(tmp_path):
+    """Killed between linking its lock into place and removing the temporary name: the next run was
+    refused as 'not empty' by that leftover name."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("1\ntflite-fp32")
+    os.link(out / LOCK_NAME, out / (LOCK_NAME + "-abc123"))
+    recover_killed_run(out)
+    assert list(out.iterdir()) == []
+
+
+def test_signals_held_arrive_after_the_block(tmp_path):
+    import signal
+
+    from deploykit.outdir import signals_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    try:
+        with signals_held() as caught:
+            signal.raise_signal(signal.SIGTERM)
+            assert got == [] and caught == [signal.SIGTERM]  # held
+        assert got == [signal.SIGTERM]  # then delivered to the handler it was meant for
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_file_that_cannot_be_moved_aside_is_one_line_and_the_rest_moves_back(tmp_path, monkeypatch):

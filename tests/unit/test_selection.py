@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deploykit.selection import NOISE_RATIO, TIE_RATIO, tied_with_fastest
 
@@ -299,3 +300,12 @@ def test_the_reason_flags_a_ratio_whose_rounds_disagree(tmp_path, monkeypatch):
     assert "onnx-fp32 1.97x the winner's latency (median of 5 paired rounds' ratios; as fast or faster in 0 of 5), " \
            f"unsteady (its per-round ratios spanned {fp32['ratio_spread']:.1f}x)" in sel["reason"]
     assert sel["reason"].count("per-round ratios spanning more than 1.5x") == 1
+
+
+def test_rounds_a_coarse_timer_read_as_zero_do_not_make_a_file_infinitely_fast():
+    from deploykit.selection import paired_ratio, ratio_spread
+
+    a = {"p50_ms": 0.1, "round_p50_ms": [0.0, 0.1, 0.1, 0.2, 0.1]}
+    b = {"p50_ms": 0.1, "round_p50_ms": [0.1, 0.1, 0.1, 0.1, 0.1]}
+    assert paired_ratio(a, b) == pytest.approx(1.0)  # the 0-round said "0.00x the winner's latency"
+    assert ratio_spread(a, b) == pytest.approx(2.0)
