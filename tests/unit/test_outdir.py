@@ -45,22 +45,28 @@ def _stale_lock(out: Path, targets=TARGETS) -> None:
     (out / LOCK_NAME).write_text("1\n" + "\n".join(targets))  # pid 1: alive, but not a deploykit run holding it
 
 
+def _killed_after(monkeypatch, moves: int, only: str = "") -> None:
+    """os.replace in outdir dies (SIGKILL, as SystemExit) after ``moves`` moves of paths containing ``only``."""
+    done = []
+    real = os.replace
+
+    def replace(src, dst):
+        if only in str(src):
+            if len(done) == moves:
+                raise SystemExit("killed")
+            done.append(src)
+        real(src, dst)
+
+    monkeypatch.setattr(outdir.os, "replace", replace)
+
+
 def test_killed_while_setting_the_previous_run_aside_gets_all_of_it_back(tmp_path, monkeypatch):
     out = tmp_path / "out"
     before = _previous_run(out)
-    moves = []
-    real = os.replace
-
-    def dies_after_two(src, dst):  # SIGKILL after two of the five moves
-        if len(moves) == 2:
-            raise SystemExit("killed")
-        moves.append(src)
-        real(src, dst)
-
-    monkeypatch.setattr(outdir.os, "replace", dies_after_two)
+    _killed_after(monkeypatch, 2)  # two of the five moves
     with pytest.raises(SystemExit):
         set_aside_previous_run(out, TARGETS)
-    monkeypatch.setattr(outdir.os, "replace", real)
+    monkeypatch.undo()
     _stale_lock(out)
     # the previous run's directories still in place were taken for the killed run's output and deleted
     recover_killed_run(out)
@@ -71,19 +77,10 @@ def test_killed_while_putting_the_previous_run_back_gets_the_rest_back(tmp_path,
     out = tmp_path / "out"
     before = _previous_run(out)
     aside = set_aside_previous_run(out, TARGETS)
-    moves = []
-    real = os.replace
-
-    def dies_after_two(src, dst):
-        if len(moves) == 2:
-            raise SystemExit("killed")
-        moves.append(src)
-        real(src, dst)
-
-    monkeypatch.setattr(outdir.os, "replace", dies_after_two)
+    _killed_after(monkeypatch, 2)
     with pytest.raises(SystemExit):
         restore_previous_run(out, aside)
-    monkeypatch.setattr(outdir.os, "replace", real)
+    monkeypatch.undo()
     _stale_lock(out)
     recover_killed_run(out)  # the two moved back were deleted as the killed run's
     assert _contents(out) == before and not list(out.glob(".deploykit*"))
@@ -125,17 +122,7 @@ def test_a_recovery_cut_short_resumes_without_deleting_what_it_put_back(tmp_path
     (out / "tflite-fp32").mkdir()
     (out / "tflite-fp32" / "model.tflite").write_bytes(b"killed run's")
     _stale_lock(out)
-    moves = []
-    real = os.replace
-
-    def dies_after_two_moves_back(src, dst):
-        if ".deploykit-previous-" in str(src):
-            if len(moves) == 2:
-                raise SystemExit("killed")
-            moves.append(src)
-        real(src, dst)
-
-    monkeypatch.setattr(outdir.os, "replace", dies_after_two_moves_back)
+    _killed_after(monkeypatch, 2, only=".deploykit-previous-")  # two moves back
     with pytest.raises(SystemExit):
         recover_killed_run(out)
     monkeypatch.undo()
