@@ -173,6 +173,8 @@ def _take_stale(lock: Path) -> tuple[int, str] | None:
         fd = os.open(lock, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except PermissionError:  # another user's run (live or not): not this run's to take over
+        raise OutputExistsError(f"{lock} is another user's deploykit claim on {lock.parent}; choose another --out") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -213,6 +215,10 @@ def lock_out_dir(out: Path, target_names: Sequence[str] = ()) -> OutDirLock:
         except FileExistsError:
             try:
                 stale = _take_stale(lock)
+            except OutputExistsError:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
             except _Live as live:
                 os.close(fd)
                 os.unlink(tmp)
