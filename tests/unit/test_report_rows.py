@@ -448,3 +448,13 @@ def test_the_float32_ratio_records_how_far_its_rounds_spread():
     assert vs["onnx-int8-qdq"]["unsteady"] and round(vs["onnx-int8-qdq"]["spread"], 2) == 4.59
     assert "unsteady" not in vs["onnx-int8-qop"] and "unsteady" not in vs["onnx-fp32"]
     assert vs["onnx-fp32"]["spread"] == 1.0
+
+
+def test_a_latency_that_swings_between_speeds_is_noted_under_the_table():
+    """A tflite-dynamic file ran 0.7 ms and 10-13 ms in phases: p50 1.0 beside p90 10.5, and nothing said so."""
+    from deploykit.report.rows import table_note
+
+    arts = [_artifact("tflite-fp32", 1000, p50_ms=1.1, p90_ms=1.3), _artifact("tflite-dynamic", 300, p50_ms=1.0, p90_ms=10.5)]
+    note = table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts)) or ""
+    assert "Latency that swings: tflite-dynamic p90 10.500 ms is 10.5x its p50 1.000 ms" in note
+    assert "tflite-fp32 p90" not in note

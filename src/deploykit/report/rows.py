@@ -203,8 +203,20 @@ def table_note(manifest: Manifest) -> str | None:
         notes.append(f"× fp32 p50 marked (unsteady) ({', '.join(unsteady)}): that file's per-round ratios to fp32 spanned "
                      f"more than {UNSTEADY_SPREAD:g}x, the machine's load changed between rounds, and the median is not a "
                      "figure to rely on; time the files again with `deploy bench` on a quieter machine.")
+    # A p90 far above the p50: the file swings between speeds (run_mnv3's tflite-dynamic ran 0.7 ms and
+    # 10-13 ms in phases at 2 threads), which neither p50 nor a ratio says.
+    swinging = [(a.target, timing(a)) for a in manifest.artifacts if a.status == "ok"
+                and (timing(a).get("p50_ms") or 0) > 0 and (timing(a).get("p90_ms") or 0) >= SWINGING_P90 * timing(a)["p50_ms"]]
+    if swinging:
+        notes.append("Latency that swings: " + ", ".join(
+            f"{t} p90 {latency_ms(x['p90_ms'])} ms is {x['p90_ms'] / x['p50_ms']:.1f}x its p50 {latency_ms(x['p50_ms'])} ms"
+            for t, x in swinging) + " (the runtime switching between speeds, or load on this machine); time "
+            f"{'it' if len(swinging) == 1 else 'them'} on the device before choosing for speed.")
     notes += [f"Note: {n}." for n in manifest.steps.get("side_by_side", {}).get("notes", [])]
     return " ".join(notes) or None
+
+
+SWINGING_P90 = 3.0  # p90 at this many times the p50 or more: noted under the Targets table
 
 
 def selection_lines(manifest: Manifest) -> list[str]:
