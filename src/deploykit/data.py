@@ -78,6 +78,8 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
     try:
         with np.load(path, allow_pickle=False) as npz:
             files = list(npz.files)
+            if {"config.json", "metadata.json"} <= set(files):  # a .keras archive is a zip too
+                raise DataError(f"{path} is a Keras model file, not data; pass an .npz saved with np.savez(path, x=..., y=...)")
             keys = _keys_used(files, input_names)
             _check_expanded_size(path, npz.zip, keys)
             arrays = {k: npz[k] for k in keys}

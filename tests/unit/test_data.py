@@ -305,6 +305,16 @@ def test_truncated_npz(tmp_path, xy):
         load_data(tmp_path / "half.npz", SPEC)
 
 
+def test_a_keras_file_passed_as_data_is_named_as_a_model(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as zf:
+        for name in ("config.json", "metadata.json", "model.weights.h5"):
+            zf.writestr(name, b"{}")
+    with pytest.raises(DataError, match=r"model\.keras is a Keras model file, not data"):
+        load_data(tmp_path / "model.keras", SPEC)
+
+
 def test_zip_member_that_is_not_npy_is_named(tmp_path):
     # numpy hands such a member back as raw bytes; the message blamed its dtype ("|S19, not numeric")
     import zipfile
