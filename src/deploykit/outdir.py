@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from deploykit.artifacts import MANIFEST_NAME, Manifest
 from deploykit.errors import OutputExistsError, UserError
+from deploykit.tmpdirs import try_flock
 
 REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
 # What a target directory holds after a deploykit run: a directory that holds anything else is not
@@ -175,9 +176,7 @@ def _take_stale(lock: Path) -> tuple[int, str] | None:
         return None
     except PermissionError:  # another user's run (live or not): not this run's to take over
         raise OutputExistsError(f"{lock} is another user's deploykit claim on {lock.parent}; choose another --out") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not try_flock(fd):
         try:
             pid = int(os.pread(fd, 64, 0).split()[0])
         except (ValueError, OSError, IndexError):
@@ -309,10 +308,9 @@ def _remove_unlocked(path: Path, claim: OutDirLock, killed_file: os.stat_result 
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
+        if try_flock(fd):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
     finally:
         os.close(fd)
 

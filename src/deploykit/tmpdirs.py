@@ -67,14 +67,23 @@ class TempDir:
         return f"<TempDir {self.name!r}>"
 
 
+def try_flock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting: False when another open file holds it (its
+    process is alive) or the file system has no flock. The one test of "is its owner alive" that
+    temporary directories and output-directory claims (:mod:`deploykit.outdir`) share."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def _lock(path: Path) -> int | None:
     """An open descriptor of ``path`` holding an exclusive flock, or None where flock is not available."""
     if fcntl is None:
         return None
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # a file system without flock: the directory is made, just not protected
+    if not try_flock(fd):  # a file system without flock: the directory is made, just not protected
         os.close(fd)
         return None
     return fd
@@ -126,9 +135,7 @@ def _remove_if_unlocked(path: str) -> bool:
     """Remove ``path`` if no process holds its lock; the lock is held while removing it."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its run is alive
+        if not try_flock(fd):  # held: its run is alive
             return False
         shutil.rmtree(path, ignore_errors=True)
         return not os.path.exists(path)
