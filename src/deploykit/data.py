@@ -16,6 +16,7 @@ before anything is converted or written.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,7 +88,7 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
                 if isinstance(value, bytes):  # numpy hands back a member that is not an .npy array as raw bytes
                     raise DataError(f"{path}: member {k!r} is not a NumPy array (.npy); save data with np.savez(path, x=..., y=...)")
             if "y" not in files:  # keys labels may have been saved under instead: read to refuse them
-                for k in (k for k in files if k.lower() in _LABEL_LIKE and k not in arrays):
+                for k in (k for k in files if (k.lower() in _LABEL_LIKE or _PER_OUTPUT.match(k)) and k not in arrays):
                     with contextlib.suppress(ValueError):  # pickled metadata: not labels, not read
                         arrays[k] = npz[k]
     except DataError:
@@ -129,6 +130,8 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
 
 # Keys people save labels under (case aside) that are not 'y'.
 _LABEL_LIKE = {"y", "label", "labels", "target", "targets", "y_true", "ys", "class", "classes"}
+# Keys of labels saved per output of a multi-output model: y_<output>, y0, y1...
+_PER_OUTPUT = re.compile(r"^[yY](_\w+|\d+)$")
 
 
 def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: Sequence[Any]) -> None:
@@ -139,13 +142,19 @@ def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: 
         return
     first = next((arrays[k] for k in ("x", *input_names, "x0") if k in arrays), None)
     n = len(first) if isinstance(first, np.ndarray) and first.ndim else None  # samples, when plain to see
-    for k in keys:
-        if str(k).lower() not in _LABEL_LIKE or k in input_names or k == "y" or k not in arrays:
-            continue
+    def numbers_per_sample(k: Any) -> bool:
         value = np.asarray(arrays[k]) if not isinstance(arrays[k], np.ndarray) else arrays[k]
-        if value.dtype.kind in "biuf" and value.ndim >= 1 and (n is None or len(value) == n):
+        return value.dtype.kind in "biuf" and value.ndim >= 1 and (n is None or len(value) == n)
+
+    candidates = [k for k in keys if k in arrays and k not in input_names and numbers_per_sample(k)]
+    for k in candidates:
+        if str(k).lower() in _LABEL_LIKE:
             raise DataError(f"{where}: has {k!r} but no 'y': labels (or target values) go under the key 'y' "
                             "(np.savez(path, x=..., y=...), or {'x': ..., 'y': ...})")
+    per_output = [k for k in candidates if _PER_OUTPUT.match(str(k))]
+    if per_output:  # y_cls, y_reg / y0, y1: one label array per output, which a run does not read
+        raise DataError(f"{where}: has {', '.join(map(repr, per_output))} but no 'y': a run scores one output, on labels "
+                        "under the key 'y' (name the output they belong to with --label-output)")
 
 
 def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:

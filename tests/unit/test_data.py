@@ -69,6 +69,22 @@ def test_labels_saved_under_another_key_are_refused_not_ignored(tmp_path, xy):
     _check(load_data({"x": x, "classes": np.array(["cat", "dog"])}, SPEC), x, None)
 
 
+def test_labels_saved_per_output_are_refused_not_ignored(tmp_path, xy):
+    """y_cls / y_reg (or y0, y1) for a multi-output model were read as no labels: no accuracy check."""
+    x, y = xy
+    for keys in (("y_cls", "y_reg"), ("y0", "y1")):
+        np.savez(tmp_path / "d.npz", x=x, **{k: y for k in keys})
+        with pytest.raises(DataError, match=rf"has '{keys[0]}', '{keys[1]}' but no 'y': a run scores one output, "
+                                             r"on labels under the key 'y' \(name the output .* --label-output\)"):
+            load_data(tmp_path / "d.npz", SPEC)
+        with pytest.raises(DataError, match=rf"data dict: has '{keys[0]}', '{keys[1]}' but no 'y'"):
+            load_data({"x": x, **{k: y for k in keys}}, SPEC)
+    np.savez(tmp_path / "both.npz", x=x, y=y, y_pred=y)  # 'y' is there: the other key is the user's business
+    _check(load_data(tmp_path / "both.npz", SPEC), x, y)
+    np.savez(tmp_path / "meta.npz", x=x, y_names=np.array(["cat", "dog"]))  # not one number per sample
+    _check(load_data(tmp_path / "meta.npz", SPEC), x, None)
+
+
 def test_npz_keyed_by_input_name(tmp_path, xy):
     x, y = xy
     np.savez(tmp_path / "d.npz", pixels=x, y=y)
