@@ -321,3 +321,20 @@ def test_a_chosen_c_name_is_used_as_given(tmp_path):
     assert "g_MyBoard_v2_model_data[]" in (result.out / "board" / "model_data.cc").read_text()
     # without one, the model's name becomes an identifier
     assert result.artifact("tflm-int8")["settings"]["converter"]["c_array"] == "g_tiny_model_v2_model_data"
+
+
+def test_a_recurrent_loop_is_refused_for_tflm_not_crashed_on(tmp_path):
+    """A Keras 3 GRU with tflm-int8 first in the run: the micro converter exports at batch 1 directly,
+    and TFLite's int8 calibrator then segfaulted on the loop, taking the process and the run's other
+    targets down (exit 139, an empty tflm-int8/ left behind)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20, 4), name="seq"), keras.layers.GRU(8),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(32, 20, 4)).astype("float32")
+    result = deploykit.convert(model, ["tflm-int8", "tflite-fp32"], data=x, out=tmp_path / "out", bench=False)
+    micro = result.artifact("tflm-int8")
+    assert micro["status"] == "failed" and "calibration crashes on the model's recurrent loop" in micro["error"]
+    assert "unroll" in micro["error"] and "tflite-dynamic" in micro["error"]
+    assert result.artifact("tflite-fp32")["status"] == "ok"

@@ -82,7 +82,10 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         if getattr(model, "_tflite_needs_fixed_batch", False):  # an earlier target of this run found out
             raise ConversionError("TensorList ops need a static batch")
         if batch is not None and model.keras_model is not None:
-            flatbuffer = _convert(model.fixed_batch_saved_model_dir(batch), model, target, settings, calibration)
+            fixed = model.fixed_batch_saved_model_dir(batch)
+            if target.needs_calibration and _loops_over_sequence(fixed):  # see the refusal below
+                raise _calibration_crashes(target)
+            flatbuffer = _convert(fixed, model, target, settings, calibration)
             settings["fixed_batch"] = batch
         else:
             flatbuffer = _convert(model.saved_model_dir(), model, target, settings, calibration)
@@ -101,13 +104,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
                 "in its input signature, or choose an ONNX target") from None
         model._tflite_needs_fixed_batch = True  # the run's other TFLite targets skip the failing attempt
         if target.needs_calibration:
-            # Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the
-            # WHILE loop, taking the whole process down. Refuse instead of crashing the run.
-            raise ConversionError(
-                f"{target.name}: the model's recurrent loop converts to TFLite only with a fixed batch, and TFLite's "
-                "int8 calibration crashes on that loop (TensorFlow 2.21); choose tflite-fp32, tflite-fp16 or "
-                "tflite-dynamic (int8 weights, no calibration), or an ONNX target"
-            ) from None
+            raise _calibration_crashes(target) from None
         flatbuffer = _convert(model.fixed_batch_saved_model_dir(1), model, target, settings, calibration)
         settings["fixed_batch"] = 1
         settings["fixed_batch_reason"] = "recurrent loops (TensorList ops) convert to builtin WHILE only with a static batch"
@@ -129,6 +126,27 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
     _record_weight_storage(Path(out_path), target, settings)
     settings.update(_io_names(flatbuffer))
     return settings
+
+
+def _loops_over_sequence(sm_dir: Path) -> bool:
+    """The SavedModel loops over a sequence: a While over TensorList ops (Keras 3 LSTM/GRU/RNN layers)."""
+    from tensorflow.python.tools import saved_model_utils
+
+    graph = saved_model_utils.get_meta_graph_def(str(sm_dir), "serve").graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    return bool(ops & {"While", "StatelessWhile"}) and any(op.startswith("TensorList") for op in ops)
+
+
+def _calibration_crashes(target: Any) -> ConversionError:
+    """The refusal of int8 calibration on a recurrent loop.
+
+    Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the WHILE
+    loop, taking the whole process (and every other target of the run) down.
+    """
+    return ConversionError(
+        f"{target.name}: TFLite's int8 calibration crashes on the model's recurrent loop (LSTM/GRU/RNN layers; "
+        "TensorFlow 2.21); unroll the layers (e.g. GRU(unroll=True), with a fixed sequence length), or choose "
+        "tflite-fp32, tflite-fp16 or tflite-dynamic (int8 weights, no calibration), or an ONNX target")
 
 
 # Fused sequence ops whose state lives in variable tensors that persist from one invocation to the next.
