@@ -1143,3 +1143,40 @@ def test_a_column_that_barely_varies_is_held_to_one_percent_of_its_size_smoothly
 
     assert violations(100, 50) > 0  # lost its variation entirely: fails (passed before)
     assert violations(100, 3) == 0 and violations(119, 3) == 0 and violations(122, 3) == 0  # smooth around 1 %
+
+
+def test_a_small_column_passed_by_the_whole_range_bound_gets_its_note(tmp_path):
+    """Two regression columns spanning 1.6 and 0.5: int8 files were off by 15-18 % of the small one's span
+    and passed silently (held to 5 % of the whole output's range), where a TF.js uint8 file off by less on
+    the same column failed its per-column bound."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.runtime_bench.onnxruntime import ORTRunner
+
+    w = np.array([[1.0, 0.1], [0.5, 0.2], [0.2, 0.05], [0.1, 0.15]], np.float32)
+    coarse = w * np.array([1.0, 1.15], np.float32)  # the small column 15 % off
+
+    def runner_for(weights, name):
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "reg",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+                                  [numpy_helper.from_array(weights, "w")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / name))
+        r = ORTRunner(tmp_path / name, threads=1)
+        r.load()
+        return r
+
+    x = np.random.default_rng(0).uniform(0, 1, (64, 4)).astype(np.float32)
+    ref = x.astype(np.float64) @ w
+    int8 = get_target("tflite-int8").tolerance
+    result = verify(runner_for(coarse, "coarse.onnx"), {"x": x}, [ref], ["y"], int8)
+    assert result["passed"], result["failures"]
+    c = result["outputs"]["y"]["coarse_column"]
+    assert c["column"] == 1 and 0.1 < c["share_of_scale"] < 0.3
+    assert any(n.startswith("output 'y': column 1 is off by up to") and "whole output's range" in n
+               for n in result["notes"])
+    exact = verify(runner_for(w, "exact.onnx"), {"x": x}, [ref], ["y"], int8)
+    assert exact["passed"] and "coarse_column" not in exact["outputs"]["y"] and not exact.get("notes")
+    per_column = verify(runner_for(coarse, "coarse.onnx"), {"x": x}, [ref], ["y"], get_target("tfjs-uint8").tolerance)
+    assert not per_column["passed"] and "coarse_column" not in per_column["outputs"]["y"]
