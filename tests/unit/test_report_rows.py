@@ -37,6 +37,25 @@ def test_most_accurate_says_when_others_tie_and_which_is_closest():
     assert "**tflite-fp32**" in line and "2 other artifacts as accurate, this one closest to the reference" in line
 
 
+def test_most_accurate_is_not_an_int8_file_one_lucky_sample_ahead():
+    """An int8 file at 76.25 % that changed 5 answers of 400 headed the report over files reproducing the
+    model at 76.00 %: one sample's luck. A gain well beyond its changed answers' chance still wins."""
+    from deploykit.report.rows import highlights
+
+    def line(int8_accuracy, agreement):
+        arts = [_artifact(n, s) for n, s in (("tflite-fp32", 1000), ("onnx-int8-qdq", 300), ("tflite-int8", 290))]
+        for a, acc, agree, err in zip(arts, (0.76, int8_accuracy, 0.7575), (1.0, agreement, 0.9825), (3e-7, 0.056, 0.056)):
+            a.verification = {"accuracy": acc, "reference_accuracy": 0.76, "max_abs_error": err, "samples": 400,
+                              "top1_agreement": agree}
+        return next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
+
+    lucky = line(0.7625, 0.9875)
+    assert lucky.startswith("Most accurate: **tflite-fp32** (76.00%; reference 76.00%; 2 other artifacts as accurate")
+    assert "onnx-int8-qdq's 76.25% is within chance on the 5 answers it changed" in lucky
+    better = line(0.80, 0.94)  # 16 samples net on 24 changed: beyond 2 sqrt(24) ~ 9.8
+    assert better.startswith("Most accurate: **onnx-int8-qdq** (80.00%; reference 76.00%)")
+
+
 def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():
     from deploykit.report.rows import prune_lines
 
