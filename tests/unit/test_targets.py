@@ -290,6 +290,21 @@ def test_toml_tolerance_defaults_follow_the_builtin_of_the_same_format_and_preci
     assert load_target_file(path).tolerance == get_target("tflite-int8").tolerance
 
 
+def test_options_left_out_follow_the_builtin_of_the_same_format_and_precision(tmp_path):
+    """replace(onnx-int8-qop, options={"opset": 15}) (what the built-in-name error suggests) reset
+    quant_format to the format's default: a QDQ file reported as int8-qop. A .toml the same."""
+    qop = get_target("onnx-int8-qop")
+    mine = dataclasses.replace(qop, name="my-qop", options={"opset": 15})
+    assert mine.options == {**qop.options, "opset": 15}
+    path = tmp_path / "q.toml"
+    path.write_text('format = "onnx"\nprecision = "int8-qop"\noptions = { opset = 15 }\n')
+    assert load_target_file(path).options["quant_format"] == "qoperator"
+    qdq = dataclasses.replace(get_target("onnx-int8-qdq"), name="my-qdq", options={"per_channel": False})
+    assert qdq.options["quantize_bias"] is False and qdq.options["per_channel"] is False  # given ones win
+    path.write_text('format = "onnx"\nprecision = "int8-mine"\nweights = "int8"\nactivations = "uint8"\n')
+    assert load_target_file(path).options["quant_format"] == "qdq"  # no such built-in: the format's defaults
+
+
 def test_flat_toml_with_explicit_name(tmp_path):
     path = tmp_path / "whatever.toml"
     path.write_text('name = "edge-int8"\n' + FLAT_TOML)

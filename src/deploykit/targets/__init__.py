@@ -308,7 +308,14 @@ class Target:
             raise TargetError(f"{where}: an auto target cannot be its own candidate")
         # An auto target's options are what it sets on its candidates: only those given, never the
         # format's defaults (a default quant_format = "qdq" would turn onnx-int8-qop into QDQ).
-        object.__setattr__(self, "options", _check_options(self.format, dict(self.options), where, fill=not self.candidates))
+        options = dict(self.options)
+        if not self.candidates and not _LOADING_BUILTINS:
+            # Options left out come from the built-in of the same format and precision, as tolerance and
+            # bench do: replace(onnx-int8-qop, options={"opset": 15}) was built as QDQ, labelled int8-qop.
+            same = next((t for t in list_targets() if t.format == self.format and t.precision == self.precision
+                         and not t.candidates), None)
+            options = {**(same.options if same else {}), **options}
+        object.__setattr__(self, "options", _check_options(self.format, options, where, fill=not self.candidates))
         object.__setattr__(self, "overrides", _check_overrides(self.overrides, where, auto=bool(self.candidates)))
         if self.format == "onnx" and self.activations == "int16" and self.options.get("quant_format") == "qoperator":
             raise TargetError(f"{where}: ONNX Runtime's QOperator ops (QLinearConv...) take 8-bit activations only; "
@@ -560,7 +567,8 @@ def load_target_file(path: str | Path) -> Target:
     the file stem) or a single named table, like the entries of builtin.toml.
     Tolerance and bench fields it leaves out come from the closest built-in
     profile: the same format and precision, else the same format and numeric
-    types, else the same numeric types in another format. In an ``-auto``
+    types, else the same numeric types in another format; ``options`` it leaves out, from the built-in
+    of the same format and precision, else the format's defaults. In an ``-auto``
     target they are set on its candidates instead (with its ``options`` and
     ``calibration_samples``), and candidate ``.toml`` paths are relative to
     this file's directory.
