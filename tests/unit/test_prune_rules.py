@@ -303,3 +303,25 @@ def test_convert_names_a_fine_tune_setting_passed_as_a_keyword_and_where_it_goes
         deploykit.convert("missing.keras", ["tflite-fp32"], prune=0.8, epochs=2)
     with pytest.raises(UserError, match=r"unknown option\(s\) colour for convert; choose from: .*cluster$"):
         deploykit.convert("missing.keras", ["tflite-fp32"], colour="red")
+
+
+def test_a_loss_saved_as_a_function_and_metric_objects_are_read_from_the_compile_config():
+    """keras.losses.sparse_categorical_crossentropy (a function) is saved as {"class_name": "function",
+    "config": "<name>"}: reading it crashed every run with labels (AttributeError, exit 1). Metric objects
+    (SparseCategoricalAccuracy(name="sca")) were dropped from the fine-tune without a word."""
+    import keras
+
+    from deploykit.optimize.prune import _loss_name, _training_setup, is_regression_loss, metric_name
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", keras.losses.sparse_categorical_crossentropy,
+                  metrics=["accuracy", keras.metrics.SparseCategoricalAccuracy(name="sca")])
+    cfg = model.get_compile_config()  # as config.json carries it
+    assert cfg["loss"]["class_name"] == "function"
+    assert _loss_name(cfg["loss"]) == "sparse_categorical_crossentropy"
+    loss, _, metrics, source = _training_setup("keras3", cfg, None, None, None, None)
+    assert source == "model compile config" and [metric_name(m) for m in metrics] == ["accuracy", "sca"]
+    reg = {"loss": {"module": "builtins", "class_name": "function", "config": "mean_squared_error",
+                    "registered_name": "function"}}
+    assert is_regression_loss(None, reg)
+    assert _loss_name({"class_name": "Huber", "config": {"name": "huber_loss"}}) == "Huber"

@@ -337,7 +337,7 @@ def cluster(
         "settings": {
             "clusters": clusters, "epochs": epochs, "batch_size": batch_size, "patience": patience,
             "learning_rate": _ft._lr_value(opt), "optimizer": type(opt).__name__, "loss": _ft._loss_name(loss_fn),
-            "metrics": [str(m) for m in metric_list], "training_settings_from": settings_source, "seed": seed,
+            "metrics": [_ft.metric_name(m) for m in metric_list], "training_settings_from": settings_source, "seed": seed,
             "steps_per_epoch": math.ceil(len(train) / batch_size), "train_samples": len(train),
             "validation_samples": len(val), "validation_source": val.source,
         },

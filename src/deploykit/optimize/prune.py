@@ -187,8 +187,11 @@ def _to_dataset(data: Any, model: Any, role: str, targets: bool = False):
 def _loss_name(loss: Any) -> str:
     if isinstance(loss, str):
         return loss
-    if isinstance(loss, dict):
-        return str(loss.get("class_name", loss.get("config", {}).get("name", "")))
+    if isinstance(loss, dict):  # a serialized loss: a class ({"class_name": "Huber", ...}) or a function
+        config = loss.get("config")  # ({"class_name": "function", "config": "mean_squared_error"})
+        if loss.get("class_name") in (None, "function") and isinstance(config, str):
+            return config
+        return str(loss.get("class_name") or (config.get("name", "") if isinstance(config, dict) else ""))
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
 
 
@@ -443,7 +446,9 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
         _resolved("loss", km.losses.get, loss)  # checked here: compile() would fail only inside fit()
     if metrics is None:
         cfg_metrics = (compile_config or {}).get("metrics") or []
-        metrics = [m for m in cfg_metrics if isinstance(m, str)] if isinstance(cfg_metrics, list) else []
+        metrics = [m if isinstance(m, str) else _rebuilt_metric(km, m) for m in cfg_metrics
+                   if isinstance(m, (str, dict))] if isinstance(cfg_metrics, list) else []
+        metrics = [m for m in metrics if m is not None]
     metrics = list(metrics or [])
     for m in metrics:
         if isinstance(m, str) and m not in ("accuracy", "acc", "crossentropy", "ce"):  # names compile() maps itself
@@ -467,6 +472,20 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
     if optimizer is None:
         optimizer = km.optimizers.Adam(learning_rate=float(learning_rate) if learning_rate is not None else DEFAULT_LEARNING_RATE)
     return loss, optimizer, metrics, source
+
+
+def _rebuilt_metric(km: Any, config: dict[str, Any]) -> Any:
+    """A compiled metric saved as an object (SparseCategoricalAccuracy(name="sca"), a registered custom
+    one), rebuilt; None when its class is not known here (the fine-tune's own accuracy is tracked anyway)."""
+    try:
+        return km.metrics.deserialize(config)
+    except Exception:  # noqa: BLE001 - an unregistered custom metric: fine-tuned without it
+        return None
+
+
+def metric_name(metric: Any) -> str:
+    """A metric's name as the report shows it: the string given, or the object's name."""
+    return metric if isinstance(metric, str) else str(getattr(metric, "name", None) or type(metric).__name__)
 
 
 _EXAMPLES = {"loss": "sparse_categorical_crossentropy", "metric": "accuracy", "optimizer": "adam"}
@@ -1245,7 +1264,7 @@ def prune(
             "sparsity": sparsity, "schedule": sched.to_dict(), "structure": structure,
             "block_size": list(bs) if structure == "block" else None, "epochs": epochs, "batch_size": batch_size,
             "patience": patience, "learning_rate": _lr_value(opt), "optimizer": type(opt).__name__,
-            "loss": _loss_name(loss_fn), "metrics": [str(m) for m in metric_list],
+            "loss": _loss_name(loss_fn), "metrics": [metric_name(m) for m in metric_list],
             "training_settings_from": settings_source, "seed": seed, "steps_per_epoch": steps_per_epoch,
             "train_samples": len(train), "validation_samples": len(val), "validation_source": val.source,
         },
