@@ -13,13 +13,14 @@ import dataclasses
 import re
 import datetime as _dt
 import inspect
+import json
 import math
 import os
 import shutil
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -91,7 +92,8 @@ class ConvertResult:
 
         Raises:
             KeyError: the result holds no such target.
-            UserError: the target failed (its message says why and where a file it built was kept).
+            UserError: the target failed (its message says why and where a file it built was kept), or a
+                later run into ``out`` replaced this one.
         """
         a = self.artifact(target)
         if a["status"] != "ok":
@@ -99,10 +101,39 @@ class ConvertResult:
             kept = f"; the file it built is kept for inspection at {self.out / a['path']}" if a.get("path") else ""
             reason = (a.get("error") or "").split("\n")[0]
             raise UserError(f"target {a['target']!r} failed ({reason}), so it has no artifact{kept}")
+        self._check_still_on_disk(a)
         return self.out / a["path"]
 
+    def _check_still_on_disk(self, artifact: dict[str, Any]) -> None:
+        """Refuse a result whose ``out`` a later run (or a person) replaced: its path() handed out the other
+        run's file, or one that was gone, and deploykit.bench timed the wrong model without a word."""
+        try:
+            on_disk = json.loads(self.manifest_path.read_text())
+            created = on_disk.get("created")
+            same = any(e.get("target") == artifact["target"] and e.get("sha256") == artifact.get("sha256")
+                       for e in on_disk.get("artifacts", []))
+        except (OSError, ValueError, AttributeError, TypeError):
+            created, same = None, False
+        if created != self.manifest.get("created") or not same:
+            raise UserError(f"{self.out} no longer holds this run (written {self.manifest.get('created')}): "
+                            + (f"a run written {created} replaced it" if created else "its manifest.json is gone")
+                            + "; use that run's result, or convert again")
+
     def __getitem__(self, key: str) -> Any:
+        """A top-level key of the manifest (``result["artifacts"]``, ``result["model"]``...)."""
         return self.manifest[key]
+
+    def __contains__(self, target: Any) -> bool:
+        """Whether the result holds ``target`` (a name, .toml path or Target), as :meth:`artifact` finds it."""
+        try:
+            self.artifact(target)
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The manifest entries of the artifacts (candidates of -auto targets included), as ``artifacts``."""
+        return iter(self.artifacts)
 
     def __repr__(self) -> str:
         # Short: a notebook cell ending in `result` printed the whole manifest, raw timing samples included.

@@ -1466,6 +1466,12 @@ def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_on
     with pytest.raises(UserError, match=r"relative to its out directory: pass result.path\('tflite-fp32'\)"):
         deploykit.bench(result.artifact("tflite-fp32")["path"], iterations=1, warmup=0)
     assert deploykit.bench(path, iterations=1, warmup=0)["p50_ms"] > 0
+    # a later run into the same out: this result's path() handed out the other run's file without a word
+    monkeypatch.chdir(tmp_path)
+    deploykit.convert(keras3_model, ["tflite-fp32"], data=digits.x_eval[:40] * 0.5, out="out", bench=False, force=True)
+    with pytest.raises(UserError, match=r"out no longer holds this run \(written .*\): a run written .* replaced it; "
+                                        r"use that run's result, or convert again"):
+        result.path("tflite-fp32")
 
 
 def test_result_artifact_takes_a_target_as_passed_and_an_unknown_name_lists_the_held_ones(tmp_path, monkeypatch,
@@ -1482,6 +1488,9 @@ def test_result_artifact_takes_a_target_as_passed_and_an_unknown_name_lists_the_
     assert result.artifact("./fp32_copy.toml") is entry and result.path("fp32_copy.toml").is_file()
     with pytest.raises(KeyError, match=r"no target 'nope' in this result; it holds: tflite-fp32, fp32_copy"):
         result.artifact("nope")
+    # `in` and iteration went through __getitem__ with 0: KeyError: 0
+    assert "fp32_copy.toml" in result and "tflite-fp32" in result and "nope" not in result
+    assert [a["target"] for a in result] == ["tflite-fp32", "fp32_copy"]
 
 
 def test_result_repr_is_short(tmp_path, keras3_model, digits):
