@@ -647,6 +647,8 @@ class Pipeline:
                                      or _binary_labels_for_one_unit(labelled.y, outputs)):
             return labelled
         data = load_data(spec, specs, role=role, targets=True)
+        if loss is None and error is not None and _zeros_and_ones(data.y):
+            raise error  # multi-hot tags: no model's values to regress to, refused as labels whatever the loss
         if data.y is None or not _fits_float_output(outputs, data.y):
             if labelled is not None:
                 return labelled
@@ -1130,6 +1132,11 @@ def _binary_labels_for_one_unit(labels: np.ndarray, outputs: Sequence[Any]) -> b
         return False
     return any("float" in str(o.dtype) and int(np.prod([d or 0 for d in tuple(o.shape)[1:]], dtype=np.int64)) == 1
                for o in outputs)
+
+
+def _zeros_and_ones(y: Any) -> bool:
+    """'y' of rows of 0s and 1s (multi-hot tags, or one-hot rows some of which are not)."""
+    return y is not None and np.ndim(y) >= 2 and np.shape(y)[-1] > 1 and bool(np.isin(y, (0, 1)).all())
 
 
 def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:

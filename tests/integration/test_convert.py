@@ -1194,6 +1194,20 @@ def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
                           out=tmp_path / "wide", bench=False)
 
 
+def test_multi_hot_labels_are_refused_for_an_uncompiled_model_too(tmp_path):
+    """Refused for a compiled classifier, multi-hot 'y' were read as an uncompiled softmax model's target
+    values: ok, no accuracy, an MAE between probabilities and tags."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    x, tags = rng.uniform(size=(64, 4)).astype("float32"), (rng.uniform(size=(64, 3)) > 0.5).astype("int64")
+    with pytest.raises(DataError, match=r"labels 'y' have rows with \d ones .*not one-hot: multi-label"):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, tags), out=tmp_path / "out", bench=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("front", ["Resizing", "CenterCrop"])
 def test_batchnorm_after_resizing_runs_in_inference_mode_in_every_artifact(tmp_path, front):
     """Keras 3 records training=True on Resizing/CenterCrop nodes, and its export traced the model without
