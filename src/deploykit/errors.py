@@ -67,11 +67,20 @@ PYTHON_TERMS = {
 }
 
 
+# The bench settings deploykit.convert takes as keywords (threads=...), named at the start of a shared
+# message ("bench.threads must be ...") as the keyword the caller passed.
+PYTHON_SETTINGS = {"bench.threads": "threads", "bench.warmup": "warmup", "bench.iterations": "iterations"}
+
+
 def in_python_terms(text: str) -> str:
     """``text`` (a message naming CLI flags) with the Python API's names of those flags after it,
-    for a caller of :func:`deploykit.convert`; flags whose keyword the text already gives are left out."""
+    for a caller of :func:`deploykit.convert`; flags whose keyword the text already gives are left out.
+    A message starting with a bench setting a keyword fills names the keyword (see :func:`in_cli_terms`)."""
     import re
 
+    match = re.match(r"[a-z_.]+(?= )", text)
+    if match is not None and match.group() in PYTHON_SETTINGS:
+        text = PYTHON_SETTINGS[match.group()] + text[match.end():]
     flags = dict.fromkeys(f for f in re.findall(r"--[a-z][a-z-]*[a-z]", text) if f in PYTHON_TERMS)
     said = [f"{f} is {PYTHON_TERMS[f]}" for f in flags
             if not (PYTHON_TERMS[f].endswith(("=", "=True", "=False")) and PYTHON_TERMS[f].split("=")[0] + "=" in text)]

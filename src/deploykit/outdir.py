@@ -61,7 +61,7 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
     except OSError as exc:
         raise UserError(f"cannot write to {existing} ({exc.strerror or exc}); choose another --out") from None
     if out.exists() and any(not p.name.startswith(LOCK_NAME) for p in out.iterdir()) and not force:
-        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force (force=True in Python) to overwrite")
+        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force to overwrite")
     for name in target_names:
         place = out / name
         if place.is_symlink() or (place.exists() and not place.is_dir()):

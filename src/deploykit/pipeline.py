@@ -461,7 +461,7 @@ class Pipeline:
             # Empty when this run started, filled since: another run got here first (it finished before our claim).
             lock.release()
             raise OutputExistsError(f"output directory {self.out} was filled by another run while this one worked; "
-                                    "choose another --out or pass --force (force=True in Python) to overwrite")
+                                    "choose another --out or pass --force to overwrite")
         # The previous run stays whole until this one has finished: set aside, put back on any failure or Ctrl-C.
         # Moving it (aside, back, or out once this run is done) is never cut short by a Ctrl-C: a second one
         # during the put-back stopped it half-way.

@@ -31,6 +31,12 @@ def test_convert_refusals_name_the_keyword_a_python_caller_passes(tmp_path):
     with pytest.raises(UserError, match=r"\(in Python: --label-output is label_output=\)"):
         deploykit.convert(model, ["tflite-fp32"], data=np.ones((8, 4), np.float32), out=tmp_path / "o2", bench=False,
                           label_output="nope")
+    with pytest.raises(UserError, match=r"^threads must be an integer in 1\.\.256, got 0$"):  # was bench.threads
+        deploykit.convert(model, ["tflite-fp32"], out=tmp_path / "o3", threads=0)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    with pytest.raises(UserError, match=r"pass --force to overwrite \(in Python: --out is out=, --force is force=True\)$"):
+        deploykit.convert(model, ["tflite-fp32"], out=tmp_path / "full", bench=False)  # "in Python" said twice
 
 
 def test_the_cli_names_the_flag_a_setting_came_from_and_only_at_the_start():

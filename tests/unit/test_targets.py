@@ -303,6 +303,10 @@ def test_options_left_out_follow_the_builtin_of_the_same_format_and_precision(tm
     assert qdq.options["quantize_bias"] is False and qdq.options["per_channel"] is False  # given ones win
     path.write_text('format = "onnx"\nprecision = "int8-mine"\nweights = "int8"\nactivations = "uint8"\n')
     assert load_target_file(path).options["quant_format"] == "qdq"  # no such built-in: the format's defaults
+    import numpy as np
+
+    opset = dataclasses.replace(qop, name="np-qop", options={"opset": np.int64(15)}).options["opset"]
+    assert opset == 15 and type(opset) is int  # refused as "not an integer", where threads=np.int64(1) was taken
 
 
 def test_flat_toml_with_explicit_name(tmp_path):

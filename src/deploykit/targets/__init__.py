@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -518,6 +519,8 @@ def _check_options(fmt: str, options: dict[str, Any], where: str, *, fill: bool 
             raise TargetError(f"{where}: options.{name} picks which kind of {fmt} target a candidate is, so an -auto "
                               "target cannot set it on all of them; list the candidates you want")
         value = options.get(name, spec.default)
+        if spec.type is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)  # np.int64(15) from a script, as threads= and iterations= take it
         if value is None and spec.default is None:  # optional setting left unset
             out[name] = None
             continue
