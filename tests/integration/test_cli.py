@@ -566,6 +566,14 @@ def test_bench_refusals_name_the_flag_and_the_benchmark(tmp_path, tflite_files, 
     np.savez(nan, x=np.full((2, 8, 8, 1), np.nan, np.float32))
     message = _refusal(["bench", model, "--data", nan])
     assert "a benchmark input needs finite numbers" in message and "calibration" not in message, message
+    # a run's manifest.json taken for a TF.js model.json: "no modelTopology ... convert the model again"
+    run = tmp_path / "run"
+    (run / "tflite-fp32").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"artifacts": [
+        {"target": "tflite-fp32", "status": "ok", "path": "tflite-fp32/model.tflite"}], "schema_version": 1}))
+    message = _refusal(["bench", run / "manifest.json"])
+    assert message == (f"{run / 'manifest.json'} is a deploykit run's manifest, not an artifact; pass one of the files "
+                       f"it lists (e.g. {run / 'tflite-fp32' / 'model.tflite'})"), message
 
 
 def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path, saved_model_dir):

@@ -273,6 +273,8 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
             hint = (f"an artifact path from a deploykit result is relative to its out directory: pass "
                     f"result.path({path.parts[0]!r}) (or OUT/{path})")
         raise UserError(f"{path} is not a file; {hint}")
+    if path.suffix.lower() == ".json":
+        _refuse_run_manifest(path)
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
     if runtime is None:
         raise UserError(f"cannot benchmark {path.name}: unknown artifact type {path.suffix!r}; supported: {', '.join(SUFFIX_RUNTIME)}")
@@ -281,6 +283,24 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
         raise UserError(f"--runtime {runtime} runs {wanted} files ({'model.json' if wanted == '.json' else 'model' + wanted}); "
                         f"{path.name} is not one")
     return runtime
+
+
+def _refuse_run_manifest(path: Path) -> None:
+    """A deploykit run's manifest.json passed for a TF.js model.json: "no modelTopology ... convert the
+    model again" sent the user to redo a run whose files were fine."""
+    import json
+
+    try:
+        if path.stat().st_size > 64 << 20:
+            return
+        content = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return  # the runner says what is wrong with it
+    if not (isinstance(content, dict) and isinstance(content.get("artifacts"), list) and "modelTopology" not in content):
+        return
+    files = [a["path"] for a in content["artifacts"] if isinstance(a, dict) and a.get("status") == "ok" and a.get("path")]
+    example = f" (e.g. {path.parent / files[0]})" if files else ""
+    raise UserError(f"{path} is a deploykit run's manifest, not an artifact; pass one of the files it lists{example}")
 
 
 @logs_muted
