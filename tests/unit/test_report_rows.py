@@ -22,6 +22,20 @@ def test_size_ratio_divides_by_the_same_formats_float32_file_only():
                      "tfjs-uint8": "–", "tflm-int8": "–"}  # no tfjs-fp32 / tflm float file in this run: no ratio
 
 
+def test_quantized_files_no_smaller_than_float32_are_noted():
+    """On a 5k-parameter model onnx-int8-qdq was 4.2x the fp32 file and tflite-int8 1.11x, without a word."""
+    from deploykit.report.rows import table_note
+
+    m = Manifest(model={}, tools={}, machine={}, artifacts=[
+        _artifact("onnx-fp32", 1000), _artifact("onnx-int8-qdq", 4200), _artifact("tflite-fp32", 1000),
+        _artifact("tflite-int8", 900), _artifact("tflite-fp16", 1060)])
+    assert table_note(m) == ("No smaller than float32: onnx-int8-qdq is 4.20x, tflite-fp16 is 1.06x the float32 file of "
+                             "its format; on a model this small the quantization parameters, the (de)quantize steps "
+                             "and the graph outweigh the weight bytes saved.")
+    assert table_note(Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("onnx-fp32", 1000),
+                                                                          _artifact("onnx-int8-qdq", 300)])) is None
+
+
 def test_runtime_memory_column_reads_the_artifacts_figure():
     m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000, runtime_memory_bytes=3 * 1024 * 1024)])
     assert table(m)[0]["peak"] == "3.0 MiB"

@@ -231,6 +231,16 @@ def table_note(manifest: Manifest) -> str | None:
             f"{t} p90 {latency_ms(x['p90_ms'])} ms is {x['p90_ms'] / x['p50_ms']:.1f}x its p50 {latency_ms(x['p50_ms'])} ms"
             for t, x in swinging) + " (the runtime switching between speeds, or load on this machine); time "
             f"{'it' if len(swinging) == 1 else 'them'} on the device before choosing for speed.")
+    refs = _reference_sizes(manifest)
+    # Quantized files no smaller than float32 (a tiny model: scales, zero points and quantize nodes
+    # outweigh the weight bytes saved), where the targets' descriptions promise half or a quarter.
+    larger = [(a.target, a.size_bytes / refs[a.format]) for a in manifest.artifacts
+              if a.status == "ok" and refs.get(a.format) and a.size_bytes >= refs[a.format]
+              and a.settings.get("target", {}).get("weights") not in (None, "float32")]
+    if larger:
+        notes.append("No smaller than float32: " + ", ".join(f"{t} is {r:.2f}x" for t, r in larger)
+                     + " the float32 file of its format; on a model this small the quantization parameters, the "
+                     "(de)quantize steps and the graph outweigh the weight bytes saved.")
     notes += [f"Note: {n}." for n in manifest.steps.get("side_by_side", {}).get("notes", [])]
     return " ".join(notes) or None
 
