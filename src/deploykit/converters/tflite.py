@@ -365,7 +365,7 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
 # TFLite op names a quantizer may refuse, with the Keras layer or activation they come from.
 _OP_ORIGIN = {
     "HARD_SWISH": "the hard_swish activation, e.g. MobileNetV3",
-    "NEG": "a negation, e.g. inside exact GELU (approximate=False)",
+    "NEG": "a negation, e.g. inside LayerNormalization (of the mean) or exact GELU (approximate=False)",
     "GELU": "the gelu activation",
     "EXP": "an exp, e.g. inside a custom softmax or swish",
     "LOG": "a log",
