@@ -434,9 +434,10 @@ def _recurrent_unfused(model: Any) -> Iterator[None]:
             layer._could_use_gpu_kernel = True
 
 
-def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int, unfused: bool = False) -> None:
+def _export_fixed_batch(model: Any, kind: str, path: Path, batch: int | None, unfused: bool = False) -> None:
     """Export ``model`` like :func:`_export_keras3` / tf_keras ``export``, with ``batch`` fixed in the signature
-    (``unfused``: a tf_keras model's recurrent layers as plain loops, see :func:`_recurrent_unfused`)."""
+    (None: left free, whatever batch size the model's inputs declare; ``unfused``: a tf_keras model's
+    recurrent layers as plain loops, see :func:`_recurrent_unfused`)."""
     tf = import_tensorflow()
 
     def fixed(spec: Any) -> Any:
@@ -511,6 +512,12 @@ class LoadedModel:
                         # The endpoint of a stripped clone is not the user's model: the reference
                         # outputs then come from the model itself.
                         self._serve_fn = serve_fn if export_model is self.keras_model else None
+                    elif any(getattr(i, "shape", (None,))[0] is not None for i in self.keras_model.inputs):
+                        # A batch size declared in keras.Input(batch_size=8): tf_keras's export kept it,
+                        # and the ONNX and TF.js files then refused any other batch (verification's batch
+                        # of 1 failed with a raw runtime error); Keras 3's export leaves the batch free.
+                        with python_stdout_quiet():
+                            _export_fixed_batch(self.keras_model, self.kind, path, None)
                     else:
                         with python_stdout_quiet():
                             self.keras_model.export(str(path))

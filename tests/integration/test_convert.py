@@ -1680,3 +1680,20 @@ def test_a_run_removes_what_a_killed_run_left_in_tmpdir(tmp_path, keras3_path, d
     assert not os.path.exists(left)
     # and this run's own are gone too (TensorFlow's __autograph_generated_file*.py are its own)
     assert [p for p in os.listdir(tmp) if "deploykit" in p] == []
+
+
+def test_a_batch_size_declared_in_the_model_leaves_the_files_batch_free(tmp_path):
+    """tf_keras's export kept keras.Input(batch_size=8) in the signature: the ONNX (and TF.js) files refused
+    verification's batch of 1 with a raw runtime error, where Keras 3's export leaves the batch free."""
+    import onnxruntime as ort
+    import tf_keras
+
+    inp = tf_keras.Input((4,), batch_size=8, name="x")
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="d")(inp))
+    x = np.random.default_rng(0).uniform(size=(20, 4)).astype("float32")
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "out", bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    assert result["model"]["inputs"][0]["shape"] == [8, 4]  # the model as declared
+    assert ort.InferenceSession(str(result.path("onnx-fp32"))).get_inputs()[0].shape[0] != 8
+    assert all(a["verification"]["batch_sizes"] == [1, 8] for a in result.artifacts)
+    assert "The model's inputs declare batch size 8; its files take any batch size" in result.report_path.read_text()

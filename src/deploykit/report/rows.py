@@ -890,6 +890,10 @@ def model_lines(manifest: Manifest) -> list[str]:
     m = manifest.model
     lines = [f"Model `{m.get('source')}` ({m.get('kind')}, {m.get('params') or '?'} parameters); "
              f"inputs {_inputs(m)}" + (f"; outputs {_outputs(m)}." if m.get("outputs") else ".")]
+    declared = sorted({i["shape"][0] for i in m.get("inputs", []) if i.get("shape") and isinstance(i["shape"][0], int)})
+    if declared and m.get("kind") in ("keras3", "tf_keras"):
+        lines.append(f"The model's inputs declare batch size {', '.join(map(str, declared))}; its files take any batch size, "
+                     "as Keras's model.export() leaves it (files that take batches of exactly 1 say so below).")
     if m.get("preprocessing_layers"):
         lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
     if m.get("float32_from_policy"):
