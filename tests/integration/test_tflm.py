@@ -338,3 +338,19 @@ def test_a_recurrent_loop_is_refused_for_tflm_not_crashed_on(tmp_path):
     assert micro["status"] == "failed" and "calibration crashes on the model's recurrent loop" in micro["error"]
     assert "unroll" in micro["error"] and "tflite-dynamic" in micro["error"]
     assert result.artifact("tflite-fp32")["status"] == "ok"
+
+
+def test_a_model_whose_activations_outgrow_the_first_arena_guess_is_measured_not_refused(tmp_path):
+    """A 5 KB model with 128x128x16 activations: the arena search started from max(10x the file, 256 KiB)
+    and called a model that did not fit there "could not run" (no sources, no arena figure)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((128, 128, 1), name="img"), keras.layers.Conv2D(16, 3, padding="same"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    x = np.random.default_rng(0).uniform(size=(8, 128, 128, 1)).astype("float32")
+    result = deploykit.convert(model, ["tflm-int8"], data=x, out=tmp_path / "out", bench=False)
+    a = result.artifact("tflm-int8")
+    assert a["status"] == "ok", a["error"]
+    assert a["footprint"]["arena_bytes"] > 256 * 1024 > a["size_bytes"] * 10
+    assert f"TENSOR_ARENA_SIZE {a['footprint']['arena_bytes']}" in (result.out / "tflm-int8" / "model_io.h").read_text()

@@ -83,6 +83,9 @@ def _capture_native_output(fn) -> str:
 
 
 MAX_CHILD_RESTARTS = 32
+# TFLite Micro's words for an arena too small for the model's tensors, and the largest arena tried.
+_TOO_SMALL = re.compile(r"Failed to (resize buffer|allocate)|available \d+, missing")
+MAX_ARENA_PROBE = 1 << 30
 
 
 _ARENAS: dict[str, dict[str, Any]] = {}  # by the flatbuffer's sha256: the converter and the runner both ask
@@ -226,10 +229,26 @@ def _search(path: str, log_path: str, bounds: list[str]) -> None:
         first = None
     else:
         probe = max(Path(path).stat().st_size * 10, 256 * 1024)
-        try:
-            text = runs_in(probe, record=True)
-        except Exception as exc:  # the reason is in TFLite Micro's own stderr lines, and the exception
-            print(" ".join(str(exc).split())[:200], file=sys.stderr)
+        while True:
+            tried: dict[str, Any] = {}
+
+            def attempt() -> None:
+                try:
+                    tried["text"] = runs_in(probe, record=True)
+                except Exception as exc:  # noqa: BLE001 - said below, with TFLite Micro's own lines
+                    tried["error"] = exc
+
+            native = _capture_native_output(attempt)
+            if "error" not in tried:
+                text = tried["text"]
+                break
+            if _TOO_SMALL.search(native) and probe < MAX_ARENA_PROBE:
+                # Activations larger than the first guess (a 6 KB model with 128x128x16 maps needs ~600 KB):
+                # refused as "could not run" before; a bigger arena, the way to its real size.
+                probe *= 4
+                continue
+            sys.stderr.write(native)  # the reason is in TFLite Micro's own lines, and the exception
+            print(" ".join(str(tried["error"]).split())[:200], file=sys.stderr)
             return
         match = re.search(r"Arena allocation total (\d+) bytes", text or "")
         if not match:
