@@ -105,6 +105,13 @@ class Artifact:
     candidate_of: str = ""  # set when built as a candidate of an -auto target
     selection: dict[str, Any] = field(default_factory=dict)  # for -auto targets: candidates and why the winner won
 
+    @property
+    def reason(self) -> str:
+        """``error`` as said beside the target's name: without the "<target>: " a converter's message
+        starts with (the CLI printed "tflm-int8 failed: tflm-int8: TFLite Micro has no kernel ...")."""
+        prefix = f"{self.target}: "
+        return self.error[len(prefix):] if self.error.startswith(prefix) else self.error
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

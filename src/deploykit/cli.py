@@ -255,7 +255,7 @@ def _print_summary(result) -> None:
     console.print(t)
     for a in manifest.artifacts:
         if a.status != "ok":
-            console.print(f"[red]{a.target} failed:[/red] {a.error}", markup=True, highlight=False)
+            console.print(f"[red]{a.target} failed:[/red] {a.reason}", markup=True, highlight=False)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", markup=True, highlight=False)
     for note in converter_notes(manifest):

@@ -103,6 +103,10 @@ def test_io_header_matches_the_model_quantization(tflm_run):
     assert got_scale == pytest.approx(scale, rel=1e-6)
     assert f"INPUT0_ZERO_POINT {zero}" in header
     assert "INPUT0_SHAPE {1, 8, 8, 1}" in header
+    # the ops to register were in manifest.json only: firmware needs them beside the arena size
+    ops = a["settings"]["converter"]["ops"]
+    assert f"TINY_CNN_NUM_OPS {len(ops)}\n" in header and "resolver.AddConv2D()" in header
+    assert "resolver.AddFullyConnected()" in header and "resolver.AddSoftmax()" in header
 
 
 def test_over_budget_is_failed_with_by_how_much(tmp_path, keras3_path, data_npz):
@@ -354,3 +358,18 @@ def test_a_model_whose_activations_outgrow_the_first_arena_guess_is_measured_not
     assert a["status"] == "ok", a["error"]
     assert a["footprint"]["arena_bytes"] > 256 * 1024 > a["size_bytes"] * 10
     assert f"TENSOR_ARENA_SIZE {a['footprint']['arena_bytes']}" in (result.out / "tflm-int8" / "model_io.h").read_text()
+
+
+def test_io_header_names_the_keras_output_and_the_resolver_calls():
+    """model_io.h named a two-output model's outputs output_0/output_1 only, and listed no ops."""
+    from deploykit.converters.tflm import _io_header, resolver_call
+
+    io = {"inputs": [{"name": "x", "shape": [1, 4], "dtype": "int8", "scale": 0.1, "zero_point": 0}],
+          "outputs": [{"name": "output_0", "shape": [1, 3], "dtype": "int8", "scale": 0.004, "zero_point": -128},
+                      {"name": "output_1", "shape": [1, 1], "dtype": "int8", "scale": 0.02, "zero_point": 3}]}
+    header = _io_header("two", io, 1024, ["FULLY_CONNECTED", "SOFTMAX"], {"output_0": "cls", "output_1": "reg"})
+    assert "// output 0: 'output_0' (Keras 'cls') shape (1, 3) int8" in header
+    assert "// output 1: 'output_1' (Keras 'reg') shape (1, 1) int8" in header
+    assert "resolver.AddFullyConnected(), resolver.AddSoftmax();\n#define TWO_NUM_OPS 2" in header
+    assert [resolver_call(op) for op in ("DEPTHWISE_CONV_2D", "MAX_POOL_2D", "BATCH_TO_SPACE_ND", "PADV2", "RELU6")] == [
+        "AddDepthwiseConv2D()", "AddMaxPool2D()", "AddBatchToSpaceNd()", "AddPadV2()", "AddRelu6()"]

@@ -219,3 +219,13 @@ def test_warning_points_to_patience_when_early_stopping_ended_the_fine_tune():
     report = {"settings": {"epochs": 12}, "epochs_run": 10, "eval": {"accuracy_before": 0.98, "accuracy_after": 0.9699}}
     (line,) = fine_tune_warnings(Manifest(model={}, steps={"prune": {"report": report}}, tools={}, machine={}))
     assert "cost 1.01 points" in line and "stopped early at epoch 10 of 12: raise --patience" in line
+
+
+def test_a_failures_reason_does_not_repeat_the_target_name():
+    """The CLI printed "tflm-int8 failed: tflm-int8: TFLite Micro has no kernel ..."."""
+    from deploykit.artifacts import Artifact
+
+    a = Artifact(target="tflm-int8", format="tflm", path="", status="failed",
+                 error="tflm-int8: TFLite Micro has no kernel for op(s) TOPK_V2")
+    assert a.reason == "TFLite Micro has no kernel for op(s) TOPK_V2"
+    assert Artifact(target="x", format="tflite", path="", error="verification failed: y").reason == "verification failed: y"

@@ -79,7 +79,7 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         parts.append("<h2>Failures</h2><ul>" + "".join(
-            f"<li class='fail'><b>{html.escape(a.target)}</b>: {html.escape(a.error)}</li>" for a in failed) + "</ul>")
+            f"<li class='fail'><b>{html.escape(a.target)}</b>: {html.escape(a.reason)}</li>" for a in failed) + "</ul>")
     parts.append("<h2>Artifacts</h2>" + _md_block(artifact_lines(manifest)))
     parts.append("<h2>How this was measured</h2>" + _md_block(measured_lines(manifest)))
     parts.append("</body></html>\n")

@@ -34,7 +34,7 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     failed = [a for a in manifest.artifacts if a.status != "ok"]
     if failed:
         lines += ["", "## Failures", ""]
-        lines += [f"- **{a.target}**: {a.error}" for a in failed]
+        lines += [f"- **{a.target}**: {a.reason}" for a in failed]
     lines += ["", "## Artifacts", "", *artifact_lines(manifest)]
     lines += ["", "## How this was measured", "", *measured_lines(manifest), ""]
     return "\n".join(lines)

@@ -371,13 +371,14 @@ def footprint_lines(manifest: Manifest) -> list[str]:
         if not fp:
             continue
         opts = a.settings.get("target", {}).get("options", {})
-        flash_budget = f" of {opts['flash_budget_kb']} KiB budget" if opts.get("flash_budget_kb") else ""
+        flash_budget = f" of {human_bytes(opts['flash_budget_kb'] * 1024)} budget" if opts.get("flash_budget_kb") else ""
         ram_budget = f" of {opts['ram_budget_kb']} KiB budget" if opts.get("ram_budget_kb") else ""
         heavy = ", ".join(f"{h['op']} {human_bytes(h['weight_bytes'])}" for h in fp.get("heaviest_layers", [])[:3])
         lines.append(
             f"- **{a.target}**: flash {human_bytes(fp.get('model_bytes'))}{flash_budget}; tensor arena "
             f"{_exact_bytes(fp.get('arena_bytes'))}{ram_budget} (the smallest arena, in 16-byte steps, in which TFLite Micro's "
-            f"reference kernels allocated and ran the model here; `model_io.h` defines it; optimized kernels such as "
+            f"reference kernels allocated and ran the model here; `model_io.h` defines it, with the ops to register; "
+            f"optimized kernels such as "
             f"CMSIS-NN may need more: leave headroom); heaviest layers: {heavy or '–'}"
         )
     return lines
