@@ -1697,3 +1697,32 @@ def test_a_batch_size_declared_in_the_model_leaves_the_files_batch_free(tmp_path
     assert ort.InferenceSession(str(result.path("onnx-fp32"))).get_inputs()[0].shape[0] != 8
     assert all(a["verification"]["batch_sizes"] == [1, 8] for a in result.artifacts)
     assert "The model's inputs declare batch size 8; its files take any batch size" in result.report_path.read_text()
+
+
+def test_a_savedmodel_with_several_signatures_gives_tflite_files_of_serving_default_only(tmp_path):
+    """The converter took every signature: the file held 'other' first, verification ran it and failed the
+    file for its numbers, and int8 failed on "model has 2 Signatures"."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    class Two(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(np.random.default_rng(0).normal(size=(4, 3)).astype("float32"))
+            self.b = tf.Variable(np.arange(3, dtype="float32"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return tf.matmul(x, self.w) + self.b
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def other(self, x):
+            return {"neg": -tf.matmul(x, self.w)}
+
+    module = Two()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.__call__, "other": module.other})
+    x = np.random.default_rng(1).uniform(-1, 1, (32, 4)).astype("float32")
+    result = deploykit.convert(str(tmp_path / "sm"), ["tflite-fp32", "tflite-int8"], data=x, out=tmp_path / "out",
+                               bench=False)
+    assert result.ok, [a["error"] for a in result.artifacts]
+    assert list(Interpreter(model_path=str(result.path("tflite-fp32"))).get_signature_list()) == ["serving_default"]

@@ -301,7 +301,9 @@ def _convert(sm_dir: Path, model: Any, target: Any, settings: dict[str, Any], ca
     tf = import_tensorflow()
     with native_stderr_captured() as cap:
         try:
-            conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_dir))
+            # serving_default alone: a SavedModel with more signatures put all of them in the file, and
+            # runtimes (and calibration) ran the first one, not the one deploykit verifies against.
+            conv = tf.lite.TFLiteConverter.from_saved_model(str(sm_dir), signature_keys=["serving_default"])
             if settings["optimizations"]:
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
             if target.weights == "float16":
