@@ -598,7 +598,9 @@ class LoadedModel:
             sig = self.signature()
             return ModelInfo(self.kind, self.source, sig["inputs"], sig["outputs"], name=Path(self.source).name)
         m = self.keras_model
-        struct = getattr(m, "_outputs_struct", None)
+        struct = getattr(m, "_outputs_struct", None)  # Keras 3; tf_keras keeps it as _nested_outputs
+        if not isinstance(struct, dict):
+            struct = getattr(m, "_nested_outputs", None)
         if isinstance(struct, dict):  # exported under their keys, in sorted order (what the signature holds)
             pairs = sorted(struct.items(), key=lambda kv: natural_key(kv[0]))
             outputs = [TensorSpec(k, tuple(t.shape), _dtype_name(t.dtype)) for k, t in pairs]

@@ -1726,3 +1726,21 @@ def test_a_savedmodel_with_several_signatures_gives_tflite_files_of_serving_defa
                                bench=False)
     assert result.ok, [a["error"] for a in result.artifacts]
     assert list(Interpreter(model_path=str(result.path("tflite-fp32"))).get_signature_list()) == ["serving_default"]
+
+
+def test_a_tf_keras_models_dict_outputs_are_named_by_their_keys_as_the_files_name_them(tmp_path):
+    """manifest, report and inspect called a tf_keras model's {"zz_reg", "aa_cls"} outputs output_0/output_1,
+    names no file has (ONNX Runtime and TF.js lookups by them failed)."""
+    import onnxruntime as ort
+    import tf_keras
+
+    inp = tf_keras.Input((6,), name="feat")
+    h = tf_keras.layers.Dense(8, activation="relu")(inp)
+    model = tf_keras.Model(inp, {"zz_reg": tf_keras.layers.Dense(2)(h),
+                                 "aa_cls": tf_keras.layers.Dense(3, activation="softmax")(h)})
+    model.save(tmp_path / "m.h5")
+    x = np.random.default_rng(0).uniform(size=(16, 6)).astype("float32")
+    result = deploykit.convert(str(tmp_path / "m.h5"), ["onnx-fp32"], data=x, out=tmp_path / "out", bench=False)
+    names = [o["name"] for o in result["model"]["outputs"]]
+    assert names == ["aa_cls", "zz_reg"] == [o.name for o in ort.InferenceSession(str(result.path("onnx-fp32"))).get_outputs()]
+    assert set(result.artifact("onnx-fp32")["verification"]["outputs"]) == set(names)
