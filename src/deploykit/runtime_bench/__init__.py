@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from deploykit._quiet import logs_muted
-from deploykit.errors import RuntimeLoadError, UserError
+from deploykit.errors import DeployError, RuntimeLoadError, UserError
 from deploykit.runtime_bench.stats import Stats
 
 RUNNERS: dict[str, str] = {
@@ -261,7 +261,16 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
             raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
                             f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
     ds = load_data(data, specs, role="bench data").take(1)
-    return {spec.name: x for spec, x in zip(specs, ds.x)}
+    inputs = {spec.name: x for spec, x in zip(specs, ds.x)}
+    try:  # once, untimed: values the model cannot take (ids past an Embedding's table) fail here, not mid-timing
+        runner.run(inputs)
+    except DeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own error, said in one line
+        why = " ".join(str(exc).split())[:200]
+        raise UserError(f"{(path or Path('the artifact')).name} cannot run on the data's first sample: {why}; check its values "
+                        "(e.g. token ids within the model's Embedding vocabulary)") from None
+    return inputs
 
 
 def resolve_runtime(path: Path, runtime: str | None) -> str:
