@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -700,3 +701,25 @@ def test_bench_data_the_model_cannot_run_on_is_one_line(tmp_path):
         assert "cannot run on the data's first sample: " in message and "Embedding vocabulary" in message, message
     np.savez(tmp_path / "good.npz", x=ids)
     assert invoke(["bench", result.path("onnx-fp32"), "--data", tmp_path / "good.npz", "--iterations", "2"]).exit_code == 0
+
+
+def _as_unprivileged(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a Python whose file permissions apply (root's DAC override dropped when root)."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions do not apply")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                  "--inh-caps=-dac_override,-dac_read_search", "--"]
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_bench_of_an_unreadable_file_says_so(tmp_path, tflite_files):
+    """deploykit.bench of an unreadable model.json raised a bare PermissionError, and an unreadable .tflite
+    was "cut short or changed since it was written ... convert the model again"."""
+    locked = tmp_path / "locked.tflite"
+    shutil.copy(tflite_files["tflite-fp32"], locked)
+    locked.chmod(0)
+    run = _as_unprivileged(f"import deploykit\ntry:\n    deploykit.bench({str(locked)!r}, iterations=1)\n"
+                           "except deploykit.DeployError as e:\n    print('DeployError:', e)\n")
+    assert run.stdout.strip() == f"DeployError: {locked} cannot be read (Permission denied); check its permissions", run

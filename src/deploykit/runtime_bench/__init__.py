@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -282,6 +283,11 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
             hint = (f"an artifact path from a deploykit result is relative to its out directory: pass "
                     f"result.path({path.parts[0]!r}) (or OUT/{path})")
         raise UserError(f"{path} is not a file; {hint}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:  # a PermissionError from deep in a runner, or "cut short ... convert again"
+        raise UserError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     if path.suffix.lower() == ".json":
         _refuse_run_manifest(path)
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
@@ -386,6 +392,8 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
                 try:
                     init_s = runner.load()
                 except RuntimeLoadError as exc:  # an existing file: a copy cut short, or edited since
+                    if re.search(r"permission denied|EACCES", str(exc), re.IGNORECASE):
+                        raise RuntimeLoadError(f"{exc}; check the files' permissions") from None
                     raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
                                            "like this: convert the model again") from None
                 inputs = _bench_inputs(runner, data, path)
