@@ -377,6 +377,13 @@ def _print_side_by_side(console: Any, result: dict[str, Any]) -> None:
         console.print(f"  {name:{width}}  {where:11}  {f['threads']:>7}  {latency_ms(f['p50_ms']):>8}  {latency_ms(f['p90_ms']):>8}  "
                       f"{f['vs_first']:>7.3f}  {human_bytes(f['size_bytes']):>10}  {human_bytes(f['gzip_bytes']):>10}{same}",
                       highlight=False)
+    from deploykit.selection import UNSTEADY_SPREAD
+
+    swung = [(name, f["vs_first_spread"]) for name, f in zip(shown, result["files"]) if f.get("unsteady")]
+    if swung:
+        console.print("  unsteady: " + ", ".join(f"{n}'s round ratios spanned {s:.1f}x" for n, s in swung)
+                      + f" (more than {UNSTEADY_SPREAD:g}x: the machine's load changed between rounds); its × first is "
+                      "not a figure to rely on: time again on a quieter machine", highlight=False)
 
 
 @app.command()

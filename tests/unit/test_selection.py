@@ -309,3 +309,26 @@ def test_rounds_a_coarse_timer_read_as_zero_do_not_make_a_file_infinitely_fast()
     b = {"p50_ms": 0.1, "round_p50_ms": [0.1, 0.1, 0.1, 0.1, 0.1]}
     assert paired_ratio(a, b) == pytest.approx(1.0)  # the 0-round said "0.00x the winner's latency"
     assert ratio_spread(a, b) == pytest.approx(2.0)
+
+
+def test_the_cli_says_when_a_side_by_side_ratio_is_unsteady():
+    """deploy bench A B printed a three-decimal x first for ratios that swung 2.17-3.79x round by round."""
+    import io
+
+    from rich.console import Console
+
+    from deploykit.cli import _print_side_by_side
+
+    def file(path, p50, spread=None):
+        return {"path": path, "runtime": "onnxruntime", "threads": 2, "p50_ms": p50, "p90_ms": p50, "vs_first": p50,
+                "size_bytes": 100, "gzip_bytes": 50,
+                **({"vs_first_spread": spread, "unsteady": spread > 1.5} if spread else {})}
+
+    out = io.StringIO()
+    _print_side_by_side(Console(file=out, width=200), {"threads": 2, "rounds": 5, "inputs": "random",
+                                                        "files": [file("a.onnx", 1.0), file("b.onnx", 2.5, 1.75)]})
+    assert "unsteady: b.onnx's round ratios spanned 1.8x (more than 1.5x" in out.getvalue()
+    out = io.StringIO()
+    _print_side_by_side(Console(file=out, width=200), {"threads": 2, "rounds": 5, "inputs": "random",
+                                                        "files": [file("a.onnx", 1.0), file("b.onnx", 2.5, 1.2)]})
+    assert "unsteady" not in out.getvalue()

@@ -56,7 +56,7 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
     """
     from deploykit.artifacts import gzip_size, sha256_file
     from deploykit.runtime_bench import _bench_inputs, _weight_files, get_runner, resolve_runtime
-    from deploykit.selection import interleaved_p50, paired_ratio
+    from deploykit.selection import interleaved_p50, paired_ratio, ratio_spread, unsteady
     from deploykit.targets import BenchSettings
 
     settings = BenchSettings(threads=threads, warmup=warmup, iterations=iterations)  # validates
@@ -86,7 +86,17 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
     # same inputs are refused here, not half-way through the rounds.
     inputs: dict[str, np.ndarray] | None = None
     described: dict[int, dict[str, Any]] = {}  # each file's runtime settings (TFLite Micro runs 1 thread) and init time
+    warmed: set[str] = set()
     for i in timed:
+        if runtimes[i] not in warmed and runtimes[i] != "tfjs":  # TF.js: a Node process per file, each from cold
+            # The first session a process opens pays the runtime's one-time start (ORT's environment and
+            # thread pools: 10-14 ms against 2 ms after it), which made init_ms follow the files' order.
+            warm = get_runner(runtimes[i], paths[i], threads, targets[i].options)
+            try:
+                warm.load()
+            finally:
+                warm.close()
+            warmed.add(runtimes[i])
         runner = get_runner(runtimes[i], paths[i], threads, targets[i].options)
         try:
             init_s = runner.load()
@@ -116,6 +126,10 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
             **summary,
             "threads": described[first].get("threads", threads),  # what the runtime used (Stats holds the asked count)
             "vs_first": paired_ratio(summary, summaries[timed[0]]),
+            # the rounds' ratios to the first file, largest over smallest: a ratio that swung 2.2-3.8x
+            # round by round printed as one three-decimal figure
+            **({"vs_first_spread": spread, "unsteady": unsteady(spread)}
+               if first != timed[0] and (spread := ratio_spread(summary, summaries[timed[0]])) is not None else {}),
             **({"same_file_as": str(paths[first])} if first != i else {}),
         })
     return {"threads": threads, "rounds": len(files[0]["round_p50_ms"]), "inputs": "data" if data is not None else "random",
