@@ -56,9 +56,9 @@ def __getattr__(name: str) -> Any:
 
         return cluster
     if name == "bench":
-        from deploykit.runtime_bench import bench_file
+        from deploykit.runtime_bench import bench
 
-        return bench_file
+        return bench
     if name == "inspect":
         from deploykit.models import inspect_model
 

@@ -64,6 +64,7 @@ PYTHON_TERMS = {
     "--learning-rate": "'learning_rate' in the step's settings dict",
     "--prune-schedule": "prune={'schedule': ...}", "--prune-structure": "prune={'structure': ...}",
     "--prune-block": "prune={'block_size': ...}", "--cluster-epochs": "cluster={'epochs': ...}",
+    "--browser": "browser=True", "--backend": "backend=", "--runtime": "runtime=",
 }
 
 

@@ -726,3 +726,20 @@ def test_bench_of_an_unreadable_file_says_so(tmp_path, tflite_files):
     run = _as_unprivileged(f"import deploykit\ntry:\n    deploykit.bench({str(locked)!r}, iterations=1)\n"
                            "except deploykit.DeployError as e:\n    print('DeployError:', e)\n")
     assert run.stdout.strip() == f"DeployError: {locked} cannot be read (Permission denied); check its permissions", run
+
+
+def test_bench_from_python_says_what_is_wrong_in_python_terms(tmp_path, tflite_files):
+    """deploykit.bench([]) said "needs at least two files"; an empty .tflite "mmap of size 0 requested.The model
+    allocation is null/empty ... convert again"; backend= was told about "--backend" only."""
+    with pytest.raises(UserError, match=r"pass an artifact file to benchmark .* got list \[\]"):
+        deploykit.bench([])
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty\.tflite is empty \(0 bytes\)"):
+        deploykit.bench(empty)
+    with pytest.raises(UserError, match=r"--backend apply to TF.js models .*\(in Python: --browser is browser=True, "
+                                        r"--backend is backend=\)$"):
+        deploykit.bench(tflite_files["tflite-fp32"], backend="cpu")
+    with pytest.raises(UserError, match=r"^threads must be an integer in 1\.\.256, got 0$"):
+        deploykit.bench(tflite_files["tflite-fp32"], threads=0)
+    assert _refusal(["bench", tflite_files["tflite-fp32"], "--threads", "0"]).startswith("--threads must be")  # the CLI's

@@ -8,6 +8,7 @@ imported only when used.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -288,6 +289,8 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
             pass
     except OSError as exc:  # a PermissionError from deep in a runner, or "cut short ... convert again"
         raise UserError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if path.stat().st_size == 0:  # LiteRT said "mmap of size 0 requested.The model allocation is null/empty"
+        raise UserError(f"{path} is empty (0 bytes); pass the artifact file a run wrote, or convert the model again")
     if path.suffix.lower() == ".json":
         _refuse_run_manifest(path)
     runtime = runtime or SUFFIX_RUNTIME.get(path.suffix.lower())
@@ -349,7 +352,8 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
     from deploykit.runtime_bench.memory import PeakRSS
     from deploykit.targets import BenchSettings
 
-    if not isinstance(path, (str, Path, list, tuple)):  # None reached len() as a bare TypeError
+    if not isinstance(path, (str, Path, list, tuple)) or (isinstance(path, (list, tuple)) and not path):
+        # None reached len() as a bare TypeError; [] was "side-by-side timing needs at least two files"
         raise UserError(f"pass an artifact file to benchmark (e.g. 'build/tflite-int8/model.tflite') or a list of "
                         f"them, got {type(path).__name__} {path!r}")
     if not isinstance(path, (str, Path)) and len(path) == 1:
@@ -428,3 +432,19 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
         result.update({"peak_rss_bytes": None, "peak_rss_of": "not measured: Chromium runs the model"})
         result.pop("rss_increase_bytes")
     return result
+
+
+def bench(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    # deploykit.bench: bench_file for Python callers. Its messages name CLI flags, said once more in
+    # the keywords a caller passes ("--backend" is backend=); docs and signature are bench_file's.
+    from deploykit.errors import in_python_terms
+
+    try:
+        return bench_file(*args, **kwargs)
+    except DeployError as exc:
+        if len(exc.args) != 1 or not isinstance(exc.args[0], str):
+            raise
+        raise type(exc)(in_python_terms(exc.args[0])) from None
+
+
+functools.update_wrapper(bench, bench_file)

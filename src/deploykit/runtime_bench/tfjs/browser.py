@@ -178,7 +178,8 @@ def run_page(model_json: str | Path, *, warmup: int, iterations: int, backends: 
         raise RuntimeLoadError(f"{model_json.name} has no modelTopology; not a TF.js model.json")
     unknown = [b for b in backends if b not in BROWSER_BACKENDS]
     if unknown or not backends:
-        raise RuntimeLoadError(f"unknown browser backend {unknown or backends}; choose from {', '.join(BROWSER_BACKENDS)}")
+        said = ", ".join(map(repr, unknown)) if unknown else "(none)"
+        raise RuntimeLoadError(f"unknown browser backend {said}; choose from {', '.join(BROWSER_BACKENDS)}")
     chromium = chromium_executable()
     base = model_json.parent.resolve()
     files = dict(_dist_files())
