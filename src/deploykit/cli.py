@@ -406,7 +406,9 @@ def inspect(
             keras = f" (Keras '{s.keras_name}')" if getattr(s, "keras_name", "") and s.keras_name != s.name else ""
             console.print(f"  {label:6} {s.name}{keras}: shape {tuple(s.shape)} {s.dtype}", highlight=False)
     if info.preprocessing_layers:
-        console.print("  preprocessing: " + ", ".join(f"{p['class']} ({p['name']})" for p in info.preprocessing_layers), highlight=False)
+        console.print("  preprocessing: " + ", ".join(
+            f"{p['class']} ({p['name']}" + ("; identity at inference, removed at export" if p.get("at_inference") else "") + ")"
+            for p in info.preprocessing_layers), highlight=False)
     elif info.kind == "saved_model":
         console.print("  preprocessing: unknown (a SavedModel keeps no layer list; inspect the Keras file instead)", highlight=False)
     else:

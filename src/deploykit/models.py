@@ -622,6 +622,8 @@ class LoadedModel:
             layers.append(entry)
             if ".preprocessing." in type(layer).__module__:
                 pre.append(entry)
+                if self.kind == "keras3" and _has_random_state(layer) and _is_identity_at_inference(layer):
+                    entry = pre[-1] = {**entry, "at_inference": "identity"}  # augmentation: removed at export
         return ModelInfo(self.kind, self.source, self.inputs, outputs, layers, pre, int(m.count_params()), m.name)
 
     # -- reference inference ----------------------------------------------------------------

@@ -87,6 +87,18 @@ def test_info_sees_preprocessing_inside_nested_models():
     assert info.params == 4 * 4 * 2 + 2
 
 
+def test_info_marks_augmentation_layers_as_identity_at_inference():
+    """inspect listed RandomFlip beside Resizing as preprocessing, though it passes its input through at
+    inference and is replaced by Identity at export."""
+    import keras
+
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.RandomFlip(name="flip")(keras.layers.Rescaling(0.5, name="scale")(inp))
+    info = inspect_model(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h))))
+    assert info.preprocessing_layers == [{"name": "scale", "class": "Rescaling"},
+                                         {"name": "flip", "class": "RandomFlip", "at_inference": "identity"}]
+
+
 def test_inspect_equals_load_info(keras3_path):
     assert inspect_model(keras3_path).to_dict() == load_model(keras3_path).info().to_dict()
 
