@@ -363,9 +363,9 @@ class Pipeline:
                                         ("qat", self.qat_options)) if o is not None), None)
             if step is not None:
                 check_fine_tunable(loaded.keras_model, 0 if len(outputs) == 1 else self._label_index, step)
-        calib = self._evaluation_data(self.data, specs, "data", model, outputs) if self.data is not None else None
-        evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs) if self.eval_data is not None
-                 else calib)
+        calib = self._evaluation_data(self.data, specs, "data", model, outputs, loaded) if self.data is not None else None
+        evald = (self._evaluation_data(self.eval_data, specs, "eval data", model, outputs, loaded)
+                 if self.eval_data is not None else calib)
         if calib is None and any(t.needs_calibration for t in self.targets):
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
@@ -619,7 +619,8 @@ class Pipeline:
         self.qat_report = report
         return qat_model
 
-    def _evaluation_data(self, spec: Any, specs: Any, role: str, model: Any, outputs: Sequence[Any]) -> Any:
+    def _evaluation_data(self, spec: Any, specs: Any, role: str, model: Any, outputs: Sequence[Any],
+                         loaded: Any = None) -> Any:
         """``--data``/``--eval-data``: 'y' are class labels. 'y' that are not labels are a regression
         model's target values when it was trained with a regression loss, or when it carries no loss
         and 'y' hold as many values per sample as one of its float outputs: artifacts are then judged
@@ -647,8 +648,8 @@ class Pipeline:
                                      or _binary_labels_for_one_unit(labelled.y, outputs)):
             return labelled
         data = load_data(spec, specs, role=role, targets=True)
-        if loss is None and error is not None and _zeros_and_ones(data.y):
-            raise error  # multi-hot tags: no model's values to regress to, refused as labels whatever the loss
+        if loss is None and error is not None and _zeros_and_ones(data.y) and _tags_for_probabilities(loaded, data):
+            raise error  # multi-hot tags for a softmax: not its values to regress to, refused as labels whatever the loss
         if data.y is None or not _fits_float_output(outputs, data.y):
             if labelled is not None:
                 return labelled
@@ -1132,6 +1133,22 @@ def _binary_labels_for_one_unit(labels: np.ndarray, outputs: Sequence[Any]) -> b
         return False
     return any("float" in str(o.dtype) and int(np.prod([d or 0 for d in tuple(o.shape)[1:]], dtype=np.int64)) == 1
                for o in outputs)
+
+
+def _tags_for_probabilities(loaded: Any, data: Any) -> bool:
+    """Whether 'y' fit only class-probability outputs (a softmax: rows summing to 1), on a few samples: an
+    uncompiled softmax model's multi-hot tags were read as its target values, where an uncompiled sigmoid
+    autoencoder's 0/1 targets are what it regresses to."""
+    from deploykit.verify import is_probabilities
+
+    if loaded is None:
+        return True
+    try:
+        probe = loaded.predict([x[:8] for x in data.x])
+    except DeployError:
+        return True
+    fitting = [out for out in probe if tuple(np.shape(out)[1:]) == tuple(np.shape(data.y)[1:])]
+    return bool(fitting) and all(is_probabilities(out) for out in fitting)
 
 
 def _zeros_and_ones(y: Any) -> bool:

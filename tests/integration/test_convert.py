@@ -1206,6 +1206,13 @@ def test_multi_hot_labels_are_refused_for_an_uncompiled_model_too(tmp_path):
     with pytest.raises(DataError, match=r"labels 'y' have rows with \d ones .*not one-hot: multi-label"):
         deploykit.convert(model, ["tflite-fp32"], data=(x, tags), out=tmp_path / "out", bench=False)
     assert not (tmp_path / "out").exists()
+    # an uncompiled sigmoid autoencoder's 0/1 targets are what it outputs: scored as target values, as before
+    inp = keras.Input((3,), name="x")
+    autoencoder = keras.Model(inp, keras.layers.Dense(3, activation="sigmoid")(keras.layers.Dense(4)(inp)))
+    clean = (rng.uniform(size=(64, 3)) > 0.5).astype("float32")
+    v = deploykit.convert(autoencoder, ["tflite-fp32"], data=(clean + rng.normal(0, 0.1, clean.shape).astype("float32"), clean),
+                          out=tmp_path / "ae", bench=False).artifact("tflite-fp32")["verification"]
+    assert v["reference_mae"] > 0 and "accuracy" not in v
 
 
 @pytest.mark.parametrize("front", ["Resizing", "CenterCrop"])
