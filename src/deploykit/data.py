@@ -67,7 +67,7 @@ def _shape_str(shape: Sequence[Any]) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.ndarray | None]:
+def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[list[np.ndarray], np.ndarray | None]:
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check the path")
     if path.is_dir():
@@ -87,7 +87,7 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
             for k, value in arrays.items():
                 if isinstance(value, bytes):  # numpy hands back a member that is not an .npy array as raw bytes
                     raise DataError(f"{path}: member {k!r} is not a NumPy array (.npy); save data with np.savez(path, x=..., y=...)")
-            if "y" not in files:  # keys labels may have been saved under instead: read to refuse them
+            if labels and "y" not in files:  # keys labels may have been saved under instead: read to refuse them
                 for k in (k for k in files if (k.lower() in _LABEL_LIKE or _PER_OUTPUT.match(k)) and k not in arrays):
                     with contextlib.suppress(ValueError):  # pickled metadata: not labels, not read
                         arrays[k] = npz[k]
@@ -99,14 +99,16 @@ def _from_npz(path: Path, input_names: list[str]) -> tuple[list[np.ndarray], np.
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
-    return _from_keys(arrays, input_names, str(path), files)
+    return _from_keys(arrays, input_names, str(path), files, labels=labels)
 
 
 def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys: Sequence[Any],
-               x_forms: str = "") -> tuple[list[Any], Any]:
+               x_forms: str = "", labels: bool = True) -> tuple[list[Any], Any]:
     """The input arrays and labels of an .npz's keys or a data dict's, by one rule: ``x`` for a single
-    input, one key per input name, or ``x0``, ``x1`` ... in the model's input order; ``y`` the labels."""
-    _refuse_stray_labels(arrays, input_names, where, keys)
+    input, one key per input name, or ``x0``, ``x1`` ... in the model's input order; ``y`` the labels
+    (``labels=False``: inputs only, other keys not looked at)."""
+    if labels:
+        _refuse_stray_labels(arrays, input_names, where, keys)
     numbered = [f"x{i}" for i in range(len(input_names))]
     if "y" in input_names and all(n in arrays for n in input_names) and not all(n in arrays for n in numbered):
         # an input named 'y': keyed by input name, 'y' is that input (labels then need x0, x1... keys)
@@ -137,9 +139,13 @@ _PER_OUTPUT = re.compile(r"^[yY](_\w+|\d+)$")
 def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: Sequence[Any]) -> None:
     """Labels saved under another key than 'y' ('labels', 'Y'...) were read as no labels: the run went on
     without its accuracy check. Only numbers with one entry per sample count: class names or other
-    metadata under such a key are the user's business."""
+    metadata under such a key are the user's business. Labels per output (``y_cls``, ``y0``) are said
+    once the inputs are found (``x_test``/``y_test`` is told its ``x`` is missing first)."""
     if "y" in keys:
         return
+    numbered = [f"x{i}" for i in range(len(input_names))]
+    found_inputs = ((len(input_names) == 1 and "x" in arrays) or all(n in arrays for n in input_names)
+                    or all(n in arrays for n in numbered))
     first = next((arrays[k] for k in ("x", *input_names, "x0") if k in arrays), None)
     n = len(first) if isinstance(first, np.ndarray) and first.ndim else None  # samples, when plain to see
     def numbers_per_sample(k: Any) -> bool:
@@ -152,7 +158,7 @@ def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: 
             raise DataError(f"{where}: has {k!r} but no 'y': labels (or target values) go under the key 'y' "
                             "(np.savez(path, x=..., y=...), or {'x': ..., 'y': ...})")
     per_output = [k for k in candidates if _PER_OUTPUT.match(str(k))]
-    if per_output:  # y_cls, y_reg / y0, y1: one label array per output, which a run does not read
+    if per_output and found_inputs:  # y_cls, y_reg / y0, y1: one label array per output, which a run does not read
         raise DataError(f"{where}: has {', '.join(map(repr, per_output))} but no 'y': a run scores one output, on labels "
                         "under the key 'y' (name the output they belong to with --label-output)")
 
@@ -216,13 +222,14 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _split(obj: Any, input_names: list[str]) -> tuple[list[Any], Any]:
+def _split(obj: Any, input_names: list[str], labels: bool = True) -> tuple[list[Any], Any]:
     if isinstance(obj, dict):
         if "x" in obj:  # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them
-            _refuse_stray_labels(obj, input_names, "data dict", list(obj))
+            if labels:
+                _refuse_stray_labels(obj, input_names, "data dict", list(obj))
             return _inputs_of(obj["x"], input_names), obj.get("y")
         # the rest as an .npz's keys are read (x0, x1 ... included)
-        return _from_keys(obj, input_names, "data dict", list(obj), " (or 'x': a list or dict of them)")
+        return _from_keys(obj, input_names, "data dict", list(obj), " (or 'x': a list or dict of them)", labels)
     if isinstance(obj, tuple):
         if len(obj) not in (1, 2):
             raise DataError(f"data tuple has {len(obj)} items; pass (x, y) or (x,), with x one array per model input")
@@ -246,7 +253,8 @@ def _same_shape(items: list[Any]) -> bool:
     return len({np.shape(v) for v in items if isinstance(v, np.ndarray)} | {None for v in items if not isinstance(v, np.ndarray)}) <= 1
 
 
-def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False) -> Dataset:
+def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False,
+              labels: bool = True) -> Dataset:
     """Load and validate a dataset for a model with the given input specs.
 
     Args:
@@ -256,6 +264,8 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
         targets: ``y`` holds the values a regression model is trained to output (float32,
             kept as given), not class labels. Only fine-tuning data is read this way:
             verification compares a regression model's outputs with the reference's.
+        labels: Whether labels matter (False for a benchmark's inputs: keys that look like
+            labels saved under another name are not refused).
 
     Returns:
         A validated :class:`Dataset`, inputs cast to the model's dtypes.
@@ -265,24 +275,26 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
             not fit the inputs; labels that do not match the samples.
     """
     try:
-        return _load_data(spec, inputs, role, targets)
+        return _load_data(spec, inputs, role, targets, labels)
     except MemoryError:  # a file or array too large for this machine (or its memory limit)
         where = f"{role} {spec}" if isinstance(spec, (str, Path)) else role
         raise DataError(f"{where}: the data does not fit in this machine's memory; pass fewer samples "
                         "(calibration reads 200, verification up to --verify-samples)") from None
 
 
-def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool) -> Dataset:
+def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, labels: bool = True) -> Dataset:
     names = [s.name for s in inputs]
     if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
         spec = spec()
     _refuse_streams(spec, role)
     if isinstance(spec, (str, Path)):
         source = str(spec)
-        xs, y = _from_npz(Path(spec).expanduser(), names)
+        xs, y = _from_npz(Path(spec).expanduser(), names, labels)
     else:
         source = f"<in-memory {role}>"
-        xs, y = _split(spec, names)
+        xs, y = _split(spec, names, labels)
+    if not labels:
+        y = None  # a benchmark's inputs: whatever 'y' holds is not read
     where = f"{role} {source}"
     if len(xs) != len(inputs):
         raise DataError(f"{where}: has {len(xs)} input array(s) but the model takes {len(inputs)} ({', '.join(names)})")

@@ -83,6 +83,11 @@ def test_labels_saved_per_output_are_refused_not_ignored(tmp_path, xy):
     _check(load_data(tmp_path / "both.npz", SPEC), x, y)
     np.savez(tmp_path / "meta.npz", x=x, y_names=np.array(["cat", "dog"]))  # not one number per sample
     _check(load_data(tmp_path / "meta.npz", SPEC), x, None)
+    np.savez(tmp_path / "pred.npz", x=x, y_pred=y)  # a benchmark reads inputs only: not refused there
+    _check(load_data(tmp_path / "pred.npz", SPEC, role="bench data", labels=False), x, None)
+    np.savez(tmp_path / "split.npz", x_test=x, y_test=y)  # the missing 'x' is what is said first
+    with pytest.raises(DataError, match=r"has keys 'x_test', 'y_test' but needs 'x'"):
+        load_data(tmp_path / "split.npz", SPEC)
 
 
 def test_npz_keyed_by_input_name(tmp_path, xy):

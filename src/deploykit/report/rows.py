@@ -142,13 +142,14 @@ def _changed_answers(v: dict[str, Any]) -> int:
 
 
 def _accuracy_beyond_chance(v: dict[str, Any]) -> float:
-    """An artifact's accuracy, or the reference's when the difference is within chance: a file that changed
-    k answers gains or loses a net sample or two by luck (|net| <= 2 sqrt(k), a sign test's spread), and
-    was named the most accurate for one lucky sample in 400 beside files that reproduce the model."""
+    """An artifact's accuracy, or the reference's when it is above it by no more than chance: a file that
+    changed k answers gains a net sample or two by luck (net <= 2 sqrt(k), a sign test's spread), and was
+    named the most accurate for one lucky sample in 400 beside files that reproduce the model. A loss is
+    kept as it is: a file below the reference is never ranked as if it were not."""
     if v.get("accuracy_per") or v.get("top1_agreement") is None or not v.get("samples") or v.get("reference_accuracy") is None:
         return v["accuracy"]
-    net = abs(v["accuracy"] - v["reference_accuracy"]) * v["samples"]
-    return v["reference_accuracy"] if net <= 2.0 * math.sqrt(_changed_answers(v)) else v["accuracy"]
+    net = (v["accuracy"] - v["reference_accuracy"]) * v["samples"]
+    return v["reference_accuracy"] if 0 < net <= 2.0 * math.sqrt(_changed_answers(v)) else v["accuracy"]
 
 
 def highlights(manifest: Manifest) -> list[str]:
@@ -170,7 +171,8 @@ def highlights(manifest: Manifest) -> list[str]:
             per = " of labelled positions (pixels or steps)" if best.verification.get("accuracy_per") else ""
             level = _accuracy_beyond_chance(best.verification)
             tied = sum(1 for a in acc if a is not best and _accuracy_beyond_chance(a.verification) == level)
-            luckier = [a for a in acc if a.verification["accuracy"] > best.verification["accuracy"]]
+            luckier = [a for a in acc if a.verification["accuracy"] > best.verification["accuracy"]
+                       and _accuracy_beyond_chance(a.verification) != a.verification["accuracy"]]  # ranked by chance
             lines.append(
                 f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}{per}; reference "
                 f"{best.verification['reference_accuracy']:.2%}"

@@ -262,7 +262,7 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
         elif _numbered_npz(data):
             raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
                             f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
-    ds = load_data(data, specs, role="bench data").take(1)
+    ds = load_data(data, specs, role="bench data", labels=False).take(1)
     inputs = {spec.name: x for spec, x in zip(specs, ds.x)}
     try:  # once, untimed: values the model cannot take (ids past an Embedding's table) fail here, not mid-timing
         runner.run(inputs)
