@@ -382,8 +382,10 @@ def _print_side_by_side(console: Any, result: dict[str, Any]) -> None:
     swung = [(name, f["vs_first_spread"]) for name, f in zip(shown, result["files"]) if f.get("unsteady")]
     if swung:
         console.print("  unsteady: " + ", ".join(f"{n}'s round ratios spanned {s:.1f}x" for n, s in swung)
-                      + f" (more than {UNSTEADY_SPREAD:g}x: the machine's load changed between rounds); its × first is "
-                      "not a figure to rely on: time again on a quieter machine", highlight=False)
+                      + f" (more than {UNSTEADY_SPREAD:g}x, the extreme rounds aside: the machine's load or the runtime's "
+                      f"speed changed between rounds); {'its' if len(swung) == 1 else 'their'} × first "
+                      f"{'is not a figure' if len(swung) == 1 else 'are not figures'} to rely on: time again, on a quieter "
+                      "machine", highlight=False)
 
 
 @app.command()

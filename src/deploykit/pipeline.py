@@ -20,7 +20,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -131,9 +131,11 @@ class ConvertResult:
             return False
         return True
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """The manifest entries of the artifacts (candidates of -auto targets included), as ``artifacts``."""
-        return iter(self.artifacts)
+    def __iter__(self) -> Any:
+        # Without it, iteration fell back to __getitem__(0): KeyError: 0. Not iterable: `in` takes target
+        # names and result[...] manifest keys, so neither is what iteration would obviously give.
+        raise TypeError("a ConvertResult is not iterable; iterate result.artifacts (each target's manifest entry), "
+                        "and ask 'name in result' for a target")
 
     def __repr__(self) -> str:
         # Short: a notebook cell ending in `result` printed the whole manifest, raw timing samples included.

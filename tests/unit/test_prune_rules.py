@@ -315,12 +315,14 @@ def test_a_loss_saved_as_a_function_and_metric_objects_are_read_from_the_compile
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
     model.compile("adam", keras.losses.sparse_categorical_crossentropy,
-                  metrics=["accuracy", keras.metrics.SparseCategoricalAccuracy(name="sca")])
+                  metrics=["accuracy", keras.metrics.SparseCategoricalAccuracy(name="sca"),
+                           keras.metrics.sparse_top_k_categorical_accuracy])
     cfg = model.get_compile_config()  # as config.json carries it
     assert cfg["loss"]["class_name"] == "function"
     assert _loss_name(cfg["loss"]) == "sparse_categorical_crossentropy"
     loss, _, metrics, source = _training_setup("keras3", cfg, None, None, None, None)
-    assert source == "model compile config" and [metric_name(m) for m in metrics] == ["accuracy", "sca"]
+    assert source == "model compile config" and [metric_name(m) for m in metrics] == [
+        "accuracy", "sca", "sparse_top_k_categorical_accuracy"]
     reg = {"loss": {"module": "builtins", "class_name": "function", "config": "mean_squared_error",
                     "registered_name": "function"}}
     assert is_regression_loss(None, reg)

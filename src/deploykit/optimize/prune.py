@@ -477,6 +477,12 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
 def _rebuilt_metric(km: Any, config: dict[str, Any]) -> Any:
     """A compiled metric saved as an object (SparseCategoricalAccuracy(name="sca"), a registered custom
     one), rebuilt; None when its class is not known here (the fine-tune's own accuracy is tracked anyway)."""
+    if config.get("class_name") == "function" and isinstance(config.get("config"), str):
+        try:  # keras.metrics.mean_absolute_percentage_error: compile() takes its name, if Keras knows it
+            km.metrics.get(config["config"])
+        except Exception:  # noqa: BLE001 - a custom function not registered here: fine-tuned without it
+            return None
+        return config["config"]
     try:
         return km.metrics.deserialize(config)
     except Exception:  # noqa: BLE001 - an unregistered custom metric: fine-tuned without it

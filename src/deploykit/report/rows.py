@@ -895,8 +895,10 @@ def model_lines(manifest: Manifest) -> list[str]:
              f"inputs {_inputs(m)}" + (f"; outputs {_outputs(m)}." if m.get("outputs") else ".")]
     declared = sorted({i["shape"][0] for i in m.get("inputs", []) if i.get("shape") and isinstance(i["shape"][0], int)})
     if declared and m.get("kind") in ("keras3", "tf_keras"):
+        fixed = [a.target for a in manifest.artifacts if a.settings.get("converter", {}).get("fixed_batch")]
         lines.append(f"The model's inputs declare batch size {', '.join(map(str, declared))}; its files take any batch size, "
-                     "as Keras's model.export() leaves it (files that take batches of exactly 1 say so below).")
+                     "as Keras's model.export() leaves it" + (f", except {', '.join(fixed)}, which take batches of "
+                     "exactly 1" if fixed else "") + ".")
     if m.get("preprocessing_layers"):
         lines.append("Embedded preprocessing: " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["preprocessing_layers"]) + ".")
     if m.get("float32_from_policy"):
