@@ -1529,6 +1529,8 @@ def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, 
         result = deploykit.convert(keras3_model, ["tflite-int8"], data=digits.x_eval[:10], out=tmp_path / "out",
                                    bench=False)
     assert len(result.warnings) == 1 and "verified on 10 samples" in result.warnings[0]
+    # what calibration used, not the 200 the target asks for
+    assert result.artifact("tflite-int8")["settings"]["converter"]["calibration_samples"] == 10
     assert "too few to trust" in result.warnings[0]
     # raised in the caller's terms: the CLI's text, then the Python names of the flags it gives
     ours = [w for w in caught if any(str(w.message).startswith(t) for t in result.warnings)]

@@ -285,6 +285,9 @@ def test_toml_tolerance_defaults_follow_the_builtin_of_the_same_format_and_preci
     path = tmp_path / "onnx_qop.toml"
     path.write_text(head.format(f="onnx", p="int8-qop") + "[tolerance]\nmin_agreement = 0.9\n")
     assert load_target_file(path).tolerance == dataclasses.replace(get_target("onnx-int8-qop").tolerance, min_agreement=0.9)
+    path = tmp_path / "label.toml"  # a label that contradicts the types: the types decide (fp16 bounds, not int8's)
+    path.write_text('format = "tflite"\nprecision = "int8"\nweights = "float16"\n')
+    assert load_target_file(path).tolerance == get_target("tflite-fp16").tolerance
     path = tmp_path / "odd.toml"  # no built-in of that precision label: the one with the same numeric types
     path.write_text(head.format(f="tflite", p="int8-custom"))
     assert load_target_file(path).tolerance == get_target("tflite-int8").tolerance
@@ -720,3 +723,14 @@ def test_the_small_column_hint_never_suggests_the_target_that_failed():
     uint16 = " ".join(_failure_hints(get_target("tfjs-uint16"), None, {}, v))
     assert "try tfjs-uint16 or tfjs-fp16 or tfjs-fp32" in uint8
     assert "try tfjs-fp16 or tfjs-fp32" in uint16 and "tfjs-uint16 or" not in uint16
+
+
+def test_an_auto_file_without_types_takes_them_from_its_first_candidate(tmp_path):
+    """A TFLite Micro auto file (no types: they mean nothing on an auto target) was refused because
+    "tflm cannot store float32 weights", weights the user never set."""
+    path = tmp_path / "micro_auto.toml"
+    path.write_text('format = "tflm"\nprecision = "auto"\ncandidates = ["tflm-int8", "tflm-int8-cortex-m4"]\n'
+                    'options = { c_name = "fw" }\n')
+    t = load_target_file(path)
+    assert (t.weights, t.activations, t.io) == ("int8", "int8", "int8")
+    assert [c.options["c_name"] for c in t.candidate_targets()] == ["fw", "fw"]

@@ -290,6 +290,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
 
     opts = target.options
     settings = converter_settings(target)
+    if "calibration_samples" in settings and calibration is not None and len(calibration):
+        settings["calibration_samples"] = min(target.calibration_samples, len(calibration))  # what was used, not asked
     proto = to_onnx(model, opts["opset"])
     fake_quant = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # a QAT model's fake-quant ops
     external = opts["external_data"] == "always" or _proto_bytes(proto) > EXTERNAL_DATA_THRESHOLD

@@ -78,6 +78,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         ConversionError: the converter failed (unsupported ops are named).
     """
     settings = converter_settings(target)
+    if "calibration_samples" in settings and calibration is not None and len(calibration):
+        settings["calibration_samples"] = min(target.calibration_samples, len(calibration))  # what was used, not asked
     try:
         if getattr(model, "_tflite_needs_fixed_batch", False):  # an earlier target of this run found out
             raise ConversionError("TensorList ops need a static batch")

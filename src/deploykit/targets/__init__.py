@@ -314,6 +314,7 @@ class Target:
             # Options left out come from the built-in of the same format and precision, as tolerance and
             # bench do: replace(onnx-int8-qop, options={"opset": 15}) was built as QDQ, labelled int8-qop.
             same = next((t for t in list_targets() if t.format == self.format and t.precision == self.precision
+                         and (t.weights, t.activations, t.io) == (self.weights, self.activations, self.io)
                          and not t.candidates), None)
             options = {**(same.options if same else {}), **options}
         object.__setattr__(self, "options", _check_options(self.format, options, where, fill=not self.candidates))
@@ -648,6 +649,12 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
             entry.setdefault("select_by", same.select_by)
         return
     if entry.get("candidates"):
+        # Types mean nothing on an auto target, but its format must store them: a tflm auto file without
+        # types was refused for "float32 weights" it never asked for. They come from its first candidate.
+        first = _builtins().get(entry["candidates"][0]) if isinstance(entry["candidates"], list) \
+            and isinstance(entry["candidates"][0], str) else None
+        if first is not None and not any(k in entry for k in TYPE_FIELDS):
+            entry.update({k: getattr(first, k) for k in TYPE_FIELDS})
         return
     if entry.get("precision") == "auto":
         raise TargetError(f"target file {where}: precision \"auto\" compares candidates; list them (candidates = "
@@ -674,7 +681,10 @@ def _closest_builtin(entry: Mapping[str, Any]) -> Target | None:
     plain = [t for t in list_targets() if not t.candidates]
     types = tuple(entry.get(k, "float32") for k in ("weights", "activations", "io"))
     same_types = [t for t in plain if (t.weights, t.activations, t.io) == types]
-    for candidates in ([t for t in plain if t.format == entry.get("format") and t.precision == entry.get("precision")],
+    # The same label counts only with the same types: precision = "int8" on a float16 file was judged by
+    # int8's bounds, 5x looser than tflite-fp16's (the label is only a label).
+    for candidates in ([t for t in plain if t.format == entry.get("format") and t.precision == entry.get("precision")
+                        and (t.weights, t.activations, t.io) == types],
                        [t for t in same_types if t.format == entry.get("format")],
                        same_types,
                        [t for t in plain if (t.weights, t.activations) == types[:2]]):
