@@ -246,8 +246,13 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
                     settings={"target": target.to_dict()})
     if not passing:
         auto.status = "failed"
-        auto.error = "no candidate passed verification: " + "; ".join(
-            f"{r['target']}: {r['error'].removeprefix(r['target'] + ': ')}" for r in rows)
+        reasons = {r["target"]: r["error"].removeprefix(r["target"] + ": ") for r in rows}
+        built = any(r.get("size_bytes") for r in rows)  # a file was made (and kept for inspection) by some candidate
+        if len(set(reasons.values())) == 1:  # one reason for all (an op no candidate's runtime has): said once
+            said = f"{', '.join(reasons)}: {next(iter(reasons.values()))}"
+        else:
+            said = "; ".join(f"{t}: {why}" for t, why in reasons.items())
+        auto.error = ("no candidate passed verification: " if built else "no candidate could be built: ") + said
         auto.selection = {"candidates": rows, "winner": None, "reason": auto.error}
         return auto
     rounds = 0

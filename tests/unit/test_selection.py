@@ -343,3 +343,20 @@ def test_one_outlier_round_in_five_does_not_make_a_ratio_unsteady():
     assert ratio_spread(one_off, ref) == pytest.approx(1.22 / 0.99) and not unsteady(ratio_spread(one_off, ref))
     swinging = {"p50_ms": 2.5, "round_p50_ms": [2.17, 3.79, 2.2, 3.5, 3.7]}
     assert unsteady(ratio_spread(swinging, ref))
+
+
+def test_an_auto_target_whose_candidates_were_all_refused_says_it_once(tmp_path):
+    """tfjs-auto said "no candidate passed verification" (none was verified) and repeated one op refusal
+    four times in a 900-character line."""
+    from deploykit import selection
+    from deploykit.artifacts import Artifact
+    from deploykit.targets import get_target
+
+    why = "TF.js 4.22 cannot run op(s) ResizeBicubic (bicubic_resize); use a TFLite or ONNX target"
+    cands = [(get_target(n), Artifact(target=n, format="tfjs", path="", status="failed", error=f"{n}: {why}"))
+             for n in ("tfjs-fp32", "tfjs-uint8")]
+    auto = selection.select(get_target("tfjs-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)})
+    assert auto.error == f"no candidate could be built: tfjs-fp32, tfjs-uint8: {why}"
+    cands[1][1].size_bytes, cands[1][1].error = 100, "tfjs-uint8: verification failed: top-1 agreement 90%"
+    auto = selection.select(get_target("tfjs-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)})
+    assert auto.error == f"no candidate passed verification: tfjs-fp32: {why}; tfjs-uint8: verification failed: top-1 agreement 90%"
