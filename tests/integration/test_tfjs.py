@@ -304,6 +304,9 @@ def test_recurrent_layers_loop_refused_clearly_and_unrolled_ones_convert(tmp_pat
             assert wasm["status"] == "ok", wasm["error"]
         else:
             assert result.artifact("tfjs-fp32-cpu")["benchmark"]["execution"] == "executeAsync"
+            # said where a web developer reads it, not only in the benchmark record (absent with --no-bench)
+            assert "While" in result.artifact("tfjs-fp32-cpu")["settings"]["converter"]["execute_async_ops"]
+            assert "tfjs-fp32-cpu: the graph has ops TF.js runs only asynchronously" in result.report_path.read_text()
             assert wasm["status"] == "failed" and "wasm" in wasm["error"] and "unroll" in wasm["error"]
 
 

@@ -48,6 +48,18 @@ def supported_ops() -> set[str]:
     return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
 
 
+ASYNC_OPS_FILE = OPS_FILE.with_name("async_ops.txt")
+
+
+def async_ops() -> set[str]:
+    """Op names TF.js's graph model runs only with executeAsync (control flow, dynamic shapes, hash tables)."""
+    try:
+        lines = ASYNC_OPS_FILE.read_text().splitlines()
+    except OSError:
+        raise ConversionError(f"the TF.js op list {ASYNC_OPS_FILE} is missing; reinstall deploykit") from None
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
 # Kernels TF.js 4.22's cpu backend has and its wasm backend lacks (tf.getKernelsForBackend),
 # as the TF ops that reach them. Einsum is lowered to BatchMatMul before this check.
 WASM_MISSING = {"Einsum", "FFT", "IFFT", "RFFT", "IRFFT", "Complex", "ComplexAbs", "Real", "Imag",
@@ -293,6 +305,11 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     )
     # TF.js tensors are float32, int32, bool (or string): an integer input of another width is an
     # int32 tensor there, and model.execute refuses float32 pixels for it.
+    used = {n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def}
+    needs_async = sorted(used & async_ops())
+    if needs_async:  # model.execute() throws on them ("use model.executeAsync() instead"): only the manifest's
+        # benchmark.execution said so, and nothing with --no-bench
+        settings["execute_async_ops"] = needs_async
     narrow = [s for s in model.inputs if s.dtype not in ("float32", "int32", "bool", "string")]
     if narrow:
         settings["note"] = ("TF.js has no " + "/".join(sorted({s.dtype for s in narrow})) + " tensors: feed "

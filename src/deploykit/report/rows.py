@@ -411,6 +411,9 @@ def converter_notes(manifest: Manifest) -> list[str]:
             continue
         if conv.get("note"):
             out.append(f"{a.target}: {conv['note']}")
+        if conv.get("execute_async_ops"):
+            out.append(f"{a.target}: the graph has ops TF.js runs only asynchronously ({', '.join(conv['execute_async_ops'])}): "
+                       "call model.executeAsync(), not model.execute() or predict(), which throw on them")
         if conv.get("fixed_batch") and conv.get("fixed_batch_reason"):  # (TFLite Micro runs batch 1 by design)
             out.append(f"{a.target}: takes batches of exactly {conv['fixed_batch']} ({conv['fixed_batch_reason']}); "
                        "run it once per sample")
