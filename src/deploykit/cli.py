@@ -429,6 +429,25 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _repeated_option(argv: list[str]) -> str | None:
+    """A one-value option given twice (``--data a.npz --data b.npz``): click keeps the last and drops the
+    first without a word, so a run calibrated on the wrong file. Only --target (and flags) repeat."""
+    command = typer.main.get_command(app)
+    sub = getattr(command, "commands", {}).get(argv[0]) if argv else None
+    if sub is None:
+        return None
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    for param in sub.params:
+        if not hasattr(param, "is_flag") or param.multiple or param.is_flag or getattr(param, "count", False):
+            continue
+        names = set(param.opts) | set(param.secondary_opts)
+        given = [a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in names]
+        if len(given) > 1:
+            flag = next((n for n in param.opts if n.startswith("--")), param.opts[0])
+            return f"{flag} is given {'twice' if len(given) == 2 else f'{len(given)} times'}; give it once"
+    return None
+
+
 def main() -> None:
     """Console-script entry point: maps DeployError and usage errors to one line and exit code 2."""
     # Typer's click (vendored in newer typer) names its usage error only in BadParameter's bases.
@@ -438,6 +457,10 @@ def main() -> None:
     for key, value in {**_ENV_DEFAULTS, **CLI_ENV_DEFAULTS}.items():  # this process and its children are ours
         os.environ.setdefault(key, value)
     _CONSOLE.append(True)
+    repeated = _repeated_option(sys.argv[1:])
+    if repeated:
+        print(f"deploy: error: {repeated}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     try:
         with library_logs_muted():  # every command, not only the API's entry points
             code = app(standalone_mode=False, prog_name="deploy")

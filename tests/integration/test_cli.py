@@ -743,3 +743,17 @@ def test_bench_from_python_says_what_is_wrong_in_python_terms(tmp_path, tflite_f
     with pytest.raises(UserError, match=r"^threads must be an integer in 1\.\.256, got 0$"):
         deploykit.bench(tflite_files["tflite-fp32"], threads=0)
     assert _refusal(["bench", tflite_files["tflite-fp32"], "--threads", "0"]).startswith("--threads must be")  # the CLI's
+
+
+def test_a_one_value_option_given_twice_is_refused(tmp_path):
+    """`--data calib.npz --data eval.npz`: click kept the last and dropped the first without a word."""
+    from deploykit.cli import _repeated_option
+
+    assert _repeated_option(["convert", "m.keras", "-d", "a.npz", "--data=b.npz"]) == "--data is given twice; give it once"
+    assert _repeated_option(["convert", "m.keras", "-t", "tflite-fp32", "--target", "onnx-fp32", "--force"]) is None
+    assert _repeated_option(["bench", "a.tflite", "--threads", "1", "--threads", "2", "--threads", "4"]) == (
+        "--threads is given 3 times; give it once")
+    run = subprocess.run([sys.executable, "-m", "deploykit.cli", "convert", "m.keras", "--out", tmp_path / "o",
+                          "--data", "a.npz", "--data", "b.npz"], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr.strip()) == (2, "deploy: error: --data is given twice; give it once")
+    assert not (tmp_path / "o").exists()
