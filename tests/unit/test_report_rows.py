@@ -485,7 +485,7 @@ def test_the_float32_ratio_records_how_far_its_rounds_spread():
         built.append((get_target(n), a))
     add_float32_ratios(built)
     vs = {a.target: a.benchmark["side_by_side"]["vs_float32"] for _, a in built}
-    assert vs["onnx-int8-qdq"]["unsteady"] and round(vs["onnx-int8-qdq"]["spread"], 2) == 4.59
+    assert vs["onnx-int8-qdq"]["unsteady"] and round(vs["onnx-int8-qdq"]["spread"], 2) == 2.93  # 4.59 with the extreme rounds
     assert "unsteady" not in vs["onnx-int8-qop"] and "unsteady" not in vs["onnx-fp32"]
     assert vs["onnx-fp32"]["spread"] == 1.0
 
