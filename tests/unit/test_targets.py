@@ -353,8 +353,9 @@ def test_toml_errors(tmp_path):
     assert "calib_samples" in str(exc.value) and str(typo) in str(exc.value)
     impossible = tmp_path / "impossible.toml"
     impossible.write_text(FLAT_TOML.replace('weights = "int8"', 'weights = "float32"'))
-    with pytest.raises(TargetError, match="need int8 weights"):
+    with pytest.raises(TargetError, match="need int8 weights") as exc:
         load_target_file(impossible)
+    assert str(exc.value).startswith(f"target 'impossible' in {impossible}: ")  # which file, with several -t files
     shadow = tmp_path / "shadow.toml"  # a built-in's name with other settings: its artifacts would pass for the built-in's
     shadow.write_text('name = "tflite-int8"\nformat = "tflite"\nprecision = "fp32"\n')
     with pytest.raises(TargetError, match="names its profile 'tflite-int8', a built-in target, with other settings"):

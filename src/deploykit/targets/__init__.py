@@ -459,6 +459,11 @@ class Target:
             return cls(**data)
         except TypeError as exc:
             raise TargetError(f"{where}: {exc}") from None
+        except TargetError as exc:  # the checks name the target only: with several files, say which one
+            prefix = f"target {name!r}:"
+            if source and str(exc).startswith(prefix):
+                raise TargetError(f"{where}:{str(exc)[len(prefix):]}") from None
+            raise
 
 
 OVERRIDABLE = ("tolerance", "bench", "calibration_samples")
