@@ -369,6 +369,10 @@ def test_toml_errors(tmp_path):
                        + ("" if field in FLAT_TOML else f"\n{line}\n"))
         with pytest.raises(TargetError, match=said):
             load_target_file(odd)
+    plain = tmp_path / "plain_select.toml"  # select_by on a target without candidates was accepted and ignored
+    plain.write_text('format = "tflite"\nprecision = "fp32"\nselect_by = "download"\n')
+    with pytest.raises(TargetError, match=r"select_by picks among an -auto target's candidates; this target has none"):
+        load_target_file(plain)
     bare = tmp_path / "bare.toml"  # without types, the precision was read as a label to look up
     bare.write_text('format = "tflite"\nprecision = 8\n')
     with pytest.raises(TargetError, match="precision must be text in quotes, got 8"):

@@ -324,6 +324,9 @@ class Target:
                               "set options.quant_format = \"qdq\" for int16 activations")
         if self.select_by not in SELECT_BY:
             raise TargetError(f"{where}: select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}")
+        if self.select_by != "speed" and not self.candidates:  # it was accepted and ignored
+            raise TargetError(f"{where}: select_by picks among an -auto target's candidates; this target has none "
+                              "(list them in candidates, or leave select_by out)")
 
     @property
     def needs_calibration(self) -> bool:
