@@ -431,20 +431,34 @@ def _shown(path: Path) -> str:
 
 def _repeated_option(argv: list[str]) -> str | None:
     """A one-value option given twice (``--data a.npz --data b.npz``): click keeps the last and drops the
-    first without a word, so a run calibrated on the wrong file. Only --target (and flags) repeat."""
+    first without a word, so a run calibrated on the wrong file. Only --target (and flags) repeat.
+    Read the way click reads the line: an option's value (``--loss --out``) is not an option, and
+    ``-da.npz`` / ``--data=a.npz`` carry theirs."""
     command = typer.main.get_command(app)
     sub = getattr(command, "commands", {}).get(argv[0]) if argv else None
     if sub is None:
         return None
-    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    options = {}  # every name of a value-taking option -> (its long name, whether it may repeat)
     for param in sub.params:
-        if not hasattr(param, "is_flag") or param.multiple or param.is_flag or getattr(param, "count", False):
-            continue
-        names = set(param.opts) | set(param.secondary_opts)
-        given = [a.split("=", 1)[0] for a in args if a.split("=", 1)[0] in names]
-        if len(given) > 1:
+        if hasattr(param, "is_flag") and not param.is_flag and not getattr(param, "count", False):
             flag = next((n for n in param.opts if n.startswith("--")), param.opts[0])
-            return f"{flag} is given {'twice' if len(given) == 2 else f'{len(given)} times'}; give it once"
+            options.update({n: (flag, param.multiple) for n in (*param.opts, *param.secondary_opts)})
+    seen: dict[str, int] = {}
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            break
+        if arg in ("--help", "-h"):
+            return None  # the help, whatever else the line holds
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2] if arg.startswith("-") else None
+        if name not in options:
+            continue
+        if arg == name:
+            next(args, None)  # its value, whatever it looks like
+        flag, repeats = options[name]
+        seen[flag] = seen.get(flag, 0) + 1
+        if seen[flag] > 1 and not repeats:
+            return f"{flag} is given more than once; give it once"
     return None
 
 

@@ -82,6 +82,8 @@ def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[
             if {"config.json", "metadata.json"} <= set(files):  # a .keras archive is a zip too
                 raise DataError(f"{path} is a Keras model file, not data; pass an .npz saved with np.savez(path, x=..., y=...)")
             keys = _keys_used(files, input_names)
+            if not labels:  # a benchmark's inputs: 'y' (pickled, or anything) is not read
+                keys = [k for k in keys if k != "y" or k in input_names]
             _check_expanded_size(path, npz.zip, keys)
             arrays = {k: npz[k] for k in keys}
             for k, value in arrays.items():

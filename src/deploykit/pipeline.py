@@ -131,11 +131,9 @@ class ConvertResult:
             return False
         return True
 
-    def __iter__(self) -> Any:
-        # Without it, iteration fell back to __getitem__(0): KeyError: 0. Not iterable: `in` takes target
-        # names and result[...] manifest keys, so neither is what iteration would obviously give.
-        raise TypeError("a ConvertResult is not iterable; iterate result.artifacts (each target's manifest entry), "
-                        "and ask 'name in result' for a target")
+    # Not iterable (iteration fell back to __getitem__(0): KeyError: 0): `in` takes target names and
+    # result[...] manifest keys, so neither is what iteration would obviously give; iterate result.artifacts.
+    __iter__ = None
 
     def __repr__(self) -> str:
         # Short: a notebook cell ending in `result` printed the whole manifest, raw timing samples included.

@@ -750,11 +750,15 @@ def test_a_one_value_option_given_twice_is_refused(tmp_path):
     """`--data calib.npz --data eval.npz`: click kept the last and dropped the first without a word."""
     from deploykit.cli import _repeated_option
 
-    assert _repeated_option(["convert", "m.keras", "-d", "a.npz", "--data=b.npz"]) == "--data is given twice; give it once"
+    twice = "--data is given more than once; give it once"
+    assert _repeated_option(["convert", "m.keras", "-d", "a.npz", "--data=b.npz"]) == twice
+    assert _repeated_option(["convert", "m.keras", "-da.npz", "--data", "b.npz"]) == twice  # click's attached form
     assert _repeated_option(["convert", "m.keras", "-t", "tflite-fp32", "--target", "onnx-fp32", "--force"]) is None
-    assert _repeated_option(["bench", "a.tflite", "--threads", "1", "--threads", "2", "--threads", "4"]) == (
-        "--threads is given 3 times; give it once")
+    assert _repeated_option(["convert", "m.keras", "--loss", "--out", "--out", "o"]) is None  # a value, not an option
+    assert _repeated_option(["convert", "--help", "-d", "a", "-d", "b"]) is None  # the help comes first
+    assert _repeated_option(["bench", "a.tflite", "--threads", "1", "--threads", "2"]) == (
+        "--threads is given more than once; give it once")
     run = subprocess.run([sys.executable, "-m", "deploykit.cli", "convert", "m.keras", "--out", tmp_path / "o",
                           "--data", "a.npz", "--data", "b.npz"], capture_output=True, text=True, timeout=120)
-    assert (run.returncode, run.stderr.strip()) == (2, "deploy: error: --data is given twice; give it once")
+    assert (run.returncode, run.stderr.strip()) == (2, "deploy: error: --data is given more than once; give it once")
     assert not (tmp_path / "o").exists()

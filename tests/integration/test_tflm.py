@@ -357,6 +357,7 @@ def test_a_model_whose_activations_outgrow_the_first_arena_guess_is_measured_not
     a = result.artifact("tflm-int8")
     assert a["status"] == "ok", a["error"]
     assert a["footprint"]["arena_bytes"] > 256 * 1024 > a["size_bytes"] * 10
+    assert a["settings"]["converter"]["calibration_samples"] == 8  # what calibration used, as tflite-int8 records it
     assert f"TENSOR_ARENA_SIZE {a['footprint']['arena_bytes']}" in (result.out / "tflm-int8" / "model_io.h").read_text()
 
 

@@ -85,6 +85,8 @@ def test_labels_saved_per_output_are_refused_not_ignored(tmp_path, xy):
     _check(load_data(tmp_path / "meta.npz", SPEC), x, None)
     np.savez(tmp_path / "pred.npz", x=x, y_pred=y)  # a benchmark reads inputs only: not refused there
     _check(load_data(tmp_path / "pred.npz", SPEC, role="bench data", labels=False), x, None)
+    np.savez(tmp_path / "pickled.npz", x=x, y=np.array([{"a": 1}], dtype=object))  # an unused 'y' is not read
+    _check(load_data(tmp_path / "pickled.npz", SPEC, role="bench data", labels=False), x, None)
     np.savez(tmp_path / "split.npz", x_test=x, y_test=y)  # the missing 'x' is what is said first
     with pytest.raises(DataError, match=r"has keys 'x_test', 'y_test' but needs 'x'"):
         load_data(tmp_path / "split.npz", SPEC)

@@ -302,6 +302,8 @@ def test_options_left_out_follow_the_builtin_of_the_same_format_and_precision(tm
     path = tmp_path / "q.toml"
     path.write_text('format = "onnx"\nprecision = "int8-qop"\noptions = { opset = 15 }\n')
     assert load_target_file(path).options["quant_format"] == "qoperator"
+    path.write_text('format = "onnx"\nprecision = "int8-qop"\nweights = "int8"\nactivations = "int8"\n')
+    assert load_target_file(path).options["quant_format"] == "qoperator"  # other types: still the label's kind
     qdq = dataclasses.replace(get_target("onnx-int8-qdq"), name="my-qdq", options={"per_channel": False})
     assert qdq.options["quantize_bias"] is False and qdq.options["per_channel"] is False  # given ones win
     path.write_text('format = "onnx"\nprecision = "int8-mine"\nweights = "int8"\nactivations = "uint8"\n')
@@ -739,3 +741,6 @@ def test_an_auto_file_without_types_takes_them_from_its_first_candidate(tmp_path
     t = load_target_file(path)
     assert (t.weights, t.activations, t.io) == ("int8", "int8", "int8")
     assert [c.options["c_name"] for c in t.candidate_targets()] == ["fw", "fw"]
+    (tmp_path / "board.toml").write_text('format = "tflm"\nprecision = "int8"\n')  # a .toml first candidate too
+    path.write_text('format = "tflm"\nprecision = "auto"\ncandidates = ["board.toml", "tflm-int8"]\n')
+    assert load_target_file(path).weights == "int8"

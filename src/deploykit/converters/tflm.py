@@ -161,6 +161,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                             ops=sorted(set(ops)), keras_names=keras_names)
     settings.update({
         **converter_settings(target),
+        **({"calibration_samples": settings["calibration_samples"]} if "calibration_samples" in settings else {}),
         "ops": sorted(set(ops)),
         "c_array": f"g_{name}_model_data",
         "companion_files": extra,  # written beside the model; listed as the artifact's extra files

@@ -9,6 +9,7 @@ converter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -313,8 +314,8 @@ class Target:
         if not self.candidates and not _LOADING_BUILTINS:
             # Options left out come from the built-in of the same format and precision, as tolerance and
             # bench do: replace(onnx-int8-qop, options={"opset": 15}) was built as QDQ, labelled int8-qop.
+            # (by label alone, unlike tolerances: the label names the kind, int8-qop stays QOperator)
             same = next((t for t in list_targets() if t.format == self.format and t.precision == self.precision
-                         and (t.weights, t.activations, t.io) == (self.weights, self.activations, self.io)
                          and not t.candidates), None)
             options = {**(same.options if same else {}), **options}
         object.__setattr__(self, "options", _check_options(self.format, options, where, fill=not self.candidates))
@@ -659,8 +660,11 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
     if entry.get("candidates"):
         # Types mean nothing on an auto target, but its format must store them: a tflm auto file without
         # types was refused for "float32 weights" it never asked for. They come from its first candidate.
-        first = _builtins().get(entry["candidates"][0]) if isinstance(entry["candidates"], list) \
-            and isinstance(entry["candidates"][0], str) else None
+        head = entry["candidates"][0] if isinstance(entry["candidates"], list) else None
+        first = _builtins().get(head) if isinstance(head, str) else None
+        if first is None and isinstance(head, str) and head.endswith(".toml"):
+            with contextlib.suppress(TargetError):  # a candidate file's own mistakes are said where it is built
+                first = load_target_file(head)
         if first is not None and not any(k in entry for k in TYPE_FIELDS):
             entry.update({k: getattr(first, k) for k in TYPE_FIELDS})
         return
