@@ -247,7 +247,7 @@ def select(target: Any, candidates: Sequence[tuple[Any, Artifact]], out: Path, i
     if not passing:
         auto.status = "failed"
         reasons = {r["target"]: r["error"].removeprefix(r["target"] + ": ") for r in rows}
-        built = any(r.get("size_bytes") for r in rows)  # a file was made (and kept for inspection) by some candidate
+        built = any(a.settings.get("converter") for _, a in candidates)  # some candidate's converter made a file
         if len(set(reasons.values())) == 1:  # one reason for all (an op no candidate's runtime has): said once
             said = f"{', '.join(reasons)}: {next(iter(reasons.values()))}"
         else:

@@ -357,6 +357,7 @@ def test_an_auto_target_whose_candidates_were_all_refused_says_it_once(tmp_path)
              for n in ("tfjs-fp32", "tfjs-uint8")]
     auto = selection.select(get_target("tfjs-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)})
     assert auto.error == f"no candidate could be built: tfjs-fp32, tfjs-uint8: {why}"
-    cands[1][1].size_bytes, cands[1][1].error = 100, "tfjs-uint8: verification failed: top-1 agreement 90%"
+    cands[1][1].settings["converter"] = {"converter": "deploykit TF.js writer"}  # built, then failed
+    cands[1][1].error = "tfjs-uint8: verification failed: top-1 agreement 90%"
     auto = selection.select(get_target("tfjs-auto"), cands, tmp_path, {"x": np.zeros((1, 3), np.float32)})
     assert auto.error == f"no candidate passed verification: tfjs-fp32: {why}; tfjs-uint8: verification failed: top-1 agreement 90%"
