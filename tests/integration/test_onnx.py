@@ -93,6 +93,11 @@ def test_static_int8_and_int16_keep_the_batch_name_and_declare_only_used_domains
     assert proto.ir_version >= 10  # what ONNX's version table asks of opset 21
     assert a16["settings"]["converter"]["activation_type"] == "int16"
     assert "batch_dependent" not in a16["settings"]["converter"]  # static: not quantize_dynamic's per-call scale
+    # 8-bit weights: reduce_range guards the uint8 kernels int16 activations never run on (7-bit cost accuracy)
+    from onnx import numpy_helper
+
+    kernels = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) > 1]
+    assert kernels and max(int(np.abs(k).max()) for k in kernels) > 64 and a16["settings"]["converter"]["reduce_range"] is False
 
 
 @pytest.mark.slow

@@ -48,9 +48,10 @@ OPTIONS: dict[str, OptionSpec] = {
         choices=("qdq", "qoperator"), variant=True,
     ),
     "per_channel": OptionSpec(True, "Quantize weights per output channel.", type=bool),
-    # Default on: x86 CPUs without VNNI (AVX2 only, like this machine) saturate in ORT's U8S8
-    # kernels with full 8-bit weights. Measured on the digits example: 98 elements off by up
+    # Default on: x86 CPUs without VNNI (AVX2 only, as the AMD EPYC this was measured on) saturate in
+    # ORT's U8S8 kernels with full 8-bit weights. Measured on the digits example: 98 elements off by up
     # to 0.6 in probability without it, 2 elements off by 0.07 with it. Set false for VNNI-only fleets.
+    # (onnx-int16x8 sets it false: int16 activations do not run on those kernels.)
     "reduce_range": OptionSpec(True, "7-bit weights: avoids U8S8 saturation on x86 CPUs without VNNI (costs little accuracy).", type=bool),
     # ORT's QDQ format stores each bias as int32 plus per-channel scales and int32 zero points;
     # kept float32, MobileNetV2's QDQ file is 0.280x fp32 instead of 0.299x, with the same speed
