@@ -89,7 +89,9 @@ def test_static_int8_and_int16_keep_the_batch_name_and_declare_only_used_domains
     zero_points = {t.name: t.data_type for t in proto.graph.initializer}
     q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert q and {zero_points[n.input[2]] for n in q} == {TensorProto.INT16}
-    assert a16["settings"]["converter"]["opset_written"] == 21
+    assert a16["settings"]["converter"]["opset_written"] == a16["settings"]["converter"]["opset"] == 21  # was 17
+    fp32 = result.artifact("onnx-fp32")["settings"]["converter"]  # no quantization options on a float file
+    assert "quant_format" not in fp32 and "reduce_range" not in fp32 and fp32["opset"] == 17
     assert proto.ir_version >= 10  # what ONNX's version table asks of opset 21
     assert a16["settings"]["converter"]["activation_type"] == "int16"
     assert "batch_dependent" not in a16["settings"]["converter"]  # static: not quantize_dynamic's per-call scale

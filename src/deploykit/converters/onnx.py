@@ -69,7 +69,14 @@ OPTIONS: dict[str, OptionSpec] = {
 
 def converter_settings(target: Any) -> dict[str, Any]:
     """Settings this target maps to (recorded in the manifest)."""
-    settings = {"converter": "tf2onnx.from_graph_def (frozen SavedModel)", **target.options}
+    # Only the options that shaped this file: quant_format, quantize_bias... on a float32 file read as if
+    # it were quantized that way.
+    static = target.activations in ("int8", "uint8", "int16")
+    dynamic = target.weights == "int8" and not static
+    unused = (() if static else ("quant_format", "quantize_bias", "calibrate_method") if dynamic
+              else ("quant_format", "quantize_bias", "calibrate_method", "per_channel", "reduce_range"))
+    settings = {"converter": "tf2onnx.from_graph_def (frozen SavedModel)",
+                **{k: v for k, v in target.options.items() if k not in unused}}
     if target.weights == "float16":
         settings["quantization"] = "float16 weights + Cast to float32 (float32 compute and I/O)"
     elif target.activations in ("int8", "uint8", "int16"):
@@ -329,6 +336,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opts["opset"])
         if written != opts["opset"]:  # 16-bit QuantizeLinear is a standard op from opset 21: the quantizer upgrades
             settings["opset_written"] = written
+            settings["opset"] = written  # the opset a runtime must support is the file's, not the one asked for
         settings["external_data_files"] = _save(proto, out_path, external)
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
