@@ -39,25 +39,26 @@ OPTIONS: dict[str, OptionSpec] = {
 }
 
 
-def supported_ops() -> set[str]:
-    """Op names the pinned TF.js runtime executes (from its op mappers; see runtime_bench/tfjs)."""
+ASYNC_OPS_FILE = OPS_FILE.with_name("async_ops.txt")
+
+
+def _op_list(path: Path) -> set[str]:
+    """The op names listed in one of the runtime's generated op files (see runtime_bench/tfjs/ops.mjs)."""
     try:
-        lines = OPS_FILE.read_text().splitlines()
+        lines = path.read_text().splitlines()
     except OSError:
-        raise ConversionError(f"the TF.js op list {OPS_FILE} is missing; reinstall deploykit") from None
+        raise ConversionError(f"the TF.js op list {path} is missing; reinstall deploykit") from None
     return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
 
 
-ASYNC_OPS_FILE = OPS_FILE.with_name("async_ops.txt")
+def supported_ops() -> set[str]:
+    """Op names the pinned TF.js runtime executes (from its op mappers; see runtime_bench/tfjs)."""
+    return _op_list(OPS_FILE)
 
 
 def async_ops() -> set[str]:
     """Op names TF.js's graph model runs only with executeAsync (control flow, dynamic shapes, hash tables)."""
-    try:
-        lines = ASYNC_OPS_FILE.read_text().splitlines()
-    except OSError:
-        raise ConversionError(f"the TF.js op list {ASYNC_OPS_FILE} is missing; reinstall deploykit") from None
-    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+    return _op_list(ASYNC_OPS_FILE)
 
 
 # Kernels TF.js 4.22's cpu backend has and its wasm backend lacks (tf.getKernelsForBackend),
