@@ -11,6 +11,9 @@ Messages name the bad value, what would have been valid, and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class DeployError(Exception):
     """Base of every error deploykit raises on purpose."""
@@ -79,9 +82,7 @@ def in_python_terms(text: str) -> str:
     A message starting with a bench setting a keyword fills names the keyword (see :func:`in_cli_terms`)."""
     import re
 
-    match = re.match(r"[a-z_.]+(?= )", text)
-    if match is not None and match.group() in PYTHON_SETTINGS:
-        text = PYTHON_SETTINGS[match.group()] + text[match.end():]
+    text = _lead_renamed(text, PYTHON_SETTINGS)
     flags = dict.fromkeys(f for f in re.findall(r"--[a-z][a-z-]*[a-z]", text) if f in PYTHON_TERMS)
     said = [f"{f} is {PYTHON_TERMS[f]}" for f in flags
             if not (PYTHON_TERMS[f].endswith(("=", "=True", "=False")) and PYTHON_TERMS[f].split("=")[0] + "=" in text)]
@@ -102,9 +103,26 @@ CLI_FLAGS = {
 def in_cli_terms(text: str) -> str:
     """``text`` (a message about a value the CLI filled from a flag) naming that flag instead of the setting:
     only the name the message starts with is replaced, so a .toml file's ``bench.iterations`` stays."""
+    return _lead_renamed(text, CLI_FLAGS)
+
+
+def _lead_renamed(text: str, names: dict[str, str]) -> str:
+    """``text`` with the setting name it starts with ("bench.threads must be ...") replaced by ``names``'s."""
     import re
 
     match = re.match(r"[a-z_.]+(?= )", text)
-    if match is None or match.group() not in CLI_FLAGS:
+    if match is None or match.group() not in names:
         return text
-    return CLI_FLAGS[match.group()] + text[match.end():]
+    return names[match.group()] + text[match.end():]
+
+
+@contextlib.contextmanager
+def said_in_python_terms() -> Iterator[None]:
+    """Re-raise a DeployError from inside with its message in a Python caller's terms (:func:`in_python_terms`):
+    the API's entry points share the CLI's messages, which name flags."""
+    try:
+        yield
+    except DeployError as exc:
+        if len(exc.args) != 1 or not isinstance(exc.args[0], str):  # deploykit's errors carry one message
+            raise
+        raise type(exc)(in_python_terms(exc.args[0])) from None

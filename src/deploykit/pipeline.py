@@ -1380,14 +1380,10 @@ def convert(
                 f"pass {'them' if len(tuning) > 1 else 'it'} in the dict of the step, e.g. prune={{'sparsity': 0.8, "
                 f"{', '.join(f'{k!r}: ...' for k in tuning)}}}" if tuning else "")
         raise UserError(f"unknown option(s) {', '.join(unknown)} for convert; choose from: {', '.join(known)}{hint}")
-    from deploykit.errors import in_python_terms
+    from deploykit.errors import in_python_terms, said_in_python_terms
 
-    try:
+    with said_in_python_terms():  # the messages name CLI flags: said once more in a Python caller's terms
         result = Pipeline(targets, data=data, out=out, **options).run(model)
-    except DeployError as exc:  # the messages name CLI flags: said once more in a Python caller's terms
-        if len(exc.args) != 1 or not isinstance(exc.args[0], str):  # deploykit's errors carry one message
-            raise
-        raise type(exc)(in_python_terms(exc.args[0])) from None
     # Here, not in Pipeline.run: the CLI runs the Pipeline and prints these itself.
     for text in result.warnings:
         warnings.warn(in_python_terms(text), UserWarning, stacklevel=2)

@@ -437,14 +437,10 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
 def bench(*args: Any, **kwargs: Any) -> dict[str, Any]:
     # deploykit.bench: bench_file for Python callers. Its messages name CLI flags, said once more in
     # the keywords a caller passes ("--backend" is backend=); docs and signature are bench_file's.
-    from deploykit.errors import in_python_terms
+    from deploykit.errors import said_in_python_terms
 
-    try:
+    with said_in_python_terms():
         return bench_file(*args, **kwargs)
-    except DeployError as exc:
-        if len(exc.args) != 1 or not isinstance(exc.args[0], str):
-            raise
-        raise type(exc)(in_python_terms(exc.args[0])) from None
 
 
 functools.update_wrapper(bench, bench_file)
