@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -166,18 +166,12 @@ def convert(
         raise typer.Exit(EXIT_TARGET_FAILED)
 
 
-@contextlib.contextmanager
-def _flag_terms() -> Iterator[None]:
+def _flag_terms() -> contextlib.AbstractContextManager[None]:
     """A refusal of a value the CLI filled from a flag names the flag (``--iterations``), not the setting it
     fills (``bench.iterations``): the library's messages name settings, for the Python API and .toml files."""
-    from deploykit.errors import UserError, in_cli_terms
+    from deploykit.errors import UserError, in_cli_terms, reworded
 
-    try:
-        yield
-    except UserError as exc:
-        if len(exc.args) != 1 or not isinstance(exc.args[0], str):  # deploykit's errors carry one message
-            raise
-        raise type(exc)(in_cli_terms(exc.args[0])) from None
+    return reworded(UserError, in_cli_terms)
 
 
 def _check_prune_flags(prune: Optional[float], schedule: Optional[str], structure: Optional[str],

@@ -12,7 +12,7 @@ Messages name the bad value, what would have been valid, and how to fix it.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class DeployError(Exception):
@@ -117,12 +117,17 @@ def _lead_renamed(text: str, names: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def said_in_python_terms() -> Iterator[None]:
-    """Re-raise a DeployError from inside with its message in a Python caller's terms (:func:`in_python_terms`):
-    the API's entry points share the CLI's messages, which name flags."""
+def reworded(kind: type[Exception], rewrite: Callable[[str], str]) -> Iterator[None]:
+    """Re-raise a ``kind`` error from inside with its message passed through ``rewrite`` (same class)."""
     try:
         yield
-    except DeployError as exc:
+    except kind as exc:
         if len(exc.args) != 1 or not isinstance(exc.args[0], str):  # deploykit's errors carry one message
             raise
-        raise type(exc)(in_python_terms(exc.args[0])) from None
+        raise type(exc)(rewrite(exc.args[0])) from None
+
+
+def said_in_python_terms() -> contextlib.AbstractContextManager[None]:
+    """DeployErrors from inside in a Python caller's terms (:func:`in_python_terms`): the API's entry points
+    share the CLI's messages, which name flags."""
+    return reworded(DeployError, in_python_terms)
