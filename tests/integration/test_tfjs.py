@@ -283,10 +283,12 @@ def test_grouped_convolutions_run_in_tfjs(tmp_path, data_npz):
     assert "FusedDepthwiseConv2dNative" in ops and "Split" in ops and "ConcatV2" in ops
 
 
-def test_recurrent_layers_loop_refused_clearly_and_unrolled_ones_convert(tmp_path):
-    """Keras 3 LSTM is a functional While loop: it runs on TF.js's cpu backend (and in ONNX);
-    the wasm backend cannot run it, which the op check says before writing; LSTM(unroll=True)
-    is plain ops and runs on wasm too."""
+def test_recurrent_layers_run_on_both_backends(tmp_path):
+    """Keras 3 LSTM is a functional While loop whose body writes each step into a TensorList. TF.js 4.22
+    freed the written tensors when the body returned, so the list's stack read freed memory ("Cannot read
+    properties of undefined (reading 'backend')") on wasm always and on cpu whenever every step was read
+    (return_sequences=True, stacked layers): the writer points the writes at the body's kept outputs.
+    LSTM(unroll=True) is plain ops."""
     import keras
 
     x = np.random.default_rng(0).normal(size=(16, 5, 3)).astype("float32")
@@ -297,17 +299,42 @@ def test_recurrent_layers_loop_refused_clearly_and_unrolled_ones_convert(tmp_pat
         model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(keras.layers.LSTM(8, unroll=unroll)(inp)))
         result = deploykit.convert(model, ["tfjs-fp32", cpu, "onnx-fp32"], data=x, out=tmp_path / f"lstm{unroll}",
                                    iterations=2, warmup=0)
-        for name in ("onnx-fp32", "tfjs-fp32-cpu"):
+        for name in ("onnx-fp32", "tfjs-fp32-cpu", "tfjs-fp32"):
             assert result.artifact(name)["status"] == "ok", result.artifact(name)["error"]
-        wasm = result.artifact("tfjs-fp32")
-        if unroll:
-            assert wasm["status"] == "ok", wasm["error"]
-        else:
-            assert result.artifact("tfjs-fp32-cpu")["benchmark"]["execution"] == "executeAsync"
+        if not unroll:
+            assert result.artifact("tfjs-fp32")["benchmark"]["execution"] == "executeAsync"
             # said where a web developer reads it, not only in the benchmark record (absent with --no-bench)
             assert "While" in result.artifact("tfjs-fp32-cpu")["settings"]["converter"]["execute_async_ops"]
             assert "tfjs-fp32-cpu: the graph has ops TF.js runs only asynchronously" in result.report_path.read_text()
-            assert wasm["status"] == "failed" and "wasm" in wasm["error"] and "unroll" in wasm["error"]
+
+    # every step read, by a second loop, over sequences of any length: failed on both backends
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, 3), name="seq")
+    h = keras.layers.Bidirectional(keras.layers.GRU(6, return_sequences=True))(inp)
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(keras.layers.LSTM(8)(h)))
+    result = deploykit.convert(model, ["tfjs-fp32", cpu], data=x, out=tmp_path / "stacked", bench=False)
+    for name in ("tfjs-fp32", "tfjs-fp32-cpu"):
+        a = result.artifact(name)
+        assert a["status"] == "ok", a["error"]
+        assert a["verification"]["max_abs_error"] < 1e-5
+        assert a["settings"]["converter"]["fused_ops"]["TensorListSetItem given the loop output"] == 3
+
+    class Doubled(keras.layers.Layer):  # a cell whose output is not its state: no kept tensor to point at
+        state_size = output_size = 5
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1], 5))
+
+        def call(self, x, states):
+            h = keras.ops.tanh(x @ self.w + states[0])
+            return h * 2.0, [h]
+
+    seq = keras.Input((None, 3), name="seq")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.RNN(Doubled(), return_sequences=True)(seq))
+    result = deploykit.convert(keras.Model(seq, keras.layers.Dense(2)(pooled)), ["tfjs-fp32"], data=x,
+                               out=tmp_path / "cell", bench=False)
+    assert result.artifact("tfjs-fp32")["status"] == "failed"
+    assert "outputs per step a value that is not its state (a custom RNN cell)" in result.artifact("tfjs-fp32")["error"]
 
 
 @pytest.mark.parametrize("equation,shapes", [

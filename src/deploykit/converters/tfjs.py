@@ -71,15 +71,6 @@ WASM_MISSING = {"Einsum", "FFT", "IFFT", "RFFT", "IRFFT", "Complex", "ComplexAbs
 def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
     """Raise ConversionError naming every op the runtime cannot execute."""
     if backend == "wasm":
-        ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
-        if ops & {"While", "StatelessWhile"} and any(op.startswith("TensorList") for op in ops):
-            # Measured with TF.js 4.22: a Keras 3 LSTM runs on the cpu backend and matches, while
-            # the wasm backend's reshape kernel reads a disposed tensor inside the loop.
-            raise ConversionError(
-                f"{target_name}: the model loops over a sequence (LSTM/GRU/RNN layers), which TF.js's wasm backend "
-                "fails to run; use a target with options.backend = \"cpu\", or unroll the layers "
-                "(e.g. LSTM(unroll=True) with a fixed sequence length)"
-            )
         lacking = sorted({n.op for n in graph_def.node if n.op in WASM_MISSING})
         if lacking:
             raise ConversionError(
@@ -110,6 +101,46 @@ def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
 
 
 LOOP_OPS = {"Enter", "Exit", "Merge", "Switch", "NextIteration", "LoopCond"}
+
+
+def keep_loop_outputs(graph_def: Any, target_name: str) -> int:
+    """Have each loop body write to its TensorList the tensor it also hands on as loop state.
+
+    Keras's recurrent layers (LSTM, GRU, SimpleRNN) loop in a functional While whose body writes
+    each step's output into a TensorList and returns the same value through an Identity as the next
+    state. TF.js 4.22 disposes every tensor a function computed except its outputs when the function
+    returns, the one written into the list included: the list then held freed tensors, and its
+    TensorListStack failed ("Cannot read properties of undefined (reading 'backend')") on the cpu
+    and wasm backends alike, except where only the last step's value was read. The Identity's
+    output is the same value and survives the body, so the list is pointed at it.
+
+    Returns:
+        How many list writes were pointed at the body's output.
+
+    Raises:
+        ConversionError: a loop writes a value that is not one of its outputs (a custom cell).
+    """
+    count = 0
+    for func in graph_def.library.function:
+        outputs = {ref.split(":")[0] for ref in func.ret.values()}
+        alias = {}  # what an output Identity copies -> that Identity's output
+        for node in func.node_def:
+            if node.op == "Identity" and node.name in outputs:
+                data = [ref for ref in node.input if not ref.startswith("^")]
+                alias.setdefault(data[0], f"{node.name}:output:0")
+        returned = set(func.ret.values())
+        for node in func.node_def:
+            # a body argument, or a value the body returns itself (tf_keras's loops), lives on
+            if node.op != "TensorListSetItem" or ":" not in node.input[2] or node.input[2] in returned:
+                continue
+            if node.input[2] not in alias:
+                raise ConversionError(
+                    f"{target_name}: a recurrent layer ({node.name.split('/while')[0]}) outputs per step a value that is "
+                    "not its state (a custom RNN cell), which TF.js 4.22 frees before reading it; return the state as "
+                    "the cell's output, unroll the layer (unroll=True with a fixed sequence length) or choose another target")
+            node.input[2] = alias[node.input[2]]
+            count += 1
+    return count
 
 
 def _refuse_loops(graph_def: Any, target_name: str) -> None:
@@ -256,6 +287,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     gd = graph.graph_def
     _refuse_loops(gd, target.name)
     check_ops(gd, target.name, opts["backend"])
+    rewired = keep_loop_outputs(gd, target.name)
+    if rewired:
+        graph.fusions["TensorListSetItem given the loop output"] = rewired
 
     encoded = []
     for node in gd.node:
