@@ -20,7 +20,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from deploykit.errors import DeployError
+from deploykit.errors import DeployError, path_refusal
 
 app = typer.Typer(
     name="deploy",
@@ -490,6 +490,10 @@ def main() -> None:
         print("deploy: interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as exc:
+        refusal = path_refusal(exc)
+        if refusal is not None:
+            print(f"deploy: error: {refusal}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # The run has already removed what it wrote (and restored a --force run's previous output).

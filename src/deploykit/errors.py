@@ -12,6 +12,7 @@ Messages name the bad value, what would have been valid, and how to fix it.
 from __future__ import annotations
 
 import contextlib
+import errno
 from typing import Callable, Iterator
 
 
@@ -127,7 +128,29 @@ def reworded(kind: type[Exception], rewrite: Callable[[str], str]) -> Iterator[N
         raise type(exc)(rewrite(exc.args[0])) from None
 
 
-def said_in_python_terms() -> contextlib.AbstractContextManager[None]:
-    """DeployErrors from inside in a Python caller's terms (:func:`in_python_terms`): the API's entry points
-    share the CLI's messages, which name flags."""
-    return reworded(DeployError, in_python_terms)
+@contextlib.contextmanager
+def at_api_boundary() -> Iterator[None]:
+    """What the API's entry points raise: DeployErrors in a Python caller's terms (:func:`in_python_terms`:
+    they share the CLI's messages, which name flags), and a path no file can have as the user error it is."""
+    try:
+        with reworded(DeployError, in_python_terms):
+            yield
+    except OSError as exc:
+        refusal = path_refusal(exc)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def path_refusal(exc: OSError) -> UserError | None:
+    """The user error an OSError about a path the user gave stands for, or None when it is not one.
+
+    A name longer than the filesystem takes (255 bytes): pathlib's exists() and is_dir() raise it
+    where they say False for a missing file, so it surfaced from wherever a given path was first looked at.
+    """
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    name = str(exc.filename or "")
+    shown = name if len(name) <= 80 else f"{name[:40]}…{name[-30:]}"
+    return UserError(f"path {shown} cannot be used: {exc.strerror} (a file or directory name can have at most 255 "
+                     "bytes); choose a shorter name")

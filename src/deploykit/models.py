@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured, python_stdout_quiet
-from deploykit.errors import DataError, ModelLoadError, UntrustedModelError
+from deploykit.errors import DataError, ModelLoadError, UntrustedModelError, at_api_boundary
 from deploykit.tmpdirs import TempDir
 
 CODE_CARRYING_LAYERS = {
@@ -1184,4 +1184,5 @@ def inspect_model(source: Any, *, trust_model: bool = False) -> ModelInfo:
         >>> [l["class"] for l in info.preprocessing_layers]
         ['Resizing', 'Rescaling']
     """
-    return load_model(source, trust_model=trust_model).info()
+    with at_api_boundary():
+        return load_model(source, trust_model=trust_model).info()

@@ -69,7 +69,16 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
                                     f"target {name!r}; move it away or choose another --out")
     if force and out.is_dir():
         previous = previous_run_files(out)  # refuses files deploykit would overwrite but did not write
-        previous += [out / n for n in target_names if (out / n).is_dir() and out / n not in previous]
+        for place in (out / n for n in target_names if (out / n).is_dir() and out / n not in previous):
+            # Named like this run's target but listed by no deploykit manifest: a file named model.tflite
+            # in it is someone's own (copied there, or left after its manifest was deleted), not a run's.
+            held = sorted(f.name for f in place.iterdir() if not f.name.endswith(".partial"))
+            if held:
+                raise OutputExistsError(
+                    f"{place} holds {', '.join(held[:3])}{' …' if len(held) > 3 else ''}, which no deploykit manifest in "
+                    f"{out} lists, and --force would replace it with target {place.name!r}; move it away or choose "
+                    "another --out")
+            previous.append(place)
         for place in (p for p in previous if p.is_dir()):  # a previous run's, or named like this run's targets
             foreign = sorted(f.name for f in place.iterdir() if not _ARTIFACT_FILE.fullmatch(f.name))
             if foreign:

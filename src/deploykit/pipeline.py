@@ -1380,9 +1380,9 @@ def convert(
                 f"pass {'them' if len(tuning) > 1 else 'it'} in the dict of the step, e.g. prune={{'sparsity': 0.8, "
                 f"{', '.join(f'{k!r}: ...' for k in tuning)}}}" if tuning else "")
         raise UserError(f"unknown option(s) {', '.join(unknown)} for convert; choose from: {', '.join(known)}{hint}")
-    from deploykit.errors import in_python_terms, said_in_python_terms
+    from deploykit.errors import at_api_boundary, in_python_terms
 
-    with said_in_python_terms():  # the messages name CLI flags: said once more in a Python caller's terms
+    with at_api_boundary():  # the messages name CLI flags: said once more in a Python caller's terms
         result = Pipeline(targets, data=data, out=out, **options).run(model)
     # Here, not in Pipeline.run: the CLI runs the Pipeline and prints these itself.
     for text in result.warnings:

@@ -180,6 +180,10 @@ def _error_cases(c: dict) -> dict[str, list]:
         "usage_bad_number": ["convert", m, "-t", "tflite-fp32", "--prune", "abc"],
         "usage_unknown_command": ["convrt", m],
         "unknown_label_output": ["convert", m, "-t", "tflite-fp32", "--data", c["data"], "--label-output", "head"],
+        # a name over 255 bytes: pathlib's exists() raised ENAMETOOLONG, a 60-line traceback with exit 1
+        "long_data_name": ["convert", m, "-t", "tflite-fp32", "--data", b / f"{'d' * 300}.npz"],
+        "long_model_name": ["inspect", b / f"{'m' * 300}.keras"],
+        "long_bench_name": ["bench", b / f"{'b' * 300}.tflite"],
     }
 
 
@@ -512,6 +516,8 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("usage_bad_number", ["Invalid value for '--prune'", "(see 'deploy convert --help')"]),
         ("usage_unknown_command", ["No such command 'convrt'", "(see 'deploy --help')"]),
         ("unknown_label_output", ["--label-output 'head' is not an output of this model; its outputs: output_0"]),
+        *[(f"long_{what}_name", ["File name too long", "at most 255 bytes", "choose a shorter name"])
+          for what in ("data", "model", "bench")],
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):
@@ -594,6 +600,11 @@ def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_p
     with pytest.raises(UserError, match="a target is a name, a .toml path or a Target, got int 5"):
         deploykit.convert(keras3_path, [5], out=tmp_path / "o2")
     assert blocker.read_text() == "keep" and not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    too_long = tmp_path / ("x" * 300)  # a name no filesystem here takes: a bare OSError from Python before
+    for call in (lambda: deploykit.convert(keras3_path, "tflite-fp32", out=too_long),
+                 lambda: deploykit.inspect(str(too_long) + ".keras"), lambda: deploykit.bench(str(too_long) + ".tflite")):
+        with pytest.raises(UserError, match="File name too long .*choose a shorter name"):
+            call()
 
 
 def test_ctrl_c_mid_run_removes_what_the_run_wrote(tmp_path, keras3_path, data_npz):

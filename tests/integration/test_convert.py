@@ -412,10 +412,16 @@ def test_force_refuses_files_it_did_not_write_and_symlinked_target_dirs(tmp_path
     mine = tmp_path / "mine"
     (mine / "tflite-fp32").mkdir(parents=True)
     keras3_model.save(mine / "tflite-fp32" / "model.keras")
-    with pytest.raises(OutputExistsError, match=r"tflite-fp32 holds model.keras, which deploykit did not write"):
+    with pytest.raises(OutputExistsError, match=r"tflite-fp32 holds model.keras, which no deploykit manifest"):
         deploykit.convert(str(mine / "tflite-fp32" / "model.keras"), ["tflite-fp32"], data=data, out=mine, force=True,
                           bench=False)
     assert (mine / "tflite-fp32" / "model.keras").is_file()
+    # ... even when its file has an artifact's name: no manifest lists it, so no run wrote it
+    (mine / "tflite-fp32" / "model.keras").unlink()
+    (mine / "tflite-fp32" / "model.tflite").write_text("my own model")
+    with pytest.raises(OutputExistsError, match=r"tflite-fp32 holds model.tflite, which no deploykit manifest"):
+        deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=mine, force=True, bench=False)
+    assert (mine / "tflite-fp32" / "model.tflite").read_text() == "my own model"
     # a file the user put into a previous run's target directory: deleted without a word
     run = tmp_path / "run"
     deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=run, bench=False)

@@ -437,9 +437,9 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
 def bench(*args: Any, **kwargs: Any) -> dict[str, Any]:
     # deploykit.bench: bench_file for Python callers. Its messages name CLI flags, said once more in
     # the keywords a caller passes ("--backend" is backend=); docs and signature are bench_file's.
-    from deploykit.errors import said_in_python_terms
+    from deploykit.errors import at_api_boundary
 
-    with said_in_python_terms():
+    with at_api_boundary():
         return bench_file(*args, **kwargs)
 
 
