@@ -674,6 +674,41 @@ def test_onnx_int8_embedding_zeros_are_counted_against_the_zero_point(tmp_path):
         loaded.release()
 
 
+def test_a_grouped_conv_split_for_tfjs_is_counted_as_its_one_kernel(tmp_path):
+    """The TF.js writer splits a grouped Conv2D's kernel per group (TF.js's conv2d has no groups): the
+    survival check found no tensor of the kernel's size and failed every pruned TF.js target."""
+    import keras
+
+    from deploykit.converters import tfjs as tfjs_converter
+    from deploykit.models import load_model
+    from deploykit.optimize.sparsity import check_sparsity_survived, count_zeros
+    from deploykit.targets import get_target
+
+    rng = np.random.default_rng(SEED)
+    i = keras.Input((8, 8, 4))
+    h = keras.layers.Conv2D(8, 3, groups=2, name="grouped")(i)
+    model = keras.Model(i, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    kernel, bias = model.get_layer("grouped").get_weights()
+    kernel[rng.random(kernel.shape) < 0.75] = 0.0
+    model.get_layer("grouped").set_weights([kernel, bias])
+    zeros = int(np.count_nonzero(kernel == 0))
+    report = {"layers": [{"name": "grouped", "kernels": [{"weight": "kernel", "size": kernel.size, "zeros": zeros,
+                                                           "achieved_sparsity": zeros / kernel.size}]}]}
+    loaded = load_model(model)
+    try:
+        path = tmp_path / "tfjs" / "model.json"
+        path.parent.mkdir()
+        settings = tfjs_converter.convert(loaded, get_target("tfjs-fp32"), None, path)
+        assert settings["fused_ops"]["grouped Conv2D rewritten"] == 1
+        counts = count_zeros(path, format="tfjs")
+        whole = [t for t in counts["tensors"] if t["size"] == kernel.size]
+        assert len(whole) == 1 and whole[0]["zeros"] == zeros, counts["tensors"]
+        assert not [t for t in counts["tensors"] if t["name"].endswith("_weights")]
+        assert check_sparsity_survived(report, counts) == []
+    finally:
+        loaded.release()
+
+
 def load_data_for(loaded, x):
     from deploykit.data import load_data
 

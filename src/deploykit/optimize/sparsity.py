@@ -16,7 +16,8 @@ runtime would load them, without running it:
 * TF.js graph model (``model.json`` or its directory): the weights manifest
   and shards; quantized weights are dequantized as the runtime does
   (``q * scale + min`` for uint8/uint16, float16 widened) and exact zeros
-  counted in float64.
+  counted in float64. A grouped Conv2D's kernel, which the writer splits per
+  group, is joined back into one tensor.
 
 :func:`check_sparsity_survived` matches each pruned kernel of a pruning report
 to an artifact tensor with the same number of elements. Names differ across
@@ -37,6 +38,7 @@ MatMul): each is counted.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +294,8 @@ def _count_tfjs(model_json: Path, shared_for: frozenset[int] = frozenset()) -> d
         spec = json.loads(model_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{model_json}: not a readable TF.js model.json ({exc})") from None
-    tensors = []
+    tensors: list[dict[str, Any]] = []
+    read = []
     for group in spec.get("weightsManifest", []):
         blob = b"".join((model_json.parent / p).read_bytes() for p in group.get("paths", []))
         offset = 0
@@ -311,12 +314,34 @@ def _count_tfjs(model_json: Path, shared_for: frozenset[int] = frozenset()) -> d
                 values = raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
             else:
                 values = raw.astype(np.float64) if raw.dtype.kind == "f" else raw
-            zeros = int(np.count_nonzero(values == 0))
             label = f"{dtype}" + (f" ({quant['dtype']})" if quant else "")
-            tensors.append(_entry(w.get("name", "?"), shape, size, zeros, label))
-            if size in shared_for:
-                tensors[-1]["shared_values"] = shared_values(values.reshape(shape) if shape else values)
+            read.append((w.get("name", "?"), values.reshape(shape), label))
+    for name, values, label in _groups_joined(read):
+        tensors.append(_entry(name, tuple(values.shape), int(values.size), int(np.count_nonzero(values == 0)), label))
+        if values.size in shared_for:
+            tensors[-1]["shared_values"] = shared_values(values if values.ndim else values.reshape(1))
     return _totals(tensors, "tfjs")
+
+
+_GROUP_PART = re.compile(r"(.+)/group_(\d+)_weights")
+
+
+def _groups_joined(read: list[tuple[str, np.ndarray, str]]) -> list[tuple[str, np.ndarray, str]]:
+    """The weights of a grouped Conv2D, which the TF.js writer splits into one kernel per group
+    (``<conv>/group_<g>_weights``, see graph_optimize.ungroup_convolutions), joined back into the
+    layer's one kernel along its output channels: the kernel pruned or clustered is that one."""
+    parts: dict[str, dict[int, tuple[np.ndarray, str]]] = {}
+    out = []
+    for name, values, label in read:
+        match = _GROUP_PART.fullmatch(name)
+        if match and values.ndim == 4:
+            parts.setdefault(match.group(1), {})[int(match.group(2))] = (values, label)
+        else:
+            out.append((name, values, label))
+    for conv, groups in parts.items():
+        ordered = [groups[g] for g in sorted(groups)]
+        out.append((f"{conv}/kernel", np.concatenate([v for v, _ in ordered], axis=-1), ordered[0][1]))
+    return out
 
 
 FORMATS = {"tflite": "tflite", "tflm": "tflite", "onnx": "onnx", "tfjs": "tfjs"}
