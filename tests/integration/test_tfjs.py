@@ -337,6 +337,25 @@ def test_recurrent_layers_run_on_both_backends(tmp_path):
     assert "outputs per step a value that is not its state (a custom RNN cell)" in result.artifact("tfjs-fp32")["error"]
 
 
+def test_a_shared_layer_s_weights_are_stored_once(tmp_path):
+    """Freezing gives each call of a layer its own copy of the weights: a Dense applied twice was
+    written into the shards twice (39 KiB against ONNX's 21 KiB for 4,810 parameters)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,), name="x")
+    shared = keras.layers.Dense(64, activation="relu", name="shared")
+    out = keras.layers.Dense(10, activation="softmax")(shared(shared(inp)))
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype("float32")
+    result = deploykit.convert(keras.Model(inp, out), ["tfjs-fp32", "onnx-fp32"], data=x, out=tmp_path / "s", bench=False)
+    a = result.artifact("tfjs-fp32")
+    assert a["status"] == "ok", a["error"]
+    assert a["settings"]["converter"]["fused_ops"]["equal constants stored once"] == 2  # kernel and bias
+    weights = [w for g in json.loads(result.path("tfjs-fp32").read_text())["weightsManifest"] for w in g["weights"]]
+    assert sum(w["shape"] == [64, 64] for w in weights) == 1
+    assert a["size_bytes"] < 1.2 * result.artifact("onnx-fp32")["size_bytes"]
+
+
 @pytest.mark.parametrize("equation,shapes", [
     ("btnh,bsnh->bnts", [(6, 2, 4), (6, 2, 4)]),   # attention scores (Keras MultiHeadAttention)
     ("bnts,bsnh->btnh", [(2, 6, 6), (6, 2, 4)]),   # attention-weighted values

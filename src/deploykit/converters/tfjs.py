@@ -205,6 +205,41 @@ def _function_weights(graph_def: Any, weights: str) -> list[Any]:
     return out
 
 
+def share_equal_constants(graph_def: Any) -> int:
+    """Keep one Const of each value (dtype, shape and bytes) in the graph, its copies' consumers pointed at it.
+
+    Freezing gives each call of a layer its own copy of the layer's weights: a Dense applied twice
+    (a shared layer, a siamese tower) was written into the shards twice, doubling its download and
+    the memory the TF.js runtime holds it in. Returns how many copies were dropped.
+    """
+    import hashlib
+
+    from deploykit._quiet import import_tensorflow
+
+    tf = import_tensorflow()
+    first: dict[tuple[Any, ...], str] = {}
+    same: dict[str, str] = {}
+    for node in graph_def.node:
+        if node.op != "Const":
+            continue
+        value = tf.make_ndarray(node.attr["value"].tensor)
+        key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+        if key in first:
+            same[node.name] = first[key]
+        else:
+            first[key] = node.name
+    if not same:
+        return 0
+    kept = [n for n in graph_def.node if n.name not in same]
+    for node in kept:
+        refs = [_rename_ref(r, same) for r in node.input]
+        del node.input[:]
+        node.input.extend(refs)
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
+    return len(same)
+
+
 def _tensor_info(name: str, spec: Any) -> dict[str, Any]:
     dims = [{"size": str(-1 if d is None else int(d))} for d in spec.shape]
     return {"name": name, "dtype": f"DT_{spec.dtype.name.upper()}".replace("DT_FLOAT32", "DT_FLOAT"),
@@ -290,6 +325,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     rewired = keep_loop_outputs(gd, target.name)
     if rewired:
         graph.fusions["TensorListSetItem given the loop output"] = rewired
+    shared = share_equal_constants(gd)
+    if shared:
+        graph.fusions["equal constants stored once"] = shared
 
     encoded = []
     for node in gd.node:
