@@ -447,6 +447,31 @@ def test_area_resize_is_refused_for_onnx_naming_the_layer(tmp_path):
         assert "ONNX has no area resize" in error and "shrink" in error and "bilinear" in error, error
 
 
+def test_a_resize_says_its_output_size_not_a_scale_that_rounds_down(tmp_path):
+    """tf2onnx wrote Resizing(36, 36) of 40x40 as scales 0.9: floor(40 * 0.9) is 36 in float32 (ONNX
+    Runtime) and 35 in float64 (onnx's shape inference), so the checker refused the int8-qdq file the
+    quantizer had annotated with 36. The Resize now reads sizes: 36 on every runtime."""
+    import keras
+    import onnx
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((40, 40, 3), name="image")
+    x = keras.layers.Resizing(36, 36, name="shrink")(inp)
+    x = keras.layers.CenterCrop(32, 32)(x)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    x = np.random.default_rng(0).random((64, 40, 40, 3)).astype("float32")
+    result = deploykit.convert(keras.Model(inp, out), ["onnx-fp32", "onnx-int8-qdq"], data=x, out=tmp_path / "o",
+                               bench=False)
+    for name in ("onnx-fp32", "onnx-int8-qdq"):
+        a = result.artifact(name)
+        assert a["status"] == "ok", a["error"]
+        proto = onnx.shape_inference.infer_shapes(onnx.load(result.path(name)), strict_mode=True, data_prop=True)
+        resize = next(n for n in proto.graph.node if n.op_type == "Resize")
+        assert resize.input[2] == "" and resize.input[3], list(resize.input)
+        shape = next(v for v in proto.graph.value_info if v.name == resize.output[0]).type.tensor_type.shape
+        assert [d.dim_value for d in shape.dim][1:] == [3, 36, 36]
+
+
 def test_a_quantized_file_fails_when_its_float_source_misses_the_float_bounds(tmp_path, keras3_model, digits, monkeypatch):
     """An int8 file is judged by agreement and accuracy, loose enough to hide a float conversion error.
     Its float source is verified with onnx-fp32's bounds. Here the (real) float source is altered the

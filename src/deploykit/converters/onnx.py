@@ -128,6 +128,7 @@ def to_onnx(model: Any, opset: int) -> Any:
         except Exception as exc:
             raise ConversionError(_explain(exc, cap.text, opset)) from None
     _check_domains(proto, opset)
+    _resize_by_sizes(proto)
     _name_batch_dims(proto)
     _keras_input_names(proto, [s.name for s in model.inputs])
     cache[opset] = proto
@@ -169,6 +170,69 @@ def _check_domains(proto: Any, opset: int) -> None:
             f"tf2onnx could not convert op(s) {ops} at opset {opset}; replace those layers with supported ops, "
             "or try another opset (options.opset) if a newer ONNX opset has the op"
         )
+
+
+def _resize_by_sizes(proto: Any) -> int:
+    """Give each Resize that tf2onnx wrote with constant ``scales`` the output sizes the model meant.
+
+    tf2onnx turns ``Resizing(36, 36)`` of a 40x40 image into scales 0.9, and ONNX defines the output
+    as floor(40 * 0.9): 36 where a runtime multiplies in float32 (ONNX Runtime), 35 in float64
+    (onnx's shape inference, so the checker refused the int8 file the quantizer annotated with 36, and
+    any runtime that computes so). The resized dimensions are known here: ``sizes`` says them, the
+    others are read from the input at run time (batch, channels). Returns how many were rewritten.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    consts = {i.name: i for i in proto.graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in proto.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    resizes = [(i, n) for i, n in enumerate(proto.graph.node) if n.op_type == "Resize" and len(n.input) >= 3
+               and n.input[2] in consts and (len(n.input) < 4 or not n.input[3])]
+    if not resizes:
+        return 0
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - a graph shape inference cannot take (or over 2 GB): left as tf2onnx wrote it
+        return 0
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input] if v.type.tensor_type.HasField("shape")}
+    before: dict[int, list[Any]] = {}  # Resize's index -> the nodes computing its sizes, put right before it
+    for index, node in resizes:
+        scales = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64)
+        dims = shapes.get(node.input[0])
+        if dims is None or len(dims) != len(scales) or scales.size == 0:
+            continue
+        resized = [i for i, s in enumerate(scales) if s != 1.0]
+        if not resized or any(dims[i] is None for i in resized) or any(s <= 0 for s in scales):
+            continue
+        prefix = f"{node.name or node.output[0]}/sizes"
+        start, end = min(resized), len(scales)
+        if any(dims[i] is None for i in range(start, end)):  # a dimension kept after a resized one, unknown here
+            continue
+        target = np.array([int(round(dims[i] * scales[i])) for i in range(start, end)], np.int64)
+        before[index] = [
+            helper.make_node("Shape", [node.input[0]], [f"{prefix}/shape"], name=f"{prefix}/shape"),
+            helper.make_node("Slice", [f"{prefix}/shape", f"{prefix}/zero", f"{prefix}/start"], [f"{prefix}/kept"],
+                             name=f"{prefix}/kept"),
+            helper.make_node("Concat", [f"{prefix}/kept", f"{prefix}/resized"], [prefix], name=prefix, axis=0),
+        ]
+        proto.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{prefix}/zero"),
+                                        numpy_helper.from_array(np.array([start], np.int64), f"{prefix}/start"),
+                                        numpy_helper.from_array(target, f"{prefix}/resized")])
+        inputs = [node.input[0], node.input[1], "", prefix]
+        del node.input[:]
+        node.input.extend(inputs)
+    if before:  # the graph stays in topological order
+        nodes = []
+        for i, n in enumerate(proto.graph.node):
+            kept = onnx.NodeProto()
+            kept.CopyFrom(n)
+            nodes += [*before.get(i, []), kept]
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return len(before)
 
 
 def _name_batch_dims(proto: Any) -> None:
