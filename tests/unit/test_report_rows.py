@@ -498,3 +498,17 @@ def test_a_latency_that_swings_between_speeds_is_noted_under_the_table():
     note = table_note(Manifest(model={}, tools={}, machine={}, artifacts=arts)) or ""
     assert "Latency that swings: tflite-dynamic p90 10.500 ms is 10.5x its p50 1.000 ms" in note
     assert "tflite-fp32 p90" not in note
+
+
+def test_a_fine_tune_on_a_handful_of_samples_is_warned_about():
+    """3 training samples: 2 trained on, the "best" epoch chosen by 1 held-out answer, and not a word said."""
+    from deploykit.report.rows import fine_tune_warnings
+
+    def warnings(step, train, val):
+        report = {"settings": {"train_samples": train, "validation_samples": val}}
+        return fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps={step: {"report": report}}))
+
+    (line,) = warnings("prune", 2, 1)
+    assert line.startswith("pruning fine-tuned on 2 samples and chose its epoch on 1 held-out: too few") and "--train-data" in line
+    assert warnings("qat", 500, 4)[0].startswith("quantization-aware training fine-tuned on 500 samples and chose its epoch on 4")
+    assert warnings("cluster", 1437, 160) == []

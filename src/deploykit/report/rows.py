@@ -499,9 +499,14 @@ DISTILLED_WARN_SPREAD = 0.5
 DISTILLED_WARN_AGREEMENT = 0.95
 
 
+# Held-out samples below which a fine-tune's choice of epoch rests on a handful of answers.
+FEW_VALIDATION = 10
+
+
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
     """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy
-    (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO)."""
+    (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO), and
+    one per step that trained on too few samples to trust."""
     out = []
     for key, what, fix in (("prune", "pruning", "prune less (--prune) or fine-tune longer (--epochs)"),
                            ("cluster", "clustering", "use more clusters (--cluster) or fine-tune longer (--cluster-epochs)"),
@@ -513,6 +518,13 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
                    "so its weights before fine-tuning are the ones converted (a lower --learning-rate may let one)")
         elif asked and run and run < asked:  # early stopping ended it: more epochs alone would not run
             fix = re.sub(r"\(--(cluster-)?epochs\)", f"(it stopped early at epoch {run} of {asked}: raise --patience)", fix)
+        settings = rep.get("settings") or {}
+        n_train, n_val = settings.get("train_samples"), settings.get("validation_samples")
+        if isinstance(n_train, int) and (n_train < FEW_SAMPLES or (isinstance(n_val, int) and n_val < FEW_VALIDATION)):
+            # a fine-tune of 2 samples that kept its "best" epoch by 1 held-out answer passed without a word
+            out.append(f"{what} fine-tuned on {n_train} sample{'s' if n_train != 1 else ''} and chose its epoch on "
+                       f"{n_val} held-out: too few to learn from or to choose by; pass a few hundred labelled samples "
+                       "with --train-data")
         ev = rep.get("eval", {})
         before, after = ev.get("accuracy_before"), ev.get("accuracy_after")
         on = ""
