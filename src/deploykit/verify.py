@@ -524,6 +524,19 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
     return failure
 
 
+def _tied_flips(ref: np.ndarray, got: np.ndarray, tol: Any, labels_shape: tuple) -> np.ndarray:
+    """Per sample: the answer changed, to a class the reference scores within ``atol + rtol * |top|`` of its
+    top class (a tie, as :func:`_judge_classes` counts it for the scored output). All False when the
+    answers are not one class per sample of a score output."""
+    if len(labels_shape) != 1 or not _is_classification(ref):
+        return np.zeros(labels_shape[:1], bool)
+    r = np.asarray(ref, np.float64)
+    got_classes = np.asarray(classes_like(ref, got, labels_shape)).reshape(-1)
+    picked = np.take_along_axis(r, got_classes.reshape(-1, 1), axis=1)[:, 0]
+    tie = tol.atol + tol.rtol * np.abs(r.max(axis=1))
+    return (got_classes != r.argmax(axis=1)) & (picked >= r.max(axis=1) - tie)
+
+
 # A class the reference predicts for at least this many samples must be predicted for one of them,
 # when one of them is a clear answer (its top probability leads the next by VANISHED_MIN_LEAD or more):
 # a class the model only ever picks by a hair (5 copies of one input at 0.4537 vs 0.4517) can tie
@@ -969,6 +982,19 @@ def verify(
             result["accuracy_per"] = f"position ({int(np.prod(per[1:]))} labelled positions per sample)"
         drop = (ref_acc - art_acc) * 100
         result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
+        tied = _tied_flips(reference[scored], got[headline], tolerance, per)
+        if drop > tolerance.max_accuracy_drop + 1e-9 and tied.any():
+            # Answers that moved between classes the model itself scores within the file's bound of each
+            # other are ties, as agreement counts them: a random-weight EfficientNet's tfjs-fp16 file (3e-8
+            # off, 100 % agreement) failed on one such sample of 100. Integer profiles have no such bound.
+            kept = np.where(tied, predicted_classes(reference[scored], per), classes_like(reference[scored], got[headline], per))
+            untied = (ref_acc - float(np.mean(kept == labels))) * 100
+            if untied <= tolerance.max_accuracy_drop + 1e-9:
+                result.setdefault("notes", []).append(
+                    f"accuracy {art_acc:.2%} is {drop:.2f} points below the reference {ref_acc:.2%} only on "
+                    f"{int(tied.sum())} answer(s) the model itself holds as ties (its top two scores within this "
+                    "file's error bound of each other): rounding, not counted against the file")
+                drop = untied
         if drop > tolerance.max_accuracy_drop + 1e-9:
             counted = int(np.size(labels))
             step = 100 / max(counted, 1)  # points one changed answer is worth
