@@ -512,3 +512,27 @@ def test_a_fine_tune_on_a_handful_of_samples_is_warned_about():
     assert line.startswith("pruning fine-tuned on 2 samples and chose its epoch on 1 held-out: too few") and "--train-data" in line
     assert warnings("qat", 500, 4)[0].startswith("quantization-aware training fine-tuned on 500 samples and chose its epoch on 4")
     assert warnings("cluster", 1437, 160) == []
+
+
+def test_what_a_shipping_reader_needs_is_on_the_line_they_read():
+    """A TF.js model.json holds no weights (a dense and a pruned model's hashed the same); "Fastest"
+    named one of two files 1 % apart; the int8-io formula left out the clamp naive casts need."""
+    from deploykit.report.rows import artifact_lines, highlights, io_quantization_lines
+
+    tfjs = _artifact("tfjs-fp32", 1000, p50_ms=1.00)
+    tfjs.sha256 = "e965168a" * 8
+    tfjs.settings["extra_file_sha256"] = {"tfjs-fp32/group1-shard1of1.bin": "13be0588" * 8}
+    (line,) = artifact_lines(Manifest(model={}, tools={}, machine={}, artifacts=[tfjs]))
+    assert "sha256 `e965168ae965168a…`" in line and "(+ `group1-shard1of1.bin` `13be058813be0588…`)" in line
+
+    close = _artifact("tflite-int8", 1000, p50_ms=1.01)
+    far = _artifact("onnx-fp32", 1000, p50_ms=1.50)
+    fast = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=[tfjs, close, far]))
+                if h.startswith("Fastest"))
+    assert "tfjs-fp32" in fast and "tflite-int8 within 3% of it: a tie" in fast and "onnx-fp32" not in fast
+
+    io = _artifact("tflite-int8-io", 1000)
+    io.settings["converter"] = {"io_quantization": {"input x": {"dtype": "int8", "scale": 0.5, "zero_point": -128},
+                                                    "output y": {"dtype": "int8", "scale": 0.25, "zero_point": 0}}}
+    (line,) = io_quantization_lines(Manifest(model={}, tools={}, machine={}, artifacts=[io]))
+    assert "q = round(x / 0.5) - 128, clamped to -128..127" in line and "x = q × 0.25" in line

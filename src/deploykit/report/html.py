@@ -12,6 +12,7 @@ from deploykit.report.rows import (COLUMNS, SECTIONS, artifact_lines, highlights
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+td{white-space:nowrap}.wide{overflow-x:auto}
 th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}tr.failed{background:#fff0f0}
 code{background:#f5f5f5;padding:0 .2rem}.fail{color:#b00}
 """
@@ -62,11 +63,12 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
         _md_block(model_lines(manifest)),
     ]
     parts.append("<h2>At a glance</h2><ul>" + "".join(f"<li>{_md_inline(h)}</li>" for h in highlights(manifest)) + "</ul>")
-    parts.append("<h2>Targets</h2><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
+    # numbers kept whole ("1.79e-" over "06" read as two figures): a narrow window scrolls the table instead
+    parts.append("<h2>Targets</h2><div class='wide'><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
     for a, r in zip(manifest.artifacts, table(manifest)):
         cls = "" if a.status == "ok" else " class='failed'"
         parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>")
-    parts.append("</table>")
+    parts.append("</table></div>")
     if table_note(manifest):
         parts.append(f"<p>{html.escape(table_note(manifest))}</p>")
     if plot_svg:

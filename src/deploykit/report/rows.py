@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploykit.artifacts import FEW_SAMPLES, Artifact, Manifest
+from deploykit.selection import TIE_RATIO
 
 COLUMNS = [
     ("target", "Target"),
@@ -162,7 +164,11 @@ def highlights(manifest: Manifest) -> list[str]:
         timed = [a for a in ok if timing(a).get("p50_ms") is not None]
         if timed:
             fast = min(timed, key=lambda a: timing(a)["p50_ms"])
-            lines.append(f"Fastest: **{fast.target}** (p50 {latency_ms(timing(fast)['p50_ms'])} ms, {threads_text(fast.benchmark.get('threads'))})")
+            # within the -auto targets' tie ratio: naming one file alone read as a measured difference
+            tied = [a.target for a in sorted(timed, key=lambda a: timing(a)["p50_ms"])
+                    if a is not fast and timing(a)["p50_ms"] <= timing(fast)["p50_ms"] * TIE_RATIO][:2]
+            lines.append(f"Fastest: **{fast.target}** (p50 {latency_ms(timing(fast)['p50_ms'])} ms, {threads_text(fast.benchmark.get('threads'))}"
+                         + (f"; {' and '.join(tied)} within {TIE_RATIO - 1:.0%} of it: a tie" if tied else "") + ")")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
         if acc:
             # ties go to the artifact closest to the reference, then the smaller one
@@ -179,7 +185,8 @@ def highlights(manifest: Manifest) -> list[str]:
                 + (f"; {tied} other artifact{'s' if tied > 1 else ''} as accurate, this one closest to the reference"
                    if tied else "")
                 + "".join(f"; {a.target}'s {a.verification['accuracy']:.2%} is within chance on the "
-                          f"{_changed_answers(a.verification)} answers it changed" for a in luckier[:2]) + ")"
+                          + (f"{_changed_answers(a.verification)} answers it changed" if _changed_answers(a.verification) != 1
+                             else "one answer it changed") for a in luckier[:2]) + ")"
             )
         scored = [a for a in ok if a.verification.get("mae") is not None]
         if scored:
@@ -853,7 +860,8 @@ def io_quantization_lines(manifest: Manifest) -> list[str]:
             zp = q["zero_point"]
             plus = f" + {zp}" if zp > 0 else f" - {-zp}" if zp < 0 else ""
             minus = f" - {zp}" if zp > 0 else f" + {-zp}" if zp < 0 else ""
-            how = (f"q = round(x / {q['scale']:.6g}){plus}" if role == "input"
+            bounds = {"int8": "-128..127", "uint8": "0..255", "int16": "-32768..32767"}.get(q["dtype"])
+            how = (f"q = round(x / {q['scale']:.6g}){plus}" + (f", clamped to {bounds}" if bounds else "") if role == "input"
                    else f"x = (q{minus}) × {q['scale']:.6g}" if zp else f"x = q × {q['scale']:.6g}")
             parts.append(f"{role} `{name}` {q['dtype']}: {how}")
         lines.append(f"- **{a.target}**: " + "; ".join(parts))
@@ -935,5 +943,14 @@ def model_lines(manifest: Manifest) -> list[str]:
 
 def artifact_lines(manifest: Manifest) -> list[str]:
     """One line per file written: path, sha256 prefix, what the target is."""
-    return [f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…` — {target_description(a)}"
+    return [f"- **{a.target}**: `{a.path}` sha256 `{a.sha256[:16]}…`{_extra_hashes(a)} — {target_description(a)}"
             for a in manifest.artifacts if a.path]
+
+
+def _extra_hashes(a: Artifact) -> str:
+    """The hashes of the files beside the main one: a TF.js model.json holds no weights, and a dense and a
+    pruned model's were byte for byte the same, so its hash alone named two different models."""
+    hashes = a.settings.get("extra_file_sha256") or {}
+    shown = [f"`{Path(f).name}` `{h[:16]}…`" for f, h in list(hashes.items())[:3]]
+    more = f" and {len(hashes) - 3} more (manifest)" if len(hashes) > 3 else ""
+    return f" (+ {', '.join(shown)}{more})" if shown else ""
