@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.artifacts import FEW_SAMPLES, Artifact, Manifest
-from deploykit.selection import TIE_RATIO
+from deploykit.selection import ROUNDS, TIE_RATIO
 
 COLUMNS = [
     ("target", "Target"),
@@ -82,10 +82,15 @@ def timing(a: Artifact) -> dict[str, Any]:
 def _p50_ratio(a: Artifact) -> str:
     """The side-by-side latency against the same format's float32 file timed beside it (computed by
     deploykit.side_by_side: the median of the paired rounds' ratios); "–" when there was none."""
-    vs = (a.benchmark.get("side_by_side") or {}).get("vs_float32") or {}
+    sbs = a.benchmark.get("side_by_side") or {}
+    vs = sbs.get("vs_float32") or {}
     if vs.get("ratio") is None:
         return "–"
-    return f"{vs['ratio']:.2f}" + (" (unsteady)" if vs.get("unsteady") else "")
+    # a candidate an -auto target stopped timing as clearly slower: the median of its 2 rounds is rough
+    # (one fp32 outlier round made 2.65 of a steady 3.0, beside a selection text saying "at least 3.04x")
+    rounds = len(sbs.get("round_p50_ms") or [])
+    short = f" ({rounds} rounds)" if 0 < rounds < ROUNDS else ""
+    return f"{vs['ratio']:.2f}" + (" (unsteady)" if vs.get("unsteady") else short)
 
 
 def _error_change(v: dict[str, Any]) -> str:
