@@ -370,7 +370,7 @@ def test_convert_with_pruning_checks_every_artifact(keras3_path, data_npz, digit
         assert a["verification"]["reference_accuracy"] == pytest.approx(ev["accuracy_after"])
     md = (result.out / "report.md").read_text()
     html = (result.out / "report.html").read_text()
-    for text in ("## Pruning", "| Layer | Class | Weight | Target | Achieved |", "all pruned kernels kept their zeros",
+    for text in ("## Pruning", "| Layer | Class | Weight | Target | Achieved | Zeros |", "all pruned kernels kept their zeros",
                  "Kept dense", "Rescaling", "Fine-tuning: 2 epoch(s); kept the weights of epoch",
                  "| Epoch | Loss | Val accuracy | Val −log p | Sparsity |", "| 2"):
         assert text in md, text

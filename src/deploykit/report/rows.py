@@ -747,16 +747,18 @@ def prune_lines(manifest: Manifest) -> list[str]:
     ]
     skipped = rep.get("skipped", [])
     lines += _left_alone("Kept dense", skipped)
-    lines += ["", "| Layer | Class | Weight | Target | Achieved |", "|---|---|---|---|---|"]
+    lines += ["", "| Layer | Class | Weight | Target | Achieved | Zeros |", "|---|---|---|---|---|---|"]
     for layer in rep.get("layers", []):
         for k in layer.get("kernels", []):
+            zeros = f"{k['zeros']:,} of {k['size']:,}" if "zeros" in k and "size" in k else "–"
             lines.append(f"| {layer['name']} | {layer['class']} | {k['weight']} {tuple(k['shape'])} | "
-                         f"{layer['target_sparsity']:.0%} | {k['achieved_sparsity']:.2%} |")
+                         f"{layer['target_sparsity']:.0%} | {k['achieved_sparsity']:.2%} | {zeros} |")
     lines += _history_lines(rep)
     survived = [a for a in manifest.artifacts if "sparsity" in a.settings]
     if survived:
         lines += ["", "Zeros in each artifact's weight tensors (a converter or quantizer that densified a pruned "
-                  "kernel fails its target):", ""]
+                  "kernel fails its target; the counts include the few constants a converter adds, such as shapes "
+                  "and axes, besides the model's parameters):", ""]
         for a in survived:
             s = a.settings["sparsity"]
             frac = s["total_zeros"] / s["total_size"] if s.get("total_size") else 0.0
