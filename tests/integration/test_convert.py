@@ -1174,6 +1174,15 @@ def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
     assert "with target values" in text and "Lowest error against the targets" in text
     assert f"MAE {int8['mae']:.4g}" in text
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["data"]["targets"] is True
+    # failed on parity (a bound the user tightened), it says how its error against the targets moved
+    # and the way out either way: a report gave "failed" with nothing to judge it by
+    strict = tmp_path / "strict.toml"
+    strict.write_text('format = "tflite"\nprecision = "int8"\ntolerance = { range_atol = 0.0001, atol = 0.0 }\n')
+    failed = deploykit.convert(str(tmp_path / "reg.keras"), [str(strict)], data=str(tmp_path / "reg.npz"),
+                               out=tmp_path / "strict", bench=False).artifact("strict")
+    assert failed["status"] == "failed"
+    assert "against the targets its MAE changed by " in failed["error"] and "wider tolerance.range_atol (here 0.0001" in failed["error"]
+    assert "tflite-int16x8" in failed["error"]
 
     np.savez(tmp_path / "counts.npz", x=x, y=np.round(np.abs(y[:, 0]) * 10))  # whole numbers: read as labels before
     counts = deploykit.convert(str(tmp_path / "reg.keras"), ["tflite-fp32"], data=str(tmp_path / "counts.npz"),
