@@ -618,6 +618,8 @@ class LoadedModel:
             ]
         layers, pre = [], []
         for layer in _flat_layers(m):
+            if type(layer).__name__ == "InputLayer":  # a functional model lists its inputs as layers, a Sequential not
+                continue
             entry = {"name": layer.name, "class": type(layer).__name__}
             layers.append(entry)
             if ".preprocessing." in type(layer).__module__:

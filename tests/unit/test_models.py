@@ -75,6 +75,21 @@ def test_info_lists_preprocessing_layers_and_params(any_model):
     json.dumps(info.to_dict())  # what the manifest records
 
 
+def test_info_counts_the_same_layers_for_a_functional_model_as_for_its_sequential_twin():
+    """A functional model lists its inputs among its layers, a Sequential not: `deploy inspect` said
+    "layers (7)" for one and 6 for the other of the same network."""
+    import keras
+
+    body = [keras.layers.Rescaling(1 / 16), keras.layers.Flatten(), keras.layers.Dense(4)]
+    seq = keras.Sequential([keras.Input((8, 8, 1)), *body])
+    inp = keras.Input((8, 8, 1))
+    out = inp
+    for layer in [keras.layers.Rescaling(1 / 16), keras.layers.Flatten(), keras.layers.Dense(4)]:
+        out = layer(out)
+    classes = [[l["class"] for l in load_model(m).info().layers] for m in (seq, keras.Model(inp, out))]
+    assert classes[0] == classes[1] == ["Rescaling", "Flatten", "Dense"]
+
+
 def test_info_sees_preprocessing_inside_nested_models():
     import keras
 
