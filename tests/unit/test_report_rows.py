@@ -536,3 +536,15 @@ def test_what_a_shipping_reader_needs_is_on_the_line_they_read():
                                                     "output y": {"dtype": "int8", "scale": 0.25, "zero_point": 0}}}
     (line,) = io_quantization_lines(Manifest(model={}, tools={}, machine={}, artifacts=[io]))
     assert "q = round(x / 0.5) - 128, clamped to -128..127" in line and "x = q × 0.25" in line
+
+
+def test_a_regression_run_heads_its_score_columns_as_errors():
+    from deploykit.report.rows import columns
+
+    reg = _artifact("tflite-int8", 1000)
+    reg.verification = {"mae": 47.0, "reference_mae": 46.9, "mae_increase": 0.003}
+    titles = dict(columns(Manifest(model={}, tools={}, machine={}, artifacts=[reg])))
+    assert titles["accuracy"] == "Error" and titles["drop"] == "Δ error"
+    clf = _artifact("tflite-fp32", 1000)
+    clf.verification = {"accuracy": 0.9, "reference_accuracy": 0.9}
+    assert dict(columns(Manifest(model={}, tools={}, machine={}, artifacts=[reg, clf])))["drop"] == "Δ acc (pts)"

@@ -6,7 +6,7 @@ import html
 import re
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import (COLUMNS, SECTIONS, artifact_lines, highlights, measured_lines, model_lines, table,
+from deploykit.report.rows import (SECTIONS, artifact_lines, columns, highlights, measured_lines, model_lines, table,
                                   table_note)
 
 _CSS = """
@@ -64,10 +64,10 @@ def render_html(manifest: Manifest, plot_svg: str | None) -> str:
     ]
     parts.append("<h2>At a glance</h2><ul>" + "".join(f"<li>{_md_inline(h)}</li>" for h in highlights(manifest)) + "</ul>")
     # numbers kept whole ("1.79e-" over "06" read as two figures): a narrow window scrolls the table instead
-    parts.append("<h2>Targets</h2><div class='wide'><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS) + "</tr>")
+    parts.append("<h2>Targets</h2><div class='wide'><table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in columns(manifest)) + "</tr>")
     for a, r in zip(manifest.artifacts, table(manifest)):
         cls = "" if a.status == "ok" else " class='failed'"
-        parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>")
+        parts.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in columns(manifest)) + "</tr>")
     parts.append("</table></div>")
     if table_note(manifest):
         parts.append(f"<p>{html.escape(table_note(manifest))}</p>")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploykit.artifacts import Manifest
-from deploykit.report.rows import (COLUMNS, SECTIONS, artifact_lines, highlights, measured_lines, model_lines, table,
+from deploykit.report.rows import (SECTIONS, artifact_lines, columns, highlights, measured_lines, model_lines, table,
                                   table_note)
 
 
@@ -19,10 +19,10 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
     ]
     lines += [f"- {h}" for h in highlights(manifest)]
     lines += ["", "## Targets", ""]
-    lines.append("| " + " | ".join(title for _, title in COLUMNS) + " |")
-    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    lines.append("| " + " | ".join(title for _, title in columns(manifest)) + " |")
+    lines.append("|" + "|".join("---" for _ in columns(manifest)) + "|")
     for r in table(manifest):
-        lines.append("| " + " | ".join(r[key] for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(r[key] for key, _ in columns(manifest)) + " |")
     if table_note(manifest):
         lines += ["", table_note(manifest)]
     if plot_file:
