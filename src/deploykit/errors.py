@@ -153,4 +153,4 @@ def path_refusal(exc: OSError) -> UserError | None:
     name = str(exc.filename or "")
     shown = name if len(name) <= 80 else f"{name[:40]}…{name[-30:]}"
     return UserError(f"path {shown} cannot be used: {exc.strerror} (a file or directory name can have at most 255 "
-                     "bytes); choose a shorter name")
+                     "bytes, a whole path 4096); choose a shorter name")

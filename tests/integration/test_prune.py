@@ -690,6 +690,7 @@ def test_a_grouped_conv_split_for_tfjs_is_counted_as_its_one_kernel(tmp_path):
     model = keras.Model(i, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
     kernel, bias = model.get_layer("grouped").get_weights()
     kernel[rng.random(kernel.shape) < 0.75] = 0.0
+    kernel[..., 4:] = kernel[..., :4]  # equal groups (an untrained layer's may be): the writer must not merge them
     model.get_layer("grouped").set_weights([kernel, bias])
     zeros = int(np.count_nonzero(kernel == 0))
     report = {"layers": [{"name": "grouped", "kernels": [{"weight": "kernel", "size": kernel.size, "zeros": zeros,

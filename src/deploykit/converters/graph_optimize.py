@@ -22,6 +22,7 @@ GraphDef). Three steps, each with TensorFlow's own tools where they exist:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -473,6 +474,51 @@ def lower_bool_select(frozen: FrozenGraph) -> FrozenGraph:
     return frozen.rewritten(gd, {"boolean Select rewritten as logical ops": len(selects)})
 
 
+def lower_bool_reverse(frozen: FrozenGraph) -> FrozenGraph:
+    """Reverse a boolean tensor as int32: ``Cast -> ReverseV2 -> Cast``.
+
+    TF.js 4.22's wasm backend reverses booleans wrongly: a masked recurrent layer that runs backwards
+    (``go_backwards``, the backward half of ``Bidirectional`` over ``Embedding(mask_zero=True)``)
+    reverses its mask, and its file came out 0.18 off at batch 1 and faulted ("memory access out of
+    bounds") at batch 2, where the cpu backend matched the model.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    reverses = [n for n in frozen.graph_def.node if n.op == "ReverseV2" and n.attr["T"].type == tf.bool.as_datatype_enum]
+    if not reverses:
+        return frozen
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    new_nodes: list[Any] = []
+    for src in reverses:
+        node = by_name[src.name]
+        data, axis = node.input[:2]
+        controls = [r for r in node.input if r.startswith("^")]
+        as_int = node_def_pb2.NodeDef(name=f"{src.name}/as_int32", op="Cast", input=[data])
+        as_int.attr["SrcT"].type = tf.bool.as_datatype_enum
+        as_int.attr["DstT"].type = tf.int32.as_datatype_enum
+        reversed_int = node_def_pb2.NodeDef(name=f"{src.name}/int32", op="ReverseV2", input=[as_int.name, axis] + controls)
+        for key in node.attr:
+            reversed_int.attr[key].CopyFrom(node.attr[key])
+        reversed_int.attr["T"].type = tf.int32.as_datatype_enum
+        new_nodes += [as_int, reversed_int]
+        node.op = "Cast"  # keeps the name its consumers read
+        node.ClearField("attr")
+        node.attr["SrcT"].type = tf.int32.as_datatype_enum
+        node.attr["DstT"].type = tf.bool.as_datatype_enum
+        del node.input[:]
+        node.input.append(reversed_int.name)
+    gd.node.extend(new_nodes)
+    return frozen.rewritten(gd, {"boolean ReverseV2 done as int32": len(reverses)})
+
+
+# The name of each group's kernel a grouped Conv2D is split into (ungroup_convolutions): the pruning and
+# clustering checks join them back into the layer's one kernel, and no rewrite may merge them.
+GROUP_KERNEL = re.compile(r"(.+)/group_(\d+)_weights")
+
+
 def ungroup_convolutions(frozen: FrozenGraph) -> FrozenGraph:
     """Rewrite grouped ``Conv2D`` (input channels = groups x filter in-channels) for TF.js.
 
@@ -611,5 +657,6 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
-    frozen = lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(run_grappler(freeze_serving(saved_model_dir))))))
+    frozen = lower_bool_reverse(lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(
+        run_grappler(freeze_serving(saved_model_dir)))))))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen

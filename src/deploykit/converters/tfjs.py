@@ -135,9 +135,10 @@ def keep_loop_outputs(graph_def: Any, target_name: str) -> int:
                 continue
             if node.input[2] not in alias:
                 raise ConversionError(
-                    f"{target_name}: a recurrent layer ({node.name.split('/while')[0]}) outputs per step a value that is "
-                    "not its state (a custom RNN cell), which TF.js 4.22 frees before reading it; return the state as "
-                    "the cell's output, unroll the layer (unroll=True with a fixed sequence length) or choose another target")
+                    f"{target_name}: a loop ({node.name.split('/while')[0]}) outputs per step a value that is not its "
+                    "state (a custom RNN cell, a keras.ops.scan), which TF.js 4.22 frees before reading it; return the "
+                    "state as the step's output, unroll the layer (unroll=True with a fixed sequence length) or choose "
+                    "another target")
             node.input[2] = alias[node.input[2]]
             count += 1
     return count
@@ -215,12 +216,15 @@ def share_equal_constants(graph_def: Any) -> int:
     import hashlib
 
     from deploykit._quiet import import_tensorflow
+    from deploykit.converters.graph_optimize import GROUP_KERNEL
 
     tf = import_tensorflow()
     first: dict[tuple[Any, ...], str] = {}
     same: dict[str, str] = {}
     for node in graph_def.node:
-        if node.op != "Const":
+        # a grouped conv's per-group kernels stay apart even when equal: the pruning and clustering checks
+        # join them back into the layer's one kernel (sparsity._groups_joined)
+        if node.op != "Const" or GROUP_KERNEL.fullmatch(node.name):
             continue
         value = tf.make_ndarray(node.attr["value"].tensor)
         key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())

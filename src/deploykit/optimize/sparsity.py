@@ -38,7 +38,6 @@ MatMul): each is counted.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -323,17 +322,16 @@ def _count_tfjs(model_json: Path, shared_for: frozenset[int] = frozenset()) -> d
     return _totals(tensors, "tfjs")
 
 
-_GROUP_PART = re.compile(r"(.+)/group_(\d+)_weights")
-
-
 def _groups_joined(read: list[tuple[str, np.ndarray, str]]) -> list[tuple[str, np.ndarray, str]]:
     """The weights of a grouped Conv2D, which the TF.js writer splits into one kernel per group
     (``<conv>/group_<g>_weights``, see graph_optimize.ungroup_convolutions), joined back into the
     layer's one kernel along its output channels: the kernel pruned or clustered is that one."""
+    from deploykit.converters.graph_optimize import GROUP_KERNEL
+
     parts: dict[str, dict[int, tuple[np.ndarray, str]]] = {}
     out = []
     for name, values, label in read:
-        match = _GROUP_PART.fullmatch(name)
+        match = GROUP_KERNEL.fullmatch(name)
         if match and values.ndim == 4:
             parts.setdefault(match.group(1), {})[int(match.group(2))] = (values, label)
         else:
