@@ -472,6 +472,21 @@ def test_a_resize_says_its_output_size_not_a_scale_that_rounds_down(tmp_path):
         assert [d.dim_value for d in shape.dim][1:] == [3, 36, 36]
 
 
+def test_a_quantized_graph_whose_branches_read_earlier_nodes_stays_in_order(tmp_path):
+    """Resizing(pad_to_aspect_ratio=True) branches on the image's shape (If nodes whose branches read an
+    earlier If's output): ONNX Runtime's quantizer put them out of order and the checker refused the file."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((17, 23, 3), name="image")
+    x = keras.layers.Resizing(20, 30, pad_to_aspect_ratio=True)(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, padding="same")(x))
+    x = np.random.default_rng(0).random((64, 17, 23, 3)).astype("float32")
+    result = deploykit.convert(model, ["onnx-int8-qdq", "onnx-int16x8"], data=x, out=tmp_path / "o", bench=False)
+    for name in ("onnx-int8-qdq", "onnx-int16x8"):
+        assert result.artifact(name)["status"] == "ok", result.artifact(name)["error"]
+
+
 def test_a_quantized_file_fails_when_its_float_source_misses_the_float_bounds(tmp_path, keras3_model, digits, monkeypatch):
     """An int8 file is judged by agreement and accuracy, loose enough to hide a float conversion error.
     Its float source is verified with onnx-fp32's bounds. Here the (real) float source is altered the

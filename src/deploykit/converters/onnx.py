@@ -437,6 +437,66 @@ def _tidy_after_quantizer(proto: Any, float_graph: Any) -> None:
     proto.opset_import.extend(kept)
     # The int16 QDQ upgrade to opset 21 keeps IR version 8; ONNX's table puts opset 21 at IR 10.
     proto.ir_version = max(proto.ir_version, onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
+    _sort_topologically(proto.graph)
+
+
+def _outer_names(graph: Any) -> set[str]:
+    """The names a subgraph (an If branch, a Loop body) reads from the graphs around it."""
+    made = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    read: set[str] = set()
+    for node in graph.node:
+        read |= {n for n in node.input if n}
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                read |= _outer_names(sub)
+        made |= set(node.output)
+    return read - made
+
+
+def _sort_topologically(graph: Any) -> None:
+    """Order ``graph``'s nodes so that each comes after what it reads, its subgraphs' outer names included.
+
+    ONNX Runtime's quantizer moved an If node (Keras's ``Resizing(pad_to_aspect_ratio=True)`` branches on
+    the image's shape) before the node whose output its branch reads, and onnx.checker refused the
+    file. Stable: a graph already in order keeps it.
+    """
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    needs: list[set[int]] = []
+    for n in nodes:
+        read = {x for x in n.input if x}
+        for attr in n.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                read |= _outer_names(sub)
+        needs.append({producer[x] for x in read if x in producer} - {len(needs)})
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    waiting = [len(d) for d in needs]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes) or order == list(range(len(nodes))):  # a cycle (the checker says so) or in order
+        return
+    import onnx
+
+    copies = []
+    for i in order:
+        c = onnx.NodeProto()
+        c.CopyFrom(nodes[i])
+        copies.append(c)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _keras_input_names(proto: Any, keras_names: list[str]) -> None:
