@@ -440,38 +440,47 @@ def lower_band_part(frozen: FrozenGraph) -> FrozenGraph:
     return frozen.rewritten(gd, {"MatrixBandPart rewritten with a constant band mask": count})
 
 
+def _rewrite_bool_ops(frozen: FrozenGraph, op: str, rewrite: Any, label: str) -> FrozenGraph:
+    """Rewrite each ``op`` node on booleans in place with ``rewrite(node)``, which returns the nodes it adds
+    (the node keeps its name, so its consumers read it as before)."""
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2
+
+    found = [n.name for n in frozen.graph_def.node if n.op == op and n.attr["T"].type == tf.bool.as_datatype_enum]
+    if not found:
+        return frozen
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    by_name = {n.name: n for n in gd.node}
+    added = [new for name in found for new in rewrite(by_name[name])]
+    gd.node.extend(added)
+    return frozen.rewritten(gd, {label: len(found)})
+
+
 def lower_bool_select(frozen: FrozenGraph) -> FrozenGraph:
     """Rewrite ``SelectV2`` on boolean values as ``(c AND a) OR (NOT c AND b)``.
 
     TF.js 4.22's wasm backend faults on a boolean select ("memory access out of bounds" at load;
     measured on ``keras.ops.tril(ones_like(x, "bool"), -1)``), while its logical ops broadcast
-    the same way SelectV2 does.
+    the same way SelectV2 does. SelectV2 only: v1 Select picks whole rows with a vector condition,
+    which logical ops would not.
     """
-    tf = import_tensorflow()
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    from tensorflow.core.framework import node_def_pb2
 
-    # SelectV2 only: v1 Select picks whole rows with a vector condition, which logical ops would not.
-    selects = [n for n in frozen.graph_def.node if n.op == "SelectV2" and n.attr["T"].type == tf.bool.as_datatype_enum]
-    if not selects:
-        return frozen
-    gd = graph_pb2.GraphDef()
-    gd.CopyFrom(frozen.graph_def)
-    by_name = {n.name: n for n in gd.node}
-    new_nodes: list[Any] = []
-    for src in selects:
-        node = by_name[src.name]
+    def as_logic(node: Any) -> list[Any]:
         cond, a, b = node.input[:3]
         controls = [r for r in node.input if r.startswith("^")]
-        for name, op, inputs in ((f"{src.name}/then", "LogicalAnd", [cond, a]),
-                                 (f"{src.name}/not_cond", "LogicalNot", [cond]),
-                                 (f"{src.name}/else", "LogicalAnd", [f"{src.name}/not_cond", b])):
-            new_nodes.append(node_def_pb2.NodeDef(name=name, op=op, input=inputs))
+        added = [node_def_pb2.NodeDef(name=name, op=op, input=inputs)
+                 for name, op, inputs in ((f"{node.name}/then", "LogicalAnd", [cond, a]),
+                                          (f"{node.name}/not_cond", "LogicalNot", [cond]),
+                                          (f"{node.name}/else", "LogicalAnd", [f"{node.name}/not_cond", b]))]
         node.op = "LogicalOr"
         node.ClearField("attr")
         del node.input[:]
-        node.input.extend([f"{src.name}/then", f"{src.name}/else"] + controls)
-    gd.node.extend(new_nodes)
-    return frozen.rewritten(gd, {"boolean Select rewritten as logical ops": len(selects)})
+        node.input.extend([f"{node.name}/then", f"{node.name}/else"] + controls)
+        return added
+
+    return _rewrite_bool_ops(frozen, "SelectV2", as_logic, "boolean Select rewritten as logical ops")
 
 
 def lower_bool_reverse(frozen: FrozenGraph) -> FrozenGraph:
@@ -483,35 +492,27 @@ def lower_bool_reverse(frozen: FrozenGraph) -> FrozenGraph:
     bounds") at batch 2, where the cpu backend matched the model.
     """
     tf = import_tensorflow()
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    from tensorflow.core.framework import node_def_pb2
 
-    reverses = [n for n in frozen.graph_def.node if n.op == "ReverseV2" and n.attr["T"].type == tf.bool.as_datatype_enum]
-    if not reverses:
-        return frozen
-    gd = graph_pb2.GraphDef()
-    gd.CopyFrom(frozen.graph_def)
-    by_name = {n.name: n for n in gd.node}
-    new_nodes: list[Any] = []
-    for src in reverses:
-        node = by_name[src.name]
+    def as_int32(node: Any) -> list[Any]:
         data, axis = node.input[:2]
         controls = [r for r in node.input if r.startswith("^")]
-        as_int = node_def_pb2.NodeDef(name=f"{src.name}/as_int32", op="Cast", input=[data])
+        as_int = node_def_pb2.NodeDef(name=f"{node.name}/as_int32", op="Cast", input=[data])
         as_int.attr["SrcT"].type = tf.bool.as_datatype_enum
         as_int.attr["DstT"].type = tf.int32.as_datatype_enum
-        reversed_int = node_def_pb2.NodeDef(name=f"{src.name}/int32", op="ReverseV2", input=[as_int.name, axis] + controls)
+        reversed_int = node_def_pb2.NodeDef(name=f"{node.name}/int32", op="ReverseV2", input=[as_int.name, axis] + controls)
         for key in node.attr:
             reversed_int.attr[key].CopyFrom(node.attr[key])
         reversed_int.attr["T"].type = tf.int32.as_datatype_enum
-        new_nodes += [as_int, reversed_int]
-        node.op = "Cast"  # keeps the name its consumers read
+        node.op = "Cast"
         node.ClearField("attr")
         node.attr["SrcT"].type = tf.int32.as_datatype_enum
         node.attr["DstT"].type = tf.bool.as_datatype_enum
         del node.input[:]
         node.input.append(reversed_int.name)
-    gd.node.extend(new_nodes)
-    return frozen.rewritten(gd, {"boolean ReverseV2 done as int32": len(reverses)})
+        return [as_int, reversed_int]
+
+    return _rewrite_bool_ops(frozen, "ReverseV2", as_int32, "boolean ReverseV2 done as int32")
 
 
 # The name of each group's kernel a grouped Conv2D is split into (ungroup_convolutions): the pruning and
