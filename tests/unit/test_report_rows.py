@@ -548,3 +548,16 @@ def test_a_regression_run_heads_its_score_columns_as_errors():
     clf = _artifact("tflite-fp32", 1000)
     clf.verification = {"accuracy": 0.9, "reference_accuracy": 0.9}
     assert dict(columns(Manifest(model={}, tools={}, machine={}, artifacts=[reg, clf])))["drop"] == "Δ acc (pts)"
+
+
+def test_a_pruned_run_plots_the_download_pruning_shrinks():
+    """Pruning leaves a file's raw size as it was: every fp32 file of a pruned model sat at the dense size."""
+    from deploykit.report.plot import render_plot
+
+    a = _artifact("tflite-fp32", 150 * 1024, p50_ms=1.0)
+    a.gzip_bytes = 40 * 1024
+    plain = render_plot(Manifest(model={}, tools={}, machine={}, artifacts=[a]))
+    pruned = render_plot(Manifest(model={}, tools={}, machine={}, artifacts=[a], steps={"prune": {"report": {}}}))
+    assert ">file size (KiB)<" in plain and "gzipped file size (KiB)" in pruned
+    assert ">150<" in plain or ">200<" in plain  # the axis reaches the raw size
+    assert ">50<" in pruned or ">40<" in pruned
