@@ -29,6 +29,7 @@ import numpy as np
 
 from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured, python_stdout_quiet
 from deploykit.errors import DataError, ModelLoadError, UntrustedModelError, at_api_boundary
+from deploykit.random_state import keeps_global_rng
 from deploykit.tmpdirs import TempDir
 
 CODE_CARRYING_LAYERS = {
@@ -275,6 +276,7 @@ def copy_state(src: Any, dst: Any) -> None:
                 b.load_assets(assets)
 
 
+@keeps_global_rng  # clone_model's new layers draw initializer seeds from Python's random
 def float32_twin(model: Any) -> tuple[Any, str | None]:
     """A Keras 3 model that computes in float16/bfloat16 (mixed precision policy) or float64
     (``keras.config.set_floatx("float64")``), rebuilt in float32.

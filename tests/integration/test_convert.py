@@ -827,7 +827,12 @@ def test_a_mixed_float16_model_is_rebuilt_in_float32_and_converts_everywhere(tmp
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", dtype="float32")(h))
     x = np.random.default_rng(0).normal(size=(64, 10, 10, 3)).astype("float32")
     targets = ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8-qdq", "tfjs-fp32"]
+    import random
+
+    random.seed(5)
+    before = random.getstate()
     result = deploykit.convert(model, targets, data=x, out=tmp_path / "out", bench=False)
+    assert random.getstate() == before  # the rebuild's initializers drew from the caller's stream
     for artifact in result.artifacts:
         assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
     assert result["model"]["float32_from_policy"] == "mixed_float16"

@@ -50,6 +50,7 @@ from deploykit.errors import UserError
 from deploykit.models import check_finite_weights, model_call_arg, with_inputs
 from deploykit.optimize import heads as _heads
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning and QAT
+from deploykit.random_state import keeps_global_rng
 
 KERAS3_PATH = "keras3-shared-centroids"
 TF_KERAS_PATH = "tf_keras-shared-centroids"
@@ -209,7 +210,7 @@ def _kernel_stats(kernels: Sequence[Any]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- API
 @logs_muted
-@_ft.keeps_global_rng
+@keeps_global_rng
 def cluster(
     model: Any,
     train_data: Any,

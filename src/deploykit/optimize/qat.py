@@ -85,6 +85,7 @@ from deploykit.optimize import heads as _heads
 from deploykit.errors import DataError, UserError
 from deploykit.optimize import prune as _ft  # fine-tuning helpers shared with pruning
 from deploykit.optimize import structure as _structure
+from deploykit.random_state import keeps_global_rng
 
 QAT_PATH = "tfmot-qat"
 PQAT_PATH = "tfmot-pqat"
@@ -403,7 +404,7 @@ def _distinct_values(model: Any) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- API
 @logs_muted
-@_ft.keeps_global_rng
+@keeps_global_rng
 def quantize_aware(
     model: Any,
     train_data: Any,
