@@ -166,7 +166,7 @@ def tk_unstructured(trained, digits):
                  validation_data=_val(digits), seed=SEED)
 
 
-def test_tf_keras_goes_through_tfmot_and_comes_back_stripped(tk_unstructured, trained):
+def test_tf_keras_goes_through_tfmot_and_comes_back_stripped(tk_unstructured, trained, digits):
     import tf_keras
 
     result = tk_unstructured
@@ -179,6 +179,9 @@ def test_tf_keras_goes_through_tfmot_and_comes_back_stripped(tk_unstructured, tr
     assert not [w.name for w in model.weights if "prune_low_magnitude" in w.name]  # checkpoints find c1/kernel
     _assert_exact_counts(report, 0.8)
     assert report["accuracy_after"] > 0.5
+    # compiled, as the Keras 3 path's model is: cluster(prune(m).model) and evaluate() need its loss
+    x, y = _val(digits)
+    assert model.evaluate(x, y, verbose=0)[0] > 0
     # the caller's model was not pruned
     assert _kernel_sparsities(trained["tf_keras"])["fc"] < 0.05
     json.dumps(report)

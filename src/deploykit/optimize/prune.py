@@ -941,7 +941,11 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
                 w = np.asarray(k.variable.numpy())
                 k.variable.assign(w * _structure.make_mask(w, sched.final_sparsity, structure, block_size))
         forced = True
-    return _fresh_variables(stripped), state, forced
+    pruned = _fresh_variables(stripped)
+    # compiled as the Keras 3 path's model is: deploykit.cluster(prune(m, ...).model, ...) and evaluate()
+    # refused a tf_keras model that came back without a loss
+    pruned.compile(optimizer=type(optimizer).from_config(optimizer.get_config()), **settings)
+    return pruned, state, forced
 
 
 def _fresh_variables(model: Any) -> Any:
