@@ -440,7 +440,8 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
         loss = cfg_loss
         source = "model compile config"
     if loss is None:
-        raise UserError("model was saved without compile(); pass loss=... (--loss), e.g. sparse_categorical_crossentropy")
+        raise UserError("the model has no loss to fine-tune with (it was never compiled, or saved without compile()); "
+                        "pass loss=... (--loss), e.g. sparse_categorical_crossentropy")
     if isinstance(loss, dict):
         loss = _resolved("loss", km.losses.deserialize, loss)
     elif isinstance(loss, str):
@@ -948,6 +949,20 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
     return pruned, state, forced
 
 
+def _refuse_subclassed_tf_keras(model: Any) -> None:
+    """tfmot wraps a tf_keras model's layers by rebuilding it with clone_model, which a subclassed model (its
+    layers built in Python code, not a graph of layers) cannot go through: Keras's own ValueError about
+    clone_function surfaced instead of a message."""
+    for layer in getattr(model, "layers", []):
+        if not hasattr(layer, "_is_graph_network"):  # a layer, not a model
+            continue
+        if not layer._is_graph_network and type(layer).__name__ != "Sequential":
+            raise UserError(f"tf_keras model {layer.name!r} ({type(layer).__name__}) is subclassed: tfmot prunes a model by "
+                            "rebuilding it layer by layer, which a subclassed model cannot be; build it with the functional "
+                            "API or Sequential, or prune it as a Keras 3 model")
+        _refuse_subclassed_tf_keras(layer)
+
+
 def _fresh_variables(model: Any) -> Any:
     """The stripped model rebuilt with variables named after its layers.
 
@@ -1140,6 +1155,8 @@ def prune(
     compiled = model
     model = with_inputs(model, kind, f"<in-memory {type(model).__name__}>")  # a built subclassed model: wrapped
     check_finite_weights(model, f"<in-memory {type(model).__name__}>")
+    if kind == "tf_keras":
+        _refuse_subclassed_tf_keras(model)
     sparsity, bs = check_settings(sparsity=sparsity, schedule=schedule, structure=structure, block_size=block_size,
                                   epochs=epochs, batch_size=batch_size, patience=patience, learning_rate=learning_rate,
                                   loss=loss, seed=seed, validation_split=validation_split)
