@@ -81,7 +81,7 @@ class ConvertResult:
         for a in self.artifacts:
             if a["target"] == name:
                 return a
-        raise KeyError(f"no target {str(target)!r} in this result; it holds: "
+        raise KeyError(f"no target {name!r} in this result; it holds: "
                        f"{', '.join(a['target'] for a in self.artifacts)}")
 
     def path(self, target: str) -> Path:

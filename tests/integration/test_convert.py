@@ -1531,6 +1531,8 @@ def test_result_artifact_takes_a_target_as_passed_and_an_unknown_name_lists_the_
     assert result.artifact("./fp32_copy.toml") is entry and result.path("fp32_copy.toml").is_file()
     with pytest.raises(KeyError, match=r"no target 'nope' in this result; it holds: tflite-fp32, fp32_copy"):
         result.artifact("nope")
+    with pytest.raises(KeyError, match=r"^\"no target 'onnx-fp32' in this result; it holds"):  # not the Target's repr
+        result.artifact(deploykit.get_target("onnx-fp32"))
     # `in` and iteration went through __getitem__ with 0: KeyError: 0
     assert "fp32_copy.toml" in result and "tflite-fp32" in result and "nope" not in result
     with pytest.raises(TypeError, match=r"not iterable"):
