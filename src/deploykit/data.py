@@ -221,7 +221,11 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
             raise DataError(f"data: x is a dict with keys {sorted(x)}; it needs one array per model input, keyed "
                             f"{', '.join(input_names)} (missing {', '.join(missing)})")
         return [x[n] for n in input_names]
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+    if isinstance(x, (list, tuple)):
+        if len(input_names) == 1 and len(x) != 1:  # a one-input model's rows (x.tolist()), not one array per input
+            return [x]
+        return list(x)
+    return [x]
 
 
 def _split(obj: Any, input_names: list[str], labels: bool = True) -> tuple[list[Any], Any]:

@@ -135,8 +135,11 @@ def test_callable(xy):
 
 
 def test_nested_python_lists(xy):
-    x, _ = xy
+    x, y = xy
     _check(load_data(x.tolist(), SPEC), x, None)
+    # inside (x, y) or {"x": ...} too: each row was taken for one of the model's inputs ("has 20 input arrays")
+    _check(load_data((x.tolist(), y.tolist()), SPEC), x, y)
+    _check(load_data({"x": x.tolist(), "y": y}, SPEC), x, y)
 
 
 def test_uint8_is_cast_to_float32_values_preserved(tmp_path):
