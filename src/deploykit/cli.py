@@ -350,6 +350,8 @@ def bench(
     if profile.get("top_op_types"):  # ONNX Runtime's profiler (the README promises them here, not only in --json)
         console.print("  top ops: " + ", ".join(f"{o['op_type']} {o['share']:.0%} ({o['nodes']} node{'s' if o['nodes'] != 1 else ''})"
                                               for o in profile["top_op_types"][:5]), highlight=False)
+    if result.get("note"):
+        console.print(f"  note: {result['note']}", highlight=False)
     for other, r in result.get("also", {}).items():  # browser: the other backends tried in the same page
         detail = r["error"] if "error" in r else f"p50 {ms(r['p50_ms'])} ms  p90 {ms(r['p90_ms'])}  init {r['init_ms']:.1f} ms"
         renderer = f" ({r['webgl_renderer']})" if r.get("webgl_renderer") else ""

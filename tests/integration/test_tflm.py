@@ -34,6 +34,15 @@ def test_tflm_artifact_verifies_on_micro_kernels(tflm_run):
     assert "Microcontroller footprint" in (tflm_run.out / "report.md").read_text()
 
 
+def test_bench_of_a_micro_file_says_which_runtime_its_run_used(tflm_run):
+    """`deploy bench tflm-int8/model.tflite` timed it on LiteRT (0.012 ms) without a word beside the
+    run's 0.375 ms on the TFLite Micro kernels."""
+    plain = deploykit.bench(tflm_run.path("tflm-int8"), iterations=3, warmup=1)
+    assert plain["runtime"] != "tflm" and "--runtime tflm times it on the TFLite Micro kernels" in plain["note"]
+    assert "note" not in deploykit.bench(tflm_run.path("tflm-int8"), iterations=3, warmup=1, runtime="tflm")
+    assert "note" not in deploykit.bench(tflm_run.path("tflite-int8"), iterations=3, warmup=1)
+
+
 def test_tflm_model_has_int8_io_and_only_micro_ops(tflm_run):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -206,19 +206,38 @@ def _weight_files(path: Path, runtime: str) -> list[Path]:
     return []
 
 
-def _model_input_order(path: Path | None) -> list[str] | None:
-    """The Keras model's input order, from the manifest of the deploykit run that wrote ``path``
-    (``OUT/<target>/model.*`` beside ``OUT/manifest.json``); None when there is none."""
+def _run_manifest(path: Path | None) -> dict[str, Any] | None:
+    """The manifest of the deploykit run that wrote ``path`` (``OUT/<target>/model.*`` beside
+    ``OUT/manifest.json``); None when there is none."""
     import json
 
     if path is None:
         return None
     manifest = Path(path).resolve().parent.parent / "manifest.json"
     try:
-        names = [i["name"] for i in json.loads(manifest.read_text())["model"]["inputs"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _model_input_order(path: Path | None) -> list[str] | None:
+    """The Keras model's input order, from the manifest of the run that wrote ``path``; None when there is none."""
+    try:
+        names = [i["name"] for i in (_run_manifest(path) or {})["model"]["inputs"]]
+    except (KeyError, TypeError):
         return None
     return names or None
+
+
+def _built_for_micro(path: Path) -> str | None:
+    """The target name when the run that wrote ``path`` built it for TFLite Micro (its .tflite is timed on
+    LiteRT unless --runtime tflm says otherwise: a 0.012 ms figure beside the run's 0.375 ms, unexplained)."""
+    for a in (_run_manifest(path) or {}).get("artifacts") or []:
+        if isinstance(a, dict) and a.get("format") == "tflm" and a.get("path") and \
+                (Path(path).resolve().parent.parent / a["path"]).resolve() == Path(path).resolve():
+            return str(a.get("target"))
+    return None
 
 
 def _numbered_npz(data: Any) -> bool:
@@ -269,7 +288,8 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
     except DeployError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own error, said in one line
-        why = " ".join(str(exc).split())[:200]
+        why = " ".join(str(exc).split())
+        why = why if len(why) <= 300 else why[:300].rsplit(" ", 1)[0] + " …"  # whole words: "indices elemen" lost its value
         raise UserError(f"{(path or Path('the artifact')).name} cannot run on the data's first sample: {why}; check its values "
                         "(e.g. token ids within the model's Embedding vocabulary)") from None
     return inputs
@@ -370,6 +390,7 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
 
     remove_stale()  # what killed runs left in $TMPDIR; live runs' stay
     path = Path(path)
+    micro = _built_for_micro(path) if runtime is None and path.suffix.lower() == ".tflite" else None
     runtime = resolve_runtime(path, runtime)
     if (browser or backend) and runtime != "tfjs":
         raise UserError(f"--browser and --backend apply to TF.js models (model.json), not to {path.name}")
@@ -424,6 +445,9 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
             "inputs": "data" if data is not None else "random",
         }
     )
+    if micro:
+        result["note"] = (f"the run beside this file built it for TFLite Micro ({micro}): timed here on LiteRT; "
+                          "--runtime tflm times it on the TFLite Micro kernels, as that run did")
     # TF.js runs in another process: its memory is that process's, not this driver's.
     if result.get("node_peak_rss_bytes"):
         result.update({"peak_rss_bytes": result["node_peak_rss_bytes"], "peak_rss_of": "the Node.js process running TF.js"})
