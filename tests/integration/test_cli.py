@@ -307,6 +307,25 @@ def test_bench_human_with_data(tflite_files, data_npz):
     assert "p50" in result.stdout and "n=5" in result.stdout and "data inputs" in result.stdout
 
 
+def test_bench_data_already_quantized_is_fed_as_it_is(tmp_path, tflite_files, data_npz):
+    """int8 data for an int8-io file was read as real values and quantized again: the fed tensor held
+    only -128 and 127. Real values are still quantized by the input's scale and zero point."""
+    from deploykit.runtime_bench import _bench_inputs
+    from deploykit.runtime_bench.litert import LiteRTRunner
+    from deploykit.runtime_bench.inputs import quantize_input
+
+    runner = LiteRTRunner(tflite_files["tflite-int8-io"], threads=1)
+    runner.load()
+    (name, detail), = runner.input_details().items()
+    real = np.load(data_npz)["x"][:4].astype("float32")
+    quantized = quantize_input(real, detail)
+    np.savez(tmp_path / "q.npz", x=quantized)
+    fed = _bench_inputs(runner, str(tmp_path / "q.npz"))[name]
+    assert fed.dtype == np.int8 and np.array_equal(fed, quantized[:1])
+    assert len(np.unique(fed)) > 2
+    assert np.array_equal(quantize_input(_bench_inputs(runner, data_npz)[name], detail), quantized[:1])
+
+
 def test_bench_of_several_files_times_them_side_by_side(tmp_path, tflite_files):
     fp32, int8 = tflite_files["tflite-fp32"], tflite_files["tflite-int8-io"]
     copy = tmp_path / "copy.tflite"

@@ -240,6 +240,30 @@ def _built_for_micro(path: Path) -> str | None:
     return None
 
 
+def _given_dtypes(data: Any, names: list[str]) -> dict[str, np.dtype]:
+    """The dtype of each input's array as the data holds it (an .npz path, a dict or one array), by
+    the keys load_data reads: the input's name, x0, x1..., or x for a one-input model."""
+    wanted = {*names, "x", *(f"x{i}" for i in range(len(names)))}
+    if isinstance(data, (str, Path)) and str(data).endswith(".npz"):
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files if k in wanted}
+        except Exception:  # noqa: BLE001 - load_data gives the real error
+            return {}
+    elif isinstance(data, dict):
+        arrays = data
+    elif isinstance(data, np.ndarray) and len(names) == 1:
+        arrays = {"x": data}
+    else:
+        return {}
+    out = {}
+    for i, name in enumerate(names):
+        value = arrays.get(name, arrays.get(f"x{i}", arrays.get("x") if len(names) == 1 else None))
+        if isinstance(value, np.ndarray):
+            out[name] = value.dtype
+    return out
+
+
 def _numbered_npz(data: Any) -> bool:
     if not isinstance(data, (str, Path)) or not str(data).endswith(".npz") or not Path(data).is_file():
         return False
@@ -281,6 +305,13 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
         elif _numbered_npz(data):
             raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
                             f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
+    # Quantized inputs take real values, which the runner quantizes; data already in the input's own integer
+    # type (int8 for an int8-io file) is taken as quantized: it was quantized a second time, to -128/127.
+    given = _given_dtypes(data, [s.name for s in specs])
+    details = runner.input_details()
+    specs = [TensorSpec(s.name, s.shape, given[s.name].name) if s.dtype == "float32" and s.name in given
+             and np.dtype(details[s.name].get("dtype", np.float32)).kind in "iu" and given[s.name] == np.dtype(details[s.name]["dtype"])
+             else s for s in specs]
     ds = load_data(data, specs, role="bench data", labels=False).take(1)
     inputs = {spec.name: x for spec, x in zip(specs, ds.x)}
     try:  # once, untimed: values the model cannot take (ids past an Embedding's table) fail here, not mid-timing
