@@ -304,7 +304,7 @@ def bench(
     threads: int = typer.Option(2, "--threads"),
     warmup: int = typer.Option(10, "--warmup"),
     iterations: int = typer.Option(100, "--iterations"),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise); a quantized input takes real values, or values of its own integer type as they are."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result (raw samples included) as JSON."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="litert | onnxruntime | tflm | tfjs (default: from the file suffix)."),
     browser: bool = typer.Option(False, "--browser", help="TF.js: run in headless Chromium (wasm; webgl tried too) instead of Node."),
