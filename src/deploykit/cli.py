@@ -235,12 +235,12 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     from deploykit.artifacts import Manifest
-    from deploykit.report.rows import converter_notes, table
+    from deploykit.report.rows import columns, converter_notes, table
 
     manifest = Manifest.from_dict(result.manifest)
     t = Table(title=f"deploykit: {manifest.model.get('name') or manifest.model.get('source')}")
-    cols = [("target", "Target"), ("status", "Status"), ("size", "Size"), ("gzip", "gzip"), ("p50", "p50 ms"),
-            ("accuracy", "Accuracy"), ("agreement", "Top-1 agree"), ("max_err", "Max abs err")]
+    titles = dict(columns(manifest))  # a regression run's "Error", as the report heads it
+    cols = [(k, titles[k]) for k in ("target", "status", "size", "gzip", "p50", "accuracy", "agreement", "max_err")]
     for _, title in cols:
         t.add_column(title)
     for r in table(manifest):

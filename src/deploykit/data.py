@@ -222,8 +222,8 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
                             f"{', '.join(input_names)} (missing {', '.join(missing)})")
         return [x[n] for n in input_names]
     if isinstance(x, (list, tuple)):
-        if len(input_names) == 1 and len(x) != 1:  # a one-input model's rows (x.tolist()), not one array per input
-            return [x]
+        if len(input_names) == 1 and not (len(x) == 1 and isinstance(x[0], np.ndarray)):
+            return [x]  # a one-input model's rows (x.tolist(), one row too), not one array per input ([x])
         return list(x)
     return [x]
 

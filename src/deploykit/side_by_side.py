@@ -117,7 +117,8 @@ def add_float32_ratios(built: Sequence[tuple[Any, Artifact]]) -> None:
         if ref is not None:
             ref_sbs = ref.benchmark["side_by_side"]
             spread = ratio_spread(sbs, ref_sbs)
-            sbs["vs_float32"] = {"target": ref.target, "ratio": paired_ratio(sbs, ref_sbs),
+            paired = min(len(sbs.get("round_p50_ms") or []), len(ref_sbs.get("round_p50_ms") or []))
+            sbs["vs_float32"] = {"target": ref.target, "ratio": paired_ratio(sbs, ref_sbs), "rounds": paired,
                                  **({"spread": spread} if spread is not None else {}),
                                  # the rounds disagreed: the report marks the ratio (run_mnv3's qdq 0.22 came from 0.17..0.80)
                                  **({"unsteady": True} if unsteady(spread) else {})}

@@ -140,6 +140,7 @@ def test_nested_python_lists(xy):
     # inside (x, y) or {"x": ...} too: each row was taken for one of the model's inputs ("has 20 input arrays")
     _check(load_data((x.tolist(), y.tolist()), SPEC), x, y)
     _check(load_data({"x": x.tolist(), "y": y}, SPEC), x, y)
+    _check(load_data((x[:1].tolist(), y[:1]), SPEC), x[:1], y[:1])  # one row too
 
 
 def test_uint8_is_cast_to_float32_values_preserved(tmp_path):

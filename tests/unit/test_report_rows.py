@@ -211,6 +211,11 @@ def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it_round_by_r
     assert any(h.startswith("Fastest: **tflite-int8** (p50 1.500 ms") for h in highlights(m))
     assert "timed again side by side" in table_note(m) and "Timed on their own (no other file ran alike, or the " \
         "comparison failed): onnx-fp32." in table_note(m)
+    # fp32 stopped after 2 rounds (clearly slower): the int8 file's ratio rests on those 2 rounds too
+    short = [timed("tflite-fp32", 3.0, [4.0, 4.2], ["tflite-int8"]), timed("tflite-int8", 3.2, [1.7] * 5, ["tflite-fp32"])]
+    add_float32_ratios(short)
+    rows2 = {r["target"]: r for r in table(Manifest(model={}, tools={}, machine={}, artifacts=[a for _, a in short]))}
+    assert rows2["tflite-int8"]["p50_ratio"].endswith("(2 rounds)") and rows["tflite-int8"]["p50_ratio"] == "0.75"
     built[1][1].benchmark["side_by_side"]["p50_ms"] = 0.0054  # under 1 ms: 3 significant digits, zeros kept
     assert {r["target"]: r for r in table(m)}["tflite-int8"]["p50"] == "0.00540"
 

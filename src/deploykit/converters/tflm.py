@@ -150,13 +150,15 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     ops = model_ops(flatbuffer)
     missing = sorted({op for op in ops if op not in micro_kernels()})
     if missing:
-        # where: the first such op's output tensor, named after the Keras layer that made it
+        # where: the first such op's output tensor, as the converter named it (after a Keras layer's scope
+        # more often than not, but a fused op may carry its neighbour's): said as the tensor it is
         where = next((r["output"] for r in heaviest_layers(flatbuffer, top=len(flatbuffer)) if r["op"] in missing), "")
         where = where.split(";")[0].replace("StatefulPartitionedCall/", "")
         out_path.unlink(missing_ok=True)
         raise ConversionError(
             f"{target.name}: TFLite Micro has no kernel for op(s) {', '.join(missing)}"
-            + (f" (e.g. {where})" if where else "") + "; replace the layers that produce them or use a TFLite target"
+            + (f" (the first writes tensor {where!r})" if where else "")
+            + "; replace the layers that produce them or use a TFLite target"
         )
     name = target.options.get("c_name") or c_identifier(model.info().name or "model")
     keras_names = {o.name: o.keras_name for o in model.info().outputs if getattr(o, "keras_name", None)}

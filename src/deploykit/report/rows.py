@@ -97,7 +97,7 @@ def _p50_ratio(a: Artifact) -> str:
         return "–"
     # a candidate an -auto target stopped timing as clearly slower: the median of its 2 rounds is rough
     # (one fp32 outlier round made 2.65 of a steady 3.0, beside a selection text saying "at least 3.04x")
-    rounds = len(sbs.get("round_p50_ms") or [])
+    rounds = vs.get("rounds", len(sbs.get("round_p50_ms") or []))  # the paired ones: either file may have stopped
     short = f" ({rounds} rounds)" if 0 < rounds < ROUNDS else ""
     return f"{vs['ratio']:.2f}" + (" (unsteady)" if vs.get("unsteady") else short)
 
