@@ -180,6 +180,7 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
         ratios = ratios[1:-1] if len(ratios) >= 5 else ratios  # the extreme round at each end aside
         spread = max(ratios) / min(ratios)  # how far the rounds disagreed: past 1.5x the ratio is marked unsteady
         assert sbs["vs_float32"] == {"target": "tflite-fp32", "ratio": paired, "spread": spread,
+                                     "rounds": min(len(sbs["round_p50_ms"]), len(fp32)),
                                      **({"unsteady": True} if spread > 1.5 else {})}
         assert rows[name]["p50_ratio"] == f"{paired:.2f}" + (" (unsteady)" if spread > 1.5 else "")
     assert rows["tflm-int8"]["p50_ratio"] == "–"  # timed beside the other microcontroller file, no float32 one
@@ -231,7 +232,7 @@ def test_an_auto_targets_candidates_keep_the_figures_their_selection_was_made_on
         assert sorted(sbs["with"]) == sorted(n for n in rows if n != name)
     assert not any(m.startswith("timing ") for m in progress)
     fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]
-    assert fp32["vs_float32"] == {"target": "tflite-fp32", "ratio": 1.0, "spread": 1.0}
+    assert fp32["vs_float32"] == {"target": "tflite-fp32", "ratio": 1.0, "spread": 1.0, "rounds": len(fp32["round_p50_ms"])}
     assert auto["benchmark"]["side_by_side"] == result.artifact(auto["selection"]["winner"])["benchmark"]["side_by_side"]
     assert "an -auto target's candidates as its selection timed them" in result.report_path.read_text()
 
