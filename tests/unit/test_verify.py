@@ -450,17 +450,20 @@ def test_per_pixel_labels_score_a_segmentation_output():
     assert label_classes([((None, 3), "float32")], labels) is None
 
 
+class Indexed:
+    """A runner whose output ``name`` is row ``i`` of ``out`` for each sample index ``i`` it is fed."""
+
+    def __init__(self, name, out):
+        self.name, self.out = name, out
+
+    def run(self, feed):
+        return {self.name: self.out[feed["i"].astype(int)]}
+
+
 def test_an_answer_that_moved_between_tied_classes_does_not_count_as_lost_accuracy():
     """A random-weight EfficientNet's tfjs-fp16 file, 3e-8 off with 100 % agreement, failed on accuracy:
     one sample of 100 whose top two classes were 1e-8 apart went to the other one. Agreement counts
     such a sample as a tie; accuracy now does too, where the profile has a float bound (atol + rtol)."""
-    class Fixed:
-        def __init__(self, out):
-            self.out = out
-
-        def run(self, feed):
-            return {"p": self.out[feed["i"].astype(int)]}
-
     rng = np.random.default_rng(0)
     ref = rng.dirichlet(np.ones(5) * 5, size=100).astype(np.float32)
     ref[0] = [0.3, 0.3 + 1e-7, 0.2, 0.1, 0.1 - 1e-7]  # a tie the model cannot call
@@ -468,30 +471,23 @@ def test_an_answer_that_moved_between_tied_classes_does_not_count_as_lost_accura
     got[0, 0] += 2e-7  # the file calls it the other way
     labels = ref.argmax(1)
     feed = {"i": np.arange(100, dtype=np.float32)}
-    result = verify(Fixed(got), feed, [ref], ["p"], get_target("tfjs-fp16").tolerance, labels=labels, batch_check=4)
+    result = verify(Indexed("p", got), feed, [ref], ["p"], get_target("tfjs-fp16").tolerance, labels=labels, batch_check=4)
     assert result["accuracy_drop_points"] == pytest.approx(1.0) and result["top1_agreement"] == 1.0
     assert result["passed"], result["failures"]
     assert any("only on 1 answer(s) the model itself holds as ties" in n for n in result["notes"])
     # a clear answer lost is still a drop
     got[1] = ref[1][::-1]
-    lost = verify(Fixed(got), feed, [ref], ["p"], dataclasses.replace(get_target("tfjs-fp16").tolerance, range_atol=1.0),
+    lost = verify(Indexed("p", got), feed, [ref], ["p"], dataclasses.replace(get_target("tfjs-fp16").tolerance, range_atol=1.0),
                   labels=labels, batch_check=4)
     assert any("points below the reference" in f for f in lost["failures"]), lost["failures"]
 
 
 def test_verify_reports_pixel_accuracy_and_agreement():
-    class Same:
-        def __init__(self, ref):
-            self.ref = ref
-
-        def run(self, feed):
-            return {"seg": self.ref[feed["i"].astype(int)]}
-
     rng = np.random.default_rng(1)
     ref = rng.dirichlet(np.ones(4), size=(12, 6, 6)).astype(np.float32)
     labels = ref.argmax(-1)
     labels[:, 0, 0] = (labels[:, 0, 0] + 1) % 4  # 12 of 432 pixels disagree with the model
-    result = verify(Same(ref), {"i": np.arange(12, dtype=np.float32)}, [ref], ["seg"], get_target("tflite-fp32").tolerance,
+    result = verify(Indexed("seg", ref), {"i": np.arange(12, dtype=np.float32)}, [ref], ["seg"], get_target("tflite-fp32").tolerance,
                     labels=labels, batch_check=4)
     assert result["passed"], result["failures"]
     assert result["scored_output"] == "seg" and result["accuracy"] == pytest.approx(420 / 432)
