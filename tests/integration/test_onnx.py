@@ -595,7 +595,9 @@ def test_a_round_of_a_microsecond_model_lasts_long_enough_to_time_more_than_wake
     target = get_target("tflite-fp32").with_bench(iterations=25, warmup=1)  # 5 a round without the floor
     (s,) = interleaved_p50([target], [tflite_files["tflite-fp32"]], {"pixels": np.zeros((1, 8, 8, 1), np.float32)})
     per_round = s["n"] // ROUNDS
-    assert per_round > 5 and per_round * s["p50_ms"] / 1000 >= MIN_BLOCK_S / 10, (per_round, s["p50_ms"])
+    # 5 runs without the floor; with it, a MIN_BLOCK_S of runs (each also pays the timing loop's own ~30 us,
+    # so the model's share of the block depends on the machine: 2 us a run left it at 6 % on a fast one)
+    assert per_round >= 20 * 5 and per_round * s["p50_ms"] / 1000 <= 2 * MIN_BLOCK_S, (per_round, s["p50_ms"])
 
 
 def test_interleaved_rounds_start_with_a_different_candidate_each_round(tmp_path, tflite_files, monkeypatch):
