@@ -175,7 +175,6 @@ def _function_weights(graph_def: Any, weights: str) -> list[Any]:
     (``<function>/<node>``), references inside the function renamed to match.
     """
     from deploykit._quiet import import_tensorflow
-    from deploykit.converters.tfjs_weights import encode
 
     tf = import_tensorflow()
     out = []
@@ -194,24 +193,35 @@ def _function_weights(graph_def: Any, weights: str) -> list[Any]:
             func.control_ret[key] = rename.get(func.control_ret[key], func.control_ret[key])
         for node in consts:
             node.name = rename[node.name]
-            weight = encode(node.name, tf.make_ndarray(node.attr["value"].tensor), weights)
-            out.append(weight)
-            dtype = {"float32": tf.float32, "int32": tf.int32, "bool": tf.bool}[weight.entry["dtype"]]
-            shape = type(node.attr["value"].tensor.tensor_shape)()
-            shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
-            node.attr["value"].tensor.Clear()
-            node.attr["value"].tensor.dtype = dtype.as_datatype_enum
-            node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
-            node.attr["dtype"].type = dtype.as_datatype_enum
+            out.append(_into_shards(node, tf.make_ndarray(node.attr["value"].tensor), weights))
     return out
 
 
-def share_equal_constants(graph_def: Any) -> int:
-    """Keep one Const of each value (dtype, shape and bytes) in the graph, its copies' consumers pointed at it.
+def _into_shards(node: Any, value: Any, weights: str) -> Any:
+    """``value`` of Const ``node`` as a shard weight; the node keeps only its dtype and shape."""
+    from deploykit._quiet import import_tensorflow
+    from deploykit.converters.tfjs_weights import encode
+
+    tf = import_tensorflow()
+    weight = encode(node.name, value, weights)
+    dtype = {"float32": tf.float32, "int32": tf.int32, "bool": tf.bool}[weight.entry["dtype"]]
+    shape = type(node.attr["value"].tensor.tensor_shape)()
+    shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
+    node.attr["value"].tensor.Clear()
+    node.attr["value"].tensor.dtype = dtype.as_datatype_enum
+    node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
+    node.attr["dtype"].type = dtype.as_datatype_enum
+    return weight
+
+
+def _graph_weights(graph_def: Any, weights: str) -> tuple[list[Any], int]:
+    """The graph's constants as shard weights, each value stored once; returns them and how many copies went.
 
     Freezing gives each call of a layer its own copy of the layer's weights: a Dense applied twice
     (a shared layer, a siamese tower) was written into the shards twice, doubling its download and
-    the memory the TF.js runtime holds it in. Returns how many copies were dropped.
+    the memory the TF.js runtime holds it in. A copy's consumers read the kept Const instead. A
+    grouped conv's per-group kernels stay apart even when equal: the pruning and clustering checks
+    join them back into the layer's one kernel (sparsity._groups_joined).
     """
     import hashlib
 
@@ -219,29 +229,29 @@ def share_equal_constants(graph_def: Any) -> int:
     from deploykit.converters.graph_optimize import GROUP_KERNEL
 
     tf = import_tensorflow()
-    first: dict[tuple[Any, ...], str] = {}
-    same: dict[str, str] = {}
+    encoded, first, same = [], {}, {}
     for node in graph_def.node:
-        # a grouped conv's per-group kernels stay apart even when equal: the pruning and clustering checks
-        # join them back into the layer's one kernel (sparsity._groups_joined)
-        if node.op != "Const" or GROUP_KERNEL.fullmatch(node.name):
+        for key in [k for k in node.attr if k.startswith("_")]:
+            del node.attr[key]  # e.g. _output_shapes: not read by the runtime
+        if node.op != "Const":
             continue
         value = tf.make_ndarray(node.attr["value"].tensor)
-        key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
-        if key in first:
-            same[node.name] = first[key]
-        else:
+        if not GROUP_KERNEL.fullmatch(node.name):
+            key = (value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+            if key in first:
+                same[node.name] = first[key]
+                continue
             first[key] = node.name
-    if not same:
-        return 0
-    kept = [n for n in graph_def.node if n.name not in same]
-    for node in kept:
-        refs = [_rename_ref(r, same) for r in node.input]
-        del node.input[:]
-        node.input.extend(refs)
-    del graph_def.node[:]
-    graph_def.node.extend(kept)
-    return len(same)
+        encoded.append(_into_shards(node, value, weights))
+    if same:
+        kept = [n for n in graph_def.node if n.name not in same]
+        for node in kept:
+            refs = [_rename_ref(r, same) for r in node.input]
+            del node.input[:]
+            node.input.extend(refs)
+        del graph_def.node[:]
+        graph_def.node.extend(kept)
+    return encoded, len(same)
 
 
 def _tensor_info(name: str, spec: Any) -> dict[str, Any]:
@@ -317,7 +327,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
 
     from deploykit import __version__
     from deploykit._quiet import import_tensorflow
-    from deploykit.converters.tfjs_weights import encode, write_shards
+    from deploykit.converters.tfjs_weights import write_shards
 
     tf = import_tensorflow()
     opts = target.options
@@ -329,27 +339,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     rewired = keep_loop_outputs(gd, target.name)
     if rewired:
         graph.fusions["TensorListSetItem given the loop output"] = rewired
-    shared = share_equal_constants(gd)
+    encoded, shared = _graph_weights(gd, target.weights)
     if shared:
         graph.fusions["equal constants stored once"] = shared
-
-    encoded = []
-    for node in gd.node:
-        for key in [k for k in node.attr if k.startswith("_")]:
-            del node.attr[key]  # e.g. _output_shapes: not read by the runtime
-        if node.op != "Const":
-            continue
-        value = tf.make_ndarray(node.attr["value"].tensor)
-        weight = encode(node.name, value, target.weights)
-        encoded.append(weight)
-        dtype = {"float32": tf.float32, "int32": tf.int32, "bool": tf.bool}[weight.entry["dtype"]]
-        shape = type(node.attr["value"].tensor.tensor_shape)()
-        shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
-        node.attr["value"].tensor.Clear()  # the value lives in the shards; dtype and shape stay
-        node.attr["value"].tensor.dtype = dtype.as_datatype_enum
-        node.attr["value"].tensor.tensor_shape.CopyFrom(shape)
-        node.attr["dtype"].type = dtype.as_datatype_enum
-
     encoded += _function_weights(gd, target.weights)
     out_path = Path(out_path)
     manifest, shard_names = write_shards(encoded, out_path.parent, opts["shard_size_bytes"])

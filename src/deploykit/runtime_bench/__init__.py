@@ -245,9 +245,8 @@ def _given_dtypes(data: Any, names: list[str]) -> dict[str, np.dtype]:
     the keys load_data reads: the input's name, x0, x1..., or x for a one-input model."""
     wanted = {*names, "x", *(f"x{i}" for i in range(len(names)))}
     if isinstance(data, (str, Path)) and str(data).endswith(".npz"):
-        try:
-            with np.load(data, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files if k in wanted}
+        try:  # the arrays' headers only: load_data reads the data itself
+            arrays = _npz_dtypes(Path(data), wanted)
         except Exception:  # noqa: BLE001 - load_data gives the real error
             return {}
     elif isinstance(data, dict):
@@ -259,8 +258,24 @@ def _given_dtypes(data: Any, names: list[str]) -> dict[str, np.dtype]:
     out = {}
     for i, name in enumerate(names):
         value = arrays.get(name, arrays.get(f"x{i}", arrays.get("x") if len(names) == 1 else None))
-        if isinstance(value, np.ndarray):
-            out[name] = value.dtype
+        if isinstance(value, (np.ndarray, np.dtype)):
+            out[name] = value if isinstance(value, np.dtype) else value.dtype
+    return out
+
+
+def _npz_dtypes(path: Path, keys: set[str]) -> dict[str, np.dtype]:
+    """The dtype of each of ``keys`` in an .npz, read from its .npy headers."""
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for key in keys:
+            if f"{key}.npy" not in archive.namelist():
+                continue
+            with archive.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                out[key] = header(f)[2]
     return out
 
 
