@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -444,6 +444,19 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.size and y.dtype.kind in "uf" and y.max() > np.iinfo(np.int64).max:  # a uint64 -1 would wrap to -1
         raise DataError(f"{where}: labels 'y' hold {y.max()}, not a class index; pass indices 0..classes-1")
     return y.astype(np.int64)
+
+
+def as_one_hot(data: Dataset) -> Dataset | None:
+    """Labels read as a class per position that are one-hot rows (given as (N, C, 1), whose trailing
+    axis was dropped) read as one class per sample instead; None when they are not one-hot rows.
+    Called when no output has those positions, so the per-sample reading is the only one that fits."""
+    y = data.y
+    if y is None or y.ndim != 2 or y.shape[1] < 2:
+        return None
+    ones = _one_hot_rows(y)
+    if ones is None or (ones != 1).any():
+        return None
+    return replace(data, y=y.argmax(axis=1), one_hot_classes=int(y.shape[1]))
 
 
 def check_label_range(data: Dataset, classes: int | None) -> None:

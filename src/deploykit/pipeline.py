@@ -625,9 +625,9 @@ class Pipeline:
         model's target values when it was trained with a regression loss, or when it carries no loss
         and 'y' hold as many values per sample as one of its float outputs: artifacts are then judged
         by their outputs, and their error against the targets is reported."""
-        from deploykit.data import load_data
+        from deploykit.data import as_one_hot, load_data
         from deploykit.optimize.prune import _loss_name, is_regression_loss
-        from deploykit.verify import label_classes
+        from deploykit.verify import label_classes, labels_fit
 
         loss = fine_tune_loss(model, [self.prune_options, self.cluster_options, self.qat_options], self._label_index,
                                self._output_keys)
@@ -643,6 +643,8 @@ class Pipeline:
         # and they score no class output: then they are its target values (counts, scores). A classifier
         # trained with mse on one-hot rows, or a one-unit sigmoid with 0/1 labels, keeps its accuracy.
         described = [(tuple(o.shape), o.dtype) for o in outputs]
+        if labelled is not None and not labels_fit(described, labelled.y, self._label_index):
+            labelled = as_one_hot(labelled) or labelled  # one-hot rows with a trailing axis of 1: (N, C, 1)
         if labelled is not None and (labelled.y is None or not regression
                                      or label_classes(described, labelled.y, self._label_index) is not None
                                      or _binary_labels_for_one_unit(labelled.y, outputs)):

@@ -1781,3 +1781,21 @@ def test_a_tf_keras_models_dict_outputs_are_named_by_their_keys_as_the_files_nam
     names = [o["name"] for o in result["model"]["outputs"]]
     assert names == ["aa_cls", "zz_reg"] == [o.name for o in ort.InferenceSession(str(result.path("onnx-fp32"))).get_outputs()]
     assert set(result.artifact("onnx-fp32")["verification"]["outputs"]) == set(names)
+
+
+def test_one_hot_labels_with_a_trailing_axis_of_one_score_per_sample(tmp_path):
+    """(N, C, 1) one-hot labels were read as a class per position of a (N, C) output: refused, exit 2."""
+    import keras
+
+    rng = np.random.default_rng(1)
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    x, y = rng.uniform(size=(48, 4)).astype("float32"), rng.integers(0, 3, 48)
+    by_index = deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "ids", bench=False)
+    by_rows = deploykit.convert(model, ["tflite-fp32"], data=(x, np.eye(3)[y][..., None]), out=tmp_path / "rows",
+                                bench=False)
+    want = by_index.artifact("tflite-fp32")["verification"]["accuracy"]
+    assert by_rows.artifact("tflite-fp32")["verification"]["accuracy"] == want
+    with pytest.raises(DataError, match="labels 'y' of shape \\(48, 2\\) give a class per position"):  # not one-hot
+        deploykit.convert(model, ["tflite-fp32"], data=(x, rng.integers(0, 3, (48, 2, 1))), out=tmp_path / "bad",
+                          bench=False)

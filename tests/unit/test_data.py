@@ -173,6 +173,13 @@ def test_labels_one_hot_column_and_whole_floats(xy):
     _check(load_data((x, np.eye(10)[y]), SPEC), x, y)
     _check(load_data((x, y[:, None]), SPEC), x, y)
     _check(load_data((x, y.astype(np.float64)), SPEC), x, y)
+    # (N, C, 1) one-hot rows: read per position by load_data, as classes once no output has those positions
+    from deploykit.data import as_one_hot
+
+    rows = load_data((x, np.eye(10)[y][..., None]), SPEC)
+    assert rows.y.shape == (len(y), 10) and as_one_hot(rows).y.tolist() == y.tolist()
+    assert as_one_hot(rows).one_hot_classes == 10
+    assert as_one_hot(load_data((x, np.stack([y, y], axis=1)), SPEC)) is None  # class ids per step stay so
 
 
 def test_dynamic_dims_accept_any_size():

@@ -327,3 +327,17 @@ def test_a_loss_saved_as_a_function_and_metric_objects_are_read_from_the_compile
                     "registered_name": "function"}}
     assert is_regression_loss(None, reg)
     assert _loss_name({"class_name": "Huber", "config": {"name": "huber_loss"}}) == "Huber"
+
+
+def test_fine_tune_reads_one_hot_rows_with_a_trailing_axis_of_one_as_classes():
+    """(N, C, 1) one-hot train labels were read per position: 'do not score the model's first output'."""
+    import keras
+
+    from deploykit.optimize.prune import fine_tune_data
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    x, y = np.zeros((6, 4), np.float32), np.array([0, 1, 2, 2, 1, 0])
+    train, val, regression = fine_tune_data((x, np.eye(3)[y][..., None]), (x, np.eye(3)[y][..., None]), model, False,
+                                            "pruning")
+    assert train.y.tolist() == val.y.tolist() == y.tolist() and not regression

@@ -363,7 +363,10 @@ def _checked_fine_tune_data(train: Any, val: Any, model: Any, regression: bool, 
             d.y = d.y.reshape((len(d.y),) + out_shape) if None not in out_shape else d.y
         return train, val
     classes = int((model.outputs[0].shape or [0])[-1] or 0)
-    from deploykit.data import check_label_range
+    from deploykit.data import as_one_hot, check_label_range
+
+    if len(out_shape) == 1:  # one class per sample: (N, C, 1) one-hot rows are classes, not positions
+        train, val = (None if d is None else as_one_hot(d) or d for d in (train, val))
 
     check_label_range(train, classes if classes > 1 else None)
     if classes == 1 and len(out_shape) == 1:  # one unit: a binary classifier, its labels 0 or 1
