@@ -472,6 +472,31 @@ def test_a_resize_says_its_output_size_not_a_scale_that_rounds_down(tmp_path):
         assert [d.dim_value for d in shape.dim][1:] == [3, 36, 36]
 
 
+def test_a_nearest_resize_is_said_in_the_declared_opsets_terms(tmp_path):
+    """tf2onnx wrote nearest resizes with coordinate_transformation_mode 'tf_half_pixel_for_nn', gone from
+    the spec since Resize-13: onnx's reference runtime refused the opset-17 file and ONNX Runtime warned at
+    every load, as it did about the scales initializer left unread once the Resize said its sizes."""
+    import keras
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((30, 50, 3), name="image")
+    x = keras.layers.Resizing(21, 37, interpolation="nearest")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(keras.layers.UpSampling2D(2)(x)))
+    x = np.random.default_rng(0).random((8, 30, 50, 3)).astype("float32")
+    result = deploykit.convert(model, ["onnx-fp32"], data=x, out=tmp_path / "o", bench=False)
+    assert result.artifact("onnx-fp32")["status"] == "ok"
+    proto = onnx.load(result.path("onnx-fp32"))
+    modes = {a.s for n in proto.graph.node if n.op_type == "Resize" for a in n.attribute
+             if a.name == "coordinate_transformation_mode"}
+    assert b"tf_half_pixel_for_nn" not in modes, modes
+    read = {i for n in proto.graph.node for i in n.input}
+    assert all(i.name in read for i in proto.graph.initializer), [i.name for i in proto.graph.initializer]
+    got = ReferenceEvaluator(proto).run(None, {"image": x[:2]})[0]
+    np.testing.assert_allclose(got, model.predict(x[:2], verbose=0), atol=1e-5)
+
+
 def test_a_quantized_graph_whose_branches_read_earlier_nodes_stays_in_order(tmp_path):
     """Resizing(pad_to_aspect_ratio=True) branches on the image's shape (If nodes whose branches read an
     earlier If's output): ONNX Runtime's quantizer put them out of order and the checker refused the file."""

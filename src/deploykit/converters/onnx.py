@@ -129,6 +129,7 @@ def to_onnx(model: Any, opset: int) -> Any:
             raise ConversionError(_explain(exc, cap.text, opset)) from None
     _check_domains(proto, opset)
     _resize_by_sizes(proto)
+    _nearest_in_spec_terms(proto.graph)
     _name_batch_dims(proto)
     _keras_input_names(proto, [s.name for s in model.inputs])
     cache[opset] = proto
@@ -199,6 +200,7 @@ def _resize_by_sizes(proto: Any) -> int:
     shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.input] if v.type.tensor_type.HasField("shape")}
     before: dict[int, list[Any]] = {}  # Resize's index -> the nodes computing its sizes, put right before it
+    replaced: set[str] = set()  # the scales the rewritten Resizes read
     for index, node in resizes:
         scales = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64)
         dims = shapes.get(node.input[0])
@@ -222,6 +224,7 @@ def _resize_by_sizes(proto: Any) -> int:
                                         numpy_helper.from_array(np.array([start], np.int64), f"{prefix}/start"),
                                         numpy_helper.from_array(target, f"{prefix}/resized")])
         inputs = [node.input[0], node.input[1], "", prefix]
+        replaced.add(node.input[2])
         del node.input[:]
         node.input.extend(inputs)
     if before:  # the graph stays in topological order
@@ -232,7 +235,40 @@ def _resize_by_sizes(proto: Any) -> int:
             nodes += [*before.get(i, []), kept]
         del proto.graph.node[:]
         proto.graph.node.extend(nodes)
+        # The scales nothing reads any more: ONNX Runtime said "Removing initializer 'scales__9'" at every load.
+        read = _outer_names(proto.graph) | {n for node in proto.graph.node for n in node.input}
+        unread = replaced - read
+        kept_inits = [i for i in proto.graph.initializer if i.name not in unread]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(kept_inits)
+        kept_nodes = [n for n in proto.graph.node if not (n.op_type == "Constant" and n.output[0] in unread)]
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept_nodes)
     return len(before)
+
+
+def _nearest_in_spec_terms(graph: Any) -> None:
+    """Say tf2onnx's nearest-neighbour Resize in the terms of the opset the file declares.
+
+    tf2onnx writes TF's half-pixel nearest resize as coordinate_transformation_mode
+    'tf_half_pixel_for_nn' with nearest_mode 'floor': x = floor((i + 0.5) / scale). That mode left the
+    spec at Resize-13, so a spec-strict runtime (onnx's ReferenceEvaluator) refused our opset-17 files
+    and ONNX Runtime warned at every load. 'half_pixel' with 'round_prefer_ceil' is the same index,
+    round-half-up of (i + 0.5) / scale - 0.5. Subgraphs (a Resizing's pad/crop branches) included.
+    """
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _nearest_in_spec_terms(sub)
+        if node.op_type != "Resize":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs.get("coordinate_transformation_mode")
+        nearest = attrs.get("nearest_mode")
+        if mode is None or mode.s != b"tf_half_pixel_for_nn" or nearest is None or nearest.s != b"floor":
+            continue
+        mode.s = b"half_pixel"
+        nearest.s = b"round_prefer_ceil"
 
 
 def _name_batch_dims(proto: Any) -> None:
