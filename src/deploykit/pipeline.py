@@ -1037,7 +1037,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
                      f"the output's range) accepts it (deploy targets --show {target.name}); "
                      + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
     if target.format == "tflite" and target.weights == "float16":
-        hints.append(_float16_range_hint(loaded))
+        hints.append(_float16_range_hint(loaded) or _float16_offset_hint(loaded))
     if target.activations != "float32":
         levels = 65536 if target.activations == "int16" else 256
         way_out = _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])
@@ -1091,6 +1091,31 @@ def _float16_range_hint(loaded: Any) -> str | None:
             extreme = float(value.flat[int(np.nanargmax(np.abs(value)))])
             return (f"weight {name!r} holds {extreme:.3g}, beyond float16's ±{FLOAT16_MAX:g}: TFLite "
                     "stores it saturated; use tflite-fp32 or tflite-dynamic (onnx-fp16 and tfjs-fp16 keep such tensors float32)")
+    return None
+
+
+def _float16_offset_hint(loaded: Any) -> str | None:
+    """A Normalization mean that float16 storage moves by a sizeable share of its standard deviation
+    (year-like features: 2000.28 with std 3 lands on float16's step of 1 there): TFLite's float16 file
+    stores it so, and every input it normalizes is shifted. Named when one moves by 2 % of a std or more."""
+    model = loaded.keras_model
+    if model is None or not hasattr(model, "_flatten_layers"):
+        return None
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        mean, variance = getattr(layer, "mean", None), getattr(layer, "variance", None)
+        if type(layer).__name__ != "Normalization" or mean is None or variance is None:
+            continue
+        try:
+            mean, std = np.asarray(mean, np.float32), np.sqrt(np.maximum(np.asarray(variance, np.float32), 1e-12))
+        except (TypeError, ValueError):  # not adapted yet
+            continue
+        shift = np.abs(mean.astype(np.float16).astype(np.float32) - mean) / std
+        if shift.size and float(shift.max()) >= 0.02:
+            i = int(np.argmax(shift))
+            return (f"float16 stores the mean of layer {layer.name!r}, {float(mean.flat[i]):.6g}, as "
+                    f"{float(mean.astype(np.float16).flat[i]):.6g}, {float(shift.flat[i]):.2f} of that feature's standard "
+                    "deviation: every input it normalizes moves; use tflite-fp32 or tflite-dynamic (onnx-fp16 and tfjs-fp16 "
+                    "keep such vectors float32), or subtract the offset before the model")
     return None
 
 

@@ -1799,3 +1799,24 @@ def test_one_hot_labels_with_a_trailing_axis_of_one_score_per_sample(tmp_path):
     with pytest.raises(DataError, match="labels 'y' of shape \\(48, 2\\) give a class per position"):  # not one-hot
         deploykit.convert(model, ["tflite-fp32"], data=(x, rng.integers(0, 3, (48, 2, 1))), out=tmp_path / "bad",
                           bench=False)
+
+
+def test_float16_keeps_a_normalization_mean_float32_where_it_can_and_names_it_where_not(tmp_path):
+    """A year-like feature's mean (2000.4, std 1) lands on float16's step of 1: onnx-fp16 stored it so and
+    failed as "rounding where the model is unsure"; it now keeps vectors float32 as tfjs-fp16 does.
+    TFLite's converter stores every constant float16: its failure names the mean and the way out."""
+    import keras
+    import onnx
+
+    rng = np.random.default_rng(0)
+    x = (2000.4 + rng.normal(0, 1, (256, 6))).astype("float32")
+    inp = keras.Input((6,), name="tab")
+    norm = keras.layers.Normalization(name="years")
+    norm.adapt(x)
+    model = keras.Model(inp, keras.layers.Dense(1, kernel_initializer="ones")(norm(inp)))
+    result = deploykit.convert(model, ["onnx-fp16", "tflite-fp16"], data=x, out=tmp_path / "o", bench=False)
+    assert result.artifact("onnx-fp16")["status"] == "ok", result.artifact("onnx-fp16")["error"]
+    halves = [i for i in onnx.load(result.path("onnx-fp16")).graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert all(sum(d > 1 for d in i.dims) > 1 for i in halves), [(i.name, list(i.dims)) for i in halves]
+    error = result.artifact("tflite-fp16")["error"]
+    assert "float16 stores the mean of layer 'years', 2000." in error and "tflite-fp32" in error, error

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit._quiet import foreign_warnings_ignored, library_logs_muted, native_stderr_captured, python_stdout_quiet
-from deploykit.converters import OptionSpec, fits_float16
+from deploykit.converters import OptionSpec, fits_float16, is_vector
 from deploykit.converters.graph_rewrite import prepare_for_export
 from deploykit.errors import ConversionError
 from deploykit.tmpdirs import TempDir
@@ -288,8 +288,11 @@ def _explain(exc: Exception, native: str, opset: int) -> str:
     return f"ONNX conversion failed at opset {opset}: {text[:400]}"
 
 
-def fp16_weights(proto: Any, min_elements: int = 16) -> Any:
+def fp16_weights(proto: Any) -> Any:
     """Store float32 initializers as float16 and cast them back to float32 inside the graph.
+
+    Vectors (biases, scales, Normalization means) stay float32, as in TF.js's float16 files
+    (:func:`deploykit.converters.is_vector`), and so do values beyond float16's range.
 
     Why not onnxruntime's convert_float_to_float16: it makes the *compute*
     float16, and ONNX Runtime's x86 CPU provider lacks float16 kernels for
@@ -305,7 +308,7 @@ def fp16_weights(proto: Any, min_elements: int = 16) -> Any:
     graph = out.graph
     casts, keep = [], []
     for init in graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or np.prod(init.dims, dtype=np.int64) < min_elements:
+        if init.data_type != onnx.TensorProto.FLOAT or is_vector(init.dims):
             keep.append(init)
             continue
         value = numpy_helper.to_array(init)

@@ -25,17 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.converters import fits_float16
+from deploykit.converters import fits_float16, is_vector
 from deploykit.errors import ConversionError
 
 DEFAULT_SHARD_BYTES = 4 * 1024 * 1024
 QUANT_BITS = {"uint8": 8, "uint16": 16}
 _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.bool_): "bool"}
-
-
-def _is_vector(value: np.ndarray) -> bool:
-    """At most one dimension above 1: a bias, a scale, a Normalization mean (shape (1, features))."""
-    return value.size == max(value.shape, default=1)
 
 
 @dataclass
@@ -76,7 +71,7 @@ def encode(name: str, value: np.ndarray, weights: str) -> EncodedWeight:
     # widest spread in the model (a Normalization mean spanning -100..1900 is off by 4 in every entry
     # at uint8, which failed a tabular model; a mean of 3e5 is inf in float16); vectors are a small
     # share of the bytes. A kernel beyond float16's range stays float32 too.
-    if value.dtype != np.float32 or weights == "float32" or (weights in (*QUANT_BITS, "float16") and _is_vector(value)) \
+    if value.dtype != np.float32 or weights == "float32" or (weights in (*QUANT_BITS, "float16") and is_vector(value.shape)) \
             or (weights == "float16" and not fits_float16(value)):
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<")).tobytes()
     elif weights == "float16":
