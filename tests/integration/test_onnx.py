@@ -569,6 +569,8 @@ def test_onnx_runtime_load_failures_give_the_reason_not_its_cpp_scaffolding(tmp_
     result = deploykit.convert(model, ["onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("onnx-int8-qop")["error"]
     assert "'Cubic' mode only supports" in error and "onnxruntime_src" not in error, error
+    assert error.endswith("use interpolation='bilinear' in the Keras Resizing layer, or onnx-fp32, onnx-fp16 or "
+                          "onnx-int8-dynamic"), error
 
 
 def test_auto_still_measures_with_benchmarks_off(tmp_path, keras3_model, digits):

@@ -79,6 +79,18 @@ def ort_reason(exc: Exception, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+def _said_with_way_out(reason: str) -> str:
+    """ONNX Runtime's reason, shortened and with what to do where the cause is known."""
+    if "'Cubic' mode only supports" in reason:
+        # An int8 graph's bicubic Resize between quantize/dequantize nodes: ORT's layout rewrite at full
+        # optimization makes it a 4-D cubic resize of the wrong axes, which its kernel refuses.
+        node = re.search(r"Name:'([^']+)'", reason)
+        return (f"ONNX Runtime cannot run the quantized graph's bicubic Resize{f' {node.group(1)!r}' if node else ''} "
+                "('Cubic' mode only supports 2-D inputs ...): use interpolation='bilinear' in the Keras Resizing layer, "
+                "or onnx-fp32, onnx-fp16 or onnx-int8-dynamic")
+    return reason
+
+
 class ORTRunner:
     """Load an .onnx file in ONNX Runtime and run it.
 
@@ -141,7 +153,8 @@ class ORTRunner:
         try:
             self._session = self._session_for(opts)
         except Exception as exc:
-            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path.name}: {ort_reason(exc)}") from None
+            raise RuntimeLoadError(f"ONNX Runtime could not load {self.path.name}: "
+                                   f"{_said_with_way_out(ort_reason(exc))}") from None
         elapsed = time.perf_counter() - t0
         self._in = {i.name: i for i in self._session.get_inputs()}
         self._out_names = [o.name for o in self._session.get_outputs()]
@@ -169,7 +182,13 @@ class ORTRunner:
         self._feed = {n: np.ascontiguousarray(x, dtype=_ORT_DTYPES.get(self._in[n].type, np.float32)) for n, x in inputs.items()}
 
     def invoke(self) -> None:
-        self._outputs = self._session.run(self._out_names, self._feed)
+        try:  # free when nothing is raised (Python 3.11): the timed loop calls this
+            self._outputs = self._session.run(self._out_names, self._feed)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            # the same exception type, with the reason first and any known way out
+            raise type(exc)(_said_with_way_out(ort_reason(exc))) from None
 
     def get_outputs(self) -> dict[str, np.ndarray]:
         return {n: np.asarray(o, dtype=np.float32) if np.asarray(o).dtype == np.float16 else np.asarray(o)
