@@ -424,6 +424,7 @@ def _regression_auto(rounds: int):
                     selection={"winner": "tfjs-uint16", "rounds": rounds, "reason": "tfjs-uint16 ships", "candidates": cands})
     fp32 = _artifact("tfjs-fp32", 18308, p50_ms=0.138, side_by_side={"p50_ms": 0.0786, "round_p50_ms": [0.08] * 5})
     u16 = _artifact("tfjs-uint16", 12800, p50_ms=0.074, side_by_side={"p50_ms": 0.0830, "round_p50_ms": [0.083] * 5})
+    fp32.verification, u16.verification = dict(quality), {**quality, "mae": 756.67}
     return Manifest(model={}, tools={}, machine={}, artifacts=[fp32, u16, auto])
 
 
@@ -433,7 +434,7 @@ def test_auto_candidate_tables_show_a_regression_models_mae_and_max_error():
 
     text = "\n".join(selection_lines(_regression_auto(0)))
     assert "| tfjs-uint16 (winner) | ok | 12.5 KiB | 6.9 KiB | 0.0830 | MAE 756.7 | 0.0 % MAE | – | 4.59e+00 |" in text
-    assert "Accuracy | Δ acc (pts) | Top-1 agree | Max abs err |" in text
+    assert "Error | Δ error | Top-1 agree | Max abs err |" in text  # headed as the Targets table heads them
 
 
 def test_a_download_choice_lists_the_side_by_side_p50s_the_targets_table_shows():
@@ -566,3 +567,40 @@ def test_a_pruned_run_plots_the_download_pruning_shrinks():
     assert ">file size (KiB)<" in plain and "gzipped file size (KiB)" in pruned
     assert ">150<" in plain or ">200<" in plain  # the axis reaches the raw size
     assert ">50<" in pruned or ">40<" in pruned
+
+
+def test_highlights_compare_paired_rounds_skip_auto_copies_and_do_not_reward_luck():
+    """"Fastest" called a file 1.04x fp32 in the table "within 3 %: a tie" (pooled p50s), counted an -auto
+    target's copy as a tie with itself, and "Lowest error" named a uint8 file 0.0014 % below the
+    reference's MAE beside float files that reproduce the model exactly."""
+    from deploykit.report.rows import highlights
+
+    def paired(name, p50, ratio):
+        a = _artifact(name, 1000, p50_ms=p50)
+        a.benchmark["side_by_side"] = {"p50_ms": p50, "vs_float32": {"target": "tflite-fp32", "ratio": ratio, "rounds": 5}}
+        a.sha256 = name * 4
+        return a
+
+    fp32, int8, dyn = paired("tflite-fp32", 1.000, 1.0), paired("tflite-int8", 1.029, 1.044), paired("tflite-dynamic", 0.9, 0.9)
+    auto = paired("tflite-auto", 0.9, 0.9)
+    auto.sha256, auto.selection = dyn.sha256, {"shipped_target": "tflite-dynamic"}
+    lines = highlights(Manifest(model={}, tools={}, machine={}, artifacts=[fp32, int8, dyn, auto]))
+    fast = next(h for h in lines if h.startswith("Fastest"))
+    assert fast.startswith("Fastest: **tflite-dynamic**") and "tie" not in fast, fast
+    fp32.benchmark["side_by_side"]["vs_float32"]["ratio"] = 1.0
+    int8.benchmark["side_by_side"]["vs_float32"]["ratio"] = 1.02  # paired: within 3 % of fp32
+    lines = highlights(Manifest(model={}, tools={}, machine={}, artifacts=[fp32, int8]))
+    assert "tflite-int8 within 3% of it: a tie" in next(h for h in lines if h.startswith("Fastest"))
+
+    def scored(name, mae, err):
+        a = _artifact(name, 1000)
+        a.verification = {"mae": mae, "rmse": mae, "reference_mae": 38.75594, "reference_rmse": 38.75594,
+                          "max_abs_error": err, "scored_output": "y"}
+        return a
+
+    lines = highlights(Manifest(model={}, tools={}, machine={}, artifacts=[
+        scored("tfjs-uint8", 38.75538, 0.1), scored("tflite-fp32", 38.755940, 3.8e-6), scored("onnx-fp32", 38.75594, 0.0)]))
+    assert any(h.startswith("Lowest error against the targets: **onnx-fp32**") for h in lines), lines
+    lines = highlights(Manifest(model={}, tools={}, machine={}, artifacts=[
+        scored("tfjs-uint8", 30.0, 0.1), scored("onnx-fp32", 38.75594, 0.0)]))  # below the model it copies: still luck
+    assert any(h.startswith("Lowest error against the targets: **onnx-fp32**") for h in lines), lines
