@@ -68,6 +68,11 @@ def model_ops(flatbuffer: bytes) -> list[str]:
 
 def heaviest_layers(flatbuffer: bytes, top: int = 5) -> list[dict[str, Any]]:
     """Operators ranked by the constant (weight) bytes they read: what to shrink first."""
+    return sorted(_operators(flatbuffer), key=lambda r: -r["weight_bytes"])[:top]
+
+
+def _operators(flatbuffer: bytes) -> list[dict[str, Any]]:
+    """The main graph's operators in graph order: ``{op, output, weight_bytes}`` each."""
     from tflite_micro.python.tflite_micro import runtime
 
     model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
@@ -85,7 +90,40 @@ def heaviest_layers(flatbuffer: bytes, top: int = 5) -> list[dict[str, Any]]:
         name = out.decode() if isinstance(out, bytes) else str(out)
         code = runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
         rows.append({"op": code_names.get(code, str(code)), "output": name, "weight_bytes": weight})
-    return sorted(rows, key=lambda r: -r["weight_bytes"])[:top]
+    return rows
+
+
+# TFLite Micro's int8 SOFTMAX scales its input by beta * scale * 2**26 and aborts the process
+# (QuantizeMultiplierGreaterThanOne) when that is not above 1: logits spanning ~1e-7.
+_SOFTMAX_MIN_MULTIPLIER = 2.0 ** 26
+
+
+def flat_softmax(flatbuffer: bytes) -> str | None:
+    """Why TFLite Micro cannot run this file's int8 SOFTMAX, or None: it aborts the whole process when
+    the interpreter is made (exit -6, no message) on an input scale it cannot take, where LiteRT runs
+    the same file. An untrained or collapsed network (an untrained MobileNetV2's logits are all about 0)
+    calibrates so."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    softmax = runtime.schema_fb.BuiltinOperator.SOFTMAX
+    for graph in model.subgraphs:
+        for op in graph.operators or []:
+            if runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) != softmax:
+                continue
+            tensor = graph.tensors[op.inputs[0]]
+            q = tensor.quantization
+            if tensor.type != runtime.schema_fb.TensorType.INT8 or q is None or q.scale is None or not len(q.scale):
+                continue
+            beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0)
+            scale = float(q.scale[0])
+            if beta * scale * _SOFTMAX_MIN_MULTIPLIER <= 1.0:
+                name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+                name = name.split(";")[0].replace("StatefulPartitionedCall/", "")
+                return (f"the logits into SOFTMAX (tensor {name!r}) span only about {scale * 255:.2g} (int8 scale "
+                        f"{scale:.2g}), and TFLite Micro's int8 softmax aborts on so narrow a range; an untrained or "
+                        "collapsed model calibrates so: train it, or calibrate on data it responds to")
+    return None
 
 
 def c_identifier(text: str) -> str:
@@ -152,7 +190,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     if missing:
         # where: the first such op's output tensor, as the converter named it (after a Keras layer's scope
         # more often than not, but a fused op may carry its neighbour's): said as the tensor it is
-        where = next((r["output"] for r in heaviest_layers(flatbuffer, top=len(flatbuffer)) if r["op"] in missing), "")
+        where = next((r["output"] for r in _operators(flatbuffer) if r["op"] in missing), "")
         where = where.split(";")[0].replace("StatefulPartitionedCall/", "")
         out_path.unlink(missing_ok=True)
         raise ConversionError(
@@ -160,6 +198,10 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             + (f" (the first writes tensor {where!r})" if where else "")
             + "; replace the layers that produce them or use a TFLite target"
         )
+    flat = flat_softmax(flatbuffer)
+    if flat:
+        out_path.unlink(missing_ok=True)
+        raise ConversionError(f"{target.name}: {flat}, or use a TFLite target")
     name = target.options.get("c_name") or c_identifier(model.info().name or "model")
     keras_names = {o.name: o.keras_name for o in model.info().outputs if getattr(o, "keras_name", None)}
     extra = write_c_sources(flatbuffer, out_path.parent, name, io=_io_details(out_path), arena=_arena(out_path),

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from deploykit.errors import RuntimeLoadError
+from deploykit.errors import RuntimeLoadError, UserError
 from deploykit.runtime_bench.inputs import match_inputs, quantize_input
 from deploykit.tmpdirs import TempDir
 
@@ -303,6 +303,11 @@ class TFLMRunner:
     def load(self) -> float:
         """Measure the arena in a child process, then load with exactly that arena; returns load seconds."""
         self._layout = io_layout(self.path)
+        from deploykit.converters.tflm import flat_softmax
+
+        flat = flat_softmax(self.path.read_bytes())
+        if flat:  # the file is fine (LiteRT runs it): TFLite Micro would abort without a word
+            raise UserError(f"TFLite Micro cannot run {self.path.name}: {flat}; time this file on LiteRT (--runtime litert)")
         found = measure_arena(self.path)
         self.arena_recorded_bytes = found["recorded"]
         self.allocations = found["allocations"]
