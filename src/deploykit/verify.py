@@ -497,7 +497,16 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
         flipped = ((g > 0.5) != (r > 0.5)) & (np.abs(r - 0.5) > bound)
         cmp["tag_agreement"] = tags = float(1.0 - np.mean(flipped))
         cmp.pop("top1_agreement")  # the argmax of independent tags means nothing
-        return _agreement_failure(tags, tol, "tags reproduced at 0.5")
+        failure = _agreement_failure(tags, tol, "tags reproduced at 0.5")
+        vanished = _vanished_tag(r, g)
+        if vanished is None:
+            return failure
+        cmp["vanished_class"] = vanished
+        # 15 positives of one tag among 20 tags x 1000 samples are 0.075 % of the answers: within agreement.
+        lost = (f"tag {vanished['class']}, which the model turns {vanished['state']} for {vanished['samples']} sample(s) "
+                f"(its probability {vanished['low']:.2f}-{vanished['high']:.2f}), is {vanished['state']} for none of "
+                "them: the artifact has lost that answer")
+        return f"{failure}; {lost}" if failure else lost
     failure = _agreement_failure(share, tol)
     rows = _probability_rows(ref) if per_sample and (gated or is_probabilities(ref)) else None
     if rows is None:
@@ -561,6 +570,22 @@ def _vanished_class(rows: np.ndarray, agree: np.ndarray) -> dict[str, Any] | Non
         return None
     c, n, p = worst
     return {"class": c, "samples": n, "low": float(p.min()), "high": float(p.max())}
+
+
+def _vanished_tag(ref: np.ndarray, got: np.ndarray) -> dict[str, Any] | None:
+    """A sigmoid tag the reference turns on (or off) for MIN_VANISHED_SAMPLES samples or more, one of them
+    clearly (as a binary classifier's class: p at least VANISHED_MIN_LEAD / 2 from 0.5), that the artifact
+    turns so for none of them; the one with the most such samples, or None. Each tag is a binary answer
+    of its own, held to what :func:`_vanished_class` holds a class to."""
+    worst = None
+    for j in range(ref.shape[1]):
+        r, g = ref[:, j], got[:, j]
+        for state, mine, kept in (("on", r > 0.5, g > 0.5), ("off", r <= 0.5, g <= 0.5)):
+            n = int(mine.sum())
+            if (n >= MIN_VANISHED_SAMPLES and not kept[mine].any()
+                    and np.abs(r[mine] - 0.5).max() >= VANISHED_MIN_LEAD / 2 and (worst is None or n > worst["samples"])):
+                worst = {"class": j, "state": state, "samples": n, "low": float(r[mine].min()), "high": float(r[mine].max())}
+    return worst
 
 
 def _probability_rows(ref: np.ndarray) -> np.ndarray | None:

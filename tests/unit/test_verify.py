@@ -605,6 +605,30 @@ def test_a_tie_between_the_references_top_two_is_not_a_flip():
     assert _judge_classes(ref, got, cmp, Tolerance(atol=0.0, range_atol=0.05, min_agreement=1.0), None, gated=True)
 
 
+def test_a_sigmoid_tag_the_artifact_never_turns_on_fails_however_many_tags_there_are():
+    """20 tags x 1000 samples, one tag on for 15 samples the calibration never reached: int8 turned it on
+    for none, 99.9 % of tags still agreed, and both int8 files passed (5 tags failed on agreement)."""
+    from deploykit.verify import _judge_classes
+
+    rng = np.random.default_rng(0)
+    ref = 1 / (1 + np.exp(-rng.normal(0, 3, (1000, 20))))
+    ref[:, 19] = 0.001
+    ref[::67, 19] = 0.999  # 15 samples
+    got = ref.copy()
+    got[:, 19] = 0.0
+    int8 = Tolerance(atol=0.0, range_atol=0.05, max_violation_fraction=0.001, min_agreement=0.97)
+    cmp: dict = {}
+    failure = _judge_classes(ref, got, cmp, int8, None, gated=False)
+    assert cmp["tag_agreement"] > 0.99 and failure is not None, cmp
+    assert failure.startswith("tag 19, which the model turns on for 15 sample(s)") and "is on for none of them" in failure
+    kept = got.copy()
+    kept[67, 19] = 0.9  # one of them on: a rare tag int8 mostly misses is agreement's to judge
+    assert _judge_classes(ref, kept, {}, int8, None, gated=False) is None
+    hair = ref.copy()
+    hair[::67, 19] = 0.52  # only ever on by a hair: one output step may tie it off
+    assert _judge_classes(hair, got, {}, int8, None, gated=False) is None
+
+
 def test_unlabelled_logits_that_lose_a_clear_lead_still_fail_agreement():
     """No labels, logits out: one column spans -114..0, the others sit 0.3 apart. An int8 twin that ties
     those three (its step is 0.45) agreed on 2 % of samples and was marked ok once agreement was not gated."""
