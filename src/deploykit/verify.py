@@ -396,7 +396,11 @@ def _bound_failure(cmp: dict[str, Any]) -> str | None:
 def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
     """The sentence for a column whose variation the artifact lost (``collapsed_column``), or None."""
     if lost:
-        text = (f"column {lost['column']} lost its variation: the reference's values span {lost['low']:.4g}..{lost['high']:.4g} "
+        # in a wide output the failure is that most columns lost theirs: said so
+        others = lost.get("lost_columns", 1) - 1 if lost.get("columns", 0) > MAX_OWN_RANGE_COLUMNS else 0
+        text = (f"column {lost['column']}" + (f" (and {others} other{'s' if others > 1 else ''} of its {lost['columns']})"
+                                              if others > 0 else "")
+                + f" lost its variation: the reference's values span {lost['low']:.4g}..{lost['high']:.4g} "
                 f"and the artifact follows them little better than a constant: its error, a constant offset aside, "
                 f"averages {lost['varying_error']:.3g}, {lost['varying_error'] / lost['constant_error']:.0%} of a constant's "
                 f"at their median ({lost['constant_error']:.3g})")
@@ -739,11 +743,15 @@ def _column_ranges(ref: np.ndarray, whole: float) -> Any:
 
 
 def _collapsed_column(ref: np.ndarray, got: np.ndarray, whole: float) -> dict[str, Any]:
-    """The worst column of an (N, 2..8) value output (N >= 8) whose variation the artifact lost, if any.
+    """The worst column of an (N, 2+) value output (N >= 8) whose variation the artifact lost, if any.
 
-    Class probabilities are judged by the answers they give (agreement, moved mass, vanished classes).
+    Up to MAX_OWN_RANGE_COLUMNS columns, any such column; in a wider output (features, logits, 20
+    regression values) only when most of its varying columns lost theirs: a few near-dead feature
+    channels under one integer step are what an int8 output is, but 19 of 20 columns flattened to one
+    value each beside a large one passed. Class probabilities are judged by the answers they give
+    (agreement, moved mass, vanished classes).
     """
-    if ref.ndim != 2 or not 2 <= ref.shape[1] <= MAX_OWN_RANGE_COLUMNS or len(ref) < 8 or is_probabilities(ref):
+    if ref.ndim != 2 or ref.shape[1] < 2 or len(ref) < 8 or is_probabilities(ref):
         return {}
     r = np.asarray(ref, np.float64)
     with np.errstate(all="ignore"):
@@ -764,8 +772,12 @@ def _collapsed_column(ref: np.ndarray, got: np.ndarray, whole: float) -> dict[st
     j = int(np.argmax(lost))
     if lost[j] < LOST_SHARE:
         return {}
+    lost_columns = int(np.count_nonzero(lost >= LOST_SHARE))
+    if ref.shape[1] > MAX_OWN_RANGE_COLUMNS and lost_columns * 2 <= int(np.count_nonzero(varying)):
+        return {}
     col = np.asarray(got, np.float64).reshape(r.shape)[:, j]
-    return {"collapsed_column": {"column": j, "varying_error": float(varying_error[j]), "span": float(spans[j]),
+    return {"collapsed_column": {"column": j, "lost_columns": lost_columns, "columns": int(ref.shape[1]),
+                                 "varying_error": float(varying_error[j]), "span": float(spans[j]),
                                  "constant_error": float(constant_error[j]),
                                  "low": float(r[:, j].min()), "high": float(r[:, j].max()),
                                  "artifact_values": int(np.unique(col[np.isfinite(col)]).size),
