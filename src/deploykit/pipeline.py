@@ -1038,13 +1038,18 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
                      + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded) or _float16_offset_hint(loaded))
-    if target.activations != "float32":
+    # dynamic-range targets quantize activations to 8 bits per call: an input's features share one scale there too
+    dynamic = target.activations == "float32" and target.weights == "int8"
+    if target.activations != "float32" or dynamic:
         levels = 65536 if target.activations == "int16" else 256
         way_out = _FLOAT_INPUT_WAY_OUT.get(target.format, _FLOAT_INPUT_WAY_OUT["tflm"])
+        if dynamic:  # it quantized the raw features itself: float storage of the whole model is the way out
+            way_out = f"use a float target ({target.format}-fp16, {target.format}-fp32) or scale the features inside the model"
         if target.format == "tflite" and _float16_range_hint(loaded):  # tflite-fp16 would saturate those weights
             way_out = way_out.replace("tflite-fp16, ", "")
         hints.append(mixed_scale_hint(inputs, levels, way_out))
-        hints.append(_constant_feature_hint(loaded, levels, way_out))
+        if not dynamic:  # its weights alone are int8, and a Normalization's vectors are not among them
+            hints.append(_constant_feature_hint(loaded, levels, way_out))
     if target.format == "onnx" and target.options.get("quant_format") == "qoperator" and target.activations != "float32":
         # Measured on a GroupNorm + separable-conv model: QOperator 21 % top-1 agreement, QDQ 99.2 %
         # (ORT's own quantize_static, per-channel and per-tensor alike).
@@ -1098,10 +1103,11 @@ def _float16_offset_hint(loaded: Any) -> str | None:
     """A Normalization mean that float16 storage moves by a sizeable share of its standard deviation
     (year-like features: 2000.28 with std 3 lands on float16's step of 1 there): TFLite's float16 file
     stores it so, and every input it normalizes is shifted. Named when one moves by 2 % of a std or more."""
-    model = loaded.keras_model
-    if model is None or not hasattr(model, "_flatten_layers"):
+    if loaded.keras_model is None:
         return None
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    from deploykit.models import _flat_layers
+
+    for layer in _flat_layers(loaded.keras_model):
         mean, variance = getattr(layer, "mean", None), getattr(layer, "variance", None)
         if type(layer).__name__ != "Normalization" or mean is None or variance is None:
             continue
@@ -1123,6 +1129,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Targets that keep a float input (its features then reach the model's Normalization intact).
 _FLOAT_INPUT_WAY_OUT = {
+    # The dynamic-range targets keep a Normalization's float scaling before their first int8 layer (they
+    # quantize a weight layer's input per call): they pass where the model normalizes its features itself.
     "tflite": "use a target with float activations (tflite-fp16, tflite-dynamic) or scale the features before the model",
     "onnx": "use a target with float activations (onnx-fp16, onnx-int8-dynamic) or scale the features before the model",
     "tflm": "scale the features before the model (TFLite Micro is integer throughout)",

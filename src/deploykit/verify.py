@@ -319,6 +319,10 @@ def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | Non
     got = np.asarray(got, np.float64).reshape(ref.shape)
     if not ref.size or not np.isfinite(got).all():
         return None
+    if got.size > 1 and got.min() == got.max() and ref.max() - ref.min() > allowed:
+        # Not a range cut short: nothing of the input reaches the output (calibration advice sent users astray).
+        return (f"the artifact gives {float(got.flat[0]):.4g} for every sample, where the reference spans "
+                f"{ref.min():.4g}..{ref.max():.4g}: nothing of the input reaches its output")
     miss = np.abs(got - ref) > allowed
     for side, stop, beyond in (("max", got.max(), ref > got.max() + allowed), ("min", got.min(), ref < got.min() - allowed)):
         if beyond.any() and np.count_nonzero(miss & beyond) >= 0.5 * np.count_nonzero(miss):

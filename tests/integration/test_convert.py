@@ -1820,3 +1820,26 @@ def test_float16_keeps_a_normalization_mean_float32_where_it_can_and_names_it_wh
     assert all(sum(d > 1 for d in i.dims) > 1 for i in halves), [(i.name, list(i.dims)) for i in halves]
     error = result.artifact("tflite-fp16")["error"]
     assert "float16 stores the mean of layer 'years', 2000." in error and "tflite-fp32" in error, error
+
+
+def test_a_dynamic_target_that_erased_a_narrow_feature_is_told_so_and_a_constant_output_is_not_clipping(tmp_path):
+    """No Normalization, a 1e4 feature beside a 1e-3 one: onnx-int8-dynamic quantizes the raw input per call
+    and outputs 0.0 for every sample. Its failure said "calibrate on data that reaches further" (it takes
+    no calibration) and nothing about the input; the static file's hint offered it as the way out."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(-1, 1, 300), rng.uniform(-1, 1, 300)
+    x = np.stack([u * 1e4, v * 1e-3], 1).astype("float32")
+    inp = keras.Input((2,), name="x")
+    dense = keras.layers.Dense(1)
+    model = keras.Model(inp, dense(inp))
+    dense.set_weights([np.array([[1e-4], [1e3]], "float32"), np.zeros(1, "float32")])
+    result = deploykit.convert(model, ["onnx-int8-dynamic"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("onnx-int8-dynamic")["error"]
+    assert "calibrat" not in error and "input 'x' mixes feature ranges" in error, error
+    assert "use a float target (onnx-fp16, onnx-fp32)" in error, error
+    from deploykit.verify import clipping_hint
+
+    ref = rng.uniform(-2, 2, (50, 1))
+    assert clipping_hint(ref, np.zeros_like(ref), 0.2).startswith("the artifact gives 0 for every sample")
