@@ -230,7 +230,9 @@ def _inputs_of(x: Any, input_names: list[str]) -> list[Any]:
 
 def _split(obj: Any, input_names: list[str], labels: bool = True) -> tuple[list[Any], Any]:
     if isinstance(obj, dict):
-        if "x" in obj:  # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them
+        # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them; unless the
+        # model has an input named x and the dict keys every input by name, as an .npz's are read
+        if "x" in obj and not (len(input_names) > 1 and "x" in input_names and all(n in obj for n in input_names)):
             if labels:
                 _refuse_stray_labels(obj, input_names, "data dict", list(obj))
             return _inputs_of(obj["x"], input_names), obj.get("y")

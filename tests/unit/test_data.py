@@ -575,3 +575,15 @@ def test_random_inputs_are_drawn_in_the_input_dtype():
                          TensorSpec("c", (None, 2), "float64")])
     assert [x.dtype for x in ds.x] == [np.float32, np.uint8, np.float64]
     assert 0 <= ds.x[0].min() and ds.x[0].max() < 1 and len(np.unique(ds.x[1])) > 1
+
+
+def test_a_dict_keyed_by_input_names_one_of_them_x_is_read_as_an_npz_is():
+    """Inputs 'x' and 'meta': {"x": a, "meta": b, "y": y} was read as {"x": inputs, "y": labels}:
+    "has 1 input array(s) but the model takes 2", where the same keys in an .npz were accepted."""
+    specs = [TensorSpec("x", (None, 3), "float32"), TensorSpec("meta", (None, 2), "float32")]
+    a, b, y = np.zeros((4, 3), np.float32), np.ones((4, 2), np.float32), np.array([0, 1, 0, 1])
+    ds = load_data({"x": a, "meta": b, "y": y}, specs)
+    assert [v.shape for v in ds.x] == [(4, 3), (4, 2)] and ds.y.tolist() == y.tolist()
+    assert load_data({"x": a, "meta": b}, specs).y is None
+    ds = load_data({"x": {"x": a, "meta": b}, "y": y}, specs)  # model.fit's form still reads so
+    assert [v.shape for v in ds.x] == [(4, 3), (4, 2)] and ds.y.tolist() == y.tolist()
