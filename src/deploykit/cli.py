@@ -275,14 +275,19 @@ def targets(
             t.check_candidates()
             for key in ("weights", "activations", "io", "runtime", "calibration_samples", "tolerance", "bench"):
                 data.pop(key)
+        else:  # a profile that is no -auto target compares no candidates (an empty list is refused in a file)
+            data.pop("candidates", None)
+            data.pop("select_by", None)
         option_docs = {f"options.{k}": spec.description for k, spec in option_specs(t.format).items()}
+        # Printed as TOML, so that the output saved as a file (renamed, edited) is a target file.
         for key, value in data.items():
             if isinstance(value, dict):
                 for sub, v in value.items():
                     doc = FIELD_DOCS.get(f"{key}.{sub}") or option_docs.get(f"{key}.{sub}") or FIELD_DOCS.get(key, "")
-                    console.print(f"{key}.{sub} = {v!r}    # {doc}", highlight=False)
-            else:
-                console.print(f"{key} = {value!r}    # {FIELD_DOCS.get(key, '')}", highlight=False)
+                    if v is not None:
+                        console.print(f"{key}.{sub} = {_toml_value(v)}    # {doc}", highlight=False, soft_wrap=True)
+            elif value is not None:
+                console.print(f"{key} = {_toml_value(value)}    # {FIELD_DOCS.get(key, '')}", highlight=False, soft_wrap=True)
         return
     for t in list_targets():
         tol = t.tolerance
@@ -509,3 +514,16 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` written as TOML (true/false, quoted strings, arrays), not as Python's repr."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string: JSON's escapes are TOML's
+    return repr(value)

@@ -235,17 +235,21 @@ def test_targets_lists_every_builtin():
 
 
 def test_targets_show_prints_every_field_with_its_doc():
+    from deploykit.cli import _toml_value
+
     t = get_target("tflite-int8")
     result = invoke(["targets", "--show", "tflite-int8"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     for key, value in t.to_dict().items():
+        if key in ("candidates", "select_by"):  # an -auto target's only
+            continue
         items = value.items() if isinstance(value, dict) else [(None, value)]  # tables print per entry
         for sub, v in items:
             name = key if sub is None else f"{key}.{sub}"
             line = next((ln for ln in lines if ln.startswith(f"{name} = ")), None)
             assert line is not None, name
-            assert line.startswith(f"{name} = {v!r}")
+            assert line.startswith(f"{name} = {_toml_value(v)}")
             if name in FIELD_DOCS:
                 assert FIELD_DOCS[name] in line
 
@@ -253,7 +257,25 @@ def test_targets_show_prints_every_field_with_its_doc():
 def test_targets_show_a_toml_file(cli_inputs):
     result = invoke(["targets", "--show", cli_inputs["tight"]])
     assert result.exit_code == 0, result.output
-    assert "name = 'tflite-int8-tight'" in result.stdout and "tolerance.atol = 1e-09" in result.stdout
+    assert 'name = "tflite-int8-tight"' in result.stdout and "tolerance.atol = 1e-09" in result.stdout
+
+
+def test_what_targets_show_prints_is_a_target_file(tmp_path):
+    """Saved and renamed, it was refused: Python's False is no TOML, and an empty candidates list is refused."""
+    import re
+
+    from deploykit.targets import load_target_file
+
+    for t in list_targets():
+        result = invoke(["targets", "--show", t.name])
+        assert result.exit_code == 0, result.output
+        path = tmp_path / f"my-{t.name}.toml"
+        path.write_text(re.sub(r'^name = "[^"]*"', f'name = "my-{t.name}"', result.stdout, flags=re.M))
+        mine = load_target_file(path).to_dict()
+        theirs = t.to_dict()
+        if t.is_auto:  # its own types and tolerance are not shown: its candidates carry them
+            mine.pop("tolerance"), theirs.pop("tolerance")
+        assert mine == {**theirs, "name": f"my-{t.name}"}, t.name
 
 
 def test_inspect_prints_inputs_and_preprocessing(keras3_path, keras3_model):
