@@ -463,6 +463,20 @@ def _repeated_option(argv: list[str]) -> str | None:
     return None
 
 
+def _not_utf8(args: list[str]) -> str | None:
+    """Why an argument cannot be used when its bytes are not UTF-8 (a file name from a Latin-1 system or
+    an archive; Python keeps such bytes as surrogates), or None. The name reaches the reports, the
+    runtimes and the manifest, which take text: the run ended in a UnicodeEncodeError traceback."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(arg).decode("utf-8", errors="backslashreplace")
+            return (f"argument '{shown}' is not UTF-8 text (a name written in another encoding); rename the file or "
+                    "directory to a UTF-8 name (e.g. with convmv) and pass that")
+    return None
+
+
 def main() -> None:
     """Console-script entry point: maps DeployError and usage errors to one line and exit code 2."""
     # Typer's click (vendored in newer typer) names its usage error only in BadParameter's bases.
@@ -472,9 +486,9 @@ def main() -> None:
     for key, value in {**_ENV_DEFAULTS, **CLI_ENV_DEFAULTS}.items():  # this process and its children are ours
         os.environ.setdefault(key, value)
     _CONSOLE.append(True)
-    repeated = _repeated_option(sys.argv[1:])
-    if repeated:
-        print(f"deploy: error: {repeated}", file=sys.stderr)
+    refused = _not_utf8(sys.argv[1:]) or _repeated_option(sys.argv[1:])
+    if refused:
+        print(f"deploy: error: {refused}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     try:
         with library_logs_muted():  # every command, not only the API's entry points

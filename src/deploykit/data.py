@@ -74,7 +74,7 @@ def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[
         raise DataError(f"data {path} is a directory; pass an .npz file saved with np.savez(path, x=..., y=...)")
     with open(path, "rb") as fh:
         magic = fh.read(4)
-    if magic != b"PK\x03\x04":  # .npz is a zip archive
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # .npz is a zip archive (an empty one: np.savez(path))
         raise DataError(f"{path}: not an .npz file (not a zip archive); save data with np.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -316,6 +316,10 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, label
     n = len(out[0])
     if any(len(a) != n for a in out):
         raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
+    if isinstance(y, dict):  # Keras's per-output form: np.asarray made it a 0-d object ("a single value")
+        raise DataError(f"{where}: labels 'y' are a dict (keys {', '.join(map(repr, sorted(y, key=str)))}), one array per "
+                        "output; labels score one output: pass that output's labels as 'y' and name the output with "
+                        "--label-output")
     y = None if y is None else np.asarray(y)
     if targets:
         return Dataset(out, None if y is None else _check_targets(y, n, where), source)

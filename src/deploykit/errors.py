@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from typing import Callable, Iterator
 
 
@@ -140,6 +141,13 @@ def at_api_boundary() -> Iterator[None]:
         if refusal is None:
             raise
         raise refusal from None
+    except UnicodeEncodeError as exc:
+        if exc.reason != "surrogates not allowed":
+            raise
+        # A str path holding bytes that are not UTF-8 (os.fsdecode's surrogates): it reached the reports' text.
+        shown = os.fsencode(exc.object).decode("utf-8", errors="backslashreplace")
+        raise UserError(f"'{shown}' is not UTF-8 text (a name written in another encoding); rename the file or "
+                        "directory to a UTF-8 name and pass that") from None
 
 
 def path_refusal(exc: OSError) -> UserError | None:

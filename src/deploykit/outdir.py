@@ -59,7 +59,8 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
     try:  # os.access says yes to root on read-only mounts and /proc: try it
         tempfile.TemporaryDirectory(dir=existing, prefix=".deploykit-probe-").cleanup()
     except OSError as exc:
-        raise UserError(f"cannot write to {existing} ({exc.strerror or exc}); choose another --out") from None
+        where = f"cannot write to {existing}" if existing == out else f"cannot create {out} in {existing}"
+        raise UserError(f"{where} ({exc.strerror or exc}); choose another --out") from None
     if out.exists() and any(not p.name.startswith(LOCK_NAME) for p in out.iterdir()) and not force:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force to overwrite")
     for name in target_names:

@@ -1428,6 +1428,11 @@ def convert(
     from deploykit.errors import at_api_boundary, in_python_terms
 
     with at_api_boundary():  # the messages name CLI flags: said once more in a Python caller's terms
+        named = [model, data, out, options.get("eval_data"), options.get("train_data"),
+                 *([targets] if isinstance(targets, (str, os.PathLike)) else targets)]
+        for path in named:  # a name that is not UTF-8 reaches runtimes and reports: refused before anything runs
+            if isinstance(path, (str, os.PathLike)):
+                os.fsdecode(path).encode("utf-8")
         result = Pipeline(targets, data=data, out=out, **options).run(model)
     # Here, not in Pipeline.run: the CLI runs the Pipeline and prints these itself.
     for text in result.warnings:

@@ -184,6 +184,9 @@ def _error_cases(c: dict) -> dict[str, list]:
         "long_data_name": ["convert", m, "-t", "tflite-fp32", "--data", b / f"{'d' * 300}.npz"],
         "long_model_name": ["inspect", b / f"{'m' * 300}.keras"],
         "long_bench_name": ["bench", b / f"{'b' * 300}.tflite"],
+        # a name in another encoding (Latin-1 bytes): a UnicodeEncodeError traceback writing the reports
+        "non_utf8_model": ["convert", b / os.fsdecode(b"m\xff.keras"), "-t", "tflite-fp32"],
+        "non_utf8_out": ["convert", m, "-t", "tflite-fp32", "--no-bench", "--out", b / os.fsdecode(b"o\xff")],
     }
 
 
@@ -560,6 +563,8 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("unknown_label_output", ["--label-output 'head' is not an output of this model; its outputs: output_0"]),
         *[(f"long_{what}_name", ["File name too long", "at most 255 bytes", "choose a shorter name"])
           for what in ("data", "model", "bench")],
+        *[(f"non_utf8_{what}", ["\\xff", "is not UTF-8 text", "rename the file or directory to a UTF-8 name"])
+          for what in ("model", "out")],
     ],
 )
 def test_user_errors(subprocess_runs, case, fragments):

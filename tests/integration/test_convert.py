@@ -1843,3 +1843,20 @@ def test_a_dynamic_target_that_erased_a_narrow_feature_is_told_so_and_a_constant
 
     ref = rng.uniform(-2, 2, (50, 1))
     assert clipping_hint(ref, np.zeros_like(ref), 0.2).startswith("the artifact gives 0 for every sample")
+
+
+def test_a_name_that_is_not_utf8_is_refused_before_anything_runs(tmp_path):
+    """A Latin-1 file name (os.fsdecode keeps its bytes as surrogates): a UnicodeEncodeError traceback
+    writing the reports, or, as out=, a target failed as "LiteRT could not load" with reports written."""
+    import os
+
+    import keras
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(2)(inp))
+    with pytest.raises(UserError, match=r"o\\xff' is not UTF-8 text .*rename the file or directory"):
+        deploykit.convert(model, ["tflite-fp32"], out=tmp_path / os.fsdecode(b"o\xff"), bench=False)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(UserError, match=r"d\\xe9.npz' is not UTF-8 text"):
+        deploykit.convert(model, ["tflite-fp32"], data=str(tmp_path / os.fsdecode(b"d\xe9.npz")), out=tmp_path / "o",
+                          bench=False)

@@ -587,3 +587,19 @@ def test_a_dict_keyed_by_input_names_one_of_them_x_is_read_as_an_npz_is():
     assert load_data({"x": a, "meta": b}, specs).y is None
     ds = load_data({"x": {"x": a, "meta": b}, "y": y}, specs)  # model.fit's form still reads so
     assert [v.shape for v in ds.x] == [(4, 3), (4, 2)] and ds.y.tolist() == y.tolist()
+
+
+def test_labels_per_output_as_a_dict_are_named_as_such():
+    """({...}, {"cls": y, "reg": r}) read as "labels 'y' is a single value": a 0-d object array of the dict."""
+    spec = [TensorSpec("x", (None, 3), "float32")]
+    x = np.zeros((4, 3), np.float32)
+    for targets in (False, True):
+        with pytest.raises(DataError, match=r"labels 'y' are a dict \(keys 'cls', 'reg'\), one array per output.*--label-output"):
+            load_data((x, {"reg": np.zeros(4), "cls": np.zeros(4)}), spec, targets=targets)
+
+
+def test_an_empty_npz_is_an_npz_without_the_keys_needed(tmp_path):
+    """np.savez(path) with no arrays is a valid (empty) zip: it was refused as "not a zip archive"."""
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(DataError, match=r"empty.npz: has keys none but needs 'x'"):
+        load_data(tmp_path / "empty.npz", [TensorSpec("x", (None, 3), "float32")])

@@ -207,3 +207,9 @@ def test_the_claim_is_the_lock_s_flock_not_the_pid_in_it(tmp_path):
     assert (out / LOCK_NAME).read_text().split() == [str(os.getpid()), *TARGETS]
     lock.release()
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_created_names_itself_not_only_its_parent(tmp_path):
+    """--out /proc/foo said "cannot write to /proc (No such file or directory)": /proc exists."""
+    with pytest.raises(UserError, match=r"cannot create /proc/deploykit-out in /proc \(.*\); choose another --out"):
+        outdir.check_out_dir(Path("/proc/deploykit-out"), force=False)
