@@ -568,3 +568,12 @@ def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
     assert art["status"] == "ok"
     assert any("feed `pixels` as int32" in n for n in art["verification"]["notes"]), art["verification"]["notes"]
     assert "feed `pixels` as int32" in (result.out / "report.md").read_text()
+    assert any("tf.browser.fromPixels gives int32" in n for n in art["verification"]["notes"])
+    # token ids are no pixels: the note said fromPixels for an int64 Embedding input too
+    ids = keras.Input((6,), dtype="int64", name="ids")
+    text = keras.Model(ids, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(ids))))
+    result = deploykit.convert(text, ["tfjs-fp32"], data=np.random.default_rng(0).integers(0, 50, (16, 6)),
+                               out=tmp_path / "t", bench=False)
+    notes = result.artifact("tfjs-fp32")["verification"]["notes"]
+    assert any("feed `ids` as int32 (tf.tensor(ids, shape, 'int32')" in n for n in notes) and \
+        not any("fromPixels" in n for n in notes), notes

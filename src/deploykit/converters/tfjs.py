@@ -381,7 +381,10 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         settings["execute_async_ops"] = needs_async
     narrow = [s for s in model.inputs if s.dtype not in ("float32", "int32", "bool", "string")]
     if narrow:
+        # the fromPixels remark only where it applies: an image's uint8 pixels (token ids come from a tokenizer)
+        pixels = any(s.dtype == "uint8" and len(s.shape) == 4 for s in narrow)
         settings["note"] = ("TF.js has no " + "/".join(sorted({s.dtype for s in narrow})) + " tensors: feed "
-                            + ", ".join(f"`{s.name}`" for s in narrow) + " as int32 (tf.browser.fromPixels gives "
-                            "int32; model.execute refuses float32 for it)")
+                            + ", ".join(f"`{s.name}`" for s in narrow) + " as int32 ("
+                            + ("tf.browser.fromPixels gives int32; " if pixels else "tf.tensor(ids, shape, 'int32'); ")
+                            + "model.execute refuses float32 for it)")
     return settings
