@@ -124,3 +124,18 @@ def test_op_check_knows_what_the_wasm_backend_lacks():
     with pytest.raises(ConversionError, match=r"wasm backend has no kernel for RFFT.*backend = \"cpu\""):
         tfjs.check_ops(gd, "tfjs-fp32", "wasm")
     tfjs.check_ops(gd, "tfjs-fp32", "cpu")  # the cpu backend runs it
+
+
+def test_an_einsum_left_for_wasm_names_a_fixed_length_as_a_way_out():
+    """Attention over a sequence of any length keeps its Einsum (sizes unknown): only the cpu backend was offered."""
+    from tensorflow.core.framework import graph_pb2
+
+    gd = graph_pb2.GraphDef()
+    gd.node.add(name="x", op="Placeholder")
+    gd.node.add(name="scores", op="Einsum")
+    with pytest.raises(ConversionError, match=r"no kernel for Einsum.*backend = \"cpu\" \(slower\) or give the model's "
+                                              r"inputs a fixed length"):
+        tfjs.check_ops(gd, "tfjs-fp32", "wasm")
+    gd.node[1].op = "RFFT"
+    with pytest.raises(ConversionError, match=r"\(slower\), or replace those ops"):  # no Einsum: no length to fix
+        tfjs.check_ops(gd, "tfjs-fp32", "wasm")

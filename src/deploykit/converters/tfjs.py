@@ -73,9 +73,13 @@ def check_ops(graph_def: Any, target_name: str, backend: str = "wasm") -> None:
     if backend == "wasm":
         lacking = sorted({n.op for n in graph_def.node if n.op in WASM_MISSING})
         if lacking:
+            # An Einsum left here is one the lowering could not take: its sizes are unknown (attention over
+            # a sequence of any length), which a fixed length in the model's input gives.
+            fixed = " or give the model's inputs a fixed length (an attention Einsum of known sizes is lowered)" \
+                if "Einsum" in lacking else ""
             raise ConversionError(
                 f"{target_name}: TF.js's wasm backend has no kernel for {', '.join(lacking)}; use a target with "
-                "options.backend = \"cpu\" (slower) or replace those ops"
+                f"options.backend = \"cpu\" (slower){fixed}, or replace those ops"
             )
     band = [n.name for n in graph_def.node if n.op == "MatrixBandPart"]
     if band:  # rewritten by graph_optimize.lower_band_part wherever its shape and limits are known
