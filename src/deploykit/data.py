@@ -57,6 +57,18 @@ class Dataset:
         return Dataset([a[:n] for a in self.x], None if self.y is None else self.y[:n], self.source, self.one_hot_classes,
                        None if self.targets is None else self.targets[:n])
 
+    def distinct(self, stop: int) -> int:
+        """How many different samples (inputs alike in every array) there are, counted up to ``stop``:
+        50 copies of one sample verified at 100 % without the few-samples warning 1 sample gets."""
+        import hashlib
+
+        seen: set[bytes] = set()
+        for i in range(len(self)):
+            seen.add(hashlib.blake2b(b"".join(np.ascontiguousarray(a[i]).tobytes() for a in self.x)).digest())
+            if len(seen) >= stop:
+                break
+        return len(seen)
+
     def batches(self, size: int):
         """Yield lists of per-input arrays of at most ``size`` samples."""
         for start in range(0, len(self), size):

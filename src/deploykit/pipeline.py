@@ -521,6 +521,9 @@ class Pipeline:
                 "samples": None if calib is None else len(calib),
                 "eval_source": evald.source,
                 "eval_samples": len(evald),
+                # copies of a few samples are few samples (set only when they are fewer than FEW_SAMPLES)
+                **{key: k for key, d in (("distinct_samples", calib), ("eval_distinct_samples", evald))
+                   if d is not None and (k := d.distinct(FEW_SAMPLES)) < min(len(d), FEW_SAMPLES)},
                 "labels": evald.y is not None, "targets": evald.targets is not None,
                 **({"labels_unused": labels_unused} if labels_unused else {}),
             },

@@ -1564,6 +1564,12 @@ def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, 
     assert str(ours[0].message).endswith("(in Python: --data is data=, --eval-data is eval_data=)")
     assert deploykit.convert(keras3_model, ["tflite-fp32"], data=digits.x_eval, out=tmp_path / "many",
                              bench=False).warnings == []
+    # 50 copies of 2 samples are 2 samples: they verified at 100 % without a word
+    copies = np.repeat(digits.x_eval[:2], 25, axis=0)
+    result = deploykit.convert(keras3_model, ["tflite-int8"], data=copies, out=tmp_path / "copies", bench=False)
+    assert result.manifest["data"]["eval_distinct_samples"] == result.manifest["data"]["distinct_samples"] == 2
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(
+        "every artifact was verified on 2 different samples of") and "calibrated on 2 different samples" in result.warnings[0]
 
 
 def test_a_called_tf_keras_subclassed_model_converts(tmp_path, digits):

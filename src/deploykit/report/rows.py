@@ -505,6 +505,9 @@ def data_warnings(manifest: Manifest) -> list[str]:
     one when the data's labels scored no output."""
     d = manifest.data
     n, calib = d.get("eval_samples"), d.get("samples")
+    copies = {key: d[f"{distinct}"] for key, distinct in (("n", "eval_distinct_samples"), ("calib", "distinct_samples"))
+              if isinstance(d.get(distinct), int)}
+    n, calib = copies.get("n", n), copies.get("calib", calib)
     calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in manifest.artifacts)
     few_eval = isinstance(n, int) and n < FEW_SAMPLES
     few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
@@ -515,8 +518,10 @@ def data_warnings(manifest: Manifest) -> list[str]:
     if not (few_eval or few_calib):
         return unused
     what = " and ".join(w for w, on in (
-        (f"every artifact was verified on {n} sample{'s' if n != 1 else ''} of {d.get('eval_source')}", few_eval),
-        (f"integer ranges were calibrated on {calib} sample{'s' if calib != 1 else ''} of {d.get('source')}", few_calib)) if on)
+        (f"every artifact was verified on {n}{' different' if 'n' in copies else ''} sample{'s' if n != 1 else ''} of "
+         f"{d.get('eval_source')}", few_eval),
+        (f"integer ranges were calibrated on {calib}{' different' if 'calib' in copies else ''} sample"
+         f"{'s' if calib != 1 else ''} of {d.get('source')}", few_calib)) if on)
     step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n else ""
     return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
             + (" (or --eval-data)" if few_eval else "")] + unused
