@@ -710,6 +710,8 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _flat_layers(model: Any) -> list[Any]:
+    """Layers in order, nested models flattened (their layers are the model's layers too); a
+    preprocessing layer that holds layers of its own stays one layer."""
     out = []
     for layer in getattr(model, "layers", []):
         if hasattr(layer, "layers") and getattr(layer, "layers", None) and not ".preprocessing." in type(layer).__module__:

@@ -341,3 +341,27 @@ def test_fine_tune_reads_one_hot_rows_with_a_trailing_axis_of_one_as_classes():
     train, val, regression = fine_tune_data((x, np.eye(3)[y][..., None]), (x, np.eye(3)[y][..., None]), model, False,
                                             "pruning")
     assert train.y.tolist() == val.y.tolist() == y.tolist() and not regression
+
+
+def test_a_class_loss_the_output_cannot_take_is_refused_before_training():
+    """--loss sparse_categorical_crossentropy on one sigmoid unit, binary_crossentropy on a softmax's class
+    ids: a TensorFlow traceback from inside fit(), exit 1."""
+    import keras
+
+    from deploykit.optimize.cluster import cluster
+    from deploykit.optimize.prune import prune
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 2, 64)
+    inp = keras.Input((8,))
+    hidden = keras.layers.Dense(8, activation="relu")(inp)
+    sigmoid = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    softmax = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(hidden))
+    for loss in ("sparse_categorical_crossentropy", "categorical_crossentropy"):
+        with pytest.raises(UserError, match=rf"loss {loss} needs a class per output column .*use binary_crossentropy"):
+            prune(sigmoid, (x, y), sparsity=0.5, epochs=1, loss=loss)
+    with pytest.raises(UserError, match=r"loss binary_crossentropy takes a 0/1 tag per output column, and 'y' are class "
+                                        r"ids for the model's 2 output columns: use sparse_categorical_crossentropy"):
+        cluster(softmax, (x, y), clusters=4, epochs=1, loss="binary_crossentropy")
+    with pytest.raises(UserError, match=r"binary_crossentropy for one sigmoid unit"):  # no loss: which one to pass
+        prune(sigmoid, (x, y), sparsity=0.5, epochs=1)

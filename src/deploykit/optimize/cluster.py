@@ -278,6 +278,8 @@ def cluster(
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be clustered: {why}")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
+    if not regression:
+        _ft.check_loss_fits(loss_fn, view, train)
     score = _ft._Score(loss_fn if regression else None, kind, _ft.from_logits(loss_fn), head[0].index if head else 0)
     km = _ft._keras_module(kind)
     km.utils.set_random_seed(seed)

@@ -48,6 +48,7 @@ import contextlib
 import gzip
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -56,7 +57,7 @@ import numpy as np
 
 from deploykit._quiet import logs_muted
 from deploykit.errors import DataError, UserError
-from deploykit.models import check_finite_weights, copy_state, model_call_arg, with_inputs
+from deploykit.models import _flat_layers, check_finite_weights, copy_state, model_call_arg, with_inputs
 from deploykit.optimize import schedule as _schedule
 from deploykit.optimize import structure as _structure
 from deploykit.random_state import keeps_global_rng
@@ -104,17 +105,6 @@ def _framework(model: Any, fn: str = "prune") -> str:
     return kind
 
 
-def _walk(model: Any) -> list[Any]:
-    """Layers in order, nested models flattened (their layers are the model's layers too)."""
-    out = []
-    for layer in getattr(model, "layers", []):
-        if hasattr(layer, "layers") and getattr(layer, "layers", None) and ".preprocessing." not in type(layer).__module__:
-            out.extend(_walk(layer))
-        else:
-            out.append(layer)
-    return out
-
-
 def _is_builtin(layer: Any, kind: str) -> bool:
     mod = type(layer).__module__
     return mod.startswith("keras.") if kind == "keras3" else mod.startswith("tf_keras.")
@@ -128,7 +118,7 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
     """Prunable kernels and the layers that stay dense, with reasons."""
     kernels: list[_Kernel] = []
     skipped: list[dict[str, str]] = []
-    for layer in _walk(model):
+    for layer in _flat_layers(model):
         cls = type(layer).__name__
         if cls == "InputLayer":
             continue
@@ -194,6 +184,22 @@ def _loss_name(loss: Any) -> str:
             return config
         return str(loss.get("class_name") or (config.get("name", "") if isinstance(config, dict) else ""))
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+
+
+def check_loss_fits(loss: Any, model: Any, train: Any) -> None:
+    """Refuse a classification loss the labelled output cannot take, before fit() raises it as a
+    traceback (a class loss on one sigmoid unit: "label value 1 outside [0, 1)" or an IndexError;
+    binary_crossentropy on a softmax's class ids: "target and output must have the same rank")."""
+    name = re.sub(r"[^a-z]", "", _loss_name(loss).lower())
+    shape = tuple(model.outputs[0].shape[1:])
+    width = int(shape[-1]) if shape and shape[-1] else None
+    if name in ("sparsecategoricalcrossentropy", "categoricalcrossentropy") and width == 1 and len(shape) == 1:
+        raise UserError(f"loss {_loss_name(loss)} needs a class per output column (a softmax over 2 or more), and this "
+                        "model's output has one column (one sigmoid unit): use binary_crossentropy (--loss)")
+    y = getattr(train, "y", None)
+    if name == "binarycrossentropy" and width and width > 1 and y is not None and np.ndim(y) == 1:
+        raise UserError(f"loss {_loss_name(loss)} takes a 0/1 tag per output column, and 'y' are class ids for the "
+                        f"model's {width} output columns: use sparse_categorical_crossentropy (--loss)")
 
 
 OFF_TARGET_POINTS = 2  # a kernel further from the target sparsity than this is named in the report
@@ -444,7 +450,8 @@ def _training_setup(kind: str, compile_config: dict | None, loss: Any, metrics: 
         source = "model compile config"
     if loss is None:
         raise UserError("the model has no loss to fine-tune with (it was never compiled, or saved without compile()); "
-                        "pass loss=... (--loss), e.g. sparse_categorical_crossentropy")
+                        "pass loss=... (--loss): sparse_categorical_crossentropy for class ids of a softmax, "
+                        "binary_crossentropy for one sigmoid unit, mse for values")
     if isinstance(loss, dict):
         loss = _resolved("loss", km.losses.deserialize, loss)
     elif isinstance(loss, str):
@@ -526,7 +533,7 @@ def configs_with_names(model: Any) -> Iterator[None]:
     restored on exit.
     """
     patched: dict[type, Any] = {}
-    for layer in _walk(model):
+    for layer in _flat_layers(model):
         cls = type(layer)
         if cls in patched or "name" in layer.get_config():
             continue
@@ -899,13 +906,13 @@ def _fit_tf_keras(model, kernels, sched, structure, block_size, data, loss, opti
     with configs_with_names(model):
         wrapped = tf_keras.models.clone_model(model, clone_function=clone_fn)
     by_name = {}
-    for layer in _walk(wrapped):
+    for layer in _flat_layers(wrapped):
         inner = getattr(layer, "layer", layer) if isinstance(layer, PruneLowMagnitude) else layer
         by_name[inner.name] = inner
-    for layer in _walk(model):
+    for layer in _flat_layers(model):
         if layer.weights and layer.name in by_name:
             by_name[layer.name].set_weights(layer.get_weights())
-    wrappers = [l for l in _walk(wrapped) if isinstance(l, PruneLowMagnitude)]
+    wrappers = [l for l in _flat_layers(wrapped) if isinstance(l, PruneLowMagnitude)]
 
     def current() -> float:
         if structure == "2:4":
@@ -1002,7 +1009,7 @@ def _fresh_variables(model: Any) -> Any:
     return clone if [l.name for l in clone.layers] == [l.name for l in model.layers] else model
 def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str,
                   names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    layers = {l.name: l for l in _walk(model)}
+    layers = {l.name: l for l in _flat_layers(model)}
     out: dict[str, dict[str, Any]] = {}
     for k, shown in zip(kernels, names or [k.layer for k in kernels]):
         layer = layers[k.layer]
@@ -1194,6 +1201,8 @@ def prune(
         why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
         raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
+    if not regression:
+        check_loss_fits(loss_fn, view, train)
     score = _Score(loss_fn if regression else None, kind, from_logits(loss_fn), head[0].index if head else 0)
 
     steps_per_epoch = math.ceil(len(train) / batch_size)

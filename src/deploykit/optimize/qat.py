@@ -320,11 +320,14 @@ _KERNEL_NAMES = {"depthwise_kernel", *(w for names in _structure.PRUNABLE_WEIGHT
 
 def _kernel_vars(model: Any) -> dict[str, Any]:
     """Every prunable kernel variable (Dense/Conv kernels, pointwise kernels, embedding tables),
-    by the original layer name (wrappers looked through)."""
+    by the original layer name (wrappers looked through), a nested model's layers included: they
+    stay float but train with the rest, and their zeros and shared values were lost unseen."""
     out = {}
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
-    for layer in model.layers:
+    from deploykit.models import _flat_layers
+
+    for layer in _flat_layers(model):
         inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
         # a quantize wrapper replaces inner.kernel by its fake-quantized tensor and owns the variable
         for var in layer.weights:
@@ -484,6 +487,8 @@ def quantize_aware(
 
     loss_fn, opt, metric_list, settings_source = _ft._training_setup("tf_keras", cfg, loss, metrics, optimizer,
                                                                      learning_rate)
+    if not regression:
+        _ft.check_loss_fits(loss_fn, view, train)
     score = _ft._Score(loss_fn if regression else None, "tf_keras", _ft.from_logits(loss_fn), head[0].index if head else 0)
 
     from deploykit.optimize._tfmot import import_tfmot
