@@ -370,7 +370,8 @@ def _elementwise_failure(cmp: dict[str, Any], shift: float | None) -> str | None
         return None
     bound = _bound_failure(cmp)
     lost = _lost_column_failure(cmp.get("collapsed_column"))
-    return "; ".join(t for t in (bound, lost) if t) or None
+    bulk = None if lost else _lost_bulk_failure(cmp.get("lost_bulk"))
+    return "; ".join(t for t in (bound, lost, bulk) if t) or None
 
 
 def _bound_failure(cmp: dict[str, Any]) -> str | None:
@@ -701,6 +702,7 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, tol: Any, noise: float = 0
         "elements": int(err.size),
         "finite": bool(np.isfinite(got).all()),
         **_collapsed_column(ref, got, value_range),
+        **_lost_bulk(ref, got),
         **(softmax or {}),
         **(by_column or {}),
         **(coarse_column or {}),
@@ -786,6 +788,62 @@ def _collapsed_column(ref: np.ndarray, got: np.ndarray, whole: float) -> dict[st
                                  "low": float(r[:, j].min()), "high": float(r[:, j].max()),
                                  "artifact_values": int(np.unique(col[np.isfinite(col)]).size),
                                  "share_of_range": float(spans[j] / whole) if whole > 0 else None}}
+
+
+# The central share of a column's samples that "the bulk" is, and how much wider than theirs the column's
+# whole span must be (a few samples beyond it setting the range) for the bulk to be judged on its own.
+BULK_QUANTILES = (0.02, 0.98)
+BULK_NARROWER = 16
+
+
+def _lost_bulk(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """A value column whose central samples (2nd-98th percentile) span 1/16 or less of its whole span,
+    which a few samples beyond them set, and whose variation the artifact lost on those samples.
+
+    One sample 300x the rest set an int8 output's scale: the other 149 got 3 values, off by 81 % of
+    their span, inside a bound of 5 % of the range the one sample made; every rule passed it."""
+    r = np.asarray(ref, np.float64)
+    if r.ndim == 1:
+        r = r[:, None]
+    # Separate quantities (2-8 columns, or one), not features, maps or class scores; values within 0..1
+    # (a sigmoid, a rarely-on tag at 0.001 beside its 0.99s) are judged by the answers they give.
+    if (r.ndim != 2 or r.shape[1] > MAX_OWN_RANGE_COLUMNS or len(r) < 16 or is_probabilities(ref)
+            or not np.isfinite(r).all() or (r.min() >= 0 and r.max() <= 1)):
+        return {}
+    g = np.asarray(got, np.float64).reshape(r.shape)
+    if not np.isfinite(g).all():
+        return {}
+    worst = None
+    for j in range(r.shape[1]):
+        col, out = r[:, j], g[:, j]
+        lo, hi = np.quantile(col, BULK_QUANTILES)
+        bulk = (col >= lo) & (col <= hi)
+        span, whole = hi - lo, col.max() - col.min()
+        if bulk.sum() < 16 or span <= 0 or span * BULK_NARROWER > whole:
+            continue
+        e = out[bulk] - col[bulk]
+        varying_error = float(np.mean(np.abs(e - np.median(e))))
+        constant_error = float(np.mean(np.abs(col[bulk] - np.median(col[bulk]))))
+        lost = varying_error / constant_error if constant_error > 0 else 0.0
+        if lost >= LOST_SHARE and (worst is None or lost > worst["lost"]):
+            worst = {"column": j, "samples": int(bulk.sum()), "of": len(col), "low": float(lo), "high": float(hi),
+                     "share_of_span": float(span / whole), "varying_error": varying_error,
+                     "constant_error": constant_error, "lost": lost,
+                     "artifact_values": int(np.unique(out[bulk]).size)}
+    return {"lost_bulk": worst} if worst else {}
+
+
+def _lost_bulk_failure(bulk: dict[str, Any] | None) -> str | None:
+    """The sentence for :func:`_lost_bulk`'s finding, or None."""
+    if not bulk:
+        return None
+    where = f"column {bulk['column']}: " if bulk["column"] else ""
+    return (f"{where}{bulk['samples']} of {bulk['of']} samples span {bulk['low']:.4g}..{bulk['high']:.4g}, "
+            f"{bulk['share_of_span']:.2g} of the output's span, which the few beyond them set, and the artifact "
+            f"follows them little better than a constant ({bulk['artifact_values']} value"
+            f"{'s' if bulk['artifact_values'] != 1 else ''}; its error, a constant offset aside, averages "
+            f"{bulk['varying_error']:.3g}, {bulk['lost']:.0%} of a constant's): an integer output spends its levels "
+            "on those few samples; check them (an outlier in the data?), or use a target with float outputs")
 
 
 def _said_once(failures: list[str]) -> list[str]:

@@ -1866,3 +1866,21 @@ def test_a_name_that_is_not_utf8_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(UserError, match=r"d\\xe9.npz' is not UTF-8 text"):
         deploykit.convert(model, ["tflite-fp32"], data=str(tmp_path / os.fsdecode(b"d\xe9.npz")), out=tmp_path / "o",
                           bench=False)
+
+
+def test_an_int8_output_scaled_by_one_outlier_sample_fails_on_the_others(tmp_path):
+    """150 samples, one 300x the rest: int8's output scale spans its -787, the other 149 (-4.8..5.0) got 3
+    values, and tflite-int8 and onnx-int8-qdq passed inside 5 % of that range. Float16 keeps them."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(0, 1, (150, 4)).astype("float32")
+    x[123] *= 300
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Dense(8)(inp)))
+    result = deploykit.convert(model, ["tflite-int8", "onnx-int8-qdq", "tflite-fp16"], data=x, out=tmp_path / "o",
+                               bench=False)
+    for name in ("tflite-int8", "onnx-int8-qdq"):
+        error = result.artifact(name)["error"]
+        assert "which the few beyond them set" in error and "an outlier in the data?" in error, (name, error)
+    assert result.artifact("tflite-fp16")["status"] == "ok"

@@ -1265,3 +1265,27 @@ def test_no_coarse_column_note_for_sigmoid_tags_or_one_output_step():
     q = 100 / 255
     assert "coarse_column" not in compare_outputs(values, np.round(values / q) * q, int8)  # within the output's step
     assert compare_outputs(values, values + [0.0, 3 * q], int8)["coarse_column"]["column"] == 1
+
+
+def test_an_output_whose_range_one_sample_sets_fails_where_the_others_lost_their_variation():
+    """One sample 300x the rest set an int8 output's scale: the other 149 got 3 values, 81 % of their span
+    off, inside a bound of 5 % of the range that sample made. A rarely-on sigmoid and a bulk that keeps
+    many levels pass."""
+    from deploykit.verify import _elementwise_failure
+
+    rng = np.random.default_rng(4)
+    ref = rng.normal(0, 2, (150, 1))
+    ref[123] = -3000.0
+    step = (ref.max() - ref.min()) / 255
+    int8 = np.round(ref / step) * step  # the bulk lands on one level
+    tol = get_target("tflite-int8").tolerance
+    failure = _elementwise_failure(compare_outputs(ref, int8, tol), None)
+    assert failure and failure.startswith("144 of 150 samples span") and "which the few beyond them set" in failure, failure
+    assert "an outlier in the data?" in failure
+    wider = ref.copy()
+    wider[123] = -60.0  # 16 levels over the bulk: coarse, not lost
+    step = (wider.max() - wider.min()) / 255
+    assert "lost_bulk" not in compare_outputs(wider, np.round(wider / step) * step, tol)
+    tag = np.full((150, 1), 0.001)
+    tag[::40] = 0.99  # a rare tag: judged by its answers
+    assert "lost_bulk" not in compare_outputs(tag, np.round(tag * 255) / 255, tol)
