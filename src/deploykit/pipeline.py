@@ -1432,7 +1432,7 @@ def convert(
 
     with at_api_boundary():  # the messages name CLI flags: said once more in a Python caller's terms
         named = [model, data, out, options.get("eval_data"), options.get("train_data"),
-                 *([targets] if isinstance(targets, (str, os.PathLike)) else targets)]
+                 *(targets if isinstance(targets, (list, tuple)) else [targets])]
         for path in named:  # a name that is not UTF-8 reaches runtimes and reports: refused before anything runs
             if isinstance(path, (str, os.PathLike)):
                 os.fsdecode(path).encode("utf-8")
