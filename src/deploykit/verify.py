@@ -124,7 +124,7 @@ def unused_labels(shape: tuple, names: Sequence[str], label_output: int | None =
         return (f"labels of shape {shape} were not used: output {names[label_output]!r} (the label output asked for) "
                 "gives no class where they do")
     return (f"labels of shape {shape} were not used: no output gives a class where they do (one class per sample: "
-            "(N, classes), an argmax (N,), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: (N, ..., classes) "
+            "(N, classes), an integer argmax (N,) (a float one: cast it to int32 inside the model), or (N, 1) in 0..1 with 0/1 labels; per pixel or step: (N, ..., classes) "
             "or an integer class map of the labels' shape)")
 
 

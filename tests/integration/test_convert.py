@@ -669,6 +669,8 @@ def test_a_binary_sigmoid_classifier_is_scored_and_other_labels_are_said_unused(
                               iterations=ITERATIONS, warmup=WARMUP)
     v = other.artifact("tflite-fp32")["verification"]
     assert "accuracy" not in v and any("were not used: no output gives a class" in n for n in v["notes"])
+    # a float argmax (N, 1) was taken for "an argmax": the message says it must be integers
+    assert any("an integer argmax (N,) (a float one: cast it to int32 inside the model)" in n for n in v["notes"])
     # said once for the run, in the report's warnings (the console prints the same), not "with labels."
     assert other["data"]["labels_unused"].startswith("labels of shape (256,) were not used")
     report = (other.out / "report.md").read_text()
