@@ -711,7 +711,7 @@ def test_a_column_whose_variation_the_artifact_lost_fails():
     assert _elementwise_failure(compare_outputs(tab, np.round(tab / q) * q, tol), None) is None
     wide = rng.normal(size=(200, 32))
     few = wide.copy()
-    few[:, :3] = 0.0  # a wide output's few lost columns are not judged one by one (most of them are)
+    few[:, :3] = 0.0  # a wide output's few lost columns are not judged one by one (a quarter of them are)
     assert "collapsed_column" not in compare_outputs(wide, few, tol)
 
 
@@ -794,6 +794,12 @@ def test_a_wide_output_fails_when_most_of_its_columns_lost_their_variation():
     features[:, :5] *= 1e-3  # five near-dead channels, under one int8 step
     step = features.max() / 255
     assert "collapsed_column" not in compare_outputs(features, np.round(features / step) * step, tol)
+    # 6 price columns and 4 ratio columns, the ratios 0.0 in the int8 file: 4 of 10 lost
+    prices = np.concatenate([rng.normal(5000, 1500, (400, 6)), rng.normal(0.5, 0.2, (400, 4))], axis=1)
+    zeroed = prices.copy()
+    zeroed[:, 6:] = 0.0
+    failure = _elementwise_failure(compare_outputs(prices, zeroed, tol), None)
+    assert failure and "(and 3 others of its 10) lost its variation" in failure, failure
 
 
 def test_a_constant_offset_or_a_plateau_with_spikes_is_no_lost_column():
