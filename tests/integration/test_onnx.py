@@ -472,13 +472,29 @@ def test_a_resize_says_its_output_size_not_a_scale_that_rounds_down(tmp_path):
         assert [d.dim_value for d in shape.dim][1:] == [3, 36, 36]
 
 
-def test_a_nearest_resize_is_said_in_the_declared_opsets_terms(tmp_path):
+def test_a_nearest_resize_takes_tensorflows_pixels_in_the_declared_opsets_terms(tmp_path):
     """tf2onnx wrote nearest resizes with coordinate_transformation_mode 'tf_half_pixel_for_nn', gone from
     the spec since Resize-13: onnx's reference runtime refused the opset-17 file and ONNX Runtime warned at
-    every load, as it did about the scales initializer left unread once the Resize said its sizes."""
+    every load, as it did about the scales initializer left unread once the Resize said its sizes. And
+    where TF's source index is a whole number float32 rounds it either way: 30x30 -> 7x9 took column 24
+    for 25 in every runtime. A resize of known sizes is now a Gather of TF's own indices."""
     import keras
     import onnx
+    import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
+
+    from deploykit.converters.onnx import tf_nearest_indices
+
+    for size_in, size_out in ((30, 9), (40, 12), (2, 41), (8, 55), (60, 2)):  # ONNX's Resize missed these
+        want = keras.layers.Resizing(1, size_out, interpolation="nearest")(
+            np.arange(size_in, dtype="float32").reshape(1, 1, size_in, 1))
+        assert np.asarray(want).ravel().astype(int).tolist() == tf_nearest_indices(size_in, size_out).tolist()
+    inp = keras.Input((30, 30, 2), name="pixels")
+    shrink = keras.Model(inp, keras.layers.Resizing(7, 9, interpolation="nearest")(inp))
+    x = np.random.default_rng(0).random((4, 30, 30, 2)).astype("float32")
+    result = deploykit.convert(shrink, ["onnx-fp32"], data=x, out=tmp_path / "shrink", bench=False)
+    session = ort.InferenceSession(str(result.path("onnx-fp32")), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"pixels": x})[0], shrink.predict(x, verbose=0))
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((30, 50, 3), name="image")

@@ -214,6 +214,11 @@ def _resize_by_sizes(proto: Any) -> int:
         if any(dims[i] is None for i in range(start, end)):  # a dimension kept after a resized one, unknown here
             continue
         target = np.array([int(round(dims[i] * scales[i])) for i in range(start, end)], np.int64)
+        if _is_tf_nearest(node):  # TF's own source indices, gathered: the same pixels in every runtime
+            replaced.update(n for n in node.input[1:3] if n)
+            before[index] = _nearest_as_gathers(proto, node, {i: (dims[i], int(round(dims[i] * scales[i])))
+                                                              for i in resized})
+            continue
         before[index] = [
             helper.make_node("Shape", [node.input[0]], [f"{prefix}/shape"], name=f"{prefix}/shape"),
             helper.make_node("Slice", [f"{prefix}/shape", f"{prefix}/zero", f"{prefix}/start"], [f"{prefix}/kept"],
@@ -245,6 +250,52 @@ def _resize_by_sizes(proto: Any) -> int:
         del proto.graph.node[:]
         proto.graph.node.extend(kept_nodes)
     return len(before)
+
+
+def _is_tf_nearest(node: Any) -> bool:
+    """A Resize tf2onnx wrote for TF's half-pixel nearest-neighbour resize (Keras Resizing(interpolation="nearest"))."""
+    attrs = {a.name: a.s for a in node.attribute if a.type == a.STRING}
+    return (attrs.get("mode") == b"nearest" and attrs.get("coordinate_transformation_mode") == b"tf_half_pixel_for_nn"
+            and attrs.get("nearest_mode", b"round_prefer_floor") == b"floor")
+
+
+def tf_nearest_indices(size_in: int, size_out: int) -> Any:
+    """The source index of each output position as TensorFlow's ResizeNearestNeighbor (half-pixel
+    centers) computes it: floor((i + 0.5) * (in / out)) in float32, at most in - 1.
+
+    ONNX's Resize says the same index as (i + 0.5) / (out / in), or (i + 0.5) / scale - 0.5 rounded
+    half up, and float32 rounds those differently where the exact value is a whole number: 2 -> 41,
+    8 -> 55, 30 -> 9 ... (76 of 3600 size pairs up to 60) took the neighbouring pixel, in ONNX Runtime
+    and onnx's reference runtime alike, and the file missed the model."""
+    import numpy as np
+
+    scale = np.float32(size_in) / np.float32(size_out)
+    at = (np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale
+    return np.minimum(np.floor(at).astype(np.int64), size_in - 1)
+
+
+def _nearest_as_gathers(proto: Any, node: Any, axes: dict[int, tuple[int, int]]) -> list[Any]:
+    """Turn a TF nearest Resize ``node`` into Gathers of TF's indices, one per resized axis
+    (``axes``: axis -> (input size, output size)); returns the nodes to put before it, ``node``
+    becoming the last Gather."""
+    from onnx import helper, numpy_helper
+
+    prefix = node.name or node.output[0]
+    current, nodes = node.input[0], []
+    for k, (axis, (size_in, size_out)) in enumerate(sorted(axes.items())):
+        indices = f"{prefix}/nearest{axis}"
+        proto.graph.initializer.append(numpy_helper.from_array(tf_nearest_indices(size_in, size_out), indices))
+        if k < len(axes) - 1:
+            out = f"{prefix}/gathered{axis}"
+            nodes.append(helper.make_node("Gather", [current, indices], [out], name=out, axis=axis))
+            current = out
+        else:
+            node.op_type = "Gather"
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("axis", axis))
+            del node.input[:]
+            node.input.extend([current, indices])
+    return nodes
 
 
 def _nearest_in_spec_terms(graph: Any) -> None:
