@@ -1886,3 +1886,17 @@ def test_an_int8_output_scaled_by_one_outlier_sample_fails_on_the_others(tmp_pat
         error = result.artifact(name)["error"]
         assert "which the few beyond them set" in error and "an outlier in the data?" in error, (name, error)
     assert result.artifact("tflite-fp16")["status"] == "ok"
+
+
+def test_a_file_taking_any_image_size_is_not_charged_tensorflows_memory(tmp_path):
+    """LiteRT's runner rewrote such a file's input shapes with TensorFlow's flatbuffer tools: the ~570 MiB
+    of importing TensorFlow were reported as the memory the 2 KiB file adds to a LiteRT process."""
+    import keras
+
+    inp = keras.Input((None, None, 3), name="image")
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)))
+    x = np.random.default_rng(0).random((2, 20, 24, 3)).astype("float32")
+    result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
+    np.savez(tmp_path / "x.npz", x=x)
+    measured = deploykit.bench(result.path("tflite-fp32"), data=tmp_path / "x.npz", iterations=3, warmup=1)
+    assert 0 < measured["runtime_memory_bytes"] < 100 * 2**20, measured["runtime_memory_bytes"]

@@ -186,7 +186,7 @@ def _refuse_carried_state(flatbuffer: bytes, target: Any) -> None:
 def _carried_state_ops(flatbuffer: bytes) -> list[str]:
     """The fused sequence ops of a file that keep state in variable tensors (empty: none)."""
     # The flatbuffer's own reader, not flatbuffer_utils' object copy: a VGG16 file is 0.5 GB of buffers.
-    from tensorflow.lite.python import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema
 
     fb = schema.Model.GetRootAsModel(flatbuffer, 0)
     codes = [fb.OperatorCodes(i) for i in range(fb.OperatorCodesLength())]
@@ -208,7 +208,7 @@ def _in_declared_order(flatbuffer: bytes, input_names: list[str], output_names: 
     (``output(0)`` in TFLite Micro, ``get_output_details()[0]``) would take the wrong one, silently
     when the shapes match. Signature names map to tensors by index, so they stay right.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
+    from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     sigs = model.signatureDefs or []

@@ -107,11 +107,8 @@ _TFLITE_DTYPES = {
 
 
 def _count_tflite(path: Path, shared_for: frozenset[int] = frozenset()) -> dict[str, Any]:
-    from deploykit._quiet import import_tensorflow
-
-    import_tensorflow()
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}

@@ -109,11 +109,9 @@ class LiteRTRunner:
     def _build_for(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Build the XNNPACK interpreter with the inputs' shapes written into the model."""
         from ai_edge_litert.interpreter import Interpreter
-
-        from deploykit._quiet import import_tensorflow
-
-        import_tensorflow()  # quietly: flatbuffer_utils lives in TensorFlow
-        from tensorflow.lite.tools import flatbuffer_utils
+        # LiteRT's own copy, not TensorFlow's: importing TensorFlow here (~570 MiB) was counted as the
+        # memory a file with inputs of any height and width adds to a LiteRT process
+        from ai_edge_litert.tools import flatbuffer_utils
 
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(self.path.read_bytes()))
         for name, x in inputs.items():
