@@ -687,3 +687,33 @@ def test_an_unreadable_profiler_trace_leaves_the_verified_file_ok(onnx_run, monk
 
     monkeypatch.setattr(ort_bench.json, "loads", cut_short)
     assert runner.op_profile(inputs, runs=2) == {}
+
+
+def test_bench_draws_inputs_of_every_type_onnx_runtime_takes(tmp_path):
+    """A bool input: np.iinfo's ValueError traceback (exit 1); int16/uint16/uint32 inputs were fed as
+    float32 (ORT's InvalidArgument); a text input has no random stand-in: said so, with the way out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.errors import UserError
+
+    def file(name, kind):
+        graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "g",
+                                  [helper.make_tensor_value_info("x", kind, [1, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+
+    for kind in (TensorProto.BOOL, TensorProto.INT16, TensorProto.UINT16, TensorProto.UINT32):
+        measured = deploykit.bench(file(f"t{kind}.onnx", kind), iterations=3, warmup=1)
+        assert measured["p50_ms"] > 0
+    text = helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "g",
+                             [helper.make_tensor_value_info("s", TensorProto.STRING, [1, 2])],
+                             [helper.make_tensor_value_info("y", TensorProto.STRING, None)])
+    model = helper.make_model(text, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "text.onnx")
+    with pytest.raises(UserError, match="input 's' takes text values, which no random input stands for; pass --data"):
+        deploykit.bench(tmp_path / "text.onnx", iterations=3, warmup=1)

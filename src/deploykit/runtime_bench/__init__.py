@@ -157,6 +157,12 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
             # Drawn in float32 directly: float64 first and then cast needed three times the input's memory.
             if dtype.kind == "f":
                 out[name] = rng.standard_normal(shape, dtype=np.float32)
+            elif dtype.kind == "b":  # a mask or a flag: np.iinfo takes no bool ("Invalid integer data type 'b'")
+                out[name] = rng.integers(0, 1, shape, endpoint=True, dtype=np.uint8).astype(bool)
+            elif dtype.kind not in "iu":
+                raise UserError(f"input {name!r} takes {'text' if dtype.kind in 'USO' else dtype} values, which no random "
+                                "input stands for; "
+                                "pass --data with samples for it")
             else:
                 info = np.iinfo(dtype)
                 scale, zero = d["quantization"]
