@@ -1084,7 +1084,12 @@ def verify(
         if len(per) > 1:
             result["accuracy_per"] = f"position ({int(np.prod(per[1:]))} labelled positions per sample)"
         drop = (ref_acc - art_acc) * 100
-        result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop})
+        # ties included (agreement counts them as kept): a report that ranks a file above the model it copies
+        # must know how many answers it moved (an fp16 file "more accurate" on one 0.31774 vs 0.31757 tie)
+        changed = int(np.count_nonzero(classes_like(reference[scored], got[headline], per)
+                                       != predicted_classes(reference[scored], per)))
+        result.update({"reference_accuracy": ref_acc, "accuracy": art_acc, "accuracy_drop_points": drop,
+                       "changed_answers": changed})
         tied = _tied_flips(reference[scored], got[headline], tolerance, per) if drop > tolerance.max_accuracy_drop + 1e-9 else None
         if tied is not None and tied.any():
             # Answers that moved between classes the model itself scores within the file's bound of each

@@ -75,6 +75,14 @@ def test_most_accurate_is_not_an_int8_file_one_lucky_sample_ahead():
                           "top1_agreement": agree}
     down = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
     assert down == "Most accurate: **onnx-int8-qdq** (75.50%; reference 76.00%)"
+    # an fp16 file with 100 % agreement (its one changed answer a tie, 0.31774 vs 0.31757) one sample up on 64:
+    # it headed the report, its changed answers read 0 from agreement
+    arts = [_artifact("onnx-fp32", 1000), _artifact("onnx-fp16", 500)]
+    for a, acc, changed, err in zip(arts, (0.6875, 0.703125), (0, 1), (1e-7, 3e-4)):
+        a.verification = {"accuracy": acc, "reference_accuracy": 0.6875, "max_abs_error": err, "samples": 64,
+                          "top1_agreement": 1.0, "changed_answers": changed}
+    tie = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
+    assert tie.startswith("Most accurate: **onnx-fp32** (68.75%") and "onnx-fp16's 70.31% is within chance" in tie, tie
 
 
 def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():

@@ -153,7 +153,10 @@ def table(manifest: Manifest) -> list[dict[str, str]]:
 
 
 def _changed_answers(v: dict[str, Any]) -> int:
-    """How many samples' top-1 answers the artifact changed from the reference's."""
+    """How many samples' top-1 answers the artifact changed from the reference's (ties included, where
+    verification counted them; agreement counts a tie as kept)."""
+    if v.get("changed_answers") is not None:
+        return int(v["changed_answers"])
     return int(round((1.0 - v["top1_agreement"]) * v["samples"]))
 
 
