@@ -137,4 +137,5 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
 
 
 def _describe(inputs: dict[str, np.ndarray]) -> str:
-    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
+    """Names, shapes and dtypes: an int8-io file beside its float one differs in the dtype alone."""
+    return ", ".join(f"{k} {tuple(v.shape)} {np.asarray(v).dtype}" for k, v in inputs.items())
