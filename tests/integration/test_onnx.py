@@ -717,3 +717,21 @@ def test_bench_draws_inputs_of_every_type_onnx_runtime_takes(tmp_path):
     onnx.save(model, tmp_path / "text.onnx")
     with pytest.raises(UserError, match="input 's' takes text values, which no random input stands for; pass --data"):
         deploykit.bench(tmp_path / "text.onnx", iterations=3, warmup=1)
+
+
+def test_a_fixed_batch_file_is_timed_at_its_batch_with_data_too(tmp_path):
+    """--data gave a batch-8 file one sample: ONNX Runtime refused it ("Got: 1 Expected: 8", blamed on the
+    data's values), LiteRT resized it to batch 1 unannounced; the memory line always said batch 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).random((16, 4)).astype("float32"), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "fixed8.onnx")
+    np.savez(tmp_path / "three.npz", x=np.random.default_rng(1).random((3, 16)).astype("float32"))
+    measured = deploykit.bench(tmp_path / "fixed8.onnx", data=tmp_path / "three.npz", iterations=3, warmup=1)
+    assert measured["p50_ms"] > 0 and "runs at batch 8" in measured["runtime_memory_of"], measured["runtime_memory_of"]

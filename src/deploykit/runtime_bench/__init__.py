@@ -333,8 +333,12 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
     specs = [TensorSpec(s.name, s.shape, given[s.name].name) if s.dtype == "float32" and s.name in given
              and np.dtype(details[s.name].get("dtype", np.float32)).kind in "iu" and given[s.name] == np.dtype(details[s.name]["dtype"])
              else s for s in specs]
-    ds = load_data(data, specs, role="bench data", labels=False).take(1)
-    inputs = {spec.name: x for spec, x in zip(specs, ds.x)}
+    # A file made for a fixed batch (8) is timed at it, as on random inputs: one sample resized it to 1
+    # (LiteRT) or was refused (ONNX Runtime); data with fewer samples is repeated to fill the batch.
+    fixed = {int(s.shape[0]) for s in specs if s.shape and s.shape[0] is not None}
+    batch = fixed.pop() if len(fixed) == 1 and all(s.shape and s.shape[0] is not None for s in specs) else 1
+    ds = load_data(data, specs, role="bench data", labels=False).take(batch)
+    inputs = {spec.name: (x if len(x) == batch else np.resize(x, (batch, *x.shape[1:]))) for spec, x in zip(specs, ds.x)}
     try:  # once, untimed: values the model cannot take (ids past an Embedding's table) fail here, not mid-timing
         runner.run(inputs)
     except DeployError:

@@ -88,7 +88,7 @@ def measure(runtime: str, path: str | Path, threads: int, inputs: Mapping[str, n
         runtime: Runner name (``litert``, ``onnxruntime``, ``tfjs``).
         path: The artifact.
         threads: Runtime threads, as benchmarked.
-        inputs: One batch of inputs by input name (the benchmark's batch-1 sample).
+        inputs: One batch of inputs by input name (the benchmark's: one sample, or a fixed-batch file's batch).
         options: The target's options (runners take the ones they name, e.g. TF.js ``backend``).
 
     Returns:
@@ -118,10 +118,11 @@ def measure(runtime: str, path: str | Path, threads: int, inputs: Mapping[str, n
             why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:200]
             return {"runtime_memory_bytes": None, "runtime_memory_of": f"not measured: the probe process failed ({why})"}
         got = json.loads(lines[-1])
+    batch = len(next(iter(inputs.values()))) if inputs and np.ndim(next(iter(inputs.values()))) else 1
     return {
         "runtime_memory_bytes": max(got["peak_rss_bytes"] - got["start_rss_bytes"], 0),
         "runtime_process_peak_bytes": got["peak_rss_bytes"],
-        "runtime_memory_of": f"what loading this file and {RUNS} runs at batch 1 add to a new process that has "
+        "runtime_memory_of": f"what loading this file and {RUNS} runs at batch {batch} add to a new process that has "
                              f"{got['process']} loaded (peak RSS minus RSS before loading)",
     }
 
