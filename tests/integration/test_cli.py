@@ -820,3 +820,20 @@ def test_a_one_value_option_given_twice_is_refused(tmp_path):
                           "--data", "a.npz", "--data", "b.npz"], capture_output=True, text=True, timeout=120)
     assert (run.returncode, run.stderr.strip()) == (2, "deploy: error: --data is given more than once; give it once")
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_of_a_file_with_tensorflow_ops_names_them_not_a_damaged_file(tmp_path):
+    """An intact file converted with SELECT_TF_OPS: LiteRT's message was cut mid-URL and followed by "a file
+    cut short or changed since it was written ...: convert the model again"."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((1,), tf.string, name="s")])
+    def length(s):
+        return {"y": tf.strings.length(s)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([length.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    (tmp_path / "flex.tflite").write_bytes(converter.convert())
+    assert_user_error(run_deploy(["bench", tmp_path / "flex.tflite"]), "uses TensorFlow ops (SELECT_TF_OPS",
+                      "builtin ops only")
+    assert "cut short" not in run_deploy(["bench", tmp_path / "flex.tflite"]).stderr

@@ -475,6 +475,11 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
                 except RuntimeLoadError as exc:  # an existing file: a copy cut short, or edited since
                     if re.search(r"permission denied|EACCES", str(exc), re.IGNORECASE):
                         raise RuntimeLoadError(f"{exc}; check the files' permissions") from None
+                    if "Select TensorFlow op" in str(exc):  # an intact file LiteRT has no kernels for: said so
+                        raise RuntimeLoadError(
+                            f"LiteRT could not load {Path(path).name}: it uses TensorFlow ops (SELECT_TF_OPS, the Flex "
+                            "delegate), which the ai-edge-litert interpreter does not carry; time a file converted "
+                            "with builtin ops only (deploy convert makes those)") from None
                     raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
                                            "like this: convert the model again") from None
                 inputs = _bench_inputs(runner, data, path)
