@@ -837,3 +837,29 @@ def test_bench_of_a_file_with_tensorflow_ops_names_them_not_a_damaged_file(tmp_p
     assert_user_error(run_deploy(["bench", tmp_path / "flex.tflite"]), "uses TensorFlow ops (SELECT_TF_OPS",
                       "builtin ops only")
     assert "cut short" not in run_deploy(["bench", tmp_path / "flex.tflite"]).stderr
+
+
+def test_bench_of_a_file_with_several_signatures_says_which_it_timed(tmp_path):
+    """A .tflite with signatures 'aaa_small' and 'zzz_heavy': one was timed and nothing said which."""
+    import tensorflow as tf
+
+    class Two(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((1, 4), tf.float32, name="x")])
+        def aaa_small(self, x):
+            return {"y": x + 1.0}
+
+        @tf.function(input_signature=[tf.TensorSpec((1, 4), tf.float32, name="x")])
+        def zzz_heavy(self, x):
+            return {"y": tf.matmul(x, tf.ones((4, 4)))}
+
+    two = Two()
+    tf.saved_model.save(two, str(tmp_path / "sm"), signatures={"aaa_small": two.aaa_small, "zzz_heavy": two.zzz_heavy})
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"), signature_keys=["zzz_heavy", "aaa_small"])
+    (tmp_path / "two.tflite").write_bytes(converter.convert())
+    from deploykit.runtime_bench.litert import _signature_subgraphs
+
+    main = next(k for k, g in _signature_subgraphs(tmp_path / "two.tflite").items() if g == 0)
+    other = "zzz_heavy" if main == "aaa_small" else "aaa_small"
+    measured = deploykit.bench(tmp_path / "two.tflite", iterations=3, warmup=1)
+    assert measured["note"] == (f"timed signature {main!r}, the file's main graph; its other signatures ({other!r}) "
+                                "were not timed"), measured.get("note")
