@@ -1295,3 +1295,22 @@ def test_an_output_whose_range_one_sample_sets_fails_where_the_others_lost_their
     tag = np.full((150, 1), 0.001)
     tag[::40] = 0.99  # a rare tag: judged by its answers
     assert "lost_bulk" not in compare_outputs(tag, np.round(tag * 255) / 255, tol)
+
+
+def test_an_agreement_failure_on_too_few_samples_says_how_many_would_tell():
+    """ResNet50 on 64 samples: 2 near-tie flips failed 97 % agreement (1 allowed) while accuracy rose;
+    the message pointed at int16x8 and QAT, not at the sample count."""
+    from deploykit.verify import _judge_classes
+
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(10), 64)
+    got = ref.copy()
+    for i in (3, 9):  # two answers moved to the runner-up
+        top2 = np.argsort(ref[i])[-2:]
+        got[i, top2] = got[i, top2[::-1]]
+    int8 = Tolerance(atol=0.0, range_atol=0.05, min_agreement=0.97)
+    failure = _judge_classes(ref, got, {}, int8, (64,), gated=True)
+    assert failure.startswith("top-1 agreement 96.88% is below 97.00% (64 samples: 97% allows 1 changed answer; "
+                              "verify on at least 100"), failure
+    many = np.concatenate([ref] * 4), np.concatenate([got] * 4)  # 8 of 256: a lost answer, not resolution
+    assert "samples: 97% allows" not in _judge_classes(*many, {}, int8, (256,), gated=True)
