@@ -401,7 +401,7 @@ def _bound_failure(cmp: dict[str, Any]) -> str | None:
 def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
     """The sentence for a column whose variation the artifact lost (``collapsed_column``), or None."""
     if lost:
-        # in a wide output the failure is that most columns lost theirs: said so
+        # in a wide output the failure is that a quarter or more of its columns lost theirs: said so
         others = lost.get("lost_columns", 1) - 1 if lost.get("columns", 0) > MAX_OWN_RANGE_COLUMNS else 0
         text = (f"column {lost['column']}" + (f" (and {others} other{'s' if others > 1 else ''} of its {lost['columns']})"
                                               if others > 0 else "")
@@ -850,7 +850,7 @@ def _lost_bulk_failure(bulk: dict[str, Any] | None) -> str | None:
         return None
     where = f"column {bulk['column']}: " if bulk.get("columns", 1) > 1 else ""
     return (f"{where}{bulk['samples']} of {bulk['of']} samples span {bulk['low']:.4g}..{bulk['high']:.4g}, "
-            f"{bulk['share_of_span']:.2g} of the output's span, which the few beyond them set, and the artifact "
+            f"{bulk['share_of_span']:.2g} of the whole span, which the few beyond them set, and the artifact "
             f"follows them little better than a constant ({bulk['artifact_values']} value"
             f"{'s' if bulk['artifact_values'] != 1 else ''}; its error, a constant offset aside, averages "
             f"{bulk['varying_error']:.3g}, {bulk['lost']:.0%} of a constant's): an integer output spends its levels "
