@@ -735,3 +735,23 @@ def test_a_fixed_batch_file_is_timed_at_its_batch_with_data_too(tmp_path):
     np.savez(tmp_path / "three.npz", x=np.random.default_rng(1).random((3, 16)).astype("float32"))
     measured = deploykit.bench(tmp_path / "fixed8.onnx", data=tmp_path / "three.npz", iterations=3, warmup=1)
     assert measured["p50_ms"] > 0 and "runs at batch 8" in measured["runtime_memory_of"], measured["runtime_memory_of"]
+
+
+def test_bench_data_as_a_list_needs_an_input_order_the_file_records(tmp_path):
+    """[a, b] was matched to the file's own input order: two same-shaped inputs could swap without a word."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.errors import UserError
+
+    graph = helper.make_graph([helper.make_node("Sub", ["b_second", "a_first"], ["y"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in ("b_second", "a_first")],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    a, b = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(UserError, match=r"data is a list of 2 arrays, in the Keras model's input order, which this "
+                                        r"artifact does not record; pass a dict keyed by input name"):
+        deploykit.bench(tmp_path / "two.onnx", data=[a, b], iterations=3, warmup=1)
+    assert deploykit.bench(tmp_path / "two.onnx", data={"a_first": a, "b_second": b}, iterations=3, warmup=1)["p50_ms"] > 0

@@ -326,6 +326,10 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
         elif _numbered_npz(data):
             raise UserError(f"{Path(data).name}: keys x0, x1 ... follow the Keras model's input order, which this artifact "
                             f"does not record; name the arrays by input ({', '.join(s.name for s in specs)})")
+        elif isinstance(data, (list, tuple)) and not (order and sorted(order) == sorted(s.name for s in specs)):
+            # [a, b] was matched to the file's own order (TFLite sorts names): two same-shaped inputs swapped silently
+            raise UserError(f"data is a list of {len(data)} arrays, in the Keras model's input order, which this artifact "
+                            f"does not record; pass a dict keyed by input name ({', '.join(s.name for s in specs)})")
     # Quantized inputs take real values, which the runner quantizes; data already in the input's own integer
     # type (int8 for an int8-io file) is taken as quantized: it was quantized a second time, to -128/127.
     given = _given_dtypes(data, [s.name for s in specs])
