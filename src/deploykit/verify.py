@@ -594,8 +594,9 @@ def _vanished_class(rows: np.ndarray, agree: np.ndarray) -> dict[str, Any] | Non
 def _vanished_tag(ref: np.ndarray, got: np.ndarray) -> dict[str, Any] | None:
     """A sigmoid tag the reference turns on (or off) for MIN_VANISHED_SAMPLES samples or more, one of them
     clearly (as a binary classifier's class: p at least VANISHED_MIN_LEAD / 2 from 0.5), that the artifact
-    turns so for none of them; the one with the most such samples, or None. Each tag is a binary answer
-    of its own, held to what :func:`_vanished_class` holds a class to."""
+    turns so for none of them, or for fewer than TAG_MIN_KEPT of the clear ones; the one with the most
+    such samples, or None. Each tag is a binary answer of its own, held to what :func:`_vanished_class`
+    holds a class to (and, having no argmax rival, to keeping most of its clear answers)."""
     worst = None
     for j in range(ref.shape[1]):
         r, g = ref[:, j], got[:, j]
