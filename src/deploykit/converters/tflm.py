@@ -48,11 +48,20 @@ def micro_kernels() -> frozenset[str]:
     return frozenset(n.decode() for n in names)
 
 
+@functools.lru_cache(maxsize=2)
+def _object_model(flatbuffer: bytes) -> Any:
+    """The file as flatbuffer objects, parsed once for the op list, the operators and the softmax check
+    (each parsed it again); read-only for its callers."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+
+
 def model_ops(flatbuffer: bytes) -> list[str]:
     """Builtin op names used by a .tflite flatbuffer (custom ops as ``CUSTOM:<name>``)."""
     from tflite_micro.python.tflite_micro import runtime
 
-    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    model = _object_model(bytes(flatbuffer))
     schema = runtime.schema_fb
     code_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     ops = []
@@ -75,7 +84,7 @@ def _operators(flatbuffer: bytes) -> list[dict[str, Any]]:
     """The main graph's operators in graph order: ``{op, output, weight_bytes}`` each."""
     from tflite_micro.python.tflite_micro import runtime
 
-    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    model = _object_model(bytes(flatbuffer))
     code_names = {v: k for k, v in vars(runtime.schema_fb.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
     rows = []
@@ -105,7 +114,7 @@ def flat_softmax(flatbuffer: bytes) -> str | None:
     calibrates so."""
     from tflite_micro.python.tflite_micro import runtime
 
-    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    model = _object_model(bytes(flatbuffer))
     softmax = runtime.schema_fb.BuiltinOperator.SOFTMAX
     for graph in model.subgraphs:
         for op in graph.operators or []:
