@@ -465,15 +465,14 @@ def _repeated_option(argv: list[str]) -> str | None:
 
 def _not_utf8(args: list[str]) -> str | None:
     """Why an argument cannot be used when its bytes are not UTF-8 (a file name from a Latin-1 system or
-    an archive; Python keeps such bytes as surrogates), or None. The name reaches the reports, the
-    runtimes and the manifest, which take text: the run ended in a UnicodeEncodeError traceback."""
+    an archive), or None; refused before anything runs, as the API refuses such a path."""
+    from deploykit.errors import not_utf8
+
     for arg in args:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            shown = os.fsencode(arg).decode("utf-8", errors="backslashreplace")
-            return (f"argument '{shown}' is not UTF-8 text (a name written in another encoding); rename the file or "
-                    "directory to a UTF-8 name (e.g. with convmv) and pass that")
+            return f"argument {not_utf8(arg)}"
     return None
 
 
@@ -532,8 +531,6 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _toml_value(value: Any) -> str:
     """``value`` written as TOML (true/false, quoted strings, arrays), not as Python's repr."""
-    import json
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):

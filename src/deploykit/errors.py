@@ -145,9 +145,15 @@ def at_api_boundary() -> Iterator[None]:
         if exc.reason != "surrogates not allowed":
             raise
         # A str path holding bytes that are not UTF-8 (os.fsdecode's surrogates): it reached the reports' text.
-        shown = os.fsencode(exc.object).decode("utf-8", errors="backslashreplace")
-        raise UserError(f"'{shown}' is not UTF-8 text (a name written in another encoding); rename the file or "
-                        "directory to a UTF-8 name and pass that") from None
+        raise UserError(not_utf8(exc.object)) from None
+
+
+def not_utf8(name: str) -> str:
+    """The refusal of a name (path, argument) whose bytes are not UTF-8, which Python keeps as surrogates:
+    it reaches the reports, the runtimes and the manifest, which take text (a UnicodeEncodeError traceback)."""
+    shown = os.fsencode(name).decode("utf-8", errors="backslashreplace")
+    return (f"'{shown}' is not UTF-8 text (a name written in another encoding); rename the file or directory to a "
+            "UTF-8 name and pass that")
 
 
 def path_refusal(exc: OSError) -> UserError | None:
