@@ -719,6 +719,26 @@ def test_bench_draws_inputs_of_every_type_onnx_runtime_takes(tmp_path):
         deploykit.bench(tmp_path / "text.onnx", iterations=3, warmup=1)
 
 
+def test_an_input_without_a_shape_is_not_timed_on_a_scalar(tmp_path):
+    """ONNX Runtime reports an input that records no shape as [], as it does a scalar: bench timed one
+    random number for it without a word, and --data of shape (4, 3, 5) was refused as 'expects ()'."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit.errors import UserError
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "noshape.onnx")
+    with pytest.raises(UserError, match="input 'x' records no shape, so no random input fits it; pass --data"):
+        deploykit.bench(tmp_path / "noshape.onnx", iterations=3, warmup=1)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((4, 3, 5), dtype=np.float32))
+    assert deploykit.bench(tmp_path / "noshape.onnx", data=tmp_path / "d.npz", iterations=3, warmup=1)["n"] == 3
+
+
 def test_a_fixed_batch_file_is_timed_at_its_batch_with_data_too(tmp_path):
     """--data gave a batch-8 file one sample: ONNX Runtime refused it ("Got: 1 Expected: 8", blamed on the
     data's values), LiteRT resized it to batch 1 unannounced; the memory line always said batch 1."""

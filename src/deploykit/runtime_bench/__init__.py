@@ -246,13 +246,13 @@ def _built_for_micro(path: Path) -> str | None:
     return None
 
 
-def _given_dtypes(data: Any, names: list[str]) -> dict[str, np.dtype]:
-    """The dtype of each input's array as the data holds it (an .npz path, a dict or one array), by
-    the keys load_data reads: the input's name, x0, x1..., or x for a one-input model."""
+def _given_arrays(data: Any, names: list[str]) -> dict[str, tuple[np.dtype, tuple[int, ...] | None]]:
+    """The dtype and shape of each input's array as the data holds it (an .npz path, a dict or one
+    array), by the keys load_data reads: the input's name, x0, x1..., or x for a one-input model."""
     wanted = {*names, "x", *(f"x{i}" for i in range(len(names)))}
     if isinstance(data, (str, Path)) and str(data).endswith(".npz"):
         try:  # the arrays' headers only: load_data reads the data itself
-            arrays = _npz_dtypes(Path(data), wanted)
+            arrays = _npz_headers(Path(data), wanted)
         except Exception:  # noqa: BLE001 - load_data gives the real error
             return {}
     elif isinstance(data, dict):
@@ -264,13 +264,15 @@ def _given_dtypes(data: Any, names: list[str]) -> dict[str, np.dtype]:
     out = {}
     for i, name in enumerate(names):
         value = arrays.get(name, arrays.get(f"x{i}", arrays.get("x") if len(names) == 1 else None))
-        if isinstance(value, (np.ndarray, np.dtype)):
-            out[name] = value if isinstance(value, np.dtype) else value.dtype
+        if isinstance(value, np.ndarray):
+            out[name] = (value.dtype, value.shape)
+        elif isinstance(value, tuple):
+            out[name] = value
     return out
 
 
-def _npz_dtypes(path: Path, keys: set[str]) -> dict[str, np.dtype]:
-    """The dtype of each of ``keys`` in an .npz, read from its .npy headers."""
+def _npz_headers(path: Path, keys: set[str]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The dtype and shape of each of ``keys`` in an .npz, read from its .npy headers."""
     import zipfile
 
     out = {}
@@ -281,7 +283,8 @@ def _npz_dtypes(path: Path, keys: set[str]) -> dict[str, np.dtype]:
             with archive.open(f"{key}.npy") as f:
                 version = np.lib.format.read_magic(f)
                 header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                out[key] = header(f)[2]
+                shape, _, dtype = header(f)
+                out[key] = (dtype, tuple(shape))
     return out
 
 
@@ -298,6 +301,8 @@ def _numbered_npz(data: Any) -> bool:
 def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str, np.ndarray]:
     if data is None:
         for name, d in runner.input_details().items():
+            if d.get("rank_unknown"):
+                raise UserError(f"input {name!r} records no shape, so no random input fits it; pass --data with a real sample")
             sig = list(d.get("shape_signature", d["shape"]))
             if any(int(s) == -1 for s in sig[1:]):
                 raise UserError(f"input {name!r} has dimensions of any size {tuple(None if int(s) == -1 else int(s) for s in sig)}; "
@@ -332,11 +337,14 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
                             f"does not record; pass a dict keyed by input name ({', '.join(s.name for s in specs)})")
     # Quantized inputs take real values, which the runner quantizes; data already in the input's own integer
     # type (int8 for an int8-io file) is taken as quantized: it was quantized a second time, to -128/127.
-    given = _given_dtypes(data, [s.name for s in specs])
+    given = _given_arrays(data, [s.name for s in specs])
     details = runner.input_details()
-    specs = [TensorSpec(s.name, s.shape, given[s.name].name) if s.dtype == "float32" and s.name in given
-             and np.dtype(details[s.name].get("dtype", np.float32)).kind in "iu" and given[s.name] == np.dtype(details[s.name]["dtype"])
+    specs = [TensorSpec(s.name, s.shape, given[s.name][0].name) if s.dtype == "float32" and s.name in given
+             and np.dtype(details[s.name].get("dtype", np.float32)).kind in "iu" and given[s.name][0] == np.dtype(details[s.name]["dtype"])
              else s for s in specs]
+    # An input that records no shape takes the data's (any size in each dimension); its [] read as a scalar.
+    specs = [TensorSpec(s.name, (None,) * len(given[s.name][1]), s.dtype)
+             if details[s.name].get("rank_unknown") and s.name in given and given[s.name][1] is not None else s for s in specs]
     # A file made for a fixed batch (8) is timed at it, as on random inputs: one sample resized it to 1
     # (LiteRT) or was refused (ONNX Runtime); data with fewer samples is repeated to fill the batch.
     fixed = {int(s.shape[0]) for s in specs if s.shape and s.shape[0] is not None}

@@ -29,19 +29,33 @@ _ORT_DTYPES = {
 }
 
 
-def check_external_data(path: Path) -> list[str]:
+def _graph_of(path: Path) -> Any:
+    """The model's proto without its external data (the graph only)."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from None
+
+
+def unranked_inputs(proto: Any) -> set[str]:
+    """Graph inputs that record no shape at all. ONNX Runtime reports them as shape [], as it does a
+    scalar, and a random scalar was timed for them without a word."""
+    initializers = {t.name for t in proto.graph.initializer}
+    return {i.name for i in proto.graph.input if i.name not in initializers
+            and i.type.HasField("tensor_type") and not i.type.tensor_type.HasField("shape")}
+
+
+def check_external_data(path: Path, proto: Any = None) -> list[str]:
     """External-data files a model references; refuse any that leave its directory.
 
     Raises:
-        UserError: a location is absolute or escapes the model's directory.
+        UserError: the file is no ONNX model, or a location is absolute or escapes the model's directory.
     """
-    import onnx
     from onnx import external_data_helper
 
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from None
+    proto = _graph_of(path) if proto is None else proto
     base = path.resolve().parent
     locations = set()
     for tensor in external_data_helper._get_all_tensors(proto):
@@ -139,7 +153,9 @@ class ORTRunner:
         """Check the file's external data before loading it. Separate from :meth:`load` so the memory
         probe can run it before its start figure: it imports the ``onnx`` package (~10 MiB) and parses
         the graph, which an app serving the file with ONNX Runtime does neither."""
-        check_external_data(self.path)
+        proto = _graph_of(self.path)
+        check_external_data(self.path, proto)
+        self._unranked = unranked_inputs(proto)
         self._preflighted = True
 
     def load(self) -> float:
@@ -170,12 +186,15 @@ class ORTRunner:
         return list(self._out_names)
 
     def input_details(self) -> dict[str, dict[str, Any]]:
-        """Name -> shape (-1 for symbolic dims), dtype, no quantization (ORT takes floats)."""
+        """Name -> shape (-1 for symbolic dims), dtype, no quantization (ORT takes floats); ``rank_unknown``
+        for an input that records no shape (ONNX Runtime says [] for it, as for a scalar)."""
         out = {}
         for name, i in self._in.items():
             shape = [d if isinstance(d, int) else -1 for d in i.shape]
             out[name] = {"shape": shape, "shape_signature": shape, "dtype": _ORT_DTYPES.get(i.type, np.float32),
                          "quantization": (0.0, 0)}
+            if name in getattr(self, "_unranked", ()):
+                out[name]["rank_unknown"] = True
         return out
 
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
