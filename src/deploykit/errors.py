@@ -168,3 +168,23 @@ def path_refusal(exc: OSError) -> UserError | None:
     shown = name if len(name) <= 80 else f"{name[:40]}…{name[-30:]}"
     return UserError(f"path {shown} cannot be used: {exc.strerror} (a file or directory name can have at most 255 "
                      "bytes, a whole path 4096); choose a shorter name")
+
+
+def disk_full(exc: BaseException, where: str | None = None) -> OSError | None:
+    """The OSError a full disk stands for, or None when ``exc`` is about something else.
+
+    TensorFlow's own writers (SavedModel export, the TFLite converter's temp files) say "No space left on
+    device" inside their op errors, with a ``{{function_node ...}}`` prefix and a temp file's name; as an
+    ENOSPC OSError it gets the CLI's one line (free space, or another --out or TMPDIR).
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        if os.strerror(code) in text:
+            if where is None:
+                import tempfile
+
+                where = tempfile.gettempdir()
+            return OSError(code, os.strerror(code), where)
+    return None

@@ -524,8 +524,10 @@ class LoadedModel:
                         with python_stdout_quiet():
                             self.keras_model.export(str(path))
                 except Exception as exc:  # export failures are conversion failures of every target
-                    from deploykit.errors import ConversionError
+                    from deploykit.errors import ConversionError, disk_full
 
+                    if (full := disk_full(exc)) is not None:
+                        raise full from None
                     raise ConversionError(f"exporting the model to a SavedModel failed: {exc}. {cap.tail(2)}") from exc
             self._saved_model_path = path
         return self._saved_model_path
@@ -538,7 +540,7 @@ class LoadedModel:
         ``unfused``: a tf_keras model's LSTM/GRU traced as plain loops (see ``_recurrent_unfused``).
         Needs the Keras model: a SavedModel's traced graph cannot be re-traced.
         """
-        from deploykit.errors import ConversionError
+        from deploykit.errors import ConversionError, disk_full
 
         if self.keras_model is None:
             raise ConversionError(f"{self.source}: only a Keras model can be re-exported with a fixed batch size")
@@ -552,6 +554,8 @@ class LoadedModel:
                     with python_stdout_quiet():
                         _export_fixed_batch(self._export_model(), self.kind, path, batch, unfused)
                 except Exception as exc:
+                    if (full := disk_full(exc)) is not None:
+                        raise full from None
                     raise ConversionError(f"exporting the model with batch size {batch} failed: "
                                           f"{' '.join(str(exc).split())[:300]}. {cap.tail(2)}") from None
         return path

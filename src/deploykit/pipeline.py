@@ -26,7 +26,7 @@ import numpy as np
 
 from deploykit._quiet import logs_muted
 from deploykit.artifacts import FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
-from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError
+from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError, disk_full
 from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_SETTINGS, check_cluster,
                                         check_prune, check_qat, check_qat_model, fine_tune_loss,
                                         label_output_index)
@@ -939,6 +939,8 @@ class Pipeline:
         except Exception as exc:  # a converter/runtime crash fails this target, not the run
             if getattr(exc, "_raised_by_progress", False):  # the caller's own callback: theirs to see
                 raise
+            if (full := disk_full(exc)) is not None:  # the run's, not this target's: the next ones fail alike
+                raise full from None
             artifact.status = "failed"
             artifact.error = (str(exc) if isinstance(exc, DeployError)
                               else f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}")

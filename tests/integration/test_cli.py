@@ -863,3 +863,25 @@ def test_bench_of_a_file_with_several_signatures_says_which_it_timed(tmp_path):
     measured = deploykit.bench(tmp_path / "two.tflite", iterations=3, warmup=1)
     assert measured["note"] == (f"timed signature {main!r}, the file's main graph; its other signatures ({other!r}) "
                                 "were not timed"), measured.get("note")
+
+
+def test_a_full_tmpdir_during_export_is_one_line_and_leaves_nothing(tmp_path, keras3_path, data_npz):
+    """A real full disk: a 1 MiB tmpfs as TMPDIR (root only: mount). The SavedModel export said
+    TensorFlow's op error with a {{function_node ...}} prefix and a temp file's name."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("this machine refuses a tmpfs mount")
+    try:
+        env = {**os.environ, "TMPDIR": str(tiny)}
+        out = tmp_path / "out"
+        done = subprocess.run([str(Path(sys.executable).parent / "deploy"), "convert", str(keras3_path), "-t", "onnx-fp32",
+                               "--data", str(data_npz), "--out", str(out), "--no-bench"],
+                              capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == f"deploy: error: No space left on device writing {tiny}; free some space or choose another --out (or TMPDIR)"
+        assert not out.exists() and not os.listdir(tiny)
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)

@@ -55,3 +55,19 @@ def test_bench_of_no_file_is_a_one_line_user_error():
 
     with pytest.raises(UserError, match="pass an artifact file to benchmark .* got NoneType None"):
         deploykit.bench(None)
+
+
+def test_a_full_disk_inside_tensorflow_is_said_as_the_full_disk_it_is(tmp_path):
+    """SavedModel export on a full TMPDIR gave TensorFlow's op error ({{function_node __wrapped__SaveV2...}},
+    a temp file's name) as the run's one line; as ENOSPC it gets the CLI's "free some space" line."""
+    import errno
+
+    import tensorflow as tf
+
+    from deploykit.errors import disk_full
+
+    said = tf.errors.UnknownError(None, None, "{{function_node __wrapped__SaveV2}} /t/x.tempstate1; No space left on device [Op:SaveV2]")
+    full = disk_full(said, str(tmp_path))
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC and full.filename == str(tmp_path)
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")).errno == errno.EDQUOT
+    assert disk_full(ValueError("shape mismatch")) is None and disk_full(OSError(errno.EACCES, "denied")) is None
