@@ -554,6 +554,23 @@ def test_a_dropped_node_runner_is_stopped_when_collected():
     assert proc.poll() is not None
 
 
+def test_node_stopped_by_sigint_is_an_interruption_not_a_runtime_error():
+    """kill -INT to a background job's process group reached Node only (a script's background Python
+    ignores SIGINT): the run said "TF.js runner (Node) exited with code -2" and exit 2, not interrupted."""
+    import signal
+
+    from deploykit.runtime_bench.tfjs.runner import NodeProcess
+
+    node = NodeProcess()
+    try:
+        node.proc.send_signal(signal.SIGINT)
+        node.proc.wait(timeout=30)
+        with pytest.raises(KeyboardInterrupt):
+            node.request("ping")
+    finally:
+        node.close()
+
+
 def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
     """TF.js has no uint8 tensors: the report listed the input as uint8, and an app feeding float32
     pixels met model.execute's refusal. The note says what to feed."""

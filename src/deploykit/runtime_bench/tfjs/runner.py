@@ -20,6 +20,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -196,6 +197,7 @@ class NodeProcess:
                                        + (f" ({tail})" if tail else "")) from None
             if line is None:
                 code = self.proc.wait()
+                _interrupted_if(code)
                 tail = self.stderr_tail()
                 raise RuntimeLoadError(f"TF.js runner (Node) exited with code {code} during {what}" + (f": {tail}" if tail else ""))
             try:
@@ -214,6 +216,7 @@ class NodeProcess:
     def request(self, cmd: str, timeout_s: float = _TIMEOUT_S, **fields: Any) -> dict[str, Any]:
         """Send one request, wait for its reply; RuntimeLoadError on error, timeout or exit."""
         if self.proc.poll() is not None:
+            _interrupted_if(self.proc.returncode)
             raise RuntimeLoadError(f"TF.js runner (Node) is not running (exit code {self.proc.returncode})")
         self._next_id += 1
         try:
@@ -411,3 +414,9 @@ class TFJSRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _interrupted_if(code: int | None) -> None:
+    """Node killed by SIGINT was Ctrl-C (or ``kill -INT`` to the job) meant for the whole run; a Python
+    that ignores SIGINT (a background job of a script) read it as "Node exited with code -2", exit 2."""
+    if code == -signal.SIGINT:
+        raise KeyboardInterrupt
