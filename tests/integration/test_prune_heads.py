@@ -97,6 +97,15 @@ def test_labels_that_fit_no_output_and_unknown_output_names_are_refused(k3, digi
         prune(k3, (x, np.zeros((200, 3), np.float32)), sparsity=0.5, epochs=1)
     with pytest.raises(UserError, match=r"'nope' is not an output of this model; its outputs: cls, reg"):
         prune(k3, (x, digits.y_train[:200]), sparsity=0.5, epochs=1, output="nope")
+    # one output: the name was not looked at, and 'nope' or 7 fine-tuned the model without a word
+    import keras
+
+    inp = keras.Input((64,))
+    one = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="probs")(keras.layers.Dense(16)(inp)))
+    one.compile(loss="sparse_categorical_crossentropy")
+    for bad in ("nope", 7):
+        with pytest.raises(UserError, match=rf"{bad!r} is not an output of this model; its outputs: probs"):
+            prune(one, (x, digits.y_train[:200]), sparsity=0.5, epochs=1, output=bad)
 
 
 def test_distillation_targets_and_weights():

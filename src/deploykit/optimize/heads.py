@@ -105,6 +105,23 @@ def check_fine_tunable(model: Any, index: int | None, step: str) -> None:
 MIN_TARGET_FIT = 0.0
 
 
+def named_output(model: Any, output: int | str | None) -> int | None:
+    """Index of the output ``output`` names (index, Keras name or alias); None for None.
+
+    Raises:
+        UserError: ``output`` is no output of the model.
+    """
+    if output is None:
+        return None
+    keys = output_keys(model)
+    if isinstance(output, (int, np.integer)) and not isinstance(output, bool) and 0 <= int(output) < len(keys):
+        return int(output)
+    aliases = output_aliases(model)
+    if isinstance(output, str) and any(output in a for a in aliases):
+        return next(i for i, a in enumerate(aliases) if output in a)
+    raise UserError(f"output {output!r} is not an output of this model; its outputs: {', '.join(keys)}")
+
+
 def labelled_output(model: Any, output: int | str | None, xs: list[np.ndarray], y: np.ndarray | None) -> int:
     """Index of the output ``y`` trains: ``output`` (index or name) when given, else the one the labels
     score as verification scores them (of several, the one the model agrees with most), else the one
@@ -112,16 +129,7 @@ def labelled_output(model: Any, output: int | str | None, xs: list[np.ndarray], 
     for independent sigmoid tags, or target values the model's output predicts worse than their mean
     (digit labels given for a brightness head)."""
     keys = output_keys(model)
-    if output is not None:
-        aliases = output_aliases(model)
-        if isinstance(output, (int, np.integer)) and not isinstance(output, bool) and 0 <= int(output) < len(keys):
-            index = int(output)
-        elif isinstance(output, str) and any(output in a for a in aliases):
-            index = next(i for i, a in enumerate(aliases) if output in a)
-        else:
-            raise UserError(f"output {output!r} is not an output of this model; its outputs: {', '.join(keys)}")
-    else:
-        index = None
+    index = named_output(model, output)
     if y is None:
         return 0 if index is None else index  # no labels at all: the fine-tune's own check says so
     from deploykit.verify import scored_output
@@ -344,6 +352,7 @@ def prepare(model: Any, kind: str, train_data: Any, output: int | str | None,
     alone. A labelled output of class ids is refused first (:func:`check_fine_tunable`), before any loss is asked for."""
     check_fine_tunable(model, None, step)
     if len(getattr(model, "outputs", None) or [None]) == 1:
+        named_output(model, output)  # a name that is no output was taken without a word for one output
         return None, model, compile_config
     from deploykit.optimize.prune import _to_dataset
 
