@@ -184,10 +184,21 @@ def test_cli_qat_errors_exit_2_with_one_line(keras3_path, data_npz, digits, tmp_
 def test_prune_then_qat_keeps_the_zeros_in_the_int8_artifact(tf_keras_keras_path, data_npz, digits, tmp_path):
     import deploykit
 
-    result = deploykit.convert(tf_keras_keras_path, ["tflite-int8"], data=data_npz, out=tmp_path / "out", bench=False,
-                               prune={"sparsity": 0.8, "epochs": 2, "batch_size": 64}, qat=QAT,
+    result = deploykit.convert(tf_keras_keras_path, ["tflite-int8", "onnx-int8-qdq"], data=data_npz, out=tmp_path / "out",
+                               bench=False, prune={"sparsity": 0.8, "epochs": 2, "batch_size": 64}, qat=QAT,
                                train_data=_train(digits))
     assert result.ok, [a["error"] for a in result.artifacts]
+    # ONNX: every int8 kernel symmetric (zero point 0), so its zeros are stored as 0. ONNX Runtime's
+    # pre-processing had quantized the QAT graph's Dense kernel with one asymmetric scale (zeros stored as 18).
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(tmp_path / "out" / result.artifact("onnx-int8-qdq")["path"]).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    kernels = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].size >= 32]
+    assert len(kernels) >= 2 and all(len(n.input) < 3 or not inits[n.input[2]].any() for n in kernels), \
+        [(n.input[0], inits[n.input[2]]) for n in kernels if len(n.input) > 2 and inits[n.input[2]].any()]
     prune_report, qat_report = result["steps"]["prune"]["report"], result["steps"]["qat"]["report"]
     assert prune_report["path"] == "tfmot" and qat_report["path"] == "tfmot-pqat"
     assert qat_report["preserve_sparsity"] and qat_report["scheme"] == "Default8BitPrunePreserveQuantizeScheme"

@@ -470,7 +470,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 # ONNX Runtime's quantizer warns through the root logger, and its sessions (calibration,
                 # shape inference) through ORT's native logger ("Removing initializer ..." on stderr)
                 with library_logs_muted(), native_stderr_captured():
-                    proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external)
+                    proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external, fake_quant)
                 _tidy_after_quantizer(proto, float_io)
         except ConversionError:
             raise
@@ -641,7 +641,16 @@ def _in_declared_order(proto: Any, input_names: list[str], output_names: list[st
 
 
 @foreign_warnings_ignored  # ONNX Runtime's quantizer
-def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, external: bool) -> Any:
+def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, external: bool,
+              fake_quant: bool = False) -> Any:
+    """``src`` quantized by ONNX Runtime's quantizer into ``dst`` (dynamic or static, as ``target`` says).
+
+    ``fake_quant``: the graph holds a QAT model's QuantizeLinear/DequantizeLinear. The pre-processing's
+    graph optimization is then skipped: ONNX Runtime's WeightBiasQuantization quantized each float kernel
+    behind a DequantizeLinear (tf2onnx folds a QAT kernel's fake quantization into a float constant) with
+    one asymmetric scale, so pruned zeros were stored as 3 or 18 and the file was not per-channel as said;
+    left float, the quantizer's own per-channel symmetric rule takes them.
+    """
     import onnx
     from onnxruntime import quantization as q
 
@@ -657,7 +666,8 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
         # From inside the temp dir: when symbolic shape inference is incomplete (attention graphs),
         # ORT saves `sym_shape_infer_temp.onnx` + external data into the current directory.
         with contextlib.chdir(src.parent):
-            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False, save_as_external_data=external)
+            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False, save_as_external_data=external,
+                                skip_optimization=fake_quant)
     except Exception:  # pre-processing is an optimization; quantize the plain graph when it fails
         pre = src
     names = [s.name for s in model.inputs]
