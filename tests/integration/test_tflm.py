@@ -407,3 +407,21 @@ def test_logits_too_flat_for_micro_softmax_are_named_not_a_crash(tmp_path):
     assert path.exists(), tflite  # kept for inspection if it failed: LiteRT runs the file either way
     with pytest.raises(UserError, match=r"TFLite Micro cannot run model.tflite: the logits into SOFTMAX .*--runtime litert"):
         deploykit.bench(path, runtime="tflm", iterations=2, warmup=0)
+
+
+def test_bench_on_micro_refuses_a_file_with_dimensions_of_any_size(tmp_path):
+    """TFLite Micro runs the sizes a file stores, 1 for a dimension of any size: a sequence model was timed
+    at length 1 without a word, and --data of length 7 was refused as 'expects (1, 1, 3)'. A free batch runs."""
+    import tensorflow as tf
+
+    def write(name, shape):
+        fn = tf.function(lambda x: {"out": tf.reduce_mean(x, axis=1) * 2.0},
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="seq")])
+        (tmp_path / name).write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert())
+        return tmp_path / name
+
+    dynamic = write("dyn.tflite", [None, None, 3])
+    with pytest.raises(UserError, match=r"TFLite Micro runs fixed shapes only, and input 'seq' of dyn.tflite has "
+                                        r"dimensions of any size \(None, None, 3\).*--runtime litert"):
+        deploykit.bench(dynamic, runtime="tflm", iterations=2, warmup=0)
+    assert deploykit.bench(write("batch.tflite", [None, 7, 3]), runtime="tflm", iterations=2, warmup=0)["n"] == 2

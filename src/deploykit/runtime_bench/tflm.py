@@ -57,6 +57,7 @@ def io_layout(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         for d in details:
             scale, zero = d["quantization"]
             out.append({"name": names.get(d["index"], d["name"]), "shape": [int(s) for s in d["shape"]],
+                        "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
                         "dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zero)})
         return out
 
@@ -303,6 +304,16 @@ class TFLMRunner:
     def load(self) -> float:
         """Measure the arena in a child process, then load with exactly that arena; returns load seconds."""
         self._layout = io_layout(self.path)
+        for t in self._layout["inputs"]:
+            # TFLite Micro runs the sizes the file stores (1 for a dimension of any size): a sequence of
+            # any length was timed at length 1 without a word, and --data of length 7 refused. A free
+            # batch is fine: run at the stored batch of 1, as LiteRT does.
+            sig = t.get("shape_signature", t["shape"])
+            if any(s == -1 for s in sig[1:]):
+                shown = tuple(None if s == -1 else s for s in sig)
+                raise UserError(f"TFLite Micro runs fixed shapes only, and input {t['name']!r} of {self.path.name} has "
+                                f"dimensions of any size {shown}; convert the model with a fixed input size for "
+                                "microcontrollers, or time this file on LiteRT (--runtime litert) with --data")
         from deploykit.converters.tflm import flat_softmax
 
         flat = flat_softmax(self.path.read_bytes())
