@@ -587,6 +587,23 @@ def test_keras3_recurrent_models_convert_to_tflite_with_a_fixed_batch(tmp_path, 
     assert "- tflite-fp32: takes batches of exactly 1 (recurrent loops" in report
 
 
+def test_a_series_of_any_length_into_a_valid_conv_and_a_gru_verifies_on_tflite(tmp_path):
+    """Batch fixed at 1 (the loop), length free: XNNPACK cannot prepare the valid Conv1D at the stored length
+    1, so LiteRT builds on the first inputs, and it wrote verification's batch of 8 into the batch of 1: one
+    answer for eight samples, every TFLite target failed with "cannot reshape array of size 75"."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = (100 + 30 * np.sin(np.outer(rng.uniform(0.05, 0.4, 64), np.arange(40)))).astype("float32")[..., None]
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    inp = keras.Input((None, 1), name="signal")
+    out = keras.layers.Dense(1)(keras.layers.GRU(4)(keras.layers.Conv1D(4, 5)(norm(inp))))
+    result = deploykit.convert(keras.Model(inp, out), ["tflite-fp32"], data={"x": x}, out=tmp_path / "o", bench=False)
+    assert result.ok, result.artifact("tflite-fp32")["error"]
+    assert "batch size 8 not accepted" in result.artifact("tflite-fp32")["verification"]["batch_note"]
+
+
 def test_a_recurrent_savedmodel_that_tflite_needs_at_a_fixed_batch_is_refused_with_the_way_out(tmp_path):
     """A tf_keras GRU saved as a SavedModel: its traced loop cannot be given a fixed batch, and the
     failure said "replace those layers" where the .h5 of the same model converts."""
