@@ -274,7 +274,7 @@ def _same_shape(items: list[Any]) -> bool:
 
 
 def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False,
-              labels: bool = True) -> Dataset:
+              labels: bool = True, positions: Sequence[tuple[int, ...]] = ()) -> Dataset:
     """Load and validate a dataset for a model with the given input specs.
 
     Args:
@@ -286,6 +286,9 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
             verification compares a regression model's outputs with the reference's.
         labels: Whether labels matter (False for a benchmark's inputs: keys that look like
             labels saved under another name are not refused).
+        positions: The positions (steps, pixels: an output's shape between samples and classes) at which
+            the model's outputs give a class (:func:`class_positions`). 0/1 labels of such a shape are a
+            class per position (a tagger's tags), not one-hot or multi-hot rows of one class per sample.
 
     Returns:
         A validated :class:`Dataset`, inputs cast to the model's dtypes.
@@ -295,14 +298,15 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
             not fit the inputs; labels that do not match the samples.
     """
     try:
-        return _load_data(spec, inputs, role, targets, labels)
+        return _load_data(spec, inputs, role, targets, labels, positions)
     except MemoryError:  # a file or array too large for this machine (or its memory limit)
         where = f"{role} {spec}" if isinstance(spec, (str, Path)) else role
         raise DataError(f"{where}: the data does not fit in this machine's memory; pass fewer samples "
                         "(calibration reads 200, verification up to --verify-samples)") from None
 
 
-def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, labels: bool = True) -> Dataset:
+def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, labels: bool = True,
+               positions: Sequence[tuple[int, ...]] = ()) -> Dataset:
     names = [s.name for s in inputs]
     if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
         spec = spec()
@@ -335,7 +339,7 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, label
     y = None if y is None else np.asarray(y)
     if targets:
         return Dataset(out, None if y is None else _check_targets(y, n, where), source)
-    labels = None if y is None else _check_labels(y, n, where)
+    labels = None if y is None else _check_labels(y, n, where, positions)
     one_hot = int(y.shape[-1]) if y is not None and labels is not None and y.ndim == labels.ndim + 1 and y.shape[-1] > 1 else None
     return Dataset(out, labels, source, one_hot)
 
@@ -418,7 +422,13 @@ def _check_targets(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y
 
 
-def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+def class_positions(output_shapes: Sequence[Sequence[int | None]]) -> list[tuple[int, ...]]:
+    """The positions at which outputs give a class: (20,) for an output (None, 20, 2), none for (None, 10)."""
+    return [tuple(shape[1:-1]) for shape in output_shapes
+            if len(shape) >= 3 and None not in shape[1:] and (shape[-1] or 0) >= 2]
+
+
+def _check_labels(y: np.ndarray, n: int, where: str, positions: Sequence[tuple[int, ...]] = ()) -> np.ndarray:
     """Class indices: (N,) one per sample, or (N, *S) one per position (pixels, steps).
 
     One-hot rows (and soft labels summing to 1) become the index of their largest
@@ -435,7 +445,8 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
     if y.ndim >= 2 and y.shape[-1] == 1:
         y = y[..., 0]
-    elif y.ndim == 2 and y.shape[1] > 1:
+    elif y.ndim == 2 and y.shape[1] > 1 and tuple(y.shape[1:]) not in {tuple(p) for p in positions}:
+        # (a tagger's 0/1 per step, where an output gives a class per step, skips this: were read as rows)
         ones = _one_hot_rows(y)
         soft = y.dtype.kind == "f" and y.min() >= 0 and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
         if ones is not None and (ones != 1).any():

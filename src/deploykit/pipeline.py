@@ -628,7 +628,7 @@ class Pipeline:
         model's target values when it was trained with a regression loss, or when it carries no loss
         and 'y' hold as many values per sample as one of its float outputs: artifacts are then judged
         by their outputs, and their error against the targets is reported."""
-        from deploykit.data import as_one_hot, load_data
+        from deploykit.data import as_one_hot, class_positions, load_data
         from deploykit.optimize.prune import _loss_name, is_regression_loss
         from deploykit.verify import label_classes, labels_fit
 
@@ -637,7 +637,7 @@ class Pipeline:
         regression = is_regression_loss(loss, None)
         labelled, error = None, None
         try:
-            labelled = load_data(spec, specs, role=role)
+            labelled = load_data(spec, specs, role=role, positions=class_positions([o.shape for o in outputs]))
         except DataError as exc:
             if loss is not None and not regression:
                 raise

@@ -1917,3 +1917,17 @@ def test_a_file_taking_any_image_size_is_not_charged_tensorflows_memory(tmp_path
     np.savez(tmp_path / "x.npz", x=x)
     measured = deploykit.bench(result.path("tflite-fp32"), data=tmp_path / "x.npz", iterations=3, warmup=1)
     assert 0 < measured["runtime_memory_bytes"] < 100 * 2**20, measured["runtime_memory_bytes"]
+
+
+def test_zero_one_tags_per_step_score_a_tagger_per_step(tmp_path):
+    """(N, 20) 0/1 tags for a (N, 20, 2) tagger were refused as multi-hot rows ("leave 'y' out")."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 50, (64, 20)).astype("int32")
+    inp = keras.Input((20,), dtype="int32", name="ids")
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.Embedding(50, 8)(inp))
+    result = deploykit.convert(keras.Model(inp, out), ["tflite-fp32"], data=(x, (x > 25).astype("int32")),
+                               out=tmp_path / "o", bench=False)
+    v = result.artifact("tflite-fp32")["verification"]
+    assert result.ok and v["accuracy_per"] and v["accuracy"] == v["reference_accuracy"], v

@@ -603,3 +603,23 @@ def test_an_empty_npz_is_an_npz_without_the_keys_needed(tmp_path):
     np.savez(tmp_path / "empty.npz")
     with pytest.raises(DataError, match=r"empty.npz: has keys none but needs 'x'"):
         load_data(tmp_path / "empty.npz", [TensorSpec("x", (None, 3), "float32")])
+
+
+def test_zero_one_tags_per_step_are_a_class_per_step_where_an_output_gives_one():
+    """A tagger's (N, 20) 0/1 tags for its (N, 20, 2) output were read as rows: refused as multi-hot, or,
+    with one tag per row, turned into one class per sample and dropped as unused."""
+    from deploykit.data import class_positions
+
+    ids = [TensorSpec("ids", (None, 20), "int32")]
+    x = np.arange(60, dtype=np.int32).reshape(3, 20) % 7
+    tags = (x > 3).astype(np.int32)
+    positions = class_positions([(None, 20, 2)])
+    assert positions == [(20,)] and class_positions([(None, 10), (None, 20, 1)]) == []
+    np.testing.assert_array_equal(load_data((x, tags), ids, positions=positions).y, tags)
+    one = np.zeros_like(tags)
+    one[:, 5] = 1
+    np.testing.assert_array_equal(load_data((x, one), ids, positions=positions).y, one)
+    # without such an output: rows, as before (one-hot -> the class, multi-hot refused)
+    np.testing.assert_array_equal(load_data((x, one), ids).y, [5, 5, 5])
+    with pytest.raises(DataError, match="not one-hot: multi-label"):
+        load_data((x, tags), ids)

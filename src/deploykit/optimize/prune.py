@@ -165,14 +165,16 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
 
 
 def _to_dataset(data: Any, model: Any, role: str, targets: bool = False):
-    from deploykit.data import Dataset, load_data
+    from deploykit.data import Dataset, class_positions, load_data
     from deploykit.models import load_model
 
     if isinstance(data, Dataset):
         if targets and data.y is not None:  # a Dataset loaded with class labels: its values are the targets
             return Dataset(data.x, np.asarray(data.y, dtype=np.float32), data.source)
         return data
-    return load_data(data, load_model(model).inputs, role=role, targets=targets)
+    loaded = load_model(model)
+    outputs = [tuple(o.shape) for o in (getattr(loaded.keras_model, "outputs", None) or [])]
+    return load_data(data, loaded.inputs, role=role, targets=targets, positions=class_positions(outputs))
 
 
 def _loss_name(loss: Any) -> str:
