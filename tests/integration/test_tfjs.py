@@ -571,6 +571,45 @@ def test_node_stopped_by_sigint_is_an_interruption_not_a_runtime_error():
         node.close()
 
 
+def test_asserts_inside_a_cond_branch_are_stripped_not_stored_as_text_weights(tmp_path):
+    """tf.debugging.Assert's message is a string constant: inside a cond branch (tf_keras CenterCrop's size
+    check) it became a weight, refused as "dtype object, which TF.js weights cannot hold"."""
+    import tensorflow as tf
+
+    class Guarded(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def f(self, x):
+            def checked():
+                tf.debugging.Assert(tf.reduce_all(x > -100.0), ["x too small", x])
+                return x * 2.0
+
+            return {"y": tf.cond(tf.reduce_max(tf.abs(x)) < 1e9, checked, lambda: x - 1.0)}
+
+    module = Guarded()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.f})
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    result = deploykit.convert(tmp_path / "sm", ["tfjs-fp32"], data=x, out=tmp_path / "o", bench=False)
+    assert result.ok, result.artifact("tfjs-fp32")["error"]
+
+
+def test_node_that_died_of_an_uncaught_error_is_said_with_that_error():
+    """Node died of an error in a wasm callback: the run said "TF.js runner (Node) is not running (exit code
+    7)", or the last frames of a stack trace, not the error its handler had reported."""
+    from deploykit.errors import RuntimeLoadError
+    from deploykit.runtime_bench.tfjs.runner import NodeProcess
+
+    node = NodeProcess()
+    try:
+        node._stderr.extend(["node: uncaught: Cannot read properties of undefined (reading 'backend')",
+                             "    at Engine.runKernel (tf-core.node.js:4636:21)", "Node.js v20.20.2"])
+        node.proc.kill()
+        node.proc.wait(timeout=30)
+        with pytest.raises(RuntimeLoadError, match=r"\(exit code -9\): uncaught: Cannot read properties of undefined"):
+            node.request("ping")
+    finally:
+        node.close()
+
+
 def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
     """TF.js has no uint8 tensors: the report listed the input as uint8, and an app feeding float32
     pixels met model.execute's refusal. The note says what to feed."""

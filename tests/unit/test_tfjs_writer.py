@@ -70,6 +70,14 @@ def test_encode_refuses_what_tfjs_cannot_hold():
         tfjs_weights.encode("big", np.array([2**40], np.int64), "float32")
     with pytest.raises(ConversionError, match="dtype"):
         tfjs_weights.encode("c", np.array([1 + 2j]), "float32")
+    with pytest.raises(ConversionError, match="float64 values beyond float32's range"):
+        tfjs_weights.encode("huge", np.array([1e300]), "float32")
+
+
+def test_float64_constants_are_stored_as_the_float32_tfjs_computes_them_in():
+    """TF.js's graph loader maps DT_DOUBLE to float32; a tf_keras CenterCrop's float64 offsets were refused."""
+    w = tfjs_weights.encode("half", np.array([0.5, 3.0]), "float32")
+    assert w.entry["dtype"] == "float32" and np.frombuffer(w.data, "<f4").tolist() == [0.5, 3.0]
 
 
 def test_shards_split_at_the_size_and_concatenate_back(tmp_path):

@@ -31,7 +31,7 @@ import numpy as np
 from deploykit._quiet import import_tensorflow, native_stderr_captured
 from deploykit.converters.graph_rewrite import const_node, prepare_for_export
 
-GRAPPLER_PASSES = ("pruning", "constfold", "dependency", "pruning", "constfold", "dependency")
+GRAPPLER_PASSES = ("debug_stripper", "pruning", "constfold", "dependency", "pruning", "constfold", "dependency")
 
 # Activations the TF.js fused kernels apply (tfjs-core fused_util / the wasm FusableActivation enum).
 FUSABLE_ACTIVATIONS = {"Relu": "Relu", "Relu6": "Relu6", "Elu": "Elu", "LeakyRelu": "LeakyRelu", "Sigmoid": "Sigmoid"}

@@ -64,6 +64,12 @@ def encode(name: str, value: np.ndarray, weights: str) -> EncodedWeight:
         if value.size and (value.min() < np.iinfo(np.int32).min or value.max() > np.iinfo(np.int32).max):
             raise ConversionError(f"constant {name!r} holds int64 values outside int32, which TF.js cannot represent")
         value = value.astype(np.int32)
+    if value.dtype == np.float64:  # TF.js computes DT_DOUBLE in float32 (its graph loader maps it so)
+        with np.errstate(over="ignore"):
+            narrowed = value.astype(np.float32)
+        if np.isfinite(value).all() and not np.isfinite(narrowed).all():
+            raise ConversionError(f"constant {name!r} holds float64 values beyond float32's range, which TF.js cannot represent")
+        value = narrowed
     if value.dtype not in _DTYPE_NAMES:
         raise ConversionError(f"constant {name!r} has dtype {value.dtype}, which TF.js weights cannot hold (float32, int32, bool)")
     entry: dict[str, Any] = {"name": name, "shape": [int(d) for d in value.shape], "dtype": _DTYPE_NAMES[value.dtype]}

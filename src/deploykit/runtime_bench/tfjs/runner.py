@@ -185,6 +185,12 @@ class NodeProcess:
     def stderr_tail(self, n: int = 3) -> str:
         return " | ".join(list(self._stderr)[-n:])
 
+    def death_reason(self) -> str:
+        """Why Node died: the error its uncaught-exception handler reported, else the end of its stderr
+        (a stack trace's last frames said nothing: "at Engine.runKernel ... | Node.js v20")."""
+        said = [line for line in self._stderr if line.startswith(("node: uncaught:", "node: unhandled rejection:"))]
+        return said[-1][len("node: "):] if said else self.stderr_tail()
+
     def _reply(self, timeout_s: float, what: str, request_id: int | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -198,7 +204,7 @@ class NodeProcess:
             if line is None:
                 code = self.proc.wait()
                 _interrupted_if(code)
-                tail = self.stderr_tail()
+                tail = self.death_reason()
                 raise RuntimeLoadError(f"TF.js runner (Node) exited with code {code} during {what}" + (f": {tail}" if tail else ""))
             try:
                 reply = json.loads(line)
@@ -217,7 +223,9 @@ class NodeProcess:
         """Send one request, wait for its reply; RuntimeLoadError on error, timeout or exit."""
         if self.proc.poll() is not None:
             _interrupted_if(self.proc.returncode)
-            raise RuntimeLoadError(f"TF.js runner (Node) is not running (exit code {self.proc.returncode})")
+            why = self.death_reason()
+            raise RuntimeLoadError(f"TF.js runner (Node) is not running (exit code {self.proc.returncode})"
+                                   + (f": {why}" if why else ""))
         self._next_id += 1
         try:
             self.proc.stdin.write((json.dumps({"cmd": cmd, "id": self._next_id, **fields}) + "\n").encode())
