@@ -371,8 +371,8 @@ class Pipeline:
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
         if evald is None:
             evald = _random_inputs(specs, loaded.keras_model)
-        evald = evald.spread(self.verify_samples)
-        # Labels score the first multi-class output (see verify.scored_output): their range is checked against it.
+        # Labels score the first multi-class output (see verify.scored_output): their range is checked against it,
+        # over every label given (a label of 42 for 10 classes was refused or not by which rows were sampled).
         from deploykit.data import check_label_range
         from deploykit.verify import label_classes, labels_fit
 
@@ -383,6 +383,7 @@ class Pipeline:
                 f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in outputs)}); pass "
                 "labels of the output's shape, one class per sample (N,), or leave 'y' out")
         check_label_range(evald, label_classes(described, evald.y, self._label_index))
+        evald = evald.spread(self.verify_samples)
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
             dense_scores = _eval_scores(loaded.predict(evald.x), evald, self._label_index)
             loaded = self._prune(model, loaded, steps)

@@ -1931,3 +1931,24 @@ def test_zero_one_tags_per_step_score_a_tagger_per_step(tmp_path):
                                out=tmp_path / "o", bench=False)
     v = result.artifact("tflite-fp32")["verification"]
     assert result.ok and v["accuracy_per"] and v["accuracy"] == v["reference_accuracy"], v
+
+
+def test_a_label_out_of_range_is_refused_whichever_rows_verification_samples(tmp_path):
+    """Labels were checked on the --verify-samples subsample: 42 for a 10-class model in row 1 of 300 passed
+    (exit 0) at 64 samples and was refused at 300; the shape message also said the subsample's shape."""
+    import keras
+
+    from deploykit.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype("float32")
+    y = rng.integers(0, 10, 300)
+    y[1] = 42
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(inp))
+    with pytest.raises(DataError, match="label 42 is out of range for a model with 10 output classes"):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, y), out=tmp_path / "o", bench=False, verify_samples=64)
+    with pytest.raises(DataError, match=r"labels 'y' of shape \(300, 3, 2\) give a class per position"):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, rng.integers(0, 3, (300, 3, 2))), out=tmp_path / "o",
+                          bench=False, verify_samples=64)
+    assert not (tmp_path / "o").exists()
