@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import threading
 import zipfile
@@ -795,19 +796,29 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
             f"{path}: unsupported model file type {suffix or '(none)'!r}; pass a .keras or .h5 file or a SavedModel directory"
         )
     import_tensorflow()
+    # Keras matches the suffix as written: M.KERAS was "File format not supported" (a SavedModel hint, cut
+    # short). Loaded through a link with the lower-case suffix; the model keeps its own name everywhere else.
+    link = TempDir("load") if path.suffix != suffix else None
+    target = path
+    if link is not None:
+        target = Path(link.name) / f"model{suffix}"
+        os.symlink(path.resolve(), target)
     with native_stderr_captured() as cap:
         try:
             if kind == "keras3":
                 import keras
 
-                model = keras.models.load_model(path, compile=False, safe_mode=not trust_model)
+                model = keras.models.load_model(target, compile=False, safe_mode=not trust_model)
             else:
                 import tf_keras
 
                 kwargs = {"safe_mode": not trust_model} if suffix == ".keras" else {}
-                model = tf_keras.models.load_model(path, compile=False, **kwargs)
+                model = tf_keras.models.load_model(target, compile=False, **kwargs)
         except Exception as exc:
             raise _explain_load_failure(path, exc, cap.tail(1), version, kind) from None
+        finally:
+            if link is not None:
+                link.cleanup()
     return _loaded_keras(kind, str(path), model)
 
 

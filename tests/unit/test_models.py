@@ -734,3 +734,18 @@ def test_a_file_from_a_newer_or_other_keras_names_the_version_layer_and_keyword(
     with pytest.raises(ModelLoadError, match=f"has keyword\\(s\\) 'future_option', which the installed tf_keras "
                                              f"{tf_keras.__version__} does not take"):
         load_model(old)
+
+
+def test_an_upper_case_suffix_loads_as_its_lower_case_one(tmp_path):
+    """M.KERAS passed deploykit's checks (suffix lower-cased) and Keras refused it: "File format not
+    supported ... use" (a SavedModel hint cut mid-sentence)."""
+    import shutil
+
+    import keras
+
+
+    inp = keras.Input((3,), name="x")
+    keras.Model(inp, keras.layers.Dense(2)(inp)).save(tmp_path / "m.keras")
+    shutil.copy(tmp_path / "m.keras", tmp_path / "M.KERAS")
+    loaded = load_model(tmp_path / "M.KERAS")
+    assert loaded.kind == "keras3" and loaded.source.endswith("M.KERAS") and [s.name for s in loaded.inputs] == ["x"]
