@@ -743,7 +743,6 @@ def test_an_upper_case_suffix_loads_as_its_lower_case_one(tmp_path):
 
     import keras
 
-
     inp = keras.Input((3,), name="x")
     keras.Model(inp, keras.layers.Dense(2)(inp)).save(tmp_path / "m.keras")
     shutil.copy(tmp_path / "m.keras", tmp_path / "M.KERAS")
