@@ -279,6 +279,10 @@ def test_what_targets_show_prints_is_a_target_file(tmp_path):
         if t.is_auto:  # its own types and tolerance are not shown: its candidates carry them
             mine.pop("tolerance"), theirs.pop("tolerance")
         assert mine == {**theirs, "name": f"my-{t.name}"}, t.name
+        # saved as it is, under the built-in's own name: the same target (an -auto one was refused as "other settings")
+        same = tmp_path / f"{t.name}.toml"
+        same.write_text(result.stdout)
+        assert load_target_file(same) == t, t.name
 
 
 def test_inspect_prints_inputs_and_preprocessing(keras3_path, keras3_model):

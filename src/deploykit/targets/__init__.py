@@ -620,7 +620,10 @@ def load_target_file(path: str | Path) -> Target:
     # A user profile that does not set a tolerance field takes it from the built-in profile of
     # the same format and precision (an int8 board file is judged like tflite-int8, not by the
     # float32 defaults that fail every quantized classifier element by element).
-    like = _closest_builtin(entry)
+    # A file naming a built-in target (`deploy targets --show tflite-auto` saved as it is) takes that
+    # target's own: an -auto target's tolerance, which --show does not print, came from tflite-fp32 and
+    # the unchanged file was refused as "other settings".
+    like = _builtins().get(str(name)) or _closest_builtin(entry)
     # Bench fields too: a TF.js profile timed with 2 threads reported "threads 1, 2" (wasm runs one).
     for key, value in (("tolerance", like.tolerance if like else None), ("bench", like.bench if like else None)):
         if value is not None and isinstance(entry.get(key, {}), Mapping):
