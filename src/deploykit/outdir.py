@@ -50,6 +50,9 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
         model_dir = Path(model).resolve()
         if out.resolve() == model_dir or model_dir in out.resolve().parents:
             raise UserError(f"output {out} is inside the model's SavedModel directory {model}; choose an --out outside it")
+    if out.is_symlink() and not out.exists():  # mkdir said "File exists" of a path that does not exist
+        raise UserError(f"output {out} is a symlink to {os.readlink(out)}, which does not exist; create that "
+                        "directory or choose another --out")
     # Found now, not when the first artifact is written after minutes of work.
     existing = out
     while not existing.exists() and existing != existing.parent:

@@ -213,3 +213,11 @@ def test_an_out_that_cannot_be_created_names_itself_not_only_its_parent(tmp_path
     """--out /proc/foo said "cannot write to /proc (No such file or directory)": /proc exists."""
     with pytest.raises(UserError, match=r"cannot create /proc/deploykit-out in /proc \(.*\); choose another --out"):
         outdir.check_out_dir(Path("/proc/deploykit-out"), force=False)
+
+
+def test_a_dangling_symlink_as_out_is_said_as_one(tmp_path):
+    """mkdir said 'File exists' of a path that does not exist: "cannot create output directory out (File exists)"."""
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=r"out is a symlink to .*gone, which does not exist; create that directory"):
+        outdir.check_out_dir(tmp_path / "out", force=False)
+    assert not (tmp_path / "gone").exists()
