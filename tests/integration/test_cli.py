@@ -546,8 +546,8 @@ def test_unregistered_custom_layer(subprocess_runs):
         ("zero_iterations", ["error: --iterations must be an integer in 1..1,000,000, got 0"]),
         ("zero_verify_samples", ["error: --verify-samples must be a whole number >= 1, got 0"]),
         ("bench_missing", ["nope.tflite is not a file"]),
-        ("bench_tflm_not_tflite", ["TFLite Micro cannot read not_a_model.tflite", "not a valid .tflite model"]),
-        ("bench_not_tflite", ["LiteRT could not load not_a_model.tflite", "convert the model again"]),
+        ("bench_tflm_not_tflite", ["not_a_model.tflite is not a TFLite file (its header lacks the TFL3 identifier"]),
+        ("bench_not_tflite", ["not_a_model.tflite is not a TFLite file (its header lacks the TFL3 identifier"]),
         ("bench_runtime_mismatch", ["--runtime tfjs runs .json files (model.json); some.onnx is not one"]),
         ("oov_tokens", ["samples 8..15", "indices[1,3] = 81 is not in [0, 50)", "Embedding"]),
         ("too_small", ["samples 0..3", "too small for the model's convolutions or pooling", "(1, 1, 3)"]),
@@ -824,6 +824,32 @@ def test_a_one_value_option_given_twice_is_refused(tmp_path):
                           "--data", "a.npz", "--data", "b.npz"], capture_output=True, text=True, timeout=120)
     assert (run.returncode, run.stderr.strip()) == (2, "deploy: error: --data is given more than once; give it once")
     assert not (tmp_path / "o").exists()
+
+
+def test_only_a_damaged_file_is_told_to_convert_again(tmp_path):
+    """Every load failure ended "a file cut short or changed since it was written ...: convert the model
+    again": an intact file with a custom op, and an ONNX file named .tflite, which converting again fixes not."""
+    import onnx
+    import tensorflow as tf
+    from onnx import TensorProto, helper
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 4), tf.float32, name="x")])
+    def bessel(x):
+        return {"y": tf.math.bessel_i1e(x)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([bessel.get_concrete_function()])
+    converter.allow_custom_ops = True
+    (tmp_path / "custom.tflite").write_bytes(converter.convert())
+    line = assert_user_error(run_deploy(["bench", tmp_path / "custom.tflite"]), "unresolved custom op: BesselI1e")
+    assert "convert the model again" not in line
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "onnx.tflite")
+    assert_user_error(run_deploy(["bench", tmp_path / "onnx.tflite"]), "onnx.tflite is not a TFLite file (its header "
+                      "lacks the TFL3 identifier")
+    (tmp_path / "cut.tflite").write_bytes(converter.convert()[:300])  # a copy cut short: said so, as before
+    assert_user_error(run_deploy(["bench", tmp_path / "cut.tflite"]), "not a valid Flatbuffer", "convert the model again")
 
 
 def test_bench_of_a_file_with_tensorflow_ops_names_them_not_a_damaged_file(tmp_path):

@@ -33,6 +33,12 @@ RUNNERS: dict[str, str] = {
 SUFFIX_RUNTIME = {".tflite": "litert", ".onnx": "onnxruntime", ".json": "tfjs"}
 
 
+
+# What a runtime says of a file cut short or altered (LiteRT's and TFLite Micro's flatbuffer check, a TF.js
+# shard shorter than its manifest, ONNX Runtime's protobuf parse): only those get "convert the model again".
+# An intact file with a custom op, a missing runtime or a refused shard path is no copy gone wrong.
+_DAMAGED = r"not a valid Flatbuffer|not a valid \.tflite|weight shards hold|Protobuf parsing failed|INVALID_PROTOBUF"
+
 def get_runner(runtime: str, path: str | Path, threads: int, options: Mapping[str, Any] | None = None) -> Any:
     """Instantiate the runner registered for ``runtime``.
 
@@ -492,8 +498,15 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
                             f"LiteRT could not load {Path(path).name}: it uses TensorFlow ops (SELECT_TF_OPS, the Flex "
                             "delegate), which the ai-edge-litert interpreter does not carry; time a file converted "
                             "with builtin ops only (deploy convert makes those)") from None
-                    raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
-                                           "like this: convert the model again") from None
+                    if re.search(r"not a valid Flatbuffer|not a valid \.tflite", str(exc)) and \
+                            Path(path).is_file() and Path(path).read_bytes()[4:8] != b"TFL3":
+                        raise RuntimeLoadError(f"{Path(path).name} is not a TFLite file (its header lacks the TFL3 "
+                                               "identifier of every .tflite); pass a .tflite file, or name the file "
+                                               "by its own format") from None
+                    if re.search(_DAMAGED, str(exc)):  # not for a custom op, a missing runtime, a refused path...
+                        raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
+                                               "like this: convert the model again") from None
+                    raise
                 inputs = _bench_inputs(runner, data, path)
                 stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
             stats.init_ms = init_s * 1000
