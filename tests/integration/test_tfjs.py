@@ -264,6 +264,16 @@ def test_cli_bench_in_headless_chromium(tfjs_run):
     assert out["n"] == 5 and out["p50_ms"] > 0 and out["browser_version"]
 
 
+def test_browser_bench_checks_the_model_json_as_node_does(tmp_path):
+    """--browser skipped the Node runner's checks without --data: a layers model was "Cannot read properties
+    of undefined (reading 'producer')" from the page, where Node says only graph models are supported."""
+    (tmp_path / "model.json").write_text(json.dumps({"format": "layers-model", "modelTopology": {"class_name": "Sequential"},
+                                                     "weightsManifest": []}))
+    r = _deploy("bench", str(tmp_path / "model.json"), "--browser", "--iterations", "2")
+    assert r.returncode == 2 and r.stderr.strip() == ('deploy: error: TF.js load: model.json has format "layers-model"; '
+                                                      "only graph-model is supported"), r.stderr
+
+
 def test_grouped_convolutions_run_in_tfjs(tmp_path, data_npz):
     """Keras 3 builds ConvNeXt's depthwise layers as Conv2D(groups=C); TF.js's conv2d has no groups."""
     import keras

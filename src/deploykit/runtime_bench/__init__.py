@@ -474,13 +474,16 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
         from deploykit.runtime_bench.tfjs.runner import TFJSRunner
 
         inputs = None
-        if data is not None:  # the Node runner knows the input specs; only they are needed here
-            probe = TFJSRunner(path, threads=1)
+        # Loaded in Node first, data or not: its checks of model.json and the shards say what is wrong with a
+        # file in one line, where the page said "Cannot read properties of undefined (reading 'producer')"
+        # of a layers model; and the Node runner knows the input specs the data must fit.
+        probe = TFJSRunner(path, threads=1)
+        try:
             probe.load()
-            try:
+            if data is not None:
                 inputs = _bench_inputs(probe, data, path)
-            finally:
-                probe.close()
+        finally:
+            probe.close()
         with PeakRSS() as mem:
             result = bench_in_browser(path, warmup=warmup, iterations=iterations, backend=backend or "wasm",
                                       inputs=inputs, threads=threads)
