@@ -691,7 +691,7 @@ def test_an_unreadable_profiler_trace_leaves_the_verified_file_ok(onnx_run, monk
 
 def test_bench_draws_inputs_of_every_type_onnx_runtime_takes(tmp_path):
     """A bool input: np.iinfo's ValueError traceback (exit 1); int16/uint16/uint32 inputs were fed as
-    float32 (ORT's InvalidArgument); a text input has no random stand-in: said so, with the way out."""
+    float32 (ORT's InvalidArgument); a text input has no stand-in, random or data: said so, with the way out."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -715,8 +715,11 @@ def test_bench_draws_inputs_of_every_type_onnx_runtime_takes(tmp_path):
     model = helper.make_model(text, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "text.onnx")
-    with pytest.raises(UserError, match="input 's' takes text values, which no random input stands for; pass --data"):
-        deploykit.bench(tmp_path / "text.onnx", iterations=3, warmup=1)
+    # with data or without: data is numbers, so "pass --data" was followed by "not numeric" for text
+    np.savez(tmp_path / "text.npz", s=np.array([["a", "b"]] * 2))
+    for data in (None, tmp_path / "text.npz"):
+        with pytest.raises(UserError, match="input 's' takes text, which deploy bench cannot feed"):
+            deploykit.bench(tmp_path / "text.onnx", data=data, iterations=3, warmup=1)
 
 
 def test_an_input_without_a_shape_is_not_timed_on_a_scalar(tmp_path):

@@ -137,6 +137,12 @@ def _settle(runner: Any, *, min_runs: int = 0, cap_s: float | None = None) -> fl
     return time.perf_counter() - start
 
 
+def _text_input(name: str) -> str:
+    """The refusal of a text input, with data or without (data is numbers: load_data refuses text)."""
+    return (f"input {name!r} takes text, which deploy bench cannot feed (random inputs and --data are numbers); time a "
+            "file whose inputs are numbers, e.g. the model after its text preprocessing (token ids in)")
+
+
 def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs fitting the runner's input tensors, for `deploy bench` without data."""
     from deploykit.data import check_allocation
@@ -166,8 +172,9 @@ def synthetic_inputs(runner: Any, batch: int = 1, seed: int = 0) -> dict[str, np
             elif dtype.kind == "b":  # a mask or a flag: np.iinfo takes no bool ("Invalid integer data type 'b'")
                 out[name] = rng.integers(0, 1, shape, endpoint=True, dtype=np.uint8).astype(bool)
             elif dtype.kind not in "iu":
-                raise UserError(f"input {name!r} takes {'text' if dtype.kind in 'USO' else dtype} values, which no random "
-                                "input stands for; "
+                if dtype.kind in "USO":
+                    raise UserError(_text_input(name))
+                raise UserError(f"input {name!r} takes {dtype} values, which no random input stands for; "
                                 "pass --data with samples for it")
             else:
                 info = np.iinfo(dtype)
@@ -319,6 +326,8 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
 
     specs = []
     for name, d in runner.input_details().items():
+        if np.dtype(d.get("dtype", np.float32)).kind in "USO":  # said before the data was refused as "not numeric"
+            raise UserError(_text_input(name))
         sig = list(d.get("shape_signature", d["shape"]))
         # Integer inputs (token ids) stay integers; quantized ones (int8 I/O, scale > 0) take real
         # values that the runner quantizes, like float inputs. A float32 label on ids made the
