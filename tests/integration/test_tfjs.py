@@ -274,6 +274,20 @@ def test_browser_bench_checks_the_model_json_as_node_does(tmp_path):
                                                       "only graph-model is supported"), r.stderr
 
 
+def test_lookup_tables_are_refused_naming_the_layer(tmp_path):
+    """An IntegerLookup's table is filled by an initializer the frozen graph leaves out: TF.js said "Cannot
+    compute the outputs ... Consider providing the following inputs: [unknown]"."""
+    import keras
+
+    inp = keras.Input((1,), dtype="int64", name="code")
+    hot = keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 20], output_mode="one_hot", name="codes")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(hot))
+    x = np.array([[3], [7], [11], [20], [5], [7], [3], [11]], np.int64)
+    result = deploykit.convert(model, ["tfjs-fp32"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("tfjs-fp32")["error"]
+    assert error.startswith("tfjs-fp32: the model has lookup tables (codes; IntegerLookup/StringLookup layers)"), error
+
+
 def test_grouped_convolutions_run_in_tfjs(tmp_path, data_npz):
     """Keras 3 builds ConvNeXt's depthwise layers as Conv2D(groups=C); TF.js's conv2d has no groups."""
     import keras

@@ -18,6 +18,7 @@ computes in float32.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,34 @@ def _refuse_loops(graph_def: Any, target_name: str) -> None:
             "that deploykit's TF.js writer does not support yet; unroll them (e.g. LSTM(unroll=True) with a fixed "
             "sequence length) or choose another target"
         )
+
+
+# Lookup tables (IntegerLookup, StringLookup, Hashing's vocabularies): TF.js runs HashTableV2 and
+# LookupTableFindV2, but the table is filled by the SavedModel's initializer function, which the frozen
+# graph leaves out; TF.js then waited for an input named "unknown" ("Cannot compute the outputs").
+TABLE_OPS = {"HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableDenseHashTable",
+             "MutableDenseHashTableV2", "LookupTableFind", "LookupTableFindV2"}
+
+
+def _refuse_tables(graph_def: Any, target_name: str, layer_names: set[str] = frozenset()) -> None:
+    """Say that the model's lookup tables are not written, naming the layers, before writing anything.
+    ``layer_names``: the Keras model's, for a scope the export numbered (``codes_1`` for layer ``codes``)."""
+    nodes = [n for n in list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+             if n.op in TABLE_OPS]
+    layers = set()
+    for n in nodes:  # .../integer_lookup_1/hash_table_Lookup/LookupTableFindV2: the layer is before hash_table
+        parts = n.name.split("/")
+        at = next((i for i, p in enumerate(parts) if p.startswith("hash_table")), 0)
+        if at:
+            scope = parts[at - 1]
+            base = re.sub(r"_\d+$", "", scope)
+            layers.add(base if scope not in layer_names and base in layer_names else scope)
+    layers = sorted(layers) or sorted({n.op for n in nodes})
+    if nodes:
+        raise ConversionError(
+            f"{target_name}: the model has lookup tables ({', '.join(layers[:3])}; IntegerLookup/StringLookup layers) "
+            "whose contents deploykit's TF.js writer does not write; map the ids before the model (outside it) or "
+            "choose another target")
 
 
 def _rename_ref(ref: str, rename: dict[str, str]) -> str:
@@ -339,6 +368,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     graph = _optimized_graph(model, target.name, opts["fuse"])
     gd = graph.graph_def
     _refuse_loops(gd, target.name)
+    _refuse_tables(gd, target.name, {entry["name"] for entry in model.info().layers} if model.keras_model is not None else set())
     check_ops(gd, target.name, opts["backend"])
     rewired = keep_loop_outputs(gd, target.name)
     if rewired:
