@@ -188,7 +188,11 @@ def _read_h5(path: Path) -> tuple[dict, str]:
 
 def _spec_name(tensor: Any, index: int, prefix: str) -> str:
     name = getattr(tensor, "name", None) or f"{prefix}_{index}"
-    return name.split(":")[0]
+    if type(tensor).__module__.startswith("keras."):
+        # Keras 3 names a tensor as its layer, ':' and all: keras.Input(name="x:0") was read as 'x', so the
+        # name check passed it and the export failed with TensorFlow's "non-flat/non-unique argument names"
+        return name
+    return name.split(":")[0]  # tf_keras: a graph tensor's name, 'x:0
 
 
 def model_call_arg(model: Any, xs: Sequence[Any]) -> Any:
