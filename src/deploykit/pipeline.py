@@ -894,6 +894,12 @@ class Pipeline:
                     artifact.steps["verify"] = mem.to_dict()
                     if conv_settings.get("note"):  # what the converter did that the target's name does not say
                         artifact.verification.setdefault("notes", []).append(conv_settings["note"])
+                    if str(runner.describe().get("delegate", "")).startswith("none:"):  # LiteRT without XNNPACK
+                        artifact.verification.setdefault("notes", []).append(
+                            "XNNPACK, LiteRT's default CPU delegate, could not prepare this file (\"failed to create "
+                            "XNNPACK runtime\"); it was verified on LiteRT's builtin kernels: in the app, create the "
+                            "interpreter without the default delegate (Python: experimental_op_resolver_type="
+                            "OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)")
                     if target.needs_calibration and calib is not None and len(calib) < FEW_SAMPLES:  # (the console says it too: data_warnings)
                         artifact.verification.setdefault("notes", []).append(
                             f"calibrated on {len(calib)} sample(s): the integer ranges come from them alone and may not cover "

@@ -1953,3 +1953,41 @@ def test_a_label_out_of_range_is_refused_whichever_rows_verification_samples(tmp
         deploykit.convert(model, ["tflite-fp32"], data=(x, rng.integers(0, 3, (300, 3, 2))), out=tmp_path / "o",
                           bench=False, verify_samples=64)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_xnnpack_cannot_prepare_runs_on_litert_s_own_kernels_and_says_so(tmp_path):
+    """An unrolled int8 LSTM (the way out the int8 refusal of loops names): XNNPACK failed to build its
+    runtime on the first invoke ("failed to create XNNPACK runtime"), a raw RuntimeError that failed the target."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 21, 600)
+    x = rng.integers(1, 50, (600, 20)).astype("int32")
+    x[np.arange(20)[None, :] >= lengths[:, None]] = 0  # padded past each sequence's length
+    y = (x[:, 0] % 3).astype("int64")
+    inp = keras.Input((20,), dtype="int32", name="tokens")
+    h = keras.layers.LSTM(16, unroll=True)(keras.layers.Embedding(50, 16, mask_zero=True)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=8, verbose=0)
+    result = deploykit.convert(model, ["tflite-int8"], data=(x, y), out=tmp_path / "o", iterations=3, warmup=1)
+    a = result.artifact("tflite-int8")
+    assert a["status"] == "ok", a["error"]
+    assert any(n.startswith("XNNPACK, LiteRT's default CPU delegate, could not prepare this file")
+               for n in a["verification"]["notes"])
+    assert a["benchmark"]["delegate"].startswith("none: XNNPACK could not prepare this file")
+
+
+def test_int16x8_names_what_reads_the_ids_beyond_the_embedding(tmp_path):
+    """"models with token-id inputs take tflite-int8" was false: ids that only feed the Embedding's lookup
+    convert; a mask (mask_zero=True) reading them is what the 16x8 quantizer wants a range for."""
+    import keras
+
+    x = np.random.default_rng(0).integers(0, 50, (64, 12)).astype("int32")
+    inp = keras.Input((12,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(50, 8, mask_zero=True)(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
+    result = deploykit.convert(model, ["tflite-int16x8"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("tflite-int16x8")["error"]
+    assert "its ids reach an op besides the Embedding lookup (e.g. the mask of Embedding(mask_zero=True)" in error, error

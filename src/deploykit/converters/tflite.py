@@ -351,9 +351,11 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
         )
     if "Max and min for dynamic tensors should be recorded" in text:
         # The 16x8 calibrator records ranges of float tensors only; an integer input (token ids) has none.
+        # Ids that only feed an Embedding's lookup need none (those models pass): the ids reach another op.
         tensor = re.search(r"Failed for tensor (\S+)", text)
         return (f"{target.name}: TFLite's 16x8 quantizer needs a calibrated range for every tensor and an integer "
-                f"input has none ({tensor.group(1) if tensor else 'an input'}): models with token-id inputs take "
+                f"input has none ({tensor.group(1) if tensor else 'an input'}): its ids reach an op besides the "
+                "Embedding lookup (e.g. the mask of Embedding(mask_zero=True), or arithmetic on them); choose "
                 "tflite-int8 (ids stay int32) or a float target")
     unquantizable = list(dict.fromkeys(re.findall(r"not yet supported for op: '(\w+)'", text + " " + native)))
     if unquantizable:  # the 16x8 quantizer lacks kernels the int8 one has, said once per op instance

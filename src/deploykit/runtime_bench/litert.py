@@ -74,6 +74,7 @@ class LiteRTRunner:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self._deferred = False
+        self._without_xnnpack = False
         self._settled = False  # a new interpreter settles again
         with quiet_tensorflow_env(), native_stderr_captured() as cap:
             t0 = time.perf_counter()
@@ -157,6 +158,7 @@ class LiteRTRunner:
     def set_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Set float (or native) inputs by name; positional when the names differ but counts match."""
         inputs = match_inputs(self.input_names, inputs, self.path.name)
+        self._given = inputs  # set again should XNNPACK fail on the first invoke (see invoke)
         if self._deferred:
             self._build_for(inputs)
         before = {name: list(self._inputs[name]["shape"]) for name in inputs}
@@ -185,7 +187,27 @@ class LiteRTRunner:
         self._outputs = {n: fresh_out[d["index"]] for n, d in self._outputs.items()}
 
     def invoke(self) -> None:
-        self._interp.invoke()
+        try:  # free when nothing is raised (Python 3.11): the timed loop calls this
+            self._interp.invoke()
+        except RuntimeError as exc:
+            if "XNNPACK" not in str(exc) or self._without_xnnpack:
+                raise
+            # XNNPACK builds its runtime on the first invoke, and may not manage (an unrolled int8 LSTM:
+            # "failed to create XNNPACK runtime"): LiteRT's own kernels run the intact file, as in an app
+            # that turns the delegate off; said in describe(). It was a raw RuntimeError failing the target.
+            self._without_xnnpack_from_now()
+            self._interp.invoke()
+
+    def _without_xnnpack_from_now(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        with quiet_tensorflow_env(), native_stderr_captured():
+            self._interp = Interpreter(model_path=str(self.path), num_threads=self.threads,
+                                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self._interp.allocate_tensors()
+        self._without_xnnpack, self._deferred = True, False
+        self._refresh_details()
+        self.set_inputs(self._given)
 
     def get_outputs(self) -> dict[str, np.ndarray]:
         """Outputs by name, dequantized to float when the artifact has integer outputs."""
@@ -200,6 +222,8 @@ class LiteRTRunner:
     def describe(self) -> dict[str, Any]:
         """Runtime settings recorded with benchmark results."""
         out = {"runtime": self.runtime, "threads": self.threads, "delegate": "XNNPACK (LiteRT default)"}
+        if getattr(self, "_without_xnnpack", False):
+            out["delegate"] = "none: XNNPACK could not prepare this file, LiteRT's builtin kernels ran it"
         if len(getattr(self, "_signatures", [])) > 1:  # said: the other signatures are not what was timed
             out["note"] = (f"timed signature {self._signature!r}, the file's main graph; its other signatures "
                            f"({', '.join(repr(k) for k in self._signatures if k != self._signature)}) were not timed")
