@@ -106,6 +106,11 @@ def test_labels_that_fit_no_output_and_unknown_output_names_are_refused(k3, digi
     for bad in ("nope", 7):
         with pytest.raises(UserError, match=rf"{bad!r} is not an output of this model; its outputs: probs"):
             prune(one, (x, digits.y_train[:200]), sparsity=0.5, epochs=1, output=bad)
+    # a Keras 3 Sequential has no output_names: its last layer's name still names its output
+    seq = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(10, activation="softmax", name="probs")])
+    seq.compile(loss="sparse_categorical_crossentropy")
+    assert prune(seq, (x, digits.y_train[:200]), sparsity=0.5, epochs=1, output="probs").model is not None
 
 
 def test_distillation_targets_and_weights():

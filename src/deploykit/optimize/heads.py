@@ -64,7 +64,17 @@ def output_aliases(model: Any) -> list[set[str]]:
     the name the artifacts give it (``output_0``, ``output_1``... as Keras 3 exports them)."""
     keys = output_keys(model)
     names = list(getattr(model, "output_names", None) or [])
-    return [{keys[i], f"output_{i}", *([names[i]] if i < len(names) else [])} for i in range(len(keys))]
+    return [{keys[i], f"output_{i}", *([names[i]] if i < len(names) else []), *_producer_name(t)}
+            for i, t in enumerate(model.outputs)]
+
+
+def _producer_name(tensor: Any) -> list[str]:
+    """The name of the layer that gives ``tensor``: a Keras 3 Sequential has no output_names, and
+    output='probs' (its last layer) was refused though the CLI's --label-output took it."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    name = getattr(layer, "name", None)
+    return [name] if isinstance(name, str) and name else []
 
 
 # What each fine-tune does to a model, and the option that asks for it (for the way out of a refusal).
