@@ -19,7 +19,7 @@ import contextlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -274,7 +274,7 @@ def _same_shape(items: list[Any]) -> bool:
 
 
 def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: bool = False,
-              labels: bool = True, positions: Sequence[tuple[int, ...]] = ()) -> Dataset:
+              labels: bool = True, positions: Mapping[tuple[int, ...], bool] | None = None) -> Dataset:
     """Load and validate a dataset for a model with the given input specs.
 
     Args:
@@ -306,7 +306,7 @@ def load_data(spec: Any, inputs: Sequence[Any], *, role: str = "data", targets: 
 
 
 def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, labels: bool = True,
-               positions: Sequence[tuple[int, ...]] = ()) -> Dataset:
+               positions: Mapping[tuple[int, ...], bool] | None = None) -> Dataset:
     names = [s.name for s in inputs]
     if callable(spec) and not isinstance(spec, (np.ndarray, str, Path)):
         spec = spec()
@@ -422,13 +422,27 @@ def _check_targets(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y
 
 
-def class_positions(output_shapes: Sequence[Sequence[int | None]]) -> list[tuple[int, ...]]:
-    """The positions at which outputs give a class: (20,) for an output (None, 20, 2), none for (None, 10)."""
-    return [tuple(shape[1:-1]) for shape in output_shapes
-            if len(shape) >= 3 and None not in shape[1:] and (shape[-1] or 0) >= 2]
+def class_positions(output_shapes: Sequence[Sequence[int | None]]) -> dict[tuple[int, ...], bool]:
+    """The positions at which outputs give a class, each with whether another output also gives one of
+    as many classes per sample: {(20,): False} for outputs (None, 20, 2); {(6,): True} for (None, 6, 2)
+    beside (None, 6), where one-hot rows stay one class per sample (the class head's labels), as before."""
+    per_sample = {tuple(shape[1:]) for shape in output_shapes if len(shape) == 2}
+    return {tuple(shape[1:-1]): tuple(shape[1:-1]) in per_sample for shape in output_shapes
+            if len(shape) >= 3 and None not in shape[1:] and (shape[-1] or 0) >= 2}
 
 
-def _check_labels(y: np.ndarray, n: int, where: str, positions: Sequence[tuple[int, ...]] = ()) -> np.ndarray:
+def _per_position(y: np.ndarray, positions: Mapping[tuple[int, ...], bool]) -> bool:
+    """Whether 2-D 0/1 rows are a class per position (a tagger's tags) rather than one-hot or multi-hot
+    rows of one class per sample: an output gives a class at those positions, and no output of as many
+    classes per sample takes them as one-hot rows instead."""
+    key = tuple(y.shape[1:])
+    if key not in positions:
+        return False
+    ones = _one_hot_rows(y)
+    return not (positions[key] and ones is not None and (ones == 1).all())
+
+
+def _check_labels(y: np.ndarray, n: int, where: str, positions: Mapping[tuple[int, ...], bool] | None = None) -> np.ndarray:
     """Class indices: (N,) one per sample, or (N, *S) one per position (pixels, steps).
 
     One-hot rows (and soft labels summing to 1) become the index of their largest
@@ -445,8 +459,7 @@ def _check_labels(y: np.ndarray, n: int, where: str, positions: Sequence[tuple[i
         raise DataError(f"{where}: labels 'y' must be finite class indices (or one-hot rows)")
     if y.ndim >= 2 and y.shape[-1] == 1:
         y = y[..., 0]
-    elif y.ndim == 2 and y.shape[1] > 1 and tuple(y.shape[1:]) not in {tuple(p) for p in positions}:
-        # (a tagger's 0/1 per step, where an output gives a class per step, skips this: were read as rows)
+    elif y.ndim == 2 and y.shape[1] > 1 and not _per_position(y, positions or {}):
         ones = _one_hot_rows(y)
         soft = y.dtype.kind == "f" and y.min() >= 0 and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
         if ones is not None and (ones != 1).any():

@@ -674,7 +674,7 @@ class Pipeline:
         """The shared part of pruning and QAT: labelled train data, the model's own compile settings
         (read from the file or the in-memory model; a pruned model no longer carries them), progress,
         memory, the report under ``steps[step]``; returns (report, the fine-tuned model loaded), the original released."""
-        from deploykit.data import load_data
+        from deploykit.data import class_positions, load_data
         from deploykit.models import load_model
         from deploykit.optimize.qat import compile_config_of
         from deploykit.runtime_bench.memory import PeakRSS
@@ -687,7 +687,8 @@ class Pipeline:
         loss = fine_tune_loss(model, [options], self._label_index, self._output_keys)
         regression = is_regression_loss(loss, None)
         try:
-            train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression)
+            positions = class_positions([tuple(o.shape) for o in loaded.keras_model.outputs])
+            train = load_data(self.train_data, loaded.inputs, role="train data", targets=regression, positions=positions)
         except DataError as labels_error:
             # A multi-output model without a loss for the labelled output: 'y' that are not class labels
             # are target values (the fine-tune matches them to an output by their size).

@@ -614,7 +614,7 @@ def test_zero_one_tags_per_step_are_a_class_per_step_where_an_output_gives_one()
     x = np.arange(60, dtype=np.int32).reshape(3, 20) % 7
     tags = (x > 3).astype(np.int32)
     positions = class_positions([(None, 20, 2)])
-    assert positions == [(20,)] and class_positions([(None, 10), (None, 20, 1)]) == []
+    assert positions == {(20,): False} and class_positions([(None, 10), (None, 20, 1)]) == {}
     np.testing.assert_array_equal(load_data((x, tags), ids, positions=positions).y, tags)
     one = np.zeros_like(tags)
     one[:, 5] = 1
@@ -623,3 +623,19 @@ def test_zero_one_tags_per_step_are_a_class_per_step_where_an_output_gives_one()
     np.testing.assert_array_equal(load_data((x, one), ids).y, [5, 5, 5])
     with pytest.raises(DataError, match="not one-hot: multi-label"):
         load_data((x, tags), ids)
+
+
+def test_one_hot_rows_stay_a_class_per_sample_beside_a_class_head_of_as_many_classes():
+    """A model with a (None, 6) class head and a (None, 6, 2) tagging head: one-hot rows for the class head
+    were read as tags per step and scored against the tags (50.85 % instead of 99.61 %). Tags with several
+    ones per row are still tags."""
+    from deploykit.data import class_positions
+
+    spec = [TensorSpec("x", (None, 3), "float32")]
+    x = np.zeros((4, 3), np.float32)
+    positions = class_positions([(None, 6), (None, 6, 2)])
+    assert positions == {(6,): True}
+    one_hot = np.eye(6, dtype=np.int64)[[0, 3, 5, 1]]
+    np.testing.assert_array_equal(load_data((x, one_hot), spec, positions=positions).y, [0, 3, 5, 1])
+    tags = np.array([[1, 1, 0, 0, 0, 1]] * 4)
+    np.testing.assert_array_equal(load_data((x, tags), spec, positions=positions).y, tags)
