@@ -1928,10 +1928,16 @@ def test_zero_one_tags_per_step_score_a_tagger_per_step(tmp_path):
     x = rng.integers(1, 50, (64, 20)).astype("int32")
     inp = keras.Input((20,), dtype="int32", name="ids")
     out = keras.layers.Dense(2, activation="softmax")(keras.layers.Embedding(50, 8)(inp))
-    result = deploykit.convert(keras.Model(inp, out), ["tflite-fp32"], data=(x, (x > 25).astype("int32")),
-                               out=tmp_path / "o", bench=False)
+    model = keras.Model(inp, out)
+    model.compile(loss="sparse_categorical_crossentropy")
+    tags = (x > 25).astype("int32")
+    result = deploykit.convert(model, ["tflite-fp32"], data=(x, tags), out=tmp_path / "o", bench=False)
     v = result.artifact("tflite-fp32")["verification"]
     assert result.ok and v["accuracy_per"] and v["accuracy"] == v["reference_accuracy"], v
+    # as train data too (was "rows with 13 ones ... not one-hot" there)
+    result = deploykit.convert(model, ["tflite-fp32"], data=(x, tags), out=tmp_path / "p", bench=False,
+                               prune={"sparsity": 0.5, "epochs": 1}, train_data=(x, tags))
+    assert result.ok, [a["error"] for a in result.artifacts]
 
 
 def test_a_label_out_of_range_is_refused_whichever_rows_verification_samples(tmp_path):
