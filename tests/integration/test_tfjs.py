@@ -657,3 +657,10 @@ def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
     notes = result.artifact("tfjs-fp32")["verification"]["notes"]
     assert any("feed `ids` as int32 (tf.tensor(ids, shape, 'int32')" in n for n in notes) and \
         not any("fromPixels" in n for n in notes), notes
+    # float64 features: TF.js computes them in float32 and refuses int32 there ("must be float32")
+    feat = keras.Input((3,), dtype="float64", name="feat")
+    wide = keras.Model(feat, keras.layers.Dense(2)(feat))
+    result = deploykit.convert(wide, ["tfjs-fp32"], data=np.random.default_rng(0).random((16, 3)), out=tmp_path / "f",
+                               bench=False)
+    notes = result.artifact("tfjs-fp32")["verification"]["notes"]
+    assert any("feed `feat` as float32" in n for n in notes) and not any("int32" in n for n in notes), notes

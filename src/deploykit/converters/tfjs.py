@@ -413,12 +413,20 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     if needs_async:  # model.execute() throws on them ("use model.executeAsync() instead"): only the manifest's
         # benchmark.execution said so, and nothing with --no-bench
         settings["execute_async_ops"] = needs_async
-    narrow = [s for s in model.inputs if s.dtype not in ("float32", "int32", "bool", "string")]
+    notes = []
+    narrow = [s for s in model.inputs if s.dtype not in ("float32", "int32", "bool", "string")
+              and not s.dtype.startswith("float")]
     if narrow:
         # the fromPixels remark only where it applies: an image's uint8 pixels (token ids come from a tokenizer)
         pixels = any(s.dtype == "uint8" and len(s.shape) == 4 for s in narrow)
-        settings["note"] = ("TF.js has no " + "/".join(sorted({s.dtype for s in narrow})) + " tensors: feed "
-                            + ", ".join(f"`{s.name}`" for s in narrow) + " as int32 ("
-                            + ("tf.browser.fromPixels gives int32; " if pixels else "tf.tensor(ids, shape, 'int32'); ")
-                            + "model.execute refuses float32 for it)")
+        notes.append("TF.js has no " + "/".join(sorted({s.dtype for s in narrow})) + " tensors: feed "
+                     + ", ".join(f"`{s.name}`" for s in narrow) + " as int32 ("
+                     + ("tf.browser.fromPixels gives int32; " if pixels else "tf.tensor(ids, shape, 'int32'); ")
+                     + "model.execute refuses float32 for it)")
+    wide = [s for s in model.inputs if s.dtype.startswith("float") and s.dtype != "float32"]
+    if wide:  # TF.js reads DT_DOUBLE/DT_HALF as float32, and refuses int32 there ("must be float32")
+        notes.append("TF.js has no " + "/".join(sorted({s.dtype for s in wide})) + " tensors: feed "
+                     + ", ".join(f"`{s.name}`" for s in wide) + " as float32, which TF.js computes it in")
+    if notes:
+        settings["note"] = "; ".join(notes)
     return settings
