@@ -255,7 +255,9 @@ def table_note(manifest: Manifest) -> str | None:
     if side_by_side:
         how = [f"{max(s['rounds'] for s in side_by_side)} interleaved rounds, the same load on each"]
         if any(a.selection and a.selection.get("rounds") for a in manifest.artifacts):
-            how.append("an -auto target's candidates as its selection timed them")
+            how.append("an -auto target's candidates as its selection timed them"
+                       + (", the run's other files beside its float32 candidate in rounds of their own"
+                          if any("anchor" in s for s in side_by_side) else ""))
         if any("dropped_after_rounds" in s for s in side_by_side):
             how.append("a candidate at least 2x slower than the fastest in each of the first rounds was timed for those only")
         notes.append("Latencies of files that run alike (same runtime, threads and backend) were timed again side by side "
