@@ -151,16 +151,25 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
     for a in timed:
         by_runtime.setdefault(a["benchmark"]["runtime"], []).append(a["target"])
     assert {rt for rt, names in by_runtime.items() if len(names) > 1} >= {"litert", "onnxruntime", "tfjs"}
+    chosen: dict[str, set[str]] = {}  # an -auto's candidate -> the others its selection timed it with
+    for a in result.artifacts:
+        together = {c["target"] for c in (a.get("selection") or {}).get("candidates", []) if c.get("round_p50_ms")}
+        chosen.update({n: together - {n} for n in together})
     for a in timed:
         group = by_runtime[a["benchmark"]["runtime"]]
         sbs = a["benchmark"].get("side_by_side")
         if a["benchmark"]["runtime"] == "tflm":
             continue
-        assert sorted(sbs["with"]) == sorted(n for n in group if n != a["target"])
+        if a["target"] in chosen:  # the candidates keep their selection's figures
+            assert set(sbs["with"]) == chosen[a["target"]]
+        else:  # the others: timed together, beside one candidate (the float32 one) when the group has any
+            others = [n for n in group if n != a["target"] and n not in chosen]
+            assert sorted(sbs["with"]) == sorted(others + ([sbs["anchor"]["target"]] if "anchor" in sbs else []))
+            assert ("anchor" in sbs) == any(n in chosen for n in group)
         # every file in every round (no candidate dropped here), each round long enough to be more than wake-up
         assert sbs["rounds"] == ROUNDS == len(sbs["round_p50_ms"]) and sbs["threads"] == a["benchmark"]["threads"]
         assert sbs["n"] % ROUNDS == 0 and sbs["n"] >= ROUNDS * 5 and 0 < sbs["p50_ms"] <= sbs["p90_ms"]
-        assert any(a["target"] in msg and "side by side" in msg for msg in progress)
+        assert a["target"] in chosen or any(a["target"] in msg and "side by side" in msg for msg in progress)
     # tflm-int8 and its budgeted profile write the same bytes: one file, nothing to compare it with
     tflm, m4 = result.artifact("tflm-int8"), result.artifact("tflm-int8-cortex-m4")
     assert tflm["sha256"] == m4["sha256"] and "side_by_side" not in tflm["benchmark"] | m4["benchmark"]
@@ -171,10 +180,10 @@ def test_artifacts_sharing_a_runtime_are_timed_side_by_side_and_the_report_compa
 
     manifest = Manifest.read(result.manifest_path)
     rows = {r["target"].split(" ")[0]: r for r in table(manifest)}
-    fp32 = result.artifact("tflite-fp32")["benchmark"]["side_by_side"]["round_p50_ms"]
     for name in by_runtime["litert"]:
         sbs = result.artifact(name)["benchmark"]["side_by_side"]
         assert rows[name]["p50"] == latency_ms(sbs["p50_ms"])  # the compared figure, not the solo one
+        fp32 = (sbs.get("anchor") or result.artifact("tflite-fp32")["benchmark"]["side_by_side"])["round_p50_ms"]
         paired = float(np.median([a / b for a, b in zip(sbs["round_p50_ms"], fp32)]))  # round by round, not pooled
         ratios = sorted(a / b for a, b in zip(sbs["round_p50_ms"], fp32))
         ratios = ratios[1:-1] if len(ratios) >= 5 else ratios  # the extreme round at each end aside
