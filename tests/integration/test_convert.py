@@ -1178,6 +1178,13 @@ def test_normalization_hint_says_only_what_fits_the_model():
     assert "Normalization 'norm' multiplies its features by factors from" in hints
     assert "constant features" not in hints and "never varied" not in hints
     assert "tflite-dynamic" in hints and "tflite-fp16" not in hints  # 300**2 is beyond float16
+    # 2 features in 0..1 beside 2 in 0..1e4, none constant: the two informative ones were called "never varied"
+    x = np.concatenate([rng.random((256, 2)), rng.random((256, 2)) * 1e4], axis=1).astype("float32")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((4,), name="features"), norm, keras.layers.Dense(1)])
+    hints = " ".join(_failure_hints(get_target("tflite-int8"), load_model(model), {"features": x}))
+    assert "factors from" in hints and "never varied" not in hints and "constant features" not in hints, hints
 
 
 def test_regression_targets_are_scored_by_error_in_every_artifact(tmp_path):
