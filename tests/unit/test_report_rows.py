@@ -622,3 +622,18 @@ def test_highlights_compare_paired_rounds_skip_auto_copies_and_do_not_reward_luc
     # the table's lower MAE beside the named file is said as chance, as "Most accurate" says its luckier files
     assert lowest.endswith("; tfjs-uint8's MAE 30 below the reference's is chance on this data: an artifact is ranked by "
                            "how closely it copies the model)"), lowest
+
+
+def test_the_heaviest_layers_are_named_by_their_graph_scope_not_only_their_op():
+    """"heaviest layers: CONV_2D 4.6 KiB, FULLY_CONNECTED 360 B, CONV_2D 208 B" named no layer, and the budget
+    message sends users to this list."""
+    from deploykit.report.rows import footprint_lines
+
+    a = _artifact("tflm-int8", 9000)
+    a.footprint = {"model_bytes": 9000, "arena_bytes": 2864, "heaviest_layers": [
+        {"op": "CONV_2D", "output": "digits_cnn_1/conv2d_1_2/Relu;digits_cnn_1/conv2d_1_2/BiasAdd", "weight_bytes": 4736},
+        {"op": "FULLY_CONNECTED", "output": "StatefulPartitionedCall/digits_cnn_1/dense_1/MatMul", "weight_bytes": 360},
+        {"op": "SOFTMAX", "output": "Identity", "weight_bytes": 0}]}
+    (line,) = [ln for ln in footprint_lines(Manifest(model={}, tools={}, machine={}, artifacts=[a])) if "heaviest" in ln]
+    assert line.endswith("heaviest layers: CONV_2D at `conv2d_1_2` 4.6 KiB, FULLY_CONNECTED at `dense_1` 360 B, "
+                         "SOFTMAX at `Identity` 0 B"), line
