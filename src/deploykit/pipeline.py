@@ -550,6 +550,7 @@ class Pipeline:
                 release_memory()
         finally:
             loaded.release()
+        _said_failed_too(manifest.artifacts)
         if self.bench_enabled:  # the report compares files: time them under the same load (see side_by_side)
             from deploykit.runtime_bench.memory import PeakRSS
             from deploykit.side_by_side import time_side_by_side
@@ -1069,6 +1070,18 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         hints.append("ONNX Runtime's QOperator rewrite (QLinear* ops) loses more on some graphs than the QDQ "
                      "format of the same calibration: try onnx-int8-qdq (onnx-auto builds and compares both)")
     return [h for h in hints if h]
+
+
+def _said_failed_too(artifacts: Sequence[Artifact]) -> None:
+    """Mark, in each failure's text, the targets it suggests that failed in this run too: the hints are
+    fixed advice ("try onnx-int8-qdq") written as each target fails, and sent users to files the same
+    run had already failed (MobileNetV2: onnx-int16x8 was told to try onnx-int8-dynamic and onnx-fp16)."""
+    failed = {a.target for a in artifacts if a.status == "failed"}
+    for a in artifacts:
+        if a.status != "failed" or not a.error:
+            continue
+        for name in sorted(failed - {a.target}, key=len, reverse=True):
+            a.error = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])(?! \(failed)", f"{name} (failed in this run too)", a.error)
 
 
 def _constant_feature_hint(loaded: Any, levels: int, way_out: str) -> str | None:

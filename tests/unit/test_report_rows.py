@@ -637,3 +637,21 @@ def test_the_heaviest_layers_are_named_by_their_graph_scope_not_only_their_op():
     (line,) = [ln for ln in footprint_lines(Manifest(model={}, tools={}, machine={}, artifacts=[a])) if "heaviest" in ln]
     assert line.endswith("heaviest layers: CONV_2D at `conv2d_1_2` 4.6 KiB, FULLY_CONNECTED at `dense_1` 360 B, "
                          "SOFTMAX at `Identity` 0 B"), line
+
+
+def test_a_failure_s_suggestions_that_failed_in_the_same_run_say_so():
+    """MobileNetV2: onnx-int16x8 was told to try onnx-int8-dynamic and onnx-fp16, which had both failed."""
+    from deploykit.pipeline import _said_failed_too
+
+    arts = [_artifact(n, 100) for n in ("onnx-int16x8", "onnx-int8-dynamic", "onnx-fp16", "onnx-fp32", "onnx-int8-qdq")]
+    for a in arts[:3]:
+        a.status = "failed"
+    arts[0].error = ("verification failed: top-1 agreement 93.4%; try a target with float activations (onnx-int8-dynamic "
+                     "or onnx-int8-dynamic-x; onnx-fp16, onnx-fp32)")
+    arts[1].error = "verification failed: try onnx-int16x8"
+    _said_failed_too(arts)
+    assert arts[0].error.endswith("(onnx-int8-dynamic (failed in this run too) or onnx-int8-dynamic-x; "
+                                  "onnx-fp16 (failed in this run too), onnx-fp32)"), arts[0].error
+    assert arts[1].error == "verification failed: try onnx-int16x8 (failed in this run too)"
+    _said_failed_too(arts)  # said once
+    assert arts[1].error.count("failed in this run too") == 1
