@@ -2019,3 +2019,18 @@ def test_int16x8_names_what_reads_the_ids_beyond_the_embedding(tmp_path):
     result = deploykit.convert(model, ["tflite-int16x8"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("tflite-int16x8")["error"]
     assert "its ids reach an op besides the Embedding lookup (e.g. the mask of Embedding(mask_zero=True)" in error, error
+
+
+def test_a_float_input_feeding_an_embedding_is_named_when_int8_io_fails(tmp_path):
+    """Ids declared float: int8 I/O quantized them like pixels and 24 of 50 read another Embedding row; the
+    failure spoke of rounding and advised int16x8 or QAT."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((16,), name="ids")  # float32: the dtype='int32' left out
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8, name="vocab")(ids))
+    model = keras.Model(ids, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(0, 50, (64, 16)).astype("float32")
+    result = deploykit.convert(model, ["tflite-int8-io"], data=x, out=tmp_path / "o", bench=False)
+    error = result.artifact("tflite-int8-io")["error"]
+    assert "input 'ids' is float and feeds Embedding 'vocab': int8 I/O quantizes its ids" in error, error
