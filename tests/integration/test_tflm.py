@@ -446,3 +446,15 @@ def test_an_arena_of_operator_records_is_said_as_one_with_its_way_out(tmp_path):
     said = _arena_of_records(found["allocations"])
     assert said.startswith(" (activations take ") and "records per operator (60 of them)" in said, said
     assert "not a smaller input" in said
+
+
+def test_a_sequence_of_any_length_is_refused_with_an_example_of_its_own_rank(tmp_path):
+    """The refusal offered keras.Input(shape=(96, 96, 1)), an image's shape, for token ids and series too."""
+    import keras
+
+    inp = keras.Input((None, 3), name="series")
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(inp)))
+    with pytest.raises(UserError, match=r"input 'series' has dynamic dimension\(s\) \[1\] in shape \(None, None, 3\); "
+                                        r"TFLite Micro needs fixed shapes .*keras\.Input\(shape=\(64, 3\)\)"):
+        deploykit.convert(model, ["tflm-int8"], data=np.ones((8, 10, 3), np.float32), out=tmp_path / "o", bench=False)
+    assert not (tmp_path / "o").exists()

@@ -166,9 +166,12 @@ def _check_static_shapes(model: Any) -> None:
     for spec in model.inputs:
         dynamic = [i for i, d in enumerate(spec.shape) if d is None and i > 0]
         if dynamic:
+            # the example in the input's own rank: (96, 96, 1) was offered for token ids and series too
+            example = tuple(64 if d is None else int(d) for d in spec.shape[1:])
             raise UserError(
                 f"input {spec.name!r} has dynamic dimension(s) {dynamic} in shape {tuple(spec.shape)}; TFLite Micro "
-                "needs fixed shapes — rebuild the model with a fixed input shape (e.g. keras.Input(shape=(96, 96, 1)))"
+                f"needs fixed shapes — rebuild the model with a fixed input shape (e.g. keras.Input(shape={example}), "
+                "with the size the device feeds)"
             )
 
 
