@@ -1106,7 +1106,8 @@ def _explain_load_failure(path: Path, exc: Exception, native: str, saved: str = 
     keyword = _unknown_keyword(text)
     have, want = _major_minor(installed), _major_minor(saved)
     name = "Keras" if kind == "keras3" else "tf_keras"
-    match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type)[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
+    match = re.search(r"(?:locate class|Unknown layer|Unknown object|deserialize object of type|Could not deserialize)"
+                      r"[^'\"`]*['\"`]([^'\"`]+)['\"`]", text)
     # a class neither Keras knows nor it ever shipped: the user's own code, whatever version wrote the file
     custom = match is not None and not _is_builtin_keras_class(match.group(1))
     if have and want and want > have:
@@ -1126,7 +1127,8 @@ def _explain_load_failure(path: Path, exc: Exception, native: str, saved: str = 
         return ModelLoadError(
             f"{path}: {keyword}, which the installed {name} {installed} does not take, {why}; re-save the model with "
             f"{name} {installed}, or load it with the version that wrote it")
-    markers = ("Could not locate class", "Unknown layer", "Unknown object", "custom_objects", "Cannot deserialize object")
+    markers = ("Could not locate class", "Unknown layer", "Unknown object", "custom_objects", "Cannot deserialize object",
+               "is not a KerasSaveable subclass")  # Keras 3.15's words for a class it does not know
     if any(m in text for m in markers):
         what = f" {match.group(1)!r}" if match else ""
         if match and _is_builtin_keras_class(match.group(1)):  # Keras's own class failed: the config is what is wrong
@@ -1139,6 +1141,10 @@ def _explain_load_failure(path: Path, exc: Exception, native: str, saved: str = 
         )
     if "safe_mode" in text:
         return UntrustedModelError(f"{path}: the model carries code refused by Keras safe_mode; pass --trust-model if you trust it")
+    # The archive's config read fine (checked before loading): its weights are what is missing or damaged.
+    if re.search(r"Expected a model\.weights\.(h5|npz)|truncated file|file signature not found|Unable to (synchronously )?open", text):
+        return ModelLoadError(f"{path}: the model's weights inside the file are missing or damaged ({text[:160]}); the file "
+                              "was cut short or altered since it was saved: save the model again")
     return ModelLoadError(f"{path}: could not load the model: {text[:300]}")
 
 

@@ -748,3 +748,31 @@ def test_an_upper_case_suffix_loads_as_its_lower_case_one(tmp_path):
     shutil.copy(tmp_path / "m.keras", tmp_path / "M.KERAS")
     loaded = load_model(tmp_path / "M.KERAS")
     assert loaded.kind == "keras3" and loaded.source.endswith("M.KERAS") and [s.name for s in loaded.inputs] == ["x"]
+
+
+def test_an_archive_with_missing_or_damaged_weights_or_an_unknown_class_gets_its_fix(tmp_path):
+    """Each ended "could not load the model: <Keras's text>" with no fix: an archive without its weights file,
+    with the weights cut short, and a class Keras 3.15 calls "not a KerasSaveable subclass"."""
+    import keras
+
+    inp = keras.Input((3,), name="x")
+    keras.Model(inp, keras.layers.Dense(2)(inp)).save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+
+    def archive(name, edit):
+        with zipfile.ZipFile(tmp_path / name, "w") as w:
+            for n, data in files.items():
+                data = edit(n, data)
+                if data is not None:
+                    w.writestr(n, data)
+        return tmp_path / name
+
+    fix = "the model's weights inside the file are missing or damaged"
+    with pytest.raises(ModelLoadError, match=f"{fix}.*save the model again"):
+        load_model(archive("noweights.keras", lambda n, d: None if n.endswith(".h5") else d))
+    with pytest.raises(ModelLoadError, match=f"{fix}.*save the model again"):
+        load_model(archive("cut.keras", lambda n, d: d[:2000] if n.endswith(".h5") else d))
+    with pytest.raises(ModelLoadError, match=r"unknown custom object 'keras.layers.MyDense'.*pass the model object"):
+        load_model(archive("custom.keras", lambda n, d: d.decode().replace('"Dense"', '"MyDense"', 1).encode()
+                           if n == "config.json" else d))
