@@ -145,9 +145,14 @@ def _calibration_crashes(target: Any) -> ConversionError:
     Measured with TF 2.21 on Keras 3 LSTM and GRU: the calibrator segfaults feeding the WHILE
     loop, taking the whole process (and every other target of the run) down.
     """
+    unroll = ("unroll the layers (e.g. GRU(unroll=True), with a fixed sequence length; each step is then its own "
+              "operators, and a microcontroller's arena holds records for each)")
+    if target.format == "tflm":  # a float or ONNX file does not run on the microcontroller: unrolling is the way
+        return ConversionError(f"{target.name}: TFLite's int8 calibration crashes on the model's recurrent loop "
+                               f"(LSTM/GRU/RNN layers; TensorFlow 2.21); {unroll}")
     return ConversionError(
         f"{target.name}: TFLite's int8 calibration crashes on the model's recurrent loop (LSTM/GRU/RNN layers; "
-        "TensorFlow 2.21); unroll the layers (e.g. GRU(unroll=True), with a fixed sequence length), or choose "
+        f"TensorFlow 2.21); {unroll.split(';')[0]}), or choose "
         "tflite-fp32, tflite-fp16 or tflite-dynamic (int8 weights, no calibration), or an ONNX target")
 
 
