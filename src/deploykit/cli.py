@@ -21,6 +21,7 @@ from typing import Any, List, Optional
 import typer
 
 from deploykit.errors import DeployError, path_refusal
+from deploykit.selection import MIN_BLOCK_S
 
 app = typer.Typer(
     name="deploy",
@@ -308,7 +309,8 @@ def bench(
     artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT...", help="An artifact file, e.g. model.tflite; several are timed side by side."),
     threads: int = typer.Option(2, "--threads"),
     warmup: int = typer.Option(10, "--warmup"),
-    iterations: int = typer.Option(100, "--iterations"),
+    iterations: int = typer.Option(100, "--iterations", help="Timed runs of one file; side by side, the least per file: "
+                                   f"each round runs every file for at least {MIN_BLOCK_S:g} s, so fast files run more."),
     data: Optional[Path] = typer.Option(None, "--data", help=".npz whose first sample is the input (random inputs otherwise); a quantized input takes real values, or values of its own integer type as they are."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result (raw samples included) as JSON."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="litert | onnxruntime | tflm | tfjs (default: from the file suffix)."),
