@@ -650,11 +650,18 @@ class Pipeline:
         described = [(tuple(o.shape), o.dtype) for o in outputs]
         if labelled is not None and not labels_fit(described, labelled.y, self._label_index):
             labelled = as_one_hot(labelled) or labelled  # one-hot rows with a trailing axis of 1: (N, C, 1)
-        if labelled is not None and (labelled.y is None or not regression
+        # An uncompiled model's whole numbers that score no class output are its target values when they fit
+        # a float output (counts for an (N, 1) head): they were kept as labels, unused, and no error reported.
+        if labelled is not None and (labelled.y is None or (not regression and loss is not None)
                                      or label_classes(described, labelled.y, self._label_index) is not None
                                      or _binary_labels_for_one_unit(labelled.y, outputs)):
             return labelled
-        data = load_data(spec, specs, role=role, targets=True)
+        try:
+            data = load_data(spec, specs, role=role, targets=True)
+        except DataError:
+            if error is not None and loss is None:  # text labels of an uncompiled classifier: said as labels
+                raise error from None
+            raise
         if loss is None and error is not None and _zeros_and_ones(data.y) and _tags_for_probabilities(loaded, data):
             raise error  # multi-hot tags for a softmax: not its values to regress to, refused as labels whatever the loss
         if data.y is None or not _fits_float_output(outputs, data.y):
@@ -662,6 +669,10 @@ class Pipeline:
                 return labelled
             if loss is None:  # uncompiled: targets only when they fit a float output exactly
                 raise error
+            if data.y is not None:  # a regression loss, and 'y' of no output's shape: dropped with exit 0 before
+                shapes = ", ".join(str(tuple(o.shape)) for o in outputs)
+                raise DataError(f"{data.source}: target values 'y' of shape {tuple(np.shape(data.y))} fit none of the "
+                                f"model's outputs ({shapes}); pass one row of the output's shape per sample")
         if data.y is not None:
             why = f"a model trained with {_loss_name(loss)}" if loss is not None else \
                 "a model without a loss, and they fit its float output"

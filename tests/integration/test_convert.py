@@ -2034,3 +2034,28 @@ def test_a_float_input_feeding_an_embedding_is_named_when_int8_io_fails(tmp_path
     result = deploykit.convert(model, ["tflite-int8-io"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("tflite-int8-io")["error"]
     assert "input 'ids' is float and feeds Embedding 'vocab': int8 I/O quantizes its ids" in error, error
+
+
+def test_value_targets_are_read_by_the_model_s_outputs_not_only_its_loss(tmp_path):
+    """Counts for an uncompiled (N, 1) head were kept as labels and dropped (no error reported); targets of
+    no output's shape for an mse model were dropped with exit 0; text labels of an uncompiled classifier were
+    said as "targets 'y' are <U6"."""
+    import keras
+
+    from deploykit.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    counts = rng.integers(0, 20, 64)
+    inp = keras.Input((3,), name="x")
+    head = keras.Model(inp, keras.layers.Dense(1)(inp))  # uncompiled
+    result = deploykit.convert(head, ["tflite-fp32"], data=(x, counts), out=tmp_path / "a", bench=False)
+    v = result.artifact("tflite-fp32")["verification"]
+    assert v.get("mae") is not None and v.get("accuracy") is None, v
+    head.compile(loss="mse")
+    with pytest.raises(DataError, match=r"target values 'y' of shape \(64, 2\) fit none of the model's outputs \(\(None, 1\)\)"):
+        deploykit.convert(head, ["tflite-fp32"], data=(x, rng.normal(size=(64, 2))), out=tmp_path / "b", bench=False)
+    classes = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    with pytest.raises(DataError, match=r"labels 'y' are text \(e\.g\. 'digit4'\), not class indices"):
+        deploykit.convert(classes, ["tflite-fp32"], data=(x, np.array(["digit4"] * 64)), out=tmp_path / "c", bench=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
