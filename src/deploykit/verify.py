@@ -312,6 +312,9 @@ def reference_noise(predict: Any, inputs: Sequence[np.ndarray], reference: Seque
     return noise
 
 
+CLIPPED_SHARE = 0.1  # past this share of samples beyond an output's stop, calibration did not miss them
+
+
 def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | None:
     """When the artifact's output stops short of the reference's range, and the misses lie beyond
     that stop: a quantized output clipped at the range its calibration data reached."""
@@ -327,9 +330,16 @@ def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | Non
     for side, stop, beyond in (("max", got.max(), ref > got.max() + allowed), ("min", got.min(), ref < got.min() - allowed)):
         if beyond.any() and np.count_nonzero(miss & beyond) >= 0.5 * np.count_nonzero(miss):
             reach = ref.max() if side == "max" else ref.min()
-            return (f"the artifact's output stops at {stop:.4g} where the reference reaches {reach:.4g}: the quantized "
-                    "range ends where the calibration data's outputs ended; calibrate on data that reaches further "
-                    "(more or more varied --data, or raise the target's calibration_samples)")
+            said = f"the artifact's output stops at {stop:.4g} where the reference reaches {reach:.4g}"
+            share = np.count_nonzero(beyond) / beyond.size
+            if share > CLIPPED_SHARE:
+                # So many samples beyond the stop are no rare values calibration missed: the range was cut short
+                # inside the model (outliers in an input stretched a scale that rounds the rest away); the
+                # calibration advice sent users to data that already reached 8.77 where the file stopped at 1.31.
+                return (f"{said} for {share:.0%} of the samples, more than calibration on data like these leaves out: "
+                        "a range inside the model is cut short (see the input hints), not the output's")
+            return (f"{said}: the quantized range ends where the calibration data's outputs ended; calibrate on data "
+                    "that reaches further (more or more varied --data, or raise the target's calibration_samples)")
     return None
 
 
