@@ -1533,6 +1533,12 @@ def test_python_paths_expand_home_and_the_result_is_absolute(tmp_path, monkeypat
     assert result.out == tmp_path / "home" / "build" and result.report_path.is_absolute()
     monkeypatch.chdir(tmp_path)
     assert result.report_path.exists() and result.manifest_path.exists()
+    # a target file and bench's artifacts too: "target file ~/strict.toml does not exist", "is not a file"
+    (tmp_path / "home" / "strict.toml").write_text('name = "strict"\nformat = "tflite"\nprecision = "fp16"\n')
+    result = deploykit.convert("~/m.keras", ["~/strict.toml"], data="~/d.npz", out="~/b2", bench=False)
+    assert result.artifact("strict")["status"] == "ok"
+    assert deploykit.bench("~/b2/strict/model.tflite", iterations=2, warmup=0)["n"] == 2
+    assert deploykit.bench(["~/b2/strict/model.tflite", "~/build/tflite-fp32/model.tflite"], iterations=2, warmup=0)
 
 
 def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_one_says_so(tmp_path, monkeypatch,

@@ -586,7 +586,7 @@ def load_target_file(path: str | Path) -> Target:
     ``calibration_samples``), and candidate ``.toml`` paths are relative to
     this file's directory.
     """
-    path = Path(path)
+    path = Path(path).expanduser()  # '~/board.toml' from Python: no shell expanded it
     try:
         with path.open("rb") as fh:
             table = tomllib.load(fh)
