@@ -532,7 +532,8 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
     failure = _agreement_failure(share, tol)
     n = int(np.size(agree))
     allowed = int(np.floor((1 - tol.min_agreement) * n + 1e-9))
-    if failure and per_sample and n and int(np.count_nonzero(~np.asarray(agree))) <= 2 and allowed < 2:
+    if failure and per_sample and n and int(np.count_nonzero(~np.asarray(agree))) <= 2 and allowed < 2 \
+            and tol.min_agreement < 1:  # a 100 % rule allows no change at any count: "at least 3000000000"
         # 64 samples: 97 % allows one changed answer, and two near-ties failed a file whose accuracy rose
         failure += (f" ({n} samples: {tol.min_agreement:.0%} allows {allowed} changed answer{'s' if allowed != 1 else ''}; "
                     f"verify on at least {int(np.ceil(3 / max(1 - tol.min_agreement, 1e-9) - 1e-9))} (--eval-data, or a higher "

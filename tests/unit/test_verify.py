@@ -1324,3 +1324,6 @@ def test_an_agreement_failure_on_too_few_samples_says_how_many_would_tell():
                               "verify on at least 100"), failure
     many = np.concatenate([ref] * 4), np.concatenate([got] * 4)  # 8 of 256: a lost answer, not resolution
     assert "samples: 97% allows" not in _judge_classes(*many, {}, int8, (256,), gated=True)
+    # a 100 % rule allows no change at any count: it said "verify on at least 3000000000"
+    strict = Tolerance(atol=0.0, range_atol=0.05, min_agreement=1.0)
+    assert "verify on at least" not in _judge_classes(ref, got, {}, strict, (64,), gated=True)
