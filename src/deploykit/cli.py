@@ -296,11 +296,13 @@ def targets(
             ([f"+{tol.range_atol:.2g} x output range" if tol.range_atol < 0.005 else f"+{tol.range_atol:.0%} of output range"]
              if tol.range_atol else []) + \
             [f"accuracy drop <= {tol.max_accuracy_drop:g} pt", f"agreement >= {tol.min_agreement:.0%}"]
-        console.print(
-            f"{t.name:<16} weights {t.weights:<8} activations {t.activations:<8} io {t.io:<8} runtime {t.runtime}\n"
-            f"{'':16} tolerance: {', '.join(parts)}\n{'':16} {t.description}",
-            highlight=False, soft_wrap=True,
-        )
+        if t.is_auto:  # its own types and tolerance judge nothing: each candidate is built and judged by its own
+            head = f"{t.name:<16} candidates {', '.join(c.name for c in t.candidate_targets())}, runtime {t.runtime}"
+            judged = "each candidate by its own tolerance"
+        else:
+            head = f"{t.name:<16} weights {t.weights:<8} activations {t.activations:<8} io {t.io:<8} runtime {t.runtime}"
+            judged = ", ".join(parts)
+        console.print(f"{head}\n{'':16} tolerance: {judged}\n{'':16} {t.description}", highlight=False, soft_wrap=True)
     console.print("Show every field of one: deploy targets --show NAME. A .toml file with the same fields is a target too.", highlight=False)
 
 

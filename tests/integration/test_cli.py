@@ -235,6 +235,9 @@ def test_targets_lists_every_builtin():
         assert t.name in result.stdout
         assert t.description in result.stdout
     assert "--show" in result.stdout
+    # an -auto target's own tolerance judges nothing (its candidates are judged by theirs): it showed the default
+    assert "tflite-auto      candidates tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, runtime litert\n" \
+           "                 tolerance: each candidate by its own tolerance" in result.stdout
 
 
 def test_targets_show_prints_every_field_with_its_doc():
