@@ -42,7 +42,9 @@ EXTERNAL_DATA_THRESHOLD = 1800 * 1024 * 1024
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 
 OPTIONS: dict[str, OptionSpec] = {
-    "opset": OptionSpec(17, "ONNX opset to convert to (tf2onnx 1.17 writes up to 18); 16-bit quantization writes 21, which its QuantizeLinear needs (the manifest records the opset written).", type=int, minimum=13, maximum=18),
+    "opset": OptionSpec(17, "ONNX opset to convert to (tf2onnx 1.17 writes up to 18); 16-bit quantization writes 21, "
+                            "which its QuantizeLinear needs (the manifest records the opset written).",
+                        type=int, minimum=13, maximum=18),
     "quant_format": OptionSpec(
         "qdq", "Static quantization format: qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv...).",
         choices=("qdq", "qoperator"), variant=True,
