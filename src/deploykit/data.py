@@ -16,6 +16,7 @@ before anything is converted or written.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -313,7 +314,7 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, label
     _refuse_streams(spec, role)
     if isinstance(spec, (str, Path)):
         source = str(spec)
-        xs, y = _from_npz(Path(spec).expanduser(), names, labels)
+        xs, y = _from_npz(Path(os.path.expanduser(spec)), names, labels)
     else:
         source = f"<in-memory {role}>"
         xs, y = _split(spec, names, labels)

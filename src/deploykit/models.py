@@ -774,7 +774,7 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
         import_tensorflow()
         return _loaded_keras(kind, f"<in-memory {type(source).__name__} {getattr(source, 'name', '')}>", source)
 
-    path = Path(source).expanduser()  # "~/m.keras" from Python: no shell expanded it
+    path = Path(os.path.expanduser(source))  # "~/m.keras" from Python: no shell expanded it
     if not path.exists():
         raise ModelLoadError(f"model {path} does not exist; check the path")
     if not path.is_dir() and not path.is_file():  # a device (/dev/zero) or a pipe would be read without end

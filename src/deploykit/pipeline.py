@@ -149,7 +149,7 @@ def _alias(aliases: dict[str, str], target: Any) -> Any:
     if str(target) in aliases:
         return aliases[str(target)]
     if str(target).endswith(".toml"):
-        return aliases.get(str(Path(target).expanduser().resolve()), str(target))
+        return aliases.get(str(Path(os.path.expanduser(target)).resolve()), str(target))
     return str(target)
 
 
@@ -169,7 +169,7 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> tuple[li
     for t in targets:
         target = get_target(t)
         if isinstance(t, (str, Path)) and str(t) != target.name:  # a .toml file: stored under its profile's name
-            aliases[str(t)] = aliases[str(Path(t).expanduser().resolve())] = target.name
+            aliases[str(t)] = aliases[str(Path(os.path.expanduser(t)).resolve())] = target.name
         builtin = _builtins().get(target.name)
         # Bench settings do not change the artifact: get_target("tflite-int8").with_bench(threads=1) is that profile.
         if builtin is not None and dataclasses.replace(target, bench=builtin.bench) != builtin:
@@ -286,7 +286,7 @@ class Pipeline:
         if verify_samples < 1:
             raise UserError(f"verify_samples must be a whole number >= 1, got {verify_samples}")
         self.data, self.eval_data = data, eval_data
-        self.out = Path(out).expanduser()  # '~/build' from Python: no shell expanded it
+        self.out = Path(os.path.expanduser(out))  # '~/build' from Python: no shell expanded it
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
         self.verify_samples = int(verify_samples)
         if progress is not None and not callable(progress):
@@ -1438,7 +1438,7 @@ def _smallest_vocabulary(keras_model: Any) -> int | None:
 
 def _expanded(spec: Any) -> Any:
     """A path given as str or Path with '~' expanded; anything else (arrays, models) as it is."""
-    return Path(spec).expanduser() if isinstance(spec, (str, Path)) else spec
+    return Path(os.path.expanduser(spec)) if isinstance(spec, (str, Path)) else spec
 
 
 def _file_identity(model: Any) -> dict[str, Any]:

@@ -918,3 +918,15 @@ def test_a_full_tmpdir_during_export_is_one_line_and_leaves_nothing(tmp_path, ke
         assert not out.exists() and not os.listdir(tiny)
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_a_name_starting_with_a_tilde_is_a_file_name_not_a_user(tmp_path, tflite_files, keras3_path, data_npz):
+    """'~fp32.tflite' names no user: pathlib's expanduser raised RuntimeError ("Could not determine home
+    directory"), a traceback with exit 1, for bench's artifact, a --data file and a target file alike."""
+    shutil.copy(tflite_files["tflite-fp32"], tmp_path / "~fp32.tflite")
+    shutil.copy(data_npz, tmp_path / "~d.npz")
+    bench = run_deploy(["bench", "~fp32.tflite", "--iterations", "3", "--warmup", "1"], cwd=tmp_path)
+    assert bench.returncode == 0 and "p50" in bench.stdout, bench.stderr
+    convert = run_deploy(["convert", keras3_path, "-t", "tflite-fp32", "--data", "~d.npz", "--out", "o", "--no-bench"],
+                         cwd=tmp_path)
+    assert convert.returncode == 0, convert.stderr

@@ -12,6 +12,7 @@ import functools
 import importlib
 import inspect
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -462,8 +463,8 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
     if not isinstance(path, (str, Path)) and len(path) == 1:
         path = path[0]
     # '~/build/model.tflite' from Python: no shell expanded it ("is not a file"), as convert()'s paths are
-    path = Path(path).expanduser() if isinstance(path, (str, Path)) else [Path(p).expanduser() if isinstance(p, (str, Path))
-                                                                           else p for p in path]
+    path = Path(os.path.expanduser(path)) if isinstance(path, (str, Path)) else \
+        [Path(os.path.expanduser(p)) if isinstance(p, (str, Path)) else p for p in path]
     if not isinstance(path, (str, Path)):  # several files: timed side by side
         if browser:
             raise UserError("--browser times one TF.js model at a time; pass one model.json")

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -586,7 +587,7 @@ def load_target_file(path: str | Path) -> Target:
     ``calibration_samples``), and candidate ``.toml`` paths are relative to
     this file's directory.
     """
-    path = Path(path).expanduser()  # '~/board.toml' from Python: no shell expanded it
+    path = Path(os.path.expanduser(path))  # '~/board.toml' from Python: no shell expanded it
     try:
         with path.open("rb") as fh:
             table = tomllib.load(fh)
