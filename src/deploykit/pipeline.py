@@ -650,17 +650,20 @@ class Pipeline:
         described = [(tuple(o.shape), o.dtype) for o in outputs]
         if labelled is not None and not labels_fit(described, labelled.y, self._label_index):
             labelled = as_one_hot(labelled) or labelled  # one-hot rows with a trailing axis of 1: (N, C, 1)
-        # An uncompiled model's whole numbers that score no class output are its target values when they fit
-        # a float output (counts for an (N, 1) head): they were kept as labels, unused, and no error reported.
-        if labelled is not None and (labelled.y is None or (not regression and loss is not None)
+        # An uncompiled model's counts, one whole number per sample that scores no class output, are its
+        # target values when they fit a float output: they were kept as labels, unused, no error reported.
+        # 0/1 values (masks, binary labels) and models with a class-id output (an argmax inside) keep labels.
+        counts = (labelled is not None and labelled.y is not None and loss is None and labelled.y.ndim == 1
+                  and not np.isin(labelled.y, (0, 1)).all() and not any(_is_id_output(o) for o in outputs))
+        if labelled is not None and (labelled.y is None or not regression and not counts
                                      or label_classes(described, labelled.y, self._label_index) is not None
                                      or _binary_labels_for_one_unit(labelled.y, outputs)):
             return labelled
         try:
             data = load_data(spec, specs, role=role, targets=True)
-        except DataError:
-            if error is not None and loss is None:  # text labels of an uncompiled classifier: said as labels
-                raise error from None
+        except DataError as exc:
+            if error is not None and loss is None and "not numbers" in str(exc):
+                raise error from None  # text labels of an uncompiled classifier: said as labels, not as targets
             raise
         if loss is None and error is not None and _zeros_and_ones(data.y) and _tags_for_probabilities(loaded, data):
             raise error  # multi-hot tags for a softmax: not its values to regress to, refused as labels whatever the loss
@@ -669,7 +672,9 @@ class Pipeline:
                 return labelled
             if loss is None:  # uncompiled: targets only when they fit a float output exactly
                 raise error
-            if data.y is not None:  # a regression loss, and 'y' of no output's shape: dropped with exit 0 before
+            if data.y is not None and all(None not in tuple(o.shape)[1:] for o in outputs):
+                # a regression loss, and 'y' of no output's shape: dropped with exit 0 before (an output of any
+                # length is matched by its real shape in verification)
                 shapes = ", ".join(str(tuple(o.shape)) for o in outputs)
                 raise DataError(f"{data.source}: target values 'y' of shape {tuple(np.shape(data.y))} fit none of the "
                                 f"model's outputs ({shapes}); pass one row of the output's shape per sample")
@@ -1263,6 +1268,11 @@ def _tags_for_probabilities(loaded: Any, data: Any) -> bool:
 def _zeros_and_ones(y: Any) -> bool:
     """'y' of rows of 0s and 1s (multi-hot tags, or one-hot rows some of which are not)."""
     return y is not None and np.ndim(y) >= 2 and np.shape(y)[-1] > 1 and bool(np.isin(y, (0, 1)).all())
+
+
+def _is_id_output(spec: Any) -> bool:
+    """An output of integers or booleans: class ids (an argmax inside the model) or a comparison."""
+    return any(k in str(spec.dtype) for k in ("int", "bool"))
 
 
 def _fits_float_output(outputs: Sequence[Any], targets: np.ndarray) -> bool:

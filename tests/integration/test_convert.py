@@ -2065,3 +2065,18 @@ def test_value_targets_are_read_by_the_model_s_outputs_not_only_its_loss(tmp_pat
     with pytest.raises(DataError, match=r"labels 'y' are text \(e\.g\. 'digit4'\), not class indices"):
         deploykit.convert(classes, ["tflite-fp32"], data=(x, np.array(["digit4"] * 64)), out=tmp_path / "c", bench=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    # and not more: an uncompiled regressor's NaN target is said as a target's, an argmax model's ids stay labels,
+    # and targets for an output of any length are not refused as fitting none
+    with pytest.raises(DataError, match=r"targets 'y' hold NaN or inf"):
+        deploykit.convert(keras.Model(inp, keras.layers.Dense(1)(inp)), ["tflite-fp32"],
+                          data=(x, np.where(np.arange(64) == 3, np.nan, 1.5)), out=tmp_path / "d", bench=False)
+    probs = keras.layers.Dense(4, activation="softmax")(inp)
+    argmax = keras.Model(inp, {"cls": keras.ops.argmax(probs, axis=-1), "conf": keras.layers.Dense(1)(inp)})
+    result = deploykit.convert(argmax, ["tflite-fp32"], data=(x, rng.integers(0, 4, 64)), out=tmp_path / "e", bench=False)
+    assert result.artifact("tflite-fp32")["verification"].get("accuracy") is not None
+    seq = keras.Input((None, 3), name="s")
+    dyn = keras.Model(seq, keras.layers.Dense(1)(seq))
+    dyn.compile(loss="mse")
+    result = deploykit.convert(dyn, ["tflite-fp32"], data=(rng.normal(size=(16, 12, 3)).astype("float32"),
+                                                          rng.normal(size=(16, 12, 1))), out=tmp_path / "f", bench=False)
+    assert result.artifact("tflite-fp32")["verification"].get("mae") is not None
