@@ -333,11 +333,13 @@ def clipping_hint(ref: np.ndarray, got: np.ndarray, allowed: float) -> str | Non
             said = f"the artifact's output stops at {stop:.4g} where the reference reaches {reach:.4g}"
             share = np.count_nonzero(beyond) / beyond.size
             if share > CLIPPED_SHARE:
-                # So many samples beyond the stop are no rare values calibration missed: the range was cut short
-                # inside the model (outliers in an input stretched a scale that rounds the rest away); the
-                # calibration advice sent users to data that already reached 8.77 where the file stopped at 1.31.
-                return (f"{said} for {share:.0%} of the samples, more than calibration on data like these leaves out: "
-                        "a range inside the model is cut short (see the input hints), not the output's")
+                # So many samples beyond the stop: calibration data unlike them (--eval-data wider than --data),
+                # or a range cut short inside the model (outliers in an input stretched a scale that rounds the
+                # rest away: calibration had reached 8.77 where the file stopped at 1.31). Verification sees
+                # neither the calibration outputs nor the file's inner ranges, so both are said.
+                return (f"{said} for {share:.0%} of the samples: either the calibration data's outputs ended there "
+                        "(calibrate on data like these: more or more varied --data), or a range inside the model was "
+                        "cut short (outliers in an input: see the input hints)")
             return (f"{said}: the quantized range ends where the calibration data's outputs ended; calibrate on data "
                     "that reaches further (more or more varied --data, or raise the target's calibration_samples)")
     return None
