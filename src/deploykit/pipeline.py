@@ -1119,10 +1119,11 @@ def _said_failed_too(artifacts: Sequence[Artifact]) -> None:
     run had already failed (MobileNetV2: onnx-int16x8 was told to try onnx-int8-dynamic and onnx-fp16)."""
     failed = {a.target for a in artifacts if a.status == "failed"}
     for a in artifacts:
-        if a.status != "failed" or not a.error:
+        if a.status != "failed" or not a.error or a.selection:  # an -auto's failure lists its failed candidates itself
             continue
-        for name in sorted(failed - {a.target}, key=len, reverse=True):
-            a.error = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])(?! \(failed)", f"{name} (failed in this run too)", a.error)
+        for name in sorted(failed - {a.target}, key=len, reverse=True):  # not inside a path: tflite-int8/model.tflite
+            a.error = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/-])(?! \(failed)", f"{name} (failed in this run too)",
+                             a.error)
 
 
 def _constant_feature_hint(loaded: Any, levels: int, way_out: str) -> str | None:

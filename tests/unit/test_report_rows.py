@@ -655,3 +655,11 @@ def test_a_failure_s_suggestions_that_failed_in_the_same_run_say_so():
     assert arts[1].error == "verification failed: try onnx-int16x8 (failed in this run too)"
     _said_failed_too(arts)  # said once
     assert arts[1].error.count("failed in this run too") == 1
+    # not inside a path, and not in an -auto's own list of its failed candidates
+    arts[2].error = "TF.js could not load onnx-int8-dynamic/model.onnx"
+    auto = _artifact("onnx-auto", 100)
+    auto.status, auto.selection = "failed", {"winner": None}
+    auto.error = "no candidate could be built: onnx-int16x8, onnx-fp16: an op"
+    _said_failed_too([*arts, auto])
+    assert arts[2].error == "TF.js could not load onnx-int8-dynamic/model.onnx"
+    assert auto.error == "no candidate could be built: onnx-int16x8, onnx-fp16: an op"
