@@ -76,6 +76,10 @@ def time_side_by_side(built: Sequence[tuple[Any, Artifact]], out: Path, inputs: 
         # choice (a 1.25x candidate shown at 0.99x). The other files are timed beside one of them, the
         # anchor (its float32 file when there is one), and compared with it in those rounds.
         chosen = [(t, a) for t, a in members if "side_by_side" in a.benchmark]
+        if len({frozenset([a.target, *a.benchmark["side_by_side"]["with"]]) for _, a in chosen}) > 1:
+            # two -auto targets sharing candidates timed them in two sessions (the later one's figures replaced
+            # the earlier's on the shared files): ratios would pair rounds of different sessions, so all again
+            chosen = []
         anchor = next((m for m in chosen if m[0].weights == "float32" and m[0].activations == "float32"),
                       chosen[0] if chosen else None)
         if anchor is not None:

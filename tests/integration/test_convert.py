@@ -252,6 +252,18 @@ def test_an_auto_targets_candidates_keep_the_figures_their_selection_was_made_on
     assert "an -auto target's candidates as its selection timed them" in result.report_path.read_text()
 
 
+def test_two_auto_targets_sharing_candidates_pair_rounds_of_one_session(tmp_path, keras3_model, digits):
+    """The second -auto's selection replaced the shared candidates' figures: fp16's "x fp32" paired its rounds
+    from tflite-auto's session with fp32's from mini-auto's. The group is timed again as a whole then."""
+    (tmp_path / "mini-auto.toml").write_text('name = "mini-auto"\nformat = "tflite"\nprecision = "auto"\n'
+                                            'candidates = ["tflite-fp32", "tflite-int8"]\n')
+    result = deploykit.convert(keras3_model, ["tflite-auto", tmp_path / "mini-auto.toml"], data=(digits.x_eval, digits.y_eval),
+                               out=tmp_path / "out", iterations=5, warmup=1)
+    timed = [a for a in result.artifacts if not a.get("selection") and "side_by_side" in a["benchmark"]]
+    sessions = {frozenset([a["target"], *a["benchmark"]["side_by_side"]["with"]]) for a in timed}
+    assert len(timed) == 4 and len(sessions) == 1, sessions
+
+
 def test_without_benchmarks_nothing_is_timed_side_by_side(tmp_path, keras3_model, digits):
     result = deploykit.convert(keras3_model, ["tflite-fp32", "tflite-fp16"], data=(digits.x_eval, digits.y_eval),
                                out=tmp_path / "out", bench=False)
