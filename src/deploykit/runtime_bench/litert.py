@@ -61,6 +61,8 @@ class LiteRTRunner:
         self.threads = threads
         self._interp: Any = None
         self._deferred = False  # built on the first inputs (inputs of any height/width)
+        self._without_xnnpack = False  # LiteRT's own kernels: XNNPACK could not prepare the file (see invoke)
+        self._given: Mapping[str, np.ndarray] = {}  # the inputs last set, set again on the rebuilt interpreter
 
     def load(self) -> float:
         """Create the interpreter and allocate tensors; returns seconds taken.
@@ -207,7 +209,8 @@ class LiteRTRunner:
             self._interp.allocate_tensors()
         self._without_xnnpack, self._deferred = True, False
         self._refresh_details()
-        self.set_inputs(self._given)
+        if self._given:
+            self.set_inputs(self._given)
 
     def get_outputs(self) -> dict[str, np.ndarray]:
         """Outputs by name, dequantized to float when the artifact has integer outputs."""
@@ -222,7 +225,7 @@ class LiteRTRunner:
     def describe(self) -> dict[str, Any]:
         """Runtime settings recorded with benchmark results."""
         out = {"runtime": self.runtime, "threads": self.threads, "delegate": "XNNPACK (LiteRT default)"}
-        if getattr(self, "_without_xnnpack", False):
+        if self._without_xnnpack:
             out["delegate"] = "none: XNNPACK could not prepare this file, LiteRT's builtin kernels ran it"
         if len(getattr(self, "_signatures", [])) > 1:  # said: the other signatures are not what was timed
             out["note"] = (f"timed signature {self._signature!r}, the file's main graph; its other signatures "
