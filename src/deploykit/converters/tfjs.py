@@ -173,11 +173,14 @@ TABLE_OPS = {"HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2
              "MutableDenseHashTableV2", "LookupTableFind", "LookupTableFindV2"}
 
 
-def _refuse_tables(graph_def: Any, target_name: str, layer_names: set[str] = frozenset()) -> None:
+def _refuse_tables(graph_def: Any, target_name: str, model: Any) -> None:
     """Say that the model's lookup tables are not written, naming the layers, before writing anything.
-    ``layer_names``: the Keras model's, for a scope the export numbered (``codes_1`` for layer ``codes``)."""
+    ``model``: its Keras layer names name a scope the export numbered (``codes_1`` for layer ``codes``)."""
     nodes = [n for n in list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
              if n.op in TABLE_OPS]
+    if not nodes:
+        return
+    layer_names = {entry["name"] for entry in model.info().layers} if model.keras_model is not None else set()
     layers = set()
     for n in nodes:  # .../integer_lookup_1/hash_table_Lookup/LookupTableFindV2: the layer is before hash_table
         parts = n.name.split("/")
@@ -186,12 +189,11 @@ def _refuse_tables(graph_def: Any, target_name: str, layer_names: set[str] = fro
             scope = parts[at - 1]
             base = re.sub(r"_\d+$", "", scope)
             layers.add(base if scope not in layer_names and base in layer_names else scope)
-    layers = sorted(layers) or sorted({n.op for n in nodes})
-    if nodes:
-        raise ConversionError(
-            f"{target_name}: the model has lookup tables ({', '.join(layers[:3])}; IntegerLookup/StringLookup layers) "
-            "whose contents deploykit's TF.js writer does not write; map the ids before the model (outside it) or "
-            "choose another target")
+    named = sorted(layers) or sorted({n.op for n in nodes})
+    raise ConversionError(
+        f"{target_name}: the model has lookup tables ({', '.join(named[:3])}; IntegerLookup/StringLookup layers) "
+        "whose contents deploykit's TF.js writer does not write; map the ids before the model (outside it) or "
+        "choose another target")
 
 
 def _rename_ref(ref: str, rename: dict[str, str]) -> str:
@@ -368,7 +370,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     graph = _optimized_graph(model, target.name, opts["fuse"])
     gd = graph.graph_def
     _refuse_loops(gd, target.name)
-    _refuse_tables(gd, target.name, {entry["name"] for entry in model.info().layers} if model.keras_model is not None else set())
+    _refuse_tables(gd, target.name, model)
     check_ops(gd, target.name, opts["backend"])
     rewired = keep_loop_outputs(gd, target.name)
     if rewired:

@@ -138,6 +138,12 @@ def _settle(runner: Any, *, min_runs: int = 0, cap_s: float | None = None) -> fl
     return time.perf_counter() - start
 
 
+def _header(path: Path) -> bytes:
+    """A file's first 8 bytes (a .tflite's identifier is bytes 4-8): not the whole file, which may be large."""
+    with path.open("rb") as f:
+        return f.read(8)
+
+
 def _text_input(name: str) -> str:
     """The refusal of a text input, with data or without (data is numbers: load_data refuses text)."""
     return (f"input {name!r} takes text, which deploy bench cannot feed (random inputs and --data are numbers); time a "
@@ -515,7 +521,7 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
                             "delegate), which the ai-edge-litert interpreter does not carry; time a file converted "
                             "with builtin ops only (deploy convert makes those)") from None
                     if re.search(r"not a valid Flatbuffer|not a valid \.tflite", str(exc)) and \
-                            Path(path).is_file() and Path(path).read_bytes()[4:8] != b"TFL3":
+                            Path(path).is_file() and _header(Path(path))[4:8] != b"TFL3":
                         raise RuntimeLoadError(f"{Path(path).name} is not a TFLite file (its header lacks the TFL3 "
                                                "identifier of every .tflite); pass a .tflite file, or name the file "
                                                "by its own format") from None

@@ -150,6 +150,7 @@ class ORTRunner:
         self._session: Any = None
         self._feed: dict[str, np.ndarray] = {}
         self._outputs: list[np.ndarray] = []
+        self._unranked: set[str] = set()  # inputs that record no shape (see unranked_inputs)
 
     def _options(self, profile_dir: str | None = None):
         import onnxruntime as ort
@@ -220,7 +221,7 @@ class ORTRunner:
             shape = [d if isinstance(d, int) else -1 for d in i.shape]
             out[name] = {"shape": shape, "shape_signature": shape, "dtype": _ORT_DTYPES.get(i.type, np.float32),
                          "quantization": (0.0, 0)}
-            if name in getattr(self, "_unranked", ()):
+            if name in self._unranked:
                 out[name]["rank_unknown"] = True
         return out
 
