@@ -667,9 +667,17 @@ class Pipeline:
             raise
         if loss is None and error is not None and _zeros_and_ones(data.y) and _tags_for_probabilities(loaded, data):
             raise error  # multi-hot tags for a softmax: not its values to regress to, refused as labels whatever the loss
-        if data.y is None or not _fits_float_output(outputs, data.y):
+        asked = outputs if self._label_index is None else [outputs[self._label_index]]
+        if data.y is None or not _fits_float_output(asked, data.y):
             if labelled is not None:
                 return labelled
+            if self._label_index is not None and data.y is not None and None not in tuple(asked[0].shape)[1:]:
+                # the output the user named: targets that fit another head were accepted and unused (exit 0)
+                other = next((o.name for o in outputs if _fits_float_output([o], data.y)), None)
+                raise DataError(
+                    f"{data.source}: target values 'y' of shape {tuple(np.shape(data.y))} do not fit output "
+                    f"{asked[0].name!r} of shape {tuple(asked[0].shape)} (the label output asked for); pass one row "
+                    "of its shape per sample" + (f", or --label-output {other!r}, the output they fit" if other else ""))
             if loss is None:  # uncompiled: targets only when they fit a float output exactly
                 raise error
             if data.y is not None and all(None not in tuple(o.shape)[1:] for o in outputs):

@@ -1490,6 +1490,32 @@ def test_label_output_chooses_the_head_the_labels_score(tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+def test_label_output_refuses_target_values_that_fit_another_head(tmp_path):
+    """--label-output reg with (N, 3) target values: they fit the 3-class head, not the named one, and were
+    accepted, unused (a note, exit 0). Now refused, naming the output they fit; (N,) values score reg."""
+    import keras
+
+    from deploykit.errors import DataError
+
+    inp = keras.Input((4,), name="feat")
+    h = keras.layers.Dense(8, activation="relu")(inp)
+    model = keras.Model(inp, {"cls": keras.layers.Dense(3, activation="softmax", name="cls")(h),
+                              "reg": keras.layers.Dense(1, name="reg")(h)})
+    model.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    with pytest.raises(DataError, match=r"do not fit output 'reg' of shape \(None, 1\) \(the label output asked "
+                                        r"for\); pass one row of its shape per sample, or --label-output 'cls'"):
+        deploykit.convert(model, ["tflite-fp32"], data=(x, rng.normal(size=(32, 3)).astype("float32")),
+                          out=tmp_path / "e", bench=False, label_output="reg")
+    assert not (tmp_path / "e").exists()
+    t = rng.normal(size=32).astype("float32")
+    v = deploykit.convert(model, ["tflite-fp32"], data=(x, t), out=tmp_path / "o", bench=False,
+                          label_output="reg").artifact("tflite-fp32")["verification"]
+    expected = np.mean(np.abs(model.predict(x, verbose=0)["reg"][:, 0] - t))
+    assert v["mae"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_onnx_keeps_input_names_the_savedmodel_lowercased(tmp_path):
     """'Feats' became the ONNX input 'feats': with the names differing, the file kept tf2onnx's alphabetical
     order (feats, token_ids) and verification fed the id input the features."""
