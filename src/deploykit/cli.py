@@ -333,10 +333,13 @@ def bench(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    from deploykit.report.rows import human_bytes, threads_text
+    from deploykit.report.rows import human_bytes, oversubscribed, threads_text
     from deploykit.report.rows import latency_ms as ms
 
     console = _console()
+    crowded = oversubscribed([threads], os.cpu_count()).strip()
+    if crowded:
+        console.print(f"note: {crowded}", highlight=False)
     if "files" in result:
         _print_side_by_side(console, result)
         return

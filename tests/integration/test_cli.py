@@ -339,6 +339,16 @@ def test_bench_human_with_data(tflite_files, data_npz):
     assert "p50" in result.stdout and "n=5" in result.stdout and "data inputs" in result.stdout
 
 
+def test_bench_with_more_threads_than_cores_says_they_take_turns(tflite_files):
+    """--threads above the core count was timed and printed like any other run."""
+    over = (os.cpu_count() or 1) + 2
+    result = invoke(["bench", tflite_files["tflite-fp32"], "--iterations", "3", "--warmup", "1", "--threads", str(over)])
+    assert result.exit_code == 0, result.output
+    assert f"note: {over} threads on this machine's {os.cpu_count()} cores take turns" in result.stdout
+    assert "take turns" not in invoke(["bench", tflite_files["tflite-fp32"], "--iterations", "3", "--warmup", "1",
+                                       "--threads", "1"]).stdout
+
+
 def test_bench_data_already_quantized_is_fed_as_it_is(tmp_path, tflite_files, data_npz):
     """int8 data for an int8-io file was read as real values and quantized again: the fed tensor held
     only -128 and 127. Real values are still quantized by the input's scale and zero point."""

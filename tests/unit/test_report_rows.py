@@ -350,6 +350,19 @@ def test_both_reports_say_how_it_was_measured_the_same_way():
         assert text in md and text in page, text
 
 
+def test_more_threads_than_cores_is_said_where_the_report_says_how_it_was_measured():
+    """--threads 8 on 2 cores was accepted and its latencies reported like any others."""
+    from deploykit.report.rows import measured_lines
+
+    def lines(threads: int, cores: int) -> str:
+        m = Manifest(model={}, tools={}, machine={"cores": cores},
+                     artifacts=[_artifact("tflite-fp32", 1000, threads=threads, p50_ms=0.1)])
+        return "\n".join(measured_lines(m))
+
+    assert "8 threads on this machine's 2 cores take turns" in lines(8, 2)
+    assert "take turns" not in lines(2, 2) and "take turns" not in lines(4, 8)
+
+
 def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitude():
     """TF.js at 0.2 ms beside TFLite at 0.006 ms: on a linear axis the fast points (and labels) sat on top
     of each other at the bottom."""

@@ -949,6 +949,14 @@ SECTIONS = [
 ]
 
 
+def oversubscribed(threads: list[int], cores: Any) -> str:
+    """A warning when a file was timed with more threads than the machine has cores: they take turns on
+    the cores, so its latency says nothing about a device that has that many."""
+    over = [t for t in threads if isinstance(t, int) and isinstance(cores, int) and t > cores]
+    return (f" {max(over)} threads on this machine's {cores} cores take turns: those latencies are not what a device "
+            f"with {max(over)} cores gives (time with --threads {cores} or fewer)." if over else "")
+
+
 def measured_lines(manifest: Manifest) -> list[str]:
     """Markdown lines of "How this was measured" (machine, tools, what latency, size and memory mean),
     shared by the Markdown and HTML reports."""
@@ -958,6 +966,7 @@ def measured_lines(manifest: Manifest) -> list[str]:
         f"- Machine: {mach.get('cpu')}, {mach.get('cores')} cores, {human_bytes(mach.get('memory_bytes'))}, {mach.get('os')}",
         f"- Tools: {', '.join(f'{k} {v}' for k, v in tools.items())}",
         (f"- Latency: invoke only, after the freshly loaded file settles (untimed runs until stable) and warm-up; threads {', '.join(map(str, threads))}; raw samples in manifest.json."
+         + oversubscribed(threads, mach.get("cores"))
          if threads else "- Latency: not measured (benchmarks were off)."),
         "- Size: raw bytes and gzip (level 6, the common default). Runtime mem: what the file adds to a process that "
         "already has its runtime, measured in a new process per file (peak resident memory while loading it and "
