@@ -1001,8 +1001,8 @@ def check_flat_outputs(model: Any, source: str) -> None:
 
 # The names TensorFlow takes for a graph scope (its own rules: a model's name is the root scope,
 # layer and weight names nest under it). Keras 3 accepts any name but '/'.
-_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
-_NESTED_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_./>-]*")
+_NESTED_SCOPE = re.compile(r"[A-Za-z0-9_./>-]*")
 
 
 def check_exportable_names(model: Any, source: str) -> None:

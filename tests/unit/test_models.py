@@ -203,7 +203,7 @@ def test_an_output_that_does_not_grow_with_the_batch_is_refused_in_one_line(tmp_
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("where", ["model", "layer", "weight"])  # input names: test_convert's own test
+@pytest.mark.parametrize("where", ["model", "layer", "weight", "backslash"])  # input names: test_convert's own test
 def test_names_tensorflow_cannot_export_are_refused_up_front(tmp_path, where):
     """Keras 3 takes "Digit classifier" as a name; every SavedModel export stops on it, so each
     target failed after the work had begun. Refused at load, in one line, saying how to name it."""
@@ -218,7 +218,8 @@ def test_names_tensorflow_cannot_export_are_refused_up_front(tmp_path, where):
 
     inp = keras.Input((8,), name="pixels")
     hidden = Scaled(name="scaled")(inp) if where == "weight" else inp
-    out = keras.layers.Dense(4, name="my dense" if where == "layer" else "dense")(hidden)
+    # "dense\\a" passed: the pattern, copied from TensorFlow's C++ string, read its escaped '-' as a backslash
+    out = keras.layers.Dense(4, name={"layer": "my dense", "backslash": "dense\\a"}.get(where, "dense"))(hidden)
     model = keras.Model(inp, out, name="Digit classifier" if where == "model" else "digits")
     model.save(tmp_path / "m.keras")
     with pytest.raises(ModelLoadError, match=r"has characters TensorFlow cannot export .* name it e\.g\. '\w+'"):
