@@ -1031,7 +1031,8 @@ def verify(
                 f"output {name!r} holds "
                 + ("a binary classifier's probability p (rows 1 - p, p): judged by agreement at 0.5" if ref is binary else
                    "class probabilities: judged by top-1 agreement")
-                + f", accuracy and the mean probability shift ({moved:.2g}); in {over} of {len(ref)} samples more than "
+                + (", accuracy" if scored is not None and names[scored] == name else "")  # only where labels score it
+                + f" and the mean probability shift ({moved:.2g}); in {over} of {len(ref)} samples more than "
                 f"{cmp['allowed_probability_shift']:.3g} of the probability mass moved (max {float(per_sample.max()):.3g})"
             )
         if is_id_output(ref):

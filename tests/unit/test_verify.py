@@ -276,6 +276,10 @@ def test_quantized_probability_outputs_are_judged_by_the_metric_gate(fp32_runner
     assert out["judged_by"] == "metric" and out["samples_over_bound"] >= moved
     assert out["violations"] > out["allowed_violations"]  # the elementwise count is still reported
     assert any(f"in {out['samples_over_bound']} of {len(ref)} samples more than" in n for n in result["notes"])
+    assert any("judged by top-1 agreement, accuracy and the mean" in n for n in result["notes"])
+    # without labels there is no accuracy to judge by, and the note said there was
+    unlabelled = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], tol)
+    assert any("judged by top-1 agreement and the mean probability shift" in n for n in unlabelled["notes"])
 
     elementwise = dataclasses.replace(tol, probabilities="elementwise")
     strict = verify(fp32_runner, _inputs(digits), [ref], ["output_0"], elementwise, labels=digits.y_eval)
