@@ -363,6 +363,24 @@ def test_more_threads_than_cores_is_said_where_the_report_says_how_it_was_measur
     assert "take turns" not in lines(2, 2) and "take turns" not in lines(4, 8)
 
 
+def test_names_in_the_markdown_report_cannot_become_markup():
+    """A Keras 3 output key is any string: '<script>' in a verification note became a live element in
+    Markdown viewers, and a line break in it started a heading of its own."""
+    from deploykit.report.markdown import render_markdown
+
+    evil = "p<script>alert(1)</script>\n## Injected"
+    m = Manifest(model={"source": "m.keras", "kind": "keras3", "outputs": [{"name": evil, "shape": [None, 2]}]},
+                 tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000, threads=2, p50_ms=0.1)])
+    m.artifacts[0].verification = {"passed": True, "notes": [f"output {evil!r} holds class probabilities"],
+                                   "outputs": {}}
+    m.data = {"eval_samples": 40, "eval_source": "d.npz"}
+    md = render_markdown(m, None)
+    assert "<script>" not in md.replace("`p<script>alert(1)</script> ## Injected`", "")  # code shows it as text
+    assert "p&lt;script>" in md or evil not in md
+    assert not any(line.startswith("## Injected") for line in md.splitlines())
+    assert "`p<script>alert(1)</script> ## Injected`" in md  # the outputs line: in code, as it is
+
+
 def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitude():
     """TF.js at 0.2 ms beside TFLite at 0.006 ms: on a linear axis the fast points (and labels) sat on top
     of each other at the bottom."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from deploykit.artifacts import Manifest
 from deploykit.report.rows import (SECTIONS, artifact_lines, columns, highlights, measured_lines, model_lines, table,
                                   table_note)
@@ -37,4 +39,13 @@ def render_markdown(manifest: Manifest, plot_file: str | None) -> str:
         lines += [f"- **{a.target}**: {a.reason}" for a in failed]
     lines += ["", "## Artifacts", "", *artifact_lines(manifest)]
     lines += ["", "## How this was measured", "", *measured_lines(manifest), ""]
-    return "\n".join(lines)
+    return "\n".join(_inert(line) for line in lines)
+
+
+def _inert(line: str) -> str:
+    """A report line whose names (a model's output keys, paths) cannot turn into markup: a line break
+    inside one started a heading or table of its own, and a '<script>' became a live element in
+    Markdown viewers. Only a '<' that opens a tag, outside `code`, is written as an entity ('<= 0.1'
+    stays as it is; code shows its text as it is)."""
+    parts = re.split(r"(`[^`]*`)", line.replace("\r", " ").replace("\n", " "))
+    return "".join(p if i % 2 else re.sub(r"<(?=[A-Za-z/!?])", "&lt;", p) for i, p in enumerate(parts))
