@@ -507,6 +507,34 @@ def test_tf_keras_custom_layer_whose_config_drops_its_name_keeps_its_weights(dig
     assert "get_config" not in Scale.__dict__
 
 
+def test_keras3_custom_layer_taking_kw_keeps_its_name_through_pruning_and_clustering(digits):
+    """Keras 3's automatic config of a layer whose __init__ takes **kw has no name either: the clone
+    renamed it, and the pruned model's output 'digit' came back as 'temp'."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="deploykit_tests")
+    class Temp(keras.layers.Layer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+
+        def call(self, x):
+            return keras.ops.softmax(x / 2.0)
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="pixels")
+    h = keras.layers.Dense(32, activation="relu", name="trunk")(keras.layers.Flatten()(keras.layers.Rescaling(1 / 16)(inp)))
+    model = keras.Model(inp, [Temp(name="digit")(keras.layers.Dense(10, name="logits")(h)),
+                              keras.layers.Dense(1, name="ink")(h)])
+    model.compile("adam", ["sparse_categorical_crossentropy", "mse"])
+    data = (digits.x_train[:256], digits.y_train[:256])
+    model.fit(data[0], [data[1], data[0].mean(axis=(1, 2, 3))[:, None]], epochs=30, verbose=0)  # trained: labels fit it
+    pruned = prune(model, data, sparsity=0.5, epochs=1, seed=0, output="digit").model
+    clustered = deploykit.cluster(model, data, clusters=8, epochs=1, seed=0, output="digit").model
+    for got in (pruned, clustered):
+        assert got.output_names == ["digit", "ink"]
+        assert [l.name for l in got.layers] == [l.name for l in model.layers]
+
+
 def test_segmentation_labels_are_scored_per_pixel_in_pruning_and_verification(tmp_path):
     """Per-pixel labels crashed pruning (they were cut to the first pixel: sparse CE saw (N,) against (N, H, W, C)).
     Now fine-tuning trains and tracks accuracy on every pixel, and each artifact is scored per pixel."""

@@ -786,12 +786,15 @@ def clone_keras3(model: Any) -> Any:
                                         name=l.name) for t, l in zip(model.inputs, layers)}
             # the model's own structure (one tensor, a list, a dict keyed by input name)
             input_tensors = keras.tree.map_structure(lambda t: fresh[id(t)], struct)
-    try:
-        clone = keras.models.clone_model(model, input_tensors=input_tensors)
-    except Exception:  # noqa: BLE001 - a structure the named inputs do not fit: Keras' own naming then
-        if input_tensors is None:
-            raise
-        clone = keras.models.clone_model(model)
+    # configs_with_names: a custom layer taking **kw has no 'name' in Keras 3's automatic config either;
+    # the clone renamed it ('digit' came back as 'temp', and with it the model's output name)
+    with configs_with_names(model):
+        try:
+            clone = keras.models.clone_model(model, input_tensors=input_tensors)
+        except Exception:  # noqa: BLE001 - a structure the named inputs do not fit: Keras' own naming then
+            if input_tensors is None:
+                raise
+            clone = keras.models.clone_model(model)
     copy_state(model, clone)
     return clone
 
