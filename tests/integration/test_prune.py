@@ -535,6 +535,36 @@ def test_keras3_custom_layer_taking_kw_keeps_its_name_through_pruning_and_cluste
         assert [l.name for l in got.layers] == [l.name for l in model.layers]
 
 
+@pytest.mark.parametrize("kind", ["keras3", "tf_keras"])
+def test_a_frozen_layer_is_kept_dense_and_said_why(digits, kind):
+    """A trainable=False layer (a pretrained backbone held fixed) was zeroed to the target like any other,
+    with its other weights never adapted, and listed as pruned; clustering did the same."""
+    if kind == "keras3":
+        import keras
+    else:
+        import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 16),
+                              keras.layers.Conv2D(8, 3, activation="relu", name="backbone"),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax", name="head")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
+    model.get_layer("backbone").trainable = False
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = model.get_layer("backbone").get_weights()
+    data = (digits.x_train[:256], digits.y_train[:256])
+    for step, result in (("pruned", prune(model, data, sparsity=0.5, epochs=1, seed=0)),
+                         ("clustered", deploykit.cluster(model, data, clusters=4, epochs=1, seed=0))):
+        for got, want in zip(result.model.get_layer("backbone").get_weights(), before):
+            np.testing.assert_array_equal(got, want)
+        (frozen,) = [s for s in result.report["skipped"] if s["layer"] == "backbone"]
+        verb = {"pruned": "prune", "clustered": "cluster"}[step]
+        assert frozen["reason"].startswith(f"frozen (trainable=False): fine-tuning cannot adapt it, so it is not {step}")
+        assert frozen["reason"].endswith(f"set trainable = True before saving to {verb} it")
+        assert np.mean(result.model.get_layer("head").get_weights()[0] == 0) >= (0.49 if step == "pruned" else 0)
+
+
 def test_segmentation_labels_are_scored_per_pixel_in_pruning_and_verification(tmp_path):
     """Per-pixel labels crashed pruning (they were cut to the first pixel: sparse CE saw (N,) against (N, H, W, C)).
     Now fine-tuning trains and tracks accuracy on every pixel, and each artifact is scored per pixel."""

@@ -195,7 +195,8 @@ def _plan(model: Any, kind: str) -> tuple[list[Any], list[dict[str, str]]]:
     kernels, skipped = _ft._plan(model, kind, "unstructured", (1, 1))
     for s in skipped:  # pruning's reasons, said of clustering
         s["reason"] = (s["reason"].replace("not pruned", "not clustered").replace("are not pruned", "are not clustered")
-                       .replace("stay dense", "keep their own values").replace("is pruned", "is clustered"))
+                       .replace("stay dense", "keep their own values").replace("is pruned", "is clustered")
+                       .replace("to prune it", "to cluster it"))
     return kernels, skipped
 
 

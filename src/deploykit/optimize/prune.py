@@ -146,6 +146,12 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
         if not pairs or any(v is None or not hasattr(v, "assign") for _, v in pairs):
             skip("kernel is not a plain variable (quantized or LoRA layer?)")
             continue
+        if not layer.trainable or not all(getattr(v, "trainable", True) for _, v in pairs):
+            # A frozen layer (a pretrained backbone held fixed) was zeroed like any other: fine-tuning cannot
+            # move its other weights to make up for the zeros, and the user asked for it to stay as it is.
+            skip("frozen (trainable=False): fine-tuning cannot adapt it, so it is not pruned; set trainable = True "
+                 "before saving to prune it")
+            continue
         transposed = cls in _structure.TRANSPOSED_KERNELS
         if transposed and structure == "2:4" and kind == "tf_keras":
             skip("2:4 on a transposed convolution: tfmot groups its [h, w, out, in] kernel along the output channels, "
