@@ -14,6 +14,7 @@ import re
 import datetime as _dt
 import inspect
 import json
+import keyword
 import math
 import os
 import shutil
@@ -1332,6 +1333,10 @@ def _check_input_names(specs) -> None:
         if not re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-/>]*", s.name):  # TensorFlow's rule for graph names
             raise UserError(f"input name {s.name!r} is not a name a SavedModel signature can take (spaces, '+', "
                             "accents...); rename the input (keras.Input(name=...)) with letters, digits, '_', '.', '-'")
+        if keyword.iskeyword(s.name):  # the export names a Python parameter after each input
+            raise UserError(f"input name {s.name!r} is a Python keyword, which a SavedModel signature cannot take "
+                            f"(its export makes each input a Python parameter); rename the input, e.g. "
+                            f"keras.Input(name={s.name + '_input'!r})")
         key = placeholder_name(s.name)
         if key in seen:
             raise UserError(f"inputs {seen[key]!r} and {s.name!r} both become {key!r} in a SavedModel signature "

@@ -1539,6 +1539,8 @@ def test_onnx_keeps_input_names_the_savedmodel_lowercased(tmp_path):
     (["a.b", "a-b"], "inputs 'a.b' and 'a-b' both become 'a_b'"),
     (["B", "b"], "inputs 'B' and 'b' both become 'b'"),
     (["x:0", "c"], "input name 'x:0' is not a name"),  # was read as 'x': the export failed with TensorFlow's text
+    (["in", "c"], "input name 'in' is a Python keyword"),  # TensorFlow's "'in' is not a valid parameter name"
+    (["None", "c"], "input name 'None' is a Python keyword"),
 ])
 def test_input_names_a_savedmodel_cannot_hold_are_refused_in_one_line(tmp_path, names, message):
     """They failed at export with TensorFlow's message ("more than one argument ... was named 'a b'")."""
