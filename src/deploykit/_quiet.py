@@ -210,23 +210,63 @@ def logs_muted(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Each ignore filter deploykit adds is tagged by its message pattern (a regex comment matches like
+# an empty pattern), so one whose removal another thread's catch_warnings undid can be found again.
+_TAG = "(?#deploykit)"
+_WARN_LOCK = threading.Lock()
+_active_filters: list[tuple] = []
+
+
+def _filters_changed() -> None:
+    import warnings
+
+    mutated = getattr(warnings, "_filters_mutated", None)  # the C module caches filters by a version number
+    if mutated is not None:
+        mutated()
+
+
+@contextlib.contextmanager
+def warnings_ignored(message: str = "", category: type[Warning] = Warning) -> Iterator[None]:
+    """Ignore warnings of ``category`` whose text matches ``message`` (a regex; all by default) while open.
+
+    Unlike ``warnings.catch_warnings``, which saves the process's whole filter list and puts that
+    copy back, this adds one filter and removes that one: two threads converting at once put back
+    each other's copies, and an "ignore everything" filter stayed in the caller's process for good
+    (every later warning of theirs silenced). Filters the caller adds meanwhile stay; a tagged filter
+    left behind by someone else's catch_warnings is removed when the last of ours closes.
+    """
+    import re
+    import warnings
+
+    entry = ("ignore", re.compile(_TAG + message, re.I), category, None, 0)
+    with _WARN_LOCK:
+        warnings.filters.insert(0, entry)
+        _active_filters.append(entry)
+        _filters_changed()
+    try:
+        yield
+    finally:
+        with _WARN_LOCK:
+            _active_filters.remove(entry)
+            warnings.filters[:] = [f for f in warnings.filters if not (
+                f is entry or not _active_filters and getattr(f[1], "pattern", "").startswith(_TAG))]
+            _filters_changed()
+
+
 def foreign_warnings_ignored(fn: F) -> F:
     """Run ``fn`` (a call into TensorFlow, tf2onnx or ONNX Runtime) with the warnings it raises ignored.
 
     Those warnings are about the libraries' own internals: TensorFlow's int8 calibration builds a
     ``tf.lite.Interpreter`` and warns that it is deprecated. Under a caller's
     ``warnings.simplefilter("error")`` (pytest's ``filterwarnings = error``) that warning became an
-    exception, and the tflite-int8 target failed with it. The caller's filters are put back afterwards,
-    and deploykit's own warnings are raised outside such calls (``deploykit.convert`` raises its
-    warnings at the end), so they still reach the caller. ``warnings.catch_warnings`` swaps the
-    process's filter list: a caller's thread that changes filters at that moment may see its change undone.
+    exception, and the tflite-int8 target failed with it. deploykit's own warnings are raised outside
+    such calls (``deploykit.convert`` raises its warnings at the end), so they still reach the caller;
+    a warning the caller's other threads raise meanwhile is ignored too (filters are per process).
     """
-    import warnings
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings_ignored():
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -583,10 +583,9 @@ class Pipeline:
         # Armed before training: an interrupt or error mid-fine-tune left the caller's model pruned.
         # (Putting back weights a cloned prune never touched costs one set_weights.)
         self._restore = original
-        import warnings
+        from deploykit._quiet import warnings_ignored
 
-        with warnings.catch_warnings():  # "pruned in place": the weights are put back (run())
-            warnings.filterwarnings("ignore", message=".*pruned in place", category=UserWarning)
+        with warnings_ignored(".*pruned in place", UserWarning):  # the weights are put back (run())
             report, pruned = self._fine_tune(model, loaded, steps, "prune", "pruning", "pruned",
                                      lambda train, config, progress: prune(loaded.keras_model, train, compile_config=config,
                                                                            progress=progress, output=self._label_index,
