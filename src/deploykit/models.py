@@ -291,15 +291,19 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
     in float32; float64 weights are rounded to float32). TFLite's builtin kernels, TF.js weights and
     ONNX Runtime take no float16 or float64 compute graph (every target failed on one, naming ops
     rather than the dtype), and float32 is what devices run; the targets' own float16/int8 profiles
-    quantize from there. Float64 inputs become float32 inputs (the data is cast). A model
-    clone_model cannot rebuild (subclassed, a custom layer without from_config) is returned as it is.
+    quantize from there. Float64 inputs become float32 inputs (the data is cast).
+
+    Raises:
+        ModelLoadError: a model clone_model cannot rebuild (subclassed, a custom layer without
+            from_config): its float16 ops failed the targets with messages naming ops, not the dtype.
     """
     import keras
 
-    low = sorted({getattr(layer.dtype_policy, "name", str(layer.dtype_policy)) for layer in _flat_layers(model)
-                  if getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16", "float64")})
-    if not low or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
+    low = _low_precision_policies(model)
+    if not low:
         return model, None
+    if not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
+        refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
@@ -319,8 +323,67 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
             inputs = keras.tree.map_structure(float32_input, model.inputs[0] if struct is None else struct)
         twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
         copy_state(model, twin)
-    except Exception:  # noqa: BLE001 - export as it is; the converters then name the float16 ops
+    except Exception:  # noqa: BLE001 - the converters would name float16 ops, not the dtype
+        refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
+    return twin, ", ".join(low)
+
+
+_UNCLONABLE = "it cannot be cloned from its config: subclassed, or a custom layer without from_config"
+
+
+def _low_precision_policies(model: Any) -> list[str]:
+    """The dtype policies of layers that compute in float16, bfloat16 or float64 (Keras 3 or tf_keras)."""
+    return sorted({getattr(layer.dtype_policy, "name", str(layer.dtype_policy)) for layer in _flat_layers(model)
+                   if getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16", "float64")})
+
+
+def refuse_low_precision(model: Any, policies: str, why: str) -> None:
+    """ModelLoadError: a model computing in ``policies`` that cannot be rebuilt in float32 (``why``)."""
+    raise ModelLoadError(
+        f"the model computes in {policies}, not float32, and cannot be rebuilt in float32 here ({why}): TFLite, "
+        "TF.js and ONNX Runtime take no float16/float64 compute graph; build it with the float32 policy "
+        "(keras.mixed_precision.set_global_policy('float32'), or set_floatx('float32')), copy the weights "
+        "with new_model.set_weights(model.get_weights()) and pass that")
+
+
+@keeps_global_rng
+def float32_twin_tf_keras(model: Any) -> tuple[Any, str | None]:
+    """:func:`float32_twin` for a tf_keras model (mixed_float16 policy, or set_floatx("float64")):
+    a Functional or Sequential model is cloned layer by layer with float32 layers (nested models
+    too) and given the same weights, cast to float32."""
+    import tf_keras
+
+    low = _low_precision_policies(model)
+    if not low:
         return model, None
+    if not (isinstance(model, tf_keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
+
+    def clone(layer: Any) -> Any:
+        if isinstance(layer, tf_keras.Model):
+            return twin_of(layer)
+        config = layer.get_config()
+        if "dtype" in config and not isinstance(layer, tf_keras.layers.InputLayer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    def twin_of(m: Any) -> Any:
+        inputs = None
+        if any(t.dtype == "float64" for t in m.inputs):
+            inputs = [tf_keras.Input(batch_shape=tuple(t.shape), name=t.name.split(":")[0],
+                                     dtype="float32" if t.dtype == "float64" else t.dtype) for t in m.inputs]
+        if isinstance(m, tf_keras.Sequential) and inputs is not None:
+            return tf_keras.Sequential([inputs[0]] + [clone(layer) for layer in m.layers], name=m.name)
+        return tf_keras.models.clone_model(m, input_tensors=inputs, clone_function=clone)
+
+    try:
+        twin = twin_of(model)
+        twin.set_weights([np.asarray(w, np.float32) if np.asarray(w).dtype in (np.float16, np.float64) else w
+                          for w in model.get_weights()])
+    except Exception:  # noqa: BLE001
+        refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
+    if _low_precision_policies(twin):
+        refuse_low_precision(model, ", ".join(low), "a layer kept its policy when cloned")
     return twin, ", ".join(low)
 
 
@@ -1041,9 +1104,7 @@ def _loaded_keras(kind: str, source: str, model: Any) -> LoadedModel:
     check_flat_outputs(model, source)
     if kind == "keras3":
         check_exportable_names(model, source)
-    policy = None
-    if kind == "keras3":
-        model, policy = float32_twin(model)
+    model, policy = float32_twin(model) if kind == "keras3" else float32_twin_tf_keras(model)
     loaded = LoadedModel(kind, source, keras_model=model)
     loaded.float32_from_policy = policy
     return loaded

@@ -914,6 +914,47 @@ def test_a_float64_model_is_rebuilt_in_float32_and_converts_everywhere(tmp_path)
     assert result.ok and result["model"]["float32_from_policy"] == "float64", result.artifacts
 
 
+def test_tf_keras_mixed_and_float64_models_are_rebuilt_in_float32_and_subclassed_ones_refused(tmp_path):
+    """Only Keras 3 models were rebuilt: a tf_keras mixed_float16 model failed TFLite naming ops (BiasAdd,
+    MatMul...) and its "onnx-fp32" computed in float16; a subclassed Keras 3 one failed every target so."""
+    import keras
+    import tf_keras
+
+    from deploykit.errors import ModelLoadError
+
+    x = np.random.default_rng(0).random((64, 6)).astype("float32")
+    for policy in ("mixed_float16", "float64"):
+        L = tf_keras.layers
+        tf_keras.utils.set_random_seed(0)
+        inp = tf_keras.Input((6,), name="f", dtype="float32" if policy == "mixed_float16" else "float64")
+        h = L.Dense(8, activation="relu", dtype=policy, name="hidden")(inp)
+        model = tf_keras.Model(inp, L.Dense(3, activation="softmax", dtype="float32", name="probs")(h))
+        result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=x, out=tmp_path / policy,
+                                   bench=False)
+        assert result.ok, [(a["target"], a["error"]) for a in result.artifacts]
+        assert result["model"]["float32_from_policy"] == policy
+        import onnx
+
+        graph = onnx.load(str(result.out / "onnx-fp32" / "model.onnx")).graph
+        assert {t.data_type for t in graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1 = keras.layers.Dense(8, activation="relu", dtype="mixed_float16")
+            self.d2 = keras.layers.Dense(3, activation="softmax", dtype="float32")
+
+        def call(self, inputs):
+            return self.d2(self.d1(inputs))
+
+    sub = Sub()
+    sub(x[:1])
+    with pytest.raises(ModelLoadError, match=r"the model computes in mixed_float16, not float32, and cannot be rebuilt "
+                                             r"in float32 here \(it cannot be cloned from its config: subclassed"):
+        deploykit.convert(sub, ["tflite-fp32"], data=x, out=tmp_path / "sub", bench=False)
+    assert not (tmp_path / "sub").exists()
+
+
 def test_a_model_ending_in_argmax_converts_and_its_class_ids_are_judged_by_agreement(tmp_path):
     """keras.ops.argmax lowers to Bitcast/BitwiseAnd (a -0.0 guard) that no converter took; a flipped id
     was then judged elementwise ("max abs error 3"), not as the top-1 agreement it is."""
