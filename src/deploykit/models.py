@@ -1241,10 +1241,27 @@ def _check_variables_present(path: Path, meta: Any) -> None:
         missing = (f"variables/ holds {len(shards)} of its {expected} variables.data-* shard(s)" if shards
                    else "variables/ holds no variables.data-* file")
     else:
+        _check_variables_readable(path, folder)
         return
     raise ModelLoadError(f"{path}: saved_model.pb holds {count} variable(s) but {missing}: the directory is an "
                          "incomplete copy; copy the whole SavedModel directory (saved_model.pb with its variables/ "
                          "and assets/ folders)")
+
+
+def _check_variables_readable(path: Path, folder: Path) -> None:
+    """Read every value the checkpoint's index lists: a data shard cut short (an interrupted copy, a full
+    disk) passed every check and crashed TensorFlow's loader later ("Read less bytes than requested",
+    a traceback, exit 1). The loader reads them all anyway; here one at a time, before any work."""
+    tf = import_tensorflow()
+    try:
+        reader = tf.train.load_checkpoint(str(folder / "variables"))
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype != tf.string:  # the object graph: read by the loader, not a weight
+                reader.get_tensor(name)
+    except Exception as exc:  # noqa: BLE001 - DataLossError, IndexError, OutOfRangeError...: all mean damaged
+        raise ModelLoadError(f"{path}: the weights in variables/ cannot be read ({' '.join(str(exc).split())[:120]}): "
+                             "the directory is an incomplete or damaged copy; copy the whole SavedModel directory "
+                             "again") from None
 
 
 def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:

@@ -681,6 +681,16 @@ def test_saved_model_copied_without_its_variables_is_refused(tmp_path, saved_mod
         for load in (load_model, inspect_model):
             with pytest.raises(ModelLoadError, match=f"holds \\d+ variable\\(s\\) {what}.*copy the whole SavedModel directory"):
                 load(source)
+    # a shard cut short (an interrupted copy): TensorFlow's loader crashed later with a traceback, exit 1
+    cut = tmp_path / "cut_shard"
+    shutil.copytree(saved_model_dir, cut)
+    for shard in (cut / "variables").glob("variables.data-*"):
+        with open(shard, "r+b") as f:
+            f.truncate(100)
+    for load in (load_model, inspect_model):
+        with pytest.raises(ModelLoadError, match=r"the weights in variables/ cannot be read \(.+\): the directory is an "
+                                                 "incomplete or damaged copy; copy the whole SavedModel directory again"):
+            load(cut)
     assert load_model(saved_model_dir).kind == "saved_model"  # the complete copy still loads
 
 
