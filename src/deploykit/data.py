@@ -98,7 +98,7 @@ def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[
             if not labels:  # a benchmark's inputs: 'y' (pickled, or anything) is not read
                 keys = [k for k in keys if k != "y" or k in input_names]
             _check_expanded_size(path, npz.zip, keys)
-            arrays = {k: npz[k] for k in keys}
+            arrays = {k: _read_member(npz, k, path) for k in keys}
             for k, value in arrays.items():
                 if isinstance(value, bytes):  # numpy hands back a member that is not an .npy array as raw bytes
                     raise DataError(f"{path}: member {k!r} is not a NumPy array (.npy); save data with np.savez(path, x=..., y=...)")
@@ -180,8 +180,25 @@ def _refuse_stray_labels(arrays: Any, input_names: list[str], where: str, keys: 
 
 def _keys_used(files: Sequence[str], input_names: list[str]) -> list[str]:
     """The keys of an .npz that loading reads: y and the input arrays (others are never decompressed)."""
-    wanted = {"y", "x", *input_names, *(f"x{i}" for i in range(len(input_names) + 1))}
+    if len(input_names) == 1 and "x" in files:  # an unused x1 (metadata, pickled) was read and refused the file
+        wanted = {"y", "x", *input_names}
+    elif all(n in files for n in input_names):
+        wanted = {"y", *input_names}
+    else:
+        wanted = {"y", "x", *input_names, *(f"x{i}" for i in range(len(input_names) + 1))}
     return [k for k in files if k in wanted]
+
+
+def _read_member(npz: Any, key: str, path: Path) -> Any:
+    """One array of an .npz; a pickled one is refused by its key (the file's other keys may be fine)."""
+    try:
+        return npz[key]
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise
+        hint = " (labels as text? map them to class indices 0..N-1)" if key == "y" else ""
+        raise DataError(f"{path}: {key!r} holds Python objects (pickled){hint}; save plain numeric arrays with "
+                        "np.savez") from None
 
 
 def _available_memory() -> int | None:

@@ -371,8 +371,15 @@ def test_not_an_npz_is_not_called_pickled(tmp_path):
 def test_pickled_npz_is_refused_not_unpickled(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, x=np.array([{"a": 1}, None], dtype=object))
-    with pytest.raises(DataError, match="pickled"):
+    with pytest.raises(DataError, match=r"obj.npz: 'x' holds Python objects \(pickled\); save plain numeric arrays"):
         load_data(path, SPEC)
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    np.savez(path, x=x, y=np.array(["cat", 3], dtype=object))
+    with pytest.raises(DataError, match=r"'y' holds Python objects \(pickled\) \(labels as text\? map them to class"):
+        load_data(path, SPEC)
+    # metadata under a key a one-input model does not use (x1 beside x) was read, and refused the file
+    np.savez(path, x=x, y=np.array([0, 1]), x1=np.array([{"source": "camera"}], dtype=object))
+    _check(load_data(path, SPEC), x, np.array([0, 1]))
 
 
 def test_role_is_named_in_messages():
