@@ -419,7 +419,10 @@ def _refuse_streams(spec: Any, role: str) -> None:
 
     kind = type(spec).__module__ + "." + type(spec).__name__
     tf_dataset = "tensorflow" in kind and "Dataset" in kind
-    if tf_dataset or inspect.isgenerator(spec) or (hasattr(spec, "__next__") and not isinstance(spec, (np.ndarray, str, bytes))):
+    # keras.utils.PyDataset / tf_keras Sequence: batches by index, which numpy read as a ragged array
+    batches = any(c.__name__ in ("PyDataset", "Sequence") and "keras" in c.__module__ for c in type(spec).__mro__)
+    if tf_dataset or batches or inspect.isgenerator(spec) or (
+            hasattr(spec, "__next__") and not isinstance(spec, (np.ndarray, str, bytes))):
         raise DataError(
             f"{role}: a {type(spec).__name__} is a stream; pass arrays: (x, y), a dict or an .npz "
             "(e.g. x = np.concatenate([b for b, _ in ds]) from a tf.data batch stream)"

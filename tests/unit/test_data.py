@@ -494,8 +494,22 @@ def test_streams_are_refused_naming_the_way_to_arrays():
     import tensorflow as tf
 
     spec = [TensorSpec("x", (None, 3), "float32")]
+    import keras
+    import tf_keras
+
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 3), np.float32), np.zeros(4))).batch(2)
-    for stream in (ds, (i for i in range(3)), iter([np.zeros(3)])):
+
+    class Batches(keras.utils.PyDataset):  # batches by index: numpy read it as a ragged array
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return np.zeros((2, 3), np.float32), np.zeros(2)
+
+    class OldBatches(tf_keras.utils.Sequence):
+        __len__, __getitem__ = Batches.__len__, Batches.__getitem__
+
+    for stream in (ds, (i for i in range(3)), iter([np.zeros(3)]), Batches(), OldBatches()):
         with pytest.raises(DataError, match="is a stream; pass arrays"):
             load_data(stream, spec)
 
