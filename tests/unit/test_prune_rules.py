@@ -365,3 +365,14 @@ def test_a_class_loss_the_output_cannot_take_is_refused_before_training():
         cluster(softmax, (x, y), clusters=4, epochs=1, loss="binary_crossentropy")
     with pytest.raises(UserError, match=r"binary_crossentropy for one sigmoid unit"):  # no loss: which one to pass
         prune(sigmoid, (x, y), sparsity=0.5, epochs=1)
+
+
+def test_why_no_layer_could_be_pruned_says_each_reason_once():
+    """A model of fifty frozen layers said the same sentence fifty times in its one-line error."""
+    from deploykit.optimize.prune import skipped_reasons
+
+    frozen = [{"layer": f"conv{i}", "reason": "frozen (trainable=False)"} for i in range(9)]
+    said = skipped_reasons([{"layer": "rescale", "reason": "preprocessing layer"}, *frozen])
+    assert said == ("rescale: preprocessing layer; conv0, conv1, conv2, conv3, conv4, conv5 and 3 more: "
+                    "frozen (trainable=False)")
+    assert skipped_reasons([]) == "the model has no layers"

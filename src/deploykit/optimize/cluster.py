@@ -276,8 +276,7 @@ def cluster(
     dense_val = _heads.teach(head, model, train, val)
     kernels, skipped = _plan(model, kind)
     if not kernels:
-        why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
-        raise UserError(f"no layer of this model can be clustered: {why}")
+        raise UserError(f"no layer of this model can be clustered: {_ft.skipped_reasons(skipped)}")
     loss_fn, opt, metric_list, settings_source = _ft._training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
     if not regression:
         _ft.check_loss_fits(loss_fn, view, train)

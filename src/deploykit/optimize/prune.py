@@ -114,6 +114,16 @@ def _is_preprocessing(layer: Any) -> bool:
     return ".preprocessing." in type(layer).__module__
 
 
+def skipped_reasons(skipped: Sequence[dict[str, str]], shown: int = 6) -> str:
+    """Why no layer could be worked on, one entry per reason ("a, b, c: frozen ..."): a model of fifty
+    frozen layers said the same sentence fifty times."""
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s["reason"], []).append(s["layer"])
+    return "; ".join(", ".join(layers[:shown]) + (f" and {len(layers) - shown} more" if len(layers) > shown else "")
+                     + f": {reason}" for reason, layers in by_reason.items()) or "the model has no layers"
+
+
 def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) -> tuple[list[_Kernel], list[dict[str, str]]]:
     """Prunable kernels and the layers that stay dense, with reasons."""
     kernels: list[_Kernel] = []
@@ -1209,8 +1219,7 @@ def prune(
 
     kernels, skipped = _plan(model, kind, structure, bs)
     if not kernels:
-        why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
-        raise UserError(f"no layer of this model can be pruned ({structure}): {why}")
+        raise UserError(f"no layer of this model can be pruned ({structure}): {skipped_reasons(skipped)}")
     loss_fn, opt, metric_list, settings_source = _training_setup(kind, cfg, loss, metrics, optimizer, learning_rate)
     if not regression:
         check_loss_fits(loss_fn, view, train)

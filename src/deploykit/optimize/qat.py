@@ -500,8 +500,7 @@ def quantize_aware(
     scheme = _pqat_scheme(tfmot) if preserve_sparsity else default_scheme
     quantize, skipped = _plan(model, default_scheme.get_quantize_registry())
     if not quantize:
-        why = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped) or "the model has no layers"
-        raise UserError(f"no layer of this model can be quantized by tfmot: {why}")
+        raise UserError(f"no layer of this model can be quantized by tfmot: {_ft.skipped_reasons(skipped)}")
 
     tf_keras.utils.set_random_seed(seed)
     acc_before = score(model, val)
