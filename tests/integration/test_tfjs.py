@@ -664,3 +664,31 @@ def test_a_uint8_input_says_tfjs_takes_it_as_int32(tmp_path):
                                bench=False)
     notes = result.artifact("tfjs-fp32")["verification"]["notes"]
     assert any("feed `feat` as float32" in n for n in notes) and not any("int32" in n for n in notes), notes
+
+
+def test_a_tabular_model_with_discretization_and_one_hot_converts_to_tfjs_and_onnx(tmp_path):
+    """Discretization's Bucketize has no TF.js kernel and no tf2onnx handler (both formats refused the
+    model), and TF.js's wasm OneHot wrote CategoryEncoding's 1.0 as int 1's bits (1e-45): every such
+    file failed verification. Bucketize is written as a count of boundaries, OneHot computed as int32."""
+    import keras
+
+    rng = np.random.default_rng(1)
+    num = rng.normal([100, 0.0], [30, 1.0], (128, 2)).astype("float32")
+    num[:4, 0] = [-1e9, 1e9, 0.0, 100.0]  # far outside, and values that may sit on a boundary
+    cat = rng.integers(0, 5, (128, 1)).astype("int32")
+    disc = keras.layers.Discretization(num_bins=4)
+    disc.adapt(num[4:, :1])
+    num_in, cat_in = keras.Input((2,), name="num"), keras.Input((1,), dtype="int32", name="cat")
+    bins = keras.layers.CategoryEncoding(num_tokens=4, output_mode="one_hot")(disc(num_in[:, :1]))
+    onehot = keras.layers.CategoryEncoding(num_tokens=5, output_mode="one_hot")(cat_in)
+    h = keras.layers.Concatenate()([bins, onehot, num_in[:, 1:]])
+    model = keras.Model([num_in, cat_in], keras.layers.Dense(3, activation="softmax")(h))
+    num[4, 0] = float(disc.bin_boundaries[1])  # a sample exactly on a boundary
+    result = deploykit.convert(model, ["tfjs-fp32", "onnx-fp32"], data={"num": num, "cat": cat}, out=tmp_path / "o",
+                               bench=False)
+    for target in ("tfjs-fp32", "onnx-fp32"):
+        art = result.artifact(target)
+        assert art["status"] == "ok", art["error"]
+        assert art["verification"]["max_abs_error"] < 1e-5, (target, art["verification"])
+    ops = {n["op"] for n in json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["modelTopology"]["node"]}
+    assert "Bucketize" not in ops and "OneHot" in ops

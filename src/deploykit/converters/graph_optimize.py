@@ -515,6 +515,54 @@ def lower_bool_reverse(frozen: FrozenGraph) -> FrozenGraph:
     return _rewrite_bool_ops(frozen, "ReverseV2", as_int32, "boolean ReverseV2 done as int32")
 
 
+def lower_float_one_hot(frozen: FrozenGraph) -> FrozenGraph:
+    """Compute ``OneHot`` of float values as int32 one-hot rows, cast: ``Cast(OneHot_int32) * (on - off) + off``.
+
+    TF.js 4.22's wasm kernel writes its on and off values as int32 whatever the dtype: a float one-hot
+    (Keras's CategoryEncoding) came out as 1e-45 (the bits of int 1 read as a float) where the model
+    has 1.0, and every such file failed verification; the cpu backend was right. With on/off 1 and 0
+    (CategoryEncoding's) the Cast alone is the answer.
+    """
+    tf = import_tensorflow()
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    found = [n.name for n in frozen.graph_def.node if n.op == "OneHot" and n.attr["T"].type != tf.int32.as_datatype_enum]
+    if not found:
+        return frozen
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    nodes = {n.name: n for n in gd.node}
+    for name in found:
+        node = nodes[name]
+        indices, depth, on, off = node.input[:4]
+        controls = [r for r in node.input if r.startswith("^")]
+        real = node.attr["T"].type
+        on_value, off_value = _const(nodes, on), _const(nodes, off)
+        unit = on_value is not None and off_value is not None and on_value.size == off_value.size == 1 \
+            and float(on_value) == 1.0 and float(off_value) == 0.0
+        gd.node.extend([const_node(f"{name}/int_on", np.array(1, np.int32)),
+                        const_node(f"{name}/int_off", np.array(0, np.int32))])
+        as_int = node_def_pb2.NodeDef(name=f"{name}/int32", op="OneHot",
+                                      input=[indices, depth, f"{name}/int_on", f"{name}/int_off"] + controls)
+        for key in node.attr:
+            as_int.attr[key].CopyFrom(node.attr[key])
+        as_int.attr["T"].type = tf.int32.as_datatype_enum
+        cast = node_def_pb2.NodeDef(name=name if unit else f"{name}/as_float", op="Cast", input=[as_int.name])
+        cast.attr["SrcT"].type = tf.int32.as_datatype_enum
+        cast.attr["DstT"].type = real
+        added = [as_int, cast]
+        if not unit:  # on and off as they are: scaled from 0/1
+            span = node_def_pb2.NodeDef(name=f"{name}/span", op="Sub", input=[on, off])
+            scaled = node_def_pb2.NodeDef(name=f"{name}/scaled", op="Mul", input=[cast.name, span.name])
+            shifted = node_def_pb2.NodeDef(name=name, op="AddV2", input=[scaled.name, off])
+            for made in (span, scaled, shifted):
+                made.attr["T"].type = real
+            added += [span, scaled, shifted]
+        gd.node.remove(node)
+        gd.node.extend(added)
+    return frozen.rewritten(gd, {"float OneHot computed as int32 and cast": len(found)})
+
+
 # The name of each group's kernel a grouped Conv2D is split into (ungroup_convolutions): the pruning and
 # clustering checks join them back into the layer's one kernel, and no rewrite may merge them.
 GROUP_KERNEL = re.compile(r"(.+)/group_(\d+)_weights")
@@ -658,6 +706,6 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
-    frozen = lower_bool_reverse(lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(
-        run_grappler(freeze_serving(saved_model_dir)))))))
+    frozen = lower_float_one_hot(lower_bool_reverse(lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(
+        run_grappler(freeze_serving(saved_model_dir))))))))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen

@@ -12,7 +12,8 @@ nodes under the call's name, until no call remains.
 
 2. Express ops other formats lack through ops they have (``Erfc(x) = 1 - Erf(x)``:
 Keras 3's exact GELU emits Erfc, which tf2onnx 1.17 passes through unconverted
-and ONNX Runtime then refuses).
+and ONNX Runtime then refuses; ``Bucketize`` as a count of boundaries, for TF.js
+and tf2onnx, which have none).
 """
 
 from __future__ import annotations
@@ -192,6 +193,54 @@ def expand_unsupported_math(graph_def: Any) -> Any:
     return gd
 
 
+def expand_bucketize(graph_def: Any) -> Any:
+    """Return a copy with each ``Bucketize`` (Keras's Discretization) written as the count of boundaries
+    at or below the value: ``Sum(Cast(GreaterEqual(ExpandDims(x, -1), boundaries), int32), -1)``.
+
+    TF.js has no Bucketize kernel and tf2onnx none for it: a tabular model with a Discretization
+    layer failed both formats. TensorFlow's bucket of x is the i with ``boundaries[i-1] <= x <
+    boundaries[i]``, which is that count; integer inputs are compared as float32, as its kernel does.
+    The node's name stays on the Sum, so its consumers are untouched.
+    """
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    import numpy as np
+    import tensorflow as tf
+
+    if not any(n.op == "Bucketize" for n in graph_def.node):
+        return graph_def
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(graph_def)
+    new_nodes = []
+    for node in gd.node:
+        if node.op != "Bucketize":
+            new_nodes.append(node)
+            continue
+        dtype = tf.dtypes.as_dtype(node.attr["T"].type)
+        compare = tf.float64 if dtype == tf.float64 else tf.float32
+        x, controls = node.input[0], [i for i in node.input[1:] if i.startswith("^")]
+
+        def op(name: str, kind: str, inputs: list[str], **types: Any) -> Any:
+            made = node_def_pb2.NodeDef(name=name, op=kind, input=inputs, device=node.device)
+            for attr, t in types.items():
+                made.attr[attr].type = t.as_datatype_enum
+            new_nodes.append(made)
+            return made
+
+        if dtype != compare:
+            x = op(f"{node.name}/as_float", "Cast", [x], SrcT=dtype, DstT=compare).name
+        bounds = np.asarray(list(node.attr["boundaries"].list.f), dtype=compare.as_numpy_dtype)
+        new_nodes += [const_node(f"{node.name}/boundaries", bounds, device=node.device),
+                      const_node(f"{node.name}/last_axis", np.array(-1, np.int32), device=node.device)]
+        expanded = op(f"{node.name}/expand", "ExpandDims", [x, f"{node.name}/last_axis"], T=compare, Tdim=tf.int32)
+        above = op(f"{node.name}/at_or_above", "GreaterEqual", [expanded.name, f"{node.name}/boundaries"], T=compare)
+        counted = op(f"{node.name}/as_int", "Cast", [above.name], SrcT=tf.bool, DstT=tf.int32)
+        total = op(node.name, "Sum", [counted.name, f"{node.name}/last_axis"] + controls, T=tf.int32, Tidx=tf.int32)
+        total.attr["keep_dims"].b = False
+    del gd.node[:]
+    gd.node.extend(new_nodes)
+    return gd
+
+
 def prepare_for_export(graph_def: Any) -> Any:
     """Inline function calls, then expand ops other formats lack."""
-    return expand_unsupported_math(inline_function_calls(graph_def))
+    return expand_bucketize(expand_unsupported_math(inline_function_calls(graph_def)))
