@@ -965,7 +965,7 @@ class Pipeline:
             else:
                 artifact.status = "failed"
                 failures = artifact.verification.get("failures", []) + _failure_hints(target, loaded, inputs,
-                                                                                       artifact.verification)
+                                                                                       artifact.verification, calib)
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
@@ -1034,8 +1034,9 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
 
 
 def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
-                   verification: dict[str, Any] | None = None) -> list[str]:
-    """Causes a failed verification can have that the numbers alone do not name, each with the way out."""
+                   verification: dict[str, Any] | None = None, calib: Any = None) -> list[str]:
+    """Causes a failed verification can have that the numbers alone do not name, each with the way out.
+    ``calib``: the run's calibration data (what set a static integer target's ranges)."""
     from deploykit.verify import mixed_scale_hint
 
     from deploykit.converters.tflm import BUDGET_WAY_OUT, is_budget_failure
@@ -1061,8 +1062,19 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
         hints.append("a boolean output flips wherever the quantized activations move a compared value across its "
                      "threshold; " + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
+    beyond = _calibration_range_hint(target, calib, inputs)
+    if beyond:  # the likelier cause: more precision would clip the same way (int16x8 failed by as much as int8)
+        hints.append(beyond)
+    lost = [o["collapsed_column"] for o in outputs if (o.get("collapsed_column") or {}).get("share_of_range") is not None
+            and o["collapsed_column"]["share_of_range"] < 16 / 255]
+    if lost and target.activations != "float32":
+        # The output's (or the last layer's) one 8-bit scale: a rescaling inside the model keeps that layer as it is.
+        hints.append("end the model at columns of similar ranges (e.g. standardized) and rescale them in the app, or use "
+                     "a target with float activations" + {"tflite": " (tflite-dynamic, tflite-fp16)",
+                                                          "onnx": " (onnx-int8-dynamic, onnx-fp16)"}.get(target.format, ""))
     vanished = any(o.get("vanished_class") for o in outputs)  # a range problem (see its clipping hint), not precision
-    if target.activations != "float32" and flips and not vanished and not any(f["confident"] for f in flips):
+    if (target.activations != "float32" and flips and not vanished and not beyond
+            and not any(f["confident"] for f in flips)):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
         hints.append(_MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
@@ -1096,6 +1108,36 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         hints.append("ONNX Runtime's QOperator rewrite (QLinear* ops) loses more on some graphs than the QDQ "
                      "format of the same calibration: try onnx-int8-qdq (onnx-auto builds and compares both)")
     return [h for h in hints if h]
+
+
+# An evaluation input that reaches this share of the calibration span past its ends, in at least this share of
+# the samples, is past what the calibrated ranges hold (a few stray pixels are the calibration's own business).
+BEYOND_CALIBRATION = 0.05
+BEYOND_CALIBRATION_SAMPLES = 0.01
+
+
+def _calibration_range_hint(target: Target, calib: Any, inputs: dict[str, np.ndarray]) -> str | None:
+    """An input whose evaluation values go past what the calibration samples reach: a static integer
+    target clips there. Calibrated on images at 0.85 of the evaluation's brightness, int8 and int16x8
+    failed alike and were told to try more precision."""
+    if calib is None or not target.needs_calibration:
+        return None
+    used = calib.spread(target.calibration_samples)
+    for (name, x), cal in zip(inputs.items(), used.x):
+        x, cal = np.asarray(x), np.asarray(cal)
+        if x.dtype.kind != "f" or cal.dtype.kind != "f" or not x.size or not cal.size:
+            continue
+        lo, hi = float(cal.min()), float(cal.max())
+        margin = BEYOND_CALIBRATION * max(hi - lo, 1e-12)
+        past = ((x > hi + margin) | (x < lo - margin)).reshape(len(x), -1).any(axis=1)
+        if past.sum() and past.mean() >= BEYOND_CALIBRATION_SAMPLES:
+            more = len(calib) > len(used)
+            return (f"input {name!r} reaches {float(x.min()):.4g}..{float(x.max()):.4g} in the evaluation data, past the "
+                    f"{lo:.4g}..{hi:.4g} of the {len(used)} calibration samples in {past.mean():.0%} of the samples: "
+                    f"{target.activations} activations clip beyond their calibrated range; calibrate on data that "
+                    "covers what the model will see (--data)" + (f", or raise the target's calibration_samples "
+                                                                 f"({len(used)} of {len(calib)} used)" if more else ""))
+    return None
 
 
 def _float_ids_hint(loaded: Any) -> str | None:

@@ -421,12 +421,12 @@ def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
                 f"and the artifact follows them little better than a constant: its error, a constant offset aside, "
                 f"averages {lost['varying_error']:.3g}, {lost['varying_error'] / lost['constant_error']:.0%} of a constant's "
                 f"at their median ({lost['constant_error']:.3g})")
-        # An integer output's few levels for this column (one scale for all its columns): say why, and the way out.
+        # Few levels for this column: one 8-bit scale spans all the columns (an integer output's, or the
+        # last layer's weights'). The way out depends on the target: the pipeline's failure hints say it.
         if lost.get("share_of_range") is not None and lost["share_of_range"] < 16 / 255 and lost["artifact_values"] <= 16:
-            text += (f"; an integer output has one scale for all its columns, and this one spans {lost['share_of_range']:.2g} "
-                     f"of the output's range (the artifact gives it {lost['artifact_values']} value"
-                     f"{'s' if lost['artifact_values'] != 1 else ''}): scale the columns to similar ranges inside the "
-                     "model, or use a target with float outputs")
+            text += (f"; it spans {lost['share_of_range']:.2g} of the output's range, and the artifact gives it "
+                     f"{lost['artifact_values']} value{'s' if lost['artifact_values'] != 1 else ''}: one 8-bit scale "
+                     "for all the columns leaves it few steps")
         return text
     return None
 

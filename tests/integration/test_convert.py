@@ -558,6 +558,34 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     assert _failure_hints(get_target("tflite-int8"), model, x, lost) == []  # a range problem: its own hint says so
 
 
+def test_evaluation_inputs_past_the_calibration_range_are_named_instead_of_more_precision():
+    """Calibrated on images at 0.85 of the evaluation's brightness, int8 and int16x8 failed by the same
+    amount and were told to try more precision (int16x8: float activations); the ranges were the cause."""
+    from types import SimpleNamespace
+
+    from deploykit.data import Dataset
+    from deploykit.pipeline import _failure_hints
+
+    unsure = {"outputs": {"p": {"flips": {"count": 9, "confident": 0, "max_lead": 0.1, "median_lead": 0.02}}}}
+    model = SimpleNamespace(keras_model=None)
+    x = np.random.default_rng(0).uniform(0, 16, (300, 8, 8, 1)).astype("float32")
+    dim = Dataset([x * 0.85], None, "dim.npz")
+    for name, level in (("tflite-int8", "int8"), ("tflite-int16x8", "int16"), ("onnx-int8-qdq", "int8")):
+        (hint,) = _failure_hints(get_target(name), model, {"pixels": x[:200]}, unsure, dim)
+        assert hint.startswith("input 'pixels' reaches 0.") and "..13.6 of the 200 calibration samples in 1" in hint
+        assert f"{level} activations clip beyond their calibrated range" in hint
+        assert hint.endswith("or raise the target's calibration_samples (200 of 300 used)")
+    same = Dataset([x], None, "same.npz")  # calibrated on the evaluation's own range: precision, as before
+    (hint,) = _failure_hints(get_target("tflite-int8"), model, {"pixels": x[:200]}, unsure, same)
+    assert hint.startswith("for more precision try tflite-int16x8")
+    assert _failure_hints(get_target("tflite-dynamic"), model, {"pixels": x[:200]}, {}, dim) == []  # no calibration
+    # a column of 8-bit steps: the way out said per target, not "scale inside the model" (that layer stays as it is)
+    lost = {"outputs": {"y": {"collapsed_column": {"share_of_range": 1e-8}}}}
+    (int8,) = _failure_hints(get_target("tflite-int8"), model, {"x": x[:4, 0, 0]}, lost)
+    assert int8.startswith("end the model at columns of similar ranges") and int8.endswith("(tflite-dynamic, tflite-fp16)")
+    assert _failure_hints(get_target("tflite-dynamic"), model, {"x": x[:4, 0, 0]}, lost)[:1] != [int8]
+
+
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
     """Deep tanh stack with gain 4: the last bit of an input moves its outputs by ~1e-2.
 
