@@ -188,6 +188,16 @@ def _resolve_targets(targets: Iterable[str | Target] | str | Target) -> tuple[li
         from deploykit.targets import list_targets
 
         raise UserError(f"no target given; choose one or more of: {', '.join(t.name for t in list_targets())}")
+    # An -auto target's candidates share the run's names: a user target named like one ("tla.tflite-int8")
+    # was built in its place (or the candidate shipped under the user's name), with exit 0.
+    by_name = {t.name: (t, None) for t in resolved}
+    for auto in (t for t in resolved if t.is_auto):
+        for cand in auto.candidate_targets():
+            other, owner = by_name.setdefault(cand.name, (cand, auto.name))
+            if other != cand:
+                said = f"a candidate of {owner!r}" if owner else "a target of the run"
+                raise UserError(f"target {cand.name!r} is both {said} and a candidate of {auto.name!r}, with other "
+                                "settings; give your target another name")
     return resolved, aliases
 
 

@@ -638,6 +638,22 @@ def test_an_auto_targets_options_and_overrides_are_set_on_its_candidates(tmp_pat
         assert fam.candidate_targets() == [get_target(c) for c in fam.candidates]
 
 
+def test_a_target_named_like_an_auto_candidate_with_other_settings_is_refused(tmp_path):
+    """A user's fp16 target named "tla.tflite-int8" was built as tla's int8 candidate (or the candidate
+    shipped under the user's name), exit 0. The same profile under both roles is still built once."""
+    from deploykit.errors import UserError
+    from deploykit.pipeline import _resolve_targets
+
+    (tmp_path / "tla.toml").write_text('format = "tflite"\nprecision = "auto"\n'
+                                       'candidates = ["tflite-fp32", "tflite-int8"]\ncalibration_samples = 20\n')
+    (tmp_path / "board.toml").write_text('name = "tla.tflite-int8"\nformat = "tflite"\nprecision = "fp16"\n')
+    for order in (["board.toml", "tla.toml"], ["tla.toml", "board.toml"]):
+        with pytest.raises(UserError, match=r"target 'tla.tflite-int8' is both a target of the run and a candidate "
+                                            r"of 'tla', with other settings; give your target another name"):
+            _resolve_targets([str(tmp_path / n) for n in order])
+    assert [t.name for t in _resolve_targets(["tflite-auto", "tflite-int8"])[0]] == ["tflite-auto", "tflite-int8"]
+
+
 def test_auto_candidate_files_are_found_beside_the_auto_file(tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "slow.toml").write_text('format = "onnx"\nprecision = "int8-qdq"\nweights = "int8"\n'
