@@ -760,3 +760,16 @@ def test_an_auto_file_without_types_takes_them_from_its_first_candidate(tmp_path
     (tmp_path / "board.toml").write_text('format = "tflm"\nprecision = "int8"\n')  # a .toml first candidate too
     path.write_text('format = "tflm"\nprecision = "auto"\ncandidates = ["board.toml", "tflm-int8"]\n')
     assert load_target_file(path).weights == "int8"
+
+
+def test_a_target_made_in_python_checks_tolerance_and_bench_dicts_as_a_file_does():
+    """Target(tolerance={"atol": -1.0}) was accepted; the run then failed with AttributeError: 'dict'
+    object has no attribute 'atol' (a valid dict too), and the manifest recorded the bad value."""
+    t = Target("py-tol", "tflite", "fp32", tolerance={"atol": 0.5}, bench={"threads": 1})
+    assert isinstance(t.tolerance, Tolerance) and t.tolerance.atol == 0.5 and t.bench.threads == 1
+    for kw, message in (({"tolerance": {"atol": -1.0}}, "tolerance.atol must be a finite number >= 0"),
+                        ({"bench": {"threads": 0}}, "bench.threads must be an integer in 1..256"),
+                        ({"tolerance": {"nope": 1}}, "unknown field\\(s\\) tolerance.nope"),
+                        ({"tolerance": 3}, "tolerance must be a Tolerance or a dict of its fields, got 3")):
+        with pytest.raises(TargetError, match=f"^target 'py-tol': {message}"):
+            Target("py-tol", "tflite", "fp32", **kw)

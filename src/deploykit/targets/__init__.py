@@ -201,6 +201,19 @@ class BenchSettings:
                 raise TargetError(f"bench.{name} must be an integer in {low}..{high:,}, got {value!r}")
 
 
+def _settings_table(where: str, key: str, sub: type, table: Mapping[str, Any]) -> Any:
+    """A ``tolerance`` or ``bench`` table as its checked dataclass (``sub``), unknown fields refused by name."""
+    sub_known = {f.name for f in dataclasses.fields(sub)}
+    bad = sorted(set(table) - sub_known)
+    if bad:
+        raise TargetError(f"{where}: unknown field(s) {', '.join(key + '.' + b for b in bad)}; "
+                          f"known: {', '.join(key + '.' + k for k in sorted(sub_known))}")
+    try:
+        return sub(**table)
+    except (TargetError, TypeError) as exc:
+        raise TargetError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Target:
     """One deployment target: format, numeric types, tolerance and bench settings.
@@ -292,6 +305,12 @@ class Target:
             raise TargetError(
                 f"{where}: TFLite Micro targets are full int8: set weights, activations and io to \"int8\""
             )
+        for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):  # Target(tolerance={"atol": 0.5}) in a script: checked as a file's table is
+                object.__setattr__(self, key, _settings_table(where, key, sub, value))
+            elif value is not None and not isinstance(value, sub):
+                raise TargetError(f"{where}: {key} must be a {sub.__name__} or a dict of its fields, got {value!r}")
         if self.tolerance is None or self.bench is None:
             like = None if _LOADING_BUILTINS else _closest_builtin(
                 {"format": self.format, "precision": self.precision, "weights": self.weights,
@@ -438,22 +457,9 @@ class Target:
             raise TargetError(f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
         for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
             if key in data:
-                table = data[key]
-                if not isinstance(table, Mapping):
+                if not isinstance(data[key], Mapping):
                     raise TargetError(f"{where}: {key} must be a table")
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(table) - sub_known)
-                if bad:
-                    raise TargetError(
-                        f"{where}: unknown field(s) {', '.join(key + '.' + b for b in bad)}; "
-                        f"known: {', '.join(key + '.' + k for k in sorted(sub_known))}"
-                    )
-                try:
-                    data[key] = sub(**table)
-                except TargetError as exc:
-                    raise TargetError(f"{where}: {exc}") from None
-                except TypeError as exc:
-                    raise TargetError(f"{where}: {exc}") from None
+                data[key] = _settings_table(where, key, sub, data[key])
         required = [f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         missing = [f for f in required if f not in data]
