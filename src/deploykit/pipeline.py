@@ -1177,7 +1177,11 @@ def _said_failed_too(artifacts: Sequence[Artifact]) -> None:
     """Mark, in each failure's text, the targets it suggests that failed in this run too: the hints are
     fixed advice ("try onnx-int8-qdq") written as each target fails, and sent users to files the same
     run had already failed (MobileNetV2: onnx-int16x8 was told to try onnx-int8-dynamic and onnx-fp16)."""
-    failed = {a.target for a in artifacts if a.status == "failed"}
+    from deploykit.targets import _builtins
+
+    # The hints suggest built-in profiles only: a user target named "output" or "shift" was marked inside
+    # other failures' words ("max abs error (failed in this run too)").
+    failed = {a.target for a in artifacts if a.status == "failed"} & set(_builtins())
     for a in artifacts:
         if a.status != "failed" or not a.error or a.selection:  # an -auto's failure lists its failed candidates itself
             continue

@@ -693,4 +693,11 @@ def test_a_failure_s_suggestions_that_failed_in_the_same_run_say_so():
     auto.error = "no candidate could be built: onnx-int16x8, onnx-fp16: an op"
     _said_failed_too([*arts, auto])
     assert arts[2].error == "TF.js could not load onnx-int8-dynamic/model.onnx"
+    # a user target named like a word of other failures: "max abs error (failed in this run too) 5e-07"
+    words = [_artifact("onnx-fp32", 100), _artifact("onnx-fp32", 100)]
+    for a, name in zip(words, ("error", "output")):
+        a.target, a.status = name, "failed"
+        a.error = "verification failed: output 'output_0': max abs error 5.07e-07 exceeds the allowed 1e-07"
+    _said_failed_too(words)
+    assert "failed in this run too" not in words[0].error + words[1].error
     assert auto.error == "no candidate could be built: onnx-int16x8, onnx-fp16: an op"
