@@ -286,9 +286,13 @@ def targets(
                 for sub, v in value.items():
                     doc = FIELD_DOCS.get(f"{key}.{sub}") or option_docs.get(f"{key}.{sub}") or FIELD_DOCS.get(key, "")
                     if v is not None:
-                        console.print(f"{key}.{sub} = {_toml_value(v)}    # {doc}", highlight=False, soft_wrap=True)
+                        console.print(f"{key}.{sub} = {_toml_value(v)}    # {doc}", highlight=False, soft_wrap=True,
+                                      markup=False)
             elif value is not None:
-                console.print(f"{key} = {_toml_value(value)}    # {FIELD_DOCS.get(key, '')}", highlight=False, soft_wrap=True)
+                if key == "candidates":  # a candidate file was joined to its auto file's folder: absolute, it loads anywhere
+                    value = [os.path.abspath(c) if c.endswith(".toml") else c for c in value]
+                console.print(f"{key} = {_toml_value(value)}    # {FIELD_DOCS.get(key, '')}", highlight=False,
+                              soft_wrap=True, markup=False)
         return
     for t in list_targets():
         tol = t.tolerance
@@ -302,7 +306,8 @@ def targets(
         else:
             head = f"{t.name:<16} weights {t.weights:<8} activations {t.activations:<8} io {t.io:<8} runtime {t.runtime}"
             judged = ", ".join(parts)
-        console.print(f"{head}\n{'':16} tolerance: {judged}\n{'':16} {t.description}", highlight=False, soft_wrap=True)
+        console.print(f"{head}\n{'':16} tolerance: {judged}\n{'':16} {t.description}", highlight=False, soft_wrap=True,
+                      markup=False)
     console.print("Show every field of one: deploy targets --show NAME. A .toml file with the same fields is a target too.", highlight=False)
 
 
@@ -544,4 +549,7 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, dict):  # an -auto file's overrides.tolerance: an inline table, not Python's {'k': v}
+        return "{ " + ", ".join(f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', str(k)) else json.dumps(str(k))} = "
+                                f"{_toml_value(v)}" for k, v in value.items()) + " }"
     return repr(value)

@@ -288,6 +288,29 @@ def test_what_targets_show_prints_is_a_target_file(tmp_path):
         assert load_target_file(same) == t, t.name
 
 
+def test_what_targets_show_prints_of_a_user_auto_file_is_a_target_file_and_text_stays_text(tmp_path):
+    """An -auto file's overrides were printed as Python dicts ({'max_accuracy_drop': 0.4}: no TOML), and its
+    .toml candidate as the path joined to its folder, joined again on load; a description's "[/x]" went
+    through rich markup (a MarkupError traceback) and "[ram]" vanished."""
+    from deploykit.targets import load_target_file
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    (boards / "myq.toml").write_text('format = "onnx"\nprecision = "int8-qop"\noptions = { per_channel = false }\n')
+    (boards / "careful.toml").write_text('format = "onnx"\nprecision = "auto"\ncandidates = ["onnx-fp32", "myq.toml"]\n'
+                                         'tolerance = { max_accuracy_drop = 0.4 }\nbench = { iterations = 20 }\n'
+                                         'description = "rev A [/x] board [ram]"\n')
+    result = invoke(["targets", "--show", boards / "careful.toml"])
+    assert result.exit_code == 0, result.output
+    assert 'description = "rev A [/x] board [ram]"' in result.stdout
+    saved = tmp_path / "elsewhere" / "careful.toml"
+    saved.parent.mkdir()
+    saved.write_text(result.stdout)
+    again, original = load_target_file(saved), load_target_file(boards / "careful.toml")
+    assert again.overrides == original.overrides == {"tolerance": {"max_accuracy_drop": 0.4}, "bench": {"iterations": 20}}
+    assert again.candidate_targets() == original.candidate_targets()
+
+
 def test_inspect_prints_inputs_and_preprocessing(keras3_path, keras3_model):
     result = invoke(["inspect", keras3_path])
     assert result.exit_code == 0, result.output
