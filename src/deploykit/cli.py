@@ -290,7 +290,7 @@ def targets(
                                       markup=False)
             elif value is not None:
                 if key == "candidates":  # a candidate file was joined to its auto file's folder: absolute, it loads anywhere
-                    value = [os.path.abspath(c) if c.endswith(".toml") else c for c in value]
+                    value = [os.path.abspath(c) if c.lower().endswith(".toml") else c for c in value]
                 console.print(f"{key} = {_toml_value(value)}    # {FIELD_DOCS.get(key, '')}", highlight=False,
                               soft_wrap=True, markup=False)
         return

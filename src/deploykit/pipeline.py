@@ -149,7 +149,7 @@ def _alias(aliases: dict[str, str], target: Any) -> Any:
         return target
     if str(target) in aliases:
         return aliases[str(target)]
-    if str(target).endswith(".toml"):
+    if str(target).lower().endswith(".toml"):
         return aliases.get(str(Path(os.path.expanduser(target)).resolve()), str(target))
     return str(target)
 

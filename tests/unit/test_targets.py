@@ -773,3 +773,14 @@ def test_a_target_made_in_python_checks_tolerance_and_bench_dicts_as_a_file_does
                         ({"tolerance": 3}, "tolerance must be a Tolerance or a dict of its fields, got 3")):
         with pytest.raises(TargetError, match=f"^target 'py-tol': {message}"):
             Target("py-tol", "tflite", "fp32", **kw)
+
+
+def test_an_upper_case_toml_suffix_and_numpy_counts_are_taken(tmp_path):
+    """'board.TOML' was an unknown target name; calibration_samples=np.int64(10) was refused, though bench
+    settings take NumPy integers."""
+    import numpy as np
+
+    (tmp_path / "board.TOML").write_text('format = "tflite"\nprecision = "fp32"\n')
+    assert get_target(str(tmp_path / "board.TOML")).name == "board"
+    t = Target("np-cal", "tflite", "int8", weights="int8", activations="int8", calibration_samples=np.int64(10))
+    assert t.calibration_samples == 10 and type(t.calibration_samples) is int

@@ -319,6 +319,9 @@ class Target:
                 object.__setattr__(self, "tolerance", like.tolerance if like else Tolerance())
             if self.bench is None:
                 object.__setattr__(self, "bench", like.bench if like else BenchSettings())
+        if type(self.calibration_samples).__module__ == "numpy" and hasattr(self.calibration_samples, "__index__") \
+                and not isinstance(self.calibration_samples, bool):  # np.int64(10) from a script, as bench takes it
+            object.__setattr__(self, "calibration_samples", int(self.calibration_samples))
         if not _is_int(self.calibration_samples) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
@@ -621,7 +624,7 @@ def load_target_file(path: str | Path) -> Target:
         if given:
             entry["overrides"] = given
         if isinstance(entry["candidates"], list):  # candidate files beside this one, as config files do
-            entry["candidates"] = [str(path.parent / c) if isinstance(c, str) and c.endswith(".toml")
+            entry["candidates"] = [str(path.parent / c) if isinstance(c, str) and c.lower().endswith(".toml")
                                    and not Path(c).is_absolute() else c for c in entry["candidates"]]
     _fill_types(entry, str(path))
     # A user profile that does not set a tolerance field takes it from the built-in profile of
@@ -672,7 +675,7 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
         # types was refused for "float32 weights" it never asked for. They come from its first candidate.
         head = entry["candidates"][0] if isinstance(entry["candidates"], list) else None
         first = _builtins().get(head) if isinstance(head, str) else None
-        if first is None and isinstance(head, str) and head.endswith(".toml"):
+        if first is None and isinstance(head, str) and head.lower().endswith(".toml"):
             with contextlib.suppress(TargetError):  # a candidate file's own mistakes are said where it is built
                 first = load_target_file(head)
         if first is not None and not any(k in entry for k in TYPE_FIELDS):
@@ -730,7 +733,7 @@ def get_target(name: str | Target) -> Target:
     builtins = _builtins()
     if name in builtins:
         return builtins[name]
-    if name.endswith(".toml"):
+    if name.lower().endswith(".toml"):
         return load_target_file(name)
     raise TargetError(
         f"unknown target {name!r}; known targets: {', '.join(builtins)} (or a path to a .toml target file)"
