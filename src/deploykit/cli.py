@@ -232,6 +232,10 @@ def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline:
     return result
 
 
+# Below this many columns the summary table cannot show its eight columns whole.
+NARROW_TERMINAL = 110
+
+
 def _print_summary(result) -> None:
     from rich.table import Table
 
@@ -244,10 +248,17 @@ def _print_summary(result) -> None:
     cols = [(k, titles[k]) for k in ("target", "status", "size", "gzip", "p50", "accuracy", "agreement", "max_err")]
     for _, title in cols:
         t.add_column(title)
-    for r in table(manifest):
+    rows = table(manifest)
+    for r in rows:
         t.add_row(*(r[k] for k, _ in cols))
     console = _console()
-    console.print(t)
+    if console.width >= NARROW_TERMINAL:
+        console.print(t)
+    else:  # on 80 columns rich cut every cell to "tflite…" and "8.70e-…": one line per target, nothing cut
+        console.print(t.title, highlight=False, markup=False)
+        for r in rows:
+            console.print(f"{r['target']}  {r['status']}  " + "  ".join(f"{title} {r[k]}" for k, title in cols[2:]),
+                          highlight=False, markup=False, soft_wrap=True)
     for a in manifest.artifacts:
         if a.status != "ok":
             console.print(f"[red]{a.target} failed:[/red] {a.reason}", markup=True, highlight=False)
@@ -256,7 +267,8 @@ def _print_summary(result) -> None:
     for note in converter_notes(manifest):
         console.print(f"note: {note}", highlight=False)
     paths = [_shown(p) for p in (result.manifest_path, result.report_path, result.html_report_path)]
-    console.print(f"manifest: {paths[0]}\nreport:   {paths[1]}\nhtml:     {paths[2]}", highlight=False)
+    # one line each, however long (a script greps them; piped output is 160 columns wide)
+    console.print(f"manifest: {paths[0]}\nreport:   {paths[1]}\nhtml:     {paths[2]}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -381,6 +381,48 @@ def test_names_in_the_markdown_report_cannot_become_markup():
     assert "`p<script>alert(1)</script> ## Injected`" in md  # the outputs line: in code, as it is
 
 
+def test_fastest_agrees_with_the_paired_rounds_and_ties_only_within_3_percent_either_way():
+    """The demo report said "Fastest: tflite-dynamic; tflite-int8 within 3 % of it: a tie" while its own
+    × fp32 p50 column had int8 at 0.63 and dynamic at 0.76: picked by p50, tied by the paired ratio with
+    no lower bound, so a file 17 % faster was a "tie"."""
+    from deploykit.report.rows import highlights
+
+    def art(name, p50, ratio):
+        return _artifact(name, 1000, p50_ms=p50, threads=2,
+                         side_by_side={"p50_ms": p50, "vs_float32": {"ratio": ratio, "target": "tflite-fp32"}})
+
+    arts = [art("tflite-fp32", 0.0143, 1.0), art("tflite-dynamic", 0.00844, 0.76), art("tflite-int8", 0.00905, 0.63),
+            art("tflite-int8-io", 0.00940, 0.64)]
+    m = Manifest(model={}, tools={}, machine={}, artifacts=arts)
+    (fastest,) = [h for h in highlights(m) if h.startswith("Fastest")]
+    assert fastest.startswith("Fastest: **tflite-int8** (p50 0.00905 ms") and "tflite-int8-io within 3% of it" in fastest
+    assert "tflite-dynamic" not in fastest
+
+
+def test_the_console_summary_cuts_nothing_on_an_80_column_terminal(monkeypatch, tmp_path):
+    """rich cut every cell to fit 80 columns: all six TFLite rows read "tflite…" and 8.70e-02 read "8.70e-…"."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from deploykit import cli
+
+    arts = [_artifact(n, 47_000, p50_ms=0.00905, threads=2) for n in ("tflite-int8-io", "onnx-int8-dynamic")]
+    for a in arts:
+        a.verification = {"passed": True, "max_abs_error": 0.087, "agreement": 1.0, "outputs": {}}
+    m = Manifest(model={"name": "digits_cnn"}, tools={}, machine={}, artifacts=arts)
+    result = types.SimpleNamespace(manifest=m.to_dict(), warnings=[], manifest_path=tmp_path / ("a" * 200),
+                                   report_path=tmp_path / "r.md", html_report_path=tmp_path / "r.html")
+    for width in (80, 160):
+        screen = io.StringIO()
+        monkeypatch.setattr(cli, "_console", lambda stderr=False: Console(file=screen, width=width))
+        cli._print_summary(result)
+        text = screen.getvalue()
+        assert "…" not in text and "tflite-int8-io" in text and "onnx-int8-dynamic" in text and "8.70e-02" in text, text
+        assert f"manifest: {tmp_path / ('a' * 200)}" in text  # one line, however long
+
+
 def test_the_plot_takes_a_log_latency_axis_when_latencies_span_orders_of_magnitude():
     """TF.js at 0.2 ms beside TFLite at 0.006 ms: on a linear axis the fast points (and labels) sat on top
     of each other at the bottom."""

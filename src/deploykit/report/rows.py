@@ -202,9 +202,14 @@ def highlights(manifest: Manifest) -> list[str]:
         timed = [a for a in ok if timing(a).get("p50_ms") is not None]
         if timed:
             fast = min(timed, key=lambda a: timing(a)["p50_ms"])
-            # within the -auto targets' tie ratio: naming one file alone read as a measured difference
+            for _ in range(len(timed)):  # the paired rounds (the table's × fp32 p50) outrank separate p50s:
+                quicker = [a for a in timed if _relative_p50(a, fast) < 1 / TIE_RATIO]  # a file 17 % faster by them
+                if not quicker:                                                         # was called "within 3 %"
+                    break
+                fast = min(quicker, key=lambda a: _relative_p50(a, fast))
+            # within the -auto targets' tie ratio, either way: naming one file alone read as a measured difference
             tied = [a.target for a in sorted(timed, key=lambda a: timing(a)["p50_ms"])
-                    if a is not fast and _relative_p50(a, fast) <= TIE_RATIO][:2]
+                    if a is not fast and 1 / TIE_RATIO <= _relative_p50(a, fast) <= TIE_RATIO][:2]
             lines.append(f"Fastest: **{fast.target}** (p50 {latency_ms(timing(fast)['p50_ms'])} ms, {threads_text(fast.benchmark.get('threads'))}"
                          + (f"; {' and '.join(tied)} within {TIE_RATIO - 1:.0%} of it: a tie" if tied else "") + ")")
         acc = [a for a in ok if a.verification.get("accuracy") is not None]
