@@ -292,6 +292,11 @@ class Pipeline:
         self.bench_overrides = overrides
         for t in list(self.targets):
             t.check_candidates()  # an unknown or -auto candidate is a user error, found before any work
+        if overrides and not bench and not any(t.is_auto for t in self.targets):
+            # recorded in the manifest beside an empty benchmark, for timings that never ran
+            given = ", ".join(f"--{k}" for k in overrides)
+            raise UserError(f"{given} set{'s' if len(overrides) == 1 else ''} the benchmark, which --no-bench turns off; "
+                            "drop one of them (an -auto target still times its candidates)")
         if overrides:
             self.targets = [t.with_bench(**overrides) for t in self.targets]
         if verify_samples < 1:

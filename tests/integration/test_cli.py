@@ -686,7 +686,10 @@ def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_p
         deploykit.convert(keras3_path, None, out=tmp_path / "o1")
     with pytest.raises(UserError, match="a target is a name, a .toml path or a Target, got int 5"):
         deploykit.convert(keras3_path, [5], out=tmp_path / "o2")
-    assert blocker.read_text() == "keep" and not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    # bench settings with the benchmark off: recorded in the manifest beside timings that never ran
+    assert _refusal(["convert", keras3_path, "-t", "tflite-fp32", "--no-bench", "--threads", "4", "--warmup", "3",
+                     "-o", tmp_path / "o3"]).startswith("--threads, --warmup set the benchmark, which --no-bench turns off")
+    assert blocker.read_text() == "keep" and not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
     too_long = tmp_path / ("x" * 300)  # a name no filesystem here takes: a bare OSError from Python before
     for call in (lambda: deploykit.convert(keras3_path, "tflite-fp32", out=too_long),
                  lambda: deploykit.inspect(str(too_long) + ".keras"), lambda: deploykit.bench(str(too_long) + ".tflite")):
