@@ -30,7 +30,22 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # `deploy convert -h` was "No such option: -h"
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deploykit import __version__
+
+        print(f"deploykit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print deploykit's version and exit.")) -> None:
+    """Take a trained Keras/TensorFlow model to verified, benchmarked device artifacts."""
 
 EXIT_TARGET_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -279,6 +294,10 @@ def targets(
     from deploykit.targets import FIELD_DOCS, get_target, list_targets
 
     console = _console()
+    if show is not None and not show.strip():
+        from deploykit.errors import UserError
+
+        raise UserError("--show takes a target's name or a .toml path, e.g. --show tflite-int8")
     if show:
         from deploykit.converters import option_specs
 

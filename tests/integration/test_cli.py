@@ -260,6 +260,15 @@ def test_targets_show_prints_every_field_with_its_doc():
                 assert FIELD_DOCS[name] in line
 
 
+def test_version_short_help_and_an_empty_show():
+    """`deploy convert -h` was "No such option: -h", there was no --version, and `--show ""` listed every target."""
+    from deploykit import __version__
+
+    assert invoke(["--version"]).stdout.strip() == f"deploykit {__version__}"
+    assert invoke(["convert", "-h"]).stdout.startswith("Usage: deploy convert")
+    assert _refusal(["targets", "--show", ""]) == "--show takes a target's name or a .toml path, e.g. --show tflite-int8"
+
+
 def test_targets_show_a_toml_file(cli_inputs):
     result = invoke(["targets", "--show", cli_inputs["tight"]])
     assert result.exit_code == 0, result.output
