@@ -321,11 +321,30 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
             # In the model's own structure (one tensor, a list, a dict): clone_model refuses another.
             struct = getattr(model, "_inputs_struct", None)  # a tensor has no truth value: no `or` here
             inputs = keras.tree.map_structure(float32_input, model.inputs[0] if struct is None else struct)
-        twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
+        with _float32_policy(keras.mixed_precision, keras.config):
+            twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
         copy_state(model, twin)
     except Exception:  # noqa: BLE001 - the converters would name float16 ops, not the dtype
         refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
+    if _low_precision_policies(twin):
+        refuse_low_precision(model, ", ".join(low), "a layer kept its policy when cloned")
     return twin, ", ".join(low)
+
+
+@contextlib.contextmanager
+def _float32_policy(mixed_precision: Any, config: Any) -> Iterator[None]:
+    """While open, the global dtype policy is float32 and floatx float32: a custom layer whose config has
+    no ``dtype`` took the caller's global mixed_float16 when cloned, and the "float32" rebuild still
+    computed in float16 (its TFLite file failed naming ``Mul``; its ONNX file kept float16 Casts).
+    ``mixed_precision``/``config``: Keras 3's modules, or tf_keras's (``backend`` holds its floatx)."""
+    policy, floatx = mixed_precision.global_policy(), config.floatx()
+    mixed_precision.set_global_policy("float32")
+    config.set_floatx("float32")
+    try:
+        yield
+    finally:
+        config.set_floatx(floatx)
+        mixed_precision.set_global_policy(policy)
 
 
 _UNCLONABLE = "it cannot be cloned from its config: subclassed, or a custom layer without from_config"
@@ -339,10 +358,12 @@ def _low_precision_policies(model: Any) -> list[str]:
 
 def refuse_low_precision(model: Any, policies: str, why: str) -> None:
     """ModelLoadError: a model computing in ``policies`` that cannot be rebuilt in float32 (``why``)."""
+    keras = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras"
+    floatx = "tf_keras.backend.set_floatx" if keras == "tf_keras" else "keras.config.set_floatx"
     raise ModelLoadError(
         f"the model computes in {policies}, not float32, and cannot be rebuilt in float32 here ({why}): TFLite, "
         "TF.js and ONNX Runtime take no float16/float64 compute graph; build it with the float32 policy "
-        "(keras.mixed_precision.set_global_policy('float32'), or set_floatx('float32')), copy the weights "
+        f"({keras}.mixed_precision.set_global_policy('float32'), or {floatx}('float32')), copy the weights "
         "with new_model.set_weights(model.get_weights()) and pass that")
 
 
@@ -377,7 +398,8 @@ def float32_twin_tf_keras(model: Any) -> tuple[Any, str | None]:
         return tf_keras.models.clone_model(m, input_tensors=inputs, clone_function=clone)
 
     try:
-        twin = twin_of(model)
+        with _float32_policy(tf_keras.mixed_precision, tf_keras.backend):
+            twin = twin_of(model)
         twin.set_weights([np.asarray(w, np.float32) if np.asarray(w).dtype in (np.float16, np.float64) else w
                           for w in model.get_weights()])
     except Exception:  # noqa: BLE001

@@ -772,6 +772,8 @@ class Pipeline:
                                          for t in self._all_targets() if t.format in DENSE_REFERENCE})
         tuned = load_model(result.model)
         tuned.source = f"{loaded.source} ({suffix})"
+        # the model as given computed in float16/float64: the report says it was rebuilt (a pruned run did not)
+        tuned.float32_from_policy = tuned.float32_from_policy or loaded.float32_from_policy
         tuned.output_keras_names = [o.keras_name for o in loaded.info().outputs]
         loaded.release()
         return result.report, tuned

@@ -975,6 +975,32 @@ def test_tf_keras_mixed_and_float64_models_are_rebuilt_in_float32_and_subclassed
         def call(self, inputs):
             return self.d2(self.d1(inputs))
 
+    # a custom layer whose config has no dtype took the caller's global mixed_float16 when cloned: the "float32"
+    # rebuild failed TFLite naming Mul, and its ONNX file kept float16 Casts
+    @keras.saving.register_keras_serializable("deploykit_tests")
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor=2.0, **kw):
+            super().__init__(**kw)
+            self.factor = factor
+
+        def call(self, inputs):
+            return inputs * self.factor
+
+        def get_config(self):
+            return {"factor": self.factor}
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        i = keras.Input((6,), name="f")
+        scaled = keras.Model(i, keras.layers.Dense(3, activation="softmax", dtype="float32")(Scale(3.0)(keras.layers.Dense(8)(i))))
+        result = deploykit.convert(scaled, ["tflite-fp32", "onnx-fp32"], data=x, out=tmp_path / "scaled", bench=False)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"  # the caller's, put back
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.ok, [(a["target"], a["error"]) for a in result.artifacts]
+    graph = onnx.load(str(result.out / "onnx-fp32" / "model.onnx")).graph
+    assert not [n for n in graph.node if n.op_type == "Cast"]
+
     sub = Sub()
     sub(x[:1])
     with pytest.raises(ModelLoadError, match=r"the model computes in mixed_float16, not float32, and cannot be rebuilt "
