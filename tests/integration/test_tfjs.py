@@ -684,11 +684,36 @@ def test_a_tabular_model_with_discretization_and_one_hot_converts_to_tfjs_and_on
     h = keras.layers.Concatenate()([bins, onehot, num_in[:, 1:]])
     model = keras.Model([num_in, cat_in], keras.layers.Dense(3, activation="softmax")(h))
     num[4, 0] = float(disc.bin_boundaries[1])  # a sample exactly on a boundary
-    result = deploykit.convert(model, ["tfjs-fp32", "onnx-fp32"], data={"num": num, "cat": cat}, out=tmp_path / "o",
-                               bench=False)
-    for target in ("tfjs-fp32", "onnx-fp32"):
+    # the cpu backend's int32 -> float32 Cast keeps an Int32Array: the runner sent its bytes as floats (1 -> 1e-45)
+    cpu = dataclasses.replace(get_target("tfjs-fp32"), name="tfjs-cpu",
+                              options={**get_target("tfjs-fp32").options, "backend": "cpu"})
+    result = deploykit.convert(model, ["tfjs-fp32", cpu, "onnx-fp32"], data={"num": num, "cat": cat},
+                               out=tmp_path / "o", bench=False)
+    for target in ("tfjs-fp32", "tfjs-cpu", "onnx-fp32"):
         art = result.artifact(target)
         assert art["status"] == "ok", art["error"]
         assert art["verification"]["max_abs_error"] < 1e-5, (target, art["verification"])
     ops = {n["op"] for n in json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["modelTopology"]["node"]}
     assert "Bucketize" not in ops and "OneHot" in ops
+    # values verification data never holds: NaN (missing: TensorFlow's last bucket; a count of x >= b said
+    # the first) and id -1 (missing: an all-zero one-hot; ONNX's OneHot read it as the last category)
+    import onnxruntime as ort
+
+    from deploykit.runtime_bench.tfjs.runner import TFJSRunner
+
+    odd = {"num": np.array([[np.nan, 0.5], [np.inf, 0.5], [-np.inf, 0.5], [100.0, 0.5]], np.float32),
+           "cat": np.array([[-1], [4], [7], [-3]], np.int32)}
+    want = np.asarray(model(odd, training=False))
+    session = ort.InferenceSession(str(result.out / "onnx-fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, odd)[0], want, atol=1e-5)
+    for backend in ("wasm", "cpu"):
+        runner = TFJSRunner(result.out / "tfjs-fp32" / "model.json", backend=backend)
+        try:
+            runner.load()
+            np.testing.assert_allclose(next(iter(runner.run(odd).values())), want, atol=1e-5, err_msg=backend)
+        finally:
+            runner.close()
+    # a one-hot as the output itself: on cpu it comes back an Int32Array labelled float32
+    onehot_out = keras.Model(cat_in, keras.layers.CategoryEncoding(num_tokens=5, output_mode="one_hot")(cat_in))
+    art = deploykit.convert(onehot_out, [cpu], data=cat, out=tmp_path / "c", bench=False).artifact("tfjs-cpu")
+    assert art["status"] == "ok" and art["verification"]["max_abs_error"] == 0, art["error"]

@@ -195,12 +195,13 @@ def expand_unsupported_math(graph_def: Any) -> Any:
 
 def expand_bucketize(graph_def: Any) -> Any:
     """Return a copy with each ``Bucketize`` (Keras's Discretization) written as the count of boundaries
-    at or below the value: ``Sum(Cast(GreaterEqual(ExpandDims(x, -1), boundaries), int32), -1)``.
+    the value is not below: ``Sum(Cast(LogicalNot(Less(ExpandDims(x, -1), boundaries)), int32), -1)``.
 
     TF.js has no Bucketize kernel and tf2onnx none for it: a tabular model with a Discretization
-    layer failed both formats. TensorFlow's bucket of x is the i with ``boundaries[i-1] <= x <
-    boundaries[i]``, which is that count; integer inputs are compared as float32, as its kernel does.
-    The node's name stays on the Sum, so its consumers are untouched.
+    layer failed both formats. TensorFlow's kernel counts the boundaries ``x < b`` does not hold for,
+    so NaN (a missing value) lands in the last bucket; a count of ``x >= b`` put it in the first.
+    Integer inputs are compared as float32, as its kernel does. The node's name stays on the Sum,
+    so its consumers are untouched.
     """
     from tensorflow.core.framework import graph_pb2, node_def_pb2
     import numpy as np
@@ -232,7 +233,8 @@ def expand_bucketize(graph_def: Any) -> Any:
         new_nodes += [const_node(f"{node.name}/boundaries", bounds, device=node.device),
                       const_node(f"{node.name}/last_axis", np.array(-1, np.int32), device=node.device)]
         expanded = op(f"{node.name}/expand", "ExpandDims", [x, f"{node.name}/last_axis"], T=compare, Tdim=tf.int32)
-        above = op(f"{node.name}/at_or_above", "GreaterEqual", [expanded.name, f"{node.name}/boundaries"], T=compare)
+        below = op(f"{node.name}/below", "Less", [expanded.name, f"{node.name}/boundaries"], T=compare)
+        above = op(f"{node.name}/not_below", "LogicalNot", [below.name])
         counted = op(f"{node.name}/as_int", "Cast", [above.name], SrcT=tf.bool, DstT=tf.int32)
         total = op(node.name, "Sum", [counted.name, f"{node.name}/last_axis"] + controls, T=tf.int32, Tidx=tf.int32)
         total.attr["keep_dims"].b = False
@@ -241,6 +243,47 @@ def expand_bucketize(graph_def: Any) -> Any:
     return gd
 
 
+def guard_one_hot_negatives(graph_def: Any) -> Any:
+    """Return a copy where each ``OneHot``'s negative indices become ``depth`` (out of range: an all-off row).
+
+    TensorFlow gives a negative id (-1, the usual "missing") an all-zero row; ONNX's OneHot counts it
+    from the end, so tf2onnx's file read -1 as the last category and passed verification, whose data
+    held no negative id. The OneHot keeps its name and its other inputs.
+    """
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+    import numpy as np
+    import tensorflow as tf
+
+    if not any(n.op == "OneHot" for n in graph_def.node):
+        return graph_def
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(graph_def)
+    added = []
+    for node in gd.node:
+        if node.op != "OneHot":
+            continue
+        ti = tf.dtypes.as_dtype(node.attr["TI"].type)
+        indices, depth = node.input[0], node.input[1]
+        zero = const_node(f"{node.name}/no_id", np.array(0, ti.as_numpy_dtype), device=node.device)
+        negative = node_def_pb2.NodeDef(name=f"{node.name}/negative_id", op="Less", input=[indices, zero.name],
+                                        device=node.device)
+        negative.attr["T"].type = ti.as_datatype_enum
+        added += [zero, negative]
+        if ti != tf.int32:  # depth is an int32 scalar
+            cast = node_def_pb2.NodeDef(name=f"{node.name}/depth_as_index", op="Cast", input=[depth], device=node.device)
+            cast.attr["SrcT"].type = tf.int32.as_datatype_enum
+            cast.attr["DstT"].type = ti.as_datatype_enum
+            added.append(cast)
+            depth = cast.name
+        guarded = node_def_pb2.NodeDef(name=f"{node.name}/guarded_id", op="SelectV2", input=[negative.name, depth, indices],
+                                       device=node.device)
+        guarded.attr["T"].type = ti.as_datatype_enum
+        added.append(guarded)
+        node.input[0] = guarded.name
+    gd.node.extend(added)
+    return gd
+
+
 def prepare_for_export(graph_def: Any) -> Any:
     """Inline function calls, then expand ops other formats lack."""
-    return expand_bucketize(expand_unsupported_math(inline_function_calls(graph_def)))
+    return guard_one_hot_negatives(expand_bucketize(expand_unsupported_math(inline_function_calls(graph_def))))

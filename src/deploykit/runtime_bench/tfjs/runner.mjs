@@ -339,6 +339,10 @@ function encodeOutput(t) {
   let values = t.dataSync();
   if (dtype === 'bool') { values = Uint8Array.from(values); }
   else if (dtype !== 'float32' && dtype !== 'int32') { values = Float32Array.from(values); dtype = 'float32'; }
+  // The cpu backend's int32 -> float32 Cast relabels the tensor and keeps its Int32Array: its bytes
+  // sent as float32 read 1 as 1e-45 (a right file failed verification). The values are what count.
+  else if (dtype === 'float32' && !(values instanceof Float32Array)) { values = Float32Array.from(values); }
+  else if (dtype === 'int32' && !(values instanceof Int32Array)) { values = Int32Array.from(values); }
   const data = Buffer.from(values.buffer, values.byteOffset, values.byteLength).toString('base64');
   return { shape: t.shape, dtype, data };
 }
