@@ -767,6 +767,12 @@ def test_a_target_made_in_python_checks_tolerance_and_bench_dicts_as_a_file_does
     object has no attribute 'atol' (a valid dict too), and the manifest recorded the bad value."""
     t = Target("py-tol", "tflite", "fp32", tolerance={"atol": 0.5}, bench={"threads": 1})
     assert isinstance(t.tolerance, Tolerance) and t.tolerance.atol == 0.5 and t.bench.threads == 1
+    # the fields given, over the closest built-in's, as a file's table: over float32 defaults, an int8 file that
+    # passes as tflite-int8 failed element by element
+    int8 = get_target("tflite-int8")
+    loose = dataclasses.replace(int8, name="loose-int8", tolerance={"max_accuracy_drop": 3})
+    assert loose.tolerance == dataclasses.replace(int8.tolerance, max_accuracy_drop=3)
+    assert t.tolerance == dataclasses.replace(get_target("tflite-fp32").tolerance, atol=0.5)
     for kw, message in (({"tolerance": {"atol": -1.0}}, "tolerance.atol must be a finite number >= 0"),
                         ({"bench": {"threads": 0}}, "bench.threads must be an integer in 1..256"),
                         ({"tolerance": {"nope": 1}}, "unknown field\\(s\\) tolerance.nope"),

@@ -305,20 +305,27 @@ class Target:
             raise TargetError(
                 f"{where}: TFLite Micro targets are full int8: set weights, activations and io to \"int8\""
             )
+        # Target(tolerance={"max_accuracy_drop": 3}) in a script: the fields given, over the closest built-in's,
+        # as a file's table is (over float32 defaults, an int8 file failed element by element where the file passed)
+        tables: dict[str, Mapping[str, Any]] = {}
         for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
             value = getattr(self, key)
-            if isinstance(value, Mapping):  # Target(tolerance={"atol": 0.5}) in a script: checked as a file's table is
-                object.__setattr__(self, key, _settings_table(where, key, sub, value))
+            if isinstance(value, Mapping):
+                _settings_table(where, key, sub, value)  # unknown fields and bad values, named as given
+                tables[key] = value
+                object.__setattr__(self, key, None)
             elif value is not None and not isinstance(value, sub):
                 raise TargetError(f"{where}: {key} must be a {sub.__name__} or a dict of its fields, got {value!r}")
         if self.tolerance is None or self.bench is None:
             like = None if _LOADING_BUILTINS else _closest_builtin(
                 {"format": self.format, "precision": self.precision, "weights": self.weights,
                  "activations": self.activations, "io": self.io})
-            if self.tolerance is None:
-                object.__setattr__(self, "tolerance", like.tolerance if like else Tolerance())
-            if self.bench is None:
-                object.__setattr__(self, "bench", like.bench if like else BenchSettings())
+            for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
+                if getattr(self, key) is None:
+                    base = getattr(like, key) if like else sub()
+                    if key in tables:
+                        base = _settings_table(where, key, sub, {**dataclasses.asdict(base), **tables[key]})
+                    object.__setattr__(self, key, base)
         if type(self.calibration_samples).__module__ == "numpy" and hasattr(self.calibration_samples, "__index__") \
                 and not isinstance(self.calibration_samples, bool):  # np.int64(10) from a script, as bench takes it
             object.__setattr__(self, "calibration_samples", int(self.calibration_samples))
