@@ -1105,6 +1105,8 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
                      f"enough, a target file with a wider tolerance.range_atol (here {target.tolerance.range_atol:g} of "
                      f"the output's range) accepts it (deploy targets --show {target.name}); "
                      + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
+    if target.format == "tflite" and target.activations in ("int8", "int16") and failures:
+        hints.append(_int8_one_hot_hint(loaded))
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded) or _float16_offset_hint(loaded))
     # dynamic-range targets quantize activations to 8 bits per call: an input's features share one scale there too
@@ -1155,6 +1157,24 @@ def _calibration_range_hint(target: Target, calib: Any, inputs: dict[str, np.nda
                     "covers what the model will see (--data)" + (f", or raise the target's calibration_samples "
                                                                  f"({len(used)} of {len(calib)} used)" if more else ""))
     return None
+
+
+def _int8_one_hot_hint(loaded: Any) -> str | None:
+    """A one-hot inside the model (CategoryEncoding, or Discretization with output_mode="one_hot"): TFLite's
+    int8 conversion quantizes the category id itself (3 -> 2.99 -> 2) and reads ONE_HOT's off value on the
+    wrong scale (0 as 0.50): every such file failed, said as a lost column or calibration."""
+    model = getattr(loaded, "keras_model", None)
+    if model is None:
+        return None
+    from deploykit.models import _flat_layers
+
+    found = [layer.name for layer in _flat_layers(model) if type(layer).__name__ in ("CategoryEncoding", "Discretization")
+             and getattr(layer, "output_mode", "") == "one_hot"]
+    if not found:
+        return None
+    return (f"TFLite's integer conversion of a one-hot ({', '.join(map(repr, found[:3]))}) quantizes the category id and "
+            "the one-hot's zeros (an id of 3 reads as 2, a 0 as 0.5): use tflite-dynamic or tflite-fp16, or one-hot "
+            "the ids before the model")
 
 
 def _float_ids_hint(loaded: Any) -> str | None:

@@ -586,6 +586,20 @@ def test_evaluation_inputs_past_the_calibration_range_are_named_instead_of_more_
     assert _failure_hints(get_target("tflite-dynamic"), model, {"x": x[:4, 0, 0]}, lost)[:1] != [int8]
 
 
+def test_tflite_int8_of_a_one_hot_names_it_and_the_float_targets_that_pass(tmp_path):
+    """TFLite's int8 file quantizes a CategoryEncoding's ids and zeros: it failed, told of a lost column only."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = np.random.default_rng(0).integers(0, 8, (300, 1)).astype("int32")
+    inp = keras.Input((1,), name="cat", dtype="int32")
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.CategoryEncoding(8, "one_hot", name="cat_1hot")(inp)))
+    result = deploykit.convert(model, ["tflite-int8", "tflite-dynamic"], data=ids, out=tmp_path / "o", bench=False)
+    assert result.artifact("tflite-dynamic")["status"] == "ok"
+    assert "TFLite's integer conversion of a one-hot ('cat_1hot') quantizes the category id" in \
+        result.artifact("tflite-int8")["error"]
+
+
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
     """Deep tanh stack with gain 4: the last bit of an input moves its outputs by ~1e-2.
 
