@@ -585,8 +585,15 @@ def test_onnx_runtime_load_failures_give_the_reason_not_its_cpp_scaffolding(tmp_
     result = deploykit.convert(model, ["onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("onnx-int8-qop")["error"]
     assert "'Cubic' mode only supports" in error and "onnxruntime_src" not in error, error
-    assert error.endswith("use interpolation='bilinear' in the Keras Resizing layer, or onnx-fp32, onnx-fp16 or "
-                          "onnx-int8-dynamic"), error
+    assert error.endswith("use interpolation='bilinear' in the Keras Resizing layer, or a TFLite or TF.js target (a "
+                          "float ONNX file runs it where a convolution follows the Resize)"), error
+    # the float file of a model that ends in the Resize fails the same way: it was called "the quantized graph"
+    # and told to try onnx-fp32
+    inp = keras.Input((24, 40, 3), name="image")
+    ends = keras.Model(inp, keras.layers.Resizing(15, 17, interpolation="bicubic")(inp))
+    x = np.random.default_rng(0).integers(0, 256, (16, 24, 40, 3)).astype("float32")
+    error = deploykit.convert(ends, ["onnx-fp32"], data=x, out=tmp_path / "e", bench=False).artifact("onnx-fp32")["error"]
+    assert "cannot run the bicubic Resize" in error and "quantized" not in error and "or onnx-fp32" not in error, error
 
 
 def test_auto_still_measures_with_benchmarks_off(tmp_path, keras3_model, digits):

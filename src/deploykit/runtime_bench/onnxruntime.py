@@ -123,12 +123,14 @@ def ort_reason(exc: Exception, limit: int = 400) -> str:
 def _said_with_way_out(reason: str) -> str:
     """ONNX Runtime's reason, shortened and with what to do where the cause is known."""
     if "'Cubic' mode only supports" in reason:
-        # An int8 graph's bicubic Resize between quantize/dequantize nodes: ORT's layout rewrite at full
-        # optimization makes it a 4-D cubic resize of the wrong axes, which its kernel refuses.
+        # ORT's cubic kernel takes 2-D inputs (or 4-D resized over the last two axes); an NHWC image's Resize
+        # resizes its middle axes. tf2onnx moves a float graph's Resize into NCHW when a convolution follows
+        # it; an int8 graph's, between quantize/dequantize nodes, and one that ends the model stay NHWC.
         node = re.search(r"Name:'([^']+)'", reason)
-        return (f"ONNX Runtime cannot run the quantized graph's bicubic Resize{f' {node.group(1)!r}' if node else ''} "
-                "('Cubic' mode only supports 2-D inputs ...): use interpolation='bilinear' in the Keras Resizing layer, "
-                "or onnx-fp32, onnx-fp16 or onnx-int8-dynamic")
+        return (f"ONNX Runtime cannot run the bicubic Resize{f' {node.group(1)!r}' if node else ''} of an image in "
+                "channels-last layout ('Cubic' mode only supports 2-D inputs ...): use interpolation='bilinear' in the "
+                "Keras Resizing layer, or a TFLite or TF.js target (a float ONNX file runs it where a convolution "
+                "follows the Resize)")
     return reason
 
 
