@@ -933,6 +933,7 @@ class Pipeline:
                             runner, inputs, reference, output_names, target.tolerance, labels=evald.y, noise=noise,
                             targets=evald.targets, label_output=self._label_index,
                             batch_check=1 if conv_settings.get("batch_dependent") else DEFAULT_BATCH_CHECK,
+                            calibrated=target.needs_calibration,  # only a calibrated range can end short
                         )
                     artifact.steps["verify"] = mem.to_dict()
                     if conv_settings.get("note"):  # what the converter did that the target's name does not say

@@ -923,6 +923,7 @@ def verify(
     noise: Sequence[float] | Callable[[], Sequence[float]] | None = None,
     targets: np.ndarray | None = None,
     label_output: int | None = None,
+    calibrated: bool = True,
 ) -> dict[str, Any]:
     """Check an artifact against reference outputs on the same raw inputs.
 
@@ -951,6 +952,8 @@ def verify(
             when the artifact's is over 20 % higher; parity decides pass or fail.
         label_output: Index of the output labels (or targets) score, when the user named one;
             default: the first that fits them (:func:`scored_output`).
+        calibrated: The artifact's integer ranges were calibrated on data: a failure at a range's end
+            then says so (a float file has no such end; a TF.js file was told of calibration data).
 
     Returns:
         Per-output errors, accuracy/agreement, ``passed`` and the list of ``failures``.
@@ -1048,7 +1051,7 @@ def verify(
             failure = "has NaN/inf values" if not cmp["finite"] else _id_failure(ref, share, tolerance)
         else:
             failure = _elementwise_failure(cmp, moved)
-            if failure and moved is None and cmp["finite"]:
+            if failure and moved is None and cmp["finite"] and calibrated:
                 hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
                 failure += f"; {hint}" if hint else ""
         if failure and moved is not None and ref.ndim == 2 and ref.shape[1] >= 256:
@@ -1082,7 +1085,7 @@ def verify(
             failure = _judge_classes(ref, got[name], cmp, tolerance,
                                      np.shape(labels) if names.index(name) == scored else None,
                                      gated=names.index(name) == scored or is_probabilities(ref))
-            if failure and ref is binary and cmp["finite"]:  # pinned at a calibration edge: say so
+            if failure and ref is binary and cmp["finite"] and calibrated:  # pinned at a calibration edge: say so
                 hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
                 failure += f"; {hint}" if hint else ""
             if failure:

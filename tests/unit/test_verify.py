@@ -1331,3 +1331,18 @@ def test_an_agreement_failure_on_too_few_samples_says_how_many_would_tell():
     # a 100 % rule allows no change at any count: it said "verify on at least 3000000000"
     strict = Tolerance(atol=0.0, range_atol=0.05, min_agreement=1.0)
     assert "verify on at least" not in _judge_classes(ref, got, {}, strict, (64,), gated=True)
+
+
+def test_only_a_calibrated_file_is_told_its_range_ended_where_the_calibration_data_did():
+    """A TF.js float file (its cpu runner misreading one-hot rows) was told "the calibration data's outputs
+    ended there": float files have no calibrated range."""
+    class Runner:
+        def run(self, feed):
+            return {"y": np.minimum(feed["x"] * 2.0, 1.0)}  # stops at 1.0 where the reference goes on to 2
+
+    x = np.linspace(0, 1, 64, dtype="float32").reshape(16, 4)
+    tol = get_target("tflite-int8").tolerance
+    calibrated = verify(Runner(), {"x": x}, [x * 2.0], ["y"], tol)
+    plain = verify(Runner(), {"x": x}, [x * 2.0], ["y"], tol, calibrated=False)
+    assert any("the artifact's output stops at 1" in f for f in calibrated["failures"]), calibrated["failures"]
+    assert plain["failures"] and not any("stops at" in f for f in plain["failures"]), plain["failures"]
