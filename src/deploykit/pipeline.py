@@ -883,7 +883,7 @@ class Pipeline:
                     runner.load()
                     self._float_verdicts[key] = verify(
                         runner, inputs, reference, output_names, float_target.tolerance, labels=evald.y, noise=noise,
-                        targets=evald.targets, label_output=self._label_index)
+                        targets=evald.targets, label_output=self._label_index, calibrated=False)
                 finally:
                     runner.close()
         found = self._float_verdicts[key]
