@@ -1301,8 +1301,9 @@ _FLOAT_INPUT_WAY_OUT = {
 
 # Where an integer target changes only answers the model was unsure of: what keeps more precision.
 _MORE_PRECISION = {
-    "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
-              "tflite-dynamic, or --qat (tf_keras models) to train the model for int8",
+    "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size; its "
+              "quantizer has no kernel for hard_swish or gelu, as in MobileNetV3) or tflite-dynamic, or --qat "
+              "(tf_keras models) to train the model for int8",
     "tflite-int16": "for more precision try a target with float activations (tflite-dynamic: int8 weights, about the "
                     "same size; tflite-fp16)",
     "onnx": "for more precision try onnx-int16x8 (16-bit activations, int8 weights: about the same size) or a "

@@ -367,7 +367,8 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
         named = ", ".join(f"{op} ({_OP_ORIGIN[op]})" if op in _OP_ORIGIN else op for op in unquantizable)
         mode = re.search(r"Quantization to (\S+) not yet supported", text + " " + native)
         return (f"{target.name}: TFLite's {mode.group(1) if mode else target.activations} quantizer has no kernel "
-                f"for op(s) {named}; choose tflite-int8 or a float target (tflite-fp16, tflite-fp32) for this model")
+                f"for op(s) {named}; choose a target with float activations (tflite-dynamic: int8 weights, about the "
+                "same size; tflite-fp16) or tflite-int8 for this model")
     # Converter messages repeat one sentence per op instance: each said once, cut at a word.
     said = " ".join(dict.fromkeys(re.split(r"(?<=\.) ", text)))
     return f"{target.name}: TFLite conversion failed: {said if len(said) <= 400 else said[:400].rsplit(' ', 1)[0] + ' ...'}"
