@@ -558,7 +558,10 @@ def _judge_classes(ref: np.ndarray, got: np.ndarray, cmp: dict[str, Any], tol: A
     if failure:
         if flips["count"]:
             failure += (f" (on the {flips['count']} changed answers the model's own top two probabilities were at most "
-                        f"{flips['max_lead']:.2g} apart, median {flips['median_lead']:.2g}: rounding where the model is unsure)"
+                        f"{flips['max_lead']:.2g} apart, median {flips['median_lead']:.2g}: "
+                        # a 0.43 lead among 10 classes is no near-tie, though under CONFIDENT_LEAD
+                        + ("rounding where the model is unsure)" if flips["max_lead"] <= NEAR_TIE_LEAD else
+                           "mostly rounding where the model is unsure)")
                         if not flips["confident"] else
                         f" (on {flips['confident']} of the {flips['count']} changed answers the model's own top two "
                         f"probabilities were more than {CONFIDENT_LEAD:g} apart: more than rounding where it is unsure)")
@@ -656,6 +659,8 @@ def flips_by_lead(ref: np.ndarray, flipped: np.ndarray) -> dict[str, Any]:
 # that changes it is not losing precision at a near-tie (int8 flips on a trained 1-D conv model all
 # had leads under 0.46, median 0.12).
 CONFIDENT_LEAD = 0.5
+# Changed answers all within this lead are near-ties; up to CONFIDENT_LEAD, "mostly" (the median says how many).
+NEAR_TIE_LEAD = 0.3
 
 
 def _agreement_failure(share: float, tol: Any, what: str = "top-1 agreement") -> str | None:

@@ -1033,7 +1033,13 @@ def test_a_failed_agreement_says_how_sure_the_model_was_where_answers_changed():
     assert cmp["flips"] == {"count": 10, "confident": 0, "max_lead": pytest.approx(lead.max()),
                             "median_lead": pytest.approx(np.median(lead))}
     assert "on the 10 changed answers the model's own top two probabilities were at most" in failure
-    assert "rounding where the model is unsure" in failure
+    assert ": rounding where the model is unsure" in failure
+    # leads up to 0.43 among the changed answers (EfficientNetV2B0's int8): no near-tie, though not a sure answer
+    wide = ref.copy()
+    wide[:3] = [[0.6, 0.17, 0.23], [0.55, 0.4, 0.05], [0.5, 0.45, 0.05]]
+    moved = unsure.copy()
+    moved[:3] = wide[:3][:, [1, 0, 2]]
+    assert ": mostly rounding where the model is unsure" in (_judge_classes(wide, moved, {}, int8, None, gated=True) or "")
     sure = unsure.copy()
     ref[50], sure[50] = [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]  # a clear answer changed
     failure = _judge_classes(ref, sure, cmp, int8, None, gated=True) or ""
