@@ -790,3 +790,12 @@ def test_an_upper_case_toml_suffix_and_numpy_counts_are_taken(tmp_path):
     assert get_target(str(tmp_path / "board.TOML")).name == "board"
     t = Target("np-cal", "tflite", "int8", weights="int8", activations="int8", calibration_samples=np.int64(10))
     assert t.calibration_samples == 10 and type(t.calibration_samples) is int
+
+
+def test_two_candidates_that_are_one_target_under_two_names_are_said_so(tmp_path):
+    """A q.toml copying tflite-int8, listed beside it, was blamed on the auto file's options (it has none)."""
+    (tmp_path / "q.toml").write_text('format = "tflite"\nprecision = "int8"\nweights = "int8"\nactivations = "int8"\n')
+    (tmp_path / "a.toml").write_text('format = "tflite"\nprecision = "auto"\ncandidates = ["tflite-int8", "q.toml"]\n')
+    with pytest.raises(TargetError, match="candidates 'tflite-int8' and 'q' are the same target under two names; "
+                                          "list one of them"):
+        get_target(str(tmp_path / "a.toml")).candidate_targets()

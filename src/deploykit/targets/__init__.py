@@ -427,6 +427,11 @@ class Target:
             for cand_b, b in built[i + 1:]:
                 if dataclasses.replace(a, name="x", description="") == dataclasses.replace(b, name="x", description=""):
                     apart = sorted(k for k in self.options if cand_a.options.get(k) != cand_b.options.get(k))
+                    if not apart and dataclasses.replace(cand_a, name="x", description="") == \
+                            dataclasses.replace(cand_b, name="x", description=""):
+                        # the same settings under two names (a q.toml that copies tflite-int8): no option did it
+                        raise TargetError(f"{where}: candidates {cand_a.name!r} and {cand_b.name!r} are the same "
+                                          "target under two names; list one of them")
                     raise TargetError(
                         f"{where}: its options make candidates {cand_a.name!r} and {cand_b.name!r} the same target"
                         + (f" ({', '.join('options.' + k for k in apart)} is what tells them apart)" if apart else "")
