@@ -585,8 +585,9 @@ def test_onnx_runtime_load_failures_give_the_reason_not_its_cpp_scaffolding(tmp_
     result = deploykit.convert(model, ["onnx-int8-qop"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("onnx-int8-qop")["error"]
     assert "'Cubic' mode only supports" in error and "onnxruntime_src" not in error, error
-    assert error.endswith("use interpolation='bilinear' in the Keras Resizing layer, or a TFLite or TF.js target (a "
-                          "float ONNX file runs it where a convolution follows the Resize)"), error
+    assert error.endswith("use interpolation='bilinear' in the Keras Resizing layer (TFLite and TF.js have no bicubic "
+                          "resize either), or resize before the model (a float ONNX file runs it where a convolution "
+                          "follows the Resize)"), error
     # the float file of a model that ends in the Resize fails the same way: it was called "the quantized graph"
     # and told to try onnx-fp32
     inp = keras.Input((24, 40, 3), name="image")

@@ -717,3 +717,21 @@ def test_a_tabular_model_with_discretization_and_one_hot_converts_to_tfjs_and_on
     onehot_out = keras.Model(cat_in, keras.layers.CategoryEncoding(num_tokens=5, output_mode="one_hot")(cat_in))
     art = deploykit.convert(onehot_out, [cpu], data=cat, out=tmp_path / "c", bench=False).artifact("tfjs-cpu")
     assert art["status"] == "ok" and art["verification"]["max_abs_error"] == 0, art["error"]
+
+
+def test_a_one_hot_of_byte_ids_still_converts_to_tfjs(tmp_path):
+    """The ONNX guard for negative one-hot ids ran for TF.js too and made an int8 constant, which TF.js
+    weights cannot hold: a model one-hotting int8 ids was refused (TF.js gives -1 an all-off row itself)."""
+    import keras
+    import tensorflow as tf
+
+    class OneHot(keras.layers.Layer):
+        def call(self, ids):
+            return tf.reshape(tf.one_hot(ids, 6), (-1, 18))
+
+    keras.utils.set_random_seed(0)
+    ids_in = keras.Input((3,), dtype="int8", name="ids")
+    model = keras.Model(ids_in, keras.layers.Dense(4)(OneHot()(ids_in)))
+    ids = np.random.default_rng(0).integers(-1, 6, (64, 3)).astype("int8")
+    art = deploykit.convert(model, ["tfjs-fp32"], data={"ids": ids}, out=tmp_path / "o", bench=False).artifact("tfjs-fp32")
+    assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 1e-5, art["error"]

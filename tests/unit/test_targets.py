@@ -773,6 +773,10 @@ def test_a_target_made_in_python_checks_tolerance_and_bench_dicts_as_a_file_does
     loose = dataclasses.replace(int8, name="loose-int8", tolerance={"max_accuracy_drop": 3})
     assert loose.tolerance == dataclasses.replace(int8.tolerance, max_accuracy_drop=3)
     assert t.tolerance == dataclasses.replace(get_target("tflite-fp32").tolerance, atol=0.5)
+    # an -auto target's own: set on its candidates, as a file's [tolerance] table (it was silently dropped)
+    auto = Target("my-auto", "tfjs", "auto", candidates=("tfjs-fp32", "tfjs-uint8"), tolerance={"min_agreement": 0.5})
+    assert auto.overrides == {"tolerance": {"min_agreement": 0.5}}
+    assert [c.tolerance.min_agreement for c in auto.candidate_targets()] == [0.5, 0.5]
     for kw, message in (({"tolerance": {"atol": -1.0}}, "tolerance.atol must be a finite number >= 0"),
                         ({"bench": {"threads": 0}}, "bench.threads must be an integer in 1..256"),
                         ({"tolerance": {"nope": 1}}, "unknown field\\(s\\) tolerance.nope"),

@@ -260,7 +260,7 @@ def guard_one_hot_negatives(graph_def: Any) -> Any:
     gd.CopyFrom(graph_def)
     added = []
     for node in gd.node:
-        if node.op != "OneHot":
+        if node.op != "OneHot" or tf.dtypes.as_dtype(node.attr["TI"].type).is_unsigned:  # no negative id there
             continue
         ti = tf.dtypes.as_dtype(node.attr["TI"].type)
         indices, depth = node.input[0], node.input[1]
@@ -284,6 +284,8 @@ def guard_one_hot_negatives(graph_def: Any) -> Any:
     return gd
 
 
-def prepare_for_export(graph_def: Any) -> Any:
-    """Inline function calls, then expand ops other formats lack."""
-    return guard_one_hot_negatives(expand_bucketize(expand_unsupported_math(inline_function_calls(graph_def))))
+def prepare_for_export(graph_def: Any, onnx: bool = False) -> Any:
+    """Inline function calls, then expand ops other formats lack; for ONNX (``onnx``), guard OneHot's
+    negative ids too (TF.js gives them all-off rows itself, and holds no int8/uint8 constant for a guard)."""
+    graph_def = expand_bucketize(expand_unsupported_math(inline_function_calls(graph_def)))
+    return guard_one_hot_negatives(graph_def) if onnx else graph_def

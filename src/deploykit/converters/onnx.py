@@ -120,7 +120,7 @@ def to_onnx(model: Any, opset: int) -> Any:
                 str(model.saved_model_dir()), None, None, "serve", ["serving_default"],
                 return_tensors_to_rename=True,
             )
-            graph_def = prepare_for_export(graph_def)
+            graph_def = prepare_for_export(graph_def, onnx=True)
             _refuse_misconverted_ops(graph_def)
             proto, _ = tf2onnx_convert.from_graph_def(
                 graph_def, input_names=inputs, output_names=outputs, opset=opset, tensors_to_rename=renames,

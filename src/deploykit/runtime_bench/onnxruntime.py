@@ -129,8 +129,8 @@ def _said_with_way_out(reason: str) -> str:
         node = re.search(r"Name:'([^']+)'", reason)
         return (f"ONNX Runtime cannot run the bicubic Resize{f' {node.group(1)!r}' if node else ''} of an image in "
                 "channels-last layout ('Cubic' mode only supports 2-D inputs ...): use interpolation='bilinear' in the "
-                "Keras Resizing layer, or a TFLite or TF.js target (a float ONNX file runs it where a convolution "
-                "follows the Resize)")
+                "Keras Resizing layer (TFLite and TF.js have no bicubic resize either), or resize before the model "
+                "(a float ONNX file runs it where a convolution follows the Resize)")
     return reason
 
 

@@ -310,7 +310,14 @@ class Target:
         tables: dict[str, Mapping[str, Any]] = {}
         for key, sub in (("tolerance", Tolerance), ("bench", BenchSettings)):
             value = getattr(self, key)
-            if isinstance(value, Mapping):
+            if isinstance(value, Mapping) and self.candidates:
+                # an -auto target's own tolerance judges nothing: set on its candidates, as a file's table is
+                if key in (self.overrides or {}):
+                    raise TargetError(f"{where}: set {key} directly or under overrides, not both")
+                _settings_table(where, key, sub, value)
+                object.__setattr__(self, "overrides", {**(self.overrides or {}), key: dict(value)})
+                object.__setattr__(self, key, None)
+            elif isinstance(value, Mapping):
                 _settings_table(where, key, sub, value)  # unknown fields and bad values, named as given
                 tables[key] = value
                 object.__setattr__(self, key, None)
