@@ -18,7 +18,7 @@ and tf2onnx, which have none).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall"}
 
@@ -166,31 +166,47 @@ def has_function_calls(graph_def: Any) -> bool:
     return any(n.op in CALL_OPS for n in graph_def.node)
 
 
-def expand_unsupported_math(graph_def: Any) -> Any:
-    """Return a copy with Erfc rewritten as ``1 - Erf``; node names (and so consumers) are kept."""
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
-    import numpy as np
-    import tensorflow as tf
+def _replace_ops(graph_def: Any, op: str, expand: Callable[[Any], list[Any]]) -> Any:
+    """A copy of ``graph_def`` with each ``op`` node replaced by the nodes ``expand(node)`` returns (the
+    last of them takes the node's name, so its consumers read it as before); the graph itself when it
+    has no such node."""
+    from tensorflow.core.framework import graph_pb2
 
-    if not any(n.op == "Erfc" for n in graph_def.node):
+    if not any(n.op == op for n in graph_def.node):
         return graph_def
     gd = graph_pb2.GraphDef()
     gd.CopyFrom(graph_def)
     new_nodes = []
     for node in gd.node:
-        if node.op != "Erfc":
-            new_nodes.append(node)
-            continue
-        dtype = tf.dtypes.as_dtype(node.attr["T"].type)
-        erf = node_def_pb2.NodeDef(name=f"{node.name}/erf", op="Erf", input=[node.input[0]], device=node.device)
-        erf.attr["T"].CopyFrom(node.attr["T"])
-        one = const_node(f"{node.name}/one", np.array(1, dtype=dtype.as_numpy_dtype), device=node.device)
-        sub = node_def_pb2.NodeDef(name=node.name, op="Sub", input=[one.name, erf.name] + [i for i in node.input[1:] if i.startswith("^")], device=node.device)
-        sub.attr["T"].CopyFrom(node.attr["T"])
-        new_nodes += [one, erf, sub]
+        new_nodes += expand(node) if node.op == op else [node]
     del gd.node[:]
     gd.node.extend(new_nodes)
     return gd
+
+
+def _node(template: Any, name: str, kind: str, inputs: list[str], **types: Any) -> Any:
+    """A NodeDef on ``template``'s device, with its type attributes (``T=tf.float32``...)."""
+    from tensorflow.core.framework import node_def_pb2
+
+    made = node_def_pb2.NodeDef(name=name, op=kind, input=inputs, device=template.device)
+    for attr, t in types.items():
+        made.attr[attr].type = t.as_datatype_enum
+    return made
+
+
+def expand_unsupported_math(graph_def: Any) -> Any:
+    """Return a copy with Erfc rewritten as ``1 - Erf``; node names (and so consumers) are kept."""
+    import numpy as np
+    import tensorflow as tf
+
+    def one_minus_erf(node: Any) -> list[Any]:
+        dtype = tf.dtypes.as_dtype(node.attr["T"].type)
+        controls = [i for i in node.input[1:] if i.startswith("^")]
+        one = const_node(f"{node.name}/one", np.array(1, dtype=dtype.as_numpy_dtype), device=node.device)
+        erf = _node(node, f"{node.name}/erf", "Erf", [node.input[0]], T=dtype)
+        return [one, erf, _node(node, node.name, "Sub", [one.name, erf.name] + controls, T=dtype)]
+
+    return _replace_ops(graph_def, "Erfc", one_minus_erf)
 
 
 def expand_bucketize(graph_def: Any) -> Any:
@@ -203,44 +219,29 @@ def expand_bucketize(graph_def: Any) -> Any:
     Integer inputs are compared as float32, as its kernel does. The node's name stays on the Sum,
     so its consumers are untouched.
     """
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
     import numpy as np
     import tensorflow as tf
 
-    if not any(n.op == "Bucketize" for n in graph_def.node):
-        return graph_def
-    gd = graph_pb2.GraphDef()
-    gd.CopyFrom(graph_def)
-    new_nodes = []
-    for node in gd.node:
-        if node.op != "Bucketize":
-            new_nodes.append(node)
-            continue
+    def count(node: Any) -> list[Any]:
         dtype = tf.dtypes.as_dtype(node.attr["T"].type)
         compare = tf.float64 if dtype == tf.float64 else tf.float32
-        x, controls = node.input[0], [i for i in node.input[1:] if i.startswith("^")]
-
-        def op(name: str, kind: str, inputs: list[str], **types: Any) -> Any:
-            made = node_def_pb2.NodeDef(name=name, op=kind, input=inputs, device=node.device)
-            for attr, t in types.items():
-                made.attr[attr].type = t.as_datatype_enum
-            new_nodes.append(made)
-            return made
-
+        x, controls, name = node.input[0], [i for i in node.input[1:] if i.startswith("^")], node.name
+        made = []
         if dtype != compare:
-            x = op(f"{node.name}/as_float", "Cast", [x], SrcT=dtype, DstT=compare).name
+            made.append(_node(node, f"{name}/as_float", "Cast", [x], SrcT=dtype, DstT=compare))
+            x = made[-1].name
         bounds = np.asarray(list(node.attr["boundaries"].list.f), dtype=compare.as_numpy_dtype)
-        new_nodes += [const_node(f"{node.name}/boundaries", bounds, device=node.device),
-                      const_node(f"{node.name}/last_axis", np.array(-1, np.int32), device=node.device)]
-        expanded = op(f"{node.name}/expand", "ExpandDims", [x, f"{node.name}/last_axis"], T=compare, Tdim=tf.int32)
-        below = op(f"{node.name}/below", "Less", [expanded.name, f"{node.name}/boundaries"], T=compare)
-        above = op(f"{node.name}/not_below", "LogicalNot", [below.name])
-        counted = op(f"{node.name}/as_int", "Cast", [above.name], SrcT=tf.bool, DstT=tf.int32)
-        total = op(node.name, "Sum", [counted.name, f"{node.name}/last_axis"] + controls, T=tf.int32, Tidx=tf.int32)
-        total.attr["keep_dims"].b = False
-    del gd.node[:]
-    gd.node.extend(new_nodes)
-    return gd
+        made += [const_node(f"{name}/boundaries", bounds, device=node.device),
+                 const_node(f"{name}/last_axis", np.array(-1, np.int32), device=node.device),
+                 _node(node, f"{name}/expand", "ExpandDims", [x, f"{name}/last_axis"], T=compare, Tdim=tf.int32),
+                 _node(node, f"{name}/below", "Less", [f"{name}/expand", f"{name}/boundaries"], T=compare),
+                 _node(node, f"{name}/not_below", "LogicalNot", [f"{name}/below"]),
+                 _node(node, f"{name}/as_int", "Cast", [f"{name}/not_below"], SrcT=tf.bool, DstT=tf.int32),
+                 _node(node, name, "Sum", [f"{name}/as_int", f"{name}/last_axis"] + controls, T=tf.int32, Tidx=tf.int32)]
+        made[-1].attr["keep_dims"].b = False
+        return made
+
+    return _replace_ops(graph_def, "Bucketize", count)
 
 
 def guard_one_hot_negatives(graph_def: Any) -> Any:
