@@ -291,7 +291,7 @@ def targets(
     show: Optional[str] = typer.Option(None, "--show", help="Print every field of one target (name or .toml path)."),
 ) -> None:
     """List the built-in target profiles and their settings."""
-    from deploykit.targets import FIELD_DOCS, get_target, list_targets
+    from deploykit.targets import FIELD_DOCS, get_target, is_toml_path, list_targets
 
     console = _console()
     if show is not None and not show.strip():
@@ -321,7 +321,7 @@ def targets(
                                       markup=False)
             elif value is not None:
                 if key == "candidates":  # a candidate file was joined to its auto file's folder: absolute, it loads anywhere
-                    value = [os.path.abspath(c) if c.lower().endswith(".toml") else c for c in value]
+                    value = [os.path.abspath(c) if is_toml_path(c) else c for c in value]
                 console.print(f"{key} = {_toml_value(value)}    # {FIELD_DOCS.get(key, '')}", highlight=False,
                               soft_wrap=True, markup=False)
         return

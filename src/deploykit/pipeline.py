@@ -33,7 +33,7 @@ from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_S
                                         label_output_index)
 from deploykit.outdir import (LOCK_NAME, REPORT_FILES, check_out_dir, discard_previous_run, lock_out_dir,
                               restore_previous_run, set_aside_previous_run, signals_held)
-from deploykit.targets import Target, get_target
+from deploykit.targets import Target, get_target, is_toml_path
 from deploykit.tmpdirs import TempDir, remove_stale
 
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-gzip")
@@ -149,7 +149,7 @@ def _alias(aliases: dict[str, str], target: Any) -> Any:
         return target
     if str(target) in aliases:
         return aliases[str(target)]
-    if str(target).lower().endswith(".toml"):
+    if is_toml_path(target):
         return aliases.get(str(Path(os.path.expanduser(target)).resolve()), str(target))
     return str(target)
 

@@ -81,6 +81,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # TOML `true` is not 1
 
 
+def _plain_int(value: Any) -> Any:
+    """``np.int64(15)`` from a script as the int it is; anything else (a bool too) as it is, to be checked."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+def is_toml_path(name: Any) -> bool:
+    """A target given as a path to a target file (``board.toml``, ``board.TOML``), not a profile name."""
+    return isinstance(name, (str, Path)) and str(name).lower().endswith(".toml")
+
+
 PROBABILITY_GATES = ("elementwise", "metric")
 
 
@@ -193,10 +203,8 @@ class BenchSettings:
         # Upper bounds too: --threads 5000 started thousands of runtime threads on a 2-core machine
         # and did not finish in ten minutes; a 20-digit number failed every target on a type error.
         for name, low, high in (("threads", 1, MAX_THREADS), ("warmup", 0, 100_000), ("iterations", 1, 1_000_000)):
-            value = getattr(self, name)
-            if type(value).__module__ == "numpy" and hasattr(value, "__index__") and not isinstance(value, bool):  # np.int64
-                value = int(value)
-                object.__setattr__(self, name, value)
+            value = _plain_int(getattr(self, name))
+            object.__setattr__(self, name, value)
             if not _is_int(value) or not low <= value <= high:
                 raise TargetError(f"bench.{name} must be an integer in {low}..{high:,}, got {value!r}")
 
@@ -333,9 +341,7 @@ class Target:
                     if key in tables:
                         base = _settings_table(where, key, sub, {**dataclasses.asdict(base), **tables[key]})
                     object.__setattr__(self, key, base)
-        if type(self.calibration_samples).__module__ == "numpy" and hasattr(self.calibration_samples, "__index__") \
-                and not isinstance(self.calibration_samples, bool):  # np.int64(10) from a script, as bench takes it
-            object.__setattr__(self, "calibration_samples", int(self.calibration_samples))
+        object.__setattr__(self, "calibration_samples", _plain_int(self.calibration_samples))
         if not _is_int(self.calibration_samples) or self.calibration_samples < 1:
             raise TargetError(f"{where}: calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if not isinstance(self.options, Mapping):
@@ -558,8 +564,8 @@ def _check_options(fmt: str, options: dict[str, Any], where: str, *, fill: bool 
             raise TargetError(f"{where}: options.{name} picks which kind of {fmt} target a candidate is, so an -auto "
                               "target cannot set it on all of them; list the candidates you want")
         value = options.get(name, spec.default)
-        if spec.type is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            value = int(value)  # np.int64(15) from a script, as threads= and iterations= take it
+        if spec.type is int:
+            value = _plain_int(value)
         if value is None and spec.default is None:  # optional setting left unset
             out[name] = None
             continue
@@ -643,7 +649,7 @@ def load_target_file(path: str | Path) -> Target:
         if given:
             entry["overrides"] = given
         if isinstance(entry["candidates"], list):  # candidate files beside this one, as config files do
-            entry["candidates"] = [str(path.parent / c) if isinstance(c, str) and c.lower().endswith(".toml")
+            entry["candidates"] = [str(path.parent / c) if is_toml_path(c)
                                    and not Path(c).is_absolute() else c for c in entry["candidates"]]
     _fill_types(entry, str(path))
     # A user profile that does not set a tolerance field takes it from the built-in profile of
@@ -694,7 +700,7 @@ def _fill_types(entry: dict[str, Any], where: str) -> None:
         # types was refused for "float32 weights" it never asked for. They come from its first candidate.
         head = entry["candidates"][0] if isinstance(entry["candidates"], list) else None
         first = _builtins().get(head) if isinstance(head, str) else None
-        if first is None and isinstance(head, str) and head.lower().endswith(".toml"):
+        if first is None and is_toml_path(head):
             with contextlib.suppress(TargetError):  # a candidate file's own mistakes are said where it is built
                 first = load_target_file(head)
         if first is not None and not any(k in entry for k in TYPE_FIELDS):
@@ -752,7 +758,7 @@ def get_target(name: str | Target) -> Target:
     builtins = _builtins()
     if name in builtins:
         return builtins[name]
-    if name.lower().endswith(".toml"):
+    if is_toml_path(name):
         return load_target_file(name)
     raise TargetError(
         f"unknown target {name!r}; known targets: {', '.join(builtins)} (or a path to a .toml target file)"
