@@ -24,7 +24,7 @@ import threading
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -305,13 +305,7 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
     if not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
         refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
 
-    def clone(layer: Any) -> Any:
-        config = layer.get_config()
-        if "dtype" in config and not isinstance(layer, keras.layers.InputLayer):
-            config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
-
-    try:
+    def build() -> Any:
         inputs = None
         if any(str(t.dtype) == "float64" for t in model.inputs):
             def float32_input(t: Any) -> Any:
@@ -322,9 +316,28 @@ def float32_twin(model: Any) -> tuple[Any, str | None]:
             struct = getattr(model, "_inputs_struct", None)  # a tensor has no truth value: no `or` here
             inputs = keras.tree.map_structure(float32_input, model.inputs[0] if struct is None else struct)
         with _float32_policy(keras.mixed_precision, keras.config):
-            twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
+            twin = keras.models.clone_model(model, input_tensors=inputs, recursive=True,
+                                            clone_function=lambda layer: _float32_layer(layer, keras.layers.InputLayer))
         copy_state(model, twin)
-    except Exception:  # noqa: BLE001 - the converters would name float16 ops, not the dtype
+        return twin
+
+    return _checked_twin(model, low, build)
+
+
+def _float32_layer(layer: Any, input_layer: type) -> Any:
+    """A new layer like ``layer``, computing in float32 (an input layer keeps its dtype)."""
+    config = layer.get_config()
+    if "dtype" in config and not isinstance(layer, input_layer):
+        config["dtype"] = "float32"
+    return layer.__class__.from_config(config)
+
+
+def _checked_twin(model: Any, low: list[str], build: Callable[[], Any]) -> tuple[Any, str]:
+    """``build()``'s float32 twin of ``model`` and the policies it had; refused in one line when it cannot
+    be built (the converters would name float16 ops, not the dtype) or a layer kept its policy."""
+    try:
+        twin = build()
+    except Exception:  # noqa: BLE001
         refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
     if _low_precision_policies(twin):
         refuse_low_precision(model, ", ".join(low), "a layer kept its policy when cloned")
@@ -380,13 +393,8 @@ def float32_twin_tf_keras(model: Any) -> tuple[Any, str | None]:
     if not (isinstance(model, tf_keras.Sequential) or getattr(model, "_is_graph_network", False)):
         refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
 
-    def clone(layer: Any) -> Any:
-        if isinstance(layer, tf_keras.Model):
-            return twin_of(layer)
-        config = layer.get_config()
-        if "dtype" in config and not isinstance(layer, tf_keras.layers.InputLayer):
-            config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
+    def clone(layer: Any) -> Any:  # tf_keras's clone_model does not go into nested models itself
+        return twin_of(layer) if isinstance(layer, tf_keras.Model) else _float32_layer(layer, tf_keras.layers.InputLayer)
 
     def twin_of(m: Any) -> Any:
         inputs = None
@@ -397,16 +405,14 @@ def float32_twin_tf_keras(model: Any) -> tuple[Any, str | None]:
             return tf_keras.Sequential([inputs[0]] + [clone(layer) for layer in m.layers], name=m.name)
         return tf_keras.models.clone_model(m, input_tensors=inputs, clone_function=clone)
 
-    try:
+    def build() -> Any:
         with _float32_policy(tf_keras.mixed_precision, tf_keras.backend):
             twin = twin_of(model)
         twin.set_weights([np.asarray(w, np.float32) if np.asarray(w).dtype in (np.float16, np.float64) else w
                           for w in model.get_weights()])
-    except Exception:  # noqa: BLE001
-        refuse_low_precision(model, ", ".join(low), _UNCLONABLE)
-    if _low_precision_policies(twin):
-        refuse_low_precision(model, ", ".join(low), "a layer kept its policy when cloned")
-    return twin, ", ".join(low)
+        return twin
+
+    return _checked_twin(model, low, build)
 
 
 @contextlib.contextmanager
