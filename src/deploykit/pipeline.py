@@ -1055,7 +1055,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
                    verification: dict[str, Any] | None = None, calib: Any = None) -> list[str]:
     """Causes a failed verification can have that the numbers alone do not name, each with the way out.
     ``calib``: the run's calibration data (what set a static integer target's ranges)."""
-    from deploykit.verify import mixed_scale_hint
+    from deploykit.verify import few_steps, mixed_scale_hint
 
     from deploykit.converters.tflm import BUDGET_WAY_OUT, is_budget_failure
 
@@ -1083,9 +1083,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
     beyond = _calibration_range_hint(target, calib, inputs)
     if beyond:  # the likelier cause: more precision would clip the same way (int16x8 failed by as much as int8)
         hints.append(beyond)
-    lost = [o["collapsed_column"] for o in outputs if (o.get("collapsed_column") or {}).get("share_of_range") is not None
-            and o["collapsed_column"]["share_of_range"] < 16 / 255]
-    if lost and target.activations != "float32":
+    if any(few_steps(o.get("collapsed_column")) for o in outputs) and target.activations != "float32":
         # The output's (or the last layer's) one 8-bit scale: a rescaling inside the model keeps that layer as it is.
         hints.append("end the model at columns of similar ranges (e.g. standardized) and rescale them in the app, or use "
                      "a target with float activations" + {"tflite": " (tflite-dynamic, tflite-fp16)",

@@ -410,6 +410,13 @@ def _bound_failure(cmp: dict[str, Any]) -> str | None:
     return None
 
 
+def few_steps(lost: dict[str, Any] | None) -> bool:
+    """A lost column (``collapsed_column``) that one 8-bit scale for all the columns left a few steps:
+    it spans under 16 of the 255 steps of the output's range, and the artifact gives it 16 values or fewer."""
+    return bool(lost) and lost.get("share_of_range") is not None and lost["share_of_range"] < 16 / 255 \
+        and lost.get("artifact_values", 0) <= 16
+
+
 def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
     """The sentence for a column whose variation the artifact lost (``collapsed_column``), or None."""
     if lost:
@@ -423,7 +430,7 @@ def _lost_column_failure(lost: dict[str, Any] | None) -> str | None:
                 f"at their median ({lost['constant_error']:.3g})")
         # Few levels for this column: one 8-bit scale spans all the columns (an integer output's, or the
         # last layer's weights'). The way out depends on the target: the pipeline's failure hints say it.
-        if lost.get("share_of_range") is not None and lost["share_of_range"] < 16 / 255 and lost["artifact_values"] <= 16:
+        if few_steps(lost):
             text += (f"; it spans {lost['share_of_range']:.2g} of the output's range, and the artifact gives it "
                      f"{lost['artifact_values']} value{'s' if lost['artifact_values'] != 1 else ''}: one 8-bit scale "
                      "for all the columns leaves it few steps")
