@@ -698,7 +698,8 @@ class LoadedModel:
         """Inputs, outputs, layers, embedded preprocessing layers and parameter count."""
         if self.keras_model is None:
             sig = self.signature()
-            return ModelInfo(self.kind, self.source, sig["inputs"], sig["outputs"], name=Path(self.source).name)
+            return ModelInfo(self.kind, self.source, sig["inputs"], sig["outputs"], name=Path(self.source).name,
+                             params=_saved_model_params(Path(self.source)))
         m = self.keras_model
         struct = getattr(m, "_outputs_struct", None)  # Keras 3; tf_keras keeps it as _nested_outputs
         if not isinstance(struct, dict):
@@ -1290,6 +1291,42 @@ def _check_variables_readable(path: Path, folder: Path) -> None:
         raise ModelLoadError(f"{path}: the weights in variables/ cannot be read ({' '.join(str(exc).split())[:120]}): "
                              "the directory is an incomplete or damaged copy; copy the whole SavedModel directory "
                              "again") from None
+
+
+def _saved_model_params(path: Path) -> int | None:
+    """A SavedModel's parameter count as Keras counts it, read from its object graph (nothing is loaded).
+
+    Keras (both versions) saves the model's weights as the root's ``variables`` list; the object graph also
+    holds the optimizer's slots and step, and Keras 3 a Dropout's seed-generator state, which
+    ``count_params`` leaves out, so they are left out here too. A SavedModel written from a plain
+    ``tf.Module`` has no such list: every variable in its graph is counted, the optimizer's subtree aside.
+    None when the graph cannot be read.
+    """
+    try:
+        from tensorflow.python.tools import saved_model_utils
+
+        graph = saved_model_utils.get_meta_graph_def(str(path), "serve").object_graph_def
+    except Exception:  # noqa: BLE001 - the count is a courtesy; loading reports a damaged model on its own
+        return None
+    nodes = graph.nodes
+    listed = [c.node_id for c in nodes[0].children if c.local_name == "variables"]
+    if listed:
+        ids = {c.node_id for c in nodes[listed[0]].children}
+    else:
+        ids, stack, seen = set(), [0], {0}
+        while stack:
+            for child in nodes[stack.pop()].children:
+                if child.node_id not in seen and child.local_name != "optimizer":
+                    seen.add(child.node_id)
+                    stack.append(child.node_id)
+        ids = seen
+    total = 0
+    for i in ids:
+        var = nodes[i].variable if nodes[i].HasField("variable") else None
+        if var is None or var.name.endswith("seed_generator_state"):
+            continue
+        total += int(np.prod([max(d.size, 0) for d in var.shape.dim], dtype=np.int64))
+    return total
 
 
 def _load_saved_model(path: Path, trust_model: bool = False) -> LoadedModel:

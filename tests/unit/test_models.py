@@ -65,10 +65,10 @@ def test_info_lists_preprocessing_layers_and_params(any_model):
     assert isinstance(info, ModelInfo)
     assert info.kind == kind
     assert [s.name for s in info.inputs] == ["pixels"]
-    if kind == "saved_model":  # a SavedModel has no Keras layers to describe
-        assert info.layers == [] and info.params is None
-        return
     assert info.params == origin.count_params()
+    if kind == "saved_model":  # a SavedModel has no Keras layers to describe
+        assert info.layers == []
+        return
     assert [layer["class"] for layer in info.layers] == [type(layer).__name__ for layer in origin.layers]
     assert info.preprocessing_layers == [{"name": "rescale", "class": "Rescaling"}]
     assert info.name == origin.name
@@ -112,6 +112,29 @@ def test_info_marks_augmentation_layers_as_identity_at_inference():
     info = inspect_model(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h))))
     assert info.preprocessing_layers == [{"name": "scale", "class": "Rescaling"},
                                          {"name": "flip", "class": "RandomFlip", "at_inference": "identity"}]
+
+
+def test_saved_model_params_leave_out_the_optimizer_and_count_a_plain_module(tmp_path):
+    """`deploy inspect` printed "? parameters" for every SavedModel. The object graph also holds the
+    optimizer's slots (tf_keras saves them) and Keras 3's seed-generator state, which Keras does not count."""
+    import keras
+    import tf_keras
+
+    x, y = np.random.default_rng(0).random((16, 8)), np.random.default_rng(1).random((16, 2))
+    legacy = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(4),
+                                  tf_keras.layers.BatchNormalization(), tf_keras.layers.Dense(2)])
+    legacy.compile("adam", "mse")
+    legacy.fit(x, y, verbose=0)  # Adam's m and v now exist and are saved
+    legacy.save(tmp_path / "legacy", save_format="tf")
+    assert load_model(tmp_path / "legacy").info().params == legacy.count_params() == 62
+
+    current = keras.Sequential([keras.Input((8,)), keras.layers.Normalization(), keras.layers.Dense(4),
+                                keras.layers.Dropout(0.2), keras.layers.Dense(2)])
+    current.export(str(tmp_path / "current"), format="tf_saved_model", verbose=False)
+    assert load_model(tmp_path / "current").info().params == current.count_params() == 17 + 36 + 10
+
+    module = _module_saved_model(tmp_path / "module", lambda m, x: x @ m.w)
+    assert load_model(module).info().params == 12
 
 
 def test_inspect_equals_load_info(keras3_path):
