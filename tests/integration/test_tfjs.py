@@ -735,3 +735,24 @@ def test_a_one_hot_of_byte_ids_still_converts_to_tfjs(tmp_path):
     ids = np.random.default_rng(0).integers(-1, 6, (64, 3)).astype("int8")
     art = deploykit.convert(model, ["tfjs-fp32"], data={"ids": ids}, out=tmp_path / "o", bench=False).artifact("tfjs-fp32")
     assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 1e-5, art["error"]
+
+
+def test_a_one_hot_on_another_axis_converts_to_tfjs(tmp_path):
+    """TF.js's oneHot puts the categories last whatever the axis: ``tf.one_hot(ids, 6, axis=1)`` came out in
+    another layout and failed verification with no cause named. It is written on the last axis, then transposed."""
+    import keras
+    import tensorflow as tf
+
+    class OneHotAcross(keras.layers.Layer):
+        def call(self, ids):
+            return tf.reshape(tf.one_hot(ids, 6, axis=1), (-1, 18)) + tf.reshape(tf.one_hot(ids, 6, axis=2), (-1, 18))
+
+    keras.utils.set_random_seed(0)
+    ids_in = keras.Input((3,), dtype="int32", name="ids")
+    model = keras.Model(ids_in, keras.layers.Dense(4)(OneHotAcross()(ids_in)))
+    ids = np.random.default_rng(0).integers(-1, 6, (64, 3)).astype("int32")
+    result = deploykit.convert(model, ["tfjs-fp32"], data={"ids": ids}, out=tmp_path / "o", bench=False)
+    art = result.artifact("tfjs-fp32")
+    assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 1e-5, art["error"]
+    nodes = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["modelTopology"]["node"]
+    assert all(n["attr"].get("axis", {}).get("i", "-1") == "-1" for n in nodes if n["op"] == "OneHot")

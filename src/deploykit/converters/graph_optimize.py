@@ -515,6 +515,42 @@ def lower_bool_reverse(frozen: FrozenGraph) -> FrozenGraph:
     return _rewrite_bool_ops(frozen, "ReverseV2", as_int32, "boolean ReverseV2 done as int32")
 
 
+def one_hot_on_last_axis(frozen: FrozenGraph) -> FrozenGraph:
+    """Write a ``OneHot`` on an axis other than the last as ``OneHot`` on the last axis, then ``Transpose``.
+
+    TF.js's oneHot has no axis: it reads the attribute and puts the categories last anyway, so
+    ``tf.one_hot(ids, n, axis=1)`` gave a tensor of the same size in another layout, and the file failed
+    verification with nothing naming why. A OneHot whose ids have no static rank is left as it is.
+    """
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+    tf = import_tensorflow()
+    moved = [n for n in frozen.graph_def.node if n.op == "OneHot" and n.attr["axis"].i != -1]
+    if not moved:
+        return frozen
+    ranks = {r: (None if s is None else len(s)) for r, s in _static_shapes(frozen.graph_def, [n.input[0] for n in moved]).items()}
+    gd = graph_pb2.GraphDef()
+    gd.CopyFrom(frozen.graph_def)
+    nodes = {n.name: n for n in gd.node}
+    count = 0
+    for found in moved:
+        node, rank, axis = nodes[found.name], ranks[found.input[0]], found.attr["axis"].i
+        if rank is None:
+            continue
+        count += 1
+        node.attr["axis"].i = -1
+        if axis == rank:  # already the last axis, said by its index
+            continue
+        name = node.name
+        node.name = f"{name}/categories_last"
+        perm = [*range(axis), rank, *range(axis, rank)]  # the categories (last, at index rank) go to `axis`
+        transpose = node_def_pb2.NodeDef(name=name, op="Transpose", input=[node.name, f"{name}/perm"], device=node.device)
+        transpose.attr["T"].type = node.attr["T"].type
+        transpose.attr["Tperm"].type = tf.int32.as_datatype_enum
+        gd.node.extend([const_node(f"{name}/perm", np.array(perm, np.int32)), transpose])
+    return frozen.rewritten(gd, {"OneHot on another axis written on the last, then transposed": count}) if count else frozen
+
+
 def lower_float_one_hot(frozen: FrozenGraph) -> FrozenGraph:
     """Compute ``OneHot`` of float values as int32 one-hot rows, cast: ``Cast(OneHot_int32) * (on - off) + off``.
 
@@ -706,6 +742,6 @@ def _drop_dead_constants(gd: Any) -> Any:
 
 def optimize(saved_model_dir: Any, fuse: bool = True) -> FrozenGraph:
     """Freeze, run Grappler, rewrite grouped convolutions, and (optionally) fuse for the runtime."""
-    frozen = lower_float_one_hot(lower_bool_reverse(lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(
-        run_grappler(freeze_serving(saved_model_dir))))))))
+    frozen = lower_float_one_hot(one_hot_on_last_axis(lower_bool_reverse(lower_bool_select(lower_band_part(lower_einsum(ungroup_convolutions(
+        run_grappler(freeze_serving(saved_model_dir)))))))))
     return fuse_for_runtime(fold_pads(frozen)) if fuse else frozen
