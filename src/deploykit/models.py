@@ -230,32 +230,43 @@ def _is_identity_at_inference(layer: Any) -> bool:
     return out.shape == probe.shape and np.array_equal(out, probe)
 
 
-def without_inference_noops(model: Any) -> tuple[Any, list[dict[str, str]]]:
-    """A Keras 3 model with its random augmentation layers replaced by Identity, and what was replaced.
+def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
+    """A Keras 3 model with the layers no target can take replaced, and what was replaced.
 
-    RandomFlip, RandomRotation, RandomContrast... pass their input through at inference, but Keras 3
-    still draws their random numbers and updates their seed variable in the traced graph. Those
-    stateful ops (StatelessRandom*, ImageProjectiveTransformV3, AssignVariableOp) survive graph
-    pruning and no converter takes them, so every target failed. Only layers that hold a random
-    seed and return their input exactly on a probe are replaced; the clone shares every other layer
-    (and its weights) with ``model``, which stays untouched and computes the reference outputs.
-    Subclassed models cannot be cloned and are returned as they are.
+    - Random augmentation layers become Identity. RandomFlip, RandomRotation, RandomContrast... pass
+      their input through at inference, but Keras 3 still draws their random numbers and updates their
+      seed variable in the traced graph. Those stateful ops (StatelessRandom*, ImageProjectiveTransformV3,
+      AssignVariableOp) survive graph pruning and no converter takes them, so every target failed. Only
+      layers that hold a random seed and return their input exactly on a probe are replaced.
+    - IntegerLookup and CategoryEncoding layers become the same computation in ops every target has
+      (see ``export_layers``).
+
+    The clone shares every other layer (and its weights) with ``model``, which stays untouched and
+    computes the reference outputs. Subclassed models cannot be cloned and are returned as they are.
+    Each entry of the list names the layer, its class and what it became (``as``).
     """
     import keras
 
-    removed = [layer for layer in _flat_layers(model) if _has_random_state(layer) and _is_identity_at_inference(layer)]
-    if not removed or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
-        return model, []  # nothing to remove, or a subclassed model (clone_model cannot rebuild it)
-    ids = {id(layer) for layer in removed}
+    from deploykit.export_layers import for_export
+
+    replacements: dict[int, tuple[Any, str]] = {}
+    for layer in _flat_layers(model):
+        if _has_random_state(layer) and _is_identity_at_inference(layer):
+            replacements[id(layer)] = (keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy), "Identity")
+        elif (rewritten := for_export(layer)) is not None:
+            replacements[id(layer)] = rewritten
+    if not replacements or not (isinstance(model, keras.Sequential) or hasattr(model, "_inputs_struct")):
+        return model, []  # nothing to replace, or a subclassed model (clone_model cannot rebuild it)
 
     def clone(layer: Any) -> Any:
-        return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy) if id(layer) in ids else layer
+        return replacements[id(layer)][0] if id(layer) in replacements else layer
 
     try:
-        stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild: export as it is
         return model, []
-    return stripped, [{"name": layer.name, "class": type(layer).__name__} for layer in removed]
+    return copy, [{"name": layer.name, "class": type(layer).__name__, "as": replacements[id(layer)][1]}
+                  for layer in _flat_layers(model) if id(layer) in replacements]
 
 
 def copy_state(src: Any, dst: Any) -> None:
@@ -587,14 +598,14 @@ class LoadedModel:
         """The Keras model that is exported: the user's, with inference no-ops removed (Keras 3)."""
         if self._stripped is None:
             if self.kind == "keras3":
-                self._stripped = without_inference_noops(self.keras_model)
+                self._stripped = export_copy(self.keras_model)
             else:
                 self._stripped = (self.keras_model, [])
         return self._stripped[0]
 
     @property
-    def removed_for_export(self) -> list[dict[str, str]]:
-        """Layers replaced by Identity in the exported graph (random augmentation, identity at inference)."""
+    def replaced_for_export(self) -> list[dict[str, str]]:
+        """Layers replaced in the exported graph (see ``export_copy``): name, class, and what they became (``as``)."""
         return [] if self._stripped is None else self._stripped[1]
 
     def saved_model_dir(self) -> Path:

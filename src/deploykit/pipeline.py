@@ -531,7 +531,7 @@ class Pipeline:
                          if evald.y is not None and scored_output(reference, evald.y, self._label_index) is None else None)
         manifest = Manifest(
             model={**info.to_dict(), **_file_identity(model),
-                   **({"removed_for_export": loaded.removed_for_export} if loaded.removed_for_export else {}),
+                   **({"replaced_for_export": loaded.replaced_for_export} if loaded.replaced_for_export else {}),
                    **({"float32_from_policy": loaded.float32_from_policy} if loaded.float32_from_policy else {})},
             data={
                 "source": None if calib is None else calib.source,

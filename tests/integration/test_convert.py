@@ -898,8 +898,9 @@ def test_random_augmentation_layers_are_left_out_of_the_export_and_reported(tmp_
     for artifact in result.artifacts:
         assert artifact["status"] == "ok", (artifact["target"], artifact["error"])
         assert artifact["verification"]["max_abs_error"] < 1e-5
-    removed = result["model"]["removed_for_export"]
+    removed = result["model"]["replaced_for_export"]
     assert [r["class"] for r in removed] == ["RandomFlip", "RandomRotation", "RandomContrast"]
+    assert {r["as"] for r in removed} == {"Identity"}
     assert "Replaced by Identity" in result.report_path.read_text()
     assert [type(layer).__name__ for layer in model.layers[1].layers] == ["RandomFlip", "RandomRotation"]  # untouched
 
@@ -2231,3 +2232,36 @@ def test_value_targets_are_read_by_the_model_s_outputs_not_only_its_loss(tmp_pat
     result = deploykit.convert(dyn, ["tflite-fp32"], data=(rng.normal(size=(16, 12, 3)).astype("float32"),
                                                           rng.normal(size=(16, 12, 1))), out=tmp_path / "f", bench=False)
     assert result.artifact("tflite-fp32")["verification"].get("mae") is not None
+
+
+def test_integer_lookups_and_bincount_encodings_convert_to_every_format(tmp_path):
+    """IntegerLookup's hash table has no TFLite kernel, no tf2onnx handler and no TF.js weights, and
+    CategoryEncoding's multi_hot/count (DenseBincount) no TFLite kernel: every target failed on the common
+    tabular recipe. The exported copy computes the same mappings with comparisons."""
+    import keras
+    import onnxruntime as ort
+
+    keras.utils.set_random_seed(0)
+    vocab = [3, 7, 11, 20, 1_000_000]
+    code_in, tags_in = keras.Input((2,), dtype="int64", name="code"), keras.Input((3,), dtype="int32", name="tags")
+    codes = keras.layers.IntegerLookup(vocabulary=vocab, mask_token=0, name="codes")(code_in)
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(7, 3)(codes))
+    tags = keras.layers.IntegerLookup(vocabulary=vocab, output_mode="multi_hot", name="tags_hot")(tags_in)
+    counts = keras.layers.CategoryEncoding(num_tokens=6, output_mode="count", name="tag_counts")(tags_in)
+    h = keras.layers.Concatenate()([embedded, tags, counts])
+    model = keras.Model([code_in, tags_in], keras.layers.Dense(3, activation="softmax")(h))
+    rng = np.random.default_rng(0)
+    data = {"code": rng.choice(vocab + [0, 5, -1], (64, 2)).astype("int64"),
+            "tags": rng.integers(0, 6, (64, 3)).astype("int32")}
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=data, out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok", (art["target"], art["error"])
+        assert art["verification"]["max_abs_error"] < 1e-5, art["target"]
+    replaced = {r["name"]: r["as"] for r in result["model"]["replaced_for_export"]}
+    assert replaced.keys() == {"codes", "tags_hot", "tag_counts"}
+    assert "5 keys" in replaced["codes"] and "DenseBincount" in replaced["tag_counts"]
+    assert "`codes`" in result.report_path.read_text()
+    # ids verification never saw: far outside the vocabulary, the mask token, the largest key
+    odd = {"code": np.array([[-(2**40), 0], [1_000_000, 999_999]], np.int64), "tags": np.array([[5, 5, 0], [1, 2, 3]], np.int32)}
+    session = ort.InferenceSession(str(result.out / "onnx-fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, odd)[0], np.asarray(model(odd, training=False)), atol=1e-6)

@@ -810,3 +810,23 @@ def test_an_archive_with_missing_or_damaged_weights_or_an_unknown_class_gets_its
     with pytest.raises(ModelLoadError, match=r"unknown custom object 'keras.layers.MyDense'.*pass the model object"):
         load_model(archive("custom.keras", lambda n, d: d.decode().replace('"Dense"', '"MyDense"', 1).encode()
                            if n == "config.json" else d))
+
+
+def test_lookups_keep_their_table_where_the_comparison_would_compute_otherwise():
+    """Hashed out-of-vocabulary buckets and tf_idf are not written as comparisons; a layer is probed in the
+    shape the model gives it too (a multi_hot of ids of shape (batch,) encodes the whole batch as one)."""
+    import keras
+
+    from deploykit.export_layers import bincount_free, for_export
+
+    vocab = [3, 7, 11]
+    assert for_export(keras.layers.IntegerLookup(vocabulary=vocab, num_oov_indices=2)) is None
+    assert for_export(keras.layers.IntegerLookup(vocabulary=vocab, output_mode="tf_idf", idf_weights=[1.0, 2, 3])) is None
+    assert for_export(keras.layers.IntegerLookup()) is None  # not adapted: no vocabulary yet
+    replaced, said = for_export(keras.layers.IntegerLookup(vocabulary=vocab, invert=True))
+    assert "3 keys" in said  # indices 1..3; index 0 (out of vocabulary) is the default
+    one_id = keras.layers.CategoryEncoding(num_tokens=4, output_mode="multi_hot")
+    one_id(keras.Input((), dtype="int32"))  # called on ids of shape (batch,): Keras then encodes the batch
+    ids = np.array([0, 3, 3], np.int32)
+    np.testing.assert_array_equal(bincount_free(one_id)(ids), one_id(ids))  # probed in that shape too
+    assert for_export(keras.layers.CategoryEncoding(num_tokens=4, output_mode="one_hot")) is None  # OneHot: every target has it

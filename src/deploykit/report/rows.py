@@ -1007,9 +1007,14 @@ def model_lines(manifest: Manifest) -> list[str]:
     if m.get("float32_from_policy"):
         lines.append(f"The model computes with the {m['float32_from_policy']} dtype policy, not float32: it was rebuilt in float32 with the "
                      "same weights, and that float32 model is the reference and what every target converts.")
-    if m.get("removed_for_export"):
+    replaced = m.get("replaced_for_export") or []
+    if identity := [p for p in replaced if p.get("as", "Identity") == "Identity"]:
         lines.append("Replaced by Identity in the exported graph (they pass their input through at inference; the "
-                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in m["removed_for_export"]) + ".")
+                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in identity) + ".")
+    if rewritten := [p for p in replaced if p.get("as", "Identity") != "Identity"]:
+        lines.append("Written in the exported graph as the same computation in ops every target has (the "
+                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`) as {p['as']}"
+                                                                          for p in rewritten) + ".")
     d = manifest.data
     lines += [
         f"Verified on {d.get('eval_samples')} sample{'' if d.get('eval_samples') == 1 else 's'} of `{d.get('eval_source')}`"
