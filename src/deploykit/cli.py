@@ -66,19 +66,6 @@ def _console(stderr: bool = False):
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _quiet_unraisable_interrupts() -> None:
-    """Python prints "Exception ignored in: <function UniquePtr.__del__> ... KeyboardInterrupt" with a
-    traceback when a Ctrl-C lands inside a finalizer (it cannot raise from there). The interrupt was
-    counted and stops the run at its next step, which says so in one line: only that echo is dropped."""
-    default = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            default(unraisable)
-
-    sys.unraisablehook = hook
-
-
 @app.command()
 def convert(
     model: Path = typer.Argument(..., help="Keras 3 .keras, tf_keras .keras/.h5 file, or SavedModel directory."),
@@ -143,21 +130,17 @@ def convert(
         qat_settings = {k: v for k, v in tuning_values if v is not None}
 
     err = _console(stderr=True)
-    interrupts = {"count": 0, "written": False}
+    from deploykit.interrupts import CountedInterrupts, quiet_unraisable_interrupts
 
-    def on_sigint(signum: int, frame: object) -> None:
-        interrupts["count"] += 1
-        if not interrupts["written"]:  # once the run is on disk there is nothing left to stop
-            raise KeyboardInterrupt
-
+    interrupts = CountedInterrupts()
     # Put back when the command returns: a process that calls it in-process (CliRunner, a notebook)
     # keeps its own Ctrl-C.
     saved = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
-    signal.signal(signal.SIGINT, on_sigint)
-    _quiet_unraisable_interrupts()
+    signal.signal(signal.SIGINT, interrupts.handler)
+    quiet_unraisable_interrupts()
     # SIGTERM (CI cancel, timeout, docker stop) stops the run the same way: what it wrote goes,
     # and with --force the previous run is put back.
-    signal.signal(signal.SIGTERM, on_sigint)
+    signal.signal(signal.SIGTERM, interrupts.handler)
     try:
         def make_pipeline(progress: Any) -> Any:
             with _flag_terms():  # the settings are checked here: --iterations 0 is named as --iterations
@@ -174,7 +157,7 @@ def convert(
     finally:
         # The `deploy` process, its run on disk, is about to exit: a Ctrl-C during TensorFlow's teardown
         # (where Python puts the default handler back) killed it silently with code 130. Ignored there.
-        written_console = interrupts["written"] and _CONSOLE
+        written_console = interrupts.written and _CONSOLE
         signal.signal(signal.SIGINT, signal.SIG_IGN if written_console else saved[0])
         signal.signal(signal.SIGTERM, saved[1])
         sys.unraisablehook = saved[2]
@@ -219,15 +202,12 @@ def _block_size(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline: Any, model: Any) -> Any:
+def _run_convert(err: Any, interrupts: Any, out: Path, make_pipeline: Any, model: Any) -> Any:
     """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130)."""
     with err.status("starting") as status:
 
         def progress(msg: str) -> None:
-            # A Ctrl-C that landed inside a TensorFlow finalizer is swallowed there (Python cannot raise
-            # from __del__); on_sigint counted it, and the run stops at its next step.
-            if interrupts["count"]:
-                raise KeyboardInterrupt
+            interrupts.check()  # a Ctrl-C a TensorFlow finalizer swallowed stops the run here (see interrupts)
             status.update(msg)
             if re.search(r"\bepoch \d+/\d+:", msg):  # fine-tune epochs stay on screen and in logs
                 err.print(msg, highlight=False)
@@ -243,7 +223,7 @@ def _run_convert(err: Any, interrupts: dict[str, Any], out: Path, make_pipeline:
                 print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
             _INTERRUPT_SAID.append(True)
             raise typer.Exit(130) from None
-        interrupts["written"] = True  # the run is complete and on disk: a late Ctrl-C changes nothing
+        interrupts.written = True  # the run is complete and on disk: a late Ctrl-C changes nothing
     return result
 
 

@@ -321,11 +321,23 @@ class Pipeline:
         self.data, self.eval_data, self.train_data = (_expanded(d) for d in (self.data, self.eval_data, self.train_data))
         import logging
 
+        from deploykit.interrupts import counted_sigint
+
         root_handlers = list(logging.root.handlers)
         remove_stale()  # what killed runs left in $TMPDIR (SavedModel exports...); live runs' stay
+        told = self.progress
         try:
-            return self._run(model)
+            with counted_sigint() as interrupts:
+                if interrupts is not None:  # a Ctrl-C a TensorFlow finalizer swallowed stops the run at its next step
+
+                    def progress(msg: str) -> None:
+                        interrupts.check()
+                        told(msg)
+
+                    self.progress = progress
+                return self._run(model)
         finally:
+            self.progress = told
             # TensorFlow's export logs through absl, which calls logging.basicConfig() on the root logger:
             # the caller's own basicConfig(filename=...) afterwards did nothing. Handlers it added go.
             for handler in [h for h in logging.root.handlers if h not in root_handlers]:

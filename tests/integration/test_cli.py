@@ -732,7 +732,7 @@ def test_a_ctrl_c_inside_a_finalizer_prints_no_traceback(monkeypatch):
     import gc
     import sys
 
-    from deploykit.cli import _quiet_unraisable_interrupts
+    from deploykit.interrupts import quiet_unraisable_interrupts
 
     shown = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(type(u.exc_value).__name__))
@@ -744,7 +744,7 @@ def test_a_ctrl_c_inside_a_finalizer_prints_no_traceback(monkeypatch):
         def __del__(self):
             raise self.exc
 
-    _quiet_unraisable_interrupts()
+    quiet_unraisable_interrupts()
     Finalizer(KeyboardInterrupt())
     gc.collect()
     Finalizer(ValueError("a real problem"))

@@ -337,6 +337,30 @@ def test_force_keeps_the_previous_run_until_the_new_one_finishes(tmp_path, keras
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_an_api_run(tmp_path, keras3_model, digits):
+    """A SIGINT whose KeyboardInterrupt is raised inside a TensorFlow finalizer (``UniquePtr.__del__``) is lost
+    there: ``convert(force=True)`` went on and replaced the previous run. The handler counts it too."""
+    import signal
+
+    data = (digits.x_eval[:64], digits.y_eval[:64])
+    out = tmp_path / "out"
+    deploykit.convert(keras3_model, ["tflite-fp32"], data=data, out=out, bench=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def swallowed(msg: str) -> None:  # what a finalizer does with the handler's KeyboardInterrupt
+        if msg == "computing reference outputs":
+            try:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            except KeyboardInterrupt:
+                pass
+
+    with pytest.raises(KeyboardInterrupt):
+        deploykit.convert(keras3_model, ["tflite-fp32", "tflite-fp16"], data=data, out=out, bench=False, force=True,
+                          progress=swallowed)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
 def test_a_run_killed_after_setting_the_previous_run_aside_gets_it_back_on_the_next_run(tmp_path, keras3_model, digits):
     import subprocess
     import sys
