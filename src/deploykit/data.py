@@ -122,6 +122,7 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
     """The input arrays and labels of an .npz's keys or a data dict's, by one rule: ``x`` for a single
     input, one key per input name, or ``x0``, ``x1`` ... in the model's input order; ``y`` the labels
     (``labels=False``: inputs only, other keys not looked at)."""
+    _refuse_two_sources(arrays, input_names, where)
     if labels:
         _refuse_stray_labels(arrays, input_names, where, keys)
     numbered = [f"x{i}" for i in range(len(input_names))]
@@ -143,6 +144,18 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
             f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}{x_forms}")
     shown = ", ".join(map(repr, sorted(keys, key=str))) or "none"
     raise DataError(f"{where}: has keys {shown} but needs {want} (and optionally 'y' for labels)")
+
+
+def _refuse_two_sources(arrays: Any, input_names: list[str], where: str) -> None:
+    """Refuse 'x' beside a key named after one of the model's inputs: 'x' was read and the other ignored
+    without a word, so a run could verify on other arrays than the user meant. (An input named 'y' is
+    ruled on elsewhere: its key is that input.)"""
+    if "x" in input_names or "x" not in arrays:
+        return
+    named = [n for n in input_names if n in arrays and n != "y"]
+    if named:
+        raise DataError(f"{where}: has both 'x' and {', '.join(map(repr, named))} (the model's input name"
+                        f"{'s' if len(named) > 1 else ''}): it is not clear which holds the inputs; keep one of them")
 
 
 # Keys people save labels under (case aside) that are not 'y'.
@@ -263,6 +276,7 @@ def _split(obj: Any, input_names: list[str], labels: bool = True) -> tuple[list[
         # x may hold a multi-input model's arrays as a list or dict, as model.fit takes them; unless the
         # model has an input named x and the dict keys every input by name, as an .npz's are read
         if "x" in obj and not (len(input_names) > 1 and "x" in input_names and all(n in obj for n in input_names)):
+            _refuse_two_sources(obj, input_names, "data dict")
             if labels:
                 _refuse_stray_labels(obj, input_names, "data dict", list(obj))
             return _inputs_of(obj["x"], input_names), obj.get("y")

@@ -660,3 +660,19 @@ def test_one_hot_rows_stay_a_class_per_sample_beside_a_class_head_of_as_many_cla
     np.testing.assert_array_equal(load_data((x, one_hot), spec, positions=positions).y, [0, 3, 5, 1])
     tags = np.array([[1, 1, 0, 0, 0, 1]] * 4)
     np.testing.assert_array_equal(load_data((x, tags), spec, positions=positions).y, tags)
+
+
+def test_x_beside_a_key_named_after_the_input_is_refused(tmp_path):
+    """{'x': x, 'img': other, 'y': y} for a model whose input is 'img' verified on 'x' and ignored 'img'."""
+    spec = [TensorSpec("img", (None, 2), "float32")]
+    x, other = np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32)
+    with pytest.raises(DataError, match=r"data dict: has both 'x' and 'img' \(the model's input name\).*keep one of them"):
+        load_data({"x": x, "img": other, "y": np.arange(4)}, spec)
+    np.savez(tmp_path / "d.npz", x=x, img=other)
+    with pytest.raises(DataError, match="has both 'x' and 'img'"):
+        load_data(tmp_path / "d.npz", spec)
+    two = [TensorSpec("a", (None, 2), "float32"), TensorSpec("b", (None, 2), "float32")]
+    with pytest.raises(DataError, match="has both 'x' and 'a'"):
+        load_data({"x": [x, x], "a": other}, two)
+    assert len(load_data({"img": other, "y": np.arange(4)}, spec)) == 4  # either alone is fine
+    assert len(load_data({"x": x}, spec)) == 4
