@@ -588,6 +588,7 @@ class LoadedModel:
         self._keras_fn = None
         self._serve_fn = None  # Keras 3: the exported endpoint, already traced with a dynamic batch
         self._stripped: tuple[Any, list[dict[str, str]]] | None = None  # (export model, replaced layers)
+        self._scopes: dict[str, str] | None = None  # exported graph scope -> Keras layer name (layer_at)
         self.float32_from_policy: str | None = None  # set when a float16-compute model was rebuilt in float32
         # The Keras output names of the model the user gave, when this is its fine-tuned copy: tfmot's
         # QAT wraps each layer as quant_<name>, a name the user never chose.
@@ -693,6 +694,15 @@ class LoadedModel:
 
             self._signature = {"inputs": specs(sig.inputs), "outputs": specs(sig.outputs)}
         return self._signature
+
+    def layer_at(self, name: str) -> str:
+        """The Keras layer that computes node or tensor ``name`` of the exported graph (see ``layer_scopes``)."""
+        from deploykit.layer_scopes import export_scopes, layer_at
+
+        if self._scopes is None:
+            self._scopes = export_scopes(self.saved_model_dir())
+        names = {entry["name"] for entry in self.info().layers} if self.keras_model is not None else None
+        return layer_at(name, self._scopes, names)
 
     # -- description ----------------------------------------------------------------------
     @property

@@ -459,3 +459,26 @@ def test_a_sequence_of_any_length_is_refused_with_an_example_of_its_own_rank(tmp
                                         r"TFLite Micro needs fixed shapes .*keras\.Input\(shape=\(64, 3\)\)"):
         deploykit.convert(model, ["tflm-int8"], data=np.ones((8, 10, 3), np.float32), out=tmp_path / "o", bench=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_layers_are_named_as_keras_names_them_not_as_the_export_numbered_their_scopes(tmp_path):
+    """The export scopes the layer `dense` as `dense_1` (and `dense_1` as `dense_1_1`): the heaviest-layers
+    list said `dense_1` for the 4160-parameter `dense`, and a GELU in `dense` was placed in `dense_1`."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,))
+    h = keras.layers.Dense(256, name="dense")(inp)
+    h = keras.layers.Dense(4, name="dense_1")(h)
+    h = keras.layers.Dense(3, activation="softmax", name="dense_2")(h)
+    x = np.random.default_rng(0).normal(size=(32, 16)).astype("float32")
+    result = deploykit.convert(keras.Model(inp, h), ["tflm-int8"], data=x, out=tmp_path / "ok", bench=False)
+    heaviest = result.artifact("tflm-int8")["footprint"]["heaviest_layers"]
+    assert [(h["layer"], h["weight_bytes"] > 4000) for h in heaviest[:2]] == [("dense", True), ("dense_1", False)], heaviest
+    assert "FULLY_CONNECTED at `dense` 4." in result.report_path.read_text()
+
+    gelu = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="gelu", name="dense"),
+                             keras.layers.Dense(3, activation="softmax", name="dense_1")])
+    error = deploykit.convert(gelu, ["tflm-int8"], data=x[:, :8], out=tmp_path / "gelu", bench=False,
+                              ).artifact("tflm-int8")["error"]
+    assert "GELU" in error and "in layer 'dense')" in error, error

@@ -201,13 +201,15 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     missing = sorted({op for op in ops if op not in micro_kernels()})
     if missing:
         # where: the first such op's output tensor, as the converter named it (after a Keras layer's scope
-        # more often than not, but a fused op may carry its neighbour's): said as the tensor it is
+        # more often than not, but a fused op may carry its neighbour's): said as the tensor it is, with
+        # the layer that scope belongs to (the export numbers scopes: `dense_1` may be the layer `dense`)
         where = next((r["output"] for r in _operators(flatbuffer) if r["op"] in missing), "")
+        layer = model.layer_at(where) if where else ""
         where = where.split(";")[0].replace("StatefulPartitionedCall/", "")
         out_path.unlink(missing_ok=True)
         raise ConversionError(
             f"{target.name}: TFLite Micro has no kernel for op(s) {', '.join(missing)}"
-            + (f" (the first writes tensor {where!r})" if where else "")
+            + (f" (the first writes tensor {where!r}" + (f", in layer {layer!r}" if layer else "") + ")" if where else "")
             + "; replace the layers that produce them or use a TFLite target"
         )
     flat = flat_softmax(flatbuffer)
@@ -224,7 +226,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
         "ops": sorted(set(ops)),
         "c_array": f"g_{name}_model_data",
         "companion_files": extra,  # written beside the model; listed as the artifact's extra files
-        "heaviest_layers": heaviest_layers(flatbuffer),
+        "heaviest_layers": [{**h, "layer": model.layer_at(h["output"])} for h in heaviest_layers(flatbuffer)],
     })
     return settings
 

@@ -436,7 +436,7 @@ def footprint_lines(manifest: Manifest) -> list[str]:
         opts = a.settings.get("target", {}).get("options", {})
         flash_budget = f" of {human_bytes(opts['flash_budget_kb'] * 1024)} budget" if opts.get("flash_budget_kb") else ""
         ram_budget = f" of {opts['ram_budget_kb']} KiB budget" if opts.get("ram_budget_kb") else ""
-        heavy = ", ".join(f"{h['op']}{_graph_scope(h.get('output', ''))} {human_bytes(h['weight_bytes'])}"
+        heavy = ", ".join(f"{h['op']}{_graph_scope(h)} {human_bytes(h['weight_bytes'])}"
                           for h in fp.get("heaviest_layers", [])[:3])
         lines.append(
             f"- **{a.target}**: flash {human_bytes(fp.get('model_bytes'))}{flash_budget}; tensor arena "
@@ -448,12 +448,13 @@ def footprint_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
-def _graph_scope(tensor_name: str) -> str:
-    """` at <scope>` for a TFLite op's output tensor (``model_1/conv2d_1_2/Relu;model_1/conv2d_1_2/BiasAdd``):
-    the layer's name as the export scoped it (it may carry a numbering suffix the Keras name has not); the op
-    type alone ("CONV_2D 4.6 KiB, CONV_2D 208 B") named no layer."""
-    parts = [p for p in tensor_name.split(";")[0].split("/") if not p.startswith(("StatefulPartitionedCall", "serving_default"))]
-    scope = parts[1] if len(parts) >= 3 else parts[0] if parts else ""
+def _graph_scope(heavy: dict[str, Any]) -> str:
+    """` at <layer>` for one of the heaviest TFLite ops: the Keras layer the converter found its output tensor
+    in (``layer``), or for a manifest without it the scope of the tensor (``model_1/conv2d_1_2/Relu;...``)
+    as the export wrote it; the op type alone ("CONV_2D 4.6 KiB, CONV_2D 208 B") named no layer."""
+    from deploykit.layer_scopes import layer_at
+
+    scope = heavy.get("layer") or layer_at(heavy.get("output", ""), {})
     return f" at `{scope}`" if scope else ""
 
 
