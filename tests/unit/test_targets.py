@@ -803,3 +803,14 @@ def test_two_candidates_that_are_one_target_under_two_names_are_said_so(tmp_path
     with pytest.raises(TargetError, match="candidates 'tflite-int8' and 'q' are the same target under two names; "
                                           "list one of them"):
         get_target(str(tmp_path / "a.toml")).candidate_targets()
+
+
+def test_the_auto_descriptions_say_the_rule_selection_applies():
+    """onnx-auto said it "ships the fastest", while the report of the same run shipped a smaller file 2% slower
+    (ties within TIE_RATIO go to the smaller file)."""
+    from deploykit.selection import TIE_RATIO
+
+    for name in ("tflite-auto", "onnx-auto"):
+        description = get_target(name).description
+        assert "smallest not measurably slower than the fastest" in description
+        assert f"within {TIE_RATIO - 1:.0%}" in description
