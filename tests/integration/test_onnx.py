@@ -812,3 +812,20 @@ def test_onnx_runtime_is_set_up_before_the_first_file_s_load_is_timed(tmp_path, 
     for _ in range(2):
         ort_bench.ORTRunner(tmp_path / "m.onnx").load()
     assert made == ["set-up", "file", "file"]
+
+
+def test_a_gru_the_dynamic_quantizer_fails_on_gets_a_way_out(tmp_path):
+    """onnx-int8-dynamic failed on every Keras 3 GRU with ONNX Runtime's bare "unknown initializers/tensors",
+    while other refusals send recurrent models to it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((12,), dtype="int32", name="ids")
+    h = keras.layers.GRU(8)(keras.layers.Embedding(50, 8)(ids))
+    model = keras.Model(ids, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(1, 50, (32, 12)).astype("int32")
+    result = deploykit.convert(model, ["onnx-int8-dynamic", "onnx-int16x8"], data=x, out=tmp_path / "o", bench=False)
+    art = result.artifact("onnx-int8-dynamic")
+    assert art["error"].endswith("ONNX Runtime's dynamic quantizer fails on this graph (e.g. a GRU's recurrent loop): "
+                                 "try onnx-int16x8 or onnx-fp16, or tflite-dynamic"), art["error"]
+    assert result.artifact("onnx-int16x8")["status"] == "ok"  # the way out it names works

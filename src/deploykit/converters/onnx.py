@@ -487,6 +487,11 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 cause = ("a QAT model's graph already holds QuantizeLinear/DequantizeLinear" if fake_quant
                          else "e.g. recurrent loops")
                 why += f"; ONNX Runtime's QOperator rewrite fails on this graph ({cause}): try onnx-int8-qdq"
+            elif target.weights == "int8" and target.activations == "float32" and "unknown initializers" in why:
+                # Measured on Keras 3 GRU graphs (LSTM and Bidirectional pass): the dynamic quantizer's
+                # rewrite leaves a tensor the loop body reads without its producer, as QOperator's does.
+                why += ("; ONNX Runtime's dynamic quantizer fails on this graph (e.g. a GRU's recurrent loop): "
+                        "try onnx-int16x8 or onnx-fp16, or tflite-dynamic")
             raise ConversionError(f"{target.name}: ONNX quantization failed: {why}") from None
         _in_declared_order(proto, [s.name for s in model.inputs], list(model.output_names))
         written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opts["opset"])
