@@ -1481,11 +1481,30 @@ def _check_reference_finite(reference: list[np.ndarray], output_names: list[str]
                     f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples, and weight "
                     f"{infinite[0]!r} holds inf" + (f" (and {len(infinite) - 1} more)" if len(infinite) > 1 else "")
                     + ": the model itself is broken; retrain it or restore a checkpoint from before the overflow")
+            if _all_padding(evald, bad, keras_model):
+                raise DataError(
+                    f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples of "
+                    f"{evald.source} (first: sample {int(np.argmax(bad))}), whose ids are all 0: padding only, and a "
+                    "masked mean or attention (Embedding(mask_zero=True)) over no token is 0/0; drop such samples, "
+                    "or give empty input a token of its own (e.g. a start id) when training and serving")
             raise DataError(
                 f"{whose} output {name!r} holds {kinds} values on {int(bad.sum())} of {len(bad)} samples of {evald.source} "
                 f"(first: sample {int(np.argmax(bad))}), so no artifact can be checked against it; give the model data "
                 "of the range it was trained on, or fix the model (its layers overflow float32 on these inputs)"
             )
+
+
+def _all_padding(evald: Any, bad: np.ndarray, keras_model: Any) -> bool:
+    """Every sample with a non-finite output holds only 0 in its integer inputs, and the model masks 0 (an
+    Embedding with ``mask_zero``): an empty text, whose masked mean is 0/0, not an overflow."""
+    if keras_model is None or len(bad) != len(evald):
+        return False
+    from deploykit.models import _flat_layers
+
+    if not any(getattr(layer, "mask_zero", False) for layer in _flat_layers(keras_model)):
+        return False
+    ids = [np.asarray(a)[bad] for a in evald.x if np.asarray(a).dtype.kind in "iu"]
+    return bool(ids) and all(not a.reshape(len(a), -1).any(axis=1).any() for a in ids)
 
 
 def _random_inputs(specs, keras_model: Any = None) -> Any:

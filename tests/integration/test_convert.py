@@ -2289,3 +2289,21 @@ def test_integer_lookups_and_bincount_encodings_convert_to_every_format(tmp_path
     odd = {"code": np.array([[-(2**40), 0], [1_000_000, 999_999]], np.int64), "tags": np.array([[5, 5, 0], [1, 2, 3]], np.int32)}
     session = ort.InferenceSession(str(result.out / "onnx-fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, odd)[0], np.asarray(model(odd, training=False)), atol=1e-6)
+
+
+def test_an_all_padding_sample_under_a_masked_mean_is_named_as_such(tmp_path):
+    """An empty text (every id 0) under Embedding(mask_zero=True) + a masked mean is 0/0 in Keras: the refusal
+    said the layers overflow float32, which sent users the wrong way."""
+    import keras
+
+    from deploykit.errors import DataError
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4, mask_zero=True)(ids))
+    model = keras.Model(ids, keras.layers.Dense(2, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(1, 20, (16, 6)).astype("int32")
+    x[3] = 0
+    with pytest.raises(DataError, match=r"sample 3\), whose ids are all 0: padding only.*mask_zero=True.*0/0; drop such samples"):
+        deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
+    assert not (tmp_path / "o").exists()
