@@ -1091,7 +1091,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         # A comparison inside the model (x > t) answers differently wherever integer activations move x across t.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
         hints.append("a boolean output flips wherever the quantized activations move a compared value across its "
-                     "threshold; " + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
+                     "threshold; " + _more_precision(key, loaded))
     beyond = _calibration_range_hint(target, calib, inputs)
     if beyond:  # the likelier cause: more precision would clip the same way (int16x8 failed by as much as int8)
         hints.append(beyond)
@@ -1105,7 +1105,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
             and not any(f["confident"] for f in flips)):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
-        hints.append(_MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
+        hints.append(_more_precision(key, loaded))
     v = verification or {}
     if (target.activations != "float32" and v.get("mae_increase") is not None
             and any(o.get("violations", 0) > o.get("allowed_violations", 0) for o in outputs)):
@@ -1115,7 +1115,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         hints.append(f"against the targets its MAE changed by {v['mae_increase']:+.1%} from the reference's; where that is close "
                      f"enough, a target file with a wider tolerance.range_atol (here {target.tolerance.range_atol:g} of "
                      f"the output's range) accepts it (deploy targets --show {target.name}); "
-                     + _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"]))
+                     + _more_precision(key, loaded))
     if target.format == "tflite" and target.activations in ("int8", "int16") and failures:
         hints.append(_int8_one_hot_hint(loaded))
     if target.format == "tflite" and target.weights == "float16":
@@ -1310,10 +1310,35 @@ _FLOAT_INPUT_WAY_OUT = {
 
 
 # Where an integer target changes only answers the model was unsure of: what keeps more precision.
+def _more_precision(key: str, loaded: Any) -> str:
+    """Where a file short of precision can get more (``key``: the format, ``-int16`` for 16-bit activations).
+    TFLite's 16x8 quantizer has no kernel for hard_swish or gelu: a model with either (MobileNetV3) is sent to
+    float activations instead of to a target that refuses it back."""
+    if key == "tflite" and _activations_of(loaded) & {"hard_swish", "gelu"}:
+        return ("for more precision try a target with float activations (tflite-dynamic: int8 weights, about the same "
+                "size; tflite-fp16; tflite-int16x8's quantizer has no kernel for this model's "
+                f"{' or '.join(sorted(_activations_of(loaded) & {'hard_swish', 'gelu'}))}), or --qat "
+                "(tf_keras models) to train the model for int8")
+    return _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"])
+
+
+def _activations_of(loaded: Any) -> set[str]:
+    """The names of the activation functions the Keras model's layers apply (empty without a Keras model)."""
+    from deploykit.models import _flat_layers
+
+    model = getattr(loaded, "keras_model", None)
+    names = set()
+    for layer in _flat_layers(model) if model is not None else []:
+        fn = getattr(layer, "activation", None)
+        name = getattr(fn, "__name__", fn if isinstance(fn, str) else None)
+        if name:
+            names.add({"hard_silu": "hard_swish"}.get(str(name), str(name)))  # Keras 3's name for it
+    return names
+
+
 _MORE_PRECISION = {
-    "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size; its "
-              "quantizer has no kernel for hard_swish or gelu, as in MobileNetV3) or tflite-dynamic, or --qat "
-              "(tf_keras models) to train the model for int8",
+    "tflite": "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
+              "tflite-dynamic, or --qat (tf_keras models) to train the model for int8",
     "tflite-int16": "for more precision try a target with float activations (tflite-dynamic: int8 weights, about the "
                     "same size; tflite-fp16)",
     "onnx": "for more precision try onnx-int16x8 (16-bit activations, int8 weights: about the same size) or a "

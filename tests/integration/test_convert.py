@@ -573,7 +573,13 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     (int8,) = _failure_hints(get_target("tflite-int8"), model, x, unsure)
     (int16,) = _failure_hints(get_target("tflite-int16x8"), model, x, unsure)
     assert "try tflite-int16x8" in int8 and "tflite-int16x8" not in int16 and "tflite-dynamic" in int16
-    assert "its quantizer has no kernel for hard_swish or gelu" in int8  # int16x8 refused MobileNetV3 back to int8
+    assert "hard_swish" not in int8  # a model without it is not told about it
+    import keras
+
+    swish = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="hard_swish"), keras.layers.Dense(2)])
+    (mnv3,) = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=swish), x, unsure)
+    assert "tflite-int16x8's quantizer has no kernel for this model's hard_swish" in mnv3  # it refused MobileNetV3 back
+    assert "try tflite-int16x8" not in mnv3 and "try a target with float activations (tflite-dynamic" in mnv3
     (onnx8,) = _failure_hints(get_target("onnx-int8-qdq"), model, x, unsure)
     (onnx16,) = _failure_hints(get_target("onnx-int16x8"), model, x, unsure)
     assert "try onnx-int16x8" in onnx8 and "onnx-int16x8" not in onnx16 and "onnx-int8-dynamic" in onnx16
