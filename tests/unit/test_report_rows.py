@@ -743,3 +743,16 @@ def test_a_failure_s_suggestions_that_failed_in_the_same_run_say_so():
     _said_failed_too(words)
     assert "failed in this run too" not in words[0].error + words[1].error
     assert auto.error == "no candidate could be built: onnx-int16x8, onnx-fp16: an op"
+
+
+def test_the_html_tables_are_not_held_to_the_text_width():
+    """A 1200 px body put the targets table's right columns (Δ acc, agreement, error, memory) behind a
+    scrollbar even in a 1400 px window, and off the page in print."""
+    import re
+
+    from deploykit.report.html import _CSS
+
+    body = re.search(r"body\{([^}]*)\}", _CSS).group(1)
+    assert "max-width" not in body and re.search(r"p,ul,[^{]*\{max-width:1200px\}", _CSS)
+    assert "td:first-child{white-space:normal" in _CSS  # long target names wrap instead of widening the table
+    assert "@media print{.wide{overflow:visible}" in _CSS

@@ -9,10 +9,15 @@ from deploykit.artifacts import Manifest
 from deploykit.report.rows import (SECTIONS, artifact_lines, columns, highlights, measured_lines, model_lines, table,
                                   table_note)
 
+# The tables take the page's whole width and the text keeps 1200 px to read: a 1200 px body put the
+# targets table's right columns (accuracy change, agreement, error, memory) behind a scrollbar even in a
+# 1400 px window, and off the page in print.
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+p,ul,h1,h2,h3,svg{max-width:1200px}
 table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
-td{white-space:nowrap}.wide{overflow-x:auto}
+td{white-space:nowrap}td:first-child{white-space:normal;min-width:9rem}.wide{overflow-x:auto}
+@media print{.wide{overflow:visible}table{font-size:.65rem}th,td{padding:.15rem .3rem}}
 th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}tr.failed{background:#fff0f0}
 code{background:#f5f5f5;padding:0 .2rem}.fail{color:#b00}
 """
