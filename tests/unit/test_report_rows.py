@@ -756,3 +756,20 @@ def test_the_html_tables_are_not_held_to_the_text_width():
     assert "max-width" not in body and re.search(r"p,ul,[^{]*\{max-width:1200px\}", _CSS)
     assert "td:first-child{white-space:normal" in _CSS  # long target names wrap instead of widening the table
     assert "@media print{.wide{overflow:visible}" in _CSS
+
+
+def test_the_smallest_download_is_named_when_it_is_not_the_smallest_file():
+    """A pruned run named tflm-int8 (84 KiB, gzip 56 KiB) "Smallest" beside tfjs-uint8's 51 KiB download, in a
+    report whose plot is about the gzipped download pruning shrinks."""
+    from deploykit.report.rows import highlights
+
+    tflm, tfjs = _artifact("tflm-int8", 86_000), _artifact("tfjs-uint8", 89_000)
+    tflm.gzip_bytes, tfjs.gzip_bytes = 57_000, 52_000
+    (small,) = [ln for ln in highlights(Manifest(model={}, tools={}, machine={}, artifacts=[tflm, tfjs]))
+                if ln.startswith("Smallest")]
+    assert small == ("Smallest: **tflm-int8** (84.0 KiB, gzip 55.7 KiB); smallest download: **tfjs-uint8** "
+                     "(gzip 50.8 KiB, 86.9 KiB unpacked)"), small
+    tfjs.gzip_bytes = 60_000
+    (small,) = [ln for ln in highlights(Manifest(model={}, tools={}, machine={}, artifacts=[tflm, tfjs]))
+                if ln.startswith("Smallest")]
+    assert "download" not in small
