@@ -741,7 +741,8 @@ def _against_dense(manifest: Manifest, rep: dict[str, Any]) -> list[str]:
 
 def size_against_dense(manifest: Manifest) -> list[str]:
     """One line: each kept artifact's download size (gzip) against the dense model's float32 file of
-    the same format, converted before pruning or clustering: the "N x smaller" a fine-tune bought."""
+    the same format, converted before pruning or clustering: the "N x smaller" the fine-tune and the
+    target's quantization bought together (said so: an int8 file's ratio is mostly quantization's)."""
     refs = manifest.steps.get("dense_reference") or {}
     parts, used = [], {}
     for a in manifest.artifacts:
@@ -756,7 +757,8 @@ def size_against_dense(manifest: Manifest) -> list[str]:
     lines = []
     if parts:
         lines.append("- Download size (gzip) against the dense model's float32 file of the same format ("
-                     + ", ".join(f"{t} {human_bytes(n)}" for t, n in used.items()) + "): " + "; ".join(parts) + ".")
+                     + ", ".join(f"{t} {human_bytes(n)}" for t, n in used.items()) + "; a quantized file's ratio is "
+                     "pruning and quantization together): " + "; ".join(parts) + ".")
     if failed:
         errors = dict.fromkeys(r["error"] for r in refs.values() if r.get("error") and r["target"] in failed)
         lines.append(f"- The dense model did not convert to {', '.join(failed)} for the size comparison: "
