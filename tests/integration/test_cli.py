@@ -801,16 +801,17 @@ def test_a_warning_is_printed_once_and_not_raised_as_a_python_warning_too(tmp_pa
 
 def test_bench_data_the_model_cannot_run_on_is_one_line(tmp_path):
     """Token ids past an Embedding's table: LiteRT and ONNX Runtime raised their own errors (a 52-line
-    traceback, exit 1), solo and side by side; TF.js already said it in one line."""
+    traceback, exit 1), solo and side by side; TF.js said it in one line without the hint."""
     import keras
 
     inp = keras.Input((6,), dtype="int32", name="ids")
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(inp))))
     ids = np.random.default_rng(0).integers(0, 20, (8, 6)).astype("int32")
-    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32"], data=ids, out=tmp_path / "out", bench=False)
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=ids, out=tmp_path / "out", bench=False)
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.full((2, 6), 1000, np.int32))
-    for files in ([result.path("tflite-fp32")], [result.path("onnx-fp32")], [result.path("tflite-fp32"), result.path("onnx-fp32")]):
+    for files in ([result.path("tflite-fp32")], [result.path("onnx-fp32")], [result.path("tfjs-fp32")],
+                  [result.path("tflite-fp32"), result.path("onnx-fp32")]):
         message = _refusal(["bench", *files, "--data", bad, "--iterations", "2"])
         assert "cannot run on the data's first sample: " in message and "Embedding vocabulary" in message, message
     np.savez(tmp_path / "good.npz", x=ids)

@@ -375,8 +375,12 @@ def _bench_inputs(runner: Any, data: Any, path: Path | None = None) -> dict[str,
     inputs = {spec.name: (x if len(x) == batch else np.resize(x, (batch, *x.shape[1:]))) for spec, x in zip(specs, ds.x)}
     try:  # once, untimed: values the model cannot take (ids past an Embedding's table) fail here, not mid-timing
         runner.run(inputs)
-    except DeployError:
-        raise
+    except DeployError as exc:
+        if not str(exc).startswith("TF.js run: "):  # TF.js's own refusal of the values is said as the others are
+            raise
+        why = " ".join(str(exc).removeprefix("TF.js run: ").split())
+        raise UserError(f"{(path or Path('the artifact')).name} cannot run on the data's first sample: {why}; check its "
+                        "values (e.g. token ids within the model's Embedding vocabulary)") from None
     except Exception as exc:  # noqa: BLE001 - the runtime's own error, said in one line
         why = " ".join(str(exc).split())
         why = why if len(why) <= 300 else why[:300].rsplit(" ", 1)[0] + " …"  # whole words: "indices elemen" lost its value
