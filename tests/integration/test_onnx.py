@@ -829,3 +829,32 @@ def test_a_gru_the_dynamic_quantizer_fails_on_gets_a_way_out(tmp_path):
     assert art["error"].endswith("ONNX Runtime's dynamic quantizer fails on this graph (e.g. a GRU's recurrent loop): "
                                  "try onnx-int16x8 or onnx-fp16, or tflite-dynamic"), art["error"]
     assert result.artifact("onnx-int16x8")["status"] == "ok"  # the way out it names works
+
+
+def test_a_negative_one_hot_id_inside_a_while_loop_stays_an_all_off_row(tmp_path):
+    """The guard for ONNX's OneHot (which counts -1 from the end) reached the top-level graph only: inside a
+    tf.while_loop's body -1 still read as the last category, and the file passed on data without -1."""
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    class LoopHot(keras.layers.Layer):
+        def call(self, ids):
+            def body(i, acc):
+                return i + 1, acc + tf.one_hot(ids[:, i], 5)
+
+            start = (tf.constant(0), tf.zeros((tf.shape(ids)[0], 5)))
+            return tf.while_loop(lambda i, acc: i < tf.shape(ids)[1], body, start)[1]
+
+        def compute_output_shape(self, shape):
+            return (shape[0], 5)
+
+    keras.utils.set_random_seed(0)
+    ids_in = keras.Input((3,), dtype="int32", name="ids")
+    model = keras.Model(ids_in, keras.layers.Dense(2)(LoopHot()(ids_in)))
+    ids = np.random.default_rng(0).integers(0, 5, (32, 3)).astype("int32")
+    result = deploykit.convert(model, ["onnx-fp32"], data={"ids": ids}, out=tmp_path / "o", bench=False)
+    assert result.artifact("onnx-fp32")["status"] == "ok", result.artifact("onnx-fp32")["error"]
+    session = ort.InferenceSession(str(result.path("onnx-fp32")), providers=["CPUExecutionProvider"])
+    odd = np.array([[-1, -1, -1], [0, -1, 4], [-3, 2, 2]], np.int32)
+    np.testing.assert_allclose(session.run(None, {"ids": odd})[0], np.asarray(model(odd)), atol=1e-6)

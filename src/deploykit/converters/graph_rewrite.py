@@ -249,24 +249,37 @@ def guard_one_hot_negatives(graph_def: Any) -> Any:
 
     TensorFlow gives a negative id (-1, the usual "missing") an all-zero row; ONNX's OneHot counts it
     from the end, so tf2onnx's file read -1 as the last category and passed verification, whose data
-    held no negative id. The OneHot keeps its name and its other inputs.
+    held no negative id. The OneHot keeps its name and its other inputs. OneHots inside function
+    bodies (a ``tf.while_loop``'s, which inlining leaves as functions) are guarded too.
     """
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
-    import numpy as np
-    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
 
-    if not any(n.op == "OneHot" for n in graph_def.node):
+    if not any(n.op == "OneHot" for n in graph_def.node) and \
+            not any(n.op == "OneHot" for f in graph_def.library.function for n in f.node_def):
         return graph_def
     gd = graph_pb2.GraphDef()
     gd.CopyFrom(graph_def)
+    _guard_one_hots(gd.node, lambda name, out: name)
+    for function in gd.library.function:  # a function body names a node's output "node:arg:index"
+        _guard_one_hots(function.node_def, lambda name, out: f"{name}:{out}:0")
+    return gd
+
+
+def _guard_one_hots(nodes: Any, ref: Callable[[str, str], str]) -> None:
+    """Guard each OneHot among ``nodes`` (a repeated NodeDef field, extended in place); ``ref(node, output arg)``
+    names a node's first output as that container does."""
+    from tensorflow.core.framework import node_def_pb2
+    import numpy as np
+    import tensorflow as tf
+
     added = []
-    for node in gd.node:
+    for node in nodes:
         if node.op != "OneHot" or tf.dtypes.as_dtype(node.attr["TI"].type).is_unsigned:  # no negative id there
             continue
         ti = tf.dtypes.as_dtype(node.attr["TI"].type)
         indices, depth = node.input[0], node.input[1]
         zero = const_node(f"{node.name}/no_id", np.array(0, ti.as_numpy_dtype), device=node.device)
-        negative = node_def_pb2.NodeDef(name=f"{node.name}/negative_id", op="Less", input=[indices, zero.name],
+        negative = node_def_pb2.NodeDef(name=f"{node.name}/negative_id", op="Less", input=[indices, ref(zero.name, "output")],
                                         device=node.device)
         negative.attr["T"].type = ti.as_datatype_enum
         added += [zero, negative]
@@ -275,14 +288,13 @@ def guard_one_hot_negatives(graph_def: Any) -> Any:
             cast.attr["SrcT"].type = tf.int32.as_datatype_enum
             cast.attr["DstT"].type = ti.as_datatype_enum
             added.append(cast)
-            depth = cast.name
-        guarded = node_def_pb2.NodeDef(name=f"{node.name}/guarded_id", op="SelectV2", input=[negative.name, depth, indices],
-                                       device=node.device)
+            depth = ref(cast.name, "y")
+        guarded = node_def_pb2.NodeDef(name=f"{node.name}/guarded_id", op="SelectV2",
+                                       input=[ref(negative.name, "z"), depth, indices], device=node.device)
         guarded.attr["T"].type = ti.as_datatype_enum
         added.append(guarded)
-        node.input[0] = guarded.name
-    gd.node.extend(added)
-    return gd
+        node.input[0] = ref(guarded.name, "output")
+    nodes.extend(added)
 
 
 def prepare_for_export(graph_def: Any, onnx: bool = False) -> Any:
