@@ -757,3 +757,20 @@ def test_a_one_hot_on_another_axis_converts_to_tfjs(tmp_path):
     assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 1e-5, art["error"]
     nodes = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["modelTopology"]["node"]
     assert all(n["attr"].get("axis", {}).get("i", "-1") == "-1" for n in nodes if n["op"] == "OneHot")
+
+
+def test_an_int64_output_is_said_to_arrive_as_int32(tmp_path):
+    """The report said `output_0 ... int64` and TF.js returned an int32 tensor with no note, while int64 inputs
+    were told to be fed as int32: a hashed id past 2**31 would arrive wrapped."""
+    import keras
+
+    inp = keras.Input((4,), name="feat")
+    probs = keras.layers.Dense(3, activation="softmax")(inp)
+    model = keras.Model(inp, [keras.ops.cast(keras.ops.argmax(probs, axis=-1), "int64"), probs])
+    result = deploykit.convert(model, ["tfjs-fp32"], data=np.random.default_rng(0).random((16, 4)).astype("float32"),
+                               out=tmp_path / "o", bench=False)
+    art = result.artifact("tfjs-fp32")
+    assert art["status"] == "ok", art["error"]
+    notes = " ".join(art["verification"]["notes"])
+    assert "TF.js returns `output_0` (int64) as int32 tensors: values beyond int32's ±2**31 do not survive" in notes, notes
+    assert "output_1" not in notes

@@ -429,6 +429,14 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     if wide:  # TF.js reads DT_DOUBLE/DT_HALF as float32, and refuses int32 there ("must be float32")
         notes.append("TF.js has no " + "/".join(sorted({s.dtype for s in wide})) + " tensors: feed "
                      + ", ".join(f"`{s.name}`" for s in wide) + " as float32, which TF.js computes it in")
+    # and the same on the way out: an int64 output arrives as an int32 tensor (a hashed id or a timestamp
+    # past 2**31 wraps there, and verification, on the model's own values, would not show it)
+    outs = [s for s in model.info().outputs if s.dtype not in ("float32", "int32", "bool", "string")]
+    if outs:
+        notes.append("TF.js returns " + ", ".join(f"`{s.name}` ({s.dtype})" for s in outs) + " as "
+                     + " and ".join(sorted({"float32" if s.dtype.startswith("float") else "int32" for s in outs}))
+                     + (" tensors: values beyond int32's ±2**31 do not survive" if any(s.dtype in ("int64", "uint64", "uint32") for s in outs)
+                        else " tensors"))
     if notes:
         settings["note"] = "; ".join(notes)
     return settings
