@@ -141,9 +141,11 @@ def convert(
     # SIGTERM (CI cancel, timeout, docker stop) stops the run the same way: what it wrote goes,
     # and with --force the previous run is put back.
     signal.signal(signal.SIGTERM, interrupts.handler)
+    from deploykit.errors import called_from_cli
+
     try:
         def make_pipeline(progress: Any) -> Any:
-            with _flag_terms():  # the settings are checked here: --iterations 0 is named as --iterations
+            with _flag_terms(), called_from_cli():  # the settings are checked here: --iterations 0 is named as --iterations
                 return Pipeline(
                     target, data=data, out=out, eval_data=eval_data, force=force, trust_model=trust_model,
                     threads=threads, warmup=warmup, iterations=iterations, verify_samples=verify_samples,
@@ -214,7 +216,8 @@ def _run_convert(err: Any, interrupts: Any, out: Path, make_pipeline: Any, model
 
         pipeline = make_pipeline(progress)
         try:
-            result = pipeline.run(model)
+            with called_from_cli():  # its messages name the flags typed
+                result = pipeline.run(model)
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
             status.stop()
             if getattr(pipeline, "completed", False):  # it came while the finished run let go of --out

@@ -12,9 +12,11 @@ Messages name the bad value, what would have been valid, and how to fix it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
+import functools
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 class DeployError(Exception):
@@ -84,6 +86,8 @@ def in_python_terms(text: str) -> str:
     A message starting with a bench setting a keyword fills names the keyword (see :func:`in_cli_terms`)."""
     import re
 
+    if " (in Python: " in text:  # said already, by an entry point this one called
+        return text
     text = _lead_renamed(text, PYTHON_SETTINGS)
     flags = dict.fromkeys(f for f in re.findall(r"--[a-z][a-z-]*[a-z]", text) if f in PYTHON_TERMS)
     said = [f"{f} is {PYTHON_TERMS[f]}" for f in flags
@@ -129,12 +133,38 @@ def reworded(kind: type[Exception], rewrite: Callable[[str], str]) -> Iterator[N
         raise type(exc)(rewrite(exc.args[0])) from None
 
 
+# Set while the ``deploy`` CLI calls an API entry point: its messages then stay in the flags' terms.
+_CLI_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("deploykit_cli_caller", default=False)
+
+
+@contextlib.contextmanager
+def called_from_cli() -> Iterator[None]:
+    """The API entry points called inside keep their messages in CLI terms (see :func:`at_api_boundary`)."""
+    token = _CLI_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _CLI_CALLER.reset(token)
+
+
+def api_entry(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run inside :func:`at_api_boundary` (a public method a caller reaches without convert())."""
+
+    @functools.wraps(fn)
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        with at_api_boundary():
+            return fn(*args, **kwargs)
+
+    return entry
+
+
 @contextlib.contextmanager
 def at_api_boundary() -> Iterator[None]:
     """What the API's entry points raise: DeployErrors in a Python caller's terms (:func:`in_python_terms`:
-    they share the CLI's messages, which name flags), and a path no file can have as the user error it is."""
+    they share the CLI's messages, which name flags; not when the CLI is the caller, see
+    :func:`called_from_cli`), and a path no file can have as the user error it is."""
     try:
-        with reworded(DeployError, in_python_terms):
+        with reworded(DeployError, (lambda text: text) if _CLI_CALLER.get() else in_python_terms):
             yield
     except OSError as exc:
         refusal = path_refusal(exc)

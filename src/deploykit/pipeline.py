@@ -27,7 +27,7 @@ import numpy as np
 
 from deploykit._quiet import logs_muted
 from deploykit.artifacts import FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
-from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError, disk_full
+from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError, api_entry, disk_full
 from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_SETTINGS, check_cluster,
                                         check_prune, check_qat, check_qat_model, fine_tune_loss,
                                         label_output_index)
@@ -85,6 +85,7 @@ class ConvertResult:
         raise KeyError(f"no target {name!r} in this result; it holds: "
                        f"{', '.join(a['target'] for a in self.artifacts)}")
 
+    @api_entry
     def path(self, target: str) -> Path:
         """The absolute path of one target's artifact file (``model.tflite``, ``model.onnx``, ``model.json``...).
 
@@ -236,6 +237,7 @@ class Pipeline:
         >>> Pipeline(["tflite-fp32", "tflite-int8"], data="calib.npz", out="build").run("model.keras")
     """
 
+    @api_entry
     def __init__(
         self,
         targets: Sequence[str | Target] | str | Target,
@@ -311,6 +313,7 @@ class Pipeline:
         self._refused: dict[str, str] = {}  # target name -> why it cannot take this model (set by run)
 
     # -------------------------------------------------------------------------------------
+    @api_entry
     @logs_muted
     def run(self, model: Any) -> ConvertResult:
         """Run every target on ``model`` (path or in-memory Keras model)."""

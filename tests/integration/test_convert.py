@@ -2315,3 +2315,20 @@ def test_an_all_padding_sample_under_a_masked_mean_is_named_as_such(tmp_path):
     with pytest.raises(DataError, match=r"sample 3\), whose ids are all 0: padding only.*mask_zero=True.*0/0; drop such samples"):
         deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_the_pipeline_class_speaks_in_python_terms_too(tmp_path, keras3_model):
+    """deploykit.Pipeline, exported beside convert(), said "pass --data calib.npz" with no Python name;
+    the CLI, which runs the same class, keeps the flags."""
+    from deploykit.errors import DataError, UserError, called_from_cli
+
+    with pytest.raises(DataError, match=r"pass --data calib\.npz.*\(in Python: --data is data=\)$"):
+        deploykit.Pipeline(["tflite-int8"], out=tmp_path / "o", bench=False).run(keras3_model)
+    with pytest.raises(UserError, match=r"^verify_samples must be a whole number >= 1, got 0$"):  # its own terms
+        deploykit.Pipeline(["tflite-fp32"], out=tmp_path / "o", verify_samples=0)
+    with called_from_cli(), pytest.raises(DataError) as exc:
+        deploykit.Pipeline(["tflite-int8"], out=tmp_path / "o", bench=False).run(keras3_model)
+    assert "in Python" not in str(exc.value)
+    with pytest.raises(DataError) as exc:  # said once, though convert() and run() are both entry points
+        deploykit.convert(keras3_model, ["tflite-int8"], out=tmp_path / "o", bench=False)
+    assert str(exc.value).count("(in Python: ") == 1
