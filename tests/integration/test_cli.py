@@ -331,10 +331,10 @@ def test_inspect_prints_inputs_and_preprocessing(keras3_path, keras3_model):
         assert f"{layer.name}: {type(layer).__name__}" in out
 
 
-def test_inspect_saved_model(saved_model_dir):
+def test_inspect_saved_model(saved_model_dir, keras3_model):
     result = invoke(["inspect", saved_model_dir])
     assert result.exit_code == 0, result.output
-    assert "(saved_model), ? parameters" in result.stdout
+    assert f"(saved_model), {keras3_model.count_params()} parameters" in result.stdout  # it said "? parameters"
     assert "input  pixels: shape (None, 8, 8, 1) float32" in result.stdout
 
 
