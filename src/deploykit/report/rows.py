@@ -190,6 +190,10 @@ def _relative_p50(a: Any, fast: Any) -> float:
     return timing(a)["p50_ms"] / timing(fast)["p50_ms"]
 
 
+# Max abs errors at or below this are float32 rounding (a few ulps of values near 1): no file is closer.
+FLOAT_ROUNDING = 1e-5
+
+
 def highlights(manifest: Manifest) -> list[str]:
     """One line each: smallest, fastest, most accurate among the artifacts that passed (an -auto
     target's copy of a file in the run is not counted twice)."""
@@ -229,10 +233,16 @@ def highlights(manifest: Manifest) -> list[str]:
             tied = sum(1 for a in acc if a is not best and _accuracy_beyond_chance(a.verification) == level)
             luckier = [a for a in acc if a.verification["accuracy"] > best.verification["accuracy"]
                        and _accuracy_beyond_chance(a.verification) != a.verification["accuracy"]]  # ranked by chance
+            # float32 files a few 1e-7 apart: which is "closest" flips with the reference's batch size
+            rounding = [a.target for a in acc if a is not best and _accuracy_beyond_chance(a.verification) == level
+                        and (a.verification.get("max_abs_error") or 0.0) <= FLOAT_ROUNDING] \
+                if (best.verification.get("max_abs_error") or 0.0) <= FLOAT_ROUNDING else []
             lines.append(
                 f"Most accurate: **{best.target}** ({best.verification['accuracy']:.2%}{per}; reference "
                 f"{best.verification['reference_accuracy']:.2%}"
                 + (f"; {tied} other artifact{'s' if tied > 1 else ''} as accurate, this one closest to the reference"
+                   + (f", a tie with {', '.join(rounding[:2])}{' and others' if len(rounding) > 2 else ''}: they differ "
+                      f"from it by float32 rounding alone (max abs error at most {FLOAT_ROUNDING:g})" if rounding else "")
                    if tied else "")
                 + "".join(f"; {a.target}'s {a.verification['accuracy']:.2%} is within chance on the "
                           + (f"{_changed_answers(a.verification)} answers it changed" if _changed_answers(a.verification) != 1
