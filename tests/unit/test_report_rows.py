@@ -178,7 +178,7 @@ def test_size_against_the_dense_model_per_format():
             "onnx": {"target": "onnx-fp32", "error": "ValueError: no"}}
     lines = size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts, steps={"dense_reference": refs}))
     assert lines[0] == ("- Download size (gzip) against the dense model's float32 file of the same format (tflite-fp32 "
-                        "146.5 KiB): tflite-int8 14.6 KiB = **0.100×** (10.0x smaller).")
+                        "146.5 KiB; a quantized file's ratio is pruning and quantization together): tflite-int8 14.6 KiB = **0.100×** (10.0x smaller).")
     assert lines[1].startswith("- The dense model did not convert to onnx-fp32 for the size comparison: ValueError: no")
     assert size_against_dense(Manifest(model={}, tools={}, machine={}, artifacts=arts)) == []
     why = "the model was pruned in place (it cannot be cloned), so no dense copy was left to convert"
