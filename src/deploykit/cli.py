@@ -206,6 +206,8 @@ def _block_size(text: str) -> tuple[int, int]:
 
 def _run_convert(err: Any, interrupts: Any, out: Path, make_pipeline: Any, model: Any) -> Any:
     """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130)."""
+    from deploykit.errors import called_from_cli
+
     with err.status("starting") as status:
 
         def progress(msg: str) -> None:
