@@ -1,21 +1,23 @@
-"""Layers no target takes, written for export as the same computation in ops every target has.
+"""Layers no target takes whole, written for export as the same computation in plain ops.
 
 - **IntegerLookup** keeps its vocabulary in a TensorFlow hash table. No target takes one: TFLite has no
   builtin kernel for it, tf2onnx has no handler, and a frozen graph (TF.js) leaves out the function
   that fills it. So every target failed on a tabular model with a categorical feature, the common Keras
-  recipe. The vocabulary is small and fixed at inference, so the lookup is written as what it
-  computes: each id compared with every key, the matching key's value taken, the table's default where
-  none matches, the mask token's value where it is the mask token.
-- **CategoryEncoding** (and IntegerLookup) in ``multi_hot`` or ``count`` mode computes with
-  DenseBincount, which TFLite has no builtin kernel for: written as a one-hot of each id, then the
-  maximum (multi_hot) or sum (count) over the ids.
+  recipe. The vocabulary is fixed at inference, so the lookup is written as what it computes: each id
+  compared with every key, the matching key's value taken (a sum over the at most one match), the
+  table's default where none matches, the mask token's value where it is the mask token.
+- **CategoryEncoding** (and IntegerLookup's encoded modes): ``multi_hot`` and ``count`` compute with
+  DenseBincount, which TFLite has no kernel for, and ``one_hot`` with OneHot, which TFLite Micro lacks,
+  TFLite's int8 file got wrong (its zeros read as 0.5) and tf2onnx half-converted for rank-2 ids. Each
+  is written as a comparison of each id with every category, then the maximum (multi_hot) or sum
+  (count) over the ids.
 
 Only the exported copy of the model carries these layers (``models.export_copy``); the model as given
 stays the reference, and every artifact is verified against it. A layer is replaced only when the
-replacement gives the same output as the layer itself on a probe (every key, ids outside the
-vocabulary and the mask token; every category), in the shape the model gives it. Hashed
-out-of-vocabulary buckets (``num_oov_indices > 1``), ``tf_idf`` output, sparse output and vocabularies
-over ``MAX_KEYS`` keys keep their table (and the targets' refusals name them).
+replacement gives the same output as the layer itself on a probe (every key, ids beside them, the
+dtype's extremes and the mask token; every category and ids past them), in the shape the model gives
+it. Hashed out-of-vocabulary buckets (``num_oov_indices > 1``), ``tf_idf`` output, sparse output and
+vocabularies over ``MAX_KEYS`` keys keep their table (and the targets' refusals name them).
 """
 
 from __future__ import annotations
@@ -29,16 +31,21 @@ import numpy as np
 MAX_KEYS = 1 << 16
 
 
-def _one_hot_reduce(ids: Any, depth: int, mode: str, dtype: str) -> Any:
-    """multi_hot / count of rank-2 ids (batch, k) as a one-hot per id reduced over the ids: no DenseBincount.
+def _encode(ids: Any, depth: int, mode: str, dtype: str) -> Any:
+    """one_hot / multi_hot / count of ids as Keras encodes them, written as a comparison of each id with
+    every category, in the ids' own dtype.
 
-    The one-hot is a comparison with every category, not a OneHot op: tf2onnx left a OneHot of rank-2
-    ids half-converted (the checker refused its four inputs), and an id outside 0..depth-1 is simply
-    counted nowhere on every runtime."""
+    Not a OneHot op: tf2onnx left a OneHot of rank-2 ids half-converted (the checker refused its four
+    inputs), TFLite's int8 ONE_HOT read its zeros as 0.5, TFLite Micro has no ONE_HOT, and DenseBincount
+    (multi_hot, count) has no TFLite kernel. An id outside 0..depth-1 (an int64 id past 2**32 too, which a
+    cast to int32 wrapped into a category) is counted nowhere, as Keras does."""
+    import keras
     from keras import ops
 
-    ids = ops.cast(ids, "int32")
-    hot = ops.cast(ops.equal(ops.expand_dims(ids, -1), ops.arange(depth, dtype="int32")), dtype)
+    categories = ops.arange(depth, dtype=keras.backend.standardize_dtype(ids.dtype))
+    hot = ops.cast(ops.equal(ops.expand_dims(ids, -1), categories), dtype)
+    if mode == "one_hot":  # Keras encodes ids of shape (batch, 1) as rows of shape (batch, depth)
+        return ops.squeeze(hot, axis=-2) if len(ids.shape) >= 2 and ids.shape[-1] == 1 else hot
     return ops.max(hot, axis=-2) if mode == "multi_hot" else ops.sum(hot, axis=-2)
 
 
@@ -54,35 +61,32 @@ def _layer_classes() -> tuple[type, type]:
             super().__init__(**kwargs)
             self.keys, self.values, self.default, self.mask = keys, values, default, mask
             self.output_mode, self.depth, self.output_dtype = output_mode, depth, output_dtype
-            self.encode = (keras.layers.CategoryEncoding(num_tokens=depth, output_mode="one_hot", dtype=output_dtype)
-                           if output_mode == "one_hot" else None)
 
         def call(self, ids: Any) -> Any:
             ids = ops.cast(ids, self.keys.dtype)
             match = ops.equal(ops.expand_dims(ids, -1), ops.convert_to_tensor(self.keys))
-            # Keys are unique: at most one match, so the sum of matched values is the match's value.
+            # Keys are unique: at most one matches, so the sum of the matched values is the match's value and
+            # the count of matches says whether the default applies (no REDUCE_ANY: TFLite Micro lacks it).
             values = ops.convert_to_tensor(self.values)
-            found = ops.any(match, axis=-1)
+            matched = ops.sum(ops.cast(match, self.values.dtype), axis=-1)
             looked = ops.sum(ops.where(match, values, ops.zeros_like(values)), axis=-1)
-            looked = ops.where(found, looked, ops.cast(self.default, self.values.dtype))
+            looked = looked + (1 - matched) * ops.cast(self.default, self.values.dtype)
             if self.mask is not None:
                 looked = ops.where(ops.equal(ids, ops.cast(self.mask[0], self.keys.dtype)),
                                    ops.cast(self.mask[1], self.values.dtype), looked)
-            if self.output_mode in ("multi_hot", "count"):
-                return _one_hot_reduce(looked, self.depth, self.output_mode, self.output_dtype)
-            return looked if self.encode is None else self.encode(looked)
+            return looked if self.output_mode == "int" else _encode(looked, self.depth, self.output_mode, self.output_dtype)
 
-    class BincountFreeEncoding(keras.layers.Layer):
-        """CategoryEncoding's multi_hot / count without DenseBincount (see the module docstring)."""
+    class ComparedEncoding(keras.layers.Layer):
+        """CategoryEncoding as comparisons of each id with every category (see the module docstring)."""
 
         def __init__(self, depth: int, output_mode: str, output_dtype: str, **kwargs: Any):
             super().__init__(**kwargs)
             self.depth, self.output_mode, self.output_dtype = depth, output_mode, output_dtype
 
         def call(self, ids: Any) -> Any:
-            return _one_hot_reduce(ids, self.depth, self.output_mode, self.output_dtype)
+            return _encode(ids, self.depth, self.output_mode, self.output_dtype)
 
-    return TableFreeLookup, BincountFreeEncoding
+    return TableFreeLookup, ComparedEncoding
 
 
 def for_export(layer: Any) -> tuple[Any, str] | None:
@@ -90,21 +94,29 @@ def for_export(layer: Any) -> tuple[Any, str] | None:
     if not type(layer).__module__.startswith("keras."):  # a user's subclass may compute otherwise
         return None
     if type(layer).__name__ == "IntegerLookup" and (lookup := table_free(layer)) is not None:
-        return lookup, f"comparisons against its {lookup.keys.size} keys (no hash table)"
-    if type(layer).__name__ == "CategoryEncoding" and (encoding := bincount_free(layer)) is not None:
-        return encoding, f"a one-hot per id, then its {'maximum' if layer.output_mode == 'multi_hot' else 'sum'} (no DenseBincount)"
+        return lookup, (f"comparisons against its {lookup.keys.size} keys (no hash table; each id is compared with "
+                        "every key, so the cost grows with the vocabulary)")
+    if type(layer).__name__ == "CategoryEncoding" and (encoding := compared_encoding(layer)) is not None:
+        return encoding, f"a comparison of each id with its {encoding.depth} categories (no {_OP[layer.output_mode]})"
     return None
 
 
-def bincount_free(layer: Any) -> Any | None:
-    """A layer computing what a ``CategoryEncoding`` in multi_hot or count mode computes, without
-    DenseBincount; None for other modes, sparse output, or when the two disagree on the probe."""
-    if layer.output_mode not in ("multi_hot", "count") or getattr(layer, "sparse", False):
+# What each CategoryEncoding mode computes with in TensorFlow, which no target (or TFLite's int8) takes whole.
+_OP = {"one_hot": "OneHot", "multi_hot": "DenseBincount", "count": "DenseBincount"}
+
+
+def compared_encoding(layer: Any) -> Any | None:
+    """A layer computing what a ``CategoryEncoding`` computes (one_hot, multi_hot, count) as comparisons of
+    each id with every category; None for sparse output, or when the two disagree on the probe."""
+    if layer.output_mode not in _OP or getattr(layer, "sparse", False):
         return None
     depth = int(layer.num_tokens)
+    # ids past the categories are counted nowhere (2**32 + 2 too); a negative one only by one_hot (the
+    # others' DenseBincount refuses it)
+    outside = np.array([depth, depth + 1, 2**32 + 2] + ([-1] if layer.output_mode == "one_hot" else []), np.int64)
     try:
         replacement = _layer_classes()[1](depth, layer.output_mode, str(layer.compute_dtype), name=layer.name)
-        return replacement if _agrees(layer, replacement, np.arange(depth, dtype=np.int64), None, strict=True) else None
+        return replacement if _agrees(layer, replacement, np.arange(depth, dtype=np.int64), outside) else None
     except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
         return None
 
@@ -123,28 +135,40 @@ def table_free(layer: Any) -> Any | None:
         return None
     mask = None
     if layer.mask_token is not None:
-        mask = (int(np.asarray(layer._mask_key)), int(np.asarray(layer._mask_value)))
+        # Encoded modes give the mask token an all-zero row: Keras maps it to int64's largest value, which
+        # no category equals; -1 says the same to the comparisons, where that value broke ONNX's Gather and
+        # TF.js (no int64 constants)
+        mask = (int(np.asarray(layer._mask_key)), int(np.asarray(layer._mask_value)) if layer.output_mode == "int" else -1)
     depth = layer.max_tokens if getattr(layer, "pad_to_max_tokens", False) else layer.vocabulary_size()
     try:
         replacement = _layer_classes()[0](keys, values, default, mask, layer.output_mode, int(depth),
                                      str(layer.compute_dtype) if layer.output_mode != "int" else "int64",
                                      name=layer.name)
-        if not _agrees(layer, replacement, keys, mask, strict=layer.num_oov_indices == 0):
+        if not _agrees(layer, replacement, keys if mask is None else np.append(keys, keys.dtype.type(mask[0])),
+                       np.empty(0, keys.dtype) if layer.num_oov_indices == 0 else _beside(keys)):
             return None
     except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
         return None
     return replacement
 
 
-def _agrees(layer: Any, replacement: Any, keys: np.ndarray, mask: tuple[int, int] | None, strict: bool) -> bool:
-    """The two layers give the same output on every key, ids beside them, and the mask token.
-    ``strict``: ids outside ``keys`` are not probed (a lookup with ``num_oov_indices=0`` refuses them,
-    DenseBincount fails on negative ones)."""
-    # Ids outside the vocabulary: the smallest and largest representable values, and neighbours of keys.
+# Probe at most this many id-key comparisons at once: a 65536-key vocabulary probed in one call built a
+# (196608, 65536) comparison and took 14 GB before failing.
+PROBE_ELEMENTS = 1 << 22
+
+
+def _beside(keys: np.ndarray) -> np.ndarray:
+    """Ids outside the vocabulary: each key's neighbours (of 4096 keys at most), and the dtype's extremes."""
     info = np.iinfo(keys.dtype)
-    near = [keys] if strict else [keys, keys[keys < info.max] + 1, keys[keys > info.min] - 1,  # no wrapping
-                                  np.array([info.min + 1, info.max - 1, 0, -1], keys.dtype)]
-    probe = np.unique(np.concatenate(near + ([np.array([mask[0]], keys.dtype)] if mask else [])))
+    some = keys if keys.size <= 4096 else np.random.default_rng(0).choice(keys, 4096, replace=False)
+    return np.concatenate([some[some < info.max] + 1, some[some > info.min] - 1,  # no wrapping at the ends
+                           np.array([info.min + 1, info.max - 1, 0, -1], keys.dtype)])
+
+
+def _agrees(layer: Any, replacement: Any, inside: np.ndarray, outside: np.ndarray) -> bool:
+    """The two layers give the same output on every id of ``inside`` (keys, categories, the mask token) and
+    of ``outside`` (ids they do not hold), in the shape (batch, 1) and in the shape the model gives the layer."""
+    probe = np.unique(np.concatenate([inside, outside.astype(inside.dtype)]))
     probes = [probe.reshape(-1, 1)]
     try:  # and in the shape the model gives it (a one-hot of several ids per sample encodes otherwise)
         shape = [int(d) for d in tuple(layer.input.shape)[1:]]
@@ -153,8 +177,12 @@ def _agrees(layer: Any, replacement: Any, keys: np.ndarray, mask: tuple[int, int
     if shape is not None and all(d > 0 for d in shape):  # [] for ids of shape (batch,)
         per = int(np.prod(shape))
         probes.append(np.resize(probe, (-(-probe.size // per)) * per).reshape([-1, *shape]))
+    width = max(getattr(replacement, "keys", np.empty(1)).size, getattr(replacement, "depth", 1), 1)
     for ids in probes:
-        want, got = np.asarray(layer(ids)), np.asarray(replacement(ids))
-        if want.shape != got.shape or want.dtype != got.dtype or not np.array_equal(want, got):
-            return False
+        rows = max(1, PROBE_ELEMENTS // (width * max(1, ids[0].size)))
+        for at in range(0, len(ids), rows):
+            chunk = ids[at:at + rows]
+            want, got = np.asarray(layer(chunk)), np.asarray(replacement(chunk))
+            if want.shape != got.shape or want.dtype != got.dtype or not np.array_equal(want, got):
+                return False
     return True

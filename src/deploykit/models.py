@@ -834,12 +834,16 @@ def _dtype_name(dtype: Any) -> str:
 def _flat_layers(model: Any) -> list[Any]:
     """Layers in order, nested models flattened (their layers are the model's layers too); a
     preprocessing layer that holds layers of its own stays one layer."""
-    out = []
+    out, seen = [], set()
     for layer in getattr(model, "layers", []):
         if hasattr(layer, "layers") and getattr(layer, "layers", None) and not ".preprocessing." in type(layer).__module__:
-            out.extend(_flat_layers(layer))
+            inner = _flat_layers(layer)
         else:
-            out.append(layer)
+            inner = [layer]
+        for one in inner:  # a layer shared by a nested model and the outer one is one layer
+            if id(one) not in seen:
+                seen.add(id(one))
+                out.append(one)
     return out
 
 

@@ -620,17 +620,27 @@ def test_evaluation_inputs_past_the_calibration_range_are_named_instead_of_more_
 
 
 def test_tflite_int8_of_a_one_hot_names_it_and_the_float_targets_that_pass(tmp_path):
-    """TFLite's int8 file quantizes a CategoryEncoding's ids and zeros: it failed, told of a lost column only."""
+    """TFLite's int8 file quantizes a one-hot's ids and zeros: it failed, told of a lost column only. A
+    CategoryEncoding is now exported as comparisons and passes (TFLite Micro too); Discretization's own
+    one-hot still gets the hint."""
     import keras
 
     keras.utils.set_random_seed(0)
     ids = np.random.default_rng(0).integers(0, 8, (300, 1)).astype("int32")
     inp = keras.Input((1,), name="cat", dtype="int32")
     model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.CategoryEncoding(8, "one_hot", name="cat_1hot")(inp)))
-    result = deploykit.convert(model, ["tflite-int8", "tflite-dynamic"], data=ids, out=tmp_path / "o", bench=False)
+    result = deploykit.convert(model, ["tflite-int8", "tflm-int8"], data=ids, out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 0.02, (art["target"], art["error"])
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(0, 8, (300, 1)).astype("float32")
+    num = keras.Input((1,), name="num")
+    bins = keras.layers.Discretization(bin_boundaries=[1.0, 2.5, 4.0, 6.0], output_mode="one_hot", name="bins")(num)
+    binned = keras.Model(num, keras.layers.Dense(3)(bins))
+    result = deploykit.convert(binned, ["tflite-int8", "tflite-dynamic"], data=x, out=tmp_path / "d", bench=False)
     assert result.artifact("tflite-dynamic")["status"] == "ok"
-    assert "TFLite's integer conversion of a one-hot ('cat_1hot') quantizes the category id" in \
-        result.artifact("tflite-int8")["error"]
+    int8 = result.artifact("tflite-int8")
+    assert "TFLite's integer conversion of a one-hot ('bins') quantizes the category id" in int8["error"], int8["error"]
 
 
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
@@ -2332,3 +2342,58 @@ def test_the_pipeline_class_speaks_in_python_terms_too(tmp_path, keras3_model):
     with pytest.raises(DataError) as exc:  # said once, though convert() and run() are both entry points
         deploykit.convert(keras3_model, ["tflite-int8"], out=tmp_path / "o", bench=False)
     assert str(exc.value).count("(in Python: ") == 1
+
+
+def test_lookup_and_encoding_rewrites_hold_on_ids_verification_never_saw(tmp_path):
+    """Review of the rewrite: the mask token in an encoded lookup became int64's largest value, which broke
+    ONNX Runtime's Gather (the file had passed) and every TF.js file; multi_hot cast int64 ids to int32, so
+    2**32 + 2 counted as category 2; a shared lookup was listed twice."""
+    import keras
+    import onnxruntime as ort
+
+    from deploykit.runtime_bench.tfjs.runner import TFJSRunner
+
+    keras.utils.set_random_seed(0)
+    vocab = [3, 7, 11, 20]
+    code_in, tags_in = keras.Input((1,), dtype="int64", name="code"), keras.Input((3,), dtype="int64", name="tags")
+    shared = keras.layers.IntegerLookup(vocabulary=vocab, mask_token=0, output_mode="one_hot", name="codes")
+    inner = keras.Model(code_in, shared(code_in), name="inner")
+    counts = keras.layers.CategoryEncoding(num_tokens=6, output_mode="multi_hot", name="tag_hot")(tags_in)
+    h = keras.layers.Concatenate()([inner(code_in), shared(code_in), counts])
+    model = keras.Model([code_in, tags_in], keras.layers.Dense(3)(h))
+    rng = np.random.default_rng(0)
+    data = {"code": rng.choice(vocab + [5], (64, 1)).astype("int64"), "tags": rng.integers(0, 6, (64, 3)).astype("int64")}
+    result = deploykit.convert(model, ["onnx-fp32", "tfjs-fp32"], data=data, out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok", (art["target"], art["error"])
+    assert [r["name"] for r in result["model"]["replaced_for_export"]] == ["codes", "tag_hot"]  # shared: once
+    odd = {"code": np.array([[0], [0], [-5], [2**40]], np.int64),  # the mask token, outside the vocabulary
+           "tags": np.array([[2**32 + 2] * 3, [0, 0, 5], [-0, 6, 7], [1, 2, 2**33]], np.int64)}
+    want = np.asarray(model(odd))
+    session = ort.InferenceSession(str(result.path("onnx-fp32")), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, odd)[0], want, atol=1e-5)
+    runner = TFJSRunner(result.path("tfjs-fp32"), backend="wasm")  # TF.js takes int32: ids that fit it
+    try:
+        runner.load()
+        fits = {"code": odd["code"][:3].astype(np.int32), "tags": np.array([[0, 0, 5], [0, 6, 7], [1, 2, 9]], np.int32)}
+        np.testing.assert_allclose(next(iter(runner.run(fits).values())), np.asarray(model(fits)), atol=1e-5)
+    finally:
+        runner.close()
+
+
+def test_a_large_vocabulary_is_probed_in_chunks():
+    """A 65536-key lookup was probed in one call: a (196608, 65536) comparison took 14 GB, failed, and the
+    layer silently kept its table."""
+    import resource
+
+    import keras
+
+    from deploykit.export_layers import MAX_KEYS, for_export
+
+    keys = np.random.default_rng(0).choice(10**9, MAX_KEYS, replace=False).astype(np.int64)
+    lookup = keras.layers.IntegerLookup(vocabulary=keys)
+    lookup(keras.Input((2,), dtype="int64"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    replaced = for_export(lookup)
+    assert replaced is not None and replaced[0].keys.size == MAX_KEYS
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2 * 1024 * 1024  # KiB: under 2 GiB more

@@ -1032,8 +1032,8 @@ def model_lines(manifest: Manifest) -> list[str]:
         lines.append("Replaced by Identity in the exported graph (they pass their input through at inference; the "
                      "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`)" for p in identity) + ".")
     if rewritten := [p for p in replaced if p.get("as", "Identity") != "Identity"]:
-        lines.append("Written in the exported graph as the same computation in ops every target has (the "
-                     "reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`) as {p['as']}"
+        lines.append("Written in the exported graph as the same computation in plain ops, which the targets take "
+                     "where they refuse the original's (the reference is the model as given): " + ", ".join(f"{p['class']} (`{p['name']}`) as {p['as']}"
                                                                           for p in rewritten) + ".")
     d = manifest.data
     lines += [
