@@ -999,8 +999,9 @@ class Pipeline:
                 artifact.status = "ok"
             else:
                 artifact.status = "failed"
-                failures = artifact.verification.get("failures", []) + _failure_hints(target, loaded, inputs,
-                                                                                       artifact.verification, calib)
+                failures = artifact.verification.get("failures", []) + _failure_hints(
+                    target, loaded, inputs, artifact.verification, calib,
+                    ops=set(artifact.settings.get("converter", {}).get("ops", [])))
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
@@ -1091,9 +1092,9 @@ def _bench(target: Target, runner: Any, init_s: float, inputs: dict[str, np.ndar
 
 
 def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
-                   verification: dict[str, Any] | None = None, calib: Any = None) -> list[str]:
+                   verification: dict[str, Any] | None = None, calib: Any = None, ops: set[str] | None = None) -> list[str]:
     """Causes a failed verification can have that the numbers alone do not name, each with the way out.
-    ``calib``: the run's calibration data (what set a static integer target's ranges)."""
+    ``calib``: the run's calibration data (what set a static integer target's ranges); ``ops``: the file's."""
     from deploykit.verify import few_steps, mixed_scale_hint
 
     from deploykit.converters.tflm import BUDGET_WAY_OUT, is_budget_failure
@@ -1118,7 +1119,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         # A comparison inside the model (x > t) answers differently wherever integer activations move x across t.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
         hints.append("a boolean output flips wherever the quantized activations move a compared value across its "
-                     "threshold; " + _more_precision(key, loaded))
+                     "threshold; " + _more_precision(key, loaded, ops))
     beyond = _calibration_range_hint(target, calib, inputs)
     if beyond:  # the likelier cause: more precision would clip the same way (int16x8 failed by as much as int8)
         hints.append(beyond)
@@ -1132,7 +1133,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
             and not any(f["confident"] for f in flips)):
         # Every changed answer was a near-tie of the model's own: the file is right, its integer activations too coarse.
         key = f"{target.format}-int16" if target.activations == "int16" else target.format
-        hints.append(_more_precision(key, loaded))
+        hints.append(_more_precision(key, loaded, ops))
     v = verification or {}
     if (target.activations != "float32" and v.get("mae_increase") is not None
             and any(o.get("violations", 0) > o.get("allowed_violations", 0) for o in outputs)):
@@ -1142,7 +1143,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
         hints.append(f"against the targets its MAE changed by {v['mae_increase']:+.1%} from the reference's; where that is close "
                      f"enough, a target file with a wider tolerance.range_atol (here {target.tolerance.range_atol:g} of "
                      f"the output's range) accepts it (deploy targets --show {target.name}); "
-                     + _more_precision(key, loaded))
+                     + _more_precision(key, loaded, ops))
     if target.format == "tflite" and target.activations in ("int8", "int16") and failures:
         hints.append(_int8_one_hot_hint(loaded))
     if target.format == "tflite" and target.weights == "float16":
@@ -1337,15 +1338,16 @@ _FLOAT_INPUT_WAY_OUT = {
 
 
 # Where an integer target changes only answers the model was unsure of: what keeps more precision.
-def _more_precision(key: str, loaded: Any) -> str:
+def _more_precision(key: str, loaded: Any, ops: set[str] | None = None) -> str:
     """Where a file short of precision can get more (``key``: the format, ``-int16`` for 16-bit activations).
     TFLite's 16x8 quantizer has no kernel for hard_swish or gelu: a model with either (MobileNetV3) is sent to
-    float activations instead of to a target that refuses it back."""
-    if key == "tflite" and _activations_of(loaded) & {"hard_swish", "gelu"}:
+    float activations instead of to a target that refuses it back. Read from the Keras layers' activations
+    and from the file's ``ops`` (tf_keras MobileNetV3 writes x * relu6(x + 3) / 6, which TFLite fuses)."""
+    found = (_activations_of(loaded) & {"hard_swish", "gelu"}) | {op.lower() for op in ops or () if op in ("HARD_SWISH", "GELU")}
+    if key == "tflite" and found:
         return ("for more precision try a target with float activations (tflite-dynamic: int8 weights, about the same "
-                "size; tflite-fp16; tflite-int16x8's quantizer has no kernel for this model's "
-                f"{' or '.join(sorted(_activations_of(loaded) & {'hard_swish', 'gelu'}))}), or --qat "
-                "(tf_keras models) to train the model for int8")
+                f"size; tflite-fp16; tflite-int16x8's quantizer has no kernel for this model's {' or '.join(sorted(found))}), "
+                "or --qat (tf_keras models) to train the model for int8")
     return _MORE_PRECISION.get(key, _MORE_PRECISION["tflm"])
 
 

@@ -582,6 +582,9 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     (mnv3,) = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=swish), x, unsure)
     assert "tflite-int16x8's quantizer has no kernel for this model's hard_swish" in mnv3  # it refused MobileNetV3 back
     assert "try tflite-int16x8" not in mnv3 and "try a target with float activations (tflite-dynamic" in mnv3
+    # tf_keras MobileNetV3 writes x * relu6(x + 3) / 6: no activation says it, the file's fused op does
+    (fused,) = _failure_hints(get_target("tflite-int8"), model, x, unsure, ops={"CONV_2D", "HARD_SWISH"})
+    assert "no kernel for this model's hard_swish" in fused and "try tflite-int16x8" not in fused
     (onnx8,) = _failure_hints(get_target("onnx-int8-qdq"), model, x, unsure)
     (onnx16,) = _failure_hints(get_target("onnx-int16x8"), model, x, unsure)
     assert "try onnx-int16x8" in onnx8 and "onnx-int16x8" not in onnx16 and "onnx-int8-dynamic" in onnx16

@@ -127,6 +127,9 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
     Path(out_path).write_bytes(flatbuffer)
     _record_weight_storage(Path(out_path), target, settings)
     settings.update(_io_names(flatbuffer))
+    from deploykit.converters.tflm import model_ops
+
+    settings["ops"] = sorted(set(model_ops(flatbuffer)))  # what a runtime must carry (and what hints read)
     return settings
 
 
