@@ -21,8 +21,12 @@ from typing import Any
 _READS = {"ReadVariableOp", "ResourceGather", "ResourceGatherNd"}
 
 
-def export_scopes(saved_model_dir: Path | str) -> dict[str, str]:
-    """``{scope: layer name}`` for the layers whose variables the SavedModel's functions read; {} if unreadable."""
+def export_scopes(saved_model_dir: Path | str, layer_names: set[str] | None = None) -> dict[str, str]:
+    """``{scope: layer name}`` for the layers whose variables the SavedModel's functions read; {} if unreadable.
+
+    A variable's path names the layer that owns it last (``attn/query/kernel``: MultiHeadAttention's query
+    projection; ``rnn/lstm_cell/kernel``): the model's own layer is the last part of the path that is one of
+    ``layer_names`` (``attn``), else the owner."""
     try:
         from tensorflow.python.tools import saved_model_utils
 
@@ -42,7 +46,9 @@ def export_scopes(saved_model_dir: Path | str) -> dict[str, str]:
         for node in function.node_def:
             if node.op not in _READS or not node.input or (var := variable_of.get(node.input[0].split(":")[0])) is None:
                 continue
-            layer = var.split("/")[-2] if var.count("/") else ""
+            owners = var.split("/")[:-1]  # the weight's own name aside
+            layer = next((p for p in reversed(owners) if p in layer_names), "") if layer_names else ""
+            layer = layer or (owners[-1] if owners else "")
             if not layer:
                 continue
             # the layer's scope: the last component of the read's name that is the layer's, numbered or not

@@ -699,9 +699,9 @@ class LoadedModel:
         """The Keras layer that computes node or tensor ``name`` of the exported graph (see ``layer_scopes``)."""
         from deploykit.layer_scopes import export_scopes, layer_at
 
-        if self._scopes is None:
-            self._scopes = export_scopes(self.saved_model_dir())
         names = {entry["name"] for entry in self.info().layers} if self.keras_model is not None else None
+        if self._scopes is None:
+            self._scopes = export_scopes(self.saved_model_dir(), names)
         return layer_at(name, self._scopes, names)
 
     # -- description ----------------------------------------------------------------------

@@ -831,3 +831,21 @@ def test_lookups_keep_their_table_where_the_comparison_would_compute_otherwise()
     np.testing.assert_array_equal(compared_encoding(one_id)(ids), one_id(ids))  # probed in that shape too
     _, said = for_export(keras.layers.CategoryEncoding(num_tokens=4, output_mode="one_hot"))
     assert said == "a comparison of each id with its 4 categories (no OneHot)"  # TFLM lacks it, TFLite int8 misread it
+
+
+def test_graph_scopes_map_to_the_models_own_layers_not_their_sublayers(tmp_path):
+    """MultiHeadAttention's variables are owned by its query/key/value projections and an LSTM's by its cell:
+    the heaviest-layers list named `query` and `lstm_cell`, which model.get_layer cannot find."""
+    import keras
+
+    from deploykit.layer_scopes import export_scopes, layer_at
+
+    seq = keras.Input((6, 16), name="seq")
+    h = keras.layers.LSTM(8, name="rnn", return_sequences=True)(keras.layers.MultiHeadAttention(2, 8, name="attn")(seq, seq))
+    model = keras.Model(seq, keras.layers.Dense(3, name="dense")(h))
+    model.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False)
+    names = {layer.name for layer in model.layers}
+    scopes = export_scopes(tmp_path / "sm", names)
+    assert set(scopes.values()) == {"attn", "rnn", "dense"}, scopes
+    query = next(s for s in scopes if s.endswith("/attn_1") or s.endswith("/attn"))
+    assert layer_at(f"StatefulPartitionedCall/{query}/query_1/MatMul", scopes, names) == "attn"
