@@ -1557,7 +1557,9 @@ def _all_padding(evald: Any, bad: np.ndarray, keras_model: Any) -> bool:
 
     if not any(getattr(layer, "mask_zero", False) for layer in _flat_layers(keras_model)):
         return False
-    ids = [np.asarray(a)[bad] for a in evald.x if np.asarray(a).dtype.kind in "iu"]
+    # ids: integer inputs, or float ones holding whole numbers (keras.Input's default dtype feeds many Embeddings)
+    ids = [np.asarray(a)[bad] for a in evald.x if np.asarray(a).dtype.kind in "iu"
+           or (np.asarray(a).dtype.kind == "f" and np.array_equal(np.asarray(a), np.round(np.asarray(a))))]
     return bool(ids) and all(not a.reshape(len(a), -1).any(axis=1).any() for a in ids)
 
 

@@ -2328,6 +2328,12 @@ def test_an_all_padding_sample_under_a_masked_mean_is_named_as_such(tmp_path):
     with pytest.raises(DataError, match=r"sample 3\), whose ids are all 0: padding only.*mask_zero=True.*0/0; drop such samples"):
         deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "o", bench=False)
     assert not (tmp_path / "o").exists()
+    # keras.Input's default float dtype, as keras.io's text examples feed their Embedding
+    floats = keras.Input((6,), name="ids")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4, mask_zero=True)(floats))
+    with pytest.raises(DataError, match="whose ids are all 0: padding only"):
+        deploykit.convert(keras.Model(floats, keras.layers.Dense(2)(h)), ["tflite-fp32"], data=x.astype("float32"),
+                          out=tmp_path / "f", bench=False)
 
 
 def test_the_pipeline_class_speaks_in_python_terms_too(tmp_path, keras3_model):
