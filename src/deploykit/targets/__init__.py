@@ -48,8 +48,8 @@ FIELD_DOCS: dict[str, str] = {
     "io": f"Model input/output type, one of {DTYPES_IO}; int8 I/O needs int8 activations.",
     "calibration_samples": "How many samples of the run's data calibrate integer activations.",
     "options": "Format-specific converter settings, checked against the converter's OPTIONS (see `deploy targets --show`).",
-    "candidates": "For `-auto` targets: the targets to build, verify and compare; the fastest that passes ships (tfjs-auto: the smallest download).",
-    "select_by": "For `-auto` targets: 'speed' (fastest p50 ships) or 'download' (smallest gzip ships).",
+    "candidates": "For `-auto` targets: the targets to build, verify and compare; of those that pass, the smallest not measurably slower than the fastest ships (tfjs-auto: the smallest download).",
+    "select_by": "For `-auto` targets: 'speed' (the smallest file within 3% of the fastest, round by round, ships) or 'download' (smallest gzip ships).",
     "overrides": "For `-auto` targets: tolerance, bench and calibration_samples fields set on every candidate (in a target "
                  "file, an auto target's own such fields go here); its options are set on every candidate too.",
     "tolerance.atol": "Absolute elementwise tolerance against the reference model.",
