@@ -263,8 +263,15 @@ def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
 
     try:
         copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild: export as it is
-        return model, []
+    except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild with them all
+        # (a CategoryEncoding called with count_weights): the augmentation layers alone, as before the rewrites
+        replacements = {k: v for k, v in replacements.items() if v[1] == "Identity"}
+        try:
+            copy = keras.models.clone_model(model, clone_function=clone, recursive=True) if replacements else model
+        except Exception:  # noqa: BLE001 - export as it is
+            return model, []
+        if copy is model:
+            return model, []
     return copy, [{"name": layer.name, "class": type(layer).__name__, "as": replacements[id(layer)][1]}
                   for layer in _flat_layers(model) if id(layer) in replacements]
 

@@ -849,3 +849,18 @@ def test_graph_scopes_map_to_the_models_own_layers_not_their_sublayers(tmp_path)
     assert set(scopes.values()) == {"attn", "rnn", "dense"}, scopes
     query = next(s for s in scopes if s.endswith("/attn_1") or s.endswith("/attn"))
     assert layer_at(f"StatefulPartitionedCall/{query}/query_1/MatMul", scopes, names) == "attn"
+
+
+def test_an_export_copy_that_cannot_take_every_rewrite_keeps_the_augmentation_ones():
+    """A CategoryEncoding called with count_weights cannot be cloned with its rewrite: the RandomFlip's
+    Identity, which worked before the rewrites existed, was dropped with it (review)."""
+    import keras
+
+    from deploykit.models import export_copy
+
+    ids, weights, img = keras.Input((3,), dtype="int32"), keras.Input((3,)), keras.Input((8, 8, 1))
+    counts = keras.layers.CategoryEncoding(6, output_mode="count")(ids, count_weights=weights)
+    h = keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(keras.layers.RandomFlip(name="flip")(img)))
+    model = keras.Model([ids, weights, img], keras.layers.Dense(2)(keras.layers.Concatenate()([counts, h])))
+    copy, replaced = export_copy(model)
+    assert copy is not model and replaced == [{"name": "flip", "class": "RandomFlip", "as": "Identity"}]
