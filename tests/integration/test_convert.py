@@ -1748,7 +1748,8 @@ def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_on
     assert path == tmp_path / "out" / "tflite-fp32" / "model.tflite" and path.is_absolute() and path.is_file()
     assert result.artifact("tflite-fp32")["path"] == "tflite-fp32/model.tflite"  # the manifest stays relative
     with pytest.raises(UserError, match=r"target 'tflite-int8-tight' failed \(verification failed: .*\), so it has no "
-                                        r"artifact; the file it built is kept for inspection at .*tflite-int8-tight/model.tflite$"):
+                                        r"artifact; the file it built is kept for inspection at .*tflite-int8-tight/model.tflite"
+                                        r" \(in Python: --qat is qat=True\)$"):
         result.path("tflite-int8-tight")
     monkeypatch.chdir(tmp_path / "out" / "tflite-fp32")
     with pytest.raises(UserError, match=r"relative to its out directory: pass result.path\('tflite-fp32'\)"):
