@@ -33,17 +33,24 @@ MAX_KEYS = 1 << 16
 
 def _encode(ids: Any, depth: int, mode: str, dtype: str) -> Any:
     """one_hot / multi_hot / count of ids as Keras encodes them, written as a comparison of each id with
-    every category, in the ids' own dtype.
+    every category.
 
     Not a OneHot op: tf2onnx left a OneHot of rank-2 ids half-converted (the checker refused its four
     inputs), TFLite's int8 ONE_HOT read its zeros as 0.5, TFLite Micro has no ONE_HOT, and DenseBincount
-    (multi_hot, count) has no TFLite kernel. An id outside 0..depth-1 (an int64 id past 2**32 too, which a
-    cast to int32 wrapped into a category) is counted nowhere, as Keras does."""
+    (multi_hot, count) has no TFLite kernel. Written as 1 - (id != category): TFLite's converter fuses
+    Cast(Equal(id, range)) back into ONE_HOT once shapes are static (TFLite Micro's batch of 1).
+    int64 ids stay int64 (2**32 + 2, cast to int32, wrapped into category 2; Keras counts it nowhere);
+    narrower integers compare as int32 (no int8 constant in TF.js weights, no int8 Equal kernel in TFLite),
+    and float ids are truncated first, as Keras does (2.5 is category 2)."""
     import keras
     from keras import ops
 
-    categories = ops.arange(depth, dtype=keras.backend.standardize_dtype(ids.dtype))
-    hot = ops.cast(ops.equal(ops.expand_dims(ids, -1), categories), dtype)
+    kind = keras.backend.standardize_dtype(ids.dtype)
+    if kind != "int64":
+        ids = ops.cast(ids, "int32")
+        kind = "int32"
+    categories = ops.arange(depth, dtype=kind)
+    hot = 1 - ops.cast(ops.not_equal(ops.expand_dims(ids, -1), categories), dtype)
     if mode == "one_hot":  # Keras encodes ids of shape (batch, 1) as rows of shape (batch, depth)
         return ops.squeeze(hot, axis=-2) if len(ids.shape) >= 2 and ids.shape[-1] == 1 else hot
     return ops.max(hot, axis=-2) if mode == "multi_hot" else ops.sum(hot, axis=-2)
@@ -170,13 +177,24 @@ def _agrees(layer: Any, replacement: Any, inside: np.ndarray, outside: np.ndarra
     of ``outside`` (ids they do not hold), in the shape (batch, 1) and in the shape the model gives the layer."""
     probe = np.unique(np.concatenate([inside, outside.astype(inside.dtype)]))
     probes = [probe.reshape(-1, 1)]
-    try:  # and in the shape the model gives it (a one-hot of several ids per sample encodes otherwise)
+    try:  # and in the shape and dtype the model gives it (a one-hot of several ids per sample encodes otherwise)
         shape = [int(d) for d in tuple(layer.input.shape)[1:]]
+        given = np.dtype(str(layer.input.dtype))
     except Exception:  # noqa: BLE001 - unknown or unbuilt: the first probe decides
-        shape = None
+        shape, given = None, None
     if shape is not None and all(d > 0 for d in shape):  # [] for ids of shape (batch,)
+        ids = probe
+        if given.kind in "iu":  # the ids that dtype can hold
+            ids = probe[(probe >= np.iinfo(given).min) & (probe <= np.iinfo(given).max)].astype(given)
+        elif given.kind == "f":  # and fractions, which Keras truncates
+            ids = np.concatenate([probe, probe[:64] + 0.5, -probe[:64] - 0.5]).astype(given)
         per = int(np.prod(shape))
-        probes.append(np.resize(probe, (-(-probe.size // per)) * per).reshape([-1, *shape]))
+        ids = np.resize(ids, (-(-ids.size // per)) * per).reshape([-1, *shape])
+        try:  # the layer alone may refuse that dtype (DenseBincount takes no int8), which a model's call casts
+            layer(ids[:1])
+        except Exception:  # noqa: BLE001 - then the ids the layer takes, in that shape
+            ids = np.resize(probe, (-(-probe.size // per)) * per).reshape([-1, *shape])
+        probes.append(ids)
     width = max(getattr(replacement, "keys", np.empty(1)).size, getattr(replacement, "depth", 1), 1)
     for ids in probes:
         rows = max(1, PROBE_ELEMENTS // (width * max(1, ids[0].size)))

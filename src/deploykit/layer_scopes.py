@@ -78,7 +78,8 @@ def layer_at(name: str, scopes: dict[str, str], layer_names: set[str] | None = N
     if not scope or layer_names is None:
         return scope
     placed = set(scopes.values())  # layers known to compute under another scope are not this one
-    for candidate in (scope, re.sub(r"_\d+$", "", scope)):
-        if candidate in layer_names and candidate not in placed:
-            return candidate
+    for part in reversed(parts[1:-1] if len(parts) >= 3 else parts[:1]):  # innermost first: a nested model's layer
+        for candidate in (part, re.sub(r"_\d+$", "", part)):
+            if candidate in layer_names and candidate not in placed:
+                return candidate
     return scope

@@ -1145,7 +1145,7 @@ def _failure_hints(target: Target, loaded: Any, inputs: dict[str, np.ndarray],
                      f"the output's range) accepts it (deploy targets --show {target.name}); "
                      + _more_precision(key, loaded, ops))
     if target.format == "tflite" and target.activations in ("int8", "int16") and failures:
-        hints.append(_int8_one_hot_hint(loaded))
+        hints.append(_int8_one_hot_hint(loaded, ops or None))
     if target.format == "tflite" and target.weights == "float16":
         hints.append(_float16_range_hint(loaded) or _float16_offset_hint(loaded))
     # dynamic-range targets quantize activations to 8 bits per call: an input's features share one scale there too
@@ -1198,7 +1198,7 @@ def _calibration_range_hint(target: Target, calib: Any, inputs: dict[str, np.nda
     return None
 
 
-def _int8_one_hot_hint(loaded: Any) -> str | None:
+def _int8_one_hot_hint(loaded: Any, ops: set[str] | None = None) -> str | None:
     """A one-hot inside the model (CategoryEncoding, or Discretization with output_mode="one_hot"): TFLite's
     int8 conversion quantizes the category id itself (3 -> 2.99 -> 2) and reads ONE_HOT's off value on the
     wrong scale (0 as 0.50): every such file failed, said as a lost column or calibration."""
@@ -1207,9 +1207,10 @@ def _int8_one_hot_hint(loaded: Any) -> str | None:
         return None
     from deploykit.models import _flat_layers
 
+    replaced = {r["name"] for r in getattr(loaded, "replaced_for_export", [])}  # exported as comparisons: no ONE_HOT
     found = [layer.name for layer in _flat_layers(model) if type(layer).__name__ in ("CategoryEncoding", "Discretization")
-             and getattr(layer, "output_mode", "") == "one_hot"]
-    if not found:
+             and getattr(layer, "output_mode", "") == "one_hot" and layer.name not in replaced]
+    if not found or (ops is not None and "ONE_HOT" not in ops):
         return None
     return (f"TFLite's integer conversion of a one-hot ({', '.join(map(repr, found[:3]))}) quantizes the category id and "
             "the one-hot's zeros (an id of 3 reads as 2, a 0 as 0.5): use tflite-dynamic or tflite-fp16, or one-hot "

@@ -582,6 +582,16 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     (mnv3,) = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=swish), x, unsure)
     assert "tflite-int16x8's quantizer has no kernel for this model's hard_swish" in mnv3  # it refused MobileNetV3 back
     assert "try tflite-int16x8" not in mnv3 and "try a target with float activations (tflite-dynamic" in mnv3
+    # a one-hot exported as comparisons has no ONE_HOT in the file: the one-hot hint is not given (review)
+    import keras as k3
+
+    cat = k3.Input((1,), dtype="int32")
+    hot = k3.Model(cat, k3.layers.Dense(2)(k3.layers.CategoryEncoding(4, "one_hot", name="c")(cat)))
+    failed = {"outputs": {"p": {"collapsed_column": {"share_of_range": 1e-8}}}, "failures": ["x"]}
+    with_op = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=hot), x, failed, ops={"ONE_HOT"})
+    without = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=hot), x, failed, ops={"NOT_EQUAL"})
+    assert any("integer conversion of a one-hot ('c')" in h for h in with_op)
+    assert not any("one-hot" in h for h in without), without
     # tf_keras MobileNetV3 writes x * relu6(x + 3) / 6: no activation says it, the file's fused op does
     (fused,) = _failure_hints(get_target("tflite-int8"), model, x, unsure, ops={"CONV_2D", "HARD_SWISH"})
     assert "no kernel for this model's hard_swish" in fused and "try tflite-int16x8" not in fused
@@ -2407,3 +2417,34 @@ def test_a_large_vocabulary_is_probed_in_chunks():
     replaced = for_export(lookup)
     assert replaced is not None and replaced[0].keys.size == MAX_KEYS
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2 * 1024 * 1024  # KiB: under 2 GiB more
+
+
+def test_encoded_ids_of_narrow_and_float_dtypes_keep_keras_s_answers(tmp_path):
+    """The rewrite compared int8/int16 ids in their own dtype (TF.js holds no int8 constant, TFLite has no int8
+    Equal: both refused the model), and float ids as floats, where Keras truncates them (2.5 is category 2)."""
+    import keras
+    import onnxruntime as ort
+
+    from deploykit.runtime_bench import get_runner
+
+    keras.utils.set_random_seed(0)
+    small = keras.Input((1,), dtype="int8", name="small")
+    floats = keras.Input((1,), name="floats")
+    h = keras.layers.Concatenate()([keras.layers.CategoryEncoding(5, "one_hot")(small),
+                                    keras.layers.CategoryEncoding(5, "one_hot")(floats)])
+    model = keras.Model([small, floats], keras.layers.Dense(2)(h))
+    rng = np.random.default_rng(0)
+    data = {"small": rng.integers(0, 5, (64, 1)).astype("int8"), "floats": rng.integers(0, 5, (64, 1)).astype("float32")}
+    result = deploykit.convert(model, ["tflite-fp32", "onnx-fp32", "tfjs-fp32"], data=data, out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok", (art["target"], art["error"])
+    odd = {"small": np.array([[4], [-1], [7]], np.int8), "floats": np.array([[2.5], [-0.5], [4.9]], np.float32)}
+    want = np.asarray(model(odd))
+    session = ort.InferenceSession(str(result.path("onnx-fp32")), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, odd)[0], want, atol=1e-5)
+    runner = get_runner("litert", result.path("tflite-fp32"), 1)
+    try:
+        runner.load()
+        np.testing.assert_allclose(next(iter(runner.run(odd).values())), want, atol=1e-5)
+    finally:
+        runner.close()

@@ -482,3 +482,21 @@ def test_layers_are_named_as_keras_names_them_not_as_the_export_numbered_their_s
     error = deploykit.convert(gelu, ["tflm-int8"], data=x[:, :8], out=tmp_path / "gelu", bench=False,
                               ).artifact("tflm-int8")["error"]
     assert "GELU" in error and "in layer 'dense')" in error, error
+
+
+def test_category_encodings_beside_other_features_run_on_tflite_micro(tmp_path):
+    """At TFLite Micro's batch of 1 the converter fused Cast(Equal(id, range)) back into ONE_HOT, which TFLite
+    Micro lacks: a one-hot concatenated with float features (the usual tabular model) and any multi_hot failed."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    cat, tags, feat = keras.Input((1,), dtype="int32", name="cat"), keras.Input((3,), dtype="int32", name="tags"), keras.Input((3,), name="feat")
+    h = keras.layers.Concatenate()([keras.layers.CategoryEncoding(8, "one_hot")(cat),
+                                    keras.layers.CategoryEncoding(6, "multi_hot")(tags), feat])
+    model = keras.Model([cat, tags, feat], keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(h)))
+    rng = np.random.default_rng(0)
+    data = {"cat": rng.integers(0, 8, (128, 1)).astype("int32"), "tags": rng.integers(0, 6, (128, 3)).astype("int32"),
+            "feat": rng.normal(size=(128, 3)).astype("float32")}
+    art = deploykit.convert(model, ["tflm-int8"], data=data, out=tmp_path / "o", bench=False).artifact("tflm-int8")
+    assert art["status"] == "ok", art["error"]
+    assert "ONE_HOT" not in art["settings"]["converter"]["ops"]

@@ -864,3 +864,13 @@ def test_an_export_copy_that_cannot_take_every_rewrite_keeps_the_augmentation_on
     model = keras.Model([ids, weights, img], keras.layers.Dense(2)(keras.layers.Concatenate()([counts, h])))
     copy, replaced = export_copy(model)
     assert copy is not model and replaced == [{"name": "flip", "class": "RandomFlip", "as": "Identity"}]
+
+
+def test_a_layer_inside_a_nested_model_is_named_not_its_model_scope():
+    """A TFLite Micro refusal inside a nested model said 'encoder_1', which is no layer of the model."""
+    from deploykit.layer_scopes import layer_at
+
+    names = {"cat_onehot", "join", "hidden", "head"}
+    assert layer_at("functional_1/encoder_1/cat_onehot_1/OneHot", {}, names) == "cat_onehot"
+    assert layer_at("functional_1/hidden_1/MatMul", {}, names) == "hidden"
+    assert layer_at("functional_1/other_1/MatMul", {}, names) == "other_1"  # no such layer: the scope as written
