@@ -22,6 +22,7 @@ vocabularies over ``MAX_KEYS`` keys keep their table (and the targets' refusals 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,9 @@ def _encode(ids: Any, depth: int, mode: str, dtype: str) -> Any:
     return ops.max(hot, axis=-2) if mode == "multi_hot" else ops.sum(hot, axis=-2)
 
 
+@functools.lru_cache(maxsize=None)
 def _layer_classes() -> tuple[type, type]:
+    """The two replacement layer classes, defined once Keras is imported (not at this module's import)."""
     import keras
     from keras import ops
 

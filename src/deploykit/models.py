@@ -595,7 +595,7 @@ class LoadedModel:
         self._keras_fn = None
         self._serve_fn = None  # Keras 3: the exported endpoint, already traced with a dynamic batch
         self._stripped: tuple[Any, list[dict[str, str]]] | None = None  # (export model, replaced layers)
-        self._scopes: dict[str, str] | None = None  # exported graph scope -> Keras layer name (layer_at)
+        self._scopes: tuple[dict[str, str], set[str] | None] | None = None  # (scope -> layer, layer names): layer_at
         self.float32_from_policy: str | None = None  # set when a float16-compute model was rebuilt in float32
         # The Keras output names of the model the user gave, when this is its fine-tuned copy: tfmot's
         # QAT wraps each layer as quant_<name>, a name the user never chose.
@@ -706,10 +706,10 @@ class LoadedModel:
         """The Keras layer that computes node or tensor ``name`` of the exported graph (see ``layer_scopes``)."""
         from deploykit.layer_scopes import export_scopes, layer_at
 
-        names = {entry["name"] for entry in self.info().layers} if self.keras_model is not None else None
-        if self._scopes is None:
-            self._scopes = export_scopes(self.saved_model_dir(), names)
-        return layer_at(name, self._scopes, names)
+        if self._scopes is None:  # read once: info() probes layers, and a run asks for several names
+            names = {entry["name"] for entry in self.info().layers} if self.keras_model is not None else None
+            self._scopes = (export_scopes(self.saved_model_dir(), names), names)
+        return layer_at(name, *self._scopes)
 
     # -- description ----------------------------------------------------------------------
     @property

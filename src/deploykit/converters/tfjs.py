@@ -174,22 +174,15 @@ TABLE_OPS = {"HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2
 
 
 def _refuse_tables(graph_def: Any, target_name: str, model: Any) -> None:
-    """Say that the model's lookup tables are not written, naming the layers, before writing anything.
-    ``model``: its Keras layer names name a scope the export numbered (``codes_1`` for layer ``codes``)."""
+    """Say that the model's lookup tables are not written, naming the layers, before writing anything."""
     nodes = [n for n in list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
              if n.op in TABLE_OPS]
     if not nodes:
         return
-    layer_names = {entry["name"] for entry in model.info().layers} if model.keras_model is not None else set()
-    layers = set()
-    for n in nodes:  # .../integer_lookup_1/hash_table_Lookup/LookupTableFindV2: the layer is before hash_table
-        parts = n.name.split("/")
-        at = next((i for i, p in enumerate(parts) if p.startswith("hash_table")), 0)
-        if at:
-            scope = parts[at - 1]
-            base = re.sub(r"_\d+$", "", scope)
-            layers.add(base if scope not in layer_names and base in layer_names else scope)
-    named = sorted(layers) or sorted({n.op for n in nodes})
+    # the layer each lookup computes in (the export numbers scopes: integer_lookup_1 for the layer integer_lookup);
+    # the tables themselves are resources named after nothing ("unknown")
+    named = sorted({model.layer_at(n.name) for n in nodes if n.op.startswith("LookupTableFind")} - {""}) \
+        or sorted({n.op for n in nodes})
     raise ConversionError(
         f"{target_name}: the model has lookup tables ({', '.join(named[:3])}; IntegerLookup/StringLookup layers) "
         "whose contents deploykit's TF.js writer does not write; map the ids before the model (outside it) or "
