@@ -11,6 +11,11 @@
   TFLite's int8 file got wrong (its zeros read as 0.5) and tf2onnx half-converted for rank-2 ids. Each
   is written as a comparison of each id with every category, then the maximum (multi_hot) or sum
   (count) over the ids.
+- **Discretization** encodes its bucket (one_hot, multi_hot, count) as CategoryEncoding does, so
+  multi_hot/count failed every TFLite target and one_hot TFLite's int8 file. The bucket (Bucketize) is
+  kept, and encoded as above. (TF.js and ONNX take no Bucketize: ``graph_rewrite.expand_bucketize``
+  writes it as comparisons in their frozen graphs. TFLite Micro has no BUCKETIZE and stays refused:
+  comparisons there would compare the int8-quantized value, and move ids near a boundary.)
 
 Only the exported copy of the model carries these layers (``models.export_copy``); the model as given
 stays the reference, and every artifact is verified against it. A layer is replaced only when the
@@ -58,8 +63,8 @@ def _encode(ids: Any, depth: int, mode: str, dtype: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_classes() -> tuple[type, type]:
-    """The two replacement layer classes, defined once Keras is imported (not at this module's import)."""
+def _layer_classes() -> tuple[type, type, type]:
+    """The replacement layer classes, defined once Keras is imported (not at this module's import)."""
     import keras
     from keras import ops
 
@@ -96,7 +101,21 @@ def _layer_classes() -> tuple[type, type]:
         def call(self, ids: Any) -> Any:
             return _encode(ids, self.depth, self.output_mode, self.output_dtype)
 
-    return TableFreeLookup, ComparedEncoding
+    class EncodedBuckets(keras.layers.Layer):
+        """Discretization's bucket, encoded as comparisons (see the module docstring)."""
+
+        def __init__(self, boundaries: np.ndarray, output_mode: str, output_dtype: str, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.boundaries, self.output_mode, self.output_dtype = boundaries, output_mode, output_dtype
+            self.depth = boundaries.size + 1
+
+        def call(self, x: Any) -> Any:
+            # The bucket stays Bucketize on the float value: TFLite's int8 file keeps that op float, where the
+            # same comparisons written out would compare the int8-quantized value (2 % of ids moved a bucket)
+            bucket = ops.digitize(x, self.boundaries.tolist())
+            return _encode(bucket, self.depth, self.output_mode, self.output_dtype)
+
+    return TableFreeLookup, ComparedEncoding, EncodedBuckets
 
 
 def for_export(layer: Any) -> tuple[Any, str] | None:
@@ -108,6 +127,8 @@ def for_export(layer: Any) -> tuple[Any, str] | None:
                         "every key, so the cost grows with the vocabulary)")
     if type(layer).__name__ == "CategoryEncoding" and (encoding := compared_encoding(layer)) is not None:
         return encoding, f"a comparison of each id with its {encoding.depth} categories (no {_OP[layer.output_mode]})"
+    if type(layer).__name__ == "Discretization" and (buckets := encoded_buckets(layer)) is not None:
+        return buckets, f"its bucket id compared with each of its {buckets.depth} buckets (no {_OP[layer.output_mode]})"
     return None
 
 
@@ -127,6 +148,26 @@ def compared_encoding(layer: Any) -> Any | None:
     try:
         replacement = _layer_classes()[1](depth, layer.output_mode, str(layer.compute_dtype), name=layer.name)
         return replacement if _agrees(layer, replacement, np.arange(depth, dtype=np.int64), outside) else None
+    except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
+        return None
+
+
+def encoded_buckets(layer: Any) -> Any | None:
+    """A layer computing what a ``Discretization`` with an encoded output (one_hot, multi_hot, count)
+    computes, its encoding written as comparisons; None for int or sparse output, no boundaries yet, or when
+    the two disagree on the probe."""
+    if layer.output_mode not in _OP or getattr(layer, "sparse", False) or layer.bin_boundaries is None:
+        return None
+    bounds = np.asarray(layer.bin_boundaries, np.float32)
+    if bounds.ndim != 1 or bounds.size == 0:
+        return None
+    # each boundary, the floats either side of it, the integers around it, and the values past every boundary
+    near = np.concatenate([bounds, np.nextafter(bounds, np.float32(np.inf)), np.nextafter(bounds, np.float32(-np.inf)),
+                           np.floor(bounds) - 1, np.floor(bounds), np.ceil(bounds), np.ceil(bounds) + 1])
+    far = np.array([np.nan, np.inf, -np.inf, 0.0, 3.0e38, -3.0e38, 2.0**31 - 1, -2.0**31], np.float64)
+    try:
+        replacement = _layer_classes()[2](bounds, layer.output_mode, str(layer.output_dtype), name=layer.name)
+        return replacement if _agrees(layer, replacement, near.astype(np.float64), far) else None
     except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
         return None
 

@@ -634,8 +634,8 @@ def test_evaluation_inputs_past_the_calibration_range_are_named_instead_of_more_
 
 def test_tflite_int8_of_a_one_hot_names_it_and_the_float_targets_that_pass(tmp_path):
     """TFLite's int8 file quantizes a one-hot's ids and zeros: it failed, told of a lost column only. A
-    CategoryEncoding is now exported as comparisons and passes (TFLite Micro too); Discretization's own
-    one-hot still gets the hint."""
+    Keras 3 CategoryEncoding (or Discretization, below) is now exported as comparisons and passes (TFLite
+    Micro too); the one-hot hint is tested in test_the_more_precision_hint_never_names_the_target_that_failed."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -645,15 +645,38 @@ def test_tflite_int8_of_a_one_hot_names_it_and_the_float_targets_that_pass(tmp_p
     result = deploykit.convert(model, ["tflite-int8", "tflm-int8"], data=ids, out=tmp_path / "o", bench=False)
     for art in result.artifacts:
         assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 0.02, (art["target"], art["error"])
+    import tf_keras  # tf_keras's encoding layers are not rewritten: their DenseBincount is named, with the way out
+
+    inp = tf_keras.Input((1,), name="cat", dtype="int32")
+    tf2 = tf_keras.Model(inp, tf_keras.layers.Dense(3)(tf_keras.layers.CategoryEncoding(8, "one_hot", name="hot")(inp)))
+    result = deploykit.convert(tf2, ["tflite-fp32"], data=ids, out=tmp_path / "t", bench=False)
+    assert "(DenseBincount is a multi_hot/count encoding, or tf_keras's one_hot, of CategoryEncoding or Discretization; " \
+           "Keras 3's layers are exported as comparisons" in result.artifact("tflite-fp32")["error"]
+
+
+@pytest.mark.parametrize("mode", ["one_hot", "multi_hot", "count"])
+def test_a_keras3_discretization_encoding_converts_to_tflite_int8(tmp_path, mode):
+    """Discretization's one-hot failed TFLite's int8 file (ONE_HOT quantized), and its multi_hot/count
+    every TFLite target (DenseBincount has no kernel). The encoding is now written as comparisons of the
+    bucket id, which stays Bucketize on the float value: buckets are exact in the int8 file too."""
+    import keras
+
     keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).uniform(0, 8, (300, 1)).astype("float32")
-    num = keras.Input((1,), name="num")
-    bins = keras.layers.Discretization(bin_boundaries=[1.0, 2.5, 4.0, 6.0], output_mode="one_hot", name="bins")(num)
-    binned = keras.Model(num, keras.layers.Dense(3)(bins))
-    result = deploykit.convert(binned, ["tflite-int8", "tflite-dynamic"], data=x, out=tmp_path / "d", bench=False)
-    assert result.artifact("tflite-dynamic")["status"] == "ok"
-    int8 = result.artifact("tflite-int8")
-    assert "TFLite's integer conversion of a one-hot ('bins') quantizes the category id" in int8["error"], int8["error"]
+    x = np.random.default_rng(0).uniform(0, 8, (300, 2)).astype("float32")
+    x[:4, 0] = [1.0, 2.5, 4.0, 6.0]  # on the boundaries
+    num = keras.Input((2,) if mode != "one_hot" else (1,), name="num")
+    bins = keras.layers.Discretization(bin_boundaries=[1.0, 2.5, 4.0, 6.0], output_mode=mode, name="bins")(num)
+    model = keras.Model(num, keras.layers.Dense(3)(keras.layers.Flatten()(bins)))
+    data = x if mode != "one_hot" else x[:, :1]
+    result = deploykit.convert(model, ["tflite-fp32", "tflite-int8", "tflm-int8"], data=data, out=tmp_path / "o",
+                               bench=False)
+    for target in ("tflite-fp32", "tflite-int8"):
+        art = result.artifact(target)
+        assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 0.05, (target, art["error"])
+    assert result.artifact("tflm-int8")["error"].startswith("tflm-int8: TFLite Micro has no kernel for op(s) BUCKETIZE")
+    replaced = result["model"]["replaced_for_export"]
+    assert [(r["name"], r["class"]) for r in replaced] == [("bins", "Discretization")], replaced
+    assert replaced[0]["as"].startswith("its bucket id compared with each of its 5 buckets"), replaced
 
 
 def test_a_badly_conditioned_model_is_judged_within_its_own_float32_noise(tmp_path):
@@ -2232,7 +2255,8 @@ def test_int16x8_names_what_reads_the_ids_beyond_the_embedding(tmp_path):
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling1D()(h)))
     result = deploykit.convert(model, ["tflite-int16x8"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("tflite-int16x8")["error"]
-    assert "its ids reach an op besides the Embedding lookup (e.g. the mask of Embedding(mask_zero=True)" in error, error
+    assert "integer ids reach an op besides an Embedding lookup (a one-hot, multi-hot or count encoding; the mask of " \
+           "Embedding(mask_zero=True)" in error, error
 
 
 def test_a_float_input_feeding_an_embedding_is_named_when_int8_io_fails(tmp_path):

@@ -831,6 +831,15 @@ def test_lookups_keep_their_table_where_the_comparison_would_compute_otherwise()
     np.testing.assert_array_equal(compared_encoding(one_id)(ids), one_id(ids))  # probed in that shape too
     _, said = for_export(keras.layers.CategoryEncoding(num_tokens=4, output_mode="one_hot"))
     assert said == "a comparison of each id with its 4 categories (no OneHot)"  # TFLM lacks it, TFLite int8 misread it
+    # Discretization: its int output keeps Bucketize whole (nothing to encode); an encoded one is probed on NaN
+    # (TensorFlow's last bucket), the boundaries and the floats beside them
+    assert for_export(keras.layers.Discretization(bin_boundaries=[0.0, 1.5], output_mode="int")) is None
+    assert for_export(keras.layers.Discretization(num_bins=3, output_mode="one_hot")) is None  # not adapted yet
+    bins = keras.layers.Discretization(bin_boundaries=[0.0, 1.5], output_mode="one_hot")
+    replaced, said = for_export(bins)
+    assert said == "its bucket id compared with each of its 3 buckets (no OneHot)"
+    x = np.array([[np.nan], [-np.inf], [0.0], [np.nextafter(np.float32(1.5), np.float32(0))], [1.5], [np.inf]], np.float32)
+    np.testing.assert_array_equal(replaced(x), bins(x))
 
 
 def test_graph_scopes_map_to_the_models_own_layers_not_their_sublayers(tmp_path):

@@ -353,18 +353,19 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
         for op, node in re.findall(r'fused\["(\w+):", "([^"@]+)@', text + " " + native):
             nodes.setdefault(op, node.replace("StatefulPartitionedCall/", ""))
         named = ", ".join(f"{op} (e.g. {nodes[op]})" if op in nodes else op for op in ops)
+        fixes = "".join(f" ({_TF_OP_FIX[op]})" for op in ops if op in _TF_OP_FIX)
         return (
             f"{target.name}: TFLite cannot convert op(s) {named} with builtin kernels "
-            f"({target.activations} activations); replace those layers or choose another target"
+            f"({target.activations} activations); replace those layers or choose another target{fixes}"
         )
     if "Max and min for dynamic tensors should be recorded" in text:
         # The 16x8 calibrator records ranges of float tensors only; an integer input (token ids) has none.
         # Ids that only feed an Embedding's lookup need none (those models pass): the ids reach another op.
         tensor = re.search(r"Failed for tensor (\S+)", text)
         return (f"{target.name}: TFLite's 16x8 quantizer needs a calibrated range for every tensor and an integer "
-                f"input has none ({tensor.group(1) if tensor else 'an input'}): its ids reach an op besides the "
-                "Embedding lookup (e.g. the mask of Embedding(mask_zero=True), or arithmetic on them); choose "
-                "tflite-int8 (ids stay int32) or a float target")
+                f"one has none ({tensor.group(1) if tensor else 'an input'}): integer ids reach an op besides an "
+                "Embedding lookup (a one-hot, multi-hot or count encoding; the mask of Embedding(mask_zero=True); or "
+                "arithmetic on them); choose tflite-int8 (ids stay int32) or a float target")
     unquantizable = list(dict.fromkeys(re.findall(r"not yet supported for op: '(\w+)'", text + " " + native)))
     if unquantizable:  # the 16x8 quantizer lacks kernels the int8 one has, said once per op instance
         named = ", ".join(f"{op} ({_OP_ORIGIN[op]})" if op in _OP_ORIGIN else op for op in unquantizable)
@@ -375,6 +376,13 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
     # Converter messages repeat one sentence per op instance: each said once, cut at a word.
     said = " ".join(dict.fromkeys(re.split(r"(?<=\.) ", text)))
     return f"{target.name}: TFLite conversion failed: {said if len(said) <= 400 else said[:400].rsplit(' ', 1)[0] + ' ...'}"
+
+
+# TensorFlow ops TFLite has no kernel for, with where they come from and the way out.
+_TF_OP_FIX = {
+    "DenseBincount": "DenseBincount is a multi_hot/count encoding, or tf_keras's one_hot, of CategoryEncoding or "
+                     "Discretization; Keras 3's layers are exported as comparisons, or encode the ids before the model",
+}
 
 
 # TFLite op names a quantizer may refuse, with the Keras layer or activation they come from.
