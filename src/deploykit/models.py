@@ -238,9 +238,8 @@ def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
       seed variable in the traced graph. Those stateful ops (StatelessRandom*, ImageProjectiveTransformV3,
       AssignVariableOp) survive graph pruning and no converter takes them, so every target failed. Only
       layers that hold a random seed and return their input exactly on a probe are replaced.
-    - IntegerLookup, CategoryEncoding and encoded Discretization layers become the same computation in ops
-      every target has
-      (see ``export_layers``).
+    - IntegerLookup, CategoryEncoding and encoded Discretization layers become the same computation in
+      ops every target has (see ``export_layers``).
 
     The clone shares every other layer (and its weights) with ``model``, which stays untouched and
     computes the reference outputs. Subclassed models cannot be cloned and are returned as they are.
