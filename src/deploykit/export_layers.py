@@ -17,8 +17,9 @@
   writes it as comparisons in their frozen graphs. TFLite Micro has no BUCKETIZE and stays refused:
   comparisons there would compare the int8-quantized value, and move ids near a boundary.)
 
-Only the exported copy of the model carries these layers (``models.export_copy``); the model as given
-stays the reference, and every artifact is verified against it. A layer is replaced only when the
+The same holds for tf_keras's layers (which compute every encoding with DenseBincount); their replacements
+are tf_keras layers. Only the exported copy of the model carries these layers (``models.export_copy``);
+the model as given stays the reference, and every artifact is verified against it. A layer is replaced only when the
 replacement gives the same output as the layer itself on a probe (every key, ids beside them, the
 dtype's extremes and the mask token; every category and ids past them), in the shape the model gives
 it. Hashed out-of-vocabulary buckets (``num_oov_indices > 1``), ``tf_idf`` output, sparse output and
@@ -63,12 +64,18 @@ def _encode(ids: Any, depth: int, mode: str, dtype: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_classes() -> tuple[type, type, type]:
-    """The replacement layer classes, defined once Keras is imported (not at this module's import)."""
+def _layer_classes(library: str = "keras") -> tuple[type, type, type]:
+    """The replacement layer classes as ``library``'s layers (keras, or tf_keras for a tf_keras model),
+    defined once it is imported (not at this module's import). They compute with Keras 3's ops either way:
+    on the TensorFlow backend those are TensorFlow ops, which a tf_keras layer traces as its own."""
+    import importlib
+
     import keras
     from keras import ops
 
-    class TableFreeLookup(keras.layers.Layer):
+    base = importlib.import_module(library).layers.Layer
+
+    class TableFreeLookup(base):
         """IntegerLookup's mapping as comparisons against its keys (see the module docstring)."""
 
         def __init__(self, keys: np.ndarray, values: np.ndarray, default: int, mask: tuple[int, int] | None,
@@ -91,7 +98,7 @@ def _layer_classes() -> tuple[type, type, type]:
                                    ops.cast(self.mask[1], self.values.dtype), looked)
             return looked if self.output_mode == "int" else _encode(looked, self.depth, self.output_mode, self.output_dtype)
 
-    class ComparedEncoding(keras.layers.Layer):
+    class ComparedEncoding(base):
         """CategoryEncoding as comparisons of each id with every category (see the module docstring)."""
 
         def __init__(self, depth: int, output_mode: str, output_dtype: str, **kwargs: Any):
@@ -101,7 +108,7 @@ def _layer_classes() -> tuple[type, type, type]:
         def call(self, ids: Any) -> Any:
             return _encode(ids, self.depth, self.output_mode, self.output_dtype)
 
-    class EncodedBuckets(keras.layers.Layer):
+    class EncodedBuckets(base):
         """Discretization's bucket, encoded as comparisons (see the module docstring)."""
 
         def __init__(self, boundaries: np.ndarray, output_mode: str, output_dtype: str, **kwargs: Any):
@@ -119,20 +126,28 @@ def _layer_classes() -> tuple[type, type, type]:
 
 
 def for_export(layer: Any) -> tuple[Any, str] | None:
-    """The layer that replaces ``layer`` in the exported copy, and what it is written as; None to keep it."""
-    if not type(layer).__module__.startswith("keras."):  # a user's subclass may compute otherwise
+    """The layer that replaces ``layer`` (a Keras 3 or tf_keras layer) in the exported copy, and what it is
+    written as; None to keep it."""
+    if not type(layer).__module__.startswith(("keras.", "tf_keras.")):  # a user's subclass may compute otherwise
         return None
     if type(layer).__name__ == "IntegerLookup" and (lookup := table_free(layer)) is not None:
         return lookup, (f"comparisons against its {lookup.keys.size} keys (no hash table; each id is compared with "
                         "every key, so the cost grows with the vocabulary)")
+    op = "DenseBincount" if _library(layer) == "tf_keras" else _OP.get(getattr(layer, "output_mode", ""))  # tf_keras: all modes
     if type(layer).__name__ == "CategoryEncoding" and (encoding := compared_encoding(layer)) is not None:
-        return encoding, f"a comparison of each id with its {encoding.depth} categories (no {_OP[layer.output_mode]})"
+        return encoding, f"a comparison of each id with its {encoding.depth} categories (no {op})"
     if type(layer).__name__ == "Discretization" and (buckets := encoded_buckets(layer)) is not None:
-        return buckets, f"its bucket id compared with each of its {buckets.depth} buckets (no {_OP[layer.output_mode]})"
+        return buckets, f"its bucket id compared with each of its {buckets.depth} buckets (no {op})"
     return None
 
 
-# What each CategoryEncoding mode computes with in TensorFlow, which no target (or TFLite's int8) takes whole.
+def _library(layer: Any) -> str:
+    """The Keras ``layer`` comes from: its replacement is a layer of the same library."""
+    return "tf_keras" if type(layer).__module__.startswith("tf_keras.") else "keras"
+
+
+# What each Keras 3 CategoryEncoding mode computes with in TensorFlow, which no target (or TFLite's int8) takes
+# whole; tf_keras computes every mode with DenseBincount.
 _OP = {"one_hot": "OneHot", "multi_hot": "DenseBincount", "count": "DenseBincount"}
 
 
@@ -145,8 +160,10 @@ def compared_encoding(layer: Any) -> Any | None:
     # ids past the categories are counted nowhere (2**32 + 2 too); a negative one only by one_hot (the
     # others' DenseBincount refuses it)
     outside = np.array([depth, depth + 1, 2**32 + 2] + ([-1] if layer.output_mode == "one_hot" else []), np.int64)
+    if _library(layer) == "tf_keras":  # it asserts every id is a category: no output to agree with outside them
+        outside = np.empty(0, np.int64)
     try:
-        replacement = _layer_classes()[1](depth, layer.output_mode, str(layer.compute_dtype), name=layer.name)
+        replacement = _layer_classes(_library(layer))[1](depth, layer.output_mode, str(layer.compute_dtype), name=layer.name)
         return replacement if _agrees(layer, replacement, np.arange(depth, dtype=np.int64), outside) else None
     except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
         return None
@@ -166,7 +183,8 @@ def encoded_buckets(layer: Any) -> Any | None:
                            np.floor(bounds) - 1, np.floor(bounds), np.ceil(bounds), np.ceil(bounds) + 1])
     far = np.array([np.nan, np.inf, -np.inf, 0.0, 3.0e38, -3.0e38, 2.0**31 - 1, -2.0**31], np.float64)
     try:
-        replacement = _layer_classes()[2](bounds, layer.output_mode, str(layer.output_dtype), name=layer.name)
+        dtype = str(getattr(layer, "output_dtype", None) or layer.compute_dtype)  # tf_keras: no output_dtype
+        replacement = _layer_classes(_library(layer))[2](bounds, layer.output_mode, dtype, name=layer.name)
         return replacement if _agrees(layer, replacement, near.astype(np.float64), far) else None
     except Exception:  # noqa: BLE001 - anything the probe cannot run: keep the layer
         return None
@@ -192,7 +210,7 @@ def table_free(layer: Any) -> Any | None:
         mask = (int(np.asarray(layer._mask_key)), int(np.asarray(layer._mask_value)) if layer.output_mode == "int" else -1)
     depth = layer.max_tokens if getattr(layer, "pad_to_max_tokens", False) else layer.vocabulary_size()
     try:
-        replacement = _layer_classes()[0](keys, values, default, mask, layer.output_mode, int(depth),
+        replacement = _layer_classes(_library(layer))[0](keys, values, default, mask, layer.output_mode, int(depth),
                                      str(layer.compute_dtype) if layer.output_mode != "int" else "int64",
                                      name=layer.name)
         if not _agrees(layer, replacement, keys if mask is None else np.append(keys, keys.dtype.type(mask[0])),

@@ -231,7 +231,7 @@ def _is_identity_at_inference(layer: Any) -> bool:
 
 
 def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
-    """A Keras 3 model with the layers no target can take replaced, and what was replaced.
+    """A Keras 3 (or tf_keras) model with the layers no target can take replaced, and what was replaced.
 
     - Random augmentation layers become Identity. RandomFlip, RandomRotation, RandomContrast... pass
       their input through at inference, but Keras 3 still draws their random numbers and updates their
@@ -239,15 +239,17 @@ def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
       AssignVariableOp) survive graph pruning and no converter takes them, so every target failed. Only
       layers that hold a random seed and return their input exactly on a probe are replaced.
     - IntegerLookup, CategoryEncoding and encoded Discretization layers become the same computation in
-      ops every target has (see ``export_layers``).
+      ops every target has (see ``export_layers``); for a tf_keras model, only these.
 
     The clone shares every other layer (and its weights) with ``model``, which stays untouched and
     computes the reference outputs. Subclassed models cannot be cloned and are returned as they are.
     Each entry of the list names the layer, its class and what it became (``as``).
     """
-    import keras
-
     from deploykit.export_layers import for_export
+
+    if _is_keras_model(model) == "tf_keras":
+        return _tf_keras_export_copy(model)
+    import keras
 
     replacements: dict[int, tuple[Any, str]] = {}
     for layer in _flat_layers(model):
@@ -272,6 +274,34 @@ def export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
             return model, []
         if copy is model:
             return model, []
+    return copy, [{"name": layer.name, "class": type(layer).__name__, "as": replacements[id(layer)][1]}
+                  for layer in _flat_layers(model) if id(layer) in replacements]
+
+
+def _tf_keras_export_copy(model: Any) -> tuple[Any, list[dict[str, str]]]:
+    """:func:`export_copy` for a tf_keras model: its lookup and encoding layers replaced (tf_keras exports
+    its augmentation layers as the identity at inference already). tf_keras's clone_model does not go
+    into nested models itself: a nested model holding a replaced layer is cloned the same way."""
+    import tf_keras
+
+    from deploykit.export_layers import for_export
+
+    replacements = {id(layer): made for layer in _flat_layers(model) if (made := for_export(layer)) is not None}
+    graph = lambda m: isinstance(m, tf_keras.Sequential) or getattr(m, "_is_graph_network", False)  # noqa: E731
+    if not replacements or not graph(model):
+        return model, []
+
+    def clone(layer: Any) -> Any:
+        if id(layer) in replacements:
+            return replacements[id(layer)][0]
+        if isinstance(layer, tf_keras.Model) and graph(layer) and any(id(i) in replacements for i in _flat_layers(layer)):
+            return tf_keras.models.clone_model(layer, clone_function=clone)
+        return layer
+
+    try:
+        copy = tf_keras.models.clone_model(model, clone_function=clone)
+    except Exception:  # noqa: BLE001 - a structure clone_model cannot rebuild with them: export as it is
+        return model, []
     return copy, [{"name": layer.name, "class": type(layer).__name__, "as": replacements[id(layer)][1]}
                   for layer in _flat_layers(model) if id(layer) in replacements]
 
@@ -603,9 +633,9 @@ class LoadedModel:
 
     # -- SavedModel (shared by every converter) -----------------------------------------
     def _export_model(self) -> Any:
-        """The Keras model that is exported: the user's, with inference no-ops removed (Keras 3)."""
+        """The Keras model that is exported: the user's, with the layers no target takes replaced (``export_copy``)."""
         if self._stripped is None:
-            if self.kind == "keras3":
+            if self.kind in ("keras3", "tf_keras"):
                 self._stripped = export_copy(self.keras_model)
             else:
                 self._stripped = (self.keras_model, [])
@@ -634,10 +664,10 @@ class LoadedModel:
                         # and the ONNX and TF.js files then refused any other batch (verification's batch
                         # of 1 failed with a raw runtime error); Keras 3's export leaves the batch free.
                         with python_stdout_quiet():
-                            _export_fixed_batch(self.keras_model, self.kind, path, None)
+                            _export_fixed_batch(self._export_model(), self.kind, path, None)
                     else:
                         with python_stdout_quiet():
-                            self.keras_model.export(str(path))
+                            self._export_model().export(str(path))
                 except Exception as exc:  # export failures are conversion failures of every target
                     from deploykit.errors import ConversionError, disk_full
 

@@ -645,13 +645,48 @@ def test_tflite_int8_of_a_one_hot_names_it_and_the_float_targets_that_pass(tmp_p
     result = deploykit.convert(model, ["tflite-int8", "tflm-int8"], data=ids, out=tmp_path / "o", bench=False)
     for art in result.artifacts:
         assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 0.02, (art["target"], art["error"])
-    import tf_keras  # tf_keras's encoding layers are not rewritten: their DenseBincount is named, with the way out
 
-    inp = tf_keras.Input((1,), name="cat", dtype="int32")
-    tf2 = tf_keras.Model(inp, tf_keras.layers.Dense(3)(tf_keras.layers.CategoryEncoding(8, "one_hot", name="hot")(inp)))
-    result = deploykit.convert(tf2, ["tflite-fp32"], data=ids, out=tmp_path / "t", bench=False)
-    assert "(DenseBincount is a multi_hot/count encoding, or tf_keras's one_hot, of CategoryEncoding or Discretization; " \
-           "Keras 3's layers are exported as comparisons" in result.artifact("tflite-fp32")["error"]
+
+def test_a_tf_keras_tabular_model_exports_its_lookup_and_encodings_as_comparisons(tmp_path):
+    """tf_keras computes every CategoryEncoding and Discretization encoding with DenseBincount (no TFLite
+    kernel) and IntegerLookup with a hash table (no target takes one): such a model failed every TFLite
+    target. Its exported copy now carries the same comparisons as a Keras 3 model's. A bincount the model
+    computes itself is still refused, with where DenseBincount comes from."""
+    import tensorflow as tf
+    import tf_keras
+
+    rng = np.random.default_rng(0)
+    num, cat = rng.normal(size=(300, 1)).astype("float32"), rng.integers(0, 5, (300, 1)).astype("int32")
+    code = rng.choice([3, 7, 11, 20], (300, 1)).astype("int64")
+    tf_keras.utils.set_random_seed(0)
+    ni, ci = tf_keras.Input((1,), name="num"), tf_keras.Input((1,), name="cat", dtype="int32")
+    ki = tf_keras.Input((1,), name="code", dtype="int64")
+    h = tf_keras.layers.Concatenate()([
+        tf_keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 1.0], output_mode="one_hot", name="bins")(ni),
+        tf_keras.layers.CategoryEncoding(5, "multi_hot", name="cat_hot")(ci),
+        tf_keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 20], output_mode="one_hot", name="codes")(ki)])
+    model = tf_keras.Model([ni, ci, ki], tf_keras.layers.Dense(3)(h))
+    result = deploykit.convert(model, ["tflite-fp32", "tflite-int8", "onnx-fp32"], data={"num": num, "cat": cat, "code": code},
+                               out=tmp_path / "o", bench=False)
+    for art in result.artifacts:
+        assert art["status"] == "ok" and art["verification"]["max_abs_error"] < 0.05, (art["target"], art["error"])
+    replaced = {r["name"]: r["as"] for r in result["model"]["replaced_for_export"]}
+    assert set(replaced) == {"bins", "cat_hot", "codes"} and "(no DenseBincount)" in replaced["cat_hot"], replaced
+
+    class Counts(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rng.normal(size=(6, 3)).astype("float32"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.int32, name="ids")])
+        def __call__(self, ids):
+            return {"y": tf.matmul(tf.math.bincount(ids, minlength=6, maxlength=6, axis=-1, dtype=tf.float32), self.w)}
+
+    counts = Counts()
+    tf.saved_model.save(counts, str(tmp_path / "sm"), signatures={"serving_default": counts.__call__})
+    ids = rng.integers(0, 6, (40, 4)).astype("int32")
+    result = deploykit.convert(str(tmp_path / "sm"), ["tflite-fp32"], data=ids, out=tmp_path / "t", bench=False)
+    assert "(DenseBincount: a bincount, e.g. a multi-hot or count encoding; Keras's CategoryEncoding and Discretization " \
+           "layers are exported as comparisons" in result.artifact("tflite-fp32")["error"]
 
 
 @pytest.mark.parametrize("mode", ["one_hot", "multi_hot", "count"])

@@ -380,8 +380,8 @@ def _explain(target: Any, exc: Exception, native: str) -> str:
 
 # TensorFlow ops TFLite has no kernel for, with where they come from and the way out.
 _TF_OP_FIX = {
-    "DenseBincount": "DenseBincount is a multi_hot/count encoding, or tf_keras's one_hot, of CategoryEncoding or "
-                     "Discretization; Keras 3's layers are exported as comparisons, or encode the ids before the model",
+    "DenseBincount": "DenseBincount: a bincount, e.g. a multi-hot or count encoding; Keras's CategoryEncoding and "
+                     "Discretization layers are exported as comparisons, so use those or encode the ids before the model",
 }
 
 
