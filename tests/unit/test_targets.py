@@ -239,6 +239,14 @@ def test_unknown_target_name_lists_the_known_ones():
     for name in BUILTIN_NAMES:
         assert name in msg
     assert ".toml" in msg
+    assert "did you mean" not in msg  # int4 is another precision, not a misspelt int8
+
+
+@pytest.mark.parametrize("typed,meant", [("onnx_fp32", "onnx-fp32"), ("onnx-int8-qd", "onnx-int8-qdq"),
+                                         ("TFLite-Int8", "tflite-int8"), ("tfjs-unit8", "tfjs-uint8")])
+def test_a_misspelt_target_name_is_answered_with_the_name_meant(typed, meant):
+    with pytest.raises(TargetError, match=f"unknown target '{typed}'; did you mean '{meant}'\\? known targets: "):
+        get_target(typed)
 
 
 # ----------------------------------------------------------------------------- TOML files

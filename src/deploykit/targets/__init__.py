@@ -760,6 +760,14 @@ def get_target(name: str | Target) -> Target:
         return builtins[name]
     if is_toml_path(name):
         return load_target_file(name)
+    import difflib
+
+    # onnx_fp32, TFLite-Int8, onnx-int8-qd: the name meant, said first (case and separators as typed differ);
+    # never another precision (tflite-int4 is not a misspelt tflite-int8)
+    digits = lambda text: re.sub(r"\D", "", text)  # noqa: E731
+    typed = {k.lower().replace("_", "-"): k for k in builtins if digits(k) == digits(name)}
+    close = difflib.get_close_matches(name.lower().replace("_", "-"), list(typed), n=1, cutoff=0.8)
+    meant = f"did you mean {typed[close[0]]!r}? " if close else ""
     raise TargetError(
-        f"unknown target {name!r}; known targets: {', '.join(builtins)} (or a path to a .toml target file)"
+        f"unknown target {name!r}; {meant}known targets: {', '.join(builtins)} (or a path to a .toml target file)"
     )
