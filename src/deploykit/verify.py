@@ -1161,9 +1161,16 @@ def verify(
                       f"{step:.2f} points, so this check cannot allow one: verify on at least "
                       f"{int(np.ceil(100 / tolerance.max_accuracy_drop))} (--eval-data, or a higher --verify-samples)"
                       if step > tolerance.max_accuracy_drop > 0 and drop <= step + 1e-9 else "")
+            # A drop made only of near-ties is said as such, as agreement says it: a dynamic-int8 file of a
+            # near-uniform softmax moved 4 answers whose top two scores were 8e-6 apart and was told nothing
+            flips = result["outputs"][headline].get("flips") or {}
+            unsure = (f"; its {flips['count']} changed answer{'s' if flips['count'] > 1 else ''} were all ones the model "
+                      f"is unsure of (its own top two probabilities at most {flips['max_lead']:.2g} apart): rounding where "
+                      "the model is unsure, which more labelled samples (--eval-data) average out" if flips.get("count") and not flips.get("confident")
+                      and flips["max_lead"] <= NEAR_TIE_LEAD else "")
             result["failures"].append(
                 f"accuracy {art_acc:.2%} is {drop:.2f} points below the reference {ref_acc:.2%} "
-                f"(allowed: {tolerance.max_accuracy_drop} points{coarse})"
+                f"(allowed: {tolerance.max_accuracy_drop} points{coarse}){unsure}"
             )
     if targets is not None and labels is None:
         _score_targets(result, reference, got, names, targets, label_output)

@@ -486,6 +486,34 @@ def test_an_answer_that_moved_between_tied_classes_does_not_count_as_lost_accura
     assert any("points below the reference" in f for f in lost["failures"]), lost["failures"]
 
 
+def test_an_integer_files_accuracy_drop_of_near_ties_says_so():
+    """An integer profile has no float bound to call a tie: a dynamic-int8 file of a near-uniform softmax
+    moved answers whose top two scores were 1e-5 apart and failed on accuracy with nothing said of them,
+    where agreement says it ("rounding where the model is unsure")."""
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(4) * 5, size=100).astype(np.float32)
+    labels = ref.argmax(1)
+    got = ref.copy()
+    for i in range(2):  # two samples the model cannot call go to their second class
+        second = np.argsort(ref[i])[-2]
+        least = np.argmin(ref[i])
+        ref[i, least] -= ref[i, labels[i]] - 1e-5 - ref[i, second]  # rows still sum to 1
+        ref[i, second] = ref[i, labels[i]] - 1e-5
+        got[i, labels[i]], got[i, second] = ref[i, second], ref[i, labels[i]]
+    feed = {"i": np.arange(100, dtype=np.float32)}
+    int8 = get_target("onnx-int8-dynamic").tolerance
+    result = verify(Indexed("p", got), feed, [ref], ["p"], int8, labels=labels, batch_check=4)
+    (failure,) = [f for f in result["failures"] if "points below the reference" in f]
+    assert failure.endswith("its 2 changed answers were all ones the model is unsure of (its own top two probabilities "
+                            "at most 1e-05 apart): rounding where the model is unsure, which more labelled samples "
+                            "(--eval-data) average out"), failure
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    sure = int(np.argmax(top2[:, 1] - top2[:, 0]))  # and an answer the model is sure of lost: not said to be rounding
+    got[sure] = ref[sure][::-1]
+    lost = verify(Indexed("p", got), feed, [ref], ["p"], int8, labels=labels, batch_check=4)
+    assert not any("unsure of" in f for f in lost["failures"] if "points below" in f), lost["failures"]
+
+
 def test_verify_reports_pixel_accuracy_and_agreement():
     rng = np.random.default_rng(1)
     ref = rng.dirichlet(np.ones(4), size=(12, 6, 6)).astype(np.float32)
