@@ -72,7 +72,8 @@ def convert(
     target: List[str] = typer.Option(..., "--target", "-t", help="Target name (see `deploy targets`) or a .toml target file; repeatable."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help=".npz with x (and y) for calibration and evaluation."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Separate .npz for evaluation (defaults to --data)."),
-    out: Path = typer.Option(Path("build"), "--out", "-o", help="Output directory (must be empty or new unless --force)."),
+    # a str, not a Path: Path("") is "." (the working directory), and an empty --out is refused, not run there
+    out: str = typer.Option("build", "--out", "-o", help="Output directory (must be empty or new unless --force)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the previous run in a non-empty output directory."),
     trust_model: bool = typer.Option(False, "--trust-model", help="Allow Lambda/TFSMLayer layers (turns Keras safe_mode off) and SavedModels whose graphs use stateful ops beyond a model's own (file reads and writes...). Only for files you trust."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Runtime threads for benchmarks (default: the target's, 2)."),
@@ -204,7 +205,7 @@ def _block_size(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def _run_convert(err: Any, interrupts: Any, out: Path, make_pipeline: Any, model: Any) -> Any:
+def _run_convert(err: Any, interrupts: Any, out: str, make_pipeline: Any, model: Any) -> Any:
     """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130)."""
     from deploykit.errors import called_from_cli
 

@@ -82,9 +82,13 @@ def _shape_str(shape: Sequence[Any]) -> str:
 
 def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[list[np.ndarray], np.ndarray | None]:
     if not path.exists():
-        raise DataError(f"data file {path} does not exist; check the path")
+        loop = path.is_symlink()  # a link to itself, or to a missing file
+        raise DataError(f"data file {path} {'is a symbolic link to nothing (missing, or a loop)' if loop else 'does not exist'}; "
+                        "check the path")
     if path.is_dir():
         raise DataError(f"data {path} is a directory; pass an .npz file saved with np.savez(path, x=..., y=...)")
+    if not path.is_file():  # a pipe (<(cat d.npz)) is read twice here and came out "not a zip"; one with no writer hangs
+        raise DataError(f"data {path} is not a regular file (a pipe or a device); save the data to an .npz file and pass that")
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # .npz is a zip archive (an empty one: np.savez(path))
@@ -111,7 +115,9 @@ def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[
     except ValueError as exc:
         if "pickle" in str(exc):
             raise DataError(f"{path}: holds Python objects (pickled); save plain numeric arrays with np.savez") from None
-        raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
+        # numpy's header parser said "malformed node or string on line 1: <ast.Name object at 0x7f..>"
+        why = "a corrupt .npy header" if "malformed node" in str(exc) else re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "…", str(exc))
+        raise DataError(f"{path}: not a readable .npz file ({why}); save data with np.savez(path, x=..., y=...)") from None
     except Exception as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save data with np.savez(path, x=..., y=...)") from None
     return _from_keys(arrays, input_names, str(path), files, labels=labels)

@@ -930,7 +930,9 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
 
     path = Path(os.path.expanduser(source))  # "~/m.keras" from Python: no shell expanded it
     if not path.exists():
-        raise ModelLoadError(f"model {path} does not exist; check the path")
+        loop = path.is_symlink()  # a link to itself, or to a missing file
+        raise ModelLoadError(f"model {path} {'is a symbolic link to nothing (missing, or a loop)' if loop else 'does not exist'}; "
+                             "check the path")
     if not path.is_dir() and not path.is_file():  # a device (/dev/zero) or a pipe would be read without end
         raise ModelLoadError(f"model {path} is not a regular file; pass a .keras/.h5 file or a SavedModel directory")
     if path.is_dir():

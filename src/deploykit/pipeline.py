@@ -304,6 +304,8 @@ class Pipeline:
         if verify_samples < 1:
             raise UserError(f"verify_samples must be a whole number >= 1, got {verify_samples}")
         self.data, self.eval_data = data, eval_data
+        if isinstance(out, str) and not out.strip():  # Path("") is the working directory: --force would write there
+            raise UserError(f"--out is empty ({out!r}); name an output directory, e.g. --out build")
         self.out = Path(os.path.expanduser(out))  # '~/build' from Python: no shell expanded it
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
         self.verify_samples = int(verify_samples)

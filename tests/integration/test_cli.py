@@ -683,6 +683,40 @@ def test_bench_refusals_name_the_flag_and_the_benchmark(tmp_path, tflite_files, 
                        f"it lists (e.g. {run / 'tflite-fp32' / 'model.tflite'})"), message
 
 
+def test_paths_that_are_no_regular_files_are_refused_in_one_line(tmp_path, tflite_files, cli_inputs):
+    """A pipe as --data (<(cat d.npz)) was read twice and called "not a zip archive"; one with no writer
+    hung the run. An empty --out ran in the working directory; a symlink loop "did not exist"; a
+    corrupt .npy header showed a Python object's repr; side by side, a cut file lost its way out."""
+    import os
+
+    model, data = tflite_files["tflite-fp32"], cli_inputs["data"]
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer, so a regression fails here rather than hangs
+    try:
+        assert _refusal(["bench", model, "--data", fifo]) == (f"data {fifo} is not a regular file (a pipe or a device); "
+                                                              "save the data to an .npz file and pass that")
+    finally:
+        os.close(held)
+    assert _refusal(["convert", cli_inputs["model"], "-t", "tflite-fp32", "--data", data, "--out", ""]).startswith(
+        "--out is empty (''); name an output directory")
+    loop = tmp_path / "loop.keras"
+    loop.symlink_to(loop)
+    assert _refusal(["inspect", loop]) == f"model {loop} is a symbolic link to nothing (missing, or a loop); check the path"
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "bad.npz", "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00\x10\x00{garbage}      \n")
+    assert "(a corrupt .npy header)" in _refusal(["bench", model, "--data", tmp_path / "bad.npz"])
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(model.read_bytes()[:1000])
+    assert_user_error(run_deploy(["bench", model, cut]), "cut.tflite", "convert the model again")
+    folder = tmp_path / "tflite-fp32"  # a run's target folder
+    folder.mkdir()
+    (folder / "model.tflite").write_bytes(model.read_bytes())
+    assert _refusal(["bench", folder]) == f"{folder} is not a file; pass the artifact file in it: {folder / 'model.tflite'}"
+
+
 def test_unusable_out_and_target_arguments_are_user_errors_before_any_work(tmp_path, keras3_path, saved_model_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep")

@@ -1820,8 +1820,11 @@ def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_on
                                         r" \(in Python: --qat is qat=True\)$"):
         result.path("tflite-int8-tight")
     monkeypatch.chdir(tmp_path / "out" / "tflite-fp32")
-    with pytest.raises(UserError, match=r"relative to its out directory: pass result.path\('tflite-fp32'\)"):
+    with pytest.raises(UserError, match=r"relative to its out directory: pass OUT/tflite-fp32/model.tflite \(in Python: "
+                                        r"result.path\('tflite-fp32'\)\)"):
         deploykit.bench(result.artifact("tflite-fp32")["path"], iterations=1, warmup=0)
+    with pytest.raises(UserError, match=r"is not a file; pass the artifact file in it: .*tflite-fp32/model.tflite"):
+        deploykit.bench(tmp_path / "out" / "tflite-fp32", iterations=1, warmup=0)  # the target's folder
     assert deploykit.bench(path, iterations=1, warmup=0)["p50_ms"] > 0
     # a later run into the same out: this result's path() handed out the other run's file without a word
     monkeypatch.chdir(tmp_path)

@@ -270,7 +270,7 @@ def _given_arrays(data: Any, names: list[str]) -> dict[str, tuple[np.dtype, tupl
     """The dtype and shape of each input's array as the data holds it (an .npz path, a dict or one
     array), by the keys load_data reads: the input's name, x0, x1..., or x for a one-input model."""
     wanted = {*names, "x", *(f"x{i}" for i in range(len(names)))}
-    if isinstance(data, (str, Path)) and str(data).endswith(".npz"):
+    if isinstance(data, (str, Path)) and str(data).endswith(".npz") and Path(data).is_file():  # a pipe: load_data refuses
         try:  # the arrays' headers only: load_data reads the data itself
             arrays = _npz_headers(Path(data), wanted)
         except Exception:  # noqa: BLE001 - load_data gives the real error
@@ -393,10 +393,13 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
     """The runtime that runs ``path``: ``runtime`` when given (checked against the file type), else by suffix."""
     if not path.is_file():
         hint = "pass a model artifact such as model.tflite"
-        if not path.is_absolute() and len(path.parts) == 2 and path.name.startswith("model.") and not path.exists():
+        inside = [f for f in (path / "model.json", path / "model.tflite", path / "model.onnx") if f.is_file()]
+        if path.is_dir() and inside:  # a run's target folder: its artifact file is what runs
+            hint = f"pass the artifact file in it: {inside[0]}"
+        elif not path.is_absolute() and len(path.parts) == 2 and path.name.startswith("model.") and not path.exists():
             # TARGET/model.EXT is a manifest's artifact path, relative to its run's out directory, not to the cwd
-            hint = (f"an artifact path from a deploykit result is relative to its out directory: pass "
-                    f"result.path({path.parts[0]!r}) (or OUT/{path})")
+            hint = (f"an artifact path from a deploykit manifest is relative to its out directory: pass OUT/{path} "
+                    f"(in Python: result.path({path.parts[0]!r}))")
         raise UserError(f"{path} is not a file; {hint}")
     try:
         with open(path, "rb"):
@@ -436,6 +439,33 @@ def _refuse_run_manifest(path: Path) -> None:
 
 
 @logs_muted
+def load_explained(runner: Any, path: str | Path) -> float:
+    """``runner.load()`` (its seconds), a load failure said with its cause and way out: a copy cut short or
+    edited since, a file of another format, TensorFlow ops LiteRT does not carry, permissions."""
+    try:
+        return runner.load()
+    except RuntimeLoadError as exc:  # an existing file: a copy cut short, or edited since
+        if re.search(r"permission denied|EACCES", str(exc), re.IGNORECASE):
+            raise RuntimeLoadError(f"{exc}; check the files' permissions") from None
+        if "Select TensorFlow op" in str(exc):  # an intact file LiteRT has no kernels for: said so
+            raise RuntimeLoadError(
+                f"LiteRT could not load {Path(path).name}: it uses TensorFlow ops (SELECT_TF_OPS, the Flex "
+                "delegate), which the ai-edge-litert interpreter does not carry; time a file converted "
+                "with builtin ops only (deploy convert makes those)") from None
+        if re.search(r"not a valid Flatbuffer|not a valid \.tflite", str(exc)) and \
+                Path(path).is_file() and _header(Path(path))[4:8] != b"TFL3":
+            raise RuntimeLoadError(f"{Path(path).name} is not a TFLite file (its header lacks the TFL3 "
+                                   "identifier of every .tflite); pass a .tflite file, or name the file "
+                                   "by its own format") from None
+        if re.search(_DAMAGED, str(exc)):  # not for a custom op, a missing runtime, a refused path...
+            raise RuntimeLoadError(f"{exc}; {CUT_SHORT}") from None
+        raise
+
+
+# Said of a file that exists but does not parse.
+CUT_SHORT = "a file cut short or changed since it was written is refused like this: convert the model again"
+
+
 def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, warmup: int = 10, iterations: int = 100,
                data: Any = None, runtime: str | None = None, browser: bool = False,
                backend: str | None = None) -> dict[str, Any]:
@@ -514,25 +544,7 @@ def bench_file(path: str | Path | Sequence[str | Path], *, threads: int = 2, war
         runner = get_runner(runtime, path, threads, options)
         try:  # stopped however this ends (a TF.js runner is a Node child)
             with PeakRSS() as mem:
-                try:
-                    init_s = runner.load()
-                except RuntimeLoadError as exc:  # an existing file: a copy cut short, or edited since
-                    if re.search(r"permission denied|EACCES", str(exc), re.IGNORECASE):
-                        raise RuntimeLoadError(f"{exc}; check the files' permissions") from None
-                    if "Select TensorFlow op" in str(exc):  # an intact file LiteRT has no kernels for: said so
-                        raise RuntimeLoadError(
-                            f"LiteRT could not load {Path(path).name}: it uses TensorFlow ops (SELECT_TF_OPS, the Flex "
-                            "delegate), which the ai-edge-litert interpreter does not carry; time a file converted "
-                            "with builtin ops only (deploy convert makes those)") from None
-                    if re.search(r"not a valid Flatbuffer|not a valid \.tflite", str(exc)) and \
-                            Path(path).is_file() and _header(Path(path))[4:8] != b"TFL3":
-                        raise RuntimeLoadError(f"{Path(path).name} is not a TFLite file (its header lacks the TFL3 "
-                                               "identifier of every .tflite); pass a .tflite file, or name the file "
-                                               "by its own format") from None
-                    if re.search(_DAMAGED, str(exc)):  # not for a custom op, a missing runtime, a refused path...
-                        raise RuntimeLoadError(f"{exc}; a file cut short or changed since it was written is refused "
-                                               "like this: convert the model again") from None
-                    raise
+                init_s = load_explained(runner, path)
                 inputs = _bench_inputs(runner, data, path)
                 stats = benchmark(runner, inputs, warmup=warmup, iterations=iterations)
             stats.init_ms = init_s * 1000

@@ -55,7 +55,7 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
         UserError: a file that is missing or of an unknown type, or files that take different inputs.
     """
     from deploykit.artifacts import gzip_size, sha256_file
-    from deploykit.runtime_bench import _bench_inputs, _weight_files, get_runner, resolve_runtime
+    from deploykit.runtime_bench import _bench_inputs, _weight_files, get_runner, load_explained, resolve_runtime
     from deploykit.selection import interleaved_p50, paired_ratio, ratio_spread, unsteady
     from deploykit.targets import BenchSettings
 
@@ -93,13 +93,13 @@ def bench_side_by_side(paths: Sequence[str | Path], *, threads: int = 2, warmup:
             # thread pools: 10-14 ms against 2 ms after it), which made init_ms follow the files' order.
             warm = get_runner(runtimes[i], paths[i], threads, targets[i].options)
             try:
-                warm.load()
+                load_explained(warm, paths[i])
             finally:
                 warm.close()
             warmed.add(runtimes[i])
         runner = get_runner(runtimes[i], paths[i], threads, targets[i].options)
         try:
-            init_s = runner.load()
+            init_s = load_explained(runner, paths[i])
             mine = _bench_inputs(runner, data, paths[i])
             described[i] = {**runner.describe(), "init_ms": init_s * 1000}
         finally:

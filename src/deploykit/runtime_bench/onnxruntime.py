@@ -36,7 +36,9 @@ def _graph_of(path: Path) -> Any:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]})") from None
+        from deploykit.runtime_bench import CUT_SHORT
+
+        raise UserError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:200]}); {CUT_SHORT}") from None
 
 
 def unranked_inputs(proto: Any) -> set[str]:
