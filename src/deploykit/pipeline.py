@@ -1003,7 +1003,7 @@ class Pipeline:
                 artifact.status = "failed"
                 failures = artifact.verification.get("failures", []) + _failure_hints(
                     target, loaded, inputs, artifact.verification, calib,
-                    ops=set(artifact.settings.get("converter", {}).get("ops", [])))
+                    ops=set(artifact.settings.get("converter", {}).get("ops") or []))
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise

@@ -146,6 +146,21 @@ def test_cpu_backend_target_from_toml_fields(tmp_path, data_npz):
     assert a["benchmark"]["backend"] == "cpu"
 
 
+def test_a_tfjs_file_that_fails_verification_says_why(tmp_path, data_npz):
+    """The failure hints read the converter's ``ops`` as op names; TF.js recorded a node count there, and
+    every TF.js file that failed verification said "TypeError: 'int' object is not iterable" instead."""
+    import keras
+
+    uint8 = get_target("tfjs-uint8")
+    strict = dataclasses.replace(uint8, name="tfjs-strict", tolerance=dataclasses.replace(  # every element within 1e-12
+        uint8.tolerance, probabilities="elementwise", atol=1e-12, range_atol=0.0, max_violation_fraction=0.0,
+        column_ranges=False))
+    result = deploykit.convert(_bn_net(keras), [strict], data=data_npz, out=tmp_path / "o", bench=False)
+    a = result.artifact("tfjs-strict")
+    assert a["status"] == "failed" and a["error"].startswith("verification failed: output"), a["error"]
+    assert "Conv2D" in "".join(a["settings"]["converter"]["ops"]) and a["settings"]["converter"]["nodes"] > 0
+
+
 def test_non_channel_constant_add_is_not_fused_as_a_bias(tmp_path, data_npz):
     import keras
 

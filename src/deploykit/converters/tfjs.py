@@ -398,12 +398,13 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             "output_names": list(outputs),
             "fused_ops": graph.fusions,
             "weight_bytes": sum(len(e.data) for e in encoded),
-            "ops": len(gd.node),
         }
     )
+    used = {n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def}
+    # the ops the runtime must carry, as TFLite's record names them (a count here broke the failure hints)
+    settings.update({"ops": sorted(used), "nodes": len(gd.node)})
     # TF.js tensors are float32, int32, bool (or string): an integer input of another width is an
     # int32 tensor there, and model.execute refuses float32 pixels for it.
-    used = {n.op for n in gd.node} | {n.op for f in gd.library.function for n in f.node_def}
     needs_async = sorted(used & async_ops())
     if needs_async:  # model.execute() throws on them ("use model.executeAsync() instead"): only the manifest's
         # benchmark.execution said so, and nothing with --no-bench
