@@ -160,6 +160,30 @@ def test_keras3_functional_2_4_pattern_and_skipped_first_conv(digits):
     assert report["settings"]["training_settings_from"] == "arguments"
 
 
+def test_keras3_layers_inside_wrappers_are_pruned_and_their_zeros_survive(tmp_path):
+    """TimeDistributed(Dense) and Bidirectional(GRU) kernels stayed dense ("no prunable kernel"): they are
+    pruned now, under wrapper/inner names, and the survival check finds their zeros in the file."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(256, 6, 4)).astype("float32")
+    y = (x[:, :, 0].sum(1) > 0).astype("int64")
+    inp = keras.Input((6, 4), name="seq")
+    h = keras.layers.TimeDistributed(keras.layers.Dense(8, name="d"), name="td")(inp)
+    h = keras.layers.Bidirectional(keras.layers.GRU(8, name="g"), name="bi")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(h))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    result = deploykit.convert(model, ["onnx-fp32"], data=(x, y), out=tmp_path / "o", bench=False,
+                               prune={"sparsity": 0.6, "epochs": 2}, train_data=(x, y))
+    pruning = result["steps"]["prune"]["report"]
+    names = [layer["name"] for layer in pruning["layers"]]
+    assert names == ["td/d", "bi/forward_g", "bi/backward_g", "out"], names
+    assert all(abs(layer["achieved_sparsity"] - 0.6) < 0.02 for layer in pruning["layers"]), pruning["layers"]
+    art = result.artifact("onnx-fp32")
+    assert art["status"] == "ok", art["error"]
+
+
 @pytest.fixture(scope="module")
 def tk_unstructured(trained, digits):
     return prune(trained["tf_keras"], _train(digits), sparsity=0.8, epochs=EPOCHS, batch_size=64,

@@ -228,6 +228,32 @@ def test_2_4_on_a_transposed_convolution_groups_its_input_channels():
     assert "this kernel has 3" in structure_problem((3, 3, 8, 3), "2:4", (1, 4), transposed=True)  # RGB-input upsampler
 
 
+def test_layers_inside_wrappers_are_pruned_in_keras3_and_named_as_kept_dense_in_tf_keras():
+    """TimeDistributed(Dense) and Bidirectional(GRU) kernels stayed dense, said to have "no prunable kernel"
+    (the wrapper holds them): Keras 3 prunes the layers inside, named wrapper/inner; tfmot wraps whole layers,
+    so a tf_keras wrapper stays dense, said as such."""
+    import keras
+    import tf_keras
+
+    from deploykit.optimize.prune import _plan
+
+    def build(lib):
+        inp = lib.Input((5, 4))
+        h = lib.layers.TimeDistributed(lib.layers.Dense(8, name="d"), name="td")(inp)
+        h = lib.layers.Bidirectional(lib.layers.GRU(4, name="g"), name="bi")(h)
+        return lib.Model(inp, lib.layers.Dense(2, name="out")(h))
+
+    kernels, skipped = _plan(build(keras), "keras3", "unstructured", (1, 4))
+    assert [(k.layer, k.weight) for k in kernels] == [
+        ("td/d", "kernel"), ("bi/forward_g", "kernel"), ("bi/forward_g", "recurrent_kernel"),
+        ("bi/backward_g", "kernel"), ("bi/backward_g", "recurrent_kernel"), ("out", "kernel")], kernels
+    kernels, skipped = _plan(build(tf_keras), "tf_keras", "unstructured", (1, 4))
+    assert [k.layer for k in kernels] == ["out"]
+    assert {s["layer"]: s["reason"] for s in skipped} == {
+        w: f"a wrapper: tfmot prunes the layers it wraps itself, not one inside {c}; kept dense"
+        for w, c in (("td", "TimeDistributed"), ("bi", "Bidirectional"))}
+
+
 def test_equal_validation_accuracy_goes_to_the_lower_true_class_loss():
     """126 validation digits: many epochs tie on accuracy, and the first of them was kept."""
     from deploykit.optimize.prune import _Score, _true_class_nll

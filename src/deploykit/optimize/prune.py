@@ -124,17 +124,40 @@ def skipped_reasons(skipped: Sequence[dict[str, str]], shown: int = 6) -> str:
                      + f": {reason}" for reason, layers in by_reason.items()) or "the model has no layers"
 
 
+# Layers that hold another layer (the attributes naming it): its kernels are the inner layer's.
+_WRAPPERS = {"TimeDistributed": ("layer",), "Bidirectional": ("forward_layer", "backward_layer")}
+
+
+def _named_layers(model: Any, kind: str) -> list[tuple[str, Any]]:
+    """The model's layers by name, nested models flattened; in a Keras 3 model a TimeDistributed or
+    Bidirectional wrapper gives the layers inside it instead, named ``wrapper/inner`` (their kernels stayed
+    dense, said to have none). tfmot wraps whole layers, so a tf_keras wrapper stays one layer."""
+    out = []
+    for layer in _flat_layers(model):
+        inner = _WRAPPERS.get(type(layer).__name__) if kind == "keras3" and _is_builtin(layer, kind) else None
+        if inner is None:
+            out.append((layer.name, layer))
+            continue
+        out += [(f"{layer.name}/{getattr(layer, a).name}", getattr(layer, a)) for a in inner
+                if getattr(layer, a, None) is not None]
+    return out
+
+
 def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) -> tuple[list[_Kernel], list[dict[str, str]]]:
     """Prunable kernels and the layers that stay dense, with reasons."""
     kernels: list[_Kernel] = []
     skipped: list[dict[str, str]] = []
-    for layer in _flat_layers(model):
+    for name, layer in _named_layers(model, kind):
         cls = type(layer).__name__
         if cls == "InputLayer":
             continue
 
         def skip(reason: str) -> None:
-            skipped.append({"layer": layer.name, "class": cls, "reason": reason})
+            skipped.append({"layer": name, "class": cls, "reason": reason})
+
+        if cls in _WRAPPERS and _is_builtin(layer, kind):  # tf_keras: Keras 3 gives the layers inside instead
+            skip(f"a wrapper: tfmot prunes the layers it wraps itself, not one inside {cls}; kept dense")
+            continue
 
         if _is_preprocessing(layer):
             skip("preprocessing layer: kept exact, not pruned")
@@ -173,8 +196,8 @@ def _plan(model: Any, kind: str, structure: str, block_size: tuple[int, int]) ->
         if problem:
             skip(problem)
             continue
-        for name, var in pairs:
-            kernels.append(_Kernel(layer.name, cls, str(name).split("/")[-1].split(":")[0], var, tuple(int(d) for d in var.shape)))
+        for weight, var in pairs:
+            kernels.append(_Kernel(name, cls, str(weight).split("/")[-1].split(":")[0], var, tuple(int(d) for d in var.shape)))
         if cls.startswith("SeparableConv"):  # its other kernel: listed, so no dense weight goes unmentioned
             skip("its depthwise_kernel stays dense (as DepthwiseConv2D's: one channel per filter); the pointwise_kernel is pruned")
     return kernels, skipped
@@ -751,7 +774,7 @@ class _Keras3Masks:
         for k in kernels:
             k.mask = np.ones(k.shape, dtype=np.float32)
             k.mask_var = keras.Variable(np.ones(k.shape, dtype=k.variable.dtype), trainable=False,
-                                        dtype=k.variable.dtype, name=f"{k.layer}_{k.weight}_prune_mask")
+                                        dtype=k.variable.dtype, name=f"{k.layer.replace('/', '_')}_{k.weight}_prune_mask")
             k.saved_constraint = k.variable.constraint
             k.variable.constraint = _MaskConstraint(k.mask_var, k.saved_constraint)
 
@@ -1030,7 +1053,7 @@ def _fresh_variables(model: Any) -> Any:
     return clone if [l.name for l in clone.layers] == [l.name for l in model.layers] else model
 def _layer_report(model: Any, kind: str, kernels: list[_Kernel], target: float, structure: str,
                   names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    layers = {l.name: l for l in _flat_layers(model)}
+    layers = dict(_named_layers(model, kind))
     out: dict[str, dict[str, Any]] = {}
     for k, shown in zip(kernels, names or [k.layer for k in kernels]):
         layer = layers[k.layer]
