@@ -1066,10 +1066,11 @@ def verify(
             if failure and moved is None and cmp["finite"] and calibrated:
                 hint = clipping_hint(ref, got[name], cmp["allowed_abs_error_at_max"])
                 failure += f"; {hint}" if hint else ""
-        if failure and moved is not None and ref.ndim == 2 and ref.shape[1] >= 256:
+        if failure and moved is not None and ref.ndim == 2 and ref.shape[1] >= 256 and calibrated:
             # 8-bit outputs step by 1/256 of their range: most of a 1000-class softmax sits below one step.
-            failure += (f"; an 8-bit output has 256 levels for {ref.shape[1]} class probabilities: try an int16 "
-                        "activation target (tflite-int16x8) or end the model at logits")
+            # Only for integer activations: a dynamic-range or float16 file's float output has no such steps.
+            failure += (f"; an 8-bit output has 256 levels for {ref.shape[1]} class probabilities: try 16-bit "
+                        "activations (tflite-int16x8, onnx-int16x8) or end the model at logits")
         if failure:
             result["failures"].append(f"output {name!r}: {failure}")
         elif cmp.get("violations_without_logit_room", 0) > cmp["allowed_violations"]:

@@ -2297,6 +2297,20 @@ def test_int16x8_names_what_reads_the_ids_beyond_the_embedding(tmp_path):
            "Embedding(mask_zero=True)" in error, error
 
 
+def test_int16x8_of_a_uint8_image_input_names_the_cast(tmp_path):
+    """TFLite's 16x8 quantizer has no CAST: a uint8 image input cast to float for its Rescaling was named
+    as "CAST" alone, with nothing of where it comes from or that a float32 input takes 16x8."""
+    import keras
+
+    inp = keras.Input((8, 8, 1), dtype="uint8", name="pixels")
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+    x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 1)).astype("uint8")
+    result = deploykit.convert(model, ["tflite-int16x8"], data=x, out=tmp_path / "o", bench=False)
+    assert "CAST (a cast between types, e.g. of a uint8 image input to float for its Rescaling: a float32 input " \
+           "takes 16x8)" in result.artifact("tflite-int16x8")["error"]
+
+
 def test_a_float_input_feeding_an_embedding_is_named_when_int8_io_fails(tmp_path):
     """Ids declared float: int8 I/O quantized them like pixels and 24 of 50 read another Embedding row; the
     failure spoke of rounding and advised int16x8 or QAT."""

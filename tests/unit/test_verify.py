@@ -431,9 +431,12 @@ def test_a_1000_class_output_at_8_bits_fails_with_the_reason_and_a_way_out():
     tol = get_target("tflite-int8").tolerance
     result = verify(Steps(ref), {"i": np.arange(40, dtype=np.float32)}, [ref], ["probs"], tol)
     (failure,) = [f for f in result["failures"] if f.startswith("output 'probs': mean probability shift")]
-    assert "256 levels for 1000 class probabilities" in failure and "tflite-int16x8" in failure
+    assert "256 levels for 1000 class probabilities: try 16-bit activations (tflite-int16x8, onnx-int16x8)" in failure
     out = result["outputs"]["probs"]
     assert out["samples_over_bound"] == 40 and any("in 40 of 40 samples more than" in n for n in result["notes"])
+    # a file with float activations (dynamic range, float16) has no 256 levels: not told of them
+    floats = verify(Steps(ref), {"i": np.arange(40, dtype=np.float32)}, [ref], ["probs"], tol, calibrated=False)
+    assert floats["failures"] and not any("256 levels" in f for f in floats["failures"]), floats["failures"]
 
 
 def test_per_pixel_labels_score_a_segmentation_output():

@@ -392,4 +392,6 @@ _OP_ORIGIN = {
     "GELU": "the gelu activation",
     "EXP": "an exp, e.g. inside a custom softmax or swish",
     "LOG": "a log",
+    "CAST": "a cast between types, e.g. of a uint8 image input to float for its Rescaling: a float32 input takes "
+            "16x8",
 }
