@@ -50,6 +50,7 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
         model_dir = Path(model).resolve()
         if out.resolve() == model_dir or model_dir in out.resolve().parents:
             raise UserError(f"output {out} is inside the model's SavedModel directory {model}; choose an --out outside it")
+    _refuse_inside_a_run(out)
     if out.is_symlink() and not out.exists():  # mkdir said "File exists" of a path that does not exist
         raise UserError(f"output {out} is a symlink to {os.readlink(out)}, which does not exist; create that "
                         "directory or choose another --out")
@@ -99,6 +100,25 @@ def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), mode
             if hit is not None:
                 raise UserError(f"{given} lies in {hit}, which --force replaces with this run's output; move it out of "
                                 f"{out} or choose another --out")
+
+
+def _refuse_inside_a_run(out: Path) -> None:
+    """Refuse an ``out`` inside a target folder of a deploykit run further up: its manifest and reports
+    landed beside that run's artifact, and the outer run could then never be replaced (--force refused
+    the files it had not written)."""
+    here = out.resolve()
+    for run in here.parents:
+        if not (run / MANIFEST_NAME).is_file():
+            continue
+        try:
+            artifacts = Manifest.read(run / MANIFEST_NAME).artifacts
+        except Exception:  # noqa: BLE001 - not a deploykit manifest: not a run
+            continue
+        for a in artifacts:
+            folder = (run / a.path).parent if a.path else None
+            if folder is not None and folder.resolve() != run and (folder.resolve() == here or folder.resolve() in here.parents):
+                raise UserError(f"output {out} is inside {folder}, target {a.target!r} of the deploykit run in {run}; "
+                                "choose an --out outside that run's target folders")
 
 
 def previous_run_files(out: Path) -> list[Path]:

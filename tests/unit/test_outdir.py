@@ -221,3 +221,16 @@ def test_a_dangling_symlink_as_out_is_said_as_one(tmp_path):
     with pytest.raises(UserError, match=r"out is a symlink to .*gone, which does not exist; create that directory"):
         outdir.check_out_dir(tmp_path / "out", force=False)
     assert not (tmp_path / "gone").exists()
+
+
+def test_an_out_inside_another_runs_target_folder_is_refused(tmp_path):
+    """--out run/onnx-fp32 --force wrote a manifest and reports beside that run's model.onnx, and the run in
+    run/ could then never be replaced (--force refused those files as not its own)."""
+    before = _previous_run(tmp_path / "run")
+    for inside in (tmp_path / "run" / "onnx-fp32", tmp_path / "run" / "onnx-fp32" / "deeper"):
+        with pytest.raises(UserError, match=r"is inside .*run/onnx-fp32, target 'onnx-fp32' of the deploykit run in "
+                                            r".*run; choose an --out outside that run's target folders"):
+            outdir.check_out_dir(inside, force=True, target_names=["tflite-fp32"])
+    outdir.check_out_dir(tmp_path / "run" / "next", force=False)  # beside the targets: its own folder
+    outdir.check_out_dir(tmp_path / "run", force=True, target_names=TARGETS)  # the run itself, replaced
+    assert _contents(tmp_path / "run") == before
