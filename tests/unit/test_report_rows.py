@@ -190,9 +190,10 @@ def test_size_against_the_dense_model_per_format():
 def test_a_run_checked_on_too_few_samples_says_so_once():
     from deploykit.report.rows import data_warnings
 
-    def manifest(eval_n, calib_n, activations="uint8"):
+    def manifest(eval_n, calib_n, activations="uint8", accuracy=True):
         art = _artifact("onnx-int8-qdq", 1000)
         art.settings = {"target": {"activations": activations}}
+        art.verification = {"accuracy": 1.0} if accuracy else {"mae": 0.1}
         return Manifest(model={}, tools={}, machine={}, artifacts=[art],
                         data={"source": "d.npz", "samples": calib_n, "eval_source": "d.npz", "eval_samples": eval_n})
 
@@ -202,6 +203,8 @@ def test_a_run_checked_on_too_few_samples_says_so_once():
     assert "calibrated on 8 samples" in line and "verified" not in line
     assert data_warnings(manifest(500, 8, activations="float32")) == []  # nothing was calibrated
     assert data_warnings(manifest(300, 300)) == []
+    (line,) = data_warnings(manifest(3, 300, accuracy=False))  # a regression model: scored by MAE, no accuracy
+    assert "verified on 3 samples" in line and "accuracy" not in line, line
 
 
 def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it_round_by_round():

@@ -566,7 +566,9 @@ def data_warnings(manifest: Manifest) -> list[str]:
          f"{d.get('eval_source')}", few_eval),
         (f"integer ranges were calibrated on {calib}{' different' if 'calib' in copies else ''} sample"
          f"{'s' if calib != 1 else ''} of {d.get('source')}", few_calib)) if on)
-    step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n else ""
+    # a regression model's values are scored by MAE/RMSE: no answer to change, no accuracy to move
+    scored = any("accuracy" in (a.verification or {}) for a in manifest.artifacts)
+    step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n and scored else ""
     return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
             + (" (or --eval-data)" if few_eval else "")] + unused
 
