@@ -103,6 +103,27 @@ def test_static_int8_and_int16_keep_the_batch_name_and_declare_only_used_domains
 
 
 @pytest.mark.slow
+def test_an_embedding_table_quantized_per_tensor_is_said(tmp_path):
+    """The target list says int8 per channel; ONNX Runtime's quantizer stores a Gather's table (most of an
+    Embedding model's parameters) as an activation: uint8, one scale for the whole table. Said, by layer."""
+    import keras
+    import onnx
+
+    from deploykit.converters.onnx import quantized_tables
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,), dtype="int32", name="tokens")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(100, 16, name="emb")(inp))
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="out")(h))
+    x = np.random.default_rng(0).integers(0, 100, (64, 12)).astype("int32")
+    result = deploykit.convert(model, ["onnx-int8-qdq"], data=x, out=tmp_path / "o", bench=False)
+    art = result.artifact("onnx-int8-qdq")
+    assert "stores an Embedding's table (Gather) as an activation: 'emb' (uint8), one scale for the whole table" \
+           in art["settings"]["converter"]["note"], art["settings"]["converter"]
+    (table,) = quantized_tables(onnx.load(str(tmp_path / "o" / "onnx-int8-qdq" / "model.onnx")))  # a random model: kept either way
+    assert table[1] == "uint8"
+
+
 def test_quantized_onnx_is_smaller_and_fp16_keeps_float_io(onnx_run):
     from onnx import numpy_helper
 

@@ -474,6 +474,13 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 with library_logs_muted(), native_stderr_captured():
                     proto = _quantize(src, tmp / "q.onnx", target, calibration, model, external, fake_quant)
                 _tidy_after_quantizer(proto, float_io)
+                if tables := quantized_tables(proto):
+                    # said where the target list says "int8 per channel": ONNX Runtime's quantizer takes a Gather's
+                    # table for an activation (most of an Embedding model's parameters)
+                    said = ", ".join(f"'{_layer_of(model, n)}' ({d})" for n, d in tables[:3]) + (" …" if len(tables) > 3 else "")
+                    settings["note"] = "; ".join(filter(None, [settings.get("note"), (
+                        f"ONNX Runtime's quantizer stores an Embedding's table (Gather) as an activation: {said}, one "
+                        "scale for the whole table, not int8 per channel")]))
         except ConversionError:
             raise
         except Exception as exc:
@@ -507,6 +514,38 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     settings["input_names"] = [i.name for i in proto.graph.input]
     settings["output_names"] = [o.name for o in proto.graph.output]
     return settings
+
+
+def _layer_of(model: Any, name: str) -> str:
+    """The Keras layer a graph tensor belongs to (its exported name when that cannot be read)."""
+    try:
+        return model.layer_at(name.split(":")[0]) or name
+    except Exception:  # noqa: BLE001 - a SavedModel's scopes may name no layer: the tensor's name then
+        return name
+
+
+def quantized_tables(proto: Any) -> list[tuple[str, str]]:
+    """The Gather tables (an Embedding's) the quantizer stored with one scale for the whole table, with
+    their integer type: QDQ reads them through a DequantizeLinear of a one-element scale, QOperator
+    gathers from the integer initializer itself."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    made = {o: n for n in proto.graph.node for o in n.output}
+    out = []
+    for node in proto.graph.node:
+        if node.op_type != "Gather" or not node.input:
+            continue
+        table, scale = node.input[0], None
+        if (dq := made.get(table)) is not None and dq.op_type == "DequantizeLinear":
+            table, scale = dq.input[0], dq.input[1] if len(dq.input) > 1 else None
+        t = inits.get(table)
+        if t is None or t.data_type not in (TensorProto.UINT8, TensorProto.INT8, TensorProto.UINT16, TensorProto.INT16):
+            continue
+        if scale is not None and scale in inits and numpy_helper.to_array(inits[scale]).size > 1:
+            continue  # per channel after all
+        out.append((table, TensorProto.DataType.Name(t.data_type).lower()))
+    return out
 
 
 def _tidy_after_quantizer(proto: Any, float_graph: Any) -> None:
