@@ -132,6 +132,23 @@ def test_layers_tfmot_cannot_wrap_stay_float_and_the_model_still_converts(prepro
     assert result.artifact("tflite-int8")["verification"]["accuracy_drop_points"] <= 1.0
 
 
+def test_a_trusted_lambda_stays_float_under_qat(digits):
+    """quantize_apply rebuilds the model from its configs with Keras safe mode on: a Lambda the user had
+    loaded with --trust-model (safe_mode=False) was refused after the fine-tunes had run, asking for the
+    safe_mode=False already given."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.Lambda(lambda t: t / 16.0, name="scale")(inp)
+    h = tf_keras.layers.Conv2D(4, 3, activation="relu", name="conv")(h)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(10, activation="softmax", name="probs")(tf_keras.layers.Flatten()(h)))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    result = quantize_aware(model, _train(digits), epochs=1, batch_size=64)
+    assert "scale" not in {q["layer"] for q in result.report["quantized"]}
+    assert {"conv", "probs"} <= {q["layer"] for q in result.report["quantized"]}
+
+
 # ----------------------------------------------------------------------------- refusals
 def test_keras3_models_are_refused_before_any_work(keras3_model, keras3_path, saved_model_dir, data_npz, digits, tmp_path):
     import deploykit

@@ -257,8 +257,13 @@ def _wrap(model: Any, tfmot: Any, quantize: list[dict[str, str]], skipped: list[
                 return tfmot.quantization.keras.quantize_annotate_layer(fresh)
             return fresh
 
+        # Rebuilt from configs with Keras safe mode off: a Lambda in memory was loaded by a caller who
+        # trusted it (safe mode refuses it at load), and its rebuild runs that same code. With safe mode on,
+        # quantize_apply refused it and asked for safe_mode=False, which --trust-model had given.
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+
         try:
-            with tfmot.quantization.keras.quantize_scope(custom), _ft.configs_with_names(model):
+            with tfmot.quantization.keras.quantize_scope(custom), _ft.configs_with_names(model), SafeModeScope(False):
                 annotated = tf_keras.models.clone_model(model, clone_function=clone_fn)
                 for layer in annotated.layers:
                     inner = layer.layer if isinstance(layer, QuantizeAnnotate) else layer
