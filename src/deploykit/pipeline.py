@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import re
 import datetime as _dt
+import functools
 import inspect
 import json
 import keyword
@@ -1001,9 +1002,9 @@ class Pipeline:
                 artifact.status = "ok"
             else:
                 artifact.status = "failed"
-                failures = artifact.verification.get("failures", []) + _failure_hints(
-                    target, loaded, inputs, artifact.verification, calib,
-                    ops=set(artifact.settings.get("converter", {}).get("ops") or []))
+                hints = _failure_hints(target, loaded, inputs, artifact.verification, calib,
+                                       ops=set(artifact.settings.get("converter", {}).get("ops") or []))
+                failures = artifact.verification.get("failures", []) + (_after_qat(hints) if self.qat_options else hints)
                 artifact.error = "verification failed: " + "; ".join(failures)
         except UserError:
             raise
@@ -1366,6 +1367,13 @@ def _activations_of(loaded: Any) -> set[str]:
         if name:
             names.add({"hard_silu": "hard_swish"}.get(str(name), str(name)))  # Keras 3's name for it
     return names
+
+
+def _after_qat(hints: list[str]) -> list[str]:
+    """``hints`` without the advice to train for int8 with --qat: this run's model was (it read as if it
+    had not been, and TFLite Micro's hint said nothing else)."""
+    qat = (", or --qat (tf_keras models) to train the model for int8", _MORE_PRECISION["tflm"])
+    return [h for h in (functools.reduce(lambda text, said: text.replace(said, ""), qat, h) for h in hints) if h]
 
 
 _MORE_PRECISION = {

@@ -592,6 +592,12 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
     without = _failure_hints(get_target("tflite-int8"), SimpleNamespace(keras_model=hot), x, failed, ops={"NOT_EQUAL"})
     assert any("integer conversion of a one-hot ('c')" in h for h in with_op)
     assert not any("one-hot" in h for h in without), without
+    # after --qat the model was trained for int8: not advised again (TFLite Micro's hint said nothing else)
+    from deploykit.pipeline import _after_qat, _more_precision
+
+    assert _after_qat([_more_precision("tflite", None), _more_precision("tflm", None), "other"]) == [
+        "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
+        "tflite-dynamic", "other"]
     # tf_keras MobileNetV3 writes x * relu6(x + 3) / 6: no activation says it, the file's fused op does
     (fused,) = _failure_hints(get_target("tflite-int8"), model, x, unsure, ops={"CONV_2D", "HARD_SWISH"})
     assert "no kernel for this model's hard_swish" in fused and "try tflite-int16x8" not in fused
