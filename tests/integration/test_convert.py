@@ -1223,6 +1223,14 @@ def test_dynamic_range_on_a_model_too_small_to_quantize_says_so(tmp_path, all_ta
     assert a["status"] == "ok" and set(a["settings"]["converter"]["weight_values"]) == {"float32"}
     assert any("no weight is stored as int8" in n and "largest has 96" in n for n in a["verification"]["notes"])
     assert "no weight is stored as int8" in (small.out / "report.md").read_text()
+    # a float file with large weights (an LSTM loop after --qat kept them float): not blamed on the threshold
+    from deploykit.converters.tflite import _record_weight_storage
+    from deploykit.targets import get_target
+
+    said: dict = {}
+    _record_weight_storage(result.out / result.artifact("tflite-fp32")["path"], get_target("tflite-dynamic"), said)
+    assert re.match(r"no weight is stored as int8: the converter kept every weight float32, though the largest has "
+                    r"\d+ values \(past the 1024 TFLite quantizes from", said["note"]), said
 
 
 def test_runtime_memory_is_the_artifacts_not_the_converting_process(all_targets_run):

@@ -299,10 +299,16 @@ def _record_weight_storage(path: Path, target: Any, settings: dict[str, Any]) ->
         return
     settings["weight_values"] = dict(sorted(values.items()))  # per stored type: biases and small tensors may stay float32
     stored = values.get(target.weights, 0)
-    if stored == 0:
+    if stored == 0 and largest < 1024:
         settings["note"] = (
             f"no weight is stored as {target.weights}: TFLite quantizes only weight tensors of 1024 values or more "
             f"(this model's largest has {largest}), so this file keeps float32 weights like tflite-fp32"
+        )
+    elif stored == 0:  # not the threshold: the converter left even a large one (a QAT model's LSTM loop)
+        settings["note"] = (
+            f"no weight is stored as {target.weights}: the converter kept every weight float32, though the largest "
+            f"has {largest} values (past the 1024 TFLite quantizes from; weights it reads inside a recurrent loop, "
+            "or that a QAT model's fake-quant ops hold, can stay float), so this file is as large as tflite-fp32"
         )
 
 
