@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deploykit.errors import DataError
+from deploykit.errors import DataError, missing
 
 
 @dataclass
@@ -82,9 +82,7 @@ def _shape_str(shape: Sequence[Any]) -> str:
 
 def _from_npz(path: Path, input_names: list[str], labels: bool = True) -> tuple[list[np.ndarray], np.ndarray | None]:
     if not path.exists():
-        loop = path.is_symlink()  # a link to itself, or to a missing file
-        raise DataError(f"data file {path} {'is a symbolic link to nothing (missing, or a loop)' if loop else 'does not exist'}; "
-                        "check the path")
+        raise DataError(f"data file {path} {missing(path)}; check the path")
     if path.is_dir():
         raise DataError(f"data {path} is a directory; pass an .npz file saved with np.savez(path, x=..., y=...)")
     if not path.is_file():  # a pipe (<(cat d.npz)) is read twice here and came out "not a zip"; one with no writer hangs

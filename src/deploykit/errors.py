@@ -178,6 +178,13 @@ def at_api_boundary() -> Iterator[None]:
         raise UserError(not_utf8(exc.object)) from None
 
 
+def missing(path: Any) -> str:
+    """How a path that does not exist is said: a symlink to nothing (missing, or a loop to itself) as one."""
+    from pathlib import Path
+
+    return "is a symbolic link to nothing (missing, or a loop)" if Path(path).is_symlink() else "does not exist"
+
+
 def not_utf8(name: str) -> str:
     """The refusal of a name (path, argument) whose bytes are not UTF-8, which Python keeps as surrogates:
     it reaches the reports, the runtimes and the manifest, which take text (a UnicodeEncodeError traceback)."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from deploykit._quiet import import_tensorflow, logs_muted, native_stderr_captured, python_stdout_quiet
-from deploykit.errors import DataError, ModelLoadError, UntrustedModelError, at_api_boundary
+from deploykit.errors import DataError, ModelLoadError, UntrustedModelError, at_api_boundary, missing
 from deploykit.random_state import keeps_global_rng
 from deploykit.tmpdirs import TempDir
 
@@ -930,9 +930,7 @@ def load_model(source: Any, *, trust_model: bool = False) -> LoadedModel:
 
     path = Path(os.path.expanduser(source))  # "~/m.keras" from Python: no shell expanded it
     if not path.exists():
-        loop = path.is_symlink()  # a link to itself, or to a missing file
-        raise ModelLoadError(f"model {path} {'is a symbolic link to nothing (missing, or a loop)' if loop else 'does not exist'}; "
-                             "check the path")
+        raise ModelLoadError(f"model {path} {missing(path)}; check the path")
     if not path.is_dir() and not path.is_file():  # a device (/dev/zero) or a pipe would be read without end
         raise ModelLoadError(f"model {path} is not a regular file; pass a .keras/.h5 file or a SavedModel directory")
     if path.is_dir():

@@ -477,7 +477,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
                 if tables := quantized_tables(proto):
                     # said where the target list says "int8 per channel": ONNX Runtime's quantizer takes a Gather's
                     # table for an activation (most of an Embedding model's parameters)
-                    said = ", ".join(f"'{_layer_of(model, n)}' ({d})" for n, d in tables[:3]) + (" …" if len(tables) > 3 else "")
+                    said = ", ".join(f"'{model.layer_at(n.split(':')[0]) or n}' ({d})" for n, d in tables[:3]) + (" …" if len(tables) > 3 else "")
                     settings["note"] = "; ".join(filter(None, [settings.get("note"), (
                         f"ONNX Runtime's quantizer stores an Embedding's table (Gather) as an activation: {said}, one "
                         "scale for the whole table, not int8 per channel")]))
@@ -514,14 +514,6 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
     settings["input_names"] = [i.name for i in proto.graph.input]
     settings["output_names"] = [o.name for o in proto.graph.output]
     return settings
-
-
-def _layer_of(model: Any, name: str) -> str:
-    """The Keras layer a graph tensor belongs to (its exported name when that cannot be read)."""
-    try:
-        return model.layer_at(name.split(":")[0]) or name
-    except Exception:  # noqa: BLE001 - a SavedModel's scopes may name no layer: the tensor's name then
-        return name
 
 
 def quantized_tables(proto: Any) -> list[tuple[str, str]]:
