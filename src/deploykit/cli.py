@@ -206,7 +206,7 @@ def _block_size(text: str) -> tuple[int, int]:
 
 
 def _run_convert(err: Any, interrupts: Any, out: str, make_pipeline: Any, model: Any) -> Any:
-    """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130)."""
+    """Run the pipeline under a status line; a Ctrl-C says what it removed (exit 130; SIGTERM 143)."""
     from deploykit.errors import called_from_cli
 
     with err.status("starting") as status:
@@ -223,12 +223,14 @@ def _run_convert(err: Any, interrupts: Any, out: str, make_pipeline: Any, model:
                 result = pipeline.run(model)
         except KeyboardInterrupt:  # typer would turn it into a silent exit 130
             status.stop()
+            # 128 + the signal, as the shell reports a process the signal killed: 130 Ctrl-C, 143 SIGTERM
+            stopped = "terminated" if interrupts.signum == signal.SIGTERM else "interrupted"
             if getattr(pipeline, "completed", False):  # it came while the finished run let go of --out
-                print(f"deploy: interrupted after the run was written to {out}; its output is complete", file=sys.stderr)
+                print(f"deploy: {stopped} after the run was written to {out}; its output is complete", file=sys.stderr)
             else:
-                print(f"deploy: interrupted; removed what this run had written to {out}", file=sys.stderr)
+                print(f"deploy: {stopped}; removed what this run had written to {out}", file=sys.stderr)
             _INTERRUPT_SAID.append(True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + int(interrupts.signum)) from None
         interrupts.written = True  # the run is complete and on disk: a late Ctrl-C changes nothing
     return result
 

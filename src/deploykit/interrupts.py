@@ -21,10 +21,12 @@ class CountedInterrupts:
 
     def __init__(self) -> None:
         self.count = 0
+        self.signum = signal.SIGINT  # the last one counted: SIGTERM exits 143, as a process killed by it would
         self.written = False  # the run is complete and on disk: a late interrupt changes nothing
 
     def handler(self, signum: int, frame: object) -> None:
         self.count += 1
+        self.signum = signum
         if not self.written:
             raise KeyboardInterrupt
 
