@@ -275,7 +275,7 @@ class Pipeline:
         if self.qat_options is not None:
             # A QAT model carries fake-quant ops: its float conversions bake them in (tflite-fp32
             # becomes QUANTIZE/DEQUANTIZE pairs, ONNX/TF.js fp32 drift ~0.1 from the QAT model).
-            not_int8 = [t.name for t in self.targets if t.is_auto or t.weights != "int8" or t.activations == "int16"]
+            not_int8 = [t.name for t in self.targets if _qat_refuses(t)]
             if not_int8:
                 raise UserError(
                     f"--qat trains the model for int8 inference; target(s) {', '.join(not_int8)} are not int8 "
@@ -1369,11 +1369,33 @@ def _activations_of(loaded: Any) -> set[str]:
     return names
 
 
+def _qat_refuses(target: Target) -> bool:
+    """Whether --qat refuses ``target``: a QAT model is for int8 files; a float or 16-bit conversion keeps its
+    fake quantization (tflite-fp32 becomes QUANTIZE/DEQUANTIZE pairs)."""
+    return target.is_auto or target.weights != "int8" or target.activations == "int16"
+
+
 def _after_qat(hints: list[str]) -> list[str]:
     """``hints`` without the advice to train for int8 with --qat: this run's model was (it read as if it
-    had not been, and TFLite Micro's hint said nothing else)."""
+    had not been, and TFLite Micro's hint said nothing else). A hint that names targets --qat refuses says
+    they need a run without it: tried with --qat, each was refused."""
     qat = (", or --qat (tf_keras models) to train the model for int8", _MORE_PRECISION["tflm"])
-    return [h for h in (functools.reduce(lambda text, said: text.replace(said, ""), qat, h) for h in hints) if h]
+    kept = [h for h in (functools.reduce(lambda text, said: text.replace(said, ""), qat, h) for h in hints) if h]
+    return [h + _without_qat(h) for h in kept]
+
+
+def _without_qat(hint: str) -> str:
+    """" (in a run without --qat)" where ``hint`` names a target --qat refuses, else ""."""
+    from deploykit.errors import TargetError
+
+    refused = []
+    for name in dict.fromkeys(re.findall(r"\b(?:tflite|onnx|tfjs|tflm)-[a-z0-9]+(?:-[a-z0-9]+)*", hint)):
+        try:
+            if _qat_refuses(get_target(name)):
+                refused.append(name)
+        except TargetError:  # a word that only looks like a target name
+            continue
+    return f" ({', '.join(refused)}: in a run without --qat, which trains for int8 files only)" if refused else ""
 
 
 _MORE_PRECISION = {

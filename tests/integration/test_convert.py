@@ -597,7 +597,10 @@ def test_the_more_precision_hint_never_names_the_target_that_failed():
 
     assert _after_qat([_more_precision("tflite", None), _more_precision("tflm", None), "other"]) == [
         "for more precision try tflite-int16x8 (16-bit activations, int8 weights: about the same size) or "
-        "tflite-dynamic", "other"]
+        "tflite-dynamic (tflite-int16x8: in a run without --qat, which trains for int8 files only)", "other"]
+    # a target --qat refuses is named as one for a run without it; tflite-int8 and tflite-dynamic are not
+    (onnx,) = _after_qat([_more_precision("onnx", None)])
+    assert onnx.endswith("(onnx-int16x8, onnx-fp16: in a run without --qat, which trains for int8 files only)"), onnx
     # tf_keras MobileNetV3 writes x * relu6(x + 3) / 6: no activation says it, the file's fused op does
     (fused,) = _failure_hints(get_target("tflite-int8"), model, x, unsure, ops={"CONV_2D", "HARD_SWISH"})
     assert "no kernel for this model's hard_swish" in fused and "try tflite-int16x8" not in fused
