@@ -802,7 +802,11 @@ class LoadedModel:
         for start in range(0, n, batch_size):
             batch = [x[start : start + batch_size] for x in inputs]
             try:
-                chunks.append(self._predict_batch(batch))
+                # TensorFlow's runtime logs at ERROR level from C++ about kernels it picks (a recurrent
+                # layer's mask: "oneDNN supports DT_BOOL only on platforms with AVX-512"), in the middle
+                # of the CLI's output; an op that fails raises, and its message is what we report.
+                with native_stderr_captured():
+                    chunks.append(self._predict_batch(batch))
             except op_error as exc:  # the data's values, or sizes a dimension of any size allowed
                 end = min(start + batch_size, n) - 1
                 why = op_error_summary(exc)

@@ -103,6 +103,12 @@ def cli_inputs(tmp_path_factory, keras3_path, data_npz, digits, broken_models, l
     ids = np.random.default_rng(0).integers(0, 50, (16, 12)).astype(np.int32)
     ids[9, 3] = 81  # outside the vocabulary: the model itself cannot run on it
     np.savez(base / "oov.npz", ids=ids)
+    masked = keras.Sequential([keras.Input((12,), dtype="int32", name="ids"), keras.layers.Embedding(50, 8, mask_zero=True),
+                               keras.layers.GRU(4), keras.layers.Dense(3, activation="softmax")])
+    masked.save(base / "masked_gru.keras")
+    ids = np.random.default_rng(1).integers(1, 50, (16, 12)).astype(np.int32)
+    ids[:, 8:] = 0  # padding: the mask is a boolean tensor
+    np.savez(base / "padded.npz", ids=ids)
     anysize = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
                                 keras.layers.GlobalAveragePooling2D()])
     anysize.save(base / "anysize.keras")
@@ -207,6 +213,10 @@ def subprocess_runs(cli_inputs):
     runs["ort_native_quiet"] = (None, pool.submit(run_deploy, [  # ... and ORT's own native log lines too
         "convert", c["base"] / "positive_sm", "-t", "onnx-int8-qdq", "--data", c["base"] / "vec.npz",
         "--out", c["base"] / "ort_native_quiet", "--no-bench"]))
+    # ... and TensorFlow's runtime, logging at ERROR level about a masked GRU's boolean kernels
+    runs["recurrent_quiet"] = (None, pool.submit(run_deploy, [
+        "convert", c["base"] / "masked_gru.keras", "-t", "tflite-fp32", "--data", c["base"] / "padded.npz",
+        "--out", c["base"] / "recurrent_quiet", "--no-bench"]))
     runs["nonempty"] = (None, pool.submit(run_deploy, [
         "convert", c["model"], "-t", "tflite-fp32", "--data", c["data"], "--out", c["nonempty"]]))
     runs["custom"] = (None, pool.submit(run_deploy, ["inspect", c["custom"]]))
@@ -540,6 +550,8 @@ def test_convert_end_to_end_then_force_rerun(subprocess_runs, cli_inputs):
     assert onnx_run.returncode == 0 and onnx_run.stderr.strip() == "", onnx_run.stderr[-2000:]
     _, ort_run = _result(subprocess_runs, "ort_native_quiet")
     assert ort_run.returncode in (0, 1) and "onnxruntime" not in ort_run.stderr, ort_run.stderr[-2000:]
+    _, gru_run = _result(subprocess_runs, "recurrent_quiet")
+    assert gru_run.returncode == 0 and gru_run.stderr.strip() == "", gru_run.stderr[-2000:]
     assert f"manifest: {out / MANIFEST_NAME}" in proc.stdout
     first = Manifest.read(out / MANIFEST_NAME)
     assert [(a.target, a.status) for a in first.artifacts] == [("tflite-fp32", "ok"), ("tflite-int8", "ok")]
