@@ -374,7 +374,12 @@ def test_graph_rewrite_inlines_calls_exactly(tmp_path):
 
 
 def test_static_int8_writes_nothing_outside_the_output_dir(tmp_path, monkeypatch):
-    """ORT's symbolic shape inference gives up on attention graphs and saves its partial model to the cwd."""
+    """ORT's symbolic shape inference gives up on attention graphs and saves its partial model to the cwd.
+    Nor does the conversion move the process's cwd: from a worker thread, the caller's relative writes
+    went into a temp folder that was then removed."""
+    import os
+    import threading
+
     import keras
 
     keras.utils.set_random_seed(0)
@@ -388,8 +393,15 @@ def test_static_int8_writes_nothing_outside_the_output_dir(tmp_path, monkeypatch
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    result = deploykit.convert(model, ["onnx-int8-qdq"], data=tmp_path / "d.npz", out=tmp_path / "out",
-                               bench=False, verify_samples=16)
+    results, seen = [], set()
+    worker = threading.Thread(target=lambda: results.append(deploykit.convert(
+        model, ["onnx-int8-qdq"], data=tmp_path / "d.npz", out=tmp_path / "out", bench=False, verify_samples=16)))
+    worker.start()
+    while worker.is_alive():
+        seen.add(os.getcwd())
+    worker.join()
+    assert seen == {str(cwd)}
+    (result,) = results
     assert result.artifact("onnx-int8-qdq")["settings"]["converter"]["quantization"].startswith("static")
     assert sorted(p.name for p in cwd.iterdir()) == []
 

@@ -23,7 +23,6 @@ Inputs and outputs keep the serving signature's names (``pixels``,
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -678,6 +677,39 @@ def _in_declared_order(proto: Any, input_names: list[str], output_names: list[st
         field.extend(by_name[n] for n in ordered)
 
 
+# ONNX Runtime's quantization pre-processing, run by _pre_process in a child process.
+_PRE_PROCESS = (
+    "import sys\n"
+    "from onnxruntime.quantization import quant_pre_process\n"
+    "src, pre, external, fake_quant = sys.argv[1:5]\n"
+    "quant_pre_process(src, pre, skip_symbolic_shape=False, save_as_external_data=external == '1',\n"
+    "                  skip_optimization=fake_quant == '1')\n"
+)
+
+
+def _pre_process(src: Path, pre: Path, external: bool, fake_quant: bool) -> bool:
+    """ONNX Runtime's quantization pre-processing (shape inference, graph optimization) of ``src`` into
+    ``pre``; False where it fails (attention graphs, whose symbolic shape inference is incomplete).
+
+    In a child process whose working directory is ``src``'s temp folder: on incomplete inference ORT saves
+    ``sym_shape_infer_temp.onnx`` and its external data into the current directory. Changing ours
+    (contextlib.chdir) moved the whole caller's process there, every thread's relative paths with it: a
+    worker thread's conversion sent the main thread's writes into a temp folder that was then removed.
+    The child costs ~0.3 s of start-up against a pre-processing of seconds."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", _PRE_PROCESS, str(src), str(pre), str(int(external)), str(int(fake_quant))]
+    # The child imports onnxruntime from where this process does (a caller may have extended sys.path).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    try:
+        done = subprocess.run(args, cwd=src.parent, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    except OSError:  # no interpreter to start (an embedded Python): quantize the plain graph
+        return False
+    return done.returncode == 0 and pre.is_file()
+
+
 @foreign_warnings_ignored  # ONNX Runtime's quantizer
 def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, external: bool,
               fake_quant: bool = False) -> Any:
@@ -700,13 +732,7 @@ def _quantize(src: Path, dst: Path, target: Any, calibration: Any, model: Any, e
     if calibration is None:
         raise ConversionError(f"{target.name} needs calibration data; pass --data")
     pre = src.with_name("pre.onnx")
-    try:
-        # From inside the temp dir: when symbolic shape inference is incomplete (attention graphs),
-        # ORT saves `sym_shape_infer_temp.onnx` + external data into the current directory.
-        with contextlib.chdir(src.parent):
-            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=False, save_as_external_data=external,
-                                skip_optimization=fake_quant)
-    except Exception:  # pre-processing is an optimization; quantize the plain graph when it fails
+    if not _pre_process(src, pre, external, fake_quant):  # an optimization: the plain graph quantizes too
         pre = src
     names = [s.name for s in model.inputs]
     graph_inputs = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
