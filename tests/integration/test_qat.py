@@ -132,6 +132,39 @@ def test_layers_tfmot_cannot_wrap_stay_float_and_the_model_still_converts(prepro
     assert result.artifact("tflite-int8")["verification"]["accuracy_drop_points"] <= 1.0
 
 
+def test_a_float_batchnorm_folded_after_qat_layers_gives_a_right_int8_file(digits, tmp_path):
+    """A BatchNormalization QAT keeps float (not after a conv) is folded by the converter into the next
+    Dense, whose bias it stored at another scale than input x weight: the int8 file answered 10 % where the
+    QAT model had 98 %. Its bias is re-encoded at the scale TFLite's kernel uses, and noted."""
+    import tf_keras
+
+    import deploykit
+    from ai_edge_litert.interpreter import Interpreter
+
+    tf_keras.utils.set_random_seed(SEED)
+    model = tf_keras.Sequential([
+        tf_keras.Input((8, 8, 1), name="pixels"), tf_keras.layers.Rescaling(1 / 16.0),
+        tf_keras.layers.Conv2D(8, 3, activation="relu"), tf_keras.layers.Flatten(),
+        tf_keras.layers.BatchNormalization(name="bn"), tf_keras.layers.Dense(10, activation="softmax", name="probs")])
+    model.compile(tf_keras.optimizers.Adam(0.002), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
+    result = deploykit.convert(model, ["tflite-int8"], data=(digits.x_eval, digits.y_eval), out=tmp_path / "out",
+                               bench=False, qat={"epochs": 1, "batch_size": 64}, train_data=_train(digits))
+    art = result.artifact("tflite-int8")
+    assert art["status"] == "ok", art["error"]
+    assert [b.split("/")[1].split(";")[0] for b in art["settings"]["converter"]["biases_requantized"]] == ["quant_probs"]
+    assert "re-encoded them at that scale" in art["settings"]["converter"]["note"]
+    # the file itself, in LiteRT: the QAT model's accuracy within a point
+    interp = Interpreter(str(result.path("tflite-int8")))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], digits.x_eval.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], digits.x_eval.astype(np.float32))
+    interp.invoke()
+    accuracy = float((interp.get_tensor(out["index"]).argmax(1) == digits.y_eval).mean())
+    assert accuracy >= art["verification"]["reference_accuracy"] - 0.01, accuracy
+
+
 def test_a_trusted_lambda_stays_float_under_qat(digits):
     """quantize_apply rebuilds the model from its configs with Keras safe mode on: a Lambda the user had
     loaded with --trust-model (safe_mode=False) was refused after the fine-tunes had run, asking for the

@@ -124,6 +124,8 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
         if kept:  # the converter's inference_input_type applies to float inputs only
             settings["inference_input_type"] = f"int8 for float inputs; {', '.join(kept)} kept as it is"
     flatbuffer = _in_declared_order(flatbuffer, [s.name for s in model.inputs], model.output_names)
+    if target.activations in ("int8", "int16"):
+        flatbuffer = _kernel_bias_scales(flatbuffer, settings)
     Path(out_path).write_bytes(flatbuffer)
     _record_weight_storage(Path(out_path), target, settings)
     settings.update(_io_names(flatbuffer))
@@ -131,6 +133,21 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path, batch: in
 
     settings["ops"] = sorted(set(model_ops(flatbuffer)))  # what a runtime must carry (and what hints read)
     return settings
+
+
+def _kernel_bias_scales(flatbuffer: bytes, settings: dict[str, Any]) -> bytes:
+    """``flatbuffer`` with every integer bias at input scale x weight scale, the one its kernel assumes
+    (see :mod:`deploykit.converters.tflite_bias`); what was re-encoded is recorded and noted."""
+    from deploykit.converters.tflite_bias import requantize_biases
+
+    flatbuffer, repaired = requantize_biases(flatbuffer)
+    if repaired:
+        settings["biases_requantized"] = repaired
+        settings["note"] = "; ".join(filter(None, [settings.get("note"), (
+            f"the converter stored {len(repaired)} bias(es) at a scale other than input x weight, the one TFLite's "
+            "kernels assume (a float BatchNormalization folded into the next layer of a QAT model); deploykit "
+            "re-encoded them at that scale (same values): " + ", ".join(repr(r) for r in repaired))]))
+    return flatbuffer
 
 
 def _loops_over_sequence(sm_dir: Path) -> bool:
