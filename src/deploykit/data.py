@@ -144,7 +144,7 @@ def _from_keys(arrays: dict[str, Any], input_names: list[str], where: str, keys:
             raise DataError(f"{where}: has keys x0..x{len(input_names)} or more but the model "
                             f"takes {len(input_names)} input(s) ({', '.join(map(repr, input_names))}); keep one array per input")
         return [arrays[n] for n in numbered], y
-    want = ("'x'" if len(input_names) == 1 else
+    want = (f"'x' (or the input's name, {input_names[0]!r})" if len(input_names) == 1 else
             f"one key per input ({', '.join(map(repr, input_names))}) or {', '.join(numbered)}{x_forms}")
     shown = ", ".join(map(repr, sorted(keys, key=str))) or "none"
     raise DataError(f"{where}: has keys {shown} but needs {want} (and optionally 'y' for labels)")

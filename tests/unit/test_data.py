@@ -326,7 +326,7 @@ def test_npz_without_x_lists_its_keys(tmp_path, xy):
 
 
 def test_dict_without_x(xy):
-    with pytest.raises(DataError, match=r"data dict: has keys 'images' but needs 'x'"):
+    with pytest.raises(DataError, match=r"data dict: has keys 'images' but needs 'x' \(or the input's name, 'pixels'\)"):
         load_data({"images": xy[0]}, SPEC)
 
 
