@@ -561,6 +561,7 @@ class Pipeline:
                    if d is not None and (k := d.distinct(FEW_SAMPLES)) < min(len(d), FEW_SAMPLES)},
                 "labels": evald.y is not None, "targets": evald.targets is not None,
                 **({"labels_unused": labels_unused} if labels_unused else {}),
+                **({"constant_outputs": constant} if (constant := _constant_outputs(reference, output_names, evald)) else {}),
             },
             steps=steps,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -1543,6 +1544,25 @@ def _check_numeric(specs, side: str) -> None:
         if s.dtype in ("string", "str", "object"):
             raise UserError(f"{side} {s.name!r} {does}; deploykit converts numeric models only (string ops need TF "
                             f"Select or ONNX Runtime extensions, which its targets do not ship): {way_out}")
+
+
+def _constant_outputs(reference: list[np.ndarray], output_names: list[str], evald: Any) -> list[str]:
+    """Outputs the model gives alike (within float32 rounding) for every sample of different ones.
+
+    Every artifact then matches a constant, and its verification proves nothing about the model's function:
+    MobileNetV3Small built with weights=None answered exactly 0.1 per class on every image, and each target
+    passed at 100 % agreement without a word (an untrained model, or a layer that collapsed)."""
+    if len(evald) < 2 or evald.distinct(2) < 2:  # one sample (or copies of one): the few-samples warning says it
+        return []
+    constant = []
+    for name, values in zip(output_names, reference):
+        v = np.asarray(values, np.float64).reshape(len(values), -1)
+        if v.size == 0 or v.dtype.kind not in "fc":
+            continue
+        spread = float((v.max(axis=0) - v.min(axis=0)).max())
+        if spread <= 64 * np.finfo(np.float32).eps * max(float(np.abs(v).max()), np.finfo(np.float32).tiny):
+            constant.append(name)
+    return constant
 
 
 def _check_reference_finite(reference: list[np.ndarray], output_names: list[str], evald: Any, whose: str,

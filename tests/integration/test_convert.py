@@ -1882,6 +1882,24 @@ def test_result_repr_is_short(tmp_path, keras3_model, digits):
                             f"tflite-int8-tight: failed], report='{tmp_path / 'out' / 'report.md'}')")
 
 
+def test_a_model_whose_outputs_never_change_is_warned_about(tmp_path):
+    """MobileNetV3Small(weights=None) answered exactly 0.1 per class on every image: every target passed at
+    100 % agreement without a word, though it had been compared with a constant."""
+    import keras
+
+    inp = keras.Input((8,), name="feats")
+    dead = keras.layers.Dense(4, activation="relu", kernel_initializer="zeros", bias_initializer="zeros")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="probs")(dead),
+                              keras.layers.Dense(2, name="live")(inp)])
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    with pytest.warns(UserWarning, match="the model gave the same output"):
+        result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "out", bench=False)
+    assert result.ok and result.manifest["data"]["constant_outputs"] == ["output_0"]  # the live output is not named
+    (warning,) = result.warnings
+    assert "('output_0') for every sample" in warning and "weights=None" in warning
+    assert "the model gave the same output" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, digits):
     """"Verdicts rest on too few samples" was printed by the CLI only: a notebook saw ok=True and nothing else."""
     with pytest.warns(UserWarning) as caught:

@@ -546,7 +546,7 @@ def converter_lines(manifest: Manifest) -> list[str]:
 def data_warnings(manifest: Manifest) -> list[str]:
     """One line when the run's checks rested on very few samples: every verdict (and each
     calibrated file's integer ranges) then says little about the data the model meets in use;
-    one when the data's labels scored no output."""
+    one when the data's labels scored no output; one when the model's outputs were the same for every sample."""
     d = manifest.data
     n, calib = d.get("eval_samples"), d.get("samples")
     copies = {key: d[f"{distinct}"] for key, distinct in (("n", "eval_distinct_samples"), ("calib", "distinct_samples"))
@@ -556,11 +556,17 @@ def data_warnings(manifest: Manifest) -> list[str]:
     few_eval = isinstance(n, int) and n < FEW_SAMPLES
     few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
     named = "the label output asked for" in str(d.get("labels_unused"))  # --label-output given: it is the one
-    unused = [f"{d['labels_unused']} in {d.get('eval_source')}: accuracy is not measured; pass the labels "
-              + ("that output gives" if named else "of a class output (or name one with --label-output)")] \
+    said = [f"{d['labels_unused']} in {d.get('eval_source')}: accuracy is not measured; pass the labels "
+            + ("that output gives" if named else "of a class output (or name one with --label-output)")] \
         if d.get("labels_unused") else []
+    if d.get("constant_outputs"):  # an untrained model (weights=None) or a collapsed layer: nothing was really compared
+        said.append(f"the model gave the same {'output' if len(d['constant_outputs']) == 1 else 'outputs'} "
+                    f"({', '.join(map(repr, d['constant_outputs']))}) for every sample of {d.get('eval_source')} "
+                    "(within float32 rounding): each artifact matched a constant, which says nothing of the model's "
+                    "function; check that the model is trained (keras.applications with weights=None is not) and "
+                    "that the data is what it expects")
     if not (few_eval or few_calib):
-        return unused
+        return said
     what = " and ".join(w for w, on in (
         (f"every artifact was verified on {n}{' different' if 'n' in copies else ''} sample{'s' if n != 1 else ''} of "
          f"{d.get('eval_source')}", few_eval),
@@ -570,7 +576,7 @@ def data_warnings(manifest: Manifest) -> list[str]:
     scored = any("accuracy" in (a.verification or {}) for a in manifest.artifacts)
     step = f" (one changed answer moves accuracy by {100 / n:.0f} points)" if few_eval and n and scored else ""
     return [f"{what}{step}: too few to trust; pass a few hundred representative samples with --data"
-            + (" (or --eval-data)" if few_eval else "")] + unused
+            + (" (or --eval-data)" if few_eval else "")] + said
 
 
 # Names Keras gives an input nobody named, numbered by how many tensors the session made before:
