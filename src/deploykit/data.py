@@ -367,7 +367,9 @@ def _load_data(spec: Any, inputs: Sequence[Any], role: str, targets: bool, label
         out.append(_check_input(arr, spec_i, where, role))
     n = len(out[0])
     if any(len(a) != n for a in out):
-        raise DataError(f"{where}: inputs have different sample counts {[len(a) for a in out]}")
+        counts = ", ".join(f"{s.name!r} {len(a)}" for s, a in zip(inputs, out))
+        raise DataError(f"{where}: the inputs have different numbers of samples ({counts}); each sample needs a row "
+                        "in every input array, in the same order")
     if isinstance(y, dict):  # Keras's per-output form: np.asarray made it a 0-d object ("a single value")
         raise DataError(f"{where}: labels 'y' are a dict (keys {', '.join(map(repr, sorted(y, key=str)))}), one array per "
                         "output; labels score one output: pass that output's labels as 'y' and name the output with "

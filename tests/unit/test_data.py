@@ -196,7 +196,7 @@ def test_multi_input_forms():
         assert [v.shape for v in ds.x] == [(4, 3), (4, 2)]
     with pytest.raises(DataError, match="has 1 input array"):
         load_data(a, specs)
-    with pytest.raises(DataError, match="different sample counts"):
+    with pytest.raises(DataError, match=r"the inputs have different numbers of samples \('a' 4, 'b' 3\); each sample"):
         load_data([a, b[:3]], specs)
 
 
