@@ -216,7 +216,7 @@ def _plan(model: Any, registry: Any) -> tuple[list[dict[str, str]], list[dict[st
                 annotated.add(layer.name)
             elif prev_cls == "Dense":
                 skip("BatchNormalization after Dense: tfmot's Dense+BatchNorm fold converts to a wrong full-int8 "
-                     "model (measured); kept float, the int8 converter quantizes it as MUL/ADD")
+                     "model (measured); kept float, the int8 converter quantizes it (as MUL/ADD, or folded into the next layer)")
             else:
                 skip("BatchNormalization not after a Conv2D/DepthwiseConv2D: tfmot quantizes it only folded "
                      "into a conv; kept float (the int8 converter calibrates it)")
