@@ -380,9 +380,13 @@ def fp16_weights(proto: Any) -> Any:
 
 
 def _save(proto: Any, path: Path, external: bool) -> list[str]:
-    """Save a ModelProto; with external data the weights go to ``<final name>.data`` beside it."""
+    """Save a ModelProto; with external data the weights go to ``<final name>.data`` beside it.
+
+    Initializers are written in name order: tf2onnx's optimizer lists them in an order that changes from
+    run to run, and the same model gave six different files (and sha256s) in 13 conversions."""
     import onnx
 
+    _initializers_by_name(proto.graph)
     if not external:
         onnx.save_model(proto, str(path))
         return []
@@ -395,6 +399,18 @@ def _save(proto: Any, path: Path, external: bool) -> list[str]:
         return []
     data_path.chmod(path.stat().st_mode & 0o777)
     return [location]
+
+
+def _initializers_by_name(graph: Any) -> None:
+    """Sort ``graph``'s initializers by name, and those of its subgraphs (a loop's body), in place."""
+    ordered = sorted(graph.initializer, key=lambda t: t.name)
+    if [t.name for t in ordered] != [t.name for t in graph.initializer]:
+        del graph.initializer[:]
+        graph.initializer.extend(ordered)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _initializers_by_name(sub)
 
 
 def _final_name(path: Path) -> str:
