@@ -289,6 +289,22 @@ def test_browser_bench_checks_the_model_json_as_node_does(tmp_path):
                                                       "only graph-model is supported"), r.stderr
 
 
+def test_browser_bench_refuses_random_inputs_of_no_size_as_node_does(tmp_path):
+    """Without --data the page made each dimension of any size 1: --browser timed a 1x1 image (70x faster than
+    the 224x224 it takes) and exited 0, or failed "memory access out of bounds" on a 3x3 convolution."""
+    import keras
+
+    model = keras.Sequential([keras.Input((None, None, 3), name="img"), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
+    deploykit.convert(model, ["tfjs-fp32"], data=x, out=tmp_path / "out", bench=False)
+    for browser in ([], ["--browser"]):
+        r = _deploy("bench", str(tmp_path / "out" / "tfjs-fp32" / "model.json"), *browser, "--iterations", "2")
+        assert r.returncode == 2 and r.stderr.strip() == (
+            "deploy: error: input 'img' has dimensions of any size (None, None, None, 3); random inputs need a size: "
+            "pass --data with a real sample"), (browser, r.stderr)
+
+
 def test_lookup_tables_are_refused_naming_the_layer(tmp_path):
     """An IntegerLookup's table is filled by an initializer the frozen graph leaves out: TF.js said "Cannot
     compute the outputs ... Consider providing the following inputs: [unknown]". (Hashed out-of-vocabulary
