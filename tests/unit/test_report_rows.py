@@ -89,6 +89,16 @@ def test_most_accurate_is_not_an_int8_file_one_lucky_sample_ahead():
                           "top1_agreement": 1.0, "changed_answers": changed}
     tie = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
     assert tie.startswith("Most accurate: **onnx-fp32** (68.75%") and "onnx-fp16's 70.31% is within chance" in tie, tie
+    # five files one answer up: two explained, the other three named with them (they went without a word)
+    names = ["onnx-fp32", "tflite-int8", "onnx-int8-dynamic", "onnx-int8-qdq", "onnx-int8-qop", "tflm-int8"]
+    arts = [_artifact(n, 1000 - i) for i, n in enumerate(names)]
+    for a in arts:
+        up = a.target != "onnx-fp32"
+        a.verification = {"accuracy": 0.9622 if up else 0.9597, "reference_accuracy": 0.9597, "samples": 397,
+                          "max_abs_error": 0.02 if up else 1e-7, "top1_agreement": 0.99 if up else 1.0}
+    five = next(h for h in highlights(Manifest(model={}, tools={}, machine={}, artifacts=arts)) if h.startswith("Most accurate"))
+    assert five.startswith("Most accurate: **onnx-fp32**") and five.count("is within chance") == 2, five
+    assert five.endswith("; likewise onnx-int8-qdq, onnx-int8-qop, tflm-int8)"), five
 
 
 def test_pruning_section_names_the_2_4_mask_and_a_regression_models_loss():
