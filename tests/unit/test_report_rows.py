@@ -200,10 +200,10 @@ def test_size_against_the_dense_model_per_format():
 def test_a_run_checked_on_too_few_samples_says_so_once():
     from deploykit.report.rows import data_warnings
 
-    def manifest(eval_n, calib_n, activations="uint8", accuracy=True):
+    def manifest(eval_n, calib_n, activations="uint8", accuracy=True, built=True):
         art = _artifact("onnx-int8-qdq", 1000)
         art.settings = {"target": {"activations": activations}}
-        art.verification = {"accuracy": 1.0} if accuracy else {"mae": 0.1}
+        art.verification = ({"accuracy": 1.0} if accuracy else {"mae": 0.1}) if built else {}
         return Manifest(model={}, tools={}, machine={}, artifacts=[art],
                         data={"source": "d.npz", "samples": calib_n, "eval_source": "d.npz", "eval_samples": eval_n})
 
@@ -215,6 +215,8 @@ def test_a_run_checked_on_too_few_samples_says_so_once():
     assert data_warnings(manifest(300, 300)) == []
     (line,) = data_warnings(manifest(3, 300, accuracy=False))  # a regression model: scored by MAE, no accuracy
     assert "verified on 3 samples" in line and "accuracy" not in line, line
+    # no artifact got as far as verification (TF.js cannot run the model): none "was verified on 8 samples"
+    assert data_warnings(manifest(8, 8, built=False)) == []
 
 
 def test_latency_ratio_divides_only_by_a_float32_file_timed_beside_it_round_by_round():
@@ -482,7 +484,9 @@ def test_plot_labels_do_not_cover_each_other_and_the_shipped_file_is_marked():
 def test_a_run_verified_on_few_samples_says_so_in_the_report_not_only_on_the_console():
     from deploykit.report.rows import highlights
 
-    m = Manifest(model={}, tools={}, machine={}, artifacts=[_artifact("tflite-fp32", 1000)],
+    art = _artifact("tflite-fp32", 1000)
+    art.verification = {"passed": True, "max_abs_error": 0.0}
+    m = Manifest(model={}, tools={}, machine={}, artifacts=[art],
                  data={"eval_samples": 5, "eval_source": "tiny.npz", "samples": 5, "source": "tiny.npz"})
     assert any(h.startswith("**Warning:** every artifact was verified on 5 samples of tiny.npz") for h in highlights(m))
 

@@ -560,14 +560,16 @@ def data_warnings(manifest: Manifest) -> list[str]:
     copies = {key: d[f"{distinct}"] for key, distinct in (("n", "eval_distinct_samples"), ("calib", "distinct_samples"))
               if isinstance(d.get(distinct), int)}
     n, calib = copies.get("n", n), copies.get("calib", calib)
-    calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in manifest.artifacts)
-    few_eval = isinstance(n, int) and n < FEW_SAMPLES
+    # what no artifact reached is not qualified: a run whose every file failed to convert said each "was verified"
+    verified = [a for a in manifest.artifacts if a.verification]
+    calibrated = any((a.settings.get("target") or {}).get("activations") in ("int8", "uint8", "int16") for a in verified)
+    few_eval = bool(verified) and isinstance(n, int) and n < FEW_SAMPLES
     few_calib = calibrated and isinstance(calib, int) and calib < FEW_SAMPLES
     named = "the label output asked for" in str(d.get("labels_unused"))  # --label-output given: it is the one
     said = [f"{d['labels_unused']} in {d.get('eval_source')}: accuracy is not measured; pass the labels "
             + ("that output gives" if named else "of a class output (or name one with --label-output)")] \
         if d.get("labels_unused") else []
-    if d.get("constant_outputs"):  # an untrained model (weights=None) or a collapsed layer: nothing was really compared
+    if d.get("constant_outputs") and verified:  # an untrained model (weights=None) or a collapsed layer: nothing was really compared
         said.append(f"the model gave the same {'output' if len(d['constant_outputs']) == 1 else 'outputs'} "
                     f"({', '.join(map(repr, d['constant_outputs']))}) for every sample of {d.get('eval_source')} "
                     "(within float32 rounding): each artifact matched a constant, which says nothing of the model's "
