@@ -43,6 +43,16 @@ def test_bench_of_a_micro_file_says_which_runtime_its_run_used(tflm_run):
     assert "note" not in deploykit.bench(tflm_run.path("tflite-int8"), iterations=3, warmup=1)
 
 
+def test_bench_trusts_the_run_beside_a_file_only_for_the_file_it_wrote(tflm_run, tmp_path):
+    """Another .tflite copied over tflm-int8/model.tflite was still said to be built for TFLite Micro: the
+    run's manifest was matched by path alone, not by the file's sha256."""
+    copy = tmp_path / "run"
+    shutil.copytree(tflm_run.out, copy)
+    assert "note" in deploykit.bench(copy / "tflm-int8" / "model.tflite", iterations=3, warmup=1)  # the run's file
+    shutil.copyfile(tflm_run.path("tflite-int8"), copy / "tflm-int8" / "model.tflite")
+    assert "note" not in deploykit.bench(copy / "tflm-int8" / "model.tflite", iterations=3, warmup=1)
+
+
 def test_tflm_model_has_int8_io_and_only_micro_ops(tflm_run):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -232,25 +232,32 @@ def _weight_files(path: Path, runtime: str) -> list[Path]:
     return []
 
 
-def _run_manifest(path: Path | None) -> dict[str, Any] | None:
+def _run_manifest(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The manifest of the deploykit run that wrote ``path`` (``OUT/<target>/model.*`` beside
-    ``OUT/manifest.json``); None when there is none."""
+    ``OUT/manifest.json``) and its artifact record; None when there is none, or when the file is not the
+    one the run wrote (its sha256 differs: another file copied over it was said to be the run's)."""
     import json
+
+    from deploykit.artifacts import sha256_file
 
     if path is None:
         return None
-    manifest = Path(path).resolve().parent.parent / "manifest.json"
+    file = Path(path).resolve()
     try:
-        record = json.loads(manifest.read_text())
+        record = json.loads((file.parent.parent / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    for a in (record.get("artifacts") or []) if isinstance(record, dict) else []:
+        if isinstance(a, dict) and a.get("path") and (file.parent.parent / a["path"]).resolve() == file:
+            return (record, a) if a.get("sha256") == sha256_file(file) else None
+    return None
 
 
 def _model_input_order(path: Path | None) -> list[str] | None:
     """The Keras model's input order, from the manifest of the run that wrote ``path``; None when there is none."""
+    run = _run_manifest(path)
     try:
-        names = [i["name"] for i in (_run_manifest(path) or {})["model"]["inputs"]]
+        names = [i["name"] for i in run[0]["model"]["inputs"]] if run else []
     except (KeyError, TypeError):
         return None
     return names or None
@@ -259,11 +266,8 @@ def _model_input_order(path: Path | None) -> list[str] | None:
 def _built_for_micro(path: Path) -> str | None:
     """The target name when the run that wrote ``path`` built it for TFLite Micro (its .tflite is timed on
     LiteRT unless --runtime tflm says otherwise: a 0.012 ms figure beside the run's 0.375 ms, unexplained)."""
-    for a in (_run_manifest(path) or {}).get("artifacts") or []:
-        if isinstance(a, dict) and a.get("format") == "tflm" and a.get("path") and \
-                (Path(path).resolve().parent.parent / a["path"]).resolve() == Path(path).resolve():
-            return str(a.get("target"))
-    return None
+    run = _run_manifest(path)
+    return str(run[1].get("target")) if run and run[1].get("format") == "tflm" else None
 
 
 def _given_arrays(data: Any, names: list[str]) -> dict[str, tuple[np.dtype, tuple[int, ...] | None]]:
