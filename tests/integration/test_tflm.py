@@ -398,25 +398,28 @@ def test_io_header_names_the_keras_output_and_the_resolver_calls():
         "AddDepthwiseConv2D()", "AddMaxPool2D()", "AddBatchToSpaceNd()", "AddPadV2()", "AddRelu6()"]
 
 
-def test_logits_too_flat_for_micro_softmax_are_named_not_a_crash(tmp_path):
-    """An untrained network's logits span ~1e-6: TFLite Micro's int8 SOFTMAX aborts the process when the
-    interpreter is made (exit -6), said as "the interpreter crashed", and `deploy bench` blamed the file."""
+@pytest.mark.parametrize("op", ["SOFTMAX", "LOG_SOFTMAX"])
+def test_logits_too_flat_for_micro_softmax_are_named_not_a_crash(tmp_path, op):
+    """An untrained network's logits span ~1e-6: TFLite Micro's int8 SOFTMAX (and LOG_SOFTMAX) aborts the
+    process when the interpreter is made (exit -6), said as "the interpreter crashed", and `deploy bench`
+    blamed the file."""
     import keras
 
     rng = np.random.default_rng(0)
     inp = keras.Input((16,), name="features")
     dense = keras.layers.Dense(4)
-    model = keras.Model(inp, keras.layers.Softmax()(dense(inp)))
+    last = keras.layers.Softmax() if op == "SOFTMAX" else keras.layers.Activation("log_softmax")
+    model = keras.Model(inp, last(dense(inp)))
     w, b = dense.get_weights()
     dense.set_weights([w * 1e-8, b])
     x = rng.normal(0, 1, (64, 16)).astype("float32")
     result = deploykit.convert(model, ["tflm-int8", "tflite-int8-io"], data=x, out=tmp_path / "o", bench=False)
     error = result.artifact("tflm-int8")["error"]
-    assert "the logits into SOFTMAX" in error and "aborts on so narrow a range" in error and "crashed" not in error, error
+    assert f"the logits into {op} (tensor" in error and "aborts on so narrow a range" in error and "crashed" not in error, error
     tflite = result.artifact("tflite-int8-io")
     path = tmp_path / "o" / tflite["path"]
     assert path.exists(), tflite  # kept for inspection if it failed: LiteRT runs the file either way
-    with pytest.raises(UserError, match=r"TFLite Micro cannot run model.tflite: the logits into SOFTMAX .*--runtime litert"):
+    with pytest.raises(UserError, match=rf"TFLite Micro cannot run model.tflite: the logits into {op} .*--runtime litert"):
         deploykit.bench(path, runtime="tflm", iterations=2, warmup=0)
 
 

@@ -103,35 +103,38 @@ def _operators(flatbuffer: bytes) -> list[dict[str, Any]]:
 
 
 # TFLite Micro's int8 SOFTMAX scales its input by beta * scale * 2**26 and aborts the process
-# (QuantizeMultiplierGreaterThanOne) when that is not above 1: logits spanning ~1e-7.
+# (QuantizeMultiplierGreaterThanOne) when that is not above 1: logits spanning ~1e-7. LOG_SOFTMAX
+# does the same with beta 1.
 _SOFTMAX_MIN_MULTIPLIER = 2.0 ** 26
 
 
 def flat_softmax(flatbuffer: bytes) -> str | None:
-    """Why TFLite Micro cannot run this file's int8 SOFTMAX, or None: it aborts the whole process when
-    the interpreter is made (exit -6, no message) on an input scale it cannot take, where LiteRT runs
-    the same file. An untrained or collapsed network (an untrained MobileNetV2's logits are all about 0)
-    calibrates so."""
+    """Why TFLite Micro cannot run this file's int8 SOFTMAX or LOG_SOFTMAX, or None: it aborts the whole
+    process when the interpreter is made (exit -6, no message) on an input scale it cannot take, where
+    LiteRT runs the same file. An untrained or collapsed network (an untrained MobileNetV2's logits are all
+    about 0) calibrates so."""
     from tflite_micro.python.tflite_micro import runtime
 
     model = _object_model(bytes(flatbuffer))
-    softmax = runtime.schema_fb.BuiltinOperator.SOFTMAX
+    ops = {runtime.schema_fb.BuiltinOperator.SOFTMAX: "SOFTMAX", runtime.schema_fb.BuiltinOperator.LOG_SOFTMAX: "LOG_SOFTMAX"}
     for graph in model.subgraphs:
         for op in graph.operators or []:
-            if runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) != softmax:
+            kind = ops.get(runtime.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]))
+            if kind is None:
                 continue
             tensor = graph.tensors[op.inputs[0]]
             q = tensor.quantization
             if tensor.type != runtime.schema_fb.TensorType.INT8 or q is None or q.scale is None or not len(q.scale):
                 continue
-            beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0)
+            beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0) if kind == "SOFTMAX" else 1.0
             scale = float(q.scale[0])
             if beta * scale * _SOFTMAX_MIN_MULTIPLIER <= 1.0:
                 name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
                 name = name.split(";")[0].replace("StatefulPartitionedCall/", "")
-                return (f"the logits into SOFTMAX (tensor {name!r}) span only about {scale * 255:.2g} (int8 scale "
-                        f"{scale:.2g}), and TFLite Micro's int8 softmax aborts on so narrow a range; an untrained or "
-                        "collapsed model calibrates so: train it, or calibrate on data it responds to")
+                return (f"the logits into {kind} (tensor {name!r}) span only about {scale * 255:.2g} (int8 scale "
+                        f"{scale:.2g}), and TFLite Micro's int8 {kind.lower().replace('_', ' ')} aborts on so narrow "
+                        "a range; an untrained or collapsed model calibrates so: train it, or calibrate on data it "
+                        "responds to")
     return None
 
 
