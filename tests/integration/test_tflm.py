@@ -177,6 +177,13 @@ def test_unsupported_micro_op_is_named_and_other_targets_finish(tmp_path):
     assert "no kernel for op(s) GELU (the first writes tensor '" in error and "smooth" in error and "lists the ops" not in error, error
     assert result.artifact("tflite-int8")["status"] == "ok"
     assert not (tmp_path / "out" / "tflm-int8").exists()
+    # Keras 3's UpSampling2D writes TILE: the layer computing the same that TFLite Micro runs is named
+    up = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3, padding="same"), keras.layers.UpSampling2D(2),
+                           keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    result = deploykit.convert(up, ["tflm-int8"], data=np.random.default_rng(0).normal(size=(32, 4, 4, 1)).astype("float32"),
+                               out=tmp_path / "up", bench=False)
+    error = result.artifact("tflm-int8")["error"]
+    assert "no kernel for op(s) TILE" in error and "Resizing(height * factor, width * factor, interpolation='nearest')" in error
 
 
 def test_dynamic_shapes_are_refused_before_anything_is_written(tmp_path):

@@ -108,6 +108,14 @@ def _operators(flatbuffer: bytes) -> list[dict[str, Any]]:
 _SOFTMAX_MIN_MULTIPLIER = 2.0 ** 26
 
 
+# Ops TFLite Micro lacks that a Keras layer writes where another layer computing the same converts to one it has.
+_MICRO_REPLACEMENTS = {
+    # measured: equal outputs for integer factors, and the Resizing converts and verifies on TFLite Micro
+    "TILE": " (Keras 3's UpSampling2D writes TILE: Resizing(height * factor, width * factor, interpolation='nearest') "
+            "computes the same and becomes RESIZE_NEAREST_NEIGHBOR, which TFLite Micro runs)",
+}
+
+
 def flat_softmax(flatbuffer: bytes) -> str | None:
     """Why TFLite Micro cannot run this file's int8 SOFTMAX or LOG_SOFTMAX, or None: it aborts the whole
     process when the interpreter is made (exit -6, no message) on an input scale it cannot take, where
@@ -214,6 +222,7 @@ def convert(model: Any, target: Any, calibration: Any, out_path: Path) -> dict[s
             f"{target.name}: TFLite Micro has no kernel for op(s) {', '.join(missing)}"
             + (f" (the first writes tensor {where!r}" + (f", in layer {layer!r}" if layer else "") + ")" if where else "")
             + "; replace the layers that produce them or use a TFLite target"
+            + "".join(_MICRO_REPLACEMENTS[op] for op in missing if op in _MICRO_REPLACEMENTS)
         )
     flat = flat_softmax(flatbuffer)
     if flat:
