@@ -23,6 +23,9 @@ MANIFEST_NAME = "manifest.json"
 # Below this many samples a run's checks rest on too little: a verdict (one changed answer is several
 # accuracy points) and an int8 file's calibrated ranges. Said in the report and on the console.
 FEW_SAMPLES = 32
+# A file that failed verification is kept for inspection under this prefix (failed-model.tflite): under
+# its target's own name, a script shipping build/*/model.* took it beside the files that passed.
+FAILED_PREFIX = "failed-"
 
 
 def sha256_file(path: Path) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from deploykit._quiet import logs_muted
-from deploykit.artifacts import FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
+from deploykit.artifacts import FAILED_PREFIX, FEW_SAMPLES, MANIFEST_NAME, Artifact, Manifest, atomic_path, gzip_size, sha256_file
 from deploykit.errors import DataError, DeployError, ModelLoadError, OutputExistsError, UserError, api_entry, disk_full
 from deploykit.optimize.settings import (CLUSTER_SETTINGS, PRUNE_SETTINGS, QAT_SETTINGS, check_cluster,
                                         check_prune, check_qat, check_qat_model, fine_tune_loss,
@@ -1017,10 +1017,14 @@ class Pipeline:
             artifact.status = "failed"
             artifact.error = (str(exc) if isinstance(exc, DeployError)
                               else f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}")
+        written = final.name  # the temporary file's name is made from it
+        if artifact.status == "failed" and final.exists():
+            rel = self._set_aside(artifact, final)
+            final = self.out / rel
         # Runtimes name the file they were given: the temporary one. Users know the final name, and
         # a failed artifact is not kept: its name must not send them looking for it.
         shown = str(rel) if final.exists() else f"the converted {rel} (not kept)"
-        artifact.error = re.sub(rf"\.{re.escape(final.name)}\.[A-Za-z0-9_]+\.partial", lambda _: shown, artifact.error)
+        artifact.error = re.sub(rf"\.{re.escape(written)}\.[A-Za-z0-9_]+\.partial", lambda _: shown, artifact.error)
         artifact.error = _ANSI.sub("", artifact.error)  # Keras underlines names in its messages with terminal codes
         if artifact.status == "failed" and not final.exists():
             artifact.path = ""
@@ -1030,6 +1034,24 @@ class Pipeline:
             if final.parent.is_dir() and not any(final.parent.iterdir()):
                 final.parent.rmdir()
         return artifact
+
+    def _set_aside(self, artifact: Artifact, final: Path) -> Path:
+        """Keep a file that failed verification for inspection as ``failed-model.*`` (its path relative to
+        ``out`` returned). Files generated from it to build into an app (TFLite Micro's C sources) go: they
+        would ship it as surely. Weights it reads (ONNX external data) stay beside it, under their names."""
+        aside = final.with_name(FAILED_PREFIX + final.name)
+        os.replace(final, aside)
+        external = {str(Path(artifact.target) / f)
+                    for f in artifact.settings.get("converter", {}).get("external_data_files", [])}
+        for extra in [f for f in artifact.extra_files if f not in external]:
+            (self.out / extra).unlink(missing_ok=True)
+        artifact.extra_files = [f for f in artifact.extra_files if f in external]
+        if "extra_file_sha256" in artifact.settings:
+            artifact.settings["extra_file_sha256"] = {f: h for f, h in artifact.settings["extra_file_sha256"].items()
+                                                      if f in external}
+        rel = aside.relative_to(self.out)
+        artifact.path = str(rel)
+        return rel
 
     # -------------------------------------------------------------------------------------
     def _run_auto(self, target: Target, ctx: tuple, done: dict[str, Artifact]) -> list[Artifact]:

@@ -1366,6 +1366,8 @@ def test_every_format_keeps_the_models_input_and_output_order(tmp_path):
     h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([inp, aux]))
     model = keras.Model([inp, aux], [keras.layers.Dense(10, activation="softmax", name="b_cls")(h),
                                      keras.layers.Dense(1, name="a_reg")(h)])
+    cls = model.get_layer("b_cls")  # sharper logits: an untrained model's near-ties fail int8 (and a failed
+    cls.set_weights([w * 20 for w in cls.get_weights()])  # TFLite Micro target keeps no C sources)
     rng = np.random.default_rng(0)
     data = {"feat": rng.normal(size=(64, 6)).astype("float32"), "aux": rng.normal(size=(64, 2)).astype("float32")}
     result = deploykit.convert(model, ["tflite-fp32", "tflm-int8", "onnx-fp32", "onnx-int8-qdq", "tfjs-fp32"],
@@ -1375,14 +1377,14 @@ def test_every_format_keeps_the_models_input_and_output_order(tmp_path):
     import onnxruntime as ort
 
     for target in ("onnx-fp32", "onnx-int8-qdq"):
-        session = ort.InferenceSession(str(result.out / target / "model.onnx"), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(result.out / result.artifact(target)["path"]), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == ["feat", "aux"], target
         assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"], target
         assert result.artifact(target)["settings"]["converter"]["input_names"] == ["feat", "aux"]
     signature = json.loads((result.out / "tfjs-fp32" / "model.json").read_text())["signature"]
     assert list(signature["inputs"]) == ["feat", "aux"] and list(signature["outputs"]) == ["output_0", "output_1"]
     for target in ("tflite-fp32", "tflm-int8"):
-        interp = Interpreter(model_path=str(result.out / target / "model.tflite"))
+        interp = Interpreter(model_path=str(result.out / result.artifact(target)["path"]))
         assert [tuple(d["shape"][1:]) for d in interp.get_output_details()] == [(10,), (1,)], target
         assert [tuple(d["shape"][1:]) for d in interp.get_input_details()] == [(6,), (2,)], target
         assert result.artifact(target)["settings"]["converter"]["output_names"] == ["output_0", "output_1"]
@@ -1833,9 +1835,14 @@ def test_result_path_is_the_artifacts_absolute_path_and_bench_of_the_relative_on
     assert path == tmp_path / "out" / "tflite-fp32" / "model.tflite" and path.is_absolute() and path.is_file()
     assert result.artifact("tflite-fp32")["path"] == "tflite-fp32/model.tflite"  # the manifest stays relative
     with pytest.raises(UserError, match=r"target 'tflite-int8-tight' failed \(verification failed: .*\), so it has no "
-                                        r"artifact; the file it built is kept for inspection at .*tflite-int8-tight/model.tflite"
+                                        r"artifact; the file it built is kept for inspection at .*tflite-int8-tight/failed-model.tflite"
                                         r" \(in Python: --qat is qat=True\)$"):
         result.path("tflite-int8-tight")
+    # under its target's name it was taken for a shippable file (build/*/model.*): kept as failed-model.*
+    assert sorted(p.name for p in (tmp_path / "out" / "tflite-int8-tight").iterdir()) == ["failed-model.tflite"]
+    with pytest.raises(UserError, match=r"is not a file; the file in it failed verification and is kept for inspection "
+                                        r"as .*tflite-int8-tight/failed-model.tflite"):
+        deploykit.bench(tmp_path / "out" / "tflite-int8-tight", iterations=1, warmup=0)
     monkeypatch.chdir(tmp_path / "out" / "tflite-fp32")
     with pytest.raises(UserError, match=r"relative to its out directory: pass OUT/tflite-fp32/model.tflite \(in Python: "
                                         r"result.path\('tflite-fp32'\)\)"):

@@ -403,9 +403,16 @@ def resolve_runtime(path: Path, runtime: str | None) -> str:
     """The runtime that runs ``path``: ``runtime`` when given (checked against the file type), else by suffix."""
     if not path.is_file():
         hint = "pass a model artifact such as model.tflite"
-        inside = [f for f in (path / "model.json", path / "model.tflite", path / "model.onnx") if f.is_file()]
+        from deploykit.artifacts import FAILED_PREFIX
+
+        names = ("model.json", "model.tflite", "model.onnx")
+        inside = [path / n for n in names if (path / n).is_file()]
+        failed = [path / (FAILED_PREFIX + n) for n in names if (path / (FAILED_PREFIX + n)).is_file()]
         if path.is_dir() and inside:  # a run's target folder: its artifact file is what runs
             hint = f"pass the artifact file in it: {inside[0]}"
+        elif path.is_dir() and failed:  # a target that failed: its file was set aside under another name
+            hint = (f"the file in it failed verification and is kept for inspection as {failed[0]}; pass that name "
+                    "to time it anyway")
         elif not path.is_absolute() and len(path.parts) == 2 and path.name.startswith("model.") and not path.exists():
             # TARGET/model.EXT is a manifest's artifact path, relative to its run's out directory, not to the cwd
             hint = (f"an artifact path from a deploykit manifest is relative to its out directory: pass OUT/{path} "
