@@ -39,6 +39,7 @@ from deploykit.tmpdirs import TempDir, remove_stale
 
 _BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-gzip")
 DEFAULT_VERIFY_SAMPLES = 1000
+RANDOM_SAMPLES = 8  # verified without data, unless verify_samples says how many
 # Per format, the float32 target a pruned or clustered run converts the dense model to, for the
 # report's size comparison (TFLite Micro runs .tflite files: its dense reference is the TFLite one).
 DENSE_REFERENCE = {"tflite": "tflite-fp32", "tflm": "tflite-fp32", "onnx": "onnx-fp32", "tfjs": "tfjs-fp32"}
@@ -214,7 +215,8 @@ class Pipeline:
         force: Overwrite a non-empty output directory's previous run.
         trust_model: Allow model files that carry code (turns Keras safe_mode off).
         threads, warmup, iterations: Override every target's bench settings.
-        verify_samples: At most this many evaluation samples are verified.
+        verify_samples: At most this many evaluation samples are verified (default: 1000 of the data;
+            without data, 8 random inputs).
         bench: Benchmark artifacts (True) or only verify them.
         progress: Called with a short message as each step starts.
         prune: Prune before converting: a sparsity (``0.8``) or a dict of
@@ -251,7 +253,7 @@ class Pipeline:
         threads: int | None = None,
         warmup: int | None = None,
         iterations: int | None = None,
-        verify_samples: int = DEFAULT_VERIFY_SAMPLES,
+        verify_samples: int | None = None,
         bench: bool = True,
         progress: ProgressFn | None = None,
         prune: Any = None,
@@ -266,7 +268,8 @@ class Pipeline:
         force, trust_model, bench = bool(force), bool(trust_model), bool(bench)
         if not isinstance(out, (str, os.PathLike)):
             raise UserError(f"out must be a directory path, got {type(out).__name__} {out!r}")
-        if isinstance(verify_samples, (bool, np.bool_)) or not isinstance(verify_samples, (int, np.integer)):
+        if verify_samples is not None and (isinstance(verify_samples, (bool, np.bool_))
+                                           or not isinstance(verify_samples, (int, np.integer))):
             raise UserError(f"verify_samples must be a whole number >= 1, got {type(verify_samples).__name__} {verify_samples!r}")
         self.targets, self._aliases = _resolve_targets(targets)
         self.prune_options = check_prune(prune, train_data, tuned=qat not in (None, False) or cluster is not None)
@@ -302,14 +305,14 @@ class Pipeline:
                             "drop one of them (an -auto target still times its candidates)")
         if overrides:
             self.targets = [t.with_bench(**overrides) for t in self.targets]
-        if verify_samples < 1:
+        if verify_samples is not None and verify_samples < 1:
             raise UserError(f"verify_samples must be a whole number >= 1, got {verify_samples}")
         self.data, self.eval_data = data, eval_data
         if isinstance(out, str) and not out.strip():  # Path("") is the working directory: --force would write there
             raise UserError(f"--out is empty ({out!r}); name an output directory, e.g. --out build")
         self.out = Path(os.path.expanduser(out))  # '~/build' from Python: no shell expanded it
         self.force, self.trust_model, self.bench_enabled = force, trust_model, bench
-        self.verify_samples = int(verify_samples)
+        self.verify_samples = None if verify_samples is None else int(verify_samples)
         if progress is not None and not callable(progress):
             raise UserError(f"progress must be a function taking one message string (e.g. print), got {progress!r}")
         self.progress = _caller_progress(progress) if progress else (lambda msg: None)
@@ -404,7 +407,8 @@ class Pipeline:
             need = [t.name for t in self.targets if t.needs_calibration]
             raise DataError(f"target(s) {', '.join(need)} quantize activations and need calibration data; pass --data calib.npz")
         if evald is None:
-            evald = _random_inputs(specs, loaded.keras_model)
+            # a few by default (each costs a reference prediction and a run per artifact), as many as asked
+            evald = _random_inputs(specs, loaded.keras_model, self.verify_samples or RANDOM_SAMPLES)
         # Labels score the first multi-class output (see verify.scored_output): their range is checked against it,
         # over every label given (a label of 42 for 10 classes was refused or not by which rows were sampled).
         from deploykit.data import check_label_range
@@ -417,7 +421,7 @@ class Pipeline:
                 f"those positions (outputs: {', '.join(str(tuple(o.shape)) for o in outputs)}); pass "
                 "labels of the output's shape, one class per sample (N,), or leave 'y' out")
         check_label_range(evald, label_classes(described, evald.y, self._label_index))
-        evald = evald.spread(self.verify_samples)
+        evald = evald.spread(self.verify_samples or DEFAULT_VERIFY_SAMPLES)
         if self.prune_options is not None:  # the pruned model is what gets converted and verified
             dense_scores = _eval_scores(loaded.predict(evald.x), evald, self._label_index)
             loaded = self._prune(model, loaded, steps)
@@ -1638,8 +1642,9 @@ def _all_padding(evald: Any, bad: np.ndarray, keras_model: Any) -> bool:
     return bool(ids) and all(not a.reshape(len(a), -1).any(axis=1).any() for a in ids)
 
 
-def _random_inputs(specs, keras_model: Any = None) -> Any:
-    """8 samples to verify on when no data is given: floats uniform in 0..1, integers over a range the model takes.
+def _random_inputs(specs, keras_model: Any = None, count: int = 8) -> Any:
+    """``count`` samples to verify on when no data is given: floats uniform in 0..1, integers over a range the
+    model takes.
 
     Integer inputs (uint8 images, token ids) get integers: uniform floats cast to them would all
     be 0, and a verification on 8 identical samples proves little.
@@ -1657,24 +1662,24 @@ def _random_inputs(specs, keras_model: Any = None) -> Any:
 
     # A dimension of 2**31 asked numpy for 128 GiB (and a MemoryError traceback): sized first.
     # Python ints: a product of huge dimensions must not wrap around.
-    nbytes = sum(8 * math.prod(int(d) for d in s.shape[1:]) * dtype_of(s).itemsize for s in specs)
-    what = "the random verification samples (8 of " + ", ".join(f"{s.name!r} {tuple(s.shape)}" for s in specs) + ")"
+    nbytes = sum(count * math.prod(int(d) for d in s.shape[1:]) * dtype_of(s).itemsize for s in specs)
+    what = f"the random verification samples ({count} of " + ", ".join(f"{s.name!r} {tuple(s.shape)}" for s in specs) + ")"
     way_out = "pass --data with real samples (data=... in Python)"
     check_allocation(nbytes, what, way_out)
     rng = np.random.default_rng(0)
     vocab = _smallest_vocabulary(keras_model)
     try:
-        return _draw_random_inputs(specs, rng, vocab, dtype_of)
+        return _draw_random_inputs(specs, rng, vocab, dtype_of, count)
     except MemoryError:  # under a memory limit psutil does not see
         raise DataError(f"{what} do not fit in this process's memory; {way_out}") from None
 
 
-def _draw_random_inputs(specs, rng: Any, vocab: int | None, dtype_of: Callable[[Any], np.dtype]) -> Any:
+def _draw_random_inputs(specs, rng: Any, vocab: int | None, dtype_of: Callable[[Any], np.dtype], count: int) -> Any:
     from deploykit.data import Dataset
 
     xs, ranges = [], []
     for s in specs:
-        shape = [8] + list(s.shape[1:])
+        shape = [count] + list(s.shape[1:])
         dtype = dtype_of(s)
         # Drawn in the input's own dtype: float64 (or int64) first and then cast needed up to twice
         # the memory of the samples themselves.

@@ -1889,6 +1889,18 @@ def test_result_repr_is_short(tmp_path, keras3_model, digits):
                             f"tflite-int8-tight: failed], report='{tmp_path / 'out' / 'report.md'}')")
 
 
+def test_without_data_verify_samples_says_how_many_random_inputs(tmp_path):
+    """Without data, verification drew 8 random inputs whatever verify_samples asked (200 went unread)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((6,), name="feats"), keras.layers.Dense(3, activation="softmax")])
+    few = deploykit.convert(model, ["tflite-fp32"], out=tmp_path / "few", bench=False)
+    many = deploykit.convert(model, ["tflite-fp32"], out=tmp_path / "many", bench=False, verify_samples=200)
+    assert few.manifest["data"]["eval_samples"] == 8 and few.artifact("tflite-fp32")["verification"]["samples"] == 8
+    assert many.manifest["data"]["eval_samples"] == 200 and many.artifact("tflite-fp32")["verification"]["samples"] == 200
+    assert many.warnings == []  # 200 samples are not "too few to trust"
+
+
 def test_a_model_whose_outputs_never_change_is_warned_about(tmp_path):
     """MobileNetV3Small(weights=None) answered exactly 0.1 per class on every image: every target passed at
     100 % agreement without a word, though it had been compared with a constant."""
