@@ -1908,15 +1908,24 @@ def test_a_model_whose_outputs_never_change_is_warned_about(tmp_path):
 
     inp = keras.Input((8,), name="feats")
     dead = keras.layers.Dense(4, activation="relu", kernel_initializer="zeros", bias_initializer="zeros")(inp)
+    # a confident classifier: its first column is 1.0 on every sample, its others still vary (~1e-9): not named
+    sure = keras.layers.Dense(3, activation="softmax", name="sure", kernel_initializer="random_normal")
+    # an untrained EfficientNetB0 answered 0.1 +- 1.25e-6 (about 100 float32 steps): named
+    faint = keras.layers.Dense(2, name="faint", bias_initializer=keras.initializers.Constant(0.1))
     model = keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="probs")(dead),
-                              keras.layers.Dense(2, name="live")(inp)])
+                              keras.layers.Dense(2, name="live")(inp), sure(inp), faint(inp)])
+    w, b = sure.get_weights()
+    sure.set_weights([w * 0.1, np.array([25.0, 0.0, 0.0], np.float32)])
+    faint.set_weights([faint.get_weights()[0] * 1e-6, faint.get_weights()[1]])
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
-    with pytest.warns(UserWarning, match="the model gave the same output"):
+    with pytest.warns(UserWarning, match="the model gave the same outputs"):
         result = deploykit.convert(model, ["tflite-fp32"], data=x, out=tmp_path / "out", bench=False)
-    assert result.ok and result.manifest["data"]["constant_outputs"] == ["output_0"]  # the live output is not named
+    reference = model.predict(x, verbose=0)
+    assert (reference[2][:, 0] == 1.0).all() and np.ptp(reference[2][:, 1]) > 0  # the classifier is as described
+    assert result.ok and result.manifest["data"]["constant_outputs"] == ["output_0", "output_3"]
     (warning,) = result.warnings
-    assert "('output_0') for every sample" in warning and "weights=None" in warning
-    assert "the model gave the same output" in (tmp_path / "out" / "report.md").read_text()
+    assert "('output_0', 'output_3') for every sample" in warning and "weights=None" in warning
+    assert "the model gave the same outputs" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_python_callers_get_the_warnings_the_cli_prints(tmp_path, keras3_model, digits):

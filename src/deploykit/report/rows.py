@@ -572,9 +572,9 @@ def data_warnings(manifest: Manifest) -> list[str]:
     if d.get("constant_outputs") and verified:  # an untrained model (weights=None) or a collapsed layer: nothing was really compared
         said.append(f"the model gave the same {'output' if len(d['constant_outputs']) == 1 else 'outputs'} "
                     f"({', '.join(map(repr, d['constant_outputs']))}) for every sample of {d.get('eval_source')} "
-                    "(within float32 rounding): each artifact matched a constant, which says nothing of the model's "
-                    "function; check that the model is trained (keras.applications with weights=None is not) and "
-                    "that the data is what it expects")
+                    "(within float32 rounding): each artifact matched a constant, which says little of the model's "
+                    "function; an untrained model gives such outputs (keras.applications with weights=None), and so "
+                    "does data of one kind: verify on data whose answers vary")
     if not (few_eval or few_calib):
         return said
     what = " and ".join(w for w, on in (
