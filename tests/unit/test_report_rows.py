@@ -177,6 +177,13 @@ def test_a_pruning_warning_quotes_the_model_the_artifacts_match_when_clustering_
     del steps["cluster"]
     (line,) = fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[], steps=steps))
     assert "the artifacts match the pruned model: prune less" in line
+    # said of the files that passed: a run whose every file failed read as if they had matched the model
+    failed, ok = _artifact("tflite-int8", 300), _artifact("onnx-int8-qdq", 300)
+    failed.status, failed.verification, ok.verification = "failed", {"passed": False}, {"passed": True}
+    (line,) = fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[failed], steps=steps))
+    assert "the artifacts were made from the pruned model (none passed verification): prune less" in line
+    (line,) = fine_tune_warnings(Manifest(model={}, tools={}, machine={}, artifacts=[failed, ok], steps=steps))
+    assert "the artifacts that passed verification match the pruned model: prune less" in line
 
 
 def test_size_against_the_dense_model_per_format():

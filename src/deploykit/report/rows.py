@@ -615,6 +615,17 @@ DISTILLED_WARN_AGREEMENT = 0.95
 FEW_VALIDATION = 10
 
 
+def _matching(manifest: Manifest, model: str) -> str:
+    """"the artifacts match the QAT model", said only of artifacts that passed verification (a run whose
+    every file failed read as if they had matched)."""
+    verified = [a for a in manifest.artifacts if a.verification]
+    if verified and all(a.status != "ok" for a in verified):
+        return f"the artifacts were made from the {model} (none passed verification)"
+    if any(a.status != "ok" for a in verified):
+        return f"the artifacts that passed verification match the {model}"
+    return f"the artifacts match the {model}"
+
+
 def fine_tune_warnings(manifest: Manifest) -> list[str]:
     """One line per fine-tuning step (pruning, QAT) that cost more than FINE_TUNE_WARN_POINTS of accuracy
     (or, for a regression model, raised its validation loss by more than FINE_TUNE_WARN_LOSS_RATIO), and
@@ -653,14 +664,14 @@ def fine_tune_warnings(manifest: Manifest) -> list[str]:
             # a later step (clustering, QAT) moved the accuracy again: the artifacts' model is quoted as it is
             where = f" (at {_pct(final)})" if key != last and final is not None and not on else ""
             out.append(f"{what} cost {(before - after) * 100:.2f} points of accuracy{on} ({_pct(before)} → {_pct(after)}); "
-                       f"the artifacts match the {matched}{where}: {fix}")
+                       f"{_matching(manifest, matched)}{where}: {fix}")
         lb, la = rep.get("val_loss_before"), rep.get("val_loss_after")
         # by how much it grew, against the loss's own size (cosine similarity is negative at its best,
         # and a loss of exactly 0 that becomes 1e-9 has not really grown)
         if lb is not None and la is not None and la - lb > max((FINE_TUNE_WARN_LOSS_RATIO - 1) * abs(lb), 1e-6):
             grew = f"{la / lb:.1f}x" if lb > 0 else f"by {la - lb:.4g}"
             out.append(f"{what} raised the validation loss {grew} ({lb:.4g} → {la:.4g}); "
-                       f"the artifacts match the {matched}: {fix}")
+                       f"{_matching(manifest, matched)}: {fix}")
         for d in (rep.get("outputs") or {}).get("distilled", []):  # the outputs the labels did not train
             moved = d.get("mean_abs_change", 0.0) / d["dense_std"] if d.get("dense_std") else 0.0
             agree = d.get("top1_agreement", d.get("tag_agreement", 1.0))
