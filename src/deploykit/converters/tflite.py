@@ -146,7 +146,7 @@ def _kernel_bias_scales(flatbuffer: bytes, settings: dict[str, Any]) -> bytes:
         settings["note"] = "; ".join(filter(None, [settings.get("note"), (
             f"the converter stored {len(repaired)} bias(es) at a scale other than input x weight, the one TFLite's "
             "kernels assume (a float BatchNormalization folded into the next layer of a QAT model); deploykit "
-            "re-encoded them at that scale (same values): " + ", ".join(repr(r) for r in repaired))]))
+            "re-encoded them at that scale (same values), in the layers writing " + ", ".join(repr(r) for r in repaired))]))
     return flatbuffer
 
 

@@ -69,7 +69,9 @@ def requantize_biases(flatbuffer: bytes) -> tuple[bytes, list[str]]:
             encoded = np.clip(np.round(values / want.reshape(-1, 1)), limits.min, limits.max)
             buffer.data = np.frombuffer(encoded.astype(_INT_BIAS[bias.type]).reshape(-1).tobytes(), np.uint8)
             bias.quantization.scale = [float(s) for s in want]
-            repaired.append((bias.name or b"").decode("utf-8", "replace"))
+            # named by what the layer writes: a folded bias may be called only 'arith.constant'
+            written = graph.tensors[op.outputs[0]].name if len(op.outputs) else bias.name
+            repaired.append((written or b"").decode("utf-8", "replace"))
     if not repaired:
         return flatbuffer, []
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), repaired

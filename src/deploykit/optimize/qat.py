@@ -286,7 +286,8 @@ def _wrap(model: Any, tfmot: Any, quantize: list[dict[str, str]], skipped: list[
                 raise UserError(f"tfmot could not prepare this model for QAT: {' '.join(str(exc).split())[:300]}") from None
             entry = next(q for q in quantize if q["layer"] == refused)
             quantize.remove(entry)
-            reason = " ".join(str(exc).split())[:200]
+            reason = " ".join(str(exc).split()).replace("`", "'")  # a backtick cut in half made the report's rest code
+            reason = reason if len(reason) <= 200 else reason[:200].rsplit(" ", 1)[0] + " …"  # whole words
             skipped.append({"layer": refused, "class": entry["class"], "reason": f"tfmot refused it: {reason}; kept float"})
 
 
