@@ -154,12 +154,14 @@ def _refuse_two_sources(arrays: Any, input_names: list[str], where: str) -> None
     """Refuse 'x' beside a key named after one of the model's inputs: 'x' was read and the other ignored
     without a word, so a run could verify on other arrays than the user meant. (An input named 'y' is
     ruled on elsewhere: its key is that input.)"""
-    if "x" in input_names or "x" not in arrays:
-        return
     named = [n for n in input_names if n in arrays and n != "y"]
-    if named:
-        raise DataError(f"{where}: has both 'x' and {', '.join(map(repr, named))} (the model's input name"
-                        f"{'s' if len(named) > 1 else ''}): it is not clear which holds the inputs; keep one of them")
+    if not named:
+        return
+    # x0, x1 ... beside input names were ignored without a word, where 'x' beside them was refused
+    other = [k for k in ["x", *(f"x{i}" for i in range(len(input_names)))] if k in arrays and k not in input_names]
+    if other:
+        raise DataError(f"{where}: has both {', '.join(map(repr, other))} and {', '.join(map(repr, named))} (the model's "
+                        f"input name{'s' if len(named) > 1 else ''}): it is not clear which holds the inputs; keep one of them")
 
 
 # Keys people save labels under (case aside) that are not 'y'.

@@ -676,3 +676,9 @@ def test_x_beside_a_key_named_after_the_input_is_refused(tmp_path):
         load_data({"x": [x, x], "a": other}, two)
     assert len(load_data({"img": other, "y": np.arange(4)}, spec)) == 4  # either alone is fine
     assert len(load_data({"x": x}, spec)) == 4
+    # x0, x1 beside input names were ignored without a word
+    with pytest.raises(DataError, match="has both 'x0' and 'img'"):
+        load_data({"img": other, "x0": x}, spec)
+    with pytest.raises(DataError, match="has both 'x0', 'x1' and 'a', 'b'"):
+        load_data({"a": other, "b": other, "x0": x, "x1": x}, two)
+    assert len(load_data({"x0": x, "x1": x}, two)) == 4
