@@ -145,7 +145,7 @@ def test_an_embedding_table_quantized_per_tensor_is_said(tmp_path):
     art = result.artifact("onnx-int8-qdq")
     assert "stores an Embedding's table (Gather) as an activation: 'emb' (uint8), one scale for the whole table" \
            in art["settings"]["converter"]["note"], art["settings"]["converter"]
-    (table,) = quantized_tables(onnx.load(str(tmp_path / "o" / "onnx-int8-qdq" / "model.onnx")))  # a random model: kept either way
+    (table,) = quantized_tables(onnx.load(str(tmp_path / "o" / art["path"])))  # a random model: kept, passed or not
     assert table[1] == "uint8"
 
 

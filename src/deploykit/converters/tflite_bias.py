@@ -1,6 +1,6 @@
 """Integer TFLite files whose bias scales break the rule the kernels assume, put right.
 
-TFLite's integer FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D kernels add the int32 (int64 for 16x8)
+TFLite's integer FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and TRANSPOSE_CONV kernels add the int32 (int64 for 16x8)
 bias straight to the accumulator of input x weight products: they never read the bias's own scale and
 take it to be input scale x weight scale, per output channel. The converter breaks that rule when it folds
 a float BatchNormalization into the layer after it in a QAT model (tf_keras Dense(relu) -> BatchNormalization
