@@ -799,21 +799,21 @@ class LoadedModel:
         n = len(inputs[0])
         chunks: list[list[np.ndarray]] = []
         op_error = import_tensorflow().errors.OpError
-        for start in range(0, n, batch_size):
-            batch = [x[start : start + batch_size] for x in inputs]
-            try:
-                # TensorFlow's runtime logs at ERROR level from C++ about kernels it picks (a recurrent
-                # layer's mask: "oneDNN supports DT_BOOL only on platforms with AVX-512"), in the middle
-                # of the CLI's output; an op that fails raises, and its message is what we report.
-                with native_stderr_captured():
+        # TensorFlow's runtime logs at ERROR level from C++ about kernels it picks (a recurrent layer's mask:
+        # "oneDNN supports DT_BOOL only on platforms with AVX-512"), in the middle of the CLI's output; an op
+        # that fails raises, and its message is what we report.
+        with native_stderr_captured():
+            for start in range(0, n, batch_size):
+                batch = [x[start : start + batch_size] for x in inputs]
+                try:
                     chunks.append(self._predict_batch(batch))
-            except op_error as exc:  # the data's values, or sizes a dimension of any size allowed
-                end = min(start + batch_size, n) - 1
-                why = op_error_summary(exc)
-                fix = ("the samples are too small for the model's convolutions or pooling: pass larger ones (shape "
-                       f"{tuple(batch[0].shape[1:])} here)" if "output size would be negative" in why else
-                       "check the data's values (e.g. token ids outside an Embedding's vocabulary)")
-                raise DataError(f"the model cannot run on samples {start}..{end} of the data: {why}; {fix}") from None
+                except op_error as exc:  # the data's values, or sizes a dimension of any size allowed
+                    end = min(start + batch_size, n) - 1
+                    why = op_error_summary(exc)
+                    fix = ("the samples are too small for the model's convolutions or pooling: pass larger ones "
+                           f"(shape {tuple(batch[0].shape[1:])} here)" if "output size would be negative" in why else
+                           "check the data's values (e.g. token ids outside an Embedding's vocabulary)")
+                    raise DataError(f"the model cannot run on samples {start}..{end} of the data: {why}; {fix}") from None
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
     def _predict_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:

@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from deploykit.artifacts import MANIFEST_NAME, Manifest
+from deploykit.artifacts import FAILED_PREFIX, MANIFEST_NAME, Manifest
 from deploykit.errors import OutputExistsError, UserError
 from deploykit.tmpdirs import try_flock
 
 REPORT_FILES = ("report.md", "report.html", "size_vs_latency.svg")
 # What a target directory holds after a deploykit run: a directory that holds anything else is not
 # one of ours, and --force must not delete it.
-_ARTIFACT_FILE = re.compile(r"((failed-)?model\.(tflite|onnx|onnx\.data|json)|model_data\.(h|cc)|model_io\.h"
-                            r"|group\d+-shard\d+of\d+\.bin|.*\.partial)")  # failed-: see artifacts.FAILED_PREFIX
+_ARTIFACT_FILE = re.compile(rf"(({re.escape(FAILED_PREFIX)})?model\.(tflite|onnx|onnx\.data|json)|model_data\.(h|cc)"
+                            r"|model_io\.h|group\d+-shard\d+of\d+\.bin|.*\.partial)")
 
 
 def check_out_dir(out: Path, force: bool, target_names: Sequence[str] = (), model: Any = None,
